@@ -1,0 +1,390 @@
+"""Typed configuration: one YAML file plus ``IPGATE_*`` environment overrides, validated once at start-up.
+
+Overrides use ``__`` between path segments: ``IPGATE_STORE__KIND=redis``, ``IPGATE_LISTEN=0.0.0.0:8080``.
+Only variables whose first segment names a top-level field are overrides; the rest (``IPGATE_JWT_SECRET``,
+``IPGATE_WATERMARK_SECRET``) are secrets that config fields point at by name. Values are parsed as YAML
+scalars, so ``IPGATE_ROUTING__RETRIES=3`` is an int.
+
+Secrets never live in the YAML: fields ending in ``_env`` name an environment variable, fields ending in
+``_file`` name a file. ``ConfigError`` names the file and the dotted field path of every problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """Raised at start-up when the configuration cannot be used; the message names file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class ServerConfig(_Model):
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(16 * 1024, gt=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+    workers: int = Field(1, ge=1)
+    overhead_header: str = "x-ipgate-overhead-ms"
+
+
+class StoreConfig(_Model):
+    kind: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    failure_mode: Literal["open", "closed", "local"] = "local"
+    timeout_ms: float = Field(50.0, gt=0)
+    key_prefix: str = "ipgate:"
+    local_replicas: int = Field(1, ge=1, description="replica count that 'local' failure mode divides limits by")
+    health_interval_s: float = Field(1.0, gt=0)
+
+
+class JwtConfig(_Model):
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]] = [
+        "HS256"
+    ]
+    secret_env: str | None = "IPGATE_JWT_SECRET"
+    secret_file: str | None = None
+    public_key_file: str | None = None
+    jwks_url: str | None = None
+    jwks_refetch_interval_s: float = Field(60.0, ge=0)
+    audience: str | None = "ipgate"
+    issuer: str | None = None
+    client_claim: str = "sub"
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    max_token_bytes: int = Field(8192, gt=0)
+    required_claims: list[str] = ["exp", "iat"]
+
+    @model_validator(mode="after")
+    def _families_do_not_mix(self) -> JwtConfig:
+        hs = any(a.startswith("HS") for a in self.algorithms)
+        asym = any(not a.startswith("HS") for a in self.algorithms)
+        if hs and asym:
+            raise ValueError("algorithms must not mix HS* with RS*/ES*/PS* (key-confusion risk)")
+        return self
+
+
+class ApiKeysConfig(_Model):
+    file: str | None = None  # lines of "sha256-hex client_id [tenant] [roles,comma,separated]"
+
+
+class AuthConfig(_Model):
+    jwt: JwtConfig | None = JwtConfig()
+    api_keys: ApiKeysConfig = ApiKeysConfig()
+    cache_size: int = Field(10_000, gt=0)
+
+
+class TierLimitsConfig(_Model):
+    requests_per_minute: float = Field(gt=0)
+    tokens_per_minute: float = Field(gt=0)
+    burst_requests: int | None = Field(None, ge=1, description="default: requests_per_minute / 6 (10 s)")
+    burst_tokens: int | None = Field(None, ge=1, description="default: tokens_per_minute / 6 (10 s)")
+
+
+class BackendConfig(_Model):
+    name: str
+    url: str
+    weight: float = Field(1.0, ge=0)
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    max_concurrency: int = Field(256, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    first_byte_timeout_s: float = Field(60.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0, description="per-chunk idle timeout for streams")
+    watermark_capable: bool = False
+    upstream_model: str | None = None  # model name the backend knows; default: the gateway model name
+    health_path: str = "/v1/models"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class CanaryStep(_Model):
+    weight: float = Field(ge=0, le=100)
+    hold_s: float = Field(60.0, ge=0)
+
+
+class CanaryAnalysisConfig(_Model):
+    interval_s: float = Field(30.0, gt=0)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ms: float = Field(500.0, gt=0)
+    min_requests: int = Field(20, ge=1, description="fewer requests in an interval counts as a failed analysis")
+    failure_limit: int = Field(2, ge=0)
+
+
+class CanaryConfig(_Model):
+    backend: str  # the canary backend's name
+    steps: list[CanaryStep]
+    analysis: CanaryAnalysisConfig = CanaryAnalysisConfig()
+
+
+class ModelConfig(_Model):
+    name: str
+    backends: list[BackendConfig] = Field(min_length=1)
+    sticky: bool = True
+    canary: CanaryConfig | None = None
+    watermark_scheme: Literal["none", "lexical", "kgw"] | None = None  # None: the watermark section decides
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique, got {names}")
+        if sum(b.weight for b in self.backends) <= 0:
+            raise ValueError("at least one backend needs a weight above 0")
+        if self.canary and self.canary.backend not in names:
+            raise ValueError(f"canary.backend {self.canary.backend!r} is not one of {names}")
+        return self
+
+
+class HealthConfig(_Model):
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    failure_threshold: int = Field(3, ge=1)
+    ejection_base_s: float = Field(5.0, gt=0)
+    ejection_max_s: float = Field(300.0, gt=0)
+
+
+class RoutingConfig(_Model):
+    retries: int = Field(2, ge=0, le=5)
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries allowed as a share of requests")
+    health: HealthConfig = HealthConfig()
+
+
+class TelemetryConfig(_Model):
+    service_name: str = "ipgate"
+    otlp_endpoint: str | None = None
+    sample_ratio: float = Field(0.1, ge=0, le=1)
+    access_log: bool = True
+    access_log_file: str | None = None  # default: stderr
+
+
+class HardeningConfig(_Model):
+    max_top_logprobs: int | None = None  # None: leave as is
+    logprobs_xor_logit_bias: bool = False
+    max_logit_bias_entries: int | None = None
+    max_abs_logit_bias: float | None = None
+    max_n: int | None = None
+    strip_seed: bool = False
+    logprob_noise: float = Field(0.0, ge=0)
+
+
+class TierPolicyConfig(_Model):
+    name: str
+    limits: str = "default"  # a key of `limits`
+    hardening: HardeningConfig = HardeningConfig()
+    watermark_strength: Literal["normal", "strong"] = "normal"
+    block: bool = False
+    alert: bool = False
+
+
+def _default_tiers() -> list[TierPolicyConfig]:
+    return [
+        TierPolicyConfig(name="normal"),
+        TierPolicyConfig(
+            name="watch",
+            hardening=HardeningConfig(max_top_logprobs=5, logprobs_xor_logit_bias=True, max_n=4),
+            alert=True,
+        ),
+        TierPolicyConfig(
+            name="throttle",
+            limits="suspicious",
+            hardening=HardeningConfig(
+                max_top_logprobs=1, logprobs_xor_logit_bias=True, max_logit_bias_entries=10,
+                max_abs_logit_bias=10, max_n=1, strip_seed=True, logprob_noise=0.05,
+            ),
+            watermark_strength="strong",
+            alert=True,
+        ),
+        TierPolicyConfig(name="block", limits="suspicious", block=True, alert=True),
+    ]
+
+
+class PolicyConfig(_Model):
+    tiers: list[TierPolicyConfig] = Field(default_factory=_default_tiers, min_length=1)
+    flag_tier: str = "throttle"  # the tier at which a client counts as flagged (replay's `flagged`)
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyConfig:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        if self.flag_tier not in names:
+            raise ValueError(f"flag_tier {self.flag_tier!r} is not one of {names}")
+        return self
+
+
+class DetectorToggle(_Model):
+    enabled: bool = True
+    weight: float | None = None  # None: the fitted combiner's weight
+    params: dict[str, Any] = {}
+
+
+class DetectionConfig(_Model):
+    enabled: bool = True
+    detectors: dict[str, DetectorToggle] = {}
+    fail_policy: Literal["allow", "block"] = "allow"
+    combiner_file: str | None = None  # default: config/combiner.json in the package
+    state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    embedder: Literal["hashed", "minilm"] = "hashed"
+
+
+class AlertSinkConfig(_Model):
+    kind: Literal["jsonl", "redis_stream", "webhook"]
+    path: str | None = None
+    stream: str = "ipgate:alerts"
+    url: str | None = None
+    max_retries: int = Field(5, ge=0)
+    redact: bool = True
+
+
+class AlertsConfig(_Model):
+    sinks: list[AlertSinkConfig] = []
+    min_interval_s: float = Field(300.0, ge=0, description="per-client alert rate limit")
+
+
+class WatermarkConfig(_Model):
+    enabled: bool = True
+    scheme: Literal["none", "lexical", "kgw"] = "lexical"
+    secret_env: str = "IPGATE_WATERMARK_SECRET"
+    secret_file: str | None = None
+    key_version: int = Field(1, ge=1)
+    retained_versions: list[int] = []
+    recipients_file: str | None = None
+
+
+class AdminConfig(_Model):
+    token_env: str | None = "IPGATE_ADMIN_TOKEN"  # bearer token for the admin API; unset: admin role JWTs only
+
+
+class GatewayConfig(_Model):
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:9090"
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: dict[str, TierLimitsConfig] = Field(
+        default_factory=lambda: {
+            "default": TierLimitsConfig(requests_per_minute=600, tokens_per_minute=200_000),
+            "suspicious": TierLimitsConfig(requests_per_minute=30, tokens_per_minute=10_000),
+        }
+    )
+    models: list[ModelConfig] = Field(min_length=1)
+    routing: RoutingConfig = RoutingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    policy: PolicyConfig = PolicyConfig()
+    detection: DetectionConfig = DetectionConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    watermark: WatermarkConfig = WatermarkConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewayConfig:
+        if "default" not in self.limits:
+            raise ValueError("limits must define a 'default' tier")
+        for t in self.policy.tiers:
+            if t.limits not in self.limits:
+                raise ValueError(f"policy tier {t.name!r} uses limits {t.limits!r}, not defined in limits")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+    @property
+    def admin_addr(self) -> tuple[str, int]:
+        return _parse_hostport(self.admin_listen)
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    top = set(GatewayConfig.model_fields)
+    for key, raw in env.items():
+        if not key.startswith("IPGATE_"):
+            continue
+        path = [p.lower() for p in key[len("IPGATE_"):].split("__")]
+        if path[0] not in top:
+            continue
+        node = data
+        for seg in path[:-1]:
+            child = node.get(seg)
+            if not isinstance(child, dict):
+                child = {}
+                node[seg] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return data
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    merged = _apply_env(dict(data), os.environ if env is None else env)
+    try:
+        return GatewayConfig.model_validate(merged)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{source}: {loc}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from e
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return parse_config(data, source=str(p), env=env)
+
+
+def read_secret(env_name: str | None, file_name: str | None, *, what: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Return a secret from a file (preferred) or an environment variable; None when neither is set."""
+    if file_name:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read secret file {file_name}: {e.strerror}") from e
+    source = os.environ if env is None else env
+    if env_name and source.get(env_name):
+        return source[env_name]
+    return None

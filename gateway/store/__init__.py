@@ -1,0 +1,1 @@
+"""Shared state: the ``StateStore`` contract and its memory and Redis implementations."""

@@ -1,0 +1,101 @@
+"""The ``StateStore`` contract: the few atomic operations the request pipeline needs.
+
+Rules every implementation keeps (the contract test suite checks them on both):
+- ``hot_path`` is **one** round trip: it reads the client's stored tier/override and detector state, runs GCRA
+  on requests and on reserved tokens at the limits of the client's effective tier, and returns all of it.
+- Every key written has a TTL. The store's clock (Redis ``TIME``) decides shared limits.
+- Tiers are small ints: 0 is the most trusted tier; the gateway's policy maps ints to names and actions.
+- Overrides: ``"allow"`` pins tier 0 and skips detection blocks; ``"deny"`` blocks; ``None`` none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Override = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """GCRA parameters for one tier: emission interval and burst, for requests and for tokens."""
+
+    requests_per_minute: float
+    tokens_per_minute: float
+    burst_requests: int
+    burst_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    client_id: str
+    tokens: int  # reserved up front: prompt estimate + max_tokens (x n)
+    limits_by_tier: Sequence[Limits]  # index = tier int
+    state_ttl_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int  # burst size (RateLimit-Limit)
+    remaining: int  # RateLimit-Remaining
+    reset_s: float  # seconds until the bucket is full again (RateLimit-Reset)
+    retry_after_s: float  # 0 when allowed
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    allowed: bool  # both requests and tokens admitted (and not denied by override)
+    tier: int  # effective tier (after override)
+    override: Override | None
+    requests: RateDecision
+    tokens: RateDecision
+    detector_state: bytes | None  # the client's serialized detector state, None when new
+    now: float  # store clock, unix seconds
+    degraded: bool = False  # answered by the failure-mode fallback, not the store
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    client_id: str
+    tier: int
+    override: Override | None
+    score: float
+
+
+class StateStore(Protocol):
+    async def hot_path(self, req: AdmitRequest) -> AdmitResult: ...
+
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
+        """Give back (or charge more) tokens once the real usage is known."""
+
+    async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
+        """Write the detector state and tier that the next ``hot_path`` for this client reads."""
+
+    async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
+        """Admin: allowlist/denylist a client, or pin its tier (``tier``); ``None`` clears."""
+
+    async def get_client(self, client_id: str) -> ClientRecord | None: ...
+
+    async def link_sketches(self, client_id: str, sketches: Sequence[int], ttl_s: float) -> dict[str, int]:
+        """Add the client's prompt sketches to the account-agnostic table; return other clients that share
+        sketches with it and how many (Blacklight-style cross-account linking)."""
+
+    async def append_alert(self, alert_json: str, max_len: int) -> None: ...
+
+    async def recent_alerts(self, count: int) -> list[str]: ...
+
+    async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
+        """Record that a client received watermarked output under a key version."""
+
+    async def recipients(self) -> dict[str, list[int]]: ...
+
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a named lease (for once-per-cluster duties such as canary analysis)."""
+
+    async def get_blob(self, name: str) -> bytes | None: ...
+
+    async def set_blob(self, name: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
