@@ -350,7 +350,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def parse_config(data: Mapping[str, Any], *, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+def parse_config(
+    data: Mapping[str, Any], *, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     merged = _apply_env(dict(data), os.environ if env is None else env)
     try:
         return GatewayConfig.model_validate(merged)
@@ -377,7 +379,9 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Ga
     return parse_config(data, source=str(p), env=env)
 
 
-def read_secret(env_name: str | None, file_name: str | None, *, what: str, env: Mapping[str, str] | None = None) -> str | None:
+def read_secret(
+    env_name: str | None, file_name: str | None, *, what: str, env: Mapping[str, str] | None = None
+) -> str | None:
     """Return a secret from a file (preferred) or an environment variable; None when neither is set."""
     if file_name:
         try:

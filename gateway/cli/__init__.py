@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "replay",
     "watermark",
     "verify",
+    "fingerprint",
 )
 
 
