@@ -1,0 +1,1 @@
+"""Authentication: ``Authorization: Bearer ...`` → ``Principal``, by JWT (HS/RS/ES, key file or JWKS) or API key."""

@@ -1,0 +1,164 @@
+"""Signing keys from a JWKS URL, fetched off the event loop, cached, with bounded refetches.
+
+``jwt.PyJWKClient`` does the HTTP fetch (urllib, synchronous), so every fetch runs in a worker thread through
+``asyncio.to_thread``. Keys are cached by ``kid``; the whole set is re-read every ``jwks_cache_ttl_s`` in the
+background so a key the IdP removed stops verifying. A token whose ``kid`` is unknown triggers at most one
+refetch per ``jwks_refetch_interval_s`` — counted from the last *attempt*, failed ones included — so a flood
+of tokens with random ``kid`` values cannot turn the gateway into a load generator against the IdP.
+Concurrent misses share one fetch.
+
+Only asymmetric keys of the configured family are used (RSA for RS*/PS*, EC for ES*); ``oct`` (symmetric)
+keys in a JWKS are ignored, which closes the HS/RS confusion path through the key set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from jwt import PyJWK, PyJWKClient
+from jwt.exceptions import PyJWTError
+
+from gateway.config import ConfigError
+from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class UnknownKey(Exception):
+    """No usable key for the token's ``kid``/``alg`` (after the allowed refetch, if any)."""
+
+
+def _family_kty(algorithms: Sequence[str]) -> str:
+    return "EC" if algorithms[0].startswith("ES") else "RSA"
+
+
+class JwksKeys:
+    def __init__(
+        self,
+        url: str,
+        algorithms: Sequence[str],
+        *,
+        refetch_interval_s: float = 60.0,
+        cache_ttl_s: float = 300.0,
+        timeout_s: float = 5.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.algorithms = tuple(algorithms)
+        self._kty = _family_kty(self.algorithms)
+        try:
+            self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
+        except PyJWTError as e:  # e.g. a scheme other than http(s)
+            raise ConfigError(f"auth.jwt.jwks_url: {e}") from e
+        parsed = urlsplit(url)
+        if parsed.scheme == "http" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+            # Keys fetched over plain HTTP can be swapped by anyone on the path: that is token forgery.
+            log.warning("auth.jwt.jwks_url %s is plain http: signing keys can be tampered with in transit", url)
+        self._refetch_interval = refetch_interval_s
+        self._cache_ttl = cache_ttl_s
+        self._metrics = metrics
+        self._clock = clock
+        self._jwks: dict[str | None, dict[str, Any]] = {}  # kid → raw JWK
+        self._keys: dict[tuple[str | None, str], PyJWK] = {}  # (kid, alg) → parsed key
+        self._last_attempt: float | None = None
+        self._lock = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    async def start(self) -> None:
+        """First fetch, then the periodic refresh. An unreachable IdP is logged, not fatal: keys come later."""
+        await self._refresh()
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_loop(), name="jwks-refresh")
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cache_ttl)
+            async with self._lock:
+                await self._refresh()
+
+    async def _refresh(self) -> bool:
+        """Fetch the set in a thread and install it; returns False (and keeps the old keys) on failure."""
+        self._last_attempt = self._clock()
+        self.fetches += 1
+        try:
+            data = await asyncio.to_thread(self._client.fetch_data)
+            jwks = self._parse(data)
+        except (PyJWTError, ValueError, TypeError) as e:
+            log.warning("JWKS fetch from %s failed, keeping %d cached keys: %s", self.url, len(self._jwks), e)
+            if self._metrics is not None:
+                self._metrics.jwks_fetches_total.labels(outcome="error").inc()
+            return False
+        if self._metrics is not None:
+            self._metrics.jwks_fetches_total.labels(outcome="ok").inc()
+        if set(jwks) != set(self._jwks):
+            log.info("JWKS from %s now has key ids %s", self.url, sorted(str(k) for k in jwks))
+        self._jwks = jwks
+        self._keys = {}
+        return True
+
+    def _parse(self, data: Any) -> dict[str | None, dict[str, Any]]:
+        keys = data.get("keys") if isinstance(data, dict) else None
+        if not isinstance(keys, list):
+            raise ValueError("JWKS has no 'keys' list")
+        out: dict[str | None, dict[str, Any]] = {}
+        for jwk in keys:
+            if not isinstance(jwk, dict) or jwk.get("kty") != self._kty:
+                continue
+            if jwk.get("use", "sig") != "sig":
+                continue
+            alg = jwk.get("alg")
+            if alg is not None and alg not in self.algorithms:
+                continue
+            kid = jwk.get("kid")
+            out[kid if isinstance(kid, str) else None] = jwk
+        return out
+
+    def _lookup(self, kid: str | None, alg: str) -> PyJWK | None:
+        cached = self._keys.get((kid, alg))
+        if cached is not None:
+            return cached
+        # A single-key set may be used by tokens without a kid.
+        single = kid is None and len(self._jwks) == 1
+        jwk = next(iter(self._jwks.values())) if single else self._jwks.get(kid)
+        if jwk is None or jwk.get("alg", alg) != alg:
+            return None
+        try:
+            key = PyJWK(jwk, algorithm=alg)
+        except PyJWTError as e:
+            log.warning("JWKS key %r unusable for %s: %s", kid, alg, e)
+            return None
+        self._keys[(kid, alg)] = key
+        return key
+
+    async def get(self, kid: str | None, alg: str) -> PyJWK:
+        key = self._lookup(kid, alg)
+        if key is not None:
+            return key
+        async with self._lock:
+            key = self._lookup(kid, alg)  # another coroutine may have refetched while we waited
+            if key is not None:
+                return key
+            now = self._clock()
+            if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
+                log.debug("unknown kid %r: refetching JWKS", kid)
+                await self._refresh()
+                key = self._lookup(kid, alg)
+        if key is None:
+            raise UnknownKey(f"no {alg} key with kid {kid!r}")
+        return key
+

@@ -1,0 +1,201 @@
+"""The JSON access log: one line per request, to stderr or a file, written by a dedicated thread.
+
+The record holds identifiers, sizes and timings only — never prompt or completion text, never credentials.
+
+Cost on the request path is what matters here (measured in bench/auth_bench.py): ``json.dumps`` with
+compact separators on a dict built field by field (``dataclasses.asdict`` deep-copies and is slower), then
+one put on an in-process queue. A dedicated writer thread drains the queue every 50 ms in batches — one
+``write`` per batch — so a slow disk or a full stderr pipe never stalls the event loop. Going through ``logging``
+(LogRecord + QueueHandler) cost about three times as much per line, so the access log deliberately does not
+use it; the lines are data, not diagnostics, and must not mix into the application log anyway.
+
+Bounded: if the writer falls more than ``max_pending`` lines behind, new lines are dropped and counted
+(``dropped``), with one warning when dropping starts and one when it stops.
+
+File sinks behave like ``logging.handlers.WatchedFileHandler``: if logrotate moves the file, the writer
+notices (device/inode change, checked at most once a second) and reopens the path.
+
+A line looks like::
+
+    {"ts":1764168000.123,"request_id":"b1f0…","client_id":"acme-7","tenant":"acme","model":"sim",
+     "backend":"stable","route":"/v1/chat/completions","status":200,"latency_ms":41.2,"overhead_ms":0.31,
+     "prompt_tokens":12,"completion_tokens":96,"tier":"normal","stream":true,"error_type":null}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from gateway.config import TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+_BATCH = 512
+_FLUSH_INTERVAL_S = 0.05
+_STAT_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    request_id: str
+    client_id: str | None
+    tenant: str | None
+    model: str | None
+    backend: str | None
+    route: str
+    status: int
+    latency_ms: float
+    overhead_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tier: str | int | None = None
+    stream: bool = False
+    error_type: str | None = None
+
+
+def format_record(rec: AccessRecord, ts: float) -> str:
+    return json.dumps(
+        {
+            "ts": round(ts, 3),
+            "request_id": rec.request_id,
+            "client_id": rec.client_id,
+            "tenant": rec.tenant,
+            "model": rec.model,
+            "backend": rec.backend,
+            "route": rec.route,
+            "status": rec.status,
+            "latency_ms": round(rec.latency_ms, 3),
+            "overhead_ms": None if rec.overhead_ms is None else round(rec.overhead_ms, 3),
+            "prompt_tokens": rec.prompt_tokens,
+            "completion_tokens": rec.completion_tokens,
+            "tier": rec.tier,
+            "stream": rec.stream,
+            "error_type": rec.error_type,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+class _Sink:
+    """stderr, or a file reopened when it is rotated away."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._stream: TextIO = sys.stderr
+        self._ident: tuple[int, int] | None = None
+        self._checked = 0.0
+        if path is not None:
+            self._open(path)
+
+    def _open(self, path: str) -> None:
+        self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the sink
+        st = os.fstat(self._stream.fileno())
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _reopen_if_rotated(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self._checked < _STAT_INTERVAL_S:
+            return
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._ident
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self._stream.close()
+            self._open(self.path)
+
+    def write(self, text: str) -> None:
+        self._reopen_if_rotated()
+        self._stream.write(text)
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._stream.close()
+        else:
+            self._stream.flush()
+
+
+class AccessLog:
+    """Writes ``AccessRecord``s as JSON lines. ``enabled=False`` makes ``write`` a no-op."""
+
+    def __init__(self, *, enabled: bool = True, file: str | None = None, max_pending: int = 100_000) -> None:
+        self.enabled = enabled
+        self.dropped = 0
+        self._dropping = False
+        self._max_pending = max_pending
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not enabled:
+            return
+        self._sink = _Sink(file)  # opened here so that a bad path fails at start-up, not in the thread
+        self._thread = threading.Thread(target=self._run, name="ipgate-access-log", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, cfg: TelemetryConfig) -> AccessLog:
+        return cls(enabled=cfg.access_log, file=cfg.access_log_file)
+
+    def write(self, rec: AccessRecord) -> None:
+        if self._thread is None:
+            return
+        if self._queue.qsize() >= self._max_pending:
+            self.dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.warning("access log writer is %d lines behind: dropping lines", self._max_pending)
+            return
+        if self._dropping:
+            self._dropping = False
+            log.warning("access log writer caught up; %d lines dropped so far", self.dropped)
+        self._queue.put(format_record(rec, time.time()))
+
+    def _run(self) -> None:
+        # Wake on a timer, not per line: a thread woken for every put would contend for the GIL with the
+        # event loop on each request. Lines reach the sink within _FLUSH_INTERVAL_S.
+        while True:
+            stopping = self._stop.wait(_FLUSH_INTERVAL_S)
+            self._drain()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        batch: list[str] = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            if len(batch) >= _BATCH:
+                self._emit(batch)
+                batch = []
+        if batch:
+            self._emit(batch)
+
+    def _emit(self, batch: list[str]) -> None:
+        try:
+            self._sink.write("\n".join(batch) + "\n")
+        except OSError as e:  # a full disk must not kill the thread; say so, keep going
+            self.dropped += len(batch)
+            log.error("access log write failed (%d lines lost): %s", len(batch), e)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer thread (idempotent)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._thread = None
+        self._sink.close()

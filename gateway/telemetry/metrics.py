@@ -1,0 +1,205 @@
+"""Prometheus metrics for the gateway, on a registry of their own (never the process-global one).
+
+Names follow Prometheus conventions (``ipgate_`` prefix, base units, ``_total`` counters); where an
+OpenTelemetry GenAI semantic-convention metric means the same thing, its help string names it
+(``gen_ai.server.request.duration``, ``gen_ai.server.time_to_first_token``, ``gen_ai.client.token.usage``)
+so dashboards built for either vocabulary can be mapped. No metric has a per-client label: client ids are
+unbounded and belong in the access log.
+
+Several worker processes (``ipgate serve --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory before the workers start. Each worker then writes its values to memory-mapped files there and
+``render()`` on the admin listener aggregates every worker (counters and histograms are summed; gauges use
+the ``multiprocess_mode`` given below). The supervisor should call ``prepare_multiproc_dir`` once at start-up
+and ``mark_worker_dead(pid)`` when a worker exits, so a dead worker's live gauges disappear.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# A proxy's latencies span sub-millisecond (cached auth, a zero-delay backend) to a minute (long generations).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# The gateway's own overhead should stay well under a millisecond; resolve it finely.
+OVERHEAD_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)
+
+
+def multiproc_dir(env: dict[str, str] | None = None) -> str | None:
+    source = os.environ if env is None else env
+    return source.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiproc_dir(path: str | Path) -> None:
+    """Create ``path`` empty (stale files from a previous run would be summed in) and point the env at it.
+
+    Call in the supervisor before any worker starts; workers inherit the environment.
+    """
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+    p.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(p)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges from the aggregate (counters keep its contribution, as they should)."""
+    path = multiproc_dir()
+    if path:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """All gateway metrics as attributes; ``render()`` gives the exposition body and its content type."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._multiproc_dir = multiproc_dir()
+        if self._multiproc_dir is not None and values.ValueClass is values.MutexValue:
+            # prometheus_client picks its value class when first imported; if the env variable was set after
+            # that (e.g. by the supervisor in this same process), switch now, before any metric is built.
+            log.info("prometheus multiprocess mode enabled late; using %s", self._multiproc_dir)
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        r = self.registry
+
+        # --- requests -------------------------------------------------------------------------------------
+        self.requests_total = Counter(
+            "ipgate_requests_total", "Requests answered, by route, model, backend and HTTP status.",
+            ["route", "model", "backend", "status"], registry=r,
+        )
+        self.request_duration_seconds = Histogram(
+            "ipgate_request_duration_seconds",
+            "End-to-end request duration as the client sees it (GenAI: gen_ai.server.request.duration).",
+            ["route", "model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "ipgate_ttft_seconds",
+            "Time to first streamed token (GenAI: gen_ai.server.time_to_first_token).",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens_total = Counter(
+            "ipgate_tokens_total",
+            "Tokens by type: input or output (GenAI: gen_ai.client.token.usage, gen_ai.token.type).",
+            ["model", "type"], registry=r,
+        )
+        self.overhead_seconds = Histogram(
+            "ipgate_overhead_seconds", "Time the gateway itself added to a request (excludes upstream time).",
+            buckets=OVERHEAD_BUCKETS, registry=r,
+        )
+        self.upstream_retries_total = Counter(
+            "ipgate_upstream_retries_total", "Upstream attempts retried before the first byte.", ["model"],
+            registry=r,
+        )
+        self.stream_errors_total = Counter(
+            "ipgate_stream_errors_total", "Streams ended with an error event, by reason.", ["model", "reason"],
+            registry=r,
+        )
+
+        # --- auth -----------------------------------------------------------------------------------------
+        self.auth_failures_total = Counter(
+            "ipgate_auth_failures_total",
+            "Rejected credentials by reason (the client only ever sees a generic 401).", ["reason"], registry=r,
+        )
+        self.auth_cache_total = Counter(
+            "ipgate_auth_cache_total", "Verified-token cache lookups: hit or miss.", ["result"], registry=r,
+        )
+        self.jwks_fetches_total = Counter(
+            "ipgate_jwks_fetches_total", "JWKS fetches by outcome (ok, error).", ["outcome"], registry=r,
+        )
+
+        # --- rate limits and store ------------------------------------------------------------------------
+        self.rate_limit_decisions_total = Counter(
+            "ipgate_rate_limit_decisions_total", "Rate-limit decisions by limit kind and decision.",
+            ["kind", "decision"], registry=r,
+        )
+        self.store_failures_total = Counter(
+            "ipgate_store_failures_total", "State-store operations that failed or timed out.", ["op"], registry=r,
+        )
+        self.store_degraded = Gauge(
+            "ipgate_store_degraded", "1 while the shared store is unreachable and the failure mode applies.",
+            registry=r, multiprocess_mode="livemax",
+        )
+
+        # --- routing and canary ---------------------------------------------------------------------------
+        self.backend_ejections_total = Counter(
+            "ipgate_backend_ejections_total", "Backends ejected by passive health checks.", ["model", "backend"],
+            registry=r,
+        )
+        self.backend_healthy = Gauge(
+            "ipgate_backend_healthy", "1 if the backend is in rotation (with workers: only if every worker agrees).",
+            ["model", "backend"], registry=r, multiprocess_mode="livemin",
+        )
+        self.canary_weight = Gauge(
+            "ipgate_canary_weight", "Current traffic weight of each backend, in percent.", ["model", "backend"],
+            registry=r, multiprocess_mode="livemostrecent",
+        )
+        self.canary_state = Gauge(
+            "ipgate_canary_state", "1 for the rollout's current state (progressing, paused, promoted, aborted).",
+            ["model", "state"], registry=r, multiprocess_mode="livemostrecent",
+        )
+        self.canary_events_total = Counter(
+            "ipgate_canary_events_total", "Canary events: step, analysis_ok, analysis_failed, abort, promote.",
+            ["model", "event"], registry=r,
+        )
+
+        # --- detection, alerts, watermark -----------------------------------------------------------------
+        self.detector_errors_total = Counter(
+            "ipgate_detector_errors_total", "Detector invocations that raised (request went on unscored).",
+            ["detector"], registry=r,
+        )
+        self.detection_tier_total = Counter(
+            "ipgate_detection_tier_total", "Requests by the policy tier their client was in.", ["tier"], registry=r,
+        )
+        self.alerts_total = Counter(
+            "ipgate_alerts_total", "Alerts by sink and outcome (delivered, retried, dropped, deduplicated).",
+            ["sink", "outcome"], registry=r,
+        )
+        self.watermark_responses_total = Counter(
+            "ipgate_watermark_responses_total", "Responses watermarked, by scheme.", ["scheme"], registry=r,
+        )
+
+        # --- fingerprint checks (gateway/fingerprinting.py) -----------------------------------------------
+        self.fingerprint_checks_total = Counter(
+            "ipgate_fingerprint_checks_total",
+            "Fingerprint checks of a backend against its reference, by verdict (match, mismatch, inconclusive).",
+            ["model", "backend", "verdict"], registry=r,
+        )
+        self.fingerprint_match = Gauge(
+            "ipgate_fingerprint_match",
+            "1 if the backend's last conclusive fingerprint check matched its reference, 0 if it mismatched.",
+            ["model", "backend"], registry=r, multiprocess_mode="livemin",
+        )
+
+    @property
+    def multiprocess(self) -> bool:
+        return self._multiproc_dir is not None
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this process, or of all workers in multiprocess mode."""
+        if self._multiproc_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # A fresh registry per scrape, as prometheus_client's docs prescribe: the collector reads the files of
+        # every worker, so the answer is the same whichever worker the admin request reached.
+        agg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(agg, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(agg), CONTENT_TYPE_LATEST
