@@ -54,14 +54,18 @@ class AdmitResult:
     detector_state: bytes | None  # the client's serialized detector state, None when new
     now: float  # store clock, unix seconds
     degraded: bool = False  # answered by the failure-mode fallback, not the store
+    unavailable: bool = False  # refused only because the store could not decide (failure_mode "closed")
 
 
 @dataclass(frozen=True, slots=True)
 class ClientRecord:
     client_id: str
-    tier: int
+    tier: int  # effective tier, as hot_path would apply it (allow → 0, else pinned, else detector)
     override: Override | None
     score: float
+    detector_tier: int = 0  # the tier detection last wrote
+    pinned_tier: int | None = None  # an administrator's tier pin
+    override_ttl_s: float | None = None  # seconds until the override/pin expires (None: no override)
 
 
 class StateStore(Protocol):

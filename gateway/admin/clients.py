@@ -1,0 +1,146 @@
+"""Admin API for one client: read its record, allowlist / denylist it, or pin its tier.
+
+- ``GET /admin/clients/{client_id}`` → the record the gateway applies: effective tier (int and name), the
+  detector's tier, an administrator's pin, the override and when it expires, the suspicion score and the
+  limits in force. A client never seen answers ``known: false`` with the defaults (the policy applies to
+  any id, so an administrator can denylist one before its first request).
+- ``PUT /admin/clients/{client_id}/override`` with ``{"override": "allow"|"deny"|null, "tier": "<name>"|<int>|
+  null, "ttl_s": <seconds>}``. ``allow`` pins tier 0 and exempts the client from detection blocks; ``deny``
+  refuses every request (403); ``tier`` pins a tier (detection may still raise a request above it). Both
+  null clears, like DELETE. Every key in the store has a TTL, overrides included: ``ttl_s`` defaults to
+  90 days, at most 365.
+- ``DELETE /admin/clients/{client_id}/override`` clears the override and the pin.
+
+Every change is logged at INFO with the administrator's identity (an audit trail, not a metric: no
+per-client labels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.context import AppContext
+from gateway.errors import InvalidRequest
+from gateway.store.base import Override
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 90 * 24 * 3600.0
+MAX_TTL_S = 365 * 24 * 3600.0
+MAX_CLIENT_ID = 256
+_FIELDS = {"override", "tier", "ttl_s"}
+
+
+def _client_id(request: web.Request) -> str:
+    cid = request.match_info["client_id"]
+    if not cid or len(cid) > MAX_CLIENT_ID or any(ord(c) < 32 for c in cid):
+        raise InvalidRequest(f"client_id must be 1-{MAX_CLIENT_ID} printable characters", param="client_id")
+    return cid
+
+
+def _parse_tier(ctx: AppContext, raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            return ctx.policy.index(raw)
+        except KeyError as e:
+            raise InvalidRequest(str(e.args[0]), param="tier") from None
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(ctx.policy.tiers):
+        return raw
+    raise InvalidRequest(
+        f"tier must be a tier name ({', '.join(ctx.policy.names)}) or an index 0-{len(ctx.policy.tiers) - 1}",
+        param="tier",
+    )
+
+
+def parse_override(ctx: AppContext, body: Any) -> tuple[Override | None, int | None, float]:
+    """Validate a PUT body; errors name the offending field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; allowed: override, tier, ttl_s", param=unknown[0])
+    override = body.get("override")
+    if override not in (None, "allow", "deny"):
+        raise InvalidRequest('override must be "allow", "deny" or null', param="override")
+    tier = _parse_tier(ctx, body.get("tier"))
+    if override == "allow" and tier not in (None, 0):
+        raise InvalidRequest('"allow" pins tier 0; omit tier or use override null to pin a tier', param="tier")
+    ttl = body.get("ttl_s", DEFAULT_TTL_S)
+    if ttl is None:
+        ttl = DEFAULT_TTL_S
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S:
+        raise InvalidRequest(f"ttl_s must be a number of seconds in (0, {int(MAX_TTL_S)}]", param="ttl_s")
+    return override, tier, float(ttl)
+
+
+async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
+    rec = await ctx.store.get_client(client_id)
+    names = ctx.policy.names
+    if rec is None:
+        tier, detector, pinned, override, score, ttl = 0, 0, None, None, 0.0, None
+    else:
+        tier = min(max(rec.tier, 0), len(names) - 1)  # as hot_path clamps it
+        detector, pinned = rec.detector_tier, rec.pinned_tier
+        override, score, ttl = rec.override, rec.score, rec.override_ttl_s
+    lim = ctx.policy.limits_for(tier)
+    return {
+        "client_id": client_id,
+        "known": rec is not None,
+        "tier": tier,
+        "tier_name": names[tier],
+        "detector_tier": detector,
+        "detector_tier_name": ctx.policy.tier(detector).name,
+        "pinned_tier": pinned,
+        "pinned_tier_name": ctx.policy.tier(pinned).name if pinned is not None else None,
+        "override": override,
+        "override_ttl_s": round(ttl, 3) if ttl is not None else None,
+        "score": score,
+        "blocked": override == "deny" or (override != "allow" and ctx.policy.tier(tier).block),
+        "limits": {
+            "requests_per_minute": lim.requests_per_minute,
+            "tokens_per_minute": lim.tokens_per_minute,
+            "burst_requests": lim.burst_requests,
+            "burst_tokens": lim.burst_tokens,
+        },
+    }
+
+
+def _who(request: web.Request) -> str:
+    principal = request.get("ipgate_admin_principal")
+    return str(getattr(principal, "client_id", "unknown"))
+
+
+def routes(ctx: AppContext) -> list[web.RouteDef]:
+    async def get_client(request: web.Request) -> web.Response:
+        return web.json_response(await client_view(ctx, _client_id(request)))
+
+    async def put_override(request: web.Request) -> web.Response:
+        cid = _client_id(request)
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError:
+            raise InvalidRequest("the request body is not valid JSON") from None
+        override, tier, ttl = parse_override(ctx, body)
+        await ctx.store.set_override(cid, override, tier, ttl)
+        log.info("admin %s set client %r override=%s tier=%s ttl_s=%.0f", _who(request), cid, override,
+                 ctx.policy.tier(tier).name if tier is not None else None, ttl)
+        return web.json_response(await client_view(ctx, cid))
+
+    async def delete_override(request: web.Request) -> web.Response:
+        cid = _client_id(request)
+        await ctx.store.set_override(cid, None, None, DEFAULT_TTL_S)
+        log.info("admin %s cleared the override of client %r", _who(request), cid)
+        return web.json_response(await client_view(ctx, cid))
+
+    # ``.+`` so that ids containing "/" (sent as %2F) still match one segment
+    return [
+        web.put("/admin/clients/{client_id:.+}/override", put_override),
+        web.delete("/admin/clients/{client_id:.+}/override", delete_override),
+        web.get("/admin/clients/{client_id:.+}", get_client),
+    ]

@@ -1,0 +1,239 @@
+"""Pure rate-limit logic: GCRA, the response headers it implies, and the token reservation estimate.
+
+GCRA (the generic cell rate algorithm) keeps ONE number per key, the theoretical arrival time ``TAT``:
+
+    base = max(now, TAT)                  # an idle key does not bank credit beyond its burst
+    TAT' = base + cost·T                  # T = emission interval = 60 s / per_minute
+    reject if TAT' − now > burst·T        # admitting would exceed the burst tolerance
+
+so exactly ``burst`` unit requests pass at once, then one per ``T``. Nothing here does I/O: the memory store
+calls :func:`gcra` directly and ``gateway/store/lua/hot_path.lua`` is a line-by-line port of it (the contract
+tests hold both to the same numbers).
+
+Times are integer **microseconds** so that Redis ``TIME`` (seconds + microseconds) is represented exactly in a
+double; ``EPS_US`` absorbs the rounding of fractional emission intervals (60e6/7 µs is not an integer), so the
+``burst``-th back-to-back request is never rejected by a float ulp.
+
+A cost larger than the burst (a request reserving more tokens than the tier's token burst) could never pass
+the test above. Such a request is admitted only when the bucket is full, and its full cost is charged, which
+puts the key into debt: later requests wait until the long-run rate is restored. Exactness over time is
+kept; a single big request is not starved forever.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import GatewayError, PermissionDenied, RateLimited, ServiceUnavailable
+from gateway.store.base import AdmitResult, Limits, RateDecision
+
+EPS_US = 1.0
+DEFAULT_MAX_TOKENS = 1024  # completion reservation when the client names no max_tokens; reconcile corrects it
+MAX_N = 128  # cap on the n/best_of multiplier, so an absurd body cannot overflow the reservation
+_MESSAGE_OVERHEAD = 4  # role/separator tokens per chat message (OpenAI's cookbook counts 3-4)
+
+
+def interval_us(per_minute: float) -> float:
+    """Emission interval ``T`` in microseconds for a rate given per minute."""
+    return 60_000_000.0 / per_minute
+
+
+@dataclass(frozen=True, slots=True)
+class GcraStep:
+    tat_us: float  # the TAT to store (unchanged when rejected)
+    decision: RateDecision
+
+
+def gcra(tat_us: float, now_us: float, cost: int, interval: float, burst: int) -> GcraStep:
+    """One GCRA decision. ``tat_us`` is the stored TAT (0 for a new key), ``interval`` is ``T`` in µs."""
+    base = max(tat_us, now_us)
+    cap = burst * interval
+    need = base + min(cost, burst) * interval - now_us
+    if need > cap + EPS_US:
+        remaining = max(0, math.floor((cap - (base - now_us) + EPS_US) / interval))
+        return GcraStep(
+            tat_us,
+            RateDecision(False, burst, remaining, (base - now_us) / 1e6, (need - cap) / 1e6),
+        )
+    new_tat = base + cost * interval
+    remaining = max(0, math.floor((cap - (new_tat - now_us) + EPS_US) / interval))
+    return GcraStep(new_tat, RateDecision(True, burst, remaining, (new_tat - now_us) / 1e6, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    allowed: bool
+    tat_requests_us: float  # TATs to store (unchanged unless allowed)
+    tat_tokens_us: float
+    requests: RateDecision
+    tokens: RateDecision
+
+
+def admit(tat_requests_us: float, tat_tokens_us: float, now_us: float, tokens: int, limits: Limits,
+          deny: bool = False) -> Admission:
+    """Both buckets of one request, all or nothing: a request is charged only if requests AND tokens admit it.
+
+    A bucket that would have admitted but is not charged (the other one rejected, or ``deny``) is reported
+    as it stands (a zero-cost look), so its ``remaining`` is not off by the uncharged request.
+    """
+    tr = interval_us(limits.requests_per_minute)
+    tk = interval_us(limits.tokens_per_minute)
+    br, bk = limits.burst_requests, limits.burst_tokens
+    if not deny:
+        r = gcra(tat_requests_us, now_us, 1, tr, br)
+        k = gcra(tat_tokens_us, now_us, tokens, tk, bk)
+        if r.decision.allowed and k.decision.allowed:
+            return Admission(True, r.tat_us, k.tat_us, r.decision, k.decision)
+    if deny or r.decision.allowed:
+        r = gcra(tat_requests_us, now_us, 0, tr, br)
+    if deny or k.decision.allowed:
+        k = gcra(tat_tokens_us, now_us, 0, tk, bk)
+    return Admission(False, tat_requests_us, tat_tokens_us, r.decision, k.decision)
+
+
+def reconcile_tat(tat_us: float, now_us: float, delta: int, interval: float) -> float:
+    """Charge ``delta`` more units (negative: give back) to a key after the fact.
+
+    Giving back never lowers the TAT below ``now`` (that would bank credit beyond the burst); charging more
+    may push the key past its burst (debt), which later requests then wait out.
+    """
+    if delta >= 0:
+        return max(tat_us, now_us) + delta * interval
+    return max(tat_us + delta * interval, now_us) if tat_us > now_us else tat_us
+
+
+# --- headers -------------------------------------------------------------------------------------------
+
+
+def _binding(result: AdmitResult) -> tuple[str, RateDecision]:
+    """The decision that constrains the client most: the rejecting one, else the fuller bucket."""
+    r, t = result.requests, result.tokens
+    if not r.allowed or not t.allowed:
+        if r.allowed:
+            return "tokens", t
+        if t.allowed:
+            return "requests", r
+        return ("requests", r) if r.retry_after_s >= t.retry_after_s else ("tokens", t)
+    fr = r.remaining / r.limit if r.limit else 1.0
+    ft = t.remaining / t.limit if t.limit else 1.0
+    return ("requests", r) if fr <= ft else ("tokens", t)
+
+
+def _secs(x: float) -> str:
+    return str(max(0, math.ceil(x - 1e-9)))
+
+
+def rate_limit_headers(result: AdmitResult) -> dict[str, str]:
+    """IETF ``RateLimit-*`` headers (draft-ietf-httpapi-ratelimit-headers) for the binding limit, OpenAI-style
+    ``x-ratelimit-*`` for both, and ``Retry-After`` (+ ``retry-after-ms``, which the openai SDK honours)
+    when the request was not admitted."""
+    _, d = _binding(result)
+    r, t = result.requests, result.tokens
+    h = {
+        "RateLimit-Limit": str(d.limit),
+        "RateLimit-Remaining": str(d.remaining),
+        "RateLimit-Reset": _secs(d.reset_s),
+        "x-ratelimit-limit-requests": str(r.limit),
+        "x-ratelimit-remaining-requests": str(r.remaining),
+        "x-ratelimit-reset-requests": f"{r.reset_s:.3f}s",
+        "x-ratelimit-limit-tokens": str(t.limit),
+        "x-ratelimit-remaining-tokens": str(t.remaining),
+        "x-ratelimit-reset-tokens": f"{t.reset_s:.3f}s",
+    }
+    if not result.allowed and result.override != "deny":
+        wait = max(d.retry_after_s, 0.001)
+        h["Retry-After"] = str(max(1, math.ceil(wait - 1e-9)))
+        h["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+    return h
+
+
+def admission_error(result: AdmitResult) -> GatewayError | None:
+    """The error to answer a non-admitted request with (None when admitted).
+
+    - an administrator's ``deny`` override → 403 (a policy decision, retrying does not help);
+    - the store could not decide and the failure mode is ``closed`` (``unavailable``) → 503 with
+      ``Retry-After``: the client did not exceed its quota, we could not check it, so a 429 would be a lie
+      that skews client back-off;
+    - otherwise → 429 with the ``RateLimit-*`` headers of the binding limit (including the in-process limits
+      of failure mode ``local``: those are real limits).
+    """
+    if result.allowed:
+        return None
+    if result.override == "deny":
+        return PermissionDenied("This client has been blocked by an administrator.", code="client_denied")
+    headers = rate_limit_headers(result)
+    if result.unavailable:
+        return ServiceUnavailable(
+            "Rate-limit state is temporarily unavailable; please retry shortly.",
+            code="rate_limit_state_unavailable",
+            headers={"Retry-After": headers.get("Retry-After", "1")},
+        )
+    kind, d = _binding(result)
+    return RateLimited(
+        f"Rate limit reached for {kind}: burst of {d.limit}, {d.remaining} remaining. "
+        f"Please try again in {max(d.retry_after_s, 0.001):.3f}s.",
+        headers=headers,
+    )
+
+
+# --- reservation ---------------------------------------------------------------------------------------
+
+
+def _chars(value: Any) -> int:
+    """Characters of text in a message content / prompt: a string, a list of parts, or token ids."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        total = 0
+        for part in value:
+            if isinstance(part, str):
+                total += len(part)
+            elif isinstance(part, int):
+                total += 4  # a token id is one token
+            elif isinstance(part, Mapping):
+                total += _chars(part.get("text"))
+            elif isinstance(part, list):
+                total += _chars(part)
+        return total
+    return 0
+
+
+def _int_field(body: Mapping[str, Any], *names: str, default: int) -> int:
+    for name in names:
+        v = body.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return default
+
+
+def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
+    """Tokens to reserve before forwarding: prompt ≈ characters / 4, plus the completion budget.
+
+    Deliberately cheap (no tokenizer): the reservation only has to be a fair upper-ish guess, because the
+    real usage reconciles it afterwards. Never raises: schema validation is the parse step's job.
+    """
+    if endpoint.endswith("/chat/completions"):
+        chars, overhead = 0, 0
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for m in messages:
+                if isinstance(m, Mapping):
+                    chars += _chars(m.get("content"))
+                    overhead += _MESSAGE_OVERHEAD
+        prompt = (chars + 3) // 4 + overhead
+        completion = _int_field(body, "max_completion_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS)
+        return prompt + completion * min(_int_field(body, "n", default=1), MAX_N)
+    if endpoint.endswith("/completions"):
+        raw = body.get("prompt")
+        prompt = (_chars(raw) + 3) // 4
+        # a batch (list of strings or of token-id lists) generates one completion per prompt
+        batch = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
+        completion = _int_field(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
+        n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
+        return prompt + completion * min(n * batch, MAX_N)
+    if endpoint.endswith("/embeddings"):
+        return max(1, (_chars(body.get("input")) + 3) // 4)
+    return 1

@@ -1,0 +1,24 @@
+-- Give back (delta < 0) or charge more (delta > 0) tokens once the real usage is known.
+-- Port of gateway.ratelimit.reconcile_tat. KEYS[1] rate-limit hash. ARGV[1] delta, ARGV[2] T_tokens_us.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local delta = tonumber(ARGV[1])
+local T = tonumber(ARGV[2])
+local tats = redis.call('HMGET', KEYS[1], 'r', 'k')
+local tat_r = tonumber(tats[1]) or 0
+local tat_k = tonumber(tats[2])
+if not tat_k then
+  if delta < 0 then return 0 end  -- the bucket already refilled completely; nothing to give back
+  tat_k = 0
+end
+local nk
+if delta >= 0 then
+  nk = math.max(tat_k, now) + delta * T
+elseif tat_k > now then
+  nk = math.max(tat_k + delta * T, now)
+else
+  nk = tat_k
+end
+redis.call('HSET', KEYS[1], 'r', string.format('%.17g', tat_r), 'k', string.format('%.17g', nk))
+redis.call('PEXPIREAT', KEYS[1], math.ceil((math.max(tat_r, nk, now) + 1000000) / 1000))
+return 1

@@ -1,0 +1,240 @@
+"""``RedisStore``: the shared ``StateStore`` for any number of gateway processes and hosts.
+
+- The hot path is ONE ``EVALSHA`` of ``lua/hot_path.lua`` (``EVAL`` with the source on ``NOSCRIPT``, e.g.
+  after a Redis restart). The script reads Redis ``TIME``, so every replica decides against the same clock,
+  and runs GCRA for requests and tokens atomically at the client's effective tier.
+- Every key written has a TTL (rate-limit hashes expire one second after their bucket is full again); writes
+  that set a value and its TTL are atomic (a Lua script or MULTI/EXEC).
+- A client's keys share the hash tag ``{client_id}`` so that, in Redis Cluster, the hot-path script's three
+  keys live in one slot. Keys that are not per client are touched one key per command.
+- All traffic goes over one multiplexed connection per process (``resp.RespMux``): every call is bounded by
+  ``StoreConfig.timeout_ms``, connect included, and never retried here.
+
+Errors propagate (``redis.exceptions.RedisError``, ``TimeoutError``): wrap this store in ``ResilientStore``
+to apply the configured failure mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from gateway.config import StoreConfig
+from gateway.ratelimit import interval_us
+from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision
+from gateway.store.memory import (
+    ALERTS_TTL_S,
+    DEFAULT_MAX_STATE_BYTES,
+    MAX_SKETCH_MEMBERS,
+    check_state,
+    effective_tier,
+)
+from gateway.store.resp import Arg, RespMux, pack_bulks, reply_error
+
+
+def _ms(ttl_s: float) -> int:
+    if ttl_s <= 0:
+        raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+    return max(1, int(ttl_s * 1000))
+
+
+def _decision(row: Sequence[Any], i: int) -> RateDecision:
+    return RateDecision(bool(row[i]), int(row[i + 1]), int(row[i + 2]), int(row[i + 3]) / 1e6, int(row[i + 4]) / 1e6)
+
+
+def _override(raw: Any) -> Override | None:
+    return "allow" if raw == b"allow" else "deny" if raw == b"deny" else None
+
+
+class _Script:
+    """A Lua script run by SHA, falling back to its source when the server does not know it (yet)."""
+
+    def __init__(self, name: str) -> None:
+        self.src = resources.files("gateway.store").joinpath("lua", name).read_bytes()
+        self.sha = hashlib.sha1(self.src).hexdigest().encode()
+
+    async def run(self, mux: RespMux, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> Any:
+        return await self.run_packed(mux, pack_bulks([len(keys), *keys, *args]), 1 + len(keys) + len(args))
+
+    async def run_packed(self, mux: RespMux, body: bytes, nbody: int) -> Any:
+        """``body`` is ``numkeys keys... args...`` as ``nbody`` packed bulk strings (``pack_bulks``)."""
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (nbody + 2, self.sha)
+        (reply,) = await mux.execute_packed(head + body)
+        err = reply_error(reply)
+        if err is not None and str(err).startswith("NOSCRIPT"):
+            head = b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (nbody + 2, len(self.src), self.src)
+            (reply,) = await mux.execute_packed(head + body)
+            err = reply_error(reply)
+        if err is not None:
+            raise err
+        return reply
+
+
+class RedisStore:
+    def __init__(self, url: str, *, timeout_s: float = 0.05, prefix: str = "ipgate:",
+                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES) -> None:
+        self._mux = RespMux(url, timeout_s=timeout_s)
+        self._p = prefix
+        self._max_state = max_state_bytes
+        self._hot = _Script("hot_path.lua")
+        self._reconcile = _Script("reconcile.lua")
+        self._save = _Script("save_state.lua")
+        self._lease = _Script("lease.lua")
+        self._recipient = _Script("recipient.lua")
+        self._recipients = _Script("recipients.lua")
+        self._tier_args: tuple[Sequence[Limits], bytes, int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: StoreConfig) -> RedisStore:
+        return cls(cfg.url, timeout_s=cfg.timeout_ms / 1000.0, prefix=cfg.key_prefix,
+                   max_state_bytes=cfg.max_state_bytes)
+
+    # key layout ------------------------------------------------------------------------------------------
+    def client_keys(self, client_id: str) -> tuple[str, str, str]:
+        # Braces inside the id would end (or empty) the hash tag; percent-encoding them keeps the tag intact
+        # and the mapping injective.
+        if "{" in client_id or "}" in client_id or "%" in client_id:
+            client_id = client_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        tag = f"{self._p}{{{client_id}}}"
+        return f"{tag}:rl", f"{tag}:st", f"{tag}:ov"
+
+    def _limit_args(self, limits_by_tier: Sequence[Limits]) -> tuple[bytes, int]:
+        # The policy passes the same tuple on every request: encode it once, not per call.
+        cached = self._tier_args
+        if cached is not None and cached[0] is limits_by_tier:
+            return cached[1], cached[2]
+        args: list[Arg] = [len(limits_by_tier)]
+        for lim in limits_by_tier:
+            args += [repr(interval_us(lim.requests_per_minute)), lim.burst_requests,
+                     repr(interval_us(lim.tokens_per_minute)), lim.burst_tokens]
+        packed = pack_bulks(args)
+        self._tier_args = (limits_by_tier, packed, len(args))
+        return packed, len(args)
+
+    # hot path ----------------------------------------------------------------------------------------------
+    async def hot_path(self, req: AdmitRequest) -> AdmitResult:
+        state_ttl = int(req.state_ttl_s * 1000) if req.state_ttl_s > 0 else 0
+        tiers, ntier_args = self._limit_args(req.limits_by_tier)
+        body = pack_bulks([3, *self.client_keys(req.client_id), req.tokens, state_ttl]) + tiers
+        row = await self._hot.run_packed(self._mux, body, 6 + ntier_args)
+        return AdmitResult(
+            allowed=bool(row[0]),
+            tier=int(row[1]),
+            override=_override(row[2]),
+            requests=_decision(row, 4),
+            tokens=_decision(row, 9),
+            detector_state=row[14] if len(row) > 14 else None,
+            now=int(row[3]) / 1e6,
+        )
+
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
+        delta = actual - reserved
+        if delta:
+            await self._reconcile.run(self._mux, [self.client_keys(client_id)[0]],
+                                      [delta, repr(interval_us(limits.tokens_per_minute))])
+
+    # per-client state and overrides ---------------------------------------------------------------------------
+    async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
+        check_state(state, tier, self._max_state)
+        await self._save.run(self._mux, [self.client_keys(client_id)[1]],
+                             [bytes(state), tier, repr(float(score)), _ms(ttl_s)])
+
+    async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
+        ov = self.client_keys(client_id)[2]
+        if override is None and tier is None:
+            await self._mux.execute("DEL", ov)
+            return
+        if tier is not None and tier < 0:
+            raise ValueError(f"tier must be >= 0, got {tier}")
+        fields: list[Arg] = []
+        if override is not None:
+            fields += ["o", override]
+        if tier is not None:
+            fields += ["t", tier]
+        await self._mux.execute_many([("MULTI",), ("DEL", ov), ("HSET", ov, *fields), ("PEXPIRE", ov, _ms(ttl_s)),
+                                      ("EXEC",)])
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        _, st, ov = self.client_keys(client_id)
+        (tier_raw, score_raw), (o_raw, pin_raw), pttl = await self._mux.execute_many(
+            [("HMGET", st, "t", "c"), ("HMGET", ov, "o", "t"), ("PTTL", ov)])
+        if tier_raw is None and o_raw is None and pin_raw is None:
+            return None
+        override = _override(o_raw)
+        pinned = int(pin_raw) if pin_raw is not None else None
+        stored = int(tier_raw) if tier_raw is not None else 0
+        has_ov = o_raw is not None or pin_raw is not None
+        return ClientRecord(
+            client_id=client_id,
+            tier=effective_tier(stored, pinned, override),
+            override=override,
+            score=float(score_raw) if score_raw is not None else 0.0,
+            detector_tier=stored,
+            pinned_tier=pinned,
+            override_ttl_s=pttl / 1000 if has_ov and pttl > 0 else None,
+        )
+
+    # cross-account linking ----------------------------------------------------------------------------------
+    async def link_sketches(self, client_id: str, sketches: Sequence[int], ttl_s: float) -> dict[str, int]:
+        """One pipelined round trip; one key per command so it also works key-by-key on Redis Cluster."""
+        unique = list(dict.fromkeys(sketches))
+        if not unique:
+            return {}
+        ttl, now = _ms(ttl_s), repr(time.time())
+        cmds: list[tuple[Arg, ...]] = []
+        for sk in unique:
+            key = f"{self._p}sk:{sk}"
+            cmds += [("ZRANGE", key, 0, -1), ("ZADD", key, now, client_id),
+                     ("ZREMRANGEBYRANK", key, 0, -(MAX_SKETCH_MEMBERS + 1)),  # keep the most recent members
+                     ("PEXPIRE", key, ttl)]
+        replies = await self._mux.execute_many(cmds)
+        shared: dict[str, int] = {}
+        for members in replies[0::4]:
+            for m in members:
+                other = m.decode()
+                if other != client_id:
+                    shared[other] = shared.get(other, 0) + 1
+        return shared
+
+    # alerts, recipients, leases, blobs ---------------------------------------------------------------------
+    async def append_alert(self, alert_json: str, max_len: int) -> None:
+        key = f"{self._p}alerts"
+        await self._mux.execute_many([("MULTI",), ("LPUSH", key, alert_json), ("LTRIM", key, 0, max(1, max_len) - 1),
+                                      ("PEXPIRE", key, _ms(ALERTS_TTL_S)), ("EXEC",)])
+
+    async def recent_alerts(self, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        rows = await self._mux.execute("LRANGE", f"{self._p}alerts", 0, count - 1)
+        return [r.decode() for r in rows]
+
+    async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
+        await self._recipient.run(self._mux, [f"{self._p}wm:recipients"], [f"{key_version}:{client_id}", _ms(ttl_s)])
+
+    async def recipients(self) -> dict[str, list[int]]:
+        rows = await self._recipients.run(self._mux, [f"{self._p}wm:recipients"])
+        out: dict[str, list[int]] = {}
+        for raw in rows:
+            version, _, client = raw.decode().partition(":")
+            out.setdefault(client, []).append(int(version))
+        return {c: sorted(v) for c, v in out.items()}
+
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._lease.run(self._mux, [f"{self._p}lease:{name}"], [owner, _ms(ttl_s)]))
+
+    async def get_blob(self, name: str) -> bytes | None:
+        value = await self._mux.execute("GET", f"{self._p}blob:{name}")
+        return value if isinstance(value, bytes) else None
+
+    async def set_blob(self, name: str, value: bytes, ttl_s: float) -> None:
+        await self._mux.execute("SET", f"{self._p}blob:{name}", bytes(value), "PX", _ms(ttl_s))
+
+    # lifecycle ---------------------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._mux.execute("PING")
+
+    async def close(self) -> None:
+        await self._mux.close()
