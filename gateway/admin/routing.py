@@ -1,0 +1,104 @@
+"""Admin API for routing and canary rollouts, and the reload entry point used by SIGHUP.
+
+- ``GET /admin/routing[?model=NAME]``: pools, weights (configured and effective), health, ejections,
+  in-flight counts, retry budget, and each canary's state with its history.
+- ``POST /admin/routing/reload``: re-read the config file the gateway was started with and apply the
+  sections that reload live (``models`` - backends, weights, stickiness, canary steps - and ``routing``).
+  A changed section that needs a restart is named in ``restart_required``; a bad file is a 400 that names
+  the file and field, and the running config is kept.
+- ``POST /admin/canary/{model}/{abort|promote|pause|resume|restart}``: operator commands; the answer is the
+  rollout's new state. With a shared store every replica follows within one poll (at most 1 s).
+
+``reload_from_config(ctx, cfg)`` / ``reload_from_file(ctx, path)`` are what the server's SIGHUP handler calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.context import AppContext
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.routing.canary import Op
+
+log = logging.getLogger(__name__)
+
+LIVE_SECTIONS = ("models", "routing")
+
+
+def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
+    """Apply the live-reloadable sections of ``new``; in-flight requests finish on the backends they hold."""
+    old = ctx.config
+    restart = sorted(
+        name for name in type(new).model_fields
+        if name not in LIVE_SECTIONS and getattr(new, name) != getattr(old, name)
+    )
+    ctx.router.reload(new.models, new.routing)
+    ctx.config = old.model_copy(update={"models": new.models, "routing": new.routing})
+    ctx.models = frozenset(ctx.router.models())
+    if restart:
+        log.warning("config reload: sections %s changed but need a restart; they keep their old values", restart)
+    log.info("config reload applied: models %s", sorted(ctx.models))
+    return {"applied": list(LIVE_SECTIONS), "models": sorted(ctx.models), "restart_required": restart}
+
+
+def reload_from_file(ctx: AppContext, path: str) -> dict[str, Any]:
+    """Re-read ``path`` (with the current ``IPGATE_*`` overrides) and apply it; ``ConfigError`` keeps the old."""
+    return reload_from_config(ctx, load_config(path))
+
+
+def _config_path(ctx: AppContext) -> str | None:
+    # Set by `ipgate serve` on the context; a gateway built in code from a config object has no file.
+    path = getattr(ctx, "config_path", None)
+    return path if isinstance(path, str) and path else None
+
+
+def _who(request: web.Request) -> str:
+    from gateway.admin.app import ADMIN_PRINCIPAL  # the admin app sets it; imported late (no import cycle)
+
+    principal = request.get(ADMIN_PRINCIPAL)
+    return str(getattr(principal, "client_id", "admin"))
+
+
+def routes(ctx: AppContext) -> list[web.RouteDef]:
+    async def get_routing(request: web.Request) -> web.Response:
+        snap = ctx.router.snapshot()
+        model = request.query.get("model")
+        if model is not None:
+            if model not in snap["models"]:
+                raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
+            snap["models"] = {model: snap["models"][model]}
+        return web.json_response(snap)
+
+    async def post_reload(request: web.Request) -> web.Response:
+        path = _config_path(ctx)
+        if path is None:
+            raise ServiceUnavailable(
+                "This gateway was not started from a config file; there is nothing to re-read.",
+                code="no_config_file",
+            )
+        try:
+            result = reload_from_file(ctx, path)
+        except ConfigError as e:
+            log.warning("config reload via admin API rejected: %s", e)
+            raise InvalidRequest(f"config not reloaded: {e}", param="config", code="invalid_config") from e
+        log.info("config reloaded from %s by %s", path, _who(request))
+        return web.json_response(result)
+
+    async def post_canary(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        op = Op(request.match_info["op"])
+        by = _who(request)
+        await ctx.router.canary_command(model, op, by=by)
+        log.info("canary %s: %s requested by %s", model, op.value, by)
+        return web.json_response(ctx.router.canary(model).snapshot())
+
+    ops = "|".join(o.value for o in Op)
+    return [
+        web.get("/admin/routing", get_routing),
+        web.post("/admin/routing/reload", post_reload),
+        web.post(f"/admin/canary/{{model}}/{{op:{ops}}}", post_canary),
+    ]

@@ -1,0 +1,321 @@
+"""A model's pool of backends: sticky weighted choice, concurrency caps and passive health (ejection).
+
+- **Concurrency cap**: a backend at ``max_concurrency`` in-flight requests is skipped; when every backend
+  the client could use is full the pool answers ``ServiceUnavailable`` at once. Nothing ever queues: a queue
+  in a gateway hides overload from the client and from the autoscaler.
+- **Passive health**: ``health.consecutive_failures`` failed requests in a row eject a backend for
+  ``ejection_base_s * 2**k`` seconds (capped at ``ejection_max_s``; ``k`` counts ejections since the backend
+  last stayed healthy for ``ejection_max_s``). When the time is up the backend is half-open: exactly one
+  trial request at a time goes to it; success reinstates it, failure ejects it again for twice as long.
+- **Active health** (``health.py``) flips ``healthy``; an unhealthy backend gets no traffic.
+- **Quarantine** (``quarantine``/``release_quarantine``, used by the fingerprint checker and operators): a
+  backend that does not serve the model it claims gets no traffic until it is released. Unlike an ejection
+  it has no timer and no half-open trial: a request's success says nothing about which weights answered.
+- **Canary weight**: with a canary configured, the canary gets the rollout's current weight (percent) and
+  the other backends share the rest in proportion to their configured weights. The canary's outcomes are
+  accumulated (cumulatively, mergeable across replicas) for the rollout's analysis.
+
+Outcomes decide health: the pipeline reports ``ok=False`` for connection errors, timeouts and 5xx answers,
+``ok=True`` for anything the backend answered deliberately (2xx-4xx). Clocks are injectable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.config import BackendConfig, HealthConfig, ModelConfig
+from gateway.errors import ServiceUnavailable
+from gateway.routing.hashing import WeightTable
+from gateway.routing.window import OutcomeWindow
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    latency_s: float
+    error: str | None = None
+
+
+class BackendState:
+    """Mutable per-backend state. Survives a reload when the backend keeps its name and URL, so in-flight
+    counts and ejections carry over to the new pool."""
+
+    __slots__ = (
+        "cfg", "ejected_until", "ejection_count", "ejections_total", "failures", "healthy", "in_flight",
+        "last_error", "probation", "quarantine", "reinstated_at", "trial_in_flight",
+    )
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        self.cfg = cfg
+        self.in_flight = 0
+        self.failures = 0  # consecutive failed outcomes
+        self.ejected_until = 0.0  # > 0: ejected (until then) or half-open (after then)
+        self.probation = False  # half-open: one trial request decides
+        self.trial_in_flight = False
+        self.ejection_count = 0  # exponent of the next backoff
+        self.ejections_total = 0
+        self.reinstated_at = 0.0
+        self.healthy = True  # active health check verdict
+        self.last_error: str | None = None
+        self.quarantine: str | None = None  # why it is out of rotation (fingerprint mismatch); None: not
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+
+class BackendLease:
+    """One request's hold on a backend. ``release`` exactly once (further calls are ignored)."""
+
+    __slots__ = ("_done", "_pool", "_state", "_trial", "backend", "model")
+
+    def __init__(self, pool: Pool, state: BackendState, trial: bool) -> None:
+        self.backend: BackendConfig = state.cfg
+        self.model = pool.name
+        self._pool = pool
+        self._state = state
+        self._trial = trial
+        self._done = False
+
+    def release(self, outcome: Outcome) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._pool._release(self._state, self._trial, outcome)
+
+
+class Pool:
+    def __init__(
+        self,
+        model: ModelConfig,
+        health: HealthConfig,
+        *,
+        clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
+        carry: Iterable[BackendState] = (),
+    ) -> None:
+        self.name = model.name
+        self.model = model
+        self.health = health
+        self.sticky = model.sticky
+        self._clock = clock
+        self._metrics = metrics
+        old = {(s.cfg.name, s.cfg.url): s for s in carry}
+        self.backends: list[BackendState] = []
+        for b in model.backends:
+            state = old.get((b.name, b.url))
+            if state is None:
+                state = BackendState(b)
+            else:
+                state.cfg = b  # same backend: keep counts and ejection, take the new limits and weight
+            self.backends.append(state)
+        self._by_name = {s.cfg.name: i for i, s in enumerate(self.backends)}
+        self.canary_index: int | None = None
+        self.canary_obs: OutcomeWindow | None = None
+        self.canary_weight: float | None = None
+        if model.canary is not None:
+            self.canary_index = self._by_name[model.canary.backend]
+            self.canary_obs = OutcomeWindow()
+            self.canary_weight = model.canary.steps[0].weight
+        self.table = self._build_table()
+
+    # --- weights -----------------------------------------------------------------------------------------
+
+    def _build_table(self) -> WeightTable:
+        names = [s.cfg.name for s in self.backends]
+        weights = [s.cfg.weight for s in self.backends]
+        ci = self.canary_index
+        if ci is not None and self.canary_weight is not None:
+            others = sum(w for i, w in enumerate(weights) if i != ci)
+            weights = [
+                self.canary_weight if i == ci else (100.0 - self.canary_weight) * w / others
+                for i, w in enumerate(weights)
+            ]
+        return WeightTable.build(names, weights)
+
+    def set_canary_weight(self, percent: float) -> None:
+        if self.canary_index is None:
+            raise ValueError(f"model {self.name!r} has no canary")
+        if percent != self.canary_weight:
+            self.canary_weight = max(0.0, min(100.0, percent))
+            self.table = self._build_table()  # one attribute swap: acquire sees the old or the new table
+
+    def shares(self) -> dict[str, float]:
+        return dict(zip(self.table.names, self.table.shares, strict=True))
+
+    # --- acquire / release -------------------------------------------------------------------------------
+
+    def acquire(self, client_id: str, exclude: frozenset[str] = frozenset()) -> BackendLease:
+        now = self._clock()
+        backends = self.backends
+
+        def eligible(i: int) -> bool:
+            s = backends[i]
+            if not s.healthy or s.quarantine is not None or s.in_flight >= s.cfg.max_concurrency \
+                    or s.cfg.name in exclude:
+                return False
+            if s.ejected_until:
+                return s.ejected_until <= now and not s.trial_in_flight
+            return True
+
+        table = self.table
+        i = table.pick_sticky(client_id, eligible) if self.sticky else table.pick_random(eligible)
+        if i is None:
+            raise self._unavailable(now, exclude)
+        state = backends[i]
+        trial = False
+        if state.ejected_until:
+            # half-open: this request is the trial that decides whether the backend comes back
+            trial = state.probation = state.trial_in_flight = True
+        state.in_flight += 1
+        return BackendLease(self, state, trial)
+
+    def _unavailable(self, now: float, exclude: frozenset[str]) -> ServiceUnavailable:
+        usable = [
+            s for i, s in enumerate(self.backends)
+            if self.table.shares[i] > 0 and s.healthy and s.quarantine is None and not s.ejected(now)
+            and s.cfg.name not in exclude
+        ]
+        if usable:
+            return ServiceUnavailable(
+                f"model {self.name!r}: every backend is at its concurrency limit", code="pool_saturated"
+            )
+        if exclude:
+            return ServiceUnavailable(
+                f"model {self.name!r}: no other healthy backend to retry on", code="no_healthy_backend"
+            )
+        return ServiceUnavailable(f"model {self.name!r}: no healthy backend", code="no_healthy_backend")
+
+    def _release(self, state: BackendState, trial: bool, outcome: Outcome) -> None:
+        state.in_flight -= 1
+        ci = self.canary_index
+        if ci is not None and self.canary_obs is not None and self.backends[ci] is state:
+            self.canary_obs.record(outcome.ok, outcome.latency_s)
+        now = self._clock()
+        if trial:
+            state.trial_in_flight = False
+            if outcome.ok:
+                self._reinstate(state, now)
+            else:
+                state.last_error = outcome.error or f"status {outcome.status}"
+                self._eject(state, now, "half-open trial failed")
+            return
+        if state.ejected_until:
+            return  # a request from before the ejection: only the half-open trial decides now
+        if outcome.ok:
+            state.failures = 0
+            return
+        state.failures += 1
+        state.last_error = outcome.error or f"status {outcome.status}"
+        if state.failures >= self.health.consecutive_failures:
+            self._eject(state, now, f"{state.failures} consecutive failures")
+
+    def _eject(self, state: BackendState, now: float, why: str) -> None:
+        if state.reinstated_at and now - state.reinstated_at >= self.health.ejection_max_s:
+            state.ejection_count = 0  # it stayed healthy long enough: start the backoff afresh
+        backoff = min(self.health.ejection_base_s * 2.0**state.ejection_count, self.health.ejection_max_s)
+        state.ejection_count += 1
+        state.ejections_total += 1
+        state.ejected_until = now + backoff
+        state.probation = False
+        log.warning(
+            "model %s: backend %s ejected for %.1fs (%s; last error: %s)",
+            self.name, state.cfg.name, backoff, why, state.last_error,
+        )
+        if self._metrics is not None:
+            self._metrics.backend_ejections_total.labels(model=self.name, backend=state.cfg.name).inc()
+            self._metrics.backend_healthy.labels(model=self.name, backend=state.cfg.name).set(0)
+
+    def _reinstate(self, state: BackendState, now: float) -> None:
+        state.ejected_until = 0.0
+        state.probation = False
+        state.failures = 0
+        state.reinstated_at = now
+        log.info("model %s: backend %s reinstated after a successful trial", self.name, state.cfg.name)
+        self._publish_health(state)
+
+    # --- active health -----------------------------------------------------------------------------------
+
+    def set_active_health(self, name: str, healthy: bool, detail: str = "") -> None:
+        state = self.backends[self._by_name[name]]
+        if state.healthy == healthy:
+            return
+        state.healthy = healthy
+        if healthy:
+            log.info("model %s: backend %s passes its health check again", self.name, name)
+        else:
+            state.last_error = detail
+            log.warning("model %s: backend %s marked unhealthy by its health check (%s)", self.name, name, detail)
+        self._publish_health(state)
+
+    # --- quarantine --------------------------------------------------------------------------------------
+
+    def state(self, name: str) -> BackendState:
+        i = self._by_name.get(name)
+        if i is None:
+            raise KeyError(name)
+        return self.backends[i]
+
+    def quarantine(self, name: str, reason: str) -> bool:
+        """Take backend ``name`` out of rotation until released; True when it was not quarantined before."""
+        state = self.state(name)
+        was = state.quarantine
+        state.quarantine = reason
+        if was is None:
+            log.warning("model %s: backend %s quarantined (%s)", self.name, name, reason)
+            self._publish_health(state)
+        return was is None
+
+    def release_quarantine(self, name: str, why: str) -> bool:
+        """Put a quarantined backend back in rotation; True when it was quarantined."""
+        state = self.state(name)
+        if state.quarantine is None:
+            return False
+        state.quarantine = None
+        log.info("model %s: backend %s released from quarantine (%s)", self.name, name, why)
+        self._publish_health(state)
+        return True
+
+    def _publish_health(self, state: BackendState) -> None:
+        if self._metrics is not None:
+            up = state.healthy and not state.ejected_until and state.quarantine is None
+            self._metrics.backend_healthy.labels(model=self.name, backend=state.cfg.name).set(1 if up else 0)
+
+    def publish_all(self) -> None:
+        for s in self.backends:
+            self._publish_health(s)
+
+    # --- admin -------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        now = self._clock()
+        backends = []
+        for s, share in zip(self.backends, self.table.shares, strict=True):
+            status = "healthy"
+            if s.quarantine is not None:
+                status = "quarantined"
+            elif not s.healthy:
+                status = "unhealthy"
+            elif s.ejected(now):
+                status = "ejected"
+            elif s.ejected_until:
+                status = "half-open"
+            backends.append({
+                "name": s.cfg.name, "url": s.cfg.url, "configured_weight": s.cfg.weight,
+                "share_percent": round(share * 100.0, 4), "status": status, "in_flight": s.in_flight,
+                "max_concurrency": s.cfg.max_concurrency, "consecutive_failures": s.failures,
+                "ejected_for_s": round(max(0.0, s.ejected_until - now), 3), "ejections_total": s.ejections_total,
+                "last_error": s.last_error, "quarantine": s.quarantine,
+            })
+        return {"model": self.name, "sticky": self.sticky, "backends": backends}

@@ -1,0 +1,233 @@
+"""The router: model name -> pool -> (canary split, sticky) -> healthy backend, plus the retry budget.
+
+``acquire`` is synchronous and does no I/O: a dict lookup, a bucket deposit and the pool's choice. The
+background work (active health checks, canary controllers) starts in ``start()``.
+
+``reload(models)`` builds new pools and swaps the mapping in one assignment. Backends that keep their name
+and URL keep their state object (in-flight count, ejection, health), so leases taken on the old pool release
+into the same counters the new pool reads, and no in-flight request is dropped or double-counted. A canary
+whose rollout (backend, URL, steps, analysis) is unchanged keeps its progress; a changed one starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from gateway.config import ModelConfig, RoutingConfig
+from gateway.errors import NotFound
+from gateway.routing import canary
+from gateway.routing.budget import RetryBudget
+from gateway.routing.canary import CanaryState, Op
+from gateway.routing.controller import CanaryController
+from gateway.routing.health import HealthChecker
+from gateway.routing.pool import BackendLease, Outcome, Pool
+from gateway.store.base import StateStore
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import Metrics
+
+__all__ = ["BackendLease", "Outcome", "Router"]
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        routing: RoutingConfig,
+        metrics: Metrics | None = None,
+        store: StateStore | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        owner: str | None = None,
+        health_checks: bool = True,
+    ) -> None:
+        self.routing = routing
+        self._metrics = metrics
+        self._store = store
+        self._clock = clock
+        self._wall = wall
+        self._owner = owner
+        self._health_checks = health_checks
+        self._pools: dict[str, Pool] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+        self._canaries: dict[str, CanaryController] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._checker: HealthChecker | None = None
+        self._started = False
+        self._install(models)
+
+    # --- life cycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._started = True
+        if self._health_checks:
+            self._session = aiohttp.ClientSession()
+            self._checker = HealthChecker(self.routing.health, self._session, lambda: self._pools.values())
+            self._tasks["health"] = asyncio.create_task(self._checker.run(), name="ipgate-health")
+        for name, ctl in self._canaries.items():
+            self._start_canary(name, ctl)
+
+    async def close(self) -> None:
+        self._started = False
+        tasks = [*self._tasks.values(), *self._stopping]
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _start_canary(self, model: str, ctl: CanaryController) -> None:
+        key = f"canary:{model}"
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.create_task(ctl.run(), name=f"ipgate-canary-{model}")
+
+    def _stop_canary(self, model: str) -> None:
+        task = self._tasks.pop(f"canary:{model}", None)
+        if task is not None:
+            task.cancel()  # reload is synchronous: close() awaits the cancelled task later
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    # --- configuration -----------------------------------------------------------------------------------
+
+    def _install(self, models: Sequence[ModelConfig]) -> None:
+        old_pools = self._pools
+        pools: dict[str, Pool] = {}
+        canaries: dict[str, CanaryController] = {}
+        for m in models:
+            old = old_pools.get(m.name)
+            pool = Pool(
+                m, self.routing.health, clock=self._clock, metrics=self._metrics,
+                carry=old.backends if old is not None else (),
+            )
+            prev = self._canaries.get(m.name)
+            if m.canary is not None:
+                ctl = prev
+                if ctl is not None:
+                    url = m.backends[pool.canary_index or 0].url
+                    if canary.fingerprint(m.canary, url) == ctl.fingerprint:
+                        # same rollout: keep its progress and its cumulative observations
+                        if old is not None and old.canary_obs is not None:
+                            pool.canary_obs = old.canary_obs
+                        ctl.rebind(pool)
+                    else:
+                        ctl = None
+                if ctl is None:
+                    ctl = CanaryController(
+                        pool, store=self._store, owner=self._owner, wall=self._wall, metrics=self._metrics
+                    )
+                canaries[m.name] = ctl
+            pool.publish_all()
+            pools[m.name] = pool
+        for name in self._canaries.keys() - canaries.keys():
+            self._stop_canary(name)
+        for name, ctl in canaries.items():
+            if self._canaries.get(name) is not ctl:
+                self._stop_canary(name)
+        self._budgets = {m.name: self._budgets.get(m.name) or RetryBudget(self.routing.retry_budget_ratio)
+                         for m in models}
+        self._canaries = canaries
+        self._pools = pools  # the swap: acquire() reads this one attribute
+        if self._started:
+            for name, ctl in canaries.items():
+                self._start_canary(name, ctl)
+
+    def reload(self, models: Sequence[ModelConfig], routing: RoutingConfig | None = None) -> None:
+        """Swap in new pools (and routing settings); in-flight leases release cleanly into the state they
+        were taken from."""
+        before = set(self._pools)
+        if routing is not None and routing != self.routing:
+            if routing.retry_budget_ratio != self.routing.retry_budget_ratio:
+                self._budgets = {}  # new buckets at the new ratio
+            self.routing = routing
+            if self._checker is not None:
+                self._checker.cfg = routing.health
+        self._install(models)
+        log.info("routing reloaded: %d models (added %s, removed %s)", len(self._pools),
+                 sorted(set(self._pools) - before), sorted(before - set(self._pools)))
+
+    # --- the hot path ------------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return list(self._pools)
+
+    def pool(self, model: str) -> Pool:
+        pool = self._pools.get(model)
+        if pool is None:
+            raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
+        return pool
+
+    def acquire(self, model: str, client_id: str, exclude: frozenset[str] = frozenset()) -> BackendLease:
+        pool = self.pool(model)
+        if not exclude:
+            self._budgets[model].deposit()  # first attempts fund the retry budget
+        return pool.acquire(client_id, exclude)
+
+    def may_retry(self, model: str) -> bool:
+        """Ask before each retry; True withdraws one retry from the model's budget. The caller, which makes
+        the retry, counts it in ``upstream_retries_total`` (gateway/route.py), so it is counted once."""
+        budget = self._budgets.get(model)
+        return budget is not None and budget.try_withdraw()
+
+    # --- canary operations and introspection -------------------------------------------------------------
+
+    def canary(self, model: str) -> CanaryController:
+        self.pool(model)
+        ctl = self._canaries.get(model)
+        if ctl is None:
+            raise NotFound(f"The model {model!r} has no canary rollout.", param="model", code="no_canary")
+        return ctl
+
+    async def canary_command(self, model: str, op: Op, *, by: str = "operator") -> CanaryState:
+        return await self.canary(model).command(op, by=by)
+
+    # --- quarantine (fingerprint mismatch) ---------------------------------------------------------------
+
+    def _backend_pool(self, model: str, backend: str) -> Pool:
+        pool = self.pool(model)
+        try:
+            pool.state(backend)
+        except KeyError:
+            raise NotFound(f"The model {model!r} has no backend {backend!r}.", param="backend",
+                           code="backend_not_found") from None
+        return pool
+
+    def quarantine(self, model: str, backend: str, reason: str) -> bool:
+        """Keep ``backend`` out of rotation until ``release_quarantine`` (a reload that keeps its name and URL
+        keeps the quarantine). True when it was not quarantined before."""
+        return self._backend_pool(model, backend).quarantine(backend, reason)
+
+    def release_quarantine(self, model: str, backend: str, *, why: str = "released") -> bool:
+        return self._backend_pool(model, backend).release_quarantine(backend, why)
+
+    def quarantined(self, model: str, backend: str) -> str | None:
+        """Why the backend is quarantined, or None."""
+        return self._backend_pool(model, backend).state(backend).quarantine
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, pool in self._pools.items():
+            snap = pool.snapshot()
+            budget = self._budgets.get(name)
+            snap["retry_budget"] = round(budget.balance, 3) if budget else None
+            ctl = self._canaries.get(name)
+            snap["canary"] = ctl.snapshot() if ctl is not None else None
+            out[name] = snap
+        return {"models": out, "retries": self.routing.retries,
+                "retry_budget_ratio": self.routing.retry_budget_ratio}
