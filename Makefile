@@ -23,6 +23,9 @@ demo: setup
 test: setup system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+bench: setup
+	$(BIN)/python bench/run_gateway_bench.py --out bench/results-gateway.json
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy

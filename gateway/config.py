@@ -51,6 +51,14 @@ class StoreConfig(_Model):
     key_prefix: str = "ipgate:"
     local_replicas: int = Field(1, ge=1, description="replica count that 'local' failure mode divides limits by")
     health_interval_s: float = Field(1.0, gt=0)
+    max_state_bytes: int = Field(32 * 1024, gt=0, description="largest per-client detector state accepted")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_braces(cls, v: str) -> str:
+        if "{" in v or "}" in v:
+            raise ValueError("must not contain '{' or '}' (they would become the Redis Cluster hash tag)")
+        return v
 
 
 class JwtConfig(_Model):
@@ -62,6 +70,8 @@ class JwtConfig(_Model):
     public_key_file: str | None = None
     jwks_url: str | None = None
     jwks_refetch_interval_s: float = Field(60.0, ge=0)
+    jwks_cache_ttl_s: float = Field(300.0, gt=0, description="re-read the whole JWKS this often (key removal)")
+    jwks_timeout_s: float = Field(5.0, gt=0)
     audience: str | None = "ipgate"
     issuer: str | None = None
     client_claim: str = "sub"
@@ -82,6 +92,7 @@ class JwtConfig(_Model):
 
 class ApiKeysConfig(_Model):
     file: str | None = None  # lines of "sha256-hex client_id [tenant] [roles,comma,separated]"
+    reload_interval_s: float = Field(5.0, ge=0, description="poll the file for changes; 0 disables")
 
 
 class AuthConfig(_Model):
@@ -110,6 +121,7 @@ class BackendConfig(_Model):
     watermark_capable: bool = False
     upstream_model: str | None = None  # model name the backend knows; default: the gateway model name
     health_path: str = "/v1/models"
+    fingerprint_reference: str | None = None  # signature file from `ipgate fingerprint record`; None: unchecked
 
     @field_validator("url")
     @classmethod
@@ -134,7 +146,7 @@ class CanaryAnalysisConfig(_Model):
 
 class CanaryConfig(_Model):
     backend: str  # the canary backend's name
-    steps: list[CanaryStep]
+    steps: list[CanaryStep] = Field(min_length=1)
     analysis: CanaryAnalysisConfig = CanaryAnalysisConfig()
 
 
@@ -154,6 +166,8 @@ class ModelConfig(_Model):
             raise ValueError("at least one backend needs a weight above 0")
         if self.canary and self.canary.backend not in names:
             raise ValueError(f"canary.backend {self.canary.backend!r} is not one of {names}")
+        if self.canary and not any(b.weight > 0 for b in self.backends if b.name != self.canary.backend):
+            raise ValueError("with a canary, at least one other (stable) backend needs a weight above 0")
         return self
 
 
@@ -161,6 +175,7 @@ class HealthConfig(_Model):
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
     failure_threshold: int = Field(3, ge=1)
+    consecutive_failures: int = Field(5, ge=1, description="passive: failed requests in a row that eject")
     ejection_base_s: float = Field(5.0, gt=0)
     ejection_max_s: float = Field(300.0, gt=0)
 
@@ -169,6 +184,27 @@ class RoutingConfig(_Model):
     retries: int = Field(2, ge=0, le=5)
     retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries allowed as a share of requests")
     health: HealthConfig = HealthConfig()
+
+
+class FingerprintConfig(_Model):
+    """Periodic checks that each backend with a ``fingerprint_reference`` still serves that model."""
+
+    enabled: bool = True  # false: no checker runs (only backends with a fingerprint_reference are ever probed)
+    interval_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="per probe request")
+    action: Literal["alert", "eject"] = "eject"  # eject: quarantine a mismatching backend until it matches
+    match_threshold: float = Field(0.8, ge=0, le=1)
+    mismatch_threshold: float = Field(0.5, ge=0, le=1)
+    min_probes: int = Field(4, ge=1, description="fewer probes answered is inconclusive")
+    logprobs: bool = True  # ask for first-token top logprobs (sharper); off for backends that refuse them
+    confirm_mismatch: bool = True  # probe a mismatching backend a second time; act only if it mismatches again
+    concurrency: int = Field(4, ge=1, description="backends probed at the same time")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> FingerprintConfig:
+        if self.mismatch_threshold > self.match_threshold:
+            raise ValueError("mismatch_threshold must not be above match_threshold")
+        return self
 
 
 class TelemetryConfig(_Model):
@@ -251,16 +287,33 @@ class DetectionConfig(_Model):
 
 class AlertSinkConfig(_Model):
     kind: Literal["jsonl", "redis_stream", "webhook"]
-    path: str | None = None
-    stream: str = "ipgate:alerts"
-    url: str | None = None
+    name: str | None = None  # label in metrics/logs; default: the kind
+    path: str | None = None  # jsonl: the file to append to
+    stream: str = "ipgate:alerts"  # redis_stream: the stream key
+    url: str | None = None  # redis_stream: redis URL (default: store.url); webhook: the endpoint
+    max_len: int = Field(10_000, ge=1, description="redis_stream: approximate MAXLEN")
     max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    secret_env: str | None = None  # webhook: HMAC-SHA256 signing secret (X-Ipgate-Signature header)
+    queue_size: int = Field(1000, ge=1, description="alerts waiting for this sink; overflow is dropped+counted")
     redact: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertSinkConfig:
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("a jsonl sink needs path")
+        if self.kind == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("a webhook sink needs an http(s) url")
+        return self
 
 
 class AlertsConfig(_Model):
     sinks: list[AlertSinkConfig] = []
-    min_interval_s: float = Field(300.0, ge=0, description="per-client alert rate limit")
+    min_interval_s: float = Field(300.0, ge=0, description="per-client alert rate limit (per tier)")
+    dedup_window_s: float = Field(3600.0, ge=0, description="same client+tier+detectors suppressed this long")
+    store_max_len: int = Field(1000, ge=1, description="recent alerts kept in the store for the admin API")
 
 
 class WatermarkConfig(_Model):
@@ -271,6 +324,12 @@ class WatermarkConfig(_Model):
     key_version: int = Field(1, ge=1)
     retained_versions: list[int] = []
     recipients_file: str | None = None
+    recipient_ttl_s: float = Field(400 * 86400.0, gt=0, description="how long a recipient record is kept")
+    kgw_strong_delta: float = Field(4.0, ge=0, le=50, description="kgw bias for 'strong' (suspicious) tiers")
+    kgw_directive_mode: Literal["derive", "key"] = "derive"  # see watermark/kgw/directives.py
+    kgw_tokenizer_file: str | None = None  # tokenizer.json for kgw verification on the admin API
+    # lexical: markdown list markers ("-"/"*", "1."/"1)") are choice points too, one per list (renders the same)
+    lexical_markdown: bool = True
 
 
 class AdminConfig(_Model):
@@ -297,6 +356,16 @@ class GatewayConfig(_Model):
     alerts: AlertsConfig = AlertsConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     admin: AdminConfig = AdminConfig()
+    fingerprint: FingerprintConfig = FingerprintConfig()
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_keep_defaults(cls, v: Any) -> Any:
+        # A YAML that sets only `limits.default` (issue 2's example) must still satisfy the default policy
+        # tiers, which use `suspicious`: entries given in the file override the built-in ones, not replace all.
+        if isinstance(v, dict):
+            return {"suspicious": {"requests_per_minute": 30, "tokens_per_minute": 10_000}, **v}
+        return v
 
     @field_validator("listen", "admin_listen")
     @classmethod

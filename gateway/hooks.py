@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.principal import Principal
-from gateway.store.base import StateStore
+from gateway.store.base import Override, StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,14 @@ class Detection(Protocol):
         stored_state: bytes | None,
         stored_tier: int,
         now: float,
+        *,
+        override: Override | None = None,
+        request_id: str | None = None,
     ) -> DetectionSession:
-        """Score this request against the client's stored state (pure CPU, no I/O)."""
+        """Score this request against the client's stored state (pure CPU, no I/O).
+
+        Pass ``AdmitResult.override``: with ``"allow"`` the outcome's tier never rises above ``stored_tier``
+        and no alert is raised. ``request_id`` is kept as alert evidence."""
 
 
 class StreamEmbedder(Protocol):

@@ -2,6 +2,9 @@
 
 Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int`` as the default. The exit code is the function's return value.
+
+Only the module of the subcommand being run is imported (``ipgate verify`` must not pay for importing the
+gateway's server, the detectors and scikit-learn); ``ipgate --help`` and unknown commands import them all.
 """
 
 from __future__ import annotations
@@ -18,23 +21,30 @@ SUBCOMMANDS: tuple[str, ...] = (
     "token",
     "apikey",
     "replay",
+    "traffic",
     "watermark",
     "verify",
     "fingerprint",
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_for(command: str) -> str | None:
+    name = command.replace("-", "_")
+    return name if name in SUBCOMMANDS else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipgate", description="LLM IP-protection gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in (only,) if only else SUBCOMMANDS:
         module = importlib.import_module(f"gateway.cli.{name}")
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_module_for(argv[0]) if argv else None)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

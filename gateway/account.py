@@ -1,0 +1,126 @@
+"""Step 10, account: what happens after the response, off the client's critical path.
+
+``Exchange`` collects one request's facts as the pipeline goes. ``finish`` (synchronous, cheap) records
+metrics, the span's GenAI attributes and the access-log line. ``settle`` (a background task) does the store
+work: reconcile the token reservation with the real usage (an aborted stream is charged what was streamed),
+fold the response into the client's detection state, and register a watermark recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.admit import Admission
+from gateway.context import AppContext
+from gateway.hooks import ResponseFacts
+from gateway.principal import Principal
+from gateway.proxy.parse import ParsedRequest
+from gateway.ratelimit import DEFAULT_MAX_TOKENS
+from gateway.telemetry.accesslog import AccessRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    route: str
+    t0: float  # perf_counter() at receive
+    principal: Principal | None = None
+    parsed: ParsedRequest | None = None
+    admission: Admission | None = None
+    backend: str | None = None
+    status: int = 0
+    error_type: str | None = None
+    overhead_s: float = 0.0
+    ttft_s: float | None = None
+    facts: ResponseFacts = field(default_factory=lambda: ResponseFacts(status=0))
+    response_model: str | None = None
+    watermarked: bool = False
+    sampled: bool = False  # the trace span records: worth decoding the whole response for its attributes
+
+
+def _prompt_guess(parsed: ParsedRequest, reserved: int) -> int:
+    """The prompt part of a reservation (reservation minus the completion budget)."""
+    b = parsed.body
+    mt = b.get("max_completion_tokens") or b.get("max_tokens") or DEFAULT_MAX_TOKENS
+    n = b.get("n") or 1
+    return max(0, reserved - int(mt) * int(n))
+
+
+def actual_tokens(ex: Exchange) -> int | None:
+    """Tokens to charge: the upstream's usage when known; for an aborted stream, what was streamed."""
+    f, adm, parsed = ex.facts, ex.admission, ex.parsed
+    if adm is None or parsed is None:
+        return None
+    if f.prompt_tokens is not None or f.completion_tokens is not None:
+        return (f.prompt_tokens or 0) + (f.completion_tokens or 0)
+    if f.aborted:
+        return _prompt_guess(parsed, adm.reserved) + (f.completion_tokens or 0)
+    return None
+
+
+async def settle(ctx: AppContext, ex: Exchange) -> None:
+    adm, principal = ex.admission, ex.principal
+    if adm is None or principal is None:
+        return
+    actual = actual_tokens(ex)
+    if adm.reserved and actual is not None and actual != adm.reserved:
+        try:
+            await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, actual,
+                                             ctx.policy.limits_for(adm.result.tier))
+        except Exception:
+            log.exception("reconcile_tokens failed")
+    if adm.session is not None:
+        try:
+            await adm.session.account(ctx.store, ex.facts)
+        except Exception:
+            ctx.metrics.detector_errors_total.labels(detector="account").inc()
+            log.exception("detection accounting failed")
+    if ex.watermarked and ctx.watermarking is not None:
+        try:
+            await ctx.watermarking.record_recipient(ctx.store, principal)
+        except Exception:
+            log.exception("record_recipient failed")
+
+
+def _child(ctx: AppContext, name: str, *labels: str) -> Any:
+    key = (name, *labels)
+    child = ctx.metric_children.get(key)
+    if child is None:
+        child = ctx.metric_children[key] = getattr(ctx.metrics, name).labels(*labels)
+    return child
+
+
+def finish(ctx: AppContext, ex: Exchange) -> None:
+    """Metrics and the access-log line for one request; then schedule ``settle``."""
+    latency = time.perf_counter() - ex.t0
+    parsed = ex.parsed
+    model = parsed.model if parsed is not None else "-"
+    f = ex.facts
+    _child(ctx, "requests_total", ex.route, model, ex.backend or "-", str(ex.status)).inc()
+    _child(ctx, "request_duration_seconds", ex.route, model).observe(latency)
+    if ex.overhead_s:
+        ctx.metrics.overhead_seconds.observe(ex.overhead_s)
+    if ex.ttft_s is not None:
+        _child(ctx, "ttft_seconds", model).observe(ex.ttft_s)
+    if f.prompt_tokens:
+        _child(ctx, "tokens_total", model, "prompt").inc(f.prompt_tokens)
+    if f.completion_tokens:
+        _child(ctx, "tokens_total", model, "completion").inc(f.completion_tokens)
+    if ex.watermarked and ctx.watermarking is not None:
+        _child(ctx, "watermark_responses_total", ctx.config.watermark.scheme).inc()
+    p, adm = ex.principal, ex.admission
+    ctx.access_log.write(AccessRecord(
+        request_id=ex.request_id, client_id=p.client_id if p else None, tenant=p.tenant if p else None,
+        model=parsed.model if parsed else None, backend=ex.backend, route=ex.route, status=ex.status,
+        latency_ms=latency * 1000, overhead_ms=ex.overhead_s * 1000 if ex.overhead_s else None,
+        prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
+        tier=ctx.policy.tier(adm.tier).name if adm else None, stream=parsed.stream if parsed else False,
+        error_type=ex.error_type,
+    ))
+    if adm is not None:
+        ctx.spawn(settle(ctx, ex))

@@ -1,0 +1,86 @@
+"""Steps 4-5, detect + admit: ONE store round trip, then pure-CPU detection, then the policy's decision.
+
+``store.hot_path`` reads the client's stored tier/override/detector state and runs GCRA on requests and on
+the token reservation at the stored tier's limits, all at once. Detection then scores this request against
+that state (no I/O) and may raise the tier for this request. Blocks (an administrator's ``deny`` or a tier
+whose policy says ``block``) answer 403; an exceeded limit answers 429 with ``Retry-After``/``RateLimit-*``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.context import AppContext
+from gateway.errors import PermissionDenied
+from gateway.hooks import DetectionSession, ResponseFacts
+from gateway.principal import Principal
+from gateway.proxy.parse import ParsedRequest
+from gateway.ratelimit import admission_error, estimate_tokens
+from gateway.store.base import AdmitRequest, AdmitResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Admission:
+    result: AdmitResult
+    tier: int  # effective tier for this request (shaping, watermark strength)
+    session: DetectionSession | None
+    reserved: int  # tokens reserved by the store; reconciled in the account step
+
+
+def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedRequest,
+             res: AdmitResult, request_id: str) -> DetectionSession | None:
+    if ctx.detection is None:
+        return None
+    try:
+        return ctx.detection.observe(principal, path, parsed.body, res.detector_state, res.tier, res.now,
+                                     override=res.override, request_id=request_id)
+    except Exception:  # detection isolates its detectors; this is the adapter itself failing
+        ctx.metrics.detector_errors_total.labels(detector="pipeline").inc()
+        log.exception("detection failed for one request; fail_policy=%s", ctx.config.detection.fail_policy)
+        if ctx.config.detection.fail_policy == "block":
+            raise PermissionDenied("The request could not be screened and was refused.",
+                                   code="screening_failed") from None
+        return None
+
+
+async def detect_and_admit(ctx: AppContext, principal: Principal, path: str, parsed: ParsedRequest,
+                           request_id: str) -> Admission:
+    reserved = estimate_tokens(path, parsed.body)
+    res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, ctx.policy.limits_by_tier,
+                                                ctx.config.detection.state_ttl_s))
+    session = _observe(ctx, principal, path, parsed, res, request_id)
+    tier = res.tier
+    if session is not None and res.override != "allow":
+        tier = max(tier, session.outcome.tier)
+    adm = Admission(res, tier, session, reserved if res.allowed else 0)
+    _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
+    _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
+    err = admission_error(res)
+    if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
+        err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
+    if isinstance(err, PermissionDenied):
+        _count(ctx, "policy", "block")
+    if err is not None:
+        _refused(ctx, principal, adm, err.status)
+        raise err
+    return adm
+
+
+def _count(ctx: AppContext, kind: str, decision: str) -> None:
+    key = ("rate_limit_decisions_total", kind, decision)
+    child = ctx.metric_children.get(key)
+    if child is None:
+        child = ctx.metric_children[key] = ctx.metrics.rate_limit_decisions_total.labels(kind, decision)
+    child.inc()
+
+
+def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int) -> None:
+    """A refused request still counts as evidence (detection state) and gives its reservation back."""
+    if adm.reserved:
+        limits = ctx.policy.limits_for(adm.result.tier)
+        ctx.spawn(ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, limits))
+    if adm.session is not None:
+        ctx.spawn(adm.session.account(ctx.store, ResponseFacts(status=status)))

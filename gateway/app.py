@@ -1,0 +1,155 @@
+"""The two aiohttp applications (public API, admin) and the lifecycle of everything they share.
+
+``open_context(cfg)`` builds the ``AppContext`` in dependency order (metrics → tracing/access log → store →
+policy → auth → router → alerts → fingerprint checks → detection → watermarking → upstream pool) and closes
+it in reverse. ``ipgate serve`` and the test harness open it and hand it to both apps; a public app built
+without one opens its own through ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.alerts.dispatcher import AlertDispatcher
+from gateway.auth.authenticator import Authenticator
+from gateway.config import GatewayConfig
+from gateway.context import CTX, AppContext
+from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_openai_error
+from gateway.fingerprinting import FingerprintChecker
+from gateway.hooks import Detection, Watermarking
+from gateway.pipeline import error_response, list_models, no_route, proxy_handler
+from gateway.policy import Policy
+from gateway.proxy.forward import Upstream
+from gateway.receive import request_id
+from gateway.routing.router import Router
+from gateway.store.factory import open_store
+from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import Tracing
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_GRACE_S = 5.0  # how long shutdown waits for accounting tasks (reconcile, detection state)
+
+
+@contextlib.asynccontextmanager
+async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
+                       tracing: Tracing | None = None) -> AsyncIterator[AppContext]:
+    """``metrics``/``tracing``: injected by tests (a private registry, an in-memory span exporter)."""
+    m = metrics if metrics is not None else Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        tracing = tracing if tracing is not None else Tracing.from_config(cfg.telemetry)
+        stack.callback(tracing.shutdown)
+        access_log = AccessLog.from_config(cfg.telemetry)
+        stack.callback(access_log.close)
+        store = await open_store(cfg.store, m)
+        stack.push_async_callback(store.close)
+        policy = Policy.from_config(cfg)
+        auth = Authenticator.from_config(cfg.auth, metrics=m)
+        await auth.start()
+        stack.push_async_callback(auth.close)
+        router = Router(cfg.models, cfg.routing, m, store)
+        await router.start()
+        stack.push_async_callback(router.close)
+        alerts: AlertDispatcher | None = None
+        if cfg.alerts.sinks or cfg.detection.enabled:
+            alerts = AlertDispatcher.from_config(cfg, store, m)
+            await alerts.start()
+            stack.push_async_callback(alerts.close)
+        fingerprint: FingerprintChecker | None = None
+        if cfg.fingerprint.enabled:
+            fingerprint = FingerprintChecker(cfg.fingerprint, router, m, alerts)
+            await fingerprint.start()
+            stack.push_async_callback(fingerprint.close)
+        detection = _detection(cfg, policy, m, alerts)
+        watermarking = _watermarking(cfg, m)
+        upstream = Upstream()
+        await upstream.start()
+        stack.push_async_callback(upstream.close)
+        ctx = AppContext(
+            config=cfg, store=store, policy=policy, router=router, auth=auth, metrics=m, tracing=tracing,
+            access_log=access_log, detection=detection, watermarking=watermarking, alerts=alerts,
+            upstream=upstream, fingerprint=fingerprint, models=frozenset(router.models()),
+        )
+        try:
+            yield ctx
+        finally:
+            await _drain_background(ctx)
+
+
+def _detection(cfg: GatewayConfig, policy: Policy, metrics: Metrics,
+               alerts: AlertDispatcher | None) -> Detection | None:
+    if not cfg.detection.enabled:
+        return None
+    from gateway.detection import GatewayDetection
+
+    return GatewayDetection.from_config(cfg, policy, metrics=metrics, alerts=alerts)
+
+
+def _watermarking(cfg: GatewayConfig, metrics: Metrics) -> Watermarking | None:
+    if not cfg.watermark.enabled or cfg.watermark.scheme == "none":
+        return None
+    from gateway.watermarking import GatewayWatermarking
+
+    wm: Watermarking = GatewayWatermarking.from_config(cfg, metrics=metrics)
+    return wm
+
+
+async def _drain_background(ctx: AppContext) -> None:
+    if ctx.background:
+        _, pending = await asyncio.wait(set(ctx.background), timeout=BACKGROUND_GRACE_S)
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("shutdown: %d accounting tasks did not finish in %.0f s", len(pending),
+                        BACKGROUND_GRACE_S)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin app: everything answers OpenAI-shaped JSON (our errors, aiohttp 404/405, crashes as a bare 500).
+    The public app has no middleware: its handlers answer errors themselves, so the hot path has no extra layer."""
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return error_response(e, request_id(request))
+    except web.HTTPException as e:
+        if e.status == 404:
+            return error_response(NotFound(f"path: {request.path} is not an API route"), request_id(request))
+        body = to_openai_error(e.reason, "invalid_request_error", f"http_{e.status}")
+        return web.Response(body=json.dumps(body), status=e.status, content_type="application/json",
+                            headers={k: v for k, v in e.headers.items() if k.lower() == "allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s", request.path)
+        return web.json_response(INTERNAL_ERROR_BODY, status=500)
+
+
+def build_public_app(cfg: GatewayConfig, ctx: AppContext | None = None) -> web.Application:
+    """The OpenAI-compatible API. With ``ctx`` None the app builds its own context on startup."""
+    app = web.Application(client_max_size=cfg.server.max_body_bytes,
+                          handler_args={"max_field_size": max(cfg.server.max_header_bytes, 8190) * 2,
+                                        "max_line_size": max(cfg.server.max_header_bytes, 8190) * 2})
+    if ctx is not None:
+        app[CTX] = ctx
+    else:
+        async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+            async with open_context(cfg) as c:
+                app[CTX] = c
+                yield
+
+        app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/chat/completions", proxy_handler("chat"))
+    app.router.add_post("/v1/completions", proxy_handler("completions"))
+    app.router.add_post("/v1/embeddings", proxy_handler("embeddings"))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_route("*", "/{tail:.*}", no_route)
+    return app

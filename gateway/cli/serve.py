@@ -1,0 +1,35 @@
+"""``ipgate serve --config FILE [--workers N]``: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from gateway.config import ConfigError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway (public API + admin listener)",
+                       description="Run the gateway. SIGTERM drains gracefully; SIGHUP reloads models and routing.")
+    p.add_argument("--config", required=True, help="YAML configuration file (IPGATE_* env overrides apply)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the port (default: server.workers from the config)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.server import serve
+
+    if args.workers is not None and args.workers < 1:
+        print("ipgate serve: --workers must be at least 1")
+        return 2
+    try:
+        return serve(args.config, args.workers)
+    except ConfigError as e:
+        print(f"ipgate serve: {e}")
+        return 2
+    except OSError as e:  # typically: the port is taken
+        print(f"ipgate serve: cannot listen: {e.strerror or e}")
+        return 2

@@ -1,0 +1,38 @@
+"""``ipgate sim-backend``: the simulated model server (stands in for a GPU backend)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+
+from gateway.sim import LABEL
+from gateway.sim.run import serve_sim_forever
+from gateway.sim.server import SimOptions
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sim-backend", help=f"run the {LABEL}",
+                       description=f"Run the {LABEL}: OpenAI-compatible chat/completions/embeddings/models.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=18000)
+    p.add_argument("--model", default="sim", help="model id listed in /v1/models")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first byte")
+    p.add_argument("--tokens-per-s", type=float, default=0.0, help="streaming rate; 0 = as fast as possible")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered with --fail-status")
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--cut-after", type=int, default=None, help="close the connection after N streamed tokens")
+    p.add_argument("--stall-after", type=int, default=None, help="stop sending after N streamed tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = SimOptions(model=args.model, latency_ms=args.latency_ms, tokens_per_s=args.tokens_per_s,
+                      fail_rate=args.fail_rate, fail_status=args.fail_status, cut_after=args.cut_after,
+                      stall_after=args.stall_after, seed=args.seed)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_sim_forever(opts, args.host, args.port))
+    return 0

@@ -1,0 +1,63 @@
+"""``AppContext``: everything a request needs, built once per process and passed explicitly.
+
+The pipeline and the admin route modules receive it; nothing in the gateway reads globals. Built and torn
+down by ``gateway.app.context_lifecycle`` (an aiohttp ``cleanup_ctx``), in dependency order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.alerts.dispatcher import AlertDispatcher
+    from gateway.auth.authenticator import Authenticator
+    from gateway.config import GatewayConfig
+    from gateway.fingerprinting import FingerprintChecker
+    from gateway.hooks import Detection, Watermarking
+    from gateway.policy import Policy
+    from gateway.proxy.forward import Upstream
+    from gateway.routing.router import Router
+    from gateway.store.base import StateStore
+    from gateway.telemetry.accesslog import AccessLog
+    from gateway.telemetry.metrics import Metrics
+    from gateway.telemetry.tracing import Tracing
+
+
+@dataclass(eq=False)
+class AppContext:
+    config: GatewayConfig
+    store: StateStore
+    policy: Policy
+    router: Router
+    auth: Authenticator
+    metrics: Metrics
+    tracing: Tracing
+    access_log: AccessLog
+    detection: Detection | None
+    watermarking: Watermarking | None
+    alerts: AlertDispatcher | None
+    upstream: Upstream
+    fingerprint: FingerprintChecker | None = None  # periodic model-fingerprint checks of the backends
+    config_path: str | None = None  # the file `ipgate serve` loaded (SIGHUP and admin reload re-read it)
+    draining: bool = False  # set on SIGTERM: /readyz answers 503, new requests 503
+    drain_expired: bool = False  # the drain deadline passed: streams still running end with an error event
+    models: frozenset[str] = frozenset()  # model names served, refreshed on reload
+    inflight: set[asyncio.Task[object]] = field(default_factory=set)  # proxy handlers running now (drain)
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # accounting work off the hot path
+    # Bound metric children by label values: labels() takes a lock and builds a tuple on every call. The key
+    # space is bounded (routes x configured models/backends x statuses), never per client.
+    metric_children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run accounting work in the background, keeping a reference so it is not collected mid-way."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+CTX: web.AppKey[AppContext] = web.AppKey("ipgate_ctx", AppContext)

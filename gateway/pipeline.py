@@ -1,0 +1,172 @@
+"""THE request path, in order. Each step lives in its own small module; this file only sequences them.
+
+    receive   gateway/receive.py      request id, header/body limits (431/413)
+    auth      ctx.auth                JWT or API key -> Principal (401)
+    parse     gateway/proxy/parse.py  typed body; 400 naming the field; unknown model 404
+    detect    gateway/admit.py        ONE store round trip (state + GCRA), then detection (pure CPU)
+    admit     gateway/admit.py        policy block / deny -> 403; over the limit -> 429 + RateLimit-*
+    shape     gateway/shape.py        tier hardening, watermark directives, include_usage (per try)
+    route     gateway/route.py        router.acquire: pool -> sticky canary split -> healthy backend
+    forward   gateway/route.py        pooled upstream call; retries only before the first byte
+    transform gateway/respond.py      usage chunk, watermark embedders per choice, SSE framing intact
+    account   gateway/account.py      metrics + access log now; store work (reconcile, detection state,
+                                      watermark recipient) in a background task
+
+Errors are ``GatewayError`` subclasses answered as OpenAI-shaped JSON with their status; anything else is a
+bare 500 with no detail (the traceback goes to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from gateway.account import Exchange, finish
+from gateway.admit import detect_and_admit
+from gateway.context import CTX, AppContext
+from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, ServiceUnavailable, to_openai_error
+from gateway.proxy.forward import forward_headers
+from gateway.proxy.parse import Endpoint, parse_request
+from gateway.receive import check_headers, read_body, request_id
+from gateway.respond import complete, stream
+from gateway.route import route_and_forward
+from gateway.shape import embedder_factory, response_hook
+from gateway.store.base import AdmitResult
+from gateway.telemetry.tracing import set_error, set_request_attributes, set_response_attributes
+
+log = logging.getLogger(__name__)
+
+OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+_NO_SPAN = contextlib.nullcontext(INVALID_SPAN)  # tracing off: skip the SDK's context attach/detach entirely
+
+
+def success_headers(res: AdmitResult, rid: str) -> dict[str, str]:
+    """Remaining quota on every answer (cheap ints); the full ``RateLimit-*`` set comes with a 429."""
+    return {"X-Request-Id": rid, "x-ratelimit-remaining-requests": str(res.requests.remaining),
+            "x-ratelimit-remaining-tokens": str(res.tokens.remaining)}
+
+
+def error_response(err: GatewayError, rid: str, overhead_header: str | None = None,
+                   overhead_s: float = 0.0) -> web.Response:
+    headers = {**err.headers, "X-Request-Id": rid}
+    if overhead_header:
+        headers[overhead_header] = f"{overhead_s * 1000:.3f}"
+    return web.Response(body=json.dumps(err.body()).encode(), status=err.status, headers=headers,
+                        content_type="application/json")
+
+
+async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: Endpoint) -> web.StreamResponse:
+    cfg = ctx.config.server
+    if ctx.draining:
+        raise ServiceUnavailable("The gateway is shutting down; please retry.", code="draining",
+                                 headers={"Connection": "close", "Retry-After": "1"})
+    check_headers(request, cfg.max_header_bytes)                               # receive
+    raw = await read_body(request, cfg.max_body_bytes)
+    principal = await ctx.auth.authenticate(request.headers.get("Authorization"))  # auth
+    ex.principal = principal
+    parsed = parse_request(endpoint, raw, ctx.models)                          # parse
+    ex.parsed = parsed
+    adm = await detect_and_admit(ctx, principal, request.path, parsed, ex.request_id)  # detect + admit
+    ex.admission = adm
+    op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
+                                 forward_headers(request.headers, ex.request_id))
+    ex.backend = op.lease.backend.name
+    embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease.backend)
+    hook = response_hook(ctx, adm.tier)
+    details = ctx.detection is not None or ex.sampled
+    headers = success_headers(adm.result, ex.request_id)
+    if op.body is None:                                                       # transform (stream)
+        ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - op.t_headers)
+        headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
+        return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook)
+    t_body = time.perf_counter()
+    resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)  # transform (body)
+    ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
+    resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
+    return resp
+
+
+def _annotate(span: Span, ex: Exchange) -> None:
+    """GenAI semantic-convention attributes (no prompt text, no credentials); no-ops when not sampled."""
+    if not span.is_recording():
+        return
+    p = ex.parsed
+    if p is not None:
+        set_request_attributes(span, operation=OPERATION[p.endpoint], request_model=p.model, stream=p.stream)
+        set_response_attributes(span, response_model=ex.response_model, input_tokens=ex.facts.prompt_tokens,
+                                output_tokens=ex.facts.completion_tokens, finish_reasons=ex.facts.finish_reasons)
+    if ex.error_type is not None:
+        set_error(span, ex.error_type)
+
+
+def proxy_handler(endpoint: Endpoint) -> Handler:
+    name = OPERATION[endpoint]
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CTX]
+        ex = Exchange(request_id(request), request.path, time.perf_counter())
+        task = asyncio.current_task()
+        with ctx.tracing.span(name) if ctx.tracing.enabled else _NO_SPAN as span:
+            try:
+                ex.sampled = span.is_recording()
+                if task is not None:
+                    ctx.inflight.add(task)
+                return await _serve(ctx, request, ex, endpoint)
+            except GatewayError as e:
+                ex.status, ex.error_type = e.status, e.code
+                ex.facts.status = e.status
+                if ex.overhead_s == 0.0:
+                    ex.overhead_s = time.perf_counter() - ex.t0
+                return error_response(e, ex.request_id, ctx.config.server.overhead_header, ex.overhead_s)
+            except asyncio.CancelledError:
+                ex.facts.aborted = True
+                if ctx.drain_expired and task is not None:  # our drain deadline (not the client) cancelled it
+                    task.uncancel()
+                    err = ServiceUnavailable("The gateway is shutting down; please retry.", code="draining")
+                    ex.status = ex.facts.status = err.status
+                    ex.error_type = "shutdown"
+                    return error_response(err, ex.request_id)
+                ex.status, ex.error_type = 499, ex.error_type or "client_disconnect"  # nginx's "client closed"
+                raise
+            except Exception:
+                log.exception("request %s failed", ex.request_id)
+                ex.status, ex.error_type = 500, "internal_error"
+                return web.json_response(INTERNAL_ERROR_BODY, status=500, headers={"X-Request-Id": ex.request_id})
+            finally:
+                if task is not None:
+                    ctx.inflight.discard(task)
+                _annotate(span, ex)
+                finish(ctx, ex)
+
+    return handle
+
+
+async def list_models(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        await ctx.auth.authenticate(request.headers.get("Authorization"))
+    except GatewayError as e:
+        return error_response(e, request_id(request))
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipgate"} for m in sorted(ctx.models)]
+    return web.json_response({"object": "list", "data": data})
+
+
+API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
+
+
+async def no_route(request: web.Request) -> web.Response:
+    """Catch-all, registered last: JSON 404 for unknown paths and 405 for a wrong method on a known one
+    (a route instead of a middleware, so the hot path pays for no extra layer)."""
+    if request.path in API_PATHS:
+        err = to_openai_error(f"method: {request.method} is not allowed on {request.path}",
+                              "invalid_request_error", "method_not_allowed")
+        return web.json_response(err, status=405, headers={"Allow": "GET" if request.path == "/v1/models"
+                                                           else "POST"})
+    return error_response(NotFound(f"path: {request.path} is not an API route"), request_id(request))

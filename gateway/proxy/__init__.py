@@ -1,0 +1,1 @@
+"""The proxy's moving parts: request parsing, SSE framing, upstream forwarding and usage accounting."""

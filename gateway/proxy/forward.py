@@ -1,0 +1,146 @@
+"""The upstream call: one pooled ``aiohttp.ClientSession`` for the process, headers filtered, credentials
+from config, per-try timeouts.
+
+Timeouts, all enforced by aiohttp's socket timers (no extra timer per request): ``connect_timeout_s`` for
+the TCP connect; non-streaming calls: ``first_byte_timeout_s`` for the response (headers, then each read of
+the body); streams: ``idle_timeout_s`` for the headers and then between two reads. There is deliberately no
+total timeout on a stream: a long generation that keeps producing is healthy.
+
+What is never forwarded: hop-by-hop headers (RFC 9110 §7.6.1, plus any named in ``Connection``), the client's
+own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Host`` and ``Content-Length``
+(recomputed). The backend's credential, when configured, comes from ``api_key_env``/``api_key_file``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+
+from gateway.config import BackendConfig, read_secret
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+NOT_FORWARDED = HOP_BY_HOP | frozenset({
+    "authorization", "cookie", "x-api-key", "api-key", "host", "content-length", "accept-encoding", "expect",
+    "x-request-id",
+})
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+def forward_headers(client: Mapping[str, str], request_id: str) -> CIMultiDict[str]:
+    """The headers sent upstream: the client's end-to-end headers minus credentials, plus ours (the
+    backend's own credential is added per try, in ``Upstream.open``)."""
+    conn = client.get("Connection")
+    named = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in client.items():
+        lk = k.lower()
+        if lk in NOT_FORWARDED or lk in named:
+            continue
+        out.add(k, v)
+    out["Accept-Encoding"] = "identity"  # relay bytes as produced; no decompress/recompress in the proxy
+    out["X-Request-Id"] = request_id
+    return out
+
+
+class AttemptFailed(Exception):
+    """One upstream try failed before any byte reached the client; ``error`` says how (for retry and metrics)."""
+
+    def __init__(self, error: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(f"{error} {status or ''} {detail}".strip())
+        self.error = error
+        self.status = status
+
+    def to_gateway_error(self) -> GatewayError:
+        if self.error == "timeout":
+            return UpstreamTimeout("The model backend did not answer in time.")
+        if self.status in (429, 503):
+            return ServiceUnavailable("The model backends are overloaded; please retry shortly.",
+                                      code="upstream_overloaded")
+        if self.status is not None:
+            return UpstreamError(f"The model backend failed (status {self.status}).", code="upstream_status")
+        return UpstreamError("The model backend could not be reached.", code="upstream_unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class _BackendPlan:
+    cfg: BackendConfig  # the config object it was made from: a reload brings new objects, hence new plans
+    base: str  # URL up to and including /v1
+    auth: str | None
+    timeout: aiohttp.ClientTimeout  # non-streaming calls
+    stream_timeout: aiohttp.ClientTimeout
+
+
+class Upstream:
+    """The process's pooled connections to every backend."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._plans: dict[tuple[str, str], _BackendPlan] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30.0)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def plan(self, b: BackendConfig) -> _BackendPlan:
+        """Per-backend constants, computed once per config object: base URL, credential, timeouts. After a
+        reload (SIGHUP or admin API) the new objects make new plans, so a changed credential is read again."""
+        key = (b.name, b.url)
+        p = self._plans.get(key)
+        if p is None or p.cfg is not b:
+            base = b.url if b.url.endswith("/v1") else b.url + "/v1"
+            secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name!r} api key")
+            if (b.api_key_env or b.api_key_file) and not secret:
+                log.warning("backend %r: api_key_env %r is not set; calling it without a credential",
+                            b.name, b.api_key_env)
+            p = self._plans[key] = _BackendPlan(
+                b, base, f"Bearer {secret}" if secret else None,
+                aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.first_byte_timeout_s),
+                aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.idle_timeout_s),
+            )
+        return p
+
+    async def open(self, b: BackendConfig, endpoint: str, data: bytes, headers: CIMultiDict[str],
+                   stream: bool) -> aiohttp.ClientResponse:
+        """Send the request; return once the response headers are in."""
+        if self._session is None:
+            raise RuntimeError("Upstream.start() was not awaited")
+        plan = self.plan(b)
+        if plan.auth:
+            headers["Authorization"] = plan.auth
+        else:
+            headers.popall("Authorization", None)  # a previous try's backend credential must not leak
+        try:
+            return await self._session.post(plan.base + PATHS[endpoint], data=data, headers=headers,
+                                            timeout=plan.stream_timeout if stream else plan.timeout)
+        except TimeoutError as e:
+            raise AttemptFailed("timeout") from e
+        except aiohttp.ClientError as e:
+            raise AttemptFailed("connect", detail=type(e).__name__) from e
+
+    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body of a non-streaming response."""
+        try:
+            return await resp.read()
+        except TimeoutError as e:
+            resp.close()
+            raise AttemptFailed("timeout") from e
+        except aiohttp.ClientError as e:
+            resp.close()
+            raise AttemptFailed("read", detail=type(e).__name__) from e

@@ -1,0 +1,211 @@
+"""Typed parsing and validation of OpenAI request bodies (chat, legacy completions, embeddings).
+
+Validation is deliberately shallow but strict on the fields the gateway and the backends act on: types,
+ranges, enums. Unknown fields pass through untouched (OpenAI-compatible servers accept extensions). Every
+error is an ``InvalidRequest`` whose message and ``param`` name the field, e.g.
+``messages[2].role: must be one of 'assistant', 'developer', ...``. An unknown model is a 404.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.errors import InvalidRequest, NotFound
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_ROLES_TEXT = ", ".join(repr(r) for r in sorted(ROLES))
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    endpoint: Endpoint
+    model: str
+    body: dict[str, Any]  # the decoded body; the pipeline copies before changing it
+    raw: bytes  # the bytes as received, forwarded as is when nothing changes
+    stream: bool
+    client_usage: bool  # the client itself asked for stream_options.include_usage
+
+
+def _fail(field: str, problem: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {problem}", param=field)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _int(body: dict[str, Any], key: str, lo: int, hi: int | None = None) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if not _is_int(v):
+        raise _fail(key, "must be an integer")
+    if v < lo or (hi is not None and v > hi):
+        raise _fail(key, f"must be between {lo} and {hi}" if hi is not None else f"must be at least {lo}")
+
+
+def _num(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if not _is_num(v):
+        raise _fail(key, "must be a number")
+    if not lo <= v <= hi:
+        raise _fail(key, f"must be between {lo:g} and {hi:g}")
+
+
+def _bool(body: dict[str, Any], key: str) -> None:
+    v = body.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise _fail(key, "must be a boolean")
+
+
+def _stop(body: dict[str, Any]) -> None:
+    v = body.get("stop")
+    if v is None or isinstance(v, str):
+        return
+    if not isinstance(v, list) or len(v) > 4 or not all(isinstance(s, str) for s in v):
+        raise _fail("stop", "must be a string or a list of up to 4 strings")
+
+
+def _logit_bias(body: dict[str, Any]) -> None:
+    v = body.get("logit_bias")
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise _fail("logit_bias", "must be an object mapping token ids to numbers")
+    for k, b in v.items():
+        if not _is_num(b) or not -100 <= b <= 100:
+            raise _fail(f"logit_bias[{k!r}]", "must be a number between -100 and 100")
+
+
+def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
+    _bool(body, "stream")
+    stream = body.get("stream") is True
+    so = body.get("stream_options")
+    if so is None:
+        return stream, False
+    if not isinstance(so, dict):
+        raise _fail("stream_options", "must be an object")
+    if not stream:
+        raise _fail("stream_options", "is only allowed when stream is true")
+    iu = so.get("include_usage")
+    if iu is not None and not isinstance(iu, bool):
+        raise _fail("stream_options.include_usage", "must be a boolean")
+    return stream, iu is True
+
+
+def _sampling(body: dict[str, Any]) -> None:
+    _int(body, "max_tokens", 1)
+    _int(body, "max_completion_tokens", 1)
+    _int(body, "n", 1, 128)
+    _num(body, "temperature", 0, 2)
+    _num(body, "top_p", 0, 1)
+    _num(body, "presence_penalty", -2, 2)
+    _num(body, "frequency_penalty", -2, 2)
+    _int(body, "seed", -(2**63), 2**63 - 1)
+    _stop(body)
+    _logit_bias(body)
+
+
+def _messages(body: dict[str, Any]) -> None:
+    msgs = body.get("messages")
+    if msgs is None:
+        raise _fail("messages", "is required")
+    if not isinstance(msgs, list) or not msgs:
+        raise _fail("messages", "must be a non-empty array")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise _fail(f"messages[{i}]", "must be an object")
+        role = m.get("role")
+        if role not in ROLES:
+            raise _fail(f"messages[{i}].role", f"must be one of {_ROLES_TEXT}")
+        c = m.get("content")
+        if c is None:
+            if role not in ("assistant", "function") and "tool_calls" not in m:
+                raise _fail(f"messages[{i}].content", "is required")
+        elif isinstance(c, list):
+            for j, part in enumerate(c):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _fail(f"messages[{i}].content[{j}]", "must be an object with a string 'type'")
+        elif not isinstance(c, str):
+            raise _fail(f"messages[{i}].content", "must be a string, an array of content parts or null")
+
+
+def _text_or_tokens(body: dict[str, Any], key: str) -> None:
+    v = body.get(key)
+    if v is None:
+        raise _fail(key, "is required")
+    if isinstance(v, str):
+        return
+    if isinstance(v, list) and v:
+        if all(isinstance(x, str) for x in v) or all(_is_int(x) for x in v):
+            return
+        if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in v):
+            return
+    raise _fail(key, "must be a string, an array of strings, or an array of token ids (or arrays of them)")
+
+
+def _chat(body: dict[str, Any]) -> None:
+    _messages(body)
+    _sampling(body)
+    _bool(body, "logprobs")
+    _int(body, "top_logprobs", 0, 20)
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        raise _fail("top_logprobs", "requires logprobs to be true")
+
+
+def _completions(body: dict[str, Any]) -> None:
+    _text_or_tokens(body, "prompt")
+    _sampling(body)
+    _int(body, "logprobs", 0, 20)
+    _bool(body, "echo")
+    _int(body, "best_of", 1, 128)
+
+
+def _embeddings(body: dict[str, Any]) -> None:
+    _text_or_tokens(body, "input")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise _fail("encoding_format", "must be one of 'float', 'base64'")
+    _int(body, "dimensions", 1)
+    if body.get("stream"):
+        raise _fail("stream", "is not supported for embeddings")
+
+
+_VALIDATORS = {"chat": _chat, "completions": _completions, "embeddings": _embeddings}
+
+
+def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> ParsedRequest:
+    """Decode and validate one request body; ``models`` is the set of model names the gateway serves."""
+    if not raw:
+        raise InvalidRequest("body: is empty; expected a JSON object", param="body")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise InvalidRequest("body: is not valid UTF-8", param="body") from e
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"body: is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
+                             param="body") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: must be a JSON object", param="body")
+    model = body.get("model")
+    if model is None:
+        raise _fail("model", "is required")
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "must be a non-empty string")
+    stream, client_usage = _stream_fields(body)
+    _VALIDATORS[endpoint](body)
+    if model not in models:
+        raise NotFound(f"model: {model!r} does not exist or you do not have access to it", param="model",
+                       code="model_not_found")
+    return ParsedRequest(endpoint, model, body, raw, stream, client_usage)

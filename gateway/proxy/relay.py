@@ -1,0 +1,210 @@
+"""The transform step: upstream response bytes in, client bytes out, with the facts accounting needs.
+
+``StreamRelay`` is sans-IO: ``feed(chunk) -> bytes`` and ``finish() -> bytes``. It keeps SSE framing intact,
+passes comments (``: ping``) through, runs one watermark ``StreamEmbedder`` per choice over the content
+deltas, handles the usage chunk (see ``usage.py``), and notices whether the upstream ended with ``[DONE]``.
+A stream that ends without ``[DONE]`` was cut: ``finish()`` then returns a terminating error event, never a
+clean end. ``transform_body`` does the same for a non-streaming JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from gateway.hooks import StreamEmbedder
+from gateway.proxy.parse import Endpoint
+from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, encode_comment, encode_event
+from gateway.proxy.usage import Usage, split_usage_chunk
+
+EmbedderFactory = Callable[[], StreamEmbedder | None]
+ChoiceHook = Callable[[dict[str, Any]], bool]  # edits one choice in place (logprob hardening); True if changed
+
+_DONE_EVENT = b"data: [DONE]\n\n"
+# What a plain content chunk never contains: a usage object, a finish reason, an error.
+_NEEDS_DECODING = re.compile(rb'"usage":\s*\{|"finish_reason":\s*"|"error"')
+
+
+def error_event(message: str, code: str, etype: str = "upstream_error") -> bytes:
+    """The terminating event for a stream that cannot finish (the openai client raises on it)."""
+    err = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+    return b"data: " + json.dumps(err).encode() + b"\n\n"
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class StreamRelay:
+    __slots__ = ("_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook", "content_events",
+                 "done",
+                 "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
+
+    def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
+                 *, details: bool = True, choice_hook: ChoiceHook | None = None) -> None:
+        """``details`` False (no detection, trace not sampled): chunks that carry only content are relayed
+        without JSON decoding; those with usage, a finish reason or an error are still decoded.
+        ``choice_hook`` runs on every choice of every chunk (response-side logprob hardening)."""
+        self._decoder = SSEDecoder()
+        self._hook = choice_hook
+        self._fast = not details and embedder_factory is None and choice_hook is None
+        self._chat = endpoint == "chat"
+        self._client_usage = client_usage
+        self._factory = embedder_factory
+        self._embedders: dict[int, StreamEmbedder | None] = {}
+        self.usage = Usage()
+        self.finish_reasons: list[str] = []
+        self.content_events = 0  # pieces of content streamed (a floor for completion tokens on abort)
+        self.logprob_positions = 0
+        self.done = False
+        self.upstream_error = False
+        self.model: str | None = None
+        self.watermarked = False  # at least one choice ran through an embedder
+
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        for item in self._decoder.feed(chunk):
+            if isinstance(item, SSEComment):
+                out.append(encode_comment(item.text))
+                continue
+            data = item.data
+            if data == DONE:
+                out.extend(self._flush_all(None))
+                self.done = True
+                out.append(_DONE_EVENT)
+                continue
+            out.extend(self._event(data, item.event))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Upstream EOF. Returns the tail to send: nothing after ``[DONE]``, else a terminating error."""
+        if self.done or self.upstream_error:
+            return b""
+        return error_event("The upstream connection ended before the response was complete.",
+                           "stream_interrupted")
+
+    def _event(self, data: bytes, event: str | None) -> list[bytes]:
+        if self._fast and _NEEDS_DECODING.search(data) is None:
+            self.content_events += 1
+            return [encode_event(data, event)]
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return [encode_event(data, event)]  # not ours to judge: pass it through
+        if not isinstance(chunk, dict):
+            return [encode_event(data, event)]
+        if "error" in chunk:
+            self.upstream_error = True
+            return [encode_event(data, event)]
+        if self.model is None:
+            self.model = chunk.get("model")
+        changed = False
+        if "usage" in chunk and chunk["usage"] is not None:
+            content, usage_chunk, usage = split_usage_chunk(chunk, self._client_usage)
+            if usage is not None:
+                self.usage.update(usage)
+            out = []
+            if content is not None:
+                out.extend(self._choices_event(content, True, event))
+            if usage_chunk is not None:
+                out.append(encode_event(_dumps(usage_chunk), event))
+            return out
+        return self._choices_event(chunk, changed, event, data)
+
+    def _choices_event(self, chunk: dict[str, Any], changed: bool, event: str | None,
+                       raw: bytes | None = None) -> list[bytes]:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
+            text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
+            lp = choice.get("logprobs")
+            if isinstance(lp, dict):
+                seq = lp.get("content") if self._chat else lp.get("tokens")
+                if isinstance(seq, list):
+                    self.logprob_positions += len(seq)
+            if isinstance(text, str) and text:
+                self.content_events += 1
+            fr = choice.get("finish_reason")
+            idx = choice.get("index", 0)
+            emb = self._embedder(idx, self._factory) if self._factory is not None else None
+            if emb is not None and isinstance(holder, dict):
+                new = emb.feed(text) if isinstance(text, str) else ""
+                if fr is not None:
+                    new += emb.finish()
+                    self._embedders[idx] = None  # finished: nothing more for this choice
+                if new != (text or ""):
+                    holder["content" if self._chat else "text"] = new
+                    changed = True
+            if fr is not None:
+                self.finish_reasons.append(str(fr))
+            if self._hook is not None and self._hook(choice):
+                changed = True
+        if changed or raw is None:
+            return [encode_event(_dumps(chunk), event)]
+        return [encode_event(raw, event)]
+
+    def _embedder(self, idx: int, factory: EmbedderFactory) -> StreamEmbedder | None:
+        if idx not in self._embedders:
+            emb = self._embedders[idx] = factory()
+            self.watermarked = self.watermarked or emb is not None
+        return self._embedders[idx]
+
+    def _flush_all(self, event: str | None) -> list[bytes]:
+        """[DONE] arrived while embedders still hold text (no finish_reason seen): emit it as chunks."""
+        out = []
+        for idx, emb in self._embedders.items():
+            if emb is None:
+                continue
+            rest = emb.finish()
+            self._embedders[idx] = None
+            if rest:
+                choice: dict[str, Any] = ({"index": idx, "delta": {"content": rest}, "finish_reason": None}
+                                          if self._chat else {"index": idx, "text": rest, "finish_reason": None})
+                obj = {"object": "chat.completion.chunk" if self._chat else "text_completion",
+                       "model": self.model, "choices": [choice]}
+                out.append(encode_event(_dumps(obj), event))
+        return out
+
+
+def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
+                   choice_hook: ChoiceHook | None = None) -> tuple[bool, Usage, list[str], int, bool]:
+    """Watermark (and logprob-harden) a non-streaming body in place. Returns (changed, usage, finish_reasons,
+    logprob positions, watermarked)."""
+    usage = Usage()
+    u = body.get("usage")
+    if isinstance(u, dict):
+        usage.update(u)
+    changed = watermarked = False
+    reasons: list[str] = []
+    positions = 0
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        fr = choice.get("finish_reason")
+        if fr is not None:
+            reasons.append(str(fr))
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict):
+            seq = lp.get("content") if endpoint == "chat" else lp.get("tokens")
+            positions += len(seq) if isinstance(seq, list) else 0
+        if choice_hook is not None and choice_hook(choice):
+            changed = True
+        if embedder_factory is None or endpoint == "embeddings":
+            continue
+        holder = choice.get("message") if endpoint == "chat" else choice
+        key = "content" if endpoint == "chat" else "text"
+        if not isinstance(holder, dict) or not isinstance(holder.get(key), str):
+            continue
+        emb = embedder_factory()
+        if emb is None:
+            continue
+        watermarked = True
+        new = emb.feed(holder[key]) + emb.finish()
+        if new != holder[key]:
+            holder[key] = new
+            changed = True
+    return changed, usage, reasons, positions, watermarked

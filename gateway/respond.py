@@ -1,0 +1,143 @@
+"""Step 9, transform + respond: the upstream's answer goes to the client.
+
+Non-streaming: the body is decoded once for its usage (and watermarked when a factory is given), and the
+upstream's bytes are sent unchanged when nothing changed. Streaming: chunks are relayed as they arrive
+(``StreamRelay`` keeps SSE framing, strips or fixes the usage chunk, watermarks deltas). No retry here: once
+a byte went out, an upstream failure (cut, idle timeout) becomes a terminating SSE error event and never a
+clean ``[DONE]``. A client that goes away cancels this handler (aiohttp ``handler_cancellation``), which
+closes the upstream connection at once, so the backend stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.account import Exchange
+from gateway.context import AppContext
+from gateway.proxy.parse import ParsedRequest
+from gateway.proxy.relay import ChoiceHook, EmbedderFactory, StreamRelay, error_event, transform_body
+from gateway.proxy.usage import usage_from_body
+from gateway.route import Opened
+from gateway.routing.router import Outcome
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_JSON = "application/json"
+
+
+class _ClientGone(Exception):
+    """Writing to the client failed: it went away (not the upstream's fault)."""
+
+
+def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
+             headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+    """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
+    otherwise only the ``usage`` object is read, unless the body must be watermarked."""
+    status = op.resp.status
+    op.lease.release(Outcome(True, status, op.t_headers - op.t_sent))
+    ctype = op.resp.headers.get("Content-Type", _JSON)
+    body: Any = None
+    usage = None if details or embed is not None or hook is not None or status != 200 else usage_from_body(raw)
+    if usage is not None:
+        ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    elif status == 200 and ctype.startswith(_JSON):
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+    if isinstance(body, dict):
+        changed, usage, reasons, positions, watermarked = transform_body(parsed.endpoint, body, embed, hook)
+        f = ex.facts
+        f.prompt_tokens, f.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        f.finish_reasons, f.logprobs_returned = reasons, positions
+        ex.watermarked = watermarked
+        m = body.get("model")
+        ex.response_model = m if isinstance(m, str) else None
+        if changed:
+            raw = json.dumps(body, ensure_ascii=False).encode()
+    ex.facts.status = ex.status = status
+    headers["Content-Type"] = ctype
+    return web.Response(body=raw, status=status, headers=headers)
+
+
+async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
+                 embed: EmbedderFactory | None, headers: dict[str, str], *, details: bool,
+                 hook: ChoiceHook | None) -> web.StreamResponse:
+    relay = StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook)
+    out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    ex.status = ex.facts.status = 200
+    task = asyncio.current_task()
+    upstream = op.resp
+    reason: str | None = None
+    try:
+        await out.prepare(request)
+        first = True
+        try:
+            chunk = op.first_chunk
+            while chunk:
+                data = relay.feed(chunk)
+                if data:
+                    if first:
+                        ex.ttft_s = time.perf_counter() - ex.t0
+                        first = False
+                    try:
+                        await out.write(data)
+                    except ConnectionError as e:  # the client's side; ClientConnectionResetError is one too
+                        raise _ClientGone from e
+                chunk = await upstream.content.readany()  # b"" at the end of the stream
+            tail = relay.finish()
+            if tail:
+                reason = "cut"
+        except _ClientGone:
+            reason = "client_disconnect"
+            return out
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            reason = "idle_timeout" if isinstance(e, TimeoutError) else "cut"
+            tail = relay.finish() or b""
+            if not tail and not relay.done:
+                tail = error_event("The upstream connection failed mid-stream.", "stream_interrupted")
+        except asyncio.CancelledError:
+            if not ctx.drain_expired or task is None:
+                reason = "client_disconnect"
+                raise
+            task.uncancel()  # our own drain deadline, not the client: finish the stream with an error
+            reason = "shutdown"
+            tail = error_event("The gateway is shutting down; the response was interrupted.",
+                               "server_shutdown", "service_unavailable")
+        if tail:
+            with contextlib.suppress(ConnectionError):
+                await out.write(tail)
+        with contextlib.suppress(ConnectionError):
+            await out.write_eof()
+        return out
+    finally:
+        upstream.close()  # a no-op after a complete read; otherwise the backend sees the close now
+        _stream_facts(ctx, ex, relay, reason)
+        # Only the upstream's own failures count against the backend (health, canary analysis).
+        op.lease.release(Outcome(reason not in ("cut", "idle_timeout"), 200, op.t_headers - op.t_sent, reason))
+
+
+def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay, reason: str | None) -> None:
+    f = ex.facts
+    f.prompt_tokens = relay.usage.prompt_tokens
+    f.completion_tokens = relay.usage.completion_tokens
+    if f.completion_tokens is None and reason is not None:
+        f.completion_tokens = relay.content_events  # charged what was streamed
+    f.finish_reasons = relay.finish_reasons
+    f.logprobs_returned = relay.logprob_positions
+    f.aborted = reason is not None
+    ex.watermarked = relay.watermarked
+    ex.response_model = relay.model
+    if reason is not None:
+        ex.error_type = reason
+        if ex.parsed is not None:
+            ctx.metrics.stream_errors_total.labels(model=ex.parsed.model, reason=reason).inc()

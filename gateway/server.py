@@ -1,0 +1,182 @@
+"""``ipgate serve``: the public and admin listeners, worker processes, graceful drain and reload.
+
+One worker = one asyncio process with both listeners. ``--workers N`` (N > 1) runs a small supervisor that
+starts N worker processes; each binds the same ports with ``SO_REUSEPORT`` so the kernel spreads
+connections over them. Prometheus metrics are aggregated across workers (multiprocess mode). A worker that
+dies unexpectedly is restarted (at most once a second).
+
+Signals (worker):
+- ``SIGTERM``/``SIGINT``: ``/readyz`` answers 503 at once; the public listener stops accepting; requests in
+  flight get ``server.drain_timeout_s`` to finish; after that, streams still running receive a terminating
+  SSE error event and other requests a 503; then the process exits 0.
+- ``SIGHUP``: the config file is read again and ``router.reload(models)`` swaps weights, backends and canary
+  steps without dropping in-flight requests. Other sections need a restart (a warning says so when they
+  changed). An invalid file is logged and ignored: the running config stays.
+The supervisor forwards both signals to its workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.admin.app import build_admin_app
+from gateway.app import build_public_app, open_context
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.context import AppContext
+
+log = logging.getLogger(__name__)
+
+STREAM_FINISH_GRACE_S = 2.0  # after the deadline: time for cancelled streams to write their error event
+
+
+def reload_models(ctx: AppContext, path: str | Path) -> bool:
+    """SIGHUP: re-read the config file and apply its live sections (the admin API's reload, same code).
+    Returns False (and logs) on a bad file: the running configuration stays."""
+    from gateway.admin.routing import reload_from_file
+
+    try:
+        reload_from_file(ctx, str(path))
+    except ConfigError as e:
+        log.error("reload ignored, the running configuration stays: %s", e)
+        return False
+    return True
+
+
+async def drain(ctx: AppContext, public: web.AppRunner, site: web.TCPSite) -> None:
+    """SIGTERM: refuse new work, let in-flight requests finish until the deadline, then end the rest."""
+    ctx.draining = True
+    await site.stop()  # stop accepting connections; open keep-alive connections get 503 + Connection: close
+    deadline = time.monotonic() + ctx.config.server.drain_timeout_s
+    n = len(ctx.inflight)
+    if n:
+        log.info("draining: %d requests in flight, deadline %.1f s", n, ctx.config.server.drain_timeout_s)
+    while ctx.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if ctx.inflight:
+        log.warning("drain deadline passed: ending %d requests with an error", len(ctx.inflight))
+        ctx.drain_expired = True
+        for task in list(ctx.inflight):
+            task.cancel()
+        end = time.monotonic() + STREAM_FINISH_GRACE_S
+        while ctx.inflight and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+    await public.cleanup()
+
+
+async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
+                     on_ready: Callable[[], None] | None = None) -> int:
+    """One worker: both listeners until SIGTERM/SIGINT. ``config_path`` None: no SIGHUP reload (demo)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    holder: list[AppContext] = []
+
+    def on_term() -> None:
+        if holder:
+            holder[0].draining = True  # /readyz flips now, before anything else happens
+        stop.set()
+
+    # Installed before start-up work, so a SIGTERM that arrives while starting is a clean stop, not a kill.
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, on_term)
+    async with open_context(cfg) as ctx:
+        ctx.config_path = str(config_path) if config_path is not None else None
+        holder.append(ctx)
+        public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
+                               shutdown_timeout=1.0)
+        admin = web.AppRunner(build_admin_app(ctx), handler_cancellation=True, access_log=None,
+                              shutdown_timeout=1.0)
+        await public.setup()
+        await admin.setup()
+        host, port = cfg.listen_addr
+        ahost, aport = cfg.admin_addr
+        site = web.TCPSite(public, host, port, reuse_port=True, backlog=1024)
+        asite = web.TCPSite(admin, ahost, aport, reuse_port=True)
+        await site.start()
+        await asite.start()
+        if config_path is not None:
+            path = config_path
+            loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path))
+        log.info("ipgate serving on http://%s:%d (admin http://%s:%d), pid %d", host, port, ahost, aport,
+                 os.getpid())
+        if on_ready is not None and not stop.is_set():
+            on_ready()
+        await stop.wait()
+        log.info("SIGTERM: draining")
+        await drain(ctx, public, site)
+        await admin.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _spawn(config_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
+                             "--workers", "1"], env=env)
+
+
+def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
+    """Run ``workers`` worker processes sharing the ports; forward SIGTERM/SIGINT/SIGHUP; restart crashes."""
+    from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
+
+    if cfg.store.kind == "memory":
+        log.warning("--workers %d with the memory store: each worker keeps its own limits and detection "
+                    "state; use store.kind: redis to share them", workers)
+    metrics_dir = tempfile.mkdtemp(prefix="ipgate-metrics-")
+    prepare_multiproc_dir(metrics_dir)
+    env = dict(os.environ)
+    procs = [_spawn(config_path, env) for _ in range(workers)]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, forward)
+    codes: dict[int, int] = {}
+    while True:
+        alive = False
+        for i, p in enumerate(procs):
+            rc = p.poll()
+            if rc is None:
+                alive = True
+                continue
+            if stopping:
+                # killed by our own SIGTERM before its handler was installed: it never served, nothing lost
+                codes[p.pid] = 0 if rc == -signal.SIGTERM else rc
+                continue
+            log.error("worker %d exited with %d; restarting it", p.pid, rc)
+            mark_worker_dead(p.pid)
+            time.sleep(1.0)
+            procs[i] = _spawn(config_path, env)
+            alive = True
+        if not alive:
+            break
+        with contextlib.suppress(InterruptedError):
+            time.sleep(0.1)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def serve(config_path: str, workers: int | None) -> int:
+    cfg = load_config(config_path)
+    n = workers if workers is not None else cfg.server.workers
+    if n > 1:
+        return supervise(config_path, n, cfg)
+    return asyncio.run(run_worker(config_path, cfg))

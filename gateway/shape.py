@@ -1,0 +1,90 @@
+"""Step 6, shape: what the upstream receives, for one try on one backend.
+
+Tier hardening (``gateway.hardening.harden``: caps on logprobs/bias/n/seed, client ``vllm_xargs`` always
+removed; ``logit_bias``/``seed`` removed for watermark-capable backends), the watermark directives such a
+backend needs, the backend's own model name, and ``stream_options.include_usage`` for streams (the gateway
+needs real usage to reconcile the token reservation). The body is re-encoded only when something changed;
+otherwise the client's bytes go upstream as they came.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from gateway.config import BackendConfig
+from gateway.context import AppContext
+from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening
+from gateway.hooks import StreamEmbedder
+from gateway.principal import Principal
+from gateway.proxy.parse import ParsedRequest
+from gateway.proxy.relay import ChoiceHook, EmbedderFactory
+from gateway.proxy.usage import ask_upstream_for_usage
+
+log = logging.getLogger(__name__)
+
+_ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other keys (model, ...): comma is safe
+
+
+def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
+                  backend: BackendConfig) -> bytes:
+    tier_cfg = ctx.policy.tier(tier)
+    body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable)
+    if changes and log.isEnabledFor(logging.DEBUG):
+        log.debug("hardening for tier %s: %s", tier_cfg.name, "; ".join(changes))
+    changed = body is not parsed.body
+    if backend.watermark_capable and ctx.watermarking is not None:
+        extra = ctx.watermarking.upstream_directives(principal, parsed.model, True, tier_cfg.name)
+        if extra:
+            body = body if changed else dict(body)
+            body.update(extra)
+            changed = True
+    if backend.upstream_model and backend.upstream_model != parsed.model:
+        body = body if changed else dict(body)
+        body["model"] = backend.upstream_model
+        changed = True
+    if parsed.stream and not parsed.client_usage:
+        raw = parsed.raw.lstrip()
+        if not changed and "stream_options" not in body and raw[:1] == b"{":
+            # The only change: splice the option into the client's bytes instead of re-encoding the body.
+            return _ASK_USAGE + raw[1:]
+        body = body if changed else dict(body)
+        ask_upstream_for_usage(body)
+        changed = True
+    if not changed:
+        return parsed.raw
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedRequest, tier: int,
+                     backend: BackendConfig) -> EmbedderFactory | None:
+    """A factory of per-choice post-hoc watermark embedders, or None when this response is not watermarked
+    post hoc (watermarking off, embeddings, the backend watermarks in the engine, or the scheme declines)."""
+    wm = ctx.watermarking
+    if wm is None or parsed.endpoint == "embeddings" or backend.watermark_capable:
+        return None
+    tier_name = ctx.policy.tier(tier).name
+    first = wm.embedder_for(principal, parsed.model, tier_name, parsed.body)
+    if first is None:
+        return None
+    pending: list[StreamEmbedder] = [first]
+
+    def make() -> StreamEmbedder | None:
+        return pending.pop() if pending else wm.embedder_for(principal, parsed.model, tier_name, parsed.body)
+
+    return make
+
+
+def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
+    """The tier's response-side logprob hardening (cap what a backend returned, add noise), or None."""
+    cfg = ctx.policy.tier(tier).hardening
+    if not response_needs_hardening(cfg):
+        return None
+    rng = random.Random()  # seeded from os.urandom: the noise must not be predictable across requests
+
+    def hook(choice: dict[str, Any]) -> bool:
+        return harden_choice_logprobs(choice, cfg, rng)
+
+    return hook

@@ -1,0 +1,328 @@
+"""The simulated model server: OpenAI-compatible chat/completions/embeddings/models over aiohttp.
+
+It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the benchmarks. Behaviour:
+- text: real assistant answers from the bundled corpus, chosen by a hash of the prompt (deterministic);
+- streaming at ``tokens_per_s`` (0 = as fast as possible) after ``latency_ms``; ``usage`` in the body, and in
+  a final ``choices: []`` chunk when ``stream_options.include_usage`` is set;
+- ``logprobs``/``top_logprobs`` shaped like the real API (chat and legacy completions forms);
+- failure injection: ``fail_rate`` answers ``fail_status`` before any byte; ``cut_after`` closes the connection
+  after N streamed tokens; ``stall_after`` stops sending after N tokens and holds the connection open;
+- it records every generation that the client abandoned (``SimStats.aborted``), readable in-process and at
+  ``GET /sim/stats``, and the request headers it last saw (to check what a proxy forwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import random
+import struct
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.sim import LABEL
+from gateway.sim.corpus import CorpusEntry, alternatives, count_tokens, pick, token_logprob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    model: str = "sim"
+    latency_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    cut_after: int | None = None
+    stall_after: int | None = None
+    seed: int = 0
+    default_max_tokens: int = 256
+    embedding_dim: int = 32
+
+
+@dataclass(slots=True)
+class SimStats:
+    requests: int = 0
+    completed: int = 0
+    aborted: int = 0
+    failed: int = 0
+    cut: int = 0
+    abort_times: list[float] = field(default_factory=list)  # time.monotonic() when each abort was seen
+    last_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    last_body: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "completed": self.completed, "aborted": self.aborted,
+                "failed": self.failed, "cut": self.cut}
+
+
+SIM_STATS = web.AppKey("sim_stats", SimStats)
+SIM_OPTIONS = web.AppKey("sim_options", SimOptions)
+SIM_RNG = web.AppKey("sim_rng", random.Random)
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+def _error(status: int, message: str, etype: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": etype, "param": None, "code": None}},
+                             status=status)
+
+
+def _prompt_text(endpoint: str, body: Mapping[str, Any]) -> str:
+    if endpoint == "chat":
+        parts = []
+        for m in body.get("messages") or []:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                parts.append(c)
+            elif isinstance(c, list):
+                parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
+        return "\n".join(parts)
+    p = body.get("prompt", "")
+    return p if isinstance(p, str) else " ".join(map(str, p))
+
+
+def _chat_logprobs(tokens: list[str], start: int, top: int) -> dict[str, Any]:
+    content = []
+    for i, t in enumerate(tokens, start):
+        alts = alternatives(t, i, max(top, 1))
+        content.append({
+            "token": t, "logprob": alts[0][1], "bytes": list(t.encode()),
+            "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode())} for a, lp in alts[:top]],
+        })
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(tokens: list[str], start: int, top: int, offset: int) -> dict[str, Any]:
+    offsets, pos = [], offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [token_logprob(t, i) for i, t in enumerate(tokens, start)],
+        "top_logprobs": [dict(alternatives(t, i, max(top, 1))[:top]) for i, t in enumerate(tokens, start)],
+        "text_offset": offsets,
+    }
+
+
+@dataclass(slots=True)
+class _Gen:
+    """One request's planned output."""
+
+    entries: list[CorpusEntry]
+    max_tokens: int
+    prompt_tokens: int
+
+    def tokens(self, i: int) -> list[str]:
+        return list(self.entries[i].tokens[: self.max_tokens])
+
+    def finish(self, i: int) -> str:
+        return "length" if len(self.entries[i].tokens) > self.max_tokens else "stop"
+
+
+def _plan(endpoint: str, body: Mapping[str, Any], opts: SimOptions) -> _Gen:
+    prompt = _prompt_text(endpoint, body)
+    n = int(body.get("n") or 1)
+    mt = body.get("max_completion_tokens") or body.get("max_tokens") or opts.default_max_tokens
+    return _Gen([pick(prompt, i) for i in range(n)], int(mt), count_tokens(prompt) + 3)
+
+
+def _logprob_request(endpoint: str, body: Mapping[str, Any]) -> int | None:
+    """Number of top alternatives wanted, or None when logprobs are not requested."""
+    if endpoint == "chat":
+        return int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
+    lp = body.get("logprobs")
+    return None if lp is None else int(lp)
+
+
+async def _pre(request: web.Request) -> tuple[SimOptions, SimStats, dict[str, Any]] | web.Response:
+    stats, opts = request.app[SIM_STATS], request.app[SIM_OPTIONS]
+    stats.requests += 1
+    stats.last_headers = CIMultiDict(request.headers)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    stats.last_body = body
+    if opts.fail_rate and request.app[SIM_RNG].random() < opts.fail_rate:
+        stats.failed += 1
+        return _error(opts.fail_status, "simulated failure", "server_error")
+    if opts.latency_ms:
+        try:
+            await asyncio.sleep(opts.latency_ms / 1000)
+        except asyncio.CancelledError:
+            _record_abort(stats, 0)
+            raise
+    return opts, stats, body
+
+
+def _record_abort(stats: SimStats, tokens_sent: int) -> None:
+    stats.aborted += 1
+    stats.abort_times.append(time.monotonic())
+    log.info("sim: client abandoned a generation after %d tokens", tokens_sent)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completions")
+
+
+async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
+    pre = await _pre(request)
+    if isinstance(pre, web.Response):
+        return pre
+    opts, stats, body = pre
+    gen = _plan(endpoint, body, opts)
+    if body.get("stream"):
+        return await _stream(request, endpoint, body, gen, opts, stats)
+    top = _logprob_request(endpoint, body)
+    choices, completion_tokens = [], 0
+    for i in range(len(gen.entries)):
+        toks = gen.tokens(i)
+        completion_tokens += len(toks)
+        text = "".join(toks)
+        if endpoint == "chat":
+            c: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": gen.finish(i),
+                                 "logprobs": _chat_logprobs(toks, 0, top) if top is not None else None}
+        else:
+            c = {"index": i, "text": text, "finish_reason": gen.finish(i),
+                 "logprobs": _completion_logprobs(toks, 0, top, 0) if top is not None else None}
+        choices.append(c)
+    stats.completed += 1
+    return web.json_response({
+        "id": ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24],
+        "object": "chat.completion" if endpoint == "chat" else "text_completion",
+        "created": int(time.time()), "model": body.get("model", opts.model), "system_fingerprint": "sim",
+        "choices": choices,
+        "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": gen.prompt_tokens + completion_tokens},
+    })
+
+
+async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen: _Gen, opts: SimOptions,
+                  stats: SimStats) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=_SSE_HEADERS)
+    await resp.prepare(request)
+    chat_ = endpoint == "chat"
+    base = {"id": ("chatcmpl-" if chat_ else "cmpl-") + uuid.uuid4().hex[:24],
+            "object": "chat.completion.chunk" if chat_ else "text_completion",
+            "created": int(time.time()), "model": body.get("model", opts.model), "system_fingerprint": "sim"}
+    usage_wanted = bool((body.get("stream_options") or {}).get("include_usage"))
+    top = _logprob_request(endpoint, body)
+    delay = 1.0 / opts.tokens_per_s if opts.tokens_per_s > 0 else 0.0
+
+    async def send(choices: list[dict[str, Any]], usage: Any = None) -> None:
+        chunk = dict(base, choices=choices)
+        if usage_wanted:
+            chunk["usage"] = usage
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+    sent = 0
+    try:
+        if chat_:
+            await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None} for i in range(len(gen.entries))])
+        completion_tokens = 0
+        for i in range(len(gen.entries)):
+            for pos, tok in enumerate(gen.tokens(i)):
+                if opts.cut_after is not None and sent >= opts.cut_after:
+                    stats.cut += 1
+                    if request.transport is not None:
+                        request.transport.abort()  # an abrupt cut: no terminating chunk, no [DONE]
+                    return resp
+                if opts.stall_after is not None and sent >= opts.stall_after:
+                    await asyncio.sleep(3600)
+                if delay:
+                    await asyncio.sleep(delay)
+                if chat_:
+                    lp = _chat_logprobs([tok], pos, top) if top is not None else None
+                    c: dict[str, Any] = {"index": i, "delta": {"content": tok}, "logprobs": lp,
+                                         "finish_reason": None}
+                else:
+                    lp = _completion_logprobs([tok], pos, top, 0) if top is not None else None
+                    c = {"index": i, "text": tok, "logprobs": lp, "finish_reason": None}
+                await send([c])
+                sent += 1
+                completion_tokens += 1
+            last = ({"index": i, "delta": {}, "logprobs": None, "finish_reason": gen.finish(i)} if chat_
+                    else {"index": i, "text": "", "logprobs": None, "finish_reason": gen.finish(i)})
+            await send([last])
+        if usage_wanted:
+            await send([], {"prompt_tokens": gen.prompt_tokens, "completion_tokens": completion_tokens,
+                            "total_tokens": gen.prompt_tokens + completion_tokens})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except (asyncio.CancelledError, ConnectionError):
+        _record_abort(stats, sent)
+        raise
+    stats.completed += 1
+    return resp
+
+
+def _vector(text: str, dim: int) -> list[float]:
+    raw = hashlib.shake_256(text.encode()).digest(4 * dim)
+    vals = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dim}I", raw)]
+    norm = sum(v * v for v in vals) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in vals]
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    pre = await _pre(request)
+    if isinstance(pre, web.Response):
+        return pre
+    opts, stats, body = pre
+    inp = body.get("input")
+    items = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
+    dim = int(body.get("dimensions") or opts.embedding_dim)
+    data, tokens = [], 0
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else " ".join(map(str, item or []))
+        tokens += count_tokens(text)
+        vec = _vector(text, dim)
+        emb: Any = (base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode()
+                    if body.get("encoding_format") == "base64" else vec)
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    stats.completed += 1
+    return web.json_response({"object": "list", "data": data, "model": body.get("model", opts.model),
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+async def models(request: web.Request) -> web.Response:
+    opts = request.app[SIM_OPTIONS]
+    return web.json_response({"object": "list", "data": [{
+        "id": opts.model, "object": "model", "created": 0, "owned_by": "ipgate-sim", "description": LABEL}]})
+
+
+async def stats_handler(request: web.Request) -> web.Response:
+    return web.json_response(dict(request.app[SIM_STATS].as_json(), label=LABEL))
+
+
+def build_sim_app(opts: SimOptions | None = None) -> web.Application:
+    opts = opts or SimOptions()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SIM_OPTIONS] = opts
+    app[SIM_STATS] = SimStats()
+    app[SIM_RNG] = random.Random(opts.seed)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/sim/stats", stats_handler)
+    app.router.add_get("/health", models)
+    return app

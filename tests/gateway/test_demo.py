@@ -1,0 +1,40 @@
+"""``ipgate demo`` end to end: it starts, prints a working token and examples, serves, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import openai
+
+from tests.support.harness import free_port
+
+
+def test_demo_serves_the_printed_example() -> None:
+    port, admin, s1, s2 = (free_port() for _ in range(4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPGATE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--port", str(port), "--admin-port", str(admin),
+         "--sim-ports", f"{s1},{s2}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 30
+        assert proc.stdout is not None
+        while "Ctrl-C stops everything" not in out and time.monotonic() < deadline:
+            out += proc.stdout.readline()
+        token = re.search(r"Authorization: Bearer (\S+?)\"", out)
+        assert token, out
+        assert f"http://127.0.0.1:{port}/v1/chat/completions" in out and "from openai import OpenAI" in out
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token.group(1), max_retries=0)
+        r = client.chat.completions.create(model="sim", messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=5)
+        assert r.choices[0].message.content
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(20)
+    assert rc == 0

@@ -1,0 +1,1 @@
+"""Reusable end-to-end test harness (see ``tests/support/harness.py``)."""
