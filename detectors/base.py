@@ -1,0 +1,129 @@
+"""The ``Detector`` protocol every detector module implements, and the decay arithmetic they share.
+
+A detector is one small class in its own module: it owns a mutable per-client state object (serialised to
+at most ``state_bytes`` bytes), folds each request into it, and scores it. Detectors never see other
+detectors' state and never do I/O; the engine isolates their failures.
+
+Decay (why two clocks): counters are "recent" in two senses at once. Each request multiplies them by
+``COUNT_DECAY`` (an exponential window of about ``WINDOW`` requests, so a share means "of the last ~250
+prompts"), and wall time multiplies them by ``0.5 ** (dt / HALF_LIFE_S)`` (one day) so a client that stops sending
+the bad traffic cools down even if it sends nothing at all.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
+
+WINDOW = 250.0
+COUNT_DECAY = math.exp(-1.0 / WINDOW)
+HALF_LIFE_S = 24 * 3600.0
+
+S = TypeVar("S")
+
+
+def time_decay(dt: float, half_life_s: float = HALF_LIFE_S) -> float:
+    """Multiplier for counters after ``dt`` seconds of silence (1.0 for dt <= 0)."""
+    if dt <= 0.0:
+        return 1.0
+    return float(0.5 ** (dt / half_life_s))
+
+
+def ramp(x: float, lo: float, hi: float) -> float:
+    """0 below ``lo``, 1 above ``hi``, linear between: the detectors' hand-set evidence scales."""
+    if x <= lo:
+        return 0.0
+    if x >= hi:
+        return 1.0
+    return (x - lo) / (hi - lo)
+
+
+def norm_entropy(counts: list[float]) -> float:
+    """Shannon entropy of a histogram divided by log(bins): 1.0 is perfectly flat (plain floats, ~2 us)."""
+    total = sum(counts)
+    if total <= 0 or len(counts) < 2:
+        return 0.0
+    h = -sum(x / total * math.log(x / total) for x in counts if x > 0)
+    return h / math.log(len(counts))
+
+
+def any_of(*evidence: float) -> float:
+    """1 - prod(1 - e): independent pieces of evidence combined (plain floats: numpy is slower here)."""
+    out = 1.0
+    for e in evidence:
+        out *= 1.0 - e
+    return 1.0 - out
+
+
+def shrunk_share(hits: float, total: float, prior: float = 10.0) -> float:
+    """A share with ``prior`` pseudo-requests of zero hits, so 3 of 3 is not 100 % evidence."""
+    return hits / (total + prior) if total + prior > 0 else 0.0
+
+
+class Detector(Protocol[S]):
+    """One detector. ``name`` is its registry key; ``state_bytes`` the most its state serialises to."""
+
+    name: ClassVar[str]
+    state_bytes: ClassVar[int]
+
+    def new_state(self) -> S: ...
+
+    def load(self, data: bytes) -> S:
+        """Parse state written by ``dump`` (raise ValueError on garbage; the engine starts fresh)."""
+
+    def dump(self, state: S) -> bytes: ...
+
+    def observe(self, state: S, feats: RequestFeatures, now: float) -> DetectorScore:
+        """Fold one request into ``state`` (mutating it) and return the score after it."""
+
+    def score(self, state: S, now: float) -> DetectorScore:
+        """Score ``state`` as it stands (no request folded in)."""
+
+    def observe_response(self, state: S, resp: ResponseFeatures, now: float) -> None:
+        """Fold what the upstream answered into ``state``; most detectors ignore it."""
+
+
+AnyDetector = Detector[Any]
+
+
+class Counters:
+    """Decayed counters (float64 in memory, float32 on the wire) plus the time of the last update.
+
+    ``advance(now)`` applies one request's count decay and the time decay since the previous request, in
+    one multiply; callers then add this request's evidence.
+    """
+
+    __slots__ = ("c", "last_ts")
+    _TS = struct.Struct("<d")
+
+    def __init__(self, size: int) -> None:
+        self.c = np.zeros(size)
+        self.last_ts = 0.0
+
+    def advance(self, now: float, count_decay: float = COUNT_DECAY) -> float:
+        factor = count_decay * (time_decay(now - self.last_ts) if self.last_ts else 1.0)
+        self.c *= factor
+        self.last_ts = max(self.last_ts, now)
+        return factor
+
+    def nbytes(self) -> int:
+        return 8 + 4 * len(self.c)
+
+    def dump(self) -> bytes:
+        return self._TS.pack(self.last_ts) + self.c.astype("<f4").tobytes()
+
+    def load(self, data: bytes) -> int:
+        """Fill from ``data``; return how many bytes were read. Raises ValueError when too short."""
+        need = self.nbytes()
+        if len(data) < need:
+            raise ValueError(f"counter state truncated ({len(data)} < {need} bytes)")
+        (self.last_ts,) = self._TS.unpack_from(data, 0)
+        self.c = np.frombuffer(data, dtype="<f4", count=len(self.c), offset=8).astype(np.float64)
+        if not np.all(np.isfinite(self.c)):
+            raise ValueError("counter state holds non-finite values")
+        return need

@@ -1,0 +1,126 @@
+"""Coverage and diversity of a client's prompts in the embedding space.
+
+Three views, all incremental (nothing is rescored from a window):
+- **topic coverage**: each prompt is assigned to the nearest of the reference's k-means topic centroids;
+  a decayed histogram per client gives the coverage entropy. Sweeps over a taxonomy spread evenly over
+  many topics; a person's questions cluster on a few.
+- **distribution test (MMD)** against the benign reference: with a linear kernel the squared MMD is the
+  squared distance between the client's (decayed) mean embedding and the reference mean. Under "this
+  client is an ordinary benign user" it is about ``sigma2 / n`` plus the offset a focused user has; the
+  excess over the benign p99.5 offset (fitted on TRAIN personas) is evidence.
+- **near duplicates** (PRADA-style minimum distances): the cosine distance of each prompt to the nearest of
+  the client's previous 16 prompts (kept as int8 vectors, 1 KiB). Template fills and paraphrase sweeps
+  sit very close to a previous prompt far more often than human questions do.
+
+The default embedding is the hashed n-gram projection from ``detectors.features``; it sees words, not
+meaning, so paraphrased sweeps in new vocabulary look diverse but not anomalous (see the README's limits).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from detectors.base import Counters, norm_entropy, ramp, shrunk_share
+from detectors.features import EMBED_DIM
+from detectors.reference import Reference
+from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
+
+RING = 16
+N, W, NEAR, TOPIC0 = 0, 1, 2, 3
+NEAR_COSINE = 0.85
+
+
+class CoverageState:
+    __slots__ = ("counters", "mean_sum", "pos", "ring", "ring_i8")
+
+    def __init__(self, topics: int) -> None:
+        self.counters = Counters(TOPIC0 + topics + EMBED_DIM)
+        self.ring = np.zeros((RING, EMBED_DIM), dtype=np.float32)  # for the dot products
+        self.ring_i8 = np.zeros((RING, EMBED_DIM), dtype=np.int8)  # the same vectors as stored (x 127)
+        self.pos = 0
+        self.mean_sum = self.counters.c[TOPIC0 + topics :]  # a view: decays with the counters
+
+
+class Coverage:
+    name: ClassVar[str] = "coverage"
+    uses_reference: ClassVar[bool] = True
+    state_bytes: ClassVar[int] = 8 + 4 * (TOPIC0 + 64 + EMBED_DIM) + RING * EMBED_DIM + 1
+
+    def __init__(self, reference: Reference | None = None, max_topics: int = 64) -> None:
+        self.ref = reference or Reference()
+        if self.ref.centroids.shape[0] > max_topics:
+            raise ValueError(f"{self.name}: at most {max_topics} topic centroids fit the state budget")
+        self.k = int(self.ref.centroids.shape[0])
+
+    def new_state(self) -> CoverageState:
+        return CoverageState(self.k)
+
+    def dump(self, state: CoverageState) -> bytes:
+        return state.counters.dump() + state.ring_i8.tobytes() + bytes((state.pos,))
+
+    def load(self, data: bytes) -> CoverageState:
+        st = CoverageState(self.k)
+        pos = st.counters.load(data)
+        if len(data) != pos + RING * EMBED_DIM + 1:
+            raise ValueError(f"{self.name}: state has the wrong size")
+        raw = np.frombuffer(data, dtype=np.int8, count=RING * EMBED_DIM, offset=pos).reshape(RING, EMBED_DIM)
+        st.ring_i8 = raw.copy()
+        st.ring = raw.astype(np.float32) / np.float32(127.0)
+        st.pos = data[-1] % RING
+        st.mean_sum = st.counters.c[TOPIC0 + self.k :]
+        return st
+
+    def observe(self, state: CoverageState, feats: RequestFeatures, now: float) -> DetectorScore:
+        state.counters.advance(now)
+        c = state.counters.c
+        c[N] += 1
+        e = np.asarray(feats.embedding)
+        if e.any():
+            c[W] += 1
+            state.mean_sum += e
+            if self.k:
+                c[TOPIC0 + int(np.argmax(self.ref.centroids @ e))] += 1
+            filled = min(int(c[N]) - 1, RING)
+            if filled > 0 and float(np.max(state.ring @ e.astype(np.float32))) >= NEAR_COSINE:
+                c[NEAR] += 1
+            # stored as it will read back after a round trip (int8 / 127), so a cached and a decoded state agree
+            q = np.round(e * 127.0)
+            state.ring_i8[state.pos] = q
+            state.ring[state.pos] = q / 127.0
+            state.pos = (state.pos + 1) % RING
+        return self.score(state, now)
+
+    def observe_response(self, state: CoverageState, resp: ResponseFeatures, now: float) -> None:
+        return None
+
+    def score(self, state: CoverageState, now: float) -> DetectorScore:
+        c = state.counters.c
+        w = float(c[W])
+        near = float(c[NEAR])
+        reasons: list[str] = []
+        e_near = ramp(shrunk_share(near, w, 10.0), 0.3, 0.7)
+        if e_near > 0:
+            reasons.append(f"{near:.0f} of the last {w:.0f} prompts near-duplicate a previous prompt")
+        e_cov = e_mmd = 0.0
+        if self.k and w > 30:  # below 30 prompts the coverage term is 0 whatever the entropy
+            hist = c[TOPIC0 : TOPIC0 + self.k].tolist()
+            entropy = norm_entropy(hist)
+            e_cov = ramp(entropy, 0.82, 0.95) * ramp(w, 30.0, 80.0)
+            if e_cov > 0:
+                topics = sum(1 for x in hist if x >= 0.5)
+                reasons.append(
+                    f"prompts spread evenly over {topics} of {self.k} topic clusters (entropy {entropy:.2f})"
+                )
+        if self.ref.mean.size == EMBED_DIM and w > 0:
+            diff = state.mean_sum / w - self.ref.mean
+            excess = float(diff @ diff) - self.ref.sigma2 / w
+            off = max(self.ref.persona_offset, 1e-6)
+            e_mmd = ramp(excess, off, 2.5 * off) * ramp(w, 20.0, 50.0)
+            if e_mmd > 0:
+                reasons.append(
+                    f"prompt distribution far from the benign reference (MMD {excess / off:.1f}x benign p99.5)"
+                )
+        score = float(1.0 - (1.0 - e_near) * (1.0 - e_cov) * (1.0 - e_mmd))
+        return DetectorScore(self.name, score, tuple(reasons))

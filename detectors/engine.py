@@ -1,0 +1,290 @@
+"""The detection engine: one object the gateway (and ``ipgate replay``) drives, request by request.
+
+Public API (stable; the gateway codes against exactly this)::
+
+    from detectors.engine import Engine, DetectorSettings
+    from detectors.combiner import CombinerParams, TierThresholds, default_combiner_path
+    from detectors.features import extract
+    from detectors.types import RequestFeatures, ResponseFeatures, Verdict, Observation, LinkResult
+
+    params = CombinerParams.from_json(default_combiner_path().read_text())      # the caller does the I/O
+    engine = Engine.from_params(params, detectors={"timing": DetectorSettings(enabled=False)})
+    feats = extract("/v1/chat/completions", body, ts=now)                        # cheap, pure
+    obs = engine.observe(stored_state_or_None, feats, now)                       # Observation
+    obs.verdict.score / .tier / .reasons / .detector_scores / .sketches / .errors / .unscored / .own_score
+    state = engine.observe_response(obs.state, ResponseFeatures(...), now)       # bytes
+    shared = await store.link_sketches(client_id, obs.verdict.sketches, ttl)      # gateway side
+    link = engine.apply_links(state, shared, now, peer_scores={peer: score})      # LinkResult
+    engine.peek(state, now)                                                       # Verdict, no request
+
+``peer_scores`` should be the peers' *own* scores (``Verdict.own_score``) where the caller has them; stored
+scores that already include inheritance also work (inheritance shrinks by 0.9 per hop, so it cannot
+ratchet up), they only let a cluster's score travel one hop further.
+
+Rules: every method is pure CPU and never raises on bad state bytes (garbage or a newer format starts the
+client fresh, logged once). A detector that raises is logged once per detector name, reported in
+``Verdict.errors`` and left out of the score (``Verdict.unscored`` is then True); the caller's fail policy
+decides what an unscored request means. State bytes stay under ``STATE_BUDGET_BYTES`` (32 KiB); each
+detector declares its own bound and ``from_params`` refuses a set whose bounds exceed the budget.
+
+Unknown detector names in ``detectors`` (and unknown keys in a detector's ``params``) raise ValueError at
+construction, i.e. at start-up, never per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors import state as envelope
+from detectors.base import AnyDetector, ramp
+from detectors.combiner import CombinerParams, TierState, TierThresholds, next_tier
+from detectors.linking import CrossAccountLinking
+from detectors.registry import DEFAULT_ENABLED, REGISTRY
+from detectors.types import (
+    STATE_BUDGET_BYTES,
+    DetectorScore,
+    LinkResult,
+    Observation,
+    RequestFeatures,
+    ResponseFeatures,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+
+#: Detector scores below this do not produce reasons (they are noise, not evidence).
+REASON_MIN_SCORE = 0.3
+MAX_REASONS = 6
+INHERIT_FLOOR = 0.1  # own score a linked client needs before it inherits its cluster's score
+DECODED_CACHE = 2048  # clients whose decoded state is kept between requests (a few KB each)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSettings:
+    """Per-detector configuration (mirrors ``gateway.config.DetectorToggle``)."""
+
+    enabled: bool = True
+    weight: float | None = None  # None: the fitted combiner weight
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """Scores a client's request stream; holds no per-client data itself (that lives in the state bytes)."""
+
+    def __init__(
+        self, params: CombinerParams, detectors: list[AnyDetector], weights: Mapping[str, float],
+        tiers: TierThresholds, inherit: float,
+    ) -> None:
+        self.params = params
+        self.detectors = detectors
+        self.weights = dict(weights)
+        self.tiers = tiers
+        self.inherit = inherit
+        self.inherit_floor = INHERIT_FLOOR
+        self._linker = next((d for d in detectors if isinstance(d, CrossAccountLinking)), None)
+        self._link_only = frozenset({self._linker.name}) if self._linker else frozenset()
+        self._response_only = frozenset(d.name for d in detectors if getattr(d, "wants_response", False))
+        self._logged_errors: set[str] = set()
+        self._logged_bad_state = False
+        # Decoded states of recently seen clients, keyed by the exact bytes they serialise to. When the
+        # store hands back the bytes this engine wrote last, decoding is skipped (about a third of the
+        # per-request cost). An entry is popped when used, so two requests never share mutable state, and
+        # bytes written by another replica simply miss. Not thread-safe: one engine per event loop.
+        self._decoded: OrderedDict[bytes, tuple[envelope.Envelope, dict[str, Any]]] = OrderedDict()
+        self.cache_size = DECODED_CACHE
+
+    @classmethod
+    def from_params(
+        cls,
+        params: CombinerParams,
+        detectors: Mapping[str, DetectorSettings] | None = None,
+        tiers: TierThresholds | None = None,
+        inherit: float = 0.9,
+    ) -> Engine:
+        """Build the engine; ``detectors`` enables/weights/parameterises detectors by registry name.
+
+        ``inherit`` is the share of its cluster's score a linked client inherits (see ``apply_links``).
+        """
+        settings = dict(detectors or {})
+        unknown = sorted(set(settings) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown detector(s) {unknown}; known: {sorted(REGISTRY)}")
+        built: list[AnyDetector] = []
+        weights: dict[str, float] = {}
+        for name, factory in REGISTRY.items():
+            s = settings.get(name, DetectorSettings(enabled=name in DEFAULT_ENABLED))
+            if not s.enabled:
+                continue
+            kwargs = dict(s.params)
+            if getattr(factory, "uses_reference", False):
+                kwargs.setdefault("reference", params.reference)
+            try:
+                built.append(factory(**kwargs))
+            except TypeError as e:
+                raise ValueError(f"detector {name!r}: bad params {dict(s.params)}: {e}") from e
+            weights[name] = params.weights.get(name, 0.0) if s.weight is None else float(s.weight)
+        budget = 64 + sum(d.state_bytes + 3 + len(d.name) for d in built)
+        if budget > STATE_BUDGET_BYTES:
+            raise ValueError(f"detector state bounds sum to {budget} bytes > {STATE_BUDGET_BYTES}")
+        return cls(params, built, weights, tiers or params.tiers, inherit)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.detectors)
+
+    # -- state plumbing --------------------------------------------------------------------------------
+    def _open(
+        self, data: bytes | None, only: frozenset[str] | None = None
+    ) -> tuple[envelope.Envelope, dict[str, Any]]:
+        """Decode the envelope and the named detectors' states (all when ``only`` is None); the other
+        blobs stay raw bytes and are written back untouched by ``_close``."""
+        if data:
+            hit = self._decoded.pop(data, None)
+            if hit is not None:
+                return hit
+        env = envelope.Envelope()
+        if data:
+            try:
+                env = envelope.decode(data)
+            except ValueError as e:
+                if not self._logged_bad_state:
+                    log.warning("detector state unreadable, starting the client fresh: %s", e)
+                    self._logged_bad_state = True
+        states: dict[str, Any] = {}
+        for d in self.detectors:
+            if only is not None and d.name not in only:
+                continue
+            blob = env.blobs.get(d.name)
+            try:
+                states[d.name] = d.load(blob) if blob else d.new_state()
+            except ValueError as e:
+                log.warning("detector %s: state unreadable, starting fresh: %s", d.name, e)
+                states[d.name] = d.new_state()
+        return env, states
+
+    def _close(self, env: envelope.Envelope, states: Mapping[str, Any]) -> bytes:
+        old = env.blobs
+        env.blobs = {
+            d.name: d.dump(states[d.name]) if d.name in states else old.get(d.name, b"") for d in self.detectors
+        }
+        data = envelope.encode(env)
+        if self.cache_size and len(states) == len(self.detectors):
+            self._decoded[data] = (env, dict(states))
+            if len(self._decoded) > self.cache_size:
+                self._decoded.popitem(last=False)
+        return data
+
+    def _fail(self, name: str, e: BaseException) -> None:
+        if name not in self._logged_errors:
+            self._logged_errors.add(name)
+            log.error("detector %s raised; its score is left out (logged once): %r", name, e, exc_info=e)
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def _verdict(
+        self, env: envelope.Envelope, results: list[DetectorScore], errors: list[str], now: float, seen: int
+    ) -> Verdict:
+        scores = {r.name: r.score for r in results}
+        own = self.params.combine(scores, self.weights)
+        # Linking escalates, it never convicts on its own: only a client whose own traffic already carries
+        # some evidence (own score >= INHERIT_FLOOR, ten times an ordinary client's ~0.01) inherits its
+        # cluster's score, so no account is flagged purely by association.
+        inherited = self.inherit * env.cluster_score if own >= self.inherit_floor else 0.0
+        score = max(own, inherited)
+        ts = TierState(env.tier, env.below_since)
+        next_tier(ts, score, now, env.last_ts, seen, self.tiers)
+        env.tier, env.below_since = ts.tier, ts.below_since
+        env.last_score = score
+        env.max_score = max(env.max_score, score)
+        ranked = sorted(results, key=lambda r: self.weights.get(r.name, 0.0) * r.score, reverse=True)
+        reasons: list[str] = []
+        for r in ranked:
+            if r.score >= REASON_MIN_SCORE and self.weights.get(r.name, 0.0) > 0:
+                reasons.extend(r.reasons)
+        if inherited > own:
+            reasons.insert(0, f"linked to an account cluster scoring {env.cluster_score:.2f}")
+        sketches = tuple(s for r in results for s in r.sketches)
+        return Verdict(
+            score=score, tier=env.tier, reasons=tuple(reasons[:MAX_REASONS]), detector_scores=scores,
+            sketches=sketches, errors=tuple(errors), unscored=bool(errors), requests_seen=seen,
+            cluster_score=env.cluster_score, own_score=own,
+        )
+
+    def observe(self, state: bytes | None, feats: RequestFeatures, now: float) -> Observation:
+        """Fold one request into the client's state and judge the client."""
+        env, states = self._open(state)
+        results: list[DetectorScore] = []
+        errors: list[str] = []
+        for d in self.detectors:
+            try:
+                results.append(d.observe(states[d.name], feats, now))
+            except Exception as e:
+                self._fail(d.name, e)
+                errors.append(d.name)
+                states[d.name] = d.new_state()
+        env.requests_seen += 1
+        verdict = self._verdict(env, results, errors, now, env.requests_seen)
+        env.last_ts = max(env.last_ts, now)
+        return Observation(verdict, self._close(env, states))
+
+    def observe_response(self, state: bytes, resp: ResponseFeatures, now: float) -> bytes:
+        """Fold the upstream's answer (usage, finish reasons, logprobs served) into the state."""
+        env, states = self._open(state, self._response_only)
+        for d in self.detectors:
+            if d.name not in states:
+                continue
+            try:
+                d.observe_response(states[d.name], resp, now)
+            except Exception as e:
+                self._fail(d.name, e)
+        return self._close(env, states)
+
+    def apply_links(
+        self, state: bytes, shared: Mapping[str, int], now: float,
+        peer_scores: Mapping[str, float] | None = None,
+    ) -> LinkResult:
+        """Fold ``StateStore.link_sketches``' answer (peer -> sketches shared) into the state.
+
+        Peers whose accumulated shared count reaches the linking detector's threshold are "linked"; the
+        cluster score is the highest ``peer_scores`` value among the linked peers the caller knows (replay
+        knows all; the gateway reads this request's sharers), raised towards 1 by up to half the remaining
+        distance as the number of linked peers grows from 3 to 12 (a large cluster is hydra evidence in
+        itself), kept until the next update and reset when no peer is linked any more; the client inherits
+        ``inherit`` x that score.
+        """
+        env, states = self._open(state, self._link_only)
+        if self._linker is None:
+            return LinkResult(state, (), 0.0)
+        try:
+            linked = self._linker.fold_links(states[self._linker.name], shared, now)
+        except Exception as e:
+            self._fail(self._linker.name, e)
+            return LinkResult(state, (), env.cluster_score)
+        if not linked:
+            env.cluster_score = 0.0
+        elif peer_scores is not None:
+            # Only peers whose score the caller knows count; a linked peer missing from ``peer_scores`` (the
+            # gateway reads the scores of this request's sharers only) leaves the cluster score as it was.
+            known = [peer_scores[p] for p in linked if p in peer_scores]
+            if known:
+                # The cluster is as suspicious as its most suspicious member, and a large cluster is itself
+                # evidence (hydra): up to half of the remaining distance to 1 as the links grow from 3 to 12.
+                best = max(known)
+                env.cluster_score = best + (1.0 - best) * 0.5 * ramp(len(linked), 3.0, 12.0)
+        return LinkResult(self._close(env, states), linked, env.cluster_score)
+
+    def peek(self, state: bytes | None, now: float) -> Verdict:
+        """The verdict the stored state implies now (no request folded in; counters not decayed)."""
+        env, states = self._open(state)
+        results: list[DetectorScore] = []
+        errors: list[str] = []
+        for d in self.detectors:
+            try:
+                results.append(d.score(states[d.name], now))
+            except Exception as e:
+                self._fail(d.name, e)
+                errors.append(d.name)
+        return self._verdict(env, results, errors, now, env.requests_seen)

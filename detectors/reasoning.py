@@ -1,0 +1,57 @@
+"""Reasoning elicitation: prompts that demand full chain-of-thought or grade answers against a rubric.
+
+Distillers harvest reasoning traces ("show your full reasoning step by step") and preference/grading data
+("rate the following response on a scale of 1 to 10 using this rubric"). Ordinary users ask for steps now
+and then; a harvester asks on nearly every prompt. The score is a shrunk share over ~250 recent prompts.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from detectors.base import Counters, ramp, shrunk_share
+from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
+
+N, COT, RUBRIC = range(3)
+
+
+class ReasoningElicitation:
+    name: ClassVar[str] = "reasoning"
+    state_bytes: ClassVar[int] = 8 + 4 * 3
+
+    def __init__(self, cot_share: tuple[float, float] = (0.3, 0.7), rubric_share: tuple[float, float] = (0.2, 0.5)):
+        self.cot_share = cot_share
+        self.rubric_share = rubric_share
+
+    def new_state(self) -> Counters:
+        return Counters(3)
+
+    def dump(self, state: Counters) -> bytes:
+        return state.dump()
+
+    def load(self, data: bytes) -> Counters:
+        st = Counters(3)
+        if st.load(data) != len(data):
+            raise ValueError(f"{self.name}: trailing bytes in state")
+        return st
+
+    def observe(self, state: Counters, feats: RequestFeatures, now: float) -> DetectorScore:
+        state.advance(now)
+        state.c[N] += 1
+        state.c[COT] += feats.cot
+        state.c[RUBRIC] += feats.rubric
+        return self.score(state, now)
+
+    def observe_response(self, state: Counters, resp: ResponseFeatures, now: float) -> None:
+        return None
+
+    def score(self, state: Counters, now: float) -> DetectorScore:
+        n, cot, rubric = state.c.tolist()
+        e_cot = ramp(shrunk_share(cot, n, 10.0), *self.cot_share)
+        e_rubric = ramp(shrunk_share(rubric, n, 10.0), *self.rubric_share)
+        reasons: list[str] = []
+        if e_cot > 0:
+            reasons.append(f"{cot:.0f} of the last {n:.0f} prompts demand full step-by-step reasoning")
+        if e_rubric > 0:
+            reasons.append(f"{rubric:.0f} of the last {n:.0f} prompts ask to grade answers against a rubric")
+        return DetectorScore(self.name, max(e_cot, e_rubric), tuple(reasons))

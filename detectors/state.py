@@ -1,0 +1,69 @@
+"""The per-client state envelope: engine header + one opaque blob per detector, in a compact binary form.
+
+Layout (little-endian): ``b"ID"`` magic, version byte, header struct (requests seen, tier, cool-down clock,
+last request time, last/max score, inherited cluster score), then for each detector
+``u8 name length, name, u16 blob length, blob``. Unknown detector names are skipped and missing ones start
+fresh, so enabling or disabling a detector never invalidates stored state. The gateway stores the bytes
+as they are (one Redis value); ``STATE_BUDGET_BYTES`` bounds them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+MAGIC = b"ID"
+VERSION = 1
+_HEADER = struct.Struct("<IBddfff")
+
+
+@dataclass(slots=True)
+class Envelope:
+    requests_seen: int = 0
+    tier: int = 0
+    below_since: float = -1.0
+    last_ts: float = 0.0
+    last_score: float = 0.0
+    max_score: float = 0.0
+    cluster_score: float = 0.0
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+def encode(env: Envelope) -> bytes:
+    parts = [
+        MAGIC,
+        bytes((VERSION,)),
+        _HEADER.pack(
+            min(env.requests_seen, 0xFFFFFFFF), env.tier, env.below_since, env.last_ts,
+            env.last_score, env.max_score, env.cluster_score,
+        ),
+    ]
+    for name, blob in env.blobs.items():
+        raw = name.encode()
+        parts.append(struct.pack("<B", len(raw)) + raw + struct.pack("<H", len(blob)) + blob)
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> Envelope:
+    """Parse an envelope; raise ValueError on anything malformed (the engine then starts fresh)."""
+    if len(data) < 3 + _HEADER.size or data[:2] != MAGIC:
+        raise ValueError("not a detector state envelope")
+    if data[2] != VERSION:
+        raise ValueError(f"unsupported detector state version {data[2]}")
+    try:
+        seen, tier, below, last_ts, last_score, max_score, cluster = _HEADER.unpack_from(data, 3)
+        env = Envelope(seen, tier, below, last_ts, last_score, max_score, cluster)
+        pos = 3 + _HEADER.size
+        while pos < len(data):
+            n = data[pos]
+            name = data[pos + 1 : pos + 1 + n].decode()
+            pos += 1 + n
+            (blen,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            if pos + blen > len(data):
+                raise ValueError("truncated detector blob")
+            env.blobs[name] = data[pos : pos + blen]
+            pos += blen
+    except (struct.error, UnicodeDecodeError, IndexError) as e:
+        raise ValueError(f"malformed detector state: {e}") from e
+    return env

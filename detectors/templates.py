@@ -1,0 +1,206 @@
+"""Template harvesting: prompts that fill a few templates, and self-instruct meta-prompts.
+
+Each prompt is reduced (after masking numbers, quotes, URLs and code) to three sketches: the hash of its
+first and last 8 tokens (3 for prompts under 16 tokens; a long slot payload would otherwise dominate)
+and a 16-slot MinHash of its content-word bigrams. A prompt joins a known template cluster when its head
+or tail key matches (and is not a key that is common in ordinary prompts, per the benign reference) or when
+at least ``min_agree`` of the 16 MinHash slots agree with the cluster's (a Jaccard estimate of ~0.2: fills
+of one template share most content bigrams; two unrelated real prompts agree on 3+ slots ~0.1 % of the
+time, mostly near-duplicates in the corpus). The client keeps at most ``MAX_CLUSTERS`` clusters with
+decayed counts (space-saving eviction) and, per cluster, the intersection of its fills' bottom-32 token
+samples (the template's skeleton, used for cross-account linking), so state is bounded at ~5 KiB.
+
+Scores: the reuse ratio (share of recent prompts that matched an earlier cluster), the top-template share,
+and the share of self-instruct meta-prompts. For cross-account linking, a prompt that falls into one of
+the client's *hot* clusters (seen ``hot_count`` times) contributes that cluster's keys as sketches; one-off
+prompts contribute nothing, so ordinary users leave almost no trace in the shared table.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import ClassVar
+
+import numpy as np
+
+from detectors.base import Counters, any_of, ramp, shrunk_share
+from detectors.features import LONG_PROMPT
+from detectors.reference import Reference
+from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
+
+MAX_CLUSTERS = 24
+SLOTS = 16
+SKEL = 32  # bottom-k token sample kept per cluster, intersected over its fills
+MIN_SKELETON = 8  # fewer fixed tokens is a phrase ("let's think step by step ."), not a template: never linked
+N, REUSED, META = range(3)
+_ROW = 4 * (SLOTS + SKEL + 4)  # bytes per cluster: signature, skeleton, head, tail, last prompt key, count
+TAG_HEAD, TAG_TAIL, TAG_SKELETON = 1, 2, 3
+_MASK63 = (1 << 63) - 1
+
+
+def tag(kind: int, value: int) -> int:
+    """An account-agnostic sketch id: kind in the top bits so head/tail/MinHash keys never collide."""
+    return ((kind << 56) | (value & ((1 << 56) - 1))) & _MASK63
+
+
+class TemplateState:
+    """Cluster table as parallel numpy arrays (matching one prompt against all clusters is one compare)."""
+
+    __slots__ = ("counters", "counts", "heads", "lasts", "sigs", "skels", "tails")
+
+    def __init__(self, size: int = 0) -> None:
+        self.counters = Counters(3)
+        self.sigs = np.zeros((size, SLOTS), dtype=np.uint32)
+        self.skels = np.zeros((size, SKEL), dtype=np.uint32)  # sorted, zero-padded
+        self.heads = np.zeros(size, dtype=np.uint32)
+        self.tails = np.zeros(size, dtype=np.uint32)
+        self.lasts = np.zeros(size, dtype=np.uint32)
+        self.counts = np.zeros(size, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def set_row(self, i: int, f: RequestFeatures, head: int, tail: int) -> None:
+        sig, last = f.minhash, f.prompt_key
+        if i == len(self):
+            self.sigs = np.vstack([self.sigs, np.zeros((1, SLOTS), dtype=np.uint32)])
+            self.skels = np.vstack([self.skels, np.zeros((1, SKEL), dtype=np.uint32)])
+            grow = (np.append(a, np.uint32(0)) for a in (self.heads, self.tails, self.lasts))
+            self.heads, self.tails, self.lasts = grow
+            self.counts = np.append(self.counts, 0.0)
+        self.sigs[i] = (sig + (0,) * SLOTS)[:SLOTS]
+        self.set_skeleton(i, np.asarray(f.bottom[:SKEL], dtype=np.uint32))
+        self.heads[i], self.tails[i], self.lasts[i], self.counts[i] = head, tail, last, 1.0
+
+    def set_skeleton(self, i: int, tokens: np.ndarray) -> None:
+        self.skels[i] = 0
+        self.skels[i, : len(tokens)] = tokens
+
+    def skeleton(self, i: int) -> np.ndarray:
+        row: np.ndarray = self.skels[i]
+        out: np.ndarray = row[row != 0]
+        return out
+
+
+class Templates:
+    name: ClassVar[str] = "templates"
+    uses_reference: ClassVar[bool] = True
+    state_bytes: ClassVar[int] = 8 + 4 * 3 + 1 + MAX_CLUSTERS * _ROW
+
+    def __init__(
+        self, reference: Reference | None = None, min_agree: int = 3, hot_count: int = 3,
+        common_keys: Iterable[int] = (),
+    ) -> None:
+        self.common = frozenset(common_keys) | (reference.common_keys if reference else frozenset())
+        self.min_agree = min_agree
+        self.hot_count = hot_count
+
+    def new_state(self) -> TemplateState:
+        return TemplateState()
+
+    def dump(self, state: TemplateState) -> bytes:
+        return b"".join((
+            state.counters.dump(), bytes((len(state),)), state.sigs.astype("<u4").tobytes(),
+            state.skels.astype("<u4").tobytes(),
+            state.heads.astype("<u4").tobytes(), state.tails.astype("<u4").tobytes(),
+            state.lasts.astype("<u4").tobytes(), state.counts.astype("<f4").tobytes(),
+        ))
+
+    def load(self, data: bytes) -> TemplateState:
+        st = TemplateState()
+        pos = st.counters.load(data)
+        k = data[pos]
+        if k > MAX_CLUSTERS or len(data) != pos + 1 + k * _ROW:
+            raise ValueError(f"{self.name}: malformed cluster table")
+        pos += 1
+        st.sigs = np.frombuffer(data, "<u4", k * SLOTS, pos).reshape(k, SLOTS).astype(np.uint32)
+        pos += 4 * k * SLOTS
+        st.skels = np.frombuffer(data, "<u4", k * SKEL, pos).reshape(k, SKEL).astype(np.uint32)
+        pos += 4 * k * SKEL
+        st.heads, st.tails, st.lasts = (np.frombuffer(data, "<u4", k, pos + 4 * k * j).astype(np.uint32)
+                                        for j in range(3))
+        st.counts = np.frombuffer(data, "<f4", k, pos + 12 * k).astype(np.float64)
+        return st
+
+    def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:
+        if not len(state):
+            return -1
+        hit = np.zeros(len(state), dtype=bool)
+        if head:
+            hit |= state.heads == head
+        if tail:
+            hit |= state.tails == tail
+        if len(f.minhash) == SLOTS:
+            hit |= (state.sigs == np.asarray(f.minhash, dtype=np.uint32)).sum(axis=1) >= self.min_agree
+        idx = np.flatnonzero(hit)
+        return int(idx[0]) if len(idx) else -1
+
+    def observe(self, state: TemplateState, feats: RequestFeatures, now: float) -> DetectorScore:
+        factor = state.counters.advance(now)
+        c = state.counters.c
+        c[N] += 1
+        if feats.meta_prompt:
+            c[META] += 1
+        state.counts *= factor
+        sketches: tuple[int, ...] = ()
+        if feats.prompt_words >= 4:
+            head = feats.head_key if feats.head_key not in self.common else 0
+            tail = feats.tail_key if feats.tail_key not in self.common else 0
+            i = self._match(state, feats, head, tail)
+            if i >= 0:
+                # An identical prompt sent again (a regeneration) is not a template fill; only count fills
+                # whose content differs from the cluster's previous prompt.
+                if feats.prompt_key != int(state.lasts[i]):
+                    c[REUSED] += 1
+                    state.counts[i] += 1
+                    # The tokens every fill so far contains: converges to the template's fixed part.
+                    kept = sorted(set(state.skeleton(i).tolist()).intersection(feats.bottom))
+                    state.set_skeleton(i, np.asarray(kept, dtype=np.uint32))
+                state.lasts[i] = feats.prompt_key
+                if state.counts[i] >= self.hot_count:
+                    sketches = self._sketches(state, i, feats)
+            else:
+                j = len(state) if len(state) < MAX_CLUSTERS else int(np.argmin(state.counts))
+                state.set_row(j, feats, head, tail)
+        out = self.score(state, now)
+        return DetectorScore(self.name, out.score, out.reasons, sketches)
+
+    def _sketches(self, state: TemplateState, i: int, f: RequestFeatures) -> tuple[int, ...]:
+        """What a hot template contributes to the cross-account table: the hash of its skeleton (the
+        tokens all its fills share, so accounts filling the same template converge on the same value) and,
+        for long prompts, its head/tail keys (a 3-token key such as "step by step ." is specific inside one
+        client's stream, not across thousands of accounts)."""
+        keys: list[int] = []
+        skeleton = state.skeleton(i)
+        if len(skeleton) >= MIN_SKELETON:
+            keys.append(tag(TAG_SKELETON, zlib.crc32(skeleton.astype("<u4").tobytes())))
+        if f.prompt_words >= LONG_PROMPT:
+            head, tail = int(state.heads[i]), int(state.tails[i])
+            keys += [tag(TAG_HEAD, head)] if head else []
+            keys += [tag(TAG_TAIL, tail)] if tail else []
+        return tuple(keys)
+
+    def observe_response(self, state: TemplateState, resp: ResponseFeatures, now: float) -> None:
+        return None
+
+    def score(self, state: TemplateState, now: float) -> DetectorScore:
+        c = state.counters.c.tolist()
+        n = c[N]
+        counts = sorted(state.counts.tolist(), reverse=True)
+        reused = [x for x in counts if x >= 2.0]
+        top = counts[0] if counts else 0.0
+        e_reuse = ramp(shrunk_share(c[REUSED], n, 10.0), 0.25, 0.6)
+        e_top = ramp(shrunk_share(top, n, 10.0), 0.12, 0.4)
+        # Teachers ask for "10 quiz questions" too: a few meta-prompts are normal, a stream of them is not.
+        e_meta = ramp(shrunk_share(c[META], n, 10.0), 0.1, 0.4)
+        score = any_of(e_reuse, e_top, e_meta)
+        reasons: list[str] = []
+        if e_reuse > 0 or e_top > 0:
+            k = min(len(reused), 3)
+            filled = sum(reused[:3])
+            reasons.append(f"{filled:.0f} of the last {n:.0f} prompts fill {k} template{'s' * (k != 1)}")
+            reasons.append(f"top template share {top / max(n, 1):.0%}")
+        if e_meta > 0:
+            reasons.append(f"{c[META]:.0f} of the last {n:.0f} prompts are self-instruct meta-prompts")
+        return DetectorScore(self.name, score, tuple(reasons))

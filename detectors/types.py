@@ -1,0 +1,120 @@
+"""Public value types of the detector core (all frozen; the engine's inputs and outputs).
+
+The gateway builds a ``RequestFeatures`` with ``detectors.features.extract`` and a ``ResponseFeatures`` from
+what the upstream answered; the engine returns ``Observation`` (a ``Verdict`` plus the client's new state
+bytes) and ``LinkResult``. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+#: Tier ints, matching the default policy names in ``gateway/config.py`` (``_default_tiers``).
+TIER_NORMAL, TIER_WATCH, TIER_THROTTLE, TIER_BLOCK = 0, 1, 2, 3
+#: "flagged" means the client reached this tier (the one the default policy throttles at).
+FLAG_TIER = TIER_THROTTLE
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """What one request says about its sender; cheap to compute, no prompt text kept.
+
+    ``embedding`` is the hashed n-gram embedding (L2-normalised, ``EMBED_DIM`` floats); the ``*_key`` fields
+    are 32-bit hashes of the masked prompt (variable parts such as numbers and quoted strings replaced).
+    """
+
+    endpoint: str
+    ts: float
+    n_messages: int  # user+assistant turns in the request (1 = single-turn)
+    prompt_words: int
+    max_tokens: int | None
+    n: int
+    temperature: float | None
+    top_p: float | None
+    has_seed: bool
+    logprobs: bool  # chat `logprobs: true` or completions `logprobs: k`
+    top_logprobs: int  # chat top_logprobs / completions logprobs k
+    echo: bool
+    bias_tokens: tuple[int, ...]  # logit_bias keys (token ids; hashed when not numeric), at most 512 kept
+    bias_entries: int  # number of logit_bias entries (full count)
+    bias_max_abs: float
+    prompt_key: int  # exact hash of the masked last user prompt
+    bias_key: int  # hash of the logit_bias mapping (0 when none)
+    head_key: int  # first 8 masked tokens (3 for prompts under 16 tokens; 0 under 5 tokens)
+    tail_key: int  # last 8 masked tokens (3 for prompts under 16 tokens; 0 under 5 tokens)
+    minhash: tuple[int, ...]  # 16 x 32-bit MinHash of masked content-word bigrams (empty for empty prompts)
+    bottom: tuple[int, ...]  # the 32 smallest distinct token hashes (CRC32): a bottom-k sample of the tokens
+    cot: bool  # asks for full chain-of-thought / step-by-step reasoning
+    rubric: bool  # asks for grading / rubric / scoring of a response
+    meta_prompt: bool  # self-instruct style "come up with N diverse tasks" meta-prompt
+    embedding: tuple[float, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFeatures:
+    """What the upstream answered (all optional; unknown values are None)."""
+
+    status: int = 200
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reasons: tuple[str, ...] = ()
+    logprobs_returned: int = 0  # token positions that carried logprobs
+    max_tokens: int | None = None  # the request's max_tokens, to judge "ran to the limit"
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorScore:
+    """One detector's opinion of a client after a request: a score in [0, 1] and why."""
+
+    name: str
+    score: float
+    reasons: tuple[str, ...] = ()
+    sketches: tuple[int, ...] = ()  # account-agnostic sketches this request contributes to linking
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The engine's judgement of a client after one request.
+
+    ``score`` is the calibrated suspicion in [0, 1]; ``tier`` the tier after hysteresis (0 normal, 1 watch,
+    2 throttle, 3 block); ``reasons`` are human-readable, strongest first; ``detector_scores`` maps each
+    enabled detector's name to its score; ``sketches`` are account-agnostic prompt sketches for cross-account
+    linking (hand them to ``StateStore.link_sketches``; empty when this request carries no reusable
+    template); ``errors`` names detectors that raised on this request (count them in
+    ``detector_errors_total``); ``unscored`` is True when any detector failed, and the score then excludes it.
+    """
+
+    score: float
+    tier: int
+    reasons: tuple[str, ...]
+    detector_scores: Mapping[str, float]
+    sketches: tuple[int, ...] = ()
+    errors: tuple[str, ...] = ()
+    unscored: bool = False
+    requests_seen: int = 0
+    cluster_score: float = 0.0
+    own_score: float = 0.0  # the combiner's score from this client's own traffic (no cluster inheritance)
+
+    @property
+    def flagged(self) -> bool:
+        return self.tier >= FLAG_TIER
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    verdict: Verdict
+    state: bytes  # the client's new serialized state (<= STATE_BUDGET_BYTES); store it
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    """The client's state after folding in cross-account links, and who it is linked to now."""
+
+    state: bytes
+    linked: tuple[str, ...]  # peers whose accumulated shared-sketch count reached the link threshold
+    cluster_score: float  # the score this client inherits from its cluster (0 when unlinked)
+
+
+#: Hard budget for one client's serialized state; the engine truncates bounded structures to stay under it.
+STATE_BUDGET_BYTES = 32 * 1024

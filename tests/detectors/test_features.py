@@ -1,0 +1,66 @@
+"""Feature extraction: field parsing on both endpoints, masking, determinism, and tolerance of odd bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from detectors.features import EMBED_DIM, extract, prompt_of, tokens_of
+from tests.detectors.conftest import CHAT, COMPLETIONS, chat
+
+
+def test_chat_fields() -> None:
+    f = extract(CHAT, chat("Hello there", logprobs=True, top_logprobs=7, max_tokens=2, n=3, seed=4,
+                           logit_bias={"50256": -100, "11": 5}), 10.0)
+    assert (f.logprobs, f.top_logprobs, f.max_tokens, f.n, f.has_seed) == (True, 7, 2, 3, True)
+    assert f.bias_entries == 2 and f.bias_max_abs == 100 and set(f.bias_tokens) == {50256, 11}
+    assert f.n_messages == 1 and len(f.embedding) == EMBED_DIM
+
+
+def test_completions_fields() -> None:
+    f = extract(COMPLETIONS, {"prompt": ["first prompt here", "second"], "logprobs": 5, "echo": True}, 1.0)
+    assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words == 3
+
+
+def test_multi_turn_uses_last_user_message_and_counts_turns() -> None:
+    body = {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
+                         {"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": [{"type": "text", "text": "second question"}]}]}
+    assert prompt_of(CHAT, body) == ("second question", 3)
+
+
+def test_masking_makes_template_fills_hash_alike() -> None:
+    a = extract(CHAT, chat('Convert 12 USD to EUR at 0.93 and quote "hello world" from https://x.io/a?b=1'), 0)
+    b = extract(CHAT, chat('Convert 7,500 USD to EUR at 1.07 and quote "other text" from https://y.org/'), 0)
+    assert a.prompt_key == b.prompt_key and a.minhash == b.minhash
+    assert tokens_of("Pay 3.50 now")[-2:] == ["0", "now"]
+
+
+def test_features_are_deterministic() -> None:
+    body = chat("Explain the water cycle to a ten year old, with a short example at the end.")
+    a, b = extract(CHAT, body, 0), extract(CHAT, body, 5)
+    assert (a.prompt_key, a.head_key, a.tail_key, a.minhash, a.embedding) == (
+        b.prompt_key, b.head_key, b.tail_key, b.minhash, b.embedding)
+    # pinned: replicas and stored sketches must agree across processes and releases
+    assert a.prompt_key == extract(COMPLETIONS, {"prompt": body["messages"][0]["content"]}, 0).prompt_key
+
+
+def test_demand_patterns() -> None:
+    assert extract(CHAT, chat("Solve x. Show your full reasoning step by step."), 0).cot
+    assert extract(CHAT, chat("Grade the following answer using this rubric"), 0).rubric
+    assert extract(CHAT, chat("Come up with 20 diverse task instructions for a model"), 0).meta_prompt
+    plain = extract(CHAT, chat("What is the capital of Peru?"), 0)
+    assert not (plain.cot or plain.rubric or plain.meta_prompt)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"messages": "nope"}, {"messages": [None, 3, {"role": "user"}]}, {"prompt": 42}, {"prompt": [1, 2, 3]},
+     {"messages": [{"role": "user", "content": "x"}], "logit_bias": "bad", "max_tokens": "9", "n": -1,
+      "temperature": "hot", "top_logprobs": True, "logprobs": 3},
+     {"prompt": "x" * 200_000}],
+)
+def test_odd_bodies_never_raise(body: dict[str, Any]) -> None:
+    f = extract(CHAT if "messages" in body else COMPLETIONS, body, 0.0)
+    assert f.n >= 1 and f.max_tokens is None and f.top_logprobs in (0, 3)
