@@ -1,0 +1,279 @@
+"""Where alerts go: one small class per destination behind a one-method protocol.
+
+A sink makes **one** delivery attempt per ``emit`` call and raises when it did not land; the dispatcher owns
+retries, back-off, queueing and metrics, so every sink gets the same delivery semantics. ``SinkError`` says a
+retry may help (and may carry the server's ``Retry-After``); ``PermanentSinkError`` says it will not (a 4xx
+from a webhook: fix the config, not the network).
+
+- ``JsonlSink``: appends one JSON line per alert to a file (mode 0600). "fsync-light": each line is
+  flushed to the OS at once, and ``fsync`` runs at most once per ``FSYNC_INTERVAL_S`` and on close — a
+  crash of the host can lose the last second, a crash of the process loses nothing. A file moved or
+  deleted by log rotation is noticed at the next alert and reopened.
+- ``RedisStreamSink``: ``XADD stream MAXLEN ~ N`` with fields ``alert`` (the JSON), ``client``, ``tier``.
+- ``WebhookSink``: ``POST`` of the JSON with ``X-Ipgate-Alert-Id`` and, when a secret is configured,
+  ``X-Ipgate-Timestamp`` and ``X-Ipgate-Signature: sha256=HMAC(secret, timestamp + "." + body)`` so the
+  receiver can authenticate it and reject replays.
+- ``StoreSink``: the store's bounded shared alert list that the admin API and dashboard read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from gateway.alerts.model import Alert
+from gateway.config import AlertSinkConfig, ConfigError, read_secret
+from gateway.store.base import StateStore
+
+FSYNC_INTERVAL_S = 1.0
+
+
+class SinkError(Exception):
+    """A delivery attempt failed; retrying may help."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentSinkError(SinkError):
+    """A delivery attempt failed in a way retrying will not fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How the dispatcher delivers to one sink."""
+
+    redact: bool = True
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    timeout_s: float = 5.0
+    queue_size: int = 1000
+
+    @classmethod
+    def from_config(cls, cfg: AlertSinkConfig) -> Delivery:
+        return cls(
+            redact=cfg.redact, max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s,
+            backoff_max_s=cfg.backoff_max_s, timeout_s=cfg.timeout_s, queue_size=cfg.queue_size,
+        )
+
+
+class AlertSink(Protocol):
+    name: str
+    delivery: Delivery
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        """Deliver one alert (``payload``: its JSON, redacted per ``delivery.redact``); raise on failure."""
+
+    async def close(self) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, cfg: AlertSinkConfig) -> None:
+        if not cfg.path:
+            raise ConfigError("alerts.sinks: a jsonl sink needs path")
+        self.cfg = cfg
+        self.name = cfg.name or "jsonl"
+        self.delivery = Delivery.from_config(cfg)
+        self.path = Path(cfg.path)
+        self._fh: IO[str] | None = None
+        self._last_fsync = 0.0
+        self._dirty = False
+
+    def _open(self) -> IO[str]:
+        if self._fh is not None and self._rotated(self._fh):
+            self._drop_handle()
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        return self._fh
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        try:
+            fh = self._open()
+            # One write() of the whole line: with O_APPEND, lines from several processes never interleave.
+            fh.write(payload + "\n")
+            fh.flush()
+        except OSError as e:
+            self._drop_handle()
+            raise SinkError(f"{self.path}: {e.strerror or e}") from e
+        self._dirty = True
+        now = time.monotonic()
+        if now - self._last_fsync >= FSYNC_INTERVAL_S:
+            await self._fsync()
+
+    def _rotated(self, fh: IO[str]) -> bool:
+        """True when the path no longer names the open file (logrotate moved or deleted it): reopen, so
+        alerts land in the new file. Alerts are rare, so one stat per alert is nothing."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(fh.fileno())
+        return (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev)
+
+    async def _fsync(self) -> None:
+        if self._fh is not None and self._dirty:
+            self._last_fsync = time.monotonic()
+            self._dirty = False
+            await asyncio.to_thread(os.fsync, self._fh.fileno())
+
+    def _drop_handle(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):  # already broken; the next emit reopens the file
+                self._fh.close()
+            self._fh = None
+
+    async def close(self) -> None:
+        try:
+            await self._fsync()
+        finally:
+            self._drop_handle()
+
+
+class RedisStreamSink:
+    def __init__(self, cfg: AlertSinkConfig, default_url: str) -> None:
+        self.cfg = cfg
+        self.name = cfg.name or "redis_stream"
+        self.delivery = Delivery.from_config(cfg)
+        self.url = cfg.url or default_url
+        self._redis: aioredis.Redis | None = None
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self.url, socket_timeout=self.cfg.timeout_s, socket_connect_timeout=self.cfg.timeout_s,
+            )
+        return self._redis
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        try:
+            await self._client().xadd(
+                self.cfg.stream,
+                {"alert": payload, "client": alert.client, "tier": alert.tier},
+                maxlen=self.cfg.max_len,
+                approximate=True,
+            )
+        except (aioredis.RedisError, OSError) as e:
+            raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {e}") from e
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+class WebhookSink:
+    def __init__(self, cfg: AlertSinkConfig) -> None:
+        if not cfg.url:
+            raise ConfigError("alerts.sinks: a webhook sink needs url")
+        self.cfg = cfg
+        self.name = cfg.name or "webhook"
+        self.delivery = Delivery.from_config(cfg)
+        self.url = cfg.url
+        secret = read_secret(cfg.secret_env, None, what=f"alerts sink {self.name}") if cfg.secret_env else None
+        if cfg.secret_env and not secret:
+            raise ConfigError(f"alerts.sinks.{self.name}.secret_env: environment variable {cfg.secret_env} is unset")
+        self._secret = secret.encode() if secret else None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+        return self._session
+
+    def headers(self, alert: Alert, payload: str, now: float) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "X-Ipgate-Alert-Id": alert.id, "User-Agent": "ipgate-alerts"}
+        if self._secret is not None:
+            ts = str(int(now))
+            mac = hmac.new(self._secret, f"{ts}.{payload}".encode(), hashlib.sha256).hexdigest()
+            h["X-Ipgate-Timestamp"] = ts
+            h["X-Ipgate-Signature"] = f"sha256={mac}"
+        return h
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        try:
+            async with self._client().post(
+                self.url, data=payload.encode(), headers=self.headers(alert, payload, time.time())
+            ) as resp:
+                await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SinkError(f"webhook {self.url}: {type(e).__name__}: {e}") from e
+        if 200 <= status < 300:
+            return
+        if status in (408, 425, 429) or status >= 500:
+            raise SinkError(f"webhook {self.url}: HTTP {status}", retry_after_s=retry_after)
+        raise PermanentSinkError(f"webhook {self.url}: HTTP {status} (not retried)")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def store_degraded(store: StateStore) -> bool:
+    """True when the store says it is answering from its failure-mode fallback (``ResilientStore.degraded``).
+
+    Such a store swallows writes (``append_alert`` returns) and refuses leases (``acquire_lease`` is False),
+    which for alerts would mean silently lost alerts; callers check this to treat those answers as failures.
+    Stores without the notion (memory, a bare Redis store) are never degraded.
+    """
+    return bool(getattr(store, "degraded", False))
+
+
+class StoreSink:
+    """The shared recent-alerts list (always redacted: any admin may read it)."""
+
+    def __init__(self, store: StateStore, max_len: int) -> None:
+        self.name = "store"
+        self.delivery = Delivery(redact=True, max_retries=2, backoff_base_s=0.2, backoff_max_s=2.0)
+        self._store = store
+        self._max_len = max_len
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        if store_degraded(self._store):
+            raise SinkError("the state store is degraded; the shared alert list cannot be written")
+        await self._store.append_alert(payload, self._max_len)
+        if store_degraded(self._store):  # this very write failed and flipped the store to degraded
+            raise SinkError("the state store became unavailable while appending the alert")
+
+    async def close(self) -> None:
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to our own back-off
+
+
+def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str) -> list[AlertSink]:
+    sinks: list[AlertSink] = []
+    for c in cfgs:
+        if c.kind == "jsonl":
+            sinks.append(JsonlSink(c))
+        elif c.kind == "redis_stream":
+            sinks.append(RedisStreamSink(c, default_redis_url))
+        else:
+            sinks.append(WebhookSink(c))
+    names = [s.name for s in sinks]
+    if len(set(names)) != len(names) or "store" in names:
+        raise ConfigError(f"alerts.sinks: names must be unique and not 'store' (set `name:`), got {names}")
+    return sinks

@@ -1,0 +1,284 @@
+"""The gateway's side of detection: adapt requests and the store to the sans-IO engine (``detectors/``).
+
+``GatewayDetection.observe`` runs on the request path and is pure CPU: features from the *original* body
+(before hardening, so the client's intent is what gets scored), the engine folds them into the state bytes
+the store's ``hot_path`` returned, and the outcome is the tier for this request — the stored tier, raised
+by this request's evidence, never lowered within the request (a client cools down through the engine's
+hysteresis, from its next request on).
+
+``DetectionSession.account`` runs off the client's critical path once the response is done: it folds the
+response in (usage, finish reasons, logprobs served), links the request's prompt sketches across accounts
+through the store, saves the new state and tier (what every replica's next ``hot_path`` reads: this is how
+decisions are shared), and raises an alert when the tier rose to one whose policy says ``alert``.
+
+Failure isolation (STYLE rule 7): a detector that raises is logged once by the engine and reported in
+``Verdict.errors``; a failure of feature extraction or of the engine itself is caught here, logged once per
+name. Both are counted in ``detector_errors_total{detector}`` and the request goes on ``unscored`` under
+``detection.fail_policy``: ``allow`` keeps the tier the remaining evidence gives, ``block`` sends the
+request to the first blocking tier. An ``allow`` override pins the client: its tier never rises and it
+raises no alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from detectors.combiner import CombinerParams, default_combiner_path
+from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine
+from detectors.features import extract, prompt_of
+from detectors.types import ResponseFeatures, Verdict
+from gateway.alerts.dispatcher import AlertDispatcher
+from gateway.alerts.model import Alert
+from gateway.config import ConfigError, DetectionConfig, GatewayConfig
+from gateway.hooks import DetectionOutcome, ResponseFacts
+from gateway.policy import Policy
+from gateway.principal import Principal
+from gateway.store.base import Override, StateStore
+from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_PER_CLIENT = 5  # recent suspicious requests kept per client for alert evidence
+EVIDENCE_CLIENTS = 4096  # clients tracked (LRU); bounds the memory of evidence to a few MB
+EVIDENCE_CHARS = 400  # raw prompt characters kept per example (redacted again on output)
+EVIDENCE_MIN_SCORE = 0.2  # only requests this suspicious are kept as evidence: benign traffic costs nothing
+MAX_PEERS_SCORED = 16  # linked peers whose stored score is read to score a cluster
+MAX_ALERT_DETECTORS = 4
+
+
+class GatewayDetection:
+    """Implements ``gateway.hooks.Detection`` on top of ``detectors.engine.Engine``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        cfg: DetectionConfig,
+        *,
+        metrics: Metrics | None = None,
+        alerts: AlertDispatcher | None = None,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.cfg = cfg
+        self.metrics = metrics
+        self.alerts = alerts
+        self._max_tier = len(policy.tiers) - 1
+        self._block_tier = next((i for i, t in enumerate(policy.tiers) if t.block), self._max_tier)
+        self._logged: set[str] = set()
+        self._link_failing = False
+        self._evidence: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
+        # Counter children resolved once: labels() costs a dict lookup and a lock per call on the hot path.
+        self._tier_counters = (
+            [metrics.detection_tier_total.labels(tier=t.name) for t in policy.tiers] if metrics else []
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: GatewayConfig, policy: Policy, *, metrics: Metrics | None = None,
+        alerts: AlertDispatcher | None = None,
+    ) -> GatewayDetection:
+        """Build from config; every problem is a ``ConfigError`` at start-up, never a per-request failure."""
+        d = cfg.detection
+        if d.embedder != "hashed":
+            raise ConfigError(
+                f"detection.embedder: {d.embedder!r} is computed off the request path and is not wired into the "
+                "gateway; use 'hashed' (the default)"
+            )
+        path = Path(d.combiner_file) if d.combiner_file else default_combiner_path()
+        try:
+            params = CombinerParams.from_json(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"detection.combiner_file: cannot read {path}: {e.strerror}") from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"detection.combiner_file: {path}: invalid combiner parameters: {e}") from e
+        settings = {
+            name: DetectorSettings(enabled=t.enabled, weight=t.weight, params=dict(t.params))
+            for name, t in d.detectors.items()
+        }
+        try:
+            engine = Engine.from_params(params, detectors=settings)
+        except ValueError as e:
+            raise ConfigError(f"detection.detectors: {e}") from e
+        return cls(engine, policy, d, metrics=metrics, alerts=alerts)
+
+    # --- the request path ---------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        principal: Principal,
+        endpoint: str,
+        body: Mapping[str, Any],
+        stored_state: bytes | None,
+        stored_tier: int,
+        now: float,
+        *,
+        override: Override | None = None,
+        request_id: str | None = None,
+    ) -> DetectionSession:
+        try:
+            feats = extract(endpoint, body, now)
+        except Exception as e:  # isolation: a feature bug must not fail the request
+            return self._unscored(principal, "features", e, stored_tier, override, now)
+        try:
+            obs = self.engine.observe(stored_state, feats, now)
+        except Exception as e:  # the engine isolates detectors; this catches the engine itself
+            return self._unscored(principal, "engine", e, stored_tier, override, now)
+        v = obs.verdict
+        if v.errors and self.metrics is not None:
+            for name in v.errors:
+                self.metrics.detector_errors_total.labels(detector=name).inc()
+        engine_tier = v.tier if v.tier <= self._max_tier else self._max_tier
+        if override == "allow":
+            tier = stored_tier
+        else:
+            tier = engine_tier if engine_tier > stored_tier else stored_tier
+            if v.unscored and self.cfg.fail_policy == "block" and tier < self._block_tier:
+                tier = self._block_tier
+        if self._tier_counters:
+            self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
+        if v.score >= EVIDENCE_MIN_SCORE or engine_tier > 0:
+            self._remember(principal.client_id, request_id, endpoint, body)
+        outcome = DetectionOutcome(tier=tier, score=v.score, reasons=v.reasons, unscored=v.unscored)
+        return DetectionSession(
+            self, principal, outcome, v, obs.state, stored_tier, engine_tier, override, now, feats.max_tokens
+        )
+
+    def _unscored(
+        self, principal: Principal, name: str, e: Exception, stored_tier: int, override: Override | None,
+        now: float,
+    ) -> DetectionSession:
+        self._failed(name, e)
+        tier = stored_tier
+        if override != "allow" and self.cfg.fail_policy == "block":
+            tier = max(tier, self._block_tier)
+        if self._tier_counters:
+            self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
+        outcome = DetectionOutcome(tier=tier, score=0.0, reasons=(f"unscored: {name} failed",), unscored=True)
+        return DetectionSession(self, principal, outcome, None, None, stored_tier, stored_tier, override, now, None)
+
+    def _failed(self, name: str, e: Exception) -> None:
+        if name not in self._logged:
+            self._logged.add(name)
+            log.error("detection %s failed; requests go on unscored under fail_policy=%s (logged once): %r",
+                      name, self.cfg.fail_policy, e, exc_info=e)
+        if self.metrics is not None:
+            self.metrics.detector_errors_total.labels(detector=name).inc()
+
+    async def _link(self, store: StateStore, client_id: str, sketches: tuple[int, ...]
+                    ) -> tuple[dict[str, int], dict[str, float]]:
+        """Cross-account linking through the store; a store fault skips linking for this request (the state
+        is still saved) and is logged once per change of state."""
+        try:
+            shared = await store.link_sketches(client_id, sketches, self.cfg.state_ttl_s)
+            peer_scores = await _peer_scores(store, shared) if shared else {}
+        except Exception as e:  # the store's own metrics count the fault; detection goes on without links
+            if not self._link_failing:
+                self._link_failing = True
+                log.warning("cross-account linking unavailable (%s: %s); scoring without it", type(e).__name__, e)
+            return {}, {}
+        if self._link_failing:
+            self._link_failing = False
+            log.info("cross-account linking available again")
+        return shared, peer_scores
+
+    def _remember(self, client_id: str, request_id: str | None, endpoint: str, body: Mapping[str, Any]) -> None:
+        text, _ = prompt_of(endpoint, body)
+        ring = self._evidence.get(client_id)
+        if ring is None:
+            ring = self._evidence[client_id] = deque(maxlen=EVIDENCE_PER_CLIENT)
+            if len(self._evidence) > EVIDENCE_CLIENTS:
+                self._evidence.popitem(last=False)
+        else:
+            self._evidence.move_to_end(client_id)
+        ring.append((request_id or "", text[:EVIDENCE_CHARS]))
+
+    def evidence(self, client_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(request ids, example prompts) of this client's recent suspicious requests on this replica."""
+        ring = self._evidence.get(client_id, ())
+        return tuple(r for r, _ in ring if r), tuple(dict.fromkeys(t for _, t in ring if t))
+
+
+class DetectionSession:
+    """One request's detection: its outcome now, its accounting later (``gateway.hooks.DetectionSession``)."""
+
+    __slots__ = (
+        "_det", "_engine_tier", "_max_tokens", "_now", "_override", "_principal", "_state", "_stored_tier",
+        "_verdict", "outcome",
+    )
+
+    def __init__(
+        self, det: GatewayDetection, principal: Principal, outcome: DetectionOutcome, verdict: Verdict | None,
+        state: bytes | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
+        max_tokens: int | None,
+    ) -> None:
+        self._det = det
+        self._principal = principal
+        self.outcome = outcome
+        self._verdict = verdict
+        self._state = state
+        self._stored_tier = stored_tier
+        self._engine_tier = engine_tier
+        self._override = override
+        self._now = now
+        self._max_tokens = max_tokens
+
+    async def account(self, store: StateStore, facts: ResponseFacts) -> None:
+        v, state = self._verdict, self._state
+        if v is None or state is None:
+            return  # unscored by an engine failure: keep the stored state as it was
+        det, engine, cid = self._det, self._det.engine, self._principal.client_id
+        resp = ResponseFeatures(
+            status=facts.status, prompt_tokens=facts.prompt_tokens, completion_tokens=facts.completion_tokens,
+            finish_reasons=tuple(facts.finish_reasons), logprobs_returned=facts.logprobs_returned,
+            max_tokens=self._max_tokens,
+        )
+        try:
+            state = engine.observe_response(state, resp, self._now)
+        except Exception as e:  # the engine isolates detectors; this is the engine itself
+            det._failed("engine", e)
+        cluster: tuple[str, ...] = ()
+        cluster_score = v.cluster_score
+        if v.sketches:
+            shared, peer_scores = await det._link(store, cid, v.sketches)
+            if shared:
+                try:
+                    link = engine.apply_links(state, shared, self._now, peer_scores=peer_scores)
+                except Exception as e:  # see above
+                    det._failed("engine", e)
+                else:
+                    state, cluster, cluster_score = link.state, link.linked, link.cluster_score
+        await store.save_client_state(cid, state, self._engine_tier, v.score, det.cfg.state_ttl_s)
+        if (
+            det.alerts is not None
+            and self._override != "allow"
+            and self._engine_tier > self._stored_tier
+            and det.policy.tier(self._engine_tier).alert
+        ):
+            await det.alerts.submit(self._alert(v, cluster, cluster_score))
+
+    def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float) -> Alert:
+        det = self._det
+        strong = sorted(
+            (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE), key=lambda kv: -kv[1]
+        )
+        request_ids, examples = det.evidence(self._principal.client_id)
+        return Alert(
+            id=Alert.new_id(), ts=self._now, client=self._principal.client_id, tenant=self._principal.tenant,
+            tier=det.policy.tier(self._engine_tier).name, tier_index=self._engine_tier,
+            previous_tier=det.policy.tier(self._stored_tier).name, score=v.score, reasons=v.reasons,
+            detectors=tuple(name for name, _ in strong[:MAX_ALERT_DETECTORS]), request_ids=request_ids,
+            examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored,
+        )
+
+
+async def _peer_scores(store: StateStore, shared: Mapping[str, int]) -> dict[str, float]:
+    """The stored scores of the peers sharing the most sketches (bounded; unknown peers score 0)."""
+    peers = sorted(shared, key=lambda p: -shared[p])[:MAX_PEERS_SCORED]
+    records = await asyncio.gather(*(store.get_client(p) for p in peers))
+    return {p: (r.score if r is not None else 0.0) for p, r in zip(peers, records, strict=True)}

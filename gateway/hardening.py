@@ -1,0 +1,271 @@
+"""Request hardening: shrink the logit channel a client gets, according to its tier's policy.
+
+``harden(body, cfg, strip_watermark_fields=...)`` returns the body to forward and a list of short change
+descriptions (for logs and the trace). It is pure and copy-on-write: when nothing needs changing the very
+same dict comes back (no copy at all, the common case); otherwise a shallow copy is made once and only the
+touched fields (``logit_bias``) are rebuilt. The caller's dict is never mutated.
+
+Why these rules (Carlini et al. 2024, Finlayson et al. 2024): logit-stealing attacks need ``logit_bias``
+*and* logprobs together, many bias entries at large magnitudes, many top logprobs per position, and
+reproducible sampling. Each rule removes one of those ingredients:
+
+- ``logprobs_xor_logit_bias``: when logprobs are asked for (chat ``logprobs: true`` / ``top_logprobs``,
+  legacy ``logprobs: k``, legacy ``echo`` with logprobs, vLLM ``prompt_logprobs``), ``logit_bias`` is
+  dropped. The client keeps the logprobs (what most legitimate users want), loses the bias.
+- ``max_top_logprobs``: caps chat ``top_logprobs``, legacy ``logprobs`` and vLLM ``prompt_logprobs``;
+  a cap of 0 removes logprobs altogether.
+- ``max_logit_bias_entries`` keeps the first N entries (the client's order); ``max_abs_logit_bias`` clamps
+  each bias to ``[-m, m]``.
+- ``max_n`` caps ``n`` and legacy ``best_of`` (more samples per prompt = cheaper harvesting).
+- ``strip_seed`` removes ``seed`` (reproducible sampling lets an attacker average away noise).
+- Always: client-supplied ``vllm_xargs`` is removed — it reaches vLLM's logits processors (the watermark
+  lives there), so only the gateway may set it.
+- ``strip_watermark_fields`` (the backend watermarks in the engine): ``logit_bias`` could cancel the green
+  list bias and ``seed`` lets repeated samples be compared, so both go.
+
+Values of the wrong type are left alone: validation is the parse step's job (it answers 400 naming the field).
+
+The response side (``harden_choice_logprobs``) trims ``top_logprobs`` a backend returned beyond the cap and
+adds the tier's ``logprob_noise``; the transform step calls it per choice (full bodies and stream chunks).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, TypeGuard
+
+from gateway.config import HardeningConfig
+
+__all__ = ["harden", "harden_choice_logprobs", "is_noop", "response_needs_hardening"]
+
+_Edit = Callable[[], dict[str, Any]]  # returns the (copied-once) body to modify
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> TypeGuard[int | float]:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def is_noop(cfg: HardeningConfig) -> bool:
+    """True when ``cfg`` changes nothing on the request side (only ``vllm_xargs`` would still be stripped)."""
+    return (
+        cfg.max_top_logprobs is None
+        and not cfg.logprobs_xor_logit_bias
+        and cfg.max_logit_bias_entries is None
+        and cfg.max_abs_logit_bias is None
+        and cfg.max_n is None
+        and not cfg.strip_seed
+    )
+
+
+def _asks_logprobs(body: dict[str, Any], chat: bool) -> bool:
+    if chat:
+        lp = body.get("logprobs")
+        top = body.get("top_logprobs")
+        if lp is True or (_is_int(top) and top > 0):
+            return True
+    else:
+        lp = body.get("logprobs")
+        # Legacy completions: an int k asks for the top-k logprobs per token; 0 still returns the chosen
+        # token's logprob, so any int counts. ``echo`` alone returns no logprobs.
+        if _is_int(lp) and lp >= 0:
+            return True
+    pl = body.get("prompt_logprobs")  # vLLM extension on both endpoints
+    return _is_int(pl) and pl >= 0
+
+
+def harden(
+    body: dict[str, Any], cfg: HardeningConfig, *, strip_watermark_fields: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """Return ``(body_to_send, changes)``; ``body_to_send is body`` when ``changes`` is empty."""
+    out = body
+    changes: list[str] = []
+
+    def edit() -> dict[str, Any]:
+        nonlocal out
+        if out is body:
+            out = dict(body)
+        return out
+
+    chat = "messages" in body
+
+    if "vllm_xargs" in body:
+        del edit()["vllm_xargs"]
+        changes.append("stripped vllm_xargs")
+
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict) and bias:
+        if strip_watermark_fields:
+            del edit()["logit_bias"]
+            changes.append("stripped logit_bias (watermarking backend)")
+        elif cfg.logprobs_xor_logit_bias and _asks_logprobs(body, chat):
+            del edit()["logit_bias"]
+            changes.append(f"dropped logit_bias ({len(bias)} entries): logprobs requested")
+        else:
+            _cap_bias(bias, cfg, edit, changes)
+
+    if cfg.max_top_logprobs is not None:
+        _cap_logprobs(body, cfg.max_top_logprobs, chat, edit, changes)
+
+    if cfg.max_n is not None:
+        for name in ("n", "best_of"):
+            v = body.get(name)
+            if _is_int(v) and v > cfg.max_n:
+                edit()[name] = cfg.max_n
+                changes.append(f"capped {name} {v}->{cfg.max_n}")
+
+    if "seed" in body and (cfg.strip_seed or strip_watermark_fields):
+        del edit()["seed"]
+        changes.append("stripped seed")
+
+    return out, changes
+
+
+def _cap_bias(bias: dict[Any, Any], cfg: HardeningConfig, edit: _Edit, changes: list[str]) -> None:
+    items = list(bias.items())
+    new = items
+    if cfg.max_logit_bias_entries is not None and len(items) > cfg.max_logit_bias_entries:
+        new = items[: cfg.max_logit_bias_entries]
+        changes.append(f"capped logit_bias entries {len(items)}->{cfg.max_logit_bias_entries}")
+    m = cfg.max_abs_logit_bias
+    if m is not None:
+        clamped = 0
+        out_items = []
+        for k, v in new:
+            if _is_number(v) and abs(v) > m:
+                v = m if v > 0 else -m
+                clamped += 1
+            out_items.append((k, v))
+        if clamped:
+            new = out_items
+            changes.append(f"clamped {clamped} logit_bias values to ±{m:g}")
+    if new is not items:
+        edit()["logit_bias"] = dict(new)
+
+
+def _cap_logprobs(body: dict[str, Any], cap: int, chat: bool, edit: _Edit, changes: list[str]) -> None:
+    if chat:
+        top = body.get("top_logprobs")
+        if cap <= 0:
+            if body.get("logprobs") is True or (_is_int(top) and top > 0):
+                b = edit()
+                b.pop("top_logprobs", None)
+                b["logprobs"] = False
+                changes.append("disabled logprobs")
+        elif _is_int(top) and top > cap:
+            edit()["top_logprobs"] = cap
+            changes.append(f"capped top_logprobs {top}->{cap}")
+    else:
+        lp = body.get("logprobs")
+        if _is_int(lp):
+            if cap <= 0:
+                del edit()["logprobs"]
+                changes.append("disabled logprobs")
+            elif lp > cap:
+                edit()["logprobs"] = cap
+                changes.append(f"capped logprobs {lp}->{cap}")
+    pl = body.get("prompt_logprobs")
+    if _is_int(pl):
+        if cap <= 0:
+            del edit()["prompt_logprobs"]
+            changes.append("disabled prompt_logprobs")
+        elif pl > cap:
+            edit()["prompt_logprobs"] = cap
+            changes.append(f"capped prompt_logprobs {pl}->{cap}")
+
+
+# --- response side ------------------------------------------------------------------------------------------
+#
+# Defence in depth on what comes back: a backend that ignores the request caps (or a canary that behaves
+# differently) must not leak more than the tier allows, and ``logprob_noise`` perturbs every returned logprob
+# so that a logit-recovery attack needs many more queries to average the noise away (Carlini et al. §8). The
+# same token at the same position gets the same noise in ``logprob`` and in ``top_logprobs``: otherwise the
+# difference between the two would reveal the noise. Logprobs stay <= 0 and ``top_logprobs`` stays sorted.
+
+
+def response_needs_hardening(cfg: HardeningConfig) -> bool:
+    """True when ``harden_choice_logprobs`` can change anything under ``cfg`` (callers skip it otherwise)."""
+    return cfg.max_top_logprobs is not None or cfg.logprob_noise > 0
+
+
+def harden_choice_logprobs(choice: dict[str, Any], cfg: HardeningConfig, rng: random.Random) -> bool:
+    """Cap and perturb the logprobs of one response choice (chat or legacy shape, full body or stream chunk),
+    in place. Returns True when something changed."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return False
+    cap, sigma = cfg.max_top_logprobs, cfg.logprob_noise
+    if cap is not None and cap <= 0:
+        choice["logprobs"] = None
+        return True
+    content = lp.get("content")
+    if isinstance(content, list):
+        return _chat_logprobs(content, cap, sigma, rng)
+    if isinstance(lp.get("token_logprobs"), list):
+        return _legacy_logprobs(lp, cap, sigma, rng)
+    return False
+
+
+def _noisy(value: Any, noise: float) -> Any:
+    return min(0.0, value + noise) if _is_number(value) else value
+
+
+def _chat_logprobs(content: list[Any], cap: int | None, sigma: float, rng: random.Random) -> bool:
+    changed = False
+    for entry in content:
+        if not isinstance(entry, dict):
+            continue
+        top = entry.get("top_logprobs")
+        if cap is not None and isinstance(top, list) and len(top) > cap:
+            del top[cap:]
+            changed = True
+        if sigma <= 0:
+            continue
+        noise: dict[Any, float] = {}
+        tok = entry.get("token")
+        noise[tok] = rng.gauss(0.0, sigma)
+        entry["logprob"] = _noisy(entry.get("logprob"), noise[tok])
+        if isinstance(top, list):
+            for alt in top:
+                if isinstance(alt, dict):
+                    t = alt.get("token")
+                    n = noise.get(t)
+                    if n is None:
+                        n = noise[t] = rng.gauss(0.0, sigma)
+                    alt["logprob"] = _noisy(alt.get("logprob"), n)
+            top.sort(key=lambda a: a.get("logprob", 0.0) if isinstance(a, dict) else 0.0, reverse=True)
+        changed = True
+    return changed
+
+
+def _legacy_logprobs(lp: dict[str, Any], cap: int | None, sigma: float, rng: random.Random) -> bool:
+    changed = False
+    raw_tokens, raw_tops = lp.get("tokens"), lp.get("top_logprobs")
+    tokens: list[Any] = raw_tokens if isinstance(raw_tokens, list) else []
+    tops: list[Any] = raw_tops if isinstance(raw_tops, list) else []
+    token_lps: list[Any] = lp["token_logprobs"]
+    for i in range(max(len(token_lps), len(tops))):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else None
+        if sigma > 0:
+            tok = tokens[i] if i < len(tokens) else None
+            noise: dict[Any, float] = {tok: rng.gauss(0.0, sigma)}
+            if i < len(token_lps):
+                token_lps[i] = _noisy(token_lps[i], noise[tok])
+            if top is not None:
+                for t in list(top):
+                    n = noise.get(t)
+                    if n is None:
+                        n = noise[t] = rng.gauss(0.0, sigma)
+                    top[t] = _noisy(top[t], n)
+            changed = True
+        if top is not None and cap is not None and len(top) > cap:
+            keep = sorted(top.items(), key=lambda kv: kv[1] if _is_number(kv[1]) else 0.0, reverse=True)[:cap]
+            tops[i] = dict(keep)
+            changed = True
+        elif top is not None and sigma > 0:
+            tops[i] = dict(sorted(top.items(), key=lambda kv: kv[1] if _is_number(kv[1]) else 0.0, reverse=True))
+    return changed
