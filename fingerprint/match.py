@@ -1,16 +1,20 @@
 """Comparing an observed signature with a reference.
 
 Per probe, two pieces of evidence:
-- text similarity: Jaccard similarity of word 3-gram shingles of the normalised answers. At temperature 0 the
-  genuine weights answer (nearly) identically; batching nondeterminism in real servers can change a late token,
-  which costs a few shingles, not most of them.
+- text similarity: the larger of the Jaccard similarity of word 3-gram shingles and the shared-prefix ratio
+  (words in common from the start, over the longer answer). At temperature 0 the genuine weights answer
+  (nearly) identically; batching nondeterminism in real servers can flip one token part-way, after which the
+  greedy continuation diverges: the shingles then undercount (0.3 at a divergence half-way) while the prefix
+  still shows the shared start. A different model rarely shares more than a few opening words.
 - first-token distribution, where both sides returned logprobs: total-variation distance between the top-k
   distributions (renormalised over the union of tokens). Quantisation and fine-tuning move these numbers even
   when the greedy text is unchanged, which is what makes this the sharper check.
 
 The verdict uses the median over probes (robust to one flaky answer): ``match`` when the median similarity is
 at least ``match_threshold``, ``mismatch`` below ``mismatch_threshold``, ``inconclusive`` between, or when
-too few probes were answered.
+too few probes were answered. The logprob channel also has a veto of its own: when the median first-token
+distance over the probes that carried logprobs exceeds ``max_logprob_distance``, the verdict is ``mismatch``
+even if the greedy texts agree (a re-quantised or fine-tuned model that keeps its argmax answers).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from fingerprint.signature import Signature, shingles
+from fingerprint.signature import Signature, normalise, shingles
 
 Verdict = Literal["match", "mismatch", "inconclusive"]
 
@@ -53,6 +57,23 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+def prefix_ratio(a: str, b: str) -> float:
+    """Words shared from the start, over the longer answer's word count."""
+    wa, wb = normalise(a).split(), normalise(b).split()
+    if not wa and not wb:
+        return 1.0
+    n = 0
+    for x, y in zip(wa, wb, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n / max(len(wa), len(wb))
+
+
+def text_similarity(a: str, b: str) -> float:
+    return max(jaccard(shingles(a), shingles(b)), prefix_ratio(a, b))
+
+
 def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
     """TV distance between two top-k logprob maps, each renormalised over its own top-k mass."""
     tokens = set(p) | set(q)
@@ -70,6 +91,7 @@ def compare(
     match_threshold: float = 0.8,
     mismatch_threshold: float = 0.5,
     min_probes: int = 4,
+    max_logprob_distance: float = 0.35,
 ) -> FingerprintMatch:
     if not 0.0 <= mismatch_threshold <= match_threshold <= 1.0:
         raise ValueError("thresholds must satisfy 0 <= mismatch_threshold <= match_threshold <= 1")
@@ -81,7 +103,7 @@ def compare(
         dist = None
         if ref.first_token_logprobs and obs.first_token_logprobs:
             dist = total_variation(ref.first_token_logprobs, obs.first_token_logprobs)
-        comparisons.append(ProbeComparison(ref.probe_id, jaccard(shingles(ref.text), shingles(obs.text)), dist))
+        comparisons.append(ProbeComparison(ref.probe_id, text_similarity(ref.text, obs.text), dist))
     if len(comparisons) < min_probes:
         return FingerprintMatch(
             "inconclusive", 0.0, tuple(comparisons),
@@ -93,8 +115,14 @@ def compare(
     reasons = tuple(
         f"probe {c.probe_id}: similarity {c.similarity:.2f}" for c in worst if c.similarity < match_threshold
     )
+    dists = [c.logprob_distance for c in comparisons if c.logprob_distance is not None]
+    median_dist = statistics.median(dists) if len(dists) >= min_probes else None
     verdict: Verdict
-    if median >= match_threshold:
+    if median_dist is not None and median_dist > max_logprob_distance:
+        verdict = "mismatch"
+        reasons = (f"first-token distributions moved: median total variation {median_dist:.2f} "
+                   f"over {len(dists)} probes (limit {max_logprob_distance:.2f})", *reasons)
+    elif median >= match_threshold:
         verdict = "match"
     elif median < mismatch_threshold:
         verdict = "mismatch"

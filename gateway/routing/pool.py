@@ -69,7 +69,7 @@ class BackendState:
         self.reinstated_at = 0.0
         self.healthy = True  # active health check verdict
         self.last_error: str | None = None
-        self.quarantine: str | None = None  # why it is out of rotation (fingerprint mismatch); None: not
+        self.quarantine: str | None = None  # why it is kept out of rotation (fingerprint mismatch), or None
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now

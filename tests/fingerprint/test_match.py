@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fingerprint import ProbeAnswer, Signature, build_signature, compare
-from fingerprint.match import jaccard, total_variation
+from fingerprint.match import jaccard, prefix_ratio, text_similarity, total_variation
 from fingerprint.signature import answer_from_response, shingles
 
 
@@ -44,7 +44,18 @@ def test_logprobs_catch_a_requantised_model_with_identical_text() -> None:
     moved = compare(sig(BASE, genuine), sig(BASE, shifted))
     assert same.verdict == "match" and same.similarity == pytest.approx(1.0)
     assert moved.similarity < same.similarity - 0.4
-    assert moved.verdict != "match"
+    assert moved.verdict == "mismatch"
+    assert "first-token distributions moved" in moved.reasons[0]
+    slightly = {k: {"x": math.log(0.65), "y": math.log(0.25), "z": math.log(0.1)} for k in BASE}
+    assert compare(sig(BASE, genuine), sig(BASE, slightly)).verdict == "match"
+
+
+def test_late_divergence_keeps_the_prefix() -> None:
+    ref = "one two three four five six seven eight nine ten eleven twelve"
+    late = "one two three four five six seven eight nine something else entirely"
+    assert prefix_ratio(ref, late) == pytest.approx(0.75)
+    assert text_similarity(ref, late) >= 0.75 > jaccard(shingles(ref), shingles(late))
+    assert prefix_ratio("", "") == 1.0
 
 
 def test_distances() -> None:

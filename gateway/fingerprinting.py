@@ -1,0 +1,335 @@
+"""Background fingerprint checks: does each backend still serve the model it claims to serve?
+
+Every ``fingerprint.interval_s`` (and once at start-up, and on demand from the admin API) each backend with a
+``fingerprint_reference`` is sent the probe set (``fingerprint/probes.py``) with its own API key and the
+upstream model name, exactly as the proxy would address it, and its answers are compared with the reference
+signature recorded from the genuine model (``fingerprint/match.py``).
+
+Verdicts and what follows from them:
+- ``mismatch``: logged (once per state change), counted, an alert raised through the ``AlertDispatcher``;
+  with ``action: eject`` the backend is quarantined in the router (no traffic; no timer, no half-open trial,
+  because a request's success says nothing about which weights answered it), and when it is a canary in
+  rollout the rollout is aborted.
+- ``match``: a quarantine this checker imposed is lifted: the backend serves the genuine model again.
+- ``inconclusive``: a probe failed (connection, timeout, HTTP error, malformed answer), the reference could
+  not be read, too few probes were answered, the similarity fell between the thresholds, or a mismatch was
+  not confirmed by a second round. Nothing changes: an unreachable backend is the health checks' business,
+  and a flaky one must never be ejected as "swapped".
+
+Nothing here raises into the event loop: every failure of one backend's check is that check's inconclusive
+verdict, and a bug in a round is logged and the next round runs.
+
+Each gateway process (replica or worker) runs its own checker; the probes are cheap (8 short temperature-0
+requests per backend per interval) and every process needs the verdict for its own router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fingerprint import Signature, compare
+from fingerprint.match import Verdict
+from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_secret
+from gateway.errors import NotFound
+from gateway.fingerprint_client import FingerprintError, probe_backend
+from gateway.routing.canary import Op, Phase
+
+if TYPE_CHECKING:
+    from gateway.alerts.dispatcher import AlertDispatcher
+    from gateway.routing.router import Router
+    from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_PREFIX = "fingerprint mismatch"  # a quarantine reason this checker set (and so may lift)
+ALERT_TIER = "fingerprint_mismatch"
+ALERT_TIER_INDEX = 3  # shown as the most severe badge on the dashboard; also the dispatcher's rate-limit key
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCheck:
+    """The outcome of one fingerprint check of one backend."""
+
+    model: str
+    backend: str
+    url: str
+    verdict: Verdict
+    similarity: float | None  # median per-probe similarity; None when no comparison was made
+    checked_at: float  # unix seconds
+    duration_s: float
+    reasons: tuple[str, ...]
+    quarantined: bool = False  # the backend's quarantine state after this check
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "backend": self.backend, "url": self.url, "verdict": self.verdict,
+            "similarity": None if self.similarity is None else round(self.similarity, 4),
+            "checked_at": round(self.checked_at, 3), "duration_s": round(self.duration_s, 3),
+            "reasons": list(self.reasons), "quarantined": self.quarantined,
+        }
+
+
+class FingerprintChecker:
+    def __init__(
+        self,
+        cfg: FingerprintConfig,
+        router: Router,
+        metrics: Metrics | None = None,
+        alerts: AlertDispatcher | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._router = router
+        self._metrics = metrics
+        self._alerts = alerts
+        self._wall = wall
+        self._last: dict[tuple[str, str], BackendCheck] = {}
+        self._conclusive: dict[tuple[str, str], Verdict] = {}  # last match/mismatch (decides alerts)
+        self._round_lock = asyncio.Lock()  # one round at a time; an on-demand check waits for a running one
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self.last_round_at: float | None = None
+
+    # --- life cycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the periodic checks (the first round runs at once, in the background)."""
+        if not self.cfg.enabled or self._task is not None:
+            return
+        n = len(self.targets())
+        log.info("fingerprint checks: %d backends with a reference, every %.0fs, action %s",
+                 n, self.cfg.interval_s, self.cfg.action)
+        self._task = asyncio.create_task(self._run(), name="ipgate-fingerprint")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check_now()
+            except Exception:  # a bug in one round must not end fingerprint checking for good
+                log.exception("fingerprint check round failed")
+            await asyncio.sleep(self.cfg.interval_s)
+
+    # --- checking ----------------------------------------------------------------------------------------
+
+    def targets(self) -> list[tuple[str, BackendConfig]]:
+        """(model, backend) pairs with a reference, read from the router's current pools (reload-safe)."""
+        out: list[tuple[str, BackendConfig]] = []
+        for model in self._router.models():
+            for state in self._router.pool(model).backends:
+                if state.cfg.fingerprint_reference:
+                    out.append((model, state.cfg))
+        return out
+
+    async def check_now(self, model: str | None = None, backend: str | None = None) -> list[BackendCheck]:
+        """Check every backend with a reference (or those of ``model``, or one ``backend`` of it) now."""
+        async with self._round_lock:
+            targets = self.targets()
+            if model is None:
+                live = {(m, b.name) for m, b in targets}
+                for key in self._last.keys() - live:  # removed by a reload, or its reference dropped
+                    self._forget(key)
+            chosen = [(m, b) for m, b in targets
+                      if (model is None or m == model) and (backend is None or b.name == backend)]
+            results = await asyncio.gather(*(self._check(m, b) for m, b in chosen))
+            self.last_round_at = self._wall()
+        return list(results)
+
+    async def _check(self, model: str, b: BackendConfig) -> BackendCheck:
+        async with self._slots:
+            started = time.monotonic()
+            verdict, similarity, reasons = await self._probe_and_compare(model, b)
+            if verdict == "mismatch" and self.cfg.confirm_mismatch:
+                # Temperature 0 is not bit-exact on batched GPU servers: one divergent token changes the rest
+                # of an answer. A second, independent round tells that noise (it rarely repeats on most probes
+                # at once) from other weights (which mismatch every time) before anything is ejected.
+                again, sim2, reasons2 = await self._probe_and_compare(model, b)
+                if again != "mismatch":
+                    first = f"{similarity:.2f}" if similarity is not None else "n/a"
+                    second = f"{sim2:.2f}" if sim2 is not None else "n/a"
+                    verdict, similarity = "inconclusive", sim2
+                    reasons = (f"a mismatch (similarity {first}) was not confirmed by a second round "
+                               f"({again}, similarity {second})", *reasons2)
+                else:
+                    similarity = max(similarity or 0.0, sim2 or 0.0)  # the kinder of two mismatches
+            check = BackendCheck(
+                model=model, backend=b.name, url=b.url, verdict=verdict, similarity=similarity,
+                checked_at=self._wall(), duration_s=time.monotonic() - started, reasons=reasons,
+            )
+        return await self._record(check)
+
+    async def _probe_and_compare(
+        self, model: str, b: BackendConfig
+    ) -> tuple[Verdict, float | None, tuple[str, ...]]:
+        try:
+            reference = _load_reference(b)
+            api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
+            observed = await probe_backend(
+                b.url, b.upstream_model or model, api_key=api_key, logprobs=self.cfg.logprobs,
+                timeout_s=self.cfg.timeout_s,
+            )
+            result = compare(
+                reference, observed, match_threshold=self.cfg.match_threshold,
+                mismatch_threshold=self.cfg.mismatch_threshold, min_probes=self.cfg.min_probes,
+            )
+        except (FingerprintError, ConfigError, OSError, ValueError) as e:
+            return "inconclusive", None, (f"probe failed: {e}",)
+        except Exception as e:  # a malformed answer that slipped past the parser, or a bug: not a mismatch
+            log.warning("fingerprint check of %s/%s raised %s: %s", model, b.name, type(e).__name__, e)
+            return "inconclusive", None, (f"check failed: {type(e).__name__}: {e}",)
+        return result.verdict, result.similarity, result.reasons
+
+    # --- acting on a verdict -----------------------------------------------------------------------------
+
+    async def _record(self, check: BackendCheck) -> BackendCheck:
+        key = (check.model, check.backend)
+        prev = self._last.get(key)
+        if prev is not None and prev.url != check.url:
+            prev = None  # same name, new URL: a different server, nothing to compare against
+            self._conclusive.pop(key, None)
+        prev_conclusive = self._conclusive.get(key)
+        try:
+            quarantined = await self._act(check)
+        except NotFound:  # the backend went away in a reload while it was being probed
+            return check
+        check = replace(check, quarantined=quarantined)
+        self._last[key] = check
+        if check.verdict != "inconclusive":
+            self._conclusive[key] = check.verdict
+        self._count(check)
+        if prev is None or prev.verdict != check.verdict:
+            self._log_change(check, prev.verdict if prev is not None else None)
+        if check.verdict == "mismatch" and prev_conclusive != "mismatch":
+            await self._alert(check, prev_conclusive)
+        return check
+
+    async def _act(self, check: BackendCheck) -> bool:
+        """Apply the configured action; return whether the backend is quarantined afterwards."""
+        model, name = check.model, check.backend
+        current = self._router.quarantined(model, name)
+        if check.verdict == "match" and current is not None and current.startswith(QUARANTINE_PREFIX):
+            self._router.release_quarantine(model, name, why="its fingerprint matches the reference again")
+            return False
+        if check.verdict != "mismatch" or self.cfg.action != "eject":
+            return current is not None
+        sim = check.similarity if check.similarity is not None else 0.0
+        self._router.quarantine(
+            model, name, f"{QUARANTINE_PREFIX}: similarity {sim:.2f} < {self.cfg.mismatch_threshold:.2f}"
+        )
+        await self._abort_canary(model, name)
+        return True
+
+    async def _abort_canary(self, model: str, name: str) -> None:
+        """A canary that is not the model that was rolled out: stop the rollout, not just its traffic."""
+        pool = self._router.pool(model)
+        if pool.canary_index is None or pool.backends[pool.canary_index].cfg.name != name:
+            return
+        ctl = self._router.canary(model)
+        if ctl.state.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            return
+        try:
+            await self._router.canary_command(model, Op.ABORT, by="fingerprint")
+        except Exception as e:  # the store may be down; the quarantine already keeps traffic off the canary
+            log.warning("model %s: could not abort the canary rollout of %s (%s: %s)",
+                        model, name, type(e).__name__, e)
+        else:
+            log.warning("model %s: canary rollout of %s aborted: fingerprint mismatch", model, name)
+
+    def _count(self, check: BackendCheck) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        labels = {"model": check.model, "backend": check.backend}
+        m.fingerprint_checks_total.labels(verdict=check.verdict, **labels).inc()
+        if check.verdict != "inconclusive":  # an inconclusive check says nothing new about the weights
+            m.fingerprint_match.labels(**labels).set(
+                1 if check.verdict == "match" else 0
+            )
+
+    def _log_change(self, check: BackendCheck, before: Verdict | None) -> None:
+        sim = "n/a" if check.similarity is None else f"{check.similarity:.2f}"
+        why = "; ".join(check.reasons) or "-"
+        what = {
+            "match": "matches its reference",
+            "mismatch": "does NOT match its reference (swapped, tampered or re-quantised model?)",
+            "inconclusive": "could not be verified",
+        }[check.verdict]
+        level = logging.INFO if check.verdict == "match" else logging.WARNING
+        log.log(level, "model %s: backend %s %s (similarity %s, was %s; %s)",
+                check.model, check.backend, what, sim, before or "unchecked", why)
+
+    async def _alert(self, check: BackendCheck, before: Verdict | None) -> None:
+        if self._alerts is None:
+            return
+        from gateway.alerts.model import Alert  # imported late: the alerts package is optional at start-up
+
+        sim = check.similarity if check.similarity is not None else 0.0
+        action = "quarantined" if check.quarantined else "still in rotation (action: alert)"
+        alert = Alert(
+            id=Alert.new_id(), ts=check.checked_at, client=f"backend:{check.model}/{check.backend}",
+            tenant=None, tier=ALERT_TIER, tier_index=ALERT_TIER_INDEX, previous_tier=before or "unchecked",
+            score=round(1.0 - sim, 4),
+            reasons=(f"backend {check.backend} ({check.url}) of model {check.model} does not match its "
+                     f"fingerprint reference: similarity {sim:.2f}; {action}", *check.reasons),
+            detectors=("fingerprint",),
+        )
+        try:
+            await self._alerts.submit(alert)
+        except Exception as e:  # the dispatcher should not raise; if it does, the log line above still stands
+            log.warning("fingerprint alert for %s/%s not submitted (%s: %s)",
+                        check.model, check.backend, type(e).__name__, e)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._last.pop(key, None)
+        self._conclusive.pop(key, None)
+        if self._metrics is not None:
+            with contextlib.suppress(KeyError):
+                self._metrics.fingerprint_match.remove(*key)
+
+    # --- introspection -----------------------------------------------------------------------------------
+
+    def last(self, model: str, backend: str) -> BackendCheck | None:
+        return self._last.get((model, backend))
+
+    def snapshot(self) -> dict[str, Any]:
+        backends = []
+        for model, b in self.targets():
+            check = self._last.get((model, b.name))
+            entry: dict[str, Any] = (
+                check.to_json() if check is not None and check.url == b.url
+                else {"model": model, "backend": b.name, "url": b.url, "verdict": "unchecked",
+                      "similarity": None, "checked_at": None, "duration_s": None, "reasons": []}
+            )
+            entry["reference"] = b.fingerprint_reference
+            entry["quarantine"] = self._router.quarantined(model, b.name)
+            backends.append(entry)
+        return {
+            "enabled": self.cfg.enabled, "action": self.cfg.action, "interval_s": self.cfg.interval_s,
+            "match_threshold": self.cfg.match_threshold, "mismatch_threshold": self.cfg.mismatch_threshold,
+            "logprobs": self.cfg.logprobs, "last_round_at": self.last_round_at, "backends": backends,
+        }
+
+
+def _load_reference(b: BackendConfig) -> Signature:
+    # Read on every check (a few KB, once per interval): a re-recorded reference applies without a restart.
+    path = Path(b.fingerprint_reference or "")
+    try:
+        return Signature.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FingerprintError(f"reference {path} cannot be read: {e.strerror}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise FingerprintError(f"reference {path} is not a signature file: {e}") from e
