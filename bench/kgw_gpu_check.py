@@ -1,0 +1,133 @@
+"""KGW on a GPU: the batched green-list bias gives bit-identical masks on CUDA and on the CPU (the numpy
+detector reproduces the CPU path exactly, see tests/watermark/test_kgw_torch.py), and what it costs per
+decoding step next to the sampling work it rides on.
+
+    python bench/kgw_gpu_check.py [--out FILE]      # needs torch with CUDA; exits 2 without a GPU
+
+Prints a markdown table; --out also writes it to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+
+import torch
+
+from watermark.keys import KeyRing
+from watermark.kgw import prf
+from watermark.kgw.params import KgwParams
+from watermark.kgw.torch_core import (
+    FusedBias,
+    TableCache,
+    green_mask,
+    subkeys_tensor,
+    watermark_logits_,
+    watermark_rows_,
+)
+
+SEEDINGS = ("lefthash", "minhash", "selfhash")
+
+
+def _cuda_time(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) * 1000.0)  # µs
+    return statistics.median(samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--compiled-only", action="store_true", help="skip the equality check and eager timings")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    ring = KeyRing(b"kgw-gpu-check-master-secret-0123456789")
+    lines = [f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", ""]
+    lines += ["| check | seeding | B | V | result |", "|---|---|---|---|---|"]
+    gen = torch.Generator().manual_seed(0)
+    for seeding in () if args.compiled_only else SEEDINGS:
+        params = KgwParams(seeding=seeding)  # type: ignore[arg-type]
+        for b, v in ((1, 50_257), (8, 128_256), (64, 50_257)):
+            sub = [prf.subkeys(ring.key(f"client-{i % 5}").key) for i in range(b)]
+            prev = torch.randint(0, v, (b, params.prev_tokens), generator=gen)
+            cpu = green_mask(prev, subkeys_tensor(sub), v, params)
+            gpu = green_mask(prev.to(dev), subkeys_tensor(sub, dev), v, params).cpu()
+            same = bool(torch.equal(cpu, gpu))
+            share = float(gpu.float().mean())
+            lines.append(f"| CUDA mask == CPU mask | {seeding} | {b} | {v} | {'identical' if same else 'DIFFERENT'}"
+                         f", green share {share:.4f} (γ = {params.gamma}) |")
+            if not same:
+                print("\n".join(lines))
+                return 1
+    lines += ["", "| seeding | dtype | B | V | bias µs/step | softmax+multinomial µs/step | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for seeding in () if args.compiled_only else ("lefthash", "selfhash"):
+        params = KgwParams(seeding=seeding)  # type: ignore[arg-type]
+        for dtype in (torch.float32, torch.bfloat16):
+            for b in (1, 8, 64, 256):
+                v = 128_256
+                sub = [prf.subkeys(ring.key(f"c{i}").key) for i in range(b)]
+                keys = subkeys_tensor(sub, dev)
+                cache = TableCache(params, v, dev, size=max(64, b))
+                prev = torch.randint(0, v, (b, params.prev_tokens), device=dev)
+                logits = torch.randn(b, v, device=dev, dtype=dtype)
+
+                tables = cache.tables_for(sub)
+                bias = functools.partial(watermark_logits_, logits, prev, keys, params, None, tables)
+                probs = functools.partial(torch.softmax, logits.float(), dim=-1)
+                tb = _cuda_time(bias, args.repeat)
+                ts = _cuda_time(lambda p=probs: torch.multinomial(p(), 1), args.repeat)
+                lines.append(f"| {seeding} | {str(dtype).removeprefix('torch.')} | {b} | {v} | {tb:.0f} | {ts:.0f} "
+                             f"| {tb / ts:.2f} |")
+    # The eager mask is a chain of small elementwise int64 kernels: launch-bound at small B. FusedBias
+    # (torch.compile) fuses it into one kernel; this times the vLLM plugin's path, watermark_rows_, both ways.
+    lines += ["", "| vLLM path (watermark_rows_) | dtype | rows / batch | V | fused µs/step | eager µs/step "
+              "| identical |", "|---|---|---|---|---|---|---|"]
+    for seeding in ("lefthash", "selfhash"):
+        params = KgwParams(seeding=seeding)  # type: ignore[arg-type]
+        v = 128_256
+        fused = FusedBias(params, v)
+        for b in (1, 8, 64):
+            batch = b + 4  # the persistent batch also holds requests that are not watermarked
+            rows = list(range(0, batch, 1))[:b]
+            sub = [prf.subkeys(ring.key(f"c{i}").key) for i in range(b)]
+            prev = torch.randint(0, v, (b, params.prev_tokens)).tolist()
+            delta = [params.delta] * b
+            cache = TableCache(params, v, dev, size=max(64, b))
+            logits = torch.randn(batch, v, device=dev, dtype=torch.bfloat16)
+            a, c = logits.clone(), logits.clone()
+            watermark_rows_(a, rows, prev, sub, delta, params, cache, fused)
+            watermark_rows_(c, rows, prev, sub, delta, params, cache)
+            same = bool(torch.equal(a, c))
+            run_f = functools.partial(watermark_rows_, logits, rows, prev, sub, delta, params, cache, fused)
+            run_e = functools.partial(watermark_rows_, logits, rows, prev, sub, delta, params, cache)
+            tf, te = _cuda_time(run_f, args.repeat), _cuda_time(run_e, args.repeat)
+            lines.append(f"| {seeding} | bfloat16 | {b} / {batch} | {v} | {tf:.0f} | {te:.0f} | {same} |")
+            if not same:
+                print("\n".join(lines))
+                return 1
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Admin API: ``POST /admin/watermark/verify`` -- the verdict of ``ipgate verify --json`` for the dashboard.
+
+Body: ``{"text": str}`` (one text) or ``{"texts": [str, ...]}`` (a corpus, pooled: each scored tuple counted
+once across all texts; the answer adds ``"texts"``), plus optional ``"clients": [str, ...]`` (default: every
+recipient the gateway recorded, with the key versions it recorded), ``"scheme": "auto"|"lexical"|"kgw"``
+(kgw needs ``watermark.kgw_tokenizer_file``) and ``"fpr"`` (default 1e-6). Scoring runs in a worker thread
+(100 000 candidates take about a second of CPU) so the admin listener stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.context import AppContext
+from gateway.errors import InvalidRequest, NotFound
+from watermark.base import Scheme
+from watermark.lexical import LexicalScheme
+from watermark.verify import SCHEMES, candidate_keys, verify
+
+log = logging.getLogger(__name__)
+
+MAX_CHARS = 2_000_000  # all texts together
+MAX_TEXTS = 10_000
+MAX_CLIENTS = 1_000_000
+_FIELDS = {"text", "texts", "clients", "scheme", "fpr"}
+
+
+def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float]:
+    """Validate the request; errors name the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(_FIELDS))}",
+                             param=unknown[0])
+    if ("text" in body) == ("texts" in body):
+        raise InvalidRequest('give exactly one of "text" and "texts"', param="text")
+    corpus = "texts" in body
+    texts = body["texts"] if corpus else [body["text"]]
+    field = "texts" if corpus else "text"
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest(f"{field} must be a string" + (" list (non-empty)" if corpus else ""), param=field)
+    if len(texts) > MAX_TEXTS or sum(len(t) for t in texts) > MAX_CHARS:
+        raise InvalidRequest(f"{field}: at most {MAX_TEXTS} texts and {MAX_CHARS} characters", param=field)
+    clients = body.get("clients")
+    if clients is not None and (not isinstance(clients, list) or not clients or len(clients) > MAX_CLIENTS
+                                or not all(isinstance(c, str) and c for c in clients)):
+        raise InvalidRequest(f"clients must be a non-empty list of at most {MAX_CLIENTS} client ids",
+                             param="clients")
+    scheme = body.get("scheme", "auto")
+    if scheme not in SCHEMES:
+        raise InvalidRequest(f"scheme must be one of {', '.join(SCHEMES)}", param="scheme")
+    fpr = body.get("fpr", 1e-6)
+    if isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0 < fpr < 1:
+        raise InvalidRequest("fpr must be a number in (0, 1)", param="fpr")
+    return texts, corpus, clients, scheme, float(fpr)
+
+
+def routes(ctx: AppContext) -> list[web.RouteDef]:
+    kgw_cache: list[Scheme] = []
+
+    def schemes(name: str, master: bytes) -> list[Scheme]:
+        out: list[Scheme] = []
+        if name in ("auto", "lexical"):
+            out.append(LexicalScheme(master, markdown=ctx.config.watermark.lexical_markdown))
+        tok = ctx.config.watermark.kgw_tokenizer_file
+        if name == "kgw" and not tok:
+            raise InvalidRequest("scheme kgw needs watermark.kgw_tokenizer_file in the config", param="scheme")
+        if tok and name in ("auto", "kgw"):
+            if not kgw_cache:
+                from watermark.kgw.detect import KgwScheme
+
+                kgw_cache.append(KgwScheme.from_tokenizer_file(tok))
+            out.append(kgw_cache[0])
+        return out
+
+    async def verify_handler(request: web.Request) -> web.Response:
+        wm = ctx.watermarking
+        ring = getattr(wm, "ring", None)
+        if wm is None or ring is None:
+            raise NotFound("watermarking is not enabled on this gateway")
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError:
+            raise InvalidRequest("the request body is not valid JSON") from None
+        texts, corpus, clients, scheme_name, fpr = parse_body(body)
+        if clients is None:
+            recorded = await ctx.store.recipients()
+            keys = candidate_keys(ring, sorted(recorded), recorded)
+        else:
+            keys = candidate_keys(ring, clients)
+        chosen = schemes(scheme_name, ring.master)
+        v = await asyncio.to_thread(verify, texts if corpus else texts[0], keys, chosen, fpr=fpr)
+        log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", len(texts), len(keys),
+                 v.watermarked)
+        return web.json_response(v.to_json(corpus))
+
+    return [web.post("/admin/watermark/verify", verify_handler)]

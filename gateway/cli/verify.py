@@ -1,0 +1,130 @@
+"""``ipgate verify``: is this text watermarked, and which client received it?
+
+    ipgate verify [FILE|-] [--client ID | --clients FILE] [--scheme auto|lexical|kgw] [--tokenizer PATH]
+                  [--fpr 1e-6] [--json] [--jsonl FILE [--corpus]] [--secret-file F] [--config gateway.yaml]
+
+Exit codes: 0 watermarked (any text, in bulk mode), 1 not watermarked, 2 error. Without ``--client`` or
+``--clients`` the candidates are the recipients recorded by the gateway (``--config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from gateway.cli.wm_common import (
+    CliError,
+    Progress,
+    add_key_args,
+    key_ring,
+    load_gateway_config,
+    read_jsonl,
+    read_lines,
+    read_text,
+    recorded_recipients,
+)
+from watermark.base import Scheme
+from watermark.keys import ClientKey, KeyRing
+from watermark.lexical import LexicalScheme
+from watermark.verify import SCHEMES, Verdict, candidate_keys, verify
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "verify", help="detect a watermark and attribute text to a client",
+        description="Exit 0 when watermarked, 1 when not, 2 on error.")
+    p.add_argument("file", nargs="?", default="-", help="text file to check (default: stdin)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--client", help="test only this client id")
+    who.add_argument("--clients", help="file with one candidate client id per line")
+    p.add_argument("--scheme", choices=SCHEMES, default="auto")
+    p.add_argument("--tokenizer", help="tokenizer.json of the model (needed for kgw)")
+    p.add_argument("--fpr", type=float, default=1e-6, help="family-wise false-positive rate (default 1e-6)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--jsonl", help='bulk: a JSONL file of {"id", "text"}; one verdict per line on stdout')
+    p.add_argument("--corpus", action="store_true", help="with --jsonl: pool all texts into one verdict")
+    p.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
+    add_key_args(p)
+    p.set_defaults(func=run)
+
+
+def _schemes(args: argparse.Namespace, ring: KeyRing) -> list[Scheme]:
+    out: list[Scheme] = []
+    if args.scheme in ("auto", "lexical"):
+        out.append(LexicalScheme(ring.master))
+    if args.scheme == "kgw" or (args.scheme == "auto" and args.tokenizer):
+        if not args.tokenizer:
+            raise CliError("--scheme kgw needs --tokenizer PATH (the model's tokenizer.json)")
+        try:
+            from watermark.kgw.detect import KgwScheme
+        except ImportError as e:  # the tokenizers library is an optional dependency
+            raise CliError(f"kgw detection needs the 'tokenizers' package: {e}") from e
+        try:
+            out.append(KgwScheme.from_tokenizer_file(args.tokenizer))
+        except Exception as e:  # tokenizers raises its own exception types for unreadable files
+            raise CliError(f"--tokenizer {args.tokenizer}: {e}") from e
+    return out
+
+
+def _keys(args: argparse.Namespace, ring: KeyRing, cfg: Any) -> list[ClientKey]:
+    if args.client:
+        return candidate_keys(ring, [args.client])
+    if args.clients:
+        clients = read_lines(args.clients, "--clients")
+        if not clients:
+            raise CliError(f"--clients {args.clients}: no client ids")
+        return candidate_keys(ring, clients)
+    recorded = recorded_recipients(cfg)
+    if not recorded:
+        raise CliError("the gateway has recorded no watermark recipients yet; pass --client or --clients")
+    return candidate_keys(ring, sorted(recorded), recorded)
+
+
+def _print(v: Verdict, args: argparse.Namespace, corpus: bool = False) -> None:
+    if args.json:
+        print(json.dumps(v.to_json(corpus)))
+        return
+    where = f"{v.texts} texts, " if corpus else ""
+    if v.watermarked:
+        print(f"WATERMARKED: client {v.client} (key v{v.key_version}), p = {v.p_value:.3g} "
+              f"(log10 {v.log10_p_value:.1f}), scheme {v.scheme}, {where}{v.scored} choices scored")
+    else:
+        best = f"best candidate {v.client}, " if v.client else ""
+        print(f"not watermarked at FPR {args.fpr:g}: {best}p = {v.p_value:.3g}, scheme {v.scheme}, "
+              f"{where}{v.scored} choices scored")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if not 0.0 < args.fpr < 1.0:
+            raise CliError(f"--fpr must be in (0, 1), got {args.fpr}")
+        if args.corpus and not args.jsonl:
+            raise CliError("--corpus needs --jsonl FILE")
+        cfg = load_gateway_config(args)
+        ring = key_ring(args, cfg)
+        schemes = _schemes(args, ring)
+        keys = _keys(args, ring, cfg)
+        if not args.jsonl:
+            v = verify(read_text(args.file), keys, schemes, fpr=args.fpr, top=args.top)
+            _print(v, args)
+            return 0 if v.watermarked else 1
+        rows = read_jsonl(args.jsonl, ("text",))
+        if args.corpus:
+            v = verify([r["text"] for r in rows], keys, schemes, fpr=args.fpr, top=args.top)
+            _print(v, args, corpus=True)
+            return 0 if v.watermarked else 1
+        any_marked = False
+        progress = Progress(len(rows), "verify")
+        for row in rows:
+            v = verify(row["text"], keys, schemes, fpr=args.fpr, top=args.top)
+            any_marked |= v.watermarked
+            print(json.dumps({"id": row.get("id"), **v.to_json()}), flush=False)
+            progress.step()
+        progress.close()
+        sys.stdout.flush()
+        return 0 if any_marked else 1
+    except CliError as e:
+        print(f"ipgate verify: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,135 @@
+"""The gateway's side of watermarking (``gateway.hooks.Watermarking``): which scheme, which key, which text.
+
+- Scheme per response: ``ModelConfig.watermark_scheme`` if set, else ``config.watermark.scheme``. A backend
+  marked ``watermark_capable`` watermarks in its sampler (KGW, through ``vllm_xargs``) and gets no post-hoc
+  rewrite; any other backend gets the lexical scheme post hoc -- also when the model asks for "kgw" but the
+  chosen backend cannot do it (logged once per model), because an unwatermarked response is the worse failure.
+- Strength per tier: ``TierPolicyConfig.watermark_strength`` ("strong" for suspicious tiers) enables the
+  level-2 lexical groups and the larger KGW bias ``kgw_strong_delta``.
+- Never post hoc: ``response_format`` JSON (json_object / json_schema) and requests that force a tool call.
+  Tool-call arguments are never touched in any case (the relay feeds only message text to embedders).
+- Recipients: each client that received watermarked output is recorded once per process and key version in
+  the store (``add_recipient``), so ``ipgate verify`` can attribute among all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigError, GatewayConfig, WatermarkConfig
+from gateway.hooks import StreamEmbedder
+from gateway.principal import Principal
+from gateway.store.base import StateStore
+from watermark.keys import KeyMaterialError, KeyRing, parse_master_secret
+from watermark.kgw.directives import vllm_xargs
+from watermark.kgw.params import KgwParams
+from watermark.lexical import LexicalScheme
+
+log = logging.getLogger(__name__)
+
+
+def load_master_secret(cfg: WatermarkConfig, environ: Mapping[str, str] | None = None) -> bytes:
+    """The master secret from ``cfg.secret_file`` or the environment variable ``cfg.secret_env``."""
+    env = os.environ if environ is None else environ
+    try:
+        if cfg.secret_file:
+            try:
+                raw = Path(cfg.secret_file).read_text(encoding="utf-8")
+            except OSError as e:
+                raise ConfigError(f"watermark.secret_file {cfg.secret_file}: cannot read: {e.strerror}") from e
+            return parse_master_secret(raw)
+        value = env.get(cfg.secret_env)
+        if not value:
+            raise ConfigError(
+                f"watermark: set the master secret in ${cfg.secret_env} or watermark.secret_file "
+                "(or disable watermarking with watermark.enabled: false)"
+            )
+        return parse_master_secret(value)
+    except KeyMaterialError as e:
+        raise ConfigError(f"watermark: {e}") from e
+
+
+def key_ring(cfg: WatermarkConfig, master: bytes) -> KeyRing:
+    return KeyRing(master, cfg.key_version, tuple(cfg.retained_versions))
+
+
+def _post_hoc_allowed(body: Mapping[str, Any]) -> bool:
+    rf = body.get("response_format")
+    if isinstance(rf, Mapping) and rf.get("type") in ("json_object", "json_schema"):
+        return False
+    tc = body.get("tool_choice")
+    if tc == "required" or isinstance(tc, Mapping):
+        return False
+    fc = body.get("function_call")
+    return not isinstance(fc, Mapping)
+
+
+class GatewayWatermarking:
+    def __init__(self, cfg: GatewayConfig, ring: KeyRing, kgw_params: KgwParams | None = None) -> None:
+        self._cfg = cfg.watermark
+        self._ring = ring
+        self._schemes = {m.name: (m.watermark_scheme or cfg.watermark.scheme) for m in cfg.models}
+        self._strength = {t.name: t.watermark_strength for t in cfg.policy.tiers}
+        self._lexical = LexicalScheme(ring.master, markdown=cfg.watermark.lexical_markdown)
+        self._kgw = kgw_params or KgwParams()
+        self._recorded: set[tuple[str, int]] = set()
+        self._fallback_logged: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: GatewayConfig, *, metrics: object = None,
+                    environ: Mapping[str, str] | None = None) -> GatewayWatermarking:
+        master = load_master_secret(cfg.watermark, environ)
+        return cls(cfg, key_ring(cfg.watermark, master))
+
+    @property
+    def ring(self) -> KeyRing:
+        return self._ring
+
+    def scheme_for(self, model: str) -> str:
+        return self._schemes.get(model, self._cfg.scheme)
+
+    def embedder_for(
+        self, principal: Principal, model: str, tier_name: str, body: Mapping[str, Any]
+    ) -> StreamEmbedder | None:
+        scheme = self.scheme_for(model)
+        if not self._cfg.enabled or scheme == "none" or not _post_hoc_allowed(body):
+            return None
+        if scheme == "kgw" and model not in self._fallback_logged:
+            self._fallback_logged.add(model)
+            log.warning("model %s: scheme kgw but the backend is not watermark-capable; using lexical post hoc",
+                        model)
+        strength = self._strength.get(tier_name, "normal")
+        return self._lexical.embedder(self._ring.key(principal.client_id), strength)
+
+    def upstream_directives(
+        self, principal: Principal, model: str, backend_watermark_capable: bool, tier_name: str
+    ) -> dict[str, Any] | None:
+        # A capable backend gets no post-hoc rewrite, so it must watermark in the engine whatever the
+        # configured scheme is (unless watermarking is off for this model).
+        if not backend_watermark_capable or not self._cfg.enabled or self.scheme_for(model) == "none":
+            return None
+        strong = self._strength.get(tier_name, "normal") == "strong"
+        delta = self._cfg.kgw_strong_delta if strong else None
+        xargs = vllm_xargs(self._ring.key(principal.client_id), self._kgw, delta=delta,
+                           mode=self._cfg.kgw_directive_mode)
+        return {"vllm_xargs": xargs}
+
+    async def record_recipient(self, store: StateStore, principal: Principal) -> None:
+        entry = (principal.client_id, self._ring.current)
+        if entry in self._recorded:
+            return
+        await store.add_recipient(principal.client_id, self._ring.current, self._cfg.recipient_ttl_s)
+        if self._cfg.recipients_file:
+            await asyncio.to_thread(_append_line, self._cfg.recipients_file, principal.client_id)
+        self._recorded.add(entry)  # only after the writes succeeded: a failed write is retried next time
+
+
+def _append_line(path: str, line: str) -> None:
+    # One short append per client per process; several replicas may append the same id (readers dedupe).
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.replace("\n", " ") + "\n")

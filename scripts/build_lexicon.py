@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Build the lexical watermark's substitution table (``watermark/data/lexicon.json``) from WordNet 3.0.
+
+Usage: .venv/bin/python scripts/build_lexicon.py [--wordnet /usr/share/wordnet] [--out watermark/data/lexicon.json]
+
+How the table is made. A lexical watermark may only swap words where *every* variant is safe in *every*
+context where any variant occurs, because the detector cannot do sense disambiguation. So the table is a
+curated list (``CURATED`` below) in which each content-word group is checked against WordNet: every pair of
+variants must share a synset or be linked by WordNet's similar-to relation (adjectives) in the part of speech
+given, or the group is dropped (listed on stderr). Function-word alternations that WordNet does not cover
+(contractions, connectives followed by a comma) are marked ``source="grammar"`` and are kept by rule. Each group
+carries the context conditions that make it safe (e.g. a contraction is never made at the end of a clause:
+"I know who you are." must not become "...who you're."). Numbers are never involved; British/American spelling
+pairs are deliberately absent (they would make the watermark visible).
+
+The product reads only the JSON file; WordNet is needed only to rebuild it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# After these a word is a verb in its base form ("to help", "can help"), never a noun ("the help").
+VERB_SLOT = ["to", "can", "will", "may", "might", "could", "would", "should", "must", "also", "and", "or",
+             "please", "not", "cannot", "don't", "won't", "can't"]
+
+# Words after which "a day" / "per day" is a rate ("twice a day", "8 hours a day").
+QUANTITIES = ["times", "twice", "once", "thrice", "hours", "minutes", "seconds", "dollars", "cents", "miles",
+              "kilometers", "km", "pages", "cups", "pounds", "calories", "eggs", "euros", "days", "weeks"]
+UNITS = ["day", "week", "month", "year", "hour", "minute", "night", "person", "pound", "piece", "dozen", "mile",
+         "box", "pack", "kilogram", "gallon", "ticket", "page", "cup", "slice", "bag", "lesson", "shift", "visit",
+         "game", "book", "shirt", "unit", "share", "meal", "serving", "glass", "bottle", "student", "child",
+         "item", "egg", "apple", "ounce", "orange", "adult", "episode", "class", "session"]
+VOWEL_SOUND = {"hour", "honor", "heir"}  # silent h
+CONSONANT_SOUND = {"unit", "university", "use", "user", "euro", "one"}  # "yoo-", "wun-"
+# Words directly before a worked-arithmetic step ("First find the total", "to find how many").
+# Not "can"/"and"/"should": "you can find the price online" means "look up", not "calculate".
+STEP_SLOT = ["to", "first", "then", "now", "next", "we"]
+# What such a step computes: with these objects "find" means "work out", never "come across" / "look up"
+# ("the price of" / "the cost of" are left out: "to find the price of a flight" is a search).
+STEP_OBJECTS = ["the total", "the number of", "the amount of", "the area of",
+                "the average", "the perimeter", "the sum of", "the percentage", "the volume", "the remaining"]
+STEP_VERBS = ["find", "calculate", "determine", "compute", "figure out"]
+STEP_REASON = ("'work out by calculation': WordNet links find~determine and calculate~compute~work out but keeps "
+               "the 'discover' and 'reckon' senses apart; a step word before and an arithmetic object after "
+               "select the shared sense")
+DETERMINERS = ["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your"]
+CLAUSE_SUBJECTS = ["i", "we", "they", "he", "she", "there", "it", "you"]
+
+# Words that, when they follow a contraction candidate, make it unsafe or change its reading.
+SUBJECTS = ["i", "you", "we", "they", "he", "she", "it", "there", "that", "this", "these", "those"]
+PARTICIPLE_HINTS = ["been", "got", "gotten", "had", "done", "gone", "seen", "made", "taken", "given", "become",
+                    "come", "known", "shown", "written", "found", "heard", "left", "put", "set", "begun"]
+
+
+@dataclass
+class Group:
+    variants: list[str]
+    pos: str = ""  # WordNet part of speech for checking ("n", "v", "a", "r"); "" = grammar rule
+    need_next_word: bool = False  # not at the end of a clause / line
+    comma_after: bool = False  # only when directly followed by a comma ("Furthermore, ...")
+    next_not: list[str] = field(default_factory=list)
+    next_in: list[str] = field(default_factory=list)
+    prev_not: list[str] = field(default_factory=list)
+    next_not_participle: bool = False  # not before "been", "-ed" words, ... ("it's been" is "it has been")
+    level: int = 1  # 1: every response; 2: only the "strong" strength (suspicious tiers)
+    prev_in: list[str] = field(default_factory=list)  # only right after one of these words (verb contexts)
+    after_comma: bool = False  # only right after a comma (", but" -> ", yet")
+    next_number: bool = False  # only right before a number ("about 5" -> "around 5")
+    sentence_start: bool | None = None  # True: only starting a sentence; False: only inside one
+    after_quantity: bool = False  # only after a number or a QUANTITY word ("$5 a day" <-> "$5 per day")
+    lemmas: list[str] = field(default_factory=list)  # WordNet lemmas to check when variants are inflected
+    # Strong-tier (level 2) groups may skip the WordNet check when WordNet splits the senses finer than the
+    # context conditions do; the reason is recorded in the table.
+    curated: str = ""
+    # Level-1 content-word groups whose shared sense is fixed by their context conditions (a step word before,
+    # an arithmetic object after) rather than by one WordNet synset; the reason is recorded in the table.
+    context: str = ""
+
+
+def _article(noun: str) -> str:
+    """"a" or "an" by sound, not spelling: "an hour", "a unit"."""
+    if noun in VOWEL_SOUND:
+        return "an"
+    if noun in CONSONANT_SOUND:
+        return "a"
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def _neg(full: str, short: str) -> Group:
+    # "Don't you think" must not become "Do not you think": no subject right after a negation.
+    return Group([full, short], next_not=SUBJECTS)
+
+
+def _pos(full: str, short: str, participle: bool = False) -> Group:
+    return Group([full, short], need_next_word=True, next_not=["not"], next_not_participle=participle)
+
+
+CURATED: list[Group] = [
+    # --- negative contractions (grammar) ---
+    _neg("do not", "don't"), _neg("does not", "doesn't"), _neg("did not", "didn't"),
+    _neg("is not", "isn't"), _neg("are not", "aren't"), _neg("was not", "wasn't"),
+    _neg("were not", "weren't"), _neg("has not", "hasn't"), _neg("have not", "haven't"),
+    _neg("had not", "hadn't"), _neg("will not", "won't"), _neg("would not", "wouldn't"),
+    _neg("could not", "couldn't"), _neg("should not", "shouldn't"), _neg("cannot", "can't"),
+    # --- pronoun + auxiliary contractions (grammar). 's and 've stop before participles (is/has ambiguity).
+    _pos("it is", "it's", True), _pos("that is", "that's", True), _pos("there is", "there's", True),
+    Group(["here is", "here's"], need_next_word=True, next_not=["not"], next_not_participle=True,
+          sentence_start=False),
+    # presenting what follows at the start of a sentence ("Here's a script:" / "Below is a script:"); not the
+    # idioms "Here's to ...", "Here's hoping", nor "Here is where ...", which "Below is" cannot say
+    Group(["Here is", "Here's", "Below is"], need_next_word=True, next_not_participle=True, sentence_start=True,
+          next_not=["not", "to", "hoping", "where", "when"]),
+    Group(["Here are", "Below are"], need_next_word=True, sentence_start=True,
+          next_not=["not", "to", "where", "when"]),
+    _pos("what is", "what's", True), _pos("who is", "who's", True),
+    _pos("he is", "he's", True), _pos("she is", "she's", True),
+    Group(["I am", "I'm"], need_next_word=True), _pos("you are", "you're"), _pos("we are", "we're"),
+    _pos("they are", "they're"), _pos("I will", "I'll"), _pos("you will", "you'll"),
+    _pos("we will", "we'll"), _pos("they will", "they'll"), _pos("it will", "it'll"),
+    _pos("he will", "he'll"), _pos("she will", "she'll"),
+    _pos("where is", "where's", True), _pos("how is", "how's", True),
+    _pos("I would", "I'd", True), _pos("you would", "you'd", True), _pos("we would", "we'd", True),
+    _pos("they would", "they'd", True),
+    Group(["I have", "I've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["you have", "you've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["we have", "we've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["they have", "they've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    # --- connectives at the start of a clause, followed by a comma (grammar) ---
+    Group(["Furthermore", "Moreover", "In addition"], comma_after=True),
+    Group(["also", "additionally"], next_not=["known", "called", "referred", "termed", "named"]),
+    Group(["but", "yet"], after_comma=True, next_not=["also", "not", "rather", "only", "then"]),
+    Group(["However", "Nevertheless", "Nonetheless"], comma_after=True),
+    Group(["In conclusion", "In summary", "To sum up", "To summarize"], comma_after=True),
+    Group(["Similarly", "Likewise"], comma_after=True),
+    Group(["As a result", "As a consequence"], comma_after=True),
+    Group(["Finally", "Lastly"], comma_after=True),
+    Group(["Fortunately", "Luckily"], comma_after=True),
+    Group(["Overall", "All in all"], comma_after=True),
+    Group(["In short", "In brief"], comma_after=True),
+    # sentence-initial assent or concession ("Sure, here is..." / "Of course, it depends..."); never mid-sentence,
+    # where "of course," is a parenthetical ("This is, of course, ...") that "sure" cannot replace
+    Group(["Sure", "Certainly", "Of course"], comma_after=True, sentence_start=True),
+    # a sum at the start of a sentence ("In total, she spent $30"); mid-sentence "altogether," can mean
+    # "completely" ("stopped altogether, ..."), so only sentence-initial
+    Group(["In total", "Altogether", "In all"], comma_after=True, sentence_start=True),
+    # --- WordNet-checked alternations ---
+    Group(["for example", "for instance"], "r"),
+    Group(["often", "frequently"], "r"),
+    Group(["perhaps", "maybe", "possibly"], "r",
+          prev_not=["not", "cannot", "can't", "could", "couldn't", "can", "might", "may", "quite", "very", "most"]),
+    Group(["almost", "nearly"], "r", prev_not=["very"]),
+    # indefinite / reciprocal pronouns: function words WordNet does not list (grammar)
+    Group(["anyone", "anybody"]), Group(["someone", "somebody"]),
+    Group(["everyone", "everybody"]), Group(["no one", "nobody"]),
+    Group(["each other", "one another"]),
+    Group(["kind of", "sort of"], "r"),
+    Group(["completely", "entirely", "totally"], "r"),
+    Group(["especially", "particularly"], "r"),
+    Group(["mainly", "primarily", "chiefly", "mostly"], "r"),
+    Group(["slightly", "somewhat", "a bit"], next_not=["of"], need_next_word=True),
+    Group(["probably", "most likely", "likely"],
+          prev_not=[*DETERMINERS, "a", "an", "is", "are", "was", "were", "be", "more", "less", "very", "highly",
+                    "quite", "so", "most", "not", "seems", "seem", "look", "looks", "become", "becomes"],
+          next_not=["to", "that", "than"], need_next_word=True),
+    # "each" is also a pronoun ("they each have", "each has"): never after a pronoun, never before a verb
+    # (a list of common verbs plus any -ed word) -- "every" can only be a determiner.
+    Group(["each", "every"], prev_not=["they", "we", "you", "them", "us", "these", "those", "both", "and", "one",
+                                       "cost", "costs", "paid", "for", "at"],
+          next_not=["of", "other", "one", "single", "now", "so", "bit", "and", "or", "way", "is", "are", "was",
+                    "were", "has", "have", "had", "can", "will", "would", "should", "could", "may", "might", "must",
+                    "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
+                    "contains", "comes", "came", "makes", "made", "weighs", "receives", "earns", "pays", "paid",
+                    "sold", "sells", "bought", "buys", "ate", "eats", "gave", "gives", "wants", "holds", "uses",
+                    "used", "received", "earned", "spent", "spends", "own", "owns", "get", "make", "take", "gets"],
+          next_not_participle=True, need_next_word=True),
+    Group(["really", "truly"], prev_not=["not", "you", "i"], need_next_word=True, level=2),
+    Group(["specific", "particular"], "a", prev_not=["in", "very", "no"], next_not=["heat", "gravity"]),
+    Group(["necessary", "required"], "a", next_not=["to", "by", "for", "that", "fields", "field"]),
+    Group(["using", "utilizing", "employing"], "v", lemmas=["use", "utilize", "employ"], next_not=["up"]),
+    Group(["created", "generated"], "v", prev_not=["newly"], level=2, curated="past tense and participle alike"),
+    Group(["helps", "assists"], "v", lemmas=["help", "assist"], next_not=["to"]),
+    Group(["helped", "assisted"], "v", lemmas=["help", "assist"], next_not=["to"]),
+    Group(["helping", "assisting"], "v", lemmas=["help", "assist"], next_not=["hand", "to"]),
+    Group(["begins", "starts"], "v", lemmas=["begin", "start"], next_not=["up", "off", "out", "over"]),
+    Group(["began", "started"], "v", lemmas=["begin", "start"],
+          prev_not=["has", "have", "had", "i've", "you've", "we've", "they've", "he's", "she's", "it's",
+                    "was", "were", "is", "are", "be", "been", "being", "get", "gets", "got", "getting", "am",
+                    "i'm", "you're", "we're", "they're", "hasn't", "haven't", "hadn't"],
+          next_not=["up", "off", "out", "over"]),
+    Group(["talk", "speak"], "v", prev_in=VERB_SLOT, next_in=["to", "with", "about"]),
+    Group(["look for", "search for"], prev_in=VERB_SLOT),
+    Group(["all of the", "all the"], next_not=["way", "same", "more", "better", "less", "best", "worse", "rage",
+                                              "while", "most"]),
+    Group(["all of these", "all these"]),
+    Group(["all of those", "all those"]),
+    Group(["in general", "generally"], comma_after=True),
+    Group(["usually", "normally", "commonly", "typically"], "r"),
+    Group(["about", "around", "approximately", "roughly"], "r", next_number=True),
+    Group(["exactly", "precisely"], "r", prev_not=["not"]),
+    Group(["quite", "fairly"], "r", prev_not=["not"], next_not=["a", "an", "the", "some", "few", "so", "as"]),
+    Group(["basically", "essentially", "fundamentally"], "r"),
+    Group(["rarely", "seldom"], "r"),
+    Group(["initially", "at first"], "r", next_not=["glance", "sight", "blush"]),
+    Group(["apparently", "seemingly"], "r"),
+    Group(["incredibly", "remarkably", "exceptionally"], "r", level=2),
+    Group(["many", "numerous"], "a", prev_not=["how", "so", "too", "as", "very", "not", "a", "great", "good",
+                                              "the", "these", "those", "his", "her", "their", "our", "my", "your",
+                                              "its", "many", "in"],
+          next_not=["of", "more", "times", "others", "a", "such", "thanks", "years", "ways"]),
+    Group(["several", "a few", "a number of"], prev_not=["quite", "only", "just", "very", "every", "a", "the",
+                                                        "these", "those", "his", "her", "their", "our", "my",
+                                                        "your", "its", "such"],
+          need_next_word=True, next_not=["of", "more", "times", "others"]),
+    # optional complementiser "that" after verbs that take a clause but no noun object, before a subject
+    # pronoun ("I think you are" / "I think that you are"); "recommend", "believe", "know" take objects: excluded.
+    *[Group([v, f"{v} that"], next_in=CLAUSE_SUBJECTS)
+      for v in ["think", "thinks", "hope", "hopes", "ensures", "means", "seems", "realize",
+                "realizes", "assume", "assuming", "guess", "noticed", "note", "mean", "figured"]],
+    # also before a noun phrase ("make sure the code runs" / "ensure the code runs"); never before "that"/"this",
+    # where "make sure that button ..." would become "ensure that that button ..."
+    Group(["make sure", "make sure that", "ensure", "ensure that"],
+          next_in=[*CLAUSE_SUBJECTS, "the", "your", "these", "those", "its", "their", "all", "each", "every",
+                   "everything", "everyone", "any", "no", "nothing"]),
+    # worked arithmetic: "First find the total" / "calculate" / "determine" / "compute" / "figure out"; only with
+    # an object that makes "find" mean "work out" and right after a step word (never "I find the total cost
+    # too high"). One group per object, so each object is its own scored tuple.
+    *[Group([f"{v} {obj}" for v in STEP_VERBS], "v", prev_in=STEP_SLOT, context=STEP_REASON)
+      for obj in STEP_OBJECTS],
+    Group([f"{v} how" for v in STEP_VERBS], "v", prev_in=STEP_SLOT, next_in=["many", "much", "long", "far", "old"],
+          context=STEP_REASON),
+    # ", which means he ..." / ", meaning he ..." (participle of "mean", never the noun: a clause must follow)
+    Group(["which means", "meaning"], after_comma=True,
+          next_in=[*CLAUSE_SUBJECTS, "that", "the", "his", "her", "their", "each", "a", "an"]),
+    Group(["provides", "offers"], "v", lemmas=["provide", "offer"],
+          prev_not=[*DETERMINERS, "job", "special", "best", "many", "several", "multiple", "such", "other", "no",
+                    "any", "some", "great", "two", "three"],
+          next_not=["for", "that"]),
+    Group(["allows", "enables"], "v", lemmas=["allow", "enable"], next_not=["for"]),
+    Group(["need to", "have to"], prev_not=[*DETERMINERS, "urgent", "growing", "without", "there's", "no"],
+          next_not=["do", "say"]),
+    Group(["needs to", "has to"], prev_not=[*DETERMINERS, "urgent", "growing", "without", "no"],
+          next_not=["do", "say"]),
+    Group(["want to", "wish to"], prev_not=DETERMINERS, next_not=["be"]),
+    Group(["try to", "attempt to"], prev_not=[*DETERMINERS, "an", "any", "every", "first", "no", "each",
+                                              "failed", "one", "last", "second", "final", "another"]),
+    Group(["in order to", "so as to"]),
+    Group(["because of", "due to"], next_in=[*DETERMINERS, "a", "an", "some", "many", "lack", "poor", "high", "low"]),
+    Group(["a lot of", "lots of"], prev_not=["quite", "such", "what", "a", "the", "whole"]),
+    Group(["although", "though", "even though"], prev_not=["even", "as"], need_next_word=True),
+    Group(["may", "might"], prev_not=[*DETERMINERS, "all", "with", "in", "of", "early", "late", "mid", "since",
+                                      "until", "by", "from", "last", "next", "every"],
+          next_not=["i", "we", "you", "he", "she", "they", "it", "god", "the", "and", "or"], need_next_word=True),
+    Group(["first", "firstly"], comma_after=True),
+    Group(["second", "secondly"], comma_after=True),
+    Group(["third", "thirdly"], comma_after=True),
+    Group(["recommend", "suggest"], prev_in=["i", "we", "i'd", "we'd", "would", "also", "strongly", "i'll"]),
+    Group(["such as", "like"], after_comma=True, level=2,
+          next_not=["i", "you", "we", "they", "he", "she", "it", "this", "that", "so", "when", "if", "how", "what",
+                    "before", "always", "usual", "crazy", "said", "mine", "yours"]),
+    Group(["whole", "entire"], "a", prev_in=["the", "this", "your", "my", "our", "their", "his", "her", "its"],
+          next_not=["of", "lot", "number", "new", "grain", "wheat", "milk", "foods", "food", "numbers"]),
+    Group(["help", "assist", "aid"], "v", prev_in=VERB_SLOT,
+          next_not=["but", "desk", "center", "centre", "yourself"]),
+    Group(["use", "utilize", "employ"], "v", prev_in=VERB_SLOT, next_not=["up", "case", "cases"]),
+    Group(["start", "begin"], "v", prev_in=VERB_SLOT, next_not=["up", "off", "out", "over"]),
+    Group(["choose", "select", "pick"], "v", prev_in=VERB_SLOT, next_not=["up", "out", "on", "off", "at", "apart"]),
+    Group(["buy", "purchase"], "v", prev_in=VERB_SLOT, next_not=["into", "time", "up", "out", "off"]),
+    Group(["allow", "permit"], "v", prev_in=VERB_SLOT, next_not=["for", "me"]),
+    Group(["important", "crucial"], "a", prev_not=["self", "all"], level=2),
+    # --- strong tier only: near-synonyms in guarded positions (a little more visible, denser watermark) ---
+    Group(["create", "generate"], "v", prev_in=VERB_SLOT, level=2, curated="verb position only"),
+    Group(["creates", "generates"], "v", level=2, curated="third-person verb forms only"),
+    Group(["creating", "generating"], "v", level=2, curated="gerund of create/generate"),
+    Group(["check", "verify"], "v", prev_in=VERB_SLOT, level=2, curated="verb position, no particle",
+          next_not=["out", "in", "on", "for", "with", "up", "off", "back", "into", "over", "mark"]),
+    Group(["show", "display"], "v", prev_in=VERB_SLOT, level=2, curated="verb position, no personal object",
+          next_not=["me", "you", "him", "her", "us", "them", "that", "how", "up", "off", "what", "why"]),
+    Group(["very", "extremely"], "r", level=2, curated="intensifier before an adjective or adverb",
+          prev_not=["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your",
+                    "very"],
+          next_not=["much", "many", "few", "little", "own", "same", "first", "last", "best", "end", "beginning",
+                    "moment", "least", "most", "well", "next", "top", "bottom", "idea", "thing", "nature", "day"],
+          need_next_word=True),
+    Group(["sometimes", "occasionally"], "r", level=2, curated="frequency adverbs"),
+    Group(["eventually", "ultimately"], "r", level=2, curated="'in the end' sense"),
+    Group(["reduce", "decrease"], "v", prev_in=VERB_SLOT, level=2, curated="verb position only"),
+    Group(["people", "individuals"], "n", level=2, curated="plural of 'person'",
+          prev_not=["the", "a", "an", "indigenous", "native", "chosen", "jewish", "whose"]),
+    Group(["hi", "hello"], next_not=["world"]),
+    Group(["thanks", "thank you"], prev_not=["many", "no", "special", "big", "a", "thousand", "the", "with",
+                                            "my", "our", "warm", "heartfelt", "sincere", "give", "gives"],
+          next_not=["to", "giving", "again"], need_next_word=False),
+    Group(["quickly", "rapidly", "speedily"], "r"),
+    Group(["significantly", "importantly"], "r", level=2),
+    Group(["therefore", "thus", "hence", "consequently"], "r", next_not=["far"], sentence_start=False),
+    # at the start of a sentence "So" joins them ("So the total is ..."); not "So far", "So is she", "So that"
+    Group(["So", "Therefore", "Thus", "Hence"], sentence_start=True,
+          next_not=["far", "much", "many", "long", "that", "is", "are", "do", "does", "did", "am", "was", "were",
+                    "can", "will", "have", "has", "had", "to", "what", "yes", "no", "good", "sorry", "nice"]),
+    Group(["Then", "Next"], sentence_start=True,
+          next_not=["week", "month", "year", "time", "day", "step", "steps", "to", "door", "morning", "is", "was"]),
+    # a rate: "$5 a day" / "$5 per day", only after a number or a quantity word (never "in a day")
+    *[Group([f"per {u}", f"{_article(u)} {u}"], after_quantity=True) for u in UNITS],
+    Group(["immediately", "instantly", "straightaway"], "r", level=2),
+    Group(["huge", "enormous", "immense"], "a"),
+    Group(["large", "big"], "a", prev_not=["by", "at"], next_not=["deal"]),
+    Group(["happy", "glad"], "a", next_in=["to", "that"]),
+    Group(["keep in mind", "bear in mind"]),  # idiom, not in WordNet (grammar)
+    Group(["anyway", "anyhow"], "r"),
+    Group(["nowadays", "today"], "r", level=2),  # "today" is a noun too: dropped by the WordNet check
+    Group(["afterwards", "afterward"], "r"),
+    Group(["toward", "towards"]),  # preposition: both spellings are standard in US and UK text
+    Group(["purchased", "bought"], "v", lemmas=["purchase", "buy"]),  # both past tense and participle
+    Group(["purchasing", "buying"], "v", lemmas=["purchase", "buy"]),
+    Group(["selects", "chooses"], "v", lemmas=["select", "choose"]),
+    Group(["obtained", "acquired"], "v", lemmas=["obtain", "acquire"], level=2),
+    Group(["attempting", "trying"], "v", lemmas=["attempt", "try"], next_in=["to"], level=2),
+]
+
+# Alternations WordNet confirms but that fail in common contexts, with the counter-example that rules them out.
+REJECTED: dict[str, str] = {
+    "today": "'today' is also a noun ('today's date')",
+}
+
+
+class WordNet:
+    def __init__(self, root: Path) -> None:
+        self.index: dict[tuple[str, str], list[str]] = {}
+        self.similar: dict[str, set[str]] = {}
+        for pos, name in (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv")):
+            with open(root / f"index.{name}", encoding="latin-1") as f:
+                for line in f:
+                    if line.startswith(" "):
+                        continue
+                    parts = line.split()
+                    lemma, p_cnt = parts[0], int(parts[3])
+                    sense_cnt = int(parts[4 + p_cnt])
+                    self.index[(lemma, pos)] = parts[-sense_cnt:]
+        with open(root / "data.adj", encoding="latin-1") as f:  # similar-to ('&') links between adjectives
+            for line in f:
+                if line.startswith(" "):
+                    continue
+                head, _, _ = line.partition("|")
+                parts = head.split()
+                w_cnt = int(parts[3], 16)
+                p_at = 4 + 2 * w_cnt
+                p_cnt = int(parts[p_at])
+                ptrs = parts[p_at + 1 : p_at + 1 + 4 * p_cnt]
+                sims = {ptrs[i + 1] for i in range(0, len(ptrs), 4) if ptrs[i] == "&"}
+                self.similar.setdefault(parts[0], set()).update(sims)
+
+    def synsets(self, word: str, pos: str) -> set[str]:
+        key = word.lower().replace(" ", "_")
+        got = set(self.index.get((key, pos), []))
+        if pos == "a":
+            got |= set(self.index.get((key, "s"), []))
+        return got
+
+    def related(self, a: str, b: str, pos: str) -> bool:
+        sa, sb = self.synsets(a, pos), self.synsets(b, pos)
+        if sa & sb:
+            return True
+        if pos == "a":
+            near_a = set().union(*(self.similar.get(s, set()) for s in sa)) | sa
+            near_b = set().union(*(self.similar.get(s, set()) for s in sb)) | sb
+            return bool(near_a & sb or near_b & sa or (near_a & near_b))
+        return False
+
+
+def build(wn: WordNet) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    seen: set[tuple[str, bool | None]] = set()
+    for g in CURATED:
+        variants = [v for v in g.variants if v.lower() not in REJECTED]
+        for v in g.variants:
+            if v.lower() in REJECTED:
+                print(f"rejected {v!r}: {REJECTED[v.lower()]}", file=sys.stderr)
+        if g.pos and not g.curated and not g.context:
+            lemma = dict(zip(g.variants, g.lemmas or g.variants, strict=True))
+            keep = [variants[0]]
+            for v in variants[1:]:
+                if all(wn.related(lemma[k], lemma[v], g.pos) for k in keep):
+                    keep.append(v)
+                else:
+                    print(f"dropped {v!r} from {variants}: no shared WordNet synset ({g.pos})", file=sys.stderr)
+            variants = keep
+        if len(variants) < 2:
+            print(f"dropped group {g.variants}: fewer than two variants left", file=sys.stderr)
+            continue
+        for v in variants:
+            # a phrase may sit in two groups only when their sentence-start conditions exclude each other
+            slot = (v.lower(), g.sentence_start)
+            clash = [(v.lower(), x) for x in (None, True, False) if (v.lower(), x) in seen]
+            if clash and (g.sentence_start is None or any(x is None or x == g.sentence_start for _, x in clash)):
+                raise SystemExit(f"variant {v!r} appears in two groups")
+            seen.add(slot)
+        suffix = {None: "", True: "@start", False: "@inside"}[g.sentence_start]
+        out.append({
+            "id": "|".join(v.lower() for v in variants) + suffix,
+            "variants": variants,
+            "source": (f"curated: {g.curated}" if g.curated else f"context: {g.context}" if g.context
+                       else f"wordnet:{g.pos}" if g.pos else "grammar"),
+            "need_next_word": g.need_next_word,
+            "comma_after": g.comma_after,
+            "next_not": sorted(set(g.next_not)),
+            "next_in": sorted(set(g.next_in)),
+            "prev_not": sorted(set(g.prev_not)),
+            "next_not_participle": g.next_not_participle,
+            "participle_hints": PARTICIPLE_HINTS if g.next_not_participle else [],
+            "prev_in": sorted(set(g.prev_in)),
+            "after_comma": g.after_comma,
+            "next_number": g.next_number,
+            "sentence_start": g.sentence_start,
+            "after_quantity": g.after_quantity,
+            "quantities": QUANTITIES if g.after_quantity else [],
+            "level": g.level,
+        })
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "watermark/data/lexicon.json")
+    ap.add_argument("--licence", type=Path, default=Path("/usr/share/doc/wordnet-base/copyright"))
+    args = ap.parse_args()
+    wn = WordNet(args.wordnet)
+    groups = build(wn)
+    table = {
+        "format": 1,
+        "generated_by": "scripts/build_lexicon.py",
+        "wordnet_notice": "Content-word groups were checked against WordNet 3.0. WordNet 3.0 Copyright 2006 by "
+        "Princeton University. All rights reserved. See watermark/data/LICENSE.wordnet.",
+        "groups": groups,
+    }
+    args.out.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    lic = args.out.parent / "LICENSE.wordnet"
+    text = args.licence.read_text(encoding="utf-8")
+    start = text.index("License: WordNet3.0")
+    end = text.find("\nFiles:", start)
+    body = text[start:end if end > 0 else None]
+    lic.write_text("\n".join(ln[1:] if ln.startswith(" ") else ln for ln in body.splitlines()).replace("\n.\n", "\n\n")
+                   + "\n", encoding="utf-8")
+    print(f"wrote {len(groups)} groups to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Embedding and detection round trips, attribution, deduplication, versions, strength, streaming."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from watermark.keys import KeyRing
+from watermark.lexical import LexicalScheme, Observation
+from watermark.mix import choose, tuple_hash
+
+
+def long_text(responses: list[str], words: int, start: int = 0) -> str:
+    out: list[str] = []
+    i = start
+    while sum(len(t.split()) for t in out) < words:
+        out.append(responses[i % len(responses)])
+        i += 1
+    return "\n\n".join(out)
+
+
+def test_round_trip_attributes_the_right_client(scheme: LexicalScheme, ring: KeyRing,
+                                                responses: list[str]) -> None:
+    text = long_text(responses, 1500)
+    marked = scheme.embed(text, ring.key("alice"))
+    assert marked != text
+    keys = ring.candidates([f"client-{i}" for i in range(200)] + ["alice"])
+    score = scheme.score(marked, keys)
+    assert score.client_id == "alice" and score.key_version == 1
+    assert score.hits == score.scored  # an untouched watermarked text hits every scored slot
+    assert score.watermarked(1e-6)
+    assert score.family_size in (len(keys), 2 * len(keys))  # x2 when strong-only slots are present
+    # another client's text is not attributed to alice, and unmarked text to nobody
+    other = scheme.embed(text, ring.key("bob"))
+    s2 = scheme.score(other, ring.candidates(["alice", "carol"]))
+    assert not s2.watermarked(1e-3)
+    assert not scheme.score(text, keys).watermarked(1e-3)
+
+
+def test_vectorised_hits_equal_scalar_choices(scheme: LexicalScheme, ring: KeyRing,
+                                              responses: list[str]) -> None:
+    text = long_text(responses, 600)
+    full = scheme.observe(text)
+    lvl1 = full.level <= 1  # one strength view only, so every candidate's hits are over all tuples
+    obs = Observation(tuple(c for c, k in zip(full.contexts, lvl1.tolist(), strict=True) if k),
+                      full.groups[lvl1], full.observed[lvl1], full.level[lvl1])
+    assert obs.size >= 10
+    keys = ring.candidates([f"c{i}" for i in range(7)])
+    score = scheme.score_observation(obs, keys, top=7)
+    base = scheme._base(1)
+    groups = scheme._lex.groups
+    for cand in score.candidates:
+        seed = ring.key(cand.client_id).seed64
+        hits = sum(
+            choose(tuple_hash(base, c, groups[g].gid), seed, groups[g].k) == o
+            for c, g, o in zip(obs.contexts, obs.groups.tolist(), obs.observed.tolist(), strict=True)
+        )
+        assert hits == cand.hits
+
+
+def test_repeated_text_is_scored_once(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
+    para = scheme.embed(responses[0], ring.key("alice"))
+    once = scheme.score(para, [ring.key("alice")])
+    many = scheme.score("\n\n".join([para] * 30), [ring.key("alice")])
+    assert many.scored == once.scored and many.p_value == once.p_value
+    corpus = scheme.score([para] * 30, [ring.key("alice")])  # pooled corpus: same tuples, counted once
+    assert corpus.scored == once.scored
+
+
+def test_embedding_is_idempotent(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
+    for text in responses[:20]:
+        once = scheme.embed(text, ring.key("alice"))
+        assert scheme.embed(once, ring.key("alice")) == once
+
+
+def test_null_pvalues_are_not_small(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
+    # Unwatermarked texts against one key: p-values are (super-)uniform, so few fall below 0.05.
+    small = 0
+    total = 0
+    for i, text in enumerate(responses):
+        s = scheme.score(text, [ring.key(f"null-{i}")])
+        if s.scored:
+            total += 1
+            small += s.p_value < 0.05
+    assert total >= 10 and small <= max(2, total // 8)
+
+
+def test_rotation_old_version_still_verifies(responses: list[str]) -> None:
+    old = KeyRing(b"test-master-secret-0123456789", current=1)
+    new = KeyRing(b"test-master-secret-0123456789", current=2, retained=(1,))
+    scheme = LexicalScheme(old.master)
+    text = scheme.embed(long_text(responses, 1200), old.key("alice"))
+    s = scheme.score(text, new.candidates(["alice", "bob"]))
+    assert (s.client_id, s.key_version) == ("alice", 1)
+    assert s.family_size in (4, 8) and s.watermarked(1e-4)  # x2 when the text has strong-only slots
+
+
+def test_strong_strength_adds_choices(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
+    text = long_text(responses, 3000)
+    normal = scheme.embed(text, ring.key("alice"), "normal")
+    strong = scheme.embed(text, ring.key("alice"), "strong")
+    obs = scheme.observe(strong)
+    assert bool(np.any(obs.level > 1))
+    s_strong = scheme.score(strong, [ring.key("alice")])
+    s_normal = scheme.score(normal, [ring.key("alice")])
+    assert s_strong.family_size == 2  # two strength views are two hypotheses
+    assert s_strong.log10_p_value < s_normal.log10_p_value + math.log10(2) + 1e-9
+    assert s_strong.watermarked(1e-6) and s_normal.watermarked(1e-6)
+
+
+def test_empty_and_slotless_text(scheme: LexicalScheme, ring: KeyRing) -> None:
+    for text in ("", "1234 5678", "```\nit is\n```", "   \n\n"):
+        s = scheme.score(text, [ring.key("a")])
+        assert s.scored == 0 and s.p_value == 1.0 and s.client_id is None and not s.watermarked(0.5)
+    assert scheme.score("it is often", []).client_id is None
+
+
+MARKDOWN = st.sampled_from(["it", "is", "not", "do", "don't", "It's", "for", "example", "often", "I", "think",
+                            "you", "are", "about", "5", "`", "```", "\n", " ", "  ", "    ", ",", ".", "**",
+                            "https://x.y/z", "However,", "a", "huge", "to", "help", "’", "~~~", "\t", "\n\n"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.one_of(MARKDOWN, st.text(max_size=6)), max_size=60), seed=st.integers(0, 2**32))
+def test_streaming_equals_batch(scheme: LexicalScheme, ring: KeyRing, parts: list[str], seed: int) -> None:
+    text = " ".join(parts) if seed % 2 else "".join(parts)
+    key = ring.key(f"k{seed % 5}")
+    whole = scheme.embed(text, key)
+    rnd = random.Random(seed)
+    emb = scheme.embedder(key)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        j = i + rnd.randint(1, 8)
+        out.append(emb.feed(text[i:j]))
+        i = j
+    out.append(emb.finish())
+    assert "".join(out) == whole
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_detection_never_crashes_on_unicode(scheme: LexicalScheme, ring: KeyRing, text: str) -> None:
+    s = scheme.score(text, ring.candidates(["a", "b"]))
+    assert 0.0 <= s.p_value <= 1.0
+    marked = scheme.embed(text, ring.key("a"))
+    # only listed phrases change: everything else, including all non-ASCII text, is kept
+    assert [c for c in marked if not c.isascii()] == [c for c in text if not c.isascii()] or "’" in text
+
+
+def test_feed_after_finish_is_an_error(scheme: LexicalScheme, ring: KeyRing) -> None:
+    emb = scheme.embedder(ring.key("a"))
+    emb.feed("it is")
+    assert emb.finish() in ("it is", "it's")
+    assert emb.finish() == ""
+    try:
+        emb.feed("x")
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("feed() after finish() must raise")
+
+
+def test_streaming_holds_back_at_most_a_phrase(scheme: LexicalScheme, ring: KeyRing) -> None:
+    emb = scheme.embedder(ring.key("a"))
+    assert emb.feed("Hello world. The ") == "Hello world. The "
+    assert emb.feed("cat sat") == "cat "  # "sat" may continue
+    assert emb.feed(" on it") == "sat on "  # "it" may start "it is"
+    assert emb.feed(" is") == ""  # "it is" needs the next word (never contracted at a clause end)
+    assert emb.feed(" nice.") == ""  # "nice." may continue
+    assert emb.feed(" Bye") in ("it is nice. ", "it's nice. ")
+    assert emb.finish() == "Bye"
+
+
+def test_inline_code_is_streamed_not_held(scheme: LexicalScheme, ring: KeyRing) -> None:
+    emb = scheme.embedder(ring.key("a"))
+    assert emb.feed("see `some code that never ") == "see `some code that never "
+    assert emb.feed("closes\n") == "closes"  # only the line break is held (a blank line would end the span)
+    assert emb.feed("more") == "\nmore"
+    assert emb.finish() == ""

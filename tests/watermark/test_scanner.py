@@ -1,0 +1,149 @@
+"""Segmentation: which words become choice points, and what is never touched (table-driven).
+
+Each case runs the read-only scan and lists the slots found as (context, matched variant); a protected
+region must yield none, and embedding must leave it byte-identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from watermark.keys import KeyRing
+from watermark.lexical import LexicalScheme
+from watermark.lexicon import default_lexicon
+from watermark.scanner import Scanner
+
+LEX = default_lexicon()
+
+
+def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def record(group: int, observed: int, context: str) -> int:
+        found.append((context, " ".join(LEX.groups[group].variants[observed])))
+        return observed
+
+    out, used = Scanner(LEX, level).run(text, True, record)
+    assert out == text and used == len(text)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("You do not need it.", [("you", "do not")]),
+        ("You do\nnot need it.", [("you", "do not")]),  # a soft line break does not end a phrase
+        ("You do\n\nnot need it.", []),  # a paragraph break does
+        ("You do\n- not need it.", [("do", "-")]),  # so does a list item (whose marker is a choice)
+        ("For example, it is fine.", [("", "for example"), ("example", "it is")]),
+        ("Often it works.", [("", "often")]),
+        ("I know who you are.", []),  # no contraction at the end of a clause
+        ("Don't you think so?", []),  # no expansion before a subject: "Do not you" is wrong
+        ("It's been a while.", []),  # 's = has before a participle
+        ("it is not here", [("it", "is not")]),  # "it is" never before "not": the negation is the slot
+        ("a huge dog", []),  # "a enormous" would be wrong: mixed-initial groups never follow a/an
+        ("the huge dog", [("the", "huge")]),
+        ("However, we can.", [("", "however")]),
+        ("However we try", []),  # the connective needs its comma
+        ("It costs about 5 dollars", [("costs", "about")]),
+        ("Talk about it", []),  # "about" only before a number
+        ("to help you", [("to", "help")]),
+        ("the help desk", []),  # "help" only in verb position
+        ("I think you are right", [("i", "think"), ("think", "you are")]),
+        ("I think about it", []),
+        ("dogs, but not cats", []),  # "but not" excluded
+        ("cats, but dogs", [("cats", "but")]),
+        # worked-arithmetic steps: 5-way, only after a step word and with a "work out" object
+        ("First find the total cost.", [("first", "find the total")]),
+        ("Then figure out how many are left.", [("", "then"), ("then", "figure out how")]),
+        ("We need to calculate the number of apples.", [("we", "need to"), ("to", "calculate the number of")]),
+        ("I find the total cost too high.", []),  # "find" = "consider": no step word before it
+        ("You can find the price of tickets online.", []),  # "look up", not "calculate"
+        ("to find how it works", []),  # only "how many/much/long/far/old"
+        # ", which means" / ", meaning" only before a clause, never the noun "meaning"
+        ("He bought 3 apples, which means he has 5 left.", [("he", "bought"), ("apples", "which means")]),
+        ("The meaning of life, meaning and purpose.", []),
+        # sentence-initial sums and assent; never the mid-sentence parenthetical
+        ("In total, she spent 30 dollars.", [("", "in total")]),
+        ("She stopped altogether, then left.", []),
+        ("Of course, it depends.", [("", "of course")]),
+        ("This is, of course, true.", []),
+        ("To summarize, it works.", [("", "to summarize")]),
+        # rates agree in article by sound: "an hour", "a unit" (never "a hour")
+        ("She earns $20 an hour.", [("earns", "an hour")]),
+        ("It costs $3 a unit.", [("costs", "a unit")]),
+        ("She earns $20 a hour.", []),
+        # "make sure"/"ensure" before a noun phrase too, never before "that" as a determiner
+        ("Make sure the code runs.", [("", "make sure")]),
+        ("make sure that button works.", []),
+        # presenting what follows: 3-way at a sentence start, the contraction alone inside a sentence
+        ("Below is a script:", [("", "below is")]),
+        ("Here's a script:", [("", "here's")]),
+        ("The problem here is that it fails.", [("problem", "here is")]),
+        ("Here's to you!", []),
+        ("Here is where it fails.", []),
+    ],
+)
+def test_slots(text: str, expected: list[tuple[str, str]]) -> None:
+    assert slots(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```\nit is not often that you do not\n```",
+        "~~~~python\n# it is often\n~~~~",
+        "    it is often indented code",
+        "\tit is often tab-indented",
+        "use `it is often` here",
+        "use ``it is ` often`` here",
+        "see https://example.com/it-is/often and www.often.com",
+        "mail often@example.com",
+        "x_often often_x often-ish often/ok",
+        "`unterminated it is often",
+    ],
+)
+def test_protected_regions_have_no_slots(text: str) -> None:
+    assert slots(text) == []
+
+
+def test_numbers_are_never_changed_but_may_follow_a_slot() -> None:
+    assert slots("it is 2pm, about 3.5 kg") == [("", "it is"), ("is", "about")]
+
+
+def test_code_block_then_text() -> None:
+    text = "```\nit is often\n```\nIt is often true.\n"
+    assert slots(text) == [("", "it is"), ("is", "often")]
+
+
+def test_fence_needs_matching_closer() -> None:
+    text = "````\n```\nit is often\n````\nit is often\n"
+    assert slots(text) == [("", "it is"), ("is", "often")]
+
+
+def test_inline_code_ends_at_blank_line() -> None:
+    assert slots("a `b\n\nit is often so") == [("a", "it is"), ("is", "often")]
+
+
+def test_embedding_preserves_case_punctuation_and_protected_text() -> None:
+    ring = KeyRing(b"0123456789abcdef0123")
+    scheme = LexicalScheme(ring.master)
+    text = ("**Do not** panic: IT IS FINE, \"for example\" (often).\n\n```py\ndo_not = 'it is'\n```\n"
+            "    do not touch\nSee `do not` and https://x.org/do-not 42.\n")
+    for client in ("a", "b", "c", "d", "e", "f"):
+        out = scheme.embed(text, ring.key(client))
+        assert out.count("```py\ndo_not = 'it is'\n```\n") == 1
+        assert "    do not touch\n" in out and "`do not`" in out and "https://x.org/do-not 42." in out
+        assert out.startswith("**Do not** panic") or out.startswith("**Don't** panic")
+        assert "IT IS FINE," in out or "IT'S FINE," in out
+        assert '"for example"' in out or '"for instance"' in out
+        assert "(often)." in out or "(frequently)." in out
+
+
+def test_curly_apostrophe_style_is_kept() -> None:
+    ring = KeyRing(b"0123456789abcdef0123")
+    scheme = LexicalScheme(ring.master)
+    text = "I don’t know. You do not care. It is late now."
+    outs = {scheme.embed(text, ring.key(str(i))) for i in range(20)}
+    assert all("'" not in o for o in outs)  # once ’ is seen, new contractions use it
+    assert any("don’t" not in o for o in outs) and any("do not care" not in o for o in outs)

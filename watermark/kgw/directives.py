@@ -1,0 +1,132 @@
+"""The per-request watermark directive that travels gateway -> vLLM in ``vllm_xargs`` (no torch, no vllm).
+
+Both sides use this module, so the field names and their validation exist once. The gateway calls
+``vllm_xargs(...)`` for a backend marked watermark-capable (after stripping any client-supplied
+``vllm_xargs``, ``logit_bias`` and ``seed``); vLLM copies the object to ``SamplingParams.extra_args``; the
+plugin calls ``parse(extra_args)``.
+
+Two ways to name the key (choose per deployment with ``mode``):
+
+- ``"derive"`` (default): send the client id and key version; the vLLM host derives the client key from the
+  master secret (``IPGATE_WATERMARK_SECRET`` or ``IPGATE_WATERMARK_SECRET_FILE`` in its environment). No key
+  material in request bodies or in vLLM's request logs; the price is the secret on every model host.
+- ``"key"``: send the 128-bit KGW subkeys of this client (hex). The model host holds no secret at all; a
+  leaked request log reveals the KGW key of that one client and version (not its lexical key, not the
+  master, not other clients' keys).
+
+``ipgate_kgw_spec`` carries γ, h and the seeding so a vLLM whose plugin is configured differently from the
+gateway rejects the request (HTTP 400) instead of writing a watermark that ``ipgate verify`` cannot find.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from watermark.keys import ClientKey, client_key
+from watermark.kgw import prf
+from watermark.kgw.params import SEEDINGS, KgwParams
+
+F_CLIENT = "ipgate_kgw_client"
+F_VERSION = "ipgate_kgw_version"
+F_KEY = "ipgate_kgw_key"
+F_DELTA = "ipgate_kgw_delta"
+F_SPEC = "ipgate_kgw_spec"
+FIELDS = (F_CLIENT, F_VERSION, F_KEY, F_DELTA, F_SPEC)
+
+_SPEC_RE = re.compile(r"^g(?P<g>[0-9.e-]+)-h(?P<h>[0-9]+)-(?P<s>[a-z]+)$")
+
+
+def spec(params: KgwParams) -> str:
+    """``g0.25-h4-selfhash``: the part of the params that detection depends on."""
+    return f"g{params.gamma!r}-h{params.context_width}-{params.seeding}"
+
+
+def parse_spec(text: str) -> KgwParams:
+    m = _SPEC_RE.match(text)
+    if m is None or m["s"] not in SEEDINGS:
+        raise ValueError(f"{F_SPEC}: expected e.g. 'g0.25-h4-selfhash', got {text!r}")
+    try:
+        return KgwParams(gamma=float(m["g"]), context_width=int(m["h"]), seeding=m["s"])  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ValueError(f"{F_SPEC}: {e}") from e
+
+
+def vllm_xargs(
+    key: ClientKey, params: KgwParams, *, delta: float | None = None, mode: Literal["derive", "key"] = "derive"
+) -> dict[str, str | int | float]:
+    """The ``vllm_xargs`` object for one request (``delta`` overrides ``params.delta``, e.g. per tier)."""
+    d = params.delta if delta is None else delta
+    KgwParams(params.gamma, d, params.context_width, params.seeding)  # validates delta
+    out: dict[str, str | int | float] = {F_SPEC: spec(params), F_DELTA: float(d)}
+    if mode == "derive":
+        out[F_CLIENT] = key.client_id
+        out[F_VERSION] = key.version
+    elif mode == "key":
+        out[F_KEY] = b"".join(k.to_bytes(4, "big") for k in prf.subkeys(key.key)).hex()
+    else:
+        raise ValueError(f"kgw directive mode must be 'derive' or 'key', got {mode!r}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """A validated request directive: what the plugin needs for one row."""
+
+    subkeys: tuple[int, int, int, int] | None  # set in "key" mode
+    client_id: str | None  # set in "derive" mode
+    version: int | None
+    delta: float
+
+    def resolve(self, master: bytes | None) -> tuple[int, int, int, int]:
+        """The PRF subkeys for this request (derive mode needs the master secret)."""
+        if self.subkeys is not None:
+            return self.subkeys
+        if master is None:
+            raise ValueError(f"{F_CLIENT} given but the model server has no IPGATE_WATERMARK_SECRET")
+        assert self.client_id is not None and self.version is not None  # parse() guarantees it
+        return prf.subkeys(client_key(master, self.version, self.client_id))
+
+
+def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directive | None:
+    """Validate the directive in ``SamplingParams.extra_args``; None when the request carries none.
+
+    Raises ``ValueError`` (vLLM answers 400) naming the field that is wrong.
+    """
+    if not extra_args or not any(f in extra_args for f in FIELDS):
+        return None
+    raw_spec = extra_args.get(F_SPEC)
+    if not isinstance(raw_spec, str):
+        raise ValueError(f"{F_SPEC} is required (string like 'g0.25-h4-selfhash')")
+    want = parse_spec(raw_spec)
+    if (want.gamma, want.context_width, want.seeding) != (params.gamma, params.context_width, params.seeding):
+        raise ValueError(f"{F_SPEC} {raw_spec!r} does not match this server's kgw params {spec(params)!r}")
+    raw_delta = extra_args.get(F_DELTA, params.delta)
+    if isinstance(raw_delta, bool) or not isinstance(raw_delta, int | float) or not math.isfinite(raw_delta):
+        raise ValueError(f"{F_DELTA} must be a number")
+    delta = float(raw_delta)
+    if not 0.0 <= delta <= 50.0:
+        raise ValueError(f"{F_DELTA} must be in [0, 50], got {delta}")
+    raw_key, raw_client = extra_args.get(F_KEY), extra_args.get(F_CLIENT)
+    if (raw_key is None) == (raw_client is None):
+        raise ValueError(f"exactly one of {F_KEY} and {F_CLIENT} must be given")
+    if raw_key is not None:
+        if not isinstance(raw_key, str) or not re.fullmatch(r"[0-9a-f]{32}", raw_key):
+            raise ValueError(f"{F_KEY} must be 32 lowercase hex digits")
+        b = bytes.fromhex(raw_key)
+        sub = (
+            int.from_bytes(b[0:4], "big"),
+            int.from_bytes(b[4:8], "big"),
+            int.from_bytes(b[8:12], "big"),
+            int.from_bytes(b[12:16], "big"),
+        )
+        return Directive(sub, None, None, delta)
+    if not isinstance(raw_client, str) or not raw_client:
+        raise ValueError(f"{F_CLIENT} must be a non-empty string")
+    version = extra_args.get(F_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**32:
+        raise ValueError(f"{F_VERSION} must be an integer in [1, 2**32)")
+    return Directive(None, raw_client, version, delta)

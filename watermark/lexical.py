@@ -1,0 +1,194 @@
+"""The lexical scheme: a keyed, context-conditioned choice among interchangeable phrasings (post hoc).
+
+Embedding. At each slot (a phrase from one group of the table, in a context where every variant is safe) the
+client's key picks one variant as a function of (previous word, group): ``mix.choose``. The previous word is
+read from the *output*, so a detector reading the watermarked text sees the same contexts. Conditioning on
+the previous word (CATER-style) means a word's frequency alone does not reveal a fixed mapping.
+
+Detection. Scan the text with the same engine, collect (previous word, group, observed variant) for every
+slot, keep the first occurrence of each (previous word, group) tuple (repeats are copies of one draw, see
+``watermark.stats``), and count for each candidate key how many observed variants equal the key's choice.
+Under H0 a k-way slot is a hit with probability exactly 1/k, so the hit count is Poisson-binomial with a
+distribution that depends only on the text; one tail table serves every candidate. Candidates are all
+(client, key version, strength view) triples; the best one's p-value is Bonferroni-corrected. Text that
+carries *another* client's watermark also gives hits of probability 1/k per tuple for a wrong key (up to the
+mixer's negligible bias): both keys' choices are full-avalanche mixes of the same secret per-tuple PRF value.
+
+Strength views. "strong" embedding also uses level-2 groups; a normal-strength text has no watermark there.
+When the text has level-2 slots, both views (level 1 only; levels 1+2) are scored and each counts as a
+hypothesis; otherwise the views coincide and count once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from watermark import stats
+from watermark.base import CandidateScore, WatermarkScore
+from watermark.keys import ClientKey, scheme_key
+from watermark.lexicon import Lexicon, default_lexicon
+from watermark.mix import choose, mix64_array, tuple_hash, tuple_hasher
+from watermark.scanner import Scanner
+
+STRENGTH_LEVEL = {"normal": 1, "strong": 2}
+_CLIENT_BATCH = 16384  # clients scored per numpy batch: bounds memory at ~batch x tuples x 8 bytes
+
+
+class LexicalEmbedder:
+    """Streaming watermarking of one response: ``feed(delta) -> text safe to emit``, ``finish()``."""
+
+    def __init__(self, lexicon: Lexicon, tuple_base: hashlib.blake2b, seed: int, max_level: int,
+                 markdown: bool = True) -> None:
+        self._scanner = Scanner(lexicon, max_level, markdown)
+        self._groups = lexicon.groups
+        self._base = tuple_base
+        self._seed = seed
+        self._buf = ""
+        self._closed = False
+
+    def _slot(self, group: int, observed: int, context: str) -> int:
+        g = self._groups[group]
+        return choose(tuple_hash(self._base, context, g.gid), self._seed, g.k)
+
+    def feed(self, text: str) -> str:
+        if self._closed:
+            raise RuntimeError("feed() after finish()")
+        self._buf += text
+        out, used = self._scanner.run(self._buf, False, self._slot)
+        self._buf = self._buf[used:]
+        return out
+
+    def finish(self) -> str:
+        if self._closed:
+            return ""
+        self._closed = True
+        out, used = self._scanner.run(self._buf, True, self._slot)
+        if used != len(self._buf):  # with final=True the scanner consumes everything
+            raise RuntimeError(f"scanner stopped at {used} of {len(self._buf)} characters")
+        self._buf = ""
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The deduplicated slots of a text or corpus."""
+
+    contexts: tuple[str, ...]
+    groups: npt.NDArray[np.int64]  # group index per tuple
+    observed: npt.NDArray[np.int64]  # observed variant per tuple
+    level: npt.NDArray[np.int64]  # the group's level per tuple
+
+    @property
+    def size(self) -> int:
+        return len(self.contexts)
+
+
+class LexicalScheme:
+    name = "lexical"
+
+    def __init__(self, master: bytes, lexicon: Lexicon | None = None, strength: str = "normal",
+                 markdown: bool = True) -> None:
+        if strength not in STRENGTH_LEVEL:
+            raise ValueError(f"strength must be one of {sorted(STRENGTH_LEVEL)}, got {strength!r}")
+        self._master = master
+        self._lex = lexicon or default_lexicon()
+        self._level = STRENGTH_LEVEL[strength]
+        self._markdown = markdown  # list markers are choice points too (watermark.listmarks)
+        self._bases: dict[int, hashlib.blake2b] = {}
+
+    def _base(self, version: int) -> hashlib.blake2b:
+        base = self._bases.get(version)
+        if base is None:
+            base = tuple_hasher(scheme_key(self._master, version, "lexical/tuple"))
+            self._bases[version] = base
+        return base
+
+    def embedder(self, key: ClientKey, strength: str | None = None) -> LexicalEmbedder:
+        level = self._level if strength is None else STRENGTH_LEVEL[strength]
+        return LexicalEmbedder(self._lex, self._base(key.version), key.seed64, level, self._markdown)
+
+    def embed(self, text: str, key: ClientKey, strength: str | None = None) -> str:
+        e = self.embedder(key, strength)
+        return e.feed(text) + e.finish()
+
+    def observe(self, texts: str | Sequence[str]) -> Observation:
+        """Scan texts (read only) and keep the first occurrence of each (context, group) tuple."""
+        seen: dict[tuple[str, int], int] = {}
+        for text in [texts] if isinstance(texts, str) else texts:
+            scanner = Scanner(self._lex, 2, self._markdown)
+
+            def record(group: int, observed: int, context: str) -> int:
+                seen.setdefault((context, group), observed)
+                return observed
+
+            scanner.run(text, True, record)
+        ctx = tuple(c for c, _ in seen)
+        groups = np.fromiter((g for _, g in seen), dtype=np.int64, count=len(seen))
+        observed = np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
+        level = np.array([self._lex.groups[g].level for g in groups.tolist()], dtype=np.int64)
+        return Observation(ctx, groups, observed, level)
+
+    def score(self, texts: str | Sequence[str], keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
+        return self.score_observation(self.observe(texts), keys, top=top)
+
+    def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
+        views = [obs.level <= 1]
+        if bool(np.any(obs.level > 1)):
+            views.append(np.ones(obs.size, dtype=bool))
+        family = max(1, len(keys) * len(views))
+        if obs.size == 0 or not keys:
+            return WatermarkScore(self.name, obs.size, family, None, None, 0, 1.0, 0.0)
+        ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
+        gids = [self._lex.groups[g].gid for g in obs.groups.tolist()]
+        # best (log tail, hits) per key over the views
+        best_log = np.zeros(len(keys))
+        best_hits = np.zeros(len(keys), dtype=np.int64)
+        best_n = np.zeros(len(keys), dtype=np.int64)  # tuples in the view that gave the best tail
+        by_version: dict[int, list[int]] = {}
+        for idx, key in enumerate(keys):
+            by_version.setdefault(key.version, []).append(idx)
+        tables = []
+        for view in views:
+            counts: dict[float, int] = {}
+            for k in ks[view].tolist():
+                counts[1.0 / k] = counts.get(1.0 / k, 0) + 1
+            tables.append(stats.poisson_binomial_log_sf_table(counts))
+        for version, idxs in by_version.items():
+            base = self._base(version)
+            t = np.array([tuple_hash(base, c, g) for c, g in zip(obs.contexts, gids, strict=True)], dtype=np.uint64)
+            seeds = np.array([keys[i].seed64 for i in idxs], dtype=np.uint64)
+            observed = obs.observed.astype(np.uint64)
+            for lo in range(0, len(idxs), _CLIENT_BATCH):
+                s = seeds[lo : lo + _CLIENT_BATCH]
+                hit = (mix64_array(t[None, :] ^ s[:, None]) % ks[None, :]) == observed[None, :]
+                sel = np.asarray(idxs[lo : lo + _CLIENT_BATCH])
+                for vi, view in enumerate(views):
+                    h = hit[:, view].sum(axis=1)
+                    lt = tables[vi][h]
+                    better = lt < best_log[sel]
+                    n_view = int(view.sum())
+                    if vi == 0:
+                        best_log[sel], best_hits[sel], best_n[sel] = lt, h, n_view
+                    else:
+                        best_log[sel] = np.where(better, lt, best_log[sel])
+                        best_hits[sel] = np.where(better, h, best_hits[sel])
+                        best_n[sel] = np.where(better, n_view, best_n[sel])
+        order = np.argsort(best_log, kind="stable")[: max(1, top)]
+        cands = tuple(
+            CandidateScore(keys[i].client_id, keys[i].version, int(best_hits[i]),
+                           stats.log_to_p(float(best_log[i])), stats.log_to_log10(float(best_log[i])))
+            for i in order.tolist()
+        )
+        b = int(order[0])
+        corrected = float(stats.bonferroni_log(float(best_log[b]), family))
+        return WatermarkScore(
+            scheme=self.name, scored=int(best_n[b]), family_size=family, client_id=keys[b].client_id,
+            key_version=keys[b].version, hits=int(best_hits[b]), p_value=stats.log_to_p(corrected),
+            log10_p_value=corrected / math.log(10), candidates=cands,
+        )

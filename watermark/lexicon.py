@@ -1,0 +1,157 @@
+"""The substitution table: groups of interchangeable phrasings and the contexts in which they are safe.
+
+The table is data (``watermark/data/lexicon.json``, built by ``scripts/build_lexicon.py`` from WordNet 3.0 and
+curated); this module loads it once and indexes it by first word for the left-to-right scanner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from watermark.listmarks import BULLETS, DELIMITERS
+
+_VOWELS = frozenset("aeiou")
+ARTICLES = frozenset({"a", "an"})
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    gid: str  # stable identifier, hashed into the keyed choice (changing it changes the choices)
+    variants: tuple[tuple[str, ...], ...]  # lower-case words of each variant, for matching
+    display: tuple[str, ...]  # rendering of each variant in lower-case position ("I" stays upper)
+    level: int  # 1: normal strength; 2: strong only
+    need_next_word: bool
+    comma_after: bool
+    next_not: frozenset[str]
+    next_in: frozenset[str]
+    prev_not: frozenset[str]
+    next_not_participle: frozenset[str]  # non-empty: also reject a next word ending in "ed"
+    prev_in: frozenset[str]  # non-empty: only right after one of these words
+    after_comma: bool  # only right after a comma
+    next_number: bool  # only right before a number
+    sentence_start: bool | None  # True: only at the start of a sentence; False: only elsewhere; None: both
+    after_quantity: bool  # only after a number or a word in ``quantities`` ("$5 a day", "twice a day")
+    quantities: frozenset[str]
+    mixed_initial: bool  # some variants start with a vowel, others not: never after "a"/"an"
+
+    @property
+    def k(self) -> int:
+        return len(self.variants)
+
+    @property
+    def needs_next(self) -> bool:
+        return bool(self.need_next_word or self.next_not or self.next_in or self.next_not_participle
+                    or self.next_number)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    group: int  # index into Lexicon.groups
+    variant: int
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Lexicon:
+    groups: tuple[Group, ...]
+    by_first: dict[str, tuple[Candidate, ...]]  # longest phrases first
+    lookahead: dict[str, int]  # chunks needed after the first word to decide every candidate
+    seconds: dict[str, frozenset[str]]  # first words that only start phrases -> the possible second words
+    bullet_group: int  # the markdown choice points (``watermark.listmarks``): not in the table, never matched
+    ordered_group: int  # as words, appended after the table's groups
+
+    @classmethod
+    def from_json(cls, table: dict[str, Any]) -> Lexicon:
+        classes = _first_word_classes(table["groups"])
+
+        def closed(words: list[str]) -> frozenset[str]:
+            out: set[str] = set()
+            for w in words:
+                out |= classes.get(w, {w})
+            return frozenset(out)
+
+        groups: list[Group] = []
+        for g in table["groups"]:
+            words = tuple(tuple(v.lower().replace("’", "'").split()) for v in g["variants"])
+            display = tuple(_display(v) for v in g["variants"])
+            initials = {w[0][0] in _VOWELS for w in words}
+            groups.append(Group(
+                gid=g["id"], variants=words, display=display, level=int(g["level"]),
+                need_next_word=bool(g["need_next_word"]), comma_after=bool(g["comma_after"]),
+                next_not=closed(g["next_not"]), next_in=closed(g["next_in"]),
+                prev_not=frozenset(g["prev_not"]),
+                next_not_participle=closed(g["participle_hints"]) if g["next_not_participle"] else frozenset(),
+                prev_in=frozenset(g["prev_in"]), after_comma=bool(g["after_comma"]),
+                next_number=bool(g["next_number"]), sentence_start=g.get("sentence_start"),
+                after_quantity=bool(g.get("after_quantity", False)), quantities=frozenset(g.get("quantities", [])),
+                mixed_initial=len(initials) > 1,
+            ))
+        first: dict[str, list[Candidate]] = {}
+        for gi, grp in enumerate(groups):
+            for vi, w in enumerate(grp.variants):
+                first.setdefault(w[0], []).append(Candidate(gi, vi, w))
+        by_first = {k: tuple(sorted(v, key=lambda c: -len(c.words))) for k, v in first.items()}
+        lookahead = {
+            k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) for c in v)
+            for k, v in by_first.items()
+        }
+        seconds = {
+            k: frozenset(c.words[1] for c in v) for k, v in by_first.items() if all(len(c.words) > 1 for c in v)
+        }
+        bullet, ordered = len(groups), len(groups) + 1
+        groups += [_markdown_group("markdown:bullet", BULLETS), _markdown_group("markdown:ordered", DELIMITERS)]
+        return cls(tuple(groups), by_first, lookahead, seconds, bullet, ordered)
+
+
+def _markdown_group(gid: str, marks: tuple[str, ...]) -> Group:
+    """A list-marker choice point: same keyed choice and statistics as a word group, no word conditions."""
+    none: frozenset[str] = frozenset()
+    return Group(gid=gid, variants=tuple((m,) for m in marks), display=marks, level=1, need_next_word=False,
+                 comma_after=False, next_not=none, next_in=none, prev_not=none, next_not_participle=none,
+                 prev_in=none, after_comma=False, next_number=False, sentence_start=None, after_quantity=False,
+                 quantities=none, mixed_initial=False)
+
+
+def _first_word_classes(groups: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Words that can replace each other as the first word of a slot ("it" / "it's", "do" / "don't").
+
+    A slot's conditions on the *next* word must not change when embedding swaps that next word for another
+    variant of its own group, or the detector would see a different set of slots than the embedder wrote.
+    So every next-word condition is closed under these classes (union-find over first words per group).
+    """
+    parent: dict[str, str] = {}
+
+    def find(w: str) -> str:
+        while parent.setdefault(w, w) != w:
+            w = parent[w]
+        return w
+
+    for g in groups:
+        firsts = [v.lower().replace("’", "'").split()[0] for v in g["variants"]]
+        for w in firsts[1:]:
+            parent[find(w)] = find(firsts[0])
+    out: dict[str, set[str]] = {}
+    for w in list(parent):
+        out.setdefault(find(w), set()).add(w)
+    return {w: out[find(w)] for w in parent}
+
+
+def _display(variant: str) -> str:
+    """Lower-case rendering, keeping the pronoun "I" (and its contractions) upper-case."""
+    words = variant.split(" ")
+    out = [w if w == "I" or w.startswith(("I'", "I’")) else w.lower() for w in words]
+    return " ".join(out)
+
+
+_DEFAULT: list[Lexicon] = []
+
+
+def default_lexicon() -> Lexicon:
+    """The shipped table (loaded once per process; the object is immutable)."""
+    if not _DEFAULT:
+        text = resources.files("watermark.data").joinpath("lexicon.json").read_text(encoding="utf-8")
+        _DEFAULT.append(Lexicon.from_json(json.loads(text)))
+    return _DEFAULT[0]
