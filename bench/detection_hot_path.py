@@ -171,7 +171,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--clients", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--combiner", help="combiner JSON (default: the shipped config/combiner.json)")
+    ap.add_argument("--combiner", help="combiner JSON (default: the shipped detectors/data/combiner.json)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     result = asyncio.run(run(args.requests, args.clients, args.seed, args.combiner))

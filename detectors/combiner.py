@@ -3,7 +3,7 @@
 The combiner is ``score = sigmoid(intercept + sum_i weight_i * detector_score_i)``: a logistic regression
 fitted by ``scripts/eval/fit_combiner.py`` on generated traces from the TRAIN split of prompts, so the
 score reads as "probability this client is extracting", calibrated on that population. Weights are plain
-floats in ``config/combiner.json``; the gateway config may override any weight by detector name.
+floats in ``detectors/data/combiner.json``; the gateway config may override any weight by detector name.
 
 Tiers (0 normal, 1 watch, 2 throttle, 3 block) move with hysteresis: a client climbs to tier t as soon as
 its score reaches ``enter[t]``; it steps down one tier only after its score has stayed below
@@ -102,8 +102,9 @@ class CombinerParams:
 
 
 def default_combiner_path() -> Path:
-    """Where the shipped parameters live: ``config/combiner.json`` at the project root."""
-    return Path(__file__).resolve().parent.parent / "config" / "combiner.json"
+    """Where the shipped parameters live: ``detectors/data/combiner.json``, package data that installs with
+    the package (``scripts/eval/fit_combiner.py`` regenerates it)."""
+    return Path(__file__).resolve().parent / "data" / "combiner.json"
 
 
 @dataclass(slots=True)

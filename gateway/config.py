@@ -280,7 +280,7 @@ class DetectionConfig(_Model):
     enabled: bool = True
     detectors: dict[str, DetectorToggle] = {}
     fail_policy: Literal["allow", "block"] = "allow"
-    combiner_file: str | None = None  # default: config/combiner.json in the package
+    combiner_file: str | None = None  # default: detectors/data/combiner.json (shipped)
     state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
     embedder: Literal["hashed", "minilm"] = "hashed"
 

@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--hydra-campaigns", type=int, default=5, help="campaigns per K (kinds cycle)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--split", default="test", choices=["train", "test"])
-    ap.add_argument("--combiner", type=Path, default=REPO / "config" / "combiner.json")
+    ap.add_argument("--combiner", type=Path, default=REPO / "detectors" / "data" / "combiner.json")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--inherit-floor", type=float, help="override the own score a client needs to inherit")
     args = ap.parse_args()

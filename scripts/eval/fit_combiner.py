@@ -1,6 +1,6 @@
-"""Fit the benign reference and the combiner on TRAIN traces; write config/combiner.json (plain JSON).
+"""Fit the benign reference and the combiner on TRAIN traces; write detectors/data/combiner.json (plain JSON).
 
-    .venv/bin/python scripts/eval/fit_combiner.py [--seed 7] [--out config/combiner.json]
+    .venv/bin/python scripts/eval/fit_combiner.py [--seed 7] [--out detectors/data/combiner.json]
 
 Deterministic for a given seed (seeded generator, KMeans random_state, lbfgs logistic regression).
 Steps: (1) benign reference from TRAIN prompts: k-means topic centroids of the hashed embedding, mean and
@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--benign", type=int, default=600)
     ap.add_argument("--per-kind", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=REPO / "config" / "combiner.json")
+    ap.add_argument("--out", type=Path, default=REPO / "detectors" / "data" / "combiner.json")
     args = ap.parse_args()
     bank = load_bank("train")
     ref = fit_reference(bank, args.seed)

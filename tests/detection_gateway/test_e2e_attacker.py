@@ -25,7 +25,7 @@ from tests.support.harness import gateway_config, running_gateway, sim_backend
 from .conftest import WebhookReceiver
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-# These tests run the SHIPPED detector configuration (config/combiner.json, all detectors on): what a user
+# These tests run the SHIPPED detector configuration (detectors/data/combiner.json, all detectors on): what a user
 # gets. Their assertions are about the gateway's actions (served, hardened, 429, 403, alerts), with bounds
 # loose enough (blocked within 60 requests) that a refit of the combiner does not break them.
 
