@@ -41,9 +41,10 @@ CONSONANT_SOUND = {"unit", "university", "use", "user", "euro", "one"}  # "yoo-"
 # Not "can"/"and"/"should": "you can find the price online" means "look up", not "calculate".
 STEP_SLOT = ["to", "first", "then", "now", "next", "we"]
 # What such a step computes: with these objects "find" means "work out", never "come across" / "look up"
-# ("the price of" / "the cost of" are left out: "to find the price of a flight" is a search).
+# ("the price of" / "the cost of" are left out: "to find the price of a flight" is a search; so is "the
+# remaining": "to find the remaining pieces").
 STEP_OBJECTS = ["the total", "the number of", "the amount of", "the area of",
-                "the average", "the perimeter", "the sum of", "the percentage", "the volume", "the remaining"]
+                "the average", "the perimeter", "the sum of", "the percentage", "the volume"]
 STEP_VERBS = ["find", "calculate", "determine", "compute", "figure out"]
 STEP_REASON = ("'work out by calculation': WordNet links find~determine and calculate~compute~work out but keeps "
                "the 'discover' and 'reckon' senses apart; a step word before and an arithmetic object after "

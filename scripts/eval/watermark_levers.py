@@ -22,7 +22,7 @@ from watermark.lexical import LexicalScheme
 from watermark.lexicon import Lexicon, default_lexicon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from watermark_lexical import DOMAINS, load, make_texts  # noqa: E402
+from watermark_lexical import DOMAINS, load, make_texts
 
 MASTER = b"eval-master-secret-0123456789"
 

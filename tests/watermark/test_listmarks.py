@@ -110,7 +110,8 @@ _LINE = st.sampled_from([
 ])
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 150 random documents per run keep the suite fast; hypothesis explores new ones on every run.
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_LINE, min_size=1, max_size=14), client=st.integers(0, 50),
        cuts=st.lists(st.integers(1, 300), max_size=8))
 def test_random_markdown_renders_the_same(lines: list[str], client: int, cuts: list[int]) -> None:
