@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -53,6 +54,17 @@ def reload_models(ctx: AppContext, path: str | Path) -> bool:
         log.error("reload ignored, the running configuration stays: %s", e)
         return False
     return True
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the request path. Everything built at start-up (config, pools,
+    compiled tables) is moved out of the collector's reach (``gc.freeze``), and the young generation is
+    collected every 50 000 allocations instead of 700: a request allocates a few hundred short-lived objects
+    that reference counting frees anyway, so frequent young collections were pure overhead (and the older
+    ones, which walk long-lived state, caused p99 spikes)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def drain(ctx: AppContext, public: web.AppRunner, site: web.TCPSite) -> None:
@@ -109,6 +121,7 @@ async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
         if config_path is not None:
             path = config_path
             loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path))
+        tune_gc()
         log.info("ipgate serving on http://%s:%d (admin http://%s:%d), pid %d", host, port, ahost, aport,
                  os.getpid())
         if on_ready is not None and not stop.is_set():

@@ -1,10 +1,10 @@
 """The upstream call: one pooled ``aiohttp.ClientSession`` for the process, headers filtered, credentials
 from config, per-try timeouts.
 
-Timeouts, all enforced by aiohttp's socket timers (no extra timer per request): ``connect_timeout_s`` for
-the TCP connect; non-streaming calls: ``first_byte_timeout_s`` for the response (headers, then each read of
-the body); streams: ``idle_timeout_s`` for the headers and then between two reads. There is deliberately no
-total timeout on a stream: a long generation that keeps producing is healthy.
+Timeouts, all enforced by aiohttp's own timers (no extra timer per request): ``connect_timeout_s`` for the
+TCP connect; non-streaming calls: ``first_byte_timeout_s`` for the whole response (headers and body);
+streams: ``idle_timeout_s`` for the headers and then between two reads. There is deliberately no total
+timeout on a stream: a long generation that keeps producing is healthy.
 
 What is never forwarded: hop-by-hop headers (RFC 9110 §7.6.1, plus any named in ``Connection``), the client's
 own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Host`` and ``Content-Length``
@@ -90,8 +90,10 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30.0)
+        # DummyCookieJar: a backend's Set-Cookie must never be stored and replayed on other clients' requests.
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
+                                              skip_auto_headers=("User-Agent",),
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self._session is not None:
@@ -111,7 +113,7 @@ class Upstream:
                             b.name, b.api_key_env)
             p = self._plans[key] = _BackendPlan(
                 b, base, f"Bearer {secret}" if secret else None,
-                aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.first_byte_timeout_s),
+                aiohttp.ClientTimeout(total=b.first_byte_timeout_s, sock_connect=b.connect_timeout_s),
                 aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.idle_timeout_s),
             )
         return p
