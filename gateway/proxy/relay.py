@@ -121,16 +121,14 @@ class StreamRelay:
                 continue
             holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
             text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
-            lp = choice.get("logprobs")
-            if isinstance(lp, dict):
-                seq = lp.get("content") if self._chat else lp.get("tokens")
-                if isinstance(seq, list):
-                    self.logprob_positions += len(seq)
             if isinstance(text, str) and text:
                 self.content_events += 1
             fr = choice.get("finish_reason")
             idx = choice.get("index", 0)
             emb = self._embedder(idx, self._factory) if self._factory is not None else None
+            if emb is not None and withhold_logprobs(choice):
+                changed = True
+            self.logprob_positions += logprob_positions(choice, self._chat)
             if emb is not None and isinstance(holder, dict):
                 new = emb.feed(text) if isinstance(text, str) else ""
                 if fr is not None:
@@ -170,6 +168,26 @@ class StreamRelay:
         return out
 
 
+def logprob_positions(choice: dict[str, Any], chat: bool) -> int:
+    """Token positions that carry logprobs in this choice (what detection counts as served)."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return 0
+    seq = lp.get("content") if chat else lp.get("tokens")
+    return len(seq) if isinstance(seq, list) else 0
+
+
+def withhold_logprobs(choice: dict[str, Any]) -> bool:
+    """A post-hoc (lexical) watermark rewrites the text, but ``logprobs`` would still list the backend's
+    original tokens: a client could rebuild the unwatermarked text from them. So a watermarked choice is
+    served with ``logprobs: null``. Returns True when something was withheld. (KGW, applied in the sampler,
+    does not need this: the tokens are the watermarked text.)"""
+    if choice.get("logprobs") is None:
+        return False
+    choice["logprobs"] = None
+    return True
+
+
 def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
                    choice_hook: ChoiceHook | None = None) -> tuple[bool, Usage, list[str], int, bool]:
     """Watermark (and logprob-harden) a non-streaming body in place. Returns (changed, usage, finish_reasons,
@@ -187,20 +205,18 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
         fr = choice.get("finish_reason")
         if fr is not None:
             reasons.append(str(fr))
-        lp = choice.get("logprobs")
-        if isinstance(lp, dict):
-            seq = lp.get("content") if endpoint == "chat" else lp.get("tokens")
-            positions += len(seq) if isinstance(seq, list) else 0
-        if choice_hook is not None and choice_hook(choice):
-            changed = True
-        if embedder_factory is None or endpoint == "embeddings":
-            continue
+        emb = None
         holder = choice.get("message") if endpoint == "chat" else choice
         key = "content" if endpoint == "chat" else "text"
-        if not isinstance(holder, dict) or not isinstance(holder.get(key), str):
-            continue
-        emb = embedder_factory()
-        if emb is None:
+        if (embedder_factory is not None and endpoint != "embeddings" and isinstance(holder, dict)
+                and isinstance(holder.get(key), str)):
+            emb = embedder_factory()
+        if emb is not None and withhold_logprobs(choice):
+            changed = True
+        positions += logprob_positions(choice, endpoint == "chat")
+        if choice_hook is not None and choice_hook(choice):
+            changed = True
+        if emb is None or not isinstance(holder, dict):
             continue
         watermarked = True
         new = emb.feed(holder[key]) + emb.finish()

@@ -3,6 +3,7 @@ comments passed through, and a stream without [DONE] ends with an error event, n
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -122,9 +123,23 @@ def test_held_text_is_flushed_at_done_when_no_finish_reason() -> None:
 def test_transform_body() -> None:
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "abc"}, "finish_reason": "stop",
                          "logprobs": {"content": [{}, {}, {}]}}], "usage": USAGE}
+    plain = copy.deepcopy(body)
     changed, usage, reasons, positions, wm = transform_body("chat", body, Upper)
     assert changed and wm and body["choices"][0]["message"]["content"] == "ABC"
-    assert (usage.prompt_tokens, usage.completion_tokens, reasons, positions) == (3, 2, ["stop"], 3)
+    # the backend's logprob tokens would spell the unwatermarked text: withheld, and not counted as served
+    assert body["choices"][0]["logprobs"] is None
+    assert (usage.prompt_tokens, usage.completion_tokens, reasons, positions) == (3, 2, ["stop"], 0)
+    changed, _, _, positions, wm = transform_body("chat", plain, None)
+    assert not changed and not wm and positions == 3 and plain["choices"][0]["logprobs"] is not None
+
+
+def test_streamed_watermarked_choice_withholds_logprobs() -> None:
+    raw = (b'data: {"object": "chat.completion.chunk", "model": "sim", "choices": [{"index": 0, '
+           b'"delta": {"content": "ab "}, "logprobs": {"content": [{"token": "ab", "logprob": -0.1}]}}]}\n\n')
+    wm, plain = StreamRelay("chat", False, Upper), StreamRelay("chat", False, None)
+    ev_wm, ev_plain = _run(wm, raw, b"data: [DONE]\n\n"), _run(plain, raw, b"data: [DONE]\n\n")
+    assert ev_wm[0]["choices"][0]["logprobs"] is None and wm.logprob_positions == 0
+    assert ev_plain[0]["choices"][0]["logprobs"]["content"][0]["token"] == "ab" and plain.logprob_positions == 1
 
 
 def test_fast_path_gives_the_same_bytes_and_facts() -> None:
