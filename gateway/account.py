@@ -108,11 +108,11 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
     if ex.ttft_s is not None:
         _child(ctx, "ttft_seconds", model).observe(ex.ttft_s)
     if f.prompt_tokens:
-        _child(ctx, "tokens_total", model, "prompt").inc(f.prompt_tokens)
+        _child(ctx, "tokens_total", model, "input").inc(f.prompt_tokens)
     if f.completion_tokens:
-        _child(ctx, "tokens_total", model, "completion").inc(f.completion_tokens)
+        _child(ctx, "tokens_total", model, "output").inc(f.completion_tokens)
     if ex.watermarked and ctx.watermarking is not None:
-        _child(ctx, "watermark_responses_total", ctx.config.watermark.scheme).inc()
+        _child(ctx, "watermark_responses_total", "lexical").inc()  # post hoc = lexical; kgw is in the engine
     p, adm = ex.principal, ex.admission
     ctx.access_log.write(AccessRecord(
         request_id=ex.request_id, client_id=p.client_id if p else None, tenant=p.tenant if p else None,
