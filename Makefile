@@ -2,30 +2,38 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
+FULL := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench setup system-deps
 
-$(STAMP): pyproject.toml
+# The gateway itself: no torch, no test tools.
+$(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e .
+	touch $@
 
-setup: $(STAMP)
+# Tests, lint and benchmarks: the dev tools plus the [torch] extra (torch==2.13.0, CPU), so the KGW
+# sampler tests run too.
+$(FULL): $(CORE)
+	$(BIN)/pip install -q -e '.[dev,torch,bench]'
+	touch $@
+
+setup: $(FULL)
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-demo: setup
+demo: $(CORE)
 	$(BIN)/ipgate demo
 
-test: setup system-deps
+test: $(FULL) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: setup
+bench: $(FULL)
 	$(BIN)/python bench/run_gateway_bench.py --out bench/results-gateway.json
 
-lint: setup
+lint: $(FULL)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
