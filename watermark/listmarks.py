@@ -1,4 +1,8 @@
-"""Markdown list markers as choice points: ``-`` / ``*`` bullets and ``1.`` / ``1)`` delimiters, one per list.
+"""Markdown list markers as choice points: ``-`` / ``*`` bullets, one per list.
+
+Ordered lists are tracked but never chosen: model answers often break a numbered list with a code block, so
+"1." and "2." end up in separate lists; a chosen "1)" followed by an unchanged "2." renders the same but reads
+oddly as raw text (terminals, plain-text clients). Bullet styles carry no such tell.
 
 CommonMark renders ``- item`` and ``* item`` alike, and ``1. item`` and ``1) item`` alike, as long as every item
 of one list keeps its marker: a different marker starts a new list. So the choice is made once per list, at its
@@ -234,7 +238,7 @@ class ListTracker:
         if level is not None and level.kind == m.kind:  # a different marker: a new list that must stay apart
             self._stack.append(_Open(m.col, m.content_col, m.kind, m.delim, _other(m, level.out), m.empty))
             return False, self._stack[-1].out
-        if m.delim == "+" or m.empty or self._quoted or (m.kind == "ordered" and m.number != "1"):
+        if m.delim == "+" or m.empty or self._quoted or m.kind == "ordered":  # ordered: see the module doc
             self._stack.append(_Open(m.col, m.content_col, m.kind, m.delim, m.delim, m.empty))
             return False, m.delim
         return True, m.delim
