@@ -31,7 +31,7 @@ demo: $(CORE)
 test: $(FULL) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(FULL)
+bench: $(FULL) system-deps
 	$(BIN)/python bench/run_gateway_bench.py --out bench/results-gateway.json
 
 lint: $(FULL)

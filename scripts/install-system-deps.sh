@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (redis-server for the Redis store's contract tests,
-# wordnet-base only for rebuilding the substitution table, chromium for the alert dashboard's headless browser
-# test). Needs root or sudo; does nothing when present.
+# Installs the Debian packages the test suite and benchmarks need: redis-server (the Redis store's contract
+# and failure tests start real servers), wordnet-base (the test that rebuilds the lexical watermark's table from
+# WordNet, /usr/share/wordnet), chromium (the alert dashboard's headless-browser tests) and wrk (make bench).
+# The gateway itself needs none of them. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+[ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

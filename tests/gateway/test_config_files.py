@@ -52,3 +52,11 @@ def test_demo_config_valid_and_in_sync() -> None:
     cfg = demo_config()
     assert cfg.store.kind == "memory" and cfg.detection.enabled and cfg.watermark.enabled
     assert demo_config(18123).listen_addr == ("127.0.0.1", 18123)
+
+
+def test_the_deploy_example_is_valid() -> None:
+    from gateway.config import load_config
+
+    cfg = load_config(ROOT / "deploy" / "ipgate.yaml", env={})
+    assert cfg.store.kind == "redis" and cfg.models[0].canary is not None
+    assert cfg.admin_addr[0] == "127.0.0.1"  # the admin API stays off the public interface
