@@ -52,6 +52,13 @@ STEP_REASON = ("'work out by calculation': WordNet links find~determine and calc
 DETERMINERS = ["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your"]
 CLAUSE_SUBJECTS = ["i", "we", "they", "he", "she", "there", "it", "you"]
 
+# After sentence-initial "Let us" / "Let's" these verbs make it the imperative "let's" (working through
+# something together), never "allow us to" ("Let us know", "Let us help you" are left out).
+LET_VERBS = ["break", "start", "begin", "calculate", "compute", "consider", "look", "take", "assume", "denote",
+             "define", "think", "try", "write", "analyze", "analyse", "solve", "find", "examine", "explore",
+             "discuss", "summarize", "review", "imagine", "add", "simplify", "recall", "first", "now", "go",
+             "walk", "dive", "work", "call", "use", "create", "implement", "determine", "compare", "say"]
+
 # Words that, when they follow a contraction candidate, make it unsafe or change its reading.
 SUBJECTS = ["i", "you", "we", "they", "he", "she", "it", "there", "that", "this", "these", "those"]
 PARTICIPLE_HINTS = ["been", "got", "gotten", "had", "done", "gone", "seen", "made", "taken", "given", "become",
@@ -74,6 +81,8 @@ class Group:
     next_number: bool = False  # only right before a number ("about 5" -> "around 5")
     sentence_start: bool | None = None  # True: only starting a sentence; False: only inside one
     after_quantity: bool = False  # only after a number or a QUANTITY word ("$5 a day" <-> "$5 per day")
+    quantities: list[str] | None = None  # the words that count as a quantity (None: QUANTITIES; []: numbers only)
+    before_punct: bool = False  # only at the end of a clause: directly followed by . ; : ! or ?
     lemmas: list[str] = field(default_factory=list)  # WordNet lemmas to check when variants are inflected
     # Strong-tier (level 2) groups may skip the WordNet check when WordNet splits the senses finer than the
     # context conditions do; the reason is recorded in the table.
@@ -101,6 +110,12 @@ def _pos(full: str, short: str, participle: bool = False) -> Group:
     return Group([full, short], need_next_word=True, next_not=["not"], next_not_participle=participle)
 
 
+def _would(full: str, short: str) -> Group:
+    # "'d" is "would" or "had": never before a participle ("he'd gone"), nor before "better" ("you'd better go"
+    # is "you had better go"; "you would better go" is wrong)
+    return Group([full, short], need_next_word=True, next_not=["not", "better"], next_not_participle=True)
+
+
 CURATED: list[Group] = [
     # --- negative contractions (grammar) ---
     _neg("do not", "don't"), _neg("does not", "doesn't"), _neg("did not", "didn't"),
@@ -125,15 +140,24 @@ CURATED: list[Group] = [
     _pos("we will", "we'll"), _pos("they will", "they'll"), _pos("it will", "it'll"),
     _pos("he will", "he'll"), _pos("she will", "she'll"),
     _pos("where is", "where's", True), _pos("how is", "how's", True),
-    _pos("I would", "I'd", True), _pos("you would", "you'd", True), _pos("we would", "we'd", True),
-    _pos("they would", "they'd", True),
+    _would("I would", "I'd"), _would("you would", "you'd"), _would("we would", "we'd"),
+    _would("they would", "they'd"), _would("he would", "he'd"), _would("she would", "she'd"),
+    # "has been" after a pronoun: "'s been" is unambiguous (never "is been"), so only this pair contracts
+    *[Group([f"{w} has been", f"{w}'s been"]) for w in ["it", "that", "there", "he", "she"]],
+    # imperative "Let us" at the start of a sentence, only before verbs of working through something together:
+    # never "Let us know" / "Let us help you" (a request to allow us), never "let us" inside a sentence
+    Group(["Let us", "Let's"], sentence_start=True, next_in=LET_VERBS),
     Group(["I have", "I've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
     Group(["you have", "you've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
     Group(["we have", "we've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
     Group(["they have", "they've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
     # --- connectives at the start of a clause, followed by a comma (grammar) ---
-    Group(["Furthermore", "Moreover", "In addition"], comma_after=True),
-    Group(["also", "additionally"], next_not=["known", "called", "referred", "termed", "named"]),
+    # adding a point at the start of a sentence: five interchangeable openers ("Additionally, the API ...");
+    # inside a sentence ("...; moreover, it ...") only the three that read as parentheticals
+    Group(["Furthermore", "Moreover", "In addition", "Additionally", "Also"], comma_after=True, sentence_start=True),
+    Group(["furthermore", "moreover", "in addition"], comma_after=True, sentence_start=False),
+    Group(["also", "additionally"], next_not=["known", "called", "referred", "termed", "named"],
+          sentence_start=False),
     Group(["but", "yet"], after_comma=True, next_not=["also", "not", "rather", "only", "then"]),
     Group(["However", "Nevertheless", "Nonetheless"], comma_after=True),
     Group(["In conclusion", "In summary", "To sum up", "To summarize"], comma_after=True),
@@ -171,10 +195,10 @@ CURATED: list[Group] = [
     # "each" is also a pronoun ("they each have", "each has"): never after a pronoun, never before a verb
     # (a list of common verbs plus any -ed word) -- "every" can only be a determiner.
     Group(["each", "every"], prev_not=["they", "we", "you", "them", "us", "these", "those", "both", "and", "one",
-                                       "cost", "costs", "paid", "for", "at"],
-          next_not=["of", "other", "one", "single", "now", "so", "bit", "and", "or", "way", "is", "are", "was",
-                    "were", "has", "have", "had", "can", "will", "would", "should", "could", "may", "might", "must",
-                    "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
+                                       "cost", "costs", "paid", "at"],
+          next_not=["of", "other", "one", "single", "now", "so", "bit", "and", "or", "way", "in", "to", "is", "are",
+                    "was", "were", "has", "have", "had", "can", "will", "would", "should", "could", "may", "might",
+                    "must", "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
                     "contains", "comes", "came", "makes", "made", "weighs", "receives", "earns", "pays", "paid",
                     "sold", "sells", "bought", "buys", "ate", "eats", "gave", "gives", "wants", "holds", "uses",
                     "used", "received", "earned", "spent", "spends", "own", "owns", "get", "make", "take", "gets"],
@@ -305,6 +329,20 @@ CURATED: list[Group] = [
                     "can", "will", "have", "has", "had", "to", "what", "yes", "no", "good", "sorry", "nice"]),
     Group(["Then", "Next"], sentence_start=True,
           next_not=["week", "month", "year", "time", "day", "step", "steps", "to", "door", "morning", "is", "was"]),
+    # an age after a number closing a clause ("he is 5 years old." / "5 years of age."); never before a noun
+    # ("my 3 year old brother", "the 10,000 year old, unspeakable horror"), never after a word ("many years
+    # old"); a hyphenated "5-year-old" is one protected chunk
+    Group(["years old", "years of age"], after_quantity=True, quantities=[], before_punct=True),
+    Group(["year old", "year of age"], after_quantity=True, quantities=[], before_punct=True),
+    # a sum closing a clause right after a quantity ("she spent $30 in total." / "in all." / "altogether.");
+    # after a number "altogether" can only mean "in total" (never "completely": "stopped altogether")
+    Group(["in total", "in all", "altogether"], after_quantity=True, before_punct=True, sentence_start=False),
+    # "half of the cake" / "half the cake" before a noun phrase; not after "a"/"and"/"one" ("one and a half the
+    # ..." is no phrase), not "these"/"those", which are often pronouns ("Half of these will go" / "Half these
+    # will go" is wrong), never at the end of a clause ("half of his.")
+    *[Group([f"half of {d}", f"half {d}"], prev_not=["a", "and", "one", "the", "first", "second", "other"],
+            need_next_word=True)
+      for d in ["the", "his", "her", "their", "my", "your", "its", "our"]],
     # a rate: "$5 a day" / "$5 per day", only after a number or a quantity word (never "in a day")
     *[Group([f"per {u}", f"{_article(u)} {u}"], after_quantity=True) for u in UNITS],
     Group(["immediately", "instantly", "straightaway"], "r", level=2),
@@ -418,7 +456,8 @@ def build(wn: WordNet) -> list[dict[str, object]]:
             "next_number": g.next_number,
             "sentence_start": g.sentence_start,
             "after_quantity": g.after_quantity,
-            "quantities": QUANTITIES if g.after_quantity else [],
+            "quantities": (QUANTITIES if g.quantities is None else g.quantities) if g.after_quantity else [],
+            "before_punct": g.before_punct,
             "level": g.level,
         })
     return out

@@ -5,9 +5,17 @@ client's key picks one variant as a function of (previous word, group): ``mix.ch
 read from the *output*, so a detector reading the watermarked text sees the same contexts. Conditioning on
 the previous word (CATER-style) means a word's frequency alone does not reveal a fixed mapping.
 
-Detection. Scan the text with the same engine, collect (previous word, group, observed variant) for every
-slot, keep the first occurrence of each (previous word, group) tuple (repeats are copies of one draw, see
-``watermark.stats``), and count for each candidate key how many observed variants equal the key's choice.
+Repeats. The n-th time the same (previous word, group) pair comes up in one text (n >= 2), its context is
+the word plus n (``Contexts``, mode "repeat"): a fresh, distinct PRF input, so the repeat is a new draw
+rather than a copy of the first. GSM8K-style solutions repeat "So that's" or "to find the total" often
+enough that this adds about a fifth more scored slots there. First occurrences are keyed exactly as in the
+plain "word" mode, so a detector using that mode still finds every one of them a hit.
+
+Detection. Scan the text with the same engine, collect (context, group, observed variant) for every slot,
+skip slots inside verbatim copies of an earlier passage (the characters before the slot repeat; see
+``_COPY_WINDOW``), keep the first occurrence of each (context, group) tuple (across a pooled corpus, repeats
+are copies of one draw, see ``watermark.stats``), and count for each candidate key how many observed
+variants equal the key's choice.
 Under H0 a k-way slot is a hit with probability exactly 1/k, so the hit count is Poisson-binomial with a
 distribution that depends only on the text; one tail table serves every candidate. Candidates are all
 (client, key version, strength view) triples; the best one's p-value is Bonferroni-corrected. Text that
@@ -37,15 +45,55 @@ from watermark.mix import choose, mix64_array, tuple_hash, tuple_hasher
 from watermark.scanner import Scanner
 
 STRENGTH_LEVEL = {"normal": 1, "strong": 2}
+# How a slot's PRF input is formed from the text (see ``Contexts``); "repeat" is what the product uses.
+CONTEXT_MODES = ("word", "repeat", "first")
+# A slot whose preceding characters repeat an earlier slot's of the same group is part of a copied passage:
+# with "repeat" contexts it would be a fresh tuple the embedder never chose, so a text pasted twice would
+# dilute its own evidence. Skipping it depends on the text alone, so the tuple set stays key-independent.
+_COPY_WINDOW = 48
+_SEP = "\x1e"  # never inside a word: contexts with an occurrence index or the group-only marker are distinct
 _CLIENT_BATCH = 16384  # clients scored per numpy batch: bounds memory at ~batch x tuples x 8 bytes
+
+
+class Contexts:
+    """The PRF context of each slot of one text, read from the text alone (so the detector sees the same).
+
+    "word": the previous word (a repeated (word, group) pair is one tuple, scored once).
+    "repeat": the previous word, plus the occurrence number from the second time the same (word, group) pair
+    comes up in the text ("so" -> "so#2"): a repeat is a fresh, distinct PRF input instead of a copy.
+    "first": like "repeat", but the first occurrence of each group in the text is keyed by the group alone, so
+    a substitution of the word before it cannot change its draw. Measured and not used (EVALUATION.md,
+    "Lexical watermark"): every text's first occurrence of a group shares one tuple, which costs corpus
+    evidence, and a model distilled on such text stops carrying the watermark. Kept so the measurement
+    (``scripts/eval/watermark_levers.py --contexts``) can be rerun.
+    """
+
+    __slots__ = ("_mode", "_seen")
+
+    def __init__(self, mode: str) -> None:
+        if mode not in CONTEXT_MODES:
+            raise ValueError(f"context mode must be one of {CONTEXT_MODES}, got {mode!r}")
+        self._mode = mode
+        self._seen: dict[tuple[str, int], int] = {}
+
+    def __call__(self, group: int, word: str) -> str:
+        if self._mode == "word":
+            return word
+        if self._mode == "first" and (_SEP, group) not in self._seen:
+            self._seen[(_SEP, group)] = 1
+            return _SEP
+        n = self._seen.get((word, group), 0) + 1
+        self._seen[(word, group)] = n
+        return word if n == 1 else f"{word}{_SEP}{n}"
 
 
 class LexicalEmbedder:
     """Streaming watermarking of one response: ``feed(delta) -> text safe to emit``, ``finish()``."""
 
     def __init__(self, lexicon: Lexicon, tuple_base: hashlib.blake2b, seed: int, max_level: int,
-                 markdown: bool = True) -> None:
+                 markdown: bool = True, context: str = "repeat") -> None:
         self._scanner = Scanner(lexicon, max_level, markdown)
+        self._contexts = Contexts(context)
         self._groups = lexicon.groups
         self._base = tuple_base
         self._seed = seed
@@ -54,7 +102,7 @@ class LexicalEmbedder:
 
     def _slot(self, group: int, observed: int, context: str) -> int:
         g = self._groups[group]
-        return choose(tuple_hash(self._base, context, g.gid), self._seed, g.k)
+        return choose(tuple_hash(self._base, self._contexts(group, context), g.gid), self._seed, g.k)
 
     def feed(self, text: str) -> str:
         if self._closed:
@@ -93,7 +141,9 @@ class LexicalScheme:
     name = "lexical"
 
     def __init__(self, master: bytes, lexicon: Lexicon | None = None, strength: str = "normal",
-                 markdown: bool = True) -> None:
+                 markdown: bool = True, context: str = "repeat") -> None:
+        if context not in CONTEXT_MODES:
+            raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
         if strength not in STRENGTH_LEVEL:
             raise ValueError(f"strength must be one of {sorted(STRENGTH_LEVEL)}, got {strength!r}")
         self._master = master
@@ -101,6 +151,7 @@ class LexicalScheme:
         self._level = STRENGTH_LEVEL[strength]
         self._markdown = markdown  # list markers are choice points too (watermark.listmarks)
         self._bases: dict[int, hashlib.blake2b] = {}
+        self._context = context
 
     def _base(self, version: int) -> hashlib.blake2b:
         base = self._bases.get(version)
@@ -111,7 +162,7 @@ class LexicalScheme:
 
     def embedder(self, key: ClientKey, strength: str | None = None) -> LexicalEmbedder:
         level = self._level if strength is None else STRENGTH_LEVEL[strength]
-        return LexicalEmbedder(self._lex, self._base(key.version), key.seed64, level, self._markdown)
+        return LexicalEmbedder(self._lex, self._base(key.version), key.seed64, level, self._markdown, self._context)
 
     def embed(self, text: str, key: ClientKey, strength: str | None = None) -> str:
         e = self.embedder(key, strength)
@@ -122,9 +173,19 @@ class LexicalScheme:
         seen: dict[tuple[str, int], int] = {}
         for text in [texts] if isinstance(texts, str) else texts:
             scanner = Scanner(self._lex, 2, self._markdown)
+            contexts = Contexts(self._context)
+            windows: set[tuple[int, str]] = set()
 
-            def record(group: int, observed: int, context: str) -> int:
-                seen.setdefault((context, group), observed)
+            def record(group: int, observed: int, context: str, text: str = text,
+                       scanner: Scanner = scanner, contexts: Contexts = contexts,
+                       windows: set[tuple[int, str]] = windows) -> int:
+                tuple_context = contexts(group, context)  # always: the occurrence count includes copies
+                at = scanner.slot_at
+                window = (group, text[max(0, at - _COPY_WINDOW) : at])
+                if window in windows:
+                    return observed  # the passage before this slot repeats verbatim: a copy, not a new draw
+                windows.add(window)
+                seen.setdefault((tuple_context, group), observed)
                 return observed
 
             scanner.run(text, True, record)

@@ -35,6 +35,7 @@ class Group:
     sentence_start: bool | None  # True: only at the start of a sentence; False: only elsewhere; None: both
     after_quantity: bool  # only after a number or a word in ``quantities`` ("$5 a day", "twice a day")
     quantities: frozenset[str]
+    before_punct: bool  # only right before . ; : ! or ? (the end of a clause)
     mixed_initial: bool  # some variants start with a vowel, others not: never after "a"/"an"
 
     @property
@@ -87,6 +88,7 @@ class Lexicon:
                 prev_in=frozenset(g["prev_in"]), after_comma=bool(g["after_comma"]),
                 next_number=bool(g["next_number"]), sentence_start=g.get("sentence_start"),
                 after_quantity=bool(g.get("after_quantity", False)), quantities=frozenset(g.get("quantities", [])),
+                before_punct=bool(g.get("before_punct", False)),
                 mixed_initial=len(initials) > 1,
             ))
         first: dict[str, list[Candidate]] = {}
@@ -112,7 +114,7 @@ def _markdown_group(gid: str, marks: tuple[str, ...]) -> Group:
     return Group(gid=gid, variants=tuple((m,) for m in marks), display=marks, level=1, need_next_word=False,
                  comma_after=False, next_not=none, next_in=none, prev_not=none, next_not_participle=none,
                  prev_in=none, after_comma=False, next_number=False, sentence_start=None, after_quantity=False,
-                 quantities=none, mixed_initial=False)
+                 quantities=none, before_punct=False, mixed_initial=False)
 
 
 def _first_word_classes(groups: list[dict[str, Any]]) -> dict[str, set[str]]:

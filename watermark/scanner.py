@@ -41,6 +41,9 @@ _INLINE_END_IN_LIST = re.compile(r"`+|\n[^\S\n]*\n|\n(?=[ \t]*" + _BLOCK_START +
 _NL_TAIL = re.compile(r"(?:\n[^\S\n]*)+(?:[0-9]{1,9}[.)]?|#{1,6}|`{1,2}|~{1,2}|(?:[-*+_][ \t]*)+)?\Z")
 _MARKUP = "*_"
 _SENTENCE_END = frozenset(".!?:\n")
+# Punctuation that closes a clause for ``before_punct`` groups. Not the comma: "the 10,000 year old, unspeakable
+# horror" is an adjective in a list, where "year of age" would be wrong.
+_CLAUSE_END = (".", ";", ":", "!", "?")
 _WORDISH = re.compile(r"\n|`|[A-Za-z]+(?:['’][A-Za-z]+)*")
 _NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+)")  # the next word, possibly after a soft line break
 _ONLY_SPACE = re.compile(r"[ \t\r]*\n?\Z")
@@ -71,6 +74,9 @@ class Scanner:
         self.state = ScanState()
         # list markers as choice points (see watermark.listmarks); None: list lines are plain text
         self._lists = ListTracker() if markdown else None
+        # offset, in the text passed to the current ``run``, of the slot being decided when ``on_slot`` is called
+        # (the detector reads the text just before a slot to recognise passages that repeat verbatim)
+        self.slot_at = 0
 
     def _list_marker(self, m: Marker, on_slot: SlotFn) -> str:
         """The marker to write for a list item ("" when the line is no item after all)."""
@@ -80,6 +86,7 @@ class Scanner:
             return mark
         marks = BULLETS if m.kind == "bullet" else DELIMITERS
         group = self._lex.bullet_group if m.kind == "bullet" else self._lex.ordered_group
+        self.slot_at = m.pos
         mark = marks[on_slot(group, marks.index(m.delim), self.state.prev)]
         self._lists.opened(m, mark)
         return mark
@@ -326,8 +333,9 @@ class Scanner:
             if m > 1 and (part[0].trail or part[-1].lead or any(c.lead or c.trail for c in part[1:-1])):
                 continue
             nxt = seq[m] if len(seq) > m else None
-            if not _allowed(grp, st, part, nxt):
+            if not _renderable(part) or not _allowed(grp, st, part, nxt):
                 continue
+            self.slot_at = part[0].start
             chosen = on_slot(cand.group, cand.variant, st.prev)
             if chosen == cand.variant:  # the text already says it: keep it byte for byte
                 out.append(s[part[0].start : part[-1].end])
@@ -349,6 +357,21 @@ class Scanner:
         return text.replace("'", apos) if apos != "'" else text
 
 
+def _renderable(part: list[Chunk]) -> bool:
+    """Whether the phrase's capitalisation is one ``_render`` reproduces for every variant: all lower case,
+    a capital first letter, or all capitals. A phrase with an emphasised word ("I do NOT", "it IS") or a
+    title-cased heading ("Do Not Disturb") is not a slot: changing it would lose the emphasis or the casing."""
+    letters = [ch for c in part for ch in c.word if ch.isalpha()]
+    if len(letters) > 1 and all(ch.isupper() for ch in letters):
+        return True
+    for i, c in enumerate(part):
+        w = c.word
+        rest = w[1:] if i == 0 or w == "I" or w.startswith(("I'", "I’")) else w
+        if rest != rest.lower():
+            return False
+    return True
+
+
 def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) -> bool:
     prev, last_char = st.prev, st.last_char
     if prev in grp.prev_not or (grp.mixed_initial and prev in ARTICLES):
@@ -364,6 +387,8 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
     last = part[-1]
     trail = last.trail.lstrip(_MARKUP)
     if grp.comma_after and not trail.startswith(","):
+        return False
+    if grp.before_punct and not trail.startswith(_CLAUSE_END):
         return False
     if grp.need_next_word and (trail or nxt is None):
         return False

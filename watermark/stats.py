@@ -12,7 +12,8 @@ inputs.
 WHAT MAKES THE P-VALUE VALID.
 1. Each tuple is scored once. A repeated tuple gives the same PRF output again, so its hit is a copy, not a
    new draw; counting it twice would make the binomial tail far too small (repetitive text would "detect").
-   Callers deduplicate -- across all texts of a corpus when they are pooled.
+   Callers deduplicate -- across all texts of a corpus when they are pooled. (The lexical scheme numbers the
+   repeats of a (previous word, slot) pair within a text, "so", "so#2", ...: distinct inputs, distinct draws.)
 2. The set of tuples is chosen from the observed text alone (never from the key), so it is independent of the
    PRF outputs under H0.
 3. Tails are exact (binomial / Poisson-binomial sums over log-pmfs), not the normal approximation, whose

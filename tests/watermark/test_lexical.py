@@ -6,6 +6,7 @@ import math
 import random
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,9 +67,61 @@ def test_repeated_text_is_scored_once(scheme: LexicalScheme, ring: KeyRing, resp
     para = scheme.embed(responses[0], ring.key("alice"))
     once = scheme.score(para, [ring.key("alice")])
     many = scheme.score("\n\n".join([para] * 30), [ring.key("alice")])
-    assert many.scored == once.scored and many.p_value == once.p_value
+    # a verbatim copy adds no tuples, except the slots of the second copy whose preceding characters reach back
+    # into the first (a different passage there): at most the slots within the copy window of its start
+    assert once.scored <= many.scored <= once.scored + 3
+    assert many.hits >= once.hits == once.scored
+    assert abs(many.log10_p_value - once.log10_p_value) < 1.5
     corpus = scheme.score([para] * 30, [ring.key("alice")])  # pooled corpus: same tuples, counted once
-    assert corpus.scored == once.scored
+    assert corpus.scored == once.scored and corpus.p_value == once.p_value
+
+
+# (text, context mode, expected contexts of the "it is" slots): a repeat of (previous word, group) is numbered
+CONTEXT_CASES = [
+    ("Well it is here. Well it is there. Well it is blue.", "repeat", ["well", "well\x1e2", "well\x1e3"]),
+    ("Well it is here. Well it is there. Well it is blue.", "word", ["well"]),
+    ("Well it is here. So it is there. Well it is blue.", "repeat", ["well", "so", "well\x1e2"]),
+    ("Well it is here. So it is there.", "first", ["\x1e", "so"]),
+]
+
+
+@pytest.mark.parametrize(("text", "mode", "expected"), CONTEXT_CASES)
+def test_context_modes(ring: KeyRing, text: str, mode: str, expected: list[str]) -> None:
+    scheme = LexicalScheme(ring.master, context=mode)
+    obs = scheme.observe(text)
+    gids = [scheme._lex.groups[g].gid for g in obs.groups.tolist()]
+    got = [c for c, g in zip(obs.contexts, gids, strict=True) if g.startswith("it is|")]
+    assert got == expected
+
+
+def test_repeat_contexts_score_natural_repeats_and_round_trip(ring: KeyRing, responses: list[str]) -> None:
+    text = long_text(responses, 2500)
+    word, repeat = LexicalScheme(ring.master, context="word"), LexicalScheme(ring.master, context="repeat")
+    key = ring.key("alice")
+    s_word = word.score(word.embed(text, key), [key])
+    s_rep = repeat.score(repeat.embed(text, key), [key])
+    assert s_rep.scored > s_word.scored and s_rep.hits == s_rep.scored  # every numbered repeat was embedded
+    # a first occurrence is keyed by its previous word in both schemes, so the "word" detector still finds every
+    # tuple of a "repeat" text a hit; the other way round the numbered repeats are coin flips
+    back = word.score(repeat.embed(text, key), [key])
+    assert back.hits == back.scored > 0
+    forth = repeat.score(word.embed(text, key), [key])
+    assert forth.scored > s_word.scored and forth.hits < forth.scored
+    with pytest.raises(ValueError, match="context"):
+        LexicalScheme(ring.master, context="sentence")
+
+
+def test_repeat_contexts_keep_null_pvalues_uniform(ring: KeyRing, responses: list[str]) -> None:
+    # Numbered repeats are distinct PRF inputs: under H0 every tuple is still a fresh Bernoulli(1/k), so a
+    # highly repetitive unwatermarked text is no more "significant" than any other.
+    scheme = LexicalScheme(ring.master, context="repeat")
+    nouns = ["cats", "dogs", "maps", "cars", "trees", "songs", "books", "lamps", "shoes", "coins", "cups", "birds"]
+    text = " ".join(f"The {a} and the {b} are here. So it is true that I think you are right, and it is not easy."
+                     for a in nouns for b in nouns[:4])
+    obs = scheme.observe(text)
+    assert obs.size > 100 and len(set(zip(obs.contexts, obs.groups.tolist(), strict=True))) == obs.size
+    small = sum(scheme.score(text, [ring.key(f"null-{i}")]).p_value < 0.01 for i in range(300))
+    assert small <= 12  # expected at most 3
 
 
 def test_embedding_is_idempotent(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
@@ -121,7 +174,9 @@ def test_empty_and_slotless_text(scheme: LexicalScheme, ring: KeyRing) -> None:
 
 MARKDOWN = st.sampled_from(["it", "is", "not", "do", "don't", "It's", "for", "example", "often", "I", "think",
                             "you", "are", "about", "5", "`", "```", "\n", " ", "  ", "    ", ",", ".", "**",
-                            "https://x.y/z", "However,", "a", "huge", "to", "help", "’", "~~~", "\t", "\n\n"])
+                            "https://x.y/z", "However,", "a", "huge", "to", "help", "’", "~~~", "\t", "\n\n",
+                            "NOT", "half", "of", "the", "years", "old.", "Let's", "break", "has", "been", "in",
+                            "total.", "Also,", "So", "so"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

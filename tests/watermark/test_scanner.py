@@ -39,7 +39,8 @@ def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
         ("Often it works.", [("", "often")]),
         ("I know who you are.", []),  # no contraction at the end of a clause
         ("Don't you think so?", []),  # no expansion before a subject: "Do not you" is wrong
-        ("It's been a while.", []),  # 's = has before a participle
+        ("It's been a while.", [("", "it's been")]),  # 's = has before a participle: its own pair
+        ("It's done.", []),  # "it is done" or "it has done": never a slot
         ("it is not here", [("it", "is not")]),  # "it is" never before "not": the negation is the slot
         ("a huge dog", []),  # "a enormous" would be wrong: mixed-initial groups never follow a/an
         ("the huge dog", [("the", "huge")]),
@@ -82,6 +83,41 @@ def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
         ("The problem here is that it fails.", [("problem", "here is")]),
         ("Here's to you!", []),
         ("Here is where it fails.", []),
+        # additive openers: 5-way at a sentence start, 3-way as a parenthetical inside one
+        ("Additionally, it works.", [("", "additionally")]),
+        ("Also, we can.", [("", "also")]),
+        ("It is cheap; moreover, it is fast.", [("", "it is"), ("cheap", "moreover"), ("moreover", "it is")]),
+        ("We also know.", [("we", "also")]),
+        # imperative "Let's" / "Let us" only at a sentence start and before a listed verb
+        ("Let's break it down.", [("", "let's")]),
+        ("Let us know if it works.", []),  # "allow us to know": never "Let's know"
+        ("Please let us break it.", []),
+        ("Let's see.", []),
+        # ages and halves
+        ("She is 5 years old.", [("", "she is"), ("is", "years old")]),
+        ("The house is many years old.", []),  # only right after a number
+        ("He ate half of the cake.", [("ate", "half of the")]),
+        ("It took a half of the day.", []),
+        ("Half of these will go home.", []),  # "these" as a pronoun: "Half these will go" is wrong
+        ("When I was 7 years old. I tried.", [("was", "years old")]),
+        ("the 10,000 year old, unspeakable horror", []),  # an adjective in a list, not a clause end
+        ("My 3 year old brother jumped.", []),  # before a noun: "3 year of age brother" is wrong
+        # a sum closing a clause right after a quantity; never "in all cases", never "stopped altogether"
+        ("She spent $30 in total.", [("spent", "in total")]),
+        ("I believe in all cases.", []),
+        ("They stopped altogether.", []),
+        ("Then add 5.", [("", "then")]),
+        ("After that, add 5.", []),  # measured and not taken: "Then (by (3)) one must have" is no sequence
+        # emphasis and title case are never rewritten (all capitals are: the whole phrase stays upper case)
+        ("I do NOT want it.", []),
+        ("Do Not Disturb", []),
+        ("I DO NOT want it.", [("i", "do not")]),
+        ("He would go.", [("", "he would")]),
+        ("He'd gone home.", []),  # 'd = had before a participle
+        ("You'd better hurry.", []),  # 'd = had: "you would better" is wrong
+        ("There has been rain.", [("", "there has been")]),
+        ("He paid $2 for each apple.", [("for", "each")]),
+        ("Repeat for each in the list.", []),  # "each" as a pronoun: "for every in" is wrong
     ],
 )
 def test_slots(text: str, expected: list[tuple[str, str]]) -> None:
@@ -138,6 +174,18 @@ def test_embedding_preserves_case_punctuation_and_protected_text() -> None:
         assert "IT IS FINE," in out or "IT'S FINE," in out
         assert '"for example"' in out or '"for instance"' in out
         assert "(often)." in out or "(frequently)." in out
+
+
+def test_emphasis_is_never_rewritten() -> None:
+    ring = KeyRing(b"0123456789abcdef0123")
+    scheme = LexicalScheme(ring.master)
+    text = "I do NOT agree. It IS true. Do Not Disturb. You do not say."
+    seen = set()
+    for client in "abcdefgh":
+        out = scheme.embed(text, ring.key(client))
+        assert out.startswith("I do NOT agree. It IS true. Do Not Disturb. You ")
+        seen.add(out)
+    assert len(seen) == 2  # the unemphasised "do not" is still a choice
 
 
 def test_curly_apostrophe_style_is_kept() -> None:
