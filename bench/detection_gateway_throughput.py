@@ -11,7 +11,11 @@ So that a load generator's inhuman rate is measured rather than refused, the pol
 tier's actions except blocking and uses the high limits for every tier: detection still runs in full
 (features, engine, state save, linking, alerts), its tiers and hardening still apply, nothing answers 403/429.
 
-    .venv/bin/python bench/detection_gateway_throughput.py [--duration 5]
+    .venv/bin/python bench/detection_gateway_throughput.py [--duration 5] [--compare-tree DIR]
+
+``--compare-tree DIR`` adds a fourth target, ipgate with detection on run from another checkout of the
+repository (started with ``cwd`` and ``PYTHONPATH`` set to DIR, this checkout's virtualenv), to measure a
+change side by side with the build before it.
 
 Reuses the helpers of bench/run_gateway_bench.py (wrk runner, config) by importing it from this folder.
 """
@@ -88,6 +92,7 @@ def detection_config(base: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (wrk takes whole seconds)")
+    ap.add_argument("--compare-tree", type=Path, help="another checkout: a 4th target, detection on, from there")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found on PATH", file=sys.stderr)
@@ -97,8 +102,10 @@ def main() -> int:
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(cmd: list[str]) -> None:
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    def spawn(cmd: list[str], tree: Path = ROOT) -> None:
+        # ``python -m`` puts the working directory first on sys.path: cwd selects the tree that runs
+        extra = {} if tree == ROOT else {"PYTHONPATH": str(tree)}
+        procs.append(subprocess.Popen(cmd, env={**env, **extra}, cwd=tree, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
 
     try:
@@ -106,14 +113,19 @@ def main() -> int:
         backend = f"http://127.0.0.1:{bport}"
         spawn([py, "-m", "gateway", "sim-backend", "--port", str(bport)])
         spawn([py, str(ROOT / "bench" / "bare_proxy.py"), "--port", str(pport), "--upstream", backend])
-        for port, admin, detect in ((off_port, free_port(), False), (on_port, on_admin, True)):
+        gateways = [(off_port, free_port(), False, ROOT), (on_port, on_admin, True, ROOT)]
+        targets = {"bare aiohttp proxy": pport, "ipgate, detection off": off_port, "ipgate, detection on": on_port}
+        if args.compare_tree:
+            cmp_port = free_port()
+            gateways.append((cmp_port, free_port(), True, args.compare_tree.resolve()))
+            targets[f"ipgate, detection on, {args.compare_tree}"] = cmp_port
+        for port, admin, detect, tree in gateways:
             cfg = gateway_config(backend, port, admin, {"kind": "memory"})
             if detect:
                 cfg = detection_config(cfg)
             path = tmp / f"ipgate-{port}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            spawn([py, "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"])
-        targets = {"bare aiohttp proxy": pport, "ipgate, detection off": off_port, "ipgate, detection on": on_port}
+            spawn([py, "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"], tree)
         for p in (bport, *targets.values()):
             wait_http(f"http://127.0.0.1:{p}/v1/models")
         script = tmp / "rotate.lua"

@@ -1,7 +1,12 @@
 """Where ipgate's time goes: CPU per request (from /proc) of ipgate (memory store) vs the bare aiohttp proxy
-under the same wrk load, and a py-spy profile (GIL-holding samples) of ipgate grouped by code area.
+under the same wrk load, and a py-spy profile (GIL-holding samples) of ipgate grouped by code area, with the
+top functions by self time and, for detection, by inclusive time.
 
-    .venv/bin/python bench/profile_gateway.py [--seconds 10]      # needs wrk and py-spy (pip: .[bench])
+    .venv/bin/python bench/profile_gateway.py [--seconds 10]              # needs wrk and py-spy (pip: .[bench])
+    .venv/bin/python bench/profile_gateway.py --detection [--seconds 10]  # detection on, rotating clients/prompts
+
+``--detection`` runs ipgate with the configuration and the wrk workload of
+``bench/detection_gateway_throughput.py`` (512 client tokens, 4 096 real prompts, all detectors on).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import yaml
 
 # run as a script, bench/ is on sys.path: share the benchmark's helpers and configuration
+from detection_gateway_throughput import N_CLIENTS, N_PROMPTS, bodies, detection_config, lua_script, tokens
 from run_gateway_bench import BODY, ROOT, SECRET, free_port, gateway_config, token, wait_http
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -42,6 +48,10 @@ def area(frame: str) -> str:
         return "aiohttp (server + client)"
     if "asyncio" in path or "selectors" in path:
         return "asyncio event loop"
+    if "detectors/" in path:
+        return "detectors (sans-IO core)"
+    if "numpy" in path:
+        return "numpy"
     for key in ("gateway/telemetry", "gateway/store", "gateway/ratelimit", "gateway/auth", "gateway/routing",
                 "gateway/proxy", "gateway/"):
         if key in path:
@@ -55,9 +65,17 @@ def area(frame: str) -> str:
     return "other"
 
 
+def short(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``: one row per function, not per line."""
+    m = re.match(r"(.*?) \((\S+?):\d+\)", frame)
+    return f"{m.group(1)} ({'/'.join(m.group(2).split('/')[-2:])})" if m else frame
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--detection", action="store_true", help="detection on, rotating clients and prompts")
+    ap.add_argument("--top", type=int, default=25, help="functions listed by self and inclusive time")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ipgate-prof-"))
     env = {**os.environ, "IPGATE_BENCH_JWT": SECRET}
@@ -65,7 +83,8 @@ def main() -> int:
     bport, pport, mport = free_port(), free_port(), free_port()
     backend = f"http://127.0.0.1:{bport}"
     cfg = tmp / "ipgate.yaml"
-    cfg.write_text(yaml.safe_dump(gateway_config(backend, mport, free_port(), {"kind": "memory"})))
+    gcfg = gateway_config(backend, mport, free_port(), {"kind": "memory"})
+    cfg.write_text(yaml.safe_dump(detection_config(gcfg) if args.detection else gcfg))
     procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in (
         [py, "-m", "gateway", "sim-backend", "--port", str(bport)],
         [py, str(ROOT / "bench" / "bare_proxy.py"), "--port", str(pport), "--upstream", backend],
@@ -74,9 +93,12 @@ def main() -> int:
         for p in (bport, pport, mport):
             wait_http(f"http://127.0.0.1:{p}/v1/models")
         script = tmp / "post.lua"
-        script.write_text(f"wrk.method = \"POST\"\nwrk.body = '{__import__('json').dumps(BODY)}'\n"
-                          f"wrk.headers[\"Content-Type\"] = \"application/json\"\n"
-                          f"wrk.headers[\"Authorization\"] = \"Bearer {token()}\"\n")
+        if args.detection:
+            script.write_text(lua_script(tokens(N_CLIENTS), bodies(N_PROMPTS)))
+        else:
+            script.write_text(f"wrk.method = \"POST\"\nwrk.body = '{__import__('json').dumps(BODY)}'\n"
+                              f"wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+                              f"wrk.headers[\"Authorization\"] = \"Bearer {token()}\"\n")
         url = "/v1/chat/completions"
         for name, port, proc in (("bare aiohttp proxy", pport, procs[1]), ("ipgate (memory store)", mport, procs[2])):
             wrk(f"http://127.0.0.1:{port}{url}", 2, script)
@@ -91,18 +113,30 @@ def main() -> int:
                         "-r", "400", "--gil", "-f", "raw", "-o", str(raw)], check=True, capture_output=True)
         load.wait()
         by_area: collections.Counter[str] = collections.Counter()
+        by_self: collections.Counter[str] = collections.Counter()
+        by_incl: collections.Counter[str] = collections.Counter()
         total = 0
         for line in raw.read_text().splitlines():
             stack, _, n_s = line.rpartition(" ")
+            frames = stack.split(";")
             total += int(n_s)
-            by_area[area(stack.split(";")[-1])] += int(n_s)
-        print("\n| code area (self time, GIL held) | share |\n|---|---|")
+            by_area[area(frames[-1])] += int(n_s)
+            by_self[short(frames[-1])] += int(n_s)
+            for f in {short(f) for f in frames if "detectors/" in f or "detection" in f or "account" in f}:
+                by_incl[f] += int(n_s)
+        print(f"\n{total} samples\n\n| code area (self time, GIL held) | share |\n|---|---|")
         for k, v in by_area.most_common():
             print(f"| {k} | {100 * v / total:.1f} % |")
+        print("\n| function (self time) | share |\n|---|---|")
+        for k, v in by_self.most_common(args.top):
+            print(f"| {k} | {100 * v / total:.1f} % |")
+        print("\n| detection function (inclusive time) | share |\n|---|---|")
+        for k, v in by_incl.most_common(args.top):
+            print(f"| {k} | {100 * v / total:.1f} % |")
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
     return 0
 
 

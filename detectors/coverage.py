@@ -76,17 +76,19 @@ class Coverage:
         state.counters.advance(now)
         c = state.counters.c
         c[N] += 1
-        e = np.asarray(feats.embedding)
-        if e.any():
+        # ndarray methods and ufunc reductions rather than the np.* wrappers: the same results, and on
+        # 64-element arrays the Python-level wrappers cost as much as the arithmetic.
+        if any(feats.embedding):
+            e = np.array(feats.embedding)
             c[W] += 1
             state.mean_sum += e
             if self.k:
-                c[TOPIC0 + int(np.argmax(self.ref.centroids @ e))] += 1
+                c[TOPIC0 + int((self.ref.centroids @ e).argmax())] += 1
             filled = min(int(c[N]) - 1, RING)
-            if filled > 0 and float(np.max(state.ring @ e.astype(np.float32))) >= NEAR_COSINE:
+            if filled > 0 and float(np.maximum.reduce(state.ring @ e.astype(np.float32))) >= NEAR_COSINE:
                 c[NEAR] += 1
             # stored as it will read back after a round trip (int8 / 127), so a cached and a decoded state agree
-            q = np.round(e * 127.0)
+            q = np.rint(e * 127.0)
             state.ring_i8[state.pos] = q
             state.ring[state.pos] = q / 127.0
             state.pos = (state.pos + 1) % RING

@@ -37,9 +37,12 @@ class ReasoningElicitation:
 
     def observe(self, state: Counters, feats: RequestFeatures, now: float) -> DetectorScore:
         state.advance(now)
-        state.c[N] += 1
-        state.c[COT] += feats.cot
-        state.c[RUBRIC] += feats.rubric
+        c = state.c
+        c[N] += 1
+        if feats.cot:  # adding a False is adding 0.0 (the counters are never -0.0): skipped
+            c[COT] += 1
+        if feats.rubric:
+            c[RUBRIC] += 1
         return self.score(state, now)
 
     def observe_response(self, state: Counters, resp: ResponseFeatures, now: float) -> None:

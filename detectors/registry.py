@@ -12,6 +12,7 @@ from detectors.coverage import Coverage
 from detectors.linking import CrossAccountLinking
 from detectors.logit_probing import LogitProbing
 from detectors.reasoning import ReasoningElicitation
+from detectors.semantic import SemanticCoverage
 from detectors.templates import Templates
 from detectors.timing import AutomationTiming
 from detectors.volume import VolumeShape
@@ -20,7 +21,8 @@ REGISTRY: Mapping[str, type] = {
     cls.name: cls
     for cls in (
         LogitProbing, Templates, Coverage, VolumeShape, AutomationTiming, ReasoningElicitation,
-        CrossAccountLinking,
+        CrossAccountLinking, SemanticCoverage,
     )
 }
-DEFAULT_ENABLED: frozenset[str] = frozenset(REGISTRY)
+# ``semantic`` needs the MiniLM vectors that only ``detection.embedder: minilm`` computes (off the request path).
+DEFAULT_ENABLED: frozenset[str] = frozenset(REGISTRY) - {SemanticCoverage.name}

@@ -11,9 +11,12 @@ A trace record: ``{"ts": <unix seconds>, "client": "<id>", "endpoint": "/v1/chat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from detectors.engine import Engine
 from detectors.features import extract
@@ -93,22 +96,38 @@ VerdictHook = Callable[[str, int, Verdict, Mapping[str, Any]], None]
 def replay(
     records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int = FLAG_TIER,
     link_index: LinkIndex | None = None, on_verdict: VerdictHook | None = None,
+    neural: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Run the trace; return the ``ipgate replay --json`` object (clients, clusters, summary).
 
     ``on_verdict(client, index, verdict, record)`` (1-based index within the client) lets the evaluation
     and fitting scripts see every verdict without a second pass.
+
+    ``neural`` (``--embedder minilm``): one MiniLM vector per record, in the order of ``records`` (None for
+    a record without one). They are fed as the gateway's background encoder feeds them: a record's vector
+    reaches the engine with the client's *next* request (``RequestFeatures.neural``), one request late.
     """
-    rows = [(validate(r, i + 1), r) for i, r in enumerate(records)]
+    rows = [(validate(r, i + 1), r, i) for i, r in enumerate(records)]
     rows.sort(key=lambda x: x[0][0])
+    if neural is not None and len(neural) != len(rows):
+        raise ValueError(f"neural: {len(neural)} vectors for {len(rows)} records")
+    pending: dict[str, list[np.ndarray]] = {}
     index = link_index or LinkIndex()
     clients: dict[str, ClientResult] = {}
     scores: dict[str, float] = {}
     errors: dict[str, int] = {}
-    for (ts, client, endpoint, body), rec in rows:
+    for (ts, client, endpoint, body), rec, i in rows:
         cr = clients.setdefault(client, ClientResult(client))
         cr.requests += 1
-        obs = engine.observe(cr.state, extract(endpoint, body, ts), ts)
+        feats = extract(endpoint, body, ts)
+        if neural is not None:
+            done = pending.pop(client, None)
+            if done:
+                feats = dataclasses.replace(feats, neural=np.stack(done))
+            vec = neural[i]
+            if vec is not None:
+                pending.setdefault(client, []).append(vec)
+        obs = engine.observe(cr.state, feats, ts)
         v, state = obs.verdict, obs.state
         for name in v.errors:
             errors[name] = errors.get(name, 0) + 1

@@ -39,9 +39,23 @@ def encode(env: Envelope) -> bytes:
         ),
     ]
     for name, blob in env.blobs.items():
-        raw = name.encode()
-        parts.append(struct.pack("<B", len(raw)) + raw + struct.pack("<H", len(blob)) + blob)
+        parts += (_name_field(name), _U16.pack(len(blob)), blob)  # one join below: each blob copied once
     return b"".join(parts)
+
+
+_U16 = struct.Struct("<H")
+_NAME_FIELDS: dict[str, bytes] = {}
+
+
+def _name_field(name: str) -> bytes:
+    """``u8 length + name`` for a detector name (memoised: the set of names is small and fixed)."""
+    field_ = _NAME_FIELDS.get(name)
+    if field_ is None:
+        raw = name.encode()
+        field_ = struct.pack("<B", len(raw)) + raw
+        if len(_NAME_FIELDS) < 256:
+            _NAME_FIELDS[name] = field_
+    return field_
 
 
 def decode(data: bytes) -> Envelope:

@@ -37,6 +37,8 @@ N, REUSED, META = range(3)
 _ROW = 4 * (SLOTS + SKEL + 4)  # bytes per cluster: signature, skeleton, head, tail, last prompt key, count
 TAG_HEAD, TAG_TAIL, TAG_SKELETON = 1, 2, 3
 _MASK63 = (1 << 63) - 1
+_ZERO_SIG, _ZERO_SKEL = np.zeros((1, SLOTS), dtype=np.uint32), np.zeros((1, SKEL), dtype=np.uint32)
+_ZERO_U32, _ZERO_F64 = np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.float64)
 
 
 def tag(kind: int, value: int) -> int:
@@ -63,12 +65,11 @@ class TemplateState:
 
     def set_row(self, i: int, f: RequestFeatures, head: int, tail: int) -> None:
         sig, last = f.minhash, f.prompt_key
-        if i == len(self):
-            self.sigs = np.vstack([self.sigs, np.zeros((1, SLOTS), dtype=np.uint32)])
-            self.skels = np.vstack([self.skels, np.zeros((1, SKEL), dtype=np.uint32)])
-            grow = (np.append(a, np.uint32(0)) for a in (self.heads, self.tails, self.lasts))
-            self.heads, self.tails, self.lasts = grow
-            self.counts = np.append(self.counts, 0.0)
+        if i == len(self):  # grow by one zero row (np.concatenate: vstack/append wrap it in Python)
+            cat = np.concatenate
+            self.sigs, self.skels = cat((self.sigs, _ZERO_SIG)), cat((self.skels, _ZERO_SKEL))
+            self.heads, self.tails = cat((self.heads, _ZERO_U32)), cat((self.tails, _ZERO_U32))
+            self.lasts, self.counts = cat((self.lasts, _ZERO_U32)), cat((self.counts, _ZERO_F64))
         self.sigs[i] = (sig + (0,) * SLOTS)[:SLOTS]
         self.set_skeleton(i, np.asarray(f.bottom[:SKEL], dtype=np.uint32))
         self.heads[i], self.tails[i], self.lasts[i], self.counts[i] = head, tail, last, 1.0
@@ -100,11 +101,12 @@ class Templates:
         return TemplateState()
 
     def dump(self, state: TemplateState) -> bytes:
+        # copy=False: on a little-endian host the uint32 arrays already are "<u4" and are not copied twice
         return b"".join((
-            state.counters.dump(), bytes((len(state),)), state.sigs.astype("<u4").tobytes(),
-            state.skels.astype("<u4").tobytes(),
-            state.heads.astype("<u4").tobytes(), state.tails.astype("<u4").tobytes(),
-            state.lasts.astype("<u4").tobytes(), state.counts.astype("<f4").tobytes(),
+            state.counters.dump(), bytes((len(state),)), state.sigs.astype("<u4", copy=False).tobytes(),
+            state.skels.astype("<u4", copy=False).tobytes(),
+            state.heads.astype("<u4", copy=False).tobytes(), state.tails.astype("<u4", copy=False).tobytes(),
+            state.lasts.astype("<u4", copy=False).tobytes(), state.counts.astype("<f4").tobytes(),
         ))
 
     def load(self, data: bytes) -> TemplateState:
@@ -114,27 +116,28 @@ class Templates:
         if k > MAX_CLUSTERS or len(data) != pos + 1 + k * _ROW:
             raise ValueError(f"{self.name}: malformed cluster table")
         pos += 1
-        st.sigs = np.frombuffer(data, "<u4", k * SLOTS, pos).reshape(k, SLOTS).astype(np.uint32)
-        pos += 4 * k * SLOTS
-        st.skels = np.frombuffer(data, "<u4", k * SKEL, pos).reshape(k, SKEL).astype(np.uint32)
-        pos += 4 * k * SKEL
-        st.heads, st.tails, st.lasts = (np.frombuffer(data, "<u4", k, pos + 4 * k * j).astype(np.uint32)
-                                        for j in range(3))
-        st.counts = np.frombuffer(data, "<f4", k, pos + 12 * k).astype(np.float64)
+        # One writable copy of the uint32 columns, then disjoint views into it (one copy instead of five)
+        u = np.frombuffer(data, "<u4", k * (SLOTS + SKEL + 3), pos).astype(np.uint32)
+        a, b = k * SLOTS, k * (SLOTS + SKEL)
+        st.sigs, st.skels = u[:a].reshape(k, SLOTS), u[a:b].reshape(k, SKEL)
+        st.heads, st.tails, st.lasts = u[b : b + k], u[b + k : b + 2 * k], u[b + 2 * k :]
+        st.counts = np.frombuffer(data, "<f4", k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
         return st
 
     def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:
         if not len(state):
             return -1
-        hit = np.zeros(len(state), dtype=bool)
+        if len(f.minhash) == SLOTS:
+            agree = np.add.reduce(state.sigs == np.array(f.minhash, dtype=np.uint32), axis=1, dtype=np.intp)
+            hit = agree >= self.min_agree
+        else:
+            hit = np.zeros(len(state), dtype=bool)
         if head:
             hit |= state.heads == head
         if tail:
             hit |= state.tails == tail
-        if len(f.minhash) == SLOTS:
-            hit |= (state.sigs == np.asarray(f.minhash, dtype=np.uint32)).sum(axis=1) >= self.min_agree
-        idx = np.flatnonzero(hit)
-        return int(idx[0]) if len(idx) else -1
+        first = int(hit.argmax())  # the first matching cluster, as before; argmax of all-False is 0
+        return first if hit[first] else -1
 
     def observe(self, state: TemplateState, feats: RequestFeatures, now: float) -> DetectorScore:
         factor = state.counters.advance(now)
@@ -164,7 +167,7 @@ class Templates:
                 j = len(state) if len(state) < MAX_CLUSTERS else int(np.argmin(state.counts))
                 state.set_row(j, feats, head, tail)
         out = self.score(state, now)
-        return DetectorScore(self.name, out.score, out.reasons, sketches)
+        return DetectorScore(self.name, out.score, out.reasons, sketches) if sketches else out
 
     def _sketches(self, state: TemplateState, i: int, f: RequestFeatures) -> tuple[int, ...]:
         """What a hot template contributes to the cross-account table: the hash of its skeleton (the

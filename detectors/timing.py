@@ -62,8 +62,8 @@ class AutomationTiming:
         return None
 
     def score(self, state: Counters, now: float) -> DetectorScore:
-        c = state.c
-        gaps = float(c[GAPS])
+        c = state.c.tolist()  # plain floats: the same IEEE arithmetic as numpy scalars, without their overhead
+        gaps = c[GAPS]
         reasons: list[str] = []
         e_regular = 0.0
         spread = 0.0
@@ -73,7 +73,7 @@ class AutomationTiming:
             e_regular = ramp(0.8 - spread, 0.0, 0.6) * ramp(gaps, 10.0, 40.0)
             if e_regular > 0:
                 reasons.append(f"inter-arrival times are machine-regular (log-gap spread {spread:.2f})")
-        hours = c[HOURS0:].tolist()
+        hours = c[HOURS0:]
         total = sum(hours)
         e_flat = 0.0
         if total >= 48:

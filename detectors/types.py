@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 #: Tier ints, matching the default policy names in ``gateway/config.py`` (``_default_tiers``).
 TIER_NORMAL, TIER_WATCH, TIER_THROTTLE, TIER_BLOCK = 0, 1, 2, 3
 #: "flagged" means the client reached this tier (the one the default policy throttles at).
@@ -49,6 +51,10 @@ class RequestFeatures:
     rubric: bool  # asks for grading / rubric / scoring of a response
     meta_prompt: bool  # self-instruct style "come up with N diverse tasks" meta-prompt
     embedding: tuple[float, ...] = field(repr=False)
+    # Optional neural embeddings (``detection.embedder: minilm``): the unit 384-d MiniLM vectors of this
+    # client's *earlier* prompts that finished encoding off the request path since its previous request,
+    # oldest first, shape (k, 384) float32; None when there are none (always, with the hashed embedder).
+    neural: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

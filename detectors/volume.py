@@ -62,8 +62,11 @@ class VolumeShape:
         state.counters.advance(now)
         c = state.counters.c
         c[N] += 1
-        c[MULTI_N] += feats.n > 1
-        c[SINGLE] += feats.n_messages <= 1
+        # adding a False is adding 0.0: skipped (the counters are never -0.0, so the values are unchanged)
+        if feats.n > 1:
+            c[MULTI_N] += 1
+        if feats.n_messages <= 1:
+            c[SINGLE] += 1
         state.rate = state.rate * decay + 1.0
         state.tok_rate = state.tok_rate * decay + (feats.prompt_words + (feats.max_tokens or 256)) * feats.n
         sampling = 0

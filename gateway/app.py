@@ -71,6 +71,10 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             await fingerprint.start()
             stack.push_async_callback(fingerprint.close)
         detection = _detection(cfg, policy, m, alerts)
+        embedding = getattr(detection, "embedding", None)  # detection.embedder: minilm's background encoder
+        if embedding is not None:
+            await embedding.start()
+            stack.push_async_callback(embedding.close)
         watermarking = _watermarking(cfg, m)
         upstream = Upstream()
         await upstream.start()

@@ -283,6 +283,10 @@ class DetectionConfig(_Model):
     combiner_file: str | None = None  # default: detectors/data/combiner.json (shipped)
     state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
     embedder: Literal["hashed", "minilm"] = "hashed"
+    # minilm only (gateway/embedding.py): the MiniLM encoder runs off the request path in a background thread.
+    embedder_threads: int = Field(1, ge=1, le=64, description="torch threads the background encoder may use")
+    embedder_batch: int = Field(8, ge=1, le=256, description="prompts encoded per forward pass at most")
+    embedder_queue: int = Field(1024, ge=1, description="prompts waiting to be encoded; overflow is dropped+counted")
 
 
 class AlertSinkConfig(_Model):

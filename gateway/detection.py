@@ -2,14 +2,16 @@
 
 ``GatewayDetection.observe`` runs on the request path and is pure CPU: features from the *original* body
 (before hardening, so the client's intent is what gets scored), the engine folds them into the state bytes
-the store's ``hot_path`` returned, and the outcome is the tier for this request — the stored tier, raised
-by this request's evidence, never lowered within the request (a client cools down through the engine's
-hysteresis, from its next request on).
+the store's ``hot_path`` returned (``Engine.observe_pending``: the new state stays decoded, nothing is
+serialised on the client's critical path), and the outcome is the tier for this request — the stored tier,
+raised by this request's evidence, never lowered within the request (a client cools down through the
+engine's hysteresis, from its next request on).
 
 ``DetectionSession.account`` runs off the client's critical path once the response is done: it folds the
-response in (usage, finish reasons, logprobs served), links the request's prompt sketches across accounts
-through the store, saves the new state and tier (what every replica's next ``hot_path`` reads: this is how
-decisions are shared), and raises an alert when the tier rose to one whose policy says ``alert``.
+response in (usage, finish reasons, logprobs served) and serialises the state (once per request), links the
+request's prompt sketches across accounts through the store, saves the new state and tier (what every
+replica's next ``hot_path`` reads: this is how decisions are shared), and raises an alert when the tier
+rose to one whose policy says ``alert``.
 
 Failure isolation (STYLE rule 7): a detector that raises is logged once by the engine and reported in
 ``Verdict.errors``; a failure of feature extraction or of the engine itself is caught here, logged once per
@@ -26,10 +28,10 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine
+from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine, Pending
 from detectors.features import extract, prompt_of
 from detectors.types import ResponseFeatures, Verdict
 from gateway.alerts.dispatcher import AlertDispatcher
@@ -40,6 +42,9 @@ from gateway.policy import Policy
 from gateway.principal import Principal
 from gateway.store.base import Override, StateStore
 from gateway.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.embedding import EmbeddingWorker
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,10 @@ class GatewayDetection:
         *,
         metrics: Metrics | None = None,
         alerts: AlertDispatcher | None = None,
+        embedding: EmbeddingWorker | None = None,
     ) -> None:
         self.engine = engine
+        self.embedding = embedding  # detection.embedder: minilm (gateway/app.py starts and closes it)
         self.policy = policy
         self.cfg = cfg
         self.metrics = metrics
@@ -85,11 +92,6 @@ class GatewayDetection:
     ) -> GatewayDetection:
         """Build from config; every problem is a ``ConfigError`` at start-up, never a per-request failure."""
         d = cfg.detection
-        if d.embedder != "hashed":
-            raise ConfigError(
-                f"detection.embedder: {d.embedder!r} is computed off the request path and is not wired into the "
-                "gateway; use 'hashed' (the default)"
-            )
         path = Path(d.combiner_file) if d.combiner_file else default_combiner_path()
         try:
             params = CombinerParams.from_json(path.read_text(encoding="utf-8"))
@@ -101,11 +103,23 @@ class GatewayDetection:
             name: DetectorSettings(enabled=t.enabled, weight=t.weight, params=dict(t.params))
             for name, t in d.detectors.items()
         }
+        embedding = None
+        if d.embedder == "minilm":  # imported here: the MiniLM path loads torch, the default never does
+            from gateway.embedding import EmbeddingWorker, load_semantic_reference, semantic_settings
+
+            settings["semantic"] = semantic_settings(d, load_semantic_reference())
+            if settings["semantic"].enabled:
+                embedding = EmbeddingWorker.from_config(d, metrics)
+            else:
+                log.warning("detection.embedder is minilm but detection.detectors.semantic is disabled: nothing "
+                            "would use the vectors, so the MiniLM encoder is not started")
+        elif "semantic" in d.detectors and d.detectors["semantic"].enabled:
+            raise ConfigError("detection.detectors.semantic needs detection.embedder: minilm (its MiniLM vectors)")
         try:
             engine = Engine.from_params(params, detectors=settings)
         except ValueError as e:
             raise ConfigError(f"detection.detectors: {e}") from e
-        return cls(engine, policy, d, metrics=metrics, alerts=alerts)
+        return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding)
 
     # --- the request path ---------------------------------------------------------------------------------
 
@@ -125,11 +139,14 @@ class GatewayDetection:
             feats = extract(endpoint, body, now)
         except Exception as e:  # isolation: a feature bug must not fail the request
             return self._unscored(principal, "features", e, stored_tier, override, now)
+        if self.embedding is not None:  # O(1): earlier prompts' vectors in, this prompt queued (never raises)
+            feats = self.embedding.attach(principal.client_id, endpoint, body, feats)
         try:
-            obs = self.engine.observe(stored_state, feats, now)
+            # The state stays decoded until ``account`` serialises it once, after the response: no encoding
+            # on the client's critical path.
+            v, pending = self.engine.observe_pending(stored_state, feats, now)
         except Exception as e:  # the engine isolates detectors; this catches the engine itself
             return self._unscored(principal, "engine", e, stored_tier, override, now)
-        v = obs.verdict
         if v.errors and self.metrics is not None:
             for name in v.errors:
                 self.metrics.detector_errors_total.labels(detector=name).inc()
@@ -146,7 +163,7 @@ class GatewayDetection:
             self._remember(principal.client_id, request_id, endpoint, body)
         outcome = DetectionOutcome(tier=tier, score=v.score, reasons=v.reasons, unscored=v.unscored)
         return DetectionSession(
-            self, principal, outcome, v, obs.state, stored_tier, engine_tier, override, now, feats.max_tokens
+            self, principal, outcome, v, pending, stored_tier, engine_tier, override, now, feats.max_tokens
         )
 
     def _unscored(
@@ -214,7 +231,7 @@ class DetectionSession:
 
     def __init__(
         self, det: GatewayDetection, principal: Principal, outcome: DetectionOutcome, verdict: Verdict | None,
-        state: bytes | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
+        state: Pending | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
         max_tokens: int | None,
     ) -> None:
         self._det = det
@@ -229,9 +246,10 @@ class DetectionSession:
         self._max_tokens = max_tokens
 
     async def account(self, store: StateStore, facts: ResponseFacts) -> None:
-        v, state = self._verdict, self._state
-        if v is None or state is None:
-            return  # unscored by an engine failure: keep the stored state as it was
+        v, pending = self._verdict, self._state
+        if v is None or pending is None:
+            return  # unscored by an engine failure (or accounted already): keep the stored state as it was
+        self._state = None  # a Pending is used once
         det, engine, cid = self._det, self._det.engine, self._principal.client_id
         resp = ResponseFeatures(
             status=facts.status, prompt_tokens=facts.prompt_tokens, completion_tokens=facts.completion_tokens,
@@ -239,9 +257,10 @@ class DetectionSession:
             max_tokens=self._max_tokens,
         )
         try:
-            state = engine.observe_response(state, resp, self._now)
-        except Exception as e:  # the engine isolates detectors; this is the engine itself
+            state = engine.observe_response(pending, resp, self._now)  # serialises the state, once
+        except Exception as e:  # the engine isolates detectors; this is the engine itself (serialisation)
             det._failed("engine", e)
+            return  # nothing valid to save: the store keeps the client's previous state
         cluster: tuple[str, ...] = ()
         cluster_score = v.cluster_score
         if v.sketches:

@@ -1,4 +1,5 @@
-"""``ipgate replay TRACE.jsonl [--config FILE] [--json]``: run the detector pipeline over a recorded trace.
+"""``ipgate replay TRACE.jsonl [--config FILE] [--json] [--embedder minilm]``: run the detector pipeline over a
+recorded trace.
 
 No network and no store: records are replayed in timestamp order through the same engine the gateway
 builds from its config (``--config``; default: the shipped combiner with every detector enabled), with an
@@ -21,12 +22,18 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
+from detectors.features import prompt_of
 from detectors.replay import TraceError, replay
 from detectors.types import FLAG_TIER
+
+if TYPE_CHECKING:
+    from detectors.neural import Encoder
 
 
 def register(sub: Any) -> None:
@@ -34,6 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("trace", type=Path, help="JSONL trace: one {ts, client, endpoint, body} object per line")
     p.add_argument("--config", type=Path, help="gateway YAML config (its detection and policy sections)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--embedder", choices=["hashed", "minilm"],
+                   help="override detection.embedder; minilm encodes the trace's prompts up front (needs the "
+                        "[torch] extra) and feeds them one request late, as the gateway's background encoder does")
     p.set_defaults(func=run)
 
 
@@ -48,28 +58,56 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 raise TraceError(f"record {i}: not valid JSON ({e.msg})") from e
 
 
-def _engine(config: Path | None) -> tuple[Engine, int]:
+def _engine(config: Path | None, embedder: str | None = None) -> tuple[Engine, int, Encoder | None]:
     if config is None:
         params = CombinerParams.from_json(default_combiner_path().read_text(encoding="utf-8"))
-        return Engine.from_params(params), FLAG_TIER
+        if embedder != "minilm":
+            return Engine.from_params(params), FLAG_TIER, None
+        from gateway.config import DetectionConfig
+        from gateway.embedding import EmbeddingWorker, load_semantic_reference, semantic_settings
+
+        d = DetectionConfig(embedder="minilm")
+        semantic = semantic_settings(d, load_semantic_reference())
+        encoder = EmbeddingWorker.from_config(d).encoder  # ConfigError naming the extra when torch is missing
+        return Engine.from_params(params, detectors={"semantic": semantic}), FLAG_TIER, encoder
     # The gateway's own builder, so replay scores exactly as a gateway with this config would.
     from gateway.config import load_config
     from gateway.detection import GatewayDetection
     from gateway.policy import Policy
 
     cfg = load_config(config)
+    if embedder is not None:
+        cfg = cfg.model_copy(update={"detection": cfg.detection.model_copy(update={"embedder": embedder})})
     policy = Policy.from_config(cfg)
-    return GatewayDetection.from_config(cfg, policy).engine, policy.flag_tier
+    det = GatewayDetection.from_config(cfg, policy)
+    return det.engine, policy.flag_tier, det.embedding.encoder if det.embedding is not None else None
+
+
+def _neural(records: list[Any], encoder: Encoder) -> list[np.ndarray | None]:
+    """One MiniLM vector per record (None where the record has no prompt), encoded in batches up front; each
+    distinct prompt once (the encoder runs at tens of prompts per second per CPU thread)."""
+    texts: list[str] = []
+    for rec in records:
+        body, endpoint = (rec.get("body"), rec.get("endpoint")) if isinstance(rec, dict) else (None, None)
+        texts.append(prompt_of(endpoint, body)[0] if isinstance(body, dict) and isinstance(endpoint, str) else "")
+    distinct = [t for t in dict.fromkeys(texts) if t.strip()]
+    row = {t: i for i, t in enumerate(distinct)}
+    vecs = encoder.encode(distinct)
+    return [vecs[row[t]] if t in row else None for t in texts]
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        engine, flag_tier = _engine(args.config)
+        engine, flag_tier, encoder = _engine(args.config, args.embedder)
     except Exception as e:  # ConfigError, unreadable combiner file: one line, no traceback
         print(f"ipgate replay: {e}", file=sys.stderr)
         return 2
     try:
-        out = replay(_records(args.trace), engine, flag_tier=flag_tier)
+        if encoder is None:
+            out = replay(_records(args.trace), engine, flag_tier=flag_tier)
+        else:
+            records = list(_records(args.trace))
+            out = replay(records, engine, flag_tier=flag_tier, neural=_neural(records, encoder))
     except (OSError, TraceError) as e:
         print(f"ipgate replay: {args.trace}: {e}", file=sys.stderr)
         return 2

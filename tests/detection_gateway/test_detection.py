@@ -6,7 +6,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -140,8 +140,8 @@ async def test_allow_override_pins_tier_and_silences_alerts(metrics: Metrics, tm
 class Exploding:
     """A detector plug-in with a bug: the engine must isolate it and the gateway must apply the fail policy."""
 
-    name = "exploding"
-    state_bytes = 16
+    name: ClassVar[str] = "exploding"
+    state_bytes: ClassVar[int] = 16
 
     def new_state(self) -> dict[str, int]:
         return {}
@@ -186,7 +186,7 @@ async def test_failing_detector_fail_policy(
 class BrokenEngine(Engine):
     """Fault injection below the detectors: the engine itself raises."""
 
-    def observe(self, state: bytes | None, feats: Any, now: float) -> Any:
+    def observe_pending(self, state: bytes | None, feats: Any, now: float) -> Any:
         raise MemoryError("engine bug")
 
 
@@ -205,6 +205,38 @@ async def test_engine_failure_is_unscored_and_keeps_state(metrics: Metrics, tmp_
     await alerts.close()
 
 
+class UnserialisableEngine(Engine):
+    """Fault injection after the response: serialising the state (deferred to ``account``) fails."""
+
+    def observe_response(self, state: Any, resp: Any, now: float) -> bytes:
+        raise MemoryError("serialisation bug")
+
+
+async def test_account_failure_keeps_the_stored_state_and_session_is_used_once(
+    metrics: Metrics, tmp_path: Path
+) -> None:
+    base = Engine.from_params(PARAMS)
+    h, alerts = await make(metrics, tmp_path, detection={"fail_policy": "allow"})
+    first = h.det.observe(Principal("c"), CHAT, probe(0), None, 0, 1000.0)
+    await first.account(h.store, ResponseFacts(status=200))
+    saved = (await h.store.hot_path(AdmitRequest("c", 10, h.policy.limits_by_tier))).detector_state
+    assert saved
+    await first.account(h.store, ResponseFacts(status=200))  # a second call is a no-op: state used once
+    assert (await h.store.hot_path(AdmitRequest("c", 10, h.policy.limits_by_tier))).detector_state == saved
+
+    broken = UnserialisableEngine(PARAMS, base.detectors, base.weights, base.tiers, base.inherit)
+    h2, alerts2 = await make(metrics, tmp_path, broken, detection={"fail_policy": "allow"})
+    await h2.store.save_client_state("c", saved, 0, 0.0, 3600)
+    res = await h2.store.hot_path(AdmitRequest("c", 10, h2.policy.limits_by_tier))
+    s = h2.det.observe(Principal("c"), CHAT, probe(1), res.detector_state, res.tier, 1001.0)
+    assert not s.outcome.unscored  # scored on the request path; only the deferred serialisation fails
+    await s.account(h2.store, ResponseFacts(status=200))
+    assert (await h2.store.hot_path(AdmitRequest("c", 10, h2.policy.limits_by_tier))).detector_state == saved
+    assert metrics.registry.get_sample_value("ipgate_detector_errors_total", {"detector": "engine"}) == 1
+    await alerts.close()
+    await alerts2.close()
+
+
 def test_from_config_errors_name_the_field(tmp_path: Path) -> None:
     cfg = gateway_config(detection={"detectors": {"nope": {"enabled": True}},
                                     "combiner_file": str(tmp_path / "missing.json")})
@@ -215,8 +247,9 @@ def test_from_config_errors_name_the_field(tmp_path: Path) -> None:
                                     "combiner_file": str(tmp_path / "c.json")})
     with pytest.raises(ConfigError, match=r"detection.detectors: unknown detector\(s\) \['nope'\]"):
         GatewayDetection.from_config(cfg, Policy.from_config(cfg))
-    cfg = gateway_config(detection={"embedder": "minilm", "combiner_file": str(tmp_path / "c.json")})
-    with pytest.raises(ConfigError, match=r"detection\.embedder"):
+    cfg = gateway_config(detection={"detectors": {"semantic": {"enabled": True}},
+                                    "combiner_file": str(tmp_path / "c.json")})
+    with pytest.raises(ConfigError, match=r"detection\.detectors\.semantic needs detection\.embedder: minilm"):
         GatewayDetection.from_config(cfg, Policy.from_config(cfg))
 
 
