@@ -109,8 +109,8 @@ class Counters:
         self.c = np.zeros(size)
         self.last_ts = 0.0
 
-    def advance(self, now: float, count_decay: float = COUNT_DECAY) -> float:
-        factor = count_decay * (time_decay(now - self.last_ts) if self.last_ts else 1.0)
+    def advance(self, now: float, count_decay: float = COUNT_DECAY, half_life_s: float = HALF_LIFE_S) -> float:
+        factor = count_decay * (time_decay(now - self.last_ts, half_life_s) if self.last_ts else 1.0)
         self.c *= factor
         self.last_ts = max(self.last_ts, now)
         return factor

@@ -36,6 +36,16 @@ MIN_SKELETON = 8  # fewer fixed tokens is a phrase ("let's think step by step ."
 N, REUSED, META = range(3)
 _ROW = 4 * (SLOTS + SKEL + 4)  # bytes per cluster: signature, skeleton, head, tail, last prompt key, count
 TAG_HEAD, TAG_TAIL, TAG_SKELETON = 1, 2, 3
+# The template table remembers for a week of silence, not a day: a harvester that hides a campaign in a
+# person's stream at human pace (a few dozen requests a day, a quarter of them template fills) would
+# otherwise never accumulate more fills than an ordinary user's day holds. Per-request decay still limits
+# the table to about the last ``WINDOW`` prompts, and a client that keeps sending ordinary prompts cools
+# down at the same rate as before.
+TEMPLATE_HALF_LIFE_S = 7 * 24 * 3600.0
+# Decayed fills of one *real* template (a skeleton of at least MIN_SKELETON fixed tokens) that count as
+# evidence whatever their share of the stream: 0 at 4, full at 8. Chosen on TRAIN traces, where no benign
+# persona's top template reached 3 (EVALUATION.md, "Mixed traffic").
+FILLS = (4.0, 8.0)
 _MASK63 = (1 << 63) - 1
 _ZERO_SIG, _ZERO_SKEL = np.zeros((1, SLOTS), dtype=np.uint32), np.zeros((1, SKEL), dtype=np.uint32)
 _ZERO_U32, _ZERO_F64 = np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.float64)
@@ -91,8 +101,11 @@ class Templates:
 
     def __init__(
         self, reference: Reference | None = None, min_agree: int = 3, hot_count: int = 3,
-        common_keys: Iterable[int] = (),
+        common_keys: Iterable[int] = (), half_life_s: float = TEMPLATE_HALF_LIFE_S,
+        fills: tuple[float, float] = FILLS,
     ) -> None:
+        self.half_life_s = half_life_s
+        self.fills = fills
         self.common = frozenset(common_keys) | (reference.common_keys if reference else frozenset())
         self.min_agree = min_agree
         self.hot_count = hot_count
@@ -140,7 +153,7 @@ class Templates:
         return first if hit[first] else -1
 
     def observe(self, state: TemplateState, feats: RequestFeatures, now: float) -> DetectorScore:
-        factor = state.counters.advance(now)
+        factor = state.counters.advance(now, half_life_s=self.half_life_s)
         c = state.counters.c
         c[N] += 1
         if feats.meta_prompt:
@@ -197,13 +210,22 @@ class Templates:
         e_top = ramp(shrunk_share(top, n, 10.0), 0.12, 0.4)
         # Teachers ask for "10 quiz questions" too: a few meta-prompts are normal, a stream of them is not.
         e_meta = ramp(shrunk_share(c[META], n, 10.0), 0.1, 0.4)
-        score = any_of(e_reuse, e_top, e_meta)
+        # Absolute evidence as well as shares: 60 fills of one template among 300 prompts is a campaign
+        # even when it is only a fifth of what the account sends.
+        top_fills = 0.0
+        if top > self.fills[0]:  # skip the skeleton scan when no cluster could count (most clients)
+            real = np.count_nonzero(state.skels, axis=1) >= MIN_SKELETON
+            top_fills = float(state.counts[real].max()) if real.any() else 0.0
+        e_fills = ramp(top_fills, *self.fills)
+        score = any_of(e_reuse, e_top, e_meta, e_fills)
         reasons: list[str] = []
         if e_reuse > 0 or e_top > 0:
             k = min(len(reused), 3)
             filled = sum(reused[:3])
             reasons.append(f"{filled:.0f} of the last {n:.0f} prompts fill {k} template{'s' * (k != 1)}")
             reasons.append(f"top template share {top / max(n, 1):.0%}")
+        if e_fills > 0:
+            reasons.append(f"{top_fills:.0f} recent prompts fill one template (of {n:.0f} recent prompts)")
         if e_meta > 0:
             reasons.append(f"{c[META]:.0f} of the last {n:.0f} prompts are self-instruct meta-prompts")
         return DetectorScore(self.name, score, tuple(reasons))

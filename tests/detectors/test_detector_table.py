@@ -110,6 +110,19 @@ def benign(r: random.Random) -> list[Body]:
     return [chat(t) for t in _benign_texts(r, 60)]
 
 
+def mixed_template(r: random.Random) -> list[Body]:
+    """A template campaign hidden in a person's stream: a quarter of 300 prompts, the rest ordinary."""
+    fills = iter(template(r) * 2)
+    texts = iter(_benign_texts(r, 300))
+    return [next(fills) if r.random() < 0.25 else chat(next(texts)) for _ in range(300)]
+
+
+def slow(n: int) -> list[float]:
+    """Human gaps at a tenth of the pace: about 34 requests a day, so 300 requests span nine days."""
+    ts = list(human_times(n))
+    return [T0 + 10.0 * (t - T0) for t in ts]
+
+
 def focused(r: random.Random) -> list[Body]:
     """A person with one interest (here: code questions); a uniform draw over every topic is a sweep."""
     return [chat(t) for t in r.sample(_CODE, 60)]
@@ -125,6 +138,8 @@ ROWS = [
     Row("templates-fill", "templates", template, regular(5.0), 0.9, 1.0, ("fill 1 template", "top template share")),
     Row("templates-meta", "templates", meta, regular(5.0), 0.9, 1.0, ("self-instruct meta-prompts",)),
     Row("templates-benign", "templates", benign, human, 0.0, 0.05),
+    Row("templates-mixed-slow", "templates", mixed_template, slow, 0.9, 1.0, ("recent prompts fill one template",)),
+    Row("templates-benign-slow", "templates", lambda r: [chat(t) for t in _benign_texts(r, 300)], slow, 0.0, 0.05),
     Row("coverage-neardup", "coverage", numbers_only, regular(5.0), 0.9, 1.0, ("near-duplicate",)),
     Row("coverage-benign", "coverage", focused, human, 0.0, 0.2),
     Row("volume-bulk", "volume", bulk_n, regular(0.5), 0.9, 1.0,
@@ -194,3 +209,19 @@ def test_linking_ignores_sketches_shared_with_very_many_accounts() -> None:
     det.fold_links(st, campaign, T0 + 20)
     det.fold_links(st, campaign, T0 + 21)
     assert len(det.fold_links(st, campaign, T0 + 22)) == 16  # linked to all, state keeps MAX_PEERS
+
+
+def test_templates_slow_campaign_needs_the_week_long_memory(params: CombinerParams, corpus_lines: list[str]) -> None:
+    """Why the template table remembers a week: with a one-day memory and share-only evidence (the earlier
+    design) the same slow, mixed campaign as the ``templates-mixed-slow`` row stays below the watch level."""
+    test_row(ROWS[0], params, corpus_lines)  # fills the shared prompt lists
+    bodies = mixed_template(random.Random("templates-mixed-slow"))
+    times = slow(len(bodies))
+    scores = {}
+    for label, kwargs in (("week", {}), ("day", {"half_life_s": 86400.0, "fills": (1e9, 1e9)})):
+        det = REGISTRY["templates"](reference=params.reference, **kwargs)
+        state = det.new_state()
+        for body, ts in zip(bodies, times, strict=True):
+            det.observe(state, feats(body, ts), ts)
+        scores[label] = det.score(state, times[-1]).score
+    assert scores["week"] >= 0.9 > 0.5 > scores["day"], scores
