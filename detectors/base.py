@@ -135,3 +135,20 @@ class Counters:
         if not math.isfinite(sum(c.tolist()) if len(c) <= 32 else np.add.reduce(c)):
             raise ValueError("counter state holds non-finite values")
         return need
+
+
+def dump_vectors(counters: Counters, ring_i8: np.ndarray, pos: int) -> bytes:
+    """Counters, then a ring of recent prompt vectors as int8 (x 127), then the ring's write position."""
+    return counters.dump() + ring_i8.tobytes() + bytes((pos,))
+
+
+def load_vectors(
+    data: bytes, counters: Counters, rows: int, dim: int, name: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Fill ``counters`` and parse the ring ``dump_vectors`` wrote: (int8 ring, float32 ring, position).
+    Raises ValueError when the size is not exactly what ``rows`` x ``dim`` vectors need."""
+    pos = counters.load(data)
+    if len(data) != pos + rows * dim + 1:
+        raise ValueError(f"{name}: state has the wrong size")
+    raw = np.frombuffer(data, dtype=np.int8, count=rows * dim, offset=pos).reshape(rows, dim)
+    return raw.copy(), raw.astype(np.float32) / np.float32(127.0), data[-1] % rows

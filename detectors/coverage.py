@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import Counters, norm_entropy, ramp, shrunk_share
+from detectors.base import Counters, dump_vectors, load_vectors, norm_entropy, ramp, shrunk_share
 from detectors.features import EMBED_DIM
 from detectors.reference import Reference
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
@@ -58,17 +58,11 @@ class Coverage:
         return CoverageState(self.k)
 
     def dump(self, state: CoverageState) -> bytes:
-        return state.counters.dump() + state.ring_i8.tobytes() + bytes((state.pos,))
+        return dump_vectors(state.counters, state.ring_i8, state.pos)
 
     def load(self, data: bytes) -> CoverageState:
         st = CoverageState(self.k)
-        pos = st.counters.load(data)
-        if len(data) != pos + RING * EMBED_DIM + 1:
-            raise ValueError(f"{self.name}: state has the wrong size")
-        raw = np.frombuffer(data, dtype=np.int8, count=RING * EMBED_DIM, offset=pos).reshape(RING, EMBED_DIM)
-        st.ring_i8 = raw.copy()
-        st.ring = raw.astype(np.float32) / np.float32(127.0)
-        st.pos = data[-1] % RING
+        st.ring_i8, st.ring, st.pos = load_vectors(data, st.counters, RING, EMBED_DIM, self.name)
         st.mean_sum = st.counters.c[TOPIC0 + self.k :]
         return st
 

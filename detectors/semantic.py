@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Counters, any_of, norm_entropy, ramp, shrunk_share
+from detectors.base import Counters, any_of, dump_vectors, load_vectors, norm_entropy, ramp, shrunk_share
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 
 DIM = 384
@@ -139,17 +139,11 @@ class SemanticCoverage:
         return SemanticState(self.k)
 
     def dump(self, state: SemanticState) -> bytes:
-        return state.counters.dump() + state.ring_i8.tobytes() + bytes((state.pos,))
+        return dump_vectors(state.counters, state.ring_i8, state.pos)
 
     def load(self, data: bytes) -> SemanticState:
         st = SemanticState(self.k)
-        pos = st.counters.load(data)
-        if len(data) != pos + RING * DIM + 1:
-            raise ValueError(f"{self.name}: state has the wrong size")
-        raw = np.frombuffer(data, dtype=np.int8, count=RING * DIM, offset=pos).reshape(RING, DIM)
-        st.ring_i8 = raw.copy()
-        st.ring = raw.astype(np.float32) / np.float32(127.0)
-        st.pos = data[-1] % RING
+        st.ring_i8, st.ring, st.pos = load_vectors(data, st.counters, RING, DIM, self.name)
         st.mean_sum = st.counters.c[TOPIC0 + self.k :]
         return st
 
