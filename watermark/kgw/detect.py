@@ -28,7 +28,10 @@ Candidates may therefore be scored on slightly different counts; equal counts sh
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,9 +46,13 @@ from watermark.kgw.params import KgwParams
 
 IntArray = npt.NDArray[np.int64]
 
-# Bound on the (keys x tuples) int64 work arrays: 2^21 lanes ≈ 16 MB each.
-_MAX_LANES = 1 << 21
-_MAX_TOKEN_ID = 1 << 31  # (seed, token) pairs are packed into one int64
+# Keys per chunk in green_counts: about 128 k uint32 lanes (512 KB) per work array. Measured on this
+# machine (800 tokens, 100 000 keys): one thread is flat from 32 k to 128 k lanes; with two threads, fewer
+# and larger numpy calls mean fewer GIL hand-offs, and 128 k beat 32 k, 64 k, 256 k and 512 k.
+_CHUNK_LANES = 1 << 17
+_THREADS = min(2, os.cpu_count() or 1)  # the target machine has 2 cores
+_BUCKET = 64  # slots per sorted bucket of token groups (wider when one token has more tuples)
+_MAX_TOKEN_ID = 1 << 31  # token ids travel in uint32 lanes (and int64 in the torch core)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,33 +109,28 @@ def collect_tuples(
 
 def keys_array(keys: Sequence[bytes]) -> IntArray:
     """``(K, 4)`` int64 PRF subkeys (same derivation as the torch side)."""
-    return np.asarray([prf.subkeys(k) for k in keys], dtype=np.int64).reshape(len(keys), 4)
+    return prf.subkeys_array(keys).astype(np.int64)
 
 
-def _seeds(tuples: Tuples, subkeys: IntArray, params: KgwParams) -> tuple[IntArray, IntArray]:
-    """``(seed, cand_hash)``, each ``(K, n)``: the final PRF input of every tuple under every key."""
-    k0, k1, k2 = (subkeys[:, i : i + 1] for i in range(3))  # (K, 1)
-    cand = tuples.cand[None, :]  # (1, n)
-    cand_hash = prf.token_hash(cand, k0)
-    window = [prf.token_hash(tuples.prev[None, :, j], k0) for j in range(params.prev_tokens)]
-    if params.seeding == "lefthash":
-        seed = prf.lefthash_seed(window, k1)
-    elif params.seeding == "minhash":
-        seed = prf.minhash_seed(window, k1, np.minimum)
-    else:
-        seed = prf.selfhash_seed(window, cand_hash, prf.anchor_hash(cand, k2), np.minimum)
-    shape = (subkeys.shape[0], tuples.n)
-    return np.broadcast_to(seed, shape), np.broadcast_to(cand_hash, shape)
-
-
-def green_bits(tuples: Tuples, subkeys: IntArray, params: KgwParams) -> npt.NDArray[np.bool_]:
-    """``(K, n)``: is tuple j green under key i. The same PRF expressions as ``torch_core.green_mask``."""
-    seed, cand_hash = _seeds(tuples, subkeys, params)
-    out: npt.NDArray[np.bool_] = prf.green_value(seed, cand_hash, subkeys[:, 3:4]) < params.threshold
+def green_bits(tuples: Tuples, subkeys: npt.NDArray[np.integer], params: KgwParams) -> npt.NDArray[np.bool_]:
+    """``(K, n)``: is tuple j green under key i. The same PRF as ``torch_core.green_mask``, bit for bit
+    (tested against the torch core for every seeding scheme)."""
+    out = np.zeros((subkeys.shape[0], tuples.n), dtype=bool)
+    if tuples.n == 0 or subkeys.shape[0] == 0:
+        return out
+    layout = _Layout.of(tuples, params)
+    sk = np.ascontiguousarray(subkeys, dtype=np.uint32)
+    step = max(1, _CHUNK_LANES // layout.stream.shape[0])
+    bufs = _Buffers(min(step, sk.shape[0]), layout)
+    for lo in range(0, sk.shape[0], step):
+        _, val = _prf_chunk(layout, sk[lo : lo + step], params, bufs)
+        out[lo : lo + step] = np.take(val, layout.cols, axis=1) < params.threshold
     return out
 
 
-def green_counts(tuples: Tuples, subkeys: IntArray, params: KgwParams) -> tuple[IntArray, IntArray]:
+def green_counts(
+    tuples: Tuples, subkeys: npt.NDArray[np.integer], params: KgwParams, *, threads: int | None = None
+) -> tuple[IntArray, IntArray]:
     """``(scored, hits)`` per key, each ``(K,)``: distinct (seed, token) pairs and how many are green.
 
     Second dedup level, per key: min-hash seeds (``minhash``, ``selfhash``) map many different windows to
@@ -136,26 +138,215 @@ def green_counts(tuples: Tuples, subkeys: IntArray, params: KgwParams) -> tuple[
     appears in — so distinct windows can still be one PRF draw. The green value is a function of
     (seed, token) only, so each distinct pair is scored once. Which pairs coincide depends on the subkeys
     k0..k2, never on k3, the subkey that decides green-ness (``green = mix(mix(seed ^ k3) ^ th(t)) < T``), so
-    the selection is still independent of the green bits under H0. Computed in chunks of keys.
+    the selection is still independent of the green bits under H0.
+
+    Computed on uint32 lanes in cache-sized chunks of keys, on ``threads`` threads (default: up to 2);
+    see ``_Layout`` and ``_count_chunk`` for how the per-text work is hoisted out of the per-key loop.
     """
     k = subkeys.shape[0]
     scored = np.zeros(k, dtype=np.int64)
     hits = np.zeros(k, dtype=np.int64)
     if tuples.n == 0 or k == 0:
         return scored, hits
-    step = max(1, _MAX_LANES // tuples.n)
-    for lo in range(0, k, step):
-        sk = subkeys[lo : lo + step]
-        seed, cand_hash = _seeds(tuples, sk, params)
-        green = prf.green_value(seed, cand_hash, sk[:, 3:4]) < params.threshold
-        pair = seed * (1 << 31) + tuples.cand[None, :]  # seed < 2^32, token id < 2^31: fits in int64
-        order = np.argsort(pair, axis=1, kind="stable")
-        pair = np.take_along_axis(pair, order, axis=1)
-        first = np.ones(pair.shape, dtype=bool)
-        first[:, 1:] = pair[:, 1:] != pair[:, :-1]
-        scored[lo : lo + step] = first.sum(axis=1)
-        hits[lo : lo + step] = (np.take_along_axis(green, order, axis=1) & first).sum(axis=1)
+    layout = _Layout.of(tuples, params)
+    sk = np.ascontiguousarray(subkeys, dtype=np.uint32)
+    step = max(1, _CHUNK_LANES // layout.stream.shape[0])
+    chunks = [(lo, min(k, lo + step)) for lo in range(0, k, step)]
+    workers = min(threads or _THREADS, max(1, len(chunks) // 2))
+
+    def run(part: Sequence[tuple[int, int]]) -> None:
+        bufs = _Buffers(min(step, k), layout)
+        for lo, hi in part:
+            _count_chunk(layout, sk[lo:hi], params, bufs, scored[lo:hi], hits[lo:hi])
+
+    if workers <= 1:
+        run(chunks)
+    else:  # numpy releases the GIL inside each large ufunc loop and sort, so chunks overlap on 2 cores
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, [chunks[w::workers] for w in range(workers)]))
     return scored, hits
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The key-independent part of counting, computed once per text (or pooled corpus).
+
+    The tuples are laid out as a token *stream* in which every tuple's window is the ``p`` tokens before
+    its candidate: consecutive tuples from running text share ``p`` tokens, so the stream is about as long
+    as the text and each key hashes each token once (``th``), reading windows as shifted slices instead of
+    gathering them. A tuple that does not continue the previous one (text boundary, first-level dedup drop)
+    starts a new segment with its full window; those context-only positions are computed and ignored.
+
+    Counting distinct (seed, token) pairs only needs care where a token is the candidate of two or more
+    tuples: pairs with different tokens always differ. ``single`` marks the columns whose candidate occurs
+    once (counted by their green bits alone); the others (``multi``) are deduplicated per key by sorting
+    ``seed << 32 | group << 1 | green`` — equal pairs have equal green bits, so equal packed values. Since
+    only pairs of one token's group can be equal, the groups are packed into buckets of ``width`` columns
+    (first fit, largest group first) and each bucket is sorted on its own: many short sorts are about
+    twice as fast as one sort of the whole row. Padding slots get group numbers of their own (never equal
+    to anything) and no green bit.
+    """
+
+    stream: npt.NDArray[np.uint32]  # (S,) token ids; column c of the per-key arrays is position c + p
+    single: npt.NDArray[np.bool_]  # (S - p,) column is a scored tuple whose token occurs in no other tuple
+    n_single: int
+    multi: IntArray  # (buckets * width,) columns of tuples whose token occurs in several tuples, by bucket
+    multi_rank: npt.NDArray[np.uint64]  # same shape: group number << 1 (padding: unique numbers >= groups)
+    multi_real: npt.NDArray[np.bool_]  # same shape: False for padding slots
+    n_multi: int
+    width: int
+    cols: IntArray  # (n,) column of each tuple, in tuple order
+
+    @classmethod
+    def of(cls, tuples: Tuples, params: KgwParams) -> _Layout:
+        p, n = params.prev_tokens, tuples.n
+        rows = np.concatenate([tuples.prev, tuples.cand[:, None]], axis=1)  # (n, p + 1)
+        take = np.ones(rows.shape, dtype=bool)  # which tokens of each row enter the stream
+        if n > 1 and p > 0:  # row j continues row j - 1: its window is row j - 1 shifted by one token
+            take[1:, :p] = ~(rows[1:, :p] == rows[:-1, 1:]).all(axis=1)[:, None]
+        stream = rows[take].astype(np.uint32)
+        cols = np.cumsum(take.sum(axis=1)) - 1 - p  # column of each tuple's candidate
+        _, inverse, counts = np.unique(tuples.cand, return_inverse=True, return_counts=True)
+        once = counts[inverse] == 1
+        single = np.zeros(stream.shape[0] - p, dtype=bool)
+        single[cols[once]] = True
+        multi, rank, real, width = _buckets(cols[~once], inverse[~once])
+        return cls(stream, single, int(once.sum()), multi, rank, real, int((~once).sum()), width, cols)
+
+
+def _buckets(cols: IntArray, group: IntArray) -> tuple[IntArray, npt.NDArray[np.uint64], npt.NDArray[np.bool_], int]:
+    """Pack the columns of each token group into buckets of ``width`` slots (a group never spans two)."""
+    order = np.argsort(group, kind="stable")
+    _, start, size = np.unique(group[order], return_index=True, return_counts=True)
+    width = -(-max(_BUCKET, int(size.max(initial=0))) // 8) * 8  # a multiple of 8 (see _count_rows)
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for g in np.argsort(-size, kind="stable").tolist():  # first fit among the last 8 open buckets
+        for b in range(max(0, len(bins) - 8), len(bins)):
+            if fill[b] + size[g] <= width:
+                bins[b].append(g)
+                fill[b] += int(size[g])
+                break
+        else:
+            bins.append([g])
+            fill.append(int(size[g]))
+    total = len(bins) * width
+    multi = np.zeros(total, dtype=np.int64)  # padding reads column 0; its rank and green bit are overridden
+    rank = np.arange(size.shape[0], size.shape[0] + total, dtype=np.uint64)  # unique padding numbers
+    real = np.zeros(total, dtype=bool)
+    sorted_cols = cols[order]
+    for b, groups in enumerate(bins):
+        pos = b * width
+        for g in groups:
+            k = int(size[g])
+            multi[pos : pos + k] = sorted_cols[start[g] : start[g] + k]
+            rank[pos : pos + k] = g
+            real[pos : pos + k] = True
+            pos += k
+    return multi, rank << np.uint64(1), real, width  # group numbers < 2^31: bits 1..31
+
+
+class _Buffers:
+    """Per-thread scratch arrays for up to ``rows`` keys (reused across chunks: no allocation per chunk)."""
+
+    def __init__(self, rows: int, layout: _Layout) -> None:
+        s, n = layout.stream.shape[0], layout.single.shape[0]  # stream positions, columns
+        self.th = np.empty((rows, s), dtype=np.uint32)
+        self.tmp_s = np.empty((rows, s), dtype=np.uint32)
+        self.seed, self.anchor, self.val, self.tmp = (np.empty((rows, n), dtype=np.uint32) for _ in range(4))
+        self.green = np.empty((rows, n), dtype=bool)
+        self.bits = np.zeros((rows, -(-n // 8) * 8), dtype=bool)  # padded to whole uint64 words
+        m = layout.multi.shape[0]  # a multiple of 8: whole uint64 words for _count_rows
+        self.green_m = np.empty((rows, m), dtype=bool)
+        self.seed_m = np.empty((rows, m), dtype=np.uint32)
+        self.packed = np.empty((rows, m), dtype=np.uint64)
+        self.dup = np.zeros((rows, m), dtype=bool)  # the last column is never written: stays False
+
+
+def _prf_chunk(
+    layout: _Layout, sk: npt.NDArray[np.uint32], params: KgwParams, b: _Buffers
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """``(seed, green value)`` of every column under a chunk of keys, each ``(c, columns)`` (views of
+    ``b``): the PRF of ``prf.py`` — the same expressions, in the same order — on uint32 lanes."""
+    c, p = sk.shape[0], params.prev_tokens
+    n = layout.single.shape[0]
+    k0, k1, k2, k3 = (sk[:, i : i + 1] for i in range(4))
+    th = np.bitwise_xor(layout.stream[None, :], k0, out=b.th[:c])
+    prf.mix_u32_(th, b.tmp_s[:c])  # th(u) of every stream token, once per key
+    cand_hash = th[:, p:]
+    seed, val, tmp = b.seed[:c], b.val[:c], b.tmp[:c]
+    if params.seeding == "lefthash":  # s = mix(...mix(mix(k1 ^ th(x1)) ^ th(x2))... ^ th(xh))
+        np.bitwise_xor(th[:, 0:n], k1, out=seed)
+        prf.mix_u32_(seed, tmp)
+        for j in range(1, p):
+            np.bitwise_xor(seed, th[:, j : j + n], out=seed)
+            prf.mix_u32_(seed, tmp)
+    elif params.seeding == "minhash":  # s = mix(min_j th(xj) ^ k1)
+        np.copyto(seed, th[:, 0:n])
+        for j in range(1, p):
+            np.minimum(seed, th[:, j : j + n], out=seed)
+        np.bitwise_xor(seed, k1, out=seed)
+        prf.mix_u32_(seed, tmp)
+    else:  # selfhash: s(t) = min over u in window ∪ {t} of mix(th(u) ^ ah(t))
+        anchor = np.bitwise_xor(layout.stream[None, p:], k2, out=b.anchor[:c])
+        prf.mix_u32_(anchor, tmp)
+        np.bitwise_xor(cand_hash, anchor, out=seed)
+        prf.mix_u32_(seed, tmp)
+        for j in range(p):
+            np.bitwise_xor(th[:, j : j + n], anchor, out=val)
+            prf.mix_u32_(val, tmp)
+            np.minimum(seed, val, out=seed)
+    np.bitwise_xor(seed, k3, out=val)  # green value mix(mix(s ^ k3) ^ th(t))
+    prf.mix_u32_(val, tmp)
+    np.bitwise_xor(val, cand_hash, out=val)
+    prf.mix_u32_(val, tmp)
+    return seed, val
+
+
+def _count_chunk(
+    layout: _Layout, sk: npt.NDArray[np.uint32], params: KgwParams, b: _Buffers, scored: IntArray, hits: IntArray
+) -> None:
+    """``(scored, hits)`` for one chunk of keys: the PRF (``_prf_chunk``), then the second-level dedup."""
+    c, n = sk.shape[0], layout.single.shape[0]
+    seed, val = _prf_chunk(layout, sk, params, b)
+    threshold = np.uint32(params.threshold)
+    green = np.less(val, threshold, out=b.green[:c])
+    # tuples whose token occurs once: every one is its own (seed, token) pair
+    np.bitwise_and(green, layout.single, out=b.bits[:c, :n])
+    hits[:] = _count_rows(b.bits[:c])  # the padding columns of b.bits are False
+    scored[:] = layout.n_single
+    if layout.n_multi == 0:
+        return
+    w = layout.width
+    size = layout.multi.shape[0]
+    # np.take (mode="clip": the indices are valid, and it writes to ``out`` unbuffered), not seed[:, cols]:
+    # fancy indexing along axis 1 returns F order, which would make the row sorts strided
+    green_m = np.take(green, layout.multi, axis=1, out=b.green_m[:c], mode="clip")
+    green_m &= layout.multi_real
+    seed_m = np.take(seed, layout.multi, axis=1, out=b.seed_m[:c], mode="clip")
+    packed = np.left_shift(seed_m, np.uint64(32), out=b.packed[:c], dtype=np.uint64)  # seed in the high bits:
+    packed |= layout.multi_rank  # random leading bits sort about twice as fast as the group number would
+    packed |= green_m
+    packed.reshape(c, size // w, w).sort(axis=2)  # each bucket on its own
+    # adjacent equal values are repeats of a (token, seed) pair; across a bucket boundary the groups differ
+    dup = np.equal(packed[:, 1:], packed[:, :-1], out=b.dup[:c, : size - 1])
+    scored += layout.n_multi - _count_rows(b.dup[:c])  # the padding of b.dup stays False
+    low = packed.view(np.uint8)[:, 8 + _LOW_BYTE :: 8]  # lowest byte of elements 1..; bit 0 = green
+    np.bitwise_and(dup.view(np.uint8), low, out=dup.view(np.uint8))  # green repeats
+    hits += _count_rows(green_m) - _count_rows(b.dup[:c])
+
+
+_BITWISE_COUNT = getattr(np, "bitwise_count", None)  # numpy >= 2.0
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7  # where a uint64's lowest byte sits in its 8 bytes
+
+
+def _count_rows(bits: npt.NDArray[np.bool_]) -> IntArray:
+    """True values per row of a C-contiguous ``(rows, 8·k)`` bool array: one popcount per 8 columns."""
+    if _BITWISE_COUNT is None:
+        counts: IntArray = np.count_nonzero(bits, axis=1).astype(np.int64)
+        return counts
+    out: IntArray = _BITWISE_COUNT(bits.view(np.uint64)).sum(axis=1, dtype=np.int64)
+    return out
 
 
 def score_tuples(
@@ -165,10 +356,13 @@ def score_tuples(
     family = len(keys)
     if family == 0 or tuples.n == 0:
         return WatermarkScore("kgw", tuples.n, family, None, None, 0, 1.0, 0.0)
-    scored, hits = green_counts(tuples, keys_array([k.key for k in keys]), params)
+    scored, hits = green_counts(tuples, prf.subkeys_array([k.key for k in keys]), params)
     # log P(X >= hits) for X ~ Binomial(scored, γ); one table per distinct count
-    tables = {int(n): stats.binom_log_sf_table(int(n), params.p_green) for n in np.unique(scored)}
-    log_p = np.asarray([tables[int(n)][h] for n, h in zip(scored, hits, strict=True)], dtype=np.float64)
+    counts, group = np.unique(scored, return_inverse=True)
+    tables = np.full((counts.shape[0], int(counts[-1]) + 1), -np.inf)
+    for g, n in enumerate(counts.tolist()):
+        tables[g, : n + 1] = stats.binom_log_sf_table(n, params.p_green)
+    log_p = tables[group, hits]  # hits <= scored, so every lookup lands inside its own table
     order = np.lexsort((np.arange(family), log_p))  # smallest p first, ties in candidate order
     cands = tuple(
         CandidateScore(

@@ -5,6 +5,8 @@ runs unchanged on torch int64 tensors (generation, GPU or CPU) and on numpy int6
 torch). Values are 32-bit lanes held in int64: every intermediate stays below 2⁶³ (the multipliers are
 below 2³¹), so no signed overflow happens in either library and both compute bit-identical results —
 detection reproduces generation exactly by construction, not by keeping two implementations in sync.
+(``subkeys_array`` and ``mix_u32_`` at the end are numpy-only helpers for verification against many keys:
+the same HMAC and the same mixer on uint32 lanes, tested equal to ``subkeys`` and ``mix``.)
 
 Structure (all values 32-bit; ``k0..k3`` come from HMAC-SHA256 of the per-client key, see ``subkeys``):
 
@@ -25,8 +27,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 M32 = 0xFFFFFFFF
 _DOMAIN = b"ipgate/kgw/subkeys/v1"
@@ -45,6 +50,16 @@ def subkeys(client_key: bytes) -> tuple[int, int, int, int]:
     digest = hmac.new(client_key, _DOMAIN, hashlib.sha256).digest()
     k0, k1, k2, k3 = struct.unpack(">4I", digest[:16])
     return k0, k1, k2, k3
+
+
+def subkeys_array(client_keys: Sequence[bytes]) -> npt.NDArray[np.uint32]:
+    """``(K, 4)`` uint32: ``subkeys`` of every key, for attribution among many clients. The same HMAC
+    through ``hmac.digest`` (the one-shot C path) and one big-endian buffer decode instead of a
+    ``struct.unpack`` and a Python tuple per key: 100 000 keys in ≈ 0.15 s instead of ≈ 0.21 s."""
+    if any(len(k) < 16 for k in client_keys):
+        raise ValueError("kgw key must be at least 16 bytes (derive it with watermark.keys)")
+    buf = b"".join([hmac.digest(k, _DOMAIN, "sha256")[:16] for k in client_keys])
+    return np.frombuffer(buf, dtype=">u4").astype(np.uint32).reshape(len(client_keys), 4)
 
 
 _C1 = 0x7FEB352D
@@ -101,3 +116,28 @@ def selfhash_seed(window_hashes: list[Lanes], cand_hash: Lanes, cand_anchor: Lan
 def green_value(seed: Lanes, cand_hash: Lanes, k3: Lanes) -> Lanes:
     """The 32-bit value compared against ``threshold``: green iff ``green_value < threshold``."""
     return mix(mix(seed ^ k3) ^ cand_hash)
+
+
+# --- numpy uint32 lanes (detection only; the expressions above stay the single source of truth) ----------
+#
+# ``mix`` above keeps 32-bit values in int64 so torch can run it (torch's unsigned 32-bit dtype supports
+# few operations). Detection over many keys is memory-bound, so it runs the same mixer on numpy *uint32* lanes:
+# uint32 multiplication wraps mod 2³², exactly what ``(x * c) & M32`` computes on int64 lanes, so the masks
+# go away and every array is half the size. ``mix_u32_`` works in place with one scratch buffer (no
+# temporaries). Equality with ``mix`` over random inputs is tested (tests/watermark/test_kgw_fast.py).
+
+_C1_U32 = np.uint32(_C1)
+_C2_U32 = np.uint32(_C2)
+
+
+def mix_u32_(x: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """``x = mix(x)`` in place on uint32 lanes; ``tmp`` is a scratch array of the same shape."""
+    np.right_shift(x, 16, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _C1_U32, out=x)
+    np.right_shift(x, 15, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _C2_U32, out=x)
+    np.right_shift(x, 16, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    return x
