@@ -1,11 +1,14 @@
 """Hot-path latency of the state stores: the admit step of one request (reservation estimate + one
 ``hot_path`` round trip + the rate-limit headers), memory vs Redis, sequential and 16 concurrent, one event loop.
 
-    .venv/bin/python bench/store_bench.py [--n 20000] [--redis-url URL] [--out FILE.md]
+    .venv/bin/python bench/store_bench.py [--n 20000] [--redis-url URL] [--no-cluster] [--out FILE.md]
 
 Without ``--redis-url`` it starts a private ``redis-server`` on a free loopback port (no persistence) and
-stops it afterwards. Rows: ``memory`` (MemoryStore), ``redis`` (RedisStore, raw), ``redis+resilient`` (what
-``store.kind: redis`` really runs: RedisStore behind the failure-mode guard), and for reference
+stops it afterwards. Unless ``--no-cluster``, it also starts a private 3-primary Redis Cluster (needs
+``redis-cli``). Rows: ``memory`` (MemoryStore), ``redis`` (RedisStore, raw), ``redis+resilient`` (what
+``store.kind: redis`` really runs: RedisStore behind the failure-mode guard), ``redis cluster`` and
+``redis cluster+resilient`` (the same with ``store.cluster: true``: slot routing over one connection per
+primary; the 1000 clients spread over the three primaries), and for reference
 ``redis-py pool`` — the same Lua script and argument list through redis-py's asyncio client and connection pool
 (what RedisStore used before its multiplexed connection; it shows why that connection exists). Latency is per call
 (``perf_counter_ns`` around the awaited call); throughput is calls per second of wall time; "gateway CPU" is
@@ -98,21 +101,46 @@ async def measure(store: StateStore, n: int, concurrency: int) -> tuple[list[int
     return lat, calls / (time.perf_counter() - t0), (time.process_time() - c0) / calls * 1e6
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
+def start_redis(extra: tuple[str, ...] = (), port: int | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server not found; pass --redis-url or install redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="ipgate-bench-redis-")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "no", "--dir", tmp, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     return proc, f"redis://127.0.0.1:{port}/0", tmp
 
 
-async def run(n: int, redis_url: str) -> list[tuple[str, int, float, float, float, float, float]]:
+def start_cluster() -> list[tuple[subprocess.Popen[bytes], str, str]]:
+    """Three cluster-enabled redis-servers joined by ``redis-cli --cluster create`` (no replicas)."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        sys.exit("redis-cli not found; pass --no-cluster or install redis-server (it ships redis-cli)")
+    ports: list[int] = []
+    while len(ports) < 3:  # the cluster bus listens on port + 10000
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + 10000 <= 65535 and p not in ports:
+            ports.append(p)
+    nodes = [start_redis(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"), p) for p in ports]
+    subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                    "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, timeout=30)
+    for _ in range(300):
+        out = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True).stdout
+        if "cluster_state:ok" in out:
+            break
+        time.sleep(0.05)
+    return nodes
+
+
+async def run(n: int, redis_url: str, cluster_url: str | None) -> list[tuple[str, int, float, float, float, float,
+                                                                          float]]:
     cfg = StoreConfig(kind="redis", url=redis_url, timeout_ms=1000)
     raw = RedisStore.from_config(cfg)
     guarded = ResilientStore(RedisStore.from_config(cfg), failure_mode="local", timeout_ms=cfg.timeout_ms)
@@ -122,8 +150,15 @@ async def run(n: int, redis_url: str) -> list[tuple[str, int, float, float, floa
         ("memory", MemoryStore(), lambda: asyncio.sleep(0)),
         ("redis", raw, raw.close),
         ("redis+resilient", guarded, guarded.close),
-        ("redis-py pool (reference)", ref, ref.close),  # type: ignore[list-item]
     ]
+    if cluster_url is not None:
+        ccfg = StoreConfig(kind="redis", url=cluster_url, cluster=True, timeout_ms=1000)
+        craw = RedisStore.from_config(ccfg)
+        cguarded = ResilientStore(RedisStore.from_config(ccfg), failure_mode="local", timeout_ms=ccfg.timeout_ms)
+        await cguarded.start()
+        stores += [("redis cluster (3 primaries)", craw, craw.close),
+                   ("redis cluster+resilient", cguarded, cguarded.close)]
+    stores.append(("redis-py pool (reference)", ref, ref.close))  # type: ignore[arg-type]
     rows = []
     for name, store, _ in stores:
         await measure(store, min(n, 2000), 1)  # warm-up: scripts loaded, connections opened
@@ -140,18 +175,25 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20_000, help="calls per measurement")
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--out", default=None, help="also write the markdown table to this file")
+    ap.add_argument("--no-cluster", action="store_true", help="skip the Redis Cluster rows")
     args = ap.parse_args()
-    proc, tmp = None, None
+    servers: list[tuple[subprocess.Popen[bytes], str, str]] = []
     url = args.redis_url
-    if url is None:
-        proc, url, tmp = start_redis()
     try:
-        rows = asyncio.run(run(args.n, url))
+        if url is None:
+            servers.append(start_redis())
+            url = servers[0][1]
+        cluster_url = None
+        if not args.no_cluster:
+            nodes = start_cluster()
+            servers += nodes
+            cluster_url = nodes[0][1].rsplit("/", 1)[0]
+        rows = asyncio.run(run(args.n, url, cluster_url))
     finally:
-        if proc is not None:
+        for proc, _, tmp in servers:
             proc.terminate()
             proc.wait()
-            shutil.rmtree(tmp or "", ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     lines = [
         f"store hot path (estimate_tokens + hot_path + rate_limit_headers), n={args.n} per row, "
         f"Python {platform.python_version()}, {platform.machine()}",

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +53,26 @@ class StoreConfig(_Model):
     local_replicas: int = Field(1, ge=1, description="replica count that 'local' failure mode divides limits by")
     health_interval_s: float = Field(1.0, gt=0)
     max_state_bytes: int = Field(32 * 1024, gt=0, description="largest per-client detector state accepted")
+    cluster: bool = Field(False, description="url (plus cluster_seeds) names Redis Cluster nodes; route by slot")
+    cluster_seeds: list[str] = Field(default_factory=list, description="more seed node URLs for cluster mode")
+
+    @model_validator(mode="after")
+    def _cluster_urls(self) -> StoreConfig:
+        if not self.cluster:
+            if self.cluster_seeds:
+                raise ValueError("cluster_seeds is set but cluster is false")
+            return self
+        if self.kind != "redis":
+            raise ValueError("cluster: true needs kind: redis")
+        for u in [self.url, *self.cluster_seeds]:
+            parsed = urlparse(u)
+            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+                # the URL itself may hold a password: name the host, never echo the URL
+                raise ValueError("cluster node URLs are redis://host:port or rediss://host:port "
+                                 f"(got scheme {parsed.scheme!r}, host {parsed.hostname!r})")
+            if parsed.path.strip("/") not in ("", "0"):
+                raise ValueError(f"Redis Cluster has only database 0 (node {parsed.hostname}:{parsed.port})")
+        return self
 
     @field_validator("key_prefix")
     @classmethod

@@ -131,3 +131,104 @@ def redis_process() -> Iterator[RedisProcess]:
     rp = RedisProcess().start()
     yield rp
     rp.stop()
+
+
+# --- Redis Cluster ---------------------------------------------------------------------------------------------
+
+REDIS_CLI = os.environ.get("IPGATE_TEST_REDIS_CLI") or shutil.which("redis-cli")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterProcess:
+    """A real 3-primary Redis Cluster (no replicas) on free loopback ports, built with ``redis-cli --cluster``."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        if REDIS_BIN is None or REDIS_CLI is None:
+            pytest.skip("Redis Cluster tests need both redis-server and redis-cli on PATH "
+                        "(`sudo apt-get install redis-server` installs both)")
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")
+        self.nodes = [RedisProcess(_cluster_port(), extra_args=args) for _ in range(primaries)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url.rsplit("/", 1)[0]
+
+    def client(self, i: int) -> redis.Redis:
+        return redis.Redis(port=self.nodes[i].port, socket_timeout=5)
+
+    def start(self) -> RedisClusterProcess:
+        for n in self.nodes:
+            n.start()
+        assert REDIS_CLI is not None
+        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout_s: float = 15.0) -> None:
+        """Until every node says cluster_state:ok and agrees that all 16384 slots are served."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                infos = []
+                for i in range(len(self.nodes)):
+                    with self.client(i) as r:
+                        infos.append(r.cluster("info"))
+                if all(i["cluster_state"] == "ok" and int(i["cluster_slots_ok"]) == 16384 for i in infos):
+                    return
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
+
+    def node_of_slot(self, slot: int) -> int:
+        """Index (in ``nodes``) of the primary serving ``slot``."""
+        with self.client(0) as r:
+            rows = r.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        for row in rows:
+            if row[0] <= slot <= row[1]:
+                return next(i for i, n in enumerate(self.nodes) if n.port == int(row[2][1]))
+        raise LookupError(slot)
+
+    def node_id(self, i: int) -> str:
+        with self.client(i) as r:
+            return str(r.execute_command("CLUSTER", "MYID").decode())  # type: ignore[no-untyped-call]
+
+    def flush(self) -> None:
+        for i in range(len(self.nodes)):
+            with self.client(i) as r:
+                r.flushall()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcess]:
+    """A real 3-primary Redis Cluster for the session (skipped only when redis-server/redis-cli are missing)."""
+    rc = RedisClusterProcess().start()
+    yield rc
+    rc.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterProcess) -> str:
+    """Seed URL of the session's cluster, every primary emptied before the test."""
+    redis_cluster.flush()
+    return redis_cluster.url

@@ -8,7 +8,9 @@
 - A client's keys share the hash tag ``{client_id}`` so that, in Redis Cluster, the hot-path script's three
   keys live in one slot. Keys that are not per client are touched one key per command.
 - All traffic goes over one multiplexed connection per process (``resp.RespMux``): every call is bounded by
-  ``StoreConfig.timeout_ms``, connect included, and never retried here.
+  ``StoreConfig.timeout_ms``, connect included, and never retried here. With ``StoreConfig.cluster`` the
+  connection is a ``cluster.ClusterMux`` instead (one ``RespMux`` per primary, routed by hash slot, following
+  ``MOVED``/``ASK``); every call names the key it is routed by.
 
 Errors propagate (``redis.exceptions.RedisError``, ``TimeoutError``): wrap this store in ``ResilientStore``
 to apply the configured failure mode.
@@ -25,6 +27,7 @@ from typing import Any
 from gateway.config import StoreConfig
 from gateway.ratelimit import interval_us
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision
+from gateway.store.cluster import ClusterMux
 from gateway.store.memory import (
     ALERTS_TTL_S,
     DEFAULT_MAX_STATE_BYTES,
@@ -56,27 +59,34 @@ class _Script:
         self.src = resources.files("gateway.store").joinpath("lua", name).read_bytes()
         self.sha = hashlib.sha1(self.src).hexdigest().encode()
 
-    async def run(self, mux: RespMux, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> Any:
-        return await self.run_packed(mux, pack_bulks([len(keys), *keys, *args]), 1 + len(keys) + len(args))
+    async def run(self, mux: Conn, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> Any:
+        return await self.run_packed(mux, pack_bulks([len(keys), *keys, *args]), 1 + len(keys) + len(args), keys[0])
 
-    async def run_packed(self, mux: RespMux, body: bytes, nbody: int) -> Any:
-        """``body`` is ``numkeys keys... args...`` as ``nbody`` packed bulk strings (``pack_bulks``)."""
+    async def run_packed(self, mux: Conn, body: bytes, nbody: int, key: Arg) -> Any:
+        """``body`` is ``numkeys keys... args...`` as ``nbody`` packed bulk strings (``pack_bulks``); ``key`` is
+        one of the keys (Redis Cluster routes by it; on a cluster the EVAL fallback loads the script on that
+        key's node)."""
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (nbody + 2, self.sha)
-        (reply,) = await mux.execute_packed(head + body)
+        (reply,) = await mux.execute_packed(head + body, 1, key)
         err = reply_error(reply)
         if err is not None and str(err).startswith("NOSCRIPT"):
             head = b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (nbody + 2, len(self.src), self.src)
-            (reply,) = await mux.execute_packed(head + body)
+            (reply,) = await mux.execute_packed(head + body, 1, key)
             err = reply_error(reply)
         if err is not None:
             raise err
         return reply
 
 
+Conn = RespMux | ClusterMux
+
+
 class RedisStore:
     def __init__(self, url: str, *, timeout_s: float = 0.05, prefix: str = "ipgate:",
-                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES) -> None:
-        self._mux = RespMux(url, timeout_s=timeout_s)
+                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES, cluster_seeds: Sequence[str] | None = None) -> None:
+        """``cluster_seeds``: Redis Cluster seed node URLs (``url`` is then ignored); None = one endpoint."""
+        self._mux: Conn = (ClusterMux(cluster_seeds, timeout_s=timeout_s) if cluster_seeds is not None
+                           else RespMux(url, timeout_s=timeout_s))
         self._p = prefix
         self._max_state = max_state_bytes
         self._hot = _Script("hot_path.lua")
@@ -90,7 +100,12 @@ class RedisStore:
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> RedisStore:
         return cls(cfg.url, timeout_s=cfg.timeout_ms / 1000.0, prefix=cfg.key_prefix,
-                   max_state_bytes=cfg.max_state_bytes)
+                   max_state_bytes=cfg.max_state_bytes,
+                   cluster_seeds=[cfg.url, *cfg.cluster_seeds] if cfg.cluster else None)
+
+    @property
+    def connection(self) -> Conn:
+        return self._mux
 
     # key layout ------------------------------------------------------------------------------------------
     def client_keys(self, client_id: str) -> tuple[str, str, str]:
@@ -118,8 +133,9 @@ class RedisStore:
     async def hot_path(self, req: AdmitRequest) -> AdmitResult:
         state_ttl = int(req.state_ttl_s * 1000) if req.state_ttl_s > 0 else 0
         tiers, ntier_args = self._limit_args(req.limits_by_tier)
-        body = pack_bulks([3, *self.client_keys(req.client_id), req.tokens, state_ttl]) + tiers
-        row = await self._hot.run_packed(self._mux, body, 6 + ntier_args)
+        keys = self.client_keys(req.client_id)
+        body = pack_bulks([3, *keys, req.tokens, state_ttl]) + tiers
+        row = await self._hot.run_packed(self._mux, body, 6 + ntier_args, keys[0])
         return AdmitResult(
             allowed=bool(row[0]),
             tier=int(row[1]),
@@ -234,7 +250,7 @@ class RedisStore:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     async def ping(self) -> None:
-        await self._mux.execute("PING")
+        await self._mux.ping()  # on a cluster: every primary
 
     async def close(self) -> None:
         await self._mux.close()

@@ -62,6 +62,20 @@ def reply_error(reply: Any) -> ResponseError | None:
     return None
 
 
+def check_replies(replies: list[Any]) -> list[Any]:
+    """Raise the first error reply of a pipeline (an ``EXEC`` result's items included); else the replies."""
+    for r in replies:
+        err = reply_error(r)
+        if err is not None:
+            raise err
+        if isinstance(r, list):
+            for item in r:
+                nested = reply_error(item)
+                if nested is not None:
+                    raise nested
+    return replies
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -150,6 +164,10 @@ class RespMux:
         self._proto: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
+    @property
+    def host(self) -> str:
+        return self._host
+
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         if self._scheme == "unix":
@@ -180,8 +198,9 @@ class RespMux:
                 self._proto = await self._connect()
             return self._proto
 
-    async def execute_packed(self, data: bytes, replies: int = 1) -> list[Any]:
-        """Send pre-encoded commands in one write; return their replies (errors as values, see reply_error)."""
+    async def execute_packed(self, data: bytes, replies: int = 1, key: Arg | None = None) -> list[Any]:
+        """Send pre-encoded commands in one write; return their replies (errors as values, see reply_error).
+        ``key`` (one key the commands touch) is what ``cluster.ClusterMux`` routes by; one endpoint ignores it."""
         proto: _Protocol | None = None
         try:
             async with asyncio.timeout(self._timeout):
@@ -205,17 +224,10 @@ class RespMux:
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Pipeline: all commands in one contiguous write (so MULTI ... EXEC is never interleaved with other
         callers' commands on this shared connection); raises the first error reply."""
-        replies = await self.execute_packed(b"".join(pack(c) for c in commands), len(commands))
-        for r in replies:
-            err = reply_error(r)
-            if err is not None:
-                raise err
-            if isinstance(r, list):
-                for item in r:
-                    nested = reply_error(item)
-                    if nested is not None:
-                        raise nested
-        return replies
+        return check_replies(await self.execute_packed(b"".join(pack(c) for c in commands), len(commands)))
+
+    async def ping(self) -> None:
+        await self.execute("PING")
 
     async def close(self) -> None:
         if self._proto is not None:

@@ -1,0 +1,274 @@
+"""``ClusterMux``: the store's connection to a Redis Cluster — one multiplexed ``RespMux`` per primary.
+
+It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / ``execute`` /
+``execute_many`` / ``ping`` / ``close``) and routes each one by its key's hash slot:
+
+- **Slot map** from ``CLUSTER SLOTS`` (asked of the known primaries, then of the seed nodes), loaded on the
+  first call and refreshed in the background after a redirect or a connection failure; a refresh never blocks
+  a request. The slot of a key is CRC16 of its hash tag (``redis.crc.key_slot``, redis-py's implementation).
+- **MOVED** (the slot lives elsewhere now): the slot is re-pointed at once, a full refresh is scheduled, and
+  the command is sent again to the new owner. **ASK** (the slot is being migrated and this key has already
+  moved): ``ASKING`` + the command on the target, in the same write; the map is not changed. **TRYAGAIN**
+  (a multi-key script during the migration of its slot, its keys split between the two nodes or missing on
+  one): short pauses (1 ms doubling to 10 ms) for at most half the timeout, then the ``TRYAGAIN`` error reply
+  is raised (``ResilientStore`` answers that one call by the failure mode; the store is not marked down). At
+  most ``MAX_REDIRECTS`` MOVED/ASK per call; past that the call fails like an unreachable Redis.
+- A redirected call is sent again **whole**: a redirect reply means the node did not execute that command,
+  and the store's batches are either one key (a script, a ``MULTI``/``EXEC`` block, whose commands are
+  refused all together) or idempotent reads and writes of one slot (``link_sketches``).
+- ``execute_many`` splits a pipeline whose commands touch keys in different slots (``link_sketches``: one
+  sorted set per sketch) into one pipeline per slot, sent concurrently, replies put back in order.
+- Scripts (``EVALSHA``) go to the node that owns their keys; a ``NOSCRIPT`` there is answered by the caller's
+  ``EVAL`` fallback on the same node, so every primary loads the scripts it needs on first use.
+- ``CLUSTERDOWN`` and exhausted redirects raise ``redis.exceptions.ConnectionError``: like a node that is
+  down or hung (every node call is bounded by the timeout), they are an outage to ``ResilientStore``, which
+  applies the configured failure mode to the **whole** store until ``ping`` (every primary answers) succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import hiredis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.store.resp import Arg, RespMux, check_replies, pack, reply_error
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5  # MOVED/ASK followed per call; a healthy cluster needs at most two
+_TRYAGAIN_FIRST_PAUSE_S = 0.001
+_TRYAGAIN_MAX_PAUSE_S = 0.010
+_ASKING = pack(("ASKING",))
+_NO_KEY_SLOT = 0  # PING and other key-less commands: any primary will do
+
+
+def _b(a: Arg) -> bytes:
+    return a if isinstance(a, bytes) else str(a).encode()
+
+
+def slot_of(key: Arg) -> int:
+    return int(key_slot(_b(key)))
+
+
+def _redirect(replies: Sequence[Any]) -> tuple[str, int, str] | None:
+    """The first ``MOVED``/``ASK``/``TRYAGAIN`` reply as (kind, slot, "host:port"); CLUSTERDOWN raises.
+    Redirects are always top-level replies: inside ``MULTI`` each queued command answers ``QUEUED`` or the
+    redirect, and ``EXEC`` then answers ``EXECABORT`` (so nested replies need no scan)."""
+    for r in replies:
+        if not isinstance(r, hiredis.ReplyError):
+            continue
+        msg = str(r)
+        if msg.startswith(("MOVED ", "ASK ")):
+            kind, slot, addr = msg.split(" ", 2)
+            return kind, int(slot), addr
+        if msg.startswith("TRYAGAIN"):
+            return "TRYAGAIN", -1, ""
+        if msg.startswith("CLUSTERDOWN"):
+            raise RedisConnectionError(f"Redis Cluster is down: {msg}")
+    return None
+
+
+class ClusterMux:
+    """Routes the store's commands to the primaries of a Redis Cluster found from ``seeds`` (URLs)."""
+
+    def __init__(self, seeds: Sequence[str], *, timeout_s: float) -> None:
+        if not seeds:
+            raise ValueError("a Redis Cluster needs at least one seed node URL")
+        first = urlparse(seeds[0])
+        if first.scheme not in ("redis", "rediss"):
+            raise ValueError(f"Redis Cluster seed URLs are redis:// or rediss://, got {first.scheme!r}")
+        if first.path.strip("/") not in ("", "0"):
+            raise ValueError("Redis Cluster has only database 0; drop the /db from the URL")
+        # Nodes learnt from CLUSTER SLOTS are reached with the seed's scheme and credentials.
+        self._scheme = first.scheme
+        self._auth = first.netloc.rpartition("@")[0] + "@" if "@" in first.netloc else ""
+        self._seeds = [self._addr(urlparse(u).hostname or "127.0.0.1", urlparse(u).port or 6379) for u in seeds]
+        self._timeout = timeout_s
+        self._nodes: dict[str, RespMux] = {}
+        self._slots: list[RespMux | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        self._loaded = False
+        self._loading = asyncio.Lock()
+        self._refresh_task: asyncio.Task[None] | None = None
+        self.redirects: Counter[str] = Counter()  # MOVED / ASK / TRYAGAIN followed (tests, debugging)
+
+    @staticmethod
+    def _addr(host: str, port: int) -> str:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _node(self, addr: str) -> RespMux:
+        mux = self._nodes.get(addr)
+        if mux is None:
+            mux = self._nodes[addr] = RespMux(f"{self._scheme}://{self._auth}{addr}/0", timeout_s=self._timeout)
+        return mux
+
+    # slot map ------------------------------------------------------------------------------------------------
+    async def _load_map(self) -> None:
+        """Ask the primaries we know, then the seeds, for ``CLUSTER SLOTS``; the first answer wins."""
+        serving = set(self._slots)
+        known = list(dict.fromkeys([*(a for a, m in self._nodes.items() if m in serving), *self._seeds]))
+        last: Exception | None = None
+        for addr in known:
+            try:
+                rows = await self._node(addr).execute("CLUSTER", "SLOTS")
+            except Exception as e:
+                last = e
+                continue
+            host = addr.rpartition(":")[0].strip("[]")
+            slots: list[RespMux | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+            for row in rows:
+                start, end, primary = int(row[0]), int(row[1]), row[2]
+                # an empty or "?" host means "the address you asked me on" (cluster-announce-ip unset)
+                node_host = primary[0].decode() if primary[0] not in (b"", b"?", None) else host
+                mux = self._node(self._addr(node_host, int(primary[1])))
+                slots[start:end + 1] = [mux] * (end - start + 1)
+            self._slots = slots
+            self._loaded = True
+            live = set(slots)
+            for gone in [a for a, m in self._nodes.items() if m not in live and a not in self._seeds]:
+                await self._nodes.pop(gone).close()
+            return
+        raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS: {last}")
+
+    async def refresh(self) -> None:
+        async with self._loading:
+            await self._load_map()
+
+    def _schedule_refresh(self) -> None:
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.get_running_loop().create_task(self._background_refresh())
+
+    async def _background_refresh(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as e:
+            log.debug("Redis Cluster slot map refresh failed: %s", e)
+
+    async def _owner(self, slot: int) -> RespMux:
+        if not self._loaded:
+            async with self._loading:
+                if not self._loaded:
+                    await self._load_map()
+        mux = self._slots[slot]
+        if mux is None:
+            self._schedule_refresh()
+            raise RedisConnectionError(f"no Redis Cluster node serves slot {slot}")
+        return mux
+
+    # routing -------------------------------------------------------------------------------------------------
+    async def _send(self, slot: int, data: bytes, replies: int) -> list[Any]:
+        asking: RespMux | None = None
+        redirects = 0
+        pause = _TRYAGAIN_FIRST_PAUSE_S
+        tryagain_until: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            mux = asking or await self._owner(slot)
+            try:
+                if asking is not None:
+                    out = (await mux.execute_packed(_ASKING + data, replies + 1))[1:]
+                else:
+                    out = await mux.execute_packed(data, replies)
+            except Exception:
+                self._schedule_refresh()  # a dead or hung primary: a failover may have moved its slots
+                raise
+            redirect = _redirect(out)
+            if redirect is None:
+                return out
+            kind, new_slot, addr = redirect
+            self.redirects[kind] += 1
+            if kind == "TRYAGAIN":
+                # The script's keys are split between the two nodes of a migrating slot; the migration
+                # moves them within milliseconds. Wait for it, but within half the call's timeout, then give
+                # up with the error reply: ResilientStore answers this one call by the failure mode without
+                # declaring the whole store down.
+                tryagain_until = tryagain_until or loop.time() + self._timeout / 2
+                if loop.time() + pause > tryagain_until:
+                    raise ResponseError(f"TRYAGAIN: slot {slot} is still being migrated")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _TRYAGAIN_MAX_PAUSE_S)
+                redirects = 0  # source ASK → target TRYAGAIN can alternate; the time budget bounds that loop
+                continue  # to the same node (with ASKING again if it was the ASK target)
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                raise RedisConnectionError(f"more than {MAX_REDIRECTS} Redis Cluster redirects for slot {slot}")
+            host, _, port = addr.rpartition(":")
+            if host in ("", "?"):  # no announced endpoint: the node we asked is on the same host
+                addr = self._addr(mux.host, int(port))
+            if kind == "MOVED":
+                asking = None
+                self._slots[new_slot] = self._node(addr)
+                self._schedule_refresh()
+            else:
+                asking = self._node(addr)
+
+    async def execute_packed(self, data: bytes, replies: int = 1, key: Arg | None = None) -> list[Any]:
+        return await self._send(_NO_KEY_SLOT if key is None else slot_of(key), data, replies)
+
+    async def execute(self, *args: Arg) -> Any:
+        reply = (await self.execute_packed(pack(args), 1, args[1] if len(args) > 1 else None))[0]
+        err = reply_error(reply)
+        if err is not None:
+            raise err
+        return reply
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """One pipeline per slot (sent concurrently), replies in the callers' order. A command without a key
+        (``MULTI``, ``EXEC``) stays with its neighbours, so a transaction must touch one slot."""
+        groups: dict[int, list[int]] = {}
+        slot: int | None = None
+        keyless: list[int] = []
+        for i, cmd in enumerate(commands):
+            if len(cmd) < 2:
+                if slot is None:
+                    keyless.append(i)  # before the first key: joins the first keyed command's group
+                else:
+                    groups[slot].append(i)
+                continue
+            slot = slot_of(cmd[1])
+            groups.setdefault(slot, []).extend(keyless)
+            keyless = []
+            groups[slot].append(i)
+        if keyless:
+            groups.setdefault(_NO_KEY_SLOT, []).extend(keyless)
+        if any(len(c) == 1 and _b(c[0]).upper() == b"MULTI" for c in commands) and len(groups) > 1:
+            raise ValueError("a MULTI/EXEC block on Redis Cluster must touch keys of one slot")
+        order = list(groups.items())
+        results = await asyncio.gather(*(self._send(s, b"".join(pack(commands[i]) for i in idx), len(idx))
+                                         for s, idx in order))
+        replies: list[Any] = [None] * len(commands)
+        for (_, idx), out in zip(order, results, strict=True):
+            for i, r in zip(idx, out, strict=True):
+                replies[i] = r
+        return check_replies(replies)
+
+    async def ping(self) -> None:
+        """Healthy means: the slot map loads, every slot has an owner, and every primary answers PING."""
+        await self.refresh()
+        if any(m is None for m in self._slots):
+            raise RedisConnectionError("Redis Cluster slot map has unassigned slots")
+        primaries = {id(m): m for m in self._slots if m is not None}
+        await asyncio.gather(*(m.execute("PING") for m in primaries.values()))
+
+    def primaries(self) -> list[RespMux]:
+        return list({id(m): m for m in self._slots if m is not None}.values())
+
+    async def close(self) -> None:
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for mux in self._nodes.values():
+            await mux.close()
+        self._nodes.clear()
+        self._slots = [None] * REDIS_CLUSTER_HASH_SLOTS
+        self._loaded = False

@@ -1,0 +1,307 @@
+"""RedisStore on a real 3-primary Redis Cluster (fixture ``redis_cluster`` in tests/conftest.py).
+
+The StateStore contract itself runs on the cluster too (``store`` fixture, param ``cluster``). Here: keys
+spread over the primaries with a TTL each, scripts loaded per node, a live slot migration (ASK, TRYAGAIN,
+MOVED) without a lost or double-counted admission, a primary going down under each failure mode, and the
+configuration rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from redis.crc import key_slot
+
+from gateway.config import StoreConfig
+from gateway.errors import ServiceUnavailable
+from gateway.ratelimit import admission_error
+from gateway.store.base import AdmitRequest, Limits
+from gateway.store.cluster import ClusterMux
+from gateway.store.redis import RedisStore
+from gateway.store.resilient import ResilientStore
+from gateway.telemetry.metrics import Metrics
+
+SLOW = Limits(requests_per_minute=1, tokens_per_minute=1e9, burst_requests=6, burst_tokens=10**9)  # T = 60 s
+
+
+def cluster_store(url: str, timeout_ms: float = 2000) -> RedisStore:
+    return RedisStore.from_config(StoreConfig(kind="redis", url=url, cluster=True, timeout_ms=timeout_ms))
+
+
+def mux_of(store: RedisStore) -> ClusterMux:
+    mux = store.connection
+    assert isinstance(mux, ClusterMux)
+    return mux
+
+
+def slot_of_client(store: RedisStore, client: str) -> int:
+    return int(key_slot(store.client_keys(client)[0].encode()))
+
+
+def client_on_node(store: RedisStore, cluster: Any, node: int, prefix: str = "c") -> str:
+    """A client id whose keys live on primary ``node``."""
+    return next(f"{prefix}{i}" for i in range(10_000)
+                if cluster.node_of_slot(slot_of_client(store, f"{prefix}{i}")) == node)
+
+
+@pytest.fixture
+async def cstore(redis_cluster_url: str) -> AsyncIterator[RedisStore]:
+    s = cluster_store(redis_cluster_url)
+    yield s
+    await s.close()
+
+
+async def test_keys_spread_over_primaries_each_with_a_ttl(cstore: RedisStore, redis_cluster: Any) -> None:
+    clients = [client_on_node(cstore, redis_cluster, n) for n in range(3)]
+    for c in clients:
+        assert (await cstore.hot_path(AdmitRequest(c, 5, (SLOW,), 60.0))).allowed
+        await cstore.save_client_state(c, b"s", 1, 0.5, ttl_s=60)
+        await cstore.set_override(c, None, 2, ttl_s=60)
+    await cstore.reconcile_tokens("late", 0, 50, SLOW)
+    assert await cstore.link_sketches("c1", list(range(20)), ttl_s=60) == {}  # 20 keys, several slots
+    assert await cstore.link_sketches("c2", [3, 19, 40], ttl_s=60) == {"c1": 2}
+    await cstore.append_alert("{}", max_len=10)
+    await cstore.add_recipient("c1", 1, ttl_s=60)
+    await cstore.acquire_lease("l", "o", ttl_s=60)
+    await cstore.set_blob("b", b"v", ttl_s=60)
+    per_node = []
+    for i in range(3):
+        with redis_cluster.client(i) as r:
+            keys = list(r.scan_iter("*"))
+            per_node.append(len(keys))
+            for k in keys:
+                assert r.pttl(k) > 0, f"{k!r} has no TTL"
+    assert sum(per_node) == 3 * 3 + 1 + 21 + 4, per_node
+    assert all(n >= 3 for n in per_node), f"every primary holds keys: {per_node}"
+
+
+async def test_scripts_are_loaded_on_each_primary(cstore: RedisStore, redis_cluster: Any) -> None:
+    for i in range(3):
+        with redis_cluster.client(i) as r:
+            r.script_flush()
+    clients = [client_on_node(cstore, redis_cluster, n) for n in range(3)]
+    for c in clients:  # NOSCRIPT on every node → EVAL there, once
+        assert (await cstore.hot_path(AdmitRequest(c, 1, (SLOW,), 60.0))).allowed
+    for c in clients:  # now EVALSHA works everywhere
+        assert (await cstore.hot_path(AdmitRequest(c, 1, (SLOW,), 60.0))).requests.remaining == 4
+    sha = cstore._hot.sha.decode()
+    for i in range(3):
+        with redis_cluster.client(i) as r:
+            assert r.script_exists(sha) == [True], f"hot_path.lua not loaded on primary {i}"
+
+
+async def test_slot_migration_follows_ask_and_moved_exactly(cstore: RedisStore, redis_cluster: Any) -> None:
+    """A client whose three keys all exist: served by the source while migrating, by the target (ASK) once its
+    keys moved, by the new owner (MOVED) once the slot is handed over; every admission counted once."""
+    mux = mux_of(cstore)
+    client = "mover"
+    await cstore.save_client_state(client, b"S", tier=0, score=0.1, ttl_s=60)
+    await cstore.set_override(client, None, 0, ttl_s=60)  # a pinned tier: the override key exists too
+    slot = slot_of_client(cstore, client)
+    src = redis_cluster.node_of_slot(slot)
+    dst = (src + 1) % 3
+    src_id, dst_id = redis_cluster.node_id(src), redis_cluster.node_id(dst)
+
+    async def remaining() -> int:
+        r = await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))
+        assert r.allowed and r.detector_state == b"S"
+        return r.requests.remaining
+
+    assert [await remaining(), await remaining()] == [5, 4]
+    with redis_cluster.client(src) as s, redis_cluster.client(dst) as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        assert await remaining() == 3, "keys still on the source: served there"
+        assert sum(mux.redirects.values()) == 0
+        names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        assert len(names) == 3
+        s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
+        assert await remaining() == 2, "keys on the target: ASK followed"
+        assert mux.redirects["ASK"] == 1 and mux.redirects["MOVED"] == 0
+        for i in range(3):
+            with redis_cluster.client(i) as r:
+                r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        assert await remaining() == 1, "slot handed over: MOVED followed"
+        assert mux.redirects["MOVED"] == 1
+        assert await remaining() == 0
+        assert mux.redirects["MOVED"] == 1, "the slot map was updated: no second redirect"
+        assert not (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).allowed
+        counts = [c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for c in (s, d)]
+        assert counts == [0, 3], "the keys live on the new owner only"
+
+
+async def test_call_during_migration_waits_for_it(cstore: RedisStore, redis_cluster: Any) -> None:
+    """A client without an override (its third key does not exist) cannot run the 3-key script while its slot
+    is half-migrated (Redis answers TRYAGAIN): the call waits for the migration and then lands on the new
+    owner, charged exactly once."""
+    mux = mux_of(cstore)
+    client = client_on_node(cstore, redis_cluster, 0, prefix="waiter")
+    assert (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).requests.remaining == 5
+    slot = slot_of_client(cstore, client)
+    src, dst = 0, 2
+    src_id, dst_id = redis_cluster.node_id(src), redis_cluster.node_id(dst)
+    with redis_cluster.client(src) as s, redis_cluster.client(dst) as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+
+    def finish_migration() -> None:
+        time.sleep(0.05)
+        with redis_cluster.client(src) as s:
+            names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
+        for i in range(3):
+            with redis_cluster.client(i) as r:
+                r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    mover = threading.Thread(target=finish_migration)
+    mover.start()
+    try:
+        results = await asyncio.gather(*(cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0)) for _ in range(8)))
+    finally:
+        mover.join()
+    assert mux.redirects["TRYAGAIN"] >= 1, "the calls ran into the migration"
+    assert sum(r.allowed for r in results) == 5, "burst 6, one used before: exactly 5 more, none lost or doubled"
+    assert sorted(r.requests.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
+    assert redis_cluster.node_of_slot(slot) == dst
+
+
+async def test_tryagain_that_does_not_end_is_a_per_call_fallback(redis_cluster_url: str, redis_cluster: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A slot stuck half-migrated: the call gives up after half its timeout with the error reply, the
+    resilient wrapper answers that call by the failure mode and does NOT declare the whole store down."""
+    inner = cluster_store(redis_cluster_url, timeout_ms=100)
+    store = ResilientStore(inner, failure_mode="closed", timeout_ms=100, health_interval_s=0.05)
+    await store.start()
+    client = client_on_node(inner, redis_cluster, 1, prefix="stuck")
+    slot = slot_of_client(inner, client)
+    await inner.save_client_state(client, b"x", 0, 0.0, ttl_s=60)  # one key exists on the source
+    with redis_cluster.client(1) as s, redis_cluster.client(0) as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", redis_cluster.node_id(1))
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", redis_cluster.node_id(0))
+        try:
+            t0 = time.perf_counter()
+            r = await store.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))
+            elapsed = time.perf_counter() - t0
+            assert not r.allowed and r.unavailable and r.degraded
+            assert 0.04 < elapsed < 0.1 + 0.035
+            assert not store.degraded, "one migrating slot is not an outage of the store"
+            other = client_on_node(inner, redis_cluster, 2, prefix="other")
+            assert (await store.hot_path(AdmitRequest(other, 1, (SLOW,), 60.0))).allowed
+        finally:
+            for i in (0, 1):
+                with redis_cluster.client(i) as r2:
+                    r2.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+            await store.close()
+    assert redis_cluster.node_of_slot(slot) == 1
+
+
+@pytest.mark.parametrize(("mode", "fault"), [("closed", "kill"), ("local", "pause")])
+async def test_primary_down_applies_failure_mode_and_recovers(mode: str, fault: str, redis_cluster_url: str,
+                                                              redis_cluster: Any,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """One primary crashes (SIGKILL, restarted with its nodes.conf) or hangs (SIGSTOP, shorter than the
+    cluster's node timeout): the whole store goes degraded under the failure mode, then recovers."""
+    caplog.set_level(logging.INFO, logger="gateway.store.resilient")
+    registry = CollectorRegistry()
+    inner = cluster_store(redis_cluster_url, timeout_ms=50)
+    store = ResilientStore(inner, failure_mode=mode,  # type: ignore[arg-type]
+                           timeout_ms=50, health_interval_s=0.05, metrics=Metrics(registry))
+    await store.start()
+    victim = 1 if mode == "closed" else 2
+    doomed = client_on_node(inner, redis_cluster, victim, prefix="doomed")
+    assert (await store.hot_path(AdmitRequest(doomed, 1, (SLOW,), 60.0))).allowed and not store.degraded
+    node = redis_cluster.nodes[victim]
+    if fault == "kill":
+        node.kill()
+    else:
+        node.pause()
+    try:
+        t0 = time.perf_counter()
+        first = await store.hot_path(AdmitRequest(doomed, 1, (SLOW,), 60.0))
+        assert time.perf_counter() - t0 < 0.05 + 0.035, "bounded by the timeout"
+        assert store.degraded and first.degraded
+        assert registry.get_sample_value("ipgate_store_degraded") == 1
+        results = [first] + [await store.hot_path(AdmitRequest(doomed, 1, (SLOW,), 60.0)) for _ in range(6)]
+        if mode == "closed":
+            assert not any(r.allowed for r in results)
+            assert isinstance(admission_error(results[0]), ServiceUnavailable)
+        else:  # in-process limits: burst 6 for this process
+            assert [r.allowed for r in results] == [True] * 6 + [False]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+        with pytest.raises(ServiceUnavailable):
+            await store.get_client(doomed)  # admin reads answer 503
+    finally:
+        if fault == "kill":
+            node.start()  # same port and nodes.conf: it rejoins with its slots (writable after ~2 s)
+        else:
+            node.resume()
+        redis_cluster.wait_ok()
+    deadline = time.monotonic() + 5
+    while store.degraded:
+        assert time.monotonic() < deadline, "the store did not recover once every primary answered"
+        await asyncio.sleep(0.02)
+    assert registry.get_sample_value("ipgate_store_degraded") == 0
+    after = await store.hot_path(AdmitRequest(doomed, 1, (SLOW,), 60.0))
+    assert after.allowed and not after.degraded
+    assert sum(1 for r in caplog.records if r.levelno == logging.INFO and "available again" in r.getMessage()) == 1
+    await store.close()
+
+
+async def test_seed_list_survives_a_dead_first_seed(redis_cluster: Any, redis_cluster_url: str) -> None:
+    dead = "redis://127.0.0.1:1"
+    s = RedisStore.from_config(StoreConfig(kind="redis", url=dead, cluster=True,
+                                           cluster_seeds=[redis_cluster_url], timeout_ms=500))
+    try:
+        await s.ping()
+        assert (await s.hot_path(AdmitRequest("seeded", 1, (SLOW,), 60.0))).allowed
+        assert len(mux_of(s).primaries()) == 3
+    finally:
+        await s.close()
+
+
+async def test_no_node_reachable_is_an_outage() -> None:
+    s = cluster_store("redis://127.0.0.1:1", timeout_ms=200)
+    with pytest.raises(redis.ConnectionError, match="CLUSTER SLOTS"):
+        await s.hot_path(AdmitRequest("x", 1, (SLOW,), 60.0))
+    await s.close()
+
+
+async def test_cluster_mode_on_a_standalone_redis_says_so(redis_url: str) -> None:
+    s = cluster_store(redis_url.rsplit("/", 1)[0], timeout_ms=500)
+    with pytest.raises(redis.ConnectionError, match="cluster support disabled"):
+        await s.ping()
+    await s.close()
+
+
+async def test_transaction_across_slots_is_refused(cstore: RedisStore) -> None:
+    with pytest.raises(ValueError, match="one slot"):
+        await mux_of(cstore).execute_many([("MULTI",), ("SET", "a", 1), ("SET", "b", 2), ("EXEC",)])
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"url": "redis://h:7000/3"}, "only database 0"),
+    ({"url": "unix:///tmp/r.sock"}, "redis://host:port"),
+    ({"url": "redis://:s3cret@h:7000", "cluster_seeds": ["http://h2:7001"]}, "redis://host:port"),
+])
+def test_cluster_config_is_validated(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as e:
+        StoreConfig(kind="redis", cluster=True, **fields)
+    assert "s3cret" not in str(e.value), "a password in a URL is never echoed"
+
+
+def test_cluster_seeds_need_cluster_mode() -> None:
+    with pytest.raises(ValidationError, match="cluster is false"):
+        StoreConfig(kind="redis", cluster_seeds=["redis://h:7000"])
+    with pytest.raises(ValidationError, match="needs kind: redis"):
+        StoreConfig(cluster=True)
+    assert StoreConfig(kind="redis", cluster=True, url="rediss://user:pw@h:7000").cluster
