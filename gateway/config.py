@@ -64,14 +64,19 @@ class StoreConfig(_Model):
             return self
         if self.kind != "redis":
             raise ValueError("cluster: true needs kind: redis")
-        for u in [self.url, *self.cluster_seeds]:
+        fields = ["store.url", *(f"store.cluster_seeds[{i}]" for i in range(len(self.cluster_seeds)))]
+        for field, u in zip(fields, [self.url, *self.cluster_seeds], strict=True):
             parsed = urlparse(u)
             if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
                 # the URL itself may hold a password: name the host, never echo the URL
-                raise ValueError("cluster node URLs are redis://host:port or rediss://host:port "
+                raise ValueError(f"{field}: cluster node URLs are redis://host:port or rediss://host:port "
                                  f"(got scheme {parsed.scheme!r}, host {parsed.hostname!r})")
+            try:
+                port = parsed.port
+            except ValueError:  # urllib's message is safe, but say which field and what is expected
+                raise ValueError(f"{field}: the port of node {parsed.hostname} is not a number in 0-65535") from None
             if parsed.path.strip("/") not in ("", "0"):
-                raise ValueError(f"Redis Cluster has only database 0 (node {parsed.hostname}:{parsed.port})")
+                raise ValueError(f"{field}: Redis Cluster has only database 0 (node {parsed.hostname}:{port})")
         return self
 
     @field_validator("key_prefix")

@@ -9,7 +9,8 @@ waits for torch; finished vectors wait in a bounded per-client LRU until the cli
 Nothing is ever silently lost: a full queue, a client with ``MAX_QUEUED_PER_CLIENT`` prompts already queued
 (one flooding client must not crowd everyone else out of the encoder), a client backlog past ``PER_CLIENT``
 vectors, a client evicted from the LRU, and a failed forward pass are each counted in
-``ipgate_embedding_dropped_total{reason}`` and logged once per change of state. A dropped prompt only means
+``ipgate_embedding_dropped_total{reason}`` and logged once per change of state (a full queue or a client's
+exhausted share recovers once drained to half, so sustained overload is one state). A dropped prompt only means
 the semantic detector sees one prompt fewer; the request itself is never delayed or failed by the embedder.
 
 Per replica: vectors wait on the replica that encoded them, so a client whose requests alternate between
@@ -112,6 +113,9 @@ class EmbeddingWorker:
         self._busy = False
         self._m = _Metrics(metrics) if metrics is not None else None
         self._dropping: set[str] = set()  # reasons currently dropping (logged once per change of state)
+        # Clients whose queue share ran out, until it has drained to half (a subset of ``_queued``'s keys):
+        # ``client_queue`` has recovered when none is left, not each time a pass frees one slot.
+        self._flooding: set[str] = set()
         self.dropped: dict[str, int] = {}
         self.encoded = 0
 
@@ -170,6 +174,7 @@ class EmbeddingWorker:
             return False
         queued = self._queued.get(client_id, 0)
         if queued >= self.max_queued_per_client:
+            self._flooding.add(client_id)
             self._drop("client_queue")
             return False
         try:
@@ -178,7 +183,8 @@ class EmbeddingWorker:
             self._drop("queue_full")
             return False
         self._queued[client_id] = queued + 1
-        self._recovered("queue_full")
+        if self._queue.qsize() <= self._queue_size // 2:  # not when one pass freed one slot under overload
+            self._recovered("queue_full")
         if self._m is not None:
             self._m.queue.set(self._queue.qsize())
         return True
@@ -195,6 +201,10 @@ class EmbeddingWorker:
                 left = self._queued.pop(cid, 1) - 1
                 if left > 0:
                     self._queued[cid] = left
+                if cid in self._flooding and left <= self.max_queued_per_client // 2:
+                    self._flooding.discard(cid)
+                    if not self._flooding:
+                        self._recovered("client_queue")
             self._busy = True
             try:
                 t0 = time.perf_counter()
@@ -210,12 +220,13 @@ class EmbeddingWorker:
                 if self._m is not None:
                     self._m.batch.observe(time.perf_counter() - t0)
                     self._m.encoded.inc(len(batch))
-                    self._m.queue.set(self._queue.qsize())
                 self.encoded += len(batch)
                 for (cid, _), v in zip(batch, vecs, strict=True):
                     self._deliver(cid, v)
             finally:
                 self._busy = False
+                if self._m is not None:  # after a failed batch too: the gauge must not keep the old depth
+                    self._m.queue.set(self._queue.qsize())
 
     def _deliver(self, client_id: str, vec: np.ndarray) -> None:
         ring = self._pending.get(client_id)

@@ -8,7 +8,8 @@ It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / 
   a request. The slot of a key is CRC16 of its hash tag (``redis.crc.key_slot``, redis-py's implementation).
 - **MOVED** (the slot lives elsewhere now): the slot is re-pointed at once, a full refresh is scheduled, and
   the command is sent again to the new owner. **ASK** (the slot is being migrated and this key has already
-  moved): ``ASKING`` + the command on the target, in the same write; the map is not changed. **TRYAGAIN**
+  moved): ``ASKING`` + the command on the target, in the same write (one ``ASKING`` per command of a pipeline:
+  Redis clears the flag after one command, except inside ``MULTI``); the map is not changed. **TRYAGAIN**
   (a multi-key script during the migration of its slot, its keys split between the two nodes or missing on
   one): short pauses (1 ms doubling to 10 ms) for at most half the timeout, then the ``TRYAGAIN`` error reply
   is raised (``ResilientStore`` answers that one call by the failure mode; the store is not marked down). At
@@ -164,7 +165,10 @@ class ClusterMux:
         return mux
 
     # routing -------------------------------------------------------------------------------------------------
-    async def _send(self, slot: int, data: bytes, replies: int) -> list[Any]:
+    async def _send(self, slot: int, data: bytes, replies: int, commands: Sequence[bytes] | None = None
+                    ) -> list[Any]:
+        """``commands``: ``data`` split into its packed commands, for a pipeline outside ``MULTI``: on ASK each
+        one needs its own ``ASKING`` (Redis clears the flag after one command, except inside ``MULTI``)."""
         asking: RespMux | None = None
         redirects = 0
         pause = _TRYAGAIN_FIRST_PAUSE_S
@@ -173,12 +177,17 @@ class ClusterMux:
         while True:
             mux = asking or await self._owner(slot)
             try:
-                if asking is not None:
+                if asking is not None and commands is not None and len(commands) > 1:
+                    out = (await mux.execute_packed(b"".join(_ASKING + c for c in commands), 2 * replies))[1::2]
+                elif asking is not None:
                     out = (await mux.execute_packed(_ASKING + data, replies + 1))[1:]
                 else:
                     out = await mux.execute_packed(data, replies)
             except Exception:
-                self._schedule_refresh()  # a dead or hung primary: a failover may have moved its slots
+                # A dead or hung primary: a failover may have moved its slots. Not when the node was closed by
+                # us (``close``, or a refresh that dropped it): a refresh then would reconnect after close.
+                if any(m is mux for m in self._nodes.values()):
+                    self._schedule_refresh()
                 raise
             redirect = _redirect(out)
             if redirect is None:
@@ -202,7 +211,8 @@ class ClusterMux:
                 raise RedisConnectionError(f"more than {MAX_REDIRECTS} Redis Cluster redirects for slot {slot}")
             host, _, port = addr.rpartition(":")
             if host in ("", "?"):  # no announced endpoint: the node we asked is on the same host
-                addr = self._addr(mux.host, int(port))
+                host = mux.host
+            addr = self._addr(host, int(port))  # an IPv6 host comes unbracketed ("::1:7001"); the map brackets it
             if kind == "MOVED":
                 asking = None
                 self._slots[new_slot] = self._node(addr)
@@ -239,10 +249,13 @@ class ClusterMux:
             groups[slot].append(i)
         if keyless:
             groups.setdefault(_NO_KEY_SLOT, []).extend(keyless)
-        if any(len(c) == 1 and _b(c[0]).upper() == b"MULTI" for c in commands) and len(groups) > 1:
+        multi = any(len(c) == 1 and _b(c[0]).upper() == b"MULTI" for c in commands)  # one ASKING covers MULTI
+        if multi and len(groups) > 1:
             raise ValueError("a MULTI/EXEC block on Redis Cluster must touch keys of one slot")
         order = list(groups.items())
-        results = await asyncio.gather(*(self._send(s, b"".join(pack(commands[i]) for i in idx), len(idx))
+        packed = [pack(c) for c in commands]
+        results = await asyncio.gather(*(self._send(s, b"".join(packed[i] for i in idx), len(idx),
+                                                    None if multi else [packed[i] for i in idx])
                                          for s, idx in order))
         replies: list[Any] = [None] * len(commands)
         for (_, idx), out in zip(order, results, strict=True):

@@ -12,7 +12,8 @@ Failure behaviour, which ``ResilientStore`` builds on:
 - a call that times out closes the connection: its reply may still come, and a half-dead TCP connection
   must not swallow later calls; the others in flight fail at once with ``ConnectionError``;
 - a cancelled caller's reply is read and dropped, so ordering is never lost;
-- the next call reconnects (lazily, one connect at a time).
+- the next call reconnects (lazily, one connect at a time); a connect that times out, or that ``close``
+  overtakes, closes its socket (its caller gets the error), so no connection outlives its owner.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class RespMux:
         self._timeout = timeout_s
         self._proto: _Protocol | None = None
         self._connecting = asyncio.Lock()
+        self._closes = 0  # close() count: a connect in flight across a close() must not outlive it
 
     @property
     def host(self) -> str:
@@ -182,20 +184,28 @@ class RespMux:
             hello.append(("SELECT", self._db))
         if hello:
             futs = proto.send(b"".join(pack(c) for c in hello), len(hello))
-            for f in futs:
-                err = reply_error(await f)
-                if err is not None:
-                    proto.abort(err)
-                    raise err
+            try:
+                for f in futs:
+                    err = reply_error(await f)
+                    if err is not None:
+                        raise err
+            except BaseException as e:  # an error reply, or a timeout/cancel: nobody else owns this socket
+                proto.abort(e if isinstance(e, Exception) else RedisConnectionError("Redis connect cancelled"))
+                raise
         return proto
 
     async def _ready(self) -> _Protocol:
         proto = self._proto
         if proto is not None and not proto.closed:
             return proto
+        closes = self._closes
         async with self._connecting:
             if self._proto is None or self._proto.closed:
-                self._proto = await self._connect()
+                proto = await self._connect()
+                if self._closes != closes:
+                    proto.abort(RedisConnectionError("connection to Redis is closed"))
+                    raise RedisConnectionError("connection to Redis is closed")
+                self._proto = proto
             return self._proto
 
     async def execute_packed(self, data: bytes, replies: int = 1, key: Arg | None = None) -> list[Any]:
@@ -230,6 +240,7 @@ class RespMux:
         await self.execute("PING")
 
     async def close(self) -> None:
+        self._closes += 1
         if self._proto is not None:
             self._proto.abort(RedisConnectionError("closed"))
             self._proto = None

@@ -290,3 +290,107 @@ async def test_gateway_paraphraser_gets_the_semantic_reason_off_the_request_path
             assert worker.dropped == {}
             text = gw.ctx.metrics.registry.get_sample_value("ipgate_embedding_encoded_total")
             assert text is not None and text >= 36
+
+
+class SteppedEncoder(TableEncoder):
+    """Each forward pass waits for one ``step()``: the test decides when the worker frees queue room."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+
+    def step(self) -> None:
+        self.steps.release()
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        assert self.steps.acquire(timeout=10.0)
+        return super().encode(texts, batch_size)
+
+
+async def _passes(enc: SteppedEncoder, n: int) -> None:
+    """Let the worker finish ``n`` more forward passes (and take its next prompt off the queue)."""
+    done = len(enc.batches) + n
+    for _ in range(n):
+        enc.step()
+    while len(enc.batches) < done:
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.01)
+
+
+def _drop_logs(caplog: pytest.LogCaptureFixture, reason: str) -> tuple[int, int]:
+    warned = sum(r.levelno == logging.WARNING and f"({reason}" in r.getMessage() for r in caplog.records)
+    recovered = sum(f"recovered from {reason}" in r.getMessage() for r in caplog.records)
+    return warned, recovered
+
+
+async def test_sustained_overload_is_logged_once_not_per_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """Under sustained overload each forward pass frees one slot that the next prompt takes at once: the queue
+    stays full. That is one state (one warning), not a recovery and a new overload per batch; the recovery is
+    logged once the queue has really drained."""
+    m = Metrics(CollectorRegistry())
+    enc = SteppedEncoder()
+    w = EmbeddingWorker(cast(Encoder, enc), queue_size=4, batch_size=1, metrics=m)
+    w.max_queued_per_client = 1000
+    await w.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.embedding"):
+            assert w.submit("c", "first")
+            await asyncio.sleep(0.02)  # the worker holds "first" in the executor
+            for i in range(6):
+                assert [w.submit("c", f"p{i}-{j}") for j in range(5)].count(False) >= 1
+                await _passes(enc, 1)
+            assert _drop_logs(caplog, "queue_full") == (1, 0), "one overload, logged once"
+            await _passes(enc, 4)  # drained
+            assert w.submit("c", "calm")
+            assert _drop_logs(caplog, "queue_full") == (1, 1)
+            await _passes(enc, 1)
+    finally:
+        for _ in range(64):
+            enc.step()  # never leave the executor thread waiting
+        await w.close()
+
+
+async def test_a_second_flood_by_one_client_is_logged_again(caplog: pytest.LogCaptureFixture) -> None:
+    """``client_queue`` is a state like ``queue_full``: it ends when the client's share has drained (logged),
+    and a later flood is a new state, logged again."""
+    m = Metrics(CollectorRegistry())
+    enc = SteppedEncoder()
+    w = EmbeddingWorker(cast(Encoder, enc), queue_size=64, batch_size=1, metrics=m)
+    w.max_queued_per_client = 4
+    await w.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.embedding"):
+            assert w.submit("flood", "first")
+            await asyncio.sleep(0.02)  # in the executor
+            for i in range(5):  # sustained: one slot freed per pass, taken again at once
+                assert [w.submit("flood", f"f{i}-{j}") for j in range(6)].count(False) >= 1
+                await _passes(enc, 1)
+            assert _drop_logs(caplog, "client_queue") == (1, 0)
+            await _passes(enc, 4)  # the flood is over: its share drains
+            assert w.submit("flood", "calm")
+            await _passes(enc, 1)
+            assert _drop_logs(caplog, "client_queue") == (1, 1)
+            assert not all(w.submit("flood", f"again{j}") for j in range(6))  # a new flood
+            assert _drop_logs(caplog, "client_queue") == (2, 1), "the second episode is logged too"
+            await _passes(enc, 4)
+        assert dropped(m, "client_queue") == w.dropped["client_queue"]
+    finally:
+        for _ in range(64):
+            enc.step()  # never leave the executor thread waiting
+        await w.close()
+
+
+async def test_queue_depth_gauge_is_right_after_a_failed_batch() -> None:
+    m = Metrics(CollectorRegistry())
+    enc = TableEncoder()
+    enc.fail = True
+    w = EmbeddingWorker(cast(Encoder, enc), queue_size=16, batch_size=8, metrics=m)
+    await w.start()
+    try:
+        assert w.submit("c", "lost")
+        assert m.registry.get_sample_value("ipgate_embedding_queue_depth") == 1.0
+        await w.idle()
+        assert dropped(m, "error") == 1.0
+        assert m.registry.get_sample_value("ipgate_embedding_queue_depth") == 0.0, "the queue is empty"
+    finally:
+        await w.close()

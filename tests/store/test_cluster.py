@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.crc import key_slot
 
-from gateway.config import StoreConfig
+from gateway.config import ConfigError, StoreConfig, parse_config
 from gateway.errors import ServiceUnavailable
 from gateway.ratelimit import admission_error
 from gateway.store.base import AdmitRequest, Limits
@@ -29,6 +30,7 @@ from gateway.store.cluster import ClusterMux
 from gateway.store.redis import RedisStore
 from gateway.store.resilient import ResilientStore
 from gateway.telemetry.metrics import Metrics
+from tests.conftest import REDIS_CLI, RedisClusterProcess
 
 SLOW = Limits(requests_per_minute=1, tokens_per_minute=1e9, burst_requests=6, burst_tokens=10**9)  # T = 60 s
 
@@ -299,9 +301,125 @@ def test_cluster_config_is_validated(fields: dict[str, Any], message: str) -> No
     assert "s3cret" not in str(e.value), "a password in a URL is never echoed"
 
 
+@pytest.mark.parametrize(("store", "message"), [
+    ({"url": "redis://:s3cret@h:7000", "cluster_seeds": ["http://h2:7001"]}, r"store\.cluster_seeds\[0\]: .*redis://"),
+    ({"url": "redis://:s3cret@h:7000/3"}, r"store\.url: .*only database 0"),
+    ({"url": "redis://:s3cret@h:abc"}, r"store\.url: .*port"),
+    ({"url": "redis://h:7000", "cluster_seeds": ["redis://:s3cret@h2:7001", "redis://:s3cret@h3:99999"]},
+     r"store\.cluster_seeds\[1\]: .*port"),
+])
+def test_cluster_config_errors_name_the_field(store: dict[str, Any], message: str) -> None:
+    """What an operator sees at start-up: which URL is wrong (a bad port too, not a crash when connecting),
+    never the password in it."""
+    models = [{"name": "sim", "backends": [{"name": "a", "url": "http://x"}]}]
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config({"models": models, "store": {"kind": "redis", "cluster": True, **store}}, env={})
+    assert "s3cret" not in str(e.value)
+
+
 def test_cluster_seeds_need_cluster_mode() -> None:
     with pytest.raises(ValidationError, match="cluster is false"):
         StoreConfig(kind="redis", cluster_seeds=["redis://h:7000"])
     with pytest.raises(ValidationError, match="needs kind: redis"):
         StoreConfig(cluster=True)
     assert StoreConfig(kind="redis", cluster=True, url="rediss://user:pw@h:7000").cluster
+
+
+async def test_pipeline_on_a_migrated_key_follows_ask_for_every_command(cstore: RedisStore,
+                                                                        redis_cluster: Any) -> None:
+    """``link_sketches`` is a 4-command pipeline on one key. Once that key has moved to the importing node,
+    ``ASKING`` must precede EACH command (Redis clears the flag after one command outside MULTI): otherwise the
+    second command bounces back with MOVED, the call exhausts its redirects and the whole store looks down."""
+    mux = mux_of(cstore)
+    assert await cstore.link_sketches("first", [7], ttl_s=60) == {}
+    key = b"ipgate:sk:7"
+    slot = int(key_slot(key))
+    src = redis_cluster.node_of_slot(slot)
+    dst = (src + 1) % 3
+    src_id, dst_id = redis_cluster.node_id(src), redis_cluster.node_id(dst)
+    with redis_cluster.client(src) as s, redis_cluster.client(dst) as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        try:
+            s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", key)
+            assert await cstore.link_sketches("second", [7], ttl_s=60) == {"first": 1}
+            assert mux.redirects["ASK"] == 1 and mux.redirects["MOVED"] == 0
+        finally:
+            for i in range(3):
+                with redis_cluster.client(i) as r:
+                    r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        assert sorted(d.zrange(key, 0, -1)) == [b"first", b"second"], "every command ran on the new node"
+        assert d.pttl(key) > 0
+
+
+def _clients_on(redis_cluster: Any) -> int:
+    total = 0
+    for i in range(3):
+        with redis_cluster.client(i) as r:
+            total += len(r.client_list()) - 1  # less this counting connection
+    return total
+
+
+@pytest.mark.parametrize("connected", [True, False], ids=["on-the-wire", "connecting"])
+async def test_close_with_calls_in_flight_leaves_no_connection_or_refresh(connected: bool, redis_cluster_url: str,
+                                                                         redis_cluster: Any) -> None:
+    """Closing the mux fails the calls in flight, whether sent or still connecting to their node; neither the
+    calls nor a slot-map refresh their failure would start may reconnect to the cluster after close (a leaked
+    connection, a task nobody awaits)."""
+    before = _clients_on(redis_cluster)
+    mux = ClusterMux([redis_cluster_url], timeout_s=2.0)
+    if connected:
+        await mux.ping()  # connected to every primary
+    else:
+        await mux.refresh()  # the slot map, from the seed only
+    calls = [asyncio.ensure_future(mux.execute("GET", f"k{i}")) for i in range(10)]
+    await asyncio.sleep(0)  # the calls are on the wire
+    await mux.close()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, redis.ConnectionError) for r in results), results
+    await asyncio.sleep(0.2)  # a refresh, had one been scheduled, has connected by now
+    deadline = time.monotonic() + 2.0
+    while _clients_on(redis_cluster) > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert _clients_on(redis_cluster) == before, "connections opened after close"
+
+
+class _IPv6Cluster(RedisClusterProcess):
+    """A private 3-primary cluster whose nodes know each other as ``::1``: what they announce in CLUSTER SLOTS
+    and in MOVED/ASK (``MOVED 3999 ::1:7001``, the address without brackets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for n in self.nodes:
+            n.extra_args += ("--bind", "127.0.0.1", "::1")  # 127.0.0.1 too: the fixture's own helpers use it
+
+    def start(self) -> _IPv6Cluster:
+        for n in self.nodes:
+            n.start()
+        assert REDIS_CLI is not None
+        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"::1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+        self.wait_ok()
+        return self
+
+
+async def test_moved_to_an_ipv6_node_is_followed() -> None:
+    cluster = _IPv6Cluster()
+    try:
+        cluster.start()
+        mux = ClusterMux([f"redis://[::1]:{cluster.nodes[0].port}"], timeout_s=2.0)
+        try:
+            await mux.ping()  # the slot map, with its nodes as [::1]:port
+            slot = int(key_slot(b"k"))
+            dst_id = cluster.node_id((cluster.node_of_slot(slot) + 1) % 3)
+            for i in range(3):  # the (empty) slot changes owner: our map is stale
+                with cluster.client(i) as r:
+                    r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            assert await mux.execute("SET", "k", "v") == b"OK"
+            assert mux.redirects["MOVED"] == 1
+            assert await mux.execute("GET", "k") == b"v" and mux.redirects["MOVED"] == 1
+        finally:
+            await mux.close()
+    finally:
+        cluster.stop()

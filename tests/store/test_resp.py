@@ -99,3 +99,41 @@ async def test_timeout_resets_connection_then_reconnects(redis_process: Any) -> 
         assert await mux.execute("PING") == b"PONG"
     finally:
         await mux.close()
+
+
+def _clients(rp: RedisProcess) -> int:
+    with redis.Redis(port=rp.port, socket_timeout=5) as r:
+        return len(r.client_list()) - 1  # less this counting connection
+
+
+async def test_timeout_during_the_handshake_leaves_no_connection(redis_process: Any) -> None:
+    """A call that times out while its fresh connection's handshake (here ``SELECT``) is unanswered must close
+    that connection: the next call opens another, and the first would stay open, owned by nobody."""
+    mux = RespMux(redis_process.url.rsplit("/", 1)[0] + "/3", timeout_s=0.1)
+    try:
+        redis_process.pause()  # the kernel still completes the TCP connect; SELECT is never answered
+        with pytest.raises(TimeoutError):
+            await mux.execute("PING")
+        redis_process.resume()
+        assert await mux.execute("PING") == b"PONG"
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while _clients(redis_process) > 1 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert _clients(redis_process) == 1, "the timed-out handshake's connection is still open"
+    finally:
+        await mux.close()
+
+
+async def test_close_while_connecting_fails_the_call_and_leaves_no_connection(redis_process: Any) -> None:
+    mux = RespMux(redis_process.url.rsplit("/", 1)[0] + "/3", timeout_s=2.0)
+    redis_process.pause()
+    call = asyncio.ensure_future(mux.execute("PING"))
+    await asyncio.sleep(0.05)  # connected, SELECT answered only after close
+    await mux.close()
+    redis_process.resume()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await call
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while _clients(redis_process) > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert _clients(redis_process) == 0, "a connect in flight at close() survived it"
