@@ -210,6 +210,8 @@ class EmbeddingWorker:
                 t0 = time.perf_counter()
                 vecs = await loop.run_in_executor(self._executor, self.encoder.encode, [t for _, t in batch],
                                                   self.batch_size)
+                if len(vecs) != len(batch):  # checked here so delivery below cannot end the worker
+                    raise ValueError(f"the encoder returned {len(vecs)} vectors for {len(batch)} prompts")
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed forward pass loses this batch, not the worker

@@ -394,3 +394,23 @@ async def test_queue_depth_gauge_is_right_after_a_failed_batch() -> None:
         assert m.registry.get_sample_value("ipgate_embedding_queue_depth") == 0.0, "the queue is empty"
     finally:
         await w.close()
+
+
+async def test_an_encoder_returning_the_wrong_number_of_vectors_loses_the_batch_not_the_worker() -> None:
+    m = Metrics(CollectorRegistry())
+    enc = TableEncoder()
+    w = EmbeddingWorker(cast(Encoder, enc), queue_size=16, batch_size=8, metrics=m)
+    real = enc.encode
+    enc.encode = lambda texts, batch_size=32: real(texts, batch_size)[:-1]  # type: ignore[method-assign]
+    await w.start()
+    try:
+        w.submit("c", "lost")
+        await w.idle()
+        assert dropped(m, "error") == 1.0
+        enc.encode = real  # type: ignore[method-assign]
+        w.submit("c", "kept")  # the worker is still running
+        await w.idle()
+        got = w.attach("c", CHAT, {}, extract(CHAT, body("x"), 0.0)).neural
+        assert got is not None and got.shape == (1, DIM)
+    finally:
+        await w.close()
