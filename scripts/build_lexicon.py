@@ -54,10 +54,26 @@ CLAUSE_SUBJECTS = ["i", "we", "they", "he", "she", "there", "it", "you"]
 
 # After sentence-initial "Let us" / "Let's" these verbs make it the imperative "let's" (working through
 # something together), never "allow us to" ("Let us know", "Let us help you" are left out).
-LET_VERBS = ["break", "start", "begin", "calculate", "compute", "consider", "look", "take", "assume", "denote",
-             "define", "think", "try", "write", "analyze", "analyse", "solve", "find", "examine", "explore",
-             "discuss", "summarize", "review", "imagine", "add", "simplify", "recall", "first", "now", "go",
-             "walk", "dive", "work", "call", "use", "create", "implement", "determine", "compare", "say"]
+# Verbs that commonly take "you" after "Let us" ("Let us call you back", "Let us take care of it for you",
+# "Let us walk you through it", "Let us find you a plan") are left out too: there "Let's" changes who acts.
+LET_VERBS = ["break", "start", "begin", "calculate", "compute", "consider", "look", "assume", "denote",
+             "define", "think", "try", "write", "analyze", "analyse", "solve", "examine", "explore",
+             "discuss", "summarize", "review", "imagine", "add", "simplify", "recall", "first", "now",
+             "dive", "use", "implement", "determine", "compare", "say"]
+
+# Words that follow "each" meaning "apiece" ("$2 each for adults"), never the determiner "each"/"every".
+EACH_APIECE_NEXT = ["for", "at", "on", "with", "from", "by", "into", "per", "after", "before", "during", "until",
+                    "because", "since", "while", "if", "but", "then", "than", "as", "when", "who", "that", "plus",
+                    "minus", "times", "the", "a", "an", "this", "these", "those", "his", "her", "their", "my",
+                    "your", "our", "its", "he", "she", "they", "we", "i", "it", "you", "them", "him", "us",
+                    "giving", "making", "earning", "bringing", "leaving", "totaling", "totalling", "costing"]
+
+# Words after which "half" is a noun (a part), not the predeterminer of "half (of) the".
+HALF_NOUN_BEFORE = ["each", "either", "every", "which", "whose", "what", "no", "any", "latter", "last", "bottom",
+                    "top", "upper", "lower", "left", "right", "front", "back", "rear", "remaining", "final",
+                    "whole", "next", "previous", "middle", "inner", "outer", "northern", "southern", "eastern",
+                    "western", "better", "bigger", "larger", "smaller", "greater", "lesser", "early", "earlier",
+                    "later", "late", "third", "opening", "closing"]
 
 # Words that, when they follow a contraction candidate, make it unsafe or change its reading.
 SUBJECTS = ["i", "you", "we", "they", "he", "she", "it", "there", "that", "this", "these", "those"]
@@ -79,10 +95,12 @@ class Group:
     prev_in: list[str] = field(default_factory=list)  # only right after one of these words (verb contexts)
     after_comma: bool = False  # only right after a comma (", but" -> ", yet")
     next_number: bool = False  # only right before a number ("about 5" -> "around 5")
+    next_word_only: bool = False  # only before a plain word, never a number or symbol ("every 6 hours", "$4 each =")
     sentence_start: bool | None = None  # True: only starting a sentence; False: only inside one
     after_quantity: bool = False  # only after a number or a QUANTITY word ("$5 a day" <-> "$5 per day")
     quantities: list[str] | None = None  # the words that count as a quantity (None: QUANTITIES; []: numbers only)
     before_punct: bool = False  # only at the end of a clause: directly followed by . ; : ! or ?
+    after_break: bool = False  # only after a clause break: , ; or a dash, or "and"/"but"/"or"/"yet"
     lemmas: list[str] = field(default_factory=list)  # WordNet lemmas to check when variants are inflected
     # Strong-tier (level 2) groups may skip the WordNet check when WordNet splits the senses finer than the
     # context conditions do; the reason is recorded in the table.
@@ -106,14 +124,26 @@ def _neg(full: str, short: str) -> Group:
     return Group([full, short], next_not=SUBJECTS)
 
 
+# Adverbs that sit between "had"/"has" and a participle ("I'd never seen", "she's already left"): only one word
+# ahead is read, so after 'd / 's (when it may be "has") they end the slot. 's keeps the adverbs that mostly
+# mean "is" there ("it's also", "it's just"); 'd, rarely followed by an adverb, drops them all.
+HAS_ADVERBS = ["never", "already", "ever", "recently", "previously"]
+HAD_ADVERBS = [*HAS_ADVERBS, "just", "always", "also", "still", "only", "since", "once", "long", "probably", "then",
+               "finally", "even", "nearly", "almost", "barely", "hardly", "really", "actually", "certainly",
+               "definitely", "often", "sometimes", "usually", "rarely", "seldom", "first", "all", "both", "so",
+               "now"]
+
+
 def _pos(full: str, short: str, participle: bool = False) -> Group:
-    return Group([full, short], need_next_word=True, next_not=["not"], next_not_participle=participle)
+    return Group([full, short], need_next_word=True, next_not=["not", *(HAS_ADVERBS if participle else [])],
+                 next_not_participle=participle)
 
 
 def _would(full: str, short: str) -> Group:
     # "'d" is "would" or "had": never before a participle ("he'd gone"), nor before "better" ("you'd better go"
-    # is "you had better go"; "you would better go" is wrong)
-    return Group([full, short], need_next_word=True, next_not=["not", "better"], next_not_participle=True)
+    # is "you had better go"; "you would better go" is wrong), nor an adverb that may precede one
+    return Group([full, short], need_next_word=True, next_not=["not", "better", *HAD_ADVERBS],
+                 next_not_participle=True)
 
 
 CURATED: list[Group] = [
@@ -155,7 +185,9 @@ CURATED: list[Group] = [
     # adding a point at the start of a sentence: five interchangeable openers ("Additionally, the API ...");
     # inside a sentence ("...; moreover, it ...") only the three that read as parentheticals
     Group(["Furthermore", "Moreover", "In addition", "Additionally", "Also"], comma_after=True, sentence_start=True),
-    Group(["furthermore", "moreover", "in addition"], comma_after=True, sentence_start=False),
+    # ... and only after a clause break ("; moreover,", "and, in addition,"): "skilled in addition, subtraction
+    # and division" is arithmetic, where "skilled moreover, subtraction" would be nonsense
+    Group(["furthermore", "moreover", "in addition"], comma_after=True, sentence_start=False, after_break=True),
     Group(["also", "additionally"], next_not=["known", "called", "referred", "termed", "named"],
           sentence_start=False),
     Group(["but", "yet"], after_comma=True, next_not=["also", "not", "rather", "only", "then"]),
@@ -201,8 +233,16 @@ CURATED: list[Group] = [
                     "must", "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
                     "contains", "comes", "came", "makes", "made", "weighs", "receives", "earns", "pays", "paid",
                     "sold", "sells", "bought", "buys", "ate", "eats", "gave", "gives", "wants", "holds", "uses",
-                    "used", "received", "earned", "spent", "spends", "own", "owns", "get", "make", "take", "gets"],
-          next_not_participle=True, need_next_word=True),
+                    "used", "received", "earned", "spent", "spends", "own", "owns", "get", "make", "take", "gets",
+                    # a count or a frequency: "each few minutes", "each two weeks", "each last bite", "each once
+                    # in a while" are wrong; "a for each loop" is the programming construct
+                    "few", "couple", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                    "twelve", "hundred", "thousand", "dozen", "last", "once", "which", "loop", "loops", "second",
+                    "third", "fourth",
+                    # "each" as "apiece" after a quantity ("$2 each for adults", "5 hours each because ..."): a
+                    # determiner is never followed by a preposition, a conjunction, a pronoun or an article
+                    *EACH_APIECE_NEXT],
+          next_not_participle=True, need_next_word=True, next_word_only=True),
     Group(["really", "truly"], prev_not=["not", "you", "i"], need_next_word=True, level=2),
     Group(["specific", "particular"], "a", prev_not=["in", "very", "no"], next_not=["heat", "gravity"]),
     Group(["necessary", "required"], "a", next_not=["to", "by", "for", "that", "fields", "field"]),
@@ -340,7 +380,10 @@ CURATED: list[Group] = [
     # "half of the cake" / "half the cake" before a noun phrase; not after "a"/"and"/"one" ("one and a half the
     # ..." is no phrase), not "these"/"those", which are often pronouns ("Half of these will go" / "Half these
     # will go" is wrong), never at the end of a clause ("half of his.")
-    *[Group([f"half of {d}", f"half {d}"], prev_not=["a", "and", "one", "the", "first", "second", "other"],
+    # "half" is a noun after a determiner or a positional adjective ("the bottom half of the page", "my half of
+    # the bill"): "the bottom half the page" is wrong, so those words never come right before it
+    *[Group([f"half of {d}", f"half {d}"], prev_not=["a", "and", "one", "the", "first", "second", "other",
+                                                    *DETERMINERS, *HALF_NOUN_BEFORE],
             need_next_word=True)
       for d in ["the", "his", "her", "their", "my", "your", "its", "our"]],
     # a rate: "$5 a day" / "$5 per day", only after a number or a quantity word (never "in a day")
@@ -454,10 +497,12 @@ def build(wn: WordNet) -> list[dict[str, object]]:
             "prev_in": sorted(set(g.prev_in)),
             "after_comma": g.after_comma,
             "next_number": g.next_number,
+            "next_word_only": g.next_word_only,
             "sentence_start": g.sentence_start,
             "after_quantity": g.after_quantity,
             "quantities": (QUANTITIES if g.quantities is None else g.quantities) if g.after_quantity else [],
             "before_punct": g.before_punct,
+            "after_break": g.after_break,
             "level": g.level,
         })
     return out

@@ -32,10 +32,12 @@ class Group:
     prev_in: frozenset[str]  # non-empty: only right after one of these words
     after_comma: bool  # only right after a comma
     next_number: bool  # only right before a number
+    next_word_only: bool  # only right before a plain word: never a number ("every 6 hours") or a symbol
     sentence_start: bool | None  # True: only at the start of a sentence; False: only elsewhere; None: both
     after_quantity: bool  # only after a number or a word in ``quantities`` ("$5 a day", "twice a day")
     quantities: frozenset[str]
     before_punct: bool  # only right before . ; : ! or ? (the end of a clause)
+    after_break: bool  # only after , ; or a dash, or right after and/but/or/yet (a clause break)
     mixed_initial: bool  # some variants start with a vowel, others not: never after "a"/"an"
 
     @property
@@ -45,7 +47,7 @@ class Group:
     @property
     def needs_next(self) -> bool:
         return bool(self.need_next_word or self.next_not or self.next_in or self.next_not_participle
-                    or self.next_number)
+                    or self.next_number or self.next_word_only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,10 @@ class Lexicon:
                 prev_not=frozenset(g["prev_not"]),
                 next_not_participle=closed(g["participle_hints"]) if g["next_not_participle"] else frozenset(),
                 prev_in=frozenset(g["prev_in"]), after_comma=bool(g["after_comma"]),
-                next_number=bool(g["next_number"]), sentence_start=g.get("sentence_start"),
+                next_number=bool(g["next_number"]), next_word_only=bool(g.get("next_word_only", False)),
+                sentence_start=g.get("sentence_start"),
                 after_quantity=bool(g.get("after_quantity", False)), quantities=frozenset(g.get("quantities", [])),
-                before_punct=bool(g.get("before_punct", False)),
+                before_punct=bool(g.get("before_punct", False)), after_break=bool(g.get("after_break", False)),
                 mixed_initial=len(initials) > 1,
             ))
         first: dict[str, list[Candidate]] = {}
@@ -113,8 +116,9 @@ def _markdown_group(gid: str, marks: tuple[str, ...]) -> Group:
     none: frozenset[str] = frozenset()
     return Group(gid=gid, variants=tuple((m,) for m in marks), display=marks, level=1, need_next_word=False,
                  comma_after=False, next_not=none, next_in=none, prev_not=none, next_not_participle=none,
-                 prev_in=none, after_comma=False, next_number=False, sentence_start=None, after_quantity=False,
-                 quantities=none, before_punct=False, mixed_initial=False)
+                 prev_in=none, after_comma=False, next_number=False, next_word_only=False, sentence_start=None,
+                 after_quantity=False, quantities=none, before_punct=False, after_break=False,
+                 mixed_initial=False)
 
 
 def _first_word_classes(groups: list[dict[str, Any]]) -> dict[str, set[str]]:

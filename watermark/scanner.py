@@ -44,6 +44,9 @@ _SENTENCE_END = frozenset(".!?:\n")
 # Punctuation that closes a clause for ``before_punct`` groups. Not the comma: "the 10,000 year old, unspeakable
 # horror" is an adjective in a list, where "year of age" would be wrong.
 _CLAUSE_END = (".", ";", ":", "!", "?")
+# What may come right before an ``after_break`` group: a clause break, or a conjunction that opens a clause.
+_BREAK_CHARS = frozenset(",;—–")
+_BREAK_WORDS = frozenset({"and", "but", "or", "yet"})  # not "so": a slot of its own (so|therefore)
 _WORDISH = re.compile(r"\n|`|[A-Za-z]+(?:['’][A-Za-z]+)*")
 _NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+)")  # the next word, possibly after a soft line break
 _ONLY_SPACE = re.compile(r"[ \t\r]*\n?\Z")
@@ -333,7 +336,7 @@ class Scanner:
             if m > 1 and (part[0].trail or part[-1].lead or any(c.lead or c.trail for c in part[1:-1])):
                 continue
             nxt = seq[m] if len(seq) > m else None
-            if not _renderable(part) or not _allowed(grp, st, part, nxt):
+            if not _renderable(part) or _in_title(grp, part, nxt) or not _allowed(grp, st, part, nxt):
                 continue
             self.slot_at = part[0].start
             chosen = on_slot(cand.group, cand.variant, st.prev)
@@ -372,6 +375,19 @@ def _renderable(part: list[Chunk]) -> bool:
     return True
 
 
+def _in_title(grp: Group, part: list[Chunk], nxt: Chunk | None) -> bool:
+    """Whether a capitalised phrase runs on into a capitalised word ("Let's Break It Down", "It's Time to
+    Go"): a title, whose casing a variant with another number of words ("Let us", "It is") would break, since
+    only the first letter of a rendered phrase is capitalised. All capitals render as such and are kept."""
+    if len({len(v) for v in grp.variants}) == 1 or nxt is None or part[-1].trail:
+        return False
+    first = part[0].word
+    if not (first[:1].isupper() and nxt.word[:1].isupper()) or first == "I" or first.startswith(("I'", "I’")):
+        return False
+    letters = [ch for c in (*part, nxt) for ch in c.word if ch.isalpha()]
+    return not all(ch.isupper() for ch in letters)
+
+
 def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) -> bool:
     prev, last_char = st.prev, st.last_char
     if prev in grp.prev_not or (grp.mixed_initial and prev in ARTICLES):
@@ -384,6 +400,8 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
         return False  # the listed word must come directly before, in the same clause
     if grp.after_comma and (last_char != "," or part[0].lead):
         return False
+    if grp.after_break and not (last_char in _BREAK_CHARS or (prev in _BREAK_WORDS and last_char.isalpha())):
+        return False
     last = part[-1]
     trail = last.trail.lstrip(_MARKUP)
     if grp.comma_after and not trail.startswith(","):
@@ -393,6 +411,8 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
     if grp.need_next_word and (trail or nxt is None):
         return False
     if grp.next_number and (trail or nxt is None or not nxt.number):
+        return False
+    if grp.next_word_only and (trail or nxt is None or not nxt.word):
         return False
     nw = nxt.low if nxt is not None and not trail else ""
     if grp.next_in and nw not in grp.next_in:

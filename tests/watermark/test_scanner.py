@@ -88,6 +88,10 @@ def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
         ("Also, we can.", [("", "also")]),
         ("It is cheap; moreover, it is fast.", [("", "it is"), ("cheap", "moreover"), ("moreover", "it is")]),
         ("We also know.", [("we", "also")]),
+        # inside a sentence only after a clause break: "skilled in addition, subtraction, ..." is arithmetic
+        ("Kids practice in addition, then subtraction.", []),
+        ("Cheap and, moreover, fast.", [("and", "moreover")]),
+        ("Cheap, and in addition, fast.", [("and", "in addition")]),
         # imperative "Let's" / "Let us" only at a sentence start and before a listed verb
         ("Let's break it down.", [("", "let's")]),
         ("Let us know if it works.", []),  # "allow us to know": never "Let's know"
@@ -112,12 +116,46 @@ def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
         ("I do NOT want it.", []),
         ("Do Not Disturb", []),
         ("I DO NOT want it.", [("i", "do not")]),
+        # a title-cased line: "Let us Break It Down" / "It is Time to Go" would break the casing
+        ("**Let's Break It Down**", []),
+        ("It's Time to Go", []),
+        ("LET'S BREAK IT DOWN", [("", "let's")]),
         ("He would go.", [("", "he would")]),
         ("He'd gone home.", []),  # 'd = had before a participle
         ("You'd better hurry.", []),  # 'd = had: "you would better" is wrong
+        # 'd / 's = had / has before an adverb and a participle: "I would never seen", "she is never seen"
+        ("I'd never seen it.", []),
+        ("She'd already left.", []),
+        ("He'd just finished.", []),
+        ("They'd always wanted it.", []),
+        ("She's never seen it.", []),
+        ("It's already been done.", []),
         ("There has been rain.", [("", "there has been")]),
         ("He paid $2 for each apple.", [("for", "each")]),
         ("Repeat for each in the list.", []),  # "each" as a pronoun: "for every in" is wrong
+        # "half" as a noun after a determiner or a positional adjective: "the bottom half the page" is wrong
+        ("The bottom half of the page is blank.", []),
+        ("The remaining half of the money went to taxes.", []),
+        ("The latter half of the year was slow.", []),
+        ("Give this half of the cake to Tom.", []),
+        ("My half of the bill is paid.", []),
+        # "every" before a count or a frequency word: "each few minutes", "each 6 hours" are wrong
+        ("Check every few minutes.", []),
+        ("Water it every two weeks.", []),
+        ("Take it every 6 hours.", []),
+        ("Pay $1 for every 10 dollars spent.", []),
+        ("He ate every last bite.", []),
+        ("I visit every once in a while.", []),
+        ("Use a for each loop here.", []),  # the programming construct: "a for every loop" is another thing
+        # "each" as "apiece" after a quantity: "$2 every for adults", "$4 every = $8" are wrong
+        ("Tickets are $2 each for adults.", []),
+        ("He sold 5 hours each because he could.", []),
+        ("He earns $4 each * 24 = $96.", []),
+        ("Every second month Nina works.", []),  # "every other month", not "each second month"
+        # "Let us" as "allow us to" before an object: "Let's call you back" changes who acts
+        ("Let us call you back later.", []),
+        ("Let us take care of it for you.", []),
+        ("Let us walk you through it.", []),
     ],
 )
 def test_slots(text: str, expected: list[tuple[str, str]]) -> None:
