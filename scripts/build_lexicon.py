@@ -68,6 +68,33 @@ EACH_APIECE_NEXT = ["for", "at", "on", "with", "from", "by", "into", "per", "aft
                     "your", "our", "its", "he", "she", "they", "we", "i", "it", "you", "them", "him", "us",
                     "giving", "making", "earning", "bringing", "leaving", "totaling", "totalling", "costing"]
 
+# Words after "each" that make it a pronoun before a verb ("they each sent", "(each appending a line)"): "every"
+# cannot stand alone. Irregular past tenses and common present-tense verbs (regular "-ed" words are refused by
+# ``next_not_participle``, "-ing" words by EACH_NOT_SUFFIX except the nouns in EACH_ING_NOUNS).
+EACH_VERB_NEXT = ["sent", "went", "wrote", "told", "said", "found", "brought", "built", "became", "began", "chose",
+                  "drew", "fell", "felt", "held", "kept", "knew", "led", "left", "lost", "met", "ran", "saw", "sat",
+                  "spoke", "stood", "taught", "thought", "threw", "won", "wore", "grew", "put", "brings", "sends",
+                  "goes", "says", "tells", "writes", "runs", "plays", "provides", "represents", "requires",
+                  "includes", "consists", "belongs", "shows", "looks", "seems", "becomes", "starts", "begins",
+                  "ends", "follows", "produces", "creates", "returns", "works", "lives", "reads", "describes",
+                  "corresponds", "contributes", "performs", "handles", "sees", "knows", "thinks", "tries", "keeps",
+                  "carries", "offers", "adds", "calls", "finds", "helps", "leads", "lets", "means",
+                  "moves", "pulls", "puts", "sits", "stands", "turns", "wins", "owes", "deserves", "counts",
+                  "matters", "depends", "serves", "stores", "points", "maps", "refers", "acts"]
+EACH_NOT_SUFFIX = ["ing"]
+EACH_ING_NOUNS = ["thing", "morning", "evening", "building", "meeting", "string", "setting", "spring", "king",
+                  "ring", "wedding", "painting", "drawing", "recording", "opening", "beginning", "ending",
+                  "offering", "ceiling", "listing", "posting", "booking", "rating", "ranking", "warning",
+                  "heading", "finding", "feeling", "being", "serving", "sibling", "wing", "swing", "gathering",
+                  "crossing", "filing", "mapping", "binding", "saying", "pudding", "darling", "duckling",
+                  "seedling", "earring", "lightning", "outing", "helping", "clipping",
+                  "dumpling", "shilling", "stocking", "landing", "ping", "lining", "coating",
+                  "fitting", "reading", "hearing", "weighting", "embedding", "training", "holding", "spending"]
+# After a preposition "each" is a determiner, so an "-ing" word is an adjective there ("for each matching
+# file", "with each passing day"), never the pronoun's verb.
+EACH_ING_AFTER = ["for", "with", "of", "about", "after", "before", "in", "on", "from", "to", "behind", "into",
+                  "through", "during", "under", "over", "across", "between", "within", "without", "against"]
+
 # Words after which "half" is a noun (a part), not the predeterminer of "half (of) the".
 HALF_NOUN_BEFORE = ["each", "either", "every", "which", "whose", "what", "no", "any", "latter", "last", "bottom",
                     "top", "upper", "lower", "left", "right", "front", "back", "rear", "remaining", "final",
@@ -108,6 +135,11 @@ class Group:
     # Level-1 content-word groups whose shared sense is fixed by their context conditions (a step word before,
     # an arithmetic object after) rather than by one WordNet synset; the reason is recorded in the table.
     context: str = ""
+    # 's groups: after an adverb in HAS_LOOKAHEAD_ADVERBS read one more word; a participle there means "has"
+    adverb_lookahead: bool = False
+    next_not_suffix: list[str] = field(default_factory=list)  # not before a word with one of these endings
+    suffix_nouns: list[str] = field(default_factory=list)  # ... except these (nouns: "every morning")
+    suffix_prev_ok: list[str] = field(default_factory=list)  # ... or right after one of these words
 
 
 def _article(noun: str) -> str:
@@ -128,6 +160,32 @@ def _neg(full: str, short: str) -> Group:
 # ahead is read, so after 'd / 's (when it may be "has") they end the slot. 's keeps the adverbs that mostly
 # mean "is" there ("it's also", "it's just"); 'd, rarely followed by an adverb, drops them all.
 HAS_ADVERBS = ["never", "already", "ever", "recently", "previously"]
+# Adverbs after 's that usually mean "is" ("it's also", "he's just"), but "has" when a participle follows ("he's
+# just left", "that's always been true", "it's also become clear"): the slot reads one more word and is refused
+# when that word is a participle (or another such adverb, which may precede one). Regular "-ed" words count as
+# participles ("it's also used" is refused with "he's also used it") except the few in ADVERB_ADJECTIVES.
+HAS_LOOKAHEAD_ADVERBS = ["just", "always", "also", "still", "since", "only", "even", "finally", "actually", "really",
+                         "certainly", "definitely", "probably", "now", "often", "usually", "long", "all", "once",
+                         "then", "clearly", "simply", "largely", "mostly", "generally", "suddenly", "quickly",
+                         "slowly", "gradually", "increasingly", "originally", "apparently", "obviously", "newly",
+                         "far", "nearly", "almost", "barely", "hardly", "rarely", "seldom", "sometimes", "truly",
+                         *HAS_ADVERBS]
+# Adverbs that mark "has" when they follow such an adverb ("it's also never worked", "that's just always
+# been"): they refuse the slot too. Only these: "it's really just paper", "it's almost always PCP" are "is", and
+# the first-word classes of the list are read as well (those of "also" hold "so", "to", "in").
+ADVERB_CHAIN = [*HAS_ADVERBS, "always", "since"]
+# Irregular participles looked for after such an adverb (besides PARTICIPLE_HINTS and regular "-ed" words).
+LOOKAHEAD_PARTICIPLES = ["run", "grown", "brought", "thought", "told", "said", "kept", "won", "lost", "built",
+                         "sent", "spent", "paid", "bought", "taught", "caught", "fallen", "risen", "driven",
+                         "chosen", "broken", "spoken", "eaten", "drawn", "thrown", "flown", "worn", "held", "led",
+                         "felt", "meant", "met", "sold", "stood", "understood", "read", "hit", "cut", "let",
+                         "proven", "forgotten", "hidden", "ridden", "stolen", "sung", "swum", "woken", "beaten",
+                         "bitten", "blown", "frozen", "sunk", "struck", "spun", "overcome", "undergone", "arisen",
+                         "withdrawn", "forgiven", "mistaken"]
+# "-ed" words that after "is" + adverb are adjectives, hardly ever "has" + participle ("he's just tired").
+ADVERB_ADJECTIVES = ["tired", "based", "supposed", "located", "interested", "excited", "bored", "scared",
+                     "ashamed", "naked", "sacred", "wicked", "beloved"]
+
 HAD_ADVERBS = [*HAS_ADVERBS, "just", "always", "also", "still", "only", "since", "once", "long", "probably", "then",
                "finally", "even", "nearly", "almost", "barely", "hardly", "really", "actually", "certainly",
                "definitely", "often", "sometimes", "usually", "rarely", "seldom", "first", "all", "both", "so",
@@ -136,7 +194,7 @@ HAD_ADVERBS = [*HAS_ADVERBS, "just", "always", "also", "still", "only", "since",
 
 def _pos(full: str, short: str, participle: bool = False) -> Group:
     return Group([full, short], need_next_word=True, next_not=["not", *(HAS_ADVERBS if participle else [])],
-                 next_not_participle=participle)
+                 next_not_participle=participle, adverb_lookahead=participle)
 
 
 def _would(full: str, short: str) -> Group:
@@ -156,10 +214,12 @@ CURATED: list[Group] = [
     # --- pronoun + auxiliary contractions (grammar). 's and 've stop before participles (is/has ambiguity).
     _pos("it is", "it's", True), _pos("that is", "that's", True), _pos("there is", "there's", True),
     Group(["here is", "here's"], need_next_word=True, next_not=["not"], next_not_participle=True,
+          adverb_lookahead=True,
           sentence_start=False),
     # presenting what follows at the start of a sentence ("Here's a script:" / "Below is a script:"); not the
     # idioms "Here's to ...", "Here's hoping", nor "Here is where ...", which "Below is" cannot say
     Group(["Here is", "Here's", "Below is"], need_next_word=True, next_not_participle=True, sentence_start=True,
+          adverb_lookahead=True,
           next_not=["not", "to", "hoping", "where", "when"]),
     Group(["Here are", "Below are"], need_next_word=True, sentence_start=True,
           next_not=["not", "to", "where", "when"]),
@@ -226,8 +286,11 @@ CURATED: list[Group] = [
           next_not=["to", "that", "than"], need_next_word=True),
     # "each" is also a pronoun ("they each have", "each has"): never after a pronoun, never before a verb
     # (a list of common verbs plus any -ed word) -- "every" can only be a determiner.
+    # An adverb or an auxiliary right before it marks the pronoun too ("they also each sent", "will each get").
     Group(["each", "every"], prev_not=["they", "we", "you", "them", "us", "these", "those", "both", "and", "one",
-                                       "cost", "costs", "paid", "at"],
+                                       "cost", "costs", "paid", "at", "also", "all", "still",
+                                       "just", "have", "had", "has", "will", "would", "can", "could", "should",
+                                       "must", "may", "might", "did", "do", "does", "are", "were"],
           next_not=["of", "other", "one", "single", "now", "so", "bit", "and", "or", "way", "in", "to", "is", "are",
                     "was", "were", "has", "have", "had", "can", "will", "would", "should", "could", "may", "might",
                     "must", "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
@@ -241,8 +304,9 @@ CURATED: list[Group] = [
                     "third", "fourth",
                     # "each" as "apiece" after a quantity ("$2 each for adults", "5 hours each because ..."): a
                     # determiner is never followed by a preposition, a conjunction, a pronoun or an article
-                    *EACH_APIECE_NEXT],
-          next_not_participle=True, need_next_word=True, next_word_only=True),
+                    *EACH_APIECE_NEXT, *EACH_VERB_NEXT],
+          next_not_participle=True, need_next_word=True, next_word_only=True, next_not_suffix=EACH_NOT_SUFFIX,
+          suffix_nouns=EACH_ING_NOUNS, suffix_prev_ok=EACH_ING_AFTER),
     Group(["really", "truly"], prev_not=["not", "you", "i"], need_next_word=True, level=2),
     Group(["specific", "particular"], "a", prev_not=["in", "very", "no"], next_not=["heat", "gravity"]),
     Group(["necessary", "required"], "a", next_not=["to", "by", "for", "that", "fields", "field"]),
@@ -376,14 +440,17 @@ CURATED: list[Group] = [
     Group(["year old", "year of age"], after_quantity=True, quantities=[], before_punct=True),
     # a sum closing a clause right after a quantity ("she spent $30 in total." / "in all." / "altogether.");
     # after a number "altogether" can only mean "in total" (never "completely": "stopped altogether")
-    Group(["in total", "in all", "altogether"], after_quantity=True, before_punct=True, sentence_start=False),
+    # but a number reached ("fell to 0 altogether", "from 10 to 0", "stopped at 5") is no total: there
+    # "altogether" means "completely" and "in total" would change the meaning
+    Group(["in total", "in all", "altogether"], after_quantity=True, before_punct=True, sentence_start=False,
+          prev_not=["to", "from", "at", "below", "under", "until", "till", "toward", "towards"]),
     # "half of the cake" / "half the cake" before a noun phrase; not after "a"/"and"/"one" ("one and a half the
     # ..." is no phrase), not "these"/"those", which are often pronouns ("Half of these will go" / "Half these
     # will go" is wrong), never at the end of a clause ("half of his.")
     # "half" is a noun after a determiner or a positional adjective ("the bottom half of the page", "my half of
     # the bill"): "the bottom half the page" is wrong, so those words never come right before it
     *[Group([f"half of {d}", f"half {d}"], prev_not=["a", "and", "one", "the", "first", "second", "other",
-                                                    *DETERMINERS, *HALF_NOUN_BEFORE],
+                                                    "in", "into", *DETERMINERS, *HALF_NOUN_BEFORE],
             need_next_word=True)
       for d in ["the", "his", "her", "their", "my", "your", "its", "our"]],
     # a rate: "$5 a day" / "$5 per day", only after a number or a quantity word (never "in a day")
@@ -504,6 +571,12 @@ def build(wn: WordNet) -> list[dict[str, object]]:
             "before_punct": g.before_punct,
             "after_break": g.after_break,
             "level": g.level,
+            # only where set, so the entries of the other groups stay as they were
+            **({"adverb_lookahead": sorted(set(HAS_LOOKAHEAD_ADVERBS)), "adverb_chain": sorted(set(ADVERB_CHAIN)),
+                "adverb_participles": sorted(set(PARTICIPLE_HINTS + LOOKAHEAD_PARTICIPLES)),
+                "adverb_adjectives": sorted(set(ADVERB_ADJECTIVES))} if g.adverb_lookahead else {}),
+            **({"next_not_suffix": sorted(set(g.next_not_suffix)), "suffix_nouns": sorted(set(g.suffix_nouns)),
+                "suffix_prev_ok": sorted(set(g.suffix_prev_ok))} if g.next_not_suffix else {}),
         })
     return out
 

@@ -39,6 +39,18 @@ class Group:
     before_punct: bool  # only right before . ; : ! or ? (the end of a clause)
     after_break: bool  # only after , ; or a dash, or right after and/but/or/yet (a clause break)
     mixed_initial: bool  # some variants start with a vowel, others not: never after "a"/"an"
+    # 's = "has" ("he's just left"): after one of these adverbs the word after it decides; refused when it is
+    # a participle (``adverb_participles``, or any "-ed" word not in ``adverb_adjectives``) or an adverb of
+    # ``adverb_chain`` (which may come before one)
+    adverb_lookahead: frozenset[str] = frozenset()
+    adverb_participles: frozenset[str] = frozenset()
+    adverb_chain: frozenset[str] = frozenset()  # adverbs that may come between the adverb and a participle
+    adverb_adjectives: frozenset[str] = frozenset()
+    # not before a word with one of these endings ("each appending": "each" as a pronoun) unless it is one of
+    # ``suffix_nouns`` ("every morning"); the first-word classes of such words are in ``next_not`` already
+    next_not_suffix: tuple[str, ...] = ()
+    suffix_nouns: frozenset[str] = frozenset()
+    suffix_prev_ok: frozenset[str] = frozenset()  # the ending is allowed right after these ("for each matching")
 
     @property
     def k(self) -> int:
@@ -62,6 +74,9 @@ class Lexicon:
     groups: tuple[Group, ...]
     by_first: dict[str, tuple[Candidate, ...]]  # longest phrases first
     lookahead: dict[str, int]  # chunks needed after the first word to decide every candidate
+    # the same without the word after an adverb (``Group.adverb_lookahead``), which is read only when the word
+    # after the phrase is such an adverb: a phrase is held no longer than its decision needs
+    base_lookahead: dict[str, int]
     seconds: dict[str, frozenset[str]]  # first words that only start phrases -> the possible second words
     bullet_group: int  # the markdown choice points (``watermark.listmarks``): not in the table, never matched
     ordered_group: int  # as words, appended after the table's groups
@@ -76,15 +91,23 @@ class Lexicon:
                 out |= classes.get(w, {w})
             return frozenset(out)
 
+        # a word whose first-word class holds an "-ed" word counts as one after an adverb, so that embedding a
+        # variant of that word's own group never changes the decision the detector sees
+        ed_words = closed(sorted(w for w in classes if w.endswith("ed")))
         groups: list[Group] = []
         for g in table["groups"]:
             words = tuple(tuple(v.lower().replace("’", "'").split()) for v in g["variants"])
             display = tuple(_display(v) for v in g["variants"])
             initials = {w[0][0] in _VOWELS for w in words}
+            suffixes = tuple(g.get("next_not_suffix", []))
+            # a first word with the ending refuses its whole class (after any word), so embedding never changes
+            # the decision
+            suffix_class = closed(sorted(w for w in classes if suffixes and w.endswith(suffixes)
+                                         and w not in g.get("suffix_nouns", [])))
             groups.append(Group(
                 gid=g["id"], variants=words, display=display, level=int(g["level"]),
                 need_next_word=bool(g["need_next_word"]), comma_after=bool(g["comma_after"]),
-                next_not=closed(g["next_not"]), next_in=closed(g["next_in"]),
+                next_not=closed(g["next_not"]) | suffix_class, next_in=closed(g["next_in"]),
                 prev_not=frozenset(g["prev_not"]),
                 next_not_participle=closed(g["participle_hints"]) if g["next_not_participle"] else frozenset(),
                 prev_in=frozenset(g["prev_in"]), after_comma=bool(g["after_comma"]),
@@ -93,14 +116,23 @@ class Lexicon:
                 after_quantity=bool(g.get("after_quantity", False)), quantities=frozenset(g.get("quantities", [])),
                 before_punct=bool(g.get("before_punct", False)), after_break=bool(g.get("after_break", False)),
                 mixed_initial=len(initials) > 1,
+                adverb_lookahead=closed(g.get("adverb_lookahead", [])), adverb_chain=closed(g.get("adverb_chain", [])),
+                adverb_participles=(closed(g["adverb_participles"]) | ed_words) if "adverb_participles" in g
+                else frozenset(),
+                adverb_adjectives=frozenset(g.get("adverb_adjectives", [])) - ed_words,
+                next_not_suffix=suffixes, suffix_nouns=frozenset(g.get("suffix_nouns", [])) - suffix_class,
+                suffix_prev_ok=frozenset(g.get("suffix_prev_ok", [])),
             ))
         first: dict[str, list[Candidate]] = {}
         for gi, grp in enumerate(groups):
             for vi, w in enumerate(grp.variants):
                 first.setdefault(w[0], []).append(Candidate(gi, vi, w))
         by_first = {k: tuple(sorted(v, key=lambda c: -len(c.words))) for k, v in first.items()}
+        base_lookahead = {
+            k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) for c in v) for k, v in by_first.items()
+        }
         lookahead = {
-            k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) for c in v)
+            k: max([base_lookahead[k], *(len(c.words) + 1 for c in v if groups[c.group].adverb_lookahead)])
             for k, v in by_first.items()
         }
         seconds = {
@@ -108,7 +140,7 @@ class Lexicon:
         }
         bullet, ordered = len(groups), len(groups) + 1
         groups += [_markdown_group("markdown:bullet", BULLETS), _markdown_group("markdown:ordered", DELIMITERS)]
-        return cls(tuple(groups), by_first, lookahead, seconds, bullet, ordered)
+        return cls(tuple(groups), by_first, lookahead, base_lookahead, seconds, bullet, ordered)
 
 
 def _markdown_group(gid: str, marks: tuple[str, ...]) -> Group:

@@ -264,7 +264,7 @@ class Scanner:
                 i = m.end()
                 continue
             seq, complete = collect(s, chunk, self._lex.lookahead[chunk.low], final)
-            if not complete:
+            if not complete and not self._decided(seq):
                 break  # hold the possible phrase until the words that decide it arrive
             done = self._try_slot(s, seq, on_slot, out)
             if done is None:
@@ -304,6 +304,21 @@ class Scanner:
         k = max(s.rfind(" ", i), s.rfind("\t", i), s.rfind("\r", i))
         return k + 1 if k >= i else -1
 
+    def _decided(self, seq: list[Chunk]) -> bool:
+        """Whether the complete chunks read so far decide every candidate: all but the word after an adverb
+        have arrived, and no phrase is followed by an adverb whose next word may make 's "has". What this
+        leaves unread is never consulted (``_has_reading`` reads past an adverb only), so the outcome is the
+        one-piece outcome."""
+        low = seq[0].low
+        if len(seq) - 1 < self._lex.base_lookahead[low]:
+            return False
+        for cand in self._lex.by_first[low]:
+            m = len(cand.words)
+            adverbs = self._lex.groups[cand.group].adverb_lookahead
+            if adverbs and len(seq) > m and seq[m].low in adverbs:
+                return False
+        return True
+
     def _absorb(self, s: str, i: int, j: int) -> None:
         """Update the context from a stretch copied verbatim (as the token-by-token path would)."""
         st = self.state
@@ -337,6 +352,8 @@ class Scanner:
                 continue
             nxt = seq[m] if len(seq) > m else None
             if not _renderable(part) or _in_title(grp, part, nxt) or not _allowed(grp, st, part, nxt):
+                continue
+            if grp.adverb_lookahead and _has_reading(grp, part, seq[m:]):
                 continue
             self.slot_at = part[0].start
             chosen = on_slot(cand.group, cand.variant, st.prev)
@@ -419,7 +436,27 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
         return False
     if nw and nw in grp.next_not:
         return False
+    if (grp.next_not_suffix and nw.endswith(grp.next_not_suffix) and nw not in grp.suffix_nouns
+            and not (prev in grp.suffix_prev_ok and last_char.isalpha() and not part[0].lead)):
+        return False
     return not (grp.next_not_participle and nw and (nw in grp.next_not_participle or nw.endswith("ed")))
+
+
+def _has_reading(grp: Group, part: list[Chunk], after: list[Chunk]) -> bool:
+    """Whether 's may mean "has" here: an adverb, then a participle or another adverb ("he's just left", "it's
+    also become clear", "that's always been true", "it's still never worked"). The word after the adverb is read
+    once it has arrived (the scanner holds the phrase until then); at the end of the text or paragraph, or after
+    punctuation, nothing follows and 's is "is"."""
+    if len(after) < 2 or part[-1].trail.strip(_MARKUP) or after[0].trail.strip(_MARKUP):
+        return False
+    if after[0].low not in grp.adverb_lookahead:
+        return False
+    w = after[1].low
+    if not w or after[1].lead.strip(_MARKUP):
+        return False
+    if w in grp.adverb_participles or w in grp.adverb_chain:
+        return True
+    return w.endswith("ed") and w not in grp.adverb_adjectives
 
 
 def _closes(line: str, fence: str) -> bool:

@@ -176,7 +176,8 @@ MARKDOWN = st.sampled_from(["it", "is", "not", "do", "don't", "It's", "for", "ex
                             "you", "are", "about", "5", "`", "```", "\n", " ", "  ", "    ", ",", ".", "**",
                             "https://x.y/z", "However,", "a", "huge", "to", "help", "’", "~~~", "\t", "\n\n",
                             "NOT", "half", "of", "the", "years", "old.", "Let's", "break", "has", "been", "in",
-                            "total.", "Also,", "So", "so"])
+                            "total.", "Also,", "So", "so", "He's", "just", "also", "left", "used", "tired", "each",
+                            "sent", "altogether."])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -231,6 +232,19 @@ def test_streaming_holds_back_at_most_a_phrase(scheme: LexicalScheme, ring: KeyR
     assert emb.finish() == "Bye"
 
 
+def test_streaming_holds_has_lookahead_until_the_deciding_word(scheme: LexicalScheme, ring: KeyRing) -> None:
+    # "He's just" is "he is just" or "he has just": the word after the adverb decides, so the phrase waits for it
+    for rest, can_change in ((" left.", False), (" tired.", True)):
+        emb = scheme.embedder(ring.key("a"))
+        assert emb.feed("He's") == ""
+        assert emb.feed(" just") == ""
+        assert emb.feed(rest[:3]) == ""  # the deciding word may continue
+        out = emb.feed(rest[3:] + " Bye") + emb.finish()
+        assert out == scheme.embed("He's just" + rest + " Bye", ring.key("a"))
+        if not can_change:
+            assert out.startswith("He's just left.")
+
+
 def test_inline_code_is_streamed_not_held(scheme: LexicalScheme, ring: KeyRing) -> None:
     emb = scheme.embedder(ring.key("a"))
     assert emb.feed("see `some code that never ") == "see `some code that never "
@@ -249,6 +263,9 @@ REPEATS = st.sampled_from([
     "Additionally, it works. ", "Also, it is fine; moreover, it is cheap. ", "He paid $2 for each apple. ",
     "I do NOT agree. ", "**However**, it is not here. ", "`it is` ", "```\nit is not\n```\n", "- it is\n",
     "1. do not\n", "\n\n", "It’s been long. ", "you are right, but it is odd. ", "see https://x.y/it-is ",
+    # look-ahead past the next word ('s = has), and the guarded contexts of "each", "half" and "altogether"
+    "He's just left. ", "It's also used here. ", "He's just tired. ", "It's also become clear. ", "It's still ",
+    "They also each sent it. ", "each appending ", "It fell to 0 altogether. ", "Cut in half the time. ",
 ])
 CUTS = st.lists(st.integers(1, 400), max_size=40)
 

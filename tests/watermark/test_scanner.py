@@ -156,6 +156,50 @@ def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
         ("Let us call you back later.", []),
         ("Let us take care of it for you.", []),
         ("Let us walk you through it.", []),
+        # 's = has after an adverb + a participle (the word after the adverb decides): "he is just left" is wrong
+        ("He's just left.", []),
+        ("That's always been true.", []),
+        ("It's also become clear.", [("it's", "also")]),
+        ("She's still got it.", []),
+        ("He's just finished the report.", []),  # a regular "-ed" word: refused ("he's just finished" = has)
+        ("It's also never worked.", [("it's", "also")]),  # a second adverb may precede a participle too
+        ("That's just always been so.", []),
+        ("It's really just paper.", [("", "it's"), ("it's", "really")]),
+        ("He's *just* left.", []),  # emphasis markers do not hide the participle
+        ("He's just tired.", [("", "he's")]),  # "is" + an adjective in "-ed"
+        ("It's just a test.", [("", "it's")]),
+        ("It's also fast.", [("", "it's"), ("it's", "also")]),
+        ("It's also, well, done.", [("", "it's"), ("it's", "also")]),  # punctuation ends the look-ahead
+        ("It's still running.", [("", "it's")]),
+        ("She'd just finished.", []),  # 'd = had: 'd already refuses every adverb
+        # "altogether" = "completely" after a number reached: "fell to 0 in total" is wrong
+        ("It fell to 0 altogether.", []),
+        ("Sales fell from 10 to 0 altogether.", []),
+        ("It rose from 2 to 5 in all.", []),
+        ("It stopped at 3 in total.", []),
+        ("They stopped altogether.", []),
+        ("Avoid it altogether.", []),
+        ("It is a different thing altogether.", [("", "it is")]),
+        ("She spent $30 in total.", [("spent", "in total")]),
+        ("That makes 45 altogether.", [("makes", "altogether")]),
+        ("It took 3 hours in all.", [("hours", "in all")]),
+        # "half" after "in": "cut in half the time" is not "cut in half of the time"
+        ("Cut it in half the long way.", []),
+        ("It fits in half the space.", []),
+        ("It takes half the time.", [("takes", "half the")]),
+        # "each" as a pronoun before a verb: "every" cannot stand alone ("they also every sent")
+        ("They also each sent a letter.", [("they", "also")]),
+        ("They will each receive one.", [("", "they will")]),
+        ("They ran (each appending a line).", []),
+        ("Each sends a message.", []),
+        ("Each went home.", []),
+        ("Each student gets a book.", [("", "each")]),
+        ("I check every morning.", [("check", "every")]),  # an "-ing" noun
+        ("He saw each building.", [("saw", "each")]),
+        ("Then each pod costs $1.", [("", "then"), ("then", "each")]),
+        ("Delete it for each matching file.", [("for", "each")]),  # a determiner after a preposition
+        ("With each passing day it grew.", [("with", "each")]),
+        ("Ship 20 bags, each weighing 60 pounds.", []),
     ],
 )
 def test_slots(text: str, expected: list[tuple[str, str]]) -> None:
