@@ -1,0 +1,462 @@
+"""The curated group list of the lexical watermark's substitution table, with the reason for every condition.
+
+Data only: ``scripts/build_lexicon.py`` checks each content-word group against WordNet and writes
+``watermark/data/lexicon.json``. Group ids are derived from the variants (and the sentence-start flag): changing a
+group's variants changes its id, and texts watermarked with the old id lose that slot's evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# After these a word is a verb in its base form ("to help", "can help"), never a noun ("the help").
+VERB_SLOT = ["to", "can", "will", "may", "might", "could", "would", "should", "must", "also", "and", "or",
+             "please", "not", "cannot", "don't", "won't", "can't"]
+
+# Words after which "a day" / "per day" is a rate ("twice a day", "8 hours a day").
+QUANTITIES = ["times", "twice", "once", "thrice", "hours", "minutes", "seconds", "dollars", "cents", "miles",
+              "kilometers", "km", "pages", "cups", "pounds", "calories", "eggs", "euros", "days", "weeks"]
+UNITS = ["day", "week", "month", "year", "hour", "minute", "night", "person", "pound", "piece", "dozen", "mile",
+         "box", "pack", "kilogram", "gallon", "ticket", "page", "cup", "slice", "bag", "lesson", "shift", "visit",
+         "game", "book", "shirt", "unit", "share", "meal", "serving", "glass", "bottle", "student", "child",
+         "item", "egg", "apple", "ounce", "orange", "adult", "episode", "class", "session"]
+VOWEL_SOUND = {"hour", "honor", "heir"}  # silent h
+CONSONANT_SOUND = {"unit", "university", "use", "user", "euro", "one"}  # "yoo-", "wun-"
+# Words directly before a worked-arithmetic step ("First find the total", "to find how many").
+# Not "can"/"and"/"should": "you can find the price online" means "look up", not "calculate".
+STEP_SLOT = ["to", "first", "then", "now", "next", "we"]
+# What such a step computes: with these objects "find" means "work out", never "come across" / "look up"
+# ("the price of" / "the cost of" are left out: "to find the price of a flight" is a search; so is "the
+# remaining": "to find the remaining pieces").
+STEP_OBJECTS = ["the total", "the number of", "the amount of", "the area of",
+                "the average", "the perimeter", "the sum of", "the percentage", "the volume"]
+STEP_VERBS = ["find", "calculate", "determine", "compute", "figure out"]
+STEP_REASON = ("'work out by calculation': WordNet links find~determine and calculate~compute~work out but keeps "
+               "the 'discover' and 'reckon' senses apart; a step word before and an arithmetic object after "
+               "select the shared sense")
+DETERMINERS = ["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your"]
+CLAUSE_SUBJECTS = ["i", "we", "they", "he", "she", "there", "it", "you"]
+
+# After sentence-initial "Let us" / "Let's" these verbs make it the imperative "let's" (working through
+# something together), never "allow us to" ("Let us know", "Let us help you" are left out).
+# Verbs that commonly take "you" after "Let us" ("Let us call you back", "Let us take care of it for you",
+# "Let us walk you through it", "Let us find you a plan") are left out too: there "Let's" changes who acts.
+LET_VERBS = ["break", "start", "begin", "calculate", "compute", "consider", "look", "assume", "denote",
+             "define", "think", "try", "write", "analyze", "analyse", "solve", "examine", "explore",
+             "discuss", "summarize", "review", "imagine", "add", "simplify", "recall", "first", "now",
+             "dive", "use", "implement", "determine", "compare", "say"]
+
+# Words that follow "each" meaning "apiece" ("$2 each for adults"), never the determiner "each"/"every".
+EACH_APIECE_NEXT = ["for", "at", "on", "with", "from", "by", "into", "per", "after", "before", "during", "until",
+                    "because", "since", "while", "if", "but", "then", "than", "as", "when", "who", "that", "plus",
+                    "minus", "times", "the", "a", "an", "this", "these", "those", "his", "her", "their", "my",
+                    "your", "our", "its", "he", "she", "they", "we", "i", "it", "you", "them", "him", "us",
+                    "giving", "making", "earning", "bringing", "leaving", "totaling", "totalling", "costing"]
+
+# Words after "each" that make it a pronoun before a verb ("they each sent", "(each appending a line)"): "every"
+# cannot stand alone. Irregular past tenses and common present-tense verbs (regular "-ed" words are refused by
+# ``next_not_participle``, "-ing" words by EACH_NOT_SUFFIX except the nouns in EACH_ING_NOUNS).
+EACH_VERB_NEXT = ["sent", "went", "wrote", "told", "said", "found", "brought", "built", "became", "began", "chose",
+                  "drew", "fell", "felt", "held", "kept", "knew", "led", "left", "lost", "met", "ran", "saw", "sat",
+                  "spoke", "stood", "taught", "thought", "threw", "won", "wore", "grew", "put", "brings", "sends",
+                  "goes", "says", "tells", "writes", "runs", "plays", "provides", "represents", "requires",
+                  "includes", "consists", "belongs", "shows", "looks", "seems", "becomes", "starts", "begins",
+                  "ends", "follows", "produces", "creates", "returns", "works", "lives", "reads", "describes",
+                  "corresponds", "contributes", "performs", "handles", "sees", "knows", "thinks", "tries", "keeps",
+                  "carries", "offers", "adds", "calls", "finds", "helps", "leads", "lets", "means",
+                  "moves", "pulls", "puts", "sits", "stands", "turns", "wins", "owes", "deserves", "counts",
+                  "matters", "depends", "serves", "stores", "points", "maps", "refers", "acts"]
+EACH_NOT_SUFFIX = ["ing"]
+EACH_ING_NOUNS = ["thing", "morning", "evening", "building", "meeting", "string", "setting", "spring", "king",
+                  "ring", "wedding", "painting", "drawing", "recording", "opening", "beginning", "ending",
+                  "offering", "ceiling", "listing", "posting", "booking", "rating", "ranking", "warning",
+                  "heading", "finding", "feeling", "being", "serving", "sibling", "wing", "swing", "gathering",
+                  "crossing", "filing", "mapping", "binding", "saying", "pudding", "darling", "duckling",
+                  "seedling", "earring", "lightning", "outing", "helping", "clipping",
+                  "dumpling", "shilling", "stocking", "landing", "ping", "lining", "coating",
+                  "fitting", "reading", "hearing", "weighting", "embedding", "training", "holding", "spending"]
+# After a preposition "each" is a determiner, so an "-ing" word is an adjective there ("for each matching
+# file", "with each passing day"), never the pronoun's verb.
+EACH_ING_AFTER = ["for", "with", "of", "about", "after", "before", "in", "on", "from", "to", "behind", "into",
+                  "through", "during", "under", "over", "across", "between", "within", "without", "against"]
+
+# Words after which "half" is a noun (a part), not the predeterminer of "half (of) the".
+HALF_NOUN_BEFORE = ["each", "either", "every", "which", "whose", "what", "no", "any", "latter", "last", "bottom",
+                    "top", "upper", "lower", "left", "right", "front", "back", "rear", "remaining", "final",
+                    "whole", "next", "previous", "middle", "inner", "outer", "northern", "southern", "eastern",
+                    "western", "better", "bigger", "larger", "smaller", "greater", "lesser", "early", "earlier",
+                    "later", "late", "third", "opening", "closing"]
+
+# Words that, when they follow a contraction candidate, make it unsafe or change its reading.
+SUBJECTS = ["i", "you", "we", "they", "he", "she", "it", "there", "that", "this", "these", "those"]
+PARTICIPLE_HINTS = ["been", "got", "gotten", "had", "done", "gone", "seen", "made", "taken", "given", "become",
+                    "come", "known", "shown", "written", "found", "heard", "left", "put", "set", "begun"]
+
+
+@dataclass
+class Group:
+    variants: list[str]
+    pos: str = ""  # WordNet part of speech for checking ("n", "v", "a", "r"); "" = grammar rule
+    need_next_word: bool = False  # not at the end of a clause / line
+    comma_after: bool = False  # only when directly followed by a comma ("Furthermore, ...")
+    next_not: list[str] = field(default_factory=list)
+    next_in: list[str] = field(default_factory=list)
+    prev_not: list[str] = field(default_factory=list)
+    next_not_participle: bool = False  # not before "been", "-ed" words, ... ("it's been" is "it has been")
+    level: int = 1  # 1: every response; 2: only the "strong" strength (suspicious tiers)
+    prev_in: list[str] = field(default_factory=list)  # only right after one of these words (verb contexts)
+    after_comma: bool = False  # only right after a comma (", but" -> ", yet")
+    next_number: bool = False  # only right before a number ("about 5" -> "around 5")
+    next_word_only: bool = False  # only before a plain word, never a number or symbol ("every 6 hours", "$4 each =")
+    sentence_start: bool | None = None  # True: only starting a sentence; False: only inside one
+    after_quantity: bool = False  # only after a number or a QUANTITY word ("$5 a day" <-> "$5 per day")
+    quantities: list[str] | None = None  # the words that count as a quantity (None: QUANTITIES; []: numbers only)
+    before_punct: bool = False  # only at the end of a clause: directly followed by . ; : ! or ?
+    after_break: bool = False  # only after a clause break: , ; or a dash, or "and"/"but"/"or"/"yet"
+    lemmas: list[str] = field(default_factory=list)  # WordNet lemmas to check when variants are inflected
+    # Strong-tier (level 2) groups may skip the WordNet check when WordNet splits the senses finer than the
+    # context conditions do; the reason is recorded in the table.
+    curated: str = ""
+    # Level-1 content-word groups whose shared sense is fixed by their context conditions (a step word before,
+    # an arithmetic object after) rather than by one WordNet synset; the reason is recorded in the table.
+    context: str = ""
+    # 's groups: after an adverb in HAS_LOOKAHEAD_ADVERBS read one more word; a participle there means "has"
+    adverb_lookahead: bool = False
+    next_not_suffix: list[str] = field(default_factory=list)  # not before a word with one of these endings
+    suffix_nouns: list[str] = field(default_factory=list)  # ... except these (nouns: "every morning")
+    suffix_prev_ok: list[str] = field(default_factory=list)  # ... or right after one of these words
+
+
+def _article(noun: str) -> str:
+    """"a" or "an" by sound, not spelling: "an hour", "a unit"."""
+    if noun in VOWEL_SOUND:
+        return "an"
+    if noun in CONSONANT_SOUND:
+        return "a"
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def _neg(full: str, short: str) -> Group:
+    # "Don't you think" must not become "Do not you think": no subject right after a negation.
+    return Group([full, short], next_not=SUBJECTS)
+
+
+# Adverbs that sit between "had"/"has" and a participle ("I'd never seen", "she's already left"): only one word
+# ahead is read, so after 'd / 's (when it may be "has") they end the slot. 's keeps the adverbs that mostly
+# mean "is" there ("it's also", "it's just"); 'd, rarely followed by an adverb, drops them all.
+HAS_ADVERBS = ["never", "already", "ever", "recently", "previously"]
+# Adverbs after 's that usually mean "is" ("it's also", "he's just"), but "has" when a participle follows ("he's
+# just left", "that's always been true", "it's also become clear"): the slot reads one more word and is refused
+# when that word is a participle (or another such adverb, which may precede one). Regular "-ed" words count as
+# participles ("it's also used" is refused with "he's also used it") except the few in ADVERB_ADJECTIVES.
+HAS_LOOKAHEAD_ADVERBS = ["just", "always", "also", "still", "since", "only", "even", "finally", "actually", "really",
+                         "certainly", "definitely", "probably", "now", "often", "usually", "long", "all", "once",
+                         "then", "clearly", "simply", "largely", "mostly", "generally", "suddenly", "quickly",
+                         "slowly", "gradually", "increasingly", "originally", "apparently", "obviously", "newly",
+                         "far", "nearly", "almost", "barely", "hardly", "rarely", "seldom", "sometimes", "truly",
+                         *HAS_ADVERBS]
+# Adverbs that mark "has" when they follow such an adverb ("it's also never worked", "that's just always
+# been"): they refuse the slot too. Only these: "it's really just paper", "it's almost always PCP" are "is", and
+# the first-word classes of the list are read as well (those of "also" hold "so", "to", "in").
+ADVERB_CHAIN = [*HAS_ADVERBS, "always", "since"]
+# Irregular participles looked for after such an adverb (besides PARTICIPLE_HINTS and regular "-ed" words).
+LOOKAHEAD_PARTICIPLES = ["run", "grown", "brought", "thought", "told", "said", "kept", "won", "lost", "built",
+                         "sent", "spent", "paid", "bought", "taught", "caught", "fallen", "risen", "driven",
+                         "chosen", "broken", "spoken", "eaten", "drawn", "thrown", "flown", "worn", "held", "led",
+                         "felt", "meant", "met", "sold", "stood", "understood", "read", "hit", "cut", "let",
+                         "proven", "forgotten", "hidden", "ridden", "stolen", "sung", "swum", "woken", "beaten",
+                         "bitten", "blown", "frozen", "sunk", "struck", "spun", "overcome", "undergone", "arisen",
+                         "withdrawn", "forgiven", "mistaken"]
+# "-ed" words that after "is" + adverb are adjectives, hardly ever "has" + participle ("he's just tired").
+ADVERB_ADJECTIVES = ["tired", "based", "supposed", "located", "interested", "excited", "bored", "scared",
+                     "ashamed", "naked", "sacred", "wicked", "beloved"]
+
+HAD_ADVERBS = [*HAS_ADVERBS, "just", "always", "also", "still", "only", "since", "once", "long", "probably", "then",
+               "finally", "even", "nearly", "almost", "barely", "hardly", "really", "actually", "certainly",
+               "definitely", "often", "sometimes", "usually", "rarely", "seldom", "first", "all", "both", "so",
+               "now"]
+
+
+def _pos(full: str, short: str, participle: bool = False) -> Group:
+    return Group([full, short], need_next_word=True, next_not=["not", *(HAS_ADVERBS if participle else [])],
+                 next_not_participle=participle, adverb_lookahead=participle)
+
+
+def _would(full: str, short: str) -> Group:
+    # "'d" is "would" or "had": never before a participle ("he'd gone"), nor before "better" ("you'd better go"
+    # is "you had better go"; "you would better go" is wrong), nor an adverb that may precede one
+    return Group([full, short], need_next_word=True, next_not=["not", "better", *HAD_ADVERBS],
+                 next_not_participle=True)
+
+
+CURATED: list[Group] = [
+    # --- negative contractions (grammar) ---
+    _neg("do not", "don't"), _neg("does not", "doesn't"), _neg("did not", "didn't"),
+    _neg("is not", "isn't"), _neg("are not", "aren't"), _neg("was not", "wasn't"),
+    _neg("were not", "weren't"), _neg("has not", "hasn't"), _neg("have not", "haven't"),
+    _neg("had not", "hadn't"), _neg("will not", "won't"), _neg("would not", "wouldn't"),
+    _neg("could not", "couldn't"), _neg("should not", "shouldn't"), _neg("cannot", "can't"),
+    # --- pronoun + auxiliary contractions (grammar). 's and 've stop before participles (is/has ambiguity).
+    _pos("it is", "it's", True), _pos("that is", "that's", True), _pos("there is", "there's", True),
+    Group(["here is", "here's"], need_next_word=True, next_not=["not"], next_not_participle=True,
+          adverb_lookahead=True,
+          sentence_start=False),
+    # presenting what follows at the start of a sentence ("Here's a script:" / "Below is a script:"); not the
+    # idioms "Here's to ...", "Here's hoping", nor "Here is where ...", which "Below is" cannot say
+    Group(["Here is", "Here's", "Below is"], need_next_word=True, next_not_participle=True, sentence_start=True,
+          adverb_lookahead=True,
+          next_not=["not", "to", "hoping", "where", "when"]),
+    Group(["Here are", "Below are"], need_next_word=True, sentence_start=True,
+          next_not=["not", "to", "where", "when"]),
+    _pos("what is", "what's", True), _pos("who is", "who's", True),
+    _pos("he is", "he's", True), _pos("she is", "she's", True),
+    Group(["I am", "I'm"], need_next_word=True), _pos("you are", "you're"), _pos("we are", "we're"),
+    _pos("they are", "they're"), _pos("I will", "I'll"), _pos("you will", "you'll"),
+    _pos("we will", "we'll"), _pos("they will", "they'll"), _pos("it will", "it'll"),
+    _pos("he will", "he'll"), _pos("she will", "she'll"),
+    _pos("where is", "where's", True), _pos("how is", "how's", True),
+    _would("I would", "I'd"), _would("you would", "you'd"), _would("we would", "we'd"),
+    _would("they would", "they'd"), _would("he would", "he'd"), _would("she would", "she'd"),
+    # "has been" after a pronoun: "'s been" is unambiguous (never "is been"), so only this pair contracts
+    *[Group([f"{w} has been", f"{w}'s been"]) for w in ["it", "that", "there", "he", "she"]],
+    # imperative "Let us" at the start of a sentence, only before verbs of working through something together:
+    # never "Let us know" / "Let us help you" (a request to allow us), never "let us" inside a sentence
+    Group(["Let us", "Let's"], sentence_start=True, next_in=LET_VERBS),
+    Group(["I have", "I've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["you have", "you've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["we have", "we've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    Group(["they have", "they've"], need_next_word=True, next_in=PARTICIPLE_HINTS),
+    # --- connectives at the start of a clause, followed by a comma (grammar) ---
+    # adding a point at the start of a sentence: five interchangeable openers ("Additionally, the API ...");
+    # inside a sentence ("...; moreover, it ...") only the three that read as parentheticals
+    Group(["Furthermore", "Moreover", "In addition", "Additionally", "Also"], comma_after=True, sentence_start=True),
+    # ... and only after a clause break ("; moreover,", "and, in addition,"): "skilled in addition, subtraction
+    # and division" is arithmetic, where "skilled moreover, subtraction" would be nonsense
+    Group(["furthermore", "moreover", "in addition"], comma_after=True, sentence_start=False, after_break=True),
+    Group(["also", "additionally"], next_not=["known", "called", "referred", "termed", "named"],
+          sentence_start=False),
+    Group(["but", "yet"], after_comma=True, next_not=["also", "not", "rather", "only", "then"]),
+    Group(["However", "Nevertheless", "Nonetheless"], comma_after=True),
+    Group(["In conclusion", "In summary", "To sum up", "To summarize"], comma_after=True),
+    Group(["Similarly", "Likewise"], comma_after=True),
+    Group(["As a result", "As a consequence"], comma_after=True),
+    Group(["Finally", "Lastly"], comma_after=True),
+    Group(["Fortunately", "Luckily"], comma_after=True),
+    Group(["Overall", "All in all"], comma_after=True),
+    Group(["In short", "In brief"], comma_after=True),
+    # sentence-initial assent or concession ("Sure, here is..." / "Of course, it depends..."); never mid-sentence,
+    # where "of course," is a parenthetical ("This is, of course, ...") that "sure" cannot replace
+    Group(["Sure", "Certainly", "Of course"], comma_after=True, sentence_start=True),
+    # a sum at the start of a sentence ("In total, she spent $30"); mid-sentence "altogether," can mean
+    # "completely" ("stopped altogether, ..."), so only sentence-initial
+    Group(["In total", "Altogether", "In all"], comma_after=True, sentence_start=True),
+    # --- WordNet-checked alternations ---
+    Group(["for example", "for instance"], "r"),
+    Group(["often", "frequently"], "r"),
+    Group(["perhaps", "maybe", "possibly"], "r",
+          prev_not=["not", "cannot", "can't", "could", "couldn't", "can", "might", "may", "quite", "very", "most"]),
+    Group(["almost", "nearly"], "r", prev_not=["very"]),
+    # indefinite / reciprocal pronouns: function words WordNet does not list (grammar)
+    Group(["anyone", "anybody"]), Group(["someone", "somebody"]),
+    Group(["everyone", "everybody"]), Group(["no one", "nobody"]),
+    Group(["each other", "one another"]),
+    Group(["kind of", "sort of"], "r"),
+    Group(["completely", "entirely", "totally"], "r"),
+    Group(["especially", "particularly"], "r"),
+    Group(["mainly", "primarily", "chiefly", "mostly"], "r"),
+    Group(["slightly", "somewhat", "a bit"], next_not=["of"], need_next_word=True),
+    Group(["probably", "most likely", "likely"],
+          prev_not=[*DETERMINERS, "a", "an", "is", "are", "was", "were", "be", "more", "less", "very", "highly",
+                    "quite", "so", "most", "not", "seems", "seem", "look", "looks", "become", "becomes"],
+          next_not=["to", "that", "than"], need_next_word=True),
+    # "each" is also a pronoun ("they each have", "each has"): never after a pronoun, never before a verb
+    # (a list of common verbs plus any -ed word) -- "every" can only be a determiner.
+    # An adverb or an auxiliary right before it marks the pronoun too ("they also each sent", "will each get").
+    Group(["each", "every"], prev_not=["they", "we", "you", "them", "us", "these", "those", "both", "and", "one",
+                                       "cost", "costs", "paid", "at", "also", "all", "still",
+                                       "just", "have", "had", "has", "will", "would", "can", "could", "should",
+                                       "must", "may", "might", "did", "do", "does", "are", "were"],
+          next_not=["of", "other", "one", "single", "now", "so", "bit", "and", "or", "way", "in", "to", "is", "are",
+                    "was", "were", "has", "have", "had", "can", "will", "would", "should", "could", "may", "might",
+                    "must", "does", "did", "do", "costs", "cost", "takes", "took", "gets", "got", "needs", "need",
+                    "contains", "comes", "came", "makes", "made", "weighs", "receives", "earns", "pays", "paid",
+                    "sold", "sells", "bought", "buys", "ate", "eats", "gave", "gives", "wants", "holds", "uses",
+                    "used", "received", "earned", "spent", "spends", "own", "owns", "get", "make", "take", "gets",
+                    # a count or a frequency: "each few minutes", "each two weeks", "each last bite", "each once
+                    # in a while" are wrong; "a for each loop" is the programming construct
+                    "few", "couple", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                    "twelve", "hundred", "thousand", "dozen", "last", "once", "which", "loop", "loops", "second",
+                    "third", "fourth",
+                    # "each" as "apiece" after a quantity ("$2 each for adults", "5 hours each because ..."): a
+                    # determiner is never followed by a preposition, a conjunction, a pronoun or an article
+                    *EACH_APIECE_NEXT, *EACH_VERB_NEXT],
+          next_not_participle=True, need_next_word=True, next_word_only=True, next_not_suffix=EACH_NOT_SUFFIX,
+          suffix_nouns=EACH_ING_NOUNS, suffix_prev_ok=EACH_ING_AFTER),
+    Group(["really", "truly"], prev_not=["not", "you", "i"], need_next_word=True, level=2),
+    Group(["specific", "particular"], "a", prev_not=["in", "very", "no"], next_not=["heat", "gravity"]),
+    Group(["necessary", "required"], "a", next_not=["to", "by", "for", "that", "fields", "field"]),
+    Group(["using", "utilizing", "employing"], "v", lemmas=["use", "utilize", "employ"], next_not=["up"]),
+    Group(["created", "generated"], "v", prev_not=["newly"], level=2, curated="past tense and participle alike"),
+    Group(["helps", "assists"], "v", lemmas=["help", "assist"], next_not=["to"]),
+    Group(["helped", "assisted"], "v", lemmas=["help", "assist"], next_not=["to"]),
+    Group(["helping", "assisting"], "v", lemmas=["help", "assist"], next_not=["hand", "to"]),
+    Group(["begins", "starts"], "v", lemmas=["begin", "start"], next_not=["up", "off", "out", "over"]),
+    Group(["began", "started"], "v", lemmas=["begin", "start"],
+          prev_not=["has", "have", "had", "i've", "you've", "we've", "they've", "he's", "she's", "it's",
+                    "was", "were", "is", "are", "be", "been", "being", "get", "gets", "got", "getting", "am",
+                    "i'm", "you're", "we're", "they're", "hasn't", "haven't", "hadn't"],
+          next_not=["up", "off", "out", "over"]),
+    Group(["talk", "speak"], "v", prev_in=VERB_SLOT, next_in=["to", "with", "about"]),
+    Group(["look for", "search for"], prev_in=VERB_SLOT),
+    Group(["all of the", "all the"], next_not=["way", "same", "more", "better", "less", "best", "worse", "rage",
+                                              "while", "most"]),
+    Group(["all of these", "all these"]),
+    Group(["all of those", "all those"]),
+    Group(["in general", "generally"], comma_after=True),
+    Group(["usually", "normally", "commonly", "typically"], "r"),
+    Group(["about", "around", "approximately", "roughly"], "r", next_number=True),
+    Group(["exactly", "precisely"], "r", prev_not=["not"]),
+    Group(["quite", "fairly"], "r", prev_not=["not"], next_not=["a", "an", "the", "some", "few", "so", "as"]),
+    Group(["basically", "essentially", "fundamentally"], "r"),
+    Group(["rarely", "seldom"], "r"),
+    Group(["initially", "at first"], "r", next_not=["glance", "sight", "blush"]),
+    Group(["apparently", "seemingly"], "r"),
+    Group(["incredibly", "remarkably", "exceptionally"], "r", level=2),
+    Group(["many", "numerous"], "a", prev_not=["how", "so", "too", "as", "very", "not", "a", "great", "good",
+                                              "the", "these", "those", "his", "her", "their", "our", "my", "your",
+                                              "its", "many", "in"],
+          next_not=["of", "more", "times", "others", "a", "such", "thanks", "years", "ways"]),
+    Group(["several", "a few", "a number of"], prev_not=["quite", "only", "just", "very", "every", "a", "the",
+                                                        "these", "those", "his", "her", "their", "our", "my",
+                                                        "your", "its", "such"],
+          need_next_word=True, next_not=["of", "more", "times", "others"]),
+    # optional complementiser "that" after verbs that take a clause but no noun object, before a subject
+    # pronoun ("I think you are" / "I think that you are"); "recommend", "believe", "know" take objects: excluded.
+    *[Group([v, f"{v} that"], next_in=CLAUSE_SUBJECTS)
+      for v in ["think", "thinks", "hope", "hopes", "ensures", "means", "seems", "realize",
+                "realizes", "assume", "assuming", "guess", "noticed", "note", "mean", "figured"]],
+    # also before a noun phrase ("make sure the code runs" / "ensure the code runs"); never before "that"/"this",
+    # where "make sure that button ..." would become "ensure that that button ..."
+    Group(["make sure", "make sure that", "ensure", "ensure that"],
+          next_in=[*CLAUSE_SUBJECTS, "the", "your", "these", "those", "its", "their", "all", "each", "every",
+                   "everything", "everyone", "any", "no", "nothing"]),
+    # worked arithmetic: "First find the total" / "calculate" / "determine" / "compute" / "figure out"; only with
+    # an object that makes "find" mean "work out" and right after a step word (never "I find the total cost
+    # too high"). One group per object, so each object is its own scored tuple.
+    *[Group([f"{v} {obj}" for v in STEP_VERBS], "v", prev_in=STEP_SLOT, context=STEP_REASON)
+      for obj in STEP_OBJECTS],
+    Group([f"{v} how" for v in STEP_VERBS], "v", prev_in=STEP_SLOT, next_in=["many", "much", "long", "far", "old"],
+          context=STEP_REASON),
+    # ", which means he ..." / ", meaning he ..." (participle of "mean", never the noun: a clause must follow)
+    Group(["which means", "meaning"], after_comma=True,
+          next_in=[*CLAUSE_SUBJECTS, "that", "the", "his", "her", "their", "each", "a", "an"]),
+    Group(["provides", "offers"], "v", lemmas=["provide", "offer"],
+          prev_not=[*DETERMINERS, "job", "special", "best", "many", "several", "multiple", "such", "other", "no",
+                    "any", "some", "great", "two", "three"],
+          next_not=["for", "that"]),
+    Group(["allows", "enables"], "v", lemmas=["allow", "enable"], next_not=["for"]),
+    Group(["need to", "have to"], prev_not=[*DETERMINERS, "urgent", "growing", "without", "there's", "no"],
+          next_not=["do", "say"]),
+    Group(["needs to", "has to"], prev_not=[*DETERMINERS, "urgent", "growing", "without", "no"],
+          next_not=["do", "say"]),
+    Group(["want to", "wish to"], prev_not=DETERMINERS, next_not=["be"]),
+    Group(["try to", "attempt to"], prev_not=[*DETERMINERS, "an", "any", "every", "first", "no", "each",
+                                              "failed", "one", "last", "second", "final", "another"]),
+    Group(["in order to", "so as to"]),
+    Group(["because of", "due to"], next_in=[*DETERMINERS, "a", "an", "some", "many", "lack", "poor", "high", "low"]),
+    Group(["a lot of", "lots of"], prev_not=["quite", "such", "what", "a", "the", "whole"]),
+    Group(["although", "though", "even though"], prev_not=["even", "as"], need_next_word=True),
+    Group(["may", "might"], prev_not=[*DETERMINERS, "all", "with", "in", "of", "early", "late", "mid", "since",
+                                      "until", "by", "from", "last", "next", "every"],
+          next_not=["i", "we", "you", "he", "she", "they", "it", "god", "the", "and", "or"], need_next_word=True),
+    Group(["first", "firstly"], comma_after=True),
+    Group(["second", "secondly"], comma_after=True),
+    Group(["third", "thirdly"], comma_after=True),
+    Group(["recommend", "suggest"], prev_in=["i", "we", "i'd", "we'd", "would", "also", "strongly", "i'll"]),
+    Group(["such as", "like"], after_comma=True, level=2,
+          next_not=["i", "you", "we", "they", "he", "she", "it", "this", "that", "so", "when", "if", "how", "what",
+                    "before", "always", "usual", "crazy", "said", "mine", "yours"]),
+    Group(["whole", "entire"], "a", prev_in=["the", "this", "your", "my", "our", "their", "his", "her", "its"],
+          next_not=["of", "lot", "number", "new", "grain", "wheat", "milk", "foods", "food", "numbers"]),
+    Group(["help", "assist", "aid"], "v", prev_in=VERB_SLOT,
+          next_not=["but", "desk", "center", "centre", "yourself"]),
+    Group(["use", "utilize", "employ"], "v", prev_in=VERB_SLOT, next_not=["up", "case", "cases"]),
+    Group(["start", "begin"], "v", prev_in=VERB_SLOT, next_not=["up", "off", "out", "over"]),
+    Group(["choose", "select", "pick"], "v", prev_in=VERB_SLOT, next_not=["up", "out", "on", "off", "at", "apart"]),
+    Group(["buy", "purchase"], "v", prev_in=VERB_SLOT, next_not=["into", "time", "up", "out", "off"]),
+    Group(["allow", "permit"], "v", prev_in=VERB_SLOT, next_not=["for", "me"]),
+    Group(["important", "crucial"], "a", prev_not=["self", "all"], level=2),
+    # --- strong tier only: near-synonyms in guarded positions (a little more visible, denser watermark) ---
+    Group(["create", "generate"], "v", prev_in=VERB_SLOT, level=2, curated="verb position only"),
+    Group(["creates", "generates"], "v", level=2, curated="third-person verb forms only"),
+    Group(["creating", "generating"], "v", level=2, curated="gerund of create/generate"),
+    Group(["check", "verify"], "v", prev_in=VERB_SLOT, level=2, curated="verb position, no particle",
+          next_not=["out", "in", "on", "for", "with", "up", "off", "back", "into", "over", "mark"]),
+    Group(["show", "display"], "v", prev_in=VERB_SLOT, level=2, curated="verb position, no personal object",
+          next_not=["me", "you", "him", "her", "us", "them", "that", "how", "up", "off", "what", "why"]),
+    Group(["very", "extremely"], "r", level=2, curated="intensifier before an adjective or adverb",
+          prev_not=["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your",
+                    "very"],
+          next_not=["much", "many", "few", "little", "own", "same", "first", "last", "best", "end", "beginning",
+                    "moment", "least", "most", "well", "next", "top", "bottom", "idea", "thing", "nature", "day"],
+          need_next_word=True),
+    Group(["sometimes", "occasionally"], "r", level=2, curated="frequency adverbs"),
+    Group(["eventually", "ultimately"], "r", level=2, curated="'in the end' sense"),
+    Group(["reduce", "decrease"], "v", prev_in=VERB_SLOT, level=2, curated="verb position only"),
+    Group(["people", "individuals"], "n", level=2, curated="plural of 'person'",
+          prev_not=["the", "a", "an", "indigenous", "native", "chosen", "jewish", "whose"]),
+    Group(["hi", "hello"], next_not=["world"]),
+    Group(["thanks", "thank you"], prev_not=["many", "no", "special", "big", "a", "thousand", "the", "with",
+                                            "my", "our", "warm", "heartfelt", "sincere", "give", "gives"],
+          next_not=["to", "giving", "again"], need_next_word=False),
+    Group(["quickly", "rapidly", "speedily"], "r"),
+    Group(["significantly", "importantly"], "r", level=2),
+    Group(["therefore", "thus", "hence", "consequently"], "r", next_not=["far"], sentence_start=False),
+    # at the start of a sentence "So" joins them ("So the total is ..."); not "So far", "So is she", "So that"
+    Group(["So", "Therefore", "Thus", "Hence"], sentence_start=True,
+          next_not=["far", "much", "many", "long", "that", "is", "are", "do", "does", "did", "am", "was", "were",
+                    "can", "will", "have", "has", "had", "to", "what", "yes", "no", "good", "sorry", "nice"]),
+    Group(["Then", "Next"], sentence_start=True,
+          next_not=["week", "month", "year", "time", "day", "step", "steps", "to", "door", "morning", "is", "was"]),
+    # an age after a number closing a clause ("he is 5 years old." / "5 years of age."); never before a noun
+    # ("my 3 year old brother", "the 10,000 year old, unspeakable horror"), never after a word ("many years
+    # old"); a hyphenated "5-year-old" is one protected chunk
+    Group(["years old", "years of age"], after_quantity=True, quantities=[], before_punct=True),
+    Group(["year old", "year of age"], after_quantity=True, quantities=[], before_punct=True),
+    # a sum closing a clause right after a quantity ("she spent $30 in total." / "in all." / "altogether.");
+    # after a number "altogether" can only mean "in total" (never "completely": "stopped altogether")
+    # but a number reached ("fell to 0 altogether", "from 10 to 0", "stopped at 5") is no total: there
+    # "altogether" means "completely" and "in total" would change the meaning
+    Group(["in total", "in all", "altogether"], after_quantity=True, before_punct=True, sentence_start=False,
+          prev_not=["to", "from", "at", "below", "under", "until", "till", "toward", "towards"]),
+    # "half of the cake" / "half the cake" before a noun phrase; not after "a"/"and"/"one" ("one and a half the
+    # ..." is no phrase), not "these"/"those", which are often pronouns ("Half of these will go" / "Half these
+    # will go" is wrong), never at the end of a clause ("half of his.")
+    # "half" is a noun after a determiner or a positional adjective ("the bottom half of the page", "my half of
+    # the bill"): "the bottom half the page" is wrong, so those words never come right before it
+    *[Group([f"half of {d}", f"half {d}"], prev_not=["a", "and", "one", "the", "first", "second", "other",
+                                                    "in", "into", *DETERMINERS, *HALF_NOUN_BEFORE],
+            need_next_word=True)
+      for d in ["the", "his", "her", "their", "my", "your", "its", "our"]],
+    # a rate: "$5 a day" / "$5 per day", only after a number or a quantity word (never "in a day")
+    *[Group([f"per {u}", f"{_article(u)} {u}"], after_quantity=True) for u in UNITS],
+    Group(["immediately", "instantly", "straightaway"], "r", level=2),
+    Group(["huge", "enormous", "immense"], "a"),
+    Group(["large", "big"], "a", prev_not=["by", "at"], next_not=["deal"]),
+    Group(["happy", "glad"], "a", next_in=["to", "that"]),
+    Group(["keep in mind", "bear in mind"]),  # idiom, not in WordNet (grammar)
+    Group(["anyway", "anyhow"], "r"),
+    Group(["nowadays", "today"], "r", level=2),  # "today" is a noun too: dropped by the WordNet check
+    Group(["afterwards", "afterward"], "r"),
+    Group(["toward", "towards"]),  # preposition: both spellings are standard in US and UK text
+    Group(["purchased", "bought"], "v", lemmas=["purchase", "buy"]),  # both past tense and participle
+    Group(["purchasing", "buying"], "v", lemmas=["purchase", "buy"]),
+    Group(["selects", "chooses"], "v", lemmas=["select", "choose"]),
+    Group(["obtained", "acquired"], "v", lemmas=["obtain", "acquire"], level=2),
+    Group(["attempting", "trying"], "v", lemmas=["attempt", "try"], next_in=["to"], level=2),
+]
+
+# Alternations WordNet confirms but that fail in common contexts, with the counter-example that rules them out.
+REJECTED: dict[str, str] = {
+    "today": "'today' is also a noun ('today's date')",
+}
