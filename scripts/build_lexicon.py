@@ -7,8 +7,9 @@ How the table is made. A lexical watermark may only swap words where *every* var
 context where any variant occurs, because the detector cannot do sense disambiguation. So the table is a
 curated list (``CURATED`` in ``scripts/lexicon_table.py``) in which each content-word group is checked against
 WordNet: every pair of variants must share a synset or be linked by WordNet's similar-to relation (adjectives)
-in the part of speech given, or the group is dropped (listed on stderr). Function-word alternations that WordNet does not cover
-(contractions, connectives followed by a comma) are marked ``source="grammar"`` and are kept by rule. Each group
+in the part of speech given, or the group is dropped (listed on stderr). Function-word alternations that
+WordNet does not cover (contractions, connectives followed by a comma) are marked ``source="grammar"`` and are
+kept by rule. Each group
 carries the context conditions that make it safe (e.g. a contraction is never made at the end of a clause:
 "I know who you are." must not become "...who you're."). Numbers are never involved; British/American spelling
 pairs are deliberately absent (they would make the watermark visible).
