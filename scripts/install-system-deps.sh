@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite and benchmarks need: redis-server (the Redis store's contract
-# and failure tests start real servers), wordnet-base (the test that rebuilds the lexical watermark's table from
+# Installs the Debian packages the test suite and benchmarks need: redis-server and redis-tools (the Redis
+# store's contract and failure tests start real servers, and a Redis Cluster with redis-cli), wordnet-base (the test that rebuilds the lexical watermark's table from
 # WordNet, /usr/share/wordnet), chromium (the alert dashboard's headless-browser tests) and wrk (make bench).
 # The gateway itself needs none of them. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)  # builds the test Redis Cluster
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
