@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and benchmarks need: redis-server and redis-tools (the Redis
-# store's contract and failure tests start real servers, and a Redis Cluster with redis-cli), wordnet-base (the test that rebuilds the lexical watermark's table from
-# WordNet, /usr/share/wordnet), chromium (the alert dashboard's headless-browser tests) and wrk (make bench).
+# store's contract and failure tests start real servers, and a Redis Cluster with redis-cli), wordnet-base
+# (the test that rebuilds the lexical watermark's table from WordNet, /usr/share/wordnet), chromium (the alert
+# dashboard's headless-browser tests) and wrk (make bench).
 # The gateway itself needs none of them. Needs root or sudo; does nothing when all are present.
 set -euo pipefail
 need=()
