@@ -156,6 +156,8 @@ def _cluster_port() -> int:
 class RedisClusterProcess:
     """A real 3-primary Redis Cluster (no replicas) on free loopback ports, built with ``redis-cli --cluster``."""
 
+    host = "127.0.0.1"  # the address the nodes are joined (and announced) by
+
     def __init__(self, primaries: int = 3) -> None:
         if REDIS_BIN is None or REDIS_CLI is None:
             pytest.skip("Redis Cluster tests need both redis-server and redis-cli on PATH "
@@ -174,7 +176,7 @@ class RedisClusterProcess:
         for n in self.nodes:
             n.start()
         assert REDIS_CLI is not None
-        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"{self.host}:{n.port}" for n in self.nodes),
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
         self.wait_ok()

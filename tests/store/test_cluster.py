@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from gateway.store.cluster import ClusterMux
 from gateway.store.redis import RedisStore
 from gateway.store.resilient import ResilientStore
 from gateway.telemetry.metrics import Metrics
-from tests.conftest import REDIS_CLI, RedisClusterProcess
+from tests.conftest import RedisClusterProcess
 
 SLOW = Limits(requests_per_minute=1, tokens_per_minute=1e9, burst_requests=6, burst_tokens=10**9)  # T = 60 s
 
@@ -388,20 +387,13 @@ class _IPv6Cluster(RedisClusterProcess):
     """A private 3-primary cluster whose nodes know each other as ``::1``: what they announce in CLUSTER SLOTS
     and in MOVED/ASK (``MOVED 3999 ::1:7001``, the address without brackets)."""
 
+    host = "::1"
+
     def __init__(self) -> None:
         super().__init__()
         for n in self.nodes:
             n.extra_args += ("--bind", "127.0.0.1", "::1")  # 127.0.0.1 too: the fixture's own helpers use it
 
-    def start(self) -> _IPv6Cluster:
-        for n in self.nodes:
-            n.start()
-        assert REDIS_CLI is not None
-        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"::1:{n.port}" for n in self.nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
-        self.wait_ok()
-        return self
 
 
 async def test_moved_to_an_ipv6_node_is_followed() -> None:
