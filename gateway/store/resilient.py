@@ -51,6 +51,7 @@ _OUTAGE = (RedisError, OSError, TimeoutError)  # TimeoutError covers asyncio's i
 _KNOWN_MAX = 100_000  # clients whose last tier/override we remember for the degraded hot path
 _PENDING_MAX = 10_000  # recipient records queued while degraded
 _BACKSTOP_MARGIN_S = 0.002  # the inner store's own timeout must fire first (it resets its connection)
+STARTUP_GRACE_S = 2.0  # how long start() keeps retrying a ping that merely times out
 
 
 class ProbedStore(StateStore, Protocol):
@@ -114,12 +115,27 @@ class ResilientStore:
         return self._degraded_since is not None
 
     async def start(self) -> None:
-        """Check the store once at start-up; an unreachable store starts degraded (never a crash)."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self.inner.ping()
-        except _OUTAGE as e:
-            self._enter_degraded("ping", e)
+        """Check the store at start-up; an unreachable store starts degraded (never a crash).
+
+        A refused or failed connection is an outage at once. A ping that only *times out* is retried for up
+        to ``STARTUP_GRACE_S``: no request is waiting yet, and the first connect to a healthy Redis on a
+        loaded host (TCP handshake, HELLO, script loads) can exceed a hot-path timeout of tens of
+        milliseconds, which must not start the whole replica degraded (503 for everyone in ``closed`` mode).
+        """
+        deadline = time.monotonic() + STARTUP_GRACE_S
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self.inner.ping()
+                return
+            except TimeoutError as e:
+                if time.monotonic() < deadline and not self._closed:
+                    continue
+                self._enter_degraded("ping", e)
+                return
+            except _OUTAGE as e:
+                self._enter_degraded("ping", e)
+                return
 
     # --- the guard -------------------------------------------------------------------------------------------
 

@@ -43,6 +43,9 @@ async def test_gateway_under_redis_fault(redis_process: Any, mode: str, fault: s
                     await r.read()
                     return r.status, dict(r.headers), time.perf_counter() - t0
 
+            store = gw.ctx.store
+            assert isinstance(store, ResilientStore)
+            assert not store.degraded, "a healthy Redis at start-up must not start the gateway degraded"
             assert (await chat())[0] == 200
             getattr(redis_process, fault)()
             answers = [await chat() for _ in range(5)]
@@ -62,8 +65,6 @@ async def test_gateway_under_redis_fault(redis_process: Any, mode: str, fault: s
                 redis_process.resume()
             else:
                 redis_process.restart()
-            store = gw.ctx.store
-            assert isinstance(store, ResilientStore)
             deadline = time.monotonic() + 5
             while store.degraded:
                 assert time.monotonic() < deadline, "the gateway did not recover on its own"

@@ -193,6 +193,41 @@ async def test_starts_degraded_when_redis_is_down_and_recovers(redis_process: An
     assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.WARNING, logging.INFO]
 
 
+async def test_slow_first_ping_at_start_is_retried_not_degraded(redis_process: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that is alive but slow to answer at start-up (here SIGSTOPped for 0.3 s, six times the
+    timeout) must not start the replica degraded: start() retries timed-out pings within its grace."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    registry = CollectorRegistry()
+    store = make_store(redis_process.url, "closed", registry)
+    redis_process.pause()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, redis_process.resume)
+    try:
+        t0 = time.monotonic()
+        await store.start()
+        assert time.monotonic() - t0 >= 0.25
+        assert not store.degraded
+        assert (await store.hot_path(req("x"))).allowed
+        assert [r for r in caplog.records if r.name == LOGGER] == []
+    finally:
+        redis_process.resume()
+        await store.close()
+
+
+async def test_refused_connection_at_start_degrades_at_once(redis_process: Any) -> None:
+    """Only a timeout is retried: a refused connection is an outage, reported without the grace delay."""
+    redis_process.kill()
+    store = make_store(redis_process.url, "closed", CollectorRegistry())
+    try:
+        t0 = time.monotonic()
+        await store.start()
+        assert store.degraded
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        await store.close()
+
+
 async def test_redis_error_reply_is_not_an_outage(harness: Harness, redis_process: Any,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A command Redis rejects (here: a key of the wrong type) falls back for that call only."""
