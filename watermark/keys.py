@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MIN_SECRET_BYTES = 16
 
@@ -62,11 +63,16 @@ def scheme_key(master: bytes, version: int, label: str) -> bytes:
     return hmac.digest(master, msg, "sha256")  # the one-shot C path: 100 000 keys in ~0.1 s
 
 
-@dataclass(frozen=True, slots=True)
-class ClientKey:
+class ClientKey(NamedTuple):
+    """One (client, version) key. A named tuple rather than a dataclass: attribution among 100 000 clients
+    builds 100 000 of them per version, and a tuple is built ≈ 4× faster than a frozen dataclass."""
+
     client_id: str
     version: int
     key: bytes  # 32 bytes, HMAC-SHA256 output
+
+    def __repr__(self) -> str:  # the key is secret: never in logs or tracebacks
+        return f"ClientKey(client_id={self.client_id!r}, version={self.version}, key=<redacted>)"
 
     @property
     def seed64(self) -> int:
@@ -117,5 +123,12 @@ class KeyRing:
         """``key(c, version)`` for many clients at once."""
         if not 1 <= version < 2**32:
             raise KeyMaterialError(f"key version must be in [1, 2**32), got {version}")
-        prefix, master = version.to_bytes(4, "big"), self.master
-        return [ClientKey(c, version, hmac.digest(master, prefix + c.encode("utf-8"), "sha256")) for c in client_ids]
+        prefix = version.to_bytes(4, "big")
+        keyed = hmac.new(self.master, digestmod="sha256")  # the padded master absorbed once, copied per client
+        out: list[ClientKey] = []
+        append = out.append
+        for c in client_ids:
+            h = keyed.copy()
+            h.update(prefix + c.encode("utf-8"))
+            append(ClientKey(c, version, h.digest()))
+        return out
