@@ -137,6 +137,8 @@ def build(wn: WordNet) -> list[dict[str, object]]:
                 "adverb_adjectives": sorted(set(ADVERB_ADJECTIVES))} if g.adverb_lookahead else {}),
             **({"next_not_suffix": sorted(set(g.next_not_suffix)), "suffix_nouns": sorted(set(g.suffix_nouns)),
                 "suffix_prev_ok": sorted(set(g.suffix_prev_ok))} if g.next_not_suffix else {}),
+            **({"next_not_date": True} if g.next_not_date else {}),
+            **({"since": g.since} if g.since > 1 else {}),
         })
     return out
 

@@ -87,6 +87,20 @@ HALF_NOUN_BEFORE = ["each", "either", "every", "which", "whose", "what", "no", "
                     "western", "better", "bigger", "larger", "smaller", "greater", "lesser", "early", "earlier",
                     "later", "late", "third", "opening", "closing"]
 
+# Words after which "because" cannot become "since": a predicate ("This is because", "That's because") or a
+# focusing adverb ("only because", "not because", "partly because"); "ever since", "long since" are temporal.
+BECAUSE_PREV_NOT = ["is", "was", "are", "were", "be", "been", "being", "it's", "that's", "this's", "there's",
+                    "here's", "what's", "isn't", "wasn't", "aren't", "weren't", "it", "that", "this", "not", "only",
+                    "just", "partly", "mainly", "mostly", "largely", "simply", "precisely", "exactly", "merely",
+                    "solely", "primarily", "probably", "perhaps", "maybe", "especially", "particularly", "all",
+                    "ever", "long", "because", "since"]
+# Words that, right before "N x M", make the "x" a multiplication sign: a reason or a result being computed.
+PRODUCT_PREV = ["because", "since", "so", "thus", "therefore", "hence", "then", "means", "meaning", "gives",
+                "giving", "equals"]
+NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty", "thirty",
+                "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand", "million",
+                "billion", "dozen"]
+
 # Words that, when they follow a contraction candidate, make it unsafe or change its reading.
 SUBJECTS = ["i", "you", "we", "they", "he", "she", "it", "there", "that", "this", "these", "those"]
 PARTICIPLE_HINTS = ["been", "got", "gotten", "had", "done", "gone", "seen", "made", "taken", "given", "become",
@@ -125,6 +139,10 @@ class Group:
     next_not_suffix: list[str] = field(default_factory=list)  # not before a word with one of these endings
     suffix_nouns: list[str] = field(default_factory=list)  # ... except these (nouns: "every morning")
     suffix_prev_ok: list[str] = field(default_factory=list)  # ... or right after one of these words
+    next_not_date: bool = False  # never before a year or a clock time ("since 1958", "since 9:30")
+    # the table revision that adds the group: the table is append-only, and verification scores a text over
+    # each revision's groups too, so text served before an extension keeps its power (1: the first revision)
+    since: int = 1
 
 
 def _article(noun: str) -> str:
@@ -350,10 +368,14 @@ CURATED: list[Group] = [
     # ", which means he ..." / ", meaning he ..." (participle of "mean", never the noun: a clause must follow)
     Group(["which means", "meaning"], after_comma=True,
           next_in=[*CLAUSE_SUBJECTS, "that", "the", "his", "her", "their", "each", "a", "an"]),
+    # not before a recipient ("provides you with tools" / "offers you with tools" is wrong) nor "to" ("offers to
+    # help" / "provides to help"); "provides a library with ..." stays (the "with" belongs to the noun)
     Group(["provides", "offers"], "v", lemmas=["provide", "offer"],
           prev_not=[*DETERMINERS, "job", "special", "best", "many", "several", "multiple", "such", "other", "no",
                     "any", "some", "great", "two", "three"],
-          next_not=["for", "that"]),
+          next_not=["for", "that", "to", "the", "you", "them", "us", "him", "her", "me", "users", "customers",
+                    "developers", "people", "everyone", "readers", "students", "clients", "employees", "visitors",
+                    "members"]),
     Group(["allows", "enables"], "v", lemmas=["allow", "enable"], next_not=["for"]),
     Group(["need to", "have to"], prev_not=[*DETERMINERS, "urgent", "growing", "without", "there's", "no"],
           next_not=["do", "say"]),
@@ -454,6 +476,35 @@ CURATED: list[Group] = [
     Group(["selects", "chooses"], "v", lemmas=["select", "choose"]),
     Group(["obtained", "acquired"], "v", lemmas=["obtain", "acquire"], level=2),
     Group(["attempting", "trying"], "v", lemmas=["attempt", "try"], next_in=["to"], level=2),
+    # --- table revision 2: dense choices in worked solutions (appended: the groups above keep their ids) ---
+    # a reason given by an equation or a quantity ("because 4 x 5 = 20" / "since 4 x 5 = 20", "Since 1 foot is
+    # 12 inches"): before a number "since" is causal, except before a point in time ("since 1958", "since 9:30"),
+    # which ``next_not_date`` refuses; never where only "because" can stand ("This is because", "not because",
+    # "only because", "ever since", "long since"); never opening a sentence, where "Since 1 foot is 12 inches,
+    # then ..." is idiomatic but "Because ..., then ..." is not
+    Group(["because", "since"], next_number=True, next_not_date=True, prev_not=BECAUSE_PREV_NOT,
+          sentence_start=False, since=2),
+    # a multiple ("twice as many" / "two times as many", "twice the price"); never a count of occasions ("the two
+    # times I went", "one or two times a day", "thirty two times the"), so not after a determiner, a number word
+    # or a conjunction of a range
+    Group(["twice", "two times"], next_in=["as", "the", "that", "what", "a", "his", "her", "their", "its", "my",
+                                           "your", "our"],
+          prev_not=[*DETERMINERS, *NUMBER_WORDS, "a", "an", "all", "both", "first", "last", "other", "only",
+                    "between", "every", "few", "or", "and", "to", "of"], since=2),
+    # an equation before a number ("3 x 4 equals 12" / "is equal to 12"); not after a word that starts a
+    # contraction ("it is", "that is", ... are slots of their own: "it equals 5" would read back as "it is" +
+    # "equal to"), nor after an adverb ("also equals 5": "also is equal to" is the wrong order)
+    Group(["equals", "is equal to"], next_number=True,
+          prev_not=["it", "that", "there", "here", "what", "who", "he", "she", "where", "how", "not", "also", "still",
+                    "then", "now", "always", "never", "thus", "therefore", "hence", "just", "exactly", "only",
+                    "again", "roughly", "approximately", "almost", "nearly", "about", "around", "clearly",
+                    "obviously", "simply", "actually", "indeed", "certainly", "precisely", "essentially",
+                    "basically", "effectively", "usually", "often", "generally", "typically", "sometimes"],
+          since=2),
+    # a product in a worked step ("because 4 x 5 = 20" / "because 4 times 5 = 20"): between two numbers and only
+    # when the word before the first number introduces a calculation; never a dimension or a resolution ("the 2 x
+    # 4s", "a 10 x 12 room", "Full HD (1920 x 1080)"), where "x" reads "by"
+    Group(["x", "times"], after_quantity=True, quantities=[], next_number=True, prev_in=PRODUCT_PREV, since=2),
 ]
 
 # Alternations WordNet confirms but that fail in common contexts, with the counter-example that rules them out.

@@ -25,6 +25,13 @@ mixer's negligible bias): both keys' choices are full-avalanche mixes of the sam
 Strength views. "strong" embedding also uses level-2 groups; a normal-strength text has no watermark there.
 When the text has level-2 slots, both views (level 1 only; levels 1+2) are scored and each counts as a
 hypothesis; otherwise the views coincide and count once.
+
+Table revisions. The table is append-only and each group records the revision that added it
+(``Group.since``). A text served before an extension carries no watermark in the newer groups, which would
+dilute its evidence with coin flips, so the views are also cut by revision (groups with ``since <= r``, for
+each revision r whose groups the text has slots of). Distinct views only: a text with no slot of a newer
+group is scored exactly as before. The set of views is read from the text alone (which groups it has slots
+of), so under H0 each view is a fixed test and Bonferroni over the distinct views and keys stays valid.
 """
 
 from __future__ import annotations
@@ -198,10 +205,27 @@ class LexicalScheme:
     def score(self, texts: str | Sequence[str], keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         return self.score_observation(self.observe(texts), keys, top=top)
 
-    def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
-        views = [obs.level <= 1]
+    def _views(self, obs: Observation) -> list[npt.NDArray[np.bool_]]:
+        """The distinct tuple subsets to test: strength (level 1; levels 1+2) x table revision (groups added
+        up to each revision the text has slots of), the first view being level 1 at the oldest revision."""
+        levels = [obs.level <= 1]
         if bool(np.any(obs.level > 1)):
-            views.append(np.ones(obs.size, dtype=bool))
+            levels.append(np.ones(obs.size, dtype=bool))
+        since = np.array([self._lex.groups[g].since for g in obs.groups.tolist()], dtype=np.int64)
+        revisions = sorted({1, *since.tolist()})
+        views: list[npt.NDArray[np.bool_]] = []
+        seen: set[bytes] = set()
+        for lv in levels:
+            for r in revisions:
+                view = lv & (since <= r)
+                sig = np.packbits(view).tobytes()
+                if sig not in seen:
+                    seen.add(sig)
+                    views.append(view)
+        return views
+
+    def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
+        views = self._views(obs)
         family = max(1, len(keys) * len(views))
         if obs.size == 0 or not keys:
             return WatermarkScore(self.name, obs.size, family, None, None, 0, 1.0, 0.0)

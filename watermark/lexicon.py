@@ -29,7 +29,7 @@ class Group:
     next_in: frozenset[str]
     prev_not: frozenset[str]
     next_not_participle: frozenset[str]  # non-empty: also reject a next word ending in "ed"
-    prev_in: frozenset[str]  # non-empty: only right after one of these words
+    prev_in: frozenset[str]  # non-empty: only right after one of these words (before the number: after_quantity)
     after_comma: bool  # only right after a comma
     next_number: bool  # only right before a number
     next_word_only: bool  # only right before a plain word: never a number ("every 6 hours") or a symbol
@@ -51,6 +51,12 @@ class Group:
     next_not_suffix: tuple[str, ...] = ()
     suffix_nouns: frozenset[str] = frozenset()
     suffix_prev_ok: frozenset[str] = frozenset()  # the ending is allowed right after these ("for each matching")
+    # never before a number that may be a point in time: a year ("since 1958") or a clock time ("since 9:30",
+    # "since 9am"), where "since" is temporal and "because" would change the meaning
+    next_not_date: bool = False
+    # the table revision that added the group (1: the groups of the first revision). The table is append-only,
+    # so a text served under revision r is scored over the groups with ``since <= r`` too (``LexicalScheme``)
+    since: int = 1
 
     @property
     def k(self) -> int:
@@ -122,6 +128,8 @@ class Lexicon:
                 adverb_adjectives=frozenset(g.get("adverb_adjectives", [])) - ed_words,
                 next_not_suffix=suffixes, suffix_nouns=frozenset(g.get("suffix_nouns", [])) - suffix_class,
                 suffix_prev_ok=frozenset(g.get("suffix_prev_ok", [])),
+                next_not_date=bool(g.get("next_not_date", False)),
+                since=_since(g),
             ))
         first: dict[str, list[Candidate]] = {}
         for gi, grp in enumerate(groups):
@@ -141,6 +149,18 @@ class Lexicon:
         bullet, ordered = len(groups), len(groups) + 1
         groups += [_markdown_group("markdown:bullet", BULLETS), _markdown_group("markdown:ordered", DELIMITERS)]
         return cls(tuple(groups), by_first, lookahead, base_lookahead, seconds, bullet, ordered)
+
+    @property
+    def revision(self) -> int:
+        """The table's revision: the newest ``since`` of its groups."""
+        return max(g.since for g in self.groups)
+
+
+def _since(g: dict[str, Any]) -> int:
+    since = g.get("since", 1)
+    if type(since) is not int or since < 1:
+        raise ValueError(f"lexicon group {g.get('id')!r}: 'since' must be an integer >= 1, got {since!r}")
+    return since
 
 
 def _markdown_group(gid: str, marks: tuple[str, ...]) -> Group:

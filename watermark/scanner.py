@@ -51,6 +51,11 @@ _WORDISH = re.compile(r"\n|`|[A-Za-z]+(?:['’][A-Za-z]+)*")
 _NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+)")  # the next word, possibly after a soft line break
 _ONLY_SPACE = re.compile(r"[ \t\r]*\n?\Z")
 _LIST_START = "-*+0123456789"
+# A number that may be a point in time, for ``Group.next_not_date``: a year ("1958", "1990s", "2019/20"), an
+# ordinal ("5th grade", "1st of May") or a clock time ("9:30", "9am", "10.30pm"). Fractions, sums and amounts
+# ("4/7", "2,000", "80%") are no dates; a 4-digit amount is refused with the years, on the safe side.
+_DATE = re.compile(r"[(\[~]*(?:[12][0-9]{3}(?![0-9])|[0-9]+(?:st|nd|rd|th)\b|[0-9]{1,2}(?::[0-5][0-9])+"
+                   r"|[0-9]{1,2}(?:[.:][0-5][0-9])?[ap]\.?m\b)", re.IGNORECASE)
 
 # on_slot(group index, observed variant, context word) -> variant to write
 SlotFn = Callable[[int, int, str], int]
@@ -353,6 +358,8 @@ class Scanner:
             nxt = seq[m] if len(seq) > m else None
             if not _renderable(part) or _in_title(grp, part, nxt) or not _allowed(grp, st, part, nxt):
                 continue
+            if grp.next_not_date and nxt is not None and _DATE.match(s, nxt.start, nxt.end):
+                continue
             if grp.adverb_lookahead and _has_reading(grp, part, seq[m:]):
                 continue
             self.slot_at = part[0].start
@@ -384,6 +391,8 @@ def _renderable(part: list[Chunk]) -> bool:
     letters = [ch for c in part for ch in c.word if ch.isalpha()]
     if len(letters) > 1 and all(ch.isupper() for ch in letters):
         return True
+    if len(letters) == 1 and letters[0].isupper() and letters[0] != "I":
+        return False  # one capital letter is a symbol or a name ("4 X 5", "matrix A"), not a capitalised word
     for i, c in enumerate(part):
         w = c.word
         rest = w[1:] if i == 0 or w == "I" or w.startswith(("I'", "I’")) else w
@@ -413,8 +422,11 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
         return False
     if grp.after_quantity and not (st.last_number or prev in grp.quantities):
         return False
-    if grp.prev_in and (prev not in grp.prev_in or part[0].lead or not last_char.isalpha()):
-        return False  # the listed word must come directly before, in the same clause
+    # the listed word must come directly before, in the same clause; in a group that follows a number it is the
+    # last word before that number ("because 4 x 5": the word that makes the "x" a product)
+    if grp.prev_in and (prev not in grp.prev_in or part[0].lead
+                        or not (last_char.isalpha() or (grp.after_quantity and st.last_number))):
+        return False
     if grp.after_comma and (last_char != "," or part[0].lead):
         return False
     if grp.after_break and not (last_char in _BREAK_CHARS or (prev in _BREAK_WORDS and last_char.isalpha())):

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.lexical import feed_in_pieces
 from watermark.keys import KeyRing
 from watermark.lexical import LexicalScheme, Observation
 from watermark.mix import choose, tuple_hash
@@ -187,15 +188,7 @@ def test_streaming_equals_batch(scheme: LexicalScheme, ring: KeyRing, parts: lis
     key = ring.key(f"k{seed % 5}")
     whole = scheme.embed(text, key)
     rnd = random.Random(seed)
-    emb = scheme.embedder(key)
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        j = i + rnd.randint(1, 8)
-        out.append(emb.feed(text[i:j]))
-        i = j
-    out.append(emb.finish())
-    assert "".join(out) == whole
+    assert feed_in_pieces(scheme.embedder(key), text, rnd, 8) == whole
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.lexical import slots
 from watermark.keys import KeyRing
 from watermark.lexical import LexicalScheme
 from watermark.lexicon import default_lexicon
-from watermark.scanner import Scanner
 
 LEX = default_lexicon()
-
-
-def slots(text: str, level: int = 2) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-
-    def record(group: int, observed: int, context: str) -> int:
-        found.append((context, " ".join(LEX.groups[group].variants[observed])))
-        return observed
-
-    out, used = Scanner(LEX, level).run(text, True, record)
-    assert out == text and used == len(text)
-    return found
 
 
 @pytest.mark.parametrize(
