@@ -97,6 +97,12 @@ BECAUSE_PREV_NOT = ["is", "was", "are", "were", "be", "been", "being", "it's", "
 # Words that, right before "N x M", make the "x" a multiplication sign: a reason or a result being computed.
 PRODUCT_PREV = ["because", "since", "so", "thus", "therefore", "hence", "then", "means", "meaning", "gives",
                 "giving", "equals"]
+# What must follow the number after "because"/"since" and "N x": an operator or a relation, so that the number is a
+# term of a calculation ("because 4 x 5 = 20", "since 5 > 3", "so 4 x 5 = 20"). Anything else is too often a
+# point in time ("since 3.6", "since 5 pm", "since 9 o'clock", "since 5 May", "since 3 people got sick") or a
+# dimension ("so 3 x 3 filters", "so 1920 x 1080 looks blurry"). No dash: "since 9 - 5" is a range.
+RELATIONS = ["=", "+", "*", "/", "<", ">", "x", "×", "÷", "−", "≈", "≠", "≤", "≥", "times", "plus", "minus",
+             "equals", "is"]
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty", "thirty",
                 "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand", "million",
                 "billion", "dozen"]
@@ -143,6 +149,9 @@ class Group:
     # the table revision that adds the group: the table is append-only, and verification scores a text over
     # each revision's groups too, so text served before an extension keeps its power (1: the first revision)
     since: int = 1
+    # non-empty: the number after the phrase (``next_number``) must be followed by one of these chunks, in the
+    # same sentence
+    next_relation: list[str] = field(default_factory=list)
 
 
 def _article(noun: str) -> str:
@@ -477,20 +486,23 @@ CURATED: list[Group] = [
     Group(["obtained", "acquired"], "v", lemmas=["obtain", "acquire"], level=2),
     Group(["attempting", "trying"], "v", lemmas=["attempt", "try"], next_in=["to"], level=2),
     # --- table revision 2: dense choices in worked solutions (appended: the groups above keep their ids) ---
-    # a reason given by an equation or a quantity ("because 4 x 5 = 20" / "since 4 x 5 = 20", "Since 1 foot is
-    # 12 inches"): before a number "since" is causal, except before a point in time ("since 1958", "since 9:30"),
-    # which ``next_not_date`` refuses; never where only "because" can stand ("This is because", "not because",
+    # a reason given by an equation ("because 4 x 5 = 20" / "since 4 x 5 = 20"): only before a number followed by
+    # an operator or a relation (``RELATIONS``), since before any other number "since" is too often temporal
+    # ("since 3.6", "since 5 pm", "since 3 people got sick"); never before a year or a clock time ("since 1958 +
+    # ..."), which ``next_not_date`` refuses; never where only "because" can stand ("This is because", "not because",
     # "only because", "ever since", "long since"); never opening a sentence, where "Since 1 foot is 12 inches,
     # then ..." is idiomatic but "Because ..., then ..." is not
     Group(["because", "since"], next_number=True, next_not_date=True, prev_not=BECAUSE_PREV_NOT,
-          sentence_start=False, since=2),
+          sentence_start=False, since=2, next_relation=RELATIONS),
     # a multiple ("twice as many" / "two times as many", "twice the price"); never a count of occasions ("the two
-    # times I went", "one or two times a day", "thirty two times the"), so not after a determiner, a number word
-    # or a conjunction of a range
+    # times I went", "one or two times a day", "thirty two times the", "the next two times a customer calls"),
+    # so not after a determiner, a number word, an adjective of order or a conjunction of a range; nor in the
+    # idiom "think twice" ("think two times the next time")
     Group(["twice", "two times"], next_in=["as", "the", "that", "what", "a", "his", "her", "their", "its", "my",
                                            "your", "our"],
           prev_not=[*DETERMINERS, *NUMBER_WORDS, "a", "an", "all", "both", "first", "last", "other", "only",
-                    "between", "every", "few", "or", "and", "to", "of"], since=2),
+                    "between", "every", "few", "or", "and", "to", "of", "next", "past", "previous", "same",
+                    "final", "latest", "recent", "think", "thinks", "thinking", "thought"], since=2),
     # an equation before a number ("3 x 4 equals 12" / "is equal to 12"); not after a word that starts a
     # contraction ("it is", "that is", ... are slots of their own: "it equals 5" would read back as "it is" +
     # "equal to"), nor after an adverb ("also equals 5": "also is equal to" is the wrong order)
@@ -499,12 +511,15 @@ CURATED: list[Group] = [
                     "then", "now", "always", "never", "thus", "therefore", "hence", "just", "exactly", "only",
                     "again", "roughly", "approximately", "almost", "nearly", "about", "around", "clearly",
                     "obviously", "simply", "actually", "indeed", "certainly", "precisely", "essentially",
-                    "basically", "effectively", "usually", "often", "generally", "typically", "sometimes"],
+                    "basically", "effectively", "usually", "often", "generally", "typically", "sometimes",
+                    "as", "among"],  # "treated as equals", "first among equals": the noun
           since=2),
     # a product in a worked step ("because 4 x 5 = 20" / "because 4 times 5 = 20"): between two numbers and only
     # when the word before the first number introduces a calculation; never a dimension or a resolution ("the 2 x
-    # 4s", "a 10 x 12 room", "Full HD (1920 x 1080)"), where "x" reads "by"
-    Group(["x", "times"], after_quantity=True, quantities=[], next_number=True, prev_in=PRODUCT_PREV, since=2),
+    # 4s", "a 10 x 12 room", "Full HD (1920 x 1080)", "so 3 x 3 filters"), where "x" reads "by": so the second
+    # number must be followed by an operator or a relation too ("so 4 x 5 = 20")
+    Group(["x", "times"], after_quantity=True, quantities=[], next_number=True, prev_in=PRODUCT_PREV, since=2,
+          next_relation=RELATIONS),
 ]
 
 # Alternations WordNet confirms but that fail in common contexts, with the counter-example that rules them out.

@@ -24,14 +24,16 @@ mixer's negligible bias): both keys' choices are full-avalanche mixes of the sam
 
 Strength views. "strong" embedding also uses level-2 groups; a normal-strength text has no watermark there.
 When the text has level-2 slots, both views (level 1 only; levels 1+2) are scored and each counts as a
-hypothesis; otherwise the views coincide and count once.
+hypothesis; otherwise the views coincide and count once. An empty view never rejects and is left out (a
+text with level-2 slots only is one hypothesis per key).
 
 Table revisions. The table is append-only and each group records the revision that added it
 (``Group.since``). A text served before an extension carries no watermark in the newer groups, which would
 dilute its evidence with coin flips, so the views are also cut by revision (groups with ``since <= r``, for
-each revision r whose groups the text has slots of). Distinct views only: a text with no slot of a newer
-group is scored exactly as before. The set of views is read from the text alone (which groups it has slots
-of), so under H0 each view is a fixed test and Bonferroni over the distinct views and keys stays valid.
+each revision r whose groups the text has slots of). Distinct, non-empty views only: a text with no slot of
+a newer group is scored exactly as before. The set of views is read from the text alone (which groups it
+has slots of), so under H0 each view is a fixed test and Bonferroni over the distinct views and keys stays
+valid.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ class LexicalScheme:
 
     def _views(self, obs: Observation) -> list[npt.NDArray[np.bool_]]:
         """The distinct tuple subsets to test: strength (level 1; levels 1+2) x table revision (groups added
-        up to each revision the text has slots of), the first view being level 1 at the oldest revision."""
+        up to each revision the text has slots of), empty ones left out (one view for a text without slots)."""
         levels = [obs.level <= 1]
         if bool(np.any(obs.level > 1)):
             levels.append(np.ones(obs.size, dtype=bool))
@@ -219,10 +221,11 @@ class LexicalScheme:
             for r in revisions:
                 view = lv & (since <= r)
                 sig = np.packbits(view).tobytes()
-                if sig not in seen:
+                # an empty view (a text with no level-1 slot of revision 1) never rejects: no hypothesis to pay for
+                if sig not in seen and view.any():
                     seen.add(sig)
                     views.append(view)
-        return views
+        return views or [np.zeros(obs.size, dtype=bool)]
 
     def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         views = self._views(obs)

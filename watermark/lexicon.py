@@ -57,6 +57,9 @@ class Group:
     # the table revision that added the group (1: the groups of the first revision). The table is append-only,
     # so a text served under revision r is scored over the groups with ``since <= r`` too (``LexicalScheme``)
     since: int = 1
+    # non-empty: the number after the phrase must be followed by one of these chunks (an operator or a relation:
+    # "because 4 x 5 = 20", "so 4 x 5 = 20"), else it is too often a time ("since 3.6") or a size ("3 x 3 filters")
+    next_relation: frozenset[str] = frozenset()
 
     @property
     def k(self) -> int:
@@ -130,6 +133,8 @@ class Lexicon:
                 suffix_prev_ok=frozenset(g.get("suffix_prev_ok", [])),
                 next_not_date=bool(g.get("next_not_date", False)),
                 since=_since(g),
+                # closed like the next-word lists: the relation may be a slot of its own ("x" / "times")
+                next_relation=closed(g.get("next_relation", [])),
             ))
         first: dict[str, list[Candidate]] = {}
         for gi, grp in enumerate(groups):
@@ -137,7 +142,9 @@ class Lexicon:
                 first.setdefault(w[0], []).append(Candidate(gi, vi, w))
         by_first = {k: tuple(sorted(v, key=lambda c: -len(c.words))) for k, v in first.items()}
         base_lookahead = {
-            k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) for c in v) for k, v in by_first.items()
+            k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) + (1 if groups[c.group].next_relation
+                                                                                   else 0) for c in v)
+            for k, v in by_first.items()
         }
         lookahead = {
             k: max([base_lookahead[k], *(len(c.words) + 1 for c in v if groups[c.group].adverb_lookahead)])

@@ -360,6 +360,8 @@ class Scanner:
                 continue
             if grp.next_not_date and nxt is not None and _DATE.match(s, nxt.start, nxt.end):
                 continue
+            if grp.next_relation and not _relation_follows(grp, s, seq[m:]):
+                continue
             if grp.adverb_lookahead and _has_reading(grp, part, seq[m:]):
                 continue
             self.slot_at = part[0].start
@@ -469,6 +471,15 @@ def _has_reading(grp: Group, part: list[Chunk], after: list[Chunk]) -> bool:
     if w in grp.adverb_participles or w in grp.adverb_chain:
         return True
     return w.endswith("ed") and w not in grp.adverb_adjectives
+
+
+def _relation_follows(grp: Group, s: str, after: list[Chunk]) -> bool:
+    """Whether the number after the phrase is followed, in the same sentence, by one of the group's relations
+    ("because 4 x 5", "4 x 5 = 20"); the relation is matched as the whole chunk ("X" and "x", not "x,")."""
+    if len(after) < 2 or s[after[0].end - 1] in ",.;:!?":
+        return False
+    rel = after[1]
+    return s[rel.start : rel.end].lower().replace("’", "'") in grp.next_relation
 
 
 def _closes(line: str, fence: str) -> bool:
