@@ -2,6 +2,7 @@
 
     ipgate verify [FILE|-] [--client ID | --clients FILE] [--scheme auto|lexical|kgw] [--tokenizer PATH]
                   [--fpr 1e-6] [--json] [--jsonl FILE [--corpus]] [--secret-file F] [--config gateway.yaml]
+                  [--no-markdown]
 
 Exit codes: 0 watermarked (any text, in bulk mode), 1 not watermarked, 2 error. Without ``--client`` or
 ``--clients`` the candidates are the recipients recorded by the gateway (``--config``).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.wm_common import (
     CliError,
@@ -30,6 +31,9 @@ from watermark.keys import ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
 from watermark.verify import SCHEMES, Verdict, candidate_keys, verify
 
+if TYPE_CHECKING:  # imported lazily, as in wm_common
+    from gateway.config import GatewayConfig
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -46,14 +50,19 @@ def register(sub: Any) -> None:
     p.add_argument("--jsonl", help='bulk: a JSONL file of {"id", "text"}; one verdict per line on stdout')
     p.add_argument("--corpus", action="store_true", help="with --jsonl: pool all texts into one verdict")
     p.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
+    p.add_argument("--no-markdown", action="store_true",
+                   help="do not score markdown list markers (default: the config's watermark.lexical_markdown, "
+                   "else they are scored)")
     add_key_args(p)
     p.set_defaults(func=run)
 
 
-def _schemes(args: argparse.Namespace, ring: KeyRing) -> list[Scheme]:
+def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None) -> list[Scheme]:
     out: list[Scheme] = []
     if args.scheme in ("auto", "lexical"):
-        out.append(LexicalScheme(ring.master))
+        # score list markers only where the gateway chose them: elsewhere they would be coin flips (power)
+        markdown = not args.no_markdown and (cfg is None or cfg.watermark.lexical_markdown)
+        out.append(LexicalScheme(ring.master, markdown=markdown))
     if args.scheme == "kgw" or (args.scheme == "auto" and args.tokenizer):
         if not args.tokenizer:
             raise CliError("--scheme kgw needs --tokenizer PATH (the model's tokenizer.json)")
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--corpus needs --jsonl FILE")
         cfg = load_gateway_config(args)
         ring = key_ring(args, cfg)
-        schemes = _schemes(args, ring)
+        schemes = _schemes(args, ring, cfg)
         keys = _keys(args, ring, cfg)
         if not args.jsonl:
             v = verify(read_text(args.file), keys, schemes, fpr=args.fpr, top=args.top)

@@ -151,3 +151,21 @@ def test_recorded_recipients_from_redis(redis_url: str, responses: list[str], tm
     (tmp_path / "t.txt").write_text(marked)
     assert cli(["verify", str(tmp_path / "t.txt"), "--config", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["client"] == "carol"
+
+
+def test_verify_scores_list_markers_only_where_the_gateway_chose_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """With ``watermark.lexical_markdown: false`` (or ``--no-markdown``) list markers were left alone when
+    the text was served; scoring them anyway would only add coin flips."""
+    lists = "\n\n".join(f"Step {i} of the plan:\n\n- it is fine\n- we do not know\n- check it" for i in range(8))
+    assert cli(["watermark", "--client", "alice", "--no-markdown"], stdin=lists, monkeypatch=monkeypatch) == 0
+    marked = capsys.readouterr().out
+    (tmp_path / "t.txt").write_text(marked)
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("watermark: {lexical_markdown: false}\nmodels: [{name: m, backends: "
+                   "[{name: b, url: 'http://127.0.0.1:9'}]}]\n")
+    scored = {}
+    for name, extra in (("default", []), ("flag", ["--no-markdown"]), ("config", ["--config", str(cfg)])):
+        cli(["verify", str(tmp_path / "t.txt"), "--client", "alice", "--json", *extra])
+        scored[name] = json.loads(capsys.readouterr().out)["scored"]
+    assert scored["flag"] == scored["config"] < scored["default"]
