@@ -12,8 +12,10 @@ It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / 
   Redis clears the flag after one command, except inside ``MULTI``); the map is not changed. **TRYAGAIN**
   (a multi-key script during the migration of its slot, its keys split between the two nodes or missing on
   one): short pauses (1 ms doubling to 10 ms) for at most half the timeout, then the ``TRYAGAIN`` error reply
-  is raised (``ResilientStore`` answers that one call by the failure mode; the store is not marked down). At
-  most ``MAX_REDIRECTS`` MOVED/ASK per call; past that the call fails like an unreachable Redis.
+  is raised (``ResilientStore`` answers that one call by the failure mode; the store is not marked down). A
+  **MOVED back** to a node that already sent the call away (a hand-over whose source was told before its
+  target: each names the other for a moment) is waited out the same way. At most ``MAX_REDIRECTS`` other
+  MOVED/ASK per call; past that the call fails like an unreachable Redis.
 - A redirected call is sent again **whole**: a redirect reply means the node did not execute that command,
   and the store's batches are either one key (a script, a ``MULTI``/``EXEC`` block, whose commands are
   refused all together) or idempotent reads and writes of one slot (``link_sketches``).
@@ -173,6 +175,7 @@ class ClusterMux:
         redirects = 0
         pause = _TRYAGAIN_FIRST_PAUSE_S
         tryagain_until: float | None = None
+        moved_to: set[str] = set()  # the nodes a MOVED sent this call to
         loop = asyncio.get_running_loop()
         while True:
             mux = asking or await self._owner(slot)
@@ -194,26 +197,35 @@ class ClusterMux:
                 return out
             kind, new_slot, addr = redirect
             self.redirects[kind] += 1
-            if kind == "TRYAGAIN":
-                # The script's keys are split between the two nodes of a migrating slot; the migration
-                # moves them within milliseconds. Wait for it, but within half the call's timeout, then give
-                # up with the error reply: ResilientStore answers this one call by the failure mode without
-                # declaring the whole store down.
+            if kind != "TRYAGAIN":
+                host, _, port = addr.rpartition(":")
+                if host in ("", "?"):  # no announced endpoint: the node we asked is on the same host
+                    host = mux.host
+                addr = self._addr(host, int(port))  # an IPv6 host comes unbracketed ("::1:7001"); the map brackets it
+            # TRYAGAIN: the script's keys are split between the two nodes of a migrating slot; the migration
+            # moves them within milliseconds. A MOVED back to a node that already sent this call away: the
+            # slot is being handed over and the source was told before the target (each names the other
+            # until the target is told). Both end within milliseconds: wait, but within half the call's
+            # timeout, then give up with the error reply: ResilientStore answers this one call by the
+            # failure mode without declaring the whole store down.
+            bounced = kind == "MOVED" and addr in moved_to
+            if kind == "TRYAGAIN" or bounced:
                 tryagain_until = tryagain_until or loop.time() + self._timeout / 2
                 if loop.time() + pause > tryagain_until:
-                    raise ResponseError(f"TRYAGAIN: slot {slot} is still being migrated")
+                    what = "still being migrated" if kind == "TRYAGAIN" else "being handed over (MOVED back and forth)"
+                    raise ResponseError(f"{kind}: slot {slot} is {what}")
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _TRYAGAIN_MAX_PAUSE_S)
                 redirects = 0  # source ASK → target TRYAGAIN can alternate; the time budget bounds that loop
-                continue  # to the same node (with ASKING again if it was the ASK target)
-            redirects += 1
-            if redirects > MAX_REDIRECTS:
-                raise RedisConnectionError(f"more than {MAX_REDIRECTS} Redis Cluster redirects for slot {slot}")
-            host, _, port = addr.rpartition(":")
-            if host in ("", "?"):  # no announced endpoint: the node we asked is on the same host
-                host = mux.host
-            addr = self._addr(host, int(port))  # an IPv6 host comes unbracketed ("::1:7001"); the map brackets it
+                if kind == "TRYAGAIN":
+                    continue  # to the same node (with ASKING again if it was the ASK target)
+            else:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise RedisConnectionError(
+                        f"more than {MAX_REDIRECTS} Redis Cluster redirects for slot {slot}")
             if kind == "MOVED":
+                moved_to.add(addr)
                 asking = None
                 self._slots[new_slot] = self._node(addr)
                 self._schedule_refresh()
