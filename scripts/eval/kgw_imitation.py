@@ -35,6 +35,19 @@ _TOKEN = re.compile(r"\s*(?:[A-Za-z0-9]+(?:['’][A-Za-z]+)*|[^\sA-Za-z0-9])")
 
 log = logging.getLogger("imitation")
 
+# Shared with imitation_torch.py (the torch student) so both students see the same answers, keys and victim.
+MASTER = b"imitation-eval-master-secret-not-for-production"
+VICTIM = 17  # index of the victim among the candidate clients
+
+
+def load_answers(no_math: bool = False) -> list[str]:
+    """The non-red-team answers (optionally without GSM8K), shuffled with seed 0; callers take a prefix."""
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").split("\n") if line.strip()]
+    skip = {"hh-rlhf-harmless-base"} | ({"gsm8k-train", "gsm8k-test"} if no_math else set())
+    texts = [r["response"] for r in rows if r["source"] not in skip]
+    random.Random(0).shuffle(texts)
+    return texts
+
 
 class NGram:
     """Counts of the next token after each context of 1..order-1 tokens; sampling backs off to the longest
@@ -79,15 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-math", action="store_true", help="leave GSM8K solutions out (chat/assistant text only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").split("\n") if line.strip()]
-    skip = {"hh-rlhf-harmless-base"} | ({"gsm8k-train", "gsm8k-test"} if args.no_math else set())
-    texts = [r["response"] for r in rows if r["source"] not in skip]
-    random.Random(0).shuffle(texts)
-    texts = texts[: args.train]
-    ring = KeyRing(b"imitation-eval-master-secret-not-for-production")
+    texts = load_answers(args.no_math)[: args.train]
+    ring = KeyRing(MASTER)
     scheme = LexicalScheme(ring.master)
     clients = [f"client-{i:04d}" for i in range(args.clients)]
-    victim = clients[17]
+    victim = clients[VICTIM]
     keys = ring.candidates(clients)
     t0 = time.monotonic()
     marked = [scheme.embed(t, ring.key(victim)) for t in texts]

@@ -62,12 +62,12 @@ class GruLM(nn.Module):
         return self.head(out), state
 
 
-def train(model: GruLM, stream: torch.Tensor, steps: int, seq: int = 64, batch: int = 32) -> float:
+def train(model: GruLM, stream: torch.Tensor, steps: int, seq: int = 64, batch: int = 32, seed: int = 0) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loss_fn = nn.CrossEntropyLoss()
     start = time.monotonic()
     step, loss_avg = 0, 0.0
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)  # the windows drawn: the same every run for one seed
     # A fixed number of steps (not a time budget) so the model is the same however loaded the machine is.
     while step < steps:
         idx = torch.randint(0, len(stream) - seq - 1, (batch,), generator=g)
