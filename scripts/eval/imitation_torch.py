@@ -3,7 +3,7 @@
 The protocol of ``kgw_imitation.py`` (same answers, keys, victim and verification) with a neural student in
 place of the word 4-gram model: a distiller collects the answers served to one client (lexically watermarked
 with that client's key), trains a byte-level BPE tokenizer (``tokenizers``) and the 2-layer GRU language model
-of ``kgw_lm.py`` on them (CPU, torch), samples texts at temperature 1 from the start-of-text token, and
+of ``kgw_lm.py`` on them (CPU, torch), samples texts (``--temperature``, default 1) from the start-of-text token, and
 publishes them. We pool the samples as a corpus (what ``ipgate verify --jsonl FILE --corpus`` does) and
 verify them against 1 000 candidate clients with the shipped ``LexicalScheme``, reporting the victim's own
 p-value and rank at growing corpus sizes and the number of generated words at which it is first attributed at
