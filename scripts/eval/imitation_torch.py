@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 
 # Sibling scripts: importable because Python puts the running script's directory on sys.path.
-from kgw_imitation import MASTER, VICTIM, load_answers
+from kgw_imitation import load_answers, serve_to_victim
 from kgw_lm import GruLM, sample, train, train_tokenizer
 from tokenizers import Tokenizer
 
-from watermark.keys import ClientKey, KeyRing
+from watermark.keys import ClientKey
 from watermark.lexical import LexicalScheme
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,16 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
     answers = load_answers(args.no_math)
     texts, held_texts = answers[: args.train], answers[args.train : args.train + args.heldout]
-    ring = KeyRing(MASTER)
-    scheme = LexicalScheme(ring.master)
-    clients = [f"client-{i:04d}" for i in range(args.clients)]
-    victim = clients[VICTIM]
-    keys = ring.candidates(clients)
-    t0 = time.monotonic()
-    marked = [scheme.embed(t, ring.key(victim)) for t in texts]
-    held_marked = [scheme.embed(t, ring.key(victim)) for t in held_texts]
-    changed = sum(a != b for a, b in zip(texts, marked, strict=True))
-    log.info("watermarked %d answers (%d changed) in %.1fs", len(texts), changed, time.monotonic() - t0)
+    served = serve_to_victim(texts + held_texts, args.clients)
+    scheme, keys, victim = served.scheme, served.keys, served.victim
+    marked, held_marked = served.marked[: len(texts)], served.marked[len(texts) :]
     train_words = sum(len(t.split()) for t in marked)
 
     OUT.mkdir(parents=True, exist_ok=True)

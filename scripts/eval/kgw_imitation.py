@@ -21,9 +21,10 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from watermark.keys import KeyRing
+from watermark.keys import ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,28 @@ def load_answers(no_math: bool = False) -> list[str]:
     texts = [r["response"] for r in rows if r["source"] not in skip]
     random.Random(0).shuffle(texts)
     return texts
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the distiller collected: the answers as served to the victim, and the candidates to verify."""
+
+    scheme: LexicalScheme
+    keys: list[ClientKey]  # every candidate client, the victim among them
+    victim: str
+    marked: list[str]  # the answers watermarked with the victim's key
+
+
+def serve_to_victim(texts: list[str], n_clients: int) -> Served:
+    ring = KeyRing(MASTER)
+    scheme = LexicalScheme(ring.master)
+    clients = [f"client-{i:04d}" for i in range(n_clients)]
+    victim = clients[VICTIM]
+    t0 = time.monotonic()
+    marked = [scheme.embed(t, ring.key(victim)) for t in texts]
+    changed = sum(a != b for a, b in zip(texts, marked, strict=True))
+    log.info("watermarked %d answers (%d changed) in %.1fs", len(texts), changed, time.monotonic() - t0)
+    return Served(scheme, ring.candidates(clients), victim, marked)
 
 
 class NGram:
@@ -93,15 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     texts = load_answers(args.no_math)[: args.train]
-    ring = KeyRing(MASTER)
-    scheme = LexicalScheme(ring.master)
-    clients = [f"client-{i:04d}" for i in range(args.clients)]
-    victim = clients[VICTIM]
-    keys = ring.candidates(clients)
-    t0 = time.monotonic()
-    marked = [scheme.embed(t, ring.key(victim)) for t in texts]
-    changed = sum(a != b for a, b in zip(texts, marked, strict=True))
-    log.info("watermarked %d answers (%d changed) in %.1fs", len(texts), changed, time.monotonic() - t0)
+    served = serve_to_victim(texts, args.clients)
+    scheme, keys, victim, marked = served.scheme, served.keys, served.victim, served.marked
     train_words = sum(len(t.split()) for t in marked)
 
     results = {}

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from redis.crc import key_slot
 from gateway.config import ConfigError, StoreConfig, parse_config
 from gateway.errors import ServiceUnavailable
 from gateway.ratelimit import admission_error
-from gateway.store.base import AdmitRequest, Limits
+from gateway.store.base import AdmitRequest, AdmitResult, Limits
 from gateway.store.cluster import ClusterMux
 from gateway.store.redis import RedisStore
 from gateway.store.resilient import ResilientStore
@@ -43,6 +43,27 @@ def mux_of(store: RedisStore) -> ClusterMux:
     mux = store.connection
     assert isinstance(mux, ClusterMux)
     return mux
+
+
+def wait_for_redirects(mux: ClusterMux, kind: str, n: int) -> None:
+    """In a helper thread: until the calls under test have met ``n`` redirects of ``kind`` (at most 5 s)."""
+    deadline = time.monotonic() + 5
+    while mux.redirects[kind] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+async def burst_while(cstore: RedisStore, client: str, action: Callable[[], None]) -> list[AdmitResult]:
+    """Eight concurrent admissions of ``client`` while ``action`` runs in a thread; checks that exactly the
+    remaining burst (5 of 6, one used before) was admitted, none lost or doubled."""
+    thread = threading.Thread(target=action)
+    thread.start()
+    try:
+        results = await asyncio.gather(*(cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0)) for _ in range(8)))
+    finally:
+        thread.join()
+    assert sum(r.allowed for r in results) == 5, "burst 6, one used before: exactly 5 more, none lost or doubled"
+    assert sorted(r.requests.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
+    return results
 
 
 def hand_over(cluster: Any, slot: int, src: int, dst: int) -> None:
@@ -167,23 +188,14 @@ async def test_call_during_migration_waits_for_it(cstore: RedisStore, redis_clus
 
     def finish_migration() -> None:
         # finish only once a call has met the half-migrated slot (a fixed sleep raced the calls on a loaded host)
-        deadline = time.monotonic() + 5
-        while mux.redirects["TRYAGAIN"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_redirects(mux, "TRYAGAIN", 1)
         with redis_cluster.client(src) as s:
             names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
             s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
         hand_over(redis_cluster, slot, src, dst)
 
-    mover = threading.Thread(target=finish_migration)
-    mover.start()
-    try:
-        results = await asyncio.gather(*(cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0)) for _ in range(8)))
-    finally:
-        mover.join()
+    await burst_while(cstore, client, finish_migration)
     assert mux.redirects["TRYAGAIN"] >= 1, "the calls ran into the migration"
-    assert sum(r.allowed for r in results) == 5, "burst 6, one used before: exactly 5 more, none lost or doubled"
-    assert sorted(r.requests.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
     assert redis_cluster.node_of_slot(slot) == dst
 
 
@@ -207,22 +219,13 @@ async def test_hand_over_told_to_the_source_first_is_waited_out(cstore: RedisSto
         s.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)  # the source first
 
     def tell_the_others() -> None:
-        deadline = time.monotonic() + 5
-        while mux.redirects["MOVED"] < 3 and time.monotonic() < deadline:  # a call is bouncing
-            time.sleep(0.005)
+        wait_for_redirects(mux, "MOVED", 3)  # a call is bouncing between the two
         for i in (dst, 2):
             with redis_cluster.client(i) as r:
                 r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
-    teller = threading.Thread(target=tell_the_others)
-    teller.start()
-    try:
-        results = await asyncio.gather(*(cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0)) for _ in range(8)))
-    finally:
-        teller.join()
+    await burst_while(cstore, client, tell_the_others)
     assert mux.redirects["MOVED"] >= 3, "the calls ran into the MOVED ping-pong"
-    assert sum(r.allowed for r in results) == 5, "burst 6, one used before: exactly 5 more, none lost or doubled"
-    assert sorted(r.requests.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
     assert redis_cluster.node_of_slot(slot) == dst
 
 
