@@ -24,16 +24,16 @@ import json
 import sys
 from pathlib import Path
 
-# The curated groups live beside this script (sys.path[0] when it runs); they are data, this file is the build.
-from lexicon_table import (
+# The curated groups and their word lists live beside this script (sys.path[0] when it runs); they are data,
+# this file is the build.
+from lexicon_table import CURATED, REJECTED
+from lexicon_words import (
     ADVERB_ADJECTIVES,
     ADVERB_CHAIN,
-    CURATED,
     HAS_LOOKAHEAD_ADVERBS,
     LOOKAHEAD_PARTICIPLES,
     PARTICIPLE_HINTS,
     QUANTITIES,
-    REJECTED,
 )
 
 
