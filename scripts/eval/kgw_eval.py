@@ -22,13 +22,14 @@ import math
 import random
 import sys
 import time
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 # The sibling script: importable because Python puts the running script's directory on sys.path.
-from kgw_lm import DATA, OUT, GruLM, load_texts, sample
+from kgw_lm import DATA, OUT, Processor, load_model, load_texts, sample
 
 from watermark import stats
 from watermark.keys import ClientKey, KeyRing
@@ -101,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(OUT / "tokenizer.json"))
-    ckpt = torch.load(OUT / "lm.pt")
-    model = GruLM(ckpt["vocab"])
-    model.load_state_dict(ckpt["state"])
+    tok, model = load_model()
     params = KgwParams(delta=args.delta)
     ring = KeyRing(b"kgw-eval-master-secret-not-for-production")
     client_ids = [f"client-{i:04d}" for i in range(args.clients)]
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for temp in (float(t) for t in args.temperatures.split(",")):
         t0 = time.monotonic()
         g = torch.Generator().manual_seed(1)
-        proc = KgwLogitsProcessor([k.key for k in owners], params)
+        proc = cast(Processor, KgwLogitsProcessor([k.key for k in owners], params))
         wm, ent_wm, nll_wm = sample(model, prompts, 200, proc, temp, g)
         plain, ent, nll = sample(model, prompts, 200, None, temp, g)
         log.info("T=%.1f: generated in %.0fs (entropy %.2f / %.2f)", temp, time.monotonic() - t0, ent, ent_wm)

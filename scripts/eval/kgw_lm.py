@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,6 +61,17 @@ class GruLM(nn.Module):
     def forward(self, ids: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         out, state = self.rnn(self.embed(ids), state)
         return self.head(out), state
+
+
+def load_model() -> tuple[Any, GruLM]:
+    """The evaluation's model as ``main`` saved it: its ``tokenizers.Tokenizer`` and the trained ``GruLM``."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(OUT / "tokenizer.json"))
+    ckpt = torch.load(OUT / "lm.pt")
+    model = GruLM(ckpt["vocab"])
+    model.load_state_dict(ckpt["state"])
+    return tok, model
 
 
 def train(model: GruLM, stream: torch.Tensor, steps: int, seq: int = 64, batch: int = 32, seed: int = 0) -> float:

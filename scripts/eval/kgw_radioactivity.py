@@ -27,7 +27,7 @@ from typing import cast
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kgw_lm import OUT, GruLM, Processor, load_texts, sample, train
+from kgw_lm import OUT, GruLM, Processor, load_model, load_texts, sample, train
 
 from watermark.keys import KeyRing
 from watermark.kgw import detect
@@ -51,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(OUT / "tokenizer.json"))
-    ckpt = torch.load(OUT / "lm.pt")
-    teacher = GruLM(ckpt["vocab"])
-    teacher.load_state_dict(ckpt["state"])
+    tok, teacher = load_model()
     params = KgwParams()
     ring = KeyRing(b"kgw-radioactivity-master-secret-not-for-production")
     clients = [f"client-{i:04d}" for i in range(args.clients)]
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         data = torch.cat(outs).reshape(-1)
         log.info("%s: %d teacher tokens in %.0fs", label, data.numel(), time.monotonic() - t0)
         torch.manual_seed(args.seed)
-        student = GruLM(ckpt["vocab"])
+        student = GruLM(teacher.vocab)
         loss = train(student, data, args.steps, seed=args.seed)
         log.info("%s: student loss %.3f after %d steps (%.0fs)", label, loss, args.steps, time.monotonic() - t0)
         gen = torch.Generator().manual_seed(args.seed + 1)

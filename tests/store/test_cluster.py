@@ -66,6 +66,21 @@ async def burst_while(cstore: RedisStore, client: str, action: Callable[[], None
     return results
 
 
+def begin_migration(cluster: Any, slot: int, src: int, dst: int) -> None:
+    """Mark ``slot`` as moving from node ``src`` to node ``dst`` (IMPORTING on the target, then MIGRATING)."""
+    with cluster.client(dst) as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+    with cluster.client(src) as s:
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+
+
+def move_keys(cluster: Any, slot: int, src: int, dst: int) -> None:
+    """MIGRATE every key of ``slot`` from ``src`` to ``dst``."""
+    with cluster.client(src) as s:
+        names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        s.execute_command("MIGRATE", "127.0.0.1", cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
+
+
 def hand_over(cluster: Any, slot: int, src: int, dst: int) -> None:
     """End a slot migration in the order Redis documents (and ``redis-cli --cluster reshard`` uses): the
     target first, then the source, then the others. Source first would leave a window in which each of the
@@ -181,17 +196,12 @@ async def test_call_during_migration_waits_for_it(cstore: RedisStore, redis_clus
     assert (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).requests.remaining == 5
     slot = slot_of_client(cstore, client)
     src, dst = 0, 2
-    src_id, dst_id = redis_cluster.node_id(src), redis_cluster.node_id(dst)
-    with redis_cluster.client(src) as s, redis_cluster.client(dst) as d:
-        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    begin_migration(redis_cluster, slot, src, dst)
 
     def finish_migration() -> None:
         # finish only once a call has met the half-migrated slot (a fixed sleep raced the calls on a loaded host)
         wait_for_redirects(mux, "TRYAGAIN", 1)
-        with redis_cluster.client(src) as s:
-            names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
-            s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
+        move_keys(redis_cluster, slot, src, dst)
         hand_over(redis_cluster, slot, src, dst)
 
     await burst_while(cstore, client, finish_migration)
@@ -210,12 +220,10 @@ async def test_hand_over_told_to_the_source_first_is_waited_out(cstore: RedisSto
     assert (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).requests.remaining == 5
     slot = slot_of_client(cstore, client)
     src, dst = 1, 0
-    src_id, dst_id = redis_cluster.node_id(src), redis_cluster.node_id(dst)
-    with redis_cluster.client(src) as s, redis_cluster.client(dst) as d:
-        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-        names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
-        s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
+    dst_id = redis_cluster.node_id(dst)
+    begin_migration(redis_cluster, slot, src, dst)
+    move_keys(redis_cluster, slot, src, dst)
+    with redis_cluster.client(src) as s:
         s.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)  # the source first
 
     def tell_the_others() -> None:
