@@ -20,6 +20,7 @@ from gateway.cli.wm_common import (
     Progress,
     add_key_args,
     key_ring,
+    lexical_markdown,
     load_gateway_config,
     read_jsonl,
     read_lines,
@@ -61,7 +62,7 @@ def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None)
     out: list[Scheme] = []
     if args.scheme in ("auto", "lexical"):
         # score list markers only where the gateway chose them: elsewhere they would be coin flips (power)
-        markdown = not args.no_markdown and (cfg is None or cfg.watermark.lexical_markdown)
+        markdown = lexical_markdown(args, cfg)
         out.append(LexicalScheme(ring.master, markdown=markdown))
     if args.scheme == "kgw" or (args.scheme == "auto" and args.tokenizer):
         if not args.tokenizer:

@@ -20,6 +20,7 @@ from gateway.cli.wm_common import (
     Progress,
     add_key_args,
     key_ring,
+    lexical_markdown,
     load_gateway_config,
     read_jsonl,
     read_text,
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("kgw is embedded while the model samples (vllm_xargs); finished text can only be "
                            "watermarked with --scheme lexical")
         ring = key_ring(args, cfg)
-        markdown = not args.no_markdown and (cfg is None or cfg.watermark.lexical_markdown)
+        markdown = lexical_markdown(args, cfg)
         scheme = LexicalScheme(ring.master, markdown=markdown)
         if args.jsonl:
             rows = read_jsonl(args.jsonl, ("text", "client"))

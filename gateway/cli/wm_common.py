@@ -24,6 +24,12 @@ class CliError(Exception):
     """A user error: printed as one line on stderr, exit code 2."""
 
 
+def lexical_markdown(args: argparse.Namespace, cfg: GatewayConfig | None) -> bool:
+    """Whether markdown list markers are lexical choice points: ``--no-markdown`` turns them off, else the
+    config's ``watermark.lexical_markdown`` decides (on without a config), as in the gateway."""
+    return not args.no_markdown and (cfg is None or cfg.watermark.lexical_markdown)
+
+
 def add_key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-file", help=f"file holding the master secret (default: ${SECRET_ENV})")
     p.add_argument("--config", help="gateway config (key versions, secret location, recorded recipients)")
