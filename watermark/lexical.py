@@ -64,6 +64,9 @@ _SEP = "\x1e"  # never inside a word: contexts with an occurrence index or the g
 _CLIENT_BATCH = 16384  # clients scored per numpy batch: bounds memory at ~batch x tuples x 8 bytes
 
 
+_MAX_PLAIN_FENCES = 16  # fences read as plain text per text at most (each costs one more scan)
+
+
 class Contexts:
     """The PRF context of each slot of one text, read from the text alone (so the detector sees the same).
 
@@ -140,6 +143,8 @@ class Observation:
     groups: npt.NDArray[np.int64]  # group index per tuple
     observed: npt.NDArray[np.int64]  # observed variant per tuple
     level: npt.NDArray[np.int64]  # the group's level per tuple
+    # per tuple: found only when a never-closed fence is read as plain text (None: no such tuple)
+    lenient: npt.NDArray[np.bool_] | None = None
 
     @property
     def size(self) -> int:
@@ -178,53 +183,84 @@ class LexicalScheme:
         return e.feed(text) + e.finish()
 
     def observe(self, texts: str | Sequence[str]) -> Observation:
-        """Scan texts (read only) and keep the first occurrence of each (context, group) tuple."""
+        """Scan texts (read only) and keep the first occurrence of each (context, group) tuple.
+
+        A text whose code fence never closes is read a second way as well, each such fence marker taken as
+        plain backticks (``Scanner(plain_fences=...)``). Reformatting that joins lines (re-wrapping, pasting
+        into a form) moves a closing fence into the middle of a line, and the strict reading then takes
+        everything after the opener for code. The slots only that reading finds are flagged ``lenient``;
+        ``_views`` scores the text with and without them: one more hypothesis, only for texts with such a
+        fence."""
         seen: dict[tuple[str, int], int] = {}
+        strict: set[tuple[str, int]] = set()
         for text in [texts] if isinstance(texts, str) else texts:
-            scanner = Scanner(self._lex, 2, self._markdown)
-            contexts = Contexts(self._context)
-            windows: set[tuple[int, str]] = set()
-
-            def record(group: int, observed: int, context: str, text: str = text,
-                       scanner: Scanner = scanner, contexts: Contexts = contexts,
-                       windows: set[tuple[int, str]] = windows) -> int:
-                tuple_context = contexts(group, context)  # always: the occurrence count includes copies
-                at = scanner.slot_at
-                window = (group, text[max(0, at - _COPY_WINDOW) : at])
-                if window in windows:
-                    return observed  # the passage before this slot repeats verbatim: a copy, not a new draw
-                windows.add(window)
-                seen.setdefault((tuple_context, group), observed)
-                return observed
-
-            scanner.run(text, True, record)
+            plain: frozenset[int] = frozenset()
+            records, unclosed = self._scan(text, plain)
+            for _ in range(_MAX_PLAIN_FENCES):  # only for a text whose fence never closes
+                if unclosed < 0:
+                    break
+                plain = plain | {unclosed}
+                records, unclosed = self._scan(text, plain)
+            lenient_from = min(plain, default=len(text) + 1)
+            for key, variant, at in records:
+                seen.setdefault(key, variant)
+                if at < lenient_from:
+                    strict.add(key)
         ctx = tuple(c for c, _ in seen)
         groups = np.fromiter((g for _, g in seen), dtype=np.int64, count=len(seen))
         observed = np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
         level = np.array([self._lex.groups[g].level for g in groups.tolist()], dtype=np.int64)
-        return Observation(ctx, groups, observed, level)
+        lenient = np.fromiter((k not in strict for k in seen), dtype=bool, count=len(seen))
+        return Observation(ctx, groups, observed, level, lenient)
+
+    def _scan(self, text: str, plain: frozenset[int]) -> tuple[list[tuple[tuple[str, int], int, int]], int]:
+        """One reading of ``text``: its scored ((context, group), observed variant, offset) records, and the
+        offset of the fence marker still open at the end (-1: every fence closes)."""
+        scanner = Scanner(self._lex, 2, self._markdown, plain)
+        contexts = Contexts(self._context)
+        windows: set[tuple[int, str]] = set()
+        records: list[tuple[tuple[str, int], int, int]] = []
+
+        def record(group: int, observed: int, context: str) -> int:
+            tuple_context = contexts(group, context)  # always: the occurrence count includes copies
+            at = scanner.slot_at
+            window = (group, text[max(0, at - _COPY_WINDOW) : at])
+            if window in windows:
+                return observed  # the passage before this slot repeats verbatim: a copy, not a new draw
+            windows.add(window)
+            records.append(((tuple_context, group), observed, at))
+            return observed
+
+        scanner.run(text, True, record)
+        return records, scanner.state.fence_at if scanner.state.fence else -1
 
     def score(self, texts: str | Sequence[str], keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         return self.score_observation(self.observe(texts), keys, top=top)
 
     def _views(self, obs: Observation) -> list[npt.NDArray[np.bool_]]:
-        """The distinct tuple subsets to test: strength (level 1; levels 1+2) x table revision (groups added
-        up to each revision the text has slots of), empty ones left out (one view for a text without slots)."""
+        """The distinct tuple subsets to test: reading (strict; with the slots a never-closed fence hid, when
+        there are any) x strength (level 1; levels 1+2) x table revision (groups added up to each revision the
+        text has slots of), empty ones left out (one view for a text without slots)."""
         levels = [obs.level <= 1]
         if bool(np.any(obs.level > 1)):
             levels.append(np.ones(obs.size, dtype=bool))
         since = np.array([self._lex.groups[g].since for g in obs.groups.tolist()], dtype=np.int64)
         revisions = sorted({1, *since.tolist()})
+        readings = [np.ones(obs.size, dtype=bool)]
+        if obs.lenient is not None and bool(obs.lenient.any()):
+            readings.insert(0, ~obs.lenient)
         views: list[npt.NDArray[np.bool_]] = []
         seen: set[bytes] = set()
-        for lv in levels:
-            for r in revisions:
-                view = lv & (since <= r)
-                sig = np.packbits(view).tobytes()
-                # an empty view (a text with no level-1 slot of revision 1) never rejects: no hypothesis to pay for
-                if sig not in seen and view.any():
-                    seen.add(sig)
-                    views.append(view)
+        for reading in readings:
+            for lv in levels:
+                for r in revisions:
+                    view = reading & lv & (since <= r)
+                    sig = np.packbits(view).tobytes()
+                    # an empty view (a text with no level-1 slot of revision 1) never rejects: no hypothesis to
+                    # pay for
+                    if sig not in seen and view.any():
+                        seen.add(sig)
+                        views.append(view)
         return views or [np.zeros(obs.size, dtype=bool)]
 
     def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:

@@ -68,6 +68,7 @@ class ScanState:
     fence: str = ""  # inside a fenced block: its marker ("```", "~~~~", ...)
     fence_line: str = ""  # the fenced line read so far (to recognise the closing fence)
     fence_opener: bool = False  # the current fenced line is the opener (never closes)
+    fence_at: int = -1  # offset, in the text of the ``run`` that opened it, of the current fence's marker
     inline: int = 0  # inside inline code: length of the opening backtick run
     prev: str = ""  # the last plain word (lower case): the context of the next slot
     last_char: str = "\n"  # last character of the previous chunk ("\n" at a line start)
@@ -76,9 +77,13 @@ class ScanState:
 
 
 class Scanner:
-    def __init__(self, lexicon: Lexicon, max_level: int, markdown: bool = True) -> None:
+    def __init__(self, lexicon: Lexicon, max_level: int, markdown: bool = True,
+                 plain_fences: frozenset[int] = frozenset()) -> None:
         self._lex = lexicon
         self._max_level = max_level
+        # detection only (one ``run`` over a whole text): offsets of fence markers read as plain backticks
+        # (an inline code span) rather than as a fence, for the reading of a text whose fence never closes
+        self._plain_fences = plain_fences
         self.state = ScanState()
         # list markers as choice points (see watermark.listmarks); None: list lines are plain text
         self._lists = ListTracker() if markdown else None
@@ -203,14 +208,14 @@ class Scanner:
                         if not complete:
                             break
                         lists.other_line(width, interrupt, quote=s[k] == ">")
-                if k < n and s[k] in "`~" and width < 4:
+                if k < n and s[k] in "`~" and width < 4 and k not in self._plain_fences:
                     r = k
                     while r < n and s[r] == s[k]:
                         r += 1
                     if r == n and not final:
                         break
                     if r - k >= 3:
-                        st.fence, st.fence_opener = s[k:r], True
+                        st.fence, st.fence_opener, st.fence_at = s[k:r], True, k
                         st.fence_line = s[i:r]
                         out.append(s[i:r])
                         i = r
