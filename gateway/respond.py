@@ -22,8 +22,10 @@ from aiohttp import web
 
 from gateway.account import Exchange
 from gateway.context import AppContext
+from gateway.errors import to_openai_error
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import ChoiceHook, EmbedderFactory, StreamRelay, error_event, transform_body
+from gateway.proxy.relay import ChoiceHook, EmbedderFactory, StreamRelay, dumps_utf8, error_event, transform_body
+from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import usage_from_body
 from gateway.route import Opened
 from gateway.routing.router import Outcome
@@ -38,22 +40,83 @@ class _ClientGone(Exception):
     """Writing to the client failed: it went away (not the upstream's fault)."""
 
 
-def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
-             headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
-    """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
-    otherwise only the ``usage`` object is read, unless the body must be watermarked."""
-    status = op.resp.status
-    op.lease.release(Outcome(True, status, op.t_headers - op.t_sent))
-    ctype = op.resp.headers.get("Content-Type", _JSON)
-    body: Any = None
-    usage = None if details or embed is not None or hook is not None or status != 200 else usage_from_body(raw)
-    if usage is not None:
-        ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-    elif status == 200 and ctype.startswith(_JSON):
+def _upstream_error_body(status: int, raw: bytes, ctype: str) -> tuple[int, bytes] | None:
+    """A non-2xx answer that is not an OpenAI error object becomes one; None keeps the upstream's answer.
+
+    - 3xx (never followed), 5xx that were not retried, and 401/407 (the *backend's* credential was refused:
+      relaying it would tell the client its own key is bad, and the message may quote the backend key) are
+      502 with no upstream detail;
+    - other 4xx keep their status; a body that is not ``{"error": {...}}`` (an HTML page, FastAPI's
+      ``{"detail": ...}``) is replaced so that clients always get the documented shape.
+    """
+    if status < 300:
+        return None
+    if status < 400 or status >= 500 or status in (401, 407):
+        log.warning("upstream answered %d; answering 502", status)
+        err = to_openai_error(f"The model backend failed (status {status}).", "upstream_error", "upstream_status")
+        return 502, json.dumps(err).encode()
+    if ctype.startswith(_JSON):
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return None
+    err = to_openai_error(f"The model backend rejected the request (status {status}).", "invalid_request_error",
+                          "upstream_rejected")
+    return status, json.dumps(err).encode()
+
+
+def _bad_upstream(ex: Exchange, headers: dict[str, str], what: str) -> web.Response:
+    log.warning("request %s: the model backend %s; answering 502", ex.request_id, what)
+    ex.facts.status = ex.status = 502
+    ex.error_type = "upstream_malformed"
+    err = to_openai_error(f"The model backend {what}.", "upstream_error", "upstream_malformed")
+    return web.Response(body=json.dumps(err).encode(), status=502, headers={**headers, "Content-Type": _JSON})
+
+
+def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
+             headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+    """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
+    otherwise only the ``usage`` object is read, unless the body must be watermarked. The backend lease is
+    released once the answer is classified (a malformed answer counts against the backend)."""
+    try:
+        return _complete(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
+    finally:  # a no-op when _complete released it; otherwise (a bug) the backend is not blamed
+        op.lease.release(Outcome(True, op.resp.status, op.t_headers - op.t_sent, "relay_error"))
+
+
+def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
+              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+    status = op.resp.status
+    latency = op.t_headers - op.t_sent
+    ctype = op.resp.headers.get("Content-Type", _JSON)
+    fixed = _upstream_error_body(status, raw, ctype)
+    if fixed is not None:
+        # a redirect, a refused backend credential or a 5xx that was not retried is the backend's fault (health,
+        # canary analysis); another 4xx is the request's
+        op.lease.release(Outcome(fixed[0] != 502, status, latency, None if fixed[0] != 502 else f"status {status}"))
+        status, raw = fixed
+        ex.facts.status = ex.status = status
+        return web.Response(body=raw, status=status, headers={**headers, "Content-Type": _JSON})
+    if status == 200 and (parsed.stream or not ctype.startswith(_JSON)):
+        # A stream answered without an event stream, or a body that is not JSON: relaying it as is would
+        # skip watermarking and usage accounting, and an SSE client would see an empty, "clean" stream.
+        op.lease.release(Outcome(False, status, latency, "malformed"))
+        return _bad_upstream(ex, headers, f"answered with an unexpected content type ({ctype or 'none'})")
+    body: Any = None
+    usage = None if details or embed is not None or hook is not None or status != 200 else usage_from_body(raw)
+    if usage is not None:
+        ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    elif status == 200:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            op.lease.release(Outcome(False, status, latency, "malformed"))
+            return _bad_upstream(ex, headers, "answered with a body that is not a JSON object")
+    op.lease.release(Outcome(True, status, latency))
     if isinstance(body, dict):
         changed, usage, reasons, positions, watermarked = transform_body(parsed.endpoint, body, embed, hook)
         f = ex.facts
@@ -63,7 +126,7 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
         m = body.get("model")
         ex.response_model = m if isinstance(m, str) else None
         if changed:
-            raw = json.dumps(body, ensure_ascii=False).encode()
+            raw = dumps_utf8(body)
     ex.facts.status = ex.status = status
     headers["Content-Type"] = ctype
     return web.Response(body=raw, status=status, headers=headers)
@@ -105,6 +168,16 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
             tail = relay.finish() or b""
             if not tail and not relay.done:
                 tail = error_event("The upstream connection failed mid-stream.", "stream_interrupted")
+        except SSETooLarge as e:
+            log.warning("request %s: upstream stream is malformed: %s", ex.request_id, e)
+            reason = "malformed"
+            tail = error_event("The model backend sent a malformed stream.", "upstream_malformed")
+        except Exception:
+            # The headers are out: letting this reach the pipeline's 500 handler would write a second HTTP
+            # response into the chunked body. End the stream with an error event instead.
+            log.exception("request %s: relaying the stream failed", ex.request_id)
+            reason = "relay_error"
+            tail = error_event("The gateway failed to relay the response.", "internal_error", "server_error")
         except asyncio.CancelledError:
             if not ctx.drain_expired or task is None:
                 reason = "client_disconnect"
@@ -123,7 +196,8 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
         upstream.close()  # a no-op after a complete read; otherwise the backend sees the close now
         _stream_facts(ctx, ex, relay, reason)
         # Only the upstream's own failures count against the backend (health, canary analysis).
-        op.lease.release(Outcome(reason not in ("cut", "idle_timeout"), 200, op.t_headers - op.t_sent, reason))
+        op.lease.release(Outcome(reason not in ("cut", "idle_timeout", "malformed"), 200,
+                                 op.t_headers - op.t_sent, reason))
 
 
 def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay, reason: str | None) -> None:

@@ -129,8 +129,11 @@ class Upstream:
         else:
             headers.popall("Authorization", None)  # a previous try's backend credential must not leak
         try:
+            # No redirects: a backend's Location must not carry the client's prompt to another origin
+            # (307/308 re-POST the body) nor turn it into a GET whose answer is relayed as a 200 (301/302).
             return await self._session.post(plan.base + PATHS[endpoint], data=data, headers=headers,
-                                            timeout=plan.stream_timeout if stream else plan.timeout)
+                                            timeout=plan.stream_timeout if stream else plan.timeout,
+                                            allow_redirects=False)
         except TimeoutError as e:
             raise AttemptFailed("timeout") from e
         except aiohttp.ClientError as e:

@@ -9,6 +9,7 @@ error is an ``InvalidRequest`` whose message and ``param`` name the field, e.g.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,58 @@ class ParsedRequest:
     raw: bytes  # the bytes as received, forwarded as is when nothing changes
     stream: bool
     client_usage: bool  # the client itself asked for stream_options.include_usage
+
+
+class _Rejected(ValueError):
+    """Raised from inside the JSON decoder for input that is valid to Python's parser but not to RFC 8259."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate keys are refused, not resolved: the gateway would validate the last value while the raw
+    # bytes (forwarded as is when nothing changes) let a first-wins backend parser act on another one.
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Rejected(f"duplicate key {k!r}")
+            seen.add(k)
+    return d
+
+
+def _no_constant(name: str) -> Any:
+    raise _Rejected(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _decode(raw: bytes) -> Any:
+    """Strict RFC 8259: UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32, which then went
+    upstream as is), no NaN/Infinity, no duplicate keys, no unpaired surrogate escapes (they decode to a str
+    that cannot be encoded again, so any re-encoding of the body failed). Every refusal is a 400."""
+    try:
+        body = _DECODER.decode(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidRequest("body: is not valid UTF-8", param="body") from e
+    except _Rejected as e:
+        raise InvalidRequest(f"body: is not valid JSON ({e})", param="body") from e
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"body: is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
+                             param="body") from e
+    except RecursionError as e:
+        raise InvalidRequest("body: is nested too deeply", param="body") from e
+    except ValueError as e:  # int() refuses literals over sys.get_int_max_str_digits() digits
+        raise InvalidRequest("body: contains a number with too many digits", param="body") from e
+    if _SURROGATE_ESCAPE.search(raw) is not None:  # rare: checked only when such an escape is present
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError as e:
+            raise InvalidRequest("body: contains an unpaired UTF-16 surrogate escape", param="body") from e
+        except RecursionError as e:
+            raise InvalidRequest("body: is nested too deeply", param="body") from e
+    return body
 
 
 def _fail(field: str, problem: str) -> InvalidRequest:
@@ -84,6 +137,10 @@ def _logit_bias(body: dict[str, Any]) -> None:
     if not isinstance(v, dict):
         raise _fail("logit_bias", "must be an object mapping token ids to numbers")
     for k, b in v.items():
+        # Token ids: canonical decimal strings ("7", not "07", "-7" or "seven"), which also keeps one
+        # token from hiding under several spellings past the hardening caps on bias entries.
+        if not (k.isascii() and k.isdigit() and len(k) <= 10 and (k == "0" or k[0] != "0")):
+            raise _fail("logit_bias", f"key {k!r} must be a token id (a non-negative integer)")
         if not _is_num(b) or not -100 <= b <= 100:
             raise _fail(f"logit_bias[{k!r}]", "must be a number between -100 and 100")
 
@@ -155,9 +212,44 @@ def _text_or_tokens(body: dict[str, Any], key: str) -> None:
     raise _fail(key, "must be a string, an array of strings, or an array of token ids (or arrays of them)")
 
 
+def _str(body: dict[str, Any], key: str) -> None:
+    v = body.get(key)
+    if v is not None and not isinstance(v, str):
+        raise _fail(key, "must be a string")
+
+
+def _tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _fail("tools", "must be an array of tool objects")
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict):
+                raise _fail(f"tools[{i}]", "must be an object")
+            if not isinstance(t.get("type"), str):
+                raise _fail(f"tools[{i}].type", "must be a string")
+            if t["type"] == "function":
+                fn = t.get("function")
+                if not isinstance(fn, dict):
+                    raise _fail(f"tools[{i}].function", "must be an object")
+                if not isinstance(fn.get("name"), str) or not fn["name"]:
+                    raise _fail(f"tools[{i}].function.name", "must be a non-empty string")
+    tc = body.get("tool_choice")
+    if tc is not None and not isinstance(tc, str | dict):
+        raise _fail("tool_choice", "must be a string or an object")
+    _bool(body, "parallel_tool_calls")
+    rf = body.get("response_format")
+    if rf is not None:
+        if not isinstance(rf, dict):
+            raise _fail("response_format", "must be an object")
+        if not isinstance(rf.get("type"), str):
+            raise _fail("response_format.type", "must be a string")
+
+
 def _chat(body: dict[str, Any]) -> None:
     _messages(body)
     _sampling(body)
+    _tools(body)
     _bool(body, "logprobs")
     _int(body, "top_logprobs", 0, 20)
     if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
@@ -189,13 +281,7 @@ def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> Par
     """Decode and validate one request body; ``models`` is the set of model names the gateway serves."""
     if not raw:
         raise InvalidRequest("body: is empty; expected a JSON object", param="body")
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError as e:
-        raise InvalidRequest("body: is not valid UTF-8", param="body") from e
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(f"body: is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
-                             param="body") from e
+    body = _decode(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("body: must be a JSON object", param="body")
     model = body.get("model")
@@ -204,6 +290,7 @@ def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> Par
     if not isinstance(model, str) or not model:
         raise _fail("model", "must be a non-empty string")
     stream, client_usage = _stream_fields(body)
+    _str(body, "user")
     _VALIDATORS[endpoint](body)
     if model not in models:
         raise NotFound(f"model: {model!r} does not exist or you do not have access to it", param="model",

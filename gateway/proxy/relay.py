@@ -33,8 +33,17 @@ def error_event(message: str, code: str, etype: str = "upstream_error") -> bytes
     return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
+def dumps_utf8(obj: Any, separators: tuple[str, str] | None = None) -> bytes:
+    """JSON as UTF-8. An upstream string may hold an unpaired surrogate (from a ``\\udXXX`` escape) that UTF-8
+    cannot encode: such a document is sent ASCII-escaped, as the upstream itself had written it."""
+    try:
+        return json.dumps(obj, separators=separators, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=separators).encode()
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps_utf8(obj, (",", ":"))
 
 
 class StreamRelay:
@@ -96,7 +105,7 @@ class StreamRelay:
             return [encode_event(data, event)]  # not ours to judge: pass it through
         if not isinstance(chunk, dict):
             return [encode_event(data, event)]
-        if "error" in chunk:
+        if chunk.get("error") is not None:  # some servers put "error": null on ordinary chunks
             self.upstream_error = True
             return [encode_event(data, event)]
         if self.model is None:
@@ -116,7 +125,8 @@ class StreamRelay:
 
     def _choices_event(self, chunk: dict[str, Any], changed: bool, event: str | None,
                        raw: bytes | None = None) -> list[bytes]:
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
                 continue
             holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
@@ -199,7 +209,8 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
     changed = watermarked = False
     reasons: list[str] = []
     positions = 0
-    for choice in body.get("choices") or ():
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict):
             continue
         fr = choice.get("finish_reason")

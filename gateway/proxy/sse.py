@@ -7,6 +7,10 @@ Follows the WHATWG event-stream rules that matter for OpenAI-compatible servers:
 - a field without a colon is a field with an empty value; unknown fields are ignored.
 
 Comments are surfaced as ``SSEComment`` so that a proxy can pass keep-alives through. No I/O here.
+
+Bounded: an event (its pending line plus its accumulated ``data`` lines) larger than ``max_event_bytes``
+raises ``SSETooLarge``. Without the bound one endless line from a broken upstream grew the buffer without
+limit; a chunk without a line break is only appended (no rescan), so buffering stays linear.
 """
 
 from __future__ import annotations
@@ -30,16 +34,26 @@ class SSEComment:
 SSEItem = SSEEvent | SSEComment
 
 DONE = b"[DONE]"
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # far above any real chunk (a tool call's arguments, 20 top logprobs)
+
+
+class SSETooLarge(ValueError):
+    """One event exceeded the decoder's bound: the stream is broken, not merely slow."""
 
 
 class SSEDecoder:
     """Incremental decoder. ``feed(chunk)`` returns the items completed by this chunk."""
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_pending_cr", "_retry")
+    __slots__ = ("_buf", "_buf_size", "_data", "_data_size", "_event", "_id", "_max", "_parts", "_pending_cr",
+                 "_retry")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
         self._buf = b""
+        self._buf_size = 0
+        self._parts: list[bytes] = []  # chunks with no line break yet, joined when one arrives
         self._data: list[bytes] = []
+        self._data_size = 0
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
@@ -49,6 +63,15 @@ class SSEDecoder:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = chunk.endswith(b"\r")
+        if b"\n" not in chunk and b"\r" not in chunk:
+            if chunk:  # still inside one line: append, do not rescan (linear, not quadratic)
+                self._parts.append(chunk)
+                self._buf_size += len(chunk)
+                self._check(self._buf_size)
+            return []
+        if self._parts:
+            self._buf = b"".join([self._buf, *self._parts])
+            self._parts = []
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -62,15 +85,25 @@ class SSEDecoder:
             self._line(buf[start:nl], out)
             start = nl + 1
         self._buf = buf[start:]
+        self._buf_size = len(self._buf)
+        self._check(self._buf_size)
         return out
+
+    def _check(self, pending: int) -> None:
+        if pending + self._data_size > self._max:
+            raise SSETooLarge(f"an event exceeds {self._max} bytes")
 
     def finish(self) -> list[SSEItem]:
         """End of stream: a trailing line without its newline is processed; an event that was never
         terminated by a blank line is discarded, as the spec says."""
         out: list[SSEItem] = []
+        if self._parts:
+            self._buf = b"".join([self._buf, *self._parts])
+            self._parts = []
         if self._buf:
             self._line(self._buf, out)
             self._buf = b""
+        self._buf_size = self._data_size = 0
         self._data = []
         self._event = self._id = None
         self._retry = None
@@ -79,13 +112,14 @@ class SSEDecoder:
     @property
     def has_partial(self) -> bool:
         """True when bytes of an unfinished event are buffered (useful to tell a clean end from a cut)."""
-        return bool(self._buf or self._data or self._event)
+        return bool(self._buf or self._parts or self._data or self._event)
 
     def _line(self, line: bytes, out: list[SSEItem]) -> None:
         if not line:
             if self._data or self._event is not None:
                 out.append(SSEEvent(b"\n".join(self._data), self._event, self._id, self._retry))
             self._data = []
+            self._data_size = 0
             self._event = None
             self._retry = None
             return
@@ -98,6 +132,8 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._data_size += len(value) + 1
+            self._check(0)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id":
