@@ -8,13 +8,17 @@
   ``PUT /admin/clients/{id}/override``. The page holds no data itself; its API calls carry the admin token
   (typed into the page, or passed once as ``#token=...``, which never reaches the server's logs) and go
   through the admin auth like any other call. A strict Content-Security-Policy allows only same-origin
-  requests and the page's own inline code.
+  requests and the page's own inline script and style, pinned by their SHA-256 hashes (no
+  ``'unsafe-inline'``: markup that ever got into the page could not run code), and forbids framing.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import re
 from importlib import resources
 
 from aiohttp import web
@@ -26,14 +30,29 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-DASHBOARD_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+_INLINE = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL) for tag in ("script", "style")}
 
 
 def _dashboard_html() -> bytes:
     return resources.files("gateway.admin").joinpath("static/dashboard.html").read_bytes()
+
+
+def _hashes(page: str, tag: str) -> str:
+    blocks = _INLINE[tag].findall(page)
+    if not blocks:  # a page edit that renamed the tags would otherwise ship a page that cannot run
+        raise RuntimeError(f"dashboard.html has no inline <{tag}> block")
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'" for b in blocks
+    )
+
+
+def dashboard_csp(page: bytes) -> str:
+    """The page's Content-Security-Policy: only its own inline blocks (by hash) run, only same-origin fetches."""
+    text = page.decode("utf-8")
+    return (
+        f"default-src 'none'; script-src {_hashes(text, 'script')}; style-src {_hashes(text, 'style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 def _limit(raw: str | None) -> int:
@@ -50,6 +69,7 @@ def _limit(raw: str | None) -> int:
 
 def routes(ctx: AppContext) -> list[web.RouteDef]:
     page = _dashboard_html()  # read once at start-up: a missing file fails start-up, not a request
+    csp = dashboard_csp(page)
 
     async def list_alerts(request: web.Request) -> web.Response:
         limit = _limit(request.query.get("limit"))
@@ -74,7 +94,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         return web.Response(
             body=page, content_type="text/html", charset="utf-8",
             headers={
-                "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                 "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
             },
         )

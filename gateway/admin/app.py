@@ -2,9 +2,12 @@
 
 Each feature module in ``ADMIN_MODULES`` (``gateway/admin/<name>.py``) exposes ``routes(ctx)``; they are all
 mounted on the admin listener, never on the public one. Admin API calls need either the bearer token from
-the environment variable named by ``admin.token_env`` (compared in constant time) or a JWT/API-key principal
-with the role ``admin``. Health, readiness, metrics and the (data-free) dashboard page need no credential:
-the admin listener should be bound to a private address.
+the environment variable named by ``admin.token_env`` (compared in constant time; at least 16 characters or
+the gateway refuses to start) or a JWT/API-key principal with the role ``admin``. Credentials travel only in
+the ``Authorization`` header, never in cookies or the URL, so a cross-site page cannot borrow them (no CSRF)
+and no CORS headers are sent (another origin cannot read an answer). Health, readiness, metrics and the
+(data-free) dashboard page need no credential: the admin listener should be bound to a private address.
+Every answer carries ``SECURITY_HEADERS`` (nosniff, no framing, no caching).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.admin.core import PUBLIC_PATHS
 from gateway.app import openai_errors
+from gateway.config import ConfigError
 from gateway.context import CTX, AppContext
 from gateway.errors import PermissionDenied
 from gateway.principal import Principal
@@ -29,17 +33,24 @@ log = logging.getLogger(__name__)
 ADMIN_MODULES: tuple[str, ...] = ("core", "routing", "alerts", "clients", "watermark", "fingerprint")
 UNAUTHENTICATED = PUBLIC_PATHS | {"/admin/dashboard"}
 ADMIN_PRINCIPAL = web.RequestKey("ipgate_admin_principal", Principal)  # who passed admin auth (for audit)
+# The admin token is a long-lived bearer secret with full control of the gateway: a short one is guessable
+# (the listener counts no failures). 16 characters is a floor, not a target: generate 32 random bytes.
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 def _admin_auth(ctx: AppContext, token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in UNAUTHENTICATED:
             return await handler(request)
         header = request.headers.get("Authorization")
-        if expected is not None and header is not None and hmac.compare_digest(header.encode(), expected):
+        # The scheme is case-insensitive (RFC 9110 §11.1), as in the authenticator; the token is compared in
+        # constant time.
+        scheme, _, presented = (header or "").partition(" ")
+        if expected is not None and scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), expected):
             request[ADMIN_PRINCIPAL] = Principal("admin-token", roles=frozenset({"admin"}), auth_method="token")
             return await handler(request)
         principal = await ctx.auth.authenticate(header)  # raises AuthenticationFailed (401)
@@ -51,14 +62,39 @@ def _admin_auth(ctx: AppContext, token: str | None) -> Middleware:
     return admin_auth
 
 
+# On every admin answer (JSON, errors, metrics, the dashboard): never sniffed into HTML, never framed, never
+# cached by a browser or a proxy, no referrer, and not readable by another origin's no-cors embed. The
+# dashboard page sets its own, stricter Content-Security-Policy; everything else is data, so it gets one that
+# allows nothing at all (a JSON body opened as a page can run nothing even if a browser misreads it).
+SECURITY_HEADERS: Mapping[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) -> web.Application:
     source = os.environ if env is None else env
     token = source.get(ctx.config.admin.token_env) if ctx.config.admin.token_env else None
+    if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"admin.token_env: {ctx.config.admin.token_env} holds {len(token)} characters; an admin token needs "
+            f"at least {MIN_ADMIN_TOKEN_CHARS} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     if not token:
         log.info("admin API: %s is not set; only JWTs with the 'admin' role are accepted",
                  ctx.config.admin.token_env)
     app = web.Application(middlewares=[openai_errors, _admin_auth(ctx, token)])
     app[CTX] = ctx
+    app.on_response_prepare.append(_security_headers)
     for name in ADMIN_MODULES:
         module = importlib.import_module(f"gateway.admin.{name}")
         app.add_routes(module.routes(ctx))

@@ -10,6 +10,10 @@
   null clears, like DELETE. Every key in the store has a TTL, overrides included: ``ttl_s`` defaults to
   90 days, at most 365.
 - ``DELETE /admin/clients/{client_id}/override`` clears the override and the pin.
+- The same three as ``/admin/client?client_id=ID`` and ``/admin/client/override?client_id=ID``: every id
+  the authenticator admits (1-256 characters, any of them) must be reachable, and ids such as ``.`` or
+  ``..`` cannot travel in a path (browsers and most HTTP clients resolve them as dot segments, even
+  percent-encoded). The dashboard uses this form.
 
 Every change is logged at INFO with the administrator's identity (an audit trail, not a metric: no
 per-client labels).
@@ -36,9 +40,16 @@ _FIELDS = {"override", "tier", "ttl_s"}
 
 
 def _client_id(request: web.Request) -> str:
-    cid = request.match_info["client_id"]
-    if not cid or len(cid) > MAX_CLIENT_ID or any(ord(c) < 32 for c in cid):
-        raise InvalidRequest(f"client_id must be 1-{MAX_CLIENT_ID} printable characters", param="client_id")
+    # Exactly the ids the authenticator admits (gateway/auth: a non-empty claim of at most 256 characters,
+    # any characters): refusing some of them here, e.g. control characters, would leave a client that can
+    # authenticate but that no administrator can deny. Logs print the id with %r, so it cannot forge lines.
+    cid = request.match_info.get("client_id")
+    if cid is None:
+        cid = request.query.get("client_id")
+        if cid is None:
+            raise InvalidRequest("the query parameter client_id is required", param="client_id")
+    if not cid or len(cid) > MAX_CLIENT_ID:
+        raise InvalidRequest(f"client_id must be 1-{MAX_CLIENT_ID} characters", param="client_id")
     return cid
 
 
@@ -125,7 +136,9 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         try:
             body = json.loads(await request.read() or b"null")
         except ValueError:
-            raise InvalidRequest("the request body is not valid JSON") from None
+            raise InvalidRequest("the request body is not valid JSON", param="body") from None
+        except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
+            raise InvalidRequest("the request body is nested too deeply", param="body") from None
         override, tier, ttl = parse_override(ctx, body)
         await ctx.store.set_override(cid, override, tier, ttl)
         log.info("admin %s set client %r override=%s tier=%s ttl_s=%.0f", _who(request), cid, override,
@@ -143,4 +156,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         web.put("/admin/clients/{client_id:.+}/override", put_override),
         web.delete("/admin/clients/{client_id:.+}/override", delete_override),
         web.get("/admin/clients/{client_id:.+}", get_client),
+        web.put("/admin/client/override", put_override),
+        web.delete("/admin/client/override", delete_override),
+        web.get("/admin/client", get_client),
     ]

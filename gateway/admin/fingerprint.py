@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.alerts.model import mask_url_passwords
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.fingerprinting import FingerprintChecker
@@ -33,6 +34,18 @@ def _checker(ctx: AppContext) -> FingerprintChecker:
     return checker
 
 
+def _masked(entry: dict[str, Any]) -> dict[str, Any]:
+    """A backend URL may carry basic-auth credentials (also inside the reasons): never serve them."""
+    out: dict[str, Any] = {}
+    for k, v in entry.items():
+        if isinstance(v, str):
+            v = mask_url_passwords(v)
+        elif isinstance(v, list):
+            v = [mask_url_passwords(x) if isinstance(x, str) else x for x in v]
+        out[k] = v
+    return out
+
+
 def _who(request: web.Request) -> str:
     from gateway.admin.app import ADMIN_PRINCIPAL  # the admin app sets it; imported late (no import cycle)
 
@@ -47,6 +60,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         if model is not None:
             ctx.router.pool(model)  # NotFound names the parameter
             snap["backends"] = [b for b in snap["backends"] if b["model"] == model]
+        snap["backends"] = [_masked(b) for b in snap["backends"]]
         return web.json_response(snap)
 
     async def post_check(request: web.Request) -> web.Response:
@@ -64,7 +78,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                 )
         results = await checker.check_now(model, backend)
         log.info("fingerprint check of %d backends requested by %s", len(results), _who(request))
-        body: dict[str, Any] = {"results": [r.to_json() for r in results]}
+        body: dict[str, Any] = {"results": [_masked(r.to_json()) for r in results]}
         return web.json_response(body)
 
     async def post_release(request: web.Request) -> web.Response:

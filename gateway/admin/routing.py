@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.alerts.model import mask_url_passwords
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -71,6 +72,12 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             if model not in snap["models"]:
                 raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
             snap["models"] = {model: snap["models"][model]}
+        # A backend URL may carry basic-auth credentials (so may an error or quarantine reason naming it).
+        for pool in snap["models"].values():
+            for b in pool.get("backends", ()):
+                for k, v in b.items():
+                    if isinstance(v, str):
+                        b[k] = mask_url_passwords(v)
         return web.json_response(snap)
 
     async def post_reload(request: web.Request) -> web.Response:

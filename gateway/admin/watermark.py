@@ -87,7 +87,9 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         try:
             body = json.loads(await request.read() or b"null")
         except ValueError:
-            raise InvalidRequest("the request body is not valid JSON") from None
+            raise InvalidRequest("the request body is not valid JSON", param="body") from None
+        except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
+            raise InvalidRequest("the request body is nested too deeply", param="body") from None
         texts, corpus, clients, scheme_name, fpr = parse_body(body)
         if clients is None:
             recorded = await ctx.store.recipients()

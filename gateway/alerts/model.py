@@ -26,6 +26,14 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _LONG = re.compile(r"\b\w{15,}\b")  # keys, hashes, identifiers, long names: content that identifies
 _DIGITS = re.compile(r"\d")
 _SPACE = re.compile(r"\s+")
+# "scheme://user:password@" in any text: a backend or sink URL with credentials in it (e.g. a fingerprint
+# mismatch reason names the backend's URL). The password is a secret wherever the text goes.
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """``http://user:secret@host`` -> ``http://user:***@host`` everywhere in ``text``."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def redact_text(text: str, max_chars: int = MAX_EXAMPLE_CHARS) -> str:
@@ -84,7 +92,7 @@ class Alert:
             "tier_index": self.tier_index,
             "previous_tier": self.previous_tier,
             "score": round(self.score, 4),
-            "reasons": list(self.reasons),
+            "reasons": [mask_url_passwords(r) for r in self.reasons],
             "detectors": list(self.detectors),
             "evidence": {
                 "request_ids": list(self.request_ids),

@@ -12,7 +12,9 @@ from a webhook: fix the config, not the network).
 - ``RedisStreamSink``: ``XADD stream MAXLEN ~ N`` with fields ``alert`` (the JSON), ``client``, ``tier``.
 - ``WebhookSink``: ``POST`` of the JSON with ``X-Ipgate-Alert-Id`` and, when a secret is configured,
   ``X-Ipgate-Timestamp`` and ``X-Ipgate-Signature: sha256=HMAC(secret, timestamp + "." + body)`` so the
-  receiver can authenticate it and reject replays.
+  receiver can authenticate it and reject replays. Many webhook URLs are themselves credentials (Slack,
+  Teams, Discord put the token in the path; some put ``user:password@`` or a ``?key=``): errors and logs
+  name only the URL's origin (``https://hooks.example.com/…``), never the full URL.
 - ``StoreSink``: the store's bounded shared alert list that the admin API and dashboard read.
 """
 
@@ -30,6 +32,7 @@ from typing import IO, Protocol
 
 import aiohttp
 import redis.asyncio as aioredis
+from yarl import URL
 
 from gateway.alerts.model import Alert
 from gateway.config import AlertSinkConfig, ConfigError, read_secret
@@ -167,7 +170,9 @@ class RedisStreamSink:
                 approximate=True,
             )
         except (aioredis.RedisError, OSError) as e:
-            raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {e}") from e
+            # The URL may carry the Redis password: keep it out of the message, as for webhooks.
+            detail = scrub_url(str(e), self.url)
+            raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {detail}") from None
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -188,6 +193,7 @@ class WebhookSink:
             raise ConfigError(f"alerts.sinks.{self.name}.secret_env: environment variable {cfg.secret_env} is unset")
         self._secret = secret.encode() if secret else None
         self._session: aiohttp.ClientSession | None = None
+        self.display_url = redact_url(cfg.url)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -212,17 +218,46 @@ class WebhookSink:
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise SinkError(f"webhook {self.url}: {type(e).__name__}: {e}") from e
+            # `from None`: the chained exception's text (e.g. InvalidURL, ClientResponseError) can hold the URL.
+            detail = scrub_url(str(e), self.url)
+            raise SinkError(f"webhook {self.display_url}: {type(e).__name__}: {detail}") from None
         if 200 <= status < 300:
             return
         if status in (408, 425, 429) or status >= 500:
-            raise SinkError(f"webhook {self.url}: HTTP {status}", retry_after_s=retry_after)
-        raise PermanentSinkError(f"webhook {self.url}: HTTP {status} (not retried)")
+            raise SinkError(f"webhook {self.display_url}: HTTP {status}", retry_after_s=retry_after)
+        raise PermanentSinkError(f"webhook {self.display_url}: HTTP {status} (not retried)")
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` plus ``/…`` when the URL had a path or query: safe to log or show."""
+    try:
+        u = URL(url)
+        origin = str(u.origin())
+    except (ValueError, TypeError):
+        return "<invalid url>"
+    return origin + ("/…" if u.raw_path not in ("", "/") or u.raw_query_string else "")
+
+
+def scrub_url(text: str, url: str) -> str:
+    """``text`` with every spelling of ``url`` (as configured, as yarl normalises it, its path, query and
+    password) replaced by its redacted form; for messages of third-party exceptions."""
+    safe = redact_url(url)
+    parts = {url}
+    try:
+        u = URL(url)
+        parts |= {str(u), u.human_repr()}
+        pieces = (u.raw_path_qs, u.path_qs, u.raw_path, u.path, u.raw_query_string, u.query_string, u.password)
+        parts |= {p for p in pieces if p and len(p) > 1}
+    except (ValueError, TypeError):
+        pass
+    for part in sorted(parts, key=len, reverse=True):  # whole URLs first, then the pieces left over
+        text = text.replace(part, safe if "://" in part else "…")
+    return text
 
 
 def store_degraded(store: StateStore) -> bool:
