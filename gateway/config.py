@@ -137,7 +137,7 @@ class TierLimitsConfig(_Model):
 class BackendConfig(_Model):
     name: str
     url: str
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False)  # inf would break the split
     api_key_env: str | None = None
     api_key_file: str | None = None
     max_concurrency: int = Field(256, ge=1)

@@ -82,9 +82,10 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             if last is not None:  # no other backend to retry on: report the real failure
                 raise last.to_gateway_error() from None
             raise
-        data = upstream_body(ctx, parsed, principal, tier, lease.backend)
         t_sent = time.perf_counter()
-        try:
+        try:  # the lease is taken: from here on every way out must hand it back
+            data = upstream_body(ctx, parsed, principal, tier, lease.backend)
+            t_sent = time.perf_counter()
             return await _try(ctx, lease, parsed, data, headers, t_sent)
         except AttemptFailed as e:
             lease.release(Outcome(False, e.status, time.perf_counter() - t_sent, e.error))
@@ -95,6 +96,9 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
                 ctx.metrics.upstream_retries_total.labels(model=model).inc()
                 continue
             raise e.to_gateway_error() from None
-        except BaseException:  # cancelled (the client left) or a bug: not the backend's fault
-            lease.release(Outcome(True, None, time.perf_counter() - t_sent, "client_disconnect"))
+        except BaseException:
+            # Cancelled (the client left) or a bug, before the backend answered: says nothing about the
+            # backend. Counting it as a success would reset its failure count, reinstate a half-open backend
+            # on a trial that never completed, and feed the canary analysis a "success" it never saw.
+            lease.abandon()
             raise

@@ -7,12 +7,14 @@ operator commands, and publishes what comes out. The semantics follow Argo Rollo
 - Every ``analysis.interval_s`` the canary's outcomes in that window are analysed: error rate against
   ``max_error_rate`` and p99 latency against ``max_p99_ms``. Fewer than ``min_requests`` requests is a
   **failed** analysis: no data is never taken for good news.
-- A passed analysis resets the failure count; once the current step has been held for ``hold_s`` it moves
-  the canary to the next step, and past the last step the rollout is **promoted** (the canary keeps the last
-  step's weight; a last step of 100 hands it all the traffic).
-- ``failure_limit`` consecutive failed analyses **abort** the rollout (0 and 1 both mean the first failure
-  aborts, as Argo's ``failureLimit: 0``): the canary goes to weight 0 and the stable backends keep 100 % -
-  the last known good. Promoted and aborted are terminal until an operator restarts the rollout.
+- Once the current step has been held for ``hold_s``, a passed analysis moves the canary to the next step,
+  and past the last step the rollout is **promoted** (the canary keeps the last step's weight; a last step
+  of 100 hands it all the traffic).
+- ``failure_limit`` failed analyses over the whole rollout **abort** it, whether or not passes came between
+  them (Argo's ``failureLimit`` counts the run's failures; a count that a pass reset would promote a canary
+  that fails every other window). 0 and 1 both mean the first failure aborts, as Argo's
+  ``failureLimit: 0``: the canary goes to weight 0 and the stable backends keep 100 % - the last known good.
+  Promoted and aborted are terminal until an operator restarts the rollout (which starts a new count).
 - Operators may pause (analysis still runs and may still abort; steps do not advance), resume, promote
   (skip to the end), abort, or restart.
 
@@ -71,7 +73,7 @@ class CanaryState:
     step: int
     weight: float  # the canary's share of the pool's traffic, in percent
     step_started: float
-    failures: int  # consecutive failed analyses
+    failures: int  # failed analyses in this rollout
     next_analysis: float
     last: Analysis | None = None
     history: tuple[CanaryEvent, ...] = ()
@@ -130,7 +132,7 @@ def on_analysis(state: CanaryState, cfg: CanaryConfig, stats: WindowStats, now: 
         failures = state.failures + 1
         events = [CanaryEvent(now, "analysis_failed", state.step, state.weight, result.reason)]
         if failures >= max(1, cfg.analysis.failure_limit):
-            detail = f"{failures} consecutive failed analyses; last: {result.reason}"
+            detail = f"{failures} failed analyses in this rollout; last: {result.reason}"
             events.append(CanaryEvent(now, "aborted", state.step, 0.0, detail))
             return _with(
                 state, events, phase=Phase.ABORTED, weight=0.0, failures=failures, next_analysis=nxt, last=result
@@ -139,16 +141,14 @@ def on_analysis(state: CanaryState, cfg: CanaryConfig, stats: WindowStats, now: 
     events = [CanaryEvent(now, "analysis_passed", state.step, state.weight)]
     held = now - state.step_started >= cfg.steps[state.step].hold_s
     if state.phase is Phase.PAUSED or not held:
-        return _with(state, events, failures=0, next_analysis=nxt, last=result)
+        return _with(state, events, next_analysis=nxt, last=result)
     if state.step + 1 < len(cfg.steps):
         step = state.step + 1
         weight = cfg.steps[step].weight
         events.append(CanaryEvent(now, "step", step, weight, f"step {step + 1}/{len(cfg.steps)}"))
-        return _with(
-            state, events, step=step, weight=weight, step_started=now, failures=0, next_analysis=nxt, last=result
-        )
+        return _with(state, events, step=step, weight=weight, step_started=now, next_analysis=nxt, last=result)
     events.append(CanaryEvent(now, "promoted", state.step, state.weight, "all steps passed"))
-    return _with(state, events, phase=Phase.PROMOTED, failures=0, next_analysis=nxt, last=result)
+    return _with(state, events, phase=Phase.PROMOTED, next_analysis=nxt, last=result)
 
 
 def command(state: CanaryState, cfg: CanaryConfig, op: Op, now: float, *, by: str = "operator") -> Transition:

@@ -53,6 +53,7 @@ class CanaryController:
         wall: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         state: CanaryState | None = None,
+        synced: bool | None = None,
     ) -> None:
         cfg = pool.model.canary
         if cfg is None:
@@ -68,6 +69,11 @@ class CanaryController:
         self.poll_s = min(1.0, cfg.analysis.interval_s / 2.0)
         self._lease_ttl = 3.0 * self.poll_s + 0.5
         self.leading = store is None  # alone, it leads; with a store, the lease decides
+        # With a store, the rollout's state lives there (it may be aborted, or further on). Until this replica
+        # has read it (or taken the lead), the canary gets no traffic: a restarted or new replica must not send
+        # a first step's share to a canary the others have aborted, even while the store is unreachable.
+        # (``synced=True``: the caller accepts the configured first step until the first poll - a live reload.)
+        self.synced = store is None if synced is None else synced
         self._last_seen: dict[str, OutcomeWindow] = {}
         self._applied_cmd: str | None = None  # the last command this replica applied (as leader or issuer)
         self._awaiting: tuple[str, float] | None = None  # (command id, until): ours, not yet seen applied
@@ -91,7 +97,7 @@ class CanaryController:
         self._apply()
 
     def _apply(self) -> None:
-        self._pool.set_canary_weight(self.state.weight)
+        self._pool.set_canary_weight(self.state.weight if self.synced else 0.0)
         m = self._metrics
         if m is not None:
             for name, share in self._pool.shares().items():
@@ -168,6 +174,13 @@ class CanaryController:
         else:
             self.leading = False
             await self._adopt(store)
+        # A store that fails soft (the Redis store's resilient wrapper) answers "no lease, no state" while it
+        # is down: that is not having read the state, so the canary stays out until it answers again.
+        if not self.synced and getattr(store, "degraded", False) is not True:
+            self.synced = True
+            log.info("canary %s: rollout state read from the store (%s, weight %.1f%%)", self.model,
+                     self.state.phase.value, self.state.weight)
+            self._apply()
 
     async def _lead(self, now: float, observations: dict[str, OutcomeWindow]) -> None:
         if now < self.state.next_analysis:

@@ -85,8 +85,16 @@ class WeightTable:
         for n, w in zip(names, weights, strict=True):
             if not math.isfinite(w) or w < 0:
                 raise ValueError(f"backend {n!r}: weight must be a finite number >= 0, got {w!r}")
-        total = float(sum(weights))
-        shares = tuple((w / total) if total > 0 else 0.0 for w in weights)
+        scaled = [float(w) for w in weights]
+        total = sum(scaled)
+        if not math.isfinite(total):
+            # Weights near the float maximum (1e308 is a valid config) sum to inf, which would turn every
+            # share into 0 - a pool that answers only 503. Scale by the largest first (the ratio is all
+            # that matters); ordinary weights skip this, so 90/10 stays exactly 0.9/0.1.
+            top = max(scaled)
+            scaled = [w / top for w in scaled]
+            total = sum(scaled)
+        shares = tuple((w / total) if total > 0 else 0.0 for w in scaled)
         return cls(tuple(names), shares, tuple(backend_seed(n) for n in names), tuple(itertools.accumulate(shares)))
 
     def share(self, name: str) -> float:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from gateway.config import BackendConfig, HealthConfig, read_secret
+from gateway.config import BackendConfig, ConfigError, HealthConfig, read_secret
 from gateway.routing.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,14 @@ class HealthChecker:
         """None when the backend passes, else why it failed (for the log and the admin API)."""
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         try:
+            headers = self._auth_headers(b)
+        except ConfigError as e:
+            # An unreadable key file: requests to this backend cannot authenticate either. A failed check
+            # (logged on the state change) - not an exception that fails the whole round, every round.
+            return f"health check not sent: {e}"
+        try:
             async with self._session.get(
-                b.url + b.health_path, timeout=timeout, headers=self._auth_headers(b), allow_redirects=False
+                b.url + b.health_path, timeout=timeout, headers=headers, allow_redirects=False
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:

@@ -22,6 +22,7 @@ Outcomes decide health: the pipeline reports ``ok=False`` for connection errors,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class BackendState:
         "cfg", "ejected_until", "ejection_count", "ejections_total", "failures", "healthy", "in_flight",
         "last_error", "probation", "quarantine", "reinstated_at", "trial_in_flight",
     )
+    # ``ejections_total`` doubles as the ejection generation: a lease remembers it, and an outcome from a
+    # lease taken before the latest ejection decides nothing (it describes the backend as it was then).
 
     def __init__(self, cfg: BackendConfig) -> None:
         self.cfg = cfg
@@ -78,7 +81,7 @@ class BackendState:
 class BackendLease:
     """One request's hold on a backend. ``release`` exactly once (further calls are ignored)."""
 
-    __slots__ = ("_done", "_pool", "_state", "_trial", "backend", "model")
+    __slots__ = ("_done", "_generation", "_pool", "_state", "_trial", "backend", "model")
 
     def __init__(self, pool: Pool, state: BackendState, trial: bool) -> None:
         self.backend: BackendConfig = state.cfg
@@ -86,13 +89,24 @@ class BackendLease:
         self._pool = pool
         self._state = state
         self._trial = trial
+        self._generation = state.ejections_total
         self._done = False
 
     def release(self, outcome: Outcome) -> None:
         if self._done:
             return
         self._done = True
-        self._pool._release(self._state, self._trial, outcome)
+        self._pool._release(self._state, self._trial, outcome, self._generation)
+
+    def abandon(self) -> None:
+        """Give the slot back without a verdict: the request ended before the backend answered for a reason
+        that is not the backend's (the client left, a bug in the gateway). Nothing is learned, so nothing is
+        decided: the failure count stays, a half-open backend stays half-open (the next request is its
+        trial), and the canary's analysis does not count it - neither as a success nor as a failure."""
+        if self._done:
+            return
+        self._done = True
+        self._pool._abandon(self._state, self._trial)
 
 
 class Pool:
@@ -185,19 +199,33 @@ class Pool:
         usable = [
             s for i, s in enumerate(self.backends)
             if self.table.shares[i] > 0 and s.healthy and s.quarantine is None and not s.ejected(now)
-            and s.cfg.name not in exclude
+            and not s.trial_in_flight and s.cfg.name not in exclude  # half-open, its one trial out: not usable
         ]
         if usable:
             return ServiceUnavailable(
-                f"model {self.name!r}: every backend is at its concurrency limit", code="pool_saturated"
+                f"model {self.name!r}: every backend is at its concurrency limit", code="pool_saturated",
+                headers={"Retry-After": "1"},  # slots free up as requests finish
             )
         if exclude:
             return ServiceUnavailable(
                 f"model {self.name!r}: no other healthy backend to retry on", code="no_healthy_backend"
             )
-        return ServiceUnavailable(f"model {self.name!r}: no healthy backend", code="no_healthy_backend")
+        # When passive ejections are what keeps the pool out, say when the first one ends (its half-open
+        # trial): the openai SDKs honour Retry-After. Unhealthy or quarantined backends have no such time.
+        ends = [
+            s.ejected_until for i, s in enumerate(self.backends)
+            if self.table.shares[i] > 0 and s.healthy and s.quarantine is None and s.ejected(now)
+        ]
+        headers = {"Retry-After": str(max(1, math.ceil(min(ends) - now)))} if ends else None
+        return ServiceUnavailable(f"model {self.name!r}: no healthy backend", code="no_healthy_backend",
+                                  headers=headers)
 
-    def _release(self, state: BackendState, trial: bool, outcome: Outcome) -> None:
+    def _abandon(self, state: BackendState, trial: bool) -> None:
+        state.in_flight -= 1
+        if trial:
+            state.trial_in_flight = False
+
+    def _release(self, state: BackendState, trial: bool, outcome: Outcome, generation: int) -> None:
         state.in_flight -= 1
         ci = self.canary_index
         if ci is not None and self.canary_obs is not None and self.backends[ci] is state:
@@ -211,8 +239,10 @@ class Pool:
                 state.last_error = outcome.error or f"status {outcome.status}"
                 self._eject(state, now, "half-open trial failed")
             return
-        if state.ejected_until:
-            return  # a request from before the ejection: only the half-open trial decides now
+        if state.ejected_until or generation != state.ejections_total:
+            # a request from before the ejection: only the half-open trial decides now, and once the trial
+            # has reinstated the backend a late timeout from before the ejection must not eject it again
+            return
         if outcome.ok:
             state.failures = 0
             return

@@ -37,6 +37,8 @@ __all__ = ["BackendLease", "Outcome", "Router"]
 
 log = logging.getLogger(__name__)
 
+STARTUP_SYNC_S = 2.0  # how long start() waits to read each rollout's published state from the store
+
 
 class Router:
     def __init__(
@@ -76,6 +78,17 @@ class Router:
             self._session = aiohttp.ClientSession()
             self._checker = HealthChecker(self.routing.health, self._session, lambda: self._pools.values())
             self._tasks["health"] = asyncio.create_task(self._checker.run(), name="ipgate-health")
+        # Read each rollout's published state before the gateway serves: a restarted replica must not route
+        # a first step's share to a canary the others aborted. Bounded (all rollouts at once), so a store
+        # outage delays start-up by at most STARTUP_SYNC_S; the canary then gets nothing until the store is back.
+        unsynced = [(name, ctl) for name, ctl in self._canaries.items() if not ctl.synced]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(ctl.tick(), timeout=STARTUP_SYNC_S) for _, ctl in unsynced), return_exceptions=True
+        )
+        for (name, _), res in zip(unsynced, results, strict=True):
+            if isinstance(res, BaseException):  # the controller's loop retries and logs store trouble itself
+                log.warning("canary %s: could not read the rollout state at start-up (%s); the canary gets no "
+                            "traffic until it can", name, type(res).__name__)
         for name, ctl in self._canaries.items():
             self._start_canary(name, ctl)
 
@@ -129,8 +142,12 @@ class Router:
                     else:
                         ctl = None
                 if ctl is None:
+                    # At start-up a controller with a store routes nothing to the canary until it has read
+                    # the published state (start() reads it before serving); a live reload starts a changed
+                    # rollout at its first step at once.
                     ctl = CanaryController(
-                        pool, store=self._store, owner=self._owner, wall=self._wall, metrics=self._metrics
+                        pool, store=self._store, owner=self._owner, wall=self._wall, metrics=self._metrics,
+                        synced=True if self._started else None,
                     )
                 canaries[m.name] = ctl
             pool.publish_all()

@@ -62,7 +62,7 @@ def test_promotion_keeps_the_last_step_weight_when_it_is_below_100() -> None:
 
 
 @pytest.mark.parametrize(("bad", "reason"), [(ERRORS, "error rate"), (SLOW, "p99"), (EMPTY, "no data")])
-def test_failure_limit_consecutive_failures_abort_to_weight_zero(bad: WindowStats, reason: str) -> None:
+def test_failure_limit_failures_abort_to_weight_zero(bad: WindowStats, reason: str) -> None:
     state, kinds = _run([GOOD, GOOD, bad])  # at step 2 (50 %) when it goes bad
     assert (state.phase, state.weight, state.failures) == (Phase.PROGRESSING, 50, 1)
     assert state.last is not None and reason in state.last.reason
@@ -82,9 +82,25 @@ def test_no_data_is_never_success() -> None:
     assert "no data" in state.history[-1].detail
 
 
-def test_a_pass_resets_the_failure_count() -> None:
-    state, _ = _run([ERRORS, GOOD, ERRORS, GOOD, ERRORS])
-    assert state.phase is Phase.PROGRESSING and state.failures == 1
+def test_failures_count_over_the_whole_rollout_not_only_in_a_row() -> None:
+    # a pass between two failures does not forgive the first: the second one reaches failure_limit = 2
+    state, _ = _run([ERRORS, GOOD, ERRORS])
+    assert (state.phase, state.weight, state.failures) == (Phase.ABORTED, 0, 2)
+    assert "2 failed analyses in this rollout" in state.history[-1].detail
+
+
+def test_a_canary_that_fails_every_other_window_is_never_promoted() -> None:
+    # steps with no hold: a count that passes reset would walk this canary to 100 % and promote it
+    fast = CFG.model_copy(update={"steps": [CanaryStep(weight=w, hold_s=0) for w in (10, 25, 50, 75, 100)]})
+    state, kinds = _run([GOOD, ERRORS] * 8, fast)
+    assert state.phase is Phase.ABORTED and "promoted" not in kinds
+
+
+def test_a_restart_starts_a_new_count() -> None:
+    state, _ = _run([ERRORS, GOOD])
+    assert state.failures == 1
+    restarted = canary.command(state, CFG, canary.Op.RESTART, state.next_analysis).state
+    assert restarted.failures == 0 and restarted.phase is Phase.PROGRESSING
 
 
 def test_a_failed_analysis_does_not_advance_a_step() -> None:
