@@ -31,6 +31,11 @@ from gateway.errors import GatewayError, PermissionDenied, RateLimited, ServiceU
 from gateway.store.base import AdmitResult, Limits, RateDecision
 
 EPS_US = 1.0
+# The furthest a TAT may run ahead of now (2**50 µs ≈ 35.7 years): an absurd reservation (max_tokens 10**19 is
+# valid JSON and passes the parse step) must still give exact doubles, integer replies and a representable Redis
+# expiry; without the cap the Lua port overflowed Redis's expiry argument after its HSET, leaving a key with no
+# TTL. Real reservations are many orders of magnitude below it.
+MAX_AHEAD_US = float(2**50)
 DEFAULT_MAX_TOKENS = 1024  # completion reservation when the client names no max_tokens; reconcile corrects it
 MAX_N = 128  # cap on the n/best_of multiplier, so an absurd body cannot overflow the reservation
 _MESSAGE_OVERHEAD = 4  # role/separator tokens per chat message (OpenAI's cookbook counts 3-4)
@@ -49,6 +54,7 @@ class GcraStep:
 
 def gcra(tat_us: float, now_us: float, cost: int, interval: float, burst: int) -> GcraStep:
     """One GCRA decision. ``tat_us`` is the stored TAT (0 for a new key), ``interval`` is ``T`` in µs."""
+    cost = max(cost, 0)  # a negative cost would bank credit beyond the burst
     base = max(tat_us, now_us)
     cap = burst * interval
     need = base + min(cost, burst) * interval - now_us
@@ -58,7 +64,7 @@ def gcra(tat_us: float, now_us: float, cost: int, interval: float, burst: int) -
             tat_us,
             RateDecision(False, burst, remaining, (base - now_us) / 1e6, (need - cap) / 1e6),
         )
-    new_tat = base + cost * interval
+    new_tat = min(base + cost * interval, now_us + MAX_AHEAD_US)
     remaining = max(0, math.floor((cap - (new_tat - now_us) + EPS_US) / interval))
     return GcraStep(new_tat, RateDecision(True, burst, remaining, (new_tat - now_us) / 1e6, 0.0))
 
@@ -101,7 +107,7 @@ def reconcile_tat(tat_us: float, now_us: float, delta: int, interval: float) -> 
     may push the key past its burst (debt), which later requests then wait out.
     """
     if delta >= 0:
-        return max(tat_us, now_us) + delta * interval
+        return min(max(tat_us, now_us) + delta * interval, now_us + MAX_AHEAD_US)
     return max(tat_us + delta * interval, now_us) if tat_us > now_us else tat_us
 
 
@@ -215,6 +221,12 @@ def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
     Deliberately cheap (no tokenizer): the reservation only has to be a fair upper-ish guess, because the
     real usage reconciles it afterwards. Never raises: schema validation is the parse step's job.
     """
+    prompt, completion = estimate_parts(endpoint, body)
+    return prompt + completion
+
+
+def estimate_parts(endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
+    """``estimate_tokens`` as (prompt, completion budget): what a request that generated nothing read."""
     if endpoint.endswith("/chat/completions"):
         chars, overhead = 0, 0
         messages = body.get("messages")
@@ -225,7 +237,7 @@ def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
                     overhead += _MESSAGE_OVERHEAD
         prompt = (chars + 3) // 4 + overhead
         completion = _int_field(body, "max_completion_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS)
-        return prompt + completion * min(_int_field(body, "n", default=1), MAX_N)
+        return prompt, completion * min(_int_field(body, "n", default=1), MAX_N)
     if endpoint.endswith("/completions"):
         raw = body.get("prompt")
         prompt = (_chars(raw) + 3) // 4
@@ -233,7 +245,7 @@ def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
         batch = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
         completion = _int_field(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
         n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
-        return prompt + completion * min(n * batch, MAX_N)
+        return prompt, completion * min(n * batch, MAX_N)
     if endpoint.endswith("/embeddings"):
-        return max(1, (_chars(body.get("input")) + 3) // 4)
-    return 1
+        return max(1, (_chars(body.get("input")) + 3) // 4), 0
+    return 1, 0

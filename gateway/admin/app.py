@@ -45,7 +45,7 @@ def _admin_auth(ctx: AppContext, token: str | None) -> Middleware:
     async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in UNAUTHENTICATED:
             return await handler(request)
-        header = request.headers.get("Authorization")
+        header = ctx.auth.single_header(request.headers)  # several Authorization headers: 401
         # The scheme is case-insensitive (RFC 9110 §11.1), as in the authenticator; the token is compared in
         # constant time.
         scheme, _, presented = (header or "").partition(" ")

@@ -69,7 +69,8 @@ class ApiKeyTable:
         return len(self._entries)
 
     def lookup(self, raw_key: str) -> Principal | None:
-        digest = hashlib.sha256(raw_key.encode("utf-8")).digest()
+        # surrogateescape: a header's undecodable bytes arrive as lone surrogates; hash them, never raise.
+        digest = hashlib.sha256(raw_key.encode("utf-8", "surrogateescape")).digest()
         entry = self._entries.get(digest)
         if entry is None or not hmac.compare_digest(entry.digest, digest):
             return None

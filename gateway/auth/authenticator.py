@@ -19,6 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from multidict import MultiMapping
+
 from gateway.auth.apikeys import KEY_PREFIX, ApiKeyFile
 from gateway.auth.jwt import JwtVerifier, TokenRejected
 from gateway.config import AuthConfig
@@ -111,6 +113,14 @@ class Authenticator:
             self._metrics.auth_failures_total.labels(reason=reason).inc()
         return AuthenticationFailed(GENERIC_MESSAGE, headers=CHALLENGE)
 
+    def single_header(self, headers: MultiMapping[str]) -> str | None:
+        """The request's one ``Authorization`` value. Several are refused (401): a proxy in front that reads
+        the last one would check a different credential than the gateway, which reads the first."""
+        values = headers.getall("Authorization", [])
+        if len(values) > 1:
+            raise self._fail("multiple", f"{len(values)} Authorization headers")
+        return values[0] if values else None
+
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise self._fail("missing")
@@ -120,6 +130,11 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != _SCHEME or not token:
             raise self._fail("scheme")
+        if not token.isascii():
+            # JWTs (base64url) and API keys are ASCII by construction. aiohttp hands over undecodable header bytes
+            # as lone surrogates, which made the API-key hash raise UnicodeEncodeError: a 500 with a logged
+            # traceback for every such unauthenticated request instead of a 401.
+            raise self._fail("malformed", "non-ASCII characters in the credential")
 
         if token.startswith(KEY_PREFIX):
             principal = self._api_keys.table.lookup(token) if self._api_keys is not None else None

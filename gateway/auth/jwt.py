@@ -222,10 +222,15 @@ class JwtVerifier:
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         client = claims.get(self.cfg.client_claim)
-        if not isinstance(client, str) or not client or len(client) > _MAX_CLAIM_CHARS:
+        if not isinstance(client, str) or not client.strip() or len(client) > _MAX_CLAIM_CHARS:
             raise TokenRejected("missing_client_claim", f"claim {self.cfg.client_claim!r}")
+        # The client id keys rate limits, detector state and watermark keys and is written to logs: a blank id,
+        # or one with control characters (newlines forge log lines), is refused rather than trusted.
+        if not client.isprintable():
+            raise TokenRejected("invalid_claim", f"claim {self.cfg.client_claim!r} has control characters")
         tenant = claims.get(self.cfg.tenant_claim)
-        if tenant is not None and (not isinstance(tenant, str) or len(tenant) > _MAX_CLAIM_CHARS):
+        if tenant is not None and (not isinstance(tenant, str) or len(tenant) > _MAX_CLAIM_CHARS
+                                   or not tenant.isprintable()):
             raise TokenRejected("invalid_claim", f"claim {self.cfg.tenant_claim!r}")
         return Principal(
             client_id=client, tenant=tenant or None, roles=_roles(claims.get(self.cfg.roles_claim)), auth_method="jwt"

@@ -130,7 +130,8 @@ class MemoryStore:
         )
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
-        delta = actual - reserved
+        # A negative usage (a buggy or hostile backend) would refund other in-flight reservations too.
+        delta = max(0, actual) - reserved
         if delta == 0:
             return
         now = self._now()

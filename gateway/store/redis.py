@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from gateway.config import StoreConfig
 from gateway.ratelimit import interval_us
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision
@@ -147,7 +149,7 @@ class RedisStore:
         )
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
-        delta = actual - reserved
+        delta = max(0, actual) - reserved  # a negative usage must not refund other in-flight reservations
         if delta:
             await self._reconcile.run(self._mux, [self.client_keys(client_id)[0]],
                                       [delta, repr(interval_us(limits.tokens_per_minute))])
@@ -250,7 +252,20 @@ class RedisStore:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     async def ping(self) -> None:
-        await self._mux.ping()  # on a cluster: every primary
+        """Health probe: PING (on a cluster: every primary), then a tiny write with a TTL.
+
+        PING alone answers PONG on a primary demoted to a replica, and under maxmemory/noeviction, so a probe
+        that only pinged would declare such a store healthy while every hot-path write fails. A single endpoint
+        that answers ``READONLY`` is reconnected, so that a DNS name or VIP that moved to the new primary after a
+        failover is followed (the old connection would otherwise stay on the replica for ever).
+        """
+        await self._mux.ping()
+        try:
+            await self._mux.execute("SET", f"{self._p}health", "1", "PX", 10_000)
+        except ResponseError as e:
+            if isinstance(self._mux, RespMux) and str(e).startswith("READONLY"):
+                await self._mux.close()  # RespMux reconnects lazily on the next call
+            raise
 
     async def close(self) -> None:
         await self._mux.close()

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.errors import ServiceUnavailable
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision, StateStore
 from gateway.store.memory import MemoryStore
+from gateway.store.resp import is_unavailable_reply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +53,7 @@ _KNOWN_MAX = 100_000  # clients whose last tier/override we remember for the deg
 _PENDING_MAX = 10_000  # recipient records queued while degraded
 _BACKSTOP_MARGIN_S = 0.002  # the inner store's own timeout must fire first (it resets its connection)
 STARTUP_GRACE_S = 2.0  # how long start() keeps retrying a ping that merely times out
+ODD_ERROR_LOG_INTERVAL_S = 60.0  # a persistent error reply is logged again at most this often (never silent for ever)
 
 
 class ProbedStore(StateStore, Protocol):
@@ -107,7 +109,7 @@ class ResilientStore:
         self._degraded_since: float | None = None
         self._failed_while_degraded = 0
         self._probe: asyncio.Task[None] | None = None
-        self._odd_errors_logged: set[str] = set()
+        self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
         self._closed = False
 
     @property
@@ -147,12 +149,24 @@ class ResilientStore:
             async with asyncio.timeout(self._timeout):
                 return await make()
         except ResponseError as e:
-            # Redis answered, with an error: a bug or a misconfiguration, not an outage. Fall back for this
-            # call, log it once per op, but do not declare the store down (the probe would flap).
             self._count(op)
-            if op not in self._odd_errors_logged:
-                self._odd_errors_logged.add(op)
-                log.error("state store rejected %s: %s (failure_mode=%s applies to such calls)", op, e, self.mode)
+            if is_unavailable_reply(e):
+                # READONLY (a failover demoted our primary), LOADING, OOM, ...: Redis cannot serve us. That is an
+                # outage like a dead socket: degraded state, gauge, probe (whose write notices when it clears).
+                self._enter_degraded(op, e)
+                raise _Unavailable from e
+            # Redis answered, with an error: a bug or a misconfiguration (e.g. one key of the wrong type), not an
+            # outage. Fall back for this call, log it at most once per op per interval, but do not declare the
+            # store down (the probe would flap).
+            now = time.monotonic()
+            last = self._odd_errors_logged.get(op)
+            if last is None or now - last[0] >= ODD_ERROR_LOG_INTERVAL_S:
+                more = f"; {last[1]} more such failures since the last report" if last is not None and last[1] else ""
+                self._odd_errors_logged[op] = (now, 0)
+                log.error("state store rejected %s: %s (failure_mode=%s applies to such calls%s)", op, e, self.mode,
+                          more)
+            else:
+                self._odd_errors_logged[op] = (last[0], last[1] + 1)
             raise _Unavailable from e
         except _OUTAGE as e:
             self._count(op)

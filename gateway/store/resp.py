@@ -57,6 +57,16 @@ def pack(args: Sequence[Arg]) -> bytes:
     return b"*%d\r\n" % len(args) + pack_bulks(args)
 
 
+# Error replies that mean "this server cannot serve us right now", not "this command is wrong": a primary demoted
+# to a replica by a failover, a dataset still loading after a restart, maxmemory reached with noeviction, a failing
+# RDB save refusing writes, a cluster without quorum, another client's script hogging the server.
+UNAVAILABLE_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "OOM", "MISCONF", "NOREPLICAS", "BUSY ")
+
+
+def is_unavailable_reply(e: BaseException) -> bool:
+    return isinstance(e, ResponseError) and str(e).startswith(UNAVAILABLE_REPLIES)
+
+
 def reply_error(reply: Any) -> ResponseError | None:
     if isinstance(reply, hiredis.ReplyError):
         return ResponseError(str(reply))

@@ -70,8 +70,14 @@ async def test_read_unknown_then_deny_pin_allow_clear(api: tuple[str, ClientSess
     assert status == 200 and (rec["tier"], rec["detector_tier_name"], rec["score"]) == (0, "block", 0.97)
     assert not rec["blocked"]
 
+    # a pin is a floor: pinning "watch" on a client that detection has blocked keeps it blocked, and the view
+    # says so (the pinned tier sets its limits; the applied tier, the higher one, its hardening and block)
+    status, rec = await call(http, "PUT", base + "alice/override", {"override": None, "tier": "watch"})
+    assert status == 200 and (rec["tier_name"], rec["applied_tier_name"], rec["blocked"]) == ("watch", "block", True)
+
     status, rec = await call(http, "DELETE", base + "alice/override")
     assert status == 200 and rec["override"] is None and rec["tier_name"] == "block" and rec["known"]
+    assert rec["applied_tier_name"] == "block" and rec["blocked"]
     await call(http, "PUT", base + "alice/override", {"override": "deny"})
     status, rec = await call(http, "PUT", base + "alice/override", {"override": None, "tier": None})  # clear
     assert status == 200 and rec["override"] is None and rec["pinned_tier"] is None

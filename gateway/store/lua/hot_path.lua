@@ -12,6 +12,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- integer microseconds: exact in a double
 local EPS = 1.0
 local GRACE = 1000000
+local MAX_AHEAD = 1125899906842624  -- 2^50 µs: gateway.ratelimit.MAX_AHEAD_US (exact doubles, valid expiry)
 local tokens = tonumber(ARGV[1])
 local state_ttl_ms = tonumber(ARGV[2])
 local ntiers = tonumber(ARGV[3])
@@ -37,6 +38,7 @@ local bk = tonumber(ARGV[base_arg + 3])
 
 -- returns allowed(0/1), new TAT, remaining, reset_us, retry_us
 local function gcra(tat, cost, T, burst)
+  if cost < 0 then cost = 0 end
   local base = math.max(tat, now)
   local cap = burst * T
   local need = base + math.min(cost, burst) * T - now
@@ -45,7 +47,7 @@ local function gcra(tat, cost, T, burst)
     if rem < 0 then rem = 0 end
     return 0, tat, rem, base - now, need - cap
   end
-  local nt = base + cost * T
+  local nt = math.min(base + cost * T, now + MAX_AHEAD)
   local rem = math.floor((cap - (nt - now) + EPS) / T)
   if rem < 0 then rem = 0 end
   return 1, nt, rem, nt - now, 0

@@ -13,7 +13,7 @@ if not tat_k then
 end
 local nk
 if delta >= 0 then
-  nk = math.max(tat_k, now) + delta * T
+  nk = math.min(math.max(tat_k, now) + delta * T, now + 1125899906842624)  -- MAX_AHEAD_US (2^50)
 elseif tat_k > now then
   nk = math.max(tat_k + delta * T, now)
 else
