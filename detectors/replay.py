@@ -12,6 +12,7 @@ A trace record: ``{"ts": <unix seconds>, "client": "<id>", "endpoint": "/v1/chat
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,12 +76,20 @@ def response_features(rec: Mapping[str, Any], body: Mapping[str, Any]) -> Respon
     )
 
 
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)  # OverflowError for an int beyond the float range
+    except OverflowError:
+        return False
+
+
 def validate(rec: Any, line: int) -> tuple[float, str, str, Mapping[str, Any]]:
     if not isinstance(rec, Mapping):
         raise TraceError(f"record {line}: expected a JSON object")
     ts, client, endpoint, body = rec.get("ts"), rec.get("client"), rec.get("endpoint"), rec.get("body")
-    if not isinstance(ts, int | float) or isinstance(ts, bool):
-        raise TraceError(f"record {line}: field 'ts' must be a number of unix seconds")
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not _finite(ts):
+        # JSON allows NaN/Infinity (Python's json reads them) and ints too large for a float: neither is a time
+        raise TraceError(f"record {line}: field 'ts' must be a finite number of unix seconds")
     if not isinstance(client, str) or not client:
         raise TraceError(f"record {line}: field 'client' must be a non-empty string")
     if endpoint not in ENDPOINTS:
@@ -96,7 +105,7 @@ VerdictHook = Callable[[str, int, Verdict, Mapping[str, Any]], None]
 def replay(
     records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int = FLAG_TIER,
     link_index: LinkIndex | None = None, on_verdict: VerdictHook | None = None,
-    neural: Sequence[np.ndarray | None] | None = None,
+    neural: Sequence[np.ndarray | None] | None = None, presorted: bool = False,
 ) -> dict[str, Any]:
     """Run the trace; return the ``ipgate replay --json`` object (clients, clusters, summary).
 
@@ -106,17 +115,28 @@ def replay(
     ``neural`` (``--embedder minilm``): one MiniLM vector per record, in the order of ``records`` (None for
     a record without one). They are fed as the gateway's background encoder feeds them: a record's vector
     reaches the engine with the client's *next* request (``RequestFeatures.neural``), one request late.
+
+    ``presorted``: the records are already in timestamp order (as ``ipgate traffic`` writes them and as logs
+    usually are): they are processed as they come, so memory holds the clients' states and not the trace. A
+    record that goes back in time then raises ``TraceError``. Otherwise the whole trace is loaded and sorted.
     """
-    rows = [(validate(r, i + 1), r, i) for i, r in enumerate(records)]
-    rows.sort(key=lambda x: x[0][0])
-    if neural is not None and len(neural) != len(rows):
-        raise ValueError(f"neural: {len(neural)} vectors for {len(rows)} records")
+    rows: Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]
+    if presorted and neural is None:
+        rows = _in_order(records)
+    else:
+        loaded = [(validate(r, i + 1), r, i) for i, r in enumerate(records)]
+        loaded.sort(key=lambda x: x[0][0])
+        if neural is not None and len(neural) != len(loaded):
+            raise ValueError(f"neural: {len(neural)} vectors for {len(loaded)} records")
+        rows = loaded
+    n_records = 0
     pending: dict[str, list[np.ndarray]] = {}
     index = link_index or LinkIndex()
     clients: dict[str, ClientResult] = {}
     scores: dict[str, float] = {}
     errors: dict[str, int] = {}
     for (ts, client, endpoint, body), rec, i in rows:
+        n_records += 1
         cr = clients.setdefault(client, ClientResult(client))
         cr.requests += 1
         feats = extract(endpoint, body, ts)
@@ -156,11 +176,23 @@ def replay(
         "clients": [c.as_json() for c in sorted(clients.values(), key=lambda c: c.client)],
         "clusters": clusters,
         "summary": {
-            "records": len(rows), "clients": len(clients), "flagged": flagged, "clusters": len(clusters),
+            "records": n_records, "clients": len(clients), "flagged": flagged, "clusters": len(clusters),
             "tier_counts": _tier_counts(clients.values()), "detector_errors": errors,
             "detectors": list(engine.names),
         },
     }
+
+
+def _in_order(
+    records: Iterable[Mapping[str, Any]],
+) -> Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]:
+    last = -math.inf
+    for i, r in enumerate(records):
+        row = validate(r, i + 1)
+        if row[0] < last:
+            raise TraceError(f"record {i + 1}: field 'ts' goes back in time in a trace replayed as sorted")
+        last = row[0]
+        yield row, r, i
 
 
 def _tier_counts(clients: Iterable[ClientResult]) -> dict[str, int]:

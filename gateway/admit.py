@@ -20,6 +20,7 @@ from gateway.ratelimit import admission_error, estimate_tokens
 from gateway.store.base import AdmitRequest, AdmitResult
 
 log = logging.getLogger(__name__)
+_pipeline_failure_logged = False
 
 
 @dataclass(slots=True)
@@ -37,10 +38,13 @@ def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedReq
     try:
         return ctx.detection.observe(principal, path, parsed.body, res.detector_state, res.tier, res.now,
                                      override=res.override, request_id=request_id)
-    except Exception:  # detection isolates its detectors; this is the adapter itself failing
+    except Exception:  # detection isolates its detectors and its adapter; this is a last line of defence
         ctx.metrics.detector_errors_total.labels(detector="pipeline").inc()
-        log.exception("detection failed for one request; fail_policy=%s", ctx.config.detection.fail_policy)
-        if ctx.config.detection.fail_policy == "block":
+        global _pipeline_failure_logged
+        if not _pipeline_failure_logged:  # once per process: the metric counts every occurrence
+            _pipeline_failure_logged = True
+            log.exception("detection failed for one request; fail_policy=%s", ctx.config.detection.fail_policy)
+        if ctx.config.detection.fail_policy == "block" and res.override != "allow":
             raise PermissionDenied("The request could not be screened and was refused.",
                                    code="screening_failed") from None
         return None

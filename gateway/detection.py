@@ -136,6 +136,18 @@ class GatewayDetection:
         request_id: str | None = None,
     ) -> DetectionSession:
         try:
+            return self._observe(principal, endpoint, body, stored_state, stored_tier, now, override, request_id)
+        except Exception as e:
+            # Any other bug of this adapter (evidence, counters): the same isolation as a detector's, here
+            # rather than in the pipeline, so that it is logged once and an ``allow``-listed client is not
+            # refused by ``fail_policy: block``.
+            return self._unscored(principal, "adapter", e, stored_tier, override, now)
+
+    def _observe(
+        self, principal: Principal, endpoint: str, body: Mapping[str, Any], stored_state: bytes | None,
+        stored_tier: int, now: float, override: Override | None, request_id: str | None,
+    ) -> DetectionSession:
+        try:
             feats = extract(endpoint, body, now)
         except Exception as e:  # isolation: a feature bug must not fail the request
             return self._unscored(principal, "features", e, stored_tier, override, now)
@@ -157,10 +169,10 @@ class GatewayDetection:
             tier = engine_tier if engine_tier > stored_tier else stored_tier
             if v.unscored and self.cfg.fail_policy == "block" and tier < self._block_tier:
                 tier = self._block_tier
-        if self._tier_counters:
-            self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         if v.score >= EVIDENCE_MIN_SCORE or engine_tier > 0:
             self._remember(principal.client_id, request_id, endpoint, body)
+        if self._tier_counters:  # last: nothing below can fail (a failure above is counted once, unscored)
+            self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier=tier, score=v.score, reasons=v.reasons, unscored=v.unscored)
         return DetectionSession(
             self, principal, outcome, v, pending, stored_tier, engine_tier, override, now, feats.max_tokens

@@ -63,6 +63,11 @@ def is_noop(cfg: HardeningConfig) -> bool:
 
 
 def _asks_logprobs(body: dict[str, Any], chat: bool) -> bool:
+    # vLLM extension on both endpoints. The parse step does not validate it and vLLM's pydantic models
+    # coerce ``20.0``/``"20"``/``true`` to an int (and read -1 as "the whole vocabulary"), so *any* value
+    # present counts as asking for logprobs.
+    if body.get("prompt_logprobs") is not None:
+        return True
     if chat:
         lp = body.get("logprobs")
         top = body.get("top_logprobs")
@@ -74,14 +79,19 @@ def _asks_logprobs(body: dict[str, Any], chat: bool) -> bool:
         # token's logprob, so any int counts. ``echo`` alone returns no logprobs.
         if _is_int(lp) and lp >= 0:
             return True
-    pl = body.get("prompt_logprobs")  # vLLM extension on both endpoints
-    return _is_int(pl) and pl >= 0
+    return False
 
 
 def harden(
-    body: dict[str, Any], cfg: HardeningConfig, *, strip_watermark_fields: bool = False
+    body: dict[str, Any], cfg: HardeningConfig, *, strip_watermark_fields: bool = False,
+    chat: bool | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Return ``(body_to_send, changes)``; ``body_to_send is body`` when ``changes`` is empty."""
+    """Return ``(body_to_send, changes)``; ``body_to_send is body`` when ``changes`` is empty.
+
+    ``chat``: the endpoint (True: chat completions, False: legacy completions). Callers that know it must
+    pass it: inferring it from the body lets a legacy request carrying a stray ``messages`` key (ignored by
+    the backend) be hardened by the chat rules, which leave legacy ``logprobs: k`` and the bias untouched.
+    """
     out = body
     changes: list[str] = []
 
@@ -91,7 +101,8 @@ def harden(
             out = dict(body)
         return out
 
-    chat = "messages" in body
+    if chat is None:
+        chat = "messages" in body
 
     if "vllm_xargs" in body:
         del edit()["vllm_xargs"]
@@ -117,6 +128,11 @@ def harden(
             if _is_int(v) and v > cfg.max_n:
                 edit()[name] = cfg.max_n
                 changes.append(f"capped {name} {v}->{cfg.max_n}")
+            elif chat and name == "best_of" and v is not None and not _is_int(v):
+                # Only reachable for fields the parse step does not validate (``best_of`` on chat, a vLLM
+                # extension): vLLM would coerce 4.0 or "4" to an int, past the cap. Not ours to guess: drop it.
+                del edit()[name]
+                changes.append(f"removed {name} of type {type(v).__name__}")
 
     if "seed" in body and (cfg.strip_seed or strip_watermark_fields):
         del edit()["seed"]
@@ -169,13 +185,15 @@ def _cap_logprobs(body: dict[str, Any], cap: int, chat: bool, edit: _Edit, chang
                 edit()["logprobs"] = cap
                 changes.append(f"capped logprobs {lp}->{cap}")
     pl = body.get("prompt_logprobs")
-    if _is_int(pl):
-        if cap <= 0:
-            del edit()["prompt_logprobs"]
-            changes.append("disabled prompt_logprobs")
-        elif pl > cap:
-            edit()["prompt_logprobs"] = cap
-            changes.append(f"capped prompt_logprobs {pl}->{cap}")
+    if pl is None:
+        return
+    if cap <= 0 or not _is_int(pl):
+        # Not validated by the parse step: a float, string or bool would be coerced by vLLM past the cap.
+        del edit()["prompt_logprobs"]
+        changes.append("disabled prompt_logprobs" if cap <= 0 else f"removed prompt_logprobs {pl!r}")
+    elif pl > cap or pl < 0:  # vLLM reads -1 as "every token of the vocabulary"
+        edit()["prompt_logprobs"] = cap
+        changes.append(f"capped prompt_logprobs {pl}->{cap}")
 
 
 # --- response side ------------------------------------------------------------------------------------------

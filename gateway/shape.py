@@ -31,7 +31,8 @@ _ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other 
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
                   backend: BackendConfig) -> bytes:
     tier_cfg = ctx.policy.tier(tier)
-    body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable)
+    body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
+                           chat=parsed.endpoint == "chat")
     if changes and log.isEnabledFor(logging.DEBUG):
         log.debug("hardening for tier %s: %s", tier_cfg.name, "; ".join(changes))
     changed = body is not parsed.body

@@ -99,12 +99,17 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
         tier = min(max(rec.tier, 0), len(names) - 1)  # as hot_path clamps it
         detector, pinned = rec.detector_tier, rec.pinned_tier
         override, score, ttl = rec.override, rec.score, rec.override_ttl_s
+    # `tier` sets the rate limits (the store's tier: the pin when there is one); hardening and blocking follow
+    # the higher of it and detection's own tier, because a pin is a floor (only `allow` lifts a block)
+    applied = tier if override == "allow" else max(tier, min(max(detector, 0), len(names) - 1))
     lim = ctx.policy.limits_for(tier)
     return {
         "client_id": client_id,
         "known": rec is not None,
         "tier": tier,
         "tier_name": names[tier],
+        "applied_tier": applied,
+        "applied_tier_name": names[applied],
         "detector_tier": detector,
         "detector_tier_name": ctx.policy.tier(detector).name,
         "pinned_tier": pinned,
@@ -112,7 +117,7 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
         "override": override,
         "override_ttl_s": round(ttl, 3) if ttl is not None else None,
         "score": score,
-        "blocked": override == "deny" or (override != "allow" and ctx.policy.tier(tier).block),
+        "blocked": override == "deny" or (override != "allow" and ctx.policy.tier(applied).block),
         "limits": {
             "requests_per_minute": lim.requests_per_minute,
             "tokens_per_minute": lim.tokens_per_minute,

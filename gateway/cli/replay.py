@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
 from detectors.features import prompt_of
-from detectors.replay import TraceError, replay
+from detectors.replay import TraceError, replay, validate
 from detectors.types import FLAG_TIER
 
 if TYPE_CHECKING:
@@ -48,14 +49,32 @@ def register(sub: Any) -> None:
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
+    """The trace's records, each validated here so that an error names its LINE in the file ("record N" is
+    the line number: blank lines are skipped, and must not shift the number reported)."""
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise TraceError(f"record {i}: not valid UTF-8 (byte {e.start})") from None
             except json.JSONDecodeError as e:
-                raise TraceError(f"record {i}: not valid JSON ({e.msg})") from e
+                raise TraceError(f"record {i}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise TraceError(f"record {i}: nested too deeply") from None
+            validate(rec, i)
+            yield rec
+
+
+def _in_order(path: Path) -> bool:
+    last = -math.inf
+    ordered = True
+    for rec in _records(path):
+        ts = float(rec["ts"])
+        ordered = ordered and ts >= last
+        last = ts
+    return ordered
 
 
 def _engine(config: Path | None, embedder: str | None = None) -> tuple[Engine, int, Encoder | None]:
@@ -104,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if encoder is None:
-            out = replay(_records(args.trace), engine, flag_tier=flag_tier)
+            # A first pass validates every record (an error exits before any output) and checks the order; a
+            # trace in timestamp order - the usual case - is then streamed, in memory bounded by the number of
+            # clients rather than the size of the trace.
+            ordered = _in_order(args.trace)
+            out = replay(_records(args.trace), engine, flag_tier=flag_tier, presorted=ordered)
         else:
             records = list(_records(args.trace))
             out = replay(records, engine, flag_tier=flag_tier, neural=_neural(records, encoder))

@@ -58,6 +58,27 @@ def _pairs(values: list[str], what: str) -> list[tuple[str, int]]:
     return out
 
 
+def _check(args: argparse.Namespace, attacks: list[tuple[str, int]], mixed: list[tuple[float, int]],
+           have_prompts: bool) -> str | None:
+    """The first problem with the arguments, named (argparse takes any int: negatives included)."""
+    unknown = [k for k, _ in attacks if k not in ATTACK_KINDS]
+    if unknown:
+        return f"--attack: unknown kind(s) {unknown}; known: {', '.join(ATTACK_KINDS)}"
+    if not have_prompts:
+        return "--prompts: no usable prompts in the corpus"
+    bad = [s for s, _ in mixed if not 0 < s < 1]
+    if bad:
+        return f"--mixed: SHARE must be between 0 and 1 (exclusive), got {bad}"
+    if args.benign < 0:
+        return f"--benign must be >= 0, got {args.benign}"
+    if args.requests < 1:
+        return f"--requests must be >= 1, got {args.requests}"
+    small = [k for k in args.hydra if k < 2]
+    if small:
+        return f"--hydra: a campaign needs K >= 2 accounts, got {small}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.prompts is not None:
@@ -70,30 +91,41 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"ipgate traffic: {e}", file=sys.stderr)
         return 2
-    unknown = [k for k, _ in attacks if k not in ATTACK_KINDS]
-    if unknown or not bank.prompts or any(not 0 < s < 1 for s, _ in mixed):
-        print(f"ipgate traffic: unknown attack kind(s) {unknown}, no prompts, or a share outside (0, 1)",
-              file=sys.stderr)
+    problem = _check(args, attacks, mixed, bool(bank.prompts))
+    if problem:
+        print(f"ipgate traffic: {problem}", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
     records: list[Record] = []
     for i in range(args.benign):
         records += benign_client(rng, bank, f"user-{i}", EPOCH + rng.uniform(0, 86400))
+    # Client ids are numbered per prefix across repeated options: "--attack cot=1 --attack cot=1" is two
+    # attackers, not one client with both streams merged (which would silently change what is evaluated).
+    seen: dict[str, int] = {}
+
+    def next_id(prefix: str) -> str:
+        i = seen[prefix] = seen.get(prefix, -1) + 1
+        return f"{prefix}-{i}"
+
     for kind, n in attacks:
-        for i in range(n):
+        for _ in range(n):
             size = 100 if kind == "logit_probe" else args.requests
-            records += attacker_client(rng, bank, f"{kind}-{i}", kind, size, EPOCH + rng.uniform(0, 86400))
+            records += attacker_client(rng, bank, next_id(kind), kind, size, EPOCH + rng.uniform(0, 86400))
     for share, n in mixed:
-        for i in range(n):
+        for _ in range(n):
             kind = rng.choice(HARVEST_KINDS)
-            records += attacker_client(rng, bank, f"mixed{int(share * 100)}-{i}", kind, args.requests,
+            records += attacker_client(rng, bank, next_id(f"mixed{int(share * 100)}"), kind, args.requests,
                                        EPOCH + rng.uniform(0, 86400), share)
     for j, k in enumerate(args.hydra):
         for members in hydra(rng, bank, f"hydra{j}", k, 60, EPOCH):
             records += members
     records.sort(key=lambda r: r["ts"])
-    with args.output.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    try:
+        with args.output.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    except OSError as e:
+        print(f"ipgate traffic: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {len(records)} requests from {len({r['client'] for r in records})} clients to {args.output}")
     return 0

@@ -254,6 +254,8 @@ def _chat(body: dict[str, Any]) -> None:
     _int(body, "top_logprobs", 0, 20)
     if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
         raise _fail("top_logprobs", "requires logprobs to be true")
+    _int(body, "best_of", 1, 128)  # vLLM's extension: checked here too, so it can never pass the n cap as "4"
+    _int(body, "prompt_logprobs", 0, 20)
 
 
 def _completions(body: dict[str, Any]) -> None:
@@ -262,6 +264,7 @@ def _completions(body: dict[str, Any]) -> None:
     _int(body, "logprobs", 0, 20)
     _bool(body, "echo")
     _int(body, "best_of", 1, 128)
+    _int(body, "prompt_logprobs", 0, 20)  # vLLM's extension: logprobs of the prompt tokens
 
 
 def _embeddings(body: dict[str, Any]) -> None:
