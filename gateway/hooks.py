@@ -81,4 +81,7 @@ class Watermarking(Protocol):
     ) -> dict[str, Any] | None:
         """Extra body fields for a watermark-capable backend (``vllm_xargs``), or None."""
 
+    def in_engine(self, model: str, backend_watermark_capable: bool) -> bool:
+        """Whether this backend watermarks this model's responses itself (it got ``upstream_directives``)."""
+
     async def record_recipient(self, store: StateStore, principal: Principal) -> None: ...

@@ -8,6 +8,7 @@
   level-2 lexical groups and the larger KGW bias ``kgw_strong_delta``.
 - Never post hoc: ``response_format`` JSON (json_object / json_schema) and requests that force a tool call.
   Tool-call arguments are never touched in any case (the relay feeds only message text to embedders).
+  With ``echo: true`` (legacy completions) the echoed prompt passes through verbatim (``_PromptEcho``).
 - Recipients: each client that received watermarked output is recorded once per process and key version in
   the store (``add_recipient``), so ``ipgate verify`` can attribute among all of them.
 """
@@ -29,6 +30,7 @@ from watermark.keys import KeyMaterialError, KeyRing, parse_master_secret
 from watermark.kgw.directives import vllm_xargs
 from watermark.kgw.params import KgwParams
 from watermark.lexical import LexicalScheme
+from watermark.verify import client_line
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +106,25 @@ class GatewayWatermarking:
             log.warning("model %s: scheme kgw but the backend is not watermark-capable; using lexical post hoc",
                         model)
         strength = self._strength.get(tier_name, "normal")
-        return self._lexical.embedder(self._ring.key(principal.client_id), strength)
+        emb = self._lexical.embedder(self._ring.key(principal.client_id), strength)
+        echoed = _echoed_prompt(body)
+        return emb if echoed is None else _PromptEcho(emb, echoed)
 
     def upstream_directives(
         self, principal: Principal, model: str, backend_watermark_capable: bool, tier_name: str
     ) -> dict[str, Any] | None:
         # A capable backend gets no post-hoc rewrite, so it must watermark in the engine whatever the
         # configured scheme is (unless watermarking is off for this model).
-        if not backend_watermark_capable or not self._cfg.enabled or self.scheme_for(model) == "none":
+        if not self.in_engine(model, backend_watermark_capable):
             return None
         strong = self._strength.get(tier_name, "normal") == "strong"
         delta = self._cfg.kgw_strong_delta if strong else None
         xargs = vllm_xargs(self._ring.key(principal.client_id), self._kgw, delta=delta,
                            mode=self._cfg.kgw_directive_mode)
         return {"vllm_xargs": xargs}
+
+    def in_engine(self, model: str, backend_watermark_capable: bool) -> bool:
+        return backend_watermark_capable and self._cfg.enabled and self.scheme_for(model) != "none"
 
     async def record_recipient(self, store: StateStore, principal: Principal) -> None:
         entry = (principal.client_id, self._ring.current)
@@ -129,7 +136,56 @@ class GatewayWatermarking:
         self._recorded.add(entry)  # only after the writes succeeded: a failed write is retried next time
 
 
-def _append_line(path: str, line: str) -> None:
+def _echoed_prompt(body: Mapping[str, Any]) -> str | None:
+    """The prompt a legacy ``/v1/completions`` request with ``echo: true`` gets back at the start of its text
+    (a string, or a list of one string); None otherwise. With several prompts, or token ids, the choice's
+    prompt is not known here and the whole text is watermarked (the echo may then differ in a few words)."""
+    if body.get("echo") is not True:
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) and prompt else None
+
+
+class _PromptEcho:
+    """``echo: true``: the client's own prompt comes back verbatim and only the completion after it is
+    watermarked. The first ``len(prompt)`` characters pass through, then the rest of the word the prompt ended
+    in (a server may render the echo slightly differently, e.g. a BOS token): a substitution must never start
+    inside a word. The completion's embedder starts fresh there -- its first slot's context differs from what
+    the detector reads, which costs at most one choice and never creates false evidence."""
+
+    __slots__ = ("_finish_word", "_inner", "_skip")
+
+    def __init__(self, inner: StreamEmbedder, prompt: str) -> None:
+        self._inner = inner
+        self._skip = len(prompt)
+        self._finish_word = not prompt[-1].isspace()
+
+    def feed(self, text: str) -> str:
+        if self._skip <= 0 and not self._finish_word:
+            return self._inner.feed(text)
+        head = ""
+        if self._skip > 0:
+            head, text = text[: self._skip], text[self._skip:]
+            self._skip -= len(head)
+            if self._skip > 0 or not text:
+                return head
+        if self._finish_word:
+            end = next((i for i, ch in enumerate(text) if ch.isspace()), len(text))
+            head, text = head + text[:end], text[end:]
+            if not text:
+                return head
+            self._finish_word = False
+        return head + self._inner.feed(text)
+
+    def finish(self) -> str:
+        return self._inner.finish()
+
+
+def _append_line(path: str, client_id: str) -> None:
     # One short append per client per process; several replicas may append the same id (readers dedupe).
+    # An id that would not read back as itself (line breaks, surrounding spaces, a leading '#') is written
+    # JSON-quoted: the file must attribute to the very id whose key marked the text.
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line.replace("\n", " ") + "\n")
+        f.write(client_line(client_id) + "\n")

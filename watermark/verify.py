@@ -7,6 +7,7 @@ claims more confidence than the schemes it combines.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,16 +43,61 @@ class Verdict:
         return out
 
 
+def utf8_encodable(s: str) -> bool:
+    """False for a string with a lone surrogate (JSON can carry ``"\\ud800"``): it has no UTF-8 form, so no
+    key can be derived for it and it cannot be written to a UTF-8 file."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def client_line(client_id: str) -> str:
+    """One line of a client-list file (``--clients``, ``watermark.recipients_file``, ``--export-recipients``).
+
+    A plain id is written as is. An id that would not read back unchanged -- surrounding whitespace, a line
+    break of any kind (``str.splitlines`` also splits on U+2028, U+0085, ...), a leading ``#`` (a comment) or
+    ``"``, a byte-order mark, a lone surrogate -- is written as a JSON string literal, which
+    ``parse_client_lines`` decodes."""
+    plain = (client_id and client_id == client_id.strip() and client_id[0] not in '#"'
+             and len(client_id.splitlines()) == 1 and "\ufeff" not in client_id and utf8_encodable(client_id))
+    return client_id if plain else json.dumps(client_id)
+
+
+def parse_client_lines(text: str) -> list[str]:
+    """The client ids of a client-list file: one per line (LF or CRLF), surrounding whitespace and a leading
+    byte-order mark ignored, blank lines and ``#`` comments skipped, a line starting with ``"`` read as a JSON
+    string (see ``client_line``), duplicates kept once (first occurrence). Raises ``ValueError`` naming the
+    line of a malformed quoted id."""
+    out: dict[str, None] = {}
+    for n, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith('"'):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                value = None
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"line {n}: a quoted client id must be one non-empty JSON string")
+            line = value
+        out.setdefault(line, None)
+    return list(out)
+
+
 def candidate_keys(ring: KeyRing, clients: Sequence[str],
                    recorded: dict[str, list[int]] | None = None) -> list[ClientKey]:
     """(client, version) hypotheses: the recorded versions of each client if known (versions no longer in
-    force are not tested), else every version in force. Duplicated client ids are tested once."""
+    force are not tested), else -- a client not in ``recorded``, or recorded with no versions (a
+    ``recipients_file`` line) -- every version in force. Duplicated client ids are tested once."""
     unique = list(dict.fromkeys(clients))
     if not recorded:
         return ring.candidates(unique)
     keys: list[ClientKey] = []
     for v in ring.versions:
-        keys.extend(ring.derive(v, [c for c in unique if c not in recorded or v in recorded[c]]))
+        keys.extend(ring.derive(v, [c for c in unique if not recorded.get(c) or v in recorded[c]]))
     return keys
 
 

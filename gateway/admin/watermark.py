@@ -17,16 +17,20 @@ from typing import Any
 from aiohttp import web
 
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from watermark.base import Scheme
 from watermark.lexical import LexicalScheme
-from watermark.verify import SCHEMES, candidate_keys, verify
+from watermark.verify import SCHEMES, candidate_keys, utf8_encodable, verify
 
 log = logging.getLogger(__name__)
 
 MAX_CHARS = 2_000_000  # all texts together
 MAX_TEXTS = 10_000
 MAX_CLIENTS = 1_000_000
+# The admin app keeps aiohttp's 1 MiB default body limit, which would refuse (with a bare 413) most requests
+# the limits above allow (a 1.2 M-character text, 100 000 client ids). This route reads its own body up to
+# this bound instead: 2 M characters of JSON-escaped text or ~1 M short ids fit, memory stays ~10x this.
+MAX_BODY_BYTES = 32 * 1024 * 1024
 _FIELDS = {"text", "texts", "clients", "scheme", "fpr"}
 
 
@@ -52,6 +56,9 @@ def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float
                                 or not all(isinstance(c, str) and c for c in clients)):
         raise InvalidRequest(f"clients must be a non-empty list of at most {MAX_CLIENTS} client ids",
                              param="clients")
+    bad = next((c for c in clients or () if not utf8_encodable(c)), None)
+    if bad is not None:  # "\ud800" is valid JSON but no client id: it has no UTF-8 form to derive a key from
+        raise InvalidRequest(f"clients: {bad!r} is not valid Unicode (lone surrogate)", param="clients")
     scheme = body.get("scheme", "auto")
     if scheme not in SCHEMES:
         raise InvalidRequest(f"scheme must be one of {', '.join(SCHEMES)}", param="scheme")
@@ -59,6 +66,21 @@ def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float
     if isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0 < fpr < 1:
         raise InvalidRequest("fpr must be a number in (0, 1)", param="fpr")
     return texts, corpus, clients, scheme, float(fpr)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, at most ``MAX_BODY_BYTES`` (checked on the declared length and while reading)."""
+    too_large = PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes; split a large corpus "
+                                "into several requests or use `ipgate verify --jsonl FILE --corpus`",
+                                param="body")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        buf += chunk
+        if len(buf) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(buf)
 
 
 def routes(ctx: AppContext) -> list[web.RouteDef]:
@@ -73,9 +95,14 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             raise InvalidRequest("scheme kgw needs watermark.kgw_tokenizer_file in the config", param="scheme")
         if tok and name in ("auto", "kgw"):
             if not kgw_cache:
-                from watermark.kgw.detect import KgwScheme
+                try:
+                    from watermark.kgw.detect import KgwScheme
 
-                kgw_cache.append(KgwScheme.from_tokenizer_file(tok))
+                    kgw_cache.append(KgwScheme.from_tokenizer_file(tok))
+                except Exception as e:  # tokenizers raises its own types; a config problem, said as such
+                    log.error("watermark.kgw_tokenizer_file %s: cannot load: %s", tok, e)
+                    raise ServiceUnavailable(f"watermark.kgw_tokenizer_file cannot be loaded ({type(e).__name__})"
+                                             "; see the gateway log", code="kgw_tokenizer_unavailable") from e
             out.append(kgw_cache[0])
         return out
 
@@ -84,8 +111,9 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         ring = getattr(wm, "ring", None)
         if wm is None or ring is None:
             raise NotFound("watermarking is not enabled on this gateway")
+        raw = await _read_body(request)
         try:
-            body = json.loads(await request.read() or b"null")
+            body = json.loads(raw or b"null")
         except ValueError:
             raise InvalidRequest("the request body is not valid JSON", param="body") from None
         except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
@@ -94,9 +122,12 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         if clients is None:
             recorded = await ctx.store.recipients()
             keys = candidate_keys(ring, sorted(recorded), recorded)
+            if not keys:  # a verdict over no candidates would read as "not watermarked", which is not known
+                raise InvalidRequest("no watermark recipients are recorded (or none under a key version in "
+                                     'force); pass "clients"', param="clients")
         else:
             keys = candidate_keys(ring, clients)
-        chosen = schemes(scheme_name, ring.master)
+        chosen = await asyncio.to_thread(schemes, scheme_name, ring.master)  # may load a tokenizer.json
         v = await asyncio.to_thread(verify, texts if corpus else texts[0], keys, chosen, fpr=fpr)
         log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", len(texts), len(keys),
                  v.watermarked)

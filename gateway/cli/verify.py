@@ -22,15 +22,17 @@ from gateway.cli.wm_common import (
     key_ring,
     lexical_markdown,
     load_gateway_config,
+    output_closed,
     read_jsonl,
     read_lines,
     read_text,
     recorded_recipients,
+    write_out,
 )
 from watermark.base import Scheme
 from watermark.keys import ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
-from watermark.verify import SCHEMES, Verdict, candidate_keys, verify
+from watermark.verify import SCHEMES, Verdict, candidate_keys, utf8_encodable, verify
 
 if TYPE_CHECKING:  # imported lazily, as in wm_common
     from gateway.config import GatewayConfig
@@ -79,7 +81,9 @@ def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None)
 
 
 def _keys(args: argparse.Namespace, ring: KeyRing, cfg: Any) -> list[ClientKey]:
-    if args.client:
+    if args.client is not None:
+        if not args.client.strip() or not utf8_encodable(args.client):
+            raise CliError(f"--client: not a usable client id: {args.client!r}")
         return candidate_keys(ring, [args.client])
     if args.clients:
         clients = read_lines(args.clients, "--clients")
@@ -94,16 +98,16 @@ def _keys(args: argparse.Namespace, ring: KeyRing, cfg: Any) -> list[ClientKey]:
 
 def _print(v: Verdict, args: argparse.Namespace, corpus: bool = False) -> None:
     if args.json:
-        print(json.dumps(v.to_json(corpus)))
+        write_out(json.dumps(v.to_json(corpus)) + "\n")
         return
     where = f"{v.texts} texts, " if corpus else ""
     if v.watermarked:
-        print(f"WATERMARKED: client {v.client} (key v{v.key_version}), p = {v.p_value:.3g} "
-              f"(log10 {v.log10_p_value:.1f}), scheme {v.scheme}, {where}{v.scored} choices scored")
+        write_out(f"WATERMARKED: client {v.client} (key v{v.key_version}), p = {v.p_value:.3g} "
+                  f"(log10 {v.log10_p_value:.1f}), scheme {v.scheme}, {where}{v.scored} choices scored\n")
     else:
         best = f"best candidate {v.client}, " if v.client else ""
-        print(f"not watermarked at FPR {args.fpr:g}: {best}p = {v.p_value:.3g}, scheme {v.scheme}, "
-              f"{where}{v.scored} choices scored")
+        write_out(f"not watermarked at FPR {args.fpr:g}: {best}p = {v.p_value:.3g}, scheme {v.scheme}, "
+                  f"{where}{v.scored} choices scored\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--fpr must be in (0, 1), got {args.fpr}")
         if args.corpus and not args.jsonl:
             raise CliError("--corpus needs --jsonl FILE")
+        if args.clients == "-" and not args.jsonl and args.file == "-":
+            raise CliError("--clients - and the text cannot both come from stdin; pass FILE or a clients file")
+        if args.top < 1:
+            raise CliError(f"--top must be at least 1, got {args.top}")
         cfg = load_gateway_config(args)
         ring = key_ring(args, cfg)
         schemes = _schemes(args, ring, cfg)
@@ -130,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             v = verify(row["text"], keys, schemes, fpr=args.fpr, top=args.top)
             any_marked |= v.watermarked
-            print(json.dumps({"id": row.get("id"), **v.to_json()}), flush=False)
+            write_out(json.dumps({"id": row.get("id"), **v.to_json()}) + "\n")
             progress.step()
         progress.close()
         sys.stdout.flush()
@@ -138,3 +146,5 @@ def run(args: argparse.Namespace) -> int:
     except CliError as e:
         print(f"ipgate verify: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return output_closed("ipgate verify")

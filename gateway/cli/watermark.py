@@ -10,7 +10,6 @@ Exit codes: 0 done, 2 error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,18 @@ from gateway.cli.wm_common import (
     CliError,
     Progress,
     add_key_args,
+    json_line,
     key_ring,
     lexical_markdown,
     load_gateway_config,
+    output_closed,
     read_jsonl,
     read_text,
     recorded_recipients,
+    write_out,
 )
 from watermark.lexical import STRENGTH_LEVEL, LexicalScheme
+from watermark.verify import client_line, utf8_encodable
 
 
 def register(sub: Any) -> None:
@@ -50,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_gateway_config(args)
         if args.export_recipients:
-            recorded = recorded_recipients(cfg)
-            text = "".join(f"{c}\n" for c in sorted(recorded))
+            recorded = recorded_recipients(cfg, "--export-recipients needs --config (the gateway's store)")
+            text = "".join(f"{client_line(c)}\n" for c in sorted(recorded))
             try:
                 Path(args.export_recipients).write_text(text, encoding="utf-8")
             except OSError as e:
@@ -69,15 +72,18 @@ def run(args: argparse.Namespace) -> int:
             progress = Progress(len(rows), "watermark")
             for row in rows:
                 out = scheme.embed(row["text"], ring.key(row["client"]), args.strength)
-                print(json.dumps({"id": row.get("id"), "text": out}, ensure_ascii=False))
+                write_out(json_line({"id": row.get("id"), "text": out}) + "\n")
                 progress.step()
             progress.close()
+            sys.stdout.flush()
             return 0
-        if not args.client:
-            raise CliError("--client is required (or --jsonl / --export-recipients)")
-        sys.stdout.write(scheme.embed(read_text("-"), ring.key(args.client), args.strength))
+        if not args.client or not utf8_encodable(args.client):
+            raise CliError("--client is required: a non-empty client id (or --jsonl / --export-recipients)")
+        write_out(scheme.embed(read_text("-"), ring.key(args.client), args.strength))
         sys.stdout.flush()
         return 0
     except CliError as e:
         print(f"ipgate watermark: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return output_closed("ipgate watermark")

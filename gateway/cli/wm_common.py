@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from watermark.keys import KeyRing, parse_master_secret
+from watermark.verify import parse_client_lines, utf8_encodable
 
 if TYPE_CHECKING:  # imported lazily: `ipgate verify --clients FILE` needs neither pydantic nor redis
     from gateway.config import GatewayConfig
@@ -69,7 +72,10 @@ def key_ring(args: argparse.Namespace, cfg: GatewayConfig | None) -> KeyRing:
                 raise CliError(f"--key-versions: expected integers like 2,1, got {args.key_versions!r}") from e
             if not versions:
                 raise CliError("--key-versions: empty")
-            return KeyRing(master, versions[0], tuple(versions[1:]))
+            try:
+                return KeyRing(master, versions[0], tuple(versions[1:]))
+            except ValueError as e:
+                raise CliError(f"--key-versions: {e}") from e
         if cfg is not None:
             return KeyRing(master, cfg.watermark.key_version, tuple(cfg.watermark.retained_versions))
         return KeyRing(master)
@@ -77,11 +83,12 @@ def key_ring(args: argparse.Namespace, cfg: GatewayConfig | None) -> KeyRing:
         raise CliError(str(e)) from e
 
 
-def recorded_recipients(cfg: GatewayConfig | None) -> dict[str, list[int]]:
-    """The recipients recorded by the gateway: its store, plus its ``recipients_file`` if configured."""
+def recorded_recipients(cfg: GatewayConfig | None, missing: str | None = None) -> dict[str, list[int]]:
+    """The recipients recorded by the gateway: its store, plus its ``recipients_file`` if configured.
+    ``missing`` is the error when there is no ``--config`` to find them through."""
     if cfg is None:
-        raise CliError("no candidate clients: pass --client, --clients FILE, or --config to use the recipients "
-                       "recorded by the gateway")
+        raise CliError(missing or "no candidate clients: pass --client, --clients FILE, or --config to use the "
+                       "recipients recorded by the gateway")
     from redis.exceptions import RedisError
 
     from gateway.errors import GatewayError
@@ -108,14 +115,31 @@ async def _store_recipients(cfg: GatewayConfig) -> dict[str, list[int]]:
 
 
 def read_lines(path: str, what: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else _read(path, what)
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    """Client ids, one per line (see ``watermark.verify.parse_client_lines``: BOM, CRLF, blank lines,
+    ``#`` comments, duplicates and JSON-quoted odd ids are handled there)."""
+    text = read_text(path, what)
+    try:
+        ids = parse_client_lines(text)
+    except ValueError as e:
+        raise CliError(f"{what} {path}: {e}") from e
+    for c in ids:
+        if not utf8_encodable(c):
+            raise CliError(f"{what} {path}: client id {c!r} is not valid Unicode (lone surrogate)")
+    return ids
 
 
-def read_text(path: str | None) -> str:
+def read_text(path: str | None, what: str = "input file") -> str:
+    """A UTF-8 file, or stdin (``-``) read as bytes and decoded as strict UTF-8 whatever the locale: a
+    non-UTF-8 input is an error (exit 2) rather than being scored as mangled text."""
     if path is None or path == "-":
-        return sys.stdin.read()
-    return _read(path, "input file")
+        buf = getattr(sys.stdin, "buffer", None)
+        if buf is None:  # a text stream without bytes underneath (embedding callers, tests)
+            return sys.stdin.read()
+        try:
+            return bytes(buf.read()).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CliError(f"{what} (stdin): not UTF-8 text (byte {e.start})") from e
+    return _read(path, what)
 
 
 def _read(path: str, what: str) -> str:
@@ -124,13 +148,42 @@ def _read(path: str, what: str) -> str:
     except OSError as e:
         raise CliError(f"{what} {path}: cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
-        raise CliError(f"{what} {path}: not UTF-8 text") from e
+        raise CliError(f"{what} {path}: not UTF-8 text (byte {e.start})") from e
+
+
+def write_out(text: str) -> None:
+    """Write to stdout as UTF-8 whatever the locale's encoding (input is UTF-8, so output is too)."""
+    out = sys.stdout
+    buf = getattr(out, "buffer", None)
+    if buf is None or (out.encoding or "").lower().replace("_", "-") in ("utf-8", "utf8"):
+        out.write(text)
+        return
+    out.flush()
+    buf.write(text.encode("utf-8"))
+
+
+def json_line(obj: Any) -> str:
+    """One JSONL line, non-ASCII kept readable; a string with a lone surrogate (from a ``\\ud800`` escape in
+    the input) has no UTF-8 form, so such a line is written with ASCII escapes, which read back the same."""
+    line = json.dumps(obj, ensure_ascii=False)
+    return line if utf8_encodable(line) else json.dumps(obj)
+
+
+def output_closed(prog: str) -> int:
+    """stdout went away (``ipgate verify --jsonl big.jsonl | head``): stop with one line, no traceback."""
+    # Python would hit the broken pipe again when it flushes stdout at exit (not redirectable under pytest)
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(f"{prog}: output closed before all results were written", file=sys.stderr)
+    return 2
 
 
 def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every row, validated before any is processed: one bad line stops the run (exit 2) with
+    ``FILE:LINE: why`` and nothing on stdout, so a partial result is never mistaken for a complete one."""
     rows: list[dict[str, Any]] = []
-    text = read_text(path)
-    for n, line in enumerate(text.splitlines(), 1):
+    text = read_text(path).removeprefix("\ufeff")
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -142,6 +195,8 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
         for f in required:
             if not isinstance(obj.get(f), str):
                 raise CliError(f"{path}:{n}: field {f!r} must be a string")
+        if "client" in required and not (obj["client"] and utf8_encodable(obj["client"])):
+            raise CliError(f"{path}:{n}: field 'client' must be a non-empty, valid Unicode client id")
         rows.append(obj)
     return rows
 
