@@ -18,7 +18,7 @@ from gateway.context import AppContext
 from gateway.hooks import ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
-from gateway.ratelimit import DEFAULT_MAX_TOKENS
+from gateway.ratelimit import estimate_parts
 from gateway.telemetry.accesslog import AccessRecord
 
 log = logging.getLogger(__name__)
@@ -39,27 +39,32 @@ class Exchange:
     ttft_s: float | None = None
     facts: ResponseFacts = field(default_factory=lambda: ResponseFacts(status=0))
     response_model: str | None = None
-    watermarked: bool = False
+    watermarked: bool = False  # text was watermarked post hoc by the gateway
+    watermarked_in_engine: bool = False  # the backend got watermark directives (KGW in its sampler)
     sampled: bool = False  # the trace span records: worth decoding the whole response for its attributes
 
 
-def _prompt_guess(parsed: ParsedRequest, reserved: int) -> int:
-    """The prompt part of a reservation (reservation minus the completion budget)."""
-    b = parsed.body
-    mt = b.get("max_completion_tokens") or b.get("max_tokens") or DEFAULT_MAX_TOKENS
-    n = b.get("n") or 1
-    return max(0, reserved - int(mt) * int(n))
+def _prompt_guess(ex: Exchange, parsed: ParsedRequest, reserved: int) -> int:
+    """The prompt part of a reservation: the same estimate that made it, without the completion budget (n,
+    best_of and batched prompts included), never more than was reserved."""
+    return min(reserved, estimate_parts(ex.route, parsed.body)[0])
 
 
 def actual_tokens(ex: Exchange) -> int | None:
-    """Tokens to charge: the upstream's usage when known; for an aborted stream, what was streamed."""
+    """Tokens to charge: the upstream's usage when known; for an aborted stream, what was streamed; for a
+    failed request without usage, its prompt (0 when no backend was reached)."""
     f, adm, parsed = ex.facts, ex.admission, ex.parsed
     if adm is None or parsed is None:
         return None
     if f.prompt_tokens is not None or f.completion_tokens is not None:
         return (f.prompt_tokens or 0) + (f.completion_tokens or 0)
     if f.aborted:
-        return _prompt_guess(parsed, adm.reserved) + (f.completion_tokens or 0)
+        return _prompt_guess(ex, parsed, adm.reserved) + (f.completion_tokens or 0)
+    if ex.status >= 400:
+        # Nothing was generated: a backend that refused the request read at most its prompt, and a request
+        # that reached no backend cost nothing. Keeping the reservation would let one refused request with a
+        # huge max_tokens lock the client's token bucket for days.
+        return _prompt_guess(ex, parsed, adm.reserved) if ex.backend is not None else 0
     return None
 
 
@@ -80,7 +85,9 @@ async def settle(ctx: AppContext, ex: Exchange) -> None:
         except Exception:
             ctx.metrics.detector_errors_total.labels(detector="account").inc()
             log.exception("detection accounting failed")
-    if ex.watermarked and ctx.watermarking is not None:
+    # a successful answer from a backend that watermarks in its sampler carries the client's watermark too: its
+    # client must be a recorded recipient, or verification without an explicit client list never finds it
+    if (ex.watermarked or (ex.watermarked_in_engine and ex.status == 200)) and ctx.watermarking is not None:
         try:
             await ctx.watermarking.record_recipient(ctx.store, principal)
         except Exception:

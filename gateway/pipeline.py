@@ -69,7 +69,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
                                  headers={"Connection": "close", "Retry-After": "1"})
     check_headers(request, cfg.max_header_bytes)                               # receive
     raw = await read_body(request, cfg.max_body_bytes)
-    principal = await ctx.auth.authenticate(request.headers.get("Authorization"))  # auth
+    principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))  # auth
     ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
@@ -78,10 +78,17 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
                                  forward_headers(request.headers, ex.request_id))
     ex.backend = op.lease.backend.name
-    embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease.backend)
-    hook = response_hook(ctx, adm.tier)
-    details = ctx.detection is not None or ex.sampled
-    headers = success_headers(adm.result, ex.request_id)
+    try:
+        ex.watermarked_in_engine = ctx.watermarking is not None and ctx.watermarking.in_engine(
+            parsed.model, op.lease.backend.watermark_capable)
+        embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease.backend)
+        hook = response_hook(ctx, adm.tier)
+        details = ctx.detection is not None or ex.sampled
+        headers = success_headers(adm.result, ex.request_id)
+    except BaseException:  # a gateway bug or a cancellation before the answer is relayed: not the backend's
+        op.lease.abandon()
+        op.resp.close()
+        raise
     if op.body is None:                                                       # transform (stream)
         ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - op.t_headers)
         headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
@@ -151,7 +158,7 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     try:
-        await ctx.auth.authenticate(request.headers.get("Authorization"))
+        await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
     except GatewayError as e:
         return error_response(e, request_id(request))
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipgate"} for m in sorted(ctx.models)]

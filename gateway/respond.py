@@ -82,8 +82,8 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
     released once the answer is classified (a malformed answer counts against the backend)."""
     try:
         return _complete(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
-    finally:  # a no-op when _complete released it; otherwise (a bug) the backend is not blamed
-        op.lease.release(Outcome(True, op.resp.status, op.t_headers - op.t_sent, "relay_error"))
+    finally:  # a no-op when _complete released it; otherwise (a bug in the gateway) nothing is decided
+        op.lease.abandon()
 
 
 def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
@@ -195,9 +195,13 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
     finally:
         upstream.close()  # a no-op after a complete read; otherwise the backend sees the close now
         _stream_facts(ctx, ex, relay, reason)
-        # Only the upstream's own failures count against the backend (health, canary analysis).
-        op.lease.release(Outcome(reason not in ("cut", "idle_timeout", "malformed"), 200,
-                                 op.t_headers - op.t_sent, reason))
+        # Only the upstream's own failures count against the backend (health, canary analysis); a failure of
+        # the gateway's own relay decides nothing about it.
+        if reason == "relay_error":
+            op.lease.abandon()
+        else:
+            op.lease.release(Outcome(reason not in ("cut", "idle_timeout", "malformed"), 200,
+                                     op.t_headers - op.t_sent, reason))
 
 
 def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay, reason: str | None) -> None:

@@ -89,11 +89,13 @@ class StreamRelay:
         return b"".join(out)
 
     def finish(self) -> bytes:
-        """Upstream EOF. Returns the tail to send: nothing after ``[DONE]``, else a terminating error."""
+        """Upstream EOF. Returns the tail to send: nothing after ``[DONE]``, else the text the watermark
+        embedders still hold (the backend generated it; the client is charged for it) and a terminating
+        error."""
         if self.done or self.upstream_error:
             return b""
-        return error_event("The upstream connection ended before the response was complete.",
-                           "stream_interrupted")
+        return b"".join(self._flush_all(None)) + error_event(
+            "The upstream connection ended before the response was complete.", "stream_interrupted")
 
     def _event(self, data: bytes, event: str | None) -> list[bytes]:
         if self._fast and _NEEDS_DECODING.search(data) is None:

@@ -480,3 +480,55 @@ async def test_an_unusable_answer_counts_against_the_backend(status: int, body: 
     (backend,) = next(iter(snap["models"].values()))["backends"]
     assert backend["in_flight"] == 0
     assert backend["consecutive_failures"] == (2 if fault else 0), backend
+
+
+async def test_a_cut_stream_still_delivers_the_words_the_watermark_held_back(tmp_path: Any) -> None:
+    """The embedder holds back a word that may start a phrase ("It" of "It is"); when the upstream is cut
+    those words were generated (and are charged) and must reach the client before the error event."""
+    secret = tmp_path / "wm.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef")
+    parts = [_chunk("Sure. I think"), _chunk(" it")]  # "it" may begin "it is": held back
+    cfg_extra = {"watermark": {"enabled": True, "secret_file": str(secret)}}
+    async with app_backend(_scripted(parts, end="eof")) as url, running_gateway(gateway_config(url, **cfg_extra)) as gw:
+        raw = await _stream_raw(gw)
+    text = ""
+    for event in raw.strip().split(b"\n\n"):
+        obj = json.loads(event[len(b"data: "):])
+        for choice in obj.get("choices") or ():
+            text += choice["delta"].get("content") or ""
+    assert text.endswith(" it"), text
+    assert _last_event(raw)["error"]["code"] == "stream_interrupted"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gateway_bug_after_routing_gives_the_backend_slot_back(monkeypatch: pytest.MonkeyPatch,
+                                                                       stream: bool) -> None:
+    """A failure between routing and relaying (building the watermark embedder here) is a 500, and the
+    backend's concurrency slot is handed back without a verdict on the backend (it had answered fine)."""
+    import gateway.pipeline
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("embedder bug")
+
+    monkeypatch.setattr(gateway.pipeline, "embedder_factory", broken)
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
+        for _ in range(3):
+            got, _, _ = await _post(gw, _body(b',"stream":true' if stream else b""))
+            assert got == 500
+        (backend,) = gw.ctx.router.snapshot()["models"]["sim"]["backends"]
+    assert backend["in_flight"] == 0 and backend["consecutive_failures"] == 0, backend
+
+
+@pytest.mark.parametrize(("path", "extra", "field"), [
+    ("/v1/chat/completions", b',"prompt_logprobs":"20"', "prompt_logprobs"),
+    ("/v1/chat/completions", b',"prompt_logprobs":-1', "prompt_logprobs"),
+    ("/v1/chat/completions", b',"prompt_logprobs":true', "prompt_logprobs"),
+    ("/v1/chat/completions", b',"best_of":"4"', "best_of"),
+    ("/v1/chat/completions", b',"best_of":4.5', "best_of"),
+])
+async def test_vllm_logprob_extensions_are_checked_by_name(path: str, extra: bytes, field: str) -> None:
+    """vLLM coerces these, so an unchecked spelling could pass the hardening caps: refused with a 400."""
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
+        got, err, _ = await _post(gw, _body(extra), path)
+        _assert_openai_error(got, err, 400, field)
+        assert sim.stats.requests == 0
