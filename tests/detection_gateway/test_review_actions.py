@@ -6,6 +6,7 @@ behaviour is end to end.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.hardening import harden
-from tests.support.harness import GatewayHandle, gateway_config, running_gateway, sim_backend
+from tests.support.harness import GatewayHandle, gateway_config, running_gateway, settled, sim_backend
 
 THROTTLE = 2  # index of the default "throttle" tier
 BIAS = {str(100 + i): 100 for i in range(50)}
@@ -189,7 +190,9 @@ async def test_admin_overrides_on_replica_a_act_on_the_next_request_on_replica_b
             sent = sim.stats.last_body
             assert sent["top_logprobs"] == 1 and "seed" not in sent and sent["n"] == 1, sent
 
-            # the client is blocked by detection's stored tier; ``allow`` on A lifts it on B at once
+            # the client is blocked by detection's stored tier; ``allow`` on A lifts it on B at once. The last
+            # request's accounting saves its state in the background: let it land first, or it overwrites this
+            await settled(b)
             await b.ctx.store.save_client_state(cid, b"", 3, 0.99, 600)
             assert (await _admin(a, "DELETE", cid))[0] == 200
             assert (await _post(b, cid, "/v1/chat/completions", chat))[0] == 403
@@ -329,7 +332,6 @@ def test_replay_streams_a_sorted_trace_and_sorts_an_unsorted_one(tmp_path: Any, 
 
 
 async def test_hanging_webhook_does_not_slow_requests() -> None:
-    import asyncio
     import time
 
     from aiohttp import web

@@ -18,7 +18,7 @@ from gateway.alerts.model import Alert
 from gateway.alerts.sinks import WebhookSink
 from gateway.config import AlertsConfig, AlertSinkConfig
 from tests.detection_gateway.test_dashboard_browser import browser_page
-from tests.support.harness import free_port, gateway_config, running_gateway, sim_backend
+from tests.support.harness import free_port, gateway_config, running_gateway, settled, sim_backend
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PARAMS = CombinerParams(intercept=-6.0, weights={"logit_probing": 14.0})
@@ -53,7 +53,7 @@ async def test_attacker_markup_in_alerts_never_runs_and_odd_ids_stay_deniable(tm
                     top_logprobs=20, logit_bias={str(1000 + 50 * i + j): 100 for j in range(50)},
                     extra_headers={"X-Request-Id": '<img src=x onerror="window.__xss=5">'})
             await client.close()
-            await asyncio.sleep(0.1)
+            await settled(gw)  # the alert is raised by the accounting that runs after each answer
             assert gw.ctx.alerts is not None and await gw.ctx.alerts.flush()
             # Alerts whose every field is markup, including the client id, and one for a client named "..".
             await gw.ctx.store.append_alert(xss_alert(XSS, 1).to_json(redact=False), 100)
@@ -163,7 +163,7 @@ async def test_no_secret_or_raw_prompt_reaches_admin_answers_sinks_or_logs(
                     model="sim", messages=[{"role": "user", "content": pii}], max_tokens=1, logprobs=True,
                     top_logprobs=20, logit_bias={str(1000 + 50 * i + j): 100 for j in range(50)})
             await client.close()
-            await asyncio.sleep(0.1)
+            await settled(gw)  # the alert is raised by the accounting that runs after each answer
             assert gw.ctx.alerts is not None and await gw.ctx.alerts.flush()
             answers = []
             auth = {"Authorization": f"Bearer {gw.admin_token}"}

@@ -23,6 +23,7 @@ Usage (inside an ``async def test_...``)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import socket
@@ -167,3 +168,13 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
             finally:
                 await public.cleanup()
                 await admin.cleanup()
+
+
+async def settled(gw: GatewayHandle, timeout_s: float = 5.0) -> None:
+    """Wait until the gateway's background accounting (state saves, alerts, recipients: the work that runs
+    after each answer) has finished, so a test can read or overwrite what it writes without a race."""
+    for _ in range(int(timeout_s / 0.01)):
+        if not gw.ctx.background:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"background accounting did not finish within {timeout_s} s")
