@@ -12,36 +12,74 @@ Secrets never live in the YAML: fields ending in ``_env`` name an environment va
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from watermark.kgw.params import KgwParams
 
 
 class ConfigError(Exception):
     """Raised at start-up when the configuration cannot be used; the message names file and field."""
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: a valid header name
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _env_names(cls, v: Any, info: ValidationInfo) -> Any:
+        # Fields ending in _env name a variable that holds a secret. A value that is not a variable name is
+        # most likely the secret itself pasted into the YAML: refuse it, and never echo it (error messages
+        # and start-up errors would otherwise print it).
+        if info.field_name and info.field_name.endswith("_env") and isinstance(v, str) and v \
+                and not _ENV_NAME.fullmatch(v):
+            raise ValueError("must be the NAME of an environment variable ([A-Za-z_][A-Za-z0-9_]*), "
+                             "not a secret value; secrets never go in the YAML")
+        return v
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {int(port)} is out of range (0-65535)")
     return host.strip("[]"), int(port)
 
 
 class ServerConfig(_Model):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    max_header_bytes: int = Field(16 * 1024, gt=0)
+    # bounded: a huge value overflows aiohttp's C parser limits and every connection is dropped
+    max_header_bytes: int = Field(16 * 1024, gt=0, le=1024 * 1024)
     drain_timeout_s: float = Field(20.0, ge=0)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
     overhead_header: str = "x-ipgate-overhead-ms"
+
+    @field_validator("overhead_header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        if not _HTTP_TOKEN.fullmatch(v):
+            raise ValueError("must be a valid HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        return v
 
 
 class StoreConfig(_Model):
@@ -154,6 +192,8 @@ class BackendConfig(_Model):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if not urlparse(v).hostname:
+            raise ValueError("has no host (expected http(s)://host[:port][/v1])")
         return v.rstrip("/")
 
 
@@ -239,6 +279,13 @@ class TelemetryConfig(_Model):
     sample_ratio: float = Field(0.1, ge=0, le=1)
     access_log: bool = True
     access_log_file: str | None = None  # default: stderr
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith(("http://", "https://")) and urlparse(v).hostname):
+            raise ValueError("must be an http(s):// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318")
+        return v
 
 
 class HardeningConfig(_Model):
@@ -355,11 +402,34 @@ class WatermarkConfig(_Model):
     retained_versions: list[int] = []
     recipients_file: str | None = None
     recipient_ttl_s: float = Field(400 * 86400.0, gt=0, description="how long a recipient record is kept")
+    # kgw green lists: "g<gamma>-h<context width>-<lefthash|minhash|selfhash>"; the engine plugin (IPGATE_KGW_PARAMS)
+    # and `ipgate verify --kgw-params` must use the same spec (the plugin refuses a directive naming another)
+    kgw_params: str = "g0.25-h4-selfhash"
+    kgw_delta: float = Field(2.0, ge=0, le=50, description="kgw bias for every tier but the 'strong' ones")
     kgw_strong_delta: float = Field(4.0, ge=0, le=50, description="kgw bias for 'strong' (suspicious) tiers")
     kgw_directive_mode: Literal["derive", "key"] = "derive"  # see watermark/kgw/directives.py
     kgw_tokenizer_file: str | None = None  # tokenizer.json for kgw verification on the admin API
     # lexical: markdown list markers ("-"/"*", "1."/"1)") are choice points too, one per list (renders the same)
     lexical_markdown: bool = True
+
+    @field_validator("kgw_params")
+    @classmethod
+    def _kgw_spec(cls, v: str) -> str:
+        from watermark.kgw.directives import parse_spec  # no torch: params and the PRF spec only
+
+        try:
+            parse_spec(v)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("ipgate_kgw_spec: ")) from None
+        return v
+
+    def kgw(self) -> KgwParams:
+        """The KGW parameters this config names (γ, context width, seeding from ``kgw_params``; δ)."""
+        from watermark.kgw.directives import parse_spec
+        from watermark.kgw.params import KgwParams
+
+        p = parse_spec(self.kgw_params)
+        return KgwParams(p.gamma, self.kgw_delta, p.context_width, p.seeding)
 
 
 class AdminConfig(_Model):
@@ -410,10 +480,15 @@ class GatewayConfig(_Model):
         for t in self.policy.tiers:
             if t.limits not in self.limits:
                 raise ValueError(f"policy tier {t.name!r} uses limits {t.limits!r}, not defined in limits")
-        names = [m.name for m in self.models]
+        return self
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in v]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        return self
+        return v
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -430,51 +505,132 @@ class GatewayConfig(_Model):
         return None
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Apply ``IPGATE_<SECTION>__<FIELD>`` overrides to ``data`` in place; returns path -> variable name, so
+    that an error in an overridden value names the variable (it is not in the file). A numeric segment
+    indexes a list (``IPGATE_MODELS__0__BACKENDS__1__WEIGHT=0``)."""
     top = set(GatewayConfig.model_fields)
-    for key, raw in env.items():
+    origins: dict[tuple[str, ...], str] = {}
+    for key, raw in sorted(env.items()):
         if not key.startswith("IPGATE_"):
             continue
         path = [p.lower() for p in key[len("IPGATE_"):].split("__")]
         if path[0] not in top:
-            continue
-        node = data
-        for seg in path[:-1]:
+            if len(path) > 1:  # IPGATE_X__Y has the override shape: a typo in the section must not pass silently
+                raise ConfigError(f"{key}: {path[0]!r} is not a configuration section "
+                                  f"(overrides are IPGATE_<SECTION>__<FIELD>, sections: {', '.join(sorted(top))})")
+            continue  # a secret the config names (IPGATE_JWT_SECRET, ...)
+        node: Any = data
+        for i, seg in enumerate(path[:-1]):
+            if isinstance(node, list):
+                if not (seg.isdigit() and int(seg) < len(node)):
+                    raise ConfigError(f"{key}: {'.'.join(path[:i]) or path[0]} is a list of {len(node)}; "
+                                      f"{seg!r} is not an index in it")
+                node = node[int(seg)]
+                continue
             child = node.get(seg)
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 child = {}
                 node[seg] = child
             node = child
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.safe_load(raw) if raw != "" else None
+        last = path[-1]
+        if isinstance(node, list):
+            if not (last.isdigit() and int(last) < len(node)):
+                raise ConfigError(f"{key}: {'.'.join(path[:-1])} is a list of {len(node)}; "
+                                  f"{last!r} is not an index in it")
+            node[int(last)] = value
+        else:
+            node[last] = value
+        origins[tuple(path)] = key
+    return origins
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
     return data
+
+
+def _origin(loc: tuple[str | int, ...], origins: Mapping[tuple[str, ...], str]) -> str:
+    path = tuple(str(p) for p in loc)
+    for opath, var in origins.items():
+        n = min(len(opath), len(path))
+        if n and opath[:n] == path[:n]:
+            return f" (set by {var})"
+    return ""
 
 
 def parse_config(
     data: Mapping[str, Any], *, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
-    merged = _apply_env(dict(data), os.environ if env is None else env)
+    merged = _deep_copy(data)  # overrides must not write into the caller's (or a reused) mapping
+    origins = _apply_env(merged, os.environ if env is None else env)
     try:
         return GatewayConfig.model_validate(merged)
     except ValidationError as e:
         problems = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{source}: {loc}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+            problems.append(f"{source}: {loc}: {msg}{_origin(err['loc'], origins)}")
+        if len(problems) == 1:  # the common case fits one line (log-friendly)
+            raise ConfigError(f"invalid configuration: {problems[0]}") from e
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from e
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys without a word: a second ``store:`` section (or a
+    key repeated in a flow mapping) would silently replace the first. Refuse duplicates; keys brought in by a
+    merge key (``<<: *anchor``) may still be overridden, which is what merge keys are for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse configuration YAML: safe types only, duplicate keys refused."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe types only
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from e
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    try:
+        data = load_yaml(text)
+    except yaml.MarkedYAMLError as e:  # one line: file:line:column and what is wrong there
+        mark = e.problem_mark or e.context_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
+        raise ConfigError(f"{p}: the top level must be a mapping, got a {type(data).__name__}")
     return parse_config(data, source=str(p), env=env)
 
 
@@ -484,9 +640,17 @@ def read_secret(
     """Return a secret from a file (preferred) or an environment variable; None when neither is set."""
     if file_name:
         try:
-            return Path(file_name).read_text(encoding="utf-8").strip()
+            raw = Path(file_name).read_bytes()
         except OSError as e:
             raise ConfigError(f"{what}: cannot read secret file {file_name}: {e.strerror}") from e
+        try:
+            # utf-8-sig: a BOM (Windows editors) is not part of the secret; neither is the trailing newline
+            # (CRLF included) that editors and `echo` add: the file and the env var give the same secret.
+            return raw.decode("utf-8-sig").strip()
+        except UnicodeDecodeError:
+            # never echo the bytes: they are the secret
+            raise ConfigError(f"{what}: secret file {file_name} is not UTF-8 text (binary secrets: "
+                              "store them base64- or hex-encoded)") from None
     source = os.environ if env is None else env
     if env_name and source.get(env_name):
         return source[env_name]

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,10 @@ async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
     # Installed before start-up work, so a SIGTERM that arrives while starting is a clean stop, not a kill.
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
+    # SIGHUP's default action kills the process: until the reload handler is installed (after start-up), a
+    # reload request (`kill -HUP`, or the supervisor forwarding one) must not take a starting worker down.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored: nothing to "
+                                                               "reload yet"))
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
         holder.append(ctx)
@@ -121,6 +126,8 @@ async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
         if config_path is not None:
             path = config_path
             loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path))
+        else:  # nothing to reload (demo): a hang-up ends the process as usual
+            loop.remove_signal_handler(signal.SIGHUP)
         tune_gc()
         log.info("ipgate serving on http://%s:%d (admin http://%s:%d), pid %d", host, port, ahost, aport,
                  os.getpid())
@@ -134,23 +141,49 @@ async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
     return 0
 
 
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def _spawn(config_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # The worker starts with SIGHUP ignored (inherited across exec) until its reload handler is installed: a
+    # reload forwarded while it is still importing would otherwise kill it (SIGHUP's default action).
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
-                             "--workers", "1"], env=env)
+                             "--workers", "1"], env=env, preexec_fn=_ignore_sighup)
+
+
+def check_bind(cfg: GatewayConfig) -> None:
+    """Bind both listen addresses the way the workers will (``SO_REUSEPORT``) and let go at once.
+
+    Raises ``OSError`` when an address is taken by something that is not an ``ipgate serve`` of this user (or
+    cannot be bound at all). Without this check a supervisor whose port is taken would restart its workers,
+    which exit at once, forever, instead of failing start-up with exit code 2 as one worker does."""
+    for host, port in (cfg.listen_addr, cfg.admin_addr):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, type_, proto, _, addr = infos[0]
+        with socket.socket(family, type_, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise OSError(e.errno, f"{host}:{port}: {e.strerror}") from e
 
 
 def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
     """Run ``workers`` worker processes sharing the ports; forward SIGTERM/SIGINT/SIGHUP; restart crashes."""
     from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
 
+    check_bind(cfg)
     if cfg.store.kind == "memory":
         log.warning("--workers %d with the memory store: each worker keeps its own limits and detection "
                     "state; use store.kind: redis to share them", workers)
     metrics_dir = tempfile.mkdtemp(prefix="ipgate-metrics-")
     prepare_multiproc_dir(metrics_dir)
     env = dict(os.environ)
-    procs = [_spawn(config_path, env) for _ in range(workers)]
+    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
+    told: set[int] = set()  # workers sent SIGTERM
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -159,9 +192,14 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+                if signum != signal.SIGHUP:
+                    told.add(p.pid)
 
+    # Handlers before the first spawn: a SIGTERM in between would otherwise kill the supervisor and orphan
+    # the workers it had started.
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
+    procs.extend(_spawn(config_path, env) for _ in range(workers))
     codes: dict[int, int] = {}
     while True:
         alive = False
@@ -169,6 +207,9 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
             rc = p.poll()
             if rc is None:
                 alive = True
+                if stopping and p.pid not in told:  # started while (or just before) the SIGTERM was forwarded
+                    p.send_signal(signal.SIGTERM)
+                    told.add(p.pid)
                 continue
             if stopping:
                 # killed by our own SIGTERM before its handler was installed: it never served, nothing lost
@@ -177,6 +218,9 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
             log.error("worker %d exited with %d; restarting it", p.pid, rc)
             mark_worker_dead(p.pid)
             time.sleep(1.0)
+            if stopping:  # SIGTERM arrived during the pause: a worker started now would never be told to stop
+                codes[p.pid] = rc
+                continue
             procs[i] = _spawn(config_path, env)
             alive = True
         if not alive:

@@ -22,14 +22,29 @@ def _create(args: argparse.Namespace) -> int:
         if value is not None and not NAME_RE.fullmatch(value):
             print(f"ipgate apikey: {what} {value!r} has characters outside [A-Za-z0-9._:@/+-]", file=sys.stderr)
             return 2
-    roles = frozenset(r for r in (args.roles or "").split(",") if r)
+    # "chat, embed" is a natural way to type it; a role with a space or '#' would break the key file's line
+    # (a space adds a field: the whole file stops parsing; '#' starts a comment: the role is cut off).
+    roles = frozenset(r.strip() for r in (args.roles or "").split(",") if r.strip())
+    for role in sorted(roles):
+        if not NAME_RE.fullmatch(role):
+            print(f"ipgate apikey: --roles: {role!r} has characters outside [A-Za-z0-9._:@/+-]", file=sys.stderr)
+            return 2
     key = generate_key()
     line = format_line(hash_key(key), args.client, args.tenant, roles)
     if args.append:
         path = Path(args.append)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+", encoding="utf-8") as f:
+            st = os.fstat(fd)
+            if st.st_mode & 0o022:  # anyone who can write the file can add a key with the role admin
+                print(f"ipgate apikey: warning: {path} is writable by group or others (mode "
+                      f"{st.st_mode & 0o777:o}); chmod 600 it", file=sys.stderr)
+            # a last line without its newline (edited by hand) would merge with ours: both lines break
+            prefix = ""
+            if st.st_size > 0:
+                os.lseek(fd, -1, os.SEEK_END)
+                prefix = "" if os.read(fd, 1) == b"\n" else "\n"
+            f.write(prefix + line + "\n")
         print(f"key (shown once, store it now): {key}")
         print(f"appended to {path}: {line}")
     else:

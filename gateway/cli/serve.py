@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from gateway.config import ConfigError
 
@@ -22,14 +23,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.server import serve
 
-    if args.workers is not None and args.workers < 1:
-        print("ipgate serve: --workers must be at least 1")
+    if args.workers is not None and not 1 <= args.workers <= 1024:  # the same bounds as server.workers
+        print("ipgate serve: --workers must be between 1 and 1024", file=sys.stderr)
         return 2
     try:
         return serve(args.config, args.workers)
     except ConfigError as e:
-        print(f"ipgate serve: {e}")
+        print(f"ipgate serve: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # typically: the port is taken
-        print(f"ipgate serve: cannot listen: {e.strerror or e}")
+    except OSError as e:  # the port is taken, or a file the config names cannot be opened
+        if e.filename is not None:
+            print(f"ipgate serve: cannot open {e.filename}: {e.strerror or e}", file=sys.stderr)
+        else:
+            print(f"ipgate serve: cannot listen: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -107,7 +107,12 @@ class _Sink:
 
     def _reopen_if_rotated(self) -> None:
         now = time.monotonic()
-        if self.path is None or now - self._checked < _STAT_INTERVAL_S:
+        if self.path is None:
+            return
+        if self._stream.closed:  # the last reopen failed: try again on every write until it works
+            self._open(self.path)
+            return
+        if now - self._checked < _STAT_INTERVAL_S:
             return
         self._checked = now
         try:
@@ -117,7 +122,7 @@ class _Sink:
             moved = True
         if moved:
             self._stream.close()
-            self._open(self.path)
+            self._open(self.path)  # OSError: the stream stays closed and the next write retries
 
     def write(self, text: str) -> None:
         self._reopen_if_rotated()
@@ -142,6 +147,7 @@ class AccessLog:
         self._queue: queue.SimpleQueue[tuple[AccessRecord, float]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False  # the sink refuses writes (logged once per change of state)
         if not enabled:
             return
         self._sink = _Sink(file)  # opened here so that a bad path fails at start-up, not in the thread
@@ -191,9 +197,15 @@ class AccessLog:
     def _emit(self, batch: list[str]) -> None:
         try:
             self._sink.write("\n".join(batch) + "\n")
-        except OSError as e:  # a full disk must not kill the thread; say so, keep going
+        except (OSError, ValueError) as e:  # a full disk or a failed reopen must not kill the thread
             self.dropped += len(batch)
-            log.error("access log write failed (%d lines lost): %s", len(batch), e)
+            if not self._failing:
+                self._failing = True
+                log.error("access log write failed, dropping lines until it works again: %s", e)
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("access log writes work again; %d lines dropped so far", self.dropped)
 
     def close(self) -> None:
         """Write everything queued, then stop the writer thread (idempotent)."""

@@ -54,6 +54,13 @@ _DENIED_KEYS = frozenset({
     "gen_ai.tool.definitions",
 })
 _DENIED_FRAGMENTS = ("authorization", "api_key", "apikey", "token.value", "secret", "password", "cookie")
+# Any gen_ai key with one of these path segments carries content, whatever the instrumentation's dialect:
+# indexed (OpenLLMetry's gen_ai.prompt.0.content, gen_ai.completion.0.content), event names used as keys
+# (gen_ai.user.message, gen_ai.choice), or sub-keys of the opt-in content attributes (gen_ai.input.messages.0).
+_DENIED_GENAI_SEGMENTS = frozenset({
+    "prompt", "completion", "content", "message", "messages", "choice", "arguments", "result", "instructions",
+    "definitions",
+})
 
 _propagator = TraceContextTextMapPropagator()
 
@@ -61,6 +68,8 @@ _propagator = TraceContextTextMapPropagator()
 def is_allowed_attribute(key: str) -> bool:
     k = key.lower()
     if k in _DENIED_KEYS or any(f in k for f in _DENIED_FRAGMENTS):
+        return False
+    if k.startswith("gen_ai.") and not _DENIED_GENAI_SEGMENTS.isdisjoint(k.split(".")):
         return False
     return k.startswith(_ALLOWED_PREFIXES)
 
