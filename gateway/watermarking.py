@@ -35,16 +35,25 @@ from watermark.verify import client_line
 log = logging.getLogger(__name__)
 
 
+def decode_secret_file(data: bytes, what: str) -> str:
+    """A secret file's text: UTF-8, a byte-order mark dropped (``ipgate verify`` reads it the same way, so
+    both derive the same keys). Never echoes the bytes on error: they are the secret."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: not UTF-8 text (store a binary secret as 'hex:...')") from None
+
+
 def load_master_secret(cfg: WatermarkConfig, environ: Mapping[str, str] | None = None) -> bytes:
     """The master secret from ``cfg.secret_file`` or the environment variable ``cfg.secret_env``."""
     env = os.environ if environ is None else environ
     try:
         if cfg.secret_file:
             try:
-                raw = Path(cfg.secret_file).read_text(encoding="utf-8")
+                data = Path(cfg.secret_file).read_bytes()
             except OSError as e:
                 raise ConfigError(f"watermark.secret_file {cfg.secret_file}: cannot read: {e.strerror}") from e
-            return parse_master_secret(raw)
+            return parse_master_secret(decode_secret_file(data, f"watermark.secret_file {cfg.secret_file}"))
         value = env.get(cfg.secret_env)
         if not value:
             raise ConfigError(
@@ -78,7 +87,7 @@ class GatewayWatermarking:
         self._schemes = {m.name: (m.watermark_scheme or cfg.watermark.scheme) for m in cfg.models}
         self._strength = {t.name: t.watermark_strength for t in cfg.policy.tiers}
         self._lexical = LexicalScheme(ring.master, markdown=cfg.watermark.lexical_markdown)
-        self._kgw = kgw_params or KgwParams()
+        self._kgw = kgw_params or cfg.watermark.kgw()
         self._recorded: set[tuple[str, int]] = set()
         self._fallback_logged: set[str] = set()
 

@@ -98,7 +98,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                 try:
                     from watermark.kgw.detect import KgwScheme
 
-                    kgw_cache.append(KgwScheme.from_tokenizer_file(tok))
+                    kgw_cache.append(KgwScheme.from_tokenizer_file(tok, ctx.config.watermark.kgw()))
                 except Exception as e:  # tokenizers raises its own types; a config problem, said as such
                     log.error("watermark.kgw_tokenizer_file %s: cannot load: %s", tok, e)
                     raise ServiceUnavailable(f"watermark.kgw_tokenizer_file cannot be loaded ({type(e).__name__})"

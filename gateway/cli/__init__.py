@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 SUBCOMMANDS: tuple[str, ...] = (
@@ -42,11 +44,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+INTERNAL_ERROR = 2  # never 1: for `verify` that means "not watermarked", for `fingerprint check` "no match"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_module_for(argv[0]) if argv else None)
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: exit 2 (an error), never a verdict; the traceback only on request
+        if os.environ.get("IPGATE_DEBUG"):
+            traceback.print_exc()
+        print(f"ipgate {args.command}: internal error: {type(e).__name__}: {e} "
+              "(set IPGATE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
     return code
 
 

@@ -36,6 +36,7 @@ from watermark.verify import SCHEMES, Verdict, candidate_keys, utf8_encodable, v
 
 if TYPE_CHECKING:  # imported lazily, as in wm_common
     from gateway.config import GatewayConfig
+    from watermark.kgw.params import KgwParams
 
 
 def register(sub: Any) -> None:
@@ -48,6 +49,9 @@ def register(sub: Any) -> None:
     who.add_argument("--clients", help="file with one candidate client id per line")
     p.add_argument("--scheme", choices=SCHEMES, default="auto")
     p.add_argument("--tokenizer", help="tokenizer.json of the model (needed for kgw)")
+    p.add_argument("--kgw-params", metavar="SPEC",
+                   help="kgw green-list spec, e.g. g0.25-h4-selfhash (default: the config's watermark.kgw_params, "
+                        "else g0.25-h4-selfhash)")
     p.add_argument("--fpr", type=float, default=1e-6, help="family-wise false-positive rate (default 1e-6)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--jsonl", help='bulk: a JSONL file of {"id", "text"}; one verdict per line on stdout')
@@ -73,11 +77,23 @@ def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None)
             from watermark.kgw.detect import KgwScheme
         except ImportError as e:  # the tokenizers library is an optional dependency
             raise CliError(f"kgw detection needs the 'tokenizers' package: {e}") from e
+        params = _kgw_params(args, cfg)
         try:
-            out.append(KgwScheme.from_tokenizer_file(args.tokenizer))
+            out.append(KgwScheme.from_tokenizer_file(args.tokenizer, params))
         except Exception as e:  # tokenizers raises its own exception types for unreadable files
             raise CliError(f"--tokenizer {args.tokenizer}: {e}") from e
     return out
+
+
+def _kgw_params(args: argparse.Namespace, cfg: GatewayConfig | None) -> KgwParams:
+    from watermark.kgw.directives import parse_spec
+
+    if args.kgw_params is None:
+        return cfg.watermark.kgw() if cfg is not None else parse_spec("g0.25-h4-selfhash")
+    try:
+        return parse_spec(args.kgw_params)
+    except ValueError as e:
+        raise CliError(f"--kgw-params: {str(e).removeprefix('ipgate_kgw_spec: ')}") from None
 
 
 def _keys(args: argparse.Namespace, ring: KeyRing, cfg: Any) -> list[ClientKey]:

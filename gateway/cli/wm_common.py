@@ -54,11 +54,11 @@ def load_gateway_config(args: argparse.Namespace) -> GatewayConfig | None:
 def key_ring(args: argparse.Namespace, cfg: GatewayConfig | None) -> KeyRing:
     raw: str | None = None
     if args.secret_file:
-        raw = _read(args.secret_file, "--secret-file")
+        raw = _read_secret(args.secret_file, "--secret-file")
     elif os.environ.get(SECRET_ENV):
         raw = os.environ[SECRET_ENV]
     elif cfg is not None and cfg.watermark.secret_file:
-        raw = _read(cfg.watermark.secret_file, "watermark.secret_file")
+        raw = _read_secret(cfg.watermark.secret_file, "watermark.secret_file")
     elif cfg is not None and os.environ.get(cfg.watermark.secret_env):
         raw = os.environ[cfg.watermark.secret_env]
     if raw is None:
@@ -140,6 +140,21 @@ def read_text(path: str | None, what: str = "input file") -> str:
         except UnicodeDecodeError as e:
             raise CliError(f"{what} (stdin): not UTF-8 text (byte {e.start})") from e
     return _read(path, what)
+
+
+def _read_secret(path: str, what: str) -> str:
+    """As the gateway reads it (``decode_secret_file``): the same bytes must give the same keys."""
+    from gateway.config import ConfigError
+    from gateway.watermarking import decode_secret_file
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CliError(f"{what} {path}: cannot read: {e.strerror}") from e
+    try:
+        return decode_secret_file(data, f"{what} {path}")
+    except ConfigError as e:
+        raise CliError(str(e)) from None
 
 
 def _read(path: str, what: str) -> str:

@@ -532,3 +532,28 @@ async def test_vllm_logprob_extensions_are_checked_by_name(path: str, extra: byt
         got, err, _ = await _post(gw, _body(extra), path)
         _assert_openai_error(got, err, 400, field)
         assert sim.stats.requests == 0
+
+
+async def test_a_watermarking_backend_that_refuses_our_directive_is_a_logged_502(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The engine's plugin answered 400 to the gateway's own vllm_xargs (a spec mismatch, a missing secret or a
+    tag mismatch on the engine host): a deployment fault, so the client gets a 502 without the engine's
+    message, it counts against the backend, and the operator reads why in one ERROR line."""
+    import logging
+
+    secret = tmp_path / "wm.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef")
+    refusal = json.dumps({"error": {"message": "ipgate_kgw_tag: does not match the directive",
+                                    "type": "BadRequestError"}}).encode()
+    async with app_backend(_answer(400, refusal, "application/json")) as url:
+        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret)})
+        cfg["models"][0]["backends"][0]["watermark_capable"] = True
+        async with running_gateway(cfg) as gw:
+            with caplog.at_level(logging.ERROR, logger="gateway.respond"):
+                for _ in range(2):
+                    got, err, raw = await _post(gw, _body())
+                    assert got == 502 and err["error"]["code"] == "watermark_backend_misconfigured", raw[:300]
+                    assert b"ipgate_kgw" not in raw
+            (backend,) = gw.ctx.router.snapshot()["models"]["sim"]["backends"]
+    assert backend["consecutive_failures"] == 2
+    assert sum("refused the watermark directive" in r.getMessage() for r in caplog.records) == 1

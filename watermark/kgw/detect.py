@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ _CHUNK_LANES = 1 << 17
 _THREADS = min(2, os.cpu_count() or 1)  # the target machine has 2 cores
 _BUCKET = 64  # slots per sorted bucket of token groups (wider when one token has more tuples)
 _MAX_TOKEN_ID = 1 << 31  # token ids travel in uint32 lanes (and int64 in the torch core)
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,9 +404,17 @@ def tokenizer_encoder(path: str) -> Encoder:
         tok = Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises a bare Exception for missing or malformed files
         raise ValueError(f"tokenizer: cannot load {path!r}: {e}") from e
+    # A tokenizer.json may carry padding and truncation settings (sentence-transformers models ship
+    # "truncation": 128, "padding": Fixed 128): honoured, they would cut every suspect text to the model's
+    # training length and score pad ids that were never sampled.
+    tok.no_truncation()
+    tok.no_padding()
 
     def encode(texts: Sequence[str]) -> list[list[int]]:
-        return [list(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+        # A Python str may hold lone surrogates (JSON "\ud800"), which no model samples and which the
+        # tokenizers library rejects with a TypeError; they become U+FFFD, as a detokenizer writes them.
+        clean = [_SURROGATES.sub("\ufffd", t) for t in texts]
+        return [list(e.ids) for e in tok.encode_batch(clean, add_special_tokens=False)]
 
     return encode
 

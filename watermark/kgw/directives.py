@@ -14,12 +14,20 @@ Two ways to name the key (choose per deployment with ``mode``):
   leaked request log reveals the KGW key of that one client and version (not its lexical key, not the
   master, not other clients' keys).
 
+In "derive" mode the directive is authenticated: ``ipgate_kgw_tag`` is an HMAC, under the client key the
+gateway derived, of the spec and δ. The model host derives the same key from the master secret and refuses a
+directive whose tag does not match, so whoever reaches vLLM without the gateway cannot name another client
+(and get text attributed to it) or weaken a client's δ. (A tag copied out of a request log can be replayed
+for that client, version and δ only; "key" mode needs no tag: its subkeys are the secret.)
+
 ``ipgate_kgw_spec`` carries γ, h and the seeding so a vLLM whose plugin is configured differently from the
 gateway rejects the request (HTTP 400) instead of writing a watermark that ``ipgate verify`` cannot find.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
 from collections.abc import Mapping
@@ -35,7 +43,10 @@ F_VERSION = "ipgate_kgw_version"
 F_KEY = "ipgate_kgw_key"
 F_DELTA = "ipgate_kgw_delta"
 F_SPEC = "ipgate_kgw_spec"
-FIELDS = (F_CLIENT, F_VERSION, F_KEY, F_DELTA, F_SPEC)
+F_TAG = "ipgate_kgw_tag"
+FIELDS = (F_CLIENT, F_VERSION, F_KEY, F_DELTA, F_SPEC, F_TAG)
+_TAG_DOMAIN = b"ipgate/kgw/directive/v1"
+_PREFIX = "ipgate_kgw_"
 
 _SPEC_RE = re.compile(r"^g(?P<g>[0-9.e-]+)-h(?P<h>[0-9]+)-(?P<s>[a-z]+)$")
 
@@ -65,11 +76,19 @@ def vllm_xargs(
     if mode == "derive":
         out[F_CLIENT] = key.client_id
         out[F_VERSION] = key.version
+        out[F_TAG] = tag(key.key, spec(params), float(d))
     elif mode == "key":
         out[F_KEY] = b"".join(k.to_bytes(4, "big") for k in prf.subkeys(key.key)).hex()
     else:
         raise ValueError(f"kgw directive mode must be 'derive' or 'key', got {mode!r}")
     return out
+
+
+def tag(client_key: bytes, spec_text: str, delta: float) -> str:
+    """The "derive"-mode authenticator: HMAC-SHA256 (truncated to 128 bits) of the spec and δ under the
+    client key, so the client id and key version are bound through the key itself."""
+    msg = b"\0".join((_TAG_DOMAIN, spec_text.encode(), repr(float(delta)).encode()))
+    return hmac.new(client_key, msg, hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +99,21 @@ class Directive:
     client_id: str | None  # set in "derive" mode
     version: int | None
     delta: float
+    spec: str = ""  # as sent (derive mode: part of the tagged message)
+    tag: str | None = None  # derive mode
 
     def resolve(self, master: bytes | None) -> tuple[int, int, int, int]:
-        """The PRF subkeys for this request (derive mode needs the master secret)."""
+        """The PRF subkeys for this request (derive mode needs the master secret and checks the tag)."""
         if self.subkeys is not None:
             return self.subkeys
         if master is None:
             raise ValueError(f"{F_CLIENT} given but the model server has no IPGATE_WATERMARK_SECRET")
-        assert self.client_id is not None and self.version is not None  # parse() guarantees it
-        return prf.subkeys(client_key(master, self.version, self.client_id))
+        assert self.client_id is not None and self.version is not None and self.tag is not None  # parse()
+        key = client_key(master, self.version, self.client_id)
+        if not hmac.compare_digest(tag(key, self.spec, self.delta), self.tag):
+            raise ValueError(f"{F_TAG} does not authenticate this directive (not from a gateway with this "
+                             "server's master secret, or altered)")
+        return prf.subkeys(key)
 
 
 def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directive | None:
@@ -96,8 +121,16 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
 
     Raises ``ValueError`` (vLLM answers 400) naming the field that is wrong.
     """
-    if not extra_args or not any(f in extra_args for f in FIELDS):
+    if not extra_args:
         return None
+    ours = [k for k in extra_args if isinstance(k, str) and k.startswith(_PREFIX)]
+    if not ours:
+        return None
+    unknown = sorted(k for k in ours if k not in FIELDS)
+    if unknown:
+        # A field this plugin does not know means a gateway/plugin version mismatch (or a forged request):
+        # refuse it rather than guess, so it is a 400 and never a silently unwatermarked answer.
+        raise ValueError(f"unknown watermark directive field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     raw_spec = extra_args.get(F_SPEC)
     if not isinstance(raw_spec, str):
         raise ValueError(f"{F_SPEC} is required (string like 'g0.25-h4-selfhash')")
@@ -105,15 +138,22 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
     if (want.gamma, want.context_width, want.seeding) != (params.gamma, params.context_width, params.seeding):
         raise ValueError(f"{F_SPEC} {raw_spec!r} does not match this server's kgw params {spec(params)!r}")
     raw_delta = extra_args.get(F_DELTA, params.delta)
-    if isinstance(raw_delta, bool) or not isinstance(raw_delta, int | float) or not math.isfinite(raw_delta):
+    if isinstance(raw_delta, bool) or not isinstance(raw_delta, int | float):
         raise ValueError(f"{F_DELTA} must be a number")
+    # range first: a JSON integer may be arbitrarily large, and float()/isfinite() of one raises
+    # OverflowError, which vLLM would not turn into a 400 (and which would stop the engine loop)
+    if not 0 <= raw_delta <= 50 or not math.isfinite(raw_delta):
+        raise ValueError(f"{F_DELTA} must be in [0, 50], got {raw_delta!r:.40}")
     delta = float(raw_delta)
     if not 0.0 <= delta <= 50.0:
         raise ValueError(f"{F_DELTA} must be in [0, 50], got {delta}")
     raw_key, raw_client = extra_args.get(F_KEY), extra_args.get(F_CLIENT)
     if (raw_key is None) == (raw_client is None):
         raise ValueError(f"exactly one of {F_KEY} and {F_CLIENT} must be given")
+    raw_tag = extra_args.get(F_TAG)
     if raw_key is not None:
+        if raw_tag is not None:
+            raise ValueError(f"{F_TAG} belongs to {F_CLIENT} directives, not to {F_KEY}")
         if not isinstance(raw_key, str) or not re.fullmatch(r"[0-9a-f]{32}", raw_key):
             raise ValueError(f"{F_KEY} must be 32 lowercase hex digits")
         b = bytes.fromhex(raw_key)
@@ -129,4 +169,6 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
     version = extra_args.get(F_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**32:
         raise ValueError(f"{F_VERSION} must be an integer in [1, 2**32)")
-    return Directive(None, raw_client, version, delta)
+    if not isinstance(raw_tag, str) or not re.fullmatch(r"[0-9a-f]{32}", raw_tag):
+        raise ValueError(f"{F_TAG} is required with {F_CLIENT} (32 lowercase hex digits, set by the gateway)")
+    return Directive(None, raw_client, version, delta, raw_spec, raw_tag)

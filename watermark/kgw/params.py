@@ -39,6 +39,8 @@ class KgwParams:
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma < 1.0:
             raise ValueError(f"kgw.gamma must be in (0, 1), got {self.gamma}")
+        if not 0 < round(self.gamma * 2**32) < 2**32:  # the green test compares 32-bit lanes (``threshold``)
+            raise ValueError(f"kgw.gamma must round to a 32-bit threshold in (0, 2**32), got {self.gamma}")
         if not 0.0 <= self.delta <= 50.0:
             raise ValueError(f"kgw.delta must be in [0, 50], got {self.delta}")
         if self.seeding not in SEEDINGS:

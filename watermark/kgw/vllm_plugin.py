@@ -1,11 +1,13 @@
 """vLLM v1 logits-processor plugin: per-client KGW watermark inside ``vllm serve``.
 
-Load it with either
+Load it with
 
     vllm serve MODEL --logits-processors watermark.kgw.vllm_plugin:KgwLogitsProcessor
 
-or through the ``vllm.logits_processors`` entry point that ipgate's package declares (installing ipgate into
-vLLM's environment is enough). It acts only on requests whose ``vllm_xargs`` carry an ipgate directive
+(ipgate's package also declares the ``vllm.logits_processors`` entry point, but vLLM silently skips
+entry-point plugins when speculative decoding is on, and older releases backfill async placeholders only for
+classes named on the command line; with both, vLLM builds two instances, of which only the first biases —
+see ``_register``). It acts only on requests whose ``vllm_xargs`` carry an ipgate directive
 (``watermark/kgw/directives.py``); every other request passes through untouched.
 
 Server-side configuration (read when vLLM builds the processor, never at import):
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from functools import cache
 from typing import Any
 
@@ -99,6 +102,37 @@ def _process_secret() -> bytes | None:
     return server_secret()
 
 
+# vLLM builds its custom processors from the entry points *plus* ``--logits-processors``, without removing
+# duplicates, and ipgate always declares the entry point: following the explicit install line gives one engine
+# two instances of this class, which would add δ twice. Instances built for the same ``vllm_config`` object
+# are therefore registered here and only the oldest live one biases; the others keep their bookkeeping (cheap)
+# and take over if it is dropped (e.g. a rebuilt input batch).
+_LIVE: dict[int, list[weakref.ref[Any]]] = {}
+_CONFIGS: dict[int, object] = {}  # keeps each config alive, so its id() is never reused for another
+
+
+def _register(vllm_config: object, instance: object) -> bool:
+    """Register ``instance`` as built for ``vllm_config``; True when another live instance already was."""
+    if vllm_config is None:  # no engine identity to compare (tests, direct use): always independent
+        return False
+    key = id(vllm_config)
+    _CONFIGS[key] = vllm_config
+    live = [r for r in _LIVE.get(key, []) if r() is not None]
+    live.append(weakref.ref(instance))
+    _LIVE[key] = live
+    return len(live) > 1
+
+
+def _is_primary(vllm_config: object, instance: object) -> bool:
+    if vllm_config is None:
+        return True
+    for ref in _LIVE.get(id(vllm_config), []):
+        alive = ref()
+        if alive is not None:
+            return alive is instance
+    return True
+
+
 @cache
 def _processor_class() -> type:
     import torch
@@ -115,10 +149,12 @@ def _processor_class() -> type:
             # Runs in the API process before the request is queued: a bad directive is a 400 there, so
             # update_state (in the engine loop, where an exception would stop the engine) never sees one.
             d = directives.parse(getattr(sampling_params, "extra_args", None), _process_params())
-            if d is not None and d.subkeys is None and _process_secret() is None:
-                raise ValueError(
-                    f"{directives.F_CLIENT} given but this server has no {ENV_SECRET} / {ENV_SECRET_FILE}"
-                )
+            if d is not None and d.subkeys is None:
+                if _process_secret() is None:
+                    raise ValueError(
+                        f"{directives.F_CLIENT} given but this server has no {ENV_SECRET} / {ENV_SECRET_FILE}"
+                    )
+                d.resolve(_process_secret())  # checks the tag: a forged directive is a 400 here
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
             self.params = _process_params()
@@ -129,6 +165,13 @@ def _processor_class() -> type:
             self._cache_size = cache_size()
             self._fused: FusedBias | None = None
             self._compile = use_compile()
+            self._placeholders_seen = False
+            self._vllm_config = vllm_config
+            if _register(vllm_config, self):
+                logger.warning(
+                    "ipgate kgw processor loaded twice for one engine (entry point and --logits-processors); "
+                    "only the first instance applies the watermark"
+                )
             logger.info(
                 "ipgate kgw processor: %s, master secret %s",
                 directives.spec(self.params),
@@ -138,6 +181,14 @@ def _processor_class() -> type:
         def is_argmax_invariant(self) -> bool:
             # Adding δ to green logits changes which token is the argmax, so greedy requests need it too.
             return False
+
+        def needs_output_token_ids(self) -> bool:
+            # The green list is a function of the previous token *ids*. Under async scheduling (vLLM's
+            # default in recent releases) the engine leaves ``-1`` placeholders in the output lists unless
+            # a processor asks for the real ids here; with placeholders every step would be biased with a
+            # context detection never sees, silently losing the watermark. Always True (not "only while a
+            # watermarked row exists"): vLLM versions differ in when they ask.
+            return True
 
         def _new_row(self, sp: Any, prompt: list[int] | None, out: list[int]) -> RowState | None:
             try:
@@ -153,9 +204,19 @@ def _processor_class() -> type:
             apply_batch_update(self.rows, batch_update, self._new_row)
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
-            if not self.rows:
+            if not self.rows or not _is_primary(self._vllm_config, self):
                 return logits
             g = gather(self.rows, self.params.prev_tokens, logits.shape[0])
+            if bool(g.placeholders) != self._placeholders_seen:
+                self._placeholders_seen = bool(g.placeholders)
+                if g.placeholders:  # logged on each change of state, not per step
+                    logger.warning(
+                        "ipgate kgw: %d row(s) NOT watermarked this step: their context holds placeholder "
+                        "token ids (async scheduling without output-token backfill?)",
+                        len(g.placeholders),
+                    )
+                else:
+                    logger.info("ipgate kgw: no more placeholder contexts")
             if not g.rows:
                 return logits
             vocab = logits.shape[1]

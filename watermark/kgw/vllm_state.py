@@ -80,13 +80,20 @@ class Gathered:
     prev: list[list[int]]  # (R, prev_tokens), oldest first
     subkeys: list[tuple[int, int, int, int]]
     delta: list[float]
+    placeholders: list[int]  # rows skipped because their context holds a not-yet-known token id (< 0)
 
 
 def gather(rows: dict[int, RowState], prev_tokens: int, batch_size: int) -> Gathered:
     """Collect the rows to watermark this step. A row is skipped when its history (prompt tail + output)
     is shorter than the PRF window — detection does not score those positions either — when δ is 0, and
-    when its index is outside the current logits (defensive: vLLM never sends that)."""
-    out = Gathered([], [], [], [])
+    when its index is outside the current logits (defensive: vLLM never sends that).
+
+    A context holding a negative id is skipped too: under async scheduling vLLM fills the output lists with
+    ``-1`` placeholders for tokens still being copied back from the GPU, unless a processor declares
+    ``needs_output_token_ids()`` (the plugin does). Biasing with a placeholder in the window would write a
+    green list that detection, which sees the real token, can never reproduce; skipping the row leaves the
+    position unbiased, which only costs power. Such rows are reported in ``placeholders``."""
+    out = Gathered([], [], [], [], [])
     for index in sorted(rows):
         st = rows[index]
         if index >= batch_size or st.delta == 0.0:
@@ -97,6 +104,9 @@ def gather(rows: dict[int, RowState], prev_tokens: int, batch_size: int) -> Gath
         else:
             ctx = (st.prompt_tail + st.output)[-prev_tokens:]
         if len(ctx) < prev_tokens:
+            continue
+        if min(ctx) < 0:
+            out.placeholders.append(index)
             continue
         out.rows.append(index)
         out.prev.append([int(t) for t in ctx])
