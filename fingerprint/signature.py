@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,14 +26,50 @@ def shingles(text: str, n: int = 3) -> frozenset[str]:
     return frozenset(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
+# Logprobs are <= 0; a little above 0 is float rounding on the server. Anything else (a string, NaN, a huge
+# positive number that overflows exp()) is a corrupt file or a broken backend, and must not reach the matcher.
+_MAX_LOGPROB = 1e-3
+
+
+def _logprob(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number (a logprob), not {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or v > _MAX_LOGPROB:
+        raise ValueError(f"{where} must be a logprob (<= 0), not {v!r}")
+    return v
+
+
+def _logprob_map(value: Any, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object of token -> logprob, not {type(value).__name__}")
+    return {str(k): _logprob(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeAnswer:
     probe_id: str
     text: str
     first_token_logprobs: Mapping[str, float] = field(default_factory=dict)  # token -> logprob (top-k)
+    # The probe as sent (prompt and max_tokens): a reference recorded with another version of a probe answers
+    # another question, so comparing the two would be a false mismatch. "" / 0: unknown (older files).
+    prompt: str = ""
+    max_tokens: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"probe_id": self.probe_id, "text": self.text, "first_token_logprobs": dict(self.first_token_logprobs)}
+        out: dict[str, Any] = {"probe_id": self.probe_id, "text": self.text,
+                               "first_token_logprobs": dict(self.first_token_logprobs)}
+        if self.prompt:
+            out["prompt"], out["max_tokens"] = self.prompt, self.max_tokens
+        return out
+
+    def same_probe(self, other: ProbeAnswer) -> bool:
+        """False only when both sides know the probe they answered and it differs."""
+        if not self.prompt or not other.prompt:
+            return True
+        return (self.prompt, self.max_tokens) == (other.prompt, other.max_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,34 +88,72 @@ class Signature:
 
     @classmethod
     def loads(cls, text: str) -> Signature:
-        data = json.loads(text)
+        """Parse a signature file; a ValueError names the field that is wrong."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a fingerprint signature: not valid JSON ({e})") from e
         if not isinstance(data, dict) or "answers" not in data:
             raise ValueError("not a fingerprint signature: expected an object with 'model' and 'answers'")
-        answers = tuple(
-            ProbeAnswer(
-                probe_id=str(a["probe_id"]),
-                text=str(a.get("text", "")),
-                first_token_logprobs={str(k): float(v) for k, v in (a.get("first_token_logprobs") or {}).items()},
-            )
-            for a in data["answers"]
-        )
-        return cls(model=str(data.get("model", "")), answers=answers)
+        if not isinstance(data["answers"], list) or not data["answers"]:
+            raise ValueError("not a fingerprint signature: 'answers' must be a non-empty list")
+        model = data.get("model", "")
+        if not isinstance(model, str):
+            raise ValueError("not a fingerprint signature: 'model' must be a string")
+        answers = []
+        for i, a in enumerate(data["answers"]):
+            where = f"answers[{i}]"
+            if not isinstance(a, dict):
+                raise ValueError(f"not a fingerprint signature: {where} must be an object")
+            if not isinstance(a.get("probe_id"), str) or not a["probe_id"]:
+                raise ValueError(f"not a fingerprint signature: {where}.probe_id is missing or not a string")
+            text_value = a.get("text") or ""
+            prompt = a.get("prompt") or ""
+            max_tokens = a.get("max_tokens") or 0
+            if not isinstance(text_value, str) or not isinstance(prompt, str) or not isinstance(max_tokens, int):
+                raise ValueError(f"not a fingerprint signature: {where}.text/prompt/max_tokens have wrong types")
+            answers.append(ProbeAnswer(
+                probe_id=a["probe_id"], text=text_value,
+                first_token_logprobs=_logprob_map(a.get("first_token_logprobs"), f"{where}.first_token_logprobs"),
+                prompt=prompt, max_tokens=max_tokens,
+            ))
+        return cls(model=model, answers=tuple(answers))
 
 
-def answer_from_response(probe_id: str, response: Mapping[str, Any]) -> ProbeAnswer:
-    """Extract text and first-token top logprobs from an OpenAI chat completion body."""
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    raise ValueError(f"message.content is a {type(content).__name__}")
+
+
+def answer_from_response(
+    probe_id: str, response: Any, *, prompt: str = "", max_tokens: int = 0
+) -> ProbeAnswer:
+    """Extract text and first-token top logprobs from an OpenAI chat completion body.
+
+    Any shape other than the documented one is a ValueError naming the probe: a broken or foreign backend
+    gives an inconclusive check, never a crash or an answer read from the wrong place.
+    """
     try:
         choice = response["choices"][0]
     except (KeyError, IndexError, TypeError) as e:
         raise ValueError(f"probe {probe_id}: response has no choices[0]") from e
-    message = choice.get("message") or {}
-    text = message.get("content") or ""
-    top: dict[str, float] = {}
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    if content:
-        for alt in content[0].get("top_logprobs") or []:
-            top[str(alt.get("token", ""))] = float(alt.get("logprob", 0.0))
-    return ProbeAnswer(probe_id=probe_id, text=str(text), first_token_logprobs=top)
+    try:
+        message = choice.get("message") or {}
+        text = _content_text(message.get("content"))
+        top: dict[str, float] = {}
+        content = ((choice.get("logprobs") or {}).get("content")) or []
+        if content:
+            for j, alt in enumerate(content[0].get("top_logprobs") or []):
+                top[str(alt.get("token", ""))] = _logprob(alt.get("logprob"), f"top_logprobs[{j}].logprob")
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"probe {probe_id}: malformed answer: {e}") from e
+    return ProbeAnswer(probe_id=probe_id, text=text, first_token_logprobs=top, prompt=prompt,
+                       max_tokens=max_tokens)
 
 
 def build_signature(model: str, answers: Iterable[ProbeAnswer]) -> Signature:

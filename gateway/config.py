@@ -261,7 +261,9 @@ class FingerprintConfig(_Model):
     action: Literal["alert", "eject"] = "eject"  # eject: quarantine a mismatching backend until it matches
     match_threshold: float = Field(0.8, ge=0, le=1)
     mismatch_threshold: float = Field(0.5, ge=0, le=1)
-    min_probes: int = Field(4, ge=1, description="fewer probes answered is inconclusive")
+    min_probes: int = Field(4, ge=1, le=8, description="fewer probes answered is inconclusive (8 probes are sent)")
+    max_logprob_distance: float = Field(
+        0.35, ge=0, le=1, description="first-token logprob distance above which the same text is another model")
     logprobs: bool = True  # ask for first-token top logprobs (sharper); off for backends that refuse them
     confirm_mismatch: bool = True  # probe a mismatching backend a second time; act only if it mismatches again
     concurrency: int = Field(4, ge=1, description="backends probed at the same time")

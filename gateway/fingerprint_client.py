@@ -3,16 +3,84 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiohttp
 
 from fingerprint import DEFAULT_PROBES, Probe, Signature, build_signature
 from fingerprint.signature import ProbeAnswer, answer_from_response
 
+# A probe answer is at most 48 tokens plus top-5 logprobs: a few KB. The backend under check may be hostile (a
+# suspect third-party API): never read an unbounded body into memory.
+MAX_ANSWER_BYTES = 1 << 20
+
 
 class FingerprintError(Exception):
     """A probe could not be sent or its answer could not be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRun:
+    """The answers that came back, and one message per probe that failed."""
+
+    signature: Signature
+    failures: tuple[str, ...]
+
+
+async def probe_backend_partial(
+    base_url: str,
+    model: str,
+    *,
+    api_key: str | None = None,
+    probes: Sequence[Probe] = DEFAULT_PROBES,
+    logprobs: bool = True,
+    timeout_s: float = 30.0,
+) -> ProbeRun:
+    """Send every probe (at once); a probe that fails is left out of the signature and listed in failures.
+
+    The matcher's ``min_probes`` decides whether the answers that came back are enough. Voiding a whole check
+    for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+
+        async def one(probe: Probe) -> ProbeAnswer:
+            try:
+                async with session.post(url, json=probe.chat_body(model, logprobs=logprobs)) as resp:
+                    if resp.status != 200:
+                        detail = (await resp.content.read(512)).decode("utf-8", errors="replace")[:200]
+                        raise FingerprintError(f"probe {probe.id}: HTTP {resp.status}: {detail}")
+                    raw = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        raw += chunk
+                        if len(raw) > MAX_ANSWER_BYTES:
+                            raise FingerprintError(
+                                f"probe {probe.id}: the answer is over {MAX_ANSWER_BYTES} bytes")
+                    body = json.loads(raw)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise FingerprintError(f"probe {probe.id}: {type(e).__name__}: {e}") from e
+            except ValueError as e:  # a 200 whose body is not JSON
+                raise FingerprintError(f"probe {probe.id}: the answer is not JSON ({e})") from e
+            try:
+                return answer_from_response(probe.id, body, prompt=probe.prompt, max_tokens=probe.max_tokens)
+            except ValueError as e:
+                raise FingerprintError(str(e)) from e
+
+        outcomes = await asyncio.gather(*(one(p) for p in probes), return_exceptions=True)
+    answers: list[ProbeAnswer] = []
+    failures: list[str] = []
+    for outcome in outcomes:
+        if isinstance(outcome, FingerprintError):
+            failures.append(str(outcome))
+        elif isinstance(outcome, BaseException):  # a bug, or cancellation: not a probe failure to swallow
+            raise outcome
+        else:
+            answers.append(outcome)
+    return ProbeRun(build_signature(model, answers), tuple(failures))
 
 
 async def probe_backend(
@@ -24,24 +92,9 @@ async def probe_backend(
     logprobs: bool = True,
     timeout_s: float = 30.0,
 ) -> Signature:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = base_url.rstrip("/") + "/v1/chat/completions"
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-
-        async def one(probe: Probe) -> ProbeAnswer:
-            try:
-                async with session.post(url, json=probe.chat_body(model, logprobs=logprobs)) as resp:
-                    if resp.status != 200:
-                        detail = (await resp.text())[:200]
-                        raise FingerprintError(f"probe {probe.id}: HTTP {resp.status}: {detail}")
-                    body = await resp.json()
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise FingerprintError(f"probe {probe.id}: {type(e).__name__}: {e}") from e
-            try:
-                return answer_from_response(probe.id, body)
-            except ValueError as e:
-                raise FingerprintError(str(e)) from e
-
-        answers = await asyncio.gather(*(one(p) for p in probes))
-    return build_signature(model, answers)
+    """Every probe must answer (a reference is recorded from complete answers): the first failure raises."""
+    run = await probe_backend_partial(base_url, model, api_key=api_key, probes=probes, logprobs=logprobs,
+                                      timeout_s=timeout_s)
+    if run.failures:
+        raise FingerprintError(run.failures[0])
+    return run.signature

@@ -11,10 +11,11 @@ Verdicts and what follows from them:
   because a request's success says nothing about which weights answered it), and when it is a canary in
   rollout the rollout is aborted.
 - ``match``: a quarantine this checker imposed is lifted: the backend serves the genuine model again.
-- ``inconclusive``: a probe failed (connection, timeout, HTTP error, malformed answer), the reference could
-  not be read, too few probes were answered, the similarity fell between the thresholds, or a mismatch was
-  not confirmed by a second round. Nothing changes: an unreachable backend is the health checks' business,
-  and a flaky one must never be ejected as "swapped".
+- ``inconclusive``: no probe answered (connection, timeout, HTTP error, malformed answer), the reference
+  could not be read, fewer than ``min_probes`` probes gave a usable answer (a failed or empty one counts as
+  none), the similarity fell between the thresholds, or a mismatch was not confirmed by a second round.
+  Nothing changes: an unreachable backend is the health checks' business, and a flaky one must never be
+  ejected as "swapped" (failed probes are no evidence; the ones that answered are).
 
 Nothing here raises into the event loop: every failure of one backend's check is that check's inconclusive
 verdict, and a bug in a round is logged and the next round runs.
@@ -34,11 +35,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fingerprint import Signature, compare
+from fingerprint import DEFAULT_PROBES, Signature, compare
 from fingerprint.match import Verdict
 from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_secret
 from gateway.errors import NotFound
-from gateway.fingerprint_client import FingerprintError, probe_backend
+from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 from gateway.routing.canary import Op, Phase
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class FingerprintChecker:
         if not self.cfg.enabled or self._task is not None:
             return
         n = len(self.targets())
+        if self.cfg.min_probes > len(DEFAULT_PROBES):
+            log.warning("fingerprint.min_probes is %d but there are %d probes: every check will be inconclusive",
+                        self.cfg.min_probes, len(DEFAULT_PROBES))
         log.info("fingerprint checks: %d backends with a reference, every %.0fs, action %s",
                  n, self.cfg.interval_s, self.cfg.action)
         self._task = asyncio.create_task(self._run(), name="ipgate-fingerprint")
@@ -177,26 +181,52 @@ class FingerprintChecker:
     ) -> tuple[Verdict, float | None, tuple[str, ...]]:
         try:
             reference = _load_reference(b)
+            sent = b.upstream_model or model
             api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
-            observed = await probe_backend(
-                b.url, b.upstream_model or model, api_key=api_key, logprobs=self.cfg.logprobs,
+            run = await probe_backend_partial(
+                b.url, sent, api_key=api_key, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s,
             )
+            if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
+                raise FingerprintError(run.failures[0] if run.failures else "no probe answered")
+            observed = run.signature
             result = compare(
                 reference, observed, match_threshold=self.cfg.match_threshold,
                 mismatch_threshold=self.cfg.mismatch_threshold, min_probes=self.cfg.min_probes,
+                max_logprob_distance=self.cfg.max_logprob_distance,
             )
         except (FingerprintError, ConfigError, OSError, ValueError) as e:
             return "inconclusive", None, (f"probe failed: {e}",)
         except Exception as e:  # a malformed answer that slipped past the parser, or a bug: not a mismatch
             log.warning("fingerprint check of %s/%s raised %s: %s", model, b.name, type(e).__name__, e)
             return "inconclusive", None, (f"check failed: {type(e).__name__}: {e}",)
-        return result.verdict, result.similarity, result.reasons
+        reasons = result.reasons
+        if run.failures:  # the probes that did answer decided (min_probes); the failures are still worth seeing
+            reasons = (*reasons, f"{len(run.failures)} of {len(DEFAULT_PROBES)} probes failed",
+                       *run.failures[:3])
+        if result.verdict != "match" and reference.model and reference.model != sent:
+            # Not checked up front: the same weights may be served under another alias (a second provider), so
+            # the names may differ legitimately. But pointing a backend at another model's reference is the
+            # likeliest config slip behind a mismatch of a genuine backend: say so next to the verdict.
+            note = (f"reference {b.fingerprint_reference}: field 'model' is {reference.model!r}, but backend "
+                    f"{b.name} is probed as {sent!r} (is it that model's reference?)")
+            reasons = (*reasons[:1], note, *reasons[1:])
+        return result.verdict, result.similarity, reasons
 
     # --- acting on a verdict -----------------------------------------------------------------------------
 
     async def _record(self, check: BackendCheck) -> BackendCheck:
         key = (check.model, check.backend)
+        try:
+            url_now = self._router.pool(check.model).state(check.backend).cfg.url
+        except (NotFound, KeyError):  # the backend went away in a reload while it was being probed
+            return check
+        if url_now != check.url:
+            # A reload pointed the name at another server while the probes ran: the verdict is about the old
+            # one. Acting on it by name would quarantine (or release) a server nobody probed.
+            log.info("model %s: backend %s moved to another URL during its check; result dropped",
+                     check.model, check.backend)
+            return check
         prev = self._last.get(key)
         if prev is not None and prev.url != check.url:
             prev = None  # same name, new URL: a different server, nothing to compare against
@@ -226,10 +256,11 @@ class FingerprintChecker:
             return False
         if check.verdict != "mismatch" or self.cfg.action != "eject":
             return current is not None
+        # The matcher's first reason says which evidence decided (a low median similarity, answers that differ,
+        # or moved first-token distributions): "similarity X < threshold" would be false for the vetoes.
         sim = check.similarity if check.similarity is not None else 0.0
-        self._router.quarantine(
-            model, name, f"{QUARANTINE_PREFIX}: similarity {sim:.2f} < {self.cfg.mismatch_threshold:.2f}"
-        )
+        why = check.reasons[0] if check.reasons else f"similarity {sim:.2f}"
+        self._router.quarantine(model, name, f"{QUARANTINE_PREFIX}: {why}")
         await self._abort_canary(model, name)
         return True
 
@@ -307,7 +338,16 @@ class FingerprintChecker:
 
     def snapshot(self) -> dict[str, Any]:
         backends = []
-        for model, b in self.targets():
+        listed = self.targets()
+        # A backend this checker quarantined keeps its quarantine when a reload drops its reference (fail
+        # closed: nothing re-checks it, but it was confirmed to serve other weights). List it, so the operator
+        # sees it here and can release it, rather than find it only in /admin/routing.
+        for model in self._router.models():
+            for state in self._router.pool(model).backends:
+                q = state.quarantine
+                if not state.cfg.fingerprint_reference and q is not None and q.startswith(QUARANTINE_PREFIX):
+                    listed.append((model, state.cfg))
+        for model, b in listed:
             check = self._last.get((model, b.name))
             entry: dict[str, Any] = (
                 check.to_json() if check is not None and check.url == b.url

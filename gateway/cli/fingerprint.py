@@ -2,21 +2,36 @@
 
 ``record`` probes a backend known to be genuine and writes its signature; ``check`` probes a backend (or a
 suspect API) and compares it with that reference. Exit codes for ``check``: 0 match, 1 mismatch or
-inconclusive, 2 error.
+inconclusive, 2 error (nothing to compare: no probe answered, or the reference cannot be used). ``record``
+needs every probe to answer; ``check`` decides on the probes that answered, as the gateway does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fingerprint import Signature, compare
-from gateway.fingerprint_client import FingerprintError, probe_backend
+from gateway.fingerprint_client import FingerprintError, probe_backend_partial
+
+MIN_USABLE_ANSWERS = 4  # fingerprint.min_probes' default: a reference with fewer usable answers cannot decide
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
+    if not v > 0:  # aiohttp reads a zero total timeout as "no timeout": a hung backend would block for ever
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return v
 
 
 def register(sub: Any) -> None:
@@ -29,32 +44,92 @@ def register(sub: Any) -> None:
         q.add_argument("--model", required=True, help="model name to send in the probes")
         q.add_argument("--api-key-env", help="environment variable holding the backend's API key")
         q.add_argument("--no-logprobs", action="store_true", help="do not ask for logprobs (backends that refuse them)")
-        q.add_argument("--timeout", type=float, default=30.0)
+        q.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per probe request (> 0)")
         if name == "record":
             q.add_argument("-o", "--output", required=True, help="file to write the signature to")
         else:
             q.add_argument("--reference", required=True, help="signature file written by 'record'")
-            q.add_argument("--json", action="store_true", help="print one JSON object")
+            q.add_argument("--json", action="store_true", help="print one JSON object (also on an error)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+class _Fail(Exception):
+    """An error to report (exit 2): the message names the file, variable or probe at fault."""
+
+
+def _read_reference(path: str) -> Signature:
     try:
-        reference = None
-        if args.fp_command == "check":
-            reference = Signature.loads(Path(args.reference).read_text(encoding="utf-8"))
-        sig = asyncio.run(
-            probe_backend(args.url, args.model, api_key=api_key, logprobs=not args.no_logprobs, timeout_s=args.timeout)
-        )
-    except (OSError, ValueError, FingerprintError) as e:
+        return Signature.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise _Fail(f"reference {path} cannot be read: {e.strerror or e}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _Fail(f"reference {path}: {e}") from e
+
+
+def _api_key(var: str | None) -> str | None:
+    if not var:
+        return None
+    key = os.environ.get(var)
+    if not key:  # a silent unauthenticated probe would fail as an opaque HTTP 401 (or probe the wrong tenant)
+        raise _Fail(f"--api-key-env: the environment variable {var} is not set or empty")
+    return key
+
+
+def _record(args: argparse.Namespace, sig: Signature) -> None:
+    empty = [a.probe_id for a in sig.answers if not a.text.strip()]
+    usable = len(sig.answers) - len(empty)
+    if usable < MIN_USABLE_ANSWERS:
+        # All-empty answers would "match" any equally broken backend and mismatch every working one.
+        raise _Fail(f"only {usable} of {len(sig.answers)} probes gave a non-empty answer (empty: "
+                    f"{', '.join(empty)}); not writing a reference from {args.url}")
+    for probe_id in empty:
+        print(f"warning: probe {probe_id} got an empty answer; it is skipped in checks", file=sys.stderr)
+    # Written beside and renamed into place: a running gateway re-reads the reference on every check and must
+    # never see half a file (that would be an inconclusive check, or a parse of a truncated signature).
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(sig.dumps(), encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _Fail(f"cannot write {args.output}: {e.strerror or e}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if not args.url.startswith(("http://", "https://")):
+            raise _Fail(f"--url must start with http:// or https:// (got {args.url!r})")
+        api_key = _api_key(args.api_key_env)
+        reference = _read_reference(args.reference) if args.fp_command == "check" else None
+        try:
+            # record needs every probe; check decides on those that answered, as the gateway does (min_probes)
+            run = asyncio.run(probe_backend_partial(args.url, args.model, api_key=api_key,
+                                                    logprobs=not args.no_logprobs, timeout_s=args.timeout))
+        except (ValueError, FingerprintError) as e:
+            raise _Fail(str(e)) from e
+        if run.failures and (reference is None or not run.signature.answers):
+            raise _Fail(run.failures[0] + (f" (and {len(run.failures) - 1} more)" if len(run.failures) > 1 else ""))
+        sig = run.signature
+        if reference is None:
+            _record(args, sig)
+            print(f"wrote a signature of {len(sig.answers)} probes to {args.output}")
+            return 0
+    except _Fail as e:
         print(f"ipgate fingerprint: {e}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"verdict": None, "error": str(e)}))
         return 2
-    if reference is None:
-        Path(args.output).write_text(sig.dumps(), encoding="utf-8")
-        print(f"wrote a signature of {len(sig.answers)} probes to {args.output}")
-        return 0
+    if reference.model and reference.model != args.model:
+        # Not an error: a suspect third-party API may serve the model under another name. But say so.
+        print(f"note: the reference was recorded as model {reference.model!r}; probed as {args.model!r}",
+              file=sys.stderr)
+    for failure in run.failures:
+        print(f"warning: {failure}", file=sys.stderr)
     result = compare(reference, sig)
+    if run.failures:
+        result = replace(result, reasons=(*result.reasons, *run.failures))
     if args.json:
         print(json.dumps({
             "verdict": result.verdict,
