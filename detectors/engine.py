@@ -44,6 +44,7 @@ construction, i.e. at start-up, never per request.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ class Engine:
         self._response_only = frozenset(d.name for d in detectors if getattr(d, "wants_response", False))
         self._logged_errors: set[str] = set()
         self._logged_bad_state = False
+        #: States (envelopes or detector blobs) found unreadable and started fresh; for a metric.
+        self.state_errors = 0
         # Decoded states of recently seen clients, keyed by the exact bytes they serialise to. When the
         # store hands back the bytes this engine wrote last, decoding is skipped (about a third of the
         # per-request cost). An entry is popped when used, so two requests never share mutable state, and
@@ -156,6 +159,10 @@ class Engine:
             except TypeError as e:
                 raise ValueError(f"detector {name!r}: bad params {dict(s.params)}: {e}") from e
             weights[name] = params.weights.get(name, 0.0) if s.weight is None else float(s.weight)
+            if not math.isfinite(weights[name]):  # inf x a score of 0 is NaN: the combiner would read 0
+                raise ValueError(f"detector {name!r}: weight must be a finite number, got {weights[name]}")
+        if not 0.0 <= inherit <= 1.0:  # the stored score must stay in [0, 1] (``state.decode`` checks it)
+            raise ValueError(f"inherit must lie in [0, 1], got {inherit}")
         budget = 64 + sum(d.state_bytes + 3 + len(d.name) for d in built)
         if budget > STATE_BUDGET_BYTES:
             raise ValueError(f"detector state bounds sum to {budget} bytes > {STATE_BUDGET_BYTES}")
@@ -179,7 +186,13 @@ class Engine:
         if data:
             try:
                 env = envelope.decode(data)
+                if env.tier > self.tiers.max_tier:
+                    # A bit flip, or state written under a configuration with more tiers: next_tier would
+                    # index past the thresholds (an IndexError out of observe).
+                    raise ValueError(f"tier {env.tier} > the configured maximum {self.tiers.max_tier}")
             except ValueError as e:
+                env = envelope.Envelope()
+                self.state_errors += 1
                 if not self._logged_bad_state:
                     log.warning("detector state unreadable, starting the client fresh: %s", e)
                     self._logged_bad_state = True
@@ -190,7 +203,8 @@ class Engine:
             blob = env.blobs.get(d.name)
             try:
                 states[d.name] = d.load(blob) if blob else d.new_state()
-            except ValueError as e:
+            except Exception as e:  # ValueError by contract; anything else from a parser bug is garbage too
+                self.state_errors += 1
                 log.warning("detector %s: state unreadable, starting fresh: %s", d.name, e)
                 states[d.name] = d.new_state()
         return env, states
@@ -272,7 +286,7 @@ class Engine:
         errors: list[str] = []
         for d in self.detectors:
             try:
-                results.append(d.observe(states[d.name], feats, now))
+                results.append(_checked(d.observe(states[d.name], feats, now)))
             except Exception as e:
                 self._fail(d.name, e)
                 errors.append(d.name)
@@ -328,7 +342,8 @@ class Engine:
         elif peer_scores is not None:
             # Only peers whose score the caller knows count; a linked peer missing from ``peer_scores`` (the
             # gateway reads the scores of this request's sharers only) leaves the cluster score as it was.
-            known = [peer_scores[p] for p in linked if p in peer_scores]
+            # Scores outside [0, 1] (or NaN) are not scores: clamped, so the cluster score stays one too.
+            known = [_unit(peer_scores[p]) for p in linked if p in peer_scores]
             if known:
                 # The cluster is as suspicious as its most suspicious member, and a large cluster is itself
                 # evidence (hydra): up to half of the remaining distance to 1 as the links grow from 3 to 12.
@@ -343,8 +358,25 @@ class Engine:
         errors: list[str] = []
         for d in self.detectors:
             try:
-                results.append(d.score(states[d.name], now))
+                results.append(_checked(d.score(states[d.name], now)))
             except Exception as e:
                 self._fail(d.name, e)
                 errors.append(d.name)
         return self._verdict(env, results, errors, now, env.requests_seen)
+
+
+def _unit(x: float) -> float:
+    """``x`` clamped to [0, 1]; NaN (or anything not comparable as a float) reads as 0."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(x, 0.0), 1.0) if x == x else 0.0
+
+
+def _checked(r: DetectorScore) -> DetectorScore:
+    """A detector's result, refused (as if it had raised) unless its score is a number in [0, 1]: a NaN
+    score would make the combiner's logit NaN, which it maps to 0 for the *whole* client."""
+    if not 0.0 <= r.score <= 1.0:  # False for NaN; a non-number raises TypeError (also a failure)
+        raise ValueError(f"detector {r.name!r} returned the score {r.score!r}, not a number in [0, 1]")
+    return r

@@ -38,10 +38,15 @@ _SEEDS = np.array(
 )
 MAX_BIAS_TOKENS = 512
 _MASK_RE = re.compile(
-    r"(?P<code>```.*?```)|(?P<url>https?://\S+)|(?P<mail>\S+@\S+\.\w+)|(?P<quote>\"[^\"\n]{1,200}\")"
-    r"|(?P<num>\d+(?:[.,:/]\d+)*)",
+    r"(?P<code>```.*?```)|(?P<url>https?://\S+)|(?P<mail>[^\s@]{1,64}@[^\s@]{1,255}\.\w+)"
+    r"|(?P<quote>\"[^\"\n]{1,200}\")|(?P<num>\d+(?:[.,:/]\d+)*)",
     re.S,
 )
+# The mail alternative is bounded (RFC 5321: local part <= 64, domain <= 255 characters, neither holding an
+# "@"). The unbounded ``\S+@\S+\.\w+`` it replaces backtracked cubically: a 1.6 kB run of "a@a@..." took
+# 0.7 s and a 20 kB one (the longest prompt masked) about 20 minutes of CPU on the event loop. Wherever every
+# "@"-holding word has one "@" within those bounds both patterns match exactly the same spans
+# (tests/detectors/test_review_fuzz.py checks it against the old pattern).
 _NUM_RE = re.compile(r"\d+(?:[.,:/]\d+)*")
 _TOKEN_RE = re.compile(r"[a-z_']+|0|[^\sa-z0-9_']")
 _MASKS = {"code": " ᶜ ", "url": " ᵘ ", "mail": " ᵉ ", "quote": " ᵠ ", "num": " 0 "}
@@ -214,15 +219,29 @@ def _bias(body: Mapping[str, Any]) -> tuple[tuple[int, ...], int, float, int]:
     max_abs = 0.0
     for k, v in lb.items():
         ks = str(k)
-        toks.append(int(ks) if ks.isdigit() and len(ks) < 10 else _crc(ks))
+        # isdecimal, not isdigit: int() refuses digits such as "²" or "①" that isdigit accepts
+        toks.append(int(ks) if ks.isdecimal() and len(ks) < 10 else _crc(ks))
         if isinstance(v, int | float):
-            max_abs = max(max_abs, abs(float(v)))
+            max_abs = max(max_abs, _abs_float(v))
     key = _crc(",".join(f"{k}:{lb[k]}" for k in sorted(lb, key=str)))
     return tuple(toks[:MAX_BIAS_TOKENS]), len(lb), max_abs, key
 
 
+def _abs_float(v: float) -> float:
+    """``abs(float(v))``; an int beyond the float range (valid JSON, e.g. 10**400) reads as infinity."""
+    try:
+        return abs(float(v))
+    except OverflowError:
+        return math.inf
+
+
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond the float range: as large as a float gets, with its sign
+        return math.inf if v > 0 else -math.inf
 
 
 def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeatures:

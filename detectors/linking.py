@@ -21,6 +21,7 @@ stays as quiet as its loudest member.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,17 @@ from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 MAX_PEERS = 16
 MAX_ID_BYTES = 200
 LINK_HALF_LIFE_S = 24 * 3600.0
+MAX_SHARED = 1e6  # cap on one peer's accumulated shared-sketch count (real ones stay in the tens)
+
+
+def _id_bytes(peer: str) -> int:
+    """UTF-8 length of a peer id; 0 (skipped) for one that has none (a lone surrogate, e.g. from a trace's
+    ``"\\ud800"`` escape): it could not be stored, and ``encode()`` raising dropped all of the request's
+    links."""
+    try:
+        return len(peer.encode())
+    except UnicodeEncodeError:
+        return 0
 
 
 class LinkIndex:
@@ -100,7 +112,7 @@ class CrossAccountLinking:
                 pos += 5 + n
         except (struct.error, IndexError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.name}: malformed state: {e}") from e
-        if pos != len(data) or count > MAX_PEERS:
+        if pos != len(data) or count > MAX_PEERS or not all(0.0 <= c < math.inf for c in st.peers.values()):
             raise ValueError(f"{self.name}: malformed state")
         return st
 
@@ -116,9 +128,11 @@ class CrossAccountLinking:
         for peer, count in shared.items():
             # Blacklight-style per-query match: one request must share several sketches with a peer to
             # count at all; single coincidences never add up to a link.
-            effective = count * weight
-            if 0 < len(peer.encode()) <= MAX_ID_BYTES and effective >= self.min_shared:
-                peers[peer] = peers.get(peer, 0.0) + effective
+            # Capped: a count is a number of sketches (a handful); an absurd one from the store would
+            # overflow the float32 on the wire and make ``dump`` raise.
+            effective = min(count * weight, MAX_SHARED)
+            if effective >= self.min_shared and 0 < _id_bytes(peer) <= MAX_ID_BYTES:
+                peers[peer] = min(peers.get(peer, 0.0) + effective, MAX_SHARED)
         state.peers = dict(sorted(peers.items(), key=lambda kv: -kv[1])[:MAX_PEERS])
         state.last_ts = max(state.last_ts, now)
         return self.linked(state)

@@ -157,7 +157,11 @@ class SemanticCoverage:
 
     def fold(self, state: SemanticState, v: np.ndarray) -> None:
         """Fold one unit vector in (zeros, from empty prompts, are skipped)."""
-        if float(v @ v) < 0.5:  # unit vectors, or zeros for empty prompts (cheaper than v.any())
+        # Unit vectors, or zeros for empty prompts (cheaper than v.any()). Anything else (NaN, inf, a huge
+        # vector from a broken encoder) is skipped too: it saturated every view (score 1) or made it NaN.
+        # float64: a float32 dot of a huge vector overflows (and warns) instead of reading as "not unit".
+        w = v.astype(np.float64)
+        if not 0.5 <= float(w @ w) <= 1.5:
             return
         c = state.counters.c
         c[W] += 1

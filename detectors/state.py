@@ -9,6 +9,7 @@ as they are (one Redis value); ``STATE_BUDGET_BYTES`` bounds them.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -66,6 +67,10 @@ def decode(data: bytes) -> Envelope:
         raise ValueError(f"unsupported detector state version {data[2]}")
     try:
         seen, tier, below, last_ts, last_score, max_score, cluster = _HEADER.unpack_from(data, 3)
+        if not all(map(math.isfinite, (below, last_ts))) or not all(
+            0.0 <= x <= 1.0 for x in (last_score, max_score, cluster)  # False for NaN too
+        ):
+            raise ValueError("detector state header holds non-finite times or scores outside [0, 1]")
         env = Envelope(seen, tier, below, last_ts, last_score, max_score, cluster)
         pos = 3 + _HEADER.size
         while pos < len(data):

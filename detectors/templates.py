@@ -125,7 +125,7 @@ class Templates:
     def load(self, data: bytes) -> TemplateState:
         st = TemplateState()
         pos = st.counters.load(data)
-        k = data[pos]
+        k = data[pos] if len(data) > pos else 0xFF  # cut after the counters: malformed, not IndexError
         if k > MAX_CLUSTERS or len(data) != pos + 1 + k * _ROW:
             raise ValueError(f"{self.name}: malformed cluster table")
         pos += 1
@@ -135,6 +135,8 @@ class Templates:
         st.sigs, st.skels = u[:a].reshape(k, SLOTS), u[a:b].reshape(k, SKEL)
         st.heads, st.tails, st.lasts = u[b : b + k], u[b + k : b + 2 * k], u[b + 2 * k :]
         st.counts = np.frombuffer(data, "<f4", k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
+        if not np.isfinite(st.counts).all():  # a NaN count made the score NaN (read as 0 for the client)
+            raise ValueError(f"{self.name}: cluster counts are not finite")
         return st
 
     def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:

@@ -18,8 +18,19 @@ from detectors.base import Counters, any_of, ramp, shrunk_share, time_decay
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 
 RATE_HALF_LIFE_S = 600.0
+# Tokens one request or response can add. Far above any real value (the evidence ramps saturate at 40 000
+# tokens/min), and it keeps the float32 fields finite: a max_tokens of 10**39 (valid JSON, accepted by
+# the gateway's parse step) made ``dump`` raise OverflowError, so the gateway never saved the client's
+# state again.
+MAX_TOKENS_PER_EVENT = 1 << 30
+_F32_MAX = 3.4e38
 N, MULTI_N, SINGLE, RESP, LENGTH_HIT, TOK_IN, TOK_OUT, SWEEP = range(8)
 _RATE = struct.Struct("<ff4I")
+
+
+def _tokens(v: float) -> float:
+    """A usage token count clamped to [0, MAX_TOKENS_PER_EVENT]; NaN counts as 0."""
+    return float(min(v, MAX_TOKENS_PER_EVENT)) if v > 0 else 0.0
 
 
 class VolumeState:
@@ -45,7 +56,9 @@ class VolumeShape:
         return VolumeState()
 
     def dump(self, state: VolumeState) -> bytes:
-        return state.counters.dump() + _RATE.pack(state.rate, state.tok_rate, *state.recent_sampling)
+        return state.counters.dump() + _RATE.pack(
+            min(state.rate, _F32_MAX), min(state.tok_rate, _F32_MAX), *state.recent_sampling
+        )
 
     def load(self, data: bytes) -> VolumeState:
         st = VolumeState()
@@ -53,6 +66,8 @@ class VolumeShape:
         if len(data) != pos + _RATE.size:
             raise ValueError(f"{self.name}: state has the wrong size")
         st.rate, st.tok_rate, *recent = _RATE.unpack_from(data, pos)
+        if not (math.isfinite(st.rate) and math.isfinite(st.tok_rate)):
+            raise ValueError(f"{self.name}: state holds non-finite rates")
         st.recent_sampling = list(recent)
         return st
 
@@ -68,7 +83,8 @@ class VolumeShape:
         if feats.n_messages <= 1:
             c[SINGLE] += 1
         state.rate = state.rate * decay + 1.0
-        state.tok_rate = state.tok_rate * decay + (feats.prompt_words + (feats.max_tokens or 256)) * feats.n
+        asked = (feats.prompt_words + (feats.max_tokens or 256)) * feats.n
+        state.tok_rate = state.tok_rate * decay + min(max(asked, 0), MAX_TOKENS_PER_EVENT)
         sampling = 0
         if feats.temperature is not None or feats.top_p is not None:
             pair = struct.pack("<dd", -1.0 if feats.temperature is None else feats.temperature,
@@ -87,8 +103,10 @@ class VolumeShape:
         if "length" in resp.finish_reasons:
             c[LENGTH_HIT] += 1
         if resp.prompt_tokens is not None and resp.completion_tokens is not None:
-            c[TOK_IN] += resp.prompt_tokens
-            c[TOK_OUT] += resp.completion_tokens
+            # Usage comes from the upstream: a negative, non-finite or absurd count must not poison the
+            # counters (a NaN made the volume score NaN, which the combiner read as 0 for the whole client).
+            c[TOK_IN] += _tokens(resp.prompt_tokens)
+            c[TOK_OUT] += _tokens(resp.completion_tokens)
 
     def score(self, state: VolumeState, now: float) -> DetectorScore:
         c = state.counters.c.tolist()

@@ -347,7 +347,7 @@ class PolicyConfig(_Model):
 
 class DetectorToggle(_Model):
     enabled: bool = True
-    weight: float | None = None  # None: the fitted combiner's weight
+    weight: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: the fitted combiner's weight
     params: dict[str, Any] = {}
 
 

@@ -78,6 +78,7 @@ class GatewayDetection:
         self._max_tier = len(policy.tiers) - 1
         self._block_tier = next((i for i, t in enumerate(policy.tiers) if t.block), self._max_tier)
         self._logged: set[str] = set()
+        self._state_errors_seen = 0  # engine.state_errors already exported
         self._link_failing = False
         self._evidence: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
         # Counter children resolved once: labels() costs a dict lookup and a lock per call on the hot path.
@@ -158,7 +159,16 @@ class GatewayDetection:
             # on the client's critical path.
             v, pending = self.engine.observe_pending(stored_state, feats, now)
         except Exception as e:  # the engine isolates detectors; this catches the engine itself
-            return self._unscored(principal, "engine", e, stored_tier, override, now)
+            if stored_state is None:
+                return self._unscored(principal, "engine", e, stored_tier, override, now)
+            # a stored state the engine cannot fold into must not leave the client unscored for good: score
+            # this request (and from now on the client) from a fresh state; counted once either way
+            try:
+                v, pending = self.engine.observe_pending(None, feats, now)
+            except Exception:
+                return self._unscored(principal, "engine", e, stored_tier, override, now)
+            self._failed("engine", e)
+        self._count_state_errors()
         if v.errors and self.metrics is not None:
             for name in v.errors:
                 self.metrics.detector_errors_total.labels(detector=name).inc()
@@ -190,6 +200,14 @@ class GatewayDetection:
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier=tier, score=0.0, reasons=(f"unscored: {name} failed",), unscored=True)
         return DetectionSession(self, principal, outcome, None, None, stored_tier, stored_tier, override, now, None)
+
+    def _count_state_errors(self) -> None:
+        """Export the engine's count of stored states it could not read (each client restarted fresh)."""
+        n = self.engine.state_errors
+        if n != self._state_errors_seen:
+            if self.metrics is not None:
+                self.metrics.detector_state_errors_total.inc(n - self._state_errors_seen)
+            self._state_errors_seen = n
 
     def _failed(self, name: str, e: Exception) -> None:
         if name not in self._logged:

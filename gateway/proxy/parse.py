@@ -84,6 +84,11 @@ def _decode(raw: bytes) -> Any:
     return body
 
 
+# No model generates 2**31 tokens; larger values only overflow counters downstream (detection's token rates,
+# the rate limiter's reservation) and lock a client's token bucket for years.
+MAX_TOKENS_FIELD = 2**31 - 1
+
+
 def _fail(field: str, problem: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {problem}", param=field)
 
@@ -162,8 +167,8 @@ def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def _sampling(body: dict[str, Any]) -> None:
-    _int(body, "max_tokens", 1)
-    _int(body, "max_completion_tokens", 1)
+    _int(body, "max_tokens", 1, MAX_TOKENS_FIELD)
+    _int(body, "max_completion_tokens", 1, MAX_TOKENS_FIELD)
     _int(body, "n", 1, 128)
     _num(body, "temperature", 0, 2)
     _num(body, "top_p", 0, 1)

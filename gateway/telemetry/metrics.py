@@ -163,6 +163,11 @@ class Metrics:
         )
 
         # --- detection, alerts, watermark -----------------------------------------------------------------
+        self.detector_state_errors_total = Counter(
+            "ipgate_detector_state_errors_total",
+            "Stored detector states that could not be read; the client's detection restarted from a fresh state.",
+            registry=r,
+        )
         self.detector_errors_total = Counter(
             "ipgate_detector_errors_total", "Detector invocations that raised (request went on unscored).",
             ["detector"], registry=r,

@@ -283,3 +283,38 @@ async def test_hydra_accounts_are_linked_through_the_store_and_named_in_alerts(
         assert "#" in a["evidence"]["examples"][0]  # digits redacted
     assert all("human" not in a["evidence"]["cluster"] and a["client"] != "human" for a in lines)
     await alerts.close()
+
+
+class StateChokingEngine(Engine):
+    """Fault injection: the engine raises on one stored state it cannot fold into, but works from a fresh one."""
+
+    def observe_pending(self, state: bytes | None, feats: Any, now: float) -> Any:
+        if state == b"poison":
+            raise OverflowError("a stored value the engine chokes on")
+        return super().observe_pending(state, feats, now)
+
+
+async def test_a_stored_state_the_engine_chokes_on_restarts_the_client_fresh(metrics: Metrics,
+                                                                            tmp_path: Path) -> None:
+    """Not unscored for good: the request is scored from a fresh state, which replaces the stored one."""
+    base = Engine.from_params(PARAMS)
+    choking = StateChokingEngine(PARAMS, base.detectors, base.weights, base.tiers, base.inherit)
+    h, alerts = await make(metrics, tmp_path, choking, detection={"fail_policy": "allow"})
+    await h.store.save_client_state("c", b"poison", 1, 0.6, 3600)
+    res = await h.store.hot_path(AdmitRequest("c", 10, h.policy.limits_by_tier))
+    s = h.det.observe(Principal("c"), CHAT, probe(0), res.detector_state, res.tier, 1000.0)
+    assert not s.outcome.unscored
+    await s.account(h.store, ResponseFacts(status=200))
+    res2 = await h.store.hot_path(AdmitRequest("c", 10, h.policy.limits_by_tier))
+    assert res2.detector_state not in (None, b"poison")
+    assert metrics.registry.get_sample_value("ipgate_detector_errors_total", {"detector": "engine"}) == 1
+    await alerts.close()
+
+
+async def test_unreadable_stored_states_are_counted(metrics: Metrics, tmp_path: Path) -> None:
+    h, alerts = await make(metrics, tmp_path, Engine.from_params(PARAMS), detection={"fail_policy": "allow"})
+    for i, junk in enumerate((b"\x00garbage", b"\xff" * 40)):
+        s = h.det.observe(Principal(f"c{i}"), CHAT, probe(0), junk, 0, 1000.0)
+        assert not s.outcome.unscored  # started fresh
+    assert metrics.registry.get_sample_value("ipgate_detector_state_errors_total") == 2
+    await alerts.close()
