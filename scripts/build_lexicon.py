@@ -139,6 +139,7 @@ def build(wn: WordNet) -> list[dict[str, object]]:
                 "suffix_prev_ok": sorted(set(g.suffix_prev_ok))} if g.next_not_suffix else {}),
             **({"next_not_date": True} if g.next_not_date else {}),
             **({"since": g.since} if g.since > 1 else {}),
+            **({"retired": g.retired} if g.retired else {}),
             **({"next_relation": sorted(set(g.next_relation))} if g.next_relation else {}),
         })
     return out

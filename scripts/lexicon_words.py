@@ -142,3 +142,119 @@ HAD_ADVERBS = [*HAS_ADVERBS, "just", "always", "also", "still", "only", "since",
                "finally", "even", "nearly", "almost", "barely", "hardly", "really", "actually", "certainly",
                "definitely", "often", "sometimes", "usually", "rarely", "seldom", "first", "all", "both", "so",
                "now"]
+
+# --- meaning review of the tune split (2026-11-26, tests/watermark/test_review_meaning.py) ---
+# Sentence-initial "So" is a discourse marker in conversation before these ("So let me know", "So maybe you're
+# saying", "So if I were you", "So, I do sometimes", "So why did"), where "Therefore"/"Hence" would assert a
+# consequence the text never drew.
+SO_DISCOURSE_NEXT = ["let", "maybe", "if", "i", "you", "why", "how", "who", "where", "when", "which", "please", "just",
+                     "now", "here", "anyway", "basically", "again", "yeah", "okay", "ok", "well", "um", "uh"]
+# Sentence-initial "Then" is a consequence ("Suppose b0 > b'. Then, we can find ε", "Let λ = 3. Then D_KL = ...")
+# as often as a next step; "Next" reads only as a step. Only before an imperative verb of a worked step ("Then
+# find the total", "Then multiply ...") is it a step for sure.
+THEN_STEP_VERBS = ["find", "add", "multiply", "divide", "subtract", "figure", "calculate", "compute", "determine",
+                   "convert", "double", "triple", "halve", "run", "create", "update", "go", "repeat", "express",
+                   "pull", "open", "start", "navigate", "rebuild", "use", "set", "click", "select", "choose", "remove",
+                   "install", "enter", "type", "press", "check", "combine", "sum", "count", "plug", "substitute",
+                   "solve", "simplify", "take", "put", "place", "mix", "stir", "bake", "heat", "pour", "cut", "save",
+                   "call", "write", "apply", "restart", "define", "import", "initialize", "iterate", "return",
+                   "print", "move", "drag", "fold", "insert", "replace", "round", "compare", "copy", "paste",
+                   "delete", "make", "get", "do", "rinse", "wait", "turn", "log", "scroll"]
+# Nouns for one of a pair: "every" implies three or more ("subtract 80 from every side of the equation", "a contact
+# for every eye", "as every parent received an equal amount" are wrong where "each" stands).
+EACH_OF_TWO = ["side", "half", "end", "eye", "ear", "hand", "arm", "leg", "foot", "parent", "twin", "spouse",
+               "partner", "cheek", "shoulder", "knee", "elbow", "wrist", "ankle", "hip", "lung", "kidney", "wing",
+               "bank", "pole", "hemisphere", "sex", "gender", "team"]
+# "each"/"every" after a possessive: "her every word" is idiomatic, "her each word" is not.
+POSSESSIVES = ["his", "her", "its", "their", "my", "your", "our", "whose"]
+# "may" with a subject after it is the optative ("and may wisdom guide you", "may your days be bright"), which
+# "might" cannot express; the pronoun subjects are refused already.
+MAY_OPTATIVE_NEXT = ["your", "his", "her", "their", "our", "my", "its", "this", "these", "those", "all", "peace",
+                     "wisdom", "love", "luck", "fortune", "heaven", "everyone", "each", "both", "a", "an", "no"]
+# After a copula "also" means "too"/"likewise" ("that is also fine", "the posterior is also normal", "This is also
+# the number of points"); "additionally" adds a new fact and reads wrong there. Both readings of the contraction
+# slots before it are listed ("it is" -> "is", "it's").
+COPULAS = ["is", "are", "was", "were", "am", "be", "been", "being", "it's", "that's", "he's", "she's", "there's",
+           "here's", "what's", "who's", "where's", "how's", "i'm", "you're", "we're", "they're", "isn't", "aren't",
+           "wasn't", "weren't"]
+# "a few" is also a pronoun ("but a few might have side effects", "a few were lost"): "a number of might" is wrong.
+# A determiner is never followed by a modal, an auxiliary, a relative pronoun, a preposition or a conjunction.
+FEW_PRONOUN_NEXT = ["might", "may", "will", "would", "can", "could", "should", "must", "are", "were", "is", "was",
+                    "have", "had", "has", "do", "did", "who", "which", "that", "to", "in", "at", "on", "for", "with",
+                    "from", "and", "or", "but", "seem", "seemed", "said", "say", "think", "believe", "feel", "got",
+                    "went", "left", "remain", "remained", "still", "even", "also", "here", "there"]
+# "help" takes a bare infinitive ("help you understand", "help prevent", "help the model learn"); "assist" and "aid"
+# do not ("assist you understand", "aid improve" are wrong). One word of lookahead cannot see past the object, so
+# only "help with" stays a slot ("in" would bring its whole first-word class, "to" included: "aid to reduce").
+HELP_SAFE_NEXT = ["with"]
+# "specific" after a copula means "precise" ("If you can be more specific, I ..."), where "particular" means "fussy";
+# before these words it is predicative ("specific to", "specific about", "specific enough").
+SPECIFIC_PRED_NEXT = ["about", "to", "with", "as", "in", "on", "for", "enough", "and", "or", "than", "when", "if",
+                      "so", "but", "because", "while", "regarding"]
+# After a verb "normally" is a manner adverb ("function normally", "the app works normally"), never "usually".
+NORMALLY_MANNER_PREV = ["function", "functions", "functioning", "work", "works", "working", "worked", "behave",
+                        "behaves", "behaving", "behaved", "breathe", "breathes", "breathing", "operate", "operates",
+                        "operating", "operated", "run", "runs", "running", "act", "acts", "acting", "proceed",
+                        "proceeds", "continue", "continues", "respond", "responds", "eat", "eats", "eating",
+                        "sleep", "sleeps", "sleeping", "walk", "walks", "walking", "live", "lives", "living", "heal",
+                        "heals", "healing", "grow", "grows", "growing", "develop", "develops", "developing",
+                        "speak", "speaks", "talk", "talks", "move", "moves", "feel", "feels", "look", "looks",
+                        "react", "reacts", "perform", "performs", "boot", "boots", "load", "loads", "start",
+                        "starts", "open", "opens", "close", "closes", "flow", "flows", "beat", "beats"]
+# "start" with an object means "launch", "found", "switch on" ("start the Visual LISP Editor", "he started the
+# Festival Theatre", "start a fire"): "begin the editor" is wrong. Only "start with", "start to", "start by", ...
+# keep the slot.
+START_OBJECT_NEXT = ["the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your", "a",
+                     "an", "it", "them", "him", "me", "us", "you", "another", "one", "some", "any", "each", "every",
+                     "new", "all", "both", "no"]
+# "no one" before a noun is "not a single" ("There is no one answer", "no one size fits all"), never "nobody".
+NO_ONE_NOUN_NEXT = ["answer", "way", "size", "thing", "person", "reason", "solution", "method", "approach", "one",
+                    "single", "particular", "specific", "right", "best", "true", "correct", "perfect", "other",
+                    "more", "less", "place", "man", "woman", "group", "country", "type", "kind", "factor", "cause",
+                    "rule", "option", "strategy", "formula", "definition", "word", "time", "day", "source", "model",
+                    "theory", "diet", "treatment", "cure", "test", "path", "response", "set", "side", "book",
+                    "food", "product", "tool", "language", "number"]
+# "immediately" before a word of place or order means "directly" ("the gap immediately after the platform",
+# "Insert Song X Immediately After the Current Song"), not "instantly".
+IMMEDIATELY_PLACE_NEXT = ["after", "before", "following", "preceding", "adjacent", "next", "above", "below", "behind",
+                          "prior", "beside", "beneath", "under", "over", "to", "from", "afterwards", "afterward",
+                          "upon", "around", "outside", "inside", "downstream", "upstream", "north", "south", "east",
+                          "west", "left", "right"]
+# "ultimately" meaning "fundamentally" ("it ultimately comes down to preference", "ultimately depends on"), where
+# "eventually" ("in time") changes the claim.
+ULTIMATELY_BASIC_NEXT = ["comes", "come", "came", "depends", "depend", "depended", "boils", "boil", "rests", "rest",
+                         "lies", "lie", "responsible", "about", "up"]
+# "but" before these is not a contrast that "yet" can carry ("but if you are starting out", "but otherwise I think",
+# "but for now", "but first", "but please"): "yet if", "yet otherwise", "yet for now" are wrong or change the sense.
+BUT_NOT_YET_NEXT = ["if", "maybe", "otherwise", "first", "instead", "please", "let", "for", "what", "why", "how",
+                    "anyway", "unfortunately", "sadly", "luckily", "fortunately", "honestly", "seriously", "hey",
+                    "wait", "no", "yes", "ok", "okay", "now", "again"]
+# "show" takes a recipient ("show the guests", "show the IRS that you have corrected the oversight"), "display" does
+# not; one word of lookahead cannot tell the recipient from the thing shown, so a noun phrase after it ends the slot.
+SHOW_OBJECT_NEXT = ["the", "a", "an", "its", "their", "his", "her", "our", "my", "your", "this", "these", "those",
+                    "someone", "people", "users", "everyone", "others", "all", "some", "any", "each", "every"]
+# Ordinals in a list ("the first, second, third, and fifth terms"): "firstly, secondly" would be wrong there.
+ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "firstly", "secondly", "thirdly", "last", "next"]
+# "large"/"big" in a term or an idiom ("large language model", "big data", "the big picture", "a big fan", "the big
+# screen", "big time"): the other adjective breaks the term or the idiom.
+BIG_TERM_NEXT = ["language", "data", "picture", "fan", "fans", "day", "brother", "bang", "tech", "league", "time",
+                 "shot", "shots", "name", "names", "screen", "mouth", "heart", "hearted", "cat", "cats", "game"]
+# Words that modify only the universal "every" ("almost every day", "not every student passed", "even every
+# tavern"): "almost each day", "not each student" are wrong.
+EVERY_ONLY_PREV = ["almost", "nearly", "practically", "virtually", "even", "not", "hardly", "just", "about"]
+# Words before the noun "need" ("a need to", "the constant need to tell oneself", "a basic need to belong"): "have
+# to" cannot follow them.
+NEED_NOUN_PREV = ["a", "an", "constant", "basic", "great", "strong", "real", "desperate", "pressing", "deep", "human",
+                  "clear", "increasing", "immediate", "any", "every", "special", "critical", "genuine", "obvious",
+                  "little", "ongoing", "perceived", "natural", "psychological", "emotional", "fundamental",
+                  "legitimate", "dire", "innate", "overwhelming", "compelling", "burning", "universal"]
+# ", like" before these is a comparison, not a list of examples ("fields, like all things in life, have their
+# quirks", "behaves oddly, like a broken clock"): "such as all things in life" is wrong.
+LIKE_COMPARISON_NEXT = ["all", "most", "every", "everything", "everyone", "everybody", "any", "anything", "anyone",
+                        "many", "other", "others", "a", "an", "in", "with", "at", "on"]
+# "many" as a pronoun before a verb ("but many involve them coming in contact with a germ", "many believe"): the
+# adjective "numerous" cannot stand alone ("numerous involve them"). FEW_PRONOUN_NEXT holds the auxiliaries.
+MANY_PRONOUN_VERBS = ["involve", "believe", "argue", "say", "think", "feel", "consider", "find", "use", "prefer",
+                      "choose", "see", "want", "like", "agree", "claim", "suggest", "include", "require", "need",
+                      "make", "take", "get", "know", "die", "died", "fail", "failed", "come", "came", "go", "live",
+                      "lived", "work", "worked", "became", "become", "remain", "struggle", "report", "reported"]

@@ -138,6 +138,8 @@ class Lexicon:
             ))
         first: dict[str, list[Candidate]] = {}
         for gi, grp in enumerate(groups):
+            if _retired(table["groups"][gi]):
+                continue  # kept for its index and id; never a choice point again
             for vi, w in enumerate(grp.variants):
                 first.setdefault(w[0], []).append(Candidate(gi, vi, w))
         by_first = {k: tuple(sorted(v, key=lambda c: -len(c.words))) for k, v in first.items()}
@@ -161,6 +163,15 @@ class Lexicon:
     def revision(self) -> int:
         """The table's revision: the newest ``since`` of its groups."""
         return max(g.since for g in self.groups)
+
+
+def _retired(g: dict[str, Any]) -> bool:
+    """A retired group (``"retired": reason``) stays in the table, so ids and revisions stay as they were, but is
+    never matched: text served while it was active is scored without its slots (fewer tuples, still valid)."""
+    reason = g.get("retired", "")
+    if not isinstance(reason, str):
+        raise ValueError(f"lexicon group {g.get('id')!r}: 'retired' must be a reason (a string), got {reason!r}")
+    return bool(reason)
 
 
 def _since(g: dict[str, Any]) -> int:

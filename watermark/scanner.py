@@ -361,7 +361,9 @@ class Scanner:
             if m > 1 and (part[0].trail or part[-1].lead or any(c.lead or c.trail for c in part[1:-1])):
                 continue
             nxt = seq[m] if len(seq) > m else None
-            if not _renderable(part) or _in_title(grp, part, nxt) or not _allowed(grp, st, part, nxt):
+            if (not _renderable(part) or _in_title(grp, part, nxt) or _in_name(grp, part, nxt, st.last_char)
+                    or (grp.needs_next and nxt is not None and _code_statement(s[nxt.start : nxt.end]))
+                    or not _allowed(grp, st, part, nxt)):
                 continue
             if grp.next_not_date and nxt is not None and _DATE.match(s, nxt.start, nxt.end):
                 continue
@@ -421,13 +423,52 @@ def _in_title(grp: Group, part: list[Chunk], nxt: Chunk | None) -> bool:
     return not all(ch.isupper() for ch in letters)
 
 
+def _in_name(grp: Group, part: list[Chunk], nxt: Chunk | None, last_char: str) -> bool:
+    """Whether a capitalised phrase inside a sentence runs on into a capitalised word: a name or a title ("the
+    attention of Big Brother", "The Unique Shapes Of Each Letter Can Help"), where a synonym ("Large Brother")
+    changes the name. Only for groups that read the next word anyway (``needs_next``), so that a phrase is decided
+    from the same chunks however the text is streamed; all capitals and the pronoun "I" are kept."""
+    if not grp.needs_next or nxt is None or part[-1].trail or last_char in _SENTENCE_END:
+        return False
+    first = part[0].word
+    if not (first[:1].isupper() and nxt.word[:1].isupper()) or first == "I" or first.startswith(("I'", "I’")):
+        return False
+    if nxt.word == "I" or nxt.word.startswith(("I'", "I’")):
+        return False
+    letters = [ch for c in (*part, nxt) for ch in c.word if ch.isalpha()]
+    return not all(ch.isupper() for ch in letters)
+
+
+def _code_statement(chunk: str) -> bool:
+    """Whether the chunk after a phrase ends a code statement outside a code block: a C#/C++ directive such as
+    "using System.IO;", "using UnityEngine;", "using namespace std;" (answers that set code off with rules instead
+    of fences), where "utilizing System.IO;" would break the code. A qualified name or a capitalised name right
+    before the ";"; prose rarely puts either there."""
+    if not chunk.endswith(";"):
+        return False
+    body = chunk[:-1]
+    return "." in body or "::" in body or body[:1].isupper() or body in ("std", "namespace")
+
+
+def _clause_start(st: ScanState) -> bool:
+    """Whether the next word opens a clause: the start of a sentence or line, after ; or a dash, or right after
+    and/but/or/yet. Not after a comma: a connective set off inside a clause contrasts its topic ("Fusion
+    reactions, however, combine light atoms", "Most people prefer smoking it, however, because ..."), which
+    "nonetheless" does not."""
+    return (st.last_char in _SENTENCE_END or (st.last_char in _BREAK_CHARS and st.last_char != ",")
+            or (st.prev in _BREAK_WORDS and st.last_char.isalpha()))
+
+
 def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) -> bool:
     prev, last_char = st.prev, st.last_char
     if prev in grp.prev_not or (grp.mixed_initial and prev in ARTICLES):
         return False
     if grp.sentence_start is not None and grp.sentence_start != (last_char in _SENTENCE_END):
         return False
-    if grp.after_quantity and not (st.last_number or prev in grp.quantities):
+    # the quantity must come right before, in the same clause: "four weeks. A bottle is two half bottles" and "a
+    # pear costs $90, an orange costs $30" hold no rate ("Per bottle is", "per orange costs" are wrong)
+    if grp.after_quantity and (not (st.last_number or prev in grp.quantities) or last_char in _CLAUSE_END
+                               or last_char == ","):
         return False
     # the listed word must come directly before, in the same clause; in a group that follows a number it is the
     # last word before that number ("because 4 x 5": the word that makes the "x" a product)
@@ -437,6 +478,11 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
     if grp.after_comma and (last_char != "," or part[0].lead):
         return False
     if grp.after_break and not (last_char in _BREAK_CHARS or (prev in _BREAK_WORDS and last_char.isalpha())):
+        return False
+    # a connective before a comma opens a clause; right after a plain word the phrase is something else: an
+    # ordinal or an adverb ("per second, there are", "than the second, which", "burn the underbrush first, and"),
+    # an adjective ("Working in short, focused intervals"), a degree adverb ("vary significantly, depending")
+    if grp.comma_after and grp.sentence_start is None and not _clause_start(st):
         return False
     last = part[-1]
     trail = last.trail.lstrip(_MARKUP)

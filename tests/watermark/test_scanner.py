@@ -36,12 +36,12 @@ LEX = default_lexicon()
         ("However we try", []),  # the connective needs its comma
         ("It costs about 5 dollars", [("costs", "about")]),
         ("Talk about it", []),  # "about" only before a number
-        ("to help you", [("to", "help")]),
+        ("to help you", []),  # "help you understand" -> "assist you understand" (review)
         ("the help desk", []),  # "help" only in verb position
         ("I think you are right", [("i", "think"), ("think", "you are")]),
         ("I think about it", []),
         ("dogs, but not cats", []),  # "but not" excluded
-        ("cats, but dogs", [("cats", "but")]),
+        ("cats, but dogs", []),  # but/yet is retired (a meaning review)
         # worked-arithmetic steps: 5-way, only after a step word and with a "work out" object
         ("First find the total cost.", [("first", "find the total")]),
         ("Then figure out how many are left.", [("", "then"), ("then", "figure out how")]),
@@ -147,17 +147,17 @@ LEX = default_lexicon()
         # 's = has after an adverb + a participle (the word after the adverb decides): "he is just left" is wrong
         ("He's just left.", []),
         ("That's always been true.", []),
-        ("It's also become clear.", [("it's", "also")]),
+        ("It's also become clear.", []),  # "also" after a copula is "too" (review)
         ("She's still got it.", []),
         ("He's just finished the report.", []),  # a regular "-ed" word: refused ("he's just finished" = has)
-        ("It's also never worked.", [("it's", "also")]),  # a second adverb may precede a participle too
+        ("It's also never worked.", []),  # a second adverb may precede a participle too
         ("That's just always been so.", []),
         ("It's really just paper.", [("", "it's"), ("it's", "really")]),
         ("He's *just* left.", []),  # emphasis markers do not hide the participle
         ("He's just tired.", [("", "he's")]),  # "is" + an adjective in "-ed"
         ("It's just a test.", [("", "it's")]),
-        ("It's also fast.", [("", "it's"), ("it's", "also")]),
-        ("It's also, well, done.", [("", "it's"), ("it's", "also")]),  # punctuation ends the look-ahead
+        ("It's also fast.", [("", "it's")]),
+        ("It's also, well, done.", [("", "it's")]),  # punctuation ends the look-ahead
         ("It's still running.", [("", "it's")]),
         ("She'd just finished.", []),  # 'd = had: 'd already refuses every adverb
         # "altogether" = "completely" after a number reached: "fell to 0 in total" is wrong
@@ -184,7 +184,7 @@ LEX = default_lexicon()
         ("Each student gets a book.", [("", "each")]),
         ("I check every morning.", [("check", "every")]),  # an "-ing" noun
         ("He saw each building.", [("saw", "each")]),
-        ("Then each pod costs $1.", [("", "then"), ("then", "each")]),
+        ("Then each pod costs $1.", [("then", "each")]),  # "Then" only before a step verb
         ("Delete it for each matching file.", [("for", "each")]),  # a determiner after a preposition
         ("With each passing day it grew.", [("with", "each")]),
         ("Ship 20 bags, each weighing 60 pounds.", []),
