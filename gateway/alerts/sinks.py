@@ -12,9 +12,10 @@ from a webhook: fix the config, not the network).
 - ``RedisStreamSink``: ``XADD stream MAXLEN ~ N`` with fields ``alert`` (the JSON), ``client``, ``tier``.
 - ``WebhookSink``: ``POST`` of the JSON with ``X-Ipgate-Alert-Id`` and, when a secret is configured,
   ``X-Ipgate-Timestamp`` and ``X-Ipgate-Signature: sha256=HMAC(secret, timestamp + "." + body)`` so the
-  receiver can authenticate it and reject replays. Many webhook URLs are themselves credentials (Slack,
-  Teams, Discord put the token in the path; some put ``user:password@`` or a ``?key=``): errors and logs
-  name only the URL's origin (``https://hooks.example.com/…``), never the full URL.
+  receiver can authenticate it and reject replays. Redirects are not followed (a 3xx is a permanent failure:
+  a POST followed as a GET could count an alert as delivered that nobody received). Many webhook URLs are
+  themselves credentials (Slack, Teams, Discord put the token in the path; some put ``user:password@`` or a
+  ``?key=``): errors and logs name only the URL's origin (``https://hooks.example.com/…``), never the full URL.
 - ``StoreSink``: the store's bounded shared alert list that the admin API and dashboard read.
 """
 
@@ -22,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import hashlib
 import hmac
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -211,8 +215,11 @@ class WebhookSink:
 
     async def emit(self, alert: Alert, payload: str) -> None:
         try:
+            # No redirects: aiohttp turns a POST into a GET on 301/302, so a redirected alert would have been
+            # counted as delivered when the target answered the GET with 200 (nobody received it).
             async with self._client().post(
-                self.url, data=payload.encode(), headers=self.headers(alert, payload, time.time())
+                self.url, data=payload.encode(), headers=self.headers(alert, payload, time.time()),
+                allow_redirects=False,
             ) as resp:
                 await resp.read()
                 status = resp.status
@@ -223,6 +230,10 @@ class WebhookSink:
             raise SinkError(f"webhook {self.display_url}: {type(e).__name__}: {detail}") from None
         if 200 <= status < 300:
             return
+        if 300 <= status < 400:
+            raise PermanentSinkError(
+                f"webhook {self.display_url}: HTTP {status} redirect (not followed: configure the final URL)"
+            )
         if status in (408, 425, 429) or status >= 500:
             raise SinkError(f"webhook {self.display_url}: HTTP {status}", retry_after_s=retry_after)
         raise PermanentSinkError(f"webhook {self.display_url}: HTTP {status} (not retried)")
@@ -291,12 +302,21 @@ class StoreSink:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from ``Retry-After``: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None when absent
+    or unreadable (our own back-off applies). The dispatcher caps it at ``backoff_max_s``."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        secs = float(value)
     except ValueError:
-        return None  # HTTP-date form: fall back to our own back-off
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is read as UTC
+            when = when.replace(tzinfo=datetime.UTC)
+        secs = when.timestamp() - time.time()
+    return 0.0 if math.isnan(secs) or secs <= 0 else secs  # +inf is fine: the dispatcher caps it
 
 
 def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str) -> list[AlertSink]:
