@@ -25,14 +25,16 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
+import errno
 import hashlib
 import hmac
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -86,7 +88,16 @@ class AlertSink(Protocol):
     async def close(self) -> None: ...
 
 
+_MAX_WEBHOOK_BODY = 64 * 1024
+
+
 class JsonlSink:
+    """One JSON object per line, appended (``O_APPEND``: lines of several processes never interleave).
+
+    The open, the write and the fsync run in a worker thread, so a slow or hung filesystem (NFS) never stalls
+    the event loop. A short write (a full disk) leaves a fragment: the next line then starts with a newline, so
+    the fragment stays a line of its own that readers skip, and the retried alert is a whole line."""
+
     def __init__(self, cfg: AlertSinkConfig) -> None:
         if not cfg.path:
             raise ConfigError("alerts.sinks: a jsonl sink needs path")
@@ -94,60 +105,77 @@ class JsonlSink:
         self.name = cfg.name or "jsonl"
         self.delivery = Delivery.from_config(cfg)
         self.path = Path(cfg.path)
-        self._fh: IO[str] | None = None
+        self._fd: int | None = None
         self._last_fsync = 0.0
         self._dirty = False
+        self._partial = False  # the last write was cut short: start the next one on a new line
+        self._lock = threading.Lock()  # one writer thread at a time per sink
 
-    def _open(self) -> IO[str]:
-        if self._fh is not None and self._rotated(self._fh):
+    def _open(self) -> int:
+        if self._fd is not None and self._rotated(self._fd):
             self._drop_handle()
-        if self._fh is None:
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._fh = os.fdopen(fd, "a", encoding="utf-8")
-        return self._fh
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return self._fd
+
+    def _write(self, line: bytes) -> None:
+        with self._lock:
+            data = (b"\n" + line) if self._partial else line
+            try:
+                fd = self._open()
+                written = os.write(fd, data)  # one write() of the whole line
+            except OSError:
+                self._drop_handle()
+                raise
+            if written != len(data):
+                self._partial = True
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+            self._partial = False
+            self._dirty = True
 
     async def emit(self, alert: Alert, payload: str) -> None:
         try:
-            fh = self._open()
-            # One write() of the whole line: with O_APPEND, lines from several processes never interleave.
-            fh.write(payload + "\n")
-            fh.flush()
+            await asyncio.to_thread(self._write, payload.encode("utf-8") + b"\n")
         except OSError as e:
-            self._drop_handle()
             raise SinkError(f"{self.path}: {e.strerror or e}") from e
-        self._dirty = True
         now = time.monotonic()
         if now - self._last_fsync >= FSYNC_INTERVAL_S:
             await self._fsync()
 
-    def _rotated(self, fh: IO[str]) -> bool:
+    def _rotated(self, fd: int) -> bool:
         """True when the path no longer names the open file (logrotate moved or deleted it): reopen, so
         alerts land in the new file. Alerts are rare, so one stat per alert is nothing."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return True
-        own = os.fstat(fh.fileno())
+        own = os.fstat(fd)
         return (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev)
 
+    def _sync(self) -> None:
+        with self._lock:
+            if self._fd is not None and self._dirty:
+                self._dirty = False
+                os.fsync(self._fd)
+
     async def _fsync(self) -> None:
-        if self._fh is not None and self._dirty:
+        if self._fd is not None and self._dirty:
             self._last_fsync = time.monotonic()
-            self._dirty = False
-            await asyncio.to_thread(os.fsync, self._fh.fileno())
+            await asyncio.to_thread(self._sync)
 
     def _drop_handle(self) -> None:
-        if self._fh is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):  # already broken; the next emit reopens the file
-                self._fh.close()
-            self._fh = None
+                os.close(self._fd)
+            self._fd = None
 
     async def close(self) -> None:
         try:
             await self._fsync()
         finally:
-            self._drop_handle()
+            with self._lock:
+                self._drop_handle()
 
 
 class RedisStreamSink:
@@ -221,7 +249,7 @@ class WebhookSink:
                 self.url, data=payload.encode(), headers=self.headers(alert, payload, time.time()),
                 allow_redirects=False,
             ) as resp:
-                await resp.read()
+                await resp.content.read(_MAX_WEBHOOK_BODY)  # a receiver's body is not ours to hold whole
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as e:

@@ -361,3 +361,38 @@ async def test_jsonl_file_deleted_by_rotation_is_recreated(tmp_path: Path) -> No
     await d.close()
     assert [json.loads(x)["client"] for x in path.read_text().splitlines()] == ["after"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_short_write_never_merges_the_retried_alert_into_its_fragment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cuts a line short; the retry must still be a whole, parseable line of its own (the
+    fragment stays a line readers skip). The short write is simulated at the OS boundary (os.write)."""
+    import gateway.alerts.sinks as sinks_mod
+    from gateway.alerts.sinks import JsonlSink, SinkError
+
+    path = tmp_path / "alerts.jsonl"
+    sink = JsonlSink(AlertSinkConfig(kind="jsonl", path=str(path)))
+    real_write = sinks_mod.os.write
+    calls = {"n": 0}
+
+    def short_once(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        return real_write(fd, data[: len(data) // 2]) if calls["n"] == 1 else real_write(fd, data)
+
+    monkeypatch.setattr(sinks_mod.os, "write", short_once)
+    alert = make_alert()
+    payload = alert.to_json()
+    with pytest.raises(SinkError, match="short write"):
+        await sink.emit(alert, payload)
+    await sink.emit(alert, payload)  # the dispatcher's retry
+    await sink.emit(make_alert("c2"), make_alert("c2").to_json())
+    await sink.close()
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 4  # fragment, retried alert, next alert
+    parsed = []
+    for line in lines[:-1]:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            parsed.append(None)
+    assert parsed[0] is None and parsed[1]["client"] == "c1" and parsed[2]["client"] == "c2"
