@@ -157,11 +157,16 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
+    ex = Exchange(request_id(request), request.path, time.perf_counter())
     try:
-        await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
+        ex.principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
     except GatewayError as e:
-        return error_response(e, request_id(request))
+        ex.status, ex.error_type = e.status, e.code
+        finish(ctx, ex)  # counted and access-logged like any request: credential probing shows
+        return error_response(e, ex.request_id)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipgate"} for m in sorted(ctx.models)]
+    ex.status = 200
+    finish(ctx, ex)
     return web.json_response({"object": "list", "data": data})
 
 
@@ -171,9 +176,16 @@ API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embedding
 async def no_route(request: web.Request) -> web.Response:
     """Catch-all, registered last: JSON 404 for unknown paths and 405 for a wrong method on a known one
     (a route instead of a middleware, so the hot path pays for no extra layer)."""
+    # counted and access-logged under the route "-" (never the raw path: unbounded labels, and a scan's paths
+    # are the scanner's words), so path scans show in the metrics and the access log
+    ex = Exchange(request_id(request), "-", time.perf_counter())
     if request.path in API_PATHS:
         err = to_openai_error(f"method: {request.method} is not allowed on {request.path}",
                               "invalid_request_error", "method_not_allowed")
+        ex.status, ex.error_type = 405, "method_not_allowed"
+        finish(request.app[CTX], ex)
         return web.json_response(err, status=405, headers={"Allow": "GET" if request.path == "/v1/models"
                                                            else "POST"})
-    return error_response(NotFound(f"path: {request.path} is not an API route"), request_id(request))
+    ex.status, ex.error_type = 404, "not_found"
+    finish(request.app[CTX], ex)
+    return error_response(NotFound(f"path: {request.path} is not an API route"), ex.request_id)

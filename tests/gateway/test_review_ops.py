@@ -277,3 +277,33 @@ def test_apikey_append_keeps_the_key_file_loadable(tmp_path: Path) -> None:
     keys.chmod(0o666)
     r = _apikey("--client", "y", "--append", str(keys))
     assert r.returncode == 0 and "writable by group or others" in r.stderr
+
+
+async def test_model_listing_and_unknown_paths_are_counted_without_their_paths() -> None:
+    """Path scans and credential probing on /v1/models must show in the metrics and the access log; the raw
+    path is never a label (unbounded, and the scanner's words)."""
+    import aiohttp
+
+    from tests.support.harness import gateway_config, running_gateway, sim_backend
+
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/wp-admin/setup.php", "/.env", "/v1/secret-admin"):
+                async with s.get(gw.url + path) as r:
+                    assert r.status == 404
+            async with s.get(gw.url + "/v1/chat/completions") as r:
+                assert r.status == 405
+            async with s.get(gw.url + "/v1/models") as r:
+                assert r.status == 401
+            async with s.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
+                assert r.status == 200
+        reg = gw.ctx.metrics.registry
+
+        def count(route: str, status: str) -> float:
+            return reg.get_sample_value("ipgate_requests_total",
+                                        {"route": route, "model": "-", "backend": "-", "status": status}) or 0.0
+
+        assert count("-", "404") == 3 and count("-", "405") == 1
+        assert count("/v1/models", "401") == 1 and count("/v1/models", "200") == 1
+        routes = {s.labels.get("route") for m in reg.collect() for s in m.samples if "route" in s.labels}
+        assert not any(r and ("wp-admin" in r or ".env" in r or "secret" in r) for r in routes), routes
