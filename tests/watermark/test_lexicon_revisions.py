@@ -117,3 +117,21 @@ def test_a_bad_revision_is_refused_with_the_group_named(bad: object) -> None:
     t["groups"][0]["since"] = bad
     with pytest.raises(ValueError, match=rf"{t['groups'][0]['id']!r}.*'since'"):
         Lexicon.from_json(t)
+
+
+@pytest.mark.parametrize("bad", [True, 1, ["why"]])
+def test_a_retirement_needs_a_reason(bad: object) -> None:
+    t = table()
+    t["groups"][0]["retired"] = bad
+    with pytest.raises(ValueError, match=rf"{t['groups'][0]['id']!r}.*'retired'"):
+        Lexicon.from_json(t)
+
+
+def test_retiring_a_group_keeps_every_index_and_removes_only_its_slots() -> None:
+    t = table()
+    idx = next(i for i, g in enumerate(t["groups"]) if g["id"] == "do not|don't")
+    t["groups"][idx]["retired"] = "test"
+    retired, shipped = Lexicon.from_json(t), default_lexicon()
+    assert [g.gid for g in retired.groups] == [g.gid for g in shipped.groups]
+    assert all(c.group != idx for cands in retired.by_first.values() for c in cands)
+    assert any(c.group == idx for cands in shipped.by_first.values() for c in cands)
