@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from watermark import language
 from watermark.chunks import CHUNK, NUMBER, PLAIN, WS, Chunk, collect, parse_chunk
 from watermark.lexicon import ARTICLES, Group, Lexicon
 from watermark.listmarks import BULLETS, DELIMITERS, ListTracker, Marker, interrupts, parse_marker
@@ -57,6 +58,16 @@ _LIST_START = "-*+0123456789"
 _DATE = re.compile(r"[(\[~]*(?:[12][0-9]{3}(?![0-9])|[0-9]+(?:st|nd|rd|th)\b|[0-9]{1,2}(?::[0-5][0-9])+"
                    r"|[0-9]{1,2}(?:[.:][0-5][0-9])?[ap]\.?m\b)", re.IGNORECASE)
 
+# The word after a comma that closes a sentence-initial phrase, read through the comma against the group's
+# ``next_not``: openers of a discourse "So," ("So, I don't have any evidence", "So, let's get started", "So, how
+# do you ...") that never follow an inferential "Therefore,". Not "you", "if", "in", "when", "to" ("Therefore,
+# you will pay $24", "Thus, in total", "Thus, if both work 20 hours"). Every variant's first word of a group that
+# starts with one of these is listed too ("I'm"/"I am", "let's"/"let us"), so the detector, reading the variant
+# the embedder wrote, reaches the same decision.
+_COMMA_DISCOURSE_NEXT = frozenset(str.split(
+    "i i'm i'd i'll i've let let's how how's why well okay ok yeah um uh anyway anyhow please sorry yes"))
+
+
 # on_slot(group index, observed variant, context word) -> variant to write
 SlotFn = Callable[[int, int, str], int]
 
@@ -74,6 +85,7 @@ class ScanState:
     last_char: str = "\n"  # last character of the previous chunk ("\n" at a line start)
     last_number: bool = False  # the previous chunk was a number ("$5 a day")
     apostrophe: str = "'"  # the apostrophe style of the text so far (’ is sticky once seen)
+    lang: str = ""  # classes of the last language.WINDOW words outside code and slots ("E", "F", "O")
 
 
 class Scanner:
@@ -237,6 +249,8 @@ class Scanner:
             if c == "\n":
                 out.append(c)
                 i += 1
+                if st.last_char == "\n":  # a blank line: a new paragraph may be in another language
+                    st.lang = ""
                 st.at_line_start, st.last_char, st.last_number = True, "\n", False
                 continue
             m = WS.match(s, i)
@@ -261,6 +275,8 @@ class Scanner:
                 break  # the word may continue
             chunk = parse_chunk(s, i, m.end())
             if not chunk.word or (m.end() < n and s[m.end()] == "`"):  # glued to inline code: verbatim
+                if m.end() == n or s[m.end()] != "`":
+                    st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.last_char, st.last_number = s[m.end() - 1], chunk.number
                 i = m.end()
@@ -269,6 +285,7 @@ class Scanner:
                 st.apostrophe = "’"
             cands = self._lex.by_first.get(chunk.low)
             if not cands:
+                st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
                 i = m.end()
@@ -278,6 +295,7 @@ class Scanner:
                 break  # hold the possible phrase until the words that decide it arrive
             done = self._try_slot(s, seq, on_slot, out)
             if done is None:
+                st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
                 i = m.end()
@@ -340,6 +358,7 @@ class Scanner:
         st.last_char = chunks[-1][-1]
         st.last_number = NUMBER.match(chunks[-1]) is not None
         glued = j < len(s) and s[j] == "`" and not s[j - 1].isspace()
+        st.lang = language.note(st.lang, chunks[:-1] if glued else chunks)
         for k in range(len(chunks) - 1, -1, -1):
             if k == len(chunks) - 1 and glued:
                 continue  # a chunk glued to inline code is never a word
@@ -350,6 +369,8 @@ class Scanner:
 
     def _try_slot(self, s: str, seq: list[Chunk], on_slot: SlotFn, out: list[str]) -> int | None:
         st = self.state
+        if language.foreign(st.lang):
+            return None
         for cand in self._lex.by_first[seq[0].low]:
             grp = self._lex.groups[cand.group]
             m = len(cand.words)
@@ -500,6 +521,9 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
     if grp.next_in and nw not in grp.next_in:
         return False
     if nw and nw in grp.next_not:
+        return False
+    if (grp.sentence_start and not grp.comma_after and trail.startswith(",") and nxt is not None
+            and nxt.low in _COMMA_DISCOURSE_NEXT and nxt.low in grp.next_not):
         return False
     if (grp.next_not_suffix and nw.endswith(grp.next_not_suffix) and nw not in grp.suffix_nouns
             and not (prev in grp.suffix_prev_ok and last_char.isalpha() and not part[0].lead)):
