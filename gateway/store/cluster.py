@@ -3,7 +3,8 @@
 It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / ``execute`` /
 ``execute_many`` / ``ping`` / ``close``) and routes each one by its key's hash slot:
 
-- **Slot map** from ``CLUSTER SLOTS`` (asked of the known primaries, then of the seed nodes), loaded on the
+- **Slot map** from ``CLUSTER SLOTS`` (asked of the known primaries and the seed nodes at once; the first
+  complete answer wins, an empty or partial one only if no node gives better), loaded on the
   first call and refreshed in the background after a redirect or a connection failure; a refresh never blocks
   a request. The slot of a key is CRC16 of its hash tag (``redis.crc.key_slot``, redis-py's implementation).
 - **MOVED** (the slot lives elsewhere now): the slot is re-pointed at once, a full refresh is scheduled, and
@@ -16,16 +17,18 @@ It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / 
   **MOVED back** to a node that already sent the call away (a hand-over whose source was told before its
   target: each names the other for a moment) is waited out the same way. At most ``MAX_REDIRECTS`` other
   MOVED/ASK per call; past that the call fails like an unreachable Redis.
-- A redirected call is sent again **whole**: a redirect reply means the node did not execute that command,
-  and the store's batches are either one key (a script, a ``MULTI``/``EXEC`` block, whose commands are
-  refused all together) or idempotent reads and writes of one slot (``link_sketches``).
+- A redirected script or ``MULTI``/``EXEC`` block is sent again **whole**: a redirect reply means the node
+  did not execute it (a block's commands are refused all together). A pipeline outside ``MULTI``
+  (``link_sketches``) is redirected **command by command**: only the commands answered by a redirect are sent
+  again, because during a migration the source executes those of the keys it still holds.
 - ``execute_many`` splits a pipeline whose commands touch keys in different slots (``link_sketches``: one
   sorted set per sketch) into one pipeline per slot, sent concurrently, replies put back in order.
 - Scripts (``EVALSHA``) go to the node that owns their keys; a ``NOSCRIPT`` there is answered by the caller's
   ``EVAL`` fallback on the same node, so every primary loads the scripts it needs on first use.
 - ``CLUSTERDOWN`` and exhausted redirects raise ``redis.exceptions.ConnectionError``: like a node that is
   down or hung (every node call is bounded by the timeout), they are an outage to ``ResilientStore``, which
-  applies the configured failure mode to the **whole** store until ``ping`` (every primary answers) succeeds.
+  applies the configured failure mode to the **whole** store until ``ping`` (every primary answers
+  ``CLUSTER INFO`` with ``cluster_state:ok``) succeeds.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def _redirect(replies: Sequence[Any]) -> tuple[str, int, str] | None:
     return None
 
 
+def _is_redirect(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED ", "ASK ", "TRYAGAIN"))
+
+
 class ClusterMux:
     """Routes the store's commands to the primaries of a Redis Cluster found from ``seeds`` (URLs)."""
 
@@ -115,31 +122,60 @@ class ClusterMux:
 
     # slot map ------------------------------------------------------------------------------------------------
     async def _load_map(self) -> None:
-        """Ask the primaries we know, then the seeds, for ``CLUSTER SLOTS``; the first answer wins."""
+        """Ask the primaries we know and the seeds, all at once, for ``CLUSTER SLOTS``; the first complete map
+        to arrive wins.
+
+        All at once: asked one after the other, a hung node (a frozen host, a partition that drops packets)
+        costs a whole timeout before the next is asked, which is all of the health probe's budget; after a
+        failover away from such a node the probe could then never load the new map, and the store would stay
+        degraded while the cluster is healthy. A node outside the cluster (after ``CLUSTER RESET``, or a
+        replacement that lost its nodes.conf) answers an empty map, and one that has not yet learnt of a change
+        may answer a partial one: such an answer must not win (an empty map would drop every primary, and with
+        them the nodes asked next time). Without a complete answer the most complete one is used; without any
+        slot at all the load fails."""
         serving = set(self._slots)
         known = list(dict.fromkeys([*(a for a, m in self._nodes.items() if m in serving), *self._seeds]))
+        muxes = {addr: self._node(addr) for addr in known}
+
+        async def ask(addr: str) -> tuple[str, Any]:
+            return addr, await muxes[addr].execute("CLUSTER", "SLOTS")
+
         last: Exception | None = None
-        for addr in known:
-            try:
-                rows = await self._node(addr).execute("CLUSTER", "SLOTS")
-            except Exception as e:
-                last = e
-                continue
-            host = addr.rpartition(":")[0].strip("[]")
-            slots: list[RespMux | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-            for row in rows:
-                start, end, primary = int(row[0]), int(row[1]), row[2]
-                # an empty or "?" host means "the address you asked me on" (cluster-announce-ip unset)
-                node_host = primary[0].decode() if primary[0] not in (b"", b"?", None) else host
-                mux = self._node(self._addr(node_host, int(primary[1])))
-                slots[start:end + 1] = [mux] * (end - start + 1)
-            self._slots = slots
-            self._loaded = True
-            live = set(slots)
-            for gone in [a for a, m in self._nodes.items() if m not in live and a not in self._seeds]:
-                await self._nodes.pop(gone).close()
-            return
-        raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS: {last}")
+        best: list[RespMux | None] | None = None
+        best_served = 0
+        tasks = [asyncio.ensure_future(ask(addr)) for addr in known]
+        try:
+            for next_answer in asyncio.as_completed(tasks):
+                try:
+                    addr, rows = await next_answer
+                except Exception as e:
+                    last = e
+                    continue
+                host = addr.rpartition(":")[0].strip("[]")
+                slots: list[RespMux | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+                for row in rows:
+                    start, end, primary = int(row[0]), int(row[1]), row[2]
+                    # an empty or "?" host means "the address you asked me on" (cluster-announce-ip unset)
+                    node_host = primary[0].decode() if primary[0] not in (b"", b"?", None) else host
+                    mux = self._node(self._addr(node_host, int(primary[1])))
+                    slots[start:end + 1] = [mux] * (end - start + 1)
+                served = REDIS_CLUSTER_HASH_SLOTS - slots.count(None)
+                if served > best_served:
+                    best, best_served = slots, served
+                if served == REDIS_CLUSTER_HASH_SLOTS:
+                    break
+                last = RedisConnectionError(f"{addr} serves {served} of {REDIS_CLUSTER_HASH_SLOTS} slots")
+        finally:
+            for t in tasks:
+                t.cancel()  # a cancelled call's reply is read and dropped: its connection stays in order
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if best is None:
+            raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS with a slot map: {last}")
+        self._slots = best
+        self._loaded = True
+        live = set(best)
+        for gone in [a for a, m in self._nodes.items() if m not in live and a not in self._seeds]:
+            await self._nodes.pop(gone).close()
 
     async def refresh(self) -> None:
         async with self._loading:
@@ -169,19 +205,30 @@ class ClusterMux:
     # routing -------------------------------------------------------------------------------------------------
     async def _send(self, slot: int, data: bytes, replies: int, commands: Sequence[bytes] | None = None
                     ) -> list[Any]:
-        """``commands``: ``data`` split into its packed commands, for a pipeline outside ``MULTI``: on ASK each
-        one needs its own ``ASKING`` (Redis clears the flag after one command, except inside ``MULTI``)."""
+        """``commands``: ``data`` split into its packed commands, for a pipeline outside ``MULTI``. Redis redirects
+        such a pipeline command by command (ASK names only the keys that already moved), so only the commands
+        answered by a redirect are sent again, each after its own ``ASKING`` on an ASK target (Redis clears the
+        flag after one command, except inside ``MULTI``). Sent again whole, the commands the source did execute
+        would run twice, and on the target they would read nothing and create a second copy of a key that is
+        still on the source (whose own migration then fails with BUSYKEY)."""
         asking: RespMux | None = None
         redirects = 0
         pause = _TRYAGAIN_FIRST_PAUSE_S
         tryagain_until: float | None = None
         moved_to: set[str] = set()  # the nodes a MOVED sent this call to
         loop = asyncio.get_running_loop()
+        pipeline = commands is not None and len(commands) > 1
+        todo = list(range(len(commands))) if commands is not None and pipeline else []  # not answered yet
+        done: list[Any] = [None] * len(todo)
         while True:
             mux = asking or await self._owner(slot)
             try:
-                if asking is not None and commands is not None and len(commands) > 1:
-                    out = (await mux.execute_packed(b"".join(_ASKING + c for c in commands), 2 * replies))[1::2]
+                if commands is not None and pipeline:
+                    part = [commands[i] for i in todo]
+                    if asking is not None:
+                        out = (await mux.execute_packed(b"".join(_ASKING + c for c in part), 2 * len(part)))[1::2]
+                    else:
+                        out = await mux.execute_packed(b"".join(part), len(part))
                 elif asking is not None:
                     out = (await mux.execute_packed(_ASKING + data, replies + 1))[1:]
                 else:
@@ -192,9 +239,13 @@ class ClusterMux:
                 if any(m is mux for m in self._nodes.values()):
                     self._schedule_refresh()
                 raise
+            if pipeline:
+                for i, r in zip(todo, out, strict=True):
+                    done[i] = r
+                todo = [i for i, r in zip(todo, out, strict=True) if _is_redirect(r)]
             redirect = _redirect(out)
             if redirect is None:
-                return out
+                return done if pipeline else out
             kind, new_slot, addr = redirect
             self.redirects[kind] += 1
             if kind != "TRYAGAIN":
@@ -276,12 +327,20 @@ class ClusterMux:
         return check_replies(replies)
 
     async def ping(self) -> None:
-        """Healthy means: the slot map loads, every slot has an owner, and every primary answers PING."""
+        """Healthy means: the slot map loads, every slot has an owner, and every primary says
+        ``cluster_state:ok``. ``CLUSTER INFO`` rather than ``PING``: a primary that answers ``CLUSTERDOWN`` to
+        every key (it lost a slot, or sits in a minority partition) still answers ``PONG``, and the store's probe
+        would then declare the store healthy only for the next request to that primary to flip it down again,
+        two log lines per probe interval for as long as it lasts."""
         await self.refresh()
         if any(m is None for m in self._slots):
             raise RedisConnectionError("Redis Cluster slot map has unassigned slots")
         primaries = {id(m): m for m in self._slots if m is not None}
-        await asyncio.gather(*(m.execute("PING") for m in primaries.values()))
+        infos = await asyncio.gather(*(m.execute("CLUSTER", "INFO") for m in primaries.values()))
+        for mux, info in zip(primaries.values(), infos, strict=True):
+            if b"cluster_state:ok" not in bytes(info):
+                addr = next((a for a, m in self._nodes.items() if m is mux), mux.host)
+                raise RedisConnectionError(f"Redis Cluster node {addr} is not serving (cluster_state is not ok)")
 
     def primaries(self) -> list[RespMux]:
         return list({id(m): m for m in self._slots if m is not None}.values())

@@ -115,6 +115,10 @@ class RedisStore:
         # and the mapping injective.
         if "{" in client_id or "}" in client_id or "%" in client_id:
             client_id = client_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        elif not client_id:
+            # an empty tag "{}" is no tag: the keys would hash to three slots (CROSSSLOT in a cluster). A lone
+            # "%" never results from the encoding above ("%" is always escaped), so it names "" alone.
+            client_id = "%"
         tag = f"{self._p}{{{client_id}}}"
         return f"{tag}:rl", f"{tag}:st", f"{tag}:ov"
 
