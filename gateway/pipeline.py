@@ -162,12 +162,19 @@ async def list_models(request: web.Request) -> web.Response:
         ex.principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
     except GatewayError as e:
         ex.status, ex.error_type = e.status, e.code
+        ex.overhead_s = time.perf_counter() - ex.t0
         finish(ctx, ex)  # counted and access-logged like any request: credential probing shows
-        return error_response(e, ex.request_id)
+        return error_response(e, ex.request_id, ctx.config.server.overhead_header, ex.overhead_s)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipgate"} for m in sorted(ctx.models)]
     ex.status = 200
+    ex.overhead_s = time.perf_counter() - ex.t0
     finish(ctx, ex)
-    return web.json_response({"object": "list", "data": data})
+    return web.json_response({"object": "list", "data": data}, headers=_ids(ctx, ex))
+
+
+def _ids(ctx: AppContext, ex: Exchange) -> dict[str, str]:
+    """The headers every answer of the public listener carries: its request id and the gateway's own time."""
+    return {"X-Request-Id": ex.request_id, ctx.config.server.overhead_header: f"{ex.overhead_s * 1000:.3f}"}
 
 
 API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
@@ -178,14 +185,18 @@ async def no_route(request: web.Request) -> web.Response:
     (a route instead of a middleware, so the hot path pays for no extra layer)."""
     # counted and access-logged under the route "-" (never the raw path: unbounded labels, and a scan's paths
     # are the scanner's words), so path scans show in the metrics and the access log
+    ctx = request.app[CTX]
     ex = Exchange(request_id(request), "-", time.perf_counter())
     if request.path in API_PATHS:
         err = to_openai_error(f"method: {request.method} is not allowed on {request.path}",
                               "invalid_request_error", "method_not_allowed")
         ex.status, ex.error_type = 405, "method_not_allowed"
-        finish(request.app[CTX], ex)
-        return web.json_response(err, status=405, headers={"Allow": "GET" if request.path == "/v1/models"
-                                                           else "POST"})
+        ex.overhead_s = time.perf_counter() - ex.t0
+        finish(ctx, ex)
+        return web.json_response(err, status=405, headers={
+            "Allow": "GET" if request.path == "/v1/models" else "POST", **_ids(ctx, ex)})
     ex.status, ex.error_type = 404, "not_found"
-    finish(request.app[CTX], ex)
-    return error_response(NotFound(f"path: {request.path} is not an API route"), ex.request_id)
+    ex.overhead_s = time.perf_counter() - ex.t0
+    finish(ctx, ex)
+    return error_response(NotFound(f"path: {request.path} is not an API route"), ex.request_id,
+                          ctx.config.server.overhead_header, ex.overhead_s)

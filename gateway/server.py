@@ -145,11 +145,11 @@ def _ignore_sighup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def _spawn(config_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(config_path: str, env: dict[str, str], log_level: str = "INFO") -> subprocess.Popen[bytes]:
     # The worker starts with SIGHUP ignored (inherited across exec) until its reload handler is installed: a
     # reload forwarded while it is still importing would otherwise kill it (SIGHUP's default action).
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
-                             "--workers", "1"], env=env, preexec_fn=_ignore_sighup)
+                             "--workers", "1", "--log-level", log_level], env=env, preexec_fn=_ignore_sighup)
 
 
 def check_bind(cfg: GatewayConfig) -> None:
@@ -170,7 +170,7 @@ def check_bind(cfg: GatewayConfig) -> None:
                 raise OSError(e.errno, f"{host}:{port}: {e.strerror}") from e
 
 
-def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
+def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str = "INFO") -> int:
     """Run ``workers`` worker processes sharing the ports; forward SIGTERM/SIGINT/SIGHUP; restart crashes."""
     from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
 
@@ -199,7 +199,7 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
     # the workers it had started.
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
-    procs.extend(_spawn(config_path, env) for _ in range(workers))
+    procs.extend(_spawn(config_path, env, log_level) for _ in range(workers))
     codes: dict[int, int] = {}
     while True:
         alive = False
@@ -221,7 +221,7 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
             if stopping:  # SIGTERM arrived during the pause: a worker started now would never be told to stop
                 codes[p.pid] = rc
                 continue
-            procs[i] = _spawn(config_path, env)
+            procs[i] = _spawn(config_path, env, log_level)
             alive = True
         if not alive:
             break
@@ -231,9 +231,9 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig) -> int:
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
-def serve(config_path: str, workers: int | None) -> int:
+def serve(config_path: str, workers: int | None, log_level: str = "INFO") -> int:
     cfg = load_config(config_path)
     n = workers if workers is not None else cfg.server.workers
     if n > 1:
-        return supervise(config_path, n, cfg)
+        return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
     return asyncio.run(run_worker(config_path, cfg))

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print("ipgate serve: --workers must be between 1 and 1024", file=sys.stderr)
         return 2
     try:
-        return serve(args.config, args.workers)
+        return serve(args.config, args.workers, args.log_level)
     except ConfigError as e:
         print(f"ipgate serve: {e}", file=sys.stderr)
         return 2

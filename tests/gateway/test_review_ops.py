@@ -288,15 +288,19 @@ async def test_model_listing_and_unknown_paths_are_counted_without_their_paths()
 
     async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
         async with aiohttp.ClientSession() as s:
+            answers = []
             for path in ("/wp-admin/setup.php", "/.env", "/v1/secret-admin"):
                 async with s.get(gw.url + path) as r:
-                    assert r.status == 404
+                    answers.append((r.status, r.headers))
             async with s.get(gw.url + "/v1/chat/completions") as r:
-                assert r.status == 405
+                answers.append((r.status, r.headers))
             async with s.get(gw.url + "/v1/models") as r:
-                assert r.status == 401
+                answers.append((r.status, r.headers))
             async with s.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
-                assert r.status == 200
+                answers.append((r.status, r.headers))
+        assert [st for st, _ in answers] == [404, 404, 404, 405, 401, 200]
+        for _, h in answers:  # every answer of the public listener carries its id and the gateway's own time
+            assert h.get("X-Request-Id") and float(h["x-ipgate-overhead-ms"]) >= 0
         reg = gw.ctx.metrics.registry
 
         def count(route: str, status: str) -> float:
@@ -307,3 +311,12 @@ async def test_model_listing_and_unknown_paths_are_counted_without_their_paths()
         assert count("/v1/models", "401") == 1 and count("/v1/models", "200") == 1
         routes = {s.labels.get("route") for m in reg.collect() for s in m.samples if "route" in s.labels}
         assert not any(r and ("wp-admin" in r or ".env" in r or "secret" in r) for r in routes), routes
+
+
+def test_workers_log_at_the_level_given_to_the_supervisor(tmp_path: Path) -> None:
+    """`--log-level WARNING --workers 2`: the workers' INFO lines ("ipgate serving on ...") stay out too."""
+    cfg = gateway_config("http://127.0.0.1:9")
+    with GatewayProcess(cfg, tmp_path, workers=2, extra_args=("--log-level", "WARNING")) as gw:
+        time.sleep(0.5)
+        out = gw.output()
+    assert " INFO " not in out, out[-2000:]

@@ -23,7 +23,9 @@ from tests.support.harness import JWT_SECRET, free_port, mint_token
 
 class GatewayProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, *, workers: int = 1, port: int | None = None,
-                 admin_port: int | None = None, env: dict[str, str] | None = None) -> None:
+                 admin_port: int | None = None, env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.admin_port = admin_port or free_port()
         cfg = dict(config)
@@ -59,7 +61,8 @@ class GatewayProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-             "--workers", str(self.workers)], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+             "--workers", str(self.workers), *self.extra_args], env=self.env, stdout=self._log,
+            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
