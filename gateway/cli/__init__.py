@@ -10,6 +10,7 @@ gateway's server, the detectors and scikit-learn); ``ipgate --help`` and unknown
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout went away (`ipgate ... | head`): one line, no traceback, never a verdict
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush would hit it
+        print(f"ipgate {args.command}: output closed before all results were written", file=sys.stderr)
+        return INTERNAL_ERROR
     except Exception as e:  # a bug: exit 2 (an error), never a verdict; the traceback only on request
         if os.environ.get("IPGATE_DEBUG"):
             traceback.print_exc()
