@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.support.harness import app_backend
+
 
 @dataclass
 class WebhookReceiver:
@@ -39,13 +41,6 @@ async def webhook() -> AsyncIterator[WebhookReceiver]:
     recv = WebhookReceiver()
     app = web.Application()
     app.router.add_post("/hook", recv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    recv.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with app_backend(app) as url:
+        recv.url = url + "/hook"
         yield recv
-    finally:
-        await runner.cleanup()

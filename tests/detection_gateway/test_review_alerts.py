@@ -25,6 +25,7 @@ from gateway.alerts.model import Alert
 from gateway.alerts.sinks import build_sinks
 from gateway.config import AlertsConfig, AlertSinkConfig
 from gateway.telemetry.metrics import Metrics
+from tests.support.harness import app_backend
 
 
 def make_alert(client: str = "c1", tier_index: int = 2, examples: tuple[str, ...] = ("order 12345",),
@@ -71,16 +72,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     app.router.add_post("/hook", recv.post)
     app.router.add_get("/elsewhere", recv.get)
     app.router.add_post("/elsewhere", recv.post)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    recv.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with app_backend(app) as url:
+        recv.url = url + "/hook"
         yield recv
-    finally:
-        await runner.cleanup()
 
 
 # --- the receiver's side of the signature, exactly as docs/detection-gateway.md writes it ---------------
