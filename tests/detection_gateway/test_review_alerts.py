@@ -4,6 +4,7 @@ the real redis-server fixture, real files), the receiver-side signature check wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -205,7 +206,9 @@ async def test_many_clients_keep_the_dispatcher_memory_bounded(tmp_path: Path) -
     await d.close()
 
 
-async def test_shutdown_flush_is_bounded_with_a_hanging_webhook() -> None:
+@contextlib.asynccontextmanager
+async def hanging_webhook() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A webhook receiver that holds every POST until the event is set (it is set on the way out)."""
     hang = asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
@@ -214,25 +217,27 @@ async def test_shutdown_flush_is_bounded_with_a_hanging_webhook() -> None:
 
     app = web.Application()
     app.router.add_post("/hook", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    metrics = Metrics(CollectorRegistry())
-    sinks = build_sinks([AlertSinkConfig(kind="webhook", url=f"http://127.0.0.1:{port}/hook", timeout_s=30)],
-                        default_redis_url="r")
-    d = AlertDispatcher(AlertsConfig(min_interval_s=0, dedup_window_s=0), sinks, metrics=metrics)
-    await d.start()
-    for i in range(3):
-        assert await d.submit(make_alert(f"c{i}"))
-    await asyncio.sleep(0.05)
-    t0 = time.monotonic()
-    await d.close(timeout_s=0.3)
-    assert time.monotonic() - t0 < 1.5
-    assert counter(metrics, "webhook", "dropped") == 3
-    hang.set()
-    await runner.cleanup()
+    async with app_backend(app) as url:
+        try:
+            yield url + "/hook", hang
+        finally:
+            hang.set()
+
+
+async def test_shutdown_flush_is_bounded_with_a_hanging_webhook() -> None:
+    async with hanging_webhook() as (url, _):
+        metrics = Metrics(CollectorRegistry())
+        sinks = build_sinks([AlertSinkConfig(kind="webhook", url=url, timeout_s=30)],
+                            default_redis_url="r")
+        d = AlertDispatcher(AlertsConfig(min_interval_s=0, dedup_window_s=0), sinks, metrics=metrics)
+        await d.start()
+        for i in range(3):
+            assert await d.submit(make_alert(f"c{i}"))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await d.close(timeout_s=0.3)
+        assert time.monotonic() - t0 < 1.5
+        assert counter(metrics, "webhook", "dropped") == 3
 
 
 _WRITER = """
@@ -311,35 +316,22 @@ async def test_redis_stream_is_trimmed_and_recovers_after_an_outage(redis_proces
 
 
 async def test_overflow_is_counted_per_alert_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    hang = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        await hang.wait()
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    metrics = Metrics(CollectorRegistry())
-    sinks = build_sinks([AlertSinkConfig(kind="webhook", url=f"http://127.0.0.1:{port}/hook", queue_size=2)],
-                        default_redis_url="r")
-    d = AlertDispatcher(AlertsConfig(), sinks, metrics=metrics)
-    await d.start()
-    with caplog.at_level("WARNING", logger="gateway.alerts.dispatcher"):
-        assert await d.submit(make_alert("c0"))
-        await asyncio.sleep(0.05)  # the worker holds c0 in flight; two more fill the queue
-        for i in range(1, 50):
-            assert await d.submit(make_alert(f"c{i}"))  # accepted for the other sinks; this one drops
-    assert counter(metrics, "webhook", "dropped") == 47
-    assert sum("queue full" in r.getMessage() for r in caplog.records) == 1
-    hang.set()
-    assert await d.flush(5.0)
-    await d.close()
-    await runner.cleanup()
+    async with hanging_webhook() as (url, hang):
+        metrics = Metrics(CollectorRegistry())
+        sinks = build_sinks([AlertSinkConfig(kind="webhook", url=url, queue_size=2)],
+                            default_redis_url="r")
+        d = AlertDispatcher(AlertsConfig(), sinks, metrics=metrics)
+        await d.start()
+        with caplog.at_level("WARNING", logger="gateway.alerts.dispatcher"):
+            assert await d.submit(make_alert("c0"))
+            await asyncio.sleep(0.05)  # the worker holds c0 in flight; two more fill the queue
+            for i in range(1, 50):
+                assert await d.submit(make_alert(f"c{i}"))  # accepted for the other sinks; this one drops
+        assert counter(metrics, "webhook", "dropped") == 47
+        assert sum("queue full" in r.getMessage() for r in caplog.records) == 1
+        hang.set()
+        assert await d.flush(5.0)
+        await d.close()
 
 
 async def test_jsonl_file_deleted_by_rotation_is_recreated(tmp_path: Path) -> None:
