@@ -89,7 +89,7 @@ async def _measure(detection: bool, secret: Path, n: int) -> dict[str, float]:
 
             def shape_route() -> None:
                 lease = ctx.router.acquire("sim", "bench-client")
-                upstream_body(ctx, parsed, principal, 0, lease.backend)
+                upstream_body(ctx, parsed, principal, 0, lease)
                 forward_headers(client_headers, "rid")
                 lease.release(Outcome(True, 200, 0.001))
 

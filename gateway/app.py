@@ -1,7 +1,8 @@
 """The two aiohttp applications (public API, admin) and the lifecycle of everything they share.
 
 ``open_context(cfg)`` builds the ``AppContext`` in dependency order (metrics → tracing/access log → store →
-policy → auth → router → alerts → fingerprint checks → detection → watermarking → upstream pool) and closes
+policy → auth → watermarking → router (it probes the KGW plugins) → alerts → fingerprint checks → detection →
+upstream pool) and closes
 it in reverse. ``ipgate serve`` and the test harness open it and hand it to both apps; a public app built
 without one opens its own through ``cleanup_ctx``.
 """
@@ -24,6 +25,7 @@ from gateway.context import CTX, AppContext
 from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_openai_error
 from gateway.fingerprinting import FingerprintChecker
 from gateway.hooks import Detection, Watermarking
+from gateway.kgw_probe import KgwPluginProbe
 from gateway.pipeline import error_response, list_models, no_route, proxy_handler
 from gateway.policy import Policy
 from gateway.proxy.forward import Upstream
@@ -55,7 +57,9 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         auth = Authenticator.from_config(cfg.auth, metrics=m)
         await auth.start()
         stack.push_async_callback(auth.close)
-        router = Router(cfg.models, cfg.routing, m, store)
+        # watermarking first: the router probes the KGW plugin of watermark-capable backends at start-up
+        watermarking = _watermarking(cfg, m)
+        router = Router(cfg.models, cfg.routing, m, store, plugin_probe=_plugin_probe(watermarking))
         await router.start()
         stack.push_async_callback(router.close)
         alerts: AlertDispatcher | None = None
@@ -75,7 +79,6 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         if embedding is not None:
             await embedding.start()
             stack.push_async_callback(embedding.close)
-        watermarking = _watermarking(cfg, m)
         upstream = Upstream()
         await upstream.start()
         stack.push_async_callback(upstream.close)
@@ -106,6 +109,14 @@ def _watermarking(cfg: GatewayConfig, metrics: Metrics) -> Watermarking | None:
 
     wm: Watermarking = GatewayWatermarking.from_config(cfg, metrics=metrics)
     return wm
+
+
+def _plugin_probe(wm: Watermarking | None) -> KgwPluginProbe | None:
+    """The KGW plugin probe whenever watermarking is on (a reload may add a watermark-capable backend; the
+    health checker probes only those)."""
+    from gateway.watermarking import GatewayWatermarking
+
+    return wm.plugin_probe() if isinstance(wm, GatewayWatermarking) else None
 
 
 async def _drain_background(ctx: AppContext) -> None:

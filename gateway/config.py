@@ -183,6 +183,10 @@ class BackendConfig(_Model):
     first_byte_timeout_s: float = Field(60.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0, description="per-chunk idle timeout for streams")
     watermark_capable: bool = False
+    # watermark_capable only: check that the engine really runs ipgate's KGW plugin (at start-up, then with
+    # every health check) and watermark post hoc (lexical) while it does not; false trusts the flag unchecked
+    kgw_probe: bool = True
+    kgw_probe_endpoint: Literal["completions", "chat"] = "completions"  # the probe's API (max_tokens 1)
     upstream_model: str | None = None  # model name the backend knows; default: the gateway model name
     health_path: str = "/v1/models"
     fingerprint_reference: str | None = None  # signature file from `ipgate fingerprint record`; None: unchecked

@@ -80,8 +80,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     ex.backend = op.lease.backend.name
     try:
         ex.watermarked_in_engine = ctx.watermarking is not None and ctx.watermarking.in_engine(
-            parsed.model, op.lease.backend.watermark_capable)
-        embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease.backend)
+            parsed.model, op.lease.engine_watermark)
+        embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease)
         hook = response_hook(ctx, adm.tier)
         details = ctx.detection is not None or ex.sampled
         headers = success_headers(adm.result, ex.request_id)

@@ -29,6 +29,7 @@ from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import usage_from_body
 from gateway.route import Opened
 from gateway.routing.router import Outcome
+from watermark.kgw.directives import REFUSAL_MARK
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class _ClientGone(Exception):
 
 _KGW_REFUSALS_LOGGED: set[tuple[str, bytes]] = set()  # (backend, message) pairs already logged at ERROR
 _KGW_DIRECTIVE = b"ipgate_kgw_"
+_KGW_REFUSAL = REFUSAL_MARK.encode()  # starts every refusal of the ipgate plugin
 
 
 def _kgw_refused(backend: str, raw: bytes) -> tuple[int, bytes]:
@@ -110,7 +112,7 @@ def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
     latency = op.t_headers - op.t_sent
     ctype = op.resp.headers.get("Content-Type", _JSON)
     backend = op.lease.backend
-    if status == 400 and backend.watermark_capable and _KGW_DIRECTIVE in raw:
+    if status == 400 and op.lease.engine_watermark and (_KGW_DIRECTIVE in raw or _KGW_REFUSAL in raw):
         fixed: tuple[int, bytes] | None = _kgw_refused(backend.name, raw)
         ex.error_type = "watermark_backend_misconfigured"
     else:

@@ -84,7 +84,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             raise
         t_sent = time.perf_counter()
         try:  # the lease is taken: from here on every way out must hand it back
-            data = upstream_body(ctx, parsed, principal, tier, lease.backend)
+            data = upstream_body(ctx, parsed, principal, tier, lease)
             t_sent = time.perf_counter()
             return await _try(ctx, lease, parsed, data, headers, t_sent)
         except AttemptFailed as e:

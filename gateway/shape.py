@@ -1,9 +1,11 @@
 """Step 6, shape: what the upstream receives, for one try on one backend.
 
 Tier hardening (``gateway.hardening.harden``: caps on logprobs/bias/n/seed, client ``vllm_xargs`` always
-removed; ``logit_bias``/``seed`` removed for watermark-capable backends), the watermark directives such a
-backend needs, the backend's own model name, and ``stream_options.include_usage`` for streams (the gateway
-needs real usage to reconcile the token reservation). The body is re-encoded only when something changed;
+removed; ``logit_bias``/``seed`` removed for watermark-capable backends), the watermark directives for a
+backend whose engine watermarks (``BackendLease.engine_watermark``: marked ``watermark_capable`` and its KGW
+plugin verified by the probe, ``gateway/kgw_probe.py``; otherwise its responses are watermarked post hoc),
+the backend's own model name, and ``stream_options.include_usage`` for streams (the gateway needs real usage
+to reconcile the token reservation). The body is re-encoded only when something changed;
 otherwise the client's bytes go upstream as they came.
 """
 
@@ -14,7 +16,6 @@ import logging
 import random
 from typing import Any
 
-from gateway.config import BackendConfig
 from gateway.context import AppContext
 from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening
 from gateway.hooks import StreamEmbedder
@@ -22,6 +23,7 @@ from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import ChoiceHook, EmbedderFactory
 from gateway.proxy.usage import ask_upstream_for_usage
+from gateway.routing.pool import BackendLease
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,17 @@ _ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other 
 
 
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
-                  backend: BackendConfig) -> bytes:
+                  lease: BackendLease) -> bytes:
+    backend = lease.backend
     tier_cfg = ctx.policy.tier(tier)
+    # logit_bias/seed go for every backend marked capable, verified or not: what a client may send must not
+    # change with the probe's verdict
     body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
                            chat=parsed.endpoint == "chat")
     if changes and log.isEnabledFor(logging.DEBUG):
         log.debug("hardening for tier %s: %s", tier_cfg.name, "; ".join(changes))
     changed = body is not parsed.body
-    if backend.watermark_capable and ctx.watermarking is not None:
+    if lease.engine_watermark and ctx.watermarking is not None:
         extra = ctx.watermarking.upstream_directives(principal, parsed.model, True, tier_cfg.name)
         if extra:
             body = body if changed else dict(body)
@@ -60,11 +65,11 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
 
 
 def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedRequest, tier: int,
-                     backend: BackendConfig) -> EmbedderFactory | None:
+                     lease: BackendLease) -> EmbedderFactory | None:
     """A factory of per-choice post-hoc watermark embedders, or None when this response is not watermarked
     post hoc (watermarking off, embeddings, the backend watermarks in the engine, or the scheme declines)."""
     wm = ctx.watermarking
-    if wm is None or parsed.endpoint == "embeddings" or backend.watermark_capable:
+    if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark:
         return None
     tier_name = ctx.policy.tier(tier).name
     first = wm.embedder_for(principal, parsed.model, tier_name, parsed.body)

@@ -1,9 +1,11 @@
 """The gateway's side of watermarking (``gateway.hooks.Watermarking``): which scheme, which key, which text.
 
 - Scheme per response: ``ModelConfig.watermark_scheme`` if set, else ``config.watermark.scheme``. A backend
-  marked ``watermark_capable`` watermarks in its sampler (KGW, through ``vllm_xargs``) and gets no post-hoc
-  rewrite; any other backend gets the lexical scheme post hoc -- also when the model asks for "kgw" but the
-  chosen backend cannot do it (logged once per model), because an unwatermarked response is the worse failure.
+  marked ``watermark_capable`` whose KGW plugin the probe verified (``gateway/kgw_probe.py``; the pipeline
+  passes ``BackendLease.engine_watermark`` as ``backend_watermark_capable``) watermarks in its sampler (KGW,
+  through ``vllm_xargs``) and gets no post-hoc rewrite; any other backend gets the lexical scheme post hoc --
+  also when the model asks for "kgw" but the chosen backend cannot do it (logged once per model), and while a
+  capable backend's plugin is not verified, because an unwatermarked response is the worse failure.
 - Strength per tier: ``TierPolicyConfig.watermark_strength`` ("strong" for suspicious tiers) enables the
   level-2 lexical groups and the larger KGW bias ``kgw_strong_delta``.
 - Never post hoc: ``response_format`` JSON (json_object / json_schema) and requests that force a tool call.
@@ -20,7 +22,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, WatermarkConfig
 from gateway.hooks import StreamEmbedder
@@ -31,6 +33,9 @@ from watermark.kgw.directives import vllm_xargs
 from watermark.kgw.params import KgwParams
 from watermark.lexical import LexicalScheme
 from watermark.verify import client_line
+
+if TYPE_CHECKING:
+    from gateway.kgw_probe import KgwPluginProbe
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,12 @@ class GatewayWatermarking:
     def ring(self) -> KeyRing:
         return self._ring
 
+    def plugin_probe(self) -> KgwPluginProbe:
+        """The KGW plugin liveness probe for this gateway's spec, master secret and directive mode."""
+        from gateway.kgw_probe import KgwPluginProbe
+
+        return KgwPluginProbe(self._kgw, self._ring.master, self._cfg.kgw_directive_mode)
+
     def scheme_for(self, model: str) -> str:
         return self._schemes.get(model, self._cfg.scheme)
 
@@ -112,8 +123,8 @@ class GatewayWatermarking:
             return None
         if scheme == "kgw" and model not in self._fallback_logged:
             self._fallback_logged.add(model)
-            log.warning("model %s: scheme kgw but the backend is not watermark-capable; using lexical post hoc",
-                        model)
+            log.warning("model %s: scheme kgw but the backend does not watermark in its engine (not "
+                        "watermark_capable, or its KGW plugin is not verified); using lexical post hoc", model)
         strength = self._strength.get(tier_name, "normal")
         emb = self._lexical.embedder(self._ring.key(principal.client_id), strength)
         echoed = _echoed_prompt(body)

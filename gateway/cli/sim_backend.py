@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+from typing import Any
 
 from gateway.sim import LABEL
 from gateway.sim.run import serve_sim_forever
@@ -25,14 +28,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cut-after", type=int, default=None, help="close the connection after N streamed tokens")
     p.add_argument("--stall-after", type=int, default=None, help="stop sending after N streamed tokens")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kgw-plugin", action="store_true",
+                   help="emulate vLLM with ipgate's KGW plugin loaded: vllm_xargs are checked by the plugin's own "
+                        "validator (400 on a bad directive or the gateway's probe); its spec and master secret "
+                        "come from IPGATE_KGW_PARAMS and IPGATE_WATERMARK_SECRET(_FILE), as on a real engine host")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kgw: dict[str, Any] = {}
+    if args.kgw_plugin:
+        from watermark.kgw import vllm_plugin
+
+        try:
+            kgw = {"kgw_plugin": True, "kgw_spec": os.environ.get(vllm_plugin.ENV_PARAMS) or None,
+                   "kgw_secret": vllm_plugin.server_secret()}
+            vllm_plugin.server_params()  # a bad spec fails here, not per request
+        except (OSError, ValueError) as e:  # an unreadable secret file, a bad secret or spec
+            print(f"ipgate sim-backend: --kgw-plugin: {e}", file=sys.stderr)
+            return 2
     opts = SimOptions(model=args.model, latency_ms=args.latency_ms, tokens_per_s=args.tokens_per_s,
                       fail_rate=args.fail_rate, fail_status=args.fail_status, cut_after=args.cut_after,
-                      stall_after=args.stall_after, seed=args.seed)
+                      stall_after=args.stall_after, seed=args.seed, **kgw)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_sim_forever(opts, args.host, args.port))
     return 0

@@ -4,6 +4,11 @@ A check passes on a 2xx answer within ``timeout_s``. ``failure_threshold`` faile
 backend unhealthy (no traffic); the first passing check marks it healthy again. Passive health (ejection on
 failed requests) lives in ``pool.py``; the two are independent, and a backend needs both to get traffic.
 
+Backends marked ``watermark_capable`` (with ``kgw_probe`` on) also get the KGW plugin probe
+(``gateway/kgw_probe.py``) in each round, at most once per ``interval_s / 2`` (so the start-up round that
+``probe_plugins`` runs before the gateway serves is not repeated at once); its verdict goes to the pool
+(``Pool.set_plugin_verdict``), independently of the backend's health.
+
 The checker asks for the current pools on every round, so a reload needs no restart of the checker; its
 failure counts are keyed by (model, backend, url) and so survive a reload of an unchanged backend.
 """
@@ -11,12 +16,15 @@ failure counts are keyed by (model, backend, url) and so survive a reload of an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import aiohttp
 
 from gateway.config import BackendConfig, ConfigError, HealthConfig, read_secret
+from gateway.kgw_probe import KgwPluginProbe, PluginVerdict
 from gateway.routing.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -24,13 +32,18 @@ log = logging.getLogger(__name__)
 
 class HealthChecker:
     def __init__(
-        self, cfg: HealthConfig, session: aiohttp.ClientSession, pools: Callable[[], Iterable[Pool]]
+        self, cfg: HealthConfig, session: aiohttp.ClientSession, pools: Callable[[], Iterable[Pool]],
+        plugin_probe: KgwPluginProbe | None = None, *, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self._session = session
         self._pools = pools
+        self._plugin_probe = plugin_probe
+        self._clock = clock
         self._failures: dict[tuple[str, str, str], int] = {}
         self._headers: dict[tuple[str, str], dict[str, str]] = {}
+        self._plugin_probed: dict[tuple[str, str, str], float] = {}  # when each backend's plugin was last probed
+        self._wake = asyncio.Event()
 
     def _auth_headers(self, b: BackendConfig) -> dict[str, str]:
         key = (b.name, b.url)
@@ -73,9 +86,49 @@ class HealthChecker:
         if n >= self.cfg.failure_threshold:
             pool.set_active_health(b.name, False, problem)
 
+    async def _check_plugin(self, pool: Pool, b: BackendConfig, now: float) -> None:
+        key = (pool.name, b.name, b.url)
+        last = self._plugin_probed.get(key)
+        if self._plugin_probe is None or (last is not None and now - last < self.cfg.interval_s / 2):
+            return
+        self._plugin_probed[key] = now
+        try:
+            headers = self._auth_headers(b)
+        except ConfigError as e:  # like an unanswered probe: no verdict (the health check fails too)
+            verdict = PluginVerdict(None, "no_verdict", f"probe not sent: {e}")
+        else:
+            verdict = await self._plugin_probe.run(self._session, b, pool.name, headers, self.cfg.timeout_s)
+        pool.set_plugin_verdict(b.name, b, verdict)
+
+    def _plugin_checks(self) -> list[tuple[Pool, BackendConfig]]:
+        if self._plugin_probe is None:
+            return []
+        checks = [(p, s.cfg) for p in self._pools() for s in p.backends
+                  if s.cfg.watermark_capable and s.cfg.kgw_probe]
+        live = {(p.name, b.name, b.url) for p, b in checks}
+        for key in self._plugin_probed.keys() - live:  # removed by a reload
+            del self._plugin_probed[key]
+        return checks
+
+    async def probe_plugins(self) -> None:
+        """Probe every watermark-capable backend's plugin now (start-up: before the gateway serves)."""
+        now = self._clock()
+        checks = self._plugin_checks()
+        results = await asyncio.gather(*(self._check_plugin(p, b, now) for p, b in checks), return_exceptions=True)
+        for (pool, b), res in zip(checks, results, strict=True):
+            if isinstance(res, Exception):  # a bug must not stop the gateway from starting: unverified = lexical
+                log.error("model %s: backend %s: KGW plugin probe failed unexpectedly", pool.name, b.name,
+                          exc_info=res)
+
     async def check_once(self) -> None:
+        now = self._clock()
         checks = [self._check(p, s.cfg) for p in self._pools() for s in p.backends]
+        checks += [self._check_plugin(p, b, now) for p, b in self._plugin_checks()]
         await asyncio.gather(*checks)
+
+    def kick(self) -> None:
+        """Start the next round now (a reload added or changed backends)."""
+        self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -83,4 +136,6 @@ class HealthChecker:
                 await self.check_once()
             except Exception:  # a bug here must not stop health checking for good; log it and go on
                 log.exception("health check round failed")
-            await asyncio.sleep(self.cfg.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.interval_s)
+            self._wake.clear()

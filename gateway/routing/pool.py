@@ -11,6 +11,11 @@
 - **Quarantine** (``quarantine``/``release_quarantine``, used by the fingerprint checker and operators): a
   backend that does not serve the model it claims gets no traffic until it is released. Unlike an ejection
   it has no timer and no half-open trial: a request's success says nothing about which weights answered.
+- **KGW plugin** (``gateway/kgw_probe.py``, run by ``health.py``): a ``watermark_capable`` backend watermarks
+  in its engine only while the last probe *verified* its plugin (``engine_watermark``, taken with each lease);
+  until then, after a failed probe, and while the probe gets no answer, its responses get the lexical
+  watermark post hoc. One log line per change (ERROR when a verdict fails), counted in
+  ``ipgate_watermark_plugin_probe_failures_total`` and shown by ``ipgate_watermark_plugin_ok``.
 - **Canary weight**: with a canary configured, the canary gets the rollout's current weight (percent) and
   the other backends share the rest in proportion to their configured weights. The canary's outcomes are
   accumulated (cumulatively, mergeable across replicas) for the rollout's analysis.
@@ -34,6 +39,7 @@ from gateway.routing.hashing import WeightTable
 from gateway.routing.window import OutcomeWindow
 
 if TYPE_CHECKING:
+    from gateway.kgw_probe import PluginVerdict
     from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,8 @@ class BackendState:
 
     __slots__ = (
         "cfg", "ejected_until", "ejection_count", "ejections_total", "failures", "healthy", "in_flight",
-        "last_error", "probation", "quarantine", "reinstated_at", "trial_in_flight",
+        "last_error", "plugin_detail", "plugin_logged", "plugin_ok", "plugin_reason", "probation", "quarantine",
+        "reinstated_at", "trial_in_flight",
     )
     # ``ejections_total`` doubles as the ejection generation: a lease remembers it, and an outcome from a
     # lease taken before the latest ejection decides nothing (it describes the backend as it was then).
@@ -73,6 +80,15 @@ class BackendState:
         self.healthy = True  # active health check verdict
         self.last_error: str | None = None
         self.quarantine: str | None = None  # why it is kept out of rotation (fingerprint mismatch), or None
+        self.plugin_ok: bool | None = None  # the KGW plugin probe's verdict; None: not probed / no answer
+        self.plugin_reason = "unchecked"
+        self.plugin_detail: str | None = None
+        self.plugin_logged: str | None = None  # the failure reason last logged at ERROR (one line per change)
+
+    def engine_watermark(self) -> bool:
+        """Whether this backend's own sampler watermarks (it gets KGW directives and no post-hoc rewrite):
+        marked ``watermark_capable`` and, unless ``kgw_probe`` is off, its plugin verified by the last probe."""
+        return self.cfg.watermark_capable and (not self.cfg.kgw_probe or self.plugin_ok is True)
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now
@@ -81,10 +97,12 @@ class BackendState:
 class BackendLease:
     """One request's hold on a backend. ``release`` exactly once (further calls are ignored)."""
 
-    __slots__ = ("_done", "_generation", "_pool", "_state", "_trial", "backend", "model")
+    __slots__ = ("_done", "_generation", "_pool", "_state", "_trial", "backend", "engine_watermark", "model")
 
     def __init__(self, pool: Pool, state: BackendState, trial: bool) -> None:
         self.backend: BackendConfig = state.cfg
+        # fixed for the request: a verdict that changes mid-request must not switch its scheme half way
+        self.engine_watermark = state.engine_watermark()
         self.model = pool.name
         self._pool = pool
         self._state = state
@@ -325,6 +343,38 @@ class Pool:
     def publish_all(self) -> None:
         for s in self.backends:
             self._publish_health(s)
+            if s.cfg.watermark_capable and s.cfg.kgw_probe and self._metrics is not None:
+                self._metrics.watermark_plugin_ok.labels(model=self.name, backend=s.cfg.name).set(
+                    1 if s.plugin_ok else 0)
+
+    # --- KGW plugin probe --------------------------------------------------------------------------------
+
+    def set_plugin_verdict(self, name: str, cfg: BackendConfig, verdict: PluginVerdict) -> None:
+        """Record a probe of backend ``name`` made with ``cfg``; ignored when a reload changed the backend
+        while the probe was out (the next round probes the new one)."""
+        i = self._by_name.get(name)
+        if i is None or self.backends[i].cfg is not cfg:
+            return
+        state = self.backends[i]
+        before = state.plugin_ok
+        state.plugin_ok, state.plugin_reason, state.plugin_detail = verdict.ok, verdict.reason, verdict.detail
+        if verdict.ok is False and self._metrics is not None:
+            self._metrics.watermark_plugin_probe_failures_total.labels(model=self.name, backend=name).inc()
+        if verdict.ok is True:
+            state.plugin_logged = None
+            if before is not True:
+                log.info("model %s: backend %s: KGW plugin verified (%s); its responses are watermarked in the "
+                         "engine", self.name, name, verdict.detail)
+        elif verdict.ok is False:
+            if state.plugin_logged != verdict.reason:  # one ERROR per change of reason, not one per probe
+                state.plugin_logged = verdict.reason
+                log.error("model %s: backend %s is marked watermark_capable but its KGW plugin check failed: %s; "
+                          "its responses get the lexical watermark instead", self.name, name, verdict.detail)
+        elif before is True:
+            log.warning("model %s: backend %s: KGW plugin no longer verified (%s); its responses get the lexical "
+                        "watermark until the probe is answered again", self.name, name, verdict.detail)
+        if self._metrics is not None and before is not verdict.ok:
+            self._metrics.watermark_plugin_ok.labels(model=self.name, backend=name).set(1 if verdict.ok else 0)
 
     # --- admin -------------------------------------------------------------------------------------------
 
@@ -347,5 +397,19 @@ class Pool:
                 "max_concurrency": s.cfg.max_concurrency, "consecutive_failures": s.failures,
                 "ejected_for_s": round(max(0.0, s.ejected_until - now), 3), "ejections_total": s.ejections_total,
                 "last_error": s.last_error, "quarantine": s.quarantine,
+                "watermark_in_engine": s.engine_watermark(), "kgw_plugin": _plugin_status(s),
+                "kgw_plugin_detail": s.plugin_detail,
             })
         return {"model": self.name, "sticky": self.sticky, "backends": backends}
+
+
+def _plugin_status(s: BackendState) -> str | None:
+    """For the admin view: None (not watermark-capable), "trusted" (capable, probe off), "unchecked" (not
+    probed yet), "verified", "unknown" (the probe got no answer) or the failed verdict's reason."""
+    if not s.cfg.watermark_capable:
+        return None
+    if not s.cfg.kgw_probe:
+        return "trusted"
+    if s.plugin_ok is None:
+        return "unchecked" if s.plugin_reason == "unchecked" else "unknown"
+    return s.plugin_reason

@@ -1,7 +1,9 @@
 """The router: model name -> pool -> (canary split, sticky) -> healthy backend, plus the retry budget.
 
 ``acquire`` is synchronous and does no I/O: a dict lookup, a bucket deposit and the pool's choice. The
-background work (active health checks, canary controllers) starts in ``start()``.
+background work (active health checks, canary controllers) starts in ``start()``, which also probes the KGW
+plugin of every ``watermark_capable`` backend before it returns (bounded by ``health.timeout_s``), so such a
+backend watermarks in its engine from the first request when its plugin answers (``gateway/kgw_probe.py``).
 
 ``reload(models)`` builds new pools and swaps the mapping in one assignment. Backends that keep their name
 and URL keep their state object (in-flight count, ejection, health), so leases taken on the old pool release
@@ -31,6 +33,7 @@ from gateway.routing.pool import BackendLease, Outcome, Pool
 from gateway.store.base import StateStore
 
 if TYPE_CHECKING:
+    from gateway.kgw_probe import KgwPluginProbe
     from gateway.telemetry.metrics import Metrics
 
 __all__ = ["BackendLease", "Outcome", "Router"]
@@ -52,6 +55,7 @@ class Router:
         wall: Callable[[], float] = time.time,
         owner: str | None = None,
         health_checks: bool = True,
+        plugin_probe: KgwPluginProbe | None = None,
     ) -> None:
         self.routing = routing
         self._metrics = metrics
@@ -60,6 +64,8 @@ class Router:
         self._wall = wall
         self._owner = owner
         self._health_checks = health_checks
+        self._plugin_probe = plugin_probe
+        self._trust_logged: set[tuple[str, str, str]] = set()
         self._pools: dict[str, Pool] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._canaries: dict[str, CanaryController] = {}
@@ -76,7 +82,14 @@ class Router:
         self._started = True
         if self._health_checks:
             self._session = aiohttp.ClientSession()
-            self._checker = HealthChecker(self.routing.health, self._session, lambda: self._pools.values())
+            self._checker = HealthChecker(self.routing.health, self._session, lambda: self._pools.values(),
+                                          self._plugin_probe)
+            # the probes' own timeouts bound this; the margin only guards against a bug hanging start-up
+            try:
+                await asyncio.wait_for(self._checker.probe_plugins(), self.routing.health.timeout_s + 1.0)
+            except TimeoutError:
+                log.warning("KGW plugin probes did not finish at start-up; unverified backends get the lexical "
+                            "watermark until they do")
             self._tasks["health"] = asyncio.create_task(self._checker.run(), name="ipgate-health")
         # Read each rollout's published state before the gateway serves: a restarted replica must not route
         # a first step's share to a canary the others aborted. Bounded (all rollouts at once), so a store
@@ -124,6 +137,12 @@ class Router:
         pools: dict[str, Pool] = {}
         canaries: dict[str, CanaryController] = {}
         for m in models:
+            for b in m.backends:
+                key = (m.name, b.name, b.url)
+                if b.watermark_capable and not b.kgw_probe and key not in self._trust_logged:
+                    self._trust_logged.add(key)
+                    log.warning("model %s: backend %s is trusted to run the KGW plugin without a check (kgw_probe: "
+                                "false); if it does not, its responses leave unwatermarked", m.name, b.name)
             old = old_pools.get(m.name)
             pool = Pool(
                 m, self.routing.health, clock=self._clock, metrics=self._metrics,
@@ -176,6 +195,8 @@ class Router:
             if self._checker is not None:
                 self._checker.cfg = routing.health
         self._install(models)
+        if self._checker is not None:
+            self._checker.kick()  # new backends get their health check and KGW plugin probe now
         log.info("routing reloaded: %d models (added %s, removed %s)", len(self._pools),
                  sorted(set(self._pools) - before), sorted(before - set(self._pools)))
 

@@ -7,6 +7,12 @@ It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the b
 - ``logprobs``/``top_logprobs`` shaped like the real API (chat and legacy completions forms);
 - failure injection: ``fail_rate`` answers ``fail_status`` before any byte; ``cut_after`` closes the connection
   after N streamed tokens; ``stall_after`` stops sending after N tokens and holds the connection open;
+- ``kgw_plugin``: emulate a vLLM engine started with ipgate's KGW logits processor. Every request's
+  ``vllm_xargs`` goes through the plugin's own validator (``watermark.kgw.vllm_plugin.validate_extra_args``,
+  with ``kgw_spec`` and ``kgw_secret`` standing for the engine host's ``IPGATE_KGW_PARAMS`` and master secret);
+  what it refuses is answered 400 in vLLM's error shape, as ``vllm serve`` does for a ``ValueError`` raised
+  by a processor's ``validate_params``. Nothing is applied to the text (the sim has no logits). Without it
+  the sim ignores ``vllm_xargs``, like an engine without the plugin;
 - it records every generation that the client abandoned (``SimStats.aborted``), readable in-process and at
   ``GET /sim/stats``, and the request headers it last saw (to check what a proxy forwards).
 """
@@ -47,6 +53,9 @@ class SimOptions:
     seed: int = 0
     default_max_tokens: int = 256
     embedding_dim: int = 32
+    kgw_plugin: bool = False  # emulate vLLM with ipgate's KGW plugin loaded (see the module docstring)
+    kgw_spec: str | None = None  # the plugin's IPGATE_KGW_PARAMS (None: the default, g0.25-h4-selfhash)
+    kgw_secret: bytes | None = None  # the plugin host's master secret (None: only key-mode directives)
 
 
 @dataclass(slots=True)
@@ -56,13 +65,14 @@ class SimStats:
     aborted: int = 0
     failed: int = 0
     cut: int = 0
+    refused: int = 0  # requests the emulated KGW plugin refused (kgw_plugin)
     abort_times: list[float] = field(default_factory=list)  # time.monotonic() when each abort was seen
     last_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     last_body: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "completed": self.completed, "aborted": self.aborted,
-                "failed": self.failed, "cut": self.cut}
+                "failed": self.failed, "cut": self.cut, "refused": self.refused}
 
 
 SIM_STATS = web.AppKey("sim_stats", SimStats)
@@ -156,6 +166,11 @@ async def _pre(request: web.Request) -> tuple[SimOptions, SimStats, dict[str, An
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
     stats.last_body = body
+    if opts.kgw_plugin:
+        refused = _kgw_plugin_refusal(opts, body)
+        if refused is not None:
+            stats.refused += 1
+            return refused
     if opts.fail_rate and request.app[SIM_RNG].random() < opts.fail_rate:
         stats.failed += 1
         return _error(opts.fail_status, "simulated failure", "server_error")
@@ -166,6 +181,22 @@ async def _pre(request: web.Request) -> tuple[SimOptions, SimStats, dict[str, An
             _record_abort(stats, 0)
             raise
     return opts, stats, body
+
+
+def _kgw_plugin_refusal(opts: SimOptions, body: Mapping[str, Any]) -> web.Response | None:
+    """The emulated plugin's verdict on the request's ``vllm_xargs``: None to serve it, else vLLM's 400."""
+    from watermark.kgw.directives import parse_spec
+    from watermark.kgw.params import KgwParams
+    from watermark.kgw.vllm_plugin import validate_extra_args
+
+    try:
+        validate_extra_args(body.get("vllm_xargs"), parse_spec(opts.kgw_spec) if opts.kgw_spec else KgwParams(),
+                            opts.kgw_secret)
+    except ValueError as e:
+        # vLLM's shape for a ValueError raised while the request is processed (create_error_response)
+        return web.json_response({"error": {"message": str(e), "type": "BadRequestError", "param": None,
+                                            "code": 400}}, status=400)
+    return None
 
 
 def _record_abort(stats: SimStats, tokens_sent: int) -> None:

@@ -182,6 +182,18 @@ class Metrics:
         self.watermark_responses_total = Counter(
             "ipgate_watermark_responses_total", "Responses watermarked, by scheme.", ["scheme"], registry=r,
         )
+        self.watermark_plugin_probe_failures_total = Counter(
+            "ipgate_watermark_plugin_probe_failures_total",
+            "Probes of a watermark_capable backend that showed its KGW plugin missing or misconfigured "
+            "(its responses then get the lexical watermark); a probe the backend did not answer is not counted.",
+            ["model", "backend"], registry=r,
+        )
+        self.watermark_plugin_ok = Gauge(
+            "ipgate_watermark_plugin_ok",
+            "1 while the last probe verified the backend's KGW plugin (responses watermarked in the engine), "
+            "0 otherwise (lexical watermark post hoc). Only watermark_capable backends with kgw_probe on.",
+            ["model", "backend"], registry=r, multiprocess_mode="livemin",
+        )
 
         # --- fingerprint checks (gateway/fingerprinting.py) -----------------------------------------------
         self.fingerprint_checks_total = Counter(

@@ -548,6 +548,9 @@ async def test_a_watermarking_backend_that_refuses_our_directive_is_a_logged_502
     async with app_backend(_answer(400, refusal, "application/json")) as url:
         cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret)})
         cfg["models"][0]["backends"][0]["watermark_capable"] = True
+        # this backend refuses every request, so it could never pass the KGW plugin probe (then it would get no
+        # directive): the per-request path is for a plugin reconfigured between two probes
+        cfg["models"][0]["backends"][0]["kgw_probe"] = False
         async with running_gateway(cfg) as gw:
             with caplog.at_level(logging.ERROR, logger="gateway.respond"):
                 for _ in range(2):

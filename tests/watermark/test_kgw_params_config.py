@@ -40,7 +40,10 @@ async def test_the_gateway_sends_the_configured_spec_and_delta(tmp_path: object)
 
     secret = Path(str(tmp_path)) / "wm.secret"
     secret.write_text("0123456789abcdef0123456789abcdef")
-    async with sim_backend() as sim:
+    # the sim emulates vLLM with the plugin loaded under the same spec and secret: without it the gateway's
+    # probe would find no plugin and send no directive (tests/watermark/test_kgw_plugin_probe.py)
+    async with sim_backend(kgw_plugin=True, kgw_spec="g0.5-h2-lefthash",
+                           kgw_secret=b"0123456789abcdef0123456789abcdef") as sim:
         cfg = gateway_config(sim.url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret),
                                                  "kgw_params": "g0.5-h2-lefthash", "kgw_delta": 3.0})
         cfg["models"][0]["backends"][0]["watermark_capable"] = True

@@ -22,6 +22,15 @@ for that client, version and δ only; "key" mode needs no tag: its subkeys are t
 
 ``ipgate_kgw_spec`` carries γ, h and the seeding so a vLLM whose plugin is configured differently from the
 gateway rejects the request (HTTP 400) instead of writing a watermark that ``ipgate verify`` cannot find.
+
+**Liveness probe.** An engine started without the plugin ignores ``vllm_xargs`` and answers 200 with
+unwatermarked text, so the gateway asks: a request whose ``vllm_xargs`` is ``{"ipgate_kgw_probe": CHECK}``
+(``probe_xargs``) is refused by every plugin at validation, before anything is queued or generated, with a
+message (``probe_refusal``) that starts with ``REFUSAL_MARK`` and reports the plugin's spec and whether its
+master secret is the gateway's (``CHECK`` is an HMAC of a constant under the master secret; it reveals
+nothing about the secret, and answers nothing a tagged directive would not). ``REFUSAL_MARK`` never appears in
+a request, so an engine that echoes the request in its error (a strict schema refusing ``vllm_xargs``)
+cannot be mistaken for the plugin. Every other refusal of the plugin carries the mark too.
 """
 
 from __future__ import annotations
@@ -44,8 +53,18 @@ F_KEY = "ipgate_kgw_key"
 F_DELTA = "ipgate_kgw_delta"
 F_SPEC = "ipgate_kgw_spec"
 F_TAG = "ipgate_kgw_tag"
+F_PROBE = "ipgate_kgw_probe"
 FIELDS = (F_CLIENT, F_VERSION, F_KEY, F_DELTA, F_SPEC, F_TAG)
 _TAG_DOMAIN = b"ipgate/kgw/directive/v1"
+_PROBE_DOMAIN = b"ipgate/kgw/probe/v1"
+# Starts every refusal of the plugin (vLLM puts the ValueError's text in its 400 body). Hyphens, not the
+# underscores of the field names: the gateway's requests never contain it.
+REFUSAL_MARK = "ipgate-kgw-plugin"
+SecretCheck = Literal["match", "differs", "absent"]
+_PROBE_RE = re.compile(
+    re.escape(REFUSAL_MARK) + r" probe: refused by design \(the plugin is loaded\); "
+    r"spec=(?P<spec>[A-Za-z0-9.+-]+) secret=(?P<secret>match|differs|absent)"
+)
 _PREFIX = "ipgate_kgw_"
 
 _SPEC_RE = re.compile(r"^g(?P<g>[0-9.e-]+)-h(?P<h>[0-9]+)-(?P<s>[a-z]+)$")
@@ -61,7 +80,7 @@ def parse_spec(text: str) -> KgwParams:
     if m is None or m["s"] not in SEEDINGS:
         raise ValueError(f"{F_SPEC}: expected e.g. 'g0.25-h4-selfhash', got {text!r}")
     try:
-        return KgwParams(gamma=float(m["g"]), context_width=int(m["h"]), seeding=m["s"])  # type: ignore[arg-type]
+        return KgwParams(gamma=float(m["g"]), context_width=int(m["h"]), seeding=m["s"])
     except ValueError as e:
         raise ValueError(f"{F_SPEC}: {e}") from e
 
@@ -126,6 +145,8 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
     ours = [k for k in extra_args if isinstance(k, str) and k.startswith(_PREFIX)]
     if not ours:
         return None
+    if F_PROBE in extra_args:  # never a directive (``probe_refusal`` answers it with the plugin's report)
+        raise ValueError(f"{F_PROBE} is a liveness probe, refused by design")
     unknown = sorted(k for k in ours if k not in FIELDS)
     if unknown:
         # A field this plugin does not know means a gateway/plugin version mismatch (or a forged request):
@@ -172,3 +193,52 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
     if not isinstance(raw_tag, str) or not re.fullmatch(r"[0-9a-f]{32}", raw_tag):
         raise ValueError(f"{F_TAG} is required with {F_CLIENT} (32 lowercase hex digits, set by the gateway)")
     return Directive(None, raw_client, version, delta, raw_spec, raw_tag)
+
+
+# --- liveness probe (the gateway asks whether the plugin is loaded; see the module docstring) ---------------
+
+
+def probe_check(master: bytes) -> str:
+    """The probe's value: HMAC-SHA256 (128 bits) of a constant under the master secret, so the plugin can
+    say whether it holds the same secret without anything secret travelling."""
+    return hmac.new(master, _PROBE_DOMAIN, hashlib.sha256).hexdigest()[:32]
+
+
+def probe_xargs(master: bytes) -> dict[str, str]:
+    """The ``vllm_xargs`` of a liveness probe."""
+    return {F_PROBE: probe_check(master)}
+
+
+def probe_refusal(value: object, params: KgwParams, master: bytes | None) -> str:
+    """The plugin's answer to a probe (the text of the ValueError it raises; vLLM answers 400 with it)."""
+    if master is None:
+        secret: SecretCheck = "absent"
+    elif isinstance(value, str) and value.isascii() and hmac.compare_digest(probe_check(master), value):
+        secret = "match"
+    else:
+        secret = "differs"
+    return f"{REFUSAL_MARK} probe: refused by design (the plugin is loaded); spec={spec(params)} secret={secret}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """What a plugin said about itself in its answer to a probe."""
+
+    spec: str
+    secret: SecretCheck
+
+
+def read_probe_refusal(message: str) -> ProbeReport | None:
+    """The plugin's report in an error message (or a whole error body), or None when the text is not a
+    plugin's answer to a probe."""
+    m = _PROBE_RE.search(message)
+    if m is None:
+        return None
+    return ProbeReport(m["spec"], m["secret"])  # type: ignore[arg-type]  # the regex admits only SecretCheck
+
+
+def refusal(error: ValueError) -> str:
+    """The text of a refusal: ``REFUSAL_MARK`` first, so an operator (and the gateway) can tell the plugin's
+    400 from any other."""
+    text = str(error)
+    return text if text.startswith(REFUSAL_MARK) else f"{REFUSAL_MARK}: {text}"

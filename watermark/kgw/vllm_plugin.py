@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -79,6 +80,26 @@ def server_secret(environ: dict[str, str] | os._Environ[str] | None = None) -> b
         with open(path, "rb") as f:
             return parse_master_secret(f.read())
     return None
+
+
+def validate_extra_args(extra_args: Any, params: KgwParams, master: bytes | None) -> None:
+    """What ``validate_params`` checks (vLLM's API process, before the request is queued): raises
+    ``ValueError`` (vLLM answers HTTP 400 with its text) for an invalid or forged directive, and for the
+    gateway's liveness probe, which every loaded plugin refuses with its report
+    (``directives.probe_refusal``). Every message starts with ``directives.REFUSAL_MARK``. Module level (no
+    vllm, no torch) so the bundled simulated backend emulates a plugin-loaded engine with this very code."""
+    try:
+        if isinstance(extra_args, Mapping) and directives.F_PROBE in extra_args:
+            raise ValueError(directives.probe_refusal(extra_args[directives.F_PROBE], params, master))
+        d = directives.parse(extra_args, params)
+        if d is not None and d.subkeys is None:
+            if master is None:
+                raise ValueError(
+                    f"{directives.F_CLIENT} given but this server has no {ENV_SECRET} / {ENV_SECRET_FILE}"
+                )
+            d.resolve(master)  # checks the tag: a forged directive is a 400 here
+    except ValueError as e:
+        raise ValueError(directives.refusal(e)) from None
 
 
 def make_row_state(
@@ -148,13 +169,8 @@ def _processor_class() -> type:
         def validate_params(cls, sampling_params: Any) -> None:
             # Runs in the API process before the request is queued: a bad directive is a 400 there, so
             # update_state (in the engine loop, where an exception would stop the engine) never sees one.
-            d = directives.parse(getattr(sampling_params, "extra_args", None), _process_params())
-            if d is not None and d.subkeys is None:
-                if _process_secret() is None:
-                    raise ValueError(
-                        f"{directives.F_CLIENT} given but this server has no {ENV_SECRET} / {ENV_SECRET_FILE}"
-                    )
-                d.resolve(_process_secret())  # checks the tag: a forged directive is a 400 here
+            # The gateway's liveness probe is refused here too, which is how it knows the plugin is loaded.
+            validate_extra_args(getattr(sampling_params, "extra_args", None), _process_params(), _process_secret())
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
             self.params = _process_params()
