@@ -5,6 +5,11 @@ starts N worker processes; each binds the same ports with ``SO_REUSEPORT`` so th
 connections over them. Prometheus metrics are aggregated across workers (multiprocess mode). A worker that
 dies unexpectedly is restarted (at most once a second).
 
+``SO_REUSEPORT`` would also let a second, unrelated gateway of the same user bind the same port and take a
+share of its connections. The process that owns the listeners (the single worker, or the supervisor) therefore
+claims both addresses first (``gateway.portclaim``): an address in use, by another gateway or by anything
+else, fails start-up with ``PortInUse`` before a worker starts.
+
 Signals (worker):
 - ``SIGTERM``/``SIGINT``: ``/readyz`` answers 503 at once; the public listener stops accepting; requests in
   flight get ``server.drain_timeout_s`` to finish; after that, streams still running receive a terminating
@@ -24,7 +29,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,7 @@ from gateway.admin.app import build_admin_app
 from gateway.app import build_public_app, open_context
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
+from gateway.portclaim import PortClaim, claim_ports
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +94,25 @@ async def drain(ctx: AppContext, public: web.AppRunner, site: web.TCPSite) -> No
     await public.cleanup()
 
 
+def claim_listen_ports(cfg: GatewayConfig) -> PortClaim:
+    """Claim ``listen`` and ``admin_listen`` for this process's lifetime (raises ``PortInUse``/``OSError``)."""
+    return claim_ports({"listen": cfg.listen_addr, "admin_listen": cfg.admin_addr})
+
+
 async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
-                     on_ready: Callable[[], None] | None = None) -> int:
-    """One worker: both listeners until SIGTERM/SIGINT. ``config_path`` None: no SIGHUP reload (demo)."""
+                     on_ready: Callable[[], None] | None = None, *, claim: bool = True) -> int:
+    """One worker: both listeners until SIGTERM/SIGINT. ``config_path`` None: no SIGHUP reload (demo).
+    ``claim``: claim the listen addresses first (False in a supervisor's worker: the supervisor holds them)."""
+    ports = claim_listen_ports(cfg) if claim else None
+    try:
+        return await _serve_listeners(config_path, cfg, on_ready)
+    finally:
+        if ports is not None:
+            ports.close()
+
+
+async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
+                           on_ready: Callable[[], None] | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     holder: list[AppContext] = []
@@ -148,33 +169,25 @@ def _ignore_sighup() -> None:
 def _spawn(config_path: str, env: dict[str, str], log_level: str = "INFO") -> subprocess.Popen[bytes]:
     # The worker starts with SIGHUP ignored (inherited across exec) until its reload handler is installed: a
     # reload forwarded while it is still importing would otherwise kill it (SIGHUP's default action).
+    # ``--supervised``: the supervisor holds the port claim, the worker binds beside it without claiming.
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
-                             "--workers", "1", "--log-level", log_level], env=env, preexec_fn=_ignore_sighup)
-
-
-def check_bind(cfg: GatewayConfig) -> None:
-    """Bind both listen addresses the way the workers will (``SO_REUSEPORT``) and let go at once.
-
-    Raises ``OSError`` when an address is taken by something that is not an ``ipgate serve`` of this user (or
-    cannot be bound at all). Without this check a supervisor whose port is taken would restart its workers,
-    which exit at once, forever, instead of failing start-up with exit code 2 as one worker does."""
-    for host, port in (cfg.listen_addr, cfg.admin_addr):
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, type_, proto, _, addr = infos[0]
-        with socket.socket(family, type_, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                s.bind(addr)
-            except OSError as e:
-                raise OSError(e.errno, f"{host}:{port}: {e.strerror}") from e
+                             "--workers", "1", "--log-level", log_level, "--supervised"], env=env,
+                            preexec_fn=_ignore_sighup)
 
 
 def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str = "INFO") -> int:
-    """Run ``workers`` worker processes sharing the ports; forward SIGTERM/SIGINT/SIGHUP; restart crashes."""
+    """Run ``workers`` worker processes sharing the ports; forward SIGTERM/SIGINT/SIGHUP; restart crashes.
+
+    The supervisor claims the listen addresses before any worker starts and holds the claim until it exits:
+    a taken port fails start-up (exit code 2) instead of workers that exit at once being restarted forever,
+    and no other gateway can join the port while the workers restart."""
+    with claim_listen_ports(cfg):
+        return _supervise(config_path, workers, cfg, log_level)
+
+
+def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str) -> int:
     from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
 
-    check_bind(cfg)
     if cfg.store.kind == "memory":
         log.warning("--workers %d with the memory store: each worker keeps its own limits and detection "
                     "state; use store.kind: redis to share them", workers)
@@ -231,9 +244,10 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
-def serve(config_path: str, workers: int | None, log_level: str = "INFO") -> int:
+def serve(config_path: str, workers: int | None, log_level: str = "INFO", *, supervised: bool = False) -> int:
+    """``supervised``: this process is a worker started by ``supervise``, which holds the port claim."""
     cfg = load_config(config_path)
     n = workers if workers is not None else cfg.server.workers
     if n > 1:
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
-    return asyncio.run(run_worker(config_path, cfg))
+    return asyncio.run(run_worker(config_path, cfg, claim=not supervised))

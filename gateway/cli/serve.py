@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes sharing the port (default: server.workers from the config)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # internal: a worker started by the --workers supervisor, which has claimed the ports for it
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -27,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
         print("ipgate serve: --workers must be between 1 and 1024", file=sys.stderr)
         return 2
     try:
-        return serve(args.config, args.workers, args.log_level)
+        return serve(args.config, args.workers, args.log_level, supervised=args.supervised)
     except ConfigError as e:
         print(f"ipgate serve: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the port is taken, or a file the config names cannot be opened
+    except OSError as e:  # a port is taken (PortInUse: by another gateway too), or a file cannot be opened
         if e.filename is not None:
             print(f"ipgate serve: cannot open {e.filename}: {e.strerror or e}", file=sys.stderr)
         else:

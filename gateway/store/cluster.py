@@ -29,6 +29,9 @@ It offers the calls ``RedisStore`` makes on a ``RespMux`` (``execute_packed`` / 
   down or hung (every node call is bounded by the timeout), they are an outage to ``ResilientStore``, which
   applies the configured failure mode to the **whole** store until ``ping`` (every primary answers
   ``CLUSTER INFO`` with ``cluster_state:ok``) succeeds.
+- ``probe_keys`` names one key per primary (a hash tag chosen to fall in a slot that primary serves), so
+  that the store's health probe writes to **every** primary: a primary that refuses writes (``OOM``,
+  ``MISCONF``) while the others accept them keeps the store degraded instead of flapping.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ _TRYAGAIN_FIRST_PAUSE_S = 0.001
 _TRYAGAIN_MAX_PAUSE_S = 0.010
 _ASKING = pack(("ASKING",))
 _NO_KEY_SLOT = 0  # PING and other key-less commands: any primary will do
+# The decimal strings "0" .. "109757" hash to all 16384 slots (checked by a test), so a search for a hash tag
+# in a given primary's slots over this range always succeeds.
+PROBE_TAG_RANGE = 110_000
 
 
 def _b(a: Arg) -> bytes:
@@ -109,6 +115,7 @@ class ClusterMux:
         self._loading = asyncio.Lock()
         self._refresh_task: asyncio.Task[None] | None = None
         self.redirects: Counter[str] = Counter()  # MOVED / ASK / TRYAGAIN followed (tests, debugging)
+        self._probe_tags: dict[RespMux, int] = {}  # primary → a hash tag (decimal) in one of its slots
 
     @staticmethod
     def _addr(host: str, port: int) -> str:
@@ -341,6 +348,31 @@ class ClusterMux:
             if b"cluster_state:ok" not in bytes(info):
                 addr = next((a for a, m in self._nodes.items() if m is mux), mux.host)
                 raise RedisConnectionError(f"Redis Cluster node {addr} is not serving (cluster_state is not ok)")
+
+    def probe_keys(self, base: str) -> list[str]:
+        """One key per primary of the current slot map, ``base:{N}`` with a hash tag ``N`` that falls in one of
+        that primary's slots: the health probe writes them all. A write refusal (``OOM`` under maxmemory,
+        ``MISCONF`` after a failed RDB save, ``READONLY``) is a property of one node; a probe that wrote to one
+        primary only declared the store healthy while another refused every write, and the next request there
+        degraded it again — flapping, with two log lines and two gauge changes per probe interval.
+
+        The tag found for a primary is kept while that primary still serves its slot; a search costs about
+        (16384 / slots it serves) CRC16s — microseconds for a usual share, at most ``PROBE_TAG_RANGE`` (tens of
+        milliseconds) for a primary left with a single slot, once per map change, and only in the probe (at
+        start-up and while degraded), never on a request."""
+        slots = self._slots
+        primaries = list({id(m): m for m in slots if m is not None}.values())
+        tags = {m: n for m, n in self._probe_tags.items() if slots[slot_of(b"%d" % n)] is m}
+        missing = {id(m) for m in primaries if m not in tags}
+        n = 0
+        while missing and n < PROBE_TAG_RANGE:
+            owner = slots[slot_of(b"%d" % n)]
+            if owner is not None and id(owner) in missing:
+                tags[owner] = n
+                missing.discard(id(owner))
+            n += 1
+        self._probe_tags = tags
+        return [f"{base}:{{{tags[m]}}}" for m in primaries]
 
     def primaries(self) -> list[RespMux]:
         return list({id(m): m for m in self._slots if m is not None}.values())

@@ -18,6 +18,7 @@ to apply the configured failure mode.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -256,7 +257,8 @@ class RedisStore:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     async def ping(self) -> None:
-        """Health probe: PING (on a cluster: every primary), then a tiny write with a TTL.
+        """Health probe: PING (on a cluster: ``CLUSTER INFO`` on every primary), then a tiny write with a TTL
+        (on a cluster: one on every primary, ``<prefix>health:{N}``, concurrently).
 
         PING alone answers PONG on a primary demoted to a replica, and under maxmemory/noeviction, so a probe
         that only pinged would declare such a store healthy while every hot-path write fails. A single endpoint
@@ -264,10 +266,19 @@ class RedisStore:
         failover is followed (the old connection would otherwise stay on the replica for ever).
         """
         await self._mux.ping()
+        if isinstance(self._mux, ClusterMux):
+            mux = self._mux
+            results = await asyncio.gather(*(mux.execute("SET", key, "1", "PX", 10_000)
+                                              for key in mux.probe_keys(f"{self._p}health")),
+                                           return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            return
         try:
             await self._mux.execute("SET", f"{self._p}health", "1", "PX", 10_000)
         except ResponseError as e:
-            if isinstance(self._mux, RespMux) and str(e).startswith("READONLY"):
+            if str(e).startswith("READONLY"):
                 await self._mux.close()  # RespMux reconnects lazily on the next call
             raise
 

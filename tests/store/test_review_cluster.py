@@ -303,6 +303,12 @@ async def test_failover_away_from_a_hung_seed_primary_recovers(redis_cluster: An
                 while f":{replica.port}@".encode() not in ri.execute_command("CLUSTER", "NODES"):
                     assert time.monotonic() < deadline, "the other primaries did not meet the replica"
                     await asyncio.sleep(0.05)
+        # and the replica must know them (gossip through the seed): otherwise, promoted after the seed hangs, it
+        # knows a third of the slots only and answers cluster_state:fail (this test was flaky without the wait)
+        with redis.Redis(port=replica.port, socket_timeout=5) as rr:
+            while int(rr.cluster("info")["cluster_known_nodes"]) < 4:
+                assert time.monotonic() < deadline, "the replica did not learn of the other primaries"
+                await asyncio.sleep(0.05)
         inner = cluster_store(cluster.url, timeout_ms=400)
         store = ResilientStore(inner, failure_mode="closed", timeout_ms=400, health_interval_s=0.05)
         await store.start()
@@ -311,6 +317,13 @@ async def test_failover_away_from_a_hung_seed_primary_recovers(redis_cluster: An
                       == cluster.nodes[0].port)
         slot = int(key_slot(inner.client_keys(client)[0].encode()))
         assert (await store.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).requests.remaining == 5
+        # replication is asynchronous: the write must have reached the replica before the primary hangs, or the
+        # promoted replica rightly has the older bucket (this test was flaky without the wait)
+        with cluster.client(0) as r0, redis.Redis(port=replica.port, socket_timeout=5) as rr:
+            written = int(r0.info("replication")["master_repl_offset"])
+            while int(rr.info("replication")["slave_repl_offset"]) < written:
+                assert time.monotonic() < deadline + 10, "the replica did not catch up"
+                await asyncio.sleep(0.01)
         cluster.nodes[0].pause()
         assert (await store.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).unavailable and store.degraded
         await asyncio.sleep(0.5)  # the store's own refreshes have run and found the old map
