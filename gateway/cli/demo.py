@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -116,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             os.environ[name] = secrets.token_urlsafe(32)
             log.info("%s was not set: generated a random one for this run", name)
     cfg = demo_config(args.port, args.admin_port, args.sim_ports)
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_main(cfg, args.client))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(_main(cfg, args.client))
+    except OSError as e:  # a port is taken: the gateway's (PortInUse names it) or a simulated backend's
+        print(f"ipgate demo: cannot listen: {e.strerror or e} (choose others with --port, --admin-port, "
+              "--sim-ports)", file=sys.stderr)
+        return 2
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,3 +39,20 @@ def test_demo_serves_the_printed_example() -> None:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(20)
     assert rc == 0
+
+
+def test_demo_on_a_taken_port_is_one_line_and_exit_2() -> None:
+    """A port in use (the gateway's or a simulated backend's) is a plain error, not an 'internal error'."""
+    port, admin, s1, s2 = (free_port() for _ in range(4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPGATE_")}
+    for taken in (port, s1):
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            proc = subprocess.run(
+                [sys.executable, "-m", "gateway", "demo", "--port", str(port), "--admin-port", str(admin),
+                 "--sim-ports", f"{s1},{s2}"], capture_output=True, env=env, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("ipgate demo: cannot listen:") and "internal error" not in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
