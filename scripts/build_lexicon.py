@@ -141,6 +141,8 @@ def build(wn: WordNet) -> list[dict[str, object]]:
             **({"since": g.since} if g.since > 1 else {}),
             **({"retired": g.retired} if g.retired else {}),
             **({"next_relation": sorted(set(g.next_relation))} if g.next_relation else {}),
+            **({"next_needs_number": sorted(set(g.next_needs_number))} if g.next_needs_number else {}),
+            **({"parallel": True} if g.parallel else {}),
         })
     return out
 

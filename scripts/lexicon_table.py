@@ -30,6 +30,7 @@ from lexicon_words import (
     HAS_ADVERBS,
     HELP_SAFE_NEXT,
     IMMEDIATELY_PLACE_NEXT,
+    IT_OBJECT_PREV,
     LET_VERBS,
     LIKE_COMPARISON_NEXT,
     MANY_PRONOUN_VERBS,
@@ -45,6 +46,7 @@ from lexicon_words import (
     RELATIONS,
     SHOW_OBJECT_NEXT,
     SO_DISCOURSE_NEXT,
+    SO_NARRATIVE_NEXT,
     SPECIFIC_PRED_NEXT,
     START_OBJECT_NEXT,
     STEP_OBJECTS,
@@ -53,6 +55,7 @@ from lexicon_words import (
     STEP_VERBS,
     SUBJECTS,
     THEN_STEP_VERBS,
+    THERE_PLACE_PREV,
     ULTIMATELY_BASIC_NEXT,
     UNITS,
     VERB_SLOT,
@@ -102,6 +105,12 @@ class Group:
     # non-empty: the number after the phrase (``next_number``) must be followed by one of these chunks, in the
     # same sentence
     next_relation: list[str] = field(default_factory=list)
+    # before one of these words, a slot only when the paragraph holds a number before it: an inference drawn from
+    # a calculation ("So he pays 400*2=$800"), never narrative ("So he took this kid to the park"; review 3)
+    next_needs_number: list[str] = field(default_factory=list)
+    # never within two words of another occurrence of the group's words: anaphora ("Every smile, every laugh")
+    # must keep its repeated word, and each slot sees only its own context (review 3)
+    parallel: bool = False
 
 
 def _article(noun: str) -> str:
@@ -238,7 +247,7 @@ CURATED: list[Group] = [
                     # determiner is never followed by a preposition, a conjunction, a pronoun or an article
                     *EACH_APIECE_NEXT, *EACH_VERB_NEXT, *EACH_OF_TWO],
           next_not_participle=True, need_next_word=True, next_word_only=True, next_not_suffix=EACH_NOT_SUFFIX,
-          suffix_nouns=EACH_ING_NOUNS, suffix_prev_ok=EACH_ING_AFTER),
+          suffix_nouns=EACH_ING_NOUNS, suffix_prev_ok=EACH_ING_AFTER, parallel=True),
     Group(["really", "truly"], prev_not=["not", "you", "i"], need_next_word=True, level=2),
     # attributive only: "be more specific," / "be specific about" mean "precise", where "particular" means "fussy"
     Group(["specific", "particular"], "a", prev_not=["in", "very", "no"],
@@ -392,7 +401,8 @@ CURATED: list[Group] = [
     Group(["So", "Therefore", "Thus", "Hence"], sentence_start=True,
           next_not=["far", "much", "many", "long", "that", "is", "are", "do", "does", "did", "am", "was", "were",
                     "can", "will", "have", "has", "had", "to", "what", "yes", "no", "good", "sorry", "nice",
-                    *SO_DISCOURSE_NEXT]),
+                    *SO_DISCOURSE_NEXT],
+          next_needs_number=SO_NARRATIVE_NEXT),
     # only before the imperative of a worked step ("Then find the total"): "Then" is a consequence too ("Let λ = 3.
     # Then D_KL = ...", "Suppose b0 > b'. Then, we can find ε"), which "Next" misreads
     Group(["Then", "Next"], sentence_start=True,
@@ -470,6 +480,27 @@ CURATED: list[Group] = [
     # number must be followed by an operator or a relation too ("so 4 x 5 = 20")
     Group(["x", "times"], after_quantity=True, quantities=[], next_number=True, prev_in=PRODUCT_PREV, since=2,
           next_relation=RELATIONS),
+    # --- table revision 3: negated copulas and more contractions (appended: the groups above keep their ids) ---
+    # "it's not" / "it isn't" / "it is not": three spellings of one negated copula. "'s not" was no slot before
+    # (the "it is" group stops before "not"); "it is not" / "it isn't" were "is not|isn't" slots, which these
+    # three-way groups take over (1.6 bits instead of 1). 's may be "has": never before a participle ("he's not
+    # been", "she's not got") nor an adverb that may precede one ("it's not always been easy"). Not "what's not
+    # to like", "here's not", "who's not": idioms or rare.
+    *[Group([f"{w}'s not", f"{w} isn't", f"{w} is not"], next_not=HAS_ADVERBS, next_not_participle=True,
+            adverb_lookahead=True, prev_not=THERE_PLACE_PREV if w == "there" else [], since=3)
+      for w in ["it", "that", "there", "he", "she"]],
+    # "you're not" / "you aren't" / "you are not": 're is always "are"
+    *[Group([f"{w}'re not", f"{w} aren't", f"{w} are not"], since=3) for w in ["you", "we", "they"]],
+    # "it would" / "it'd" like "he would" / "he'd" (never "had": no participle, "better" or adverb after it); not
+    # after a preposition, where "it" closes a noun phrase that is the subject ("the cost of it would be $40": "the
+    # cost of it'd be" is wrong). No "that'd": as a relative pronoun ("policies that'd improve") it is too casual
+    # for expository text (review)
+    Group(["it would", "it'd"], need_next_word=True, next_not=["not", "better", *HAD_ADVERBS],
+          next_not_participle=True, prev_not=IT_OBJECT_PREV, since=3),
+    # a comparison ("faster compared to C" / "compared with C"); not the passive "is compared to a rose", where
+    # "compared to" likens and "compared with" contrasts
+    Group(["compared to", "compared with"], prev_not=[*COPULAS, "be", "been", "being", "get", "gets", "got"],
+          since=3),
 ]
 
 # Alternations WordNet confirms but that fail in common contexts, with the counter-example that rules them out.

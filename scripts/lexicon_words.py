@@ -258,3 +258,17 @@ MANY_PRONOUN_VERBS = ["involve", "believe", "argue", "say", "think", "feel", "co
                       "choose", "see", "want", "like", "agree", "claim", "suggest", "include", "require", "need",
                       "make", "take", "get", "know", "die", "died", "fail", "failed", "come", "came", "go", "live",
                       "lived", "work", "worked", "became", "become", "remain", "struggle", "report", "reported"]
+# Prepositions (and "than"/"as") after which "it" is an object closing a noun phrase, not the subject of the
+# verb after it: "the cost of it would be $40" (never "of it'd be").
+IT_OBJECT_PREV = ["of", "to", "for", "with", "on", "in", "at", "from", "about", "by", "into", "onto", "like",
+                  "than", "over", "under", "through", "without", "within", "upon", "against", "behind", "toward",
+                  "towards", "around", "across", "after", "before", "between", "among", "beyond", "near", "past",
+                  "inside", "outside", "despite", "during"]
+# Sentence-initial "So" before a personal pronoun narrates ("So he took this kid to the park", "So they went
+# home") as often as it infers; "Therefore"/"Hence" there turn a story into an argument. After a calculation it is
+# an inference ("So he pays 400*2=$800"): these subjects are allowed only when the paragraph holds a number.
+SO_NARRATIVE_NEXT = ["he", "she", "they", "we"]
+# Words after which "there" is the adverb of place, not the subject of "there is": "the information out there
+# isn't illegal" (never "out there's not illegal"; review 3).
+THERE_PLACE_PREV = ["out", "in", "over", "up", "down", "back", "from", "here", "right", "get", "gets", "got", "go",
+                    "goes", "went", "be", "been", "being", "stay", "stays", "live", "lives", "work", "works", "stand"]

@@ -29,11 +29,12 @@ text with level-2 slots only is one hypothesis per key).
 
 Table revisions. The table is append-only and each group records the revision that added it
 (``Group.since``). A text served before an extension carries no watermark in the newer groups, which would
-dilute its evidence with coin flips, so the views are also cut by revision (groups with ``since <= r``, for
-each revision r whose groups the text has slots of). Distinct, non-empty views only: a text with no slot of
-a newer group is scored exactly as before. The set of views is read from the text alone (which groups it
-has slots of), so under H0 each view is a fixed test and Bonferroni over the distinct views and keys stays
-valid.
+dilute its evidence with coin flips, so each reading and strength is also cut by revision (groups with
+``since <= r``, for each revision r whose groups the text has slots of). These nested views form one chain,
+tested once with an exact first-passage p-value (``watermark.lexical_views``): a text with no slot of a newer
+group is scored exactly as before, and one with such slots pays at most the old Bonferroni factor (in practice
+far less, since the views overlap). Bonferroni then runs over keys x chains (readings x strengths). The views
+are read from the text alone, so under H0 each chain is a fixed test.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import numpy.typing as npt
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
 from watermark.keys import ClientKey, scheme_key
+from watermark.lexical_views import Chain
 from watermark.lexicon import Lexicon, default_lexicon
 from watermark.mix import choose, mix64_array, tuple_hash, tuple_hasher
 from watermark.scanner import Scanner
@@ -189,7 +191,7 @@ class LexicalScheme:
         plain backticks (``Scanner(plain_fences=...)``). Reformatting that joins lines (re-wrapping, pasting
         into a form) moves a closing fence into the middle of a line, and the strict reading then takes
         everything after the opener for code. The slots only that reading finds are flagged ``lenient``;
-        ``_views`` scores the text with and without them: one more hypothesis, only for texts with such a
+        ``_chains`` scores the text with and without them: one more hypothesis, only for texts with such a
         fence."""
         seen: dict[tuple[str, int], int] = {}
         strict: set[tuple[str, int]] = set()
@@ -237,10 +239,11 @@ class LexicalScheme:
     def score(self, texts: str | Sequence[str], keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         return self.score_observation(self.observe(texts), keys, top=top)
 
-    def _views(self, obs: Observation) -> list[npt.NDArray[np.bool_]]:
-        """The distinct tuple subsets to test: reading (strict; with the slots a never-closed fence hid, when
-        there are any) x strength (level 1; levels 1+2) x table revision (groups added up to each revision the
-        text has slots of), empty ones left out (one view for a text without slots)."""
+    def _chains(self, obs: Observation) -> list[Chain]:
+        """The tests to run: one chain of nested revision views (groups added up to each revision the text has
+        slots of, ``watermark.lexical_views``) per reading (strict; with the slots a never-closed fence hid, when
+        there are any) x strength (level 1; levels 1+2); empty views and repeated chains left out (one empty
+        chain for a text without slots)."""
         levels = [obs.level <= 1]
         if bool(np.any(obs.level > 1)):
             levels.append(np.ones(obs.size, dtype=bool))
@@ -249,40 +252,37 @@ class LexicalScheme:
         readings = [np.ones(obs.size, dtype=bool)]
         if obs.lenient is not None and bool(obs.lenient.any()):
             readings.insert(0, ~obs.lenient)
-        views: list[npt.NDArray[np.bool_]] = []
-        seen: set[bytes] = set()
+        ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
+        chains: list[Chain] = []
+        seen: set[tuple[bytes, ...]] = set()
         for reading in readings:
             for lv in levels:
+                views: list[npt.NDArray[np.bool_]] = []
                 for r in revisions:
                     view = reading & lv & (since <= r)
-                    sig = np.packbits(view).tobytes()
-                    # an empty view (a text with no level-1 slot of revision 1) never rejects: no hypothesis to
-                    # pay for
-                    if sig not in seen and view.any():
-                        seen.add(sig)
+                    # an empty view (no level-1 slot of revision 1) never rejects; an unchanged one adds nothing
+                    if view.any() and not (views and np.array_equal(view, views[-1])):
                         views.append(view)
-        return views or [np.zeros(obs.size, dtype=bool)]
+                sig = tuple(np.packbits(v).tobytes() for v in views)
+                if views and sig not in seen:
+                    seen.add(sig)
+                    chains.append(Chain.build(views, ks))
+        return chains or [Chain.build([np.zeros(obs.size, dtype=bool)], ks)]
 
     def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
-        views = self._views(obs)
-        family = max(1, len(keys) * len(views))
+        chains = self._chains(obs)
+        family = max(1, len(keys) * len(chains))
         if obs.size == 0 or not keys:
             return WatermarkScore(self.name, obs.size, family, None, None, 0, 1.0, 0.0)
         ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
         gids = [self._lex.groups[g].gid for g in obs.groups.tolist()]
-        # best (log tail, hits) per key over the views
-        best_log = np.zeros(len(keys))
-        best_hits = np.zeros(len(keys), dtype=np.int64)
-        best_n = np.zeros(len(keys), dtype=np.int64)  # tuples in the view that gave the best tail
+        # per chain and key: the statistic (the smallest log tail over the chain's views) and the hits and
+        # tuples of the view that gave it
+        shape = (len(chains), len(keys))
+        best_log, best_hits, best_n = np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
         by_version: dict[int, list[int]] = {}
         for idx, key in enumerate(keys):
             by_version.setdefault(key.version, []).append(idx)
-        tables = []
-        for view in views:
-            counts: dict[float, int] = {}
-            for k in ks[view].tolist():
-                counts[1.0 / k] = counts.get(1.0 / k, 0) + 1
-            tables.append(stats.poisson_binomial_log_sf_table(counts))
         for version, idxs in by_version.items():
             base = self._base(version)
             t = np.array([tuple_hash(base, c, g) for c, g in zip(obs.contexts, gids, strict=True)], dtype=np.uint64)
@@ -292,27 +292,39 @@ class LexicalScheme:
                 s = seeds[lo : lo + _CLIENT_BATCH]
                 hit = (mix64_array(t[None, :] ^ s[:, None]) % ks[None, :]) == observed[None, :]
                 sel = np.asarray(idxs[lo : lo + _CLIENT_BATCH])
-                for vi, view in enumerate(views):
-                    h = hit[:, view].sum(axis=1)
-                    lt = tables[vi][h]
-                    better = lt < best_log[sel]
-                    n_view = int(view.sum())
-                    if vi == 0:
-                        best_log[sel], best_hits[sel], best_n[sel] = lt, h, n_view
-                    else:
-                        best_log[sel] = np.where(better, lt, best_log[sel])
-                        best_hits[sel] = np.where(better, h, best_hits[sel])
-                        best_n[sel] = np.where(better, n_view, best_n[sel])
-        order = np.argsort(best_log, kind="stable")[: max(1, top)]
+                for ci, chain in enumerate(chains):
+                    # nested views: each view's hit count is the previous one's plus the hits among its new tuples
+                    h = np.zeros(len(sel), dtype=np.int64)
+                    for vi, (delta, table) in enumerate(zip(chain.deltas, chain.tables, strict=True)):
+                        h = h + hit[:, delta].sum(axis=1)
+                        lt = table[h]
+                        n_view = int(chain.views[vi].sum())
+                        if vi == 0:
+                            lt_best, h_best, n_best = lt, h, np.full(len(sel), n_view, dtype=np.int64)
+                        else:
+                            better = lt < lt_best
+                            lt_best = np.where(better, lt, lt_best)
+                            h_best = np.where(better, h, h_best)
+                            n_best = np.where(better, n_view, n_best)
+                    best_log[ci, sel], best_hits[ci, sel], best_n[ci, sel] = lt_best, h_best, n_best
+        # the exact p-value of a chain is increasing in its statistic, so each chain's best keys are its smallest
+        # statistics; the candidates are those of every chain, each at the chain that gives it the smallest p
+        m = min(max(1, top), len(keys))
+        picked = sorted({int(i) for row in best_log for i in np.argpartition(row, m - 1)[:m]})
+        scored: list[tuple[float, int, int]] = []  # (log p, key index, chain)
+        for i in picked:
+            lp, ci = min((chain.log_p(float(best_log[ci, i])), ci) for ci, chain in enumerate(chains))
+            scored.append((lp, i, ci))
+        scored.sort()
         cands = tuple(
-            CandidateScore(keys[i].client_id, keys[i].version, int(best_hits[i]),
-                           stats.log_to_p(float(best_log[i])), stats.log_to_log10(float(best_log[i])))
-            for i in order.tolist()
+            CandidateScore(keys[i].client_id, keys[i].version, int(best_hits[ci, i]), stats.log_to_p(lp),
+                           stats.log_to_log10(lp))
+            for lp, i, ci in scored[: max(1, top)]
         )
-        b = int(order[0])
-        corrected = float(stats.bonferroni_log(float(best_log[b]), family))
+        lp, b, cb = scored[0]
+        corrected = float(stats.bonferroni_log(lp, family))
         return WatermarkScore(
-            scheme=self.name, scored=int(best_n[b]), family_size=family, client_id=keys[b].client_id,
-            key_version=keys[b].version, hits=int(best_hits[b]), p_value=stats.log_to_p(corrected),
+            scheme=self.name, scored=int(best_n[cb, b]), family_size=family, client_id=keys[b].client_id,
+            key_version=keys[b].version, hits=int(best_hits[cb, b]), p_value=stats.log_to_p(corrected),
             log10_p_value=corrected / math.log(10), candidates=cands,
         )

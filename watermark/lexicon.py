@@ -7,6 +7,7 @@ curated); this module loads it once and indexes it by first word for the left-to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from watermark.listmarks import BULLETS, DELIMITERS
 
 _VOWELS = frozenset("aeiou")
+# how many chunks a ``Group.parallel`` slot reads past the word after it ("every smile, every laugh": the phrase,
+# its noun, then the repeated word)
+PARALLEL_REACH = 2
 ARTICLES = frozenset({"a", "an"})
 
 
@@ -60,6 +64,12 @@ class Group:
     # non-empty: the number after the phrase must be followed by one of these chunks (an operator or a relation:
     # "because 4 x 5 = 20", "so 4 x 5 = 20"), else it is too often a time ("since 3.6") or a size ("3 x 3 filters")
     next_relation: frozenset[str] = frozenset()
+    # before one of these words (closed like ``next_not``), a slot only when the paragraph holds a number before it
+    # ("So he pays 400*2=$800" is an inference, "So he took this kid to the park" narrative)
+    next_needs_number: frozenset[str] = frozenset()
+    # non-empty (the group's own first-word class): never a slot within two chunks of one of these words, before or
+    # after ("Every smile, every laugh": changing one occurrence breaks the anaphora)
+    parallel: frozenset[str] = frozenset()
 
     @property
     def k(self) -> int:
@@ -135,6 +145,8 @@ class Lexicon:
                 since=_since(g),
                 # closed like the next-word lists: the relation may be a slot of its own ("x" / "times")
                 next_relation=closed(g.get("next_relation", [])),
+                next_needs_number=closed(g.get("next_needs_number", [])),
+                parallel=_parallel(g, closed),
             ))
         first: dict[str, list[Candidate]] = {}
         for gi, grp in enumerate(groups):
@@ -145,7 +157,8 @@ class Lexicon:
         by_first = {k: tuple(sorted(v, key=lambda c: -len(c.words))) for k, v in first.items()}
         base_lookahead = {
             k: max(len(c.words) - 1 + (1 if groups[c.group].needs_next else 0) + (1 if groups[c.group].next_relation
-                                                                                   else 0) for c in v)
+                                                                                   else 0)
+                   + (PARALLEL_REACH if groups[c.group].parallel else 0) for c in v)
             for k, v in by_first.items()
         }
         lookahead = {
@@ -163,6 +176,13 @@ class Lexicon:
     def revision(self) -> int:
         """The table's revision: the newest ``since`` of its groups."""
         return max(g.since for g in self.groups)
+
+
+def _parallel(g: dict[str, Any], closed: Callable[[list[str]], frozenset[str]]) -> frozenset[str]:
+    flag = g.get("parallel", False)
+    if type(flag) is not bool:
+        raise ValueError(f"lexicon group {g.get('id')!r}: 'parallel' must be true or false, got {flag!r}")
+    return closed(sorted({v.lower().split()[0] for v in g["variants"]})) if flag else frozenset()
 
 
 def _retired(g: dict[str, Any]) -> bool:

@@ -22,13 +22,14 @@ a list item counts as the start of a sentence.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from watermark import language
 from watermark.chunks import CHUNK, NUMBER, PLAIN, WS, Chunk, collect, parse_chunk
-from watermark.lexicon import ARTICLES, Group, Lexicon
+from watermark.lexicon import ARTICLES, PARALLEL_REACH, Group, Lexicon
 from watermark.listmarks import BULLETS, DELIMITERS, ListTracker, Marker, interrupts, parse_marker
 
 # Inline code ends at its closing run, at a blank line, or where a line starts a new block (a list item, a
@@ -49,7 +50,14 @@ _CLAUSE_END = (".", ";", ":", "!", "?")
 _BREAK_CHARS = frozenset(",;—–")
 _BREAK_WORDS = frozenset({"and", "but", "or", "yet"})  # not "so": a slot of its own (so|therefore)
 _WORDISH = re.compile(r"\n|`|[A-Za-z]+(?:['’][A-Za-z]+)*")
-_NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+)")  # the next word, possibly after a soft line break
+# the next word, possibly after a soft line break; with its inner apostrophes ("it isn't": a phrase's second word
+# may be a contraction)
+_NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+(?:['’][A-Za-z]+)*)")
+# a sentence end: repeated words on either side of it are no anaphora ("in each group. So each group takes")
+_PARALLEL_BREAK = frozenset(".!?:;")
+_PLAIN_MARKS = "([\"'“‘*_.,;:!?)]”’"  # the marks ``chunks.PLAIN`` allows around a word (a cheap first test)
+# a chunk that starts with a number (``chunks.NUMBER``), anywhere in a stretch
+_NUMBER_CHUNK = re.compile(r"(?<!\S)[(\[$€£~]*[0-9]")
 _ONLY_SPACE = re.compile(r"[ \t\r]*\n?\Z")
 _LIST_START = "-*+0123456789"
 # A number that may be a point in time, for ``Group.next_not_date``: a year ("1958", "1990s", "2019/20"), an
@@ -86,6 +94,10 @@ class ScanState:
     last_number: bool = False  # the previous chunk was a number ("$5 a day")
     apostrophe: str = "'"  # the apostrophe style of the text so far (’ is sticky once seen)
     lang: str = ""  # classes of the last language.WINDOW words outside code and slots ("E", "F", "O")
+    para_number: bool = False  # a number was read in this paragraph (``Group.next_needs_number``)
+    # chunks read since the last word of a ``Group.parallel`` class (a slot counts as one chunk, whatever its
+    # variant, so embedding never changes the count)
+    parallel_gap: int = 1 << 30
 
 
 class Scanner:
@@ -97,6 +109,7 @@ class Scanner:
         # (an inline code span) rather than as a fence, for the reading of a text whose fence never closes
         self._plain_fences = plain_fences
         self.state = ScanState()
+        self._parallel = frozenset(w for g in lexicon.groups for w in g.parallel)
         # list markers as choice points (see watermark.listmarks); None: list lines are plain text
         self._lists = ListTracker() if markdown else None
         # offset, in the text passed to the current ``run``, of the slot being decided when ``on_slot`` is called
@@ -250,7 +263,7 @@ class Scanner:
                 out.append(c)
                 i += 1
                 if st.last_char == "\n":  # a blank line: a new paragraph may be in another language
-                    st.lang = ""
+                    st.lang, st.para_number = "", False
                 st.at_line_start, st.last_char, st.last_number = True, "\n", False
                 continue
             m = WS.match(s, i)
@@ -279,6 +292,8 @@ class Scanner:
                     st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.last_char, st.last_number = s[m.end() - 1], chunk.number
+                st.para_number = st.para_number or chunk.number
+                self._count_chunk(chunk.low, s[m.end() - 1])
                 i = m.end()
                 continue
             if "’" in s[i : m.end()]:
@@ -288,6 +303,7 @@ class Scanner:
                 st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
+                self._count_chunk(chunk.low, s[m.end() - 1])
                 i = m.end()
                 continue
             seq, complete = collect(s, chunk, self._lex.lookahead[chunk.low], final)
@@ -298,6 +314,7 @@ class Scanner:
                 st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
+                self._count_chunk(chunk.low, s[m.end() - 1])
                 i = m.end()
             else:
                 i = done
@@ -321,7 +338,10 @@ class Scanner:
             need = seconds.get(lw)
             if need is not None:  # only phrases start here: a cheap look at the next word rules most out
                 nm = _NEXT_WORD.match(s, m.end())
-                if nm is not None and (nm.end() < n or final) and nm.group(1).lower() not in need:
+                # the word is complete when more text follows it, other than an apostrophe the next delta may
+                # continue ("isn'" may become "isn't")
+                whole = final or (nm is not None and (nm.end() + 1 < n or (nm.end() < n and s[nm.end()] not in "'’")))
+                if nm is not None and whole and nm.group(1).lower().replace("’", "'") not in need:
                     continue
                 if nm is None and (final or _ONLY_SPACE.match(s, m.end()) is None):
                     continue
@@ -338,7 +358,7 @@ class Scanner:
         leaves unread is never consulted (``_has_reading`` reads past an adverb only), so the outcome is the
         one-piece outcome."""
         low = seq[0].low
-        if len(seq) - 1 < self._lex.base_lookahead[low]:
+        if len(seq) - 1 < self._lex.base_lookahead[low] and len(seq) - 1 < self._still_needed(seq):
             return False
         for cand in self._lex.by_first[low]:
             m = len(cand.words)
@@ -346,6 +366,20 @@ class Scanner:
             if adverbs and len(seq) > m and seq[m].low in adverbs:
                 return False
         return True
+
+    def _still_needed(self, seq: list[Chunk]) -> int:
+        """The chunks after the first that the candidates still possible after ``seq`` need: a longer phrase
+        whose words the chunks read so far already contradict ("it is nice": not "it is not") needs none, so
+        the shorter ones are decided as soon as their own look-ahead has arrived."""
+        need = 0
+        for cand in self._lex.by_first[seq[0].low]:
+            words = cand.words
+            if any(seq[k].low != words[k] for k in range(1, min(len(words), len(seq)))):
+                continue
+            grp = self._lex.groups[cand.group]
+            need = max(need, len(words) - 1 + (1 if grp.needs_next else 0) + (1 if grp.next_relation else 0)
+                       + (PARALLEL_REACH if grp.parallel else 0))
+        return need
 
     def _absorb(self, s: str, i: int, j: int) -> None:
         """Update the context from a stretch copied verbatim (as the token-by-token path would)."""
@@ -357,6 +391,9 @@ class Scanner:
             st.apostrophe = "’"
         st.last_char = chunks[-1][-1]
         st.last_number = NUMBER.match(chunks[-1]) is not None
+        if not st.para_number:
+            st.para_number = _NUMBER_CHUNK.search(s[i:j]) is not None
+        self._count_stretch(chunks)
         glued = j < len(s) and s[j] == "`" and not s[j - 1].isspace()
         st.lang = language.note(st.lang, chunks[:-1] if glued else chunks)
         for k in range(len(chunks) - 1, -1, -1):
@@ -366,6 +403,29 @@ class Scanner:
             if pm is not None:
                 st.prev = pm.group(2).lower().replace("’", "'")
                 return
+
+    def _count_chunk(self, low: str, last: str) -> None:
+        """One more chunk read (``low``: its plain word, "" when none; ``last``: its last character): the
+        distance to the last parallel word, which a sentence end breaks ("in each group. So each group takes")."""
+        st = self.state
+        st.parallel_gap = 0 if low in self._parallel else st.parallel_gap + 1
+        if last in _PARALLEL_BREAK:
+            st.parallel_gap = 1 << 30
+
+    def _count_stretch(self, chunks: list[str]) -> None:
+        """``_count_chunk`` over chunks copied verbatim, in one backward pass: only the last parallel word or
+        sentence end decides the distance."""
+        st = self.state
+        for back, c in enumerate(reversed(chunks)):
+            if c[-1] in _PARALLEL_BREAK:
+                st.parallel_gap = 1 << 30
+                return
+            if c.strip(_PLAIN_MARKS).lower().replace("’", "'") in self._parallel:
+                pm = PLAIN.match(c)  # the exact test, as the token-by-token path reads the chunk
+                if pm is not None and pm.group(2).lower().replace("’", "'") in self._parallel:
+                    st.parallel_gap = back
+                    return
+        st.parallel_gap += len(chunks)
 
     def _try_slot(self, s: str, seq: list[Chunk], on_slot: SlotFn, out: list[str]) -> int | None:
         st = self.state
@@ -392,6 +452,8 @@ class Scanner:
                 continue
             if grp.adverb_lookahead and _has_reading(grp, part, seq[m:]):
                 continue
+            if grp.parallel and (st.parallel_gap <= PARALLEL_REACH or _parallel_follows(grp, s, seq[m:])):
+                continue
             self.slot_at = part[0].start
             chosen = on_slot(cand.group, cand.variant, st.prev)
             if chosen == cand.variant:  # the text already says it: keep it byte for byte
@@ -399,6 +461,7 @@ class Scanner:
             else:
                 out.append(part[0].lead + self._render(grp, chosen, part) + part[-1].trail)
             st.prev = grp.variants[chosen][-1]
+            self._count_chunk(cand.words[0] if grp.parallel else "", s[part[-1].end - 1])
             return part[-1].end
         return None
 
@@ -525,6 +588,10 @@ def _allowed(grp: Group, st: ScanState, part: list[Chunk], nxt: Chunk | None) ->
     if (grp.sentence_start and not grp.comma_after and trail.startswith(",") and nxt is not None
             and nxt.low in _COMMA_DISCOURSE_NEXT and nxt.low in grp.next_not):
         return False
+    # narrative "So he took the kid to the park" (no number read in the paragraph); read through a comma too
+    if (grp.next_needs_number and not st.para_number and nxt is not None and (not trail or trail.startswith(","))
+            and nxt.low in grp.next_needs_number):
+        return False
     if (grp.next_not_suffix and nw.endswith(grp.next_not_suffix) and nw not in grp.suffix_nouns
             and not (prev in grp.suffix_prev_ok and last_char.isalpha() and not part[0].lead)):
         return False
@@ -546,6 +613,17 @@ def _has_reading(grp: Group, part: list[Chunk], after: list[Chunk]) -> bool:
     if w in grp.adverb_participles or w in grp.adverb_chain:
         return True
     return w.endswith("ed") and w not in grp.adverb_adjectives
+
+
+def _parallel_follows(grp: Group, s: str, after: list[Chunk]) -> bool:
+    """Whether a word of the group comes again within ``PARALLEL_REACH`` chunks after the phrase's next word, in
+    the same sentence ("Every smile, every laugh", "every day and every night")."""
+    for prev, c in itertools.pairwise(after[: 1 + PARALLEL_REACH]):
+        if s[prev.end - 1] in _PARALLEL_BREAK:
+            return False
+        if c.low in grp.parallel:
+            return True
+    return False
 
 
 def _relation_follows(grp: Group, s: str, after: list[Chunk]) -> bool:

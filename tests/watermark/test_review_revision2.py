@@ -149,5 +149,6 @@ def test_revision_numbers_may_skip() -> None:
     current, old_numbers = LexicalScheme(ring.master), LexicalScheme(ring.master, skipped)
     served = current.embed(doc, key)
     a, b = current.score(served, keys), old_numbers.score(served, keys)
-    assert a.family_size == b.family_size == 2 * len(keys)
-    assert (a.log10_p_value, a.hits, a.scored) == (b.log10_p_value, b.hits, b.scored)
+    assert a.family_size == b.family_size == len(keys)  # one chain of nested revision views per key
+    # equal up to rounding: the current table also has revision 3, which only adds a view that never crosses here
+    assert (a.hits, a.scored) == (b.hits, b.scored) and a.log10_p_value == pytest.approx(b.log10_p_value, rel=1e-9)

@@ -29,7 +29,8 @@ LEX = default_lexicon()
         ("Don't you think so?", []),  # no expansion before a subject: "Do not you" is wrong
         ("It's been a while.", [("", "it's been")]),  # 's = has before a participle: its own pair
         ("It's done.", []),  # "it is done" or "it has done": never a slot
-        ("it is not here", [("it", "is not")]),  # "it is" never before "not": the negation is the slot
+        # "it is" never before "not": the negated copula is the slot (three-way since table revision 3)
+        ("it is not here", [("", "it is not")]),
         ("a huge dog", []),  # "a enormous" would be wrong: mixed-initial groups never follow a/an
         ("the huge dog", [("the", "huge")]),
         ("However, we can.", [("", "however")]),
