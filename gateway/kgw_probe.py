@@ -74,6 +74,21 @@ def _message(raw: bytes) -> str:
     return text
 
 
+async def _read_bounded(content: aiohttp.StreamReader) -> bytes:
+    """The answer's body up to ``_MAX_BODY`` bytes. ``StreamReader.read(n)`` returns what has arrived so far,
+    not n bytes: a refusal that comes in more than one piece (chunked, a proxy flushing early) must be read to
+    its end, or the plugin's report is cut off and the plugin judged missing."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < _MAX_BODY:
+        chunk = await content.read(_MAX_BODY - size)
+        if not chunk:  # end of the body
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class KgwPluginProbe:
     """Builds the probe for a backend and judges its answer; ``run`` does the round trip."""
 
@@ -130,8 +145,7 @@ class KgwPluginProbe:
                 url, data=body, headers={**headers, "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(_MAX_BODY)
-                return self.judge(resp.status, raw)
+                return self.judge(resp.status, await _read_bounded(resp.content))
         except TimeoutError:
             return PluginVerdict(None, "no_verdict", f"the probe timed out after {timeout_s}s")
         except aiohttp.ClientError as e:

@@ -133,12 +133,13 @@ def claim_ports(listeners: Mapping[str, tuple[str, int]]) -> PortClaim:
     ``host:port`` when it cannot be bound at all (an address this host does not have, a privileged port)."""
     held: list[socket.socket] = []
     claimed: dict[int, str] = {}  # port → name of the listener that claimed it first (overlap within one config)
+    # Names are resolved before the host-wide lock is taken: a DNS lookup can take seconds, the lock is meant
+    # to be held for microseconds (others wait at most LOCK_WAIT_S for it, then claim without it).
+    resolved = [(name, host, port, _resolve(host, port)) for name, (host, port) in listeners.items() if port != 0]
     with _startup_lock():
         try:
-            for name, (host, port) in listeners.items():
-                if port == 0:
-                    continue
-                for family, sockaddr in _resolve(host, port):
+            for name, host, port, addresses in resolved:
+                for family, sockaddr in addresses:
                     label = _label(host, family, sockaddr[0])
                     with _socket(family, reuse_address=True, reuse_port=False) as probe:
                         try:

@@ -166,13 +166,29 @@ def _ignore_sighup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def _spawn(config_path: str, env: dict[str, str], log_level: str = "INFO") -> subprocess.Popen[bytes]:
+def _spawn(config_path: str, env: dict[str, str], log_level: str,
+           claimed: tuple[str, str]) -> subprocess.Popen[bytes]:
     # The worker starts with SIGHUP ignored (inherited across exec) until its reload handler is installed: a
     # reload forwarded while it is still importing would otherwise kill it (SIGHUP's default action).
-    # ``--supervised``: the supervisor holds the port claim, the worker binds beside it without claiming.
+    # ``--supervised LISTEN ADMIN_LISTEN``: the supervisor holds the claim of these addresses; the worker binds
+    # them beside it without claiming (whatever the file says by the time a restarted worker reads it).
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
-                             "--workers", "1", "--log-level", log_level, "--supervised"], env=env,
+                             "--workers", "1", "--log-level", log_level, "--supervised", *claimed], env=env,
                             preexec_fn=_ignore_sighup)
+
+
+def pin_claimed(cfg: GatewayConfig, claimed: tuple[str, str]) -> GatewayConfig:
+    """A supervised worker serves the addresses its supervisor claimed at start-up. A worker restarted after
+    the file's ``listen``/``admin_listen`` changed would otherwise bind the new, unclaimed address with
+    ``SO_REUSEPORT`` -- beside another gateway serving there, which would silently lose a share of its
+    connections. Moving the listeners needs a restart of ``ipgate serve`` (as for a SIGHUP reload)."""
+    listen, admin = claimed
+    if (cfg.listen, cfg.admin_listen) == (listen, admin):
+        return cfg
+    log.warning("listen/admin_listen changed in the config file (now %s, %s) since ipgate serve started; this "
+                "worker serves the addresses the supervisor holds (%s, %s): restart ipgate serve to move them",
+                cfg.listen, cfg.admin_listen, listen, admin)
+    return cfg.model_copy(update={"listen": listen, "admin_listen": admin})
 
 
 def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str = "INFO") -> int:
@@ -212,7 +228,8 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
     # the workers it had started.
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
-    procs.extend(_spawn(config_path, env, log_level) for _ in range(workers))
+    claimed = (cfg.listen, cfg.admin_listen)
+    procs.extend(_spawn(config_path, env, log_level, claimed) for _ in range(workers))
     codes: dict[int, int] = {}
     while True:
         alive = False
@@ -234,7 +251,7 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
             if stopping:  # SIGTERM arrived during the pause: a worker started now would never be told to stop
                 codes[p.pid] = rc
                 continue
-            procs[i] = _spawn(config_path, env, log_level)
+            procs[i] = _spawn(config_path, env, log_level, claimed)
             alive = True
         if not alive:
             break
@@ -244,10 +261,14 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
-def serve(config_path: str, workers: int | None, log_level: str = "INFO", *, supervised: bool = False) -> int:
-    """``supervised``: this process is a worker started by ``supervise``, which holds the port claim."""
+def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
+          supervised: tuple[str, str] | None = None) -> int:
+    """``supervised``: this process is a worker started by ``supervise``, which holds the port claim of these
+    (``listen``, ``admin_listen``)."""
     cfg = load_config(config_path)
+    if supervised is not None:
+        cfg = pin_claimed(cfg, supervised)
     n = workers if workers is not None else cfg.server.workers
     if n > 1:
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
-    return asyncio.run(run_worker(config_path, cfg, claim=not supervised))
+    return asyncio.run(run_worker(config_path, cfg, claim=supervised is None))

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="worker processes sharing the port (default: server.workers from the config)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     # internal: a worker started by the --workers supervisor, which has claimed the ports for it
-    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    # with the addresses it claimed: a restarted worker serves them even if the file's listen changed since
+    p.add_argument("--supervised", nargs=2, metavar=("LISTEN", "ADMIN_LISTEN"), default=None,
+                   help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         print("ipgate serve: --workers must be between 1 and 1024", file=sys.stderr)
         return 2
     try:
-        return serve(args.config, args.workers, args.log_level, supervised=args.supervised)
+        supervised = (args.supervised[0], args.supervised[1]) if args.supervised else None
+        return serve(args.config, args.workers, args.log_level, supervised=supervised)
     except ConfigError as e:
         print(f"ipgate serve: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import aiohttp
 
 from gateway.config import BackendConfig, ConfigError, HealthConfig, read_secret
 from gateway.kgw_probe import KgwPluginProbe, PluginVerdict
-from gateway.routing.pool import Pool
+from gateway.routing.pool import Pool, plugin_target
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class HealthChecker:
         self._clock = clock
         self._failures: dict[tuple[str, str, str], int] = {}
         self._headers: dict[tuple[str, str], dict[str, str]] = {}
-        self._plugin_probed: dict[tuple[str, str, str], float] = {}  # when each backend's plugin was last probed
+        self._plugin_probed: dict[tuple[object, ...], float] = {}  # when each backend's plugin was last probed
         self._wake = asyncio.Event()
 
     def _auth_headers(self, b: BackendConfig) -> dict[str, str]:
@@ -87,7 +87,7 @@ class HealthChecker:
             pool.set_active_health(b.name, False, problem)
 
     async def _check_plugin(self, pool: Pool, b: BackendConfig, now: float) -> None:
-        key = (pool.name, b.name, b.url)
+        key = (pool.name, b.name, *plugin_target(b))  # a reload that changes the target probes it at once
         last = self._plugin_probed.get(key)
         if self._plugin_probe is None or (last is not None and now - last < self.cfg.interval_s / 2):
             return
@@ -105,7 +105,7 @@ class HealthChecker:
             return []
         checks = [(p, s.cfg) for p in self._pools() for s in p.backends
                   if s.cfg.watermark_capable and s.cfg.kgw_probe]
-        live = {(p.name, b.name, b.url) for p, b in checks}
+        live = {(p.name, b.name, *plugin_target(b)) for p, b in checks}
         for key in self._plugin_probed.keys() - live:  # removed by a reload
             del self._plugin_probed[key]
         return checks

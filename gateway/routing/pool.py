@@ -94,6 +94,12 @@ class BackendState:
         return self.ejected_until > now
 
 
+def plugin_target(b: BackendConfig) -> tuple[object, ...]:
+    """What a KGW plugin verdict is about: the engine the probe reaches (URL, model name, endpoint) and the
+    flags that ask for it. A reload that changes any of these drops the verdict and probes again at once."""
+    return (b.url, b.upstream_model, b.kgw_probe_endpoint, b.watermark_capable, b.kgw_probe)
+
+
 class BackendLease:
     """One request's hold on a backend. ``release`` exactly once (further calls are ignored)."""
 
@@ -150,6 +156,11 @@ class Pool:
             if state is None:
                 state = BackendState(b)
             else:
+                if plugin_target(state.cfg) != plugin_target(b):
+                    # the KGW plugin verdict was about what the old settings reached (another engine behind a
+                    # router that dispatches by model name, another endpoint): unchecked until probed again
+                    state.plugin_ok, state.plugin_reason, state.plugin_detail = None, "unchecked", None
+                    state.plugin_logged = None
                 state.cfg = b  # same backend: keep counts and ejection, take the new limits and weight
             self.backends.append(state)
         self._by_name = {s.cfg.name: i for i, s in enumerate(self.backends)}

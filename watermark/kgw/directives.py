@@ -201,7 +201,11 @@ def parse(extra_args: Mapping[str, object] | None, params: KgwParams) -> Directi
 def probe_check(master: bytes) -> str:
     """The probe's value: HMAC-SHA256 (128 bits) of a constant under the master secret, so the plugin can
     say whether it holds the same secret without anything secret travelling."""
-    return hmac.new(master, _PROBE_DOMAIN, hashlib.sha256).hexdigest()[:32]
+    # Eight zero bytes first: every other HMAC under the master secret is a client key (message = a 4-byte
+    # version >= 1, then the client id) or a scheme key (4 zero bytes, then a version >= 1), so this message is
+    # neither. Without them "ipgate/kgw/probe/v1" *was* a client-key message (version b"ipga", client
+    # "te/kgw/probe/v1"), and the check value, in every probe and so in engine request logs, half that key.
+    return hmac.new(master, b"\0" * 8 + _PROBE_DOMAIN, hashlib.sha256).hexdigest()[:32]
 
 
 def probe_xargs(master: bytes) -> dict[str, str]:
