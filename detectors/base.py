@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+from operator import mul
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -25,6 +26,8 @@ COUNT_DECAY = math.exp(-1.0 / WINDOW)
 HALF_LIFE_S = 24 * 3600.0
 
 S = TypeVar("S")
+# Wire dtypes as objects: a dtype given as a string is parsed again on every call (~0.15 us each).
+F4LE, U4LE = np.dtype("<f4"), np.dtype("<u4")
 
 
 def time_decay(dt: float, half_life_s: float = HALF_LIFE_S) -> float:
@@ -48,11 +51,12 @@ def norm_entropy(counts: list[float]) -> float:
     total = sum(counts)
     if total <= 0 or len(counts) < 2:
         return 0.0
-    log = math.log
-    # Each share is computed once (the same division as before) and the terms are summed in the same order,
-    # so the result is bit-identical to the one-expression form; two list comprehensions beat a generator.
-    h = -sum([p * log(p) for p in [x / total for x in counts if x > 0]])
-    return h / log(len(counts))
+    # Each share is computed once (the same division as before) and the terms p * log(p) are summed in the
+    # same order, so the result is bit-identical to the one-expression form; ``map`` with the C functions
+    # avoids a Python-level loop for the logs and the products.
+    shares = [x / total for x in counts if x > 0]
+    h: float = -sum(map(mul, shares, map(math.log, shares)))
+    return h / math.log(len(counts))
 
 
 def any_of(*evidence: float) -> float:
@@ -119,7 +123,7 @@ class Counters:
         return 8 + 4 * len(self.c)
 
     def dump(self) -> bytes:
-        return self._TS.pack(self.last_ts) + self.c.astype("<f4").tobytes()
+        return self._TS.pack(self.last_ts) + self.c.astype(F4LE).tobytes()
 
     def load(self, data: bytes) -> int:
         """Fill from ``data``; return how many bytes were read. Raises ValueError when too short."""
@@ -127,7 +131,7 @@ class Counters:
         if len(data) < need:
             raise ValueError(f"counter state truncated ({len(data)} < {need} bytes)")
         (self.last_ts,) = self._TS.unpack_from(data, 0)
-        self.c = np.frombuffer(data, dtype="<f4", count=len(self.c), offset=8).astype(np.float64)
+        self.c = np.frombuffer(data, dtype=F4LE, count=len(self.c), offset=8).astype(np.float64)
         # All finite <=> their float64 sum is finite (float32 magnitudes cannot overflow a float64 sum of a
         # few hundred; a NaN or an infinity propagates). A plain sum for short arrays, one ufunc reduce for
         # long ones: both several times cheaper than np.all(np.isfinite()) and its Python wrappers.

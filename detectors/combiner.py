@@ -57,7 +57,7 @@ class CombinerParams:
 
     def combine(self, scores: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
         w = self.weights if weights is None else weights
-        z = self.intercept + sum(w.get(name, 0.0) * s for name, s in scores.items())
+        z = self.intercept + sum([w.get(name, 0.0) * s for name, s in scores.items()])  # a list: faster, same sum
         return 1.0 / (1.0 + math.exp(-z)) if z > -60 else 0.0
 
     @classmethod

@@ -18,6 +18,7 @@ meaning, so paraphrased sweeps in new vocabulary look diverse but not anomalous 
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +31,7 @@ from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 RING = 16
 N, W, NEAR, TOPIC0 = 0, 1, 2, 3
 NEAR_COSINE = 0.85
+_SPREAD = (0.82, 0.95)  # normalised topic entropy that is no evidence / full evidence of a sweep
 
 
 class CoverageState:
@@ -53,6 +55,11 @@ class Coverage:
         if self.ref.centroids.shape[0] > max_topics:
             raise ValueError(f"{self.name}: at most {max_topics} topic centroids fit the state budget")
         self.k = int(self.ref.centroids.shape[0])
+        # With m non-empty topics the normalised entropy is at most log(m) / log(k). Up to this many (17 of
+        # 32) that bound is under the coverage ramp's low end, so the term is 0 whatever the exact entropy
+        # and its per-topic logs are skipped (a focused user touches few topics).
+        self._few_topics = self.k if self.k < 2 else max(
+            (m for m in range(1, self.k + 1) if math.log(m) / math.log(self.k) < _SPREAD[0] - 1e-6), default=0)
 
     def new_state(self) -> CoverageState:
         return CoverageState(self.k)
@@ -73,7 +80,7 @@ class Coverage:
         # ndarray methods and ufunc reductions rather than the np.* wrappers: the same results, and on
         # 64-element arrays the Python-level wrappers cost as much as the arithmetic.
         if any(feats.embedding):
-            e = np.array(feats.embedding)
+            e = feats.embedding_array if feats.embedding_array is not None else np.array(feats.embedding)
             c[W] += 1
             state.mean_sum += e
             if self.k:
@@ -102,10 +109,11 @@ class Coverage:
         e_cov = e_mmd = 0.0
         if self.k and w > 30:  # below 30 prompts the coverage term is 0 whatever the entropy
             hist = c[TOPIC0 : TOPIC0 + self.k].tolist()
-            entropy = norm_entropy(hist)
-            e_cov = ramp(entropy, 0.82, 0.95) * ramp(w, 30.0, 80.0)
+            if len(hist) - hist.count(0.0) > self._few_topics:
+                entropy = norm_entropy(hist)
+                e_cov = ramp(entropy, *_SPREAD) * ramp(w, 30.0, 80.0)
             if e_cov > 0:
-                topics = sum(1 for x in hist if x >= 0.5)
+                topics = len([x for x in hist if x >= 0.5])
                 reasons.append(
                     f"prompts spread evenly over {topics} of {self.k} topic clusters (entropy {entropy:.2f})"
                 )

@@ -252,21 +252,25 @@ class Engine:
         env.tier, env.below_since = ts.tier, ts.below_since
         env.last_score = score
         env.max_score = max(env.max_score, score)
-        ranked = sorted(results, key=lambda r: self.weights.get(r.name, 0.0) * r.score, reverse=True)
+        # Only strong, weighted detectors give reasons: filtered first, then ranked (a stable sort of the
+        # filtered list is the filtered stable sort, so the order is the same; usually nothing is left to sort).
+        weights = self.weights
+        strong = [r for r in results if r.score >= REASON_MIN_SCORE and weights.get(r.name, 0.0) > 0]
+        if len(strong) > 1:
+            strong.sort(key=lambda r: weights.get(r.name, 0.0) * r.score, reverse=True)
         reasons: list[str] = []
-        for r in ranked:
-            if r.score >= REASON_MIN_SCORE and self.weights.get(r.name, 0.0) > 0:
-                reasons.extend(r.reasons)
+        for r in strong:
+            reasons.extend(r.reasons)
         if inherited > own:
             reasons.insert(0, f"linked to an account cluster scoring {env.cluster_score:.2f}")
         sketches: tuple[int, ...] = ()
         for r in results:
             if r.sketches:  # only the templates detector contributes, and only for hot templates
                 sketches += r.sketches
+        # positional (the field order of ``Verdict``): keyword passing costs a third more per frozen instance
         return Verdict(
-            score=score, tier=env.tier, reasons=tuple(reasons[:MAX_REASONS]), detector_scores=scores,
-            sketches=sketches, errors=tuple(errors), unscored=bool(errors), requests_seen=seen,
-            cluster_score=env.cluster_score, own_score=own,
+            score, env.tier, tuple(reasons[:MAX_REASONS]), scores, sketches, tuple(errors), bool(errors), seen,
+            env.cluster_score, own,
         )
 
     def observe(self, state: bytes | None, feats: RequestFeatures, now: float) -> Observation:

@@ -17,12 +17,11 @@ import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from itertools import compress
 from typing import Any
 
 import numpy as np
 
-from detectors.patterns import COT_HINTS, COT_RE, META_HINTS, META_RE, RUBRIC_HINTS, RUBRIC_RE, STOPWORDS
+from detectors.patterns import STOPWORDS, demands
 from detectors.types import RequestFeatures
 
 EMBED_DIM = 64
@@ -65,35 +64,26 @@ def _crc(s: str) -> int:
     return zlib.crc32(s.encode("utf-8", "surrogatepass"))
 
 
-class _TokenHashes(dict[str, int]):
-    """``_crc`` of a token, memoised. Prompts reuse a small vocabulary, so nearly every lookup is a hit and
-    costs one C-level dict access instead of a Python call, an encode and a CRC (about 5x less per token).
-    The values are a pure function of the token, so the cache changes no result; it is bounded by being
-    cleared when full (cheaper than LRU bookkeeping on every hit, and refilled within a few requests)."""
+class _TokenCodes(dict[str, int]):
+    """A token's code, memoised: its ``_crc`` in the low 32 bits, and bit 32 set for a content word (longer
+    than two characters, not a stopword). Prompts reuse a small vocabulary, so nearly every lookup is a hit
+    and costs one C-level dict access instead of a Python call, an encode and a CRC (about 5x less per
+    token); one table for both facts halves the lookups. The values are a pure function of the token, so
+    the cache changes no result; it is bounded by being cleared when full (cheaper than LRU bookkeeping on
+    every hit, and refilled within a few requests)."""
 
     __slots__ = ()
 
     def __missing__(self, tok: str) -> int:
         if len(self) >= TOKEN_CACHE:
             self.clear()
-        h = self[tok] = _crc(tok)
-        return h
+        code = self[tok] = _crc(tok) | (_CONTENT_BIT if len(tok) > 2 and tok not in STOPWORDS else 0)
+        return code
 
 
-class _ContentWords(dict[str, bool]):
-    """Whether a token is a content word (longer than two characters, not a stopword), memoised likewise."""
-
-    __slots__ = ()
-
-    def __missing__(self, tok: str) -> bool:
-        if len(self) >= TOKEN_CACHE:
-            self.clear()
-        flag = self[tok] = len(tok) > 2 and tok not in STOPWORDS
-        return flag
-
-
-_HASHES = _TokenHashes()
-_CONTENT = _ContentWords()
+_CONTENT_BIT = 1 << 32
+_CODES = _TokenCodes()
+_LOW32 = np.uint64(0xFFFFFFFF)  # a code's hash; a code above it is a content word's
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -144,7 +134,10 @@ def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
 
 def tokens_of(text: str) -> list[str]:
     """Masked, lower-cased tokens (the unit every sketch and the embedding are built from)."""
-    low = text.lower()
+    return _tokens_of_lower(text.lower())
+
+
+def _tokens_of_lower(low: str) -> list[str]:
     if "`" in low or "http" in low or "@" in low or '"' in low:
         low = _MASK_RE.sub(_mask, low)
     else:  # the common case: only numbers to mask, and a plain regex is 3x faster than the alternation
@@ -164,14 +157,15 @@ def _minhash(h: np.ndarray) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _token_hashes(tokens: Sequence[str]) -> list[int]:
-    """``_crc`` of every token (memoised)."""
-    return list(map(_HASHES.__getitem__, tokens))
+def _token_hashes(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``_crc`` of every token (uint64), and the same for the content words only (no stopwords, masks or
+    punctuation), in order: one memoised lookup per token."""
+    codes = np.fromiter(map(_CODES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+    return codes & _LOW32, codes[codes > _LOW32] & _LOW32
 
 
-def _content(tokens: Sequence[str], hashes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of the content words (no stopwords, masks or punctuation) and of their bigrams."""
-    words = np.array(list(compress(hashes, map(_CONTENT.__getitem__, tokens))), dtype=np.uint64)
+def _content(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The content words' hashes and those of their bigrams."""
     if len(words) < 2:
         return words, words[:0]
     bigrams = words[:-1] * _GOLD
@@ -179,15 +173,14 @@ def _content(tokens: Sequence[str], hashes: list[int]) -> tuple[np.ndarray, np.n
     return words, _mix64_inplace(bigrams)
 
 
-def _bottom(hashes: list[int], k: int = BOTTOM_K) -> tuple[int, ...]:
+def _bottom(hashes: np.ndarray, k: int = BOTTOM_K) -> tuple[int, ...]:
     """The k smallest distinct token hashes (a bottom-k sample of the token set, stopwords included).
 
     Intersected over the fills of one template it converges to the template's fixed tokens (its skeleton):
     a token with a small hash is in every fill's sample or in none."""
-    if len(hashes) <= 64:  # sorted(set()) on plain ints: cheapest for the few dozen tokens of most prompts
-        return tuple(sorted(set(hashes))[:k])
-    a = np.array(hashes, dtype=np.uint64)  # long prompts (up to 256 tokens): numpy sort + dedupe, ~2x cheaper
-    a.sort()
+    if not len(hashes):
+        return ()
+    a = np.sort(hashes)
     keep = np.empty(len(a), dtype=bool)
     keep[0] = True
     np.not_equal(a[1:], a[:-1], out=keep[1:])
@@ -197,7 +190,7 @@ def _bottom(hashes: list[int], k: int = BOTTOM_K) -> tuple[int, ...]:
 
 def embed(tokens: Sequence[str]) -> np.ndarray:
     """Hashed content-word uni+bigram embedding, L2-normalised (zeros for no content words)."""
-    return _embed(*_content(tokens, _token_hashes(tokens)))
+    return _embed(*_content(_token_hashes(tokens)[1]))
 
 
 def _embed(words: np.ndarray, bigrams: np.ndarray) -> np.ndarray:
@@ -247,21 +240,19 @@ def _num(v: Any) -> float | None:
 def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeatures:
     """Features of one request. Never raises on odd bodies: unknown shapes read as absent fields."""
     text, n_messages = prompt_of(endpoint, body)
-    toks = tokens_of(text if len(text) <= 20_000 else text[:16_000] + " " + text[-4_000:])
+    low = (text if len(text) <= 20_000 else text[:16_000] + " " + text[-4_000:]).lower()
+    toks = _tokens_of_lower(low)
     sketch = toks if len(toks) <= 256 else toks[:192] + toks[-64:]
-    hashes = _token_hashes(sketch)
-    words, bigrams = _content(sketch, hashes)
+    hashes, content = _token_hashes(sketch)
+    words, bigrams = _content(content)
     # Content-word bigrams: two fills of one short template share most of them (slots change a few). With
     # stopwords and masked numbers kept, every word problem shared "how many"/"0 ." minima and unrelated
     # math prompts (and the accounts sending them) looked alike; 3-grams were too brittle for short templates.
     sh = bigrams if len(bigrams) else _mix64(words)
     long_enough = len(toks) >= MIN_TOKENS_FOR_HEAD_TAIL
     # Demands sit at the start or end of a prompt; scanning a pasted 20 kB document for them costs ~1 ms.
-    scan = (text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:]).lower()
-    # Cheap substring gates first: the alternation regexes cost ~30 us each on a plain prompt.
-    cot = any(w in scan for w in COT_HINTS) and COT_RE.search(scan) is not None
-    rubric = any(w in scan for w in RUBRIC_HINTS) and RUBRIC_RE.search(scan) is not None
-    meta = any(w in scan for w in META_HINTS) and META_RE.search(scan) is not None
+    scan = low if len(text) <= 3000 else (text[:2000] + "\n" + text[-1000:]).lower()
+    cot, rubric, meta = demands(scan)
     ht = HEAD_TAIL if len(toks) >= LONG_PROMPT else HEAD_TAIL_SHORT
     chat = "messages" in body
     logprobs_field = body.get("logprobs")
@@ -275,6 +266,8 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
     bias_tokens, bias_entries, bias_max, bias_key = _bias(body)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     n = body.get("n")
+    vec = _embed(words, bigrams)
+    vec.flags.writeable = False  # shared with the detectors through ``embedding_array``
     return RequestFeatures(
         endpoint=endpoint,
         ts=ts,
@@ -300,5 +293,6 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
         cot=cot,
         rubric=rubric,
         meta_prompt=meta,
-        embedding=tuple(_embed(words, bigrams).tolist()),
+        embedding=tuple(vec.tolist()),
+        embedding_array=vec,
     )

@@ -84,6 +84,7 @@ class LinkState:
 class CrossAccountLinking:
     name: ClassVar[str] = "linking"
     state_bytes: ClassVar[int] = 8 + 1 + MAX_PEERS * (1 + MAX_ID_BYTES + 4)
+    _quiet: ClassVar[DetectorScore] = DetectorScore(name, 0.0, ())  # frozen: one shared instance
 
     def __init__(self, link_min: float = 4.0, min_shared: int = 1, fanout: int = 64) -> None:
         self.link_min = link_min
@@ -147,6 +148,11 @@ class CrossAccountLinking:
         return None
 
     def score(self, state: LinkState, now: float) -> DetectorScore:
+        if not state.peers:  # no peer (nearly every client): ``_score`` would give ramp(0, 0, 3) = 0.0, no reasons
+            return self._quiet
+        return self._score(state, now)
+
+    def _score(self, state: LinkState, now: float) -> DetectorScore:
         decay = time_decay(now - state.last_ts, LINK_HALF_LIFE_S) if state.last_ts else 1.0
         linked = [p for p, c in state.peers.items() if c * decay >= self.link_min]
         s = ramp(len(linked), 0.0, 3.0)

@@ -48,6 +48,7 @@ class ProbeState:
 class LogitProbing:
     name: ClassVar[str] = "logit_probing"
     state_bytes: ClassVar[int] = 8 + 4 * 8 + _BITMAP_BITS // 8 + _RECENT_FMT.size + _TAIL.size
+    _quiet: ClassVar[DetectorScore] = DetectorScore(name, 0.0, ())  # frozen: one shared instance
 
     def new_state(self) -> ProbeState:
         return ProbeState()
@@ -113,6 +114,13 @@ class LogitProbing:
 
     def score(self, state: ProbeState, now: float) -> DetectorScore:
         c = state.counters.c.tolist()
+        if not (c[BIAS] or c[BIAS_LP] or c[BIG_BIAS] or c[SMALL] or c[REPEAT_VARY] or c[ECHO_LP]):
+            # No probing evidence at all (nearly every client): each term of ``_score`` is ramp(0, lo > 0, hi)
+            # = 0, so the score is exactly 0.0 with no reasons; the same result, without the arithmetic.
+            return self._quiet
+        return self._score(state, c)
+
+    def _score(self, state: ProbeState, c: list[float]) -> DetectorScore:
         n = c[N]
         distinct = max(state.distinct_bias_tokens(), 0.0) if c[BIAS] > 0 else 0.0
         e_bias_lp = ramp(shrunk_share(c[BIAS_LP], n, 3.0), 0.15, 0.5)

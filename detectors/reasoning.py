@@ -22,6 +22,9 @@ class ReasoningElicitation:
     def __init__(self, cot_share: tuple[float, float] = (0.3, 0.7), rubric_share: tuple[float, float] = (0.2, 0.5)):
         self.cot_share = cot_share
         self.rubric_share = rubric_share
+        # With no such prompt both shares are 0, and ramp(0, lo, hi) is 0 when lo >= 0 (the defaults)
+        self._quiet_is_zero = cot_share[0] >= 0 and rubric_share[0] >= 0
+        self._quiet = DetectorScore(self.name, 0.0, ())
 
     def new_state(self) -> Counters:
         return Counters(3)
@@ -49,7 +52,13 @@ class ReasoningElicitation:
         return None
 
     def score(self, state: Counters, now: float) -> DetectorScore:
-        n, cot, rubric = state.c.tolist()
+        c = state.c.tolist()
+        if not (c[COT] or c[RUBRIC]) and self._quiet_is_zero:
+            return self._quiet  # ramp(0, lo >= 0, hi) is 0 for both terms of ``_score``: 0.0, no reasons
+        return self._score(c)
+
+    def _score(self, c: list[float]) -> DetectorScore:
+        n, cot, rubric = c
         e_cot = ramp(shrunk_share(cot, n, 10.0), *self.cot_share)
         e_rubric = ramp(shrunk_share(rubric, n, 10.0), *self.rubric_share)
         reasons: list[str] = []

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import Counters, any_of, ramp, shrunk_share
+from detectors.base import F4LE, U4LE, Counters, any_of, ramp, shrunk_share
 from detectors.features import LONG_PROMPT
 from detectors.reference import Reference
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
@@ -36,6 +36,7 @@ MIN_SKELETON = 8  # fewer fixed tokens is a phrase ("let's think step by step ."
 N, REUSED, META = range(3)
 _ROW = 4 * (SLOTS + SKEL + 4)  # bytes per cluster: signature, skeleton, head, tail, last prompt key, count
 TAG_HEAD, TAG_TAIL, TAG_SKELETON = 1, 2, 3
+_NO_SIGNATURE = (0,) * SLOTS
 # The template table remembers for a week of silence, not a day: a harvester that hides a campaign in a
 # person's stream at human pace (a few dozen requests a day, a quarter of them template fills) would
 # otherwise never accumulate more fills than an ordinary user's day holds. Per-request decay still limits
@@ -47,8 +48,6 @@ TEMPLATE_HALF_LIFE_S = 7 * 24 * 3600.0
 # persona's top template reached 3 (EVALUATION.md, "Mixed traffic").
 FILLS = (4.0, 8.0)
 _MASK63 = (1 << 63) - 1
-_ZERO_SIG, _ZERO_SKEL = np.zeros((1, SLOTS), dtype=np.uint32), np.zeros((1, SKEL), dtype=np.uint32)
-_ZERO_U32, _ZERO_F64 = np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.float64)
 
 
 def tag(kind: int, value: int) -> int:
@@ -57,32 +56,56 @@ def tag(kind: int, value: int) -> int:
 
 
 class TemplateState:
-    """Cluster table as parallel numpy arrays (matching one prompt against all clusters is one compare)."""
+    """Cluster table as parallel numpy arrays (matching one prompt against all clusters is one compare).
 
-    __slots__ = ("counters", "counts", "heads", "lasts", "sigs", "skels", "tails")
+    ``keys`` holds each cluster's MinHash signature, head key and tail key in one row (``sigs``, ``heads``
+    and ``tails`` are views of it), so that matching a prompt is one comparison of the whole table."""
+
+    __slots__ = ("_room", "counters", "counts", "heads", "keys", "lasts", "sigs", "skels", "tails")
 
     def __init__(self, size: int = 0) -> None:
         self.counters = Counters(3)
-        self.sigs = np.zeros((size, SLOTS), dtype=np.uint32)
+        self._set_keys(np.zeros((size, SLOTS + 2), dtype=np.uint32))
         self.skels = np.zeros((size, SKEL), dtype=np.uint32)  # sorted, zero-padded
-        self.heads = np.zeros(size, dtype=np.uint32)
-        self.tails = np.zeros(size, dtype=np.uint32)
         self.lasts = np.zeros(size, dtype=np.uint32)
         self.counts = np.zeros(size, dtype=np.float64)
+        # After the first growth the columns are views of these arrays, which have room for every row.
+        self._room: tuple[np.ndarray, ...] | None = None
+
+    def _set_keys(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        self.sigs, self.heads, self.tails = keys[:, :SLOTS], keys[:, SLOTS], keys[:, SLOTS + 1]
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def set_row(self, i: int, f: RequestFeatures, head: int, tail: int) -> None:
         sig, last = f.minhash, f.prompt_key
-        if i == len(self):  # grow by one zero row (np.concatenate: vstack/append wrap it in Python)
-            cat = np.concatenate
-            self.sigs, self.skels = cat((self.sigs, _ZERO_SIG)), cat((self.skels, _ZERO_SKEL))
-            self.heads, self.tails = cat((self.heads, _ZERO_U32)), cat((self.tails, _ZERO_U32))
-            self.lasts, self.counts = cat((self.lasts, _ZERO_U32)), cat((self.counts, _ZERO_F64))
+        if i == len(self):
+            self._grow()
         self.sigs[i] = (sig + (0,) * SLOTS)[:SLOTS]
         self.set_skeleton(i, np.asarray(f.bottom[:SKEL], dtype=np.uint32))
         self.heads[i], self.tails[i], self.lasts[i], self.counts[i] = head, tail, last, 1.0
+
+    def _grow(self) -> None:
+        """Add one zero row. The first growth moves the columns into arrays with room for ``MAX_CLUSTERS`` rows
+        (one copy) and makes them views of those; every later growth re-slices the views instead of
+        concatenating six arrays (a table grows by one row per new prompt until it is full). The rows past
+        the table's length stay zero: rows are only ever written below it."""
+        k = len(self)
+        room = self._room
+        if room is None or k >= len(room[0]):
+            cap = max(MAX_CLUSTERS, k + 1)
+            room = (
+                np.zeros((cap, SLOTS + 2), dtype=np.uint32), np.zeros((cap, SKEL), dtype=np.uint32),
+                np.zeros(cap, dtype=np.uint32), np.zeros(cap, dtype=np.float64),
+            )
+            for dst, src in zip(room, (self.keys, self.skels, self.lasts, self.counts), strict=True):
+                dst[:k] = src
+            self._room = room
+        k += 1
+        self._set_keys(room[0][:k])
+        self.skels, self.lasts, self.counts = room[1][:k], room[2][:k], room[3][:k]
 
     def set_skeleton(self, i: int, tokens: np.ndarray) -> None:
         self.skels[i] = 0
@@ -109,17 +132,23 @@ class Templates:
         self.common = frozenset(common_keys) | (reference.common_keys if reference else frozenset())
         self.min_agree = min_agree
         self.hot_count = hot_count
+        # _match's row weights, by (signature compared, head compared, tail compared)
+        key_weight = float(max(min_agree, SLOTS + 1))
+        self._weights = {
+            (sig, h, t): np.array([float(sig)] * SLOTS + [key_weight * h, key_weight * t])
+            for sig in (False, True) for h in (False, True) for t in (False, True)
+        }
 
     def new_state(self) -> TemplateState:
         return TemplateState()
 
     def dump(self, state: TemplateState) -> bytes:
-        # copy=False: on a little-endian host the uint32 arrays already are "<u4" and are not copied twice
+        # copy=False: on a little-endian host the uint32 arrays already are U4LE and are not copied twice
         return b"".join((
-            state.counters.dump(), bytes((len(state),)), state.sigs.astype("<u4", copy=False).tobytes(),
-            state.skels.astype("<u4", copy=False).tobytes(),
-            state.heads.astype("<u4", copy=False).tobytes(), state.tails.astype("<u4", copy=False).tobytes(),
-            state.lasts.astype("<u4", copy=False).tobytes(), state.counts.astype("<f4").tobytes(),
+            state.counters.dump(), bytes((len(state),)), state.sigs.astype(U4LE, copy=False).tobytes(),
+            state.skels.astype(U4LE, copy=False).tobytes(),
+            state.heads.astype(U4LE, copy=False).tobytes(), state.tails.astype(U4LE, copy=False).tobytes(),
+            state.lasts.astype(U4LE, copy=False).tobytes(), state.counts.astype(F4LE).tobytes(),
         ))
 
     def load(self, data: bytes) -> TemplateState:
@@ -129,29 +158,35 @@ class Templates:
         if k > MAX_CLUSTERS or len(data) != pos + 1 + k * _ROW:
             raise ValueError(f"{self.name}: malformed cluster table")
         pos += 1
-        # One writable copy of the uint32 columns, then disjoint views into it (one copy instead of five)
-        u = np.frombuffer(data, "<u4", k * (SLOTS + SKEL + 3), pos).astype(np.uint32)
+        # One writable copy of the uint32 columns: the skeletons and last keys are views into it; signatures,
+        # heads and tails go into the rows of ``keys`` (see ``TemplateState``).
+        u = np.frombuffer(data, U4LE, k * (SLOTS + SKEL + 3), pos).astype(np.uint32)
         a, b = k * SLOTS, k * (SLOTS + SKEL)
-        st.sigs, st.skels = u[:a].reshape(k, SLOTS), u[a:b].reshape(k, SKEL)
-        st.heads, st.tails, st.lasts = u[b : b + k], u[b + k : b + 2 * k], u[b + 2 * k :]
-        st.counts = np.frombuffer(data, "<f4", k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
+        st._set_keys(np.empty((k, SLOTS + 2), dtype=np.uint32))
+        st.sigs[:], st.heads[:], st.tails[:] = u[:a].reshape(k, SLOTS), u[b : b + k], u[b + k : b + 2 * k]
+        st.skels, st.lasts = u[a:b].reshape(k, SKEL), u[b + 2 * k :]
+        st.counts = np.frombuffer(data, F4LE, k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
         if not np.isfinite(st.counts).all():  # a NaN count made the score NaN (read as 0 for the client)
             raise ValueError(f"{self.name}: cluster counts are not finite")
         return st
 
     def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:
+        """The first cluster with at least ``min_agree`` MinHash slots equal to the prompt's, or its head key,
+        or its tail key (a key of 0 is not compared).
+
+        One comparison of the whole key table and one weighted sum per row: the slots weigh 1 each and a
+        head or tail match weighs ``_key_weight`` (more than 16 slots and at least ``min_agree``), so a
+        row's sum reaches the threshold exactly when one of the three conditions holds. The sums are small
+        integers, exact in float64."""
         if not len(state):
             return -1
-        if len(f.minhash) == SLOTS:
-            agree = np.add.reduce(state.sigs == np.array(f.minhash, dtype=np.uint32), axis=1, dtype=np.intp)
-            hit = agree >= self.min_agree
-        else:
-            hit = np.zeros(len(state), dtype=bool)
-        if head:
-            hit |= state.heads == head
-        if tail:
-            hit |= state.tails == tail
-        first = int(hit.argmax())  # the first matching cluster, as before; argmax of all-False is 0
+        signed = len(f.minhash) == SLOTS
+        if signed:
+            q, threshold = np.array((*f.minhash, head, tail), dtype=np.uint32), self.min_agree
+        else:  # no signature (an empty prompt): only the keys can match
+            q, threshold = np.array((*_NO_SIGNATURE, head, tail), dtype=np.uint32), 1
+        hit = (state.keys == q) @ self._weights[signed, head != 0, tail != 0] >= threshold
+        first = int(hit.argmax())  # the first matching cluster; argmax of all-False is 0
         return first if hit[first] else -1
 
     def observe(self, state: TemplateState, feats: RequestFeatures, now: float) -> DetectorScore:
@@ -179,7 +214,7 @@ class Templates:
                 if state.counts[i] >= self.hot_count:
                     sketches = self._sketches(state, i, feats)
             else:
-                j = len(state) if len(state) < MAX_CLUSTERS else int(np.argmin(state.counts))
+                j = len(state) if len(state) < MAX_CLUSTERS else int(state.counts.argmin())
                 state.set_row(j, feats, head, tail)
         out = self.score(state, now)
         return DetectorScore(self.name, out.score, out.reasons, sketches) if sketches else out
@@ -192,7 +227,7 @@ class Templates:
         keys: list[int] = []
         skeleton = state.skeleton(i)
         if len(skeleton) >= MIN_SKELETON:
-            keys.append(tag(TAG_SKELETON, zlib.crc32(skeleton.astype("<u4").tobytes())))
+            keys.append(tag(TAG_SKELETON, zlib.crc32(skeleton.astype(U4LE).tobytes())))
         if f.prompt_words >= LONG_PROMPT:
             head, tail = int(state.heads[i]), int(state.tails[i])
             keys += [tag(TAG_HEAD, head)] if head else []
@@ -205,9 +240,8 @@ class Templates:
     def score(self, state: TemplateState, now: float) -> DetectorScore:
         c = state.counters.c.tolist()
         n = c[N]
-        counts = sorted(state.counts.tolist(), reverse=True)
-        reused = [x for x in counts if x >= 2.0]
-        top = counts[0] if counts else 0.0
+        counts = state.counts.tolist()
+        top = max(counts) if counts else 0.0  # the first of the sorted list; the sort waits for the reasons
         e_reuse = ramp(shrunk_share(c[REUSED], n, 10.0), 0.25, 0.6)
         e_top = ramp(shrunk_share(top, n, 10.0), 0.12, 0.4)
         # Teachers ask for "10 quiz questions" too: a few meta-prompts are normal, a stream of them is not.
@@ -222,6 +256,7 @@ class Templates:
         score = any_of(e_reuse, e_top, e_meta, e_fills)
         reasons: list[str] = []
         if e_reuse > 0 or e_top > 0:
+            reused = [x for x in sorted(counts, reverse=True) if x >= 2.0]
             k = min(len(reused), 3)
             filled = sum(reused[:3])
             reasons.append(f"{filled:.0f} of the last {n:.0f} prompts fill {k} template{'s' * (k != 1)}")

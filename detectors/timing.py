@@ -18,6 +18,8 @@ GAPS, SUM_LOG, SUM_LOG2, FAST = range(4)
 HOURS0 = 4  # 24 hour-of-day slots follow the four gap counters
 _SESSION_GAP_S = 1800.0  # gaps longer than this start a new session and say nothing about regularity
 _HOUR_DECAY = math.exp(-1.0 / 1000.0)  # the hour histogram remembers ~1000 requests
+_FLAT = (0.90, 0.98)  # hour-histogram entropy that is no evidence / full evidence of round-the-clock traffic
+_MAX_HOURS_NOT_FLAT = 17  # log(17) / log(24) = 0.8915 < _FLAT[0] (tests/detectors/test_fast_paths.py)
 
 
 class AutomationTiming:
@@ -76,9 +78,11 @@ class AutomationTiming:
         hours = c[HOURS0:]
         total = sum(hours)
         e_flat = 0.0
-        if total >= 48:
+        # With m non-empty hours the normalised entropy is at most log(m) / log(24): for m <= 17 that is 0.8915,
+        # under the ramp's 0.90, so the flatness term is 0 whatever the exact value and its logs are skipped.
+        if total >= 48 and len(hours) - hours.count(0.0) > _MAX_HOURS_NOT_FLAT:
             entropy = norm_entropy(hours)
-            e_flat = ramp(entropy, 0.90, 0.98) * ramp(total, 48.0, 150.0)
+            e_flat = ramp(entropy, *_FLAT) * ramp(total, 48.0, 150.0)
             if e_flat > 0:
                 reasons.append(f"traffic is flat around the clock (hour entropy {entropy:.2f})")
         e_fast = ramp(shrunk_share(c[FAST], gaps, 10.0), 0.2, 0.6)

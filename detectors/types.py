@@ -8,9 +8,35 @@ bytes) and ``LinkResult``. Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
+
+_T = TypeVar("_T")
+
+
+def _slot_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen slots dataclass a constructor that is ~1.7x faster and otherwise the same.
+
+    The ``__init__`` that ``dataclass`` writes for a frozen class stores each field through
+    ``object.__setattr__``, which looks the field up on the class every time; the one written here (from the
+    class's own field names, the way ``dataclass`` writes its own) calls each field's slot descriptor
+    directly: what that lookup finds. Same signature and defaults, same instances; the class stays frozen
+    (its ``__setattr__`` still raises). These types are built several times per request on the gateway's
+    hot path. Only for fields with plain defaults and classes without ``__post_init__``."""
+    fs = fields(cls)  # type: ignore[arg-type]  # a dataclass, by the decorator below this one
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not MISSING or not f.init for f in fs):
+        raise TypeError(f"{cls.__name__}: _slot_init supports plain fields and defaults only")
+    ns: dict[str, Any] = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fs}
+    ns.update({f"_default_{f.name}": f.default for f in fs if f.default is not MISSING})
+    params = ", ".join(f.name if f.default is MISSING else f"{f.name}=_default_{f.name}" for f in fs)
+    body = "".join(f"\n    _set_{f.name}(self, {f.name})" for f in fs)
+    exec(f"def __init__(self, {params}):{body}", ns)
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    setattr(cls, "__init__", init)  # noqa: B010  (mypy refuses assigning a method)
+    return cls
 
 #: Tier ints, matching the default policy names in ``gateway/config.py`` (``_default_tiers``).
 TIER_NORMAL, TIER_WATCH, TIER_THROTTLE, TIER_BLOCK = 0, 1, 2, 3
@@ -18,6 +44,7 @@ TIER_NORMAL, TIER_WATCH, TIER_THROTTLE, TIER_BLOCK = 0, 1, 2, 3
 FLAG_TIER = TIER_THROTTLE
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class RequestFeatures:
     """What one request says about its sender; cheap to compute, no prompt text kept.
@@ -55,8 +82,12 @@ class RequestFeatures:
     # client's *earlier* prompts that finished encoding off the request path since its previous request,
     # oldest first, shape (k, 384) float32; None when there are none (always, with the hashed embedder).
     neural: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # ``embedding`` as the read-only float64 array ``extract`` computed it from (the same values), so that the
+    # coverage detector does not convert 64 floats back per request; None when features are built by hand.
+    embedding_array: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class ResponseFeatures:
     """What the upstream answered (all optional; unknown values are None)."""
@@ -69,6 +100,7 @@ class ResponseFeatures:
     max_tokens: int | None = None  # the request's max_tokens, to judge "ran to the limit"
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class DetectorScore:
     """One detector's opinion of a client after a request: a score in [0, 1] and why."""
@@ -79,6 +111,7 @@ class DetectorScore:
     sketches: tuple[int, ...] = ()  # account-agnostic sketches this request contributes to linking
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The engine's judgement of a client after one request.

@@ -10,6 +10,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 
 from detectors import features
@@ -108,21 +109,24 @@ def test_memoised_token_hashes_equal_crc32_and_survive_a_full_cache(monkeypatch:
     body = chat("Explain the water cycle to a ten year old, with 3 short examples at the end, please!")
     before = extract(CHAT, body, 0)
     monkeypatch.setattr(features, "TOKEN_CACHE", 4)  # clears on nearly every miss
-    features._HASHES.clear()
-    features._CONTENT.clear()
+    features._CODES.clear()
     after = extract(CHAT, body, 0)
     assert after == before and after.embedding == before.embedding
-    assert len(features._HASHES) <= 4 and len(features._CONTENT) <= 4
-    for tok in ("water", "ᶜ", "0", "\ud800x", "é"):
-        assert features._HASHES[tok] == _crc(tok)
-    assert features._CONTENT["water"] and not features._CONTENT["the"] and not features._CONTENT["0"]
+    assert len(features._CODES) <= 4
+    for tok in ("water", "ᶜ", "0", "\ud800x", "é", "the"):
+        assert features._CODES[tok] & 0xFFFFFFFF == _crc(tok)
+    is_content = {tok: features._CODES[tok] >> 32 for tok in ("water", "the", "0", "ab")}
+    assert is_content == {"water": 1, "the": 0, "0": 0, "ab": 0}
+    hashes, content = features._token_hashes(["water", "the", "cycle", "0"])
+    assert hashes.tolist() == [_crc(t) for t in ("water", "the", "cycle", "0")]
+    assert content.tolist() == [_crc("water"), _crc("cycle")]
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 64, 65, 100, 256])
 def test_bottom_k_sample_is_the_k_smallest_distinct_hashes(n: int) -> None:
     r = random.Random(n)
     hashes = [r.getrandbits(32) for _ in range(n)] + ([7, 7, 3, 3] if n else [])  # duplicates included
-    assert features._bottom(hashes) == tuple(sorted(set(hashes))[: features.BOTTOM_K])
+    assert features._bottom(np.array(hashes, dtype=np.uint64)) == tuple(sorted(set(hashes))[: features.BOTTOM_K])
 
 
 @pytest.mark.parametrize("size", [4, 99])  # the short (plain sum) and the long (ufunc reduce) check
