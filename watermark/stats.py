@@ -46,8 +46,10 @@ def _log_binom_pmf(n: int, p: float) -> npt.NDArray[np.float64]:
 def _log_tail_from_log_pmf(log_pmf: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """log P(X >= h) for h = 0..n from log P(X = i): a reverse cumulative log-sum-exp."""
     rev = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
-    # Rounding can push log P(X >= 0) a hair above 0; a probability never exceeds 1.
+    # Rounding can push log P(X >= 0) a hair above 0; a probability never exceeds 1. P(X >= 0) is exactly 1:
+    # keep it so (the sum of the pmf may round a hair below), so that a text with no hit reports p = 1.0.
     out: npt.NDArray[np.float64] = np.minimum(rev, 0.0)
+    out[0] = 0.0
     return out
 
 

@@ -82,3 +82,11 @@ def test_bonferroni() -> None:
     assert float(stats.bonferroni_log(math.log(0.01), 1000)) == 0.0  # capped at probability 1
     with pytest.raises(ValueError):
         stats.bonferroni_log(0.0, 0)
+
+
+@pytest.mark.parametrize("counts", [{0.25: 9}, {1 / 3: 4}, {1 / 3: 4, 0.25: 3}, {0.5: 9}, {0.5: 0}])
+def test_at_least_zero_hits_is_exactly_probability_one(counts: dict[float, int]) -> None:
+    """A text with no hit reports p = 1.0, not 0.9999999999999994 (the pmf's sum rounds a hair below 1)."""
+    assert stats.poisson_binomial_log_sf_table(counts)[0] == 0.0
+    n = sum(counts.values())
+    assert stats.binom_log_sf_table(n, 0.5)[0] == 0.0
