@@ -18,14 +18,16 @@ are copies of one draw, see ``watermark.stats``), and count for each candidate k
 variants equal the key's choice.
 Under H0 a k-way slot is a hit with probability exactly 1/k, so the hit count is Poisson-binomial with a
 distribution that depends only on the text; one tail table serves every candidate. Candidates are all
-(client, key version, strength view) triples; the best one's p-value is Bonferroni-corrected. Text that
-carries *another* client's watermark also gives hits of probability 1/k per tuple for a wrong key (up to the
-mixer's negligible bias): both keys' choices are full-avalanche mixes of the same secret per-tuple PRF value.
+(client, key version) pairs, each tested once per reading; the best one's p-value is Bonferroni-corrected.
+Text that carries *another* client's watermark also gives hits of probability 1/k per tuple for a wrong key
+(up to the mixer's negligible bias): both keys' choices are full-avalanche mixes of the same secret per-tuple
+PRF value.
 
 Strength views. "strong" embedding also uses level-2 groups; a normal-strength text has no watermark there.
-When the text has level-2 slots, both views (level 1 only; levels 1+2) are scored and each counts as a
-hypothesis; otherwise the views coincide and count once. An empty view never rejects and is left out (a
-text with level-2 slots only is one hypothesis per key).
+When the text has level-2 slots, both views (level 1 only; levels 1+2) are scored, and they form one test:
+its statistic is the smaller of the two views' exact p-values and its p-value is computed exactly
+(``watermark.lexical_views.Strengths``), between that smaller p-value and twice it (the Bonferroni bound two
+hypotheses used to cost). An empty view never rejects and is left out.
 
 Table revisions. The table is append-only and each group records the revision that added it
 (``Group.since``). A text served before an extension carries no watermark in the newer groups, which would
@@ -33,8 +35,8 @@ dilute its evidence with coin flips, so each reading and strength is also cut by
 ``since <= r``, for each revision r whose groups the text has slots of). These nested views form one chain,
 tested once with an exact first-passage p-value (``watermark.lexical_views``): a text with no slot of a newer
 group is scored exactly as before, and one with such slots pays at most the old Bonferroni factor (in practice
-far less, since the views overlap). Bonferroni then runs over keys x chains (readings x strengths). The views
-are read from the text alone, so under H0 each chain is a fixed test.
+far less, since the views overlap). Bonferroni then runs over keys x readings. The views are read from the
+text alone, so under H0 each reading's test is a fixed test.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy.typing as npt
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
 from watermark.keys import ClientKey, scheme_key
-from watermark.lexical_views import Chain
+from watermark.lexical_views import Chain, Strengths
 from watermark.lexicon import Lexicon, default_lexicon
 from watermark.mix import choose, mix64_array, tuple_hash, tuple_hasher
 from watermark.scanner import Scanner
@@ -239,39 +241,32 @@ class LexicalScheme:
     def score(self, texts: str | Sequence[str], keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         return self.score_observation(self.observe(texts), keys, top=top)
 
-    def _chains(self, obs: Observation) -> list[Chain]:
-        """The tests to run: one chain of nested revision views (groups added up to each revision the text has
-        slots of, ``watermark.lexical_views``) per reading (strict; with the slots a never-closed fence hid, when
-        there are any) x strength (level 1; levels 1+2); empty views and repeated chains left out (one empty
-        chain for a text without slots)."""
-        levels = [obs.level <= 1]
-        if bool(np.any(obs.level > 1)):
-            levels.append(np.ones(obs.size, dtype=bool))
+    def _tests(self, obs: Observation) -> list[Strengths]:
+        """The hypotheses to test per key: one per reading (strict; with the slots a never-closed fence hid,
+        when there are any), each the joint test of its strength chains (level 1; levels 1+2, when the text has
+        level-2 slots), each chain the nested revision views of ``watermark.lexical_views``; repeated tests left
+        out (one empty chain for a text without slots)."""
+        ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
         since = np.array([self._lex.groups[g].since for g in obs.groups.tolist()], dtype=np.int64)
-        revisions = sorted({1, *since.tolist()})
         readings = [np.ones(obs.size, dtype=bool)]
         if obs.lenient is not None and bool(obs.lenient.any()):
             readings.insert(0, ~obs.lenient)
-        ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
-        chains: list[Chain] = []
-        seen: set[tuple[bytes, ...]] = set()
+        tests: list[Strengths] = []
+        seen: set[tuple[tuple[bytes, ...], ...]] = set()
         for reading in readings:
-            for lv in levels:
-                views: list[npt.NDArray[np.bool_]] = []
-                for r in revisions:
-                    view = reading & lv & (since <= r)
-                    # an empty view (no level-1 slot of revision 1) never rejects; an unchanged one adds nothing
-                    if view.any() and not (views and np.array_equal(view, views[-1])):
-                        views.append(view)
-                sig = tuple(np.packbits(v).tobytes() for v in views)
-                if views and sig not in seen:
-                    seen.add(sig)
-                    chains.append(Chain.build(views, ks))
-        return chains or [Chain.build([np.zeros(obs.size, dtype=bool)], ks)]
+            test = Strengths.build(reading, obs.level <= 1, since, ks)
+            if test is None:
+                continue
+            sig = tuple(tuple(np.packbits(v).tobytes() for v in c.views) for c in test.chains)
+            if sig not in seen:
+                seen.add(sig)
+                tests.append(test)
+        return tests or [Strengths((Chain.build([np.zeros(obs.size, dtype=bool)], ks),))]
 
     def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
-        chains = self._chains(obs)
-        family = max(1, len(keys) * len(chains))
+        tests = self._tests(obs)
+        chains = [chain for test in tests for chain in test.chains]
+        family = max(1, len(keys) * len(tests))
         if obs.size == 0 or not keys:
             return WatermarkScore(self.name, obs.size, family, None, None, 0, 1.0, 0.0)
         ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
@@ -307,14 +302,21 @@ class LexicalScheme:
                             h_best = np.where(better, h, h_best)
                             n_best = np.where(better, n_view, n_best)
                     best_log[ci, sel], best_hits[ci, sel], best_n[ci, sel] = lt_best, h_best, n_best
-        # the exact p-value of a chain is increasing in its statistic, so each chain's best keys are its smallest
-        # statistics; the candidates are those of every chain, each at the chain that gives it the smallest p
+        # the exact p-value of a chain is increasing in its statistic, and a test's in the smallest p-value of its
+        # chains, so each test's best keys are among its chains' smallest statistics; the candidates are those
+        # of every chain, each at the test that gives it the smallest p (hits reported from that test's best chain)
         m = min(max(1, top), len(keys))
         picked = sorted({int(i) for row in best_log for i in np.argpartition(row, m - 1)[:m]})
         scored: list[tuple[float, int, int]] = []  # (log p, key index, chain)
         for i in picked:
-            lp, ci = min((chain.log_p(float(best_log[ci, i])), ci) for ci, chain in enumerate(chains))
-            scored.append((lp, i, ci))
+            options: list[tuple[float, int]] = []  # per test: (log p, its chain with the smallest p)
+            ci = 0
+            for test in tests:
+                x, c = min((chain.log_p(float(best_log[ci + j, i])), ci + j) for j, chain in enumerate(test.chains))
+                options.append((test.log_p(x), c))
+                ci += len(test.chains)
+            lp, c = min(options)
+            scored.append((lp, i, c))
         scored.sort()
         cands = tuple(
             CandidateScore(keys[i].client_id, keys[i].version, int(best_hits[ci, i]), stats.log_to_p(lp),

@@ -35,7 +35,7 @@ def test_round_trip_attributes_the_right_client(scheme: LexicalScheme, ring: Key
     assert score.client_id == "alice" and score.key_version == 1
     assert score.hits == score.scored  # an untouched watermarked text hits every scored slot
     assert score.watermarked(1e-6)
-    assert score.family_size in (len(keys), 2 * len(keys))  # x2 when strong-only slots are present
+    assert score.family_size == len(keys)  # strength views are one joint test, even with strong-only slots
     # another client's text is not attributed to alice, and unmarked text to nobody
     other = scheme.embed(text, ring.key("bob"))
     s2 = scheme.score(other, ring.candidates(["alice", "carol"]))
@@ -150,7 +150,7 @@ def test_rotation_old_version_still_verifies(responses: list[str]) -> None:
     text = scheme.embed(long_text(responses, 1200), old.key("alice"))
     s = scheme.score(text, new.candidates(["alice", "bob"]))
     assert (s.client_id, s.key_version) == ("alice", 1)
-    assert s.family_size in (4, 8) and s.watermarked(1e-4)  # x2 when the text has strong-only slots
+    assert s.family_size == 4 and s.watermarked(1e-4)  # clients x versions: strength views are one joint test
 
 
 def test_strong_strength_adds_choices(scheme: LexicalScheme, ring: KeyRing, responses: list[str]) -> None:
@@ -161,7 +161,7 @@ def test_strong_strength_adds_choices(scheme: LexicalScheme, ring: KeyRing, resp
     assert bool(np.any(obs.level > 1))
     s_strong = scheme.score(strong, [ring.key("alice")])
     s_normal = scheme.score(normal, [ring.key("alice")])
-    assert s_strong.family_size == 2  # two strength views are two hypotheses
+    assert s_strong.family_size == 1  # the two strength views are one exact joint test (lexical_views.Strengths)
     assert s_strong.log10_p_value < s_normal.log10_p_value + math.log10(2) + 1e-9
     assert s_strong.watermarked(1e-6) and s_normal.watermarked(1e-6)
 
