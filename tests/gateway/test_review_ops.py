@@ -16,7 +16,7 @@ import yaml
 
 from gateway.config import ConfigError, load_config, parse_config, read_secret
 from tests.support.harness import JWT_SECRET, free_port, gateway_config
-from tests.support.process import GatewayProcess
+from tests.support.process import GatewayProcess, child_pids
 
 BASE: dict[str, Any] = {"models": [{"name": "m", "backends": [{"name": "b", "url": "http://127.0.0.1:1"}]}]}
 
@@ -180,18 +180,6 @@ def test_workers_with_the_port_taken_exit_2_instead_of_restarting_forever(tmp_pa
         held.close()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -205,7 +193,7 @@ def test_sigterm_while_a_dead_worker_waits_for_its_restart_stops_everything(tmp_
     gw = GatewayProcess(gateway_config("http://127.0.0.1:1"), tmp_path, workers=2).start()
     try:
         assert gw.proc is not None
-        workers = _children(gw.proc.pid)
+        workers = child_pids(gw.proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         time.sleep(0.4)  # the supervisor has seen the death and is in its 1 s pause before the restart
@@ -213,11 +201,11 @@ def test_sigterm_while_a_dead_worker_waits_for_its_restart_stops_everything(tmp_
         rc = gw.wait(timeout=20)  # before the fix: the restarted worker was never told to stop: a hang
         assert rc in (0, 1)
         deadline = time.monotonic() + 5
-        while any(_alive(w) for w in _children(gw.proc.pid)) and time.monotonic() < deadline:
+        while any(_alive(w) for w in child_pids(gw.proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(w) for w in workers[1:])
     finally:
-        for w in _children(gw.proc.pid if gw.proc else -1):
+        for w in child_pids(gw.proc.pid if gw.proc else -1):
             os.kill(w, signal.SIGKILL)
         gw.stop()
 

@@ -25,21 +25,7 @@ import yaml
 
 from gateway.portclaim import claim_ports
 from tests.support.harness import free_port, gateway_config
-from tests.support.process import GatewayProcess
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(d.name))
-    return out
+from tests.support.process import GatewayProcess, child_pids
 
 
 def _listening_ports(pid: int) -> set[int]:
@@ -76,7 +62,7 @@ def test_a_restarted_worker_keeps_the_claimed_address_when_the_file_moved_listen
             GatewayProcess(gateway_config("http://127.0.0.1:1"), tmp_path, workers=2) as gw:
         assert gw.proc is not None and other.proc is not None
         _wait(lambda: gw.output().count("ipgate serving on") >= 2, "both workers bound", gw)
-        pids = _children(gw.proc.pid)
+        pids = child_pids(gw.proc.pid)
         assert len(pids) == 2
         # the file now names the other gateway's port (and a new admin port)
         cfg: dict[str, Any] = yaml.safe_load(gw.config_path.read_text())
@@ -84,9 +70,9 @@ def test_a_restarted_worker_keeps_the_claimed_address_when_the_file_moved_listen
         cfg["listen"], cfg["admin_listen"] = f"127.0.0.1:{other.port}", f"127.0.0.1:{new_admin}"
         gw.config_path.write_text(yaml.safe_dump(cfg))
         os.kill(pids[0], 9)
-        _wait(lambda: len(_children(gw.proc.pid)) == 2 and pids[0] not in _children(gw.proc.pid)
+        _wait(lambda: len(child_pids(gw.proc.pid)) == 2 and pids[0] not in child_pids(gw.proc.pid)
               and gw.output().count("ipgate serving on") >= 3, "the killed worker was restarted", gw)
-        new = next(p for p in _children(gw.proc.pid) if p not in pids)
+        new = next(p for p in child_pids(gw.proc.pid) if p not in pids)
         _wait(lambda: len(_listening_ports(new)) >= 2, "the new worker listens", gw)
         ports = _listening_ports(new)
         # the other gateway's port is not shared with it; the new worker serves what the supervisor claimed

@@ -24,7 +24,7 @@ import yaml
 
 from gateway.portclaim import LOCK_NAME, PortInUse, claim_ports
 from tests.support.harness import JWT_SECRET, free_port, gateway_config
-from tests.support.process import GatewayProcess
+from tests.support.process import GatewayProcess, child_pids
 
 
 def _listener(host: str = "127.0.0.1", port: int = 0, family: int = socket.AF_INET) -> socket.socket:
@@ -227,12 +227,12 @@ def test_workers_still_restart_and_serve_beside_the_claim(tmp_path: Path) -> Non
         while gw.output().count("ipgate serving on") < 2:  # both workers bound (ready() answers after one)
             assert time.monotonic() < deadline, gw.output()
             time.sleep(0.05)
-        pids = _children(gw.proc.pid)
+        pids = child_pids(gw.proc.pid)
         assert len(pids) == 2
         os.kill(pids[0], 9)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            now = _children(gw.proc.pid)
+            now = child_pids(gw.proc.pid)
             if len(now) == 2 and pids[0] not in now and gw.output().count("ipgate serving on") >= 3:
                 break
             time.sleep(0.05)
@@ -241,15 +241,3 @@ def test_workers_still_restart_and_serve_beside_the_claim(tmp_path: Path) -> Non
         assert gw.ready() == 200
         assert "cannot listen" not in gw.output() and "Traceback" not in gw.output()
 
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                out.append(int(d.name))
-    return out

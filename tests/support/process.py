@@ -21,6 +21,21 @@ import yaml
 from tests.support.harness import JWT_SECRET, free_port, mint_token
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live (not zombie) children of ``pid``, from ``/proc`` (the workers of a supervising gateway)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                out.append(int(d.name))
+    return out
+
+
 class GatewayProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, *, workers: int = 1, port: int | None = None,
                  admin_port: int | None = None, env: dict[str, str] | None = None,
