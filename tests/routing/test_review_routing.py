@@ -28,7 +28,7 @@ from gateway.routing.router import Router
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from tests.support.harness import app_backend, free_port, gateway_config, running_gateway
+from tests.support.harness import app_backend, eventually, free_port, gateway_config, running_gateway
 
 from .conftest import HEALTH, FakeClock, model
 from .test_admin_routing import AUTH, admin, config_data, config_file  # noqa: F401 - fixtures
@@ -187,12 +187,6 @@ async def _post(session: aiohttp.ClientSession, gw: Any, client: str) -> tuple[i
         return resp.status, await resp.json(content_type=None)
 
 
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
 
 async def test_a_client_that_leaves_before_the_answer_decides_nothing_through_the_gateway() -> None:
     started: list[int] = []
@@ -202,15 +196,15 @@ async def test_a_client_that_leaves_before_the_answer_decides_nothing_through_th
             "canary": {"backend": "canary", "steps": [{"weight": 100}]}}])
         async with running_gateway(cfg) as gw:
             pool = gw.ctx.router.pool("sim")
-            await _until(lambda: pool.shares()["canary"] == 1.0)  # the rollout state is read at start-up
+            await eventually(lambda: pool.shares()["canary"] == 1.0)  # the rollout state is read at start-up
             state = pool.state("canary")
             state.failures = 2  # two failed requests in a row already
             async with aiohttp.ClientSession() as session:
                 task = asyncio.create_task(_post(session, gw, "alice"))
-                await _until(lambda: len(started) == 1)
+                await eventually(lambda: len(started) == 1)
                 assert state.in_flight == 1
                 task.cancel()
-            await _until(lambda: state.in_flight == 0)
+            await eventually(lambda: state.in_flight == 0)
             # the old code released this as a success: failures back to 0, and a canary "success" counted
             assert state.failures == 2
             assert pool.canary_obs is not None and pool.canary_obs.requests == 0
@@ -252,14 +246,14 @@ async def test_max_concurrency_is_exact_and_cancelled_requests_give_their_slots_
             state = gw.ctx.router.pool("sim").state("b0")
             # clients that leave while their request waits on the backend give their slot back
             leaving = [asyncio.create_task(_post(session, gw, f"gone{i}")) for i in range(3)]
-            await _until(lambda: len(started) == 3)
+            await eventually(lambda: len(started) == 3)
             for t in leaving:
                 t.cancel()
-            await _until(lambda: state.in_flight == 0)
+            await eventually(lambda: state.in_flight == 0)
             assert state.failures == 0
             started.clear()
             tasks = [asyncio.create_task(_post(session, gw, f"c{i}")) for i in range(8)]
-            await _until(lambda: sum(t.done() for t in tasks) == 5)
+            await eventually(lambda: sum(t.done() for t in tasks) == 5)
             assert len(started) == 3 and state.in_flight == 3
             rejected = [t.result() for t in tasks if t.done()]
             assert all(s == 503 and b["error"]["code"] == "pool_saturated" for s, b in rejected)

@@ -29,7 +29,7 @@ import copy
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +178,12 @@ async def settled(gw: GatewayHandle, timeout_s: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"background accounting did not finish within {timeout_s} s")
+
+
+async def eventually(cond: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
+    """Poll ``cond`` every 10 ms until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        await asyncio.sleep(0.01)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from aiohttp import web
 from gateway.cli import main as cli_main
 from gateway.config import BackendConfig
 from gateway.kgw_probe import KgwPluginProbe
-from tests.support.harness import GatewayHandle, app_backend, gateway_config, running_gateway, sim_backend
+from tests.support.harness import GatewayHandle, app_backend, eventually, gateway_config, running_gateway, sim_backend
 from tests.support.lexical import ANSWER
 from watermark.keys import KeyRing, parse_master_secret
 from watermark.kgw import directives
@@ -224,14 +223,6 @@ def _sample(gw: GatewayHandle, metric: tuple[str, dict[str, str]]) -> float | No
     return value
 
 
-async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
 
 async def _backend_view(gw: GatewayHandle) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(
@@ -340,22 +331,22 @@ async def test_recovery_and_relapse_follow_the_probe(secret_file: Path, caplog: 
         pool = gw.ctx.router.pool("sim")
         state = pool.state("b0")
         assert state.engine_watermark() is False
-        await _until(lambda: (_sample(gw, FAILURES) or 0) >= 3)  # probed every round while it fails
+        await eventually(lambda: (_sample(gw, FAILURES) or 0) >= 3)  # probed every round while it fails
         with caplog.at_level(logging.INFO, logger="gateway.routing.pool"):
             engine.plugin = True
-            await _until(lambda: state.engine_watermark())
+            await eventually(lambda: state.engine_watermark())
             assert _sample(gw, PLUGIN_OK) == 1
             await _ask(gw, "alice", stream=False)
             assert engine.generations()[-1]["vllm_xargs"]["ipgate_kgw_client"] == "alice"
             failures = _sample(gw, FAILURES)
             engine.status = 503
-            await _until(lambda: state.plugin_ok is None)
+            await eventually(lambda: state.plugin_ok is None)
             assert _sample(gw, FAILURES) == failures and _sample(gw, PLUGIN_OK) == 0
             assert (await _backend_view(gw))["kgw_plugin"] == "unknown"
             engine.status, engine.plugin = None, False
-            await _until(lambda: state.plugin_ok is False)
+            await eventually(lambda: state.plugin_ok is False)
             n = len(engine.bodies)
-            await _until(lambda: len(engine.bodies) >= n + 5)  # several more failed probes
+            await eventually(lambda: len(engine.bodies) >= n + 5)  # several more failed probes
             text = await _ask(gw, "bob", stream=True)
             assert "vllm_xargs" not in engine.generations()[-1]
     assert _attributed(text) == "bob"
@@ -373,7 +364,7 @@ async def test_a_reload_probes_a_new_capable_backend_at_once(secret_file: Path) 
             model = ModelConfig.model_validate(
                 {"name": "sim", "backends": [{"name": "b0", "url": wm.url, "watermark_capable": True}]})
             gw.ctx.router.reload([model])  # health interval is 30 s: only the reload's kick probes it now
-            await _until(lambda: gw.ctx.router.pool("sim").state("b0").engine_watermark())
+            await eventually(lambda: gw.ctx.router.pool("sim").state("b0").engine_watermark())
             assert wm.stats.refused == 1
 
 

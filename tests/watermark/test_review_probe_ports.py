@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from gateway.config import BackendConfig, ModelConfig
 from gateway.kgw_probe import KgwPluginProbe
-from tests.support.harness import app_backend, gateway_config, running_gateway
+from tests.support.harness import app_backend, eventually, gateway_config, running_gateway
 from tests.support.lexical import ANSWER
 from watermark.keys import KeyRing, client_key, parse_master_secret, scheme_key
 from watermark.kgw import directives
@@ -144,14 +143,6 @@ class ModelRouter:
         return app
 
 
-async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
 
 def _model(url: str, **backend: Any) -> ModelConfig:
     return ModelConfig.model_validate({"name": "sim", "backends": [
@@ -182,7 +173,7 @@ async def test_a_reload_that_changes_the_engine_behind_a_url_drops_the_old_verdi
             await client.close()
             text = r.choices[0].message.content or ""
             # and the reload's kick probes the new engine at once (not after interval_s / 2 = 15 s)
-            await _until(lambda: state.plugin_reason == "not_loaded", 3.0)
+            await eventually(lambda: state.plugin_reason == "not_loaded", 3.0)
     v = verify(text, candidate_keys(RING, ["alice", "bob"]), [LexicalScheme(MASTER)], fpr=1e-4)
     assert v.watermarked and v.client == "alice", "the response left unwatermarked"
 
