@@ -11,7 +11,9 @@ decayed counts (space-saving eviction) and, per cluster, the intersection of its
 samples (the template's skeleton, used for cross-account linking), so state is bounded at ~5 KiB.
 
 Scores: the reuse ratio (share of recent prompts that matched an earlier cluster), the top-template share,
-and the share of self-instruct meta-prompts. For cross-account linking, a prompt that falls into one of
+and the share of self-instruct meta-prompts. A chain-of-thought prompt that shares only a phrase with its
+cluster (skeleton under ``MIN_SKELETON`` tokens) counts as ``DEMAND_PHRASE_WEIGHT`` of a fill: the demand
+itself is the reasoning detector's evidence. For cross-account linking, a prompt that falls into one of
 the client's *hot* clusters (seen ``hot_count`` times) contributes that cluster's keys as sketches; one-off
 prompts contribute nothing, so ordinary users leave almost no trace in the shared table.
 """
@@ -47,6 +49,16 @@ TEMPLATE_HALF_LIFE_S = 7 * 24 * 3600.0
 # evidence whatever their share of the stream: 0 at 4, full at 8. Chosen on TRAIN traces, where no benign
 # persona's top template reached 3 (EVALUATION.md, "Mixed traffic").
 FILLS = (4.0, 8.0)
+# What a chain-of-thought prompt adds to its cluster's fill count (and to the reuse ratio) when all it
+# shares with the cluster is a phrase (the skeleton shrank under MIN_SKELETON tokens: "<question> Let's
+# think step by step."). That demand is the reasoning detector's evidence; counting it here in full as well
+# made an honest user who asks for steps on half of their prompts read as a template pipeline (all the
+# benign clients flagged on TEST were such users). Half, not zero: a harvester appending one phrase to
+# nearly every prompt still fills a cluster at half pace (share 0.9 -> 0.45, past both share ramps), while a
+# person doing it on 20-60 % of prompts stays under them. A fill with a real skeleton (a template that also
+# demands reasoning) counts in full. Chosen on TRAIN traces (seeds 7 and 23; EVALUATION.md, "Chain-of-thought
+# demand phrases"). Configurable per deployment as the templates detector's ``demand_phrase_weight`` param.
+DEMAND_PHRASE_WEIGHT = 0.5
 _MASK63 = (1 << 63) - 1
 
 
@@ -125,8 +137,12 @@ class Templates:
     def __init__(
         self, reference: Reference | None = None, min_agree: int = 3, hot_count: int = 3,
         common_keys: Iterable[int] = (), half_life_s: float = TEMPLATE_HALF_LIFE_S,
-        fills: tuple[float, float] = FILLS,
+        fills: tuple[float, float] = FILLS, demand_phrase_weight: float | None = None,
     ) -> None:
+        w = DEMAND_PHRASE_WEIGHT if demand_phrase_weight is None else demand_phrase_weight
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"demand_phrase_weight must lie in [0, 1], got {w}")
+        self.demand_phrase_weight = w
         self.half_life_s = half_life_s
         self.fills = fills
         self.common = frozenset(common_keys) | (reference.common_keys if reference else frozenset())
@@ -205,11 +221,12 @@ class Templates:
                 # An identical prompt sent again (a regeneration) is not a template fill; only count fills
                 # whose content differs from the cluster's previous prompt.
                 if feats.prompt_key != int(state.lasts[i]):
-                    c[REUSED] += 1
-                    state.counts[i] += 1
                     # The tokens every fill so far contains: converges to the template's fixed part.
                     kept = sorted(set(state.skeleton(i).tolist()).intersection(feats.bottom))
                     state.set_skeleton(i, np.asarray(kept, dtype=np.uint32))
+                    w = self.demand_phrase_weight if feats.cot and len(kept) < MIN_SKELETON else 1.0
+                    c[REUSED] += w
+                    state.counts[i] += w
                 state.lasts[i] = feats.prompt_key
                 if state.counts[i] >= self.hot_count:
                     sketches = self._sketches(state, i, feats)
