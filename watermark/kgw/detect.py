@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,16 +155,22 @@ def green_counts(
     chunks = [(lo, min(k, lo + step)) for lo in range(0, k, step)]
     workers = min(threads or _THREADS, max(1, len(chunks) // 2))
 
-    def run(part: Sequence[tuple[int, int]]) -> None:
+    # One shared iterator: each thread takes the next chunk when it is done with one (``next`` on a list
+    # iterator is one call under the GIL), so a thread slowed by other load on its core does not leave the
+    # other idle at the end, as a fixed split did. Every chunk writes only its own slice of the outputs.
+    todo = iter(chunks)
+
+    def run() -> None:
         bufs = _Buffers(min(step, k), layout)
-        for lo, hi in part:
+        for lo, hi in todo:
             _count_chunk(layout, sk[lo:hi], params, bufs, scored[lo:hi], hits[lo:hi])
 
     if workers <= 1:
-        run(chunks)
+        run()
     else:  # numpy releases the GIL inside each large ufunc loop and sort, so chunks overlap on 2 cores
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, [chunks[w::workers] for w in range(workers)]))
+            for f in [pool.submit(run) for _ in range(workers)]:
+                f.result()  # re-raises a worker's exception
     return scored, hits
 
 
@@ -182,22 +187,29 @@ class _Layout:
     Counting distinct (seed, token) pairs only needs care where a token is the candidate of two or more
     tuples: pairs with different tokens always differ. ``single`` marks the columns whose candidate occurs
     once (counted by their green bits alone); the others (``multi``) are deduplicated per key by sorting
-    ``seed << 32 | group << 1 | green`` — equal pairs have equal green bits, so equal packed values. Since
-    only pairs of one token's group can be equal, the groups are packed into buckets of ``width`` columns
-    (first fit, largest group first) and each bucket is sorted on its own: many short sorts are about
-    twice as fast as one sort of the whole row. Padding slots get group numbers of their own (never equal
-    to anything) and no green bit.
+    ``value << 32 | group << 1``, where ``value`` is the green value: for one key and one token it is a
+    bijection of the seed (xor a subkey, mix, xor th(t), mix — each step invertible), so equal (seed,
+    token) pairs are exactly equal (value, token) pairs, and ``value < threshold`` is the green bit, read
+    back from the sorted high half. Since only pairs of one token's group can be equal, the groups are
+    packed into buckets of ``width`` columns (first fit, largest group first) and each bucket is sorted on
+    its own: many short sorts are about twice as fast as one sort of the whole row. Padding slots get
+    group numbers of their own (never equal to anything) and an all-ones high half (never green).
     """
 
     stream: npt.NDArray[np.uint32]  # (S,) token ids; column c of the per-key arrays is position c + p
     single: npt.NDArray[np.bool_]  # (S - p,) column is a scored tuple whose token occurs in no other tuple
     n_single: int
+    single_cols: IntArray  # (n_single,) the True columns of ``single``
     multi: IntArray  # (buckets * width,) columns of tuples whose token occurs in several tuples, by bucket
     multi_rank: npt.NDArray[np.uint64]  # same shape: group number << 1 (padding: unique numbers >= groups)
     multi_real: npt.NDArray[np.bool_]  # same shape: False for padding slots
+    multi_tag: npt.NDArray[np.uint64]  # same shape: multi_rank, padding slots with the high 32 bits set
     n_multi: int
     width: int
     cols: IntArray  # (n,) column of each tuple, in tuple order
+    uniq: npt.NDArray[np.uint32]  # (U,) the distinct tokens of the stream (U ≈ 0.4 S for running text)
+    stream_idx: IntArray  # (S,) index in ``uniq`` of every stream token
+    cand_idx: IntArray  # (S - p,) index in ``uniq`` of every column's candidate token
 
     @classmethod
     def of(cls, tuples: Tuples, params: KgwParams) -> _Layout:
@@ -207,13 +219,17 @@ class _Layout:
         if n > 1 and p > 0:  # row j continues row j - 1: its window is row j - 1 shifted by one token
             take[1:, :p] = ~(rows[1:, :p] == rows[:-1, 1:]).all(axis=1)[:, None]
         stream = rows[take].astype(np.uint32)
+        uniq, stream_idx = np.unique(stream, return_inverse=True)
         cols = np.cumsum(take.sum(axis=1)) - 1 - p  # column of each tuple's candidate
         _, inverse, counts = np.unique(tuples.cand, return_inverse=True, return_counts=True)
         once = counts[inverse] == 1
         single = np.zeros(stream.shape[0] - p, dtype=bool)
         single[cols[once]] = True
         multi, rank, real, width = _buckets(cols[~once], inverse[~once])
-        return cls(stream, single, int(once.sum()), multi, rank, real, int((~once).sum()), width, cols)
+        stream_idx = stream_idx.reshape(-1).astype(np.int64)
+        tag = rank | np.where(real, np.uint64(0), np.uint64(0xFFFFFFFF << 32))
+        return cls(stream, single, int(once.sum()), np.flatnonzero(single), multi, rank, real, tag,
+                   int((~once).sum()), width, cols, uniq, stream_idx, np.ascontiguousarray(stream_idx[p:]))
 
 
 def _buckets(cols: IntArray, group: IntArray) -> tuple[IntArray, npt.NDArray[np.uint64], npt.NDArray[np.bool_], int]:
@@ -254,13 +270,14 @@ class _Buffers:
     def __init__(self, rows: int, layout: _Layout) -> None:
         s, n = layout.stream.shape[0], layout.single.shape[0]  # stream positions, columns
         self.th = np.empty((rows, s), dtype=np.uint32)
-        self.tmp_s = np.empty((rows, s), dtype=np.uint32)
+        u = layout.uniq.shape[0]  # per distinct token: th(u), and for selfhash ah(u) and mix(th(u) ^ ah(u))
+        self.th_u, self.anchor_u, self.self_u, self.tmp_u = (np.empty((rows, u), dtype=np.uint32) for _ in range(4))
         self.seed, self.anchor, self.val, self.tmp = (np.empty((rows, n), dtype=np.uint32) for _ in range(4))
-        self.green = np.empty((rows, n), dtype=bool)
-        self.bits = np.zeros((rows, -(-n // 8) * 8), dtype=bool)  # padded to whole uint64 words
+        self.val_s = np.empty((rows, layout.n_single), dtype=np.uint32)
+        self.bits = np.zeros((rows, -(-layout.n_single // 8) * 8), dtype=bool)  # padded to whole uint64 words
         m = layout.multi.shape[0]  # a multiple of 8: whole uint64 words for _count_rows
         self.green_m = np.empty((rows, m), dtype=bool)
-        self.seed_m = np.empty((rows, m), dtype=np.uint32)
+        self.val_m = np.empty((rows, m), dtype=np.uint32)
         self.packed = np.empty((rows, m), dtype=np.uint64)
         self.dup = np.zeros((rows, m), dtype=bool)  # the last column is never written: stays False
 
@@ -269,39 +286,67 @@ def _prf_chunk(
     layout: _Layout, sk: npt.NDArray[np.uint32], params: KgwParams, b: _Buffers
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
     """``(seed, green value)`` of every column under a chunk of keys, each ``(c, columns)`` (views of
-    ``b``): the PRF of ``prf.py`` — the same expressions, in the same order — on uint32 lanes."""
+    ``b``): the PRF of ``prf.py`` on uint32 lanes, bit for bit (``seed`` may be a fixed bijection of the
+    seed — ``lefthash`` skips its last ``xs16`` — which changes no equality, so no dedup count).
+
+    Written with ``mix = xs16 ∘ core ∘ xs16`` (see ``prf.py``): with ``X = xs16(th)`` of every token,
+    ``mix(th(u) ^ ah(t)) = xs16(core(X(u) ^ xs16(ah(t))))`` and the green value
+    ``mix(mix(s ^ k3) ^ th(t)) = xs16(core(core(xs16(s ^ k3)) ^ X(t)))``, so a chained pair of mixes costs
+    two ``core``s and one ``xs16`` fewer, and token-only terms are computed once per distinct token
+    (a gather costs about one pass, a mix eight, and running text repeats tokens: U ≈ 0.4 S).
+    """
     c, p = sk.shape[0], params.prev_tokens
     n = layout.single.shape[0]
     k0, k1, k2, k3 = (sk[:, i : i + 1] for i in range(4))
-    th = np.bitwise_xor(layout.stream[None, :], k0, out=b.th[:c])
-    prf.mix_u32_(th, b.tmp_s[:c])  # th(u) of every stream token, once per key
-    cand_hash = th[:, p:]
-    seed, val, tmp = b.seed[:c], b.val[:c], b.tmp[:c]
-    if params.seeding == "lefthash":  # s = mix(...mix(mix(k1 ^ th(x1)) ^ th(x2))... ^ th(xh))
-        np.bitwise_xor(th[:, 0:n], k1, out=seed)
-        prf.mix_u32_(seed, tmp)
-        for j in range(1, p):
-            np.bitwise_xor(seed, th[:, j : j + n], out=seed)
-            prf.mix_u32_(seed, tmp)
-    elif params.seeding == "minhash":  # s = mix(min_j th(xj) ^ k1)
+    tmp, tmp_u = b.tmp[:c], b.tmp_u[:c]
+    # X(u) = xs16(th(u)) = core(xs16(u ^ k0)) per distinct token (th's trailing xs16 cancels)
+    x_u = np.bitwise_xor(layout.uniq[None, :], k0, out=b.th_u[:c])
+    prf.core_u32_(prf.xs16_u32_(x_u, tmp_u), tmp_u)
+    # np.take with mode="clip" (indices valid) writes to ``out`` unbuffered and keeps rows C-contiguous
+    seed, val = b.seed[:c], b.val[:c]
+    if params.seeding == "minhash":  # s = mix(min_j th(xj) ^ k1): the min needs th itself, th = xs16(X)
+        th_u = b.anchor_u[:c]
+        np.copyto(th_u, x_u)
+        prf.xs16_u32_(th_u, tmp_u)
+        th = np.take(th_u, layout.stream_idx, axis=1, out=b.th[:c], mode="clip")
+        x_cand = np.take(x_u, layout.cand_idx, axis=1, out=b.anchor[:c], mode="clip")
         np.copyto(seed, th[:, 0:n])
         for j in range(1, p):
             np.minimum(seed, th[:, j : j + n], out=seed)
         np.bitwise_xor(seed, k1, out=seed)
         prf.mix_u32_(seed, tmp)
-    else:  # selfhash: s(t) = min over u in window ∪ {t} of mix(th(u) ^ ah(t))
-        anchor = np.bitwise_xor(layout.stream[None, p:], k2, out=b.anchor[:c])
-        prf.mix_u32_(anchor, tmp)
-        np.bitwise_xor(cand_hash, anchor, out=seed)
-        prf.mix_u32_(seed, tmp)
-        for j in range(p):
-            np.bitwise_xor(th[:, j : j + n], anchor, out=val)
-            prf.mix_u32_(val, tmp)
-            np.minimum(seed, val, out=seed)
-    np.bitwise_xor(seed, k3, out=val)  # green value mix(mix(s ^ k3) ^ th(t))
-    prf.mix_u32_(val, tmp)
-    np.bitwise_xor(val, cand_hash, out=val)
-    prf.mix_u32_(val, tmp)
+        np.bitwise_xor(seed, k3, out=val)
+        prf.xs16_u32_(val, tmp)
+    else:
+        x = np.take(x_u, layout.stream_idx, axis=1, out=b.th[:c], mode="clip")  # X of every stream token
+        x_cand = x[:, p:]
+        if params.seeding == "lefthash":  # s = mix(...mix(mix(k1 ^ th(x1)) ^ th(x2))... ^ th(xh))
+            # y_1 = core(xs16(k1) ^ X(x1)), y_j = core(y_{j-1} ^ X(xj)), s = xs16(y_h); seed := y_h
+            np.bitwise_xor(x[:, 0:n], prf.xs16_u32_(k1.copy(), np.empty_like(k1)), out=seed)
+            prf.core_u32_(seed, tmp)
+            for j in range(1, p):
+                np.bitwise_xor(seed, x[:, j : j + n], out=seed)
+                prf.core_u32_(seed, tmp)
+            # xs16(s ^ k3) = xs16(s) ^ xs16(k3) (xs16 is linear) = y_h ^ xs16(k3)
+            np.bitwise_xor(seed, prf.xs16_u32_(k3.copy(), np.empty_like(k3)), out=val)
+        else:  # selfhash: s(t) = min over u in window ∪ {t} of mix(th(u) ^ ah(t))
+            xa_u = np.bitwise_xor(layout.uniq[None, :], k2, out=b.anchor_u[:c])  # xs16(ah) = core(xs16(t ^ k2))
+            prf.core_u32_(prf.xs16_u32_(xa_u, tmp_u), tmp_u)
+            self_u = np.bitwise_xor(x_u, xa_u, out=b.self_u[:c])  # the candidate's own term, per token
+            prf.xs16_u32_(prf.core_u32_(self_u, tmp_u), tmp_u)
+            xa = np.take(xa_u, layout.cand_idx, axis=1, out=b.anchor[:c], mode="clip")
+            np.take(self_u, layout.cand_idx, axis=1, out=seed, mode="clip")
+            for j in range(p):
+                np.bitwise_xor(x[:, j : j + n], xa, out=val)
+                prf.xs16_u32_(prf.core_u32_(val, tmp), tmp)
+                np.minimum(seed, val, out=seed)
+            np.bitwise_xor(seed, k3, out=val)
+            prf.xs16_u32_(val, tmp)
+    # green value xs16(core(core(xs16(s ^ k3)) ^ X(t))); ``val`` holds xs16(s ^ k3)
+    prf.core_u32_(val, tmp)
+    np.bitwise_xor(val, x_cand, out=val)
+    prf.core_u32_(val, tmp)
+    prf.xs16_u32_(val, tmp)
     return seed, val
 
 
@@ -309,37 +354,32 @@ def _count_chunk(
     layout: _Layout, sk: npt.NDArray[np.uint32], params: KgwParams, b: _Buffers, scored: IntArray, hits: IntArray
 ) -> None:
     """``(scored, hits)`` for one chunk of keys: the PRF (``_prf_chunk``), then the second-level dedup."""
-    c, n = sk.shape[0], layout.single.shape[0]
-    seed, val = _prf_chunk(layout, sk, params, b)
-    threshold = np.uint32(params.threshold)
-    green = np.less(val, threshold, out=b.green[:c])
+    c = sk.shape[0]
+    _, val = _prf_chunk(layout, sk, params, b)
     # tuples whose token occurs once: every one is its own (seed, token) pair
-    np.bitwise_and(green, layout.single, out=b.bits[:c, :n])
+    val_s = np.take(val, layout.single_cols, axis=1, out=b.val_s[:c], mode="clip")
+    np.less(val_s, np.uint32(params.threshold), out=b.bits[:c, : layout.n_single])
     hits[:] = _count_rows(b.bits[:c])  # the padding columns of b.bits are False
     scored[:] = layout.n_single
     if layout.n_multi == 0:
         return
     w = layout.width
     size = layout.multi.shape[0]
-    # np.take (mode="clip": the indices are valid, and it writes to ``out`` unbuffered), not seed[:, cols]:
+    # np.take (mode="clip": the indices are valid, and it writes to ``out`` unbuffered), not val[:, cols]:
     # fancy indexing along axis 1 returns F order, which would make the row sorts strided
-    green_m = np.take(green, layout.multi, axis=1, out=b.green_m[:c], mode="clip")
-    green_m &= layout.multi_real
-    seed_m = np.take(seed, layout.multi, axis=1, out=b.seed_m[:c], mode="clip")
-    packed = np.left_shift(seed_m, np.uint64(32), out=b.packed[:c], dtype=np.uint64)  # seed in the high bits:
-    packed |= layout.multi_rank  # random leading bits sort about twice as fast as the group number would
-    packed |= green_m
+    val_m = np.take(val, layout.multi, axis=1, out=b.val_m[:c], mode="clip")
+    packed = np.left_shift(val_m, np.uint64(32), out=b.packed[:c], dtype=np.uint64)  # value in the high bits:
+    packed |= layout.multi_tag  # random leading bits sort about twice as fast as the group number would
     packed.reshape(c, size // w, w).sort(axis=2)  # each bucket on its own
     # adjacent equal values are repeats of a (token, seed) pair; across a bucket boundary the groups differ
     dup = np.equal(packed[:, 1:], packed[:, :-1], out=b.dup[:c, : size - 1])
     scored += layout.n_multi - _count_rows(b.dup[:c])  # the padding of b.dup stays False
-    low = packed.view(np.uint8)[:, 8 + _LOW_BYTE :: 8]  # lowest byte of elements 1..; bit 0 = green
-    np.bitwise_and(dup.view(np.uint8), low, out=dup.view(np.uint8))  # green repeats
+    green_m = np.less(packed, np.uint64(params.threshold << 32), out=b.green_m[:c])  # padding: never
+    np.bitwise_and(dup, green_m[:, 1:], out=dup)  # green repeats
     hits += _count_rows(green_m) - _count_rows(b.dup[:c])
 
 
 _BITWISE_COUNT = getattr(np, "bitwise_count", None)  # numpy >= 2.0
-_LOW_BYTE = 0 if sys.byteorder == "little" else 7  # where a uint64's lowest byte sits in its 8 bytes
 
 
 def _count_rows(bits: npt.NDArray[np.bool_]) -> IntArray:

@@ -53,15 +53,27 @@ def subkeys(client_key: bytes) -> tuple[int, int, int, int]:
 
 
 def subkeys_array(client_keys: Sequence[bytes]) -> npt.NDArray[np.uint32]:
-    """``(K, 4)`` uint32: ``subkeys`` of every key, for attribution among many clients. The same HMAC
-    through ``hmac.digest`` (the one-shot C path) and one big-endian buffer decode instead of a
-    ``struct.unpack`` and a Python tuple per key: 100 000 keys in ≈ 0.15 s instead of ≈ 0.21 s."""
+    """``(K, 4)`` uint32: ``subkeys`` of every key, for attribution among many clients. The same
+    HMAC-SHA256, spelled out (RFC 2104) on ``hashlib.sha256``: each key differs, so nothing can be pre-keyed,
+    but padding the key with ``bytes.translate`` and hashing twice skips ``hmac``'s per-call set-up —
+    100 000 keys in ≈ 0.10 s instead of ≈ 0.16 s through ``hmac.digest``. Byte-identical to ``subkeys``
+    (tested); one big-endian buffer decode instead of a ``struct.unpack`` per key."""
     if any(len(k) < 16 for k in client_keys):
         raise ValueError("kgw key must be at least 16 bytes (derive it with watermark.keys)")
-    buf = b"".join([hmac.digest(k, _DOMAIN, "sha256")[:16] for k in client_keys])
+    if any(len(k) != 32 for k in client_keys):  # watermark.keys derives 32-byte keys; others: the long way
+        buf = b"".join([hmac.digest(k, _DOMAIN, "sha256")[:16] for k in client_keys])
+    else:  # HMAC pads a 32-byte key with 32 zero bytes, which the pads turn into constant tails
+        sha, ipad, opad = hashlib.sha256, _IPAD, _OPAD
+        inner_tail, outer_tail = b"\x36" * 32 + _DOMAIN, b"\x5c" * 32
+        buf = b"".join([
+            sha(k.translate(opad) + outer_tail + sha(k.translate(ipad) + inner_tail).digest()).digest()[:16]
+            for k in client_keys
+        ])
     return np.frombuffer(buf, dtype=">u4").astype(np.uint32).reshape(len(client_keys), 4)
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: XOR every byte with HMAC's pads
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 _C1 = 0x7FEB352D
 _C2 = 0x31848BAB
 
@@ -140,4 +152,27 @@ def mix_u32_(x: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32]) -> npt.NDAr
     np.multiply(x, _C2_U32, out=x)
     np.right_shift(x, 16, out=tmp)
     np.bitwise_xor(x, tmp, out=x)
+    return x
+
+
+# ``mix`` = xs16 ∘ core ∘ xs16, where ``xs16(x) = x ^ (x >> 16)`` is linear over GF(2) and its own inverse
+# on 32-bit values (``x >> 32`` is 0). Detection uses the pieces to skip passes without changing a bit:
+# ``mix(a ^ b) = xs16(core(xs16(a) ^ xs16(b)))``, so a token's ``xs16(th)`` is computed once per distinct
+# token instead of once per use, and in ``mix(mix(x) ^ y)`` the inner trailing and outer leading xs16
+# cancel: ``mix(mix(x) ^ y) = xs16(core(core(xs16(x)) ^ xs16(y)))``. Tested equal to ``mix`` compositions.
+
+
+def xs16_u32_(x: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """``x ^= x >> 16`` in place: the first and last step of ``mix`` (an involution on 32-bit lanes)."""
+    np.right_shift(x, 16, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    return x
+
+
+def core_u32_(x: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """The middle of ``mix`` in place (``mix = xs16 ∘ core ∘ xs16``): multiply, xorshift 15, multiply."""
+    np.multiply(x, _C1_U32, out=x)
+    np.right_shift(x, 15, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _C2_U32, out=x)
     return x
