@@ -76,6 +76,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--detection", action="store_true", help="detection on, rotating clients and prompts")
     ap.add_argument("--top", type=int, default=25, help="functions listed by self and inclusive time")
+    ap.add_argument("--tree", type=Path, default=None,
+                    help="profile the gateway of another source tree (e.g. an unpacked `git archive HEAD`)")
+    ap.add_argument("--raw-out", type=Path, default=None, help="keep py-spy's raw collapsed stacks here")
+    ap.add_argument("--inclusive", default="detectors/|detection|account",
+                    help="regex: frames listed by inclusive time (default: detection and accounting)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ipgate-prof-"))
     env = {**os.environ, "IPGATE_BENCH_JWT": SECRET}
@@ -85,10 +90,15 @@ def main() -> int:
     cfg = tmp / "ipgate.yaml"
     gcfg = gateway_config(backend, mport, free_port(), {"kind": "memory"})
     cfg.write_text(yaml.safe_dump(detection_config(gcfg) if args.detection else gcfg))
-    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in (
-        [py, "-m", "gateway", "sim-backend", "--port", str(bport)],
-        [py, str(ROOT / "bench" / "bare_proxy.py"), "--port", str(pport), "--upstream", backend],
-        [py, "-m", "gateway", "serve", "--config", str(cfg), "--log-level", "WARNING"])]
+    tree = args.tree.resolve() if args.tree else ROOT
+    # PYTHONPATH comes before the editable install on sys.path: `-m gateway` imports the chosen tree
+    genv = {**env, "PYTHONPATH": str(tree)} if args.tree else env
+    procs = [subprocess.Popen(c, env=e, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for c, e, cwd in (
+        ([py, "-m", "gateway", "sim-backend", "--port", str(bport)], env, ROOT),
+        ([py, str(ROOT / "bench" / "bare_proxy.py"), "--port", str(pport), "--upstream", backend], env, ROOT),
+        ([py, "-m", "gateway", "serve", "--config", str(cfg), "--log-level", "WARNING"], genv, tree))]
+    print(f"ipgate from {tree}")
     try:
         for p in (bport, pport, mport):
             wait_http(f"http://127.0.0.1:{p}/v1/models")
@@ -112,6 +122,9 @@ def main() -> int:
         subprocess.run([str(Path(py).parent / "py-spy"), "record", "-p", str(procs[2].pid), "-d", str(args.seconds),
                         "-r", "400", "--gil", "-f", "raw", "-o", str(raw)], check=True, capture_output=True)
         load.wait()
+        if args.raw_out:
+            args.raw_out.write_text(raw.read_text())
+        incl = re.compile(args.inclusive)
         by_area: collections.Counter[str] = collections.Counter()
         by_self: collections.Counter[str] = collections.Counter()
         by_incl: collections.Counter[str] = collections.Counter()
@@ -122,7 +135,7 @@ def main() -> int:
             total += int(n_s)
             by_area[area(frames[-1])] += int(n_s)
             by_self[short(frames[-1])] += int(n_s)
-            for f in {short(f) for f in frames if "detectors/" in f or "detection" in f or "account" in f}:
+            for f in {short(f) for f in frames if incl.search(f)}:
                 by_incl[f] += int(n_s)
         print(f"\n{total} samples\n\n| code area (self time, GIL held) | share |\n|---|---|")
         for k, v in by_area.most_common():
@@ -130,7 +143,7 @@ def main() -> int:
         print("\n| function (self time) | share |\n|---|---|")
         for k, v in by_self.most_common(args.top):
             print(f"| {k} | {100 * v / total:.1f} % |")
-        print("\n| detection function (inclusive time) | share |\n|---|---|")
+        print(f"\n| function matching {args.inclusive!r} (inclusive time) | share |\n|---|---|")
         for k, v in by_incl.most_common(args.top):
             print(f"| {k} | {100 * v / total:.1f} % |")
     finally:

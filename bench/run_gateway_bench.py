@@ -132,6 +132,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ttft-requests", type=int, default=200)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compare-tree", type=Path, default=None,
+                    help="also run ipgate (memory store) from another source tree, e.g. an unpacked "
+                         "`git archive HEAD`, interleaved with the others (PYTHONPATH points at it)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["direct", "redis"],
+                    help="leave targets out (shorter runs; the bare proxy and ipgate memory always run)")
     args = ap.parse_args()
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
@@ -142,25 +147,36 @@ def main() -> int:
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def spawn(cmd: list[str], tree: Path = ROOT) -> subprocess.Popen[bytes]:
+        e = env if tree == ROOT else {**env, "PYTHONPATH": str(tree)}  # before the editable install on sys.path
+        p = subprocess.Popen(cmd, env=e, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(p)
         return p
 
     try:
-        bport, pport, mport, rport, redis_port = (free_port() for _ in range(5))
+        bport, pport, mport, rport, redis_port, cport = (free_port() for _ in range(6))
         backend = f"http://127.0.0.1:{bport}"
         spawn([py, "-m", "gateway", "sim-backend", "--port", str(bport)])
         spawn(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"])
         spawn([py, str(ROOT / "bench" / "bare_proxy.py"), "--port", str(pport), "--upstream", backend])
-        for port, store in ((mport, {"kind": "memory"}),
-                            (rport, {"kind": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"})):
+        gateways: list[tuple[int, dict[str, Any], Path]] = [(mport, {"kind": "memory"}, ROOT)]
+        if "redis" not in args.skip:
+            gateways.append((rport, {"kind": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}, ROOT))
+        if args.compare_tree is not None:
+            gateways.append((cport, {"kind": "memory"}, args.compare_tree.resolve()))
+        for port, store, tree in gateways:
             cfg_path = tmp / f"ipgate-{port}.yaml"
             cfg_path.write_text(yaml.safe_dump(gateway_config(backend, port, free_port(), store)))
-            spawn([py, "-m", "gateway", "serve", "--config", str(cfg_path), "--log-level", "WARNING"])
+            spawn([py, "-m", "gateway", "serve", "--config", str(cfg_path), "--log-level", "WARNING"], tree)
         targets = {"backend direct": f"http://127.0.0.1:{bport}", "bare aiohttp proxy": f"http://127.0.0.1:{pport}",
                    "ipgate (memory store)": f"http://127.0.0.1:{mport}",
                    "ipgate (redis store)": f"http://127.0.0.1:{rport}"}
+        if "direct" in args.skip:
+            del targets["backend direct"]
+        if "redis" in args.skip:
+            del targets["ipgate (redis store)"]
+        if args.compare_tree is not None:
+            targets[f"ipgate (memory store, {args.compare_tree})"] = f"http://127.0.0.1:{cport}"
         for u in targets.values():
             wait_http(u + "/v1/models")
         tok = token()

@@ -19,6 +19,7 @@ from gateway.hooks import ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
 from gateway.ratelimit import estimate_parts
+from gateway.store.memory import MemoryStore
 from gateway.telemetry.accesslog import AccessRecord
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,46 @@ def _child(ctx: AppContext, name: str, *labels: str) -> Any:
     return child
 
 
+class _Bound:
+    """The metric children ``finish`` needs for one (route, model, backend, status): one dict lookup per
+    request instead of one per metric (each built its key tuple). Bounded like ``metric_children``: routes x
+    configured models/backends x statuses, never per client."""
+
+    __slots__ = ("duration", "requests", "tokens_in", "tokens_out", "ttft")
+
+    def __init__(self, ctx: AppContext, route: str, model: str, backend: str, status: str) -> None:
+        self.requests = _child(ctx, "requests_total", route, model, backend, status)
+        self.duration = _child(ctx, "request_duration_seconds", route, model)
+        self.ttft = _child(ctx, "ttft_seconds", model)
+        self.tokens_in = _child(ctx, "tokens_total", model, "input")
+        self.tokens_out = _child(ctx, "tokens_total", model, "output")
+
+
+def _bound(ctx: AppContext, route: str, model: str, backend: str, status: int) -> _Bound:
+    key = ("finish", route, model, backend, status)
+    b: _Bound | None = ctx.metric_children.get(key)
+    if b is None:
+        b = ctx.metric_children[key] = _Bound(ctx, route, model, backend, str(status))
+    return b
+
+
 def finish(ctx: AppContext, ex: Exchange) -> None:
     """Metrics and the access-log line for one request; then schedule ``settle``."""
     latency = time.perf_counter() - ex.t0
     parsed = ex.parsed
     model = parsed.model if parsed is not None else "-"
     f = ex.facts
-    _child(ctx, "requests_total", ex.route, model, ex.backend or "-", str(ex.status)).inc()
-    _child(ctx, "request_duration_seconds", ex.route, model).observe(latency)
+    m = _bound(ctx, ex.route, model, ex.backend or "-", ex.status)
+    m.requests.inc()
+    m.duration.observe(latency)
     if ex.overhead_s:
         ctx.metrics.overhead_seconds.observe(ex.overhead_s)
     if ex.ttft_s is not None:
-        _child(ctx, "ttft_seconds", model).observe(ex.ttft_s)
+        m.ttft.observe(ex.ttft_s)
     if f.prompt_tokens:
-        _child(ctx, "tokens_total", model, "input").inc(f.prompt_tokens)
+        m.tokens_in.inc(f.prompt_tokens)
     if f.completion_tokens:
-        _child(ctx, "tokens_total", model, "output").inc(f.completion_tokens)
+        m.tokens_out.inc(f.completion_tokens)
     if ex.watermarked and ctx.watermarking is not None:
         _child(ctx, "watermark_responses_total", "lexical").inc()  # post hoc = lexical; kgw is in the engine
     p, adm = ex.principal, ex.admission
@@ -130,4 +155,9 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
         error_type=ex.error_type,
     ))
     if adm is not None:
-        ctx.spawn(settle(ctx, ex))
+        if adm.session is None and type(ctx.store) is MemoryStore:
+            # in-process store, no detection accounting: settle never waits and costs a few µs, so it runs
+            # here instead of as a task (detection accounting and network stores stay off the answer's path)
+            ctx.start(settle(ctx, ex))
+        else:
+            ctx.spawn(settle(ctx, ex))

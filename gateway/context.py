@@ -7,11 +7,14 @@ down by ``gateway.app.context_lifecycle`` (an aiohttp ``cleanup_ctx``), in depen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gateway.alerts.dispatcher import AlertDispatcher
@@ -51,13 +54,60 @@ class AppContext:
     background: set[asyncio.Task[None]] = field(default_factory=set)  # accounting work off the hot path
     # Bound metric children by label values: labels() takes a lock and builds a tuple on every call. The key
     # space is bounded (routes x configured models/backends x statuses), never per client.
-    metric_children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    metric_children: dict[tuple[object, ...], Any] = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run accounting work in the background, keeping a reference so it is not collected mid-way."""
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` now, up to its first real wait; only then does the rest become a background task
+        (what Python 3.12's eager tasks do). For work that usually never waits (the memory store's
+        reconciliation) this saves the task, its scheduling and its bookkeeping: ≈ 3 µs per request. An
+        exception is logged like a failed background task's, never raised into the caller."""
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            log.exception("background work failed")
+            return
+        self.spawn(_resume(coro, waiting))
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Continue(coro, waiting)
+
+
+class _Continue:
+    """Awaitable that drives an already started coroutine on, from the future it is waiting on, exactly as the
+    Task would have: the future goes to the Task, and what the Task sends or throws goes to the coroutine."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coro, self._waiting = coro, waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # a cancellation (or an exception set on the future) goes to the coroutine
+                try:
+                    waiting = coro.throw(e)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(sent)
+            except StopIteration:
+                return
 
 
 CTX: web.AppKey[AppContext] = web.AppKey("ipgate_ctx", AppContext)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.config import BackendConfig, read_secret
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -79,6 +80,8 @@ class _BackendPlan:
     auth: str | None
     timeout: aiohttp.ClientTimeout  # non-streaming calls
     stream_timeout: aiohttp.ClientTimeout
+    # endpoint -> parsed URL: a str would be parsed by yarl again on every request
+    urls: dict[str, URL]
 
 
 class Upstream:
@@ -115,6 +118,7 @@ class Upstream:
                 b, base, f"Bearer {secret}" if secret else None,
                 aiohttp.ClientTimeout(total=b.first_byte_timeout_s, sock_connect=b.connect_timeout_s),
                 aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.idle_timeout_s),
+                {endpoint: URL(base + path) for endpoint, path in PATHS.items()},
             )
         return p
 
@@ -131,7 +135,7 @@ class Upstream:
         try:
             # No redirects: a backend's Location must not carry the client's prompt to another origin
             # (307/308 re-POST the body) nor turn it into a GET whose answer is relayed as a 200 (301/302).
-            return await self._session.post(plan.base + PATHS[endpoint], data=data, headers=headers,
+            return await self._session.post(plan.urls[endpoint], data=data, headers=headers,
                                             timeout=plan.stream_timeout if stream else plan.timeout,
                                             allow_redirects=False)
         except TimeoutError as e:

@@ -45,7 +45,9 @@ _FLUSH_INTERVAL_S = 0.05
 _STAT_INTERVAL_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__ (object.__setattr__ per field) cost
+# four times as much as plain slot assignments for these 14 fields. Nothing mutates a record after ``write``.
+@dataclass(slots=True)
 class AccessRecord:
     request_id: str
     client_id: str | None
