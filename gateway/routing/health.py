@@ -30,6 +30,9 @@ from gateway.routing.pool import Pool, plugin_target
 log = logging.getLogger(__name__)
 
 
+FORCED_RECHECK_S = 2.0  # a refused KGW directive re-probes the backend's plugin at most this often
+
+
 class HealthChecker:
     def __init__(
         self, cfg: HealthConfig, session: aiohttp.ClientSession, pools: Callable[[], Iterable[Pool]],
@@ -43,6 +46,8 @@ class HealthChecker:
         self._failures: dict[tuple[str, str, str], int] = {}
         self._headers: dict[tuple[str, str], dict[str, str]] = {}
         self._plugin_probed: dict[tuple[object, ...], float] = {}  # when each backend's plugin was last probed
+        self._forced: dict[tuple[object, ...], float] = {}  # when a refused directive last forced a probe
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
     def _auth_headers(self, b: BackendConfig) -> dict[str, str]:
@@ -86,10 +91,11 @@ class HealthChecker:
         if n >= self.cfg.failure_threshold:
             pool.set_active_health(b.name, False, problem)
 
-    async def _check_plugin(self, pool: Pool, b: BackendConfig, now: float) -> None:
+    async def _check_plugin(self, pool: Pool, b: BackendConfig, now: float, *, force: bool = False) -> None:
         key = (pool.name, b.name, *plugin_target(b))  # a reload that changes the target probes it at once
         last = self._plugin_probed.get(key)
-        if self._plugin_probe is None or (last is not None and now - last < self.cfg.interval_s / 2):
+        if self._plugin_probe is None or (
+                not force and last is not None and now - last < self.cfg.interval_s / 2):
             return
         self._plugin_probed[key] = now
         try:
@@ -108,7 +114,43 @@ class HealthChecker:
         live = {(p.name, b.name, *plugin_target(b)) for p, b in checks}
         for key in self._plugin_probed.keys() - live:  # removed by a reload
             del self._plugin_probed[key]
+        for key in self._forced.keys() - live:
+            del self._forced[key]
         return checks
+
+    def recheck_plugin(self, pool: Pool, b: BackendConfig) -> bool:
+        """The engine refused one of the gateway's own directives: probe its plugin now instead of at the next
+        round, so a plugin reconfigured between two probes (restarted with another secret or spec) costs about
+        one 502 instead of every request until then; the probe's verdict then moves the backend to the
+        lexical watermark. The refusal itself changes nothing: a client that can make an engine echo its
+        prompt in a 400 could fake one, but not the probe's verdict. At most once per ``FORCED_RECHECK_S``
+        per backend, so refusals cannot turn into a probe storm. True when a probe was started."""
+        if self._plugin_probe is None or not (b.watermark_capable and b.kgw_probe):
+            return False
+        key = (pool.name, b.name, *plugin_target(b))
+        now = self._clock()
+        last = self._forced.get(key)
+        if last is not None and now - last < FORCED_RECHECK_S:
+            return False
+        self._forced[key] = now
+        task = asyncio.create_task(self._check_plugin(pool, b, now, force=True), name="ipgate-kgw-recheck")
+        self._rechecks.add(task)
+        task.add_done_callback(self._recheck_done)
+        return True
+
+    def _recheck_done(self, task: asyncio.Task[None]) -> None:
+        self._rechecks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("KGW plugin re-probe failed unexpectedly", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Cancel re-probes still running (the health loop itself is the router's task)."""
+        tasks = list(self._rechecks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
 
     async def probe_plugins(self) -> None:
         """Probe every watermark-capable backend's plugin now (start-up: before the gateway serves)."""

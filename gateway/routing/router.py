@@ -107,6 +107,8 @@ class Router:
 
     async def close(self) -> None:
         self._started = False
+        if self._checker is not None:
+            await self._checker.close()
         tasks = [*self._tasks.values(), *self._stopping]
         self._tasks.clear()
         for t in tasks:
@@ -245,6 +247,18 @@ class Router:
             raise NotFound(f"The model {model!r} has no backend {backend!r}.", param="backend",
                            code="backend_not_found") from None
         return pool
+
+    def recheck_plugin(self, model: str, backend: str) -> bool:
+        """``backend`` refused the gateway's KGW directive: probe its plugin now (``HealthChecker.recheck_plugin``).
+        False when nothing was started (no health checks, no such backend, rate-limited)."""
+        if self._checker is None:
+            return False
+        try:
+            pool = self.pool(model)
+            cfg = pool.state(backend).cfg
+        except (KeyError, NotFound):  # reloaded away meanwhile
+            return False
+        return self._checker.recheck_plugin(pool, cfg)
 
     def quarantine(self, model: str, backend: str, reason: str) -> bool:
         """Keep ``backend`` out of rotation until ``release_quarantine`` (a reload that keeps its name and URL

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 
@@ -423,3 +424,38 @@ def test_the_pool_logs_each_change_once_and_leases_keep_their_scheme(caplog: pyt
     # a verdict about a backend that a reload has since replaced is dropped
     pool.set_plugin_verdict("b0", BackendConfig.model_validate(b.model_dump()), ok)
     assert pool.state("b0").engine_watermark() is False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refused_directive_reprobes_the_plugin_at_once(secret_file: Path, stream: bool) -> None:
+    """A verified engine restarted with another master secret refuses every directive. Before the next
+    health round (30 s here) that was a 502 for every request; now the first refusal re-probes the plugin,
+    whose report moves the backend to the lexical watermark within a probe's round trip."""
+    engine = Engine(plugin=True)
+    async with app_backend(engine.app()) as url, running_gateway(_config(url, secret_file)) as gw:
+        state = gw.ctx.router.pool("sim").state("b0")
+        assert state.engine_watermark() is True
+        engine.master = b"another master secret, 32 bytes!"
+        with pytest.raises(openai.APIStatusError) as err:
+            await _ask(gw, "alice", stream=stream)
+        assert err.value.status_code == 502
+        await eventually(lambda: state.plugin_reason == "secret_mismatch", 3.0)
+        text = await _ask(gw, "alice", stream=stream)
+        assert "vllm_xargs" not in engine.generations()[-1]
+    assert _attributed(text) == "alice"
+
+
+async def test_refusals_cannot_turn_into_a_probe_storm(secret_file: Path) -> None:
+    """Forced re-probes are rate-limited per backend, and a refusal whose probe still verifies the plugin
+    (one a client provoked) changes nothing."""
+    engine = Engine(plugin=True)
+    async with app_backend(engine.app()) as url, running_gateway(_config(url, secret_file)) as gw:
+        router = gw.ctx.router
+        state = router.pool("sim").state("b0")
+        probes = len(engine.bodies)
+        assert router.recheck_plugin("sim", "b0") is True
+        assert [router.recheck_plugin("sim", "b0") for _ in range(50)] == [False] * 50
+        await eventually(lambda: len(engine.bodies) == probes + 1)
+        await asyncio.sleep(0.1)
+        assert len(engine.bodies) == probes + 1 and state.engine_watermark() is True
+        assert router.recheck_plugin("sim", "nope") is False and router.recheck_plugin("nope", "b0") is False
