@@ -149,44 +149,43 @@ def _model(url: str, **backend: Any) -> ModelConfig:
         {"name": "b0", "url": url, "watermark_capable": True, **backend}]})
 
 
+def _wm_engine_config(tmp_path: Path, url: str) -> dict[str, Any]:
+    """A KGW gateway whose one backend is marked capable and reaches the plugin engine "wm" behind ``url``
+    (health rounds every 30 s: only start-up, reload and forced probes happen during a test)."""
+    secret_file = tmp_path / "wm.secret"
+    secret_file.write_text(SECRET + "\n")
+    cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret_file)},
+                         routing={"health": {"interval_s": 30.0, "timeout_s": 1.0}})
+    cfg["models"][0]["backends"][0].update({"watermark_capable": True, "upstream_model": "wm"})
+    return cfg
+
+
 @pytest.mark.parametrize("change", [
     {"upstream_model": "plain"},  # the router now sends this backend's traffic to the engine without the plugin
 ])
 async def test_a_reload_that_changes_the_engine_behind_a_url_drops_the_old_verdict(
         tmp_path: Path, change: dict[str, Any]) -> None:
-    secret_file = tmp_path / "wm.secret"
-    secret_file.write_text(SECRET + "\n")
     router = ModelRouter()
-    async with app_backend(router.app()) as url:
-        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret_file)},
-                             routing={"health": {"interval_s": 30.0, "timeout_s": 1.0}})
-        cfg["models"][0]["backends"][0].update({"watermark_capable": True, "upstream_model": "wm"})
-        async with running_gateway(cfg) as gw:
-            state = gw.ctx.router.pool("sim").state("b0")
-            assert state.engine_watermark() is True  # the start-up probe verified the "wm" engine
-            gw.ctx.router.reload([_model(url, **{"upstream_model": "wm", **change})])
-            state = gw.ctx.router.pool("sim").state("b0")
-            # the old verdict was about another engine: not trusted before the new one is probed
-            assert state.engine_watermark() is False
-            client = gw.openai_client("alice")
-            r = await client.chat.completions.create(model="sim", messages=[{"role": "user", "content": "hi"}])
-            await client.close()
-            text = r.choices[0].message.content or ""
-            # and the reload's kick probes the new engine at once (not after interval_s / 2 = 15 s)
-            await eventually(lambda: state.plugin_reason == "not_loaded", 3.0)
+    async with app_backend(router.app()) as url, running_gateway(_wm_engine_config(tmp_path, url)) as gw:
+        state = gw.ctx.router.pool("sim").state("b0")
+        assert state.engine_watermark() is True  # the start-up probe verified the "wm" engine
+        gw.ctx.router.reload([_model(url, **{"upstream_model": "wm", **change})])
+        state = gw.ctx.router.pool("sim").state("b0")
+        # the old verdict was about another engine: not trusted before the new one is probed
+        assert state.engine_watermark() is False
+        client = gw.openai_client("alice")
+        r = await client.chat.completions.create(model="sim", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+        text = r.choices[0].message.content or ""
+        # and the reload's kick probes the new engine at once (not after interval_s / 2 = 15 s)
+        await eventually(lambda: state.plugin_reason == "not_loaded", 3.0)
     v = verify(text, candidate_keys(RING, ["alice", "bob"]), [LexicalScheme(MASTER)], fpr=1e-4)
     assert v.watermarked and v.client == "alice", "the response left unwatermarked"
 
 
 async def test_a_reload_that_keeps_the_engine_keeps_the_verdict(tmp_path: Path) -> None:
     """Only a change of what the probe reaches drops the verdict: a new weight or concurrency keeps it."""
-    secret_file = tmp_path / "wm.secret"
-    secret_file.write_text(SECRET + "\n")
     router = ModelRouter()
-    async with app_backend(router.app()) as url:
-        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret_file)},
-                             routing={"health": {"interval_s": 30.0, "timeout_s": 1.0}})
-        cfg["models"][0]["backends"][0].update({"watermark_capable": True, "upstream_model": "wm"})
-        async with running_gateway(cfg) as gw:
-            gw.ctx.router.reload([_model(url, upstream_model="wm", weight=3, max_concurrency=7)])
-            assert gw.ctx.router.pool("sim").state("b0").engine_watermark() is True
+    async with app_backend(router.app()) as url, running_gateway(_wm_engine_config(tmp_path, url)) as gw:
+        gw.ctx.router.reload([_model(url, upstream_model="wm", weight=3, max_concurrency=7)])
+        assert gw.ctx.router.pool("sim").state("b0").engine_watermark() is True
