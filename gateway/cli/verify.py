@@ -143,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
         schemes = _schemes(args, ring, cfg)
         # 100 000 candidates allocate 100 000 key tuples at once, and the cyclic collector would walk the
         # growing list again and again (≈ 20 % of the derivation); nothing here creates reference cycles.
+        collecting = gc.isenabled()  # an embedding caller may have switched it off: leave it as found
         gc.disable()
         try:
             keys = _keys(args, ring, cfg)
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
         if not args.jsonl:
             v = verify(read_text(args.file), keys, schemes, fpr=args.fpr, top=args.top)
             _print(v, args)
