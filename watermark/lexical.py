@@ -35,7 +35,8 @@ dilute its evidence with coin flips, so each reading and strength is also cut by
 ``since <= r``, for each revision r whose groups the text has slots of). These nested views form one chain,
 tested once with an exact first-passage p-value (``watermark.lexical_views``): a text with no slot of a newer
 group is scored exactly as before, and one with such slots pays at most the old Bonferroni factor (in practice
-far less, since the views overlap). Bonferroni then runs over keys x readings. The views are read from the
+far less, since the views overlap). The two readings of a text with a never-closed fence are one exact joint
+test as well (``watermark.lexical_readings``), so Bonferroni runs over keys only. The views are read from the
 text alone, so under H0 each reading's test is a fixed test.
 """
 
@@ -52,6 +53,7 @@ import numpy.typing as npt
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
 from watermark.keys import ClientKey, scheme_key
+from watermark.lexical_readings import Readings
 from watermark.lexical_views import Chain, Strengths
 from watermark.lexicon import Lexicon, default_lexicon
 from watermark.mix import choose, mix64_array, tuple_hash, tuple_hasher
@@ -193,8 +195,9 @@ class LexicalScheme:
         plain backticks (``Scanner(plain_fences=...)``). Reformatting that joins lines (re-wrapping, pasting
         into a form) moves a closing fence into the middle of a line, and the strict reading then takes
         everything after the opener for code. The slots only that reading finds are flagged ``lenient``;
-        ``_chains`` scores the text with and without them: one more hypothesis, only for texts with such a
-        fence."""
+        ``_tests`` scores the text with and without them, as one exact joint test
+        (``watermark.lexical_readings``). The strict tuples are those found before the first fence read as plain
+        text, so the lenient reading only adds tuples."""
         seen: dict[tuple[str, int], int] = {}
         strict: set[tuple[str, int]] = set()
         for text in [texts] if isinstance(texts, str) else texts:
@@ -263,10 +266,19 @@ class LexicalScheme:
                 tests.append(test)
         return tests or [Strengths((Chain.build([np.zeros(obs.size, dtype=bool)], ks),))]
 
+    def _readings(self, obs: Observation, tests: list[Strengths]) -> Readings | None:
+        """The joint test of the two readings (strict first) when ``_tests`` gave both, else None."""
+        if len(tests) != 2 or obs.lenient is None:
+            return None
+        ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
+        since = np.array([self._lex.groups[g].since for g in obs.groups.tolist()], dtype=np.int64)
+        return Readings.build(tests[0], tests[1], ~obs.lenient, obs.level <= 1, since, ks)
+
     def score_observation(self, obs: Observation, keys: Sequence[ClientKey], *, top: int = 5) -> WatermarkScore:
         tests = self._tests(obs)
+        joint = self._readings(obs, tests)
         chains = [chain for test in tests for chain in test.chains]
-        family = max(1, len(keys) * len(tests))
+        family = max(1, len(keys) * (1 if joint is not None else len(tests)))
         if obs.size == 0 or not keys:
             return WatermarkScore(self.name, obs.size, family, None, None, 0, 1.0, 0.0)
         ks = np.array([self._lex.groups[g].k for g in obs.groups.tolist()], dtype=np.uint64)
@@ -316,6 +328,8 @@ class LexicalScheme:
                 options.append((test.log_p(x), c))
                 ci += len(test.chains)
             lp, c = min(options)
+            if joint is not None:  # the readings' smaller p-value, as one exact test (lexical_readings)
+                lp = joint.log_p(lp)
             scored.append((lp, i, c))
         scored.sort()
         cands = tuple(
