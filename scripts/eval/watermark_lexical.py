@@ -7,7 +7,7 @@ Data: ``<repo>/../shared/data/responses.jsonl`` (9 023 real human- or model-writ
 split by a hash of their id into "tune" (used while building the table) and "test" (reported). Texts of a
 given length are made by concatenating shuffled responses of the split (blank line between them) and cutting
 at exactly that many words. Every number comes from exact p-values (no approximation) with Bonferroni over
-all (client, key version, strength view) hypotheses.
+all (client, key version) hypotheses (the strength views and readings of a text: one exact test per key).
 """
 
 from __future__ import annotations
