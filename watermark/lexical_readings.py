@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from watermark import lexical_views, stats
-from watermark.lexical_views import Chain, Strengths
+from watermark.lexical_views import Strengths
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class Readings:
         views: list[tuple[tuple[int, ...], tuple[int, ...], list[int]]] = []  # (sets, ends, critical counts)
         for test, per_chain in zip(self.tests, self.layout, strict=True):
             for chain, (used, ends) in zip(test.chains, per_chain, strict=True):
-                views.append((used, ends, _critical(chain, test, y)))
+                views.append((used, ends, lexical_views.critical_counts(chain, y, test.log_p)))
         alive = np.zeros((1, 1, 1, 1), dtype=np.float64)  # log P0(hits per slot set, no view crossed yet)
         exits: list[float] = []
         for i, pmfs in enumerate(self.steps):
@@ -121,27 +121,6 @@ class Readings:
                 total += math.prod(shape) * len(pmf)
                 shape[a] += len(pmf) - 1
         return total
-
-
-def _critical(chain: Chain, test: Strengths, y: float) -> list[int]:
-    """Per view of ``chain``: the smallest hit count whose tail is at most t, the largest attainable statistic
-    of the chain with test.log_p(chain.log_p(t)) <= y (len(table): never)."""
-    values = np.unique(np.concatenate(chain.tables))  # ascending; the composed p-value is non-decreasing
-    lo, hi = -1, len(values) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if test.log_p(chain.log_p(float(values[mid]))) <= y + 1e-12 * max(1.0, abs(y)):
-            lo = mid
-        else:
-            hi = mid - 1
-    if lo < 0:
-        return [len(table) for table in chain.tables]
-    t = float(values[lo])
-    out = []
-    for table in chain.tables:
-        crossing = np.flatnonzero(table <= t)
-        out.append(int(crossing[0]) if crossing.size else len(table))
-    return out
 
 
 def _log_convolve_axis(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:

@@ -25,7 +25,7 @@ stays valid and the test is at least as powerful as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,7 +161,7 @@ class Strengths:
         if cells > _MAX_CELLS or self.work() > _MAX_WORK:
             self._memo[x] = bound
             return bound
-        c_low, c_full = _critical(low, x), _critical(full, x)
+        c_low, c_full = critical_counts(low, x), critical_counts(full, x)
         alive = np.zeros((1, 1), dtype=np.float64)  # log P0(A = a, C = c, no view crossed yet)
         exits: list[float] = []
         for pmf_low, pmf_high, j_low, j_full in self.steps:
@@ -200,14 +200,17 @@ class Strengths:
         return total
 
 
-def _critical(chain: Chain, x: float) -> list[int]:
+def critical_counts(chain: Chain, x: float, outer: Callable[[float], float] | None = None) -> list[int]:
     """Per view of ``chain``: the smallest hit count whose tail is at most t_c(x), the largest attainable
-    statistic of the chain whose exact p-value is <= x (len(table): never)."""
+    statistic of the chain whose exact p-value is <= x (len(table): never). ``outer`` maps the chain's log
+    p-value to that of an enclosing joint test (``Strengths.log_p``, for the readings test); it must be
+    non-decreasing, as the chain's is."""
     values = np.unique(np.concatenate(chain.tables))  # every attainable statistic, ascending
     lo, hi = -1, len(values) - 1  # the p-value is non-decreasing in the statistic: binary search
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if chain.log_p(float(values[mid])) <= x + 1e-12 * max(1.0, abs(x)):
+        log_p = chain.log_p(float(values[mid]))
+        if (outer(log_p) if outer is not None else log_p) <= x + 1e-12 * max(1.0, abs(x)):
             lo = mid
         else:
             hi = mid - 1

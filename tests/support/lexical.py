@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from watermark.lexical import LexicalEmbedder
 from watermark.lexicon import default_lexicon
@@ -53,3 +54,19 @@ def feed_in_pieces(emb: LexicalEmbedder, text: str, rnd: random.Random, max_piec
         i = j
     out.append(emb.finish())
     return "".join(out)
+
+
+def rewrap(text: str) -> str:
+    """Join the lines of every paragraph and wrap them again at 72 columns (what pasting into a form does)."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        lines, cur = [], ""
+        for w in para.split():
+            if cur and len(cur) + 1 + len(w) > 72:
+                lines.append(cur)
+                cur = w
+            else:
+                cur = f"{cur} {w}" if cur else w
+        lines.append(cur)
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

@@ -11,33 +11,17 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import re
 
 import numpy as np
 import pytest
 
+from tests.support.lexical import rewrap
 from watermark import lexical_views
 from watermark.keys import ClientKey, KeyRing, scheme_key
 from watermark.lexical import LexicalScheme, Observation
 from watermark.lexical_readings import Readings
 from watermark.lexical_views import Strengths
 from watermark.mix import choose, tuple_hash, tuple_hasher
-
-
-def rewrap(text: str) -> str:
-    """Join the lines of every paragraph and wrap them again at 72 columns (what pasting into a form does)."""
-    out = []
-    for para in re.split(r"\n\s*\n", text):
-        lines, cur = [], ""
-        for w in para.split():
-            if cur and len(cur) + 1 + len(w) > 72:
-                lines.append(cur)
-                cur = w
-            else:
-                cur = f"{cur} {w}" if cur else w
-        lines.append(cur)
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
 
 
 def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

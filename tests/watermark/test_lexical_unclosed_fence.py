@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from tests.support.lexical import rewrap
 from watermark.keys import KeyRing
 from watermark.lexical import LexicalScheme, Observation
 from watermark.lexicon import default_lexicon
@@ -18,21 +17,6 @@ PROSE = (
     "too. If you are unsure, it is fine to ask. You are not alone, and it is normal to need time."
 )
 
-
-def rewrap(text: str) -> str:
-    """Join the lines of every paragraph and wrap them again at 72 columns (what pasting into a form does)."""
-    out = []
-    for para in re.split(r"\n\s*\n", text):
-        lines, cur = [], ""
-        for w in para.split():
-            if cur and len(cur) + 1 + len(w) > 72:
-                lines.append(cur)
-                cur = w
-            else:
-                cur = f"{cur} {w}" if cur else w
-        lines.append(cur)
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
 
 
 def document(paragraphs: int) -> str:
