@@ -182,5 +182,7 @@ async def test_no_secret_or_raw_prompt_reaches_admin_answers_sinks_or_logs(
     assert '"client":"mallory"' in sink and "<email>" in sink  # the alert went out, redacted
     out = capsys.readouterr()
     everything = "\n".join([*answers, *stored, sink, caplog.text, out.out, out.err])
-    for secret in (gw.admin_token, gw.secret, wm_secret, bearer, bearer.split(".")[2], "4111", "victim.person"):
+    # the card number as the prompt wrote it ("4111" alone also matches a free port such as 41117 in the logs)
+    for secret in (gw.admin_token, gw.secret, wm_secret, bearer, bearer.split(".")[2], "4111 1111",
+                   "victim.person"):
         assert secret not in everything, secret
