@@ -95,8 +95,6 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook)
     t_body = time.perf_counter()
     resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)  # transform (body)
-    if ex.error_type == "watermark_backend_misconfigured":  # the engine refused our KGW directive: re-probe it
-        ctx.router.recheck_plugin(parsed.model, op.lease.backend.name)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
     return resp

@@ -29,7 +29,6 @@ from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import usage_from_body
 from gateway.route import Opened
 from gateway.routing.router import Outcome
-from watermark.kgw.directives import REFUSAL_MARK
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +38,6 @@ _JSON = "application/json"
 
 class _ClientGone(Exception):
     """Writing to the client failed: it went away (not the upstream's fault)."""
-
-
-_KGW_REFUSALS_LOGGED: set[tuple[str, bytes]] = set()  # (backend, message) pairs already logged at ERROR
-_KGW_DIRECTIVE = b"ipgate_kgw_"
-_KGW_REFUSAL = REFUSAL_MARK.encode()  # starts every refusal of the ipgate plugin
-
-
-def _kgw_refused(backend: str, raw: bytes) -> tuple[int, bytes]:
-    """A watermarking backend refused the gateway's own directive (spec mismatch, a missing secret or a tag
-    mismatch on the engine host): a deployment fault, not the client's request. Logged at ERROR once per
-    distinct message per backend; the client gets a 502 that says nothing of the engine's message."""
-    key = (backend, raw[:300])
-    if key not in _KGW_REFUSALS_LOGGED and len(_KGW_REFUSALS_LOGGED) < 1000:
-        _KGW_REFUSALS_LOGGED.add(key)
-        log.error("backend %s refused the watermark directive (check the ipgate plugin's settings and secret "
-                  "on that host): %s", backend, raw[:300].decode("utf-8", "replace"))
-    err = to_openai_error("The model backend is misconfigured for watermarking.", "upstream_error",
-                          "watermark_backend_misconfigured")
-    return 502, json.dumps(err).encode()
 
 
 def _upstream_error_body(status: int, raw: bytes, ctype: str) -> tuple[int, bytes] | None:
@@ -111,12 +91,7 @@ def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
     status = op.resp.status
     latency = op.t_headers - op.t_sent
     ctype = op.resp.headers.get("Content-Type", _JSON)
-    backend = op.lease.backend
-    if status == 400 and op.lease.engine_watermark and (_KGW_DIRECTIVE in raw or _KGW_REFUSAL in raw):
-        fixed: tuple[int, bytes] | None = _kgw_refused(backend.name, raw)
-        ex.error_type = "watermark_backend_misconfigured"
-    else:
-        fixed = _upstream_error_body(status, raw, ctype)
+    fixed = _upstream_error_body(status, raw, ctype)
     if fixed is not None:
         # a redirect, a refused backend credential or a 5xx that was not retried is the backend's fault (health,
         # canary analysis); another 4xx is the request's

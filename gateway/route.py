@@ -7,10 +7,17 @@ allows and ``routing.retries`` is not used up, the request goes to *another* bac
 streaming body is read inside the try, and so is a stream's first chunk (nothing has reached the client yet,
 so a broken read may still be retried). Once a stream's first byte is on its way to the client there are no
 more retries (see ``gateway.respond``).
+
+One more kind of try is repeated: a ``watermark_capable`` backend whose engine refuses the gateway's own KGW
+directive (its plugin was restarted with another secret or spec since the last probe). Nothing was generated
+(the plugin refuses at validation), so the same request goes again at once, without the directive, and its
+answer gets the lexical watermark post hoc; the plugin is re-probed, so the following requests skip the refused
+try. Once per request, outside ``routing.retries``: the backend did nothing wrong by the client.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -24,8 +31,23 @@ from gateway.proxy.forward import AttemptFailed
 from gateway.proxy.parse import ParsedRequest
 from gateway.routing.router import BackendLease, Outcome
 from gateway.shape import upstream_body
+from watermark.kgw.directives import REFUSAL_MARK
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A 400 naming the directive's fields, or carrying the plugin's own mark, answers a try that sent a directive
+_KGW_DIRECTIVE = b"ipgate_kgw_"
+_KGW_REFUSAL = REFUSAL_MARK.encode()
+_REFUSALS_LOGGED: set[tuple[str, bytes]] = set()  # (backend, message) pairs already logged at ERROR
+
+
+class DirectiveRefused(Exception):
+    """The engine refused the gateway's KGW directive (HTTP 400 before generating anything)."""
+
+    def __init__(self, message: bytes) -> None:
+        super().__init__("watermark directive refused")
+        self.message = message
 
 
 @dataclass(slots=True)
@@ -66,7 +88,25 @@ async def _try(ctx: AppContext, lease: BackendLease, parsed: ParsedRequest, data
             raise AttemptFailed("read", detail="stream ended before its first byte")
         return Opened(lease, resp, None, t_sent, t_headers, first)
     body = await ctx.upstream.read_body(resp)
+    if resp.status == 400 and lease.engine_watermark and (_KGW_DIRECTIVE in body or _KGW_REFUSAL in body):
+        resp.close()
+        raise DirectiveRefused(body)
     return Opened(lease, resp, body, t_sent, t_headers)
+
+
+def _refused(ctx: AppContext, model: str, backend: str, message: bytes) -> None:
+    """A deployment fault on the engine host, not the client's: one ERROR per distinct message per backend (the
+    client never sees the engine's message), a metric, and a re-probe of the plugin. The refusal itself does not
+    change the probe's verdict: a client able to make an engine echo its prompt in a 400 could fake one (and
+    then gets what a real refusal gets: the same answer, lexically watermarked)."""
+    key = (backend, message[:300])
+    if key not in _REFUSALS_LOGGED and len(_REFUSALS_LOGGED) < 1000:
+        _REFUSALS_LOGGED.add(key)
+        log.error("backend %s refused the watermark directive; the request is served again without it, with the "
+                  "lexical watermark (check the ipgate plugin's settings and secret on that host): %s",
+                  backend, message[:300].decode("utf-8", "replace"))
+    ctx.metrics.watermark_directive_refusals_total.labels(model=model, backend=backend).inc()
+    ctx.router.recheck_plugin(model, backend)
 
 
 async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
@@ -75,6 +115,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
     excluded: frozenset[str] = frozenset()
     retries = 0
     last: AttemptFailed | None = None
+    refused = False  # the engine refused our directive once: no directive (lexical watermark) from here on
     while True:
         try:
             lease = ctx.router.acquire(model, principal.client_id, excluded)
@@ -82,6 +123,8 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             if last is not None:  # no other backend to retry on: report the real failure
                 raise last.to_gateway_error() from None
             raise
+        if refused:
+            lease.engine_watermark = False
         t_sent = time.perf_counter()
         try:  # the lease is taken: from here on every way out must hand it back
             data = upstream_body(ctx, parsed, principal, tier, lease)
@@ -96,6 +139,12 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
                 ctx.metrics.upstream_retries_total.labels(model=model).inc()
                 continue
             raise e.to_gateway_error() from None
+        except DirectiveRefused as e:
+            # Not a fault of the backend's serving (health and canary analysis): the probe's verdict, not the
+            # eviction of a backend that answers fine without a directive, is what moves it to lexical.
+            lease.release(Outcome(True, 400, time.perf_counter() - t_sent))
+            _refused(ctx, model, lease.backend.name, e.message)
+            refused = True
         except BaseException:
             # Cancelled (the client left) or a bug, before the backend answered: says nothing about the
             # backend. Counting it as a success would reset its failure count, reinstate a half-open backend

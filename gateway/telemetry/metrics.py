@@ -188,6 +188,12 @@ class Metrics:
             "(its responses then get the lexical watermark); a probe the backend did not answer is not counted.",
             ["model", "backend"], registry=r,
         )
+        self.watermark_directive_refusals_total = Counter(
+            "ipgate_watermark_directive_refusals_total",
+            "Requests whose KGW directive a watermark_capable backend's engine refused (its plugin changed since "
+            "the last probe): each was served again at once without the directive, with the lexical watermark.",
+            ["model", "backend"], registry=r,
+        )
         self.watermark_plugin_ok = Gauge(
             "ipgate_watermark_plugin_ok",
             "1 while the last probe verified the backend's KGW plugin (responses watermarked in the engine), "

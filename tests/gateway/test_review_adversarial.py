@@ -534,29 +534,61 @@ async def test_vllm_logprob_extensions_are_checked_by_name(path: str, extra: byt
         assert sim.stats.requests == 0
 
 
-async def test_a_watermarking_backend_that_refuses_our_directive_is_a_logged_502(
-        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """The engine's plugin answered 400 to the gateway's own vllm_xargs (a spec mismatch, a missing secret or a
-    tag mismatch on the engine host): a deployment fault, so the client gets a 502 without the engine's
-    message, it counts against the backend, and the operator reads why in one ERROR line."""
-    import logging
-
-    secret = tmp_path / "wm.secret"
-    secret.write_text("0123456789abcdef0123456789abcdef")
+def _refusing_directives(seen: list[dict[str, Any]]) -> web.Application:
+    """An engine whose plugin refuses the gateway's directive (its 400 names the field) and serves requests
+    that carry none; ``seen`` records what it received."""
     refusal = json.dumps({"error": {"message": "ipgate_kgw_tag: does not match the directive",
                                     "type": "BadRequestError"}}).encode()
-    async with app_backend(_answer(400, refusal, "application/json")) as url:
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        if "vllm_xargs" in body:
+            return web.Response(status=400, body=refusal, content_type="application/json")
+        text = "It is a good choice, and it is easy to use. " * 8
+        return web.json_response({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": text}}],
+                                  "usage": {"prompt_tokens": 5, "completion_tokens": 80, "total_tokens": 85}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    return app
+
+
+async def test_a_watermarking_backend_that_refuses_our_directive_serves_the_request_without_it(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's plugin answered 400 to the gateway's own vllm_xargs (a spec mismatch, a missing secret or a
+    tag mismatch on the engine host): a deployment fault, so the same request goes again at once without the
+    directive and is watermarked post hoc; the engine's message never reaches the client, the backend is not
+    counted as failing (it serves fine without a directive), and the operator reads why in one ERROR line.
+    With ``kgw_probe`` off nothing re-probes the plugin, so every request pays the refused try."""
+    import logging
+
+    import gateway.route
+
+    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", set())  # once per process: forget other tests' lines
+    secret = tmp_path / "wm.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef")
+    seen: list[dict[str, Any]] = []
+    async with app_backend(_refusing_directives(seen)) as url:
         cfg = gateway_config(url, watermark={"enabled": True, "scheme": "kgw", "secret_file": str(secret)})
         cfg["models"][0]["backends"][0]["watermark_capable"] = True
-        # this backend refuses every request, so it could never pass the KGW plugin probe (then it would get no
-        # directive): the per-request path is for a plugin reconfigured between two probes
+        # probe off: the gateway trusts the flag, so the per-request path is the only defence here
         cfg["models"][0]["backends"][0]["kgw_probe"] = False
         async with running_gateway(cfg) as gw:
-            with caplog.at_level(logging.ERROR, logger="gateway.respond"):
+            with caplog.at_level(logging.ERROR, logger="gateway.route"):
                 for _ in range(2):
-                    got, err, raw = await _post(gw, _body())
-                    assert got == 502 and err["error"]["code"] == "watermark_backend_misconfigured", raw[:300]
+                    got, body, raw = await _post(gw, _body())
+                    assert got == 200, raw[:300]
                     assert b"ipgate_kgw" not in raw
+            refusals = gw.ctx.metrics.registry.get_sample_value(
+                "ipgate_watermark_directive_refusals_total", {"model": "sim", "backend": "b0"})
+            watermarked = gw.ctx.metrics.registry.get_sample_value(
+                "ipgate_watermark_responses_total", {"scheme": "lexical"})
             (backend,) = gw.ctx.router.snapshot()["models"]["sim"]["backends"]
-    assert backend["consecutive_failures"] == 2
+    assert ["vllm_xargs" in b for b in seen] == [True, False, True, False]
+    assert refusals == 2 and watermarked == 2
+    assert body["choices"][0]["message"]["content"] != "It is a good choice, and it is easy to use. " * 8
+    assert backend["consecutive_failures"] == 0
     assert sum("refused the watermark directive" in r.getMessage() for r in caplog.records) == 1

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import pytest
 from aiohttp import web
 
+import gateway.route
 from gateway.cli import main as cli_main
 from gateway.config import BackendConfig
 from gateway.kgw_probe import KgwPluginProbe
@@ -427,22 +427,48 @@ def test_the_pool_logs_each_change_once_and_leases_keep_their_scheme(caplog: pyt
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_refused_directive_reprobes_the_plugin_at_once(secret_file: Path, stream: bool) -> None:
+async def test_a_refused_directive_is_served_again_lexically_and_reprobes_the_plugin(
+        secret_file: Path, stream: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A verified engine restarted with another master secret refuses every directive. Before the next
-    health round (30 s here) that was a 502 for every request; now the first refusal re-probes the plugin,
-    whose report moves the backend to the lexical watermark within a probe's round trip."""
+    health round (30 s here) every request was a 502, then the first one still was; now the refused request
+    goes again at once without the directive and its answer carries the client's lexical watermark, and the
+    refusal re-probes the plugin, whose report moves the backend to the lexical watermark for what follows."""
+    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", set())  # once per process: forget other tests' lines
     engine = Engine(plugin=True)
     async with app_backend(engine.app()) as url, running_gateway(_config(url, secret_file)) as gw:
         state = gw.ctx.router.pool("sim").state("b0")
         assert state.engine_watermark() is True
         engine.master = b"another master secret, 32 bytes!"
-        with pytest.raises(openai.APIStatusError) as err:
-            await _ask(gw, "alice", stream=stream)
-        assert err.value.status_code == 502
+        with caplog.at_level(logging.ERROR, logger="gateway.route"):
+            first = await _ask(gw, "alice", stream=stream)
+        assert "vllm_xargs" not in engine.generations()[-1]  # the refused try generated nothing; this one ran
+        assert _attributed(first) == "alice"
+        metric = ("ipgate_watermark_directive_refusals_total", {"model": "sim", "backend": "b0"})
+        assert _sample(gw, metric) == 1.0
         await eventually(lambda: state.plugin_reason == "secret_mismatch", 3.0)
+        sent = len(engine.bodies)
         text = await _ask(gw, "alice", stream=stream)
+        assert len(engine.bodies) == sent + 1  # no refused try any more: the probe's verdict holds
         assert "vllm_xargs" not in engine.generations()[-1]
+        assert _sample(gw, metric) == 1.0
+        (backend,) = gw.ctx.router.snapshot()["models"]["sim"]["backends"]
     assert _attributed(text) == "alice"
+    assert backend["consecutive_failures"] == 0  # the engine serves fine without a directive: not ejected
+    assert sum("refused the watermark directive" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_concurrent_refused_directives_are_all_served(secret_file: Path) -> None:
+    """Requests already in flight when the plugin changed each pay one refused try, none an error, and the
+    re-probe is started once."""
+    engine = Engine(plugin=True)
+    async with app_backend(engine.app()) as url, running_gateway(_config(url, secret_file)) as gw:
+        probes = sum("ipgate_kgw_probe" in json.dumps(b) for b in engine.bodies)
+        engine.master = b"another master secret, 32 bytes!"
+        who = CLIENTS * 2
+        texts = await asyncio.gather(*(_ask(gw, c, stream=bool(i % 2)) for i, c in enumerate(who)))
+        assert [_attributed(t) for t in texts] == who
+        await eventually(lambda: gw.ctx.router.pool("sim").state("b0").plugin_reason == "secret_mismatch", 3.0)
+        assert sum("ipgate_kgw_probe" in json.dumps(b) for b in engine.bodies) == probes + 1
 
 
 async def test_refusals_cannot_turn_into_a_probe_storm(secret_file: Path) -> None:
