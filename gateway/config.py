@@ -172,6 +172,14 @@ class TierLimitsConfig(_Model):
     burst_tokens: int | None = Field(None, ge=1, description="default: tokens_per_minute / 6 (10 s)")
 
 
+def api_root(url: str) -> str:
+    """The root an OpenAI-compatible server's ``/v1/...`` paths hang off: ``url`` without a trailing ``/`` or
+    ``/v1``. Applied once to every backend url, so that forwarding, ``health_path``, the KGW probe and the
+    fingerprint probes all append their ``/v1/...`` to the same root, whichever way the operator wrote it."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
 class BackendConfig(_Model):
     name: str
     url: str
@@ -198,7 +206,7 @@ class BackendConfig(_Model):
             raise ValueError("must start with http:// or https://")
         if not urlparse(v).hostname:
             raise ValueError("has no host (expected http(s)://host[:port][/v1])")
-        return v.rstrip("/")
+        return api_root(v)
 
 
 class CanaryStep(_Model):

@@ -11,6 +11,7 @@ import aiohttp
 
 from fingerprint import DEFAULT_PROBES, Probe, Signature, build_signature
 from fingerprint.signature import ProbeAnswer, answer_from_response
+from gateway.config import api_root
 
 # A probe answer is at most 48 tokens plus top-5 logprobs: a few KB. The backend under check may be hostile (a
 # suspect third-party API): never read an unbounded body into memory.
@@ -44,7 +45,7 @@ async def probe_backend_partial(
     for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = base_url.rstrip("/") + "/v1/chat/completions"
+    url = api_root(base_url) + "/v1/chat/completions"  # --url may be given with or without /v1
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 

@@ -99,7 +99,7 @@ class KgwPluginProbe:
 
     def request(self, b: BackendConfig, model: str) -> tuple[str, bytes]:
         """(URL, body) of the probe: the backend's own model name, one token at most, never streamed."""
-        base = b.url if b.url.endswith("/v1") else b.url + "/v1"
+        base = b.url + "/v1"  # the config drops a trailing /v1 from url
         body: dict[str, object] = {"model": b.upstream_model or model, "max_tokens": 1, "temperature": 0,
                                    "stream": False, "vllm_xargs": self._xargs}
         if b.kgw_probe_endpoint == "chat":

@@ -76,7 +76,7 @@ class AttemptFailed(Exception):
 @dataclass(frozen=True, slots=True)
 class _BackendPlan:
     cfg: BackendConfig  # the config object it was made from: a reload brings new objects, hence new plans
-    base: str  # URL up to and including /v1
+    base: str  # the backend's url + /v1
     auth: str | None
     timeout: aiohttp.ClientTimeout  # non-streaming calls
     stream_timeout: aiohttp.ClientTimeout
@@ -109,7 +109,7 @@ class Upstream:
         key = (b.name, b.url)
         p = self._plans.get(key)
         if p is None or p.cfg is not b:
-            base = b.url if b.url.endswith("/v1") else b.url + "/v1"
+            base = b.url + "/v1"  # the config drops a trailing /v1 from url
             secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name!r} api key")
             if (b.api_key_env or b.api_key_file) and not secret:
                 log.warning("backend %r: api_key_env %r is not set; calling it without a credential",
