@@ -180,7 +180,7 @@ class FingerprintChecker:
         self, model: str, b: BackendConfig
     ) -> tuple[Verdict, float | None, tuple[str, ...]]:
         try:
-            reference = _load_reference(b)
+            reference = load_reference(b)
             sent = b.upstream_model or model
             api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
             run = await probe_backend_partial(
@@ -364,7 +364,8 @@ class FingerprintChecker:
         }
 
 
-def _load_reference(b: BackendConfig) -> Signature:
+def load_reference(b: BackendConfig) -> Signature:
+    """``b.fingerprint_reference`` parsed; ``FingerprintError`` says why it cannot be used."""
     # Read on every check (a few KB, once per interval): a re-recorded reference applies without a restart.
     path = Path(b.fingerprint_reference or "")
     try:

@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.admin.core import PUBLIC_PATHS
 from gateway.app import openai_errors
-from gateway.config import ConfigError
+from gateway.config import AdminConfig, ConfigError
 from gateway.context import CTX, AppContext
 from gateway.errors import PermissionDenied
 from gateway.principal import Principal
@@ -81,14 +81,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) -> web.Application:
+def admin_token(cfg: AdminConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The admin bearer token from ``admin.token_env`` (None when unset); ``ConfigError`` when it is too short."""
     source = os.environ if env is None else env
-    token = source.get(ctx.config.admin.token_env) if ctx.config.admin.token_env else None
+    token = source.get(cfg.token_env) if cfg.token_env else None
     if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
-            f"admin.token_env: {ctx.config.admin.token_env} holds {len(token)} characters; an admin token needs "
+            f"admin.token_env: {cfg.token_env} holds {len(token)} characters; an admin token needs "
             f"at least {MIN_ADMIN_TOKEN_CHARS} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
+    return token or None
+
+
+def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) -> web.Application:
+    token = admin_token(ctx.config.admin, env)
     if not token:
         log.info("admin API: %s is not set; only JWTs with the 'admin' role are accepted",
                  ctx.config.admin.token_env)

@@ -78,6 +78,10 @@ class JwksKeys:
         if self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_loop(), name="jwks-refresh")
 
+    async def fetch_once(self) -> int:
+        """One fetch, no refresh task (``ipgate check --connect``): the number of usable keys, 0 on failure."""
+        return len(self._jwks) if await self._refresh() else 0
+
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()

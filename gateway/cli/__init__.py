@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 SUBCOMMANDS: tuple[str, ...] = (
     "serve",
+    "check",
     "demo",
     "sim_backend",
     "token",

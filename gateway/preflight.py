@@ -1,0 +1,267 @@
+"""Pre-flight checks of a configuration, as ``nginx -t`` does: what ``ipgate check`` reports.
+
+``offline(cfg)`` builds every part of the gateway that reads the configuration, secrets and files — the tier
+policy, the authenticator (secrets, public keys, the API-key file), the admin token, the watermark keys, the
+detection combiner, the alert sinks, each backend's credential and fingerprint reference — with the very
+constructors ``ipgate serve`` uses, so a configuration that passes starts, and an error names the field as
+``serve`` would. It also points out what starts but does something other than the operator likely meant
+(warnings): no authentication method, a KGW model without a watermark-capable backend, several workers on the
+in-memory store, a backend credential variable that is unset, an output file in a directory that cannot be
+written. Nothing listens, nothing is written, nothing leaves the host.
+
+``online(cfg)`` then asks the outside world, read-only: Redis answers PING, every backend answers its health
+path with its credential, every watermark-capable backend passes the KGW plugin probe (a refusal by design:
+nothing is generated), the JWKS endpoint serves usable keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+
+from gateway.config import BackendConfig, ConfigError, GatewayConfig, read_secret
+from gateway.kgw_probe import KgwPluginProbe
+from gateway.routing.health import HealthChecker
+
+Level = Literal["error", "warning", "ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    area: str  # "auth", "watermark", "backend sim/b0", ...
+    message: str
+
+
+def _writable_dir(path: str) -> str | None:
+    """Why a file at ``path`` could not be created or appended to (None when it can); nothing is written."""
+    p = Path(path)
+    if p.exists():
+        return None if os.access(p, os.W_OK) else f"{p} is not writable"
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
+
+
+class _Guard:
+    """``with _Guard(out, area, ok_message):`` records ``ok_message`` (if any), or the ``ConfigError`` or
+    ``OSError`` raised inside as an error; ``failed`` tells which."""
+
+    def __init__(self, findings: list[Finding], area: str, ok: str) -> None:
+        self._findings, self._area, self._ok = findings, area, ok
+        self.failed = False
+
+    def __enter__(self) -> _Guard:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            if self._ok:
+                self._findings.append(Finding("ok", self._area, self._ok))
+            return False
+        if isinstance(exc, ConfigError | OSError):
+            self._findings.append(Finding("error", self._area, str(exc)))
+            self.failed = True
+            return True
+        return False
+
+
+def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:
+    env = os.environ if env is None else env
+    out: list[Finding] = []
+    n_backends = sum(len(m.backends) for m in cfg.models)
+    out.append(Finding("ok", "config", f"{len(cfg.models)} model(s), {n_backends} backend(s), "
+                                       f"store {cfg.store.kind}, {cfg.server.workers} worker(s)"))
+    from gateway.policy import Policy
+
+    policy = None
+    with _Guard(out, "policy", ""):
+        policy = Policy.from_config(cfg)
+        out.append(Finding("ok", "policy", "tiers " + ", ".join(t.name for t in policy.tiers)))
+    _auth(cfg, env, out)
+    from gateway.admin.app import admin_token
+
+    with _Guard(out, "admin", ""):
+        if admin_token(cfg.admin, env):
+            out.append(Finding("ok", "admin", f"bearer token from {cfg.admin.token_env}"))
+        else:
+            out.append(Finding("ok", "admin", "no admin token set: only JWTs with the 'admin' role are accepted"))
+    _watermark(cfg, env, out)
+    if cfg.detection.enabled and policy is not None:
+        from gateway.detection import GatewayDetection
+
+        with _Guard(out, "detection", f"combiner loaded, embedder {cfg.detection.embedder}"):
+            GatewayDetection.from_config(cfg, policy)
+    elif not cfg.detection.enabled:
+        out.append(Finding("warning", "detection", "detection.enabled is false: no client is scored or alerted on"))
+    if cfg.alerts.sinks:
+        from gateway.alerts.sinks import build_sinks
+
+        with _Guard(out, "alerts", "sinks " + ", ".join(s.name or s.kind for s in cfg.alerts.sinks)):
+            build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url)
+        for s in cfg.alerts.sinks:
+            if s.kind == "jsonl" and s.path and (why := _writable_dir(s.path)):
+                out.append(Finding("error", "alerts", f"jsonl sink {s.name or 'jsonl'}: {why}"))
+    for path, what in ((cfg.telemetry.access_log_file, "telemetry.access_log_file"),
+                       (cfg.watermark.recipients_file, "watermark.recipients_file")):
+        if path and (why := _writable_dir(path)):
+            out.append(Finding("error", what.split(".")[0], f"{what}: {why}"))
+    if cfg.store.kind == "memory" and cfg.server.workers > 1:
+        out.append(Finding("warning", "store", f"{cfg.server.workers} workers with the memory store: each worker "
+                                               "keeps its own limits and detection state (use store.kind: redis)"))
+    for m in cfg.models:
+        for b in m.backends:
+            _backend(cfg, m.name, b, env, out)
+    return out
+
+
+def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> None:
+    from gateway.auth.jwt import JwtVerifier
+
+    jwt_cfg = cfg.auth.jwt
+    methods = []
+    if jwt_cfg is not None:
+        with _Guard(out, "auth", "") as g:
+            JwtVerifier.from_config(jwt_cfg, env=env)
+        if not g.failed:
+            source = (f"JWKS {jwt_cfg.jwks_url}" if jwt_cfg.jwks_url else jwt_cfg.public_key_file
+                      or jwt_cfg.secret_file or jwt_cfg.secret_env)
+            methods.append(f"JWT {'/'.join(jwt_cfg.algorithms)} ({source})")
+    if cfg.auth.api_keys.file:
+        from gateway.auth.apikeys import ApiKeyFile
+
+        with _Guard(out, "auth", "") as g:
+            keys = ApiKeyFile(cfg.auth.api_keys.file)
+        if not g.failed:
+            methods.append(f"API keys ({cfg.auth.api_keys.file}, {len(keys.table)} key(s))")
+    if methods:
+        out.append(Finding("ok", "auth", "; ".join(methods)))
+    elif jwt_cfg is None and not cfg.auth.api_keys.file:
+        out.append(Finding("warning", "auth", "no authentication method configured: every request is rejected"))
+
+
+def _watermark(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> None:
+    w = cfg.watermark
+    if not w.enabled or (w.scheme == "none" and all(m.watermark_scheme in (None, "none") for m in cfg.models)):
+        out.append(Finding("warning", "watermark", "watermarking is off: leaked text cannot be traced to a client"))
+        return
+    from gateway.watermarking import GatewayWatermarking
+
+    with _Guard(out, "watermark", "") as g:
+        wm = GatewayWatermarking.from_config(cfg, environ=env)
+    if g.failed:
+        return
+    versions = sorted({w.key_version, *w.retained_versions}, reverse=True)
+    out.append(Finding("ok", "watermark", f"master secret loaded; key version {w.key_version} (verifies "
+                                          f"{', '.join(map(str, versions))})"))
+    for m in cfg.models:
+        scheme = wm.scheme_for(m.name)
+        if scheme == "kgw" and not any(b.watermark_capable for b in m.backends):
+            out.append(Finding("warning", f"model {m.name}", "scheme kgw but no backend is watermark_capable: "
+                                                             "every response gets the lexical watermark"))
+        elif scheme == "none":
+            out.append(Finding("warning", f"model {m.name}", "watermark scheme none: its responses are not "
+                                                             "watermarked"))
+
+
+def _backend(cfg: GatewayConfig, model: str, b: BackendConfig, env: Mapping[str, str], out: list[Finding]) -> None:
+    area = f"backend {model}/{b.name}"
+    with _Guard(out, area, "") as g:
+        secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)
+    if not g.failed and (b.api_key_env or b.api_key_file) and not secret:
+        out.append(Finding("warning", area, f"api_key_env {b.api_key_env} is not set: requests go without a "
+                                            "credential"))
+    if b.fingerprint_reference and cfg.fingerprint.enabled:
+        from gateway.fingerprint_client import FingerprintError
+        from gateway.fingerprinting import load_reference
+
+        try:
+            ref = load_reference(b)
+        except FingerprintError as e:
+            out.append(Finding("error", area, f"fingerprint_reference: {e}"))
+        else:
+            sent = b.upstream_model or model
+            if ref.model and ref.model != sent:
+                out.append(Finding("warning", area, f"fingerprint_reference {b.fingerprint_reference} was recorded "
+                                                    f"for model {ref.model!r}, but this backend serves {sent!r}"))
+    out.append(Finding("ok", area, b.url + (" (watermark_capable)" if b.watermark_capable else "")))
+
+
+async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:
+    env = os.environ if env is None else env
+    out: list[Finding] = []
+    if cfg.store.kind == "redis":
+        out.append(await _redis(cfg))
+    if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_url:
+        out.append(await _jwks(cfg))
+    probe: KgwPluginProbe | None = None
+    if cfg.watermark.enabled and any(b.watermark_capable and b.kgw_probe for m in cfg.models for b in m.backends):
+        from gateway.watermarking import GatewayWatermarking
+
+        try:
+            probe = GatewayWatermarking.from_config(cfg, environ=env).plugin_probe()
+        except ConfigError:
+            probe = None  # reported by offline()
+    async with aiohttp.ClientSession() as session:
+        checker = HealthChecker(cfg.routing.health, session, list)
+        jobs = [_reach(cfg, checker, probe, session, m.name, b, env) for m in cfg.models for b in m.backends]
+        for found in await asyncio.gather(*jobs):
+            out.extend(found)
+    return out
+
+
+async def _redis(cfg: GatewayConfig) -> Finding:
+    from gateway.store.redis import RedisStore
+
+    store = RedisStore.from_config(cfg.store)
+    try:
+        await asyncio.wait_for(store.ping(), timeout=max(2.0, cfg.store.timeout_ms / 1000.0))
+    except Exception as e:  # any failure to answer PING is the finding
+        return Finding("error", "store", f"Redis at {cfg.store.url} did not answer PING: {type(e).__name__}: {e}")
+    finally:
+        await store.close()
+    return Finding("ok", "store", f"Redis at {cfg.store.url} answers PING")
+
+
+async def _jwks(cfg: GatewayConfig) -> Finding:
+    from gateway.auth.jwks import JwksKeys
+
+    j = cfg.auth.jwt
+    assert j is not None and j.jwks_url
+    try:
+        keys = JwksKeys(j.jwks_url, j.algorithms, timeout_s=j.jwks_timeout_s)
+    except ConfigError as e:
+        return Finding("error", "auth", str(e))
+    n = await keys.fetch_once()
+    if n == 0:
+        return Finding("error", "auth", f"JWKS {j.jwks_url}: no usable {'/'.join(j.algorithms)} signing key "
+                                        "(unreachable, or no key of that family)")
+    return Finding("ok", "auth", f"JWKS {j.jwks_url}: {n} usable key(s)")
+
+
+async def _reach(cfg: GatewayConfig, checker: HealthChecker, probe: KgwPluginProbe | None,
+                 session: aiohttp.ClientSession, model: str, b: BackendConfig, env: Mapping[str, str]) -> list[Finding]:
+    area = f"backend {model}/{b.name}"
+    problem = await checker.probe(b)
+    found = [Finding("error", area, f"{b.url}{b.health_path}: {problem}") if problem is not None
+             else Finding("ok", area, f"{b.url}{b.health_path} answers")]
+    if probe is not None and b.watermark_capable and b.kgw_probe and problem is None:
+        try:
+            headers = {"Authorization": f"Bearer {s}"} if (s := read_secret(
+                b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)) else {}
+        except ConfigError:
+            return found  # reported by offline()
+        verdict = await probe.run(session, b, model, headers, cfg.routing.health.timeout_s)
+        if verdict.ok:
+            found.append(Finding("ok", area, "KGW plugin verified: responses are watermarked in the engine"))
+        else:
+            found.append(Finding("warning", area, f"KGW plugin not verified ({verdict.reason}: {verdict.detail}): "
+                                                  "its responses get the lexical watermark"))
+    return found

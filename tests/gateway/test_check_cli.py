@@ -1,0 +1,188 @@
+"""``ipgate check``: a configuration is validated with the constructors ``serve`` uses, every problem reported
+at once and named by field; ``--connect`` asks Redis, the backends (health path, KGW plugin) and the JWKS URL.
+Real parts: a real redis-server, real aiohttp backends (the bundled simulator, with and without the emulated KGW
+plugin), a real JWKS endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from gateway.cli import main as cli_main
+from gateway.config import parse_config
+from gateway.preflight import Finding, offline, online
+from tests.support.harness import app_backend, free_port, sim_backend
+
+JWT_SECRET = "check-test-jwt-secret-0123456789abcdef"
+WM_SECRET = "check-test-watermark-secret-0123456789abcdef"
+GOOD_ENV = {"IPGATE_JWT_SECRET": JWT_SECRET, "IPGATE_WATERMARK_SECRET": WM_SECRET}
+
+
+def _cfg(url: str = "http://127.0.0.1:18000", **over: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"models": [{"name": "sim", "backends": [{"name": "b0", "url": url}]}]}
+    cfg.update(over)
+    return cfg
+
+
+def _run(tmp_path: Path, cfg: dict[str, Any] | str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, Any]:
+    path = tmp_path / "ipgate.yaml"
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    code = cli_main(["check", "--config", str(path), "--json", *flags])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _levels(findings: list[dict[str, str]] | list[Finding], level: str) -> list[str]:
+    out = []
+    for f in findings:
+        lv, area, msg = (f["level"], f["area"], f["message"]) if isinstance(f, dict) else (f.level, f.area, f.message)
+        if lv == level:
+            out.append(f"{area}: {msg}")
+    return out
+
+
+def test_every_missing_secret_is_reported_at_once_by_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("IPGATE_JWT_SECRET", "IPGATE_WATERMARK_SECRET", "IPGATE_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    code, out = _run(tmp_path, _cfg(), capsys)
+    errors = _levels(out["findings"], "error")
+    assert code == 2 and out["ok"] is False and out["errors"] == 2, out
+    assert any(e.startswith("auth:") and "IPGATE_JWT_SECRET" in e for e in errors), errors
+    assert any(e.startswith("watermark:") and "IPGATE_WATERMARK_SECRET" in e for e in errors), errors
+
+
+def test_a_good_config_passes_and_strict_turns_warnings_into_exit_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    code, out = _run(tmp_path, _cfg(), capsys)
+    assert (code, out["ok"], out["errors"], out["warnings"]) == (0, True, 0, 0), out
+    # an unset backend credential starts (requests go without it) but is surely not what was meant
+    cfg = _cfg(models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1", "api_key_env": "NO_SUCH"}]}])
+    code, out = _run(tmp_path, cfg, capsys)
+    assert code == 0 and _levels(out["findings"], "warning") == [
+        "backend sim/b0: api_key_env NO_SUCH is not set: requests go without a credential"]
+    code, _ = _run(tmp_path, cfg, capsys, "--strict")
+    assert code == 1
+
+
+def test_bad_files_and_values_are_errors_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("IPGATE_ADMIN_TOKEN", "short")
+    keys = tmp_path / "keys.txt"
+    keys.write_text("not-a-hash client\n")
+    cfg = _cfg(
+        auth={"api_keys": {"file": str(keys)}},
+        alerts={"sinks": [{"kind": "jsonl", "path": str(tmp_path / "no-such-dir" / "alerts.jsonl")}]},
+        detection={"combiner_file": str(tmp_path / "missing.json")},
+        models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1",
+                                              "fingerprint_reference": str(tmp_path / "ref.json")}]}],
+    )
+    (tmp_path / "ref.json").write_text("{}")
+    code, out = _run(tmp_path, cfg, capsys)
+    errors = _levels(out["findings"], "error")
+    assert code == 2
+    for area, needle in [("auth", str(keys)), ("admin", "admin.token_env"), ("alerts", "no-such-dir"),
+                         ("detection", "detection.combiner_file"), ("backend sim/b0", "fingerprint_reference")]:
+        assert any(e.startswith(area + ":") and needle in e for e in errors), (area, errors)
+    assert len(errors) == 5, errors
+
+
+def test_a_config_that_does_not_parse_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(tmp_path, "models: [\n", capsys)
+    assert code == 2 and len(out["findings"]) == 1 and "not valid YAML" in out["findings"][0]["message"]
+    code, out = _run(tmp_path, _cfg(url="ftp://x"), capsys)
+    assert code == 2 and "models.0.backends.0.url" in out["findings"][0]["message"]
+
+
+def test_the_human_report_lists_findings_and_ends_with_a_verdict(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "ipgate.yaml"
+    path.write_text(yaml.safe_dump(_cfg(watermark={"scheme": "kgw"}, server={"workers": 2})))
+    assert cli_main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{path}: 0 error(s), 2 warning(s): configuration OK"
+    warnings = [line for line in out if line.startswith("warning")]
+    assert any("model sim" in w and "no backend is watermark_capable" in w for w in warnings), out
+    assert any("store" in w and "2 workers with the memory store" in w for w in warnings), out
+
+
+async def test_connect_asks_redis_backends_the_kgw_plugin_and_jwks(redis_url: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "use": "sig"}
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    dead = f"http://127.0.0.1:{free_port()}"
+    from watermark.keys import parse_master_secret
+
+    async with sim_backend() as plain, sim_backend(kgw_plugin=True, kgw_secret=parse_master_secret(WM_SECRET)) as wm, \
+            sim_backend(kgw_plugin=True, kgw_secret=parse_master_secret("another secret, 0123456789abcdef")) as other, \
+            app_backend(app) as idp:
+        cfg = parse_config({
+            "store": {"kind": "redis", "url": redis_url},
+            "auth": {"jwt": {"algorithms": ["RS256"], "jwks_url": idp + "/jwks.json", "secret_env": None}},
+            "watermark": {"scheme": "kgw"},
+            "models": [{"name": "sim", "backends": [
+                {"name": "plain", "url": plain.url + "/v1"},
+                {"name": "wm", "url": wm.url, "watermark_capable": True},
+                {"name": "other", "url": other.url, "watermark_capable": True},
+                {"name": "dead", "url": dead},
+            ]}],
+        }, env=GOOD_ENV)
+        found = await online(cfg, env=GOOD_ENV)
+    ok, warnings, errors = (_levels(found, lv) for lv in ("ok", "warning", "error"))
+    assert any(o.startswith("store:") and "answers PING" in o for o in ok), ok
+    assert "auth: JWKS " + idp + "/jwks.json: 1 usable key(s)" in ok
+    assert any(o.startswith("backend sim/plain:") and "answers" in o for o in ok), ok
+    assert "backend sim/wm: KGW plugin verified: responses are watermarked in the engine" in ok
+    assert any(w.startswith("backend sim/other: KGW plugin not verified (secret_mismatch") for w in warnings), warnings
+    assert [e.split(":")[0] for e in errors] == ["backend sim/dead"], errors
+
+
+async def test_connect_reports_a_redis_that_does_not_answer_and_a_jwks_without_keys() -> None:
+    async def empty(request: web.Request) -> web.Response:
+        return web.json_response({"keys": []})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", empty)
+    async with app_backend(app) as idp, sim_backend() as plain:
+        cfg = parse_config({
+            "store": {"kind": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"},
+            "auth": {"jwt": {"algorithms": ["RS256"], "jwks_url": idp + "/jwks.json", "secret_env": None}},
+            "watermark": {"enabled": False},
+            "models": [{"name": "sim", "backends": [{"name": "b0", "url": plain.url}]}],
+        }, env={})
+        found = await asyncio.wait_for(online(cfg, env={}), 10)
+    errors = _levels(found, "error")
+    assert any(e.startswith("store:") and "did not answer PING" in e for e in errors), errors
+    assert any(e.startswith("auth:") and "no usable RS256 signing key" in e for e in errors), errors
+    assert len(errors) == 2, errors
+
+
+def test_offline_never_writes_or_connects(tmp_path: Path) -> None:
+    """Nothing listens and nothing is written: not the alert file, the access log or the recipients file."""
+    files = [tmp_path / "alerts.jsonl", tmp_path / "access.log", tmp_path / "recipients.txt"]
+    cfg = parse_config(_cfg(
+        store={"kind": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"},
+        alerts={"sinks": [{"kind": "jsonl", "path": str(files[0])}]},
+        telemetry={"access_log_file": str(files[1])},
+        watermark={"recipients_file": str(files[2])},
+    ), env=GOOD_ENV)
+    found = offline(cfg, env=GOOD_ENV)
+    assert _levels(found, "error") == [] and not any(f.exists() for f in files)
