@@ -208,6 +208,14 @@ class BackendConfig(_Model):
             raise ValueError("has no host (expected http(s)://host[:port][/v1])")
         return api_root(v)
 
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, v: str) -> str:
+        # appended to the url as is: "health" would probe http://host:8000health
+        if not v.startswith("/") or any(c.isspace() for c in v) or "#" in v:
+            raise ValueError("must be a path starting with / (e.g. /v1/models, or /health for TGI), no spaces")
+        return v
+
 
 class CanaryStep(_Model):
     weight: float = Field(ge=0, le=100)

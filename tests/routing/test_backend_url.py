@@ -40,3 +40,10 @@ async def test_a_backend_written_with_v1_passes_its_health_checks_and_serves() -
                 assert r.choices[0].message.content
             finally:
                 await client.close()
+
+
+@pytest.mark.parametrize("path", ["health", "v1/models", "/he alth", "/x#frag"])
+def test_a_health_path_that_would_not_be_a_path_on_the_backend_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="health_path"):
+        BackendConfig(name="b", url="http://gpu-1:8000", health_path=path)
+    assert BackendConfig(name="b", url="http://gpu-1:8000", health_path="/health").health_path == "/health"
