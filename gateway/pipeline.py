@@ -79,8 +79,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
                                  forward_headers(request.headers, ex.request_id))
     ex.backend = op.lease.backend.name
     try:
-        ex.watermarked_in_engine = ctx.watermarking is not None and ctx.watermarking.in_engine(
-            parsed.model, op.lease.engine_watermark)
+        ex.watermarked_in_engine = ctx.watermarking is not None and parsed.endpoint != "embeddings" and \
+            ctx.watermarking.in_engine(parsed.model, op.lease.engine_watermark)  # vectors carry no watermark
         embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease)
         hook = response_hook(ctx, adm.tier)
         details = ctx.detection is not None or ex.sampled

@@ -41,7 +41,7 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
     if changes and log.isEnabledFor(logging.DEBUG):
         log.debug("hardening for tier %s: %s", tier_cfg.name, "; ".join(changes))
     changed = body is not parsed.body
-    if lease.engine_watermark and ctx.watermarking is not None:
+    if lease.engine_watermark and ctx.watermarking is not None and parsed.endpoint != "embeddings":
         extra = ctx.watermarking.upstream_directives(principal, parsed.model, True, tier_cfg.name)
         if extra:
             body = body if changed else dict(body)

@@ -289,6 +289,20 @@ async def test_with_the_plugin_loaded_the_engine_watermarks_as_before(secret_fil
     assert r.choices[0].message.content == raw  # in-engine scheme: no post-hoc rewrite
 
 
+async def test_embeddings_get_no_directive_and_do_not_make_a_recipient(secret_file: Path) -> None:
+    """Vectors carry no watermark: an embeddings request to a plugin engine goes without vllm_xargs, and a
+    client that only embeds is not recorded as a watermark recipient (every recipient is one more hypothesis
+    in a verification without a client list)."""
+    async with sim_backend(kgw_plugin=True, kgw_secret=MASTER) as sim, \
+            running_gateway(_config(sim.url, secret_file)) as gw:
+        client = gw.openai_client("dora")
+        r = await client.embeddings.create(model="sim", input=["a vector, not text"])
+        await client.close()
+        assert r.data and "vllm_xargs" not in sim.stats.last_body
+        await asyncio.sleep(0.05)  # accounting runs after the answer
+        assert await gw.ctx.store.recipients() == {}
+
+
 @pytest.mark.parametrize(("engine", "reason"), [
     (Engine(plugin=True, spec=KgwParams(gamma=0.5)), "spec_mismatch"),
     (Engine(plugin=True, master=OTHER), "secret_mismatch"),
