@@ -33,7 +33,8 @@ def lexical_markdown(args: argparse.Namespace, cfg: GatewayConfig | None) -> boo
 
 
 def add_key_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--secret-file", help=f"file holding the master secret (default: ${SECRET_ENV})")
+    p.add_argument("--secret-file", help=f"file holding the master secret (default: with --config its "
+                   f"watermark.secret_file, else its secret_env; without: ${SECRET_ENV})")
     p.add_argument("--config", help="gateway config (key versions, secret location, recorded recipients)")
     p.add_argument("--key-versions", help="comma-separated key versions to use, current first (default: 1, "
                    "or the config's key_version + retained_versions)")
@@ -52,14 +53,19 @@ def load_gateway_config(args: argparse.Namespace) -> GatewayConfig | None:
 
 def key_ring(args: argparse.Namespace, cfg: GatewayConfig | None) -> KeyRing:
     raw: str | None = None
+    # With --config, the gateway's own order (gateway/watermarking.py: secret_file, then secret_env), so the
+    # CLI derives the keys the gateway used even when $IPGATE_WATERMARK_SECRET holds some other secret.
     if args.secret_file:
         raw = _read_secret(args.secret_file, "--secret-file")
-    elif os.environ.get(SECRET_ENV):
-        raw = os.environ[SECRET_ENV]
     elif cfg is not None and cfg.watermark.secret_file:
         raw = _read_secret(cfg.watermark.secret_file, "watermark.secret_file")
-    elif cfg is not None and os.environ.get(cfg.watermark.secret_env):
-        raw = os.environ[cfg.watermark.secret_env]
+    elif cfg is not None:
+        raw = os.environ.get(cfg.watermark.secret_env) or None
+        if raw is None:
+            raise CliError(f"no master secret: set ${cfg.watermark.secret_env} (the config's "
+                           "watermark.secret_env), watermark.secret_file, or pass --secret-file")
+    elif os.environ.get(SECRET_ENV):
+        raw = os.environ[SECRET_ENV]
     if raw is None:
         raise CliError(f"no master secret: set ${SECRET_ENV} or pass --secret-file")
     try:
