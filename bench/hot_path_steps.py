@@ -21,6 +21,7 @@ from typing import Any
 
 import jwt
 
+from gateway.account import Exchange
 from gateway.admit import detect_and_admit
 from gateway.app import open_context
 from gateway.config import parse_config
@@ -103,7 +104,7 @@ async def _measure(detection: bool, secret: Path, n: int) -> dict[str, float]:
         async def admit() -> None:
             # 1000 distinct clients, as a busy gateway sees them
             p = Principal(f"c{next(counter) % 1000}")
-            await detect_and_admit(ctx, p, "/v1/chat/completions", parsed, "rid")
+            await detect_and_admit(ctx, p, parsed, Exchange("rid", "/v1/chat/completions", 0.0))
 
         out[f"detect + admit (detection {'on' if detection else 'off'})"] = await _atime(
             admit, max(n // 10, 200) if detection else n)

@@ -33,6 +33,7 @@ class Exchange:
     principal: Principal | None = None
     parsed: ParsedRequest | None = None
     admission: Admission | None = None
+    refused_tier: str | None = None  # admission refused the request (403/429) at this tier
     backend: str | None = None
     status: int = 0
     error_type: str | None = None
@@ -151,7 +152,7 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
         model=parsed.model if parsed else None, backend=ex.backend, route=ex.route, status=ex.status,
         latency_ms=latency * 1000, overhead_ms=ex.overhead_s * 1000 if ex.overhead_s else None,
         prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
-        tier=ctx.policy.tier(adm.tier).name if adm else None, stream=parsed.stream if parsed else False,
+        tier=ctx.policy.tier(adm.tier).name if adm else ex.refused_tier, stream=parsed.stream if parsed else False,
         error_type=ex.error_type,
     ))
     if adm is not None:

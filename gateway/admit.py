@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.context import AppContext
 from gateway.errors import PermissionDenied
@@ -18,6 +19,9 @@ from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
 from gateway.ratelimit import admission_error, estimate_tokens
 from gateway.store.base import AdmitRequest, AdmitResult
+
+if TYPE_CHECKING:  # gateway.account imports this module
+    from gateway.account import Exchange
 
 log = logging.getLogger(__name__)
 _pipeline_failure_logged = False
@@ -50,8 +54,10 @@ def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedReq
         return None
 
 
-async def detect_and_admit(ctx: AppContext, principal: Principal, path: str, parsed: ParsedRequest,
-                           request_id: str) -> Admission:
+async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Exchange) -> Admission:
+    """The admission of ``ex`` (its route and request id); a refusal raises its ``GatewayError`` after noting
+    the tier it was decided at in ``ex.refused_tier`` (the access log shows it)."""
+    path, request_id = ex.route, ex.request_id
     reserved = estimate_tokens(path, parsed.body)
     res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, ctx.policy.limits_by_tier,
                                                 ctx.config.detection.state_ttl_s))
@@ -69,6 +75,7 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, path: str, par
         _count(ctx, "policy", "block")
     if err is not None:
         _refused(ctx, principal, adm, err.status)
+        ex.refused_tier = ctx.policy.tier(tier).name
         raise err
     return adm
 

@@ -73,7 +73,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
-    adm = await detect_and_admit(ctx, principal, request.path, parsed, ex.request_id)  # detect + admit
+    adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
                                  forward_headers(request.headers, ex.request_id))
