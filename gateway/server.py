@@ -116,15 +116,17 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     holder: list[AppContext] = []
+    received: list[str] = []
 
-    def on_term() -> None:
+    def on_term(name: str) -> None:
         if holder:
             holder[0].draining = True  # /readyz flips now, before anything else happens
+        received.append(name)
         stop.set()
 
     # Installed before start-up work, so a SIGTERM that arrives while starting is a clean stop, not a kill.
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    loop.add_signal_handler(signal.SIGINT, on_term)
+    loop.add_signal_handler(signal.SIGTERM, on_term, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_term, "SIGINT")
     # SIGHUP's default action kills the process: until the reload handler is installed (after start-up), a
     # reload request (`kill -HUP`, or the supervisor forwarding one) must not take a starting worker down.
     loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored: nothing to "
@@ -155,7 +157,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         if on_ready is not None and not stop.is_set():
             on_ready()
         await stop.wait()
-        log.info("SIGTERM: draining")
+        log.info("%s: draining", received[0] if received else "stop")
         await drain(ctx, public, site)
         await admin.cleanup()
     log.info("stopped")

@@ -68,7 +68,18 @@ async def test_sigterm_drains_then_ends_streams_with_error(tmp_path: Path) -> No
             assert await asyncio.to_thread(gw.wait, 10) == 0
         finally:
             gw.stop()
-        assert "Traceback" not in gw.output()
+        assert "Traceback" not in gw.output() and "SIGTERM: draining" in gw.output()
+
+
+async def test_ctrl_c_drains_the_same_way_and_says_so(tmp_path: Path) -> None:
+    async with sim_backend() as sim:
+        gw = GatewayProcess(_config(sim.url), tmp_path).start()
+        try:
+            gw.signal(signal.SIGINT)
+            assert await asyncio.to_thread(gw.wait, 10) == 0
+        finally:
+            gw.stop()
+        assert "SIGINT: draining" in gw.output() and "SIGTERM" not in gw.output()
 
 
 async def test_sighup_reloads_weights_without_dropping_streams(tmp_path: Path) -> None:
