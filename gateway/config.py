@@ -318,6 +318,7 @@ class HardeningConfig(_Model):
     max_n: int | None = None
     strip_seed: bool = False
     logprob_noise: float = Field(0.0, ge=0)
+    strip_reasoning: bool = False  # answers lose a reasoning model's chain of thought (reasoning fields)
 
 
 class TierPolicyConfig(_Model):
@@ -342,7 +343,7 @@ def _default_tiers() -> list[TierPolicyConfig]:
             limits="suspicious",
             hardening=HardeningConfig(
                 max_top_logprobs=1, logprobs_xor_logit_bias=True, max_logit_bias_entries=10,
-                max_abs_logit_bias=10, max_n=1, strip_seed=True, logprob_noise=0.05,
+                max_abs_logit_bias=10, max_n=1, strip_seed=True, logprob_noise=0.05, strip_reasoning=True,
             ),
             watermark_strength="strong",
             alert=True,

@@ -26,7 +26,9 @@ reproducible sampling. Each rule removes one of those ingredients:
 Values of the wrong type are left alone: validation is the parse step's job (it answers 400 naming the field).
 
 The response side (``harden_choice_logprobs``) trims ``top_logprobs`` a backend returned beyond the cap and
-adds the tier's ``logprob_noise``; the transform step calls it per choice (full bodies and stream chunks).
+adds the tier's ``logprob_noise``; ``strip_reasoning`` removes a reasoning model's chain of thought (the
+``reasoning``/``reasoning_content`` fields), the output chain-of-thought harvesting is after, while the answer
+itself is still served. The transform step calls them per choice (full bodies and stream chunks).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from gateway.config import HardeningConfig
+from gateway.proxy.relay import REASONING_KEYS
 
 __all__ = ["harden", "harden_choice_logprobs", "is_noop", "response_needs_hardening"]
 
@@ -206,8 +209,22 @@ def _cap_logprobs(body: dict[str, Any], cap: int, chat: bool, edit: _Edit, chang
 
 
 def response_needs_hardening(cfg: HardeningConfig) -> bool:
-    """True when ``harden_choice_logprobs`` can change anything under ``cfg`` (callers skip it otherwise)."""
-    return cfg.max_top_logprobs is not None or cfg.logprob_noise > 0
+    """True when ``harden_choice_logprobs`` or ``strip_reasoning`` can change anything under ``cfg`` (callers
+    skip them otherwise)."""
+    return cfg.max_top_logprobs is not None or cfg.logprob_noise > 0 or cfg.strip_reasoning
+
+
+def strip_reasoning(choice: dict[str, Any]) -> bool:
+    """Remove the reasoning fields from one choice's message or delta, in place; True when one was there."""
+    holder = choice.get("message", choice.get("delta"))
+    if not isinstance(holder, dict):
+        return False
+    found = False
+    for k in REASONING_KEYS:
+        if k in holder:
+            del holder[k]
+            found = True
+    return found
 
 
 def harden_choice_logprobs(choice: dict[str, Any], cfg: HardeningConfig, rng: random.Random) -> bool:

@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from gateway.context import AppContext
-from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening
+from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening, strip_reasoning
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
@@ -84,7 +84,8 @@ def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedReques
 
 
 def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
-    """The tier's response-side logprob hardening (cap what a backend returned, add noise), or None."""
+    """The tier's response-side hardening (cap the logprobs a backend returned, add noise, strip the chain of
+    thought), or None."""
     cfg = ctx.policy.tier(tier).hardening
     if not response_needs_hardening(cfg):
         return None
@@ -92,10 +93,11 @@ def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
 
     def hook(choice: dict[str, Any]) -> bool:
         nonlocal rng
+        stripped = cfg.strip_reasoning and strip_reasoning(choice)
         if not isinstance(choice.get("logprobs"), dict):
-            return False  # nothing to harden: skip seeding a generator (≈ 1 % of gateway CPU under load)
+            return stripped  # no logprobs: skip seeding a generator (≈ 1 % of gateway CPU under load)
         if rng is None:
             rng = random.Random()  # seeded from os.urandom: the noise must not be predictable across requests
-        return harden_choice_logprobs(choice, cfg, rng)
+        return harden_choice_logprobs(choice, cfg, rng) or stripped
 
     return hook

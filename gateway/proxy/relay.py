@@ -2,7 +2,8 @@
 
 ``StreamRelay`` is sans-IO: ``feed(chunk) -> bytes`` and ``finish() -> bytes``. It keeps SSE framing intact,
 passes comments (``: ping``) through, runs one watermark ``StreamEmbedder`` per choice over the content
-deltas, handles the usage chunk (see ``usage.py``), and notices whether the upstream ended with ``[DONE]``.
+deltas and one over its reasoning deltas (see ``REASONING_KEYS``), handles the usage chunk (see
+``usage.py``), and notices whether the upstream ended with ``[DONE]``.
 A stream that ends without ``[DONE]`` was cut: ``finish()`` then returns a terminating error event, never a
 clean end. ``transform_body`` does the same for a non-streaming JSON body.
 """
@@ -23,6 +24,10 @@ EmbedderFactory = Callable[[], StreamEmbedder | None]
 ChoiceHook = Callable[[dict[str, Any]], bool]  # edits one choice in place (logprob hardening); True if changed
 
 _DONE_EVENT = b"data: [DONE]\n\n"
+# A reasoning model's chain of thought, beside ``content`` in a chat message or delta: vLLM writes ``reasoning``
+# (``reasoning_content`` before 0.11, and both, with the same text, in between); DeepSeek's API and SGLang write
+# ``reasoning_content``. It is the output distillation wants most, so it is watermarked like the answer.
+REASONING_KEYS = ("reasoning", "reasoning_content")
 # What a plain content chunk never contains: a usage object, a finish reason, an error.
 _NEEDS_DECODING = re.compile(rb'"usage":\s*\{|"finish_reason":\s*"|"error"')
 
@@ -47,8 +52,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook", "content_events",
-                 "done",
+    __slots__ = ("_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook", "_thinking",
+                 "content_events", "done",
                  "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
@@ -63,6 +68,8 @@ class StreamRelay:
         self._client_usage = client_usage
         self._factory = embedder_factory
         self._embedders: dict[int, StreamEmbedder | None] = {}
+        # reasoning channels: (choice, first key) -> (its embedder, the keys it writes: one, or both mirrored)
+        self._thinking: dict[tuple[int, str], tuple[StreamEmbedder, tuple[str, ...]]] = {}
         self.usage = Usage()
         self.finish_reasons: list[str] = []
         self.content_events = 0  # pieces of content streamed (a floor for completion tokens on abort)
@@ -133,7 +140,8 @@ class StreamRelay:
                 continue
             holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
             text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
-            if isinstance(text, str) and text:
+            if (isinstance(text, str) and text) or (isinstance(holder, dict) and self._chat and any(
+                    isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)):
                 self.content_events += 1
             fr = choice.get("finish_reason")
             idx = choice.get("index", 0)
@@ -141,6 +149,11 @@ class StreamRelay:
             if emb is not None and withhold_logprobs(choice):
                 changed = True
             self.logprob_positions += logprob_positions(choice, self._chat)
+            if self._factory is not None and self._chat and isinstance(holder, dict):
+                # a reasoning channel closes when the answer starts or the choice ends: its held-back word first
+                closing = fr is not None or (isinstance(text, str) and bool(text))
+                if self._reason(idx, holder, closing):
+                    changed = True
             if emb is not None and isinstance(holder, dict):
                 new = emb.feed(text) if isinstance(text, str) else ""
                 if fr is not None:
@@ -157,6 +170,36 @@ class StreamRelay:
             return [encode_event(_dumps(chunk), event)]
         return [encode_event(raw, event)]
 
+    def _reason(self, idx: int, holder: dict[str, Any], closing: bool) -> bool:
+        """Watermark the reasoning fields of one choice's delta in place; ``closing`` also flushes this choice's
+        reasoning channels into it. True when the delta changed."""
+        assert self._factory is not None
+        changed = False
+        for keys in reasoning_groups(holder):
+            ch = (idx, keys[0])
+            if ch not in self._thinking:
+                emb = self._factory()
+                if emb is None:
+                    return False
+                self._thinking[ch] = (emb, keys)
+                self.watermarked = True
+            emb = self._thinking[ch][0]
+            new = emb.feed(holder[keys[0]])
+            if new != holder[keys[0]]:
+                for k in keys:
+                    holder[k] = new
+                changed = True
+        if closing:
+            for ch in [c for c in self._thinking if c[0] == idx]:
+                emb, keys = self._thinking.pop(ch)
+                rest = emb.finish()
+                if rest:
+                    for k in keys:
+                        before = holder.get(k)
+                        holder[k] = (before if isinstance(before, str) else "") + rest
+                    changed = True
+        return changed
+
     def _embedder(self, idx: int, factory: EmbedderFactory) -> StreamEmbedder | None:
         if idx not in self._embedders:
             emb = self._embedders[idx] = factory()
@@ -166,6 +209,13 @@ class StreamRelay:
     def _flush_all(self, event: str | None) -> list[bytes]:
         """[DONE] arrived while embedders still hold text (no finish_reason seen): emit it as chunks."""
         out = []
+        for (idx, _), (thinking, keys) in self._thinking.items():
+            rest = thinking.finish()
+            if rest:
+                obj = {"object": "chat.completion.chunk", "model": self.model,
+                       "choices": [{"index": idx, "delta": dict.fromkeys(keys, rest), "finish_reason": None}]}
+                out.append(encode_event(_dumps(obj), event))
+        self._thinking.clear()
         for idx, emb in self._embedders.items():
             if emb is None:
                 continue
@@ -178,6 +228,16 @@ class StreamRelay:
                        "model": self.model, "choices": [choice]}
                 out.append(encode_event(_dumps(obj), event))
         return out
+
+
+def reasoning_groups(message: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The reasoning fields of a chat message or delta that hold text, grouped by what they hold: both keys
+    in one group when they carry the same text (a server writing the old and the new name), so that the two
+    copies get the same watermarked text and cannot be diffed against each other."""
+    keys = [k for k in REASONING_KEYS if isinstance(message.get(k), str) and message[k]]
+    if len(keys) == 2 and message[keys[0]] == message[keys[1]]:
+        return [tuple(keys)]
+    return [(k,) for k in keys]
 
 
 def logprob_positions(choice: dict[str, Any], chat: bool) -> int:
@@ -224,6 +284,17 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
         if (embedder_factory is not None and endpoint != "embeddings" and isinstance(holder, dict)
                 and isinstance(holder.get(key), str)):
             emb = embedder_factory()
+        if embedder_factory is not None and endpoint == "chat" and isinstance(holder, dict):
+            for keys in reasoning_groups(holder):
+                thinking = embedder_factory()
+                if thinking is None:
+                    break
+                watermarked = changed = True
+                new = thinking.feed(holder[keys[0]]) + thinking.finish()
+                for k in keys:
+                    holder[k] = new
+                if withhold_logprobs(choice):
+                    changed = True
         if emb is not None and withhold_logprobs(choice):
             changed = True
         positions += logprob_positions(choice, endpoint == "chat")
