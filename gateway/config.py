@@ -319,6 +319,9 @@ class HardeningConfig(_Model):
     strip_seed: bool = False
     logprob_noise: float = Field(0.0, ge=0)
     strip_reasoning: bool = False  # answers lose a reasoning model's chain of thought (reasoning fields)
+    # 403 for a request whose answer could not be watermarked (structured output, a forced tool call) unless the
+    # backend watermarks in its engine: otherwise JSON mode is a way around the lexical watermark
+    refuse_unwatermarkable: bool = False
 
 
 class TierPolicyConfig(_Model):
@@ -344,6 +347,7 @@ def _default_tiers() -> list[TierPolicyConfig]:
             hardening=HardeningConfig(
                 max_top_logprobs=1, logprobs_xor_logit_bias=True, max_logit_bias_entries=10,
                 max_abs_logit_bias=10, max_n=1, strip_seed=True, logprob_noise=0.05, strip_reasoning=True,
+                refuse_unwatermarkable=True,
             ),
             watermark_strength="strong",
             alert=True,

@@ -84,4 +84,7 @@ class Watermarking(Protocol):
     def in_engine(self, model: str, backend_watermark_capable: bool) -> bool:
         """Whether this backend watermarks this model's responses itself (it got ``upstream_directives``)."""
 
+    def watermarks(self, model: str) -> bool:
+        """Whether this model's responses are watermarked at all (watermarking on, its scheme not none)."""
+
     async def record_recipient(self, store: StateStore, principal: Principal) -> None: ...

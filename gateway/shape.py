@@ -17,6 +17,7 @@ import random
 from typing import Any
 
 from gateway.context import AppContext
+from gateway.errors import PermissionDenied
 from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening, strip_reasoning
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
@@ -24,16 +25,31 @@ from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import ChoiceHook, EmbedderFactory
 from gateway.proxy.usage import ask_upstream_for_usage
 from gateway.routing.pool import BackendLease
+from gateway.watermarking import unwatermarkable
 
 log = logging.getLogger(__name__)
 
 _ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other keys (model, ...): comma is safe
 
 
+def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLease) -> str | None:
+    """The request field that keeps this answer from the client's watermark, when it is watermarked at all
+    and would be post hoc (``gateway.watermarking.unwatermarkable``): structured output or a forced tool
+    call. None when nothing stops the watermark, or the backend watermarks in its engine."""
+    wm = ctx.watermarking
+    if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark or not wm.watermarks(parsed.model):
+        return None
+    return unwatermarkable(parsed.body)
+
+
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
                   lease: BackendLease) -> bytes:
     backend = lease.backend
     tier_cfg = ctx.policy.tier(tier)
+    if tier_cfg.hardening.refuse_unwatermarkable and (field := unwatermarked_field(ctx, parsed, lease)):
+        # explicit, not a silent rewrite: a client flagged by mistake sees why its JSON mode stopped working
+        raise PermissionDenied(f"{field}: output that cannot be watermarked (structured output or a forced tool "
+                               "call) is not available to this client.", param=field, code="unwatermarkable_output")
     # logit_bias/seed go for every backend marked capable, verified or not: what a client may send must not
     # change with the probe's verdict
     body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
@@ -70,6 +86,9 @@ def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedReques
     post hoc (watermarking off, embeddings, the backend watermarks in the engine, or the scheme declines)."""
     wm = ctx.watermarking
     if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark:
+        return None
+    if field := unwatermarked_field(ctx, parsed, lease):  # served, counted: a way around the watermark
+        ctx.metrics.watermark_skipped_total.labels(reason=field).inc()
         return None
     tier_name = ctx.policy.tier(tier).name
     first = wm.embedder_for(principal, parsed.model, tier_name, parsed.body)

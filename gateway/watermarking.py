@@ -74,15 +74,29 @@ def key_ring(cfg: WatermarkConfig, master: bytes) -> KeyRing:
     return KeyRing(master, cfg.key_version, tuple(cfg.retained_versions))
 
 
-def _post_hoc_allowed(body: Mapping[str, Any]) -> bool:
+# Request fields that constrain the output to a format a post-hoc rewrite could break (JSON, a grammar, a
+# regex, one of fixed choices): OpenAI's, vLLM's (guided_* before 0.10.2, structured_outputs since) and
+# SGLang's. Their answers are not watermarked post hoc — so they are also a way around the lexical watermark.
+CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                     "regex", "ebnf", "json_schema")
+
+
+def unwatermarkable(body: Mapping[str, Any]) -> str | None:
+    """The request field that keeps its answer from a post-hoc watermark, or None: structured output (JSON
+    mode, a schema, a grammar, a regex, fixed choices) or a forced tool call, whose text must stay exactly as
+    the format demands (tool-call arguments are never touched anyway)."""
     rf = body.get("response_format")
-    if isinstance(rf, Mapping) and rf.get("type") in ("json_object", "json_schema"):
-        return False
+    if isinstance(rf, Mapping) and rf.get("type") not in (None, "text"):
+        return "response_format"
+    for f in CONSTRAINT_FIELDS:
+        if body.get(f) is not None:
+            return f
     tc = body.get("tool_choice")
     if tc == "required" or isinstance(tc, Mapping):
-        return False
-    fc = body.get("function_call")
-    return not isinstance(fc, Mapping)
+        return "tool_choice"
+    if isinstance(body.get("function_call"), Mapping):
+        return "function_call"
+    return None
 
 
 class GatewayWatermarking:
@@ -119,7 +133,7 @@ class GatewayWatermarking:
         self, principal: Principal, model: str, tier_name: str, body: Mapping[str, Any]
     ) -> StreamEmbedder | None:
         scheme = self.scheme_for(model)
-        if not self._cfg.enabled or scheme == "none" or not _post_hoc_allowed(body):
+        if not self._cfg.enabled or scheme == "none" or unwatermarkable(body) is not None:
             return None
         if scheme == "kgw" and model not in self._fallback_logged:
             self._fallback_logged.add(model)
@@ -144,7 +158,10 @@ class GatewayWatermarking:
         return {"vllm_xargs": xargs}
 
     def in_engine(self, model: str, backend_watermark_capable: bool) -> bool:
-        return backend_watermark_capable and self._cfg.enabled and self.scheme_for(model) != "none"
+        return backend_watermark_capable and self.watermarks(model)
+
+    def watermarks(self, model: str) -> bool:
+        return self._cfg.enabled and self.scheme_for(model) != "none"
 
     async def record_recipient(self, store: StateStore, principal: Principal) -> None:
         entry = (principal.client_id, self._ring.current)

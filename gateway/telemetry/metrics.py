@@ -188,6 +188,12 @@ class Metrics:
             "(its responses then get the lexical watermark); a probe the backend did not answer is not counted.",
             ["model", "backend"], registry=r,
         )
+        self.watermark_skipped_total = Counter(
+            "ipgate_watermark_skipped_total",
+            "Responses of watermarked models served without a post-hoc watermark because the request constrained "
+            "the output (structured output, a forced tool call); reason = the request field.",
+            ["reason"], registry=r,
+        )
         self.watermark_directive_refusals_total = Counter(
             "ipgate_watermark_directive_refusals_total",
             "Requests whose KGW directive a watermark_capable backend's engine refused (its plugin changed since "
