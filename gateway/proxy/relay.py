@@ -146,7 +146,7 @@ class StreamRelay:
             fr = choice.get("finish_reason")
             idx = choice.get("index", 0)
             emb = self._embedder(idx, self._factory) if self._factory is not None else None
-            if emb is not None and withhold_logprobs(choice):
+            if emb is not None and withhold_tokens(choice):
                 changed = True
             self.logprob_positions += logprob_positions(choice, self._chat)
             if self._factory is not None and self._chat and isinstance(holder, dict):
@@ -249,15 +249,20 @@ def logprob_positions(choice: dict[str, Any], chat: bool) -> int:
     return len(seq) if isinstance(seq, list) else 0
 
 
-def withhold_logprobs(choice: dict[str, Any]) -> bool:
-    """A post-hoc (lexical) watermark rewrites the text, but ``logprobs`` would still list the backend's
-    original tokens: a client could rebuild the unwatermarked text from them. So a watermarked choice is
-    served with ``logprobs: null``. Returns True when something was withheld. (KGW, applied in the sampler,
-    does not need this: the tokens are the watermarked text.)"""
-    if choice.get("logprobs") is None:
-        return False
-    choice["logprobs"] = None
-    return True
+def withhold_tokens(choice: dict[str, Any]) -> bool:
+    """A post-hoc (lexical) watermark rewrites the text, but the backend's tokens would still spell the original:
+    ``logprobs`` lists them, and vLLM's ``token_ids`` (``return_token_ids``) numbers them for the model's public
+    tokenizer. A client could rebuild the unwatermarked text from either, so a watermarked choice is served
+    with ``logprobs: null`` and without ``token_ids``. Returns True when something was withheld. (KGW, applied
+    in the sampler, does not need this: the tokens are the watermarked text.)"""
+    withheld = False
+    if choice.get("logprobs") is not None:
+        choice["logprobs"] = None
+        withheld = True
+    if "token_ids" in choice:
+        del choice["token_ids"]
+        withheld = True
+    return withheld
 
 
 def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
@@ -293,9 +298,9 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
                 new = thinking.feed(holder[keys[0]]) + thinking.finish()
                 for k in keys:
                     holder[k] = new
-                if withhold_logprobs(choice):
+                if withhold_tokens(choice):
                     changed = True
-        if emb is not None and withhold_logprobs(choice):
+        if emb is not None and withhold_tokens(choice):
             changed = True
         positions += logprob_positions(choice, endpoint == "chat")
         if choice_hook is not None and choice_hook(choice):

@@ -218,3 +218,23 @@ async def test_a_throttled_client_gets_the_answer_without_the_chain_of_thought(t
             got[who] = ("".join(x for x in thought if x), answer)
     assert got["carol"] == ("", _whole("carol", FINAL))
     assert got["alice"] == (_whole("alice", THOUGHT), _whole("alice", FINAL))
+
+
+def test_token_ids_of_a_watermarked_choice_are_withheld_streamed_or_not() -> None:
+    """vLLM's ``return_token_ids`` numbers the backend's tokens: decoded with the model's public tokenizer they
+    spell the unwatermarked text, so a watermarked choice goes without them (as without logprobs)."""
+    body = {"choices": [{"index": 0, "finish_reason": "stop", "token_ids": [1, 2, 3],
+                         "message": {"role": "assistant", "content": FINAL}}]}
+    changed, *_ = transform_body("chat", body, _factory("bob"))
+    assert changed and "token_ids" not in body["choices"][0]
+    untouched = {"choices": [{"index": 0, "finish_reason": "stop", "token_ids": [1, 2, 3],
+                              "message": {"role": "assistant", "content": FINAL}}]}
+    transform_body("chat", untouched, None)  # not watermarked (e.g. structured output): nothing to hide
+    assert untouched["choices"][0]["token_ids"] == [1, 2, 3]
+    base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    raw = b"".join(b"data: " + json.dumps({**base, "choices": [
+        {"index": 0, "delta": {"content": piece}, "token_ids": [i], "finish_reason": None}]}).encode() + b"\n\n"
+        for i, piece in enumerate(FINAL.split(" "))) + b"data: [DONE]\n\n"
+    relay = StreamRelay("chat", False, _factory("bob"))
+    out = relay.feed(raw) + relay.finish()
+    assert b"token_ids" not in out and relay.watermarked
