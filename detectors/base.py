@@ -127,18 +127,48 @@ class Counters:
 
     def load(self, data: bytes) -> int:
         """Fill from ``data``; return how many bytes were read. Raises ValueError when too short."""
-        need = self.nbytes()
+        other = Counters.decode(data, len(self.c))
+        self.last_ts, self.c = other.last_ts, other.c
+        return 8 + 4 * len(self.c)
+
+    @classmethod
+    def decode(cls, data: bytes, size: int) -> Counters:
+        """``size`` counters read from the head of ``data``, as ``load`` reads them into an object of that
+        size, without first allocating the zeros ``load`` would replace (the cold path builds six of these
+        per request). Raises ValueError when they are truncated or not all finite."""
+        need = 8 + 4 * size
         if len(data) < need:
             raise ValueError(f"counter state truncated ({len(data)} < {need} bytes)")
-        (self.last_ts,) = self._TS.unpack_from(data, 0)
-        self.c = np.frombuffer(data, dtype=F4LE, count=len(self.c), offset=8).astype(np.float64)
         # All finite <=> their float64 sum is finite (float32 magnitudes cannot overflow a float64 sum of a
-        # few hundred; a NaN or an infinity propagates). A plain sum for short arrays, one ufunc reduce for
-        # long ones: both several times cheaper than np.all(np.isfinite()) and its Python wrappers.
-        c = self.c
-        if not math.isfinite(sum(c.tolist()) if len(c) <= 32 else np.add.reduce(c)):
+        # few hundred; a NaN or an infinity propagates): a plain sum for short blocks, one ufunc reduce for
+        # long ones, both several times cheaper than np.all(np.isfinite()). float32 -> float64 is exact, so
+        # the struct path (one call for the timestamp and all counters: the cheaper one for short blocks)
+        # and the numpy path give the same array.
+        if size <= _STRUCT_MAX:
+            t = _WIRE[size].unpack_from(data)
+            return cls.from_values(t[0], t[1:])
+        c = np.frombuffer(data, dtype=F4LE, count=size, offset=8).astype(_F8)
+        if not math.isfinite(sum(c.tolist()) if size <= 32 else np.add.reduce(c)):
             raise ValueError("counter state holds non-finite values")
-        return need
+        self = cls.__new__(cls)
+        (self.last_ts,) = cls._TS.unpack_from(data, 0)
+        self.c = c
+        return self
+
+    @classmethod
+    def from_values(cls, last_ts: float, values: tuple[float, ...]) -> Counters:
+        """Counters holding ``values`` (float32 values read with ``struct``, for a detector that unpacks its
+        whole state in one call); raises ValueError unless all are finite (see ``decode``)."""
+        if not math.isfinite(sum(values)):
+            raise ValueError("counter state holds non-finite values")
+        self = cls.__new__(cls)
+        self.last_ts, self.c = last_ts, np.array(values, _F8)
+        return self
+
+
+_STRUCT_MAX = 16  # counter blocks up to this size are parsed with ``struct`` (see ``Counters.decode``)
+_WIRE = [struct.Struct(f"<d{n}f") for n in range(_STRUCT_MAX + 1)]
+_F8, _F4, _I8, _F4_127 = np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.int8), np.float32(127.0)
 
 
 def dump_vectors(counters: Counters, ring_i8: np.ndarray, pos: int) -> bytes:
@@ -151,8 +181,22 @@ def load_vectors(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Fill ``counters`` and parse the ring ``dump_vectors`` wrote: (int8 ring, float32 ring, position).
     Raises ValueError when the size is not exactly what ``rows`` x ``dim`` vectors need."""
-    pos = counters.load(data)
-    if len(data) != pos + rows * dim + 1:
+    other, ring_i8, ring, pos = decode_vectors(data, len(counters.c), rows, dim, name)
+    counters.last_ts, counters.c = other.last_ts, other.c
+    return ring_i8, ring, pos
+
+
+def decode_vectors(
+    data: bytes, size: int, rows: int, dim: int, name: str
+) -> tuple[Counters, np.ndarray, np.ndarray, int]:
+    """``load_vectors`` for ``size`` counters it creates itself: (counters, int8 ring, float32 ring, position)."""
+    counters = Counters.decode(data, size)
+    at = 8 + 4 * size
+    if len(data) != at + rows * dim + 1:
         raise ValueError(f"{name}: state has the wrong size")
-    raw = np.frombuffer(data, dtype=np.int8, count=rows * dim, offset=pos).reshape(rows, dim)
-    return raw.copy(), raw.astype(np.float32) / np.float32(127.0), data[-1] % rows
+    ring_i8 = np.frombuffer(data, dtype=_I8, count=rows * dim, offset=at).reshape(rows, dim).copy()
+    # int8 -> float32 is exact, then one float32 division per element, in place (no second array). Not
+    # ``np.divide(ring_i8, 127, dtype=float32)``: casting inside the ufunc takes its slower buffered loop.
+    ring = ring_i8.astype(_F4)
+    ring /= _F4_127
+    return counters, ring_i8, ring, data[-1] % rows

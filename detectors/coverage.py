@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import Counters, dump_vectors, load_vectors, norm_entropy, ramp, shrunk_share
+from detectors.base import Counters, decode_vectors, dump_vectors, norm_entropy, ramp, shrunk_share
 from detectors.features import EMBED_DIM
 from detectors.reference import Reference
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
@@ -68,8 +68,11 @@ class Coverage:
         return dump_vectors(state.counters, state.ring_i8, state.pos)
 
     def load(self, data: bytes) -> CoverageState:
-        st = CoverageState(self.k)
-        st.ring_i8, st.ring, st.pos = load_vectors(data, st.counters, RING, EMBED_DIM, self.name)
+        # Built field by field: ``CoverageState(k)`` would first allocate the zero arrays replaced here.
+        st = CoverageState.__new__(CoverageState)
+        st.counters, st.ring_i8, st.ring, st.pos = decode_vectors(
+            data, TOPIC0 + self.k + EMBED_DIM, RING, EMBED_DIM, self.name
+        )
         st.mean_sum = st.counters.c[TOPIC0 + self.k :]
         return st
 

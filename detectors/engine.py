@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 from detectors import state as envelope
 from detectors.base import AnyDetector, ramp
 from detectors.combiner import CombinerParams, TierState, TierThresholds, next_tier
+from detectors.decoded_cache import DecodedCache
 from detectors.linking import CrossAccountLinking
 from detectors.registry import DEFAULT_ENABLED, REGISTRY
 from detectors.types import (
@@ -118,6 +118,7 @@ class Engine:
         self._linker = next((d for d in detectors if isinstance(d, CrossAccountLinking)), None)
         self._link_only = frozenset({self._linker.name}) if self._linker else frozenset()
         self._response_only = frozenset(d.name for d in detectors if getattr(d, "wants_response", False))
+        self._loaders = [(d.name, d.load, d.new_state) for d in detectors]
         self._logged_errors: set[str] = set()
         self._logged_bad_state = False
         #: States (envelopes or detector blobs) found unreadable and started fresh; for a metric.
@@ -125,8 +126,10 @@ class Engine:
         # Decoded states of recently seen clients, keyed by the exact bytes they serialise to. When the
         # store hands back the bytes this engine wrote last, decoding is skipped (about a third of the
         # per-request cost). An entry is popped when used, so two requests never share mutable state, and
-        # bytes written by another replica simply miss. Not thread-safe: one engine per event loop.
-        self._decoded: OrderedDict[bytes, tuple[envelope.Envelope, dict[str, Any]]] = OrderedDict()
+        # bytes written by another replica simply miss. Looked up through a short fingerprint, so a miss (and
+        # a hit on bytes Redis handed back as a new object) hashes no 7 KB (``detectors.decoded_cache``).
+        # Not thread-safe: one engine per event loop.
+        self._decoded: DecodedCache[tuple[envelope.Envelope, dict[str, Any]]] = DecodedCache()
         self.cache_size = DECODED_CACHE
 
     @classmethod
@@ -179,7 +182,7 @@ class Engine:
         """Decode the envelope and the named detectors' states (all when ``only`` is None); the other
         blobs stay raw bytes and are written back untouched by ``_close``."""
         if data:
-            hit = self._decoded.pop(data, None)
+            hit = self._decoded.take(data)
             if hit is not None:
                 return hit
         env = envelope.Envelope()
@@ -197,16 +200,17 @@ class Engine:
                     log.warning("detector state unreadable, starting the client fresh: %s", e)
                     self._logged_bad_state = True
         states: dict[str, Any] = {}
-        for d in self.detectors:
-            if only is not None and d.name not in only:
+        blobs = env.blobs
+        for name, load, new_state in self._loaders:  # bound methods resolved once (the cold path runs this)
+            if only is not None and name not in only:
                 continue
-            blob = env.blobs.get(d.name)
+            blob = blobs.get(name)
             try:
-                states[d.name] = d.load(blob) if blob else d.new_state()
+                states[name] = load(blob) if blob else new_state()
             except Exception as e:  # ValueError by contract; anything else from a parser bug is garbage too
                 self.state_errors += 1
-                log.warning("detector %s: state unreadable, starting fresh: %s", d.name, e)
-                states[d.name] = d.new_state()
+                log.warning("detector %s: state unreadable, starting fresh: %s", name, e)
+                states[name] = new_state()
         return env, states
 
     def _close(
@@ -226,9 +230,7 @@ class Engine:
         }
         data = envelope.encode(env)
         if self.cache_size and len(states) == len(self.detectors):
-            self._decoded[data] = (env, dict(states))
-            if len(self._decoded) > self.cache_size:
-                self._decoded.popitem(last=False)
+            self._decoded.put(data, (env, dict(states)), self.cache_size)
         return data
 
     def _fail(self, name: str, e: BaseException) -> None:

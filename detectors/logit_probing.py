@@ -25,17 +25,107 @@ _RECENT = 8
 N, BIAS, BIAS_LP, SMALL, REPEAT_VARY, ECHO_LP, BIG_BIAS, LP = range(8)
 _RECENT_FMT = struct.Struct(f"<{_RECENT * 2}I")
 _TAIL = struct.Struct("<HI")
+_COUNTERS_BYTES = 8 + 4 * 8
+_AFTER_COUNTERS = struct.Struct(f"<{_BITMAP_BITS // 8}s{_RECENT_FMT.format[1:]}{_TAIL.format[1:]}")
 
 
 class ProbeState:
-    __slots__ = ("bitmap", "counters", "last_bias", "max_top", "recent")
+    """Counters, the bias bitmap, the ring of recent (prompt, bias or seed) keys, the largest
+    ``top_logprobs`` seen and the last bias key.
+
+    A state read from bytes keeps everything after its counters packed, as stored, until one of those fields
+    is first read or written (``_unpack``): nearly every client never sends a ``logit_bias``, logprobs or a
+    seed, and for them a request reads and updates the counters only, so decoding their state skips the
+    bitmap and the ring. ``LogitProbing.dump`` writes bytes still packed back as they were read — exactly
+    what unpacking and packing them again gives (every field round-trips unchanged)."""
+
+    __slots__ = ("_bitmap", "_last_bias", "_max_top", "_packed", "_recent", "counters")
 
     def __init__(self) -> None:
         self.counters = Counters(8)
-        self.bitmap = bytearray(_BITMAP_BITS // 8)
-        self.recent: list[int] = [0] * (_RECENT * 2)  # (prompt_key, bias_or_seed_key) pairs, ring
-        self.max_top = 0
-        self.last_bias = 0
+        self._bitmap = bytearray(_BITMAP_BITS // 8)
+        self._recent: list[int] = [0] * (_RECENT * 2)  # (prompt_key, bias_or_seed_key) pairs, ring
+        self._max_top = 0
+        self._last_bias = 0
+        self._packed: bytes | None = None  # the stored state whose fields after the counters are not read yet
+
+    @classmethod
+    def from_bytes(cls, counters: Counters, data: bytes) -> ProbeState:
+        """A state with ``counters`` and the other fields still packed in ``data`` (the whole stored state)."""
+        st = cls.__new__(cls)
+        st.counters, st._packed = counters, data
+        return st
+
+    def _unpack(self) -> None:
+        """Read the packed fields (the accessors call this only while ``_packed`` is set: an attribute test
+        per access once unpacked, not a call)."""
+        data = self._packed
+        if data is not None:
+            bitmap, *rest = _AFTER_COUNTERS.unpack_from(data, _COUNTERS_BYTES)  # one struct call for all four
+            self._bitmap = bytearray(bitmap)
+            self._recent = rest[: _RECENT * 2]
+            self._max_top, self._last_bias = rest[_RECENT * 2 :]
+            self._packed = None
+
+    def packed_tail(self) -> bytes | None:
+        """The stored bytes after the counters while no field of them was touched, else None."""
+        return None if self._packed is None else self._packed[_COUNTERS_BYTES:]
+
+    def tail_bytes(self) -> bytes:
+        """The fields after the counters as stored: the bytes read, while untouched (what packing them would
+        give), else packed from the fields (read directly: no property calls on ``account``'s path)."""
+        if self._packed is not None:
+            return self._packed[_COUNTERS_BYTES:]
+        tail = _TAIL.pack(min(self._max_top, 0xFFFF), self._last_bias)
+        return bytes(self._bitmap) + _RECENT_FMT.pack(*self._recent) + tail
+
+    @property
+    def bitmap(self) -> bytearray:
+        if self._packed is not None:
+            self._unpack()
+        return self._bitmap
+
+    @bitmap.setter
+    def bitmap(self, value: bytearray) -> None:
+        if self._packed is not None:  # first: the other fields keep their stored values
+            self._unpack()
+        self._bitmap = value
+
+    @property
+    def recent(self) -> list[int]:
+        if self._packed is not None:
+            self._unpack()
+        return self._recent
+
+    @recent.setter
+    def recent(self, value: list[int]) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._recent = value
+
+    @property
+    def max_top(self) -> int:
+        if self._packed is not None:
+            self._unpack()
+        return self._max_top
+
+    @max_top.setter
+    def max_top(self, value: int) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._max_top = value
+
+    @property
+    def last_bias(self) -> int:
+        if self._packed is not None:
+            self._unpack()
+        return self._last_bias
+
+    @last_bias.setter
+    def last_bias(self, value: int) -> None:
+        if self._packed is not None:
+            self._unpack()
+        self._last_bias = value
 
     def distinct_bias_tokens(self) -> float:
         """Linear-counting estimate of the distinct token ids biased since the bitmap was last cleared."""
@@ -54,21 +144,15 @@ class LogitProbing:
         return ProbeState()
 
     def dump(self, state: ProbeState) -> bytes:
-        return (
-            state.counters.dump() + bytes(state.bitmap) + _RECENT_FMT.pack(*state.recent)
-            + _TAIL.pack(min(state.max_top, 0xFFFF), state.last_bias)
-        )
+        return state.counters.dump() + state.tail_bytes()
 
     def load(self, data: bytes) -> ProbeState:
-        st = ProbeState()
-        pos = st.counters.load(data)
+        counters = Counters.decode(data, 8)
         if len(data) != self.state_bytes:
             raise ValueError(f"{self.name}: state is {len(data)} bytes, expected {self.state_bytes}")
-        st.bitmap = bytearray(data[pos : pos + _BITMAP_BITS // 8])
-        pos += _BITMAP_BITS // 8
-        st.recent = list(_RECENT_FMT.unpack_from(data, pos))
-        st.max_top, st.last_bias = _TAIL.unpack_from(data, pos + _RECENT_FMT.size)
-        return st
+        # The fields after the counters have no invalid values (any bytes are a bitmap, any u16/u32 a count
+        # or key): nothing to check now, so they are unpacked when first used (see ``ProbeState``).
+        return ProbeState.from_bytes(counters, data)
 
     def observe(self, state: ProbeState, feats: RequestFeatures, now: float) -> DetectorScore:
         if state.counters.last_ts and now - state.counters.last_ts > 6 * 3600:
@@ -89,10 +173,11 @@ class LogitProbing:
             if changed and (feats.bias_entries >= 20 or feats.bias_max_abs >= 50):
                 c[BIG_BIAS] += 1
             state.last_bias = feats.bias_key
+            bitmap = state.bitmap  # once: a property (see ``ProbeState``), mutated in place
             for tok in feats.bias_tokens:
                 h = (tok * 2654435761) & 0xFFFFFFFF
                 bit = h % _BITMAP_BITS
-                state.bitmap[bit >> 3] |= 1 << (bit & 7)
+                bitmap[bit >> 3] |= 1 << (bit & 7)
         if reads_logprobs:
             c[LP] += 1
             state.max_top = max(state.max_top, feats.top_logprobs)
@@ -102,11 +187,12 @@ class LogitProbing:
             c[ECHO_LP] += 1
         variant = feats.bias_key or (1 if feats.has_seed else 0)
         if feats.prompt_key and variant:
-            for i in range(0, len(state.recent), 2):
-                if state.recent[i] == feats.prompt_key and state.recent[i + 1] != variant:
+            recent = state.recent
+            for i in range(0, len(recent), 2):
+                if recent[i] == feats.prompt_key and recent[i + 1] != variant:
                     c[REPEAT_VARY] += 1
                     break
-            state.recent = [*state.recent[2:], feats.prompt_key, variant & 0xFFFFFFFF]
+            state.recent = [*recent[2:], feats.prompt_key, variant & 0xFFFFFFFF]
         return self.score(state, now)
 
     def observe_response(self, state: ProbeState, resp: ResponseFeatures, now: float) -> None:

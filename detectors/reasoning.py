@@ -33,10 +33,9 @@ class ReasoningElicitation:
         return state.dump()
 
     def load(self, data: bytes) -> Counters:
-        st = Counters(3)
-        if st.load(data) != len(data):
+        if len(data) > 8 + 4 * 3:  # longer than 3 counters (shorter: ``decode`` raises)
             raise ValueError(f"{self.name}: trailing bytes in state")
-        return st
+        return Counters.decode(data, 3)
 
     def observe(self, state: Counters, feats: RequestFeatures, now: float) -> DetectorScore:
         state.advance(now)

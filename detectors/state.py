@@ -59,30 +59,43 @@ def _name_field(name: str) -> bytes:
     return field_
 
 
-def decode(data: bytes) -> Envelope:
+def decode(buf: bytes | bytearray | memoryview) -> Envelope:
     """Parse an envelope; raise ValueError on anything malformed (the engine then starts fresh)."""
+    # a bytearray's or memoryview's slices would not be hashable name keys (see ``_NAMES``)
+    data = buf if isinstance(buf, bytes) else bytes(buf)
     if len(data) < 3 + _HEADER.size or data[:2] != MAGIC:
         raise ValueError("not a detector state envelope")
     if data[2] != VERSION:
         raise ValueError(f"unsupported detector state version {data[2]}")
     try:
         seen, tier, below, last_ts, last_score, max_score, cluster = _HEADER.unpack_from(data, 3)
-        if not all(map(math.isfinite, (below, last_ts))) or not all(
-            0.0 <= x <= 1.0 for x in (last_score, max_score, cluster)  # False for NaN too
+        # explicit comparisons rather than generators over tuples (the same tests, ~1 us less per state)
+        if not (
+            math.isfinite(below) and math.isfinite(last_ts)
+            and 0.0 <= last_score <= 1.0 and 0.0 <= max_score <= 1.0 and 0.0 <= cluster <= 1.0  # False for NaN
         ):
             raise ValueError("detector state header holds non-finite times or scores outside [0, 1]")
-        env = Envelope(seen, tier, below, last_ts, last_score, max_score, cluster)
-        pos = 3 + _HEADER.size
-        while pos < len(data):
+        blobs: dict[str, bytes] = {}
+        pos, end = 3 + _HEADER.size, len(data)
+        names = _NAMES
+        while pos < end:
             n = data[pos]
-            name = data[pos + 1 : pos + 1 + n].decode()
-            pos += 1 + n
-            (blen,) = struct.unpack_from("<H", data, pos)
-            pos += 2
-            if pos + blen > len(data):
+            raw = data[pos + 1 : pos + 1 + n]
+            name = names.get(raw)
+            if name is None:
+                name = raw.decode()
+                if len(names) < 256:  # the set of detector names is small and fixed; garbage cannot grow it
+                    names[raw] = name
+            pos += 3 + n
+            blen = data[pos - 2] | data[pos - 1] << 8  # the little-endian u16 length; IndexError if cut
+            if pos + blen > end:
                 raise ValueError("truncated detector blob")
-            env.blobs[name] = data[pos : pos + blen]
+            blobs[name] = data[pos : pos + blen]
             pos += blen
     except (struct.error, UnicodeDecodeError, IndexError) as e:
         raise ValueError(f"malformed detector state: {e}") from e
-    return env
+    return Envelope(seen, tier, below, last_ts, last_score, max_score, cluster, blobs)
+
+
+#: raw name bytes -> name, for the names seen (memoised like ``_NAME_FIELDS``)
+_NAMES: dict[bytes, str] = {}

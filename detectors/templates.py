@@ -20,6 +20,8 @@ prompts contribute nothing, so ordinary users leave almost no trace in the share
 
 from __future__ import annotations
 
+import math
+import struct
 import zlib
 from collections.abc import Iterable
 from typing import ClassVar
@@ -62,6 +64,21 @@ DEMAND_PHRASE_WEIGHT = 0.5
 _MASK63 = (1 << 63) - 1
 
 
+def _gather(k: int) -> np.ndarray:
+    """Indexes into a k-cluster table's uint32 columns as stored (k signatures, k skeletons, heads, tails,
+    lasts) that read them in ``TemplateState``'s order: k rows of signature + head + tail, k skeletons, k
+    lasts."""
+    a, b = k * SLOTS, k * (SLOTS + SKEL)
+    rows = np.arange(k)[:, None]
+    keys = np.hstack((rows * SLOTS + np.arange(SLOTS), b + rows, b + k + rows))
+    return np.concatenate((keys.ravel(), np.arange(a, b), np.arange(b + 2 * k, b + 3 * k))).astype(np.intp)
+
+
+_GATHER = [_gather(k) for k in range(MAX_CLUSTERS + 1)]
+_NATIVE_IS_U4LE = np.dtype(np.uint32) == U4LE  # little-endian host: the table's arrays are wire-ready
+_COUNTS = [struct.Struct(f"<{k}f") for k in range(MAX_CLUSTERS + 1)]
+
+
 def tag(kind: int, value: int) -> int:
     """An account-agnostic sketch id: kind in the top bits so head/tail/MinHash keys never collide."""
     return ((kind << 56) | (value & ((1 << 56) - 1))) & _MASK63
@@ -71,22 +88,34 @@ class TemplateState:
     """Cluster table as parallel numpy arrays (matching one prompt against all clusters is one compare).
 
     ``keys`` holds each cluster's MinHash signature, head key and tail key in one row (``sigs``, ``heads``
-    and ``tails`` are views of it), so that matching a prompt is one comparison of the whole table."""
+    and ``tails`` are views of it, made when asked for: the request path reads and writes ``keys`` itself),
+    so that matching a prompt is one comparison of the whole table."""
 
-    __slots__ = ("_room", "counters", "counts", "heads", "keys", "lasts", "sigs", "skels", "tails")
+    __slots__ = ("_room", "counters", "counts", "keys", "lasts", "skels")
 
     def __init__(self, size: int = 0) -> None:
         self.counters = Counters(3)
-        self._set_keys(np.zeros((size, SLOTS + 2), dtype=np.uint32))
+        self.keys = np.zeros((size, SLOTS + 2), dtype=np.uint32)  # signature, head, tail per row
         self.skels = np.zeros((size, SKEL), dtype=np.uint32)  # sorted, zero-padded
         self.lasts = np.zeros(size, dtype=np.uint32)
         self.counts = np.zeros(size, dtype=np.float64)
         # After the first growth the columns are views of these arrays, which have room for every row.
         self._room: tuple[np.ndarray, ...] | None = None
 
-    def _set_keys(self, keys: np.ndarray) -> None:
-        self.keys = keys
-        self.sigs, self.heads, self.tails = keys[:, :SLOTS], keys[:, SLOTS], keys[:, SLOTS + 1]
+    @property
+    def sigs(self) -> np.ndarray:
+        out: np.ndarray = self.keys[:, :SLOTS]
+        return out
+
+    @property
+    def heads(self) -> np.ndarray:
+        out: np.ndarray = self.keys[:, SLOTS]
+        return out
+
+    @property
+    def tails(self) -> np.ndarray:
+        out: np.ndarray = self.keys[:, SLOTS + 1]
+        return out
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -95,9 +124,9 @@ class TemplateState:
         sig, last = f.minhash, f.prompt_key
         if i == len(self):
             self._grow()
-        self.sigs[i] = (sig + (0,) * SLOTS)[:SLOTS]
+        self.keys[i] = (*(sig + (0,) * SLOTS)[:SLOTS], head, tail)  # signature, head, tail: one row write
         self.set_skeleton(i, np.asarray(f.bottom[:SKEL], dtype=np.uint32))
-        self.heads[i], self.tails[i], self.lasts[i], self.counts[i] = head, tail, last, 1.0
+        self.lasts[i], self.counts[i] = last, 1.0
 
     def _grow(self) -> None:
         """Add one zero row. The first growth moves the columns into arrays with room for ``MAX_CLUSTERS`` rows
@@ -116,7 +145,7 @@ class TemplateState:
                 dst[:k] = src
             self._room = room
         k += 1
-        self._set_keys(room[0][:k])
+        self.keys = room[0][:k]
         self.skels, self.lasts, self.counts = room[1][:k], room[2][:k], room[3][:k]
 
     def set_skeleton(self, i: int, tokens: np.ndarray) -> None:
@@ -159,31 +188,41 @@ class Templates:
         return TemplateState()
 
     def dump(self, state: TemplateState) -> bytes:
-        # copy=False: on a little-endian host the uint32 arrays already are U4LE and are not copied twice
+        # The stored order: signatures, skeletons, heads, tails, lasts. The last two columns of ``keys``
+        # transposed are the heads followed by the tails, so they are written with one ``tobytes``.
+        keys = state.keys
+        cols: list[np.ndarray] = [keys[:, :SLOTS], state.skels, keys[:, SLOTS:].T, state.lasts]
+        if not _NATIVE_IS_U4LE:  # a big-endian host: the wire is little-endian
+            cols = [c.astype(U4LE) for c in cols]
+        sigs, skels, heads_tails, lasts = cols
         return b"".join((
-            state.counters.dump(), bytes((len(state),)), state.sigs.astype(U4LE, copy=False).tobytes(),
-            state.skels.astype(U4LE, copy=False).tobytes(),
-            state.heads.astype(U4LE, copy=False).tobytes(), state.tails.astype(U4LE, copy=False).tobytes(),
-            state.lasts.astype(U4LE, copy=False).tobytes(), state.counts.astype(F4LE).tobytes(),
+            state.counters.dump(), bytes((len(state),)), sigs.tobytes(), skels.tobytes(), heads_tails.tobytes(),
+            lasts.tobytes(), state.counts.astype(F4LE).tobytes(),
         ))
 
     def load(self, data: bytes) -> TemplateState:
-        st = TemplateState()
-        pos = st.counters.load(data)
+        # Built field by field: ``TemplateState()`` would first allocate the zero arrays replaced here.
+        st = TemplateState.__new__(TemplateState)
+        st.counters = Counters.decode(data, 3)
+        pos = 8 + 4 * 3
         k = data[pos] if len(data) > pos else 0xFF  # cut after the counters: malformed, not IndexError
         if k > MAX_CLUSTERS or len(data) != pos + 1 + k * _ROW:
             raise ValueError(f"{self.name}: malformed cluster table")
         pos += 1
-        # One writable copy of the uint32 columns: the skeletons and last keys are views into it; signatures,
-        # heads and tails go into the rows of ``keys`` (see ``TemplateState``).
-        u = np.frombuffer(data, U4LE, k * (SLOTS + SKEL + 3), pos).astype(np.uint32)
-        a, b = k * SLOTS, k * (SLOTS + SKEL)
-        st._set_keys(np.empty((k, SLOTS + 2), dtype=np.uint32))
-        st.sigs[:], st.heads[:], st.tails[:] = u[:a].reshape(k, SLOTS), u[b : b + k], u[b + k : b + 2 * k]
-        st.skels, st.lasts = u[a:b].reshape(k, SKEL), u[b + 2 * k :]
-        st.counts = np.frombuffer(data, F4LE, k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
-        if not np.isfinite(st.counts).all():  # a NaN count made the score NaN (read as 0 for the client)
+        # One gather (``take``) makes the one writable copy of the uint32 columns, already in memory order:
+        # the rows of ``keys`` (signature, head, tail: see ``TemplateState``), then the skeletons, then the
+        # last prompt keys; the three are views of it. (Its dtype is the stored "<u4", which on a little-endian
+        # host, i.e. every supported one, is the native uint32 the table uses.)
+        u = np.frombuffer(data, U4LE, k * (SLOTS + SKEL + 3), pos).take(_GATHER[k])
+        a, b = k * (SLOTS + 2), k * (SLOTS + 2 + SKEL)
+        st.keys, st.skels, st.lasts = u[:a].reshape(k, SLOTS + 2), u[a:b].reshape(k, SKEL), u[b:]
+        counts = _COUNTS[k].unpack_from(data, pos + 4 * k * (SLOTS + SKEL + 3))
+        # all finite <=> their sum is (at most 24 float32 values cannot overflow it; NaN and inf propagate).
+        # A NaN count made the score NaN (read as 0 for the client).
+        if not math.isfinite(sum(counts)):
             raise ValueError(f"{self.name}: cluster counts are not finite")
+        st.counts = np.array(counts, np.float64)
+        st._room = None
         return st
 
     def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:
@@ -246,7 +285,7 @@ class Templates:
         if len(skeleton) >= MIN_SKELETON:
             keys.append(tag(TAG_SKELETON, zlib.crc32(skeleton.astype(U4LE).tobytes())))
         if f.prompt_words >= LONG_PROMPT:
-            head, tail = int(state.heads[i]), int(state.tails[i])
+            head, tail = int(state.keys[i, SLOTS]), int(state.keys[i, SLOTS + 1])
             keys += [tag(TAG_HEAD, head)] if head else []
             keys += [tag(TAG_TAIL, tail)] if tail else []
         return tuple(keys)

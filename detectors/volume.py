@@ -26,6 +26,7 @@ MAX_TOKENS_PER_EVENT = 1 << 30
 _F32_MAX = 3.4e38
 N, MULTI_N, SINGLE, RESP, LENGTH_HIT, TOK_IN, TOK_OUT, SWEEP = range(8)
 _RATE = struct.Struct("<ff4I")
+_STATE = struct.Struct("<d8f" + _RATE.format[1:])  # counters (timestamp, 8 values), then the rates
 
 
 def _tokens(v: float) -> float:
@@ -61,14 +62,15 @@ class VolumeShape:
         )
 
     def load(self, data: bytes) -> VolumeState:
-        st = VolumeState()
-        pos = st.counters.load(data)
-        if len(data) != pos + _RATE.size:
+        if len(data) != _STATE.size:
             raise ValueError(f"{self.name}: state has the wrong size")
-        st.rate, st.tok_rate, *recent = _RATE.unpack_from(data, pos)
-        if not (math.isfinite(st.rate) and math.isfinite(st.tok_rate)):
+        ts, *values = _STATE.unpack(data)  # the whole state in one call
+        st = VolumeState.__new__(VolumeState)  # field by field: no zero counters allocated to be replaced
+        st.counters = Counters.from_values(ts, tuple(values[:8]))
+        rate, tok_rate = values[8], values[9]
+        if not (math.isfinite(rate) and math.isfinite(tok_rate)):
             raise ValueError(f"{self.name}: state holds non-finite rates")
-        st.recent_sampling = list(recent)
+        st.rate, st.tok_rate, st.recent_sampling = rate, tok_rate, values[10:]
         return st
 
     def observe(self, state: VolumeState, feats: RequestFeatures, now: float) -> DetectorScore:

@@ -137,7 +137,7 @@ def test_quiet_scores_equal_the_full_arithmetic(detector: LogitProbing | Reasoni
 def _grow_by_concatenation(self: TemplateState) -> None:
     """Growth without the pre-allocated room: concatenate one zero row to every column."""
     cat, u32 = np.concatenate, np.uint32
-    self._set_keys(cat((self.keys, np.zeros((1, SLOTS + 2), u32))))
+    self.keys = cat((self.keys, np.zeros((1, SLOTS + 2), u32)))
     self.skels, self.lasts = cat((self.skels, np.zeros((1, SKEL), u32))), cat((self.lasts, np.zeros(1, u32)))
     self.counts = cat((self.counts, np.zeros(1)))
 
