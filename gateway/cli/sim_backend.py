@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="emulate vLLM with ipgate's KGW plugin loaded: vllm_xargs are checked by the plugin's own "
                         "validator (400 on a bad directive or the gateway's probe); its spec and master secret "
                         "come from IPGATE_KGW_PARAMS and IPGATE_WATERMARK_SECRET(_FILE), as on a real engine host")
+    p.add_argument("--reasoning", action="store_true",
+                   help="answer like a reasoning model behind vLLM's reasoning parser: chat answers carry a chain "
+                        "of thought in message.reasoning / delta.reasoning before the content")
     p.set_defaults(func=run)
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     opts = SimOptions(model=args.model, latency_ms=args.latency_ms, tokens_per_s=args.tokens_per_s,
                       fail_rate=args.fail_rate, fail_status=args.fail_status, cut_after=args.cut_after,
-                      stall_after=args.stall_after, seed=args.seed, **kgw)
+                      stall_after=args.stall_after, seed=args.seed, reasoning=args.reasoning, **kgw)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_sim_forever(opts, args.host, args.port))
     return 0

@@ -13,6 +13,8 @@ It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the b
   what it refuses is answered 400 in vLLM's error shape, as ``vllm serve`` does for a ``ValueError`` raised
   by a processor's ``validate_params``. Nothing is applied to the text (the sim has no logits). Without it
   the sim ignores ``vllm_xargs``, like an engine without the plugin;
+- ``reasoning``: answer like a reasoning model behind vLLM's reasoning parser: chat answers carry a chain of
+  thought (another corpus answer) in ``message.reasoning`` / streamed ``delta.reasoning`` before the content;
 - it records every generation that the client abandoned (``SimStats.aborted``), readable in-process and at
   ``GET /sim/stats``, and the request headers it last saw (to check what a proxy forwards).
 """
@@ -56,6 +58,7 @@ class SimOptions:
     kgw_plugin: bool = False  # emulate vLLM with ipgate's KGW plugin loaded (see the module docstring)
     kgw_spec: str | None = None  # the plugin's IPGATE_KGW_PARAMS (None: the default, g0.25-h4-selfhash)
     kgw_secret: bytes | None = None  # the plugin host's master secret (None: only key-mode directives)
+    reasoning: bool = False  # chat answers carry a chain of thought in ``reasoning`` (vLLM's reasoning parser)
 
 
 @dataclass(slots=True)
@@ -132,9 +135,13 @@ class _Gen:
     entries: list[CorpusEntry]
     max_tokens: int
     prompt_tokens: int
+    thoughts: list[CorpusEntry] | None = None  # reasoning: one chain of thought per choice
 
     def tokens(self, i: int) -> list[str]:
         return list(self.entries[i].tokens[: self.max_tokens])
+
+    def thought(self, i: int) -> list[str]:
+        return list(self.thoughts[i].tokens[: self.max_tokens]) if self.thoughts else []
 
     def finish(self, i: int) -> str:
         return "length" if len(self.entries[i].tokens) > self.max_tokens else "stop"
@@ -144,7 +151,8 @@ def _plan(endpoint: str, body: Mapping[str, Any], opts: SimOptions) -> _Gen:
     prompt = _prompt_text(endpoint, body)
     n = int(body.get("n") or 1)
     mt = body.get("max_completion_tokens") or body.get("max_tokens") or opts.default_max_tokens
-    return _Gen([pick(prompt, i) for i in range(n)], int(mt), count_tokens(prompt) + 3)
+    thoughts = [pick(prompt + "\x1fthink", i) for i in range(n)] if opts.reasoning and endpoint == "chat" else None
+    return _Gen([pick(prompt, i) for i in range(n)], int(mt), count_tokens(prompt) + 3, thoughts)
 
 
 def _logprob_request(endpoint: str, body: Mapping[str, Any]) -> int | None:
@@ -225,11 +233,14 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     choices, completion_tokens = [], 0
     for i in range(len(gen.entries)):
         toks = gen.tokens(i)
-        completion_tokens += len(toks)
+        thought = gen.thought(i)
+        completion_tokens += len(toks) + len(thought)
         text = "".join(toks)
         if endpoint == "chat":
-            c: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": gen.finish(i),
+            message = {"role": "assistant", "content": text}
+            if thought:
+                message["reasoning"] = "".join(thought)
+            c: dict[str, Any] = {"index": i, "message": message, "finish_reason": gen.finish(i),
                                  "logprobs": _chat_logprobs(toks, 0, top) if top is not None else None}
         else:
             c = {"index": i, "text": text, "finish_reason": gen.finish(i),
@@ -271,7 +282,8 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
                          "finish_reason": None} for i in range(len(gen.entries))])
         completion_tokens = 0
         for i in range(len(gen.entries)):
-            for pos, tok in enumerate(gen.tokens(i)):
+            thinking = len(gen.thought(i))
+            for pos, tok in enumerate(gen.thought(i) + gen.tokens(i)):
                 if opts.cut_after is not None and sent >= opts.cut_after:
                     stats.cut += 1
                     if request.transport is not None:
@@ -281,10 +293,13 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
                     await asyncio.sleep(3600)
                 if delay:
                     await asyncio.sleep(delay)
-                if chat_:
-                    lp = _chat_logprobs([tok], pos, top) if top is not None else None
-                    c: dict[str, Any] = {"index": i, "delta": {"content": tok}, "logprobs": lp,
+                if chat_ and pos < thinking:  # the chain of thought first, as vLLM's reasoning parser sends it
+                    c: dict[str, Any] = {"index": i, "delta": {"reasoning": tok}, "logprobs": None,
                                          "finish_reason": None}
+                elif chat_:
+                    pos -= thinking
+                    lp = _chat_logprobs([tok], pos, top) if top is not None else None
+                    c = {"index": i, "delta": {"content": tok}, "logprobs": lp, "finish_reason": None}
                 else:
                     lp = _completion_logprobs([tok], pos, top, 0) if top is not None else None
                     c = {"index": i, "text": tok, "logprobs": lp, "finish_reason": None}
