@@ -19,12 +19,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import ab_workers  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"
@@ -143,13 +144,7 @@ def main() -> int:
         return 0
     trees = {"other": args.compare_tree.resolve(), "this": ROOT}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--compare-tree", ".", "--worker", args.mode]
-    procs = {  # cwd and PYTHONPATH select the tree a worker imports
-        k: subprocess.Popen(cmd, cwd=d, env={**os.environ, "PYTHONPATH": str(d)}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-        for k, d in trees.items()
-    }
-    for p in procs.values():
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    procs = ab_workers.spawn(cmd, trees)  # cwd and PYTHONPATH select the tree a worker imports
     totals: dict[str, dict[str, float]] = {k: {} for k in trees}
     samples: dict[str, list[int]] = {k: [] for k in trees}
     load0 = os.getloadavg()[0]

@@ -30,11 +30,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import ab_workers  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"
@@ -145,13 +146,7 @@ def main() -> int:
     trees = {"other": args.compare_tree.resolve(), "this": ROOT}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--compare-tree", ".", "--worker", "--chunk", str(args.chunk)]
     cmd += ["--fresh-bytes"] if args.fresh_bytes else []
-    procs = {  # cwd and PYTHONPATH select the tree a worker imports
-        k: subprocess.Popen(cmd, cwd=d, env={**os.environ, "PYTHONPATH": str(d)}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-        for k, d in trees.items()
-    }
-    for p in procs.values():
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    procs = ab_workers.spawn(cmd, trees)  # cwd and PYTHONPATH select the tree a worker imports
     samples: dict[str, dict[str, list[tuple[int, int]]]] = {k: {p: [] for p in PARTS} for k in trees}
     load0 = os.getloadavg()[0]
     t0 = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
