@@ -177,7 +177,8 @@ def api_root(url: str) -> str:
     ``/v1``. Applied once to every backend url, so that forwarding, ``health_path``, the KGW probe and the
     fingerprint probes all append their ``/v1/...`` to the same root, whichever way the operator wrote it."""
     url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    # a path segment only: "http://v1" (a host named v1, e.g. a compose service) is not "http:/" + "/v1"
+    return url[: -len("/v1")] if urlparse(url).path.endswith("/v1") else url
 
 
 class BackendConfig(_Model):
@@ -204,8 +205,12 @@ class BackendConfig(_Model):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        if not urlparse(v).hostname:
+        parts = urlparse(v)
+        if not parts.hostname:
             raise ValueError("has no host (expected http(s)://host[:port][/v1])")
+        if parts.query or parts.fragment or v.endswith(("?", "#")):
+            # the /v1/... paths are appended to the url: they would land inside the query or fragment
+            raise ValueError("must not have a query or fragment (expected http(s)://host[:port][/path][/v1])")
         return api_root(v)
 
     @field_validator("health_path")
@@ -319,8 +324,9 @@ class HardeningConfig(_Model):
     strip_seed: bool = False
     logprob_noise: float = Field(0.0, ge=0)
     strip_reasoning: bool = False  # answers lose a reasoning model's chain of thought (reasoning fields)
-    # 403 for a request whose answer could not be watermarked (structured output, a forced tool call) unless the
-    # backend watermarks in its engine: otherwise JSON mode is a way around the lexical watermark
+    # 403 for a request whose answer could not be watermarked (structured output, tools the model may call: their
+    # arguments are never watermarked) unless the backend watermarks in its engine: otherwise JSON mode or a
+    # "write_answer(text)" tool is a way around the lexical watermark
     refuse_unwatermarkable: bool = False
 
 

@@ -39,7 +39,11 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # A 400 naming the directive's fields, or carrying the plugin's own mark, answers a try that sent a directive
 _KGW_DIRECTIVE = b"ipgate_kgw_"
 _KGW_REFUSAL = REFUSAL_MARK.encode()
-_REFUSALS_LOGGED: set[tuple[str, bytes]] = set()  # (backend, message) pairs already logged at ERROR
+# backend -> (when its last ERROR line was written, refusals since then not logged). Per backend and per time,
+# not per message: the message can be the client's (an engine that echoes its input in a 400), so a set of
+# messages seen would let a client fill it and silence every later line, or write as many lines as it likes.
+_REFUSALS_LOGGED: dict[str, tuple[float, int]] = {}
+REFUSAL_LOG_EVERY_S = 60.0
 
 
 class DirectiveRefused(Exception):
@@ -95,16 +99,21 @@ async def _try(ctx: AppContext, lease: BackendLease, parsed: ParsedRequest, data
 
 
 def _refused(ctx: AppContext, model: str, backend: str, message: bytes) -> None:
-    """A deployment fault on the engine host, not the client's: one ERROR per distinct message per backend (the
-    client never sees the engine's message), a metric, and a re-probe of the plugin. The refusal itself does not
-    change the probe's verdict: a client able to make an engine echo its prompt in a 400 could fake one (and
-    then gets what a real refusal gets: the same answer, lexically watermarked)."""
-    key = (backend, message[:300])
-    if key not in _REFUSALS_LOGGED and len(_REFUSALS_LOGGED) < 1000:
-        _REFUSALS_LOGGED.add(key)
+    """A deployment fault on the engine host, not the client's: one ERROR per backend per ``REFUSAL_LOG_EVERY_S``
+    with the count of those in between (the client never sees the engine's message; ``%r``: the message may be
+    the client's own text, so it cannot start a log line of its own), a metric, and a re-probe of the plugin.
+    The refusal itself does not change the probe's verdict: a client able to make an engine echo its prompt in
+    a 400 could fake one (and then gets what a real refusal gets: the same answer, lexically watermarked)."""
+    now = time.monotonic()
+    last, quiet = _REFUSALS_LOGGED.get(backend, (-REFUSAL_LOG_EVERY_S, 0))
+    if now - last >= REFUSAL_LOG_EVERY_S:
+        _REFUSALS_LOGGED[backend] = (now, 0)
         log.error("backend %s refused the watermark directive; the request is served again without it, with the "
-                  "lexical watermark (check the ipgate plugin's settings and secret on that host): %s",
-                  backend, message[:300].decode("utf-8", "replace"))
+                  "lexical watermark (check the ipgate plugin's settings and secret on that host)%s: %r",
+                  backend, f" ({quiet} more refusal(s) since the last such line)" if quiet else "",
+                  message[:300].decode("utf-8", "replace"))
+    else:
+        _REFUSALS_LOGGED[backend] = (last, quiet + 1)
     ctx.metrics.watermark_directive_refusals_total.labels(model=model, backend=backend).inc()
     ctx.router.recheck_plugin(model, backend)
 

@@ -22,34 +22,36 @@ from gateway.hardening import harden, harden_choice_logprobs, response_needs_har
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import ChoiceHook, EmbedderFactory
+from gateway.proxy.relay import ChoiceHook, EmbedderFactory, ReasoningOnly
 from gateway.proxy.usage import ask_upstream_for_usage
 from gateway.routing.pool import BackendLease
-from gateway.watermarking import unwatermarkable
+from gateway.watermarking import tool_call_field, unwatermarkable
 
 log = logging.getLogger(__name__)
 
 _ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other keys (model, ...): comma is safe
 
 
-def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLease) -> str | None:
+def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLease, *,
+                        tools: bool = False) -> str | None:
     """The request field that keeps this answer from the client's watermark, when it is watermarked at all
     and would be post hoc (``gateway.watermarking.unwatermarkable``): structured output or a forced tool
-    call. None when nothing stops the watermark, or the backend watermarks in its engine."""
+    call; with ``tools`` also tools the model may call (``tool_call_field``: their arguments are never
+    watermarked). None when nothing stops the watermark, or the backend watermarks in its engine."""
     wm = ctx.watermarking
     if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark or not wm.watermarks(parsed.model):
         return None
-    return unwatermarkable(parsed.body)
+    return unwatermarkable(parsed.body) or (tool_call_field(parsed.body) if tools else None)
 
 
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
                   lease: BackendLease) -> bytes:
     backend = lease.backend
     tier_cfg = ctx.policy.tier(tier)
-    if tier_cfg.hardening.refuse_unwatermarkable and (field := unwatermarked_field(ctx, parsed, lease)):
+    if tier_cfg.hardening.refuse_unwatermarkable and (field := unwatermarked_field(ctx, parsed, lease, tools=True)):
         # explicit, not a silent rewrite: a client flagged by mistake sees why its JSON mode stopped working
-        raise PermissionDenied(f"{field}: output that cannot be watermarked (structured output or a forced tool "
-                               "call) is not available to this client.", param=field, code="unwatermarkable_output")
+        raise PermissionDenied(f"{field}: output that cannot be watermarked (structured output or tool calls) is "
+                               "not available to this client.", param=field, code="unwatermarkable_output")
     # logit_bias/seed go for every backend marked capable, verified or not: what a client may send must not
     # change with the probe's verdict
     body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
@@ -83,14 +85,20 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
 def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedRequest, tier: int,
                      lease: BackendLease) -> EmbedderFactory | None:
     """A factory of per-choice post-hoc watermark embedders, or None when this response is not watermarked
-    post hoc (watermarking off, embeddings, the backend watermarks in the engine, or the scheme declines)."""
+    post hoc (watermarking off, embeddings, the backend watermarks in the engine, or the scheme declines); a
+    ``ReasoningOnly`` one when the answer must stay verbatim (``unwatermarked_field``) but a chain of thought
+    beside it is not constrained."""
     wm = ctx.watermarking
     if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark:
         return None
+    tier_name = ctx.policy.tier(tier).name
     if field := unwatermarked_field(ctx, parsed, lease):  # served, counted: a way around the watermark
         ctx.metrics.watermark_skipped_total.labels(reason=field).inc()
-        return None
-    tier_name = ctx.policy.tier(tier).name
+        if parsed.endpoint != "chat":
+            return None
+        # a reasoning model's chain of thought beside it is free text all the same: watermarked ({}: the
+        # constraint is the answer's, and an echoed prompt precedes the answer, not the thought)
+        return ReasoningOnly(lambda: wm.embedder_for(principal, parsed.model, tier_name, {}))
     first = wm.embedder_for(principal, parsed.model, tier_name, parsed.body)
     if first is None:
         return None

@@ -75,10 +75,11 @@ def key_ring(cfg: WatermarkConfig, master: bytes) -> KeyRing:
 
 
 # Request fields that constrain the output to a format a post-hoc rewrite could break (JSON, a grammar, a
-# regex, one of fixed choices): OpenAI's, vLLM's (guided_* before 0.10.2, structured_outputs since) and
-# SGLang's. Their answers are not watermarked post hoc — so they are also a way around the lexical watermark.
+# regex, one of fixed choices): OpenAI's, vLLM's (guided_* before 0.10.2, structured_outputs since), SGLang's
+# (regex, ebnf, json_schema) and llama.cpp's (grammar, json_schema). Their answers are not watermarked post
+# hoc — so they are also a way around the lexical watermark.
 CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                     "regex", "ebnf", "json_schema")
+                     "regex", "ebnf", "json_schema", "grammar")
 
 
 def unwatermarkable(body: Mapping[str, Any]) -> str | None:
@@ -96,6 +97,19 @@ def unwatermarkable(body: Mapping[str, Any]) -> str | None:
         return "tool_choice"
     if isinstance(body.get("function_call"), Mapping):
         return "function_call"
+    return None
+
+
+def tool_call_field(body: Mapping[str, Any]) -> str | None:
+    """The request field that lets the model answer in tool-call arguments, or None. Those are relayed as the
+    backend wrote them (never watermarked post hoc, so the client's code can parse them), so a client that
+    declares a tool and asks for "the answer as its argument" gets free text without the watermark whenever the
+    model may call a tool: ``tool_choice`` ``auto`` (the default when tools are given) as much as a forced call.
+    Not a reason to skip the watermark of the text answer: a reason to refuse (``refuse_unwatermarkable``)."""
+    for field, choice in (("tools", "tool_choice"), ("functions", "function_call")):
+        declared = body.get(field)
+        if isinstance(declared, list) and declared and body.get(choice) != "none":
+            return field
     return None
 
 

@@ -28,6 +28,28 @@ _DONE_EVENT = b"data: [DONE]\n\n"
 # (``reasoning_content`` before 0.11, and both, with the same text, in between); DeepSeek's API and SGLang write
 # ``reasoning_content``. It is the output distillation wants most, so it is watermarked like the answer.
 REASONING_KEYS = ("reasoning", "reasoning_content")
+
+
+class ReasoningOnly:
+    """An ``EmbedderFactory`` for an answer that must stay exactly as the backend wrote it (structured output, a
+    forced tool call) from a reasoning model: only its chain of thought is watermarked. The format constrains
+    the answer, not the reasoning beside it (vLLM applies the grammar after the reasoning ends), and the
+    reasoning is the output distillation wants most."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], StreamEmbedder | None]) -> None:
+        self._make = make
+
+    def __call__(self) -> StreamEmbedder | None:
+        return self._make()
+
+
+def answer_factory(factory: EmbedderFactory | None) -> EmbedderFactory | None:
+    """The factory for the answer's text (``content``/``text``): None where only the reasoning is watermarked."""
+    return None if isinstance(factory, ReasoningOnly) else factory
+
+
 # What a plain content chunk never contains: a usage object, a finish reason, an error.
 _NEEDS_DECODING = re.compile(rb'"usage":\s*\{|"finish_reason":\s*"|"error"')
 
@@ -52,8 +74,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook", "_thinking",
-                 "content_events", "done",
+    __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook",
+                 "_reasoned", "_thinking", "content_events", "done",
                  "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
@@ -66,8 +88,10 @@ class StreamRelay:
         self._fast = not details and embedder_factory is None and choice_hook is None
         self._chat = endpoint == "chat"
         self._client_usage = client_usage
-        self._factory = embedder_factory
+        self._factory = embedder_factory  # the reasoning channels' (and, unless ReasoningOnly, the answer's)
+        self._answers = answer_factory(embedder_factory)
         self._embedders: dict[int, StreamEmbedder | None] = {}
+        self._reasoned: set[int] = set()  # choices whose reasoning was watermarked: their tokens are withheld
         # reasoning channels: (choice, first key) -> (its embedder, the keys it writes: one, or both mirrored)
         self._thinking: dict[tuple[int, str], tuple[StreamEmbedder, tuple[str, ...]]] = {}
         self.usage = Usage()
@@ -139,21 +163,24 @@ class StreamRelay:
             if not isinstance(choice, dict):
                 continue
             holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
+            fr = choice.get("finish_reason")
+            idx = choice.get("index", 0)
+            if holder is None and fr is not None and self._chat and self._holds(idx):
+                # a finish chunk without a delta: the text still held back goes in it, not after the finish
+                holder = choice["delta"] = {}
             text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
             if (isinstance(text, str) and text) or (isinstance(holder, dict) and self._chat and any(
                     isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)):
                 self.content_events += 1
-            fr = choice.get("finish_reason")
-            idx = choice.get("index", 0)
-            emb = self._embedder(idx, self._factory) if self._factory is not None else None
-            if emb is not None and withhold_tokens(choice):
-                changed = True
-            self.logprob_positions += logprob_positions(choice, self._chat)
+            emb = self._embedder(idx, self._answers) if self._answers is not None else None
             if self._factory is not None and self._chat and isinstance(holder, dict):
                 # a reasoning channel closes when the answer starts or the choice ends: its held-back word first
                 closing = fr is not None or (isinstance(text, str) and bool(text))
                 if self._reason(idx, holder, closing):
                     changed = True
+            if (emb is not None or idx in self._reasoned) and withhold_tokens(choice):
+                changed = True
+            self.logprob_positions += logprob_positions(choice, self._chat)
             if emb is not None and isinstance(holder, dict):
                 new = emb.feed(text) if isinstance(text, str) else ""
                 if fr is not None:
@@ -182,6 +209,7 @@ class StreamRelay:
                 if emb is None:
                     return False
                 self._thinking[ch] = (emb, keys)
+                self._reasoned.add(idx)
                 self.watermarked = True
             emb = self._thinking[ch][0]
             new = emb.feed(holder[keys[0]])
@@ -200,6 +228,10 @@ class StreamRelay:
                     changed = True
         return changed
 
+    def _holds(self, idx: int) -> bool:
+        """Whether choice ``idx`` has an embedder (answer or reasoning) that may still hold text back."""
+        return self._embedders.get(idx) is not None or any(c[0] == idx for c in self._thinking)
+
     def _embedder(self, idx: int, factory: EmbedderFactory) -> StreamEmbedder | None:
         if idx not in self._embedders:
             emb = self._embedders[idx] = factory()
@@ -212,8 +244,12 @@ class StreamRelay:
         for (idx, _), (thinking, keys) in self._thinking.items():
             rest = thinking.finish()
             if rest:
-                obj = {"object": "chat.completion.chunk", "model": self.model,
-                       "choices": [{"index": idx, "delta": dict.fromkeys(keys, rest), "finish_reason": None}]}
+                tail: dict[str, Any] = {"index": idx, "delta": dict.fromkeys(keys, rest), "finish_reason": None}
+                if self._hook is not None:  # the tier's hardening (strip_reasoning) applies to this tail too
+                    self._hook(tail)
+                if not tail["delta"]:
+                    continue
+                obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
                 out.append(encode_event(_dumps(obj), event))
         self._thinking.clear()
         for idx, emb in self._embedders.items():
@@ -286,9 +322,10 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
         emb = None
         holder = choice.get("message") if endpoint == "chat" else choice
         key = "content" if endpoint == "chat" else "text"
-        if (embedder_factory is not None and endpoint != "embeddings" and isinstance(holder, dict)
-                and isinstance(holder.get(key), str)):
-            emb = embedder_factory()
+        answers = answer_factory(embedder_factory)
+        if answers is not None and endpoint != "embeddings" and isinstance(holder, dict) and isinstance(
+                holder.get(key), str):
+            emb = answers()
         if embedder_factory is not None and endpoint == "chat" and isinstance(holder, dict):
             for keys in reasoning_groups(holder):
                 thinking = embedder_factory()

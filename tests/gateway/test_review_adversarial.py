@@ -567,7 +567,7 @@ async def test_a_watermarking_backend_that_refuses_our_directive_serves_the_requ
 
     import gateway.route
 
-    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", set())  # once per process: forget other tests' lines
+    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", {})  # once per process: forget other tests' lines
     secret = tmp_path / "wm.secret"
     secret.write_text("0123456789abcdef0123456789abcdef")
     seen: list[dict[str, Any]] = []

@@ -447,7 +447,7 @@ async def test_a_refused_directive_is_served_again_lexically_and_reprobes_the_pl
     health round (30 s here) every request was a 502, then the first one still was; now the refused request
     goes again at once without the directive and its answer carries the client's lexical watermark, and the
     refusal re-probes the plugin, whose report moves the backend to the lexical watermark for what follows."""
-    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", set())  # once per process: forget other tests' lines
+    monkeypatch.setattr(gateway.route, "_REFUSALS_LOGGED", {})  # once per process: forget other tests' lines
     engine = Engine(plugin=True)
     async with app_backend(engine.app()) as url, running_gateway(_config(url, secret_file)) as gw:
         state = gw.ctx.router.pool("sim").state("b0")

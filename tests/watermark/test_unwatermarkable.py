@@ -31,6 +31,7 @@ SECRET = "unwatermarkable-test-secret-0123456789abcdef"
     ({"structured_outputs": {"choice": ["It is", "It's"]}}, "structured_outputs"),  # vLLM >= 0.10.2
     ({"regex": "[a-z ]+"}, "regex"),  # SGLang
     ({"ebnf": "root ::= x"}, "ebnf"),
+    ({"grammar": "root ::= \"yes\" | \"no\""}, "grammar"),  # llama.cpp server (GBNF)
     ({"guided_choice": None}, None),
     ({"tool_choice": "auto", "tools": [{"type": "function", "function": {"name": "f"}}]}, None),
     ({"tool_choice": "none"}, None),
