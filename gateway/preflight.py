@@ -9,9 +9,10 @@ constructors ``ipgate serve`` uses, so a configuration that passes starts, and a
 in-memory store, a backend credential variable that is unset, an output file in a directory that cannot be
 written. Nothing listens, nothing is written, nothing leaves the host.
 
-``online(cfg)`` then asks the outside world, read-only: Redis answers PING, every backend answers its health
-path with its credential, every watermark-capable backend passes the KGW plugin probe (a refusal by design:
-nothing is generated), the JWKS endpoint serves usable keys.
+``online(cfg)`` then asks the outside world, read-only: Redis (the store's, and each ``redis_stream`` alert
+sink's) answers PING, every backend answers its health path with its credential, every watermark-capable
+backend passes the KGW plugin probe (a refusal by design: nothing is generated), the JWKS endpoint serves
+usable keys. Webhook sinks are not called: a request would deliver an alert.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Literal
 
 import aiohttp
 
-from gateway.config import BackendConfig, ConfigError, GatewayConfig, read_secret
+from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig, read_secret
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.routing.health import HealthChecker
 
@@ -201,6 +202,9 @@ async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> li
         out.append(await _redis(cfg))
     if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_url:
         out.append(await _jwks(cfg))
+    for sink in cfg.alerts.sinks:
+        if sink.kind == "redis_stream":
+            out.append(await _alert_stream(cfg, sink))
     probe: KgwPluginProbe | None = None
     if cfg.watermark.enabled and any(b.watermark_capable and b.kgw_probe for m in cfg.models for b in m.backends):
         from gateway.watermarking import GatewayWatermarking
@@ -228,6 +232,20 @@ async def _redis(cfg: GatewayConfig) -> Finding:
     finally:
         await store.close()
     return Finding("ok", "store", f"Redis at {cfg.store.url} answers PING")
+
+
+async def _alert_stream(cfg: GatewayConfig, sink: AlertSinkConfig) -> Finding:
+    from gateway.alerts.sinks import RedisStreamSink, SinkError
+
+    s = RedisStreamSink(sink, cfg.store.url)
+    try:
+        await asyncio.wait_for(s.ping(), timeout=sink.timeout_s + 1.0)
+    except (SinkError, TimeoutError) as e:
+        return Finding("error", "alerts", f"redis_stream sink {s.name}: its Redis did not answer PING: "
+                                          f"{e or 'timed out'}")
+    finally:
+        await s.close()
+    return Finding("ok", "alerts", f"redis_stream sink {s.name}: its Redis answers PING")
 
 
 async def _jwks(cfg: GatewayConfig) -> Finding:

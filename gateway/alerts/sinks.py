@@ -206,6 +206,13 @@ class RedisStreamSink:
             detail = scrub_url(str(e), self.url)
             raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {detail}") from None
 
+    async def ping(self) -> None:
+        """Raise ``SinkError`` (no password in it) unless the sink's Redis answers PING (``ipgate check``)."""
+        try:
+            await self._client().ping()
+        except (aioredis.RedisError, OSError) as e:
+            raise SinkError(f"{type(e).__name__}: {scrub_url(str(e), self.url)}") from None
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()

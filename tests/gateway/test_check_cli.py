@@ -136,6 +136,9 @@ async def test_connect_asks_redis_backends_the_kgw_plugin_and_jwks(redis_url: st
             app_backend(app) as idp:
         cfg = parse_config({
             "store": {"kind": "redis", "url": redis_url},
+            "alerts": {"sinks": [{"kind": "redis_stream", "name": "siem"},
+                                 {"kind": "redis_stream", "name": "gone",
+                                  "url": f"redis://:hunter2@127.0.0.1:{free_port()}/0", "timeout_s": 0.5}]},
             "auth": {"jwt": {"algorithms": ["RS256"], "jwks_url": idp + "/jwks.json", "secret_env": None}},
             "watermark": {"scheme": "kgw"},
             "models": [{"name": "sim", "backends": [
@@ -152,7 +155,9 @@ async def test_connect_asks_redis_backends_the_kgw_plugin_and_jwks(redis_url: st
     assert any(o.startswith("backend sim/plain:") and "answers" in o for o in ok), ok
     assert "backend sim/wm: KGW plugin verified: responses are watermarked in the engine" in ok
     assert any(w.startswith("backend sim/other: KGW plugin not verified (secret_mismatch") for w in warnings), warnings
-    assert [e.split(":")[0] for e in errors] == ["backend sim/dead"], errors
+    assert "alerts: redis_stream sink siem: its Redis answers PING" in ok
+    assert [e.split(":")[0] for e in errors] == ["alerts", "backend sim/dead"], errors
+    assert "redis_stream sink gone" in errors[0] and "hunter2" not in errors[0]  # no password in the report
 
 
 async def test_connect_reports_a_redis_that_does_not_answer_and_a_jwks_without_keys() -> None:
