@@ -190,8 +190,9 @@ class Metrics:
         )
         self.watermark_skipped_total = Counter(
             "ipgate_watermark_skipped_total",
-            "Responses of watermarked models served without a post-hoc watermark because the request constrained "
-            "the output (structured output, a forced tool call); reason = the request field.",
+            "Responses of watermarked models whose answer was served without a post-hoc watermark because the "
+            "request constrained the output (structured output, a forced tool call; a chain of thought beside it "
+            "is still watermarked); reason = the request field.",
             ["reason"], registry=r,
         )
         self.watermark_directive_refusals_total = Counter(
