@@ -35,7 +35,7 @@ from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, ServiceU
 from gateway.proxy.forward import forward_headers
 from gateway.proxy.parse import Endpoint, parse_request
 from gateway.receive import check_headers, read_body, request_id
-from gateway.respond import complete, stream
+from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, stream
 from gateway.route import route_and_forward
 from gateway.shape import embedder_factory, response_hook
 from gateway.store.base import AdmitResult
@@ -94,7 +94,10 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
         return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook)
     t_body = time.perf_counter()
-    resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)  # transform (body)
+    if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
+        resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)
+    else:
+        resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)  # transform (body)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
     return resp

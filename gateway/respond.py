@@ -24,7 +24,16 @@ from gateway.account import Exchange
 from gateway.context import AppContext
 from gateway.errors import to_openai_error
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import ChoiceHook, EmbedderFactory, StreamRelay, dumps_utf8, error_event, transform_body
+from gateway.proxy.relay import (
+    ChoiceHook,
+    EmbedderFactory,
+    StreamRelay,
+    Transformed,
+    dumps_utf8,
+    error_event,
+    transform_body,
+    transform_body_async,
+)
 from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import usage_from_body
 from gateway.route import Opened
@@ -75,19 +84,47 @@ def _bad_upstream(ex: Exchange, headers: dict[str, str], what: str) -> web.Respo
     return web.Response(body=json.dumps(err).encode(), status=502, headers={**headers, "Content-Type": _JSON})
 
 
+# A non-streaming answer longer than this is watermarked in slices, letting other requests run in between
+# (``transform_body_async``); shorter ones (the vast majority: ≈ 3 000 words) at once, without that overhead.
+LARGE_BODY_BYTES = 24 * 1024
+SLICE_CHARS = 8 * 1024  # ≈ 1 300 words: ≈ 6 ms of embedding between two turns of the event loop
+
+
 def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
     """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
     otherwise only the ``usage`` object is read, unless the body must be watermarked. The backend lease is
     released once the answer is classified (a malformed answer counts against the backend)."""
     try:
-        return _complete(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
-    finally:  # a no-op when _complete released it; otherwise (a bug in the gateway) nothing is decided
+        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
+        if isinstance(got, web.Response):
+            return got
+        return _respond(ex, op, raw, got, transform_body(parsed.endpoint, got, embed, hook)
+                        if got is not None else None, headers)
+    finally:  # a no-op when the answer was classified; otherwise (a bug in the gateway) nothing is decided
         op.lease.abandon()
 
 
-def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
-              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
+                         headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+    """``complete`` for an answer over ``LARGE_BODY_BYTES`` that is watermarked: the same, with the embedding
+    done in slices that let the event loop serve other requests in between."""
+    try:
+        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
+        if isinstance(got, web.Response):
+            return got
+        done = None if got is None else await transform_body_async(parsed.endpoint, got, embed, hook,
+                                                                   slice_chars=SLICE_CHARS)
+        return _respond(ex, op, raw, got, done, headers)
+    finally:
+        op.lease.abandon()
+
+
+def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
+              headers: dict[str, str], *, details: bool,
+              hook: ChoiceHook | None) -> web.Response | dict[str, Any] | None:
+    """The answer to send as it is (an error, a malformed upstream answer), or the decoded body to transform
+    (None: nothing to decode, the usage was read from the raw bytes). Releases the backend lease."""
     status = op.resp.status
     latency = op.t_headers - op.t_sent
     ctype = op.resp.headers.get("Content-Type", _JSON)
@@ -117,8 +154,13 @@ def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
             op.lease.release(Outcome(False, status, latency, "malformed"))
             return _bad_upstream(ex, headers, "answered with a body that is not a JSON object")
     op.lease.release(Outcome(True, status, latency))
-    if isinstance(body, dict):
-        changed, usage, reasons, positions, watermarked = transform_body(parsed.endpoint, body, embed, hook)
+    return body if isinstance(body, dict) else None
+
+
+def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, done: Transformed | None,
+             headers: dict[str, str]) -> web.Response:
+    if body is not None and done is not None:
+        changed, usage, reasons, positions, watermarked = done
         f = ex.facts
         f.prompt_tokens, f.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         f.finish_reasons, f.logprobs_returned = reasons, positions
@@ -127,9 +169,9 @@ def _complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
         ex.response_model = m if isinstance(m, str) else None
         if changed:
             raw = dumps_utf8(body)
-    ex.facts.status = ex.status = status
-    headers["Content-Type"] = ctype
-    return web.Response(body=raw, status=status, headers=headers)
+    ex.facts.status = ex.status = op.resp.status
+    headers["Content-Type"] = op.resp.headers.get("Content-Type", _JSON)
+    return web.Response(body=raw, status=op.resp.status, headers=headers)
 
 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
