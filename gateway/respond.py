@@ -35,7 +35,7 @@ from gateway.proxy.relay import (
     transform_body_async,
 )
 from gateway.proxy.sse import SSETooLarge
-from gateway.proxy.usage import usage_from_body
+from gateway.proxy.usage import Usage, usage_from_body
 from gateway.route import Opened
 from gateway.routing.router import Outcome
 
@@ -113,6 +113,11 @@ async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: b
         got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
         if isinstance(got, web.Response):
             return got
+        if got is not None and isinstance(got.get("usage"), dict):
+            # generated and charged even if the client leaves while the answer is being watermarked
+            usage = Usage()
+            usage.update(got["usage"])
+            ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         done = None if got is None else await transform_body_async(parsed.endpoint, got, embed, hook,
                                                                    slice_chars=SLICE_CHARS)
         return _respond(ex, op, raw, got, done, headers)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.proxy.relay import transform_body, transform_body_async
 from gateway.respond import LARGE_BODY_BYTES
-from tests.support.harness import app_backend, gateway_config, running_gateway
+from tests.support.harness import app_backend, gateway_config, running_gateway, settled
 from tests.support.lexical import ANSWER
 from watermark.keys import KeyRing, parse_master_secret
 from watermark.lexical import LexicalScheme
@@ -90,3 +90,34 @@ async def test_a_long_answer_does_not_hold_the_event_loop_and_verifies(tmp_path:
     assert v.watermarked and v.client == "carol"
     # embedding the whole answer at once would have held the loop for most of the request
     assert max(gaps) < took / 3, (max(gaps), took)
+
+
+async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_charged_for_it(tmp_path: Path) -> None:
+    """The backend generated the whole answer: leaving during the sliced watermarking must not turn it into a
+    free request (an aborted answer is charged what was generated, as far as the gateway knows it)."""
+    secret = tmp_path / "wm.secret"
+    secret.write_text(SECRET)
+    limits = {"default": {"requests_per_minute": 600, "tokens_per_minute": 60_000, "burst_tokens": 100_000}}
+    async with app_backend(_long_backend()) as url, running_gateway(
+            gateway_config(url, watermark={"enabled": True, "secret_file": str(secret)}, limits=limits)) as gw:
+        headers = {"Authorization": f"Bearer {gw.token('dave')}"}
+        host, port = gw.url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        payload = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "long"}]}).encode()
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Authorization: {headers['Authorization']}\r\nContent-Length: {len(payload)}\r\n\r\n"
+                     .encode() + payload)
+        await writer.drain()
+        await asyncio.sleep(0.04)  # the backend has answered; the gateway is watermarking ≈ 100 ms of text
+        writer.transport.abort()  # the client goes away
+        async with aiohttp.ClientSession() as s:
+            await asyncio.sleep(0.05)
+            await settled(gw)
+            async with s.post(gw.url + "/v1/chat/completions", headers=headers, json={
+                    "model": "sim", "max_tokens": 1, "messages": [{"role": "user", "content": "short"}]}) as r:
+                assert r.status == 200
+                remaining = int(r.headers["x-ratelimit-remaining-tokens"])
+            aborted = gw.ctx.metrics.registry.get_sample_value("ipgate_requests_total", {
+                "route": "/v1/chat/completions", "model": "sim", "backend": "b0", "status": "499"})
+    assert aborted == 1.0  # the client did leave while its answer was being watermarked
+    assert remaining < 90_000, remaining  # ≈ 100 000 - 17 001: charged; ≈ 99 000 had it been free
