@@ -170,6 +170,15 @@ def _watermark(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -
         elif scheme == "none":
             out.append(Finding("warning", f"model {m.name}", "watermark scheme none: its responses are not "
                                                              "watermarked"))
+        for b in m.backends:
+            if b.watermark_capable and not b.kgw_probe and scheme != "none":
+                out.append(Finding("warning", f"backend {m.name}/{b.name}", "watermark_capable with kgw_probe "
+                                   "off: the KGW plugin is trusted unchecked; an engine started without it serves "
+                                   "unwatermarked text"))
+    if cfg.store.kind == "memory" and not w.recipients_file:
+        out.append(Finding("warning", "watermark", "memory store and no watermark.recipients_file: the recorded "
+                                                   "recipients live in the gateway process only, so `ipgate verify "
+                                                   "--config` finds none (give it --clients, or set the file)"))
 
 
 def _backend(cfg: GatewayConfig, model: str, b: BackendConfig, env: Mapping[str, str], out: list[Finding]) -> None:

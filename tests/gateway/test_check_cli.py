@@ -63,10 +63,18 @@ def test_a_good_config_passes_and_strict_turns_warnings_into_exit_1(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in GOOD_ENV.items():
         monkeypatch.setenv(k, v)
-    code, out = _run(tmp_path, _cfg(), capsys)
+    code, out = _run(tmp_path, _cfg(watermark={"recipients_file": str(tmp_path / "recipients.txt")}), capsys)
     assert (code, out["ok"], out["errors"], out["warnings"]) == (0, True, 0, 0), out
+    code, out = _run(tmp_path, _cfg(), capsys)  # memory store, no recipients file: verify --config sees none
+    assert code == 0 and [w.split(":")[0] for w in _levels(out["findings"], "warning")] == ["watermark"]
+    probe_off = _cfg(models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1",
+                                                          "watermark_capable": True, "kgw_probe": False}]}],
+                     watermark={"recipients_file": str(tmp_path / "recipients.txt")})
+    code, out = _run(tmp_path, probe_off, capsys)
+    assert code == 0 and any("kgw_probe off" in w for w in _levels(out["findings"], "warning")), out
     # an unset backend credential starts (requests go without it) but is surely not what was meant
-    cfg = _cfg(models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1", "api_key_env": "NO_SUCH"}]}])
+    cfg = _cfg(models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1", "api_key_env": "NO_SUCH"}]}],
+               watermark={"recipients_file": str(tmp_path / "recipients.txt")})
     code, out = _run(tmp_path, cfg, capsys)
     assert code == 0 and _levels(out["findings"], "warning") == [
         "backend sim/b0: api_key_env NO_SUCH is not set: requests go without a credential"]
@@ -110,7 +118,8 @@ def test_the_human_report_lists_findings_and_ends_with_a_verdict(
     for k, v in GOOD_ENV.items():
         monkeypatch.setenv(k, v)
     path = tmp_path / "ipgate.yaml"
-    path.write_text(yaml.safe_dump(_cfg(watermark={"scheme": "kgw"}, server={"workers": 2})))
+    path.write_text(yaml.safe_dump(_cfg(watermark={"scheme": "kgw", "recipients_file": str(tmp_path / "r.txt")},
+                                        server={"workers": 2})))
     assert cli_main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"{path}: 0 error(s), 2 warning(s): configuration OK"
