@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiohttp import web
 from gateway.proxy.relay import StreamRelay, transform_body
 from tests.support.harness import app_backend, gateway_config, running_gateway
 from tests.support.lexical import ANSWER
+from tests.support.reasoning import reasoning_app
 from watermark.keys import KeyRing, parse_master_secret
 from watermark.lexical import LexicalScheme
 from watermark.verify import candidate_keys, verify
@@ -132,29 +132,7 @@ def test_differing_reasoning_fields_are_each_watermarked_on_their_own() -> None:
 
 
 def _reasoning_backend() -> web.Application:
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        base = {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"]}
-        usage = {"prompt_tokens": 5, "completion_tokens": 400, "total_tokens": 405}
-        if not body.get("stream"):
-            return web.json_response({**base, "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": FINAL, "reasoning": THOUGHT}}]})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        chunk = {**base, "object": "chat.completion.chunk"}
-        deltas = [{"reasoning": THOUGHT[i : i + 6]} for i in range(0, len(THOUGHT), 6)]
-        deltas += [{"content": FINAL[i : i + 6]} for i in range(0, len(FINAL), 6)]
-        for d in deltas:
-            await resp.write(f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': d}]})}\n\n".encode())
-        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
-        await resp.write(f"data: {json.dumps({**chunk, 'choices': [end]})}\n\n".encode())
-        await resp.write(f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    return app
+    return reasoning_app(THOUGHT, FINAL, usage={"prompt_tokens": 5, "completion_tokens": 400, "total_tokens": 405})
 
 
 @pytest.mark.parametrize("stream", [False, True])

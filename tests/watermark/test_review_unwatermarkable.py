@@ -24,6 +24,7 @@ from aiohttp import web
 
 from tests.support.harness import app_backend, gateway_config, running_gateway
 from tests.support.lexical import ANSWER
+from tests.support.reasoning import reasoning_app
 from watermark.keys import KeyRing, parse_master_secret
 from watermark.lexical import LexicalScheme
 from watermark.verify import candidate_keys, verify
@@ -135,32 +136,8 @@ async def test_tools_the_model_may_not_call_and_plain_requests_are_still_served(
 def _reasoning_json_backend() -> web.Application:
     """A reasoning model in JSON mode, as vLLM serves it: the grammar constrains the answer only (it applies
     after the reasoning ends), so the chain of thought beside it is free text."""
-    thought = ANSWER
-    answer = '{"laptop": "a mid-range one with a good keyboard"}'
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        base = {"id": "x", "created": int(time.time()), "model": body["model"]}
-        if not body.get("stream"):
-            return web.json_response({**base, "object": "chat.completion", "choices": [{
-                "index": 0, "finish_reason": "stop", "logprobs": {"content": [{"token": "It", "logprob": -0.1}]},
-                "message": {"role": "assistant", "content": answer, "reasoning": thought}}]})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        chunk = {**base, "object": "chat.completion.chunk"}
-        deltas = [{"reasoning": thought[i : i + 9]} for i in range(0, len(thought), 9)]
-        deltas += [{"content": answer[i : i + 9]} for i in range(0, len(answer), 9)]
-        for d in deltas:
-            c = {"index": 0, "delta": d, "finish_reason": None, "token_ids": [7]}
-            await resp.write(f"data: {json.dumps({**chunk, 'choices': [c]})}\n\n".encode())
-        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
-        await resp.write(f"data: {json.dumps({**chunk, 'choices': [end]})}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    return app
+    return reasoning_app(ANSWER, '{"laptop": "a mid-range one with a good keyboard"}', piece=9, choice_extra={
+        "logprobs": {"content": [{"token": "It", "logprob": -0.1}]}, "token_ids": [7]})
 
 
 @pytest.mark.parametrize("stream", [False, True])
