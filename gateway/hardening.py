@@ -214,6 +214,81 @@ def response_needs_hardening(cfg: HardeningConfig) -> bool:
     return cfg.max_top_logprobs is not None or cfg.logprob_noise > 0 or cfg.strip_reasoning
 
 
+class ThinkStripper:
+    """Removes a leading ``<think>…</think>`` section from one choice's answer text, fed in pieces (stream deltas)
+    or whole. A backend serving a reasoning model without a reasoning parser (TGI, vLLM or SGLang without
+    ``--reasoning-parser``) writes the chain of thought into ``content`` this way. Only a section that opens the
+    answer counts (leading whitespace allowed), so an answer that merely mentions the tags later is untouched;
+    a chain of thought whose opening tag the chat template put in the prompt (some DeepSeek-R1 templates: the
+    answer holds only ``</think>``) cannot be told from the answer while streaming, and is not removed. Holds
+    back at most the few characters that could still begin ``<think>``, and the tail of the section that could
+    begin ``</think>``."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+    __slots__ = ("_buf", "_state")
+
+    def __init__(self) -> None:
+        self._state = "start"  # start -> inside -> after -> pass, or start -> pass
+        self._buf = ""
+
+    def feed(self, text: str) -> str:
+        if self._state == "pass":
+            return text
+        buf = self._buf + text
+        self._buf = ""
+        if self._state == "start":
+            head = buf.lstrip()
+            if head.startswith(self.OPEN):
+                self._state, buf = "inside", head[len(self.OPEN):]
+            elif not head or self.OPEN.startswith(head):
+                self._buf = buf  # whitespace so far, or what may still become "<think>"
+                return ""
+            else:
+                self._state = "pass"
+                return buf
+        if self._state == "inside":
+            end = buf.find(self.CLOSE)
+            if end < 0:
+                self._buf = buf[-(len(self.CLOSE) - 1):]  # what may begin a split "</think>"; the rest is dropped
+                return ""
+            self._state, buf = "after", buf[end + len(self.CLOSE):]
+        rest = buf.lstrip()  # after: the blank lines between the section and the answer go too
+        if rest:
+            self._state = "pass"
+        return rest
+
+    def finish(self) -> str:
+        """The end of the answer: what was held back, unless it belonged to the section."""
+        rest = self._buf if self._state == "start" else ""
+        self._buf = ""
+        return rest
+
+
+def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper]) -> bool:
+    """Run a chat choice's answer text (message or delta ``content``) through its ``ThinkStripper`` (one per
+    choice index in ``strippers``, kept for the whole response), in place; True when the text changed."""
+    whole = isinstance(choice.get("message"), dict)
+    holder = choice.get("message") if whole else choice.get("delta")
+    if not isinstance(holder, dict):
+        return False
+    text = holder.get("content")
+    if not isinstance(text, str):
+        text = ""
+        if choice.get("finish_reason") is None:
+            return False
+    idx = choice.get("index", 0)
+    st = strippers.get(idx if isinstance(idx, int) else 0)
+    if st is None:
+        st = strippers[idx if isinstance(idx, int) else 0] = ThinkStripper()
+    new = st.feed(text)
+    if whole or choice.get("finish_reason") is not None:
+        new += st.finish()
+    if new == text:
+        return False
+    holder["content"] = new
+    return True
+
+
 def strip_reasoning(choice: dict[str, Any]) -> bool:
     """Remove the reasoning fields from one choice's message or delta, in place; True when one was there."""
     holder = choice.get("message", choice.get("delta"))

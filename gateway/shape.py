@@ -18,7 +18,14 @@ from typing import Any
 
 from gateway.context import AppContext
 from gateway.errors import PermissionDenied
-from gateway.hardening import harden, harden_choice_logprobs, response_needs_hardening, strip_reasoning
+from gateway.hardening import (
+    ThinkStripper,
+    harden,
+    harden_choice_logprobs,
+    response_needs_hardening,
+    strip_reasoning,
+    strip_think,
+)
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
@@ -117,10 +124,11 @@ def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
     if not response_needs_hardening(cfg):
         return None
     rng: random.Random | None = None
+    thinking: dict[int, ThinkStripper] = {}  # strip_reasoning: a <think> section in the answer, per choice
 
     def hook(choice: dict[str, Any]) -> bool:
         nonlocal rng
-        stripped = cfg.strip_reasoning and strip_reasoning(choice)
+        stripped = cfg.strip_reasoning and (strip_reasoning(choice) | strip_think(choice, thinking))
         if not isinstance(choice.get("logprobs"), dict):
             return stripped  # no logprobs: skip seeding a generator (≈ 1 % of gateway CPU under load)
         if rng is None:

@@ -261,6 +261,8 @@ class StreamRelay:
             if rest:
                 choice: dict[str, Any] = ({"index": idx, "delta": {"content": rest}, "finish_reason": None}
                                           if self._chat else {"index": idx, "text": rest, "finish_reason": None})
+                if self._hook is not None:  # the tier's hardening (a <think> section) applies to this tail too
+                    self._hook(choice)
                 obj = {"object": "chat.completion.chunk" if self._chat else "text_completion",
                        "model": self.model, "choices": [choice]}
                 out.append(encode_event(_dumps(obj), event))
