@@ -224,7 +224,7 @@ async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> li
             probe = None  # reported by offline()
     async with aiohttp.ClientSession() as session:
         checker = HealthChecker(cfg.routing.health, session, list)
-        jobs = [_reach(cfg, checker, probe, session, m.name, b, env) for m in cfg.models for b in m.backends]
+        jobs = [_reach(cfg, checker, probe, session, m.name, b) for m in cfg.models for b in m.backends]
         for found in await asyncio.gather(*jobs):
             out.extend(found)
     return out
@@ -274,18 +274,14 @@ async def _jwks(cfg: GatewayConfig) -> Finding:
 
 
 async def _reach(cfg: GatewayConfig, checker: HealthChecker, probe: KgwPluginProbe | None,
-                 session: aiohttp.ClientSession, model: str, b: BackendConfig, env: Mapping[str, str]) -> list[Finding]:
+                 session: aiohttp.ClientSession, model: str, b: BackendConfig) -> list[Finding]:
     area = f"backend {model}/{b.name}"
     problem = await checker.probe(b)
     found = [Finding("error", area, f"{b.url}{b.health_path}: {problem}") if problem is not None
              else Finding("ok", area, f"{b.url}{b.health_path} answers")]
     if probe is not None and b.watermark_capable and b.kgw_probe and problem is None:
-        try:
-            headers = {"Authorization": f"Bearer {s}"} if (s := read_secret(
-                b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)) else {}
-        except ConfigError:
-            return found  # reported by offline()
-        verdict = await probe.run(session, b, model, headers, cfg.routing.health.timeout_s)
+        # the health probe just read the same credential: an unreadable key file would have failed it
+        verdict = await probe.run(session, b, model, checker.auth_headers(b), cfg.routing.health.timeout_s)
         if verdict.ok:
             found.append(Finding("ok", area, "KGW plugin verified: responses are watermarked in the engine"))
         else:

@@ -50,7 +50,8 @@ class HealthChecker:
         self._rechecks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
-    def _auth_headers(self, b: BackendConfig) -> dict[str, str]:
+    def auth_headers(self, b: BackendConfig) -> dict[str, str]:
+        """The backend credential's header (read once per backend; ``ConfigError`` for an unreadable key file)."""
         key = (b.name, b.url)
         if key not in self._headers:
             secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
@@ -61,7 +62,7 @@ class HealthChecker:
         """None when the backend passes, else why it failed (for the log and the admin API)."""
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         try:
-            headers = self._auth_headers(b)
+            headers = self.auth_headers(b)
         except ConfigError as e:
             # An unreadable key file: requests to this backend cannot authenticate either. A failed check
             # (logged on the state change) - not an exception that fails the whole round, every round.
@@ -99,7 +100,7 @@ class HealthChecker:
             return
         self._plugin_probed[key] = now
         try:
-            headers = self._auth_headers(b)
+            headers = self.auth_headers(b)
         except ConfigError as e:  # like an unanswered probe: no verdict (the health check fails too)
             verdict = PluginVerdict(None, "no_verdict", f"probe not sent: {e}")
         else:
