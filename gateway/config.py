@@ -198,6 +198,9 @@ class BackendConfig(_Model):
     kgw_probe_endpoint: Literal["completions", "chat"] = "completions"  # the probe's API (max_tokens 1)
     upstream_model: str | None = None  # model name the backend knows; default: the gateway model name
     health_path: str = "/v1/models"
+    # a reasoning model served without a reasoning parser whose chat template opens "<think>" in the prompt
+    # (DeepSeek-R1 style): its answers begin inside the chain of thought, which ends at the first "</think>"
+    think_prefilled: bool = False
     fingerprint_reference: str | None = None  # signature file from `ipgate fingerprint record`; None: unchecked
 
     @field_validator("url")

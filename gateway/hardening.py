@@ -218,17 +218,19 @@ class ThinkStripper:
     """Removes a leading ``<think>…</think>`` section from one choice's answer text, fed in pieces (stream deltas)
     or whole. A backend serving a reasoning model without a reasoning parser (TGI, vLLM or SGLang without
     ``--reasoning-parser``) writes the chain of thought into ``content`` this way. Only a section that opens the
-    answer counts (leading whitespace allowed), so an answer that merely mentions the tags later is untouched;
-    a chain of thought whose opening tag the chat template put in the prompt (some DeepSeek-R1 templates: the
-    answer holds only ``</think>``) cannot be told from the answer while streaming, and is not removed. Holds
+    answer counts (leading whitespace allowed), so an answer that merely mentions the tags later is untouched.
+    A chain of thought whose opening tag the chat template put in the prompt (DeepSeek-R1 templates: the answer
+    holds only ``</think>``) cannot be told from the answer while streaming; for a backend declared so
+    (``think_prefilled``) the stripper starts inside the section, and everything up to the first ``</think>``
+    goes — all of it when no ``</think>`` comes, as vLLM's own R1 reasoning parser reads such an answer. Holds
     back at most the few characters that could still begin ``<think>``, and the tail of the section that could
     begin ``</think>``."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("_buf", "_state")
 
-    def __init__(self) -> None:
-        self._state = "start"  # start -> inside -> after -> pass, or start -> pass
+    def __init__(self, prefilled: bool = False) -> None:
+        self._state = "inside" if prefilled else "start"  # start -> inside -> after -> pass, or start -> pass
         self._buf = ""
 
     def feed(self, text: str) -> str:
@@ -264,9 +266,10 @@ class ThinkStripper:
         return rest
 
 
-def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper]) -> bool:
+def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper], prefilled: bool = False) -> bool:
     """Run a chat choice's answer text (message or delta ``content``) through its ``ThinkStripper`` (one per
-    choice index in ``strippers``, kept for the whole response), in place; True when the text changed."""
+    choice index in ``strippers``, kept for the whole response; ``prefilled``: the answer begins inside the
+    section), in place; True when the text changed."""
     whole = isinstance(choice.get("message"), dict)
     holder = choice.get("message") if whole else choice.get("delta")
     if not isinstance(holder, dict):
@@ -279,7 +282,7 @@ def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper]) -> 
     idx = choice.get("index", 0)
     st = strippers.get(idx if isinstance(idx, int) else 0)
     if st is None:
-        st = strippers[idx if isinstance(idx, int) else 0] = ThinkStripper()
+        st = strippers[idx if isinstance(idx, int) else 0] = ThinkStripper(prefilled)
     new = st.feed(text)
     if whole or choice.get("finish_reason") is not None:
         new += st.finish()

@@ -82,7 +82,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         ex.watermarked_in_engine = ctx.watermarking is not None and parsed.endpoint != "embeddings" and \
             ctx.watermarking.in_engine(parsed.model, op.lease.engine_watermark)  # vectors carry no watermark
         embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease)
-        hook = response_hook(ctx, adm.tier)
+        hook = response_hook(ctx, adm.tier, op.lease)
         details = ctx.detection is not None or ex.sampled
         headers = success_headers(adm.result, ex.request_id)
     except BaseException:  # a gateway bug or a cancellation before the answer is relayed: not the backend's

@@ -13,6 +13,10 @@ directive (its plugin was restarted with another secret or spec since the last p
 (the plugin refuses at validation), so the same request goes again at once, without the directive, and its
 answer gets the lexical watermark post hoc; the plugin is re-probed, so the following requests skip the refused
 try. Once per request, outside ``routing.retries``: the backend did nothing wrong by the client.
+
+A request whose answer cannot carry a post-hoc watermark, from a tier that refuses such answers
+(``shape.needs_engine_watermark``), asks the router for a backend whose engine watermarks
+(``prefer_engine_watermark``), so a mixed KGW/lexical pool serves it instead of refusing it by chance.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from gateway.principal import Principal
 from gateway.proxy.forward import AttemptFailed
 from gateway.proxy.parse import ParsedRequest
 from gateway.routing.router import BackendLease, Outcome
-from gateway.shape import upstream_body
+from gateway.shape import needs_engine_watermark, upstream_body
 from watermark.kgw.directives import REFUSAL_MARK
 
 log = logging.getLogger(__name__)
@@ -125,9 +129,11 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
     retries = 0
     last: AttemptFailed | None = None
     refused = False  # the engine refused our directive once: no directive (lexical watermark) from here on
+    engine_only = needs_engine_watermark(ctx, parsed, tier)
     while True:
         try:
-            lease = ctx.router.acquire(model, principal.client_id, excluded)
+            lease = ctx.router.acquire(model, principal.client_id, excluded,
+                                       prefer_engine_watermark=engine_only and not refused)
         except ServiceUnavailable:
             if last is not None:  # no other backend to retry on: report the real failure
                 raise last.to_gateway_error() from None

@@ -39,16 +39,27 @@ log = logging.getLogger(__name__)
 _ASK_USAGE = b'{"stream_options":{"include_usage":true},'  # the body has other keys (model, ...): comma is safe
 
 
-def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLease, *,
+def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLease | None, *,
                         tools: bool = False) -> str | None:
     """The request field that keeps this answer from the client's watermark, when it is watermarked at all
     and would be post hoc (``gateway.watermarking.unwatermarkable``): structured output or a forced tool
     call; with ``tools`` also tools the model may call (``tool_call_field``: their arguments are never
-    watermarked). None when nothing stops the watermark, or the backend watermarks in its engine."""
+    watermarked). None when nothing stops the watermark, or the backend watermarks in its engine (``lease``
+    None: whatever the backend)."""
     wm = ctx.watermarking
-    if wm is None or parsed.endpoint == "embeddings" or lease.engine_watermark or not wm.watermarks(parsed.model):
+    if wm is None or parsed.endpoint == "embeddings" or (lease is not None and lease.engine_watermark) \
+            or not wm.watermarks(parsed.model):
         return None
     return unwatermarkable(parsed.body) or (tool_call_field(parsed.body) if tools else None)
+
+
+def needs_engine_watermark(ctx: AppContext, parsed: ParsedRequest, tier: int) -> bool:
+    """Whether only a backend whose engine watermarks may serve this request: the tier refuses output that
+    cannot carry a post-hoc watermark (``refuse_unwatermarkable``) and this request asks for such output. The
+    router then prefers such a backend (``Router.acquire``), so that in a pool mixing KGW and lexical
+    backends the answer does not depend on which one the split would have picked."""
+    return ctx.policy.tier(tier).hardening.refuse_unwatermarkable and \
+        unwatermarked_field(ctx, parsed, None, tools=True) is not None
 
 
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
@@ -117,7 +128,7 @@ def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedReques
     return make
 
 
-def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
+def response_hook(ctx: AppContext, tier: int, lease: BackendLease) -> ChoiceHook | None:
     """The tier's response-side hardening (cap the logprobs a backend returned, add noise, strip the chain of
     thought), or None."""
     cfg = ctx.policy.tier(tier).hardening
@@ -125,10 +136,11 @@ def response_hook(ctx: AppContext, tier: int) -> ChoiceHook | None:
         return None
     rng: random.Random | None = None
     thinking: dict[int, ThinkStripper] = {}  # strip_reasoning: a <think> section in the answer, per choice
+    prefilled = lease.backend.think_prefilled  # the answer begins inside the section (template opened it)
 
     def hook(choice: dict[str, Any]) -> bool:
         nonlocal rng
-        stripped = cfg.strip_reasoning and (strip_reasoning(choice) | strip_think(choice, thinking))
+        stripped = cfg.strip_reasoning and (strip_reasoning(choice) | strip_think(choice, thinking, prefilled))
         if not isinstance(choice.get("logprobs"), dict):
             return stripped  # no logprobs: skip seeding a generator (≈ 1 % of gateway CPU under load)
         if rng is None:

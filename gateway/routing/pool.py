@@ -199,14 +199,18 @@ class Pool:
 
     # --- acquire / release -------------------------------------------------------------------------------
 
-    def acquire(self, client_id: str, exclude: frozenset[str] = frozenset()) -> BackendLease:
+    def acquire(self, client_id: str, exclude: frozenset[str] = frozenset(), *,
+                engine_watermark: bool = False) -> BackendLease:
+        """A lease on the client's backend (sticky or weighted), skipping ``exclude``; with ``engine_watermark``
+        only among backends whose engine watermarks (verified KGW plugin), for an answer that can carry no
+        post-hoc watermark."""
         now = self._clock()
         backends = self.backends
 
         def eligible(i: int) -> bool:
             s = backends[i]
             if not s.healthy or s.quarantine is not None or s.in_flight >= s.cfg.max_concurrency \
-                    or s.cfg.name in exclude:
+                    or s.cfg.name in exclude or (engine_watermark and not s.engine_watermark()):
                 return False
             if s.ejected_until:
                 return s.ejected_until <= now and not s.trial_in_flight
@@ -215,7 +219,7 @@ class Pool:
         table = self.table
         i = table.pick_sticky(client_id, eligible) if self.sticky else table.pick_random(eligible)
         if i is None:
-            raise self._unavailable(now, exclude)
+            raise self._unavailable(now, exclude, engine_watermark)
         state = backends[i]
         trial = False
         if state.ejected_until:
@@ -224,11 +228,13 @@ class Pool:
         state.in_flight += 1
         return BackendLease(self, state, trial)
 
-    def _unavailable(self, now: float, exclude: frozenset[str]) -> ServiceUnavailable:
+    def _unavailable(self, now: float, exclude: frozenset[str], engine_watermark: bool = False
+                     ) -> ServiceUnavailable:
         usable = [
             s for i, s in enumerate(self.backends)
             if self.table.shares[i] > 0 and s.healthy and s.quarantine is None and not s.ejected(now)
             and not s.trial_in_flight and s.cfg.name not in exclude  # half-open, its one trial out: not usable
+            and (not engine_watermark or s.engine_watermark())
         ]
         if usable:
             return ServiceUnavailable(
@@ -244,6 +250,7 @@ class Pool:
         ends = [
             s.ejected_until for i, s in enumerate(self.backends)
             if self.table.shares[i] > 0 and s.healthy and s.quarantine is None and s.ejected(now)
+            and (not engine_watermark or s.engine_watermark())
         ]
         headers = {"Retry-After": str(max(1, math.ceil(min(ends) - now)))} if ends else None
         return ServiceUnavailable(f"model {self.name!r}: no healthy backend", code="no_healthy_backend",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from gateway.config import ModelConfig, RoutingConfig
-from gateway.errors import NotFound
+from gateway.errors import NotFound, ServiceUnavailable
 from gateway.routing import canary
 from gateway.routing.budget import RetryBudget
 from gateway.routing.canary import CanaryState, Op
@@ -213,10 +213,24 @@ class Router:
             raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
         return pool
 
-    def acquire(self, model: str, client_id: str, exclude: frozenset[str] = frozenset()) -> BackendLease:
+    def acquire(self, model: str, client_id: str, exclude: frozenset[str] = frozenset(), *,
+                prefer_engine_watermark: bool = False) -> BackendLease:
+        """A lease on a backend of ``model``'s pool. ``prefer_engine_watermark``: the answer cannot carry a
+        post-hoc watermark (structured output, tool calls) and this client may only have it watermarked, so
+        only a backend whose engine watermarks is picked while the pool has one (the weighted split and the
+        client's stickiness among those); if they are all at their concurrency limit the request waits for
+        one (503 ``pool_saturated``, ``Retry-After``) rather than going where it would be refused. A first
+        try with no such backend healthy takes any backend (the caller refuses the request there); a retry
+        does not, so the client learns of the real failure, not of a refusal."""
         pool = self.pool(model)
         if not exclude:
             self._budgets[model].deposit()  # first attempts fund the retry budget
+        if prefer_engine_watermark:
+            try:
+                return pool.acquire(client_id, exclude, engine_watermark=True)
+            except ServiceUnavailable as e:
+                if e.code == "pool_saturated" or exclude:
+                    raise
         return pool.acquire(client_id, exclude)
 
     def may_retry(self, model: str) -> bool:

@@ -111,3 +111,25 @@ async def test_a_backend_that_watermarks_in_its_engine_serves_structured_output_
         status, _ = await _chat(gw, "mallory", response_format={"type": "json_object"})
         xargs = sim.stats.last_body.get("vllm_xargs")
     assert status == 200 and xargs is not None and xargs["ipgate_kgw_client"] == "mallory"
+
+
+async def test_in_a_mixed_pool_a_throttled_clients_structured_output_goes_to_the_engine_watermarking_backend(
+        tmp_path: Path) -> None:
+    secret = tmp_path / "wm.secret"
+    secret.write_text(SECRET)
+    async with sim_backend() as lex, \
+            sim_backend(kgw_plugin=True, kgw_secret=parse_master_secret(SECRET)) as kgw:
+        cfg = gateway_config(lex.url, kgw.url, watermark={"enabled": True, "secret_file": str(secret)})
+        cfg["models"][0]["backends"][0]["weight"] = 9
+        cfg["models"][0]["backends"][1].update(watermark_capable=True)
+        async with running_gateway(cfg) as gw:
+            clients = [f"mallory-{i}" for i in range(12)]
+            for c in clients:
+                await _throttle(gw, c)
+            got = [await _chat(gw, c, response_format={"type": "json_object"}) for c in clients]
+            to_kgw, to_lex = kgw.stats.requests, lex.stats.requests
+            plain = [await _chat(gw, c) for c in clients]  # text: the weighted split as before
+            plain_to_lex = lex.stats.requests - to_lex
+    assert [status for status, _ in got] == [200] * len(clients)  # never refused by the backend picked
+    assert to_lex == 0 and to_kgw >= len(clients)  # (+ the plugin probe's own requests)
+    assert [status for status, _ in plain] == [200] * len(clients) and plain_to_lex > 0
