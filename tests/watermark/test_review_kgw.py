@@ -6,11 +6,8 @@ plausible change would break); see /work/team/docs/kgw-review.md for the finding
 
 from __future__ import annotations
 
-import abc
 import logging
 import random
-import sys
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support import fake_vllm
 from watermark.keys import KeyRing
 from watermark.kgw import detect, directives, prf
 from watermark.kgw.params import KgwParams
@@ -258,46 +256,14 @@ class _BatchUpdate:
 
 @pytest.fixture
 def plugin_class(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The plugin class built against a stand-in of vLLM's current ``LogitsProcessor`` ABC, which has a
-    non-abstract ``needs_output_token_ids`` defaulting to False (vllm/v1/sample/logits_processor/interface.py)."""
+    """The plugin class built against a stand-in of vLLM's ``LogitsProcessor`` ABC with a non-abstract
+    ``needs_output_token_ids`` defaulting to False, as some releases have it (tests/support/fake_vllm.py)."""
     pytest.importorskip("torch")
-
-    class LogitsProcessor(abc.ABC):
-        @classmethod
-        def validate_params(cls, sampling_params: Any) -> None:
-            return None
-
-        @abc.abstractmethod
-        def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None: ...
-
-        @abc.abstractmethod
-        def apply(self, logits: Any) -> Any: ...
-
-        @abc.abstractmethod
-        def is_argmax_invariant(self) -> bool: ...
-
-        def needs_output_token_ids(self) -> bool:
-            return False
-
-        @abc.abstractmethod
-        def update_state(self, batch_update: Any) -> None: ...
-
-    mod = types.ModuleType("vllm.v1.sample.logits_processor")
-    mod.LogitsProcessor = LogitsProcessor  # type: ignore[attr-defined]
-    for name in ("vllm", "vllm.v1", "vllm.v1.sample"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "vllm.v1.sample.logits_processor", mod)
     monkeypatch.setenv("IPGATE_WATERMARK_SECRET", "hex:" + RING.master.hex())
     monkeypatch.delenv("IPGATE_KGW_PARAMS", raising=False)
     monkeypatch.setenv("IPGATE_KGW_COMPILE", "0")
-    from watermark.kgw import vllm_plugin
-
-    caches = (vllm_plugin._processor_class, vllm_plugin._process_params, vllm_plugin._process_secret)
-    for c in caches:
-        c.cache_clear()
-    yield vllm_plugin.KgwLogitsProcessor
-    for c in caches:
-        c.cache_clear()
+    with fake_vllm.installed(monkeypatch, needs_output_token_ids=True) as vllm_plugin:
+        yield vllm_plugin.KgwLogitsProcessor
 
 
 def test_plugin_rejects_a_forged_directive_in_validate_params(plugin_class: Any) -> None:

@@ -231,7 +231,7 @@ class FusedBias:
 def watermark_rows_(
     logits: torch.Tensor,
     rows: Sequence[int],
-    prev: Sequence[Sequence[int]],
+    prev: Sequence[Sequence[int]] | torch.Tensor,
     subkeys: Sequence[tuple[int, int, int, int]],
     delta: Sequence[float],
     params: KgwParams,
@@ -240,24 +240,25 @@ def watermark_rows_(
 ) -> torch.Tensor:
     """Bias only the listed ``rows`` of a ``(num_reqs, V)`` logits tensor in place (the vLLM path: the
     persistent batch mixes watermarked requests, other clients' requests and unwatermarked ones).
+    ``prev``: each row's previous token ids, oldest first, as lists (the V1 plugin reads them from the
+    engine's host-side lists) or as an ``(R, prev_tokens)`` int64 tensor already on the logits' device (the
+    V2 plugin gathers them there, without a device-to-host copy).
     With ``fused`` (GPU engines), the rows go through the compiled kernel instead of the eager chain."""
     if not rows:
         return logits
     dev = logits.device
     idx = torch.tensor(list(rows), dtype=torch.long, device=dev)
+    prev_t = prev.to(dev) if isinstance(prev, torch.Tensor) else \
+        torch.tensor([list(p) for p in prev], dtype=torch.int64, device=dev)
     sub = logits.index_select(0, idx)
     if fused is not None:
-        biased = fused(
-            sub,
-            torch.tensor([list(p) for p in prev], dtype=torch.int64, device=dev),
-            subkeys_tensor(subkeys, dev),
-            torch.tensor(list(delta), dtype=torch.float32, device=dev),
-        )
+        deltas = torch.tensor(list(delta), dtype=torch.float32, device=dev)
+        biased = fused(sub, prev_t, subkeys_tensor(subkeys, dev), deltas)
         logits.index_copy_(0, idx, biased)
         return logits
     watermark_logits_(
         sub,
-        torch.tensor([list(p) for p in prev], dtype=torch.int64, device=dev),
+        prev_t,
         subkeys_tensor(subkeys, dev),
         params,
         torch.tensor(list(delta), dtype=logits.dtype, device=dev),

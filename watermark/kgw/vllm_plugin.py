@@ -1,14 +1,15 @@
-"""vLLM v1 logits-processor plugin: per-client KGW watermark inside ``vllm serve``.
+"""vLLM logits-processor plugin: per-client KGW watermark inside ``vllm serve`` (V1 model runner).
 
 Load it with
 
-    vllm serve MODEL --logits-processors watermark.kgw.vllm_plugin:KgwLogitsProcessor
+    VLLM_USE_V2_MODEL_RUNNER=0 vllm serve MODEL --logits-processors watermark.kgw.vllm_plugin:KgwLogitsProcessor
 
-(ipgate's package also declares the ``vllm.logits_processors`` entry point, but vLLM silently skips
-entry-point plugins when speculative decoding is on, and older releases backfill async placeholders only for
-classes named on the command line; with both, vLLM builds two instances, of which only the first biases —
-see ``_register``). It acts only on requests whose ``vllm_xargs`` carry an ipgate directive
-(``watermark/kgw/directives.py``); every other request passes through untouched.
+or, for Model Runner V2 (the default in recent vLLM), ``watermark.kgw.vllm_plugin:KgwLogitsProcessorV2``
+(``vllm_plugin_v2.py``; this module resolves both names). ipgate declares no ``vllm.logits_processors`` entry
+point: vLLM loads that group into whichever engine loop runs, and V2 refuses a V1 class there, which stopped
+``vllm serve`` from starting wherever ipgate was installed (vLLM 0.33). It acts only on requests whose
+``vllm_xargs`` carry an ipgate directive (``watermark/kgw/directives.py``); every other request passes through
+untouched.
 
 Server-side configuration (read when vLLM builds the processor, never at import):
 ``IPGATE_KGW_PARAMS`` = ``g0.25-h4-selfhash`` (the default); for "derive" directives, the master secret in
@@ -124,10 +125,10 @@ def _process_secret() -> bytes | None:
 
 
 # vLLM builds its custom processors from the entry points *plus* ``--logits-processors``, without removing
-# duplicates, and ipgate always declares the entry point: following the explicit install line gives one engine
-# two instances of this class, which would add δ twice. Instances built for the same ``vllm_config`` object
-# are therefore registered here and only the oldest live one biases; the others keep their bookkeeping (cheap)
-# and take over if it is dropped (e.g. a rebuilt input batch).
+# duplicates: a class that reaches an engine twice (another package's entry point naming it, or a class named
+# twice) would add δ twice. Instances built for the same ``vllm_config`` object are therefore registered here
+# and only the oldest live one biases; the others keep their bookkeeping (cheap) and take over if it is dropped
+# (e.g. a rebuilt input batch).
 _LIVE: dict[int, list[weakref.ref[Any]]] = {}
 _CONFIGS: dict[int, object] = {}  # keeps each config alive, so its id() is never reused for another
 
@@ -185,7 +186,7 @@ def _processor_class() -> type:
             self._vllm_config = vllm_config
             if _register(vllm_config, self):
                 logger.warning(
-                    "ipgate kgw processor loaded twice for one engine (entry point and --logits-processors); "
+                    "ipgate kgw processor loaded twice for one engine (an entry point and --logits-processors?); "
                     "only the first instance applies the watermark"
                 )
             logger.info(
@@ -253,4 +254,8 @@ def __getattr__(name: str) -> Any:
     # PEP 562: vLLM resolves "watermark.kgw.vllm_plugin:KgwLogitsProcessor" with getattr, which lands here.
     if name == "KgwLogitsProcessor":
         return _processor_class()
+    if name == "KgwLogitsProcessorV2":  # Model Runner V2 (watermark/kgw/vllm_plugin_v2.py): one module to name
+        from watermark.kgw import vllm_plugin_v2
+
+        return vllm_plugin_v2._processor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -113,3 +113,53 @@ def gather(rows: dict[int, RowState], prev_tokens: int, batch_size: int) -> Gath
         out.subkeys.append(st.subkeys)
         out.delta.append(st.delta)
     return out
+
+
+# --- Model Runner V2 (vLLM >= 0.30's default engine loop) ------------------------------------------------------
+#
+# V2 keeps no per-processor copy of the token history: a processor is told which request enters which *slot*
+# (``add_request(slot, SamplingParams)``), and each step's ``apply(logits, ctx)`` says which slot every logits
+# row belongs to. The history lives on the device in the runner's ``all_token_ids`` (slot x position). So the
+# plugin keeps only each watermarked slot's key and strength here, and ``select_v2`` picks the rows to bias on
+# the host from the step's host-side arrays; the previous tokens are then gathered on the device.
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    """One watermarked request in a V2 slot."""
+
+    subkeys: tuple[int, int, int, int]
+    delta: float
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """The rows of one V2 step to bias: logits row, its slot, and how many tokens precede the sampled one."""
+
+    rows: list[int]
+    slots: list[int]
+    ends: list[int]  # tokens visible to the token being sampled: its context is positions ends-h .. ends-1
+    subkeys: list[tuple[int, int, int, int]]
+    delta: list[float]
+
+
+def select_v2(slots: dict[int, SlotState], idx_mapping: Sequence[int], seq_lens: Sequence[int],
+              prev_tokens: int) -> Selected:
+    """Rows to watermark this step: batch position ``b`` (one logits row per request: the plugin refuses
+    speculative decoding) holds slot ``idx_mapping[b]``, whose sampled token sees ``seq_lens[b]`` tokens.
+    Skipped like the V1 path (``gather``): slots without a directive, δ = 0, and histories shorter than the
+    PRF window (detection does not score those positions either)."""
+    out = Selected([], [], [], [], [])
+    for b, slot in enumerate(idx_mapping):
+        st = slots.get(int(slot))
+        if st is None or st.delta == 0.0:
+            continue
+        end = int(seq_lens[b])
+        if end < prev_tokens:
+            continue
+        out.rows.append(b)
+        out.slots.append(int(slot))
+        out.ends.append(end)
+        out.subkeys.append(st.subkeys)
+        out.delta.append(st.delta)
+    return out
