@@ -4,6 +4,9 @@ Chosen in the spirit of LLMmap (USENIX Security 2025): a banner question, alignm
 a malformed query, knowledge-cutoff and arithmetic questions, and open completions whose greedy continuation
 and first-token distribution are characteristic of the weights. All are sent at temperature 0 with a small
 ``max_tokens`` so a check is cheap.
+
+These prompts are public (they are in the source): a backend can recognise them. Operators who need checks a
+backend cannot game record their reference from a private probe set (``probeset.parse_probe_set``).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ class Probe:
     max_tokens: int = 48
 
     def chat_body(self, model: str, *, logprobs: bool) -> dict[str, Any]:
+        # Only what decides the answer. Temperature 0 is greedy decoding: the argmax token is always inside any
+        # nucleus and no random number is drawn, so ``top_p: 1`` and ``seed: 0`` (sent until 2026-11) changed
+        # no answer, only made every probe stand out from proxied traffic, where few clients send either.
+        # References recorded with them stay comparable: the greedy text is the same without them.
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": self.prompt}],
             "temperature": 0,
-            "top_p": 1,
             "max_tokens": self.max_tokens,
-            "seed": 0,
         }
         if logprobs:
             body["logprobs"] = True

@@ -77,8 +77,7 @@ async def settle(ctx: AppContext, ex: Exchange) -> None:
     actual = actual_tokens(ex)
     if adm.reserved and actual is not None and actual != adm.reserved:
         try:
-            await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, actual,
-                                             ctx.policy.limits_for(adm.result.tier))
+            await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, actual, adm.limits)
         except Exception:
             log.exception("reconcile_tokens failed")
     if adm.session is not None:
@@ -153,7 +152,7 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
         latency_ms=latency * 1000, overhead_ms=ex.overhead_s * 1000 if ex.overhead_s else None,
         prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
         tier=ctx.policy.tier(adm.tier).name if adm else ex.refused_tier, stream=parsed.stream if parsed else False,
-        error_type=ex.error_type,
+        error_type=ex.error_type, limit_class=p.limit_class if p else None,
     ))
     if adm is not None:
         if adm.session is None and type(ctx.store) is MemoryStore:

@@ -9,6 +9,7 @@ whose policy says ``block``) answer 403; an exceeded limit answers 429 with ``Re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from gateway.hooks import DetectionSession, ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
 from gateway.ratelimit import admission_error, estimate_tokens
-from gateway.store.base import AdmitRequest, AdmitResult
+from gateway.store.base import AdmitRequest, AdmitResult, Limits
 
 if TYPE_CHECKING:  # gateway.account imports this module
     from gateway.account import Exchange
@@ -33,6 +34,13 @@ class Admission:
     tier: int  # effective tier for this request (shaping, watermark strength)
     session: DetectionSession | None
     reserved: int  # tokens reserved by the store; reconciled in the account step
+    limits_by_tier: Sequence[Limits] = ()  # the client's class's (policy-built) tuple that admission used
+
+    @property
+    def limits(self) -> Limits:
+        """The limits the store admitted at: reconciliation must charge the same bucket at the same rate."""
+        lbt, t = self.limits_by_tier, self.result.tier
+        return lbt[t if 0 <= t < len(lbt) else (0 if t < 0 else -1)]
 
 
 def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedRequest,
@@ -59,13 +67,17 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     the tier it was decided at in ``ex.refused_tier`` (the access log shows it)."""
     path, request_id = ex.route, ex.request_id
     reserved = estimate_tokens(path, parsed.body)
-    res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, ctx.policy.limits_by_tier,
+    # the client's plan: a tuple the policy built once (one dict probe; no allocation per request)
+    by_tier = ctx.policy.limits_by_class.get(principal.limit_class)
+    if by_tier is None:
+        by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
+    res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
                                                 ctx.config.detection.state_ttl_s))
     session = _observe(ctx, principal, path, parsed, res, request_id)
     tier = res.tier
     if session is not None and res.override != "allow":
         tier = max(tier, session.outcome.tier)
-    adm = Admission(res, tier, session, reserved if res.allowed else 0)
+    adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier)
     _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
     _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
     err = admission_error(res)
@@ -91,7 +103,6 @@ def _count(ctx: AppContext, kind: str, decision: str) -> None:
 def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int) -> None:
     """A refused request still counts as evidence (detection state) and gives its reservation back."""
     if adm.reserved:
-        limits = ctx.policy.limits_for(adm.result.tier)
-        ctx.spawn(ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, limits))
+        ctx.spawn(ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, adm.limits))
     if adm.session is not None:
         ctx.spawn(adm.session.account(ctx.store, ResponseFacts(status=status)))

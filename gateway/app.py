@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.alerts.dispatcher import AlertDispatcher
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.limitclass import LimitClasses
 from gateway.config import GatewayConfig
 from gateway.context import CTX, AppContext
 from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_openai_error
@@ -54,7 +55,7 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         store = await open_store(cfg.store, m)
         stack.push_async_callback(store.close)
         policy = Policy.from_config(cfg)
-        auth = Authenticator.from_config(cfg.auth, metrics=m)
+        auth = Authenticator.from_config(cfg.auth, metrics=m, classes=LimitClasses.from_config(cfg, m))
         await auth.start()
         stack.push_async_callback(auth.close)
         # watermarking first: the router probes the KGW plugin of watermark-capable backends at start-up

@@ -141,6 +141,9 @@ class JwtConfig(_Model):
     client_claim: str = "sub"
     tenant_claim: str = "tenant"
     roles_claim: str = "roles"
+    # claim naming the client's limit class (a key of `limits`); None: JWTs never name one. An unknown name
+    # gets `default` (logged once per name, counted in ipgate_limit_class_unknown_total)
+    limits_claim: str | None = None
     leeway_s: float = Field(30.0, ge=0, le=300)
     max_token_bytes: int = Field(8192, gt=0)
     required_claims: list[str] = ["exp", "iat"]
@@ -155,7 +158,8 @@ class JwtConfig(_Model):
 
 
 class ApiKeysConfig(_Model):
-    file: str | None = None  # lines of "sha256-hex client_id [tenant] [roles,comma,separated]"
+    # lines of "sha256-hex client_id [tenant] [roles,comma,separated] [limits=CLASS]" (CLASS: a key of `limits`)
+    file: str | None = None
     reload_interval_s: float = Field(5.0, ge=0, description="poll the file for changes; 0 disables")
 
 
@@ -289,7 +293,10 @@ class FingerprintConfig(_Model):
     action: Literal["alert", "eject"] = "eject"  # eject: quarantine a mismatching backend until it matches
     match_threshold: float = Field(0.8, ge=0, le=1)
     mismatch_threshold: float = Field(0.5, ge=0, le=1)
-    min_probes: int = Field(4, ge=1, le=8, description="fewer probes answered is inconclusive (8 probes are sent)")
+    min_probes: int = Field(4, ge=1, description="fewer probes answered is inconclusive (<= probes_per_check)")
+    # Each round asks a fresh random sample (secrets.SystemRandom) of the reference's probes: a backend never
+    # sees a private set whole in one round. With the bundled 8-probe set, 8 sends every probe, as always.
+    probes_per_check: int = Field(8, ge=1, le=1000, description="probes sent per round, drawn from the reference")
     max_logprob_distance: float = Field(
         0.35, ge=0, le=1, description="first-token logprob distance above which the same text is another model")
     logprobs: bool = True  # ask for first-token top logprobs (sharper); off for backends that refuse them
@@ -300,6 +307,9 @@ class FingerprintConfig(_Model):
     def _thresholds(self) -> FingerprintConfig:
         if self.mismatch_threshold > self.match_threshold:
             raise ValueError("mismatch_threshold must not be above match_threshold")
+        if self.min_probes > self.probes_per_check:
+            raise ValueError(f"min_probes ({self.min_probes}) must not be above probes_per_check "
+                             f"({self.probes_per_check}): every check would be inconclusive")
         return self
 
 
@@ -335,7 +345,9 @@ class HardeningConfig(_Model):
 
 class TierPolicyConfig(_Model):
     name: str
-    limits: str = "default"  # a key of `limits`
+    # a key of `limits`: at this tier a client gets, field by field, the tighter of these and its own class's
+    # limits; None: the client's class's limits (`default` for clients without a class)
+    limits: str | None = None
     hardening: HardeningConfig = HardeningConfig()
     watermark_strength: Literal["normal", "strong"] = "normal"
     block: bool = False
@@ -470,6 +482,11 @@ class WatermarkConfig(_Model):
 
 class AdminConfig(_Model):
     token_env: str | None = "IPGATE_ADMIN_TOKEN"  # bearer token for the admin API; unset: admin role JWTs only
+    # audit trail of admin actions (gateway/audit): the shared store keeps the newest audit_max_records;
+    # audit_file (optional) gets every record as an append-only, hash-chained JSONL line
+    audit_max_records: int = Field(10_000, ge=1, le=1_000_000)
+    audit_file: str | None = None
+    audit_key_env: str | None = None  # names a variable holding a key (>= 16 chars): the chain becomes HMAC-keyed
 
 
 class GatewayConfig(_Model):
@@ -493,6 +510,8 @@ class GatewayConfig(_Model):
     watermark: WatermarkConfig = WatermarkConfig()
     admin: AdminConfig = AdminConfig()
     fingerprint: FingerprintConfig = FingerprintConfig()
+    # tenant → limit class (a key of `limits`) for clients whose API key or JWT names no class
+    limits_by_tenant: dict[str, str] = {}
 
     @field_validator("limits", mode="before")
     @classmethod
@@ -512,10 +531,14 @@ class GatewayConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> GatewayConfig:
         if "default" not in self.limits:
-            raise ValueError("limits must define a 'default' tier")
+            raise ValueError("limits must define 'default' (the limit class of clients that name none)")
         for t in self.policy.tiers:
-            if t.limits not in self.limits:
+            if t.limits is not None and t.limits not in self.limits:
                 raise ValueError(f"policy tier {t.name!r} uses limits {t.limits!r}, not defined in limits")
+        for tenant, name in self.limits_by_tenant.items():
+            if name not in self.limits:
+                raise ValueError(f"limits_by_tenant: tenant {tenant!r} names limit class {name!r}, not defined in "
+                                 f"limits (defined: {', '.join(sorted(self.limits))})")
         return self
 
     @field_validator("models")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
 from fingerprint import DEFAULT_PROBES, Probe, Signature, build_signature
+from fingerprint.probeset import quotes_a_prompt
 from fingerprint.signature import ProbeAnswer, answer_from_response
 from gateway.config import api_root
 
@@ -44,16 +46,26 @@ async def probe_backend_partial(
     The matcher's ``min_probes`` decides whether the answers that came back are enough. Voiding a whole check
     for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
     """
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # The headers the proxy sends upstream (gateway/proxy/forward.py): no aiohttp User-Agent, identity
+    # encoding, a fresh X-Request-Id per request in the gateway's format. A probe should not be told from a
+    # proxied request by its headers (what still tells it apart is listed in docs/fingerprint.md).
+    headers = {"Accept-Encoding": "identity"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     url = api_root(base_url) + "/v1/chat/completions"  # --url may be given with or without /v1
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+    prompts = [p.prompt for p in probes]
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers,
+                                     skip_auto_headers=("User-Agent",)) as session:
 
         async def one(probe: Probe) -> ProbeAnswer:
             try:
-                async with session.post(url, json=probe.chat_body(model, logprobs=logprobs)) as resp:
+                async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
+                                        headers={"X-Request-Id": os.urandom(12).hex()}) as resp:
                     if resp.status != 200:
                         detail = (await resp.content.read(512)).decode("utf-8", errors="replace")[:200]
+                        if quotes_a_prompt(detail, prompts):  # an echo of the request: keep the prompt out
+                            detail = "(the error body quotes a probe prompt: withheld)"
                         raise FingerprintError(f"probe {probe.id}: HTTP {resp.status}: {detail}")
                     raw = bytearray()
                     async for chunk in resp.content.iter_chunked(1 << 16):

@@ -1,9 +1,12 @@
 """Background fingerprint checks: does each backend still serve the model it claims to serve?
 
 Every ``fingerprint.interval_s`` (and once at start-up, and on demand from the admin API) each backend with a
-``fingerprint_reference`` is sent the probe set (``fingerprint/probes.py``) with its own API key and the
-upstream model name, exactly as the proxy would address it, and its answers are compared with the reference
-signature recorded from the genuine model (``fingerprint/match.py``).
+``fingerprint_reference`` is sent a fresh random sample of ``fingerprint.probes_per_check`` of the reference's
+probes (``fingerprint/probeset.py``; drawn with ``secrets.SystemRandom``, so a backend cannot predict the next
+round from the last; the confirming second round draws again) with its own API key and the upstream model
+name, exactly as the proxy would address it, and its answers are compared with the reference's answers to the
+same probes (``fingerprint/match.py``). A reference recorded from a private probe set holds the private
+prompts: they are sent to the backend and nowhere else (never logged, never in a reason or the admin API).
 
 Verdicts and what follows from them:
 - ``mismatch``: logged (once per state change), counted, an alert raised through the ``AlertDispatcher``;
@@ -20,8 +23,8 @@ Verdicts and what follows from them:
 Nothing here raises into the event loop: every failure of one backend's check is that check's inconclusive
 verdict, and a bug in a round is logged and the next round runs.
 
-Each gateway process (replica or worker) runs its own checker; the probes are cheap (8 short temperature-0
-requests per backend per interval) and every process needs the verdict for its own router.
+Each gateway process (replica or worker) runs its own checker; the probes are cheap (``probes_per_check``
+short temperature-0 requests per backend per interval) and every process needs the verdict for its own router.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fingerprint import DEFAULT_PROBES, Signature, compare
+from fingerprint import Probe, Signature, compare
 from fingerprint.match import Verdict
+from fingerprint.probeset import public_probe_ids, quotes_a_prompt, reference_probes, restrict, sample
 from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_secret
 from gateway.errors import NotFound
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
@@ -67,13 +73,14 @@ class BackendCheck:
     duration_s: float
     reasons: tuple[str, ...]
     quarantined: bool = False  # the backend's quarantine state after this check
+    probes_sent: int = 0  # in the (last) round; how many, never which: a private set's prompts stay private
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model, "backend": self.backend, "url": self.url, "verdict": self.verdict,
             "similarity": None if self.similarity is None else round(self.similarity, 4),
             "checked_at": round(self.checked_at, 3), "duration_s": round(self.duration_s, 3),
-            "reasons": list(self.reasons), "quarantined": self.quarantined,
+            "reasons": list(self.reasons), "quarantined": self.quarantined, "probes_sent": self.probes_sent,
         }
 
 
@@ -86,12 +93,17 @@ class FingerprintChecker:
         alerts: AlertDispatcher | None = None,
         *,
         wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
         self._router = router
         self._metrics = metrics
         self._alerts = alerts
         self._wall = wall
+        # The OS's CSPRNG: a Mersenne Twister's next sample can be computed from the ones a backend has seen.
+        self._rng = rng if rng is not None else secrets.SystemRandom()
+        # per backend: (probe count when below probes_per_check else 0, only public probes): logged on change
+        self._ref_notes: dict[tuple[str, str], tuple[int, bool]] = {}
         self._last: dict[tuple[str, str], BackendCheck] = {}
         self._conclusive: dict[tuple[str, str], Verdict] = {}  # last match/mismatch (decides alerts)
         self._round_lock = asyncio.Lock()  # one round at a time; an on-demand check waits for a running one
@@ -106,11 +118,8 @@ class FingerprintChecker:
         if not self.cfg.enabled or self._task is not None:
             return
         n = len(self.targets())
-        if self.cfg.min_probes > len(DEFAULT_PROBES):
-            log.warning("fingerprint.min_probes is %d but there are %d probes: every check will be inconclusive",
-                        self.cfg.min_probes, len(DEFAULT_PROBES))
-        log.info("fingerprint checks: %d backends with a reference, every %.0fs, action %s",
-                 n, self.cfg.interval_s, self.cfg.action)
+        log.info("fingerprint checks: %d backends with a reference, every %.0fs, %d probes per round, action %s",
+                 n, self.cfg.interval_s, self.cfg.probes_per_check, self.cfg.action)
         self._task = asyncio.create_task(self._run(), name="ipgate-fingerprint")
 
     async def close(self) -> None:
@@ -156,12 +165,13 @@ class FingerprintChecker:
     async def _check(self, model: str, b: BackendConfig) -> BackendCheck:
         async with self._slots:
             started = time.monotonic()
-            verdict, similarity, reasons = await self._probe_and_compare(model, b)
+            verdict, similarity, reasons, sent = await self._probe_and_compare(model, b)
             if verdict == "mismatch" and self.cfg.confirm_mismatch:
                 # Temperature 0 is not bit-exact on batched GPU servers: one divergent token changes the rest
                 # of an answer. A second, independent round tells that noise (it rarely repeats on most probes
-                # at once) from other weights (which mismatch every time) before anything is ejected.
-                again, sim2, reasons2 = await self._probe_and_compare(model, b)
+                # at once) from other weights (which mismatch every time) before anything is ejected. It draws
+                # a fresh sample: a backend that learnt the first round's prompts gains nothing from them.
+                again, sim2, reasons2, sent = await self._probe_and_compare(model, b)
                 if again != "mismatch":
                     first = f"{similarity:.2f}" if similarity is not None else "n/a"
                     second = f"{sim2:.2f}" if sim2 is not None else "n/a"
@@ -173,37 +183,75 @@ class FingerprintChecker:
             check = BackendCheck(
                 model=model, backend=b.name, url=b.url, verdict=verdict, similarity=similarity,
                 checked_at=self._wall(), duration_s=time.monotonic() - started, reasons=reasons,
+                probes_sent=sent,
             )
         return await self._record(check)
 
+    def _note_reference(self, model: str, b: BackendConfig, probes: tuple[Probe, ...]) -> str | None:
+        """Say (once per change, in the log) what weakens this backend's checks: a reference of only the public
+        bundled probes (a backend can recognise them), or one with fewer probes than ``probes_per_check``
+        (every round sends the whole set: no rotation). ``ipgate check`` reports both up front; a running
+        gateway still checks with what there is. Returns a reason to add to the check (the short set only)."""
+        key = (model, b.name)
+        short = len(probes) < self.cfg.probes_per_check
+        public = len(public_probe_ids(probes)) == len(probes)
+        state = (len(probes) if short else 0, public)
+        if self._ref_notes.get(key, (0, False)) != state:
+            if short:
+                log.warning("model %s: backend %s: reference %s has %d probes, fingerprint.probes_per_check is "
+                            "%d: every round sends all of them (no rotation)", model, b.name,
+                            b.fingerprint_reference, len(probes), self.cfg.probes_per_check)
+            if public and not self._ref_notes.get(key, (0, False))[1]:
+                log.warning("model %s: backend %s: reference %s uses only the bundled public probes, which a "
+                            "dishonest backend can recognise (record one with --probes FILE)", model, b.name,
+                            b.fingerprint_reference)
+            self._ref_notes[key] = state
+        if not short:
+            return None
+        return (f"the reference has only {len(probes)} probes (probes_per_check {self.cfg.probes_per_check}): "
+                "all are sent every round")
+
     async def _probe_and_compare(
         self, model: str, b: BackendConfig
-    ) -> tuple[Verdict, float | None, tuple[str, ...]]:
+    ) -> tuple[Verdict, float | None, tuple[str, ...], int]:
+        """One round: verdict, median similarity, reasons, and how many probes were sent."""
+        chosen: tuple[Probe, ...] = ()
         try:
             reference = load_reference(b)
+            available = reference_probes(reference)
+            if not available:
+                raise FingerprintError(f"reference {b.fingerprint_reference}: none of its probes can be sent "
+                                       "(no prompts stored): re-record it")
+            short = self._note_reference(model, b, available)
+            chosen = sample(available, self.cfg.probes_per_check, self._rng)
             sent = b.upstream_model or model
             api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
             run = await probe_backend_partial(
-                b.url, sent, api_key=api_key, logprobs=self.cfg.logprobs,
+                b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s,
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")
             observed = run.signature
+            # Compared over this round's probes only: "3 of 8 answered", not "3 of the 40 the set holds".
             result = compare(
-                reference, observed, match_threshold=self.cfg.match_threshold,
+                restrict(reference, (p.id for p in chosen)), observed, match_threshold=self.cfg.match_threshold,
                 mismatch_threshold=self.cfg.mismatch_threshold, min_probes=self.cfg.min_probes,
                 max_logprob_distance=self.cfg.max_logprob_distance,
             )
         except (FingerprintError, ConfigError, OSError, ValueError) as e:
-            return "inconclusive", None, (f"probe failed: {e}",)
+            return "inconclusive", None, (f"probe failed: {e}",), len(chosen)
         except Exception as e:  # a malformed answer that slipped past the parser, or a bug: not a mismatch
-            log.warning("fingerprint check of %s/%s raised %s: %s", model, b.name, type(e).__name__, e)
-            return "inconclusive", None, (f"check failed: {type(e).__name__}: {e}",)
+            msg = str(e)
+            if quotes_a_prompt(msg, (p.prompt for p in chosen)):
+                msg = "(the message quotes a probe prompt: withheld)"
+            log.warning("fingerprint check of %s/%s raised %s: %s", model, b.name, type(e).__name__, msg)
+            return "inconclusive", None, (f"check failed: {type(e).__name__}: {msg}",), len(chosen)
         reasons = result.reasons
         if run.failures:  # the probes that did answer decided (min_probes); the failures are still worth seeing
-            reasons = (*reasons, f"{len(run.failures)} of {len(DEFAULT_PROBES)} probes failed",
-                       *run.failures[:3])
+            reasons = (*reasons, f"{len(run.failures)} of {len(chosen)} probes failed", *run.failures[:3])
+        if short is not None:
+            reasons = (*reasons, short)
         if result.verdict != "match" and reference.model and reference.model != sent:
             # Not checked up front: the same weights may be served under another alias (a second provider), so
             # the names may differ legitimately. But pointing a backend at another model's reference is the
@@ -211,7 +259,7 @@ class FingerprintChecker:
             note = (f"reference {b.fingerprint_reference}: field 'model' is {reference.model!r}, but backend "
                     f"{b.name} is probed as {sent!r} (is it that model's reference?)")
             reasons = (*reasons[:1], note, *reasons[1:])
-        return result.verdict, result.similarity, reasons
+        return result.verdict, result.similarity, reasons, len(chosen)
 
     # --- acting on a verdict -----------------------------------------------------------------------------
 
@@ -327,6 +375,7 @@ class FingerprintChecker:
     def _forget(self, key: tuple[str, str]) -> None:
         self._last.pop(key, None)
         self._conclusive.pop(key, None)
+        self._ref_notes.pop(key, None)
         if self._metrics is not None:
             with contextlib.suppress(KeyError):
                 self._metrics.fingerprint_match.remove(*key)
@@ -352,7 +401,8 @@ class FingerprintChecker:
             entry: dict[str, Any] = (
                 check.to_json() if check is not None and check.url == b.url
                 else {"model": model, "backend": b.name, "url": b.url, "verdict": "unchecked",
-                      "similarity": None, "checked_at": None, "duration_s": None, "reasons": []}
+                      "similarity": None, "checked_at": None, "duration_s": None, "reasons": [],
+                      "probes_sent": 0}
             )
             entry["reference"] = b.fingerprint_reference
             entry["quarantine"] = self._router.quarantined(model, b.name)
@@ -360,7 +410,8 @@ class FingerprintChecker:
         return {
             "enabled": self.cfg.enabled, "action": self.cfg.action, "interval_s": self.cfg.interval_s,
             "match_threshold": self.cfg.match_threshold, "mismatch_threshold": self.cfg.mismatch_threshold,
-            "logprobs": self.cfg.logprobs, "last_round_at": self.last_round_at, "backends": backends,
+            "logprobs": self.cfg.logprobs, "probes_per_check": self.cfg.probes_per_check,
+            "last_round_at": self.last_round_at, "backends": backends,
         }
 
 

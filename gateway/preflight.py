@@ -22,13 +22,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 
+from fingerprint import Signature
 from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig, read_secret
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.routing.health import HealthChecker
+
+if TYPE_CHECKING:
+    from gateway.policy import Policy
 
 Level = Literal["error", "warning", "ok"]
 
@@ -87,13 +91,18 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         policy = Policy.from_config(cfg)
         out.append(Finding("ok", "policy", "tiers " + ", ".join(t.name for t in policy.tiers)))
     _auth(cfg, env, out)
-    from gateway.admin.app import admin_token
+    if policy is not None:
+        _limit_classes(cfg, policy, out)
+    from gateway.admin.app import admin_token, audit_key
 
     with _Guard(out, "admin", ""):
         if admin_token(cfg.admin, env):
             out.append(Finding("ok", "admin", f"bearer token from {cfg.admin.token_env}"))
         else:
             out.append(Finding("ok", "admin", "no admin token set: only JWTs with the 'admin' role are accepted"))
+    with _Guard(out, "admin", ""):
+        if audit_key(cfg.admin, env):
+            out.append(Finding("ok", "admin", f"audit chain keyed from {cfg.admin.audit_key_env}"))
     _watermark(cfg, env, out)
     if cfg.detection.enabled and policy is not None:
         from gateway.detection import GatewayDetection
@@ -111,7 +120,8 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
             if s.kind == "jsonl" and s.path and (why := _writable_dir(s.path)):
                 out.append(Finding("error", "alerts", f"jsonl sink {s.name or 'jsonl'}: {why}"))
     for path, what in ((cfg.telemetry.access_log_file, "telemetry.access_log_file"),
-                       (cfg.watermark.recipients_file, "watermark.recipients_file")):
+                       (cfg.watermark.recipients_file, "watermark.recipients_file"),
+                       (cfg.admin.audit_file, "admin.audit_file")):
         if path and (why := _writable_dir(path)):
             out.append(Finding("error", what.split(".")[0], f"{what}: {why}"))
     if cfg.store.kind == "memory" and cfg.server.workers > 1:
@@ -123,8 +133,29 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
     return out
 
 
+def _limit_classes(cfg: GatewayConfig, policy: Policy, out: list[Finding]) -> None:
+    """The plans, and a trusted tier that caps plans (its `limits` is below a plan's own)."""
+    from gateway.policy import limits_from_config
+
+    names = sorted(policy.limits_by_class)
+    mapped = f", {len(cfg.limits_by_tenant)} tenant(s) mapped" if cfg.limits_by_tenant else ""
+    claim = (f", JWT claim {cfg.auth.jwt.limits_claim!r}" if cfg.auth.jwt is not None and cfg.auth.jwt.limits_claim
+             else "")
+    out.append(Finding("ok", "limits", f"limit classes {', '.join(names)}{mapped}{claim}"))
+    first = policy.tiers[0]
+    capped = [n for n in names if policy.limits_for(0, n) != limits_from_config(cfg.limits[n])]
+    if capped:
+        out.append(Finding("warning", "limits", f"tier {first.name!r} (the most trusted) names limits "
+                                                f"{first.limits!r}: plans looser than it ({', '.join(capped)}) are "
+                                                "capped to it for every client; omit `limits` on that tier to let "
+                                                "each plan apply"))
+
+
 def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> None:
     from gateway.auth.jwt import JwtVerifier
+    from gateway.auth.limitclass import LimitClasses
+
+    classes = LimitClasses.from_config(cfg)  # the config validator checked limits_by_tenant's names
 
     jwt_cfg = cfg.auth.jwt
     methods = []
@@ -139,7 +170,7 @@ def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> Non
         from gateway.auth.apikeys import ApiKeyFile
 
         with _Guard(out, "auth", "") as g:
-            keys = ApiKeyFile(cfg.auth.api_keys.file)
+            keys = ApiKeyFile(cfg.auth.api_keys.file, classes)  # an unknown limits= class: error with its line
         if not g.failed:
             methods.append(f"API keys ({cfg.auth.api_keys.file}, {len(keys.table)} key(s))")
     if methods:
@@ -201,7 +232,36 @@ def _backend(cfg: GatewayConfig, model: str, b: BackendConfig, env: Mapping[str,
             if ref.model and ref.model != sent:
                 out.append(Finding("warning", area, f"fingerprint_reference {b.fingerprint_reference} was recorded "
                                                     f"for model {ref.model!r}, but this backend serves {sent!r}"))
+            out.extend(_probe_set_findings(cfg, area, b.fingerprint_reference, ref))
     out.append(Finding("ok", area, b.url + (" (watermark_capable)" if b.watermark_capable else "")))
+
+
+def _probe_set_findings(cfg: GatewayConfig, area: str, path: str, ref: Signature) -> list[Finding]:
+    """Can the reference's probes rotate, and can a dishonest backend recognise them?"""
+    from fingerprint.probeset import public_probe_ids, reference_probes
+
+    probes = reference_probes(ref)
+    k = cfg.fingerprint.probes_per_check
+    public = public_probe_ids(probes)
+    out: list[Finding] = []
+    if len(probes) < k:
+        out.append(Finding("error", area, f"fingerprint_reference {path} has {len(probes)} probes, fewer than "
+                                          f"fingerprint.probes_per_check ({k}): lower probes_per_check or "
+                                          "re-record with a larger `ipgate fingerprint record --probes` set"))
+    if probes and len(public) == len(probes):
+        out.append(Finding("warning", area, f"fingerprint_reference {path} uses only the bundled public probes: a "
+                                            "dishonest backend can recognise them and answer them with the genuine "
+                                            "model; record it from a private set (`ipgate fingerprint record "
+                                            "--probes FILE`)"))
+    elif public:
+        out.append(Finding("warning", area, f"fingerprint_reference {path}: {len(public)} of its {len(probes)} "
+                                            "probes are bundled public ones, which a dishonest backend can "
+                                            "recognise"))
+    elif len(probes) == k:
+        out.append(Finding("warning", area, f"fingerprint_reference {path} has exactly probes_per_check ({k}) "
+                                            "probes: every round sends all of them, so one round shows a backend "
+                                            "the whole private set"))
+    return out
 
 
 async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:

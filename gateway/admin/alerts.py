@@ -4,9 +4,10 @@
   from the store's bounded shared list; ``{"alerts": [...], "count": n, "tiers": [tier names]}``. Alerts in
   the store are always redacted.
 - ``GET /admin/dashboard``: one self-contained HTML page (inline JS/CSS, no CDN, no external requests) that
-  polls ``/admin/alerts``, shows a client's record from ``/admin/clients/{id}`` and sets overrides through
-  ``PUT /admin/clients/{id}/override``. The page holds no data itself; its API calls carry the admin token
-  (typed into the page, or passed once as ``#token=...``, which never reaches the server's logs) and go
+  polls ``/admin/alerts`` and the latest admin actions from ``/admin/audit``, shows a client's record from
+  ``/admin/clients/{id}`` and sets overrides through ``PUT /admin/clients/{id}/override``. The page holds
+  no data itself; its API calls carry the admin token (typed into the page, or passed once as
+  ``#token=...``, which never reaches the server's logs) and go
   through the admin auth like any other call. A strict Content-Security-Policy allows only same-origin
   requests and the page's own inline script and style, pinned by their SHA-256 hashes (no
   ``'unsafe-inline'``: markup that ever got into the page could not run code), and forbids framing.

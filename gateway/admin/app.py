@@ -7,7 +7,8 @@ the gateway refuses to start) or a JWT/API-key principal with the role ``admin``
 the ``Authorization`` header, never in cookies or the URL, so a cross-site page cannot borrow them (no CSRF)
 and no CORS headers are sent (another origin cannot read an answer). Health, readiness, metrics and the
 (data-free) dashboard page need no credential: the admin listener should be bound to a private address.
-Every answer carries ``SECURITY_HEADERS`` (nosniff, no framing, no caching).
+Every answer carries ``SECURITY_HEADERS`` (nosniff, no framing, no caching). Every state-changing call
+that passed admin auth is recorded in the audit trail (``gateway/admin/audit.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from collections.abc import Mapping
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.admin.audit import AUDIT_TRAIL, audit_middleware
 from gateway.admin.core import PUBLIC_PATHS
 from gateway.app import openai_errors
+from gateway.audit.trail import AuditTrail
 from gateway.config import AdminConfig, ConfigError
 from gateway.context import CTX, AppContext
 from gateway.errors import PermissionDenied
@@ -30,7 +33,7 @@ from gateway.principal import Principal
 
 log = logging.getLogger(__name__)
 
-ADMIN_MODULES: tuple[str, ...] = ("core", "routing", "alerts", "clients", "watermark", "fingerprint")
+ADMIN_MODULES: tuple[str, ...] = ("core", "routing", "alerts", "clients", "watermark", "fingerprint", "audit")
 UNAUTHENTICATED = PUBLIC_PATHS | {"/admin/dashboard"}
 ADMIN_PRINCIPAL = web.RequestKey("ipgate_admin_principal", Principal)  # who passed admin auth (for audit)
 # The admin token is a long-lived bearer secret with full control of the gateway: a short one is guessable
@@ -93,13 +96,45 @@ def admin_token(cfg: AdminConfig, env: Mapping[str, str] | None = None) -> str |
     return token or None
 
 
+def audit_key(cfg: AdminConfig, env: Mapping[str, str] | None = None) -> bytes | None:
+    """The audit chain key from ``admin.audit_key_env``; a named variable that is unset or short fails
+    start-up (never a silently unkeyed chain)."""
+    if not cfg.audit_key_env:
+        return None
+    key = (os.environ if env is None else env).get(cfg.audit_key_env, "")
+    if len(key) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(f"admin.audit_key_env: {cfg.audit_key_env} is unset or shorter than "
+                          f"{MIN_ADMIN_TOKEN_CHARS} characters")
+    return key.encode()
+
+
+def open_trail(ctx: AppContext, env: Mapping[str, str] | None = None) -> AuditTrail:
+    """This process's audit writer (see gateway/admin/audit.py); a bad ``admin.audit_file`` or
+    ``admin.audit_key_env`` fails start-up."""
+    cfg = ctx.config.admin
+    key = audit_key(cfg, env)
+    try:
+        return AuditTrail(ctx.store, max_records=cfg.audit_max_records, file=cfg.audit_file,
+                          failures=ctx.metrics.audit_write_failures_total, key=key)
+    except OSError as e:
+        raise ConfigError(f"admin.audit_file: cannot open {cfg.audit_file!r} for appending: {e}") from e
+
+
 def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) -> web.Application:
     token = admin_token(ctx.config.admin, env)
     if not token:
         log.info("admin API: %s is not set; only JWTs with the 'admin' role are accepted",
                  ctx.config.admin.token_env)
-    app = web.Application(middlewares=[openai_errors, _admin_auth(ctx, token)])
+    trail = open_trail(ctx, env)
+    app = web.Application(middlewares=[openai_errors, _admin_auth(ctx, token),
+                                       audit_middleware(trail, ADMIN_PRINCIPAL)])
     app[CTX] = ctx
+    app[AUDIT_TRAIL] = trail
+
+    async def close_trail(app: web.Application) -> None:
+        await trail.close()
+
+    app.on_cleanup.append(close_trail)
     app.on_response_prepare.append(_security_headers)
     for name in ADMIN_MODULES:
         module = importlib.import_module(f"gateway.admin.{name}")

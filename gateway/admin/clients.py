@@ -3,7 +3,10 @@
 - ``GET /admin/clients/{client_id}`` → the record the gateway applies: effective tier (int and name), the
   detector's tier, an administrator's pin, the override and when it expires, the suspicion score and the
   limits in force. A client never seen answers ``known: false`` with the defaults (the policy applies to
-  any id, so an administrator can denylist one before its first request).
+  any id, so an administrator can denylist one before its first request). ``limit_classes`` lists the plans
+  the client authenticates with as far as this replica knows (its API keys' classes, and those of its
+  recently verified JWTs); ``limits`` are its plan's at the tier when that is one class, else ``default``'s,
+  and ``limits_by_class`` shows every plan's at the tier.
 - ``PUT /admin/clients/{client_id}/override`` with ``{"override": "allow"|"deny"|null, "tier": "<name>"|<int>|
   null, "ttl_s": <seconds>}``. ``allow`` pins tier 0 and exempts the client from detection blocks; ``deny``
   refuses every request (403); ``tier`` pins a tier (detection may still raise a request above it). Both
@@ -15,8 +18,8 @@
   ``..`` cannot travel in a path (browsers and most HTTP clients resolve them as dot segments, even
   percent-encoded). The dashboard uses this form.
 
-Every change is logged at INFO with the administrator's identity (an audit trail, not a metric: no
-per-client labels).
+Every change is logged at INFO with the administrator's identity and recorded, with the override before
+and after, in the audit trail (``gateway/admin/audit.py``; no metric: no per-client labels).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.audit import note, override_state
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest
-from gateway.store.base import Override
+from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.principal import DEFAULT_LIMIT_CLASS
+from gateway.store.base import Limits, Override
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,8 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
     # `tier` sets the rate limits (the store's tier: the pin when there is one); hardening and blocking follow
     # the higher of it and detection's own tier, because a pin is a floor (only `allow` lifts a block)
     applied = tier if override == "allow" else max(tier, min(max(detector, 0), len(names) - 1))
-    lim = ctx.policy.limits_for(tier)
+    classes = sorted(ctx.auth.limit_classes(client_id))
+    lim = ctx.policy.limits_for(tier, classes[0] if len(classes) == 1 else DEFAULT_LIMIT_CLASS)
     return {
         "client_id": client_id,
         "known": rec is not None,
@@ -118,12 +124,19 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
         "override_ttl_s": round(ttl, 3) if ttl is not None else None,
         "score": score,
         "blocked": override == "deny" or (override != "allow" and ctx.policy.tier(applied).block),
-        "limits": {
-            "requests_per_minute": lim.requests_per_minute,
-            "tokens_per_minute": lim.tokens_per_minute,
-            "burst_requests": lim.burst_requests,
-            "burst_tokens": lim.burst_tokens,
-        },
+        "limit_classes": classes,
+        "limits": _limits_json(lim),
+        "limits_by_class": {name: _limits_json(ctx.policy.limits_for(tier, name))
+                            for name in sorted(ctx.policy.limits_by_class)},
+    }
+
+
+def _limits_json(lim: Limits) -> dict[str, Any]:
+    return {
+        "requests_per_minute": lim.requests_per_minute,
+        "tokens_per_minute": lim.tokens_per_minute,
+        "burst_requests": lim.burst_requests,
+        "burst_tokens": lim.burst_tokens,
     }
 
 
@@ -132,12 +145,23 @@ def _who(request: web.Request) -> str:
     return str(getattr(principal, "client_id", "unknown"))
 
 
+async def _before(ctx: AppContext, client_id: str) -> dict[str, Any] | None:
+    """The override before a change, for the audit record; None when the store cannot say (the write that
+    follows then answers 503, saying the override was not saved)."""
+    try:
+        return override_state(await client_view(ctx, client_id))
+    except ServiceUnavailable:
+        return None
+
+
 def routes(ctx: AppContext) -> list[web.RouteDef]:
     async def get_client(request: web.Request) -> web.Response:
         return web.json_response(await client_view(ctx, _client_id(request)))
 
     async def put_override(request: web.Request) -> web.Response:
+        note(request, "client.override.set")
         cid = _client_id(request)
+        note(request, target=cid)
         try:
             body = json.loads(await request.read() or b"null")
         except ValueError:
@@ -145,16 +169,24 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
             raise InvalidRequest("the request body is nested too deeply", param="body") from None
         override, tier, ttl = parse_override(ctx, body)
+        cleared = override is None and tier is None  # both null clears, like DELETE
+        note(request, "client.override.clear" if cleared else None, before=await _before(ctx, cid))
         await ctx.store.set_override(cid, override, tier, ttl)
         log.info("admin %s set client %r override=%s tier=%s ttl_s=%.0f", _who(request), cid, override,
                  ctx.policy.tier(tier).name if tier is not None else None, ttl)
-        return web.json_response(await client_view(ctx, cid))
+        view = await client_view(ctx, cid)
+        note(request, after=override_state(view))
+        return web.json_response(view)
 
     async def delete_override(request: web.Request) -> web.Response:
+        note(request, "client.override.clear")
         cid = _client_id(request)
+        note(request, target=cid, before=await _before(ctx, cid))
         await ctx.store.set_override(cid, None, None, DEFAULT_TTL_S)
         log.info("admin %s cleared the override of client %r", _who(request), cid)
-        return web.json_response(await client_view(ctx, cid))
+        view = await client_view(ctx, cid)
+        note(request, after=override_state(view))
+        return web.json_response(view)
 
     # ``.+`` so that ids containing "/" (sent as %2F) still match one segment
     return [

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.audit import note
 from gateway.alerts.model import mask_url_passwords
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -46,6 +47,10 @@ def _masked(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mask(reason: str | None) -> str | None:
+    return mask_url_passwords(reason) if reason is not None else None
+
+
 def _who(request: web.Request) -> str:
     from gateway.admin.app import ADMIN_PRINCIPAL  # the admin app sets it; imported late (no import cycle)
 
@@ -64,8 +69,9 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         return web.json_response(snap)
 
     async def post_check(request: web.Request) -> web.Response:
-        checker = _checker(ctx)
         model, backend = request.query.get("model"), request.query.get("backend")
+        note(request, "fingerprint.check", target="/".join(x for x in (model, backend) if x is not None) or None)
+        checker = _checker(ctx)
         if backend is not None and model is None:
             raise InvalidRequest("'backend' needs 'model' too.", param="model")
         if model is not None:
@@ -78,12 +84,19 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                 )
         results = await checker.check_now(model, backend)
         log.info("fingerprint check of %d backends requested by %s", len(results), _who(request))
+        note(request, details={"verdicts": [
+            {"model": r.model, "backend": r.backend, "verdict": r.verdict,
+             "quarantined": r.quarantined} for r in results]})
         body: dict[str, Any] = {"results": [_masked(r.to_json()) for r in results]}
         return web.json_response(body)
 
     async def post_release(request: web.Request) -> web.Response:
         model, backend = request.match_info["model"], request.match_info["backend"]
+        note(request, "fingerprint.release", target=f"{model}/{backend}")
+        note(request, before={"quarantine": _mask(ctx.router.quarantined(model, backend))})
         released = ctx.router.release_quarantine(model, backend, why=f"released by {_who(request)}")
+        note(request, after={"quarantine": _mask(ctx.router.quarantined(model, backend))},
+             details={"released": released})
         return web.json_response({"model": model, "backend": backend, "released": released,
                                   "quarantine": ctx.router.quarantined(model, backend)})
 

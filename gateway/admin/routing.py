@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.audit import note
 from gateway.alerts.model import mask_url_passwords
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
@@ -57,6 +60,21 @@ def _config_path(ctx: AppContext) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
+def _live_state(ctx: AppContext) -> dict[str, Any]:
+    """For the audit record: the models served and a digest of the live sections (backend URLs may carry
+    credentials, so the record names their SHA-256, which shows whether anything changed, never the values)."""
+    live = json.dumps({s: getattr(ctx.config, s) for s in LIVE_SECTIONS}, default=_dump, sort_keys=True)
+    return {"models": sorted(ctx.models), "live_config_sha256": hashlib.sha256(live.encode()).hexdigest()}
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else str(value)
+
+
+def _canary_state(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: snap.get(k) for k in ("phase", "step", "weight")}
+
+
 def _who(request: web.Request) -> str:
     from gateway.admin.app import ADMIN_PRINCIPAL  # the admin app sets it; imported late (no import cycle)
 
@@ -82,6 +100,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
 
     async def post_reload(request: web.Request) -> web.Response:
         path = _config_path(ctx)
+        note(request, "routing.reload", target=path, before=_live_state(ctx))
         if path is None:
             raise ServiceUnavailable(
                 "This gateway was not started from a config file; there is nothing to re-read.",
@@ -93,15 +112,20 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             log.warning("config reload via admin API rejected: %s", e)
             raise InvalidRequest(f"config not reloaded: {e}", param="config", code="invalid_config") from e
         log.info("config reloaded from %s by %s", path, _who(request))
+        note(request, after=_live_state(ctx), details={"restart_required": result["restart_required"]})
         return web.json_response(result)
 
     async def post_canary(request: web.Request) -> web.Response:
         model = request.match_info["model"]
         op = Op(request.match_info["op"])
+        note(request, f"canary.{op.value}", target=model)
         by = _who(request)
+        note(request, before=_canary_state(ctx.router.canary(model).snapshot()))
         await ctx.router.canary_command(model, op, by=by)
         log.info("canary %s: %s requested by %s", model, op.value, by)
-        return web.json_response(ctx.router.canary(model).snapshot())
+        snap = ctx.router.canary(model).snapshot()
+        note(request, after=_canary_state(snap))
+        return web.json_response(snap)
 
     ops = "|".join(o.value for o in Op)
     return [

@@ -10,12 +10,15 @@ recipient the gateway recorded, with the key versions it recorded), ``"scheme": 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.audit import note
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from watermark.base import Scheme
@@ -32,6 +35,13 @@ MAX_CLIENTS = 1_000_000
 # this bound instead: 2 M characters of JSON-escaped text or ~1 M short ids fit, memory stays ~10x this.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _FIELDS = {"text", "texts", "clients", "scheme", "fpr"}
+
+
+def digest_texts(texts: list[str]) -> str:
+    """SHA-256 of one text's UTF-8; for several, of their SHA-256 hex digests joined by newlines. A lone
+    surrogate (valid JSON, no UTF-8 form) is hashed as its surrogatepass encoding."""
+    digests = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float]:
@@ -107,6 +117,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         return out
 
     async def verify_handler(request: web.Request) -> web.Response:
+        note(request, "watermark.verify")
         wm = ctx.watermarking
         ring = getattr(wm, "ring", None)
         if wm is None or ring is None:
@@ -119,6 +130,11 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
             raise InvalidRequest("the request body is nested too deeply", param="body") from None
         texts, corpus, clients, scheme_name, fpr = parse_body(body)
+        # The audit record names the question, never the text: its size and digest (digest_texts).
+        details: dict[str, Any] = {"texts": len(texts), "chars": sum(map(len, texts)),
+                                   "texts_sha256": digest_texts(texts), "scheme": scheme_name, "fpr": fpr,
+                                   "clients": len(clients) if clients is not None else "recorded"}
+        note(request, details=details)
         if clients is None:
             recorded = await ctx.store.recipients()
             keys = candidate_keys(ring, sorted(recorded), recorded)
@@ -131,6 +147,11 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         v = await asyncio.to_thread(verify, texts if corpus else texts[0], keys, chosen, fpr=fpr)
         log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", len(texts), len(keys),
                  v.watermarked)
+        details["candidates"] = len(keys)
+        hit = v.client if v.watermarked else None
+        note(request, target=hit, after={
+            "watermarked": v.watermarked, "client": hit, "key_version": v.key_version if hit else None,
+            "p_value": v.p_value if math.isfinite(v.p_value) else None, "scheme": v.scheme})
         return web.json_response(v.to_json(corpus))
 
     return [web.post("/admin/watermark/verify", verify_handler)]

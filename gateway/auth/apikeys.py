@@ -2,7 +2,11 @@
 
 File format, one key per line (``#`` starts a comment, blank lines are ignored)::
 
-    <sha256 hex of the whole key, 64 chars>  <client_id>  [tenant or ->]  [role,role,...]
+    <sha256 hex of the whole key, 64 chars>  <client_id>  [tenant or ->]  [role,role,...]  [limits=CLASS]
+
+``limits=CLASS`` (anywhere after the client id; lines without it are the older format and load unchanged)
+gives the key its limit class, a key of the config's ``limits`` (gateway/auth/limitclass.py); a name that is
+not one is an error naming the line, at start-up and at reload (the previous table then stays in force).
 
 ``ipgate apikey create`` prints a new key once and the line to append. The raw key is never stored, here
 or in memory: a presented key is hashed and looked up by digest.
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.auth.limitclass import LimitClasses, parse_limits_field
 from gateway.config import ConfigError
 from gateway.principal import Principal
 
@@ -44,13 +49,31 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def format_line(digest_hex: str, client_id: str, tenant: str | None = None, roles: frozenset[str] = frozenset()) -> str:
+def format_line(digest_hex: str, client_id: str, tenant: str | None = None, roles: frozenset[str] = frozenset(),
+                limit_class: str | None = None) -> str:
     parts = [digest_hex, client_id]
     if tenant or roles:
         parts.append(tenant or "-")
     if roles:
         parts.append(",".join(sorted(roles)))
+    if limit_class is not None:
+        parts.append(f"limits={limit_class}")
     return " ".join(parts)
+
+
+def _limit_class(fields: list[str], where: str, classes: LimitClasses) -> tuple[list[str], str | None]:
+    """``fields`` without the ``limits=CLASS`` field, and CLASS (None when the line names none)."""
+    named = [(i, n) for i, f in enumerate(fields) if i >= 2 and (n := parse_limits_field(f)) is not None]
+    if not named:
+        return fields, None
+    if len(named) > 1:
+        raise ConfigError(f"{where}: more than one limits= field")
+    i, name = named[0]
+    if name not in classes.known:
+        shown = name if NAME_RE.fullmatch(name) else "(a name with characters outside [A-Za-z0-9._:@/+-])"
+        raise ConfigError(f"{where}: limits={shown} is not a limit class of the configuration "
+                          f"(classes: {classes.describe()})")
+    return fields[:i] + fields[i + 1:], name
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +87,14 @@ class ApiKeyTable:
 
     def __init__(self, entries: Mapping[bytes, Principal]) -> None:
         self._entries = {d: _Entry(d, p) for d, p in entries.items()}
+        # for the admin API: a client's keys may name different classes (e.g. a batch key on another plan)
+        self._classes: dict[str, set[str]] = {}
+        for p in entries.values():
+            self._classes.setdefault(p.client_id, set()).add(p.limit_class)
+
+    def limit_classes(self, client_id: str) -> frozenset[str]:
+        """The limit classes of ``client_id``'s keys (empty when it has none)."""
+        return frozenset(self._classes.get(client_id, ()))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,17 +108,20 @@ class ApiKeyTable:
         return entry.principal
 
     @classmethod
-    def parse(cls, text: str, *, source: str) -> ApiKeyTable:
+    def parse(cls, text: str, *, source: str, classes: LimitClasses | None = None) -> ApiKeyTable:
+        """``classes``: the configured limit classes (None: only ``default`` exists)."""
+        classes = classes if classes is not None else LimitClasses(())
         entries: dict[bytes, Principal] = {}
         for lineno, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
             where = f"{source}:{lineno}"
-            fields = line.split()
+            fields, named_class = _limit_class(line.split(), where, classes)
             if len(fields) < 2 or len(fields) > 4:
                 raise ConfigError(
-                    f"{where}: expected 'sha256-hex client_id [tenant] [roles]', got {len(fields)} fields"
+                    f"{where}: expected 'sha256-hex client_id [tenant] [roles] [limits=CLASS]', "
+                    f"got {len(fields)} fields besides limits="
                 )
             digest_hex = fields[0].lower()
             if not _HEX64.fullmatch(digest_hex):
@@ -104,17 +138,18 @@ class ApiKeyTable:
             digest = bytes.fromhex(digest_hex)
             if digest in entries:
                 raise ConfigError(f"{where}: duplicate key hash (already mapped to {entries[digest].client_id!r})")
-            entries[digest] = Principal(client_id=client_id, tenant=tenant, roles=roles, auth_method="api_key")
+            entries[digest] = Principal(client_id=client_id, tenant=tenant, roles=roles, auth_method="api_key",
+                                        limit_class=classes.for_api_key(named_class, tenant))
         return cls(entries)
 
     @classmethod
-    def load(cls, path: str | Path) -> ApiKeyTable:
+    def load(cls, path: str | Path, classes: LimitClasses | None = None) -> ApiKeyTable:
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"auth.api_keys.file: cannot read {p}: {e.strerror}") from e
-        return cls.parse(text, source=str(p))
+        return cls.parse(text, source=str(p), classes=classes)
 
 
 class ApiKeyFile:
@@ -124,9 +159,10 @@ class ApiKeyFile:
     the error once per distinct failure, not once per poll.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, classes: LimitClasses | None = None) -> None:
         self.path = Path(path)
-        self.table = ApiKeyTable.load(self.path)  # at start-up a bad file is fatal: ConfigError
+        self._classes = classes
+        self.table = ApiKeyTable.load(self.path, classes)  # at start-up a bad file is fatal: ConfigError
         self._stamp = self._file_stamp()
         self._last_error: str | None = None
         log.info("loaded %d API keys from %s", len(self.table), self.path)
@@ -144,7 +180,7 @@ class ApiKeyFile:
         if stamp == self._stamp:
             return False
         try:
-            table = ApiKeyTable.load(self.path)
+            table = ApiKeyTable.load(self.path, self._classes)
         except ConfigError as e:
             if str(e) != self._last_error:
                 log.error("API key file not reloaded, keeping %d keys: %s", len(self.table), e)

@@ -23,6 +23,7 @@ from multidict import MultiMapping
 
 from gateway.auth.apikeys import KEY_PREFIX, ApiKeyFile
 from gateway.auth.jwt import JwtVerifier, TokenRejected
+from gateway.auth.limitclass import LimitClasses
 from gateway.config import AuthConfig
 from gateway.errors import AuthenticationFailed
 from gateway.principal import Principal
@@ -66,11 +67,14 @@ class Authenticator:
 
     @classmethod
     def from_config(
-        cls, cfg: AuthConfig, *, metrics: Metrics | None = None, env: Mapping[str, str] | None = None
+        cls, cfg: AuthConfig, *, metrics: Metrics | None = None, env: Mapping[str, str] | None = None,
+        classes: LimitClasses | None = None,
     ) -> Authenticator:
-        """Raises ``ConfigError`` (naming the field) for a missing secret, a weak key or a bad key file."""
-        verifier = JwtVerifier.from_config(cfg.jwt, metrics=metrics, env=env) if cfg.jwt is not None else None
-        api_keys = ApiKeyFile(cfg.api_keys.file) if cfg.api_keys.file else None
+        """Raises ``ConfigError`` (naming the field) for a missing secret, a weak key or a bad key file.
+        ``classes``: the configured limit classes (``LimitClasses.from_config``); None: only ``default``."""
+        verifier = (JwtVerifier.from_config(cfg.jwt, metrics=metrics, env=env, classes=classes)
+                    if cfg.jwt is not None else None)
+        api_keys = ApiKeyFile(cfg.api_keys.file, classes) if cfg.api_keys.file else None
         return cls(
             jwt=verifier,
             api_keys=api_keys,
@@ -168,6 +172,14 @@ class Authenticator:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return verified.principal
+
+    def limit_classes(self, client_id: str) -> frozenset[str]:
+        """The limit classes ``client_id`` authenticates with, as far as this process knows: its API keys', and
+        those of its verified tokens still cached. For the admin API (it scans the token cache: not for the
+        request path)."""
+        found = set(self._api_keys.table.limit_classes(client_id)) if self._api_keys is not None else set()
+        found.update(p.limit_class for p, _ in list(self._cache.values()) if p.client_id == client_id)
+        return frozenset(found)
 
     @property
     def cache_len(self) -> int:

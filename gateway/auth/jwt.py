@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import PyJWK
 
 from gateway.auth.jwks import JwksKeys, UnknownKey
+from gateway.auth.limitclass import LimitClasses
 from gateway.config import ConfigError, JwtConfig, read_secret
 from gateway.principal import Principal
 from gateway.telemetry.metrics import Metrics
@@ -147,10 +148,12 @@ def load_static_key(cfg: JwtConfig, *, env: Mapping[str, str] | None = None) -> 
 
 
 class JwtVerifier:
-    def __init__(self, cfg: JwtConfig, *, key: StaticKey | None, jwks: JwksKeys | None) -> None:
+    def __init__(self, cfg: JwtConfig, *, key: StaticKey | None, jwks: JwksKeys | None,
+                 classes: LimitClasses | None = None) -> None:
         if (key is None) == (jwks is None):
             raise ValueError("exactly one of key and jwks")
         self.cfg = cfg
+        self._classes = classes if classes is not None else LimitClasses(())
         self.algorithms = list(cfg.algorithms)
         self._key = key
         self._jwks = jwks
@@ -163,7 +166,8 @@ class JwtVerifier:
 
     @classmethod
     def from_config(
-        cls, cfg: JwtConfig, *, metrics: Metrics | None = None, env: Mapping[str, str] | None = None
+        cls, cfg: JwtConfig, *, metrics: Metrics | None = None, env: Mapping[str, str] | None = None,
+        classes: LimitClasses | None = None,
     ) -> JwtVerifier:
         key = load_static_key(cfg, env=env)
         jwks = None
@@ -172,7 +176,7 @@ class JwtVerifier:
                 cfg.jwks_url, cfg.algorithms, refetch_interval_s=cfg.jwks_refetch_interval_s,
                 cache_ttl_s=cfg.jwks_cache_ttl_s, timeout_s=cfg.jwks_timeout_s, metrics=metrics,
             )
-        return cls(cfg, key=key, jwks=jwks)
+        return cls(cfg, key=key, jwks=jwks, classes=classes)
 
     async def start(self) -> None:
         if self._jwks is not None:
@@ -232,8 +236,11 @@ class JwtVerifier:
         if tenant is not None and (not isinstance(tenant, str) or len(tenant) > _MAX_CLAIM_CHARS
                                    or not tenant.isprintable()):
             raise TokenRejected("invalid_claim", f"claim {self.cfg.tenant_claim!r}")
+        tenant = tenant or None
+        claimed = claims.get(self.cfg.limits_claim) if self.cfg.limits_claim else None
         return Principal(
-            client_id=client, tenant=tenant or None, roles=_roles(claims.get(self.cfg.roles_claim)), auth_method="jwt"
+            client_id=client, tenant=tenant, roles=_roles(claims.get(self.cfg.roles_claim)), auth_method="jwt",
+            limit_class=self._classes.for_jwt(claimed, tenant),
         )
 
 

@@ -29,6 +29,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "watermark",
     "verify",
     "fingerprint",
+    "audit",
 )
 
 

@@ -1,6 +1,10 @@
 """``ipgate apikey create``: make a new API key, print it once, and the hash line for the key file.
 
-    ipgate apikey create --client acme-batch --tenant acme --roles chat [--append keys.txt]
+    ipgate apikey create --client acme-batch --tenant acme --roles chat [--limits CLASS] [--append keys.txt]
+
+``--limits CLASS`` gives the key a limit class (a key of the config's ``limits``): with ``--config`` the name
+is checked against that file; without it, the gateway checks it when it loads the key file (an unknown class
+is an error naming the line, and a reload with one keeps the previous keys).
 
 The key (``sk-...``) is shown only here; the gateway stores and compares only its SHA-256. Keep the key
 file readable by the gateway's user only. Changes to the file are picked up within
@@ -15,10 +19,11 @@ import sys
 from pathlib import Path
 
 from gateway.auth.apikeys import NAME_RE, format_line, generate_key, hash_key
+from gateway.config import ConfigError, load_config
 
 
 def _create(args: argparse.Namespace) -> int:
-    for what, value in (("--client", args.client), ("--tenant", args.tenant)):
+    for what, value in (("--client", args.client), ("--tenant", args.tenant), ("--limits", args.limits)):
         if value is not None and not NAME_RE.fullmatch(value):
             print(f"ipgate apikey: {what} {value!r} has characters outside [A-Za-z0-9._:@/+-]", file=sys.stderr)
             return 2
@@ -29,8 +34,18 @@ def _create(args: argparse.Namespace) -> int:
         if not NAME_RE.fullmatch(role):
             print(f"ipgate apikey: --roles: {role!r} has characters outside [A-Za-z0-9._:@/+-]", file=sys.stderr)
             return 2
+    if args.limits is not None and args.config:
+        try:
+            classes = load_config(args.config).limits
+        except ConfigError as e:
+            print(f"ipgate apikey: {e}", file=sys.stderr)
+            return 2
+        if args.limits not in classes:
+            print(f"ipgate apikey: --limits {args.limits!r} is not a limit class of {args.config} "
+                  f"(classes: {', '.join(sorted(classes))})", file=sys.stderr)
+            return 2
     key = generate_key()
-    line = format_line(hash_key(key), args.client, args.tenant, roles)
+    line = format_line(hash_key(key), args.client, args.tenant, roles, args.limits)
     if args.append:
         path = Path(args.append)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
@@ -62,5 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--client", required=True, help="client id the key authenticates as")
     c.add_argument("--tenant", help="tenant")
     c.add_argument("--roles", help="comma-separated roles")
+    c.add_argument("--limits", metavar="CLASS", help="limit class (plan) of the key: a key of the config's limits")
+    c.add_argument("--config", help="gateway YAML to check --limits against")
     c.add_argument("--append", metavar="FILE", help="append the hash line to this key file (created 0600)")
     c.set_defaults(func=_create)

@@ -1,9 +1,11 @@
 """``ipgate fingerprint record|check``: does a backend serve the genuine model?
 
-``record`` probes a backend known to be genuine and writes its signature; ``check`` probes a backend (or a
-suspect API) and compares it with that reference. Exit codes for ``check``: 0 match, 1 mismatch or
-inconclusive, 2 error (nothing to compare: no probe answered, or the reference cannot be used). ``record``
-needs every probe to answer; ``check`` decides on the probes that answered, as the gateway does.
+``record`` probes a backend known to be genuine and writes its signature (with the bundled public probes, or
+the operator's private set from ``--probes FILE``); ``check`` probes a backend (or a suspect API) with the
+reference's own probes (all, or a random ``--sample N``) and compares. Exit codes for ``check``: 0 match,
+1 mismatch or inconclusive, 2 error (nothing to compare: no probe answered, or the reference cannot be used).
+``record`` needs every probe to answer; ``check`` decides on the probes that answered, as the gateway does.
+Prompts are never printed: errors name the probe's id and the file's line.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fingerprint import Signature, compare
+from fingerprint import DEFAULT_PROBES, Probe, ProbeSetError, Signature, compare, parse_probe_set
+from fingerprint.probeset import public_probe_ids, reference_probes, restrict, sample
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 
 MIN_USABLE_ANSWERS = 4  # fingerprint.min_probes' default: a reference with fewer usable answers cannot decide
@@ -31,6 +35,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
     if not v > 0:  # aiohttp reads a zero total timeout as "no timeout": a hung backend would block for ever
         raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
     return v
 
 
@@ -47,9 +61,14 @@ def register(sub: Any) -> None:
         q.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per probe request (> 0)")
         if name == "record":
             q.add_argument("-o", "--output", required=True, help="file to write the signature to")
+            q.add_argument("--probes", metavar="FILE",
+                           help="private probe set: JSONL, one {\"id\", \"prompt\", \"max_tokens\"?} per line "
+                                "(default: the bundled public probes)")
         else:
             q.add_argument("--reference", required=True, help="signature file written by 'record'")
             q.add_argument("--json", action="store_true", help="print one JSON object (also on an error)")
+            q.add_argument("--sample", type=_positive_int, metavar="N",
+                           help="send a random N of the reference's probes (default: all of them)")
     p.set_defaults(func=run)
 
 
@@ -66,6 +85,42 @@ def _read_reference(path: str) -> Signature:
         raise _Fail(f"reference {path}: {e}") from e
 
 
+def _probe_set(path: str | None) -> tuple[Probe, ...]:
+    if path is None:
+        return DEFAULT_PROBES
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise _Fail(f"--probes {path} cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise _Fail(f"--probes {path}: not UTF-8 text") from e
+    try:
+        probes = parse_probe_set(text, source=path)
+    except ProbeSetError as e:
+        raise _Fail(f"--probes {e}") from e
+    if len(probes) < MIN_USABLE_ANSWERS:
+        raise _Fail(f"--probes {path}: {len(probes)} probes; at least {MIN_USABLE_ANSWERS} are needed for a "
+                    "verdict (and more than fingerprint.probes_per_check for the rounds to rotate)")
+    public = public_probe_ids(probes)
+    if public:
+        print(f"warning: {len(public)} of the {len(probes)} probes are bundled public ones ({', '.join(public)}): "
+              "a dishonest backend can recognise those", file=sys.stderr)
+    return probes
+
+
+def _check_probes(reference: Signature, n: int | None, path: str) -> tuple[Probe, ...]:
+    available = reference_probes(reference)
+    if not available:
+        raise _Fail(f"reference {path}: none of its probes can be sent (no prompts stored): re-record it")
+    if n is None:
+        return available
+    if n > len(available):
+        raise _Fail(f"--sample {n}: the reference has only {len(available)} probes")
+    if n < MIN_USABLE_ANSWERS:  # compare() needs that many answers: a smaller sample is always inconclusive
+        raise _Fail(f"--sample {n}: at least {MIN_USABLE_ANSWERS} probes are needed for a verdict")
+    return sample(available, n, secrets.SystemRandom())
+
+
 def _api_key(var: str | None) -> str | None:
     if not var:
         return None
@@ -75,7 +130,7 @@ def _api_key(var: str | None) -> str | None:
     return key
 
 
-def _record(args: argparse.Namespace, sig: Signature) -> None:
+def _record(args: argparse.Namespace, sig: Signature, private: bool) -> None:
     empty = [a.probe_id for a in sig.answers if not a.text.strip()]
     usable = len(sig.answers) - len(empty)
     if usable < MIN_USABLE_ANSWERS:
@@ -89,7 +144,13 @@ def _record(args: argparse.Namespace, sig: Signature) -> None:
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(sig.dumps(), encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of a crashed run may be a file another user made readable
+        # A private set's reference holds its prompts: created owner-only, like a key file (the gateway's user
+        # must own it or be given read access on purpose). The public set's reference is left to the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(sig.dumps())
         os.replace(tmp, out)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -103,9 +164,14 @@ def run(args: argparse.Namespace) -> int:
             raise _Fail(f"--url must start with http:// or https:// (got {args.url!r})")
         api_key = _api_key(args.api_key_env)
         reference = _read_reference(args.reference) if args.fp_command == "check" else None
+        if reference is None:
+            probes = _probe_set(args.probes)
+        else:
+            probes = _check_probes(reference, args.sample, args.reference)
+            reference = restrict(reference, (p.id for p in probes))
         try:
             # record needs every probe; check decides on those that answered, as the gateway does (min_probes)
-            run = asyncio.run(probe_backend_partial(args.url, args.model, api_key=api_key,
+            run = asyncio.run(probe_backend_partial(args.url, args.model, api_key=api_key, probes=probes,
                                                     logprobs=not args.no_logprobs, timeout_s=args.timeout))
         except (ValueError, FingerprintError) as e:
             raise _Fail(str(e)) from e
@@ -113,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
             raise _Fail(run.failures[0] + (f" (and {len(run.failures) - 1} more)" if len(run.failures) > 1 else ""))
         sig = run.signature
         if reference is None:
-            _record(args, sig)
-            print(f"wrote a signature of {len(sig.answers)} probes to {args.output}")
+            private = args.probes is not None
+            _record(args, sig, private)
+            print(f"wrote a signature of {len(sig.answers)} probes to {args.output}"
+                  + (" (it holds the private prompts: owner-only, keep it secret)" if private else ""))
             return 0
     except _Fail as e:
         print(f"ipgate fingerprint: {e}", file=sys.stderr)

@@ -45,9 +45,12 @@ def mint(
     roles: list[str] | None = None,
     ttl_s: int = 3600,
     now: float | None = None,
+    limit_class: str | None = None,
 ) -> str:
     """A signed token the gateway configured with ``cfg`` accepts. Raises ``ConfigError`` for RS/ES/no secret."""
     alg = cfg.algorithms[0]
+    if limit_class is not None and not cfg.limits_claim:
+        raise ConfigError("--limits: auth.jwt.limits_claim is not set, so the gateway would ignore the class")
     if not alg.startswith("HS"):
         raise ConfigError(f"auth.jwt: cannot mint {alg} tokens here (only the public key is configured); "
                           "use your identity provider")
@@ -69,17 +72,24 @@ def mint(
         claims[cfg.tenant_claim] = tenant
     if roles:
         claims[cfg.roles_claim] = roles
+    if limit_class is not None and cfg.limits_claim:
+        claims[cfg.limits_claim] = limit_class
     return jwt.encode(claims, key, algorithm=alg)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         ttl = parse_ttl(args.ttl)
-        jwt_cfg = load_config(args.config).auth.jwt if args.config else JwtConfig()
+        cfg = load_config(args.config) if args.config else None
+        jwt_cfg = cfg.auth.jwt if cfg is not None else JwtConfig()
         if jwt_cfg is None:
             raise ConfigError(f"{args.config}: auth.jwt is not configured (JWT auth is off)")
+        if args.limits is not None and cfg is not None and args.limits not in cfg.limits:
+            raise ConfigError(f"--limits: {args.limits!r} is not a limit class of {args.config} "
+                              f"(classes: {', '.join(sorted(cfg.limits))})")
         roles = [r for r in args.roles.split(",") if r] if args.roles else None
-        token = mint(jwt_cfg, client=args.client, tenant=args.tenant, roles=roles, ttl_s=ttl)
+        token = mint(jwt_cfg, client=args.client, tenant=args.tenant, roles=roles, ttl_s=ttl,
+                     limit_class=args.limits)
     except (ConfigError, ValueError) as e:
         print(f"ipgate token: {e}", file=sys.stderr)
         return 2
@@ -93,6 +103,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--client", required=True, help="client id (the configured client claim, default 'sub')")
     p.add_argument("--tenant", help="tenant claim")
     p.add_argument("--roles", help="comma-separated roles, e.g. chat,admin")
+    p.add_argument("--limits", metavar="CLASS",
+                   help="limit class claim (auth.jwt.limits_claim must be set; a key of the config's limits)")
     p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     p.add_argument("--config", help="gateway YAML (audience, issuer, claim names, secret source)")
     p.set_defaults(func=run)

@@ -90,6 +90,11 @@ class StateStore(Protocol):
 
     async def recent_alerts(self, count: int) -> list[str]: ...
 
+    async def append_audit(self, record_json: str, max_len: int) -> None:
+        """Push an admin-audit record onto the shared capped list (newest first, at most ``max_len``)."""
+
+    async def recent_audit(self, count: int) -> list[str]: ...
+
     async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
         """Record that a client received watermarked output under a key version."""
 

@@ -10,6 +10,7 @@ NTP steps the wall clock, which would otherwise refund or freeze rate-limit buck
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from gateway.store.ttlmap import TtlMap
 DEFAULT_MAX_STATE_BYTES = 32 * 1024
 MAX_SKETCH_MEMBERS = 32  # clients remembered per prompt sketch (most recent)
 ALERTS_TTL_S = 30 * 24 * 3600.0
+AUDIT_TTL_S = 400 * 24 * 3600.0  # the audit list outlives a year of quiet; refreshed by every append
 _SWEEP_EVERY_US = 1_000_000
 _RL_GRACE_US = 1_000_000  # keep a bucket 1 s past full refill (mirrors the Lua script)
 
@@ -85,6 +87,8 @@ class MemoryStore:
         self._blob: TtlMap[str, bytes] = TtlMap(10_000)
         self._alerts: deque[str] = deque()
         self._alerts_expire = 0.0
+        self._audit: deque[str] = deque()
+        self._audit_expire = 0.0
         self._maps = (self._rl, self._state, self._ovr, self._sketch, self._recip, self._lease, self._blob)
         self._next_sweep = 0.0
 
@@ -215,6 +219,20 @@ class MemoryStore:
         if self._alerts_expire <= self._now():
             self._alerts.clear()
         return list(self._alerts)[: max(0, count)]
+
+    async def append_audit(self, record_json: str, max_len: int) -> None:
+        now = self._now()
+        if self._audit_expire <= now:
+            self._audit.clear()
+        self._audit.appendleft(record_json)
+        while len(self._audit) > max(1, max_len):
+            self._audit.pop()
+        self._audit_expire = now + AUDIT_TTL_S * 1e6
+
+    async def recent_audit(self, count: int) -> list[str]:
+        if self._audit_expire <= self._now():
+            self._audit.clear()
+        return list(itertools.islice(self._audit, max(0, count)))
 
     async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
         now = self._now()

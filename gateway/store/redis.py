@@ -33,12 +33,15 @@ from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, 
 from gateway.store.cluster import ClusterMux
 from gateway.store.memory import (
     ALERTS_TTL_S,
+    AUDIT_TTL_S,
     DEFAULT_MAX_STATE_BYTES,
     MAX_SKETCH_MEMBERS,
     check_state,
     effective_tier,
 )
 from gateway.store.resp import Arg, RespMux, pack_bulks, reply_error
+
+TIER_ARGS_CACHE_MAX = 256  # encoded limits_by_tier tuples kept (the policy has one per limit class)
 
 
 def _ms(ttl_s: float) -> int:
@@ -98,7 +101,8 @@ class RedisStore:
         self._lease = _Script("lease.lua")
         self._recipient = _Script("recipient.lua")
         self._recipients = _Script("recipients.lua")
-        self._tier_args: tuple[Sequence[Limits], bytes, int] | None = None
+        # id(limits_by_tier) -> (that tuple, its packed Lua arguments, their count): one entry per limit class
+        self._tier_args: dict[int, tuple[Sequence[Limits], bytes, int]] = {}
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> RedisStore:
@@ -124,8 +128,10 @@ class RedisStore:
         return f"{tag}:rl", f"{tag}:st", f"{tag}:ov"
 
     def _limit_args(self, limits_by_tier: Sequence[Limits]) -> tuple[bytes, int]:
-        # The policy passes the same tuple on every request: encode it once, not per call.
-        cached = self._tier_args
+        # The policy passes one tuple per limit class, the same object on every request: encode each once. Keyed
+        # by identity (hashing the tuple would hash every Limits per call); the entry keeps the tuple alive, so
+        # its id cannot be reused by another object while cached, and the `is` check makes that explicit.
+        cached = self._tier_args.get(id(limits_by_tier))
         if cached is not None and cached[0] is limits_by_tier:
             return cached[1], cached[2]
         args: list[Arg] = [len(limits_by_tier)]
@@ -133,7 +139,9 @@ class RedisStore:
             args += [repr(interval_us(lim.requests_per_minute)), lim.burst_requests,
                      repr(interval_us(lim.tokens_per_minute)), lim.burst_tokens]
         packed = pack_bulks(args)
-        self._tier_args = (limits_by_tier, packed, len(args))
+        if len(self._tier_args) >= TIER_ARGS_CACHE_MAX:  # callers that build tuples per call: stay bounded
+            self._tier_args.clear()
+        self._tier_args[id(limits_by_tier)] = (limits_by_tier, packed, len(args))
         return packed, len(args)
 
     # hot path ----------------------------------------------------------------------------------------------
@@ -232,6 +240,17 @@ class RedisStore:
         if count <= 0:
             return []
         rows = await self._mux.execute("LRANGE", f"{self._p}alerts", 0, count - 1)
+        return [r.decode() for r in rows]
+
+    async def append_audit(self, record_json: str, max_len: int) -> None:
+        key = f"{self._p}audit"
+        await self._mux.execute_many([("MULTI",), ("LPUSH", key, record_json), ("LTRIM", key, 0, max(1, max_len) - 1),
+                                      ("PEXPIRE", key, _ms(AUDIT_TTL_S)), ("EXEC",)])
+
+    async def recent_audit(self, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        rows = await self._mux.execute("LRANGE", f"{self._p}audit", 0, count - 1)
         return [r.decode() for r in rows]
 
     async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:

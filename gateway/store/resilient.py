@@ -22,7 +22,8 @@ Other operations while degraded: ``reconcile_tokens`` / ``save_client_state`` go
 ``set_blob`` are dropped; ``get_blob`` returns None; ``acquire_lease`` returns False (a once-per-cluster duty
 must not run twice because coordination is down); ``add_recipient`` is queued (bounded) and replayed on
 recovery, because watermark attribution must not lose recipients. Admin reads and writes
-(``get_client``, ``set_override``, ``recent_alerts``, ``recipients``) raise ``ServiceUnavailable`` (503):
+(``get_client``, ``set_override``, ``recent_alerts``, ``recipients``, ``recent_audit``) and ``append_audit``
+raise ``ServiceUnavailable`` (503):
 an administrator must know that a denylist entry was not written.
 """
 
@@ -51,6 +52,7 @@ FailureMode = Literal["open", "closed", "local"]
 _OUTAGE = (RedisError, OSError, TimeoutError)  # TimeoutError covers asyncio's in 3.11
 _KNOWN_MAX = 100_000  # clients whose last tier/override we remember for the degraded hot path
 _PENDING_MAX = 10_000  # recipient records queued while degraded
+_DIVIDED_MAX = 256  # per-replica divisions of limits_by_tier tuples kept (the policy has one per limit class)
 _BACKSTOP_MARGIN_S = 0.002  # the inner store's own timeout must fire first (it resets its connection)
 STARTUP_GRACE_S = 2.0  # how long start() keeps retrying a ping that merely times out
 ODD_ERROR_LOG_INTERVAL_S = 60.0  # a persistent error reply is logged again at most this often (never silent for ever)
@@ -105,7 +107,8 @@ class ResilientStore:
         self._local = local or MemoryStore()
         self._known: OrderedDict[str, tuple[int, Override | None]] = OrderedDict()
         self._pending: OrderedDict[tuple[str, int], float] = OrderedDict()
-        self._divided: tuple[Sequence[Limits], tuple[Limits, ...]] | None = None
+        # id(limits_by_tier) -> (that tuple, its per-replica share): one entry per limit class
+        self._divided: dict[int, tuple[Sequence[Limits], tuple[Limits, ...]]] = {}
         self._degraded_since: float | None = None
         self._failed_while_degraded = 0
         self._probe: asyncio.Task[None] | None = None
@@ -236,11 +239,16 @@ class ResilientStore:
             self._known.popitem(last=False)
 
     def _local_limits(self, limits_by_tier: Sequence[Limits]) -> tuple[Limits, ...]:
-        cached = self._divided
+        # One cached division per limit class (the policy passes the same tuple object per class): keyed by
+        # identity, the entry keeps the tuple alive so its id is not reused while cached; bounded for callers
+        # that build a tuple per call.
+        cached = self._divided.get(id(limits_by_tier))
         if cached is not None and cached[0] is limits_by_tier:
             return cached[1]
         divided = tuple(divide_limits(lim, self._replicas) for lim in limits_by_tier)
-        self._divided = (limits_by_tier, divided)
+        if len(self._divided) >= _DIVIDED_MAX:
+            self._divided.clear()
+        self._divided[id(limits_by_tier)] = (limits_by_tier, divided)
         return divided
 
     async def hot_path(self, req: AdmitRequest) -> AdmitResult:
@@ -328,6 +336,20 @@ class ResilientStore:
     async def recent_alerts(self, count: int) -> list[str]:
         try:
             return await self._call("recent_alerts", lambda: self.inner.recent_alerts(count))
+        except _Unavailable:
+            raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
+
+    async def append_audit(self, record_json: str, max_len: int) -> None:
+        # Not dropped like an alert: the audit trail keeps the record pending and counts the failure.
+        try:
+            await self._call("append_audit", lambda: self.inner.append_audit(record_json, max_len))
+        except _Unavailable:
+            raise ServiceUnavailable("The state store is unavailable; the audit record was not stored.",
+                                     code="store_unavailable") from None
+
+    async def recent_audit(self, count: int) -> list[str]:
+        try:
+            return await self._call("recent_audit", lambda: self.inner.recent_audit(count))
         except _Unavailable:
             raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
 

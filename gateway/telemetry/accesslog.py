@@ -21,7 +21,8 @@ A line looks like::
 
     {"ts":1764168000.123,"request_id":"b1f0…","client_id":"acme-7","tenant":"acme","model":"sim",
      "backend":"stable","route":"/v1/chat/completions","status":200,"latency_ms":41.2,"overhead_ms":0.31,
-     "prompt_tokens":12,"completion_tokens":96,"tier":"normal","stream":true,"error_type":null}
+     "prompt_tokens":12,"completion_tokens":96,"tier":"normal","stream":true,"error_type":null,
+     "limit_class":"default"}
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _STAT_INTERVAL_S = 1.0
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__ (object.__setattr__ per field) cost
-# four times as much as plain slot assignments for these 14 fields. Nothing mutates a record after ``write``.
+# four times as much as plain slot assignments for these 15 fields. Nothing mutates a record after ``write``.
 @dataclass(slots=True)
 class AccessRecord:
     request_id: str
@@ -63,6 +64,7 @@ class AccessRecord:
     tier: str | int | None = None
     stream: bool = False
     error_type: str | None = None
+    limit_class: str | None = None  # the client's plan (a key of `limits`); None when not authenticated
 
 
 # One shared encoder: json.dumps with options builds a new JSONEncoder on every call.
@@ -87,6 +89,7 @@ def format_record(rec: AccessRecord, ts: float) -> str:
             "tier": rec.tier,
             "stream": rec.stream,
             "error_type": rec.error_type,
+            "limit_class": rec.limit_class,
         }
     )
 

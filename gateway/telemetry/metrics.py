@@ -126,6 +126,11 @@ class Metrics:
         self.jwks_fetches_total = Counter(
             "ipgate_jwks_fetches_total", "JWKS fetches by outcome (ok, error).", ["outcome"], registry=r,
         )
+        self.limit_class_unknown_total = Counter(
+            "ipgate_limit_class_unknown_total",
+            "Verified JWTs whose auth.jwt.limits_claim named a class not in `limits`: the client got `default`.",
+            registry=r,
+        )
 
         # --- rate limits and store ------------------------------------------------------------------------
         self.rate_limit_decisions_total = Counter(
@@ -134,6 +139,11 @@ class Metrics:
         )
         self.store_failures_total = Counter(
             "ipgate_store_failures_total", "State-store operations that failed or timed out.", ["op"], registry=r,
+        )
+        self.audit_write_failures_total = Counter(
+            "ipgate_audit_write_failures_total",
+            "Admin audit records a sink refused (store, file; backlog: dropped from the full pending queue).",
+            ["sink"], registry=r,
         )
         self.store_degraded = Gauge(
             "ipgate_store_degraded", "1 while the shared store is unreachable and the failure mode applies.",

@@ -4,7 +4,8 @@
 top logprobs when asked, the way a temperature-0 model server does. ``weights = "swapped"`` plays another
 model behind the same URL; ``status = 503`` plays a backend that fails; ``api_key`` makes it demand a key;
 ``glitches = N`` answers the next N requests differently (a one-off divergence, as batching nondeterminism
-produces).
+produces). ``requests`` keeps (headers, body) of every chat request, in arrival order; ``echo_status`` makes it
+answer every probe with that HTTP status and an error body that quotes the prompt (servers do that).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ModelServer:
         self.api_key: str | None = None
         self.glitches = 0  # the next N requests answer with other weights (nondeterminism that passes)
         self.models_seen: list[str] = []
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.echo_status: int | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -46,6 +49,10 @@ class ModelServer:
             return web.json_response({"error": {"message": "overloaded"}}, status=self.status)
         body: dict[str, Any] = await request.json()
         self.models_seen.append(str(body.get("model")))
+        self.requests.append((dict(request.headers), body))
+        if self.echo_status is not None:
+            prompt = body["messages"][-1]["content"]
+            return web.json_response({"error": {"message": f"cannot answer {prompt!r}"}}, status=self.echo_status)
         weights = self.weights
         if self.glitches > 0:
             self.glitches -= 1
@@ -60,6 +67,10 @@ class ModelServer:
             ]}]}
         return web.json_response({"object": "chat.completion", "model": body.get("model"),
                                   "choices": [choice]})
+
+    @property
+    def prompts_seen(self) -> list[str]:
+        return [body["messages"][-1]["content"] for _, body in self.requests]
 
     async def start(self) -> None:
         app = web.Application()

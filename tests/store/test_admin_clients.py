@@ -11,6 +11,7 @@ from aiohttp import ClientSession, web
 
 from gateway.admin.clients import routes
 from gateway.app import openai_errors
+from gateway.auth.authenticator import Authenticator
 from gateway.config import StoreConfig, parse_config
 from gateway.policy import Policy
 from gateway.store.base import AdmitRequest, StateStore
@@ -23,7 +24,8 @@ POLICY = Policy.from_config(CFG)
 
 async def serve(store: StateStore) -> tuple[web.AppRunner, str]:
     app = web.Application(middlewares=[openai_errors])
-    app.add_routes(routes(SimpleNamespace(store=store, policy=POLICY, config=CFG)))  # type: ignore[arg-type]
+    auth = Authenticator(jwt=None, api_keys=None)  # no credentials: no known limit classes
+    app.add_routes(routes(SimpleNamespace(store=store, policy=POLICY, config=CFG, auth=auth)))  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

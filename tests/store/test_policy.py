@@ -35,7 +35,10 @@ def test_explicit_bursts_and_custom_tiers() -> None:
         "policy": {"tiers": [{"name": "vip", "limits": "vip"}, {"name": "std"}], "flag_tier": "std"},
     }, env={})
     p = Policy.from_config(cfg)
-    assert p.limits_by_tier == (Limits(6000, 1e6, 1000, 9), Limits(3, 5, 7, 1))
+    # a tier's limits only tighten a class (gateway/policy.py): `default` clients stay at their own limits on
+    # tier "vip", while the `vip` class gets its own (defaulted bursts: 6000 / 6, explicit 9) on both tiers
+    assert p.limits_by_tier == (Limits(3, 5, 7, 1), Limits(3, 5, 7, 1))
+    assert p.limits_by_class["vip"] == (Limits(6000, 1e6, 1000, 9), Limits(6000, 1e6, 1000, 9))
     assert p.flag_tier == 1 and p.index("vip") == 0
 
 

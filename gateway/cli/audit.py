@@ -1,0 +1,88 @@
+"""``ipgate audit verify FILE [FILE ...] [--partial] [--key-env NAME] [--json]``: check audit-file hash chains.
+
+The files are what ``admin.audit_file`` wrote (give rotated files oldest first: they are read as one
+stream, so a chain continues across them). Every writer's chain is checked on its own (see
+``gateway/audit/chain.py``): an edited, deleted, duplicated or moved record, or a line that is not a record,
+breaks it.
+
+Exit codes: 0 every chain intact; 1 broken (the first bad line is named, then every problem found); 2 an error
+(a file cannot be read, or holds no record at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.audit.chain import verify_lines
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "audit", help="check the hash chains of admin audit files (admin.audit_file)",
+        description="Check every writer's hash chain in audit JSONL files (rotated files oldest first). "
+                    "Exit 0: intact; 1: broken (the first bad line is named); 2: error.")
+    # One verb today; a positional choice (not a nested subparser) keeps `ipgate audit verify` extensible
+    # and its flags on one parser.
+    p.add_argument("verb", choices=["verify"], help="verify: check the hash chains")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audit JSONL file(s), oldest first")
+    p.add_argument("--partial", action="store_true",
+                   help="a writer's first record may be mid-chain (the files' beginning was rotated away)")
+    p.add_argument("--key-env", metavar="NAME",
+                   help="variable holding the chain key (admin.audit_key_env): every record must be keyed")
+    p.add_argument("--json", action="store_true",
+                   help='print one object: {"intact", "records", "writers", "problems"}')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    starts: list[int] = []  # global line index (0-based) where each file begins
+    read = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal read
+        for path in args.files:
+            starts.append(read)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    read += 1
+                    yield line
+
+    key = None
+    if args.key_env:
+        value = os.environ.get(args.key_env)
+        if not value:
+            print(f"ipgate audit verify: --key-env: {args.key_env} is not set", file=sys.stderr)
+            return 2
+        key = value.encode()
+    try:
+        report = verify_lines(lines(), partial_start=args.partial, key=key)
+    except OSError as e:
+        print(f"ipgate audit verify: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    if report.records == 0:
+        print(f"ipgate audit verify: no audit record in {', '.join(args.files)}", file=sys.stderr)
+        return 2
+
+    def where(line: int) -> tuple[str, int]:
+        i = bisect.bisect_right(starts, line - 1) - 1
+        return args.files[i], line - starts[i]
+
+    problems = [(*where(p.line), p.writer, p.reason) for p in report.problems]
+    if args.json:
+        print(json.dumps({"intact": report.intact, "records": report.records, "writers": report.writers,
+                          "problems": [{"file": f, "line": n, "writer": w, "reason": r}
+                                       for f, n, w, r in problems]}))
+    elif report.intact:
+        print(f"intact: {report.records} records from {report.writers} writer(s)")
+    else:
+        f, n, w, r = problems[0]
+        print(f"BROKEN: first bad line {f}:{n} (writer {w}): {r}")
+        for f, n, w, r in problems[1:]:
+            print(f"  also {f}:{n} (writer {w}): {r}")
+    return 0 if report.intact else 1
