@@ -38,7 +38,7 @@ def _slot_init(cls: type[_T]) -> type[_T]:
     setattr(cls, "__init__", init)  # noqa: B010  (mypy refuses assigning a method)
     return cls
 
-#: Tier ints, matching the default policy names in ``gateway/config.py`` (``_default_tiers``).
+#: Tier ints, matching the default policy names in ``gateway/config/policy.py`` (``_default_tiers``).
 TIER_NORMAL, TIER_WATCH, TIER_THROTTLE, TIER_BLOCK = 0, 1, 2, 3
 #: "flagged" means the client reached this tier (the one the default policy throttles at).
 FLAG_TIER = TIER_THROTTLE

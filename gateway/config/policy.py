@@ -1,0 +1,128 @@
+"""What suspicion does: the detection tiers and their hardening, the detectors, and where alerts go."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from gateway.config.base import _Model
+
+if TYPE_CHECKING:
+    pass
+
+
+class HardeningConfig(_Model):
+    max_top_logprobs: int | None = None  # None: leave as is
+    logprobs_xor_logit_bias: bool = False
+    max_logit_bias_entries: int | None = None
+    max_abs_logit_bias: float | None = None
+    max_n: int | None = None
+    strip_seed: bool = False
+    logprob_noise: float = Field(0.0, ge=0)
+    strip_reasoning: bool = False  # answers lose a reasoning model's chain of thought (reasoning fields)
+    # 403 for a request whose answer could not be watermarked (structured output, tools the model may call: their
+    # arguments are never watermarked) unless the backend watermarks in its engine: otherwise JSON mode or a
+    # "write_answer(text)" tool is a way around the lexical watermark
+    refuse_unwatermarkable: bool = False
+
+
+class TierPolicyConfig(_Model):
+    name: str
+    # a key of `limits`: at this tier a client gets, field by field, the tighter of these and its own class's
+    # limits; None: the client's class's limits (`default` for clients without a class)
+    limits: str | None = None
+    hardening: HardeningConfig = HardeningConfig()
+    watermark_strength: Literal["normal", "strong"] = "normal"
+    block: bool = False
+    alert: bool = False
+
+
+def _default_tiers() -> list[TierPolicyConfig]:
+    return [
+        TierPolicyConfig(name="normal"),
+        TierPolicyConfig(
+            name="watch",
+            hardening=HardeningConfig(max_top_logprobs=5, logprobs_xor_logit_bias=True, max_n=4),
+            alert=True,
+        ),
+        TierPolicyConfig(
+            name="throttle",
+            limits="suspicious",
+            hardening=HardeningConfig(
+                max_top_logprobs=1, logprobs_xor_logit_bias=True, max_logit_bias_entries=10,
+                max_abs_logit_bias=10, max_n=1, strip_seed=True, logprob_noise=0.05, strip_reasoning=True,
+                refuse_unwatermarkable=True,
+            ),
+            watermark_strength="strong",
+            alert=True,
+        ),
+        TierPolicyConfig(name="block", limits="suspicious", block=True, alert=True),
+    ]
+
+
+class PolicyConfig(_Model):
+    tiers: list[TierPolicyConfig] = Field(default_factory=_default_tiers, min_length=1)
+    flag_tier: str = "throttle"  # the tier at which a client counts as flagged (replay's `flagged`)
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyConfig:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        if self.flag_tier not in names:
+            raise ValueError(f"flag_tier {self.flag_tier!r} is not one of {names}")
+        return self
+
+
+class DetectorToggle(_Model):
+    enabled: bool = True
+    weight: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: the fitted combiner's weight
+    params: dict[str, Any] = {}
+
+
+class DetectionConfig(_Model):
+    enabled: bool = True
+    detectors: dict[str, DetectorToggle] = {}
+    fail_policy: Literal["allow", "block"] = "allow"
+    combiner_file: str | None = None  # default: detectors/data/combiner.json (shipped)
+    state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    embedder: Literal["hashed", "minilm"] = "hashed"
+    # minilm only (gateway/embedding.py): the MiniLM encoder runs off the request path in a background thread.
+    embedder_threads: int = Field(1, ge=1, le=64, description="torch threads the background encoder may use")
+    embedder_batch: int = Field(8, ge=1, le=256, description="prompts encoded per forward pass at most")
+    embedder_queue: int = Field(1024, ge=1, description="prompts waiting to be encoded; overflow is dropped+counted")
+
+
+class AlertSinkConfig(_Model):
+    kind: Literal["jsonl", "redis_stream", "webhook"]
+    name: str | None = None  # label in metrics/logs; default: the kind
+    path: str | None = None  # jsonl: the file to append to
+    stream: str = "ipgate:alerts"  # redis_stream: the stream key
+    url: str | None = None  # redis_stream: redis URL (default: store.url); webhook: the endpoint
+    max_len: int = Field(10_000, ge=1, description="redis_stream: approximate MAXLEN")
+    max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    secret_env: str | None = None  # webhook: HMAC-SHA256 signing secret (X-Ipgate-Signature header)
+    queue_size: int = Field(1000, ge=1, description="alerts waiting for this sink; overflow is dropped+counted")
+    redact: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertSinkConfig:
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("a jsonl sink needs path")
+        if self.kind == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("a webhook sink needs an http(s) url")
+        return self
+
+
+class AlertsConfig(_Model):
+    sinks: list[AlertSinkConfig] = []
+    min_interval_s: float = Field(300.0, ge=0, description="per-client alert rate limit (per tier)")
+    dedup_window_s: float = Field(3600.0, ge=0, description="same client+tier+detectors suppressed this long")
+    store_max_len: int = Field(1000, ge=1, description="recent alerts kept in the store for the admin API")

@@ -1,0 +1,99 @@
+"""The process around the proxy: listeners and limits of the HTTP server, the state store, telemetry, and
+the admin API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.base import _HTTP_TOKEN, _Model
+
+if TYPE_CHECKING:
+    pass
+
+
+class ServerConfig(_Model):
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # bounded: a huge value overflows aiohttp's C parser limits and every connection is dropped
+    max_header_bytes: int = Field(16 * 1024, gt=0, le=1024 * 1024)
+    drain_timeout_s: float = Field(20.0, ge=0)
+    workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
+    overhead_header: str = "x-ipgate-overhead-ms"
+
+    @field_validator("overhead_header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        if not _HTTP_TOKEN.fullmatch(v):
+            raise ValueError("must be a valid HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        return v
+
+
+class StoreConfig(_Model):
+    kind: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    failure_mode: Literal["open", "closed", "local"] = "local"
+    timeout_ms: float = Field(50.0, gt=0)
+    key_prefix: str = "ipgate:"
+    local_replicas: int = Field(1, ge=1, description="replica count that 'local' failure mode divides limits by")
+    health_interval_s: float = Field(1.0, gt=0)
+    max_state_bytes: int = Field(32 * 1024, gt=0, description="largest per-client detector state accepted")
+    cluster: bool = Field(False, description="url (plus cluster_seeds) names Redis Cluster nodes; route by slot")
+    cluster_seeds: list[str] = Field(default_factory=list, description="more seed node URLs for cluster mode")
+
+    @model_validator(mode="after")
+    def _cluster_urls(self) -> StoreConfig:
+        if not self.cluster:
+            if self.cluster_seeds:
+                raise ValueError("cluster_seeds is set but cluster is false")
+            return self
+        if self.kind != "redis":
+            raise ValueError("cluster: true needs kind: redis")
+        fields = ["store.url", *(f"store.cluster_seeds[{i}]" for i in range(len(self.cluster_seeds)))]
+        for field, u in zip(fields, [self.url, *self.cluster_seeds], strict=True):
+            parsed = urlparse(u)
+            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+                # the URL itself may hold a password: name the host, never echo the URL
+                raise ValueError(f"{field}: cluster node URLs are redis://host:port or rediss://host:port "
+                                 f"(got scheme {parsed.scheme!r}, host {parsed.hostname!r})")
+            try:
+                port = parsed.port
+            except ValueError:  # urllib's message is safe, but say which field and what is expected
+                raise ValueError(f"{field}: the port of node {parsed.hostname} is not a number in 0-65535") from None
+            if parsed.path.strip("/") not in ("", "0"):
+                raise ValueError(f"{field}: Redis Cluster has only database 0 (node {parsed.hostname}:{port})")
+        return self
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_braces(cls, v: str) -> str:
+        if "{" in v or "}" in v:
+            raise ValueError("must not contain '{' or '}' (they would become the Redis Cluster hash tag)")
+        return v
+
+class TelemetryConfig(_Model):
+    service_name: str = "ipgate"
+    otlp_endpoint: str | None = None
+    sample_ratio: float = Field(0.1, ge=0, le=1)
+    access_log: bool = True
+    access_log_file: str | None = None  # default: stderr
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith(("http://", "https://")) and urlparse(v).hostname):
+            raise ValueError("must be an http(s):// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318")
+        return v
+
+class AdminConfig(_Model):
+    token_env: str | None = "IPGATE_ADMIN_TOKEN"  # bearer token for the admin API; unset: admin role JWTs only
+    # audit trail of admin actions (gateway/audit): the shared store keeps the newest audit_max_records;
+    # audit_file (optional) gets every record as an append-only, hash-chained JSONL line
+    audit_max_records: int = Field(10_000, ge=1, le=1_000_000)
+    audit_file: str | None = None
+    audit_key_env: str | None = None  # names a variable holding a key (>= 16 chars): the chain becomes HMAC-keyed
