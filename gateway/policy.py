@@ -60,7 +60,7 @@ def class_tiers(base: Limits, tiers: tuple[TierPolicyConfig, ...], limits: Mappi
 class Policy:
     """The configured tiers in order, with each limit class's limits per tier; lookups clamp to the known range."""
 
-    __slots__ = ("_by_name", "flag_tier", "limits_by_class", "limits_by_tier", "tiers")
+    __slots__ = ("_by_name", "_count", "flag_tier", "limits_by_class", "limits_by_tier", "tiers")
 
     def __init__(self, tiers: tuple[TierPolicyConfig, ...], limits_by_tier: tuple[Limits, ...], flag_tier: int,
                  limits_by_class: Mapping[str, tuple[Limits, ...]] | None = None):
@@ -71,6 +71,7 @@ class Policy:
         if by_class[DEFAULT_CLASS] is not limits_by_tier or any(len(v) != len(tiers) for v in by_class.values()):
             raise ValueError("limits_by_class needs one Limits per tier, and its 'default' is limits_by_tier")
         self.tiers = tiers
+        self._count = len(tiers)
         self.limits_by_tier = limits_by_tier  # the `default` class's
         self.limits_by_class = by_class
         self.flag_tier = flag_tier
@@ -89,6 +90,9 @@ class Policy:
         return 0 if i < 0 else min(i, len(self.tiers) - 1)
 
     def tier(self, i: int) -> TierPolicyConfig:
+        # five or six lookups per request: the in-range case without a call to _clamp (≈ 0.15 µs each)
+        if 0 <= i < self._count:
+            return self.tiers[i]
         return self.tiers[self._clamp(i)]
 
     def class_limits(self, limit_class: str) -> tuple[Limits, ...]:
