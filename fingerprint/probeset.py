@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from fingerprint.probes import DEFAULT_PROBES, Probe
-from fingerprint.signature import Signature
+from fingerprint.signature import Signature, normalise
 
 # Ids appear in logs, alerts, metrics-free reasons and the admin API, prompts never do: an id is a short name,
 # not a place to write the question. Bounds keep a file from turning a check into a long-generation job.
@@ -100,11 +100,18 @@ def reference_probes(reference: Signature) -> tuple[Probe, ...]:
     Sending the prompt the reference answered (rather than today's bundled wording) keeps every probe
     comparable. Files written before prompts were stored hold only ids: those were recorded with the bundled
     set, so a bundled id stands for its bundled probe; an unknown id without a prompt cannot be asked again
-    and is left out.
+    and is left out. So is a probe whose reference answer is empty (there is nothing to compare it with).
     """
     out: dict[str, Probe] = {}
+    seen: set[str] = set()
     for a in reference.answers:
-        if a.probe_id in out:  # a hand-edited file with an id twice: the first answer is the one compared
+        if a.probe_id in seen:  # a hand-edited file with an id twice: the first answer is the one compared
+            continue
+        seen.add(a.probe_id)
+        if not normalise(a.text):
+            # An empty reference answer is never compared (``match.compare``; ``record`` says it is skipped):
+            # drawing it would only waste a place in the round's sample, and with probes_per_check ==
+            # min_probes make the round inconclusive.
             continue
         if a.prompt:
             out[a.probe_id] = Probe(a.probe_id, a.prompt, a.max_tokens or DEFAULT_MAX_TOKENS)
@@ -119,13 +126,21 @@ def reference_probes(reference: Signature) -> tuple[Probe, ...]:
 QUOTE_CHARS = 24
 
 
+def _fold(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
 def quotes_a_prompt(text: str, prompts: Iterable[str]) -> bool:
-    folded = " ".join(text.split()).lower()
+    """Does ``text`` quote a stretch of one of ``prompts``, as written or as the JSON request carried it
+    (``\\uXXXX`` escapes for non-ASCII characters, ``\\n``, ``\\"``): an error body that echoes the raw
+    request body holds the escaped form."""
+    folded = _fold(text)
     for prompt in prompts:
-        p = " ".join(prompt.split()).lower()
-        n = min(QUOTE_CHARS, len(p))
-        if n and any(p[i : i + n] in folded for i in range(len(p) - n + 1)):
-            return True
+        for form in {prompt, json.dumps(prompt)[1:-1]}:
+            p = _fold(form)
+            n = min(QUOTE_CHARS, len(p))
+            if n and any(p[i : i + n] in folded for i in range(len(p) - n + 1)):
+                return True
     return False
 
 

@@ -14,9 +14,11 @@ Signals (worker):
 - ``SIGTERM``/``SIGINT``: ``/readyz`` answers 503 at once; the public listener stops accepting; requests in
   flight get ``server.drain_timeout_s`` to finish; after that, streams still running receive a terminating
   SSE error event and other requests a 503; then the process exits 0.
-- ``SIGHUP``: the config file is read again and ``router.reload(models)`` swaps weights, backends and canary
+- ``SIGHUP``: the API key file (``auth.api_keys.file``) is re-read when it changed, and the config file is
+  read again: ``router.reload(models)`` swaps weights, backends and canary
   steps without dropping in-flight requests. Other sections need a restart (a warning says so when they
-  changed). An invalid file is logged and ignored: the running config stays.
+  changed). An invalid file is logged and ignored: the running config stays. Either way the admin audit
+  trail records it (``routing.reload`` by ``signal:SIGHUP``).
 The supervisor forwards both signals to its workers.
 """
 
@@ -39,7 +41,9 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.admin.app import build_admin_app
+from gateway.admin.audit import AUDIT_TRAIL
 from gateway.app import build_public_app, open_context
+from gateway.audit.trail import AuditTrail
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.portclaim import PortClaim, claim_ports
@@ -49,13 +53,17 @@ log = logging.getLogger(__name__)
 STREAM_FINISH_GRACE_S = 2.0  # after the deadline: time for cancelled streams to write their error event
 
 
-def reload_models(ctx: AppContext, path: str | Path) -> bool:
-    """SIGHUP: re-read the config file and apply its live sections (the admin API's reload, same code).
-    Returns False (and logs) on a bad file: the running configuration stays."""
-    from gateway.admin.routing import reload_from_file
+def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = None) -> bool:
+    """SIGHUP: re-read the config file and apply its live sections (the admin API's reload, same code),
+    recorded in the admin audit trail when one is given. Returns False (and logs) on a bad file: the running
+    configuration stays."""
+    from gateway.admin.routing import reload_by_signal
 
+    # The API key file too, whatever the config file holds: `ipgate apikey` tells operators that SIGHUP picks
+    # up its changes (a revoked key must not wait for auth.api_keys.reload_interval_s, which may be 0: off).
+    ctx.auth.reload_api_keys()
     try:
-        reload_from_file(ctx, str(path))
+        reload_by_signal(ctx, str(path), trail)
     except ConfigError as e:
         log.error("reload ignored, the running configuration stays: %s", e)
         return False
@@ -136,8 +144,9 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         holder.append(ctx)
         public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
                                shutdown_timeout=1.0)
-        admin = web.AppRunner(build_admin_app(ctx), handler_cancellation=True, access_log=None,
-                              shutdown_timeout=1.0)
+        admin_app = build_admin_app(ctx)
+        trail = admin_app[AUDIT_TRAIL]
+        admin = web.AppRunner(admin_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await public.setup()
         await admin.setup()
         host, port = cfg.listen_addr
@@ -148,7 +157,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         await asite.start()
         if config_path is not None:
             path = config_path
-            loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path))
+            loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path, trail))
         else:  # nothing to reload (demo): a hang-up ends the process as usual
             loop.remove_signal_handler(signal.SIGHUP)
         tune_gc()

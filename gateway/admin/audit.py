@@ -12,6 +12,9 @@ fields of ``gateway.audit.chain``. Handlers describe their action with ``note(re
 does not is still recorded, under ``"<METHOD> <route>"``. Records never hold credentials, request bodies or
 verified text (only its length and SHA-256).
 
+A reload by SIGHUP (no admin request) is recorded by ``gateway.admin.routing.reload_by_signal`` in the same
+shape, with actor ``signal:SIGHUP`` and method ``SIGHUP``.
+
 Requests refused by admin auth (401/403) are not recorded: they are no admin action, and an unauthenticated
 flood must not be able to push real records out of the capped shared list.
 
@@ -82,13 +85,21 @@ def audit_middleware(trail: AuditTrail, principal_key: web.RequestKey[Principal]
             return await handler(request)
         rid = request_id(request)
         started = time.time()
+
+        async def record(status: int, error: str | None) -> None:
+            # In a task of its own, shielded: the admin listener runs with handler_cancellation, so a caller
+            # that hangs up while the record waits for the trail's lock (another record's fsync) or the store
+            # would otherwise cancel the write of an action that has already happened.
+            await asyncio.shield(trail.write_soon(_fields(request, principal_key, route, rid, started, status,
+                                                          error)))
+
         try:
             response = await handler(request)
         except GatewayError as e:  # answered here so the error carries the same request id as the record
-            await trail.write(_fields(request, principal_key, route, rid, started, e.status, e.code))
+            await record(e.status, e.code)
             return error_response(e, rid)
         except web.HTTPException as e:
-            await trail.write(_fields(request, principal_key, route, rid, started, e.status, f"http_{e.status}"))
+            await record(e.status, f"http_{e.status}")
             raise
         except asyncio.CancelledError:
             # The caller went away: the action may have happened. Record it without waiting (this task is
@@ -96,9 +107,9 @@ def audit_middleware(trail: AuditTrail, principal_key: web.RequestKey[Principal]
             trail.write_soon(_fields(request, principal_key, route, rid, started, CLIENT_CLOSED, "client_closed"))
             raise
         except Exception:
-            await trail.write(_fields(request, principal_key, route, rid, started, 500, "internal_error"))
+            await record(500, "internal_error")
             raise
-        await trail.write(_fields(request, principal_key, route, rid, started, response.status, None))
+        await record(response.status, None)
         response.headers["X-Request-Id"] = rid
         return response
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
 from typing import Any
 
 from aiohttp import web
 
 from gateway.admin.audit import note
 from gateway.alerts.model import mask_url_passwords
+from gateway.audit.trail import AuditTrail
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -52,6 +55,33 @@ def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
 def reload_from_file(ctx: AppContext, path: str) -> dict[str, Any]:
     """Re-read ``path`` (with the current ``IPGATE_*`` overrides) and apply it; ``ConfigError`` keeps the old."""
     return reload_from_config(ctx, load_config(path))
+
+
+def reload_by_signal(ctx: AppContext, path: str, trail: AuditTrail | None) -> dict[str, Any]:
+    """SIGHUP's reload: ``reload_from_file``, recorded in the audit trail like ``POST /admin/routing/reload``
+    (it changes the same live state, with no admin call to carry the record): actor ``signal:SIGHUP``,
+    status 200, or 400 with ``invalid_config`` (then ``ConfigError`` propagates and the config stays)."""
+    before = _live_state(ctx)
+    fields: dict[str, Any] = {
+        "ts": round(time.time(), 3), "request_id": os.urandom(12).hex(),
+        "actor": {"id": "signal:SIGHUP", "auth": "signal", "tenant": None}, "source": "signal",
+        "method": "SIGHUP", "route": None, "action": "routing.reload", "target": path, "before": before,
+    }
+    try:
+        result = reload_from_file(ctx, path)
+    except ConfigError:
+        if trail is not None:
+            trail.write_soon({**fields, "after": None, "details": None, "status": 400, "error": "invalid_config"})
+        raise
+    except Exception:  # a bug in applying it: the live state may have changed part-way
+        if trail is not None:
+            trail.write_soon({**fields, "after": _live_state(ctx), "details": None, "status": 500,
+                              "error": "internal_error"})
+        raise
+    if trail is not None:
+        trail.write_soon({**fields, "after": _live_state(ctx), "status": 200, "error": None,
+                          "details": {"restart_required": result["restart_required"]}})
+    return result
 
 
 def _config_path(ctx: AppContext) -> str | None:

@@ -98,6 +98,34 @@ class _Head:
     hash: str
 
 
+class _Unreadable(ValueError):
+    """A line whose parse is ambiguous or cannot be serialised again (see ``_parse``)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Unreadable(f"duplicate key {k!r} (parsers disagree on which value counts)")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unreadable(f"{name} is not JSON (the record cannot be hashed)")
+
+
+def _parse(line: str) -> Any:
+    """``json.loads`` that refuses what no writer produces and what would let a line show one thing and hash
+    another: a duplicated key (Python keeps the last value, which is what was hashed; first-wins readers and
+    a grep see the first, which can be forged freely), NaN/Infinity (canonical JSON cannot hold them) and
+    nesting deeper than the parser's stack."""
+    try:
+        return json.loads(line, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise _Unreadable("nested too deeply") from None
+
+
 def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: bytes | None = None) -> ChainReport:
     """Check every writer's chain in ``lines`` (oldest first; blank lines are skipped).
 
@@ -114,13 +142,18 @@ def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: byte
         if not line:
             continue
         try:
-            rec = json.loads(line)
+            rec = _parse(line)
+        except _Unreadable as e:
+            problems.append(Problem(no, None, f"not a valid record: {e}"))
+            continue
         except ValueError:
             problems.append(Problem(no, None, "not a JSON record"))
             continue
         records += 1
+        # type(...) is int: a bool is an int to isinstance, and no writer writes "seq": true
         if not isinstance(rec, dict) or not all(isinstance(rec.get(k), t) for k, t in
-                                                (("writer", str), ("seq", int), ("prev", str), ("hash", str))):
+                                                (("writer", str), ("prev", str), ("hash", str))) \
+                or type(rec.get("seq")) is not int:
             problems.append(Problem(no, None, "not an audit record (writer, seq, prev or hash missing)"))
             continue
         writer, seq = rec["writer"], rec["seq"]

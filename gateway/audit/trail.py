@@ -59,6 +59,16 @@ class _File:
         self._fh = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - lives as long as the trail
         st = os.fstat(self._fh.fileno())
         self._ident = (st.st_dev, st.st_ino)
+        if st.st_size and not self._ends_with_newline():
+            # A crash mid-line left the file without its final newline: end the torn line, or this writer's
+            # first record would be glued to it and its whole chain would read as broken.
+            self._fh.write("\n")
+            self._fh.flush()
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def write(self, line: str) -> None:
         try:
@@ -137,11 +147,13 @@ class AuditTrail:
             await self._drain(action, count_new=True)
             return record
 
-    def write_soon(self, fields: Mapping[str, Any]) -> None:
-        """``write`` in a task of its own (from a handler being cancelled); ``close`` waits for it."""
+    def write_soon(self, fields: Mapping[str, Any]) -> asyncio.Task[dict[str, Any]]:
+        """``write`` in a task of its own, which the caller's cancellation does not reach (await it through
+        ``asyncio.shield``); ``close`` waits for it."""
         task = asyncio.get_running_loop().create_task(self.write(fields))
         self._soon.add(task)
         task.add_done_callback(self._soon.discard)
+        return task
 
     async def flush(self) -> int:
         """Try the backlog again now (e.g. before a read); returns the records still pending."""
