@@ -16,7 +16,10 @@ try. Once per request, outside ``routing.retries``: the backend did nothing wron
 
 A request whose answer cannot carry a post-hoc watermark, from a tier that refuses such answers
 (``shape.needs_engine_watermark``), asks the router for a backend whose engine watermarks
-(``prefer_engine_watermark``), so a mixed KGW/lexical pool serves it instead of refusing it by chance.
+(``prefer_engine_watermark``), so a mixed KGW/lexical pool serves it instead of refusing it by chance. When
+that backend refuses the directive, the lexical repeat would be refused by the tier anyway: the request goes
+to another engine-watermarking backend instead (the refusing ones excluded), and gets the tier's 403 only
+when there is none. Neither repeat is a first try: the retry budget is funded once per request.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gateway.principal import Principal
 from gateway.proxy.forward import AttemptFailed
 from gateway.proxy.parse import ParsedRequest
 from gateway.routing.router import BackendLease, Outcome
-from gateway.shape import needs_engine_watermark, upstream_body
+from gateway.shape import needs_engine_watermark, unwatermarkable_refusal, unwatermarked_field, upstream_body
 from watermark.kgw.directives import REFUSAL_MARK
 
 log = logging.getLogger(__name__)
@@ -130,14 +133,22 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
     last: AttemptFailed | None = None
     refused = False  # the engine refused our directive once: no directive (lexical watermark) from here on
     engine_only = needs_engine_watermark(ctx, parsed, tier)
+    # engine_only: the backends whose engine refused our directive. Served without it the answer would be
+    # refused by the tier anyway, so the request goes to another engine-watermarking backend instead
+    refusing: frozenset[str] = frozenset()
+    first = True  # only a first try funds the retry budget (not the same request again after a refusal)
     while True:
         try:
-            lease = ctx.router.acquire(model, principal.client_id, excluded,
-                                       prefer_engine_watermark=engine_only and not refused)
-        except ServiceUnavailable:
+            lease = ctx.router.acquire(model, principal.client_id, excluded | refusing,
+                                       prefer_engine_watermark=engine_only and not refused, first_try=first)
+        except ServiceUnavailable as e:
             if last is not None:  # no other backend to retry on: report the real failure
                 raise last.to_gateway_error() from None
+            field = unwatermarked_field(ctx, parsed, None, tools=True) if refusing else None
+            if field is not None and e.code != "pool_saturated":  # no other engine watermarks: the tier's 403
+                raise unwatermarkable_refusal(field) from None
             raise
+        first = False
         if refused:
             lease.engine_watermark = False
         t_sent = time.perf_counter()
@@ -159,7 +170,10 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             # eviction of a backend that answers fine without a directive, is what moves it to lexical.
             lease.release(Outcome(True, 400, time.perf_counter() - t_sent))
             _refused(ctx, model, lease.backend.name, e.message)
-            refused = True
+            if engine_only:
+                refusing = refusing | {lease.backend.name}
+            else:
+                refused = True
         except BaseException:
             # Cancelled (the client left) or a bug, before the backend answered: says nothing about the
             # backend. Counting it as a success would reset its failure count, reinstate a half-open backend

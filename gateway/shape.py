@@ -29,7 +29,7 @@ from gateway.hardening import (
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import ChoiceHook, EmbedderFactory, ReasoningOnly
+from gateway.proxy.relay import ChoiceHook, EmbedderFactory, ReasoningOnly, withhold_tokens
 from gateway.proxy.usage import ask_upstream_for_usage
 from gateway.routing.pool import BackendLease
 from gateway.watermarking import tool_call_field, unwatermarkable
@@ -62,14 +62,20 @@ def needs_engine_watermark(ctx: AppContext, parsed: ParsedRequest, tier: int) ->
         unwatermarked_field(ctx, parsed, None, tools=True) is not None
 
 
+def unwatermarkable_refusal(field: str) -> PermissionDenied:
+    """The 403 of a tier that refuses output the client's watermark cannot reach (``field``: the request field
+    that asks for it). Explicit, not a silent rewrite: a client flagged by mistake sees why its JSON mode
+    stopped working."""
+    return PermissionDenied(f"{field}: output that cannot be watermarked (structured output or tool calls) is "
+                            "not available to this client.", param=field, code="unwatermarkable_output")
+
+
 def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
                   lease: BackendLease) -> bytes:
     backend = lease.backend
     tier_cfg = ctx.policy.tier(tier)
     if tier_cfg.hardening.refuse_unwatermarkable and (field := unwatermarked_field(ctx, parsed, lease, tools=True)):
-        # explicit, not a silent rewrite: a client flagged by mistake sees why its JSON mode stopped working
-        raise PermissionDenied(f"{field}: output that cannot be watermarked (structured output or tool calls) is "
-                               "not available to this client.", param=field, code="unwatermarkable_output")
+        raise unwatermarkable_refusal(field)
     # logit_bias/seed go for every backend marked capable, verified or not: what a client may send must not
     # change with the probe's verdict
     body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
@@ -141,6 +147,10 @@ def response_hook(ctx: AppContext, tier: int, lease: BackendLease) -> ChoiceHook
     def hook(choice: dict[str, Any]) -> bool:
         nonlocal rng
         stripped = cfg.strip_reasoning and (strip_reasoning(choice) | strip_think(choice, thinking, prefilled))
+        if stripped:
+            # the backend's tokens (logprobs, vLLM's token_ids) would spell the stripped thought: they go with it
+            withhold_tokens(choice)
+            return True
         if not isinstance(choice.get("logprobs"), dict):
             return stripped  # no logprobs: skip seeding a generator (≈ 1 % of gateway CPU under load)
         if rng is None:

@@ -214,16 +214,17 @@ class Router:
         return pool
 
     def acquire(self, model: str, client_id: str, exclude: frozenset[str] = frozenset(), *,
-                prefer_engine_watermark: bool = False) -> BackendLease:
+                prefer_engine_watermark: bool = False, first_try: bool = True) -> BackendLease:
         """A lease on a backend of ``model``'s pool. ``prefer_engine_watermark``: the answer cannot carry a
         post-hoc watermark (structured output, tool calls) and this client may only have it watermarked, so
         only a backend whose engine watermarks is picked while the pool has one (the weighted split and the
         client's stickiness among those); if they are all at their concurrency limit the request waits for
         one (503 ``pool_saturated``, ``Retry-After``) rather than going where it would be refused. A first
         try with no such backend healthy takes any backend (the caller refuses the request there); a retry
-        does not, so the client learns of the real failure, not of a refusal."""
+        does not, so the client learns of the real failure, not of a refusal. ``first_try`` False: the same
+        request again, not a retry (its backend refused the watermark directive); it funds nothing."""
         pool = self.pool(model)
-        if not exclude:
+        if first_try and not exclude:
             self._budgets[model].deposit()  # first attempts fund the retry budget
         if prefer_engine_watermark:
             try:
