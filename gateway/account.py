@@ -49,7 +49,7 @@ class Exchange:
 def _prompt_guess(ex: Exchange, parsed: ParsedRequest, reserved: int) -> int:
     """The prompt part of a reservation: the same estimate that made it, without the completion budget (n,
     best_of and batched prompts included), never more than was reserved."""
-    return min(reserved, estimate_parts(ex.route, parsed.body)[0])
+    return min(reserved, estimate_parts(ex.route, parsed.seen)[0])
 
 
 def actual_tokens(ex: Exchange) -> int | None:

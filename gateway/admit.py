@@ -48,7 +48,7 @@ def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedReq
     if ctx.detection is None:
         return None
     try:
-        return ctx.detection.observe(principal, path, parsed.body, res.detector_state, res.tier, res.now,
+        return ctx.detection.observe(principal, path, parsed.seen, res.detector_state, res.tier, res.now,
                                      override=res.override, request_id=request_id)
     except Exception:  # detection isolates its detectors and its adapter; this is a last line of defence
         ctx.metrics.detector_errors_total.labels(detector="pipeline").inc()
@@ -66,7 +66,7 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     """The admission of ``ex`` (its route and request id); a refusal raises its ``GatewayError`` after noting
     the tier it was decided at in ``ex.refused_tier`` (the access log shows it)."""
     path, request_id = ex.route, ex.request_id
-    reserved = estimate_tokens(path, parsed.body)
+    reserved = estimate_tokens(path, parsed.seen)
     # the client's plan: a tuple the policy built once (one dict probe; no allocation per request)
     by_tier = ctx.policy.limits_by_class.get(principal.limit_class)
     if by_tier is None:

@@ -168,6 +168,8 @@ def build_public_app(cfg: GatewayConfig, ctx: AppContext | None = None) -> web.A
     app.router.add_post("/v1/chat/completions", proxy_handler("chat"))
     app.router.add_post("/v1/completions", proxy_handler("completions"))
     app.router.add_post("/v1/embeddings", proxy_handler("embeddings"))
+    # GET/DELETE /v1/responses/{id} and /input_items stay 404: stored responses are the backend's, unwatermarked
+    app.router.add_post("/v1/responses", proxy_handler("responses"))
     app.router.add_get("/v1/models", list_models)
     app.router.add_route("*", "/{tail:.*}", no_route)
     return app

@@ -43,7 +43,8 @@ from gateway.telemetry.tracing import set_error, set_request_attributes, set_res
 
 log = logging.getLogger(__name__)
 
-OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+# the Responses API is a chat operation in the GenAI semantic conventions (it names no other)
+OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "responses": "chat"}
 _NO_SPAN = contextlib.nullcontext(INVALID_SPAN)  # tracing off: skip the SDK's context attach/detach entirely
 
 
@@ -83,6 +84,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
             ctx.watermarking.in_engine(parsed.model, op.lease.engine_watermark)  # vectors carry no watermark
         embed = embedder_factory(ctx, principal, parsed, adm.tier, op.lease)
         hook = response_hook(ctx, adm.tier, op.lease)
+        # Responses API: the tier's strip_reasoning removes whole reasoning items (the chat hook edits choices)
+        strip = parsed.endpoint == "responses" and ctx.policy.tier(adm.tier).hardening.strip_reasoning
         details = ctx.detection is not None or ex.sampled
         headers = success_headers(adm.result, ex.request_id)
     except BaseException:  # a gateway bug or a cancellation before the answer is relayed: not the backend's
@@ -92,12 +95,14 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     if op.body is None:                                                       # transform (stream)
         ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - op.t_headers)
         headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
-        return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook)
+        return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook,
+                            strip_reasoning=strip)
     t_body = time.perf_counter()
     if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
-        resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)
-    else:
-        resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook)  # transform (body)
+        resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook,
+                                    strip_reasoning=strip)
+    else:  # transform (body)
+        resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
     return resp
@@ -180,7 +185,7 @@ def _ids(ctx: AppContext, ex: Exchange) -> dict[str, str]:
     return {"X-Request-Id": ex.request_id, ctx.config.server.overhead_header: f"{ex.overhead_s * 1000:.3f}"}
 
 
-API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
+API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"})
 
 
 async def no_route(request: web.Request) -> web.Response:

@@ -234,7 +234,7 @@ def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
 
 def estimate_parts(endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
     """``estimate_tokens`` as (prompt, completion budget): what a request that generated nothing read."""
-    if endpoint.endswith("/chat/completions"):
+    if endpoint.endswith(("/chat/completions", "/responses")):  # responses: its chat view (ParsedRequest.seen)
         chars, overhead = 0, 0
         messages = body.get("messages")
         if isinstance(messages, list):

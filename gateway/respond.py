@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.account import Exchange
 from gateway.context import AppContext
 from gateway.errors import to_openai_error
+from gateway.proxy import responses_relay
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import (
     ChoiceHook,
@@ -34,6 +35,7 @@ from gateway.proxy.relay import (
     transform_body,
     transform_body_async,
 )
+from gateway.proxy.responses_relay import ResponsesRelay
 from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import Usage, usage_from_body
 from gateway.route import Opened
@@ -90,8 +92,31 @@ LARGE_BODY_BYTES = 24 * 1024
 SLICE_CHARS = 8 * 1024  # ≈ 1 300 words: ≈ 6 ms of embedding between two turns of the event loop
 
 
+def _transform(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None, hook: ChoiceHook | None,
+               strip_reasoning: bool) -> Transformed:
+    if parsed.endpoint == "responses":
+        return responses_relay.transform_body(body, embed, hook, strip_reasoning=strip_reasoning)
+    return transform_body(parsed.endpoint, body, embed, hook)
+
+
+async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None,
+                           hook: ChoiceHook | None, strip_reasoning: bool) -> Transformed:
+    if parsed.endpoint != "responses":
+        return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS)
+    steps = responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
+                                            slice_chars=SLICE_CHARS)
+    try:
+        while True:
+            next(steps)
+            await asyncio.sleep(0)
+    except StopIteration as done:
+        result: Transformed = done.value
+        return result
+
+
 def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
-             headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+             headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
+             strip_reasoning: bool = False) -> web.Response:
     """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
     otherwise only the ``usage`` object is read, unless the body must be watermarked. The backend lease is
     released once the answer is classified (a malformed answer counts against the backend)."""
@@ -99,14 +124,15 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
         got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
         if isinstance(got, web.Response):
             return got
-        return _respond(ex, op, raw, got, transform_body(parsed.endpoint, got, embed, hook)
+        return _respond(ex, op, raw, got, _transform(parsed, got, embed, hook, strip_reasoning)
                         if got is not None else None, headers)
     finally:  # a no-op when the answer was classified; otherwise (a bug in the gateway) nothing is decided
         op.lease.abandon()
 
 
 async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
-                         headers: dict[str, str], *, details: bool, hook: ChoiceHook | None) -> web.Response:
+                         headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
+                         strip_reasoning: bool = False) -> web.Response:
     """``complete`` for an answer over ``LARGE_BODY_BYTES`` that is watermarked: the same, with the embedding
     done in slices that let the event loop serve other requests in between."""
     try:
@@ -116,10 +142,11 @@ async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: b
         if got is not None and isinstance(got.get("usage"), dict):
             # generated and charged even if the client leaves while the answer is being watermarked
             usage = Usage()
-            usage.update(got["usage"])
+            u = got["usage"]
+            usage.update(u if parsed.endpoint != "responses" else
+                         {"prompt_tokens": u.get("input_tokens"), "completion_tokens": u.get("output_tokens")})
             ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        done = None if got is None else await transform_body_async(parsed.endpoint, got, embed, hook,
-                                                                   slice_chars=SLICE_CHARS)
+        done = None if got is None else await _transform_async(parsed, got, embed, hook, strip_reasoning)
         return _respond(ex, op, raw, got, done, headers)
     finally:
         op.lease.abandon()
@@ -147,7 +174,8 @@ def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
         op.lease.release(Outcome(False, status, latency, "malformed"))
         return _bad_upstream(ex, headers, f"answered with an unexpected content type ({ctype or 'none'})")
     body: Any = None
-    usage = None if details or embed is not None or hook is not None or status != 200 else usage_from_body(raw)
+    usage = None if details or embed is not None or hook is not None or status != 200 or \
+        parsed.endpoint == "responses" else usage_from_body(raw)  # a Responses usage names its fields otherwise
     if usage is not None:
         ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     elif status == 200:
@@ -181,8 +209,10 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
                  embed: EmbedderFactory | None, headers: dict[str, str], *, details: bool,
-                 hook: ChoiceHook | None) -> web.StreamResponse:
-    relay = StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook)
+                 hook: ChoiceHook | None, strip_reasoning: bool = False) -> web.StreamResponse:
+    relay: StreamRelay | ResponsesRelay = (
+        ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning) if parsed.endpoint == "responses"
+        else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook))
     out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     ex.status = ex.facts.status = 200
     task = asyncio.current_task()
@@ -251,7 +281,7 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
                                      op.t_headers - op.t_sent, reason))
 
 
-def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay, reason: str | None) -> None:
+def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay | ResponsesRelay, reason: str | None) -> None:
     f = ex.facts
     f.prompt_tokens = relay.usage.prompt_tokens
     f.completion_tokens = relay.usage.completion_tokens

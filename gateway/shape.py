@@ -16,6 +16,7 @@ import logging
 import random
 from typing import Any
 
+from gateway.config import HardeningConfig
 from gateway.context import AppContext
 from gateway.errors import PermissionDenied
 from gateway.hardening import (
@@ -30,9 +31,10 @@ from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import ChoiceHook, EmbedderFactory, ReasoningOnly, withhold_tokens
+from gateway.proxy.responses_request import LOGPROBS_INCLUDE, wants_logprobs
 from gateway.proxy.usage import ask_upstream_for_usage
 from gateway.routing.pool import BackendLease
-from gateway.watermarking import tool_call_field, unwatermarkable
+from gateway.watermarking import responses_unwatermarkable, tool_call_field, unwatermarkable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ def unwatermarked_field(ctx: AppContext, parsed: ParsedRequest, lease: BackendLe
     if wm is None or parsed.endpoint == "embeddings" or (lease is not None and lease.engine_watermark) \
             or not wm.watermarks(parsed.model):
         return None
-    return unwatermarkable(parsed.body) or (tool_call_field(parsed.body) if tools else None)
+    constrained = responses_unwatermarkable if parsed.endpoint == "responses" else unwatermarkable
+    return constrained(parsed.body) or (tool_call_field(parsed.body) if tools else None)
 
 
 def needs_engine_watermark(ctx: AppContext, parsed: ParsedRequest, tier: int) -> bool:
@@ -78,8 +81,11 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
         raise unwatermarkable_refusal(field)
     # logit_bias/seed go for every backend marked capable, verified or not: what a client may send must not
     # change with the probe's verdict
-    body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
-                           chat=parsed.endpoint == "chat")
+    if parsed.endpoint == "responses":
+        body, changes = harden_responses(parsed.body, tier_cfg.hardening, backend.watermark_capable)
+    else:
+        body, changes = harden(parsed.body, tier_cfg.hardening, strip_watermark_fields=backend.watermark_capable,
+                               chat=parsed.endpoint == "chat")
     if changes and log.isEnabledFor(logging.DEBUG):
         log.debug("hardening for tier %s: %s", tier_cfg.name, "; ".join(changes))
     changed = body is not parsed.body
@@ -106,6 +112,29 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def harden_responses(body: dict[str, Any], cfg: HardeningConfig,
+                     strip_watermark_fields: bool) -> tuple[dict[str, Any], list[str]]:
+    """``harden`` for a Responses API body (vLLM's ResponsesRequest takes ``logit_bias``, ``seed``,
+    ``vllm_xargs`` and ``top_logprobs`` like chat), where logprobs are asked for by ``include`` and not by a
+    ``logprobs`` flag; and ``store: false`` always: a stored response can only be read back through routes
+    the gateway does not serve (``GET /v1/responses/{id}``, ``previous_response_id``), unwatermarked."""
+    out, changes = harden(body, cfg, strip_watermark_fields=strip_watermark_fields, chat=True)
+    if out is body:
+        out = dict(body)
+    if out.get("logprobs") is False and "logprobs" not in body:  # chat's way to disable them: not a field here
+        del out["logprobs"]
+    if wants_logprobs(body):
+        if cfg.max_top_logprobs is not None and cfg.max_top_logprobs <= 0:
+            out["include"] = [x for x in body["include"] if x != LOGPROBS_INCLUDE]
+            out.pop("top_logprobs", None)
+            changes.append("disabled logprobs")
+        elif cfg.logprobs_xor_logit_bias and out.get("logit_bias"):
+            del out["logit_bias"]
+            changes.append("dropped logit_bias: logprobs requested")
+    out["store"] = False
+    return out, changes
+
+
 def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedRequest, tier: int,
                      lease: BackendLease) -> EmbedderFactory | None:
     """A factory of per-choice post-hoc watermark embedders, or None when this response is not watermarked
@@ -118,18 +147,20 @@ def embedder_factory(ctx: AppContext, principal: Principal, parsed: ParsedReques
     tier_name = ctx.policy.tier(tier).name
     if field := unwatermarked_field(ctx, parsed, lease):  # served, counted: a way around the watermark
         ctx.metrics.watermark_skipped_total.labels(reason=field).inc()
-        if parsed.endpoint != "chat":
+        if parsed.endpoint not in ("chat", "responses"):
             return None
         # a reasoning model's chain of thought beside it is free text all the same: watermarked ({}: the
         # constraint is the answer's, and an echoed prompt precedes the answer, not the thought)
         return ReasoningOnly(lambda: wm.embedder_for(principal, parsed.model, tier_name, {}))
-    first = wm.embedder_for(principal, parsed.model, tier_name, parsed.body)
+    # a Responses body's constraints were read above (its own fields); the chat ones in it mean nothing upstream
+    body = {} if parsed.endpoint == "responses" else parsed.body
+    first = wm.embedder_for(principal, parsed.model, tier_name, body)
     if first is None:
         return None
     pending: list[StreamEmbedder] = [first]
 
     def make() -> StreamEmbedder | None:
-        return pending.pop() if pending else wm.embedder_for(principal, parsed.model, tier_name, parsed.body)
+        return pending.pop() if pending else wm.embedder_for(principal, parsed.model, tier_name, body)
 
     return make
 

@@ -100,6 +100,22 @@ def unwatermarkable(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def responses_unwatermarkable(body: Mapping[str, Any]) -> str | None:
+    """``unwatermarkable`` for a Responses API body: its own constraint fields (``text.format``, vLLM's
+    ``structured_outputs``, a forced ``tool_choice``), not the chat ones: a Responses backend ignores a stray
+    ``response_format``, so honouring it would let a client turn the watermark off for free text."""
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text"):
+        return "text.format"
+    if body.get("structured_outputs") is not None:
+        return "structured_outputs"
+    tc = body.get("tool_choice")
+    if tc == "required" or isinstance(tc, Mapping):
+        return "tool_choice"
+    return None
+
+
 def tool_call_field(body: Mapping[str, Any]) -> str | None:
     """The request field that lets the model answer in tool-call arguments, or None. Those are relayed as the
     backend wrote them (never watermarked post hoc, so the client's code can parse them), so a client that

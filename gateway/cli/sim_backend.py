@@ -17,7 +17,8 @@ from gateway.sim.server import SimOptions
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sim-backend", help=f"run the {LABEL}",
-                       description=f"Run the {LABEL}: OpenAI-compatible chat/completions/embeddings/models.")
+                       description=f"Run the {LABEL}: OpenAI-compatible chat/completions/embeddings/models, "
+                                   "and /v1/responses as vLLM serves it.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18000)
     p.add_argument("--model", default="sim", help="model id listed in /v1/models")
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "come from IPGATE_KGW_PARAMS and IPGATE_WATERMARK_SECRET(_FILE), as on a real engine host")
     p.add_argument("--reasoning", action="store_true",
                    help="answer like a reasoning model behind vLLM's reasoning parser: chat answers carry a chain "
-                        "of thought in message.reasoning / delta.reasoning before the content")
+                        "of thought in message.reasoning / delta.reasoning before the content, /v1/responses "
+                        "answers a reasoning item before the message")
     p.set_defaults(func=run)
 
 

@@ -35,7 +35,8 @@ NOT_FORWARDED = HOP_BY_HOP | frozenset({
     "x-request-id",
 })
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+         "responses": "/responses"}
 
 
 def forward_headers(client: Mapping[str, str], request_id: str) -> CIMultiDict[str]:

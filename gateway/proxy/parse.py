@@ -1,4 +1,4 @@
-"""Typed parsing and validation of OpenAI request bodies (chat, legacy completions, embeddings).
+"""Typed parsing and validation of OpenAI request bodies (chat, legacy completions, embeddings, responses).
 
 Validation is deliberately shallow but strict on the fields the gateway and the backends act on: types,
 ranges, enums. Unknown fields pass through untouched (OpenAI-compatible servers accept extensions). Every
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, NotFound
 
-Endpoint = Literal["chat", "completions", "embeddings"]
+Endpoint = Literal["chat", "completions", "embeddings", "responses"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ROLES_TEXT = ", ".join(repr(r) for r in sorted(ROLES))
@@ -30,6 +30,14 @@ class ParsedRequest:
     raw: bytes  # the bytes as received, forwarded as is when nothing changes
     stream: bool
     client_usage: bool  # the client itself asked for stream_options.include_usage
+    # Responses API: the chat-shaped reading of the body that detection, the token estimate and accounting use
+    # (``gateway/proxy/responses_request.py``); None for the other endpoints, whose body is read as it is
+    view: dict[str, Any] | None = None
+
+    @property
+    def seen(self) -> dict[str, Any]:
+        """What detection and the rate limiter read: the chat view of a Responses body, else the body."""
+        return self.body if self.view is None else self.view
 
 
 class _Rejected(ValueError):
@@ -297,10 +305,19 @@ def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> Par
         raise _fail("model", "is required")
     if not isinstance(model, str) or not model:
         raise _fail("model", "must be a non-empty string")
-    stream, client_usage = _stream_fields(body)
+    view = None
+    if endpoint == "responses":
+        from gateway.proxy.responses_request import responses_view  # it builds on this module's helpers
+
+        _bool(body, "stream")
+        stream = body.get("stream") is True
+        client_usage = True  # a Responses stream always ends with its usage (response.completed): nothing to ask
+        view = responses_view(body)
+    else:
+        stream, client_usage = _stream_fields(body)
+        _VALIDATORS[endpoint](body)
     _str(body, "user")
-    _VALIDATORS[endpoint](body)
     if model not in models:
         raise NotFound(f"model: {model!r} does not exist or you do not have access to it", param="model",
                        code="model_not_found")
-    return ParsedRequest(endpoint, model, body, raw, stream, client_usage)
+    return ParsedRequest(endpoint, model, body, raw, stream, client_usage, view)

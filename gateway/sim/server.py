@@ -1,4 +1,5 @@
-"""The simulated model server: OpenAI-compatible chat/completions/embeddings/models over aiohttp.
+"""The simulated model server: OpenAI-compatible chat/completions/embeddings/models over aiohttp, and the
+Responses API as vLLM serves it (``POST /v1/responses``, in gateway/sim/responses.py).
 
 It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the benchmarks. Behaviour:
 - text: real assistant answers from the bundled corpus, chosen by a hash of the prompt (deterministic);
@@ -369,6 +370,10 @@ def build_sim_app(opts: SimOptions | None = None) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    # imported here: gateway.sim.responses builds on this module's helpers (a top-level import would be circular)
+    from gateway.sim.responses import create_response
+
+    app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/sim/stats", stats_handler)
     app.router.add_get("/health", models)
     return app
