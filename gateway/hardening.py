@@ -19,7 +19,8 @@ reproducible sampling. Each rule removes one of those ingredients:
 - ``max_n`` caps ``n`` and legacy ``best_of`` (more samples per prompt = cheaper harvesting).
 - ``strip_seed`` removes ``seed`` (reproducible sampling lets an attacker average away noise).
 - Always: client-supplied ``vllm_xargs`` is removed — it reaches vLLM's logits processors (the watermark
-  lives there), so only the gateway may set it.
+  lives there), so only the gateway may set it. So is ``watermarking`` (vLLM 0.33, every endpoint): ``false``
+  opts the request out of the engine's own watermark, whoever configured it.
 - ``strip_watermark_fields`` (the backend watermarks in the engine): ``logit_bias`` could cancel the green
   list bias and ``seed`` lets repeated samples be compared, so both go.
 
@@ -110,6 +111,9 @@ def harden(
     if "vllm_xargs" in body:
         del edit()["vllm_xargs"]
         changes.append("stripped vllm_xargs")
+    if "watermarking" in body:  # vLLM 0.33: `watermarking: false` opts a request out of the engine's watermark
+        del edit()["watermarking"]
+        changes.append("stripped watermarking")
 
     bias = body.get("logit_bias")
     if isinstance(bias, dict) and bias:

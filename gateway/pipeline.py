@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -35,11 +36,12 @@ from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, ServiceU
 from gateway.proxy.forward import forward_headers
 from gateway.proxy.parse import Endpoint, parse_request
 from gateway.receive import check_headers, read_body, request_id
-from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, stream
+from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, count_withheld, stream
 from gateway.route import route_and_forward
 from gateway.shape import embedder_factory, response_hook
 from gateway.store.base import AdmitResult
 from gateway.telemetry.tracing import set_error, set_request_attributes, set_response_attributes
+from gateway.watermarking import tool_call_field
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         hook = response_hook(ctx, adm.tier, op.lease)
         # Responses API: the tier's strip_reasoning removes whole reasoning items (the chat hook edits choices)
         strip = parsed.endpoint == "responses" and ctx.policy.tier(adm.tier).hardening.strip_reasoning
+        # and relays function-call items only to a request that declared tools (counted then; else withheld)
+        calls = parsed.endpoint != "responses" or tool_call_field(parsed.body) is not None
         details = ctx.detection is not None or ex.sampled
         headers = success_headers(adm.result, ex.request_id)
     except BaseException:  # a gateway bug or a cancellation before the answer is relayed: not the backend's
@@ -96,13 +100,16 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - op.t_headers)
         headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
         return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook,
-                            strip_reasoning=strip)
+                            strip_reasoning=strip, function_calls=calls)
     t_body = time.perf_counter()
+    withheld: Counter[str] = Counter()  # Responses API text the relay could not watermark (not relayed)
     if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
         resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook,
-                                    strip_reasoning=strip)
+                                    strip_reasoning=strip, withheld=withheld, function_calls=calls)
     else:  # transform (body)
-        resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip)
+        resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip,
+                        withheld=withheld, function_calls=calls)
+    count_withheld(ctx, withheld)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
     return resp

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -93,18 +94,21 @@ SLICE_CHARS = 8 * 1024  # ≈ 1 300 words: ≈ 6 ms of embedding between two tur
 
 
 def _transform(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None, hook: ChoiceHook | None,
-               strip_reasoning: bool) -> Transformed:
+               strip_reasoning: bool, withheld: Counter[str] | None, function_calls: bool = True) -> Transformed:
     if parsed.endpoint == "responses":
-        return responses_relay.transform_body(body, embed, hook, strip_reasoning=strip_reasoning)
+        return responses_relay.transform_body(body, embed, hook, strip_reasoning=strip_reasoning, withheld=withheld,
+                                              function_calls=function_calls)
     return transform_body(parsed.endpoint, body, embed, hook)
 
 
 async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None,
-                           hook: ChoiceHook | None, strip_reasoning: bool) -> Transformed:
+                           hook: ChoiceHook | None, strip_reasoning: bool,
+                           withheld: Counter[str] | None, function_calls: bool = True) -> Transformed:
     if parsed.endpoint != "responses":
         return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS)
     steps = responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
-                                            slice_chars=SLICE_CHARS)
+                                            slice_chars=SLICE_CHARS, withheld=withheld,
+                                            function_calls=function_calls)
     try:
         while True:
             next(steps)
@@ -114,9 +118,16 @@ async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: E
         return result
 
 
+def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:
+    """Responses API text the relay withheld (it could not watermark it): counted by kind."""
+    for what, n in withheld.items():
+        ctx.metrics.responses_withheld_total.labels(what=what).inc(n)
+
+
 def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
-             strip_reasoning: bool = False) -> web.Response:
+             strip_reasoning: bool = False, withheld: Counter[str] | None = None,
+             function_calls: bool = True) -> web.Response:
     """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
     otherwise only the ``usage`` object is read, unless the body must be watermarked. The backend lease is
     released once the answer is classified (a malformed answer counts against the backend)."""
@@ -124,15 +135,16 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
         got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
         if isinstance(got, web.Response):
             return got
-        return _respond(ex, op, raw, got, _transform(parsed, got, embed, hook, strip_reasoning)
-                        if got is not None else None, headers)
+        done = None if got is None else _transform(parsed, got, embed, hook, strip_reasoning, withheld, function_calls)
+        return _respond(ex, op, raw, got, done, headers)
     finally:  # a no-op when the answer was classified; otherwise (a bug in the gateway) nothing is decided
         op.lease.abandon()
 
 
 async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
                          headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
-                         strip_reasoning: bool = False) -> web.Response:
+                         strip_reasoning: bool = False, withheld: Counter[str] | None = None,
+                         function_calls: bool = True) -> web.Response:
     """``complete`` for an answer over ``LARGE_BODY_BYTES`` that is watermarked: the same, with the embedding
     done in slices that let the event loop serve other requests in between."""
     try:
@@ -146,7 +158,8 @@ async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: b
             usage.update(u if parsed.endpoint != "responses" else
                          {"prompt_tokens": u.get("input_tokens"), "completion_tokens": u.get("output_tokens")})
             ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        done = None if got is None else await _transform_async(parsed, got, embed, hook, strip_reasoning)
+        done = None if got is None else await _transform_async(parsed, got, embed, hook, strip_reasoning, withheld,
+                                                                function_calls)
         return _respond(ex, op, raw, got, done, headers)
     finally:
         op.lease.abandon()
@@ -209,9 +222,11 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
                  embed: EmbedderFactory | None, headers: dict[str, str], *, details: bool,
-                 hook: ChoiceHook | None, strip_reasoning: bool = False) -> web.StreamResponse:
+                 hook: ChoiceHook | None, strip_reasoning: bool = False,
+                 function_calls: bool = True) -> web.StreamResponse:
     relay: StreamRelay | ResponsesRelay = (
-        ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning) if parsed.endpoint == "responses"
+        ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning, function_calls=function_calls)
+        if parsed.endpoint == "responses"
         else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook))
     out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     ex.status = ex.facts.status = 200
@@ -283,6 +298,8 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
 
 def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay | ResponsesRelay, reason: str | None) -> None:
     f = ex.facts
+    if isinstance(relay, ResponsesRelay):
+        count_withheld(ctx, relay.withheld)
     f.prompt_tokens = relay.usage.prompt_tokens
     f.completion_tokens = relay.usage.completion_tokens
     if f.completion_tokens is None and reason is not None:

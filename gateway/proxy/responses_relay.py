@@ -17,15 +17,20 @@ consecutively. ``logprobs`` of a watermarked part are withheld (they would spell
 ``strip_reasoning`` (the tier's hardening) removes reasoning items from the stream and the body; the
 ``output_index`` of the items after one is renumbered so the SDK's accumulated snapshot stays consistent.
 
+Fail closed (``gateway/proxy/responses_scrub.py``): an event, item or part type the relay does not know, a
+field beside the text, a malformed text event, the raw output messages of vLLM's ``enable_response_messages``
+are withheld and counted (``withheld``), never relayed: text the gateway does not watermark.
+
 Sans-IO: ``feed(chunk) -> bytes``, ``finish() -> bytes``; ``transform_steps`` does the same for a body.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway.hooks import StreamEmbedder
 from gateway.proxy.relay import (
@@ -37,6 +42,7 @@ from gateway.proxy.relay import (
     dumps_utf8,
     error_event,
 )
+from gateway.proxy.responses_scrub import ERROR_FIELDS, EVENT_FIELDS, ITEMS, PART_TEXT, Scrubber
 from gateway.proxy.sse import SSEComment, SSEDecoder, encode_comment, encode_event
 from gateway.proxy.usage import Usage
 
@@ -51,14 +57,21 @@ _DELTAS = {
 _DONES = {done: (kind, idx, delta, fld) for delta, (kind, idx, done, fld) in _DELTAS.items()}
 _PART_DONES = {"response.content_part.done": ("content", "content_index"),
                "response.reasoning_summary_part.done": ("summary", "summary_index")}
-# text part type -> its text field; whether it is the answer (False: reasoning, watermarked even when the
-# answer must stay verbatim)
-_PART_TEXT = {"output_text": ("text", True), "refusal": ("refusal", True), "reasoning_text": ("text", False),
-              "summary_text": ("text", False)}
 _RESPONSE_EVENTS = frozenset({"response.created", "response.in_progress", "response.completed",
                               "response.incomplete", "response.failed", "response.queued"})
-
 PartKey = tuple[int, str, int]  # (upstream output_index, "content" | "summary", index within that list)
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_ADDED = {"response.content_part.added": "content_index", "response.reasoning_summary_part.added": "summary_index"}
+# Fail closed: an event of any other type is withheld (a newer backend's text event, an annotation, an audio
+# transcript, a built-in or custom tool's input or output: text the gateway does not watermark). Function-call
+# arguments are relayed verbatim by design (the client's code parses them; counted as a ``tools`` request).
+_ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done",
+                          "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                          *_DELTAS, *_DONES, *_PART_DONES, *_ADDED})
+
+
+def _is_index(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _dumps(obj: Any) -> bytes:
@@ -87,17 +100,20 @@ class _Part:
     closed: bool = False
 
 
-class _Output:
+class _Output(Scrubber):
     """What the stream relay and the body transform share: per-part embedders, the hook, dropped items."""
 
-    def __init__(self, factory: EmbedderFactory | None, hook: ChoiceHook | None, strip_reasoning: bool) -> None:
+    def __init__(self, factory: EmbedderFactory | None, hook: ChoiceHook | None, strip_reasoning: bool,
+                 function_calls: bool) -> None:
         self._factory = factory
         self._answers = answer_factory(factory)
         self._hook = hook
         self._strip = strip_reasoning
+        self._calls = function_calls  # the request declared tools: function-call items are its to receive
         self._thinks = 0
         self.watermarked = False
         self.logprob_positions = 0
+        self.withheld: Counter[str] = Counter()  # what was not relayed, by kind (the caller counts it)
 
     def _embedder(self, answer: bool) -> StreamEmbedder | None:
         factory = self._answers if answer else self._factory
@@ -123,7 +139,11 @@ class _Output:
         """A part's (or event's) ``logprobs``: withheld when its text is watermarked post hoc (the tokens would
         spell the backend's own text), else hardened by the tier's hook and counted."""
         lp = holder.get("logprobs")
-        if not isinstance(lp, list) or not lp:
+        if not lp:
+            return
+        if not isinstance(lp, list):  # not the SDK's shape: the tier's hardening cannot read it
+            holder["logprobs"] = []
+            self._withhold("malformed_event", "logprobs that are not a list")
             return
         if withheld:
             holder["logprobs"] = []
@@ -137,7 +157,22 @@ class _Output:
         self.logprob_positions += len(lp)
 
     def _dropped(self, item: Any) -> bool:
-        return self._strip and isinstance(item, dict) and item.get("type") == "reasoning"
+        """Reasoning items under strip_reasoning; items of a type the relay does not know (their text)."""
+        if not isinstance(item, dict):
+            return False
+        if self._unknown(item):
+            return True
+        return self._strip and item.get("type") == "reasoning"
+
+    def _unknown(self, item: dict[str, Any]) -> bool:
+        """An item the relay does not relay: a type it does not know (its text is not watermarked), or a
+        function call the request gave the model no tool for (its arguments are free text, verbatim)."""
+        t = item.get("type")
+        if t in ITEMS and (t != "function_call" or self._calls):
+            return False
+        self._withhold("unknown_item", f"an output item of type {t!r}" if t != "function_call" else
+                       "a function call the request declared no tool for")
+        return True
 
 
 _ANSWER_TYPES = frozenset({"response.output_text.delta", "response.refusal.delta"})
@@ -145,8 +180,8 @@ _ANSWER_TYPES = frozenset({"response.output_text.delta", "response.refusal.delta
 
 class ResponsesRelay(_Output):
     def __init__(self, embedder_factory: EmbedderFactory | None, *, hook: ChoiceHook | None = None,
-                 strip_reasoning: bool = False) -> None:
-        super().__init__(embedder_factory, hook, strip_reasoning)
+                 strip_reasoning: bool = False, function_calls: bool = True) -> None:
+        super().__init__(embedder_factory, hook, strip_reasoning, function_calls)
         self._decoder = SSEDecoder()
         self._seq = 0
         self._parts: dict[PartKey, _Part] = {}
@@ -163,16 +198,20 @@ class ResponsesRelay(_Output):
     def feed(self, chunk: bytes) -> bytes:
         out: list[bytes] = []
         for item in self._decoder.feed(chunk):
-            if isinstance(item, SSEComment):
-                out.append(encode_comment(item.text))
+            if isinstance(item, SSEComment):  # a keep-alive, passed on without its text (the backend's words)
+                if item.text:
+                    self._withhold("comment_text", "the text of an SSE comment")
+                out.append(encode_comment(b""))
+                continue
+            if item.data.strip() == b"[DONE]":  # not vLLM's, harmless: the end marker of other servers
+                out.append(encode_event(item.data, item.event))
                 continue
             try:
                 obj = json.loads(item.data)
             except ValueError:
-                out.append(encode_event(item.data, item.event))  # not ours to judge: pass it through
-                continue
-            if not isinstance(obj, dict):
-                out.append(encode_event(item.data, item.event))
+                obj = None
+            if not isinstance(obj, dict):  # raw text is text all the same: never relayed unwatermarked
+                self._withhold("malformed_event", "a data line that is not a JSON object")
                 continue
             for ev in self._event(obj):
                 out.append(self._emit(ev, item.event))
@@ -199,35 +238,59 @@ class ResponsesRelay(_Output):
         t = obj.get("type")
         if t == "error" or (t is None and obj.get("error") is not None):
             self.upstream_error = True
+            self._only(obj, ERROR_FIELDS, "an error event")
             return [obj]
-        oi = obj.get("output_index")
-        if isinstance(oi, int) and not isinstance(oi, bool):
-            if oi not in self._index:
-                item = obj.get("item")
-                self._index[oi] = None if self._dropped(item) else self._next_index
-                if self._index[oi] is not None:
-                    self._next_index += 1
-            mapped = self._index[oi]
-            if mapped is None:
-                return []  # a reasoning item the tier strips: none of its events
-            obj["output_index"] = mapped
-            item = obj.get("item")
-            self._ids.setdefault(oi, obj.get("item_id", item.get("id") if isinstance(item, dict) else None))
-            if t in _DELTAS:
-                return self._delta(obj, oi, t)
-            if t in _DONES:
-                return self._text_done(obj, oi, t)
-            if t in _PART_DONES:
-                kind, idx = _PART_DONES[t]
-                i, part = obj.get(idx), obj.get("part")
-                if isinstance(i, int) and isinstance(part, dict):
-                    return [*self._final_part(part, (oi, kind, i)), obj]
-                return [obj]
-            if t == "response.output_item.done" and isinstance(item, dict):
-                return [*self._item(item, oi), obj]
-            return [obj]
-        if t in _RESPONSE_EVENTS and isinstance(obj.get("response"), dict):
+        if t in _RESPONSE_EVENTS:
+            if not isinstance(obj.get("response"), dict):
+                return self._withhold("malformed_event", f"{t} without a response object")
             return [*self._response(obj["response"], t), obj]
+        if t not in _ITEM_EVENTS:
+            return self._withhold("unknown_event", f"an event of type {t!r}")
+        oi = obj.get("output_index")
+        if not _is_index(oi):
+            return self._withhold("malformed_event", f"{t} without an integer output_index")
+        item = obj.get("item")
+        if t in ("response.output_item.added", "response.output_item.done") and not isinstance(item, dict):
+            return self._withhold("malformed_event", f"{t} without an item")
+        if oi not in self._index:
+            self._index[oi] = None if self._dropped(item) else self._next_index
+            if self._index[oi] is not None:
+                self._next_index += 1
+        mapped = self._index[oi]
+        if mapped is None:
+            return []  # a reasoning item the tier strips, an unknown item: none of its events
+        if isinstance(item, dict) and self._unknown(item):  # announced late as an unknown type
+            return []
+        if t.startswith("response.function_call_arguments.") and not self._calls:
+            return self._withhold("unknown_item", "a function call the request declared no tool for")
+        obj["output_index"] = mapped
+        if not t.startswith("response.function_call_arguments."):
+            self._only(obj, EVENT_FIELDS, f"a {t} event")
+        self._ids.setdefault(oi, obj.get("item_id", item.get("id") if isinstance(item, dict) else None))
+        if t in _DELTAS:
+            return self._delta(obj, oi, t)
+        if t in _DONES:
+            return self._text_done(obj, oi, t)
+        if t in _PART_DONES:
+            kind, idx = _PART_DONES[t]
+            i, part = obj.get(idx), obj.get("part")
+            if not _is_index(i) or not isinstance(part, dict):
+                return self._withhold("malformed_event", f"{t} without an index or a part")
+            pre = self._final_part(part, (oi, kind, i))
+            self._clean_part(part, False)
+            return [*pre, obj]
+        if t in _ADDED:
+            part = obj.get("part")
+            if not _is_index(obj.get(_ADDED[t])) or not isinstance(part, dict):
+                return self._withhold("malformed_event", f"{t} without an index or a part")
+            self._clean_part(part, True)
+            return [obj]
+        if t == "response.output_item.added" and isinstance(item, dict):
+            self._clean_item(item, True)
+        elif t == "response.output_item.done" and isinstance(item, dict):
+            pre = self._item(item, oi)
+            self._clean_item(item, False)
+            return [*pre, obj]
         return [obj]
 
     def _part(self, key: PartKey, delta_type: str) -> _Part:
@@ -249,8 +312,8 @@ class ResponsesRelay(_Output):
     def _delta(self, obj: dict[str, Any], oi: int, t: str) -> list[dict[str, Any]]:
         kind, idx, _, _ = _DELTAS[t]
         i, text = obj.get(idx), obj.get("delta")
-        if not isinstance(i, int) or not isinstance(text, str):
-            return [obj]
+        if not _is_index(i) or not isinstance(text, str):
+            return self._withhold("malformed_event", f"{t} without an index or a string delta")
         part = self._part((oi, kind, i), t)
         if part.closed:  # text after its part was done: never relayed unwatermarked
             return []
@@ -282,8 +345,8 @@ class ResponsesRelay(_Output):
     def _text_done(self, obj: dict[str, Any], oi: int, t: str) -> list[dict[str, Any]]:
         kind, idx, delta_type, fld = _DONES[t]
         i = obj.get(idx)
-        if not isinstance(i, int):
-            return [obj]
+        if not _is_index(i):
+            return self._withhold("malformed_event", f"{t} without an index")
         key = (oi, kind, i)
         out: list[dict[str, Any]] = []
         if key not in self._parts:  # a part the backend never streamed: its whole text, watermarked, as a delta
@@ -304,7 +367,7 @@ class ResponsesRelay(_Output):
     def _final_part(self, part: dict[str, Any], key: PartKey) -> list[dict[str, Any]]:
         """A part in a ``done`` event or a finished item gets the text the client received for it; returns
         the delta events to send before (a part whose text the backend had not finished yet)."""
-        spec = _PART_TEXT.get(part.get("type", ""))
+        spec = PART_TEXT.get(part.get("type", ""))
         if spec is None:
             return []
         fld = spec[0]
@@ -341,8 +404,13 @@ class ResponsesRelay(_Output):
         if self.model is None and isinstance(m, str):
             self.model = m
         pre: list[dict[str, Any]] = []
+        self._clean_response(response)
         output = response.get("output")
-        if isinstance(output, list) and output:
+        if t not in _FINAL_EVENTS and isinstance(output, list) and output:
+            # a snapshot before the answer (vLLM: empty); its text would precede the deltas that watermark it
+            response["output"] = []
+            self._withhold("snapshot_output", f"output in {t}")
+        elif isinstance(output, list) and output:
             kept = []
             for oi, item in enumerate(output):
                 if self._dropped(item):
@@ -353,6 +421,7 @@ class ResponsesRelay(_Output):
                         self._index[oi] = self._next_index
                         self._next_index += 1
                     pre.extend(self._item(item, oi))
+                    self._clean_item(item, False)
                 kept.append(item)
             response["output"] = kept
         u = response.get("usage")
@@ -369,12 +438,13 @@ class ResponsesRelay(_Output):
 
 
 def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
-                    strip_reasoning: bool = False,
-                    slice_chars: int | None = None) -> Generator[None, None, Transformed]:
+                    strip_reasoning: bool = False, slice_chars: int | None = None,
+                    withheld: Counter[str] | None = None,
+                    function_calls: bool = True) -> Generator[None, None, Transformed]:
     """Watermark a non-streaming Responses body in place (one embedder per text part), yielding between
     slices of ``slice_chars`` characters; returns (changed, usage, finish reasons, logprob positions,
     watermarked) like the chat path's ``transform_steps``."""
-    out = _Output(embedder_factory, hook, strip_reasoning)
+    out = _Output(embedder_factory, hook, strip_reasoning, function_calls)
     usage = Usage()
     u = body.get("usage")
     if isinstance(u, dict):
@@ -382,6 +452,7 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
     fr = finish_reason(body)
     # re-encoded whenever anything may have changed (the text, a logprob's noise): comparing would cost more
     changed = embedder_factory is not None or hook is not None
+    out._clean_response(body)
     output = body.get("output")
     if isinstance(output, list):
         kept = [item for item in output if not out._dropped(item)]
@@ -394,7 +465,7 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
             for kind in ("content", "summary"):
                 parts = item.get(kind)
                 for part in parts if isinstance(parts, list) else ():
-                    spec = _PART_TEXT.get(part.get("type", "")) if isinstance(part, dict) else None
+                    spec = PART_TEXT.get(part.get("type", "")) if isinstance(part, dict) else None
                     if spec is None or not isinstance(part.get(spec[0]), str):
                         continue
                     fld, answer = spec
@@ -406,12 +477,18 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
                         text = yield from _embedded(emb, text, slice_chars)
                     part[fld] = text
                     out._logprobs(part, emb is not None)
+            out._clean_item(item, False)
+    changed = changed or bool(out.withheld)
+    if withheld is not None:
+        withheld.update(out.withheld)
     return changed, usage, [fr] if fr else [], out.logprob_positions, out.watermarked
 
 
 def transform_body(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
-                   strip_reasoning: bool = False) -> Transformed:
-    steps = transform_steps(body, embedder_factory, hook, strip_reasoning=strip_reasoning)
+                   strip_reasoning: bool = False, withheld: Counter[str] | None = None,
+                   function_calls: bool = True) -> Transformed:
+    steps = transform_steps(body, embedder_factory, hook, strip_reasoning=strip_reasoning, withheld=withheld,
+                            function_calls=function_calls)
     try:
         while True:
             next(steps)

@@ -15,6 +15,9 @@ Refused, because they would take output around the client's watermark or around 
   token estimate would not see that context, and a response id is the backend's, not the client's: any
   client knowing (or guessing) another client's id would continue that client's conversation. Clients send
   the conversation in ``input`` instead (the stateless form every SDK supports);
+- ``enable_response_messages`` (vLLM: the raw output messages beside the answer, unwatermarked),
+  ``previous_input_messages`` (vLLM: harmony context detection does not see), ``prompt`` (a stored prompt
+  template) and ``conversation`` (OpenAI's stored conversations): see ``_REFUSED``;
 - input items the gateway cannot read (images, files, item references, built-in tool items): what detection
   cannot read it cannot score.
 """
@@ -27,8 +30,22 @@ from gateway.proxy.parse import MAX_TOKENS_FIELD, _bool, _fail, _int, _is_int, _
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _MESSAGE_ROLES = frozenset({"user", "system", "developer", "assistant"})
-_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 _FORMATS = frozenset({"text", "json_schema", "json_object"})
+
+
+# fields vLLM 0.33's ResponsesRequest (or OpenAI's API) honours that take output around the watermark or context
+# around detection; refused whenever set (``enable_response_messages: false`` is the default, so it is accepted)
+_REFUSED = {
+    "enable_response_messages": "'enable_response_messages' is not available through this gateway (the backend "
+                                "would return the model's raw output tokens beside the watermarked answer)",
+    "previous_input_messages": "'previous_input_messages' is not available through this gateway (context that "
+                               "detection cannot read); send the conversation in 'input'",
+    "prompt": "'prompt' (a stored prompt template) is not available through this gateway (a template detection "
+              "cannot read); send the text in 'instructions' and 'input'",
+    "conversation": "'conversation' (a stored conversation) is not available through this gateway; send the "
+                    "whole conversation in 'input'",
+}
 
 
 def wants_logprobs(body: dict[str, Any]) -> bool:
@@ -47,6 +64,9 @@ def _text_content(c: Any, field: str) -> str:
         if not isinstance(part, dict):
             raise _fail(f"{field}[{j}]", "must be an object")
         t = part.get("type")
+        if t == "refusal" and isinstance(part.get("refusal"), str):  # an earlier answer's refusal, replayed
+            texts.append(part["refusal"])
+            continue
         if t not in _TEXT_PARTS:
             raise _fail(f"{field}[{j}].type", f"{t!r} is not supported by this gateway (text parts only: "
                         "'input_text', 'output_text')")
@@ -79,6 +99,13 @@ def _input_messages(v: Any) -> list[dict[str, Any]]:
             out.append({"role": "assistant", "content": None, "tool_calls": [
                 {"id": item["call_id"], "type": "function",
                  "function": {"name": item["name"], "arguments": item["arguments"]}}]})
+        elif t == "reasoning":  # the model's earlier thought, replayed (``input=previous.output + [...]``)
+            if item.get("encrypted_content") is not None:
+                raise _fail(f"{f}.encrypted_content", "is not supported by this gateway (send the text in "
+                            "'content')")
+            texts = [_text_content(item.get(k), f"{f}.{k}") for k in ("summary", "content")
+                     if item.get(k) is not None]
+            out.append({"role": "assistant", "content": "\n".join(x for x in texts if x)})
         elif t == "function_call_output":
             if not isinstance(item.get("call_id"), str):
                 raise _fail(f"{f}.call_id", "must be a string")
@@ -86,7 +113,7 @@ def _input_messages(v: Any) -> list[dict[str, Any]]:
                         "content": _text_content(item.get("output"), f"{f}.output")})
         else:
             raise _fail(f"{f}.type", f"{t!r} is not supported by this gateway (supported: 'message', "
-                        "'function_call', 'function_call_output')")
+                        "'function_call', 'function_call_output', 'reasoning')")
     return out
 
 
@@ -132,6 +159,9 @@ def responses_view(body: dict[str, Any]) -> dict[str, Any]:
         raise _fail("previous_response_id", "stored conversations are not available through this gateway; "
                     "send the whole conversation in 'input'")
     _bool(body, "store")
+    for name, why in _REFUSED.items():
+        if body.get(name) not in (None, False):
+            raise _fail(name, why)
     if "input" not in body or body["input"] is None:
         raise _fail("input", "is required")
     messages = _input_messages(body["input"])

@@ -205,6 +205,12 @@ class Metrics:
             "is still watermarked); reason = the request field.",
             ["reason"], registry=r,
         )
+        self.responses_withheld_total = Counter(
+            "ipgate_responses_withheld_total",
+            "Parts of Responses API answers withheld from the client because the gateway does not watermark "
+            "them (an unknown event or item type, raw output messages, a malformed text event); what = the kind.",
+            ["what"], registry=r,
+        )
         self.watermark_directive_refusals_total = Counter(
             "ipgate_watermark_directive_refusals_total",
             "Requests whose KGW directive a watermark_capable backend's engine refused (its plugin changed since "

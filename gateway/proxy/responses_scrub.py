@@ -1,0 +1,101 @@
+"""What the Responses relay (``gateway/proxy/responses_relay.py``) withholds: it fails closed.
+
+A backend is a boundary the gateway does not own: a newer vLLM (or another OpenAI-compatible server) may
+write text where the relay does not look for it — a new event or item type, a field beside the text, the raw
+output messages vLLM returns under ``enable_response_messages``. Text the gateway does not watermark is never
+relayed: ``Scrubber`` removes it and counts it by kind (a fixed set of kinds: the backend's own type names
+would make the metric's labels unbounded), logging once per kind per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# text part type -> its text field; whether it is the answer (False: reasoning, watermarked even when the
+# answer must stay verbatim)
+PART_TEXT = {"output_text": ("text", True), "refusal": ("refusal", True), "reasoning_text": ("text", False),
+              "summary_text": ("text", False)}
+# the item types the relay watermarks (message, reasoning) or relays by design (function_call); others withheld
+ITEMS = frozenset({"message", "reasoning", "function_call"})
+# fields of a response object that repeat the output outside its items: vLLM's enable_response_messages (raw
+# output tokens), a convenience output_text some servers add; never relayed (the SDK computes output_text)
+_RESPONSE_COPIES = ("output_messages", "input_messages", "output_text")
+# The fields relayed of a text part, a message or reasoning item and an item event (the openai SDK's types):
+# any other field of theirs (a newer backend's raw text or token ids beside the text) is withheld. Function-call
+# items are relayed as written (their arguments are verbatim by design).
+_PART_FIELDS = {"output_text": frozenset({"type", "text", "annotations", "logprobs"}),
+                "refusal": frozenset({"type", "refusal"}), "reasoning_text": frozenset({"type", "text"}),
+                "summary_text": frozenset({"type", "text"})}
+_ITEM_FIELDS = {"message": frozenset({"id", "type", "role", "status", "content", "phase"}),
+                "reasoning": frozenset({"id", "type", "summary", "content", "encrypted_content", "status"})}
+EVENT_FIELDS = frozenset({"type", "sequence_number", "item_id", "output_index", "content_index", "summary_index",
+                           "delta", "text", "refusal", "logprobs", "part", "item", "obfuscation"})
+ERROR_FIELDS = frozenset({"type", "sequence_number", "code", "message", "param", "error"})
+_logged: set[str] = set()
+
+
+class Scrubber:
+    """Removes from events, items, parts and response objects what the relay does not watermark."""
+
+    withheld: Counter[str]
+
+    def _withhold(self, kind: str, detail: str) -> list[dict[str, Any]]:
+        """Text the gateway cannot watermark: never relayed; logged once per kind per process, counted by kind
+        (a fixed set: the detail is the backend's and would make the metric's labels unbounded)."""
+        self.withheld[kind] += 1
+        if kind not in _logged:
+            _logged.add(kind)
+            log.warning("responses relay: withheld %s from the backend (text the gateway does not watermark; "
+                        "counted in ipgate_responses_withheld_total{what=%r}; logged once)", detail[:100], kind)
+        return []
+
+    def _clean_response(self, response: dict[str, Any]) -> None:
+        for name in _RESPONSE_COPIES:
+            if name in response:
+                del response[name]
+                self._withhold("response_copy", f"the response's {name}")
+
+    def _only(self, obj: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+        extra = [k for k in obj if k not in allowed]
+        for k in extra:
+            del obj[k]
+        if extra:
+            self._withhold("unknown_field", f"field {extra[0]!r} of {what}")
+
+    def _clean_part(self, part: dict[str, Any], blank: bool) -> None:
+        """A part of a kept item: an unknown part type keeps only its type (its fields may hold text);
+        ``blank``: a known part's text emptied (an ``added`` event: the deltas carry the text)."""
+        t = part.get("type")
+        spec = PART_TEXT.get(t) if isinstance(t, str) else None
+        if spec is None or not isinstance(t, str):
+            part.clear()
+            part["type"] = t
+            self._withhold("unknown_part", f"a content part of type {t!r}")
+            return
+        self._only(part, _PART_FIELDS[t], f"a {t} part")
+        if not isinstance(part.get(spec[0]), str | None):  # the SDK's shape is a string: nothing else is relayed
+            part[spec[0]] = ""
+            self._withhold("malformed_event", f"a {t} part whose text is not a string")
+        if blank and part.get(spec[0]):
+            part[spec[0]] = ""
+            self._withhold("added_text", "text in an added event")
+        if part.get("annotations"):  # citations' titles are free text; vLLM writes none
+            part["annotations"] = []
+            self._withhold("annotations", "annotations")
+
+    def _clean_item(self, item: dict[str, Any], blank: bool) -> None:
+        allowed = _ITEM_FIELDS.get(item.get("type", ""))
+        if allowed is not None:
+            self._only(item, allowed, f"a {item.get('type')} item")
+        for kind in ("content", "summary"):
+            parts = item.get(kind)
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict):
+                    self._clean_part(part, blank)
+        if item.get("encrypted_content") is not None:  # opaque to us: it could be the thought in clear
+            item["encrypted_content"] = None
+            self._withhold("encrypted_content", "a reasoning item's encrypted_content")
