@@ -33,6 +33,7 @@ from gateway.proxy.relay import (
     Transformed,
     dumps_utf8,
     error_event,
+    run_steps,
     transform_body,
     transform_body_async,
 )
@@ -106,16 +107,9 @@ async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: E
                            withheld: Counter[str] | None, function_calls: bool = True) -> Transformed:
     if parsed.endpoint != "responses":
         return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS)
-    steps = responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
-                                            slice_chars=SLICE_CHARS, withheld=withheld,
-                                            function_calls=function_calls)
-    try:
-        while True:
-            next(steps)
-            await asyncio.sleep(0)
-    except StopIteration as done:
-        result: Transformed = done.value
-        return result
+    return await run_steps(responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
+                                                           slice_chars=SLICE_CHARS, withheld=withheld,
+                                                           function_calls=function_calls))
 
 
 def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:

@@ -326,7 +326,11 @@ async def transform_body_async(endpoint: Endpoint, body: dict[str, Any], embedde
     runs other requests between slices. Watermarking is pure Python: a 28 000-word answer embedded at once
     held the loop for ≈ 130 ms, stalling every other stream and request of the process. The result is the
     same (an embedder fed in pieces writes what it writes fed at once)."""
-    steps = transform_steps(endpoint, body, embedder_factory, choice_hook, slice_chars=slice_chars)
+    return await run_steps(transform_steps(endpoint, body, embedder_factory, choice_hook, slice_chars=slice_chars))
+
+
+async def run_steps(steps: Generator[None, None, Transformed]) -> Transformed:
+    """Drive a sliced transform to its result, letting the event loop run other requests between slices."""
     try:
         while True:
             next(steps)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from gateway.proxy import relay
 from gateway.proxy.relay import transform_body, transform_body_async
 from gateway.respond import LARGE_BODY_BYTES
 from tests.support.harness import app_backend, gateway_config, running_gateway, settled
@@ -92,9 +94,27 @@ async def test_a_long_answer_does_not_hold_the_event_loop_and_verifies(tmp_path:
     assert max(gaps) < took / 3, (max(gaps), took)
 
 
-async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_charged_for_it(tmp_path: Path) -> None:
+async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_charged_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The backend generated the whole answer: leaving during the sliced watermarking must not turn it into a
     free request (an aborted answer is charged what was generated, as far as the gateway knows it)."""
+    slicing = asyncio.Event()  # set once the gateway (on this loop) is between two slices of the answer
+    run_steps = relay.run_steps
+
+    async def watched(steps: Any) -> Any:
+        def signalling() -> Any:
+            first = True
+            while True:
+                try:
+                    yield next(steps)
+                except StopIteration as done:
+                    return done.value
+                if first:
+                    first = False
+                    slicing.set()
+        return await run_steps(signalling())
+
+    monkeypatch.setattr(relay, "run_steps", watched)
     secret = tmp_path / "wm.secret"
     secret.write_text(SECRET)
     limits = {"default": {"requests_per_minute": 600, "tokens_per_minute": 60_000, "burst_tokens": 100_000}}
@@ -108,7 +128,7 @@ async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_char
                      f"Authorization: {headers['Authorization']}\r\nContent-Length: {len(payload)}\r\n\r\n"
                      .encode() + payload)
         await writer.drain()
-        await asyncio.sleep(0.04)  # the backend has answered; the gateway is watermarking ≈ 100 ms of text
+        await asyncio.wait_for(slicing.wait(), 30)  # the backend has answered; the gateway is watermarking
         writer.transport.abort()  # the client goes away
         async with aiohttp.ClientSession() as s:
             await asyncio.sleep(0.05)
