@@ -76,6 +76,7 @@ for chunk in client.chat.completions.create(model="sim", stream=True,
         messages=[{{"role": "user", "content": "What does a reverse proxy do?"}}]):
     print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
 print()
+print(client.responses.create(model="sim", input="What does a canary rollout do?").output_text)
 PY
 
   metrics:   curl -s {admin_url}/metrics
