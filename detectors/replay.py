@@ -5,8 +5,11 @@ clients sharing one in-memory ``LinkIndex`` - the same steps the gateway takes p
 fold the response in, link sketches). ``ipgate replay`` wraps this with file reading and JSON output.
 
 A trace record: ``{"ts": <unix seconds>, "client": "<id>", "endpoint": "/v1/chat/completions" |
-"/v1/completions", "body": {...}}`` with optional ``"ip"``, ``"tenant"`` and ``"response": {"usage": {...}}``
-(``finish_reasons`` or OpenAI ``choices[].finish_reason`` are read when present); other fields are ignored.
+"/v1/completions" | "/v1/responses", "body": {...}}`` with optional ``"ip"``, ``"tenant"`` and
+``"response": {"usage": {...}}`` (``finish_reasons`` or OpenAI ``choices[].finish_reason`` are read when
+present); other fields are ignored. A ``/v1/responses`` body is scored through its chat reading, as the
+gateway scores it: the caller converts it (``ipgate replay`` uses the gateway's own reading) before it gets
+here, since this core reads chat-shaped bodies only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from detectors.features import extract
 from detectors.linking import LinkIndex
 from detectors.types import FLAG_TIER, ResponseFeatures, Verdict
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 class TraceError(ValueError):

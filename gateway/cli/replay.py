@@ -64,7 +64,25 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
             except RecursionError:
                 raise TraceError(f"record {i}: nested too deeply") from None
             validate(rec, i)
+            if rec["endpoint"] == RESPONSES:
+                rec = {**rec, "body": _responses_body(rec["body"], i)}
             yield rec
+
+
+RESPONSES = "/v1/responses"
+
+
+def _responses_body(body: dict[str, Any], line: int) -> dict[str, Any]:
+    """The chat reading the gateway scores a Responses API request by (``ParsedRequest.seen``): replay must
+    score a recorded ``/v1/responses`` request exactly as the gateway did. A body the gateway would refuse
+    is an error naming the record and the field."""
+    from gateway.errors import InvalidRequest
+    from gateway.proxy.responses_request import responses_view
+
+    try:
+        return responses_view(dict(body))
+    except InvalidRequest as e:
+        raise TraceError(f"record {line}: field 'body': {e.message}") from None
 
 
 def _in_order(path: Path) -> bool:

@@ -82,3 +82,63 @@ def test_replay_with_a_config_file(trace: Path, tmp_path: Path, capsys: pytest.C
     assert code == 0, out.err
     summary = json.loads(out.out)["summary"]
     assert "logit_probing" not in summary["detectors"]
+
+
+_CONVERTIBLE = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "logprobs", "top_logprobs",
+                "stream"}
+
+
+def _as_responses(body: dict[str, object]) -> dict[str, object] | None:
+    """The Responses API request a chat request's client would have sent instead (None: no equivalent)."""
+    if set(body) - _CONVERTIBLE or body.get("stream"):
+        return None
+    msgs = body["messages"]
+    assert isinstance(msgs, list)
+    system = [m["content"] for m in msgs if m["role"] == "system"]
+    out: dict[str, object] = {"model": body["model"], "input": [
+        {"role": m["role"], "content": m["content"]} for m in msgs if m["role"] != "system"]}
+    if system:
+        if len(system) > 1 or msgs[0]["role"] != "system":
+            return None
+        out["instructions"] = system[0]
+    for src, dst in (("max_tokens", "max_output_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+                     ("seed", "seed")):
+        if src in body:
+            out[dst] = body[src]
+    if body.get("logprobs"):
+        out["include"] = ["message.output_text.logprobs"]
+        out["top_logprobs"] = body.get("top_logprobs", 0)
+    return out
+
+
+def test_a_responses_api_trace_scores_as_its_chat_twin(
+        trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Replay reads a /v1/responses record through the gateway's own chat reading of it, so the same requests
+    sent through the Responses API score, flag and link exactly as through chat."""
+    records = [json.loads(line) for line in trace.read_text(encoding="utf-8").split("\n") if line]
+    twin, converted = [], 0
+    for r in records:
+        body = _as_responses(r["body"]) if r["endpoint"] == "/v1/chat/completions" else None
+        if body is not None:
+            r = {**r, "endpoint": "/v1/responses", "body": body}
+            converted += 1
+        twin.append(r)
+    assert converted > len(records) // 2  # most of the generated chat traffic has a Responses equivalent
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in twin), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--json"]) == 0
+    chat = json.loads(capsys.readouterr().out)
+    assert main(["replay", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == chat
+
+
+def test_a_responses_record_the_gateway_would_refuse_names_the_record(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"ts": 1, "client": "a", "endpoint": "/v1/responses", "body": {"model": "m", "input": "hi"}}\n'
+                    '{"ts": 2, "client": "a", "endpoint": "/v1/responses", "body": {"model": "m", "input": "hi", '
+                    '"background": true}}\n')
+    assert main(["replay", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "record 2" in err and "background" in err
