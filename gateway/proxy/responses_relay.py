@@ -348,17 +348,7 @@ class ResponsesRelay(_Output):
         if not _is_index(i):
             return self._withhold("malformed_event", f"{t} without an index")
         key = (oi, kind, i)
-        out: list[dict[str, Any]] = []
-        if key not in self._parts:  # a part the backend never streamed: its whole text, watermarked, as a delta
-            part = self._part(key, delta_type)
-            text = obj.get(fld)
-            whole = self._feed(part, text if isinstance(text, str) else "", True)
-            part.closed = True
-            if whole:
-                out.append(self._synthetic(key, part, whole))
-        else:
-            out.extend(self._close(key))
-            part = self._parts[key]
+        part, out = self._settle(key, delta_type, obj.get(fld))
         obj[fld] = "".join(part.sent)
         self._logprobs(obj, part.emb is not None)
         out.append(obj)
@@ -371,24 +361,24 @@ class ResponsesRelay(_Output):
         if spec is None:
             return []
         fld = spec[0]
-        got = self._parts.get(key)
-        pre: list[dict[str, Any]] = []
-        if got is None:  # never streamed: watermarked as a whole and sent as one delta
-            kind = key[1]
-            delta_type = "response.reasoning_summary_text.delta" if kind == "summary" else (
-                "response.output_text.delta" if part["type"] == "output_text" else
-                "response.refusal.delta" if part["type"] == "refusal" else "response.reasoning_text.delta")
-            got = self._part(key, delta_type)
-            text = part.get(fld)
-            whole = self._feed(got, text if isinstance(text, str) else "", True)
-            got.closed = True
-            if whole:
-                pre.append(self._synthetic(key, got, whole))
-        else:
-            pre = self._close(key)
+        delta_type = "response.reasoning_summary_text.delta" if key[1] == "summary" else (
+            "response.output_text.delta" if part["type"] == "output_text" else
+            "response.refusal.delta" if part["type"] == "refusal" else "response.reasoning_text.delta")
+        got, pre = self._settle(key, delta_type, part.get(fld))
         part[fld] = "".join(got.sent)
         self._logprobs(part, got.emb is not None)
         return pre
+
+    def _settle(self, key: PartKey, delta_type: str, text: Any) -> tuple[_Part, list[dict[str, Any]]]:
+        """A part at its end, and the delta events to send before its final text: one the backend never
+        streamed is watermarked whole and sent as one delta; a streamed one is closed (held-back word flushed)."""
+        part = self._parts.get(key)
+        if part is not None:
+            return part, self._close(key)
+        part = self._part(key, delta_type)
+        whole = self._feed(part, text if isinstance(text, str) else "", True)
+        part.closed = True
+        return part, [self._synthetic(key, part, whole)] if whole else []
 
     def _item(self, item: dict[str, Any], oi: int) -> list[dict[str, Any]]:
         pre: list[dict[str, Any]] = []

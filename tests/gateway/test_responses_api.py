@@ -14,7 +14,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.support.harness import app_backend, gateway_config, running_gateway, sim_backend
+from tests.support.harness import gateway_config, lexical_gateway, running_gateway, sim_backend
 from tests.support.lexical import ANSWER
 from tests.support.responses_events import response_body, sse, stream_events
 
@@ -54,14 +54,10 @@ class Backend:
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Any]:
-    secret = tmp_path / "wm.secret"
-    secret.write_text(SECRET + "\n")
     backend = Backend()
-    async with app_backend(backend.app()) as url:
-        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "lexical", "secret_file": str(secret)})
-        async with running_gateway(cfg) as g:
-            g.backend = backend
-            yield g
+    async with lexical_gateway(backend.app(), SECRET, tmp_path) as g:
+        g.backend = backend
+        yield g
 
 
 async def _stream(client: openai.AsyncOpenAI, **kw: Any) -> tuple[dict[str, Any], Any]:

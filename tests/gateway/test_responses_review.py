@@ -19,7 +19,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.support.harness import app_backend, gateway_config, running_gateway
+from tests.support.harness import gateway_config, lexical_gateway, running_gateway
 from tests.support.lexical import ANSWER
 from tests.support.responses_events import response_body, sse, stream_events
 
@@ -52,14 +52,10 @@ class Crafted:
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Any]:
-    secret = tmp_path / "wm.secret"
-    secret.write_text(SECRET + "\n")
     backend = Crafted()
-    async with app_backend(backend.app()) as url:
-        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "lexical", "secret_file": str(secret)})
-        async with running_gateway(cfg) as g:
-            g.backend = backend  # type: ignore[attr-defined]
-            yield g
+    async with lexical_gateway(backend.app(), SECRET, tmp_path) as g:
+        g.backend = backend  # type: ignore[attr-defined]
+        yield g
 
 
 def _leaks(raw: str) -> bool:

@@ -170,6 +170,19 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
                 await admin.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def lexical_gateway(backend: web.Application, watermark_secret: str, tmp_path: Path
+                          ) -> AsyncIterator[GatewayHandle]:
+    """A gateway with the lexical watermark on (its master secret in a file under ``tmp_path``) in front of
+    one aiohttp backend app."""
+    secret = tmp_path / "wm.secret"
+    secret.write_text(watermark_secret + "\n")
+    async with app_backend(backend) as url:
+        cfg = gateway_config(url, watermark={"enabled": True, "scheme": "lexical", "secret_file": str(secret)})
+        async with running_gateway(cfg) as g:
+            yield g
+
+
 async def settled(gw: GatewayHandle, timeout_s: float = 5.0) -> None:
     """Wait until the gateway's background accounting (state saves, alerts, recipients: the work that runs
     after each answer) has finished, so a test can read or overwrite what it writes without a race."""
