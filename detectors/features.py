@@ -204,20 +204,51 @@ def _embed(words: np.ndarray, bigrams: np.ndarray) -> np.ndarray:
     return vec / norm if norm > 0 else vec
 
 
+#: vLLM's token-id extensions that steer or read chosen tokens, as a logit_bias does: ``logprob_token_ids``
+#: reads the logprobs of up to 128 chosen ids per position (a chosen-token read without any bias),
+#: ``allowed_token_ids`` bans every other token and ``bad_words`` bans the listed words (infinite biases).
+TARGETING_FIELDS = ("logprob_token_ids", "allowed_token_ids", "bad_words")
+_BAN = 100.0  # the magnitude a ban counts with: OpenAI's largest logit_bias
+_NO_BIAS: tuple[tuple[int, ...], int, float, int] = ((), 0, 0.0, 0)
+
+
 def _bias(body: Mapping[str, Any]) -> tuple[tuple[int, ...], int, float, int]:
-    lb = body.get("logit_bias")
-    if lb is None or not isinstance(lb, Mapping) or not lb:
-        return (), 0, 0.0, 0
+    """Every token a request steers or reads by id: the ``logit_bias`` keys and the ``TARGETING_FIELDS``
+    entries (numeric ids as themselves, anything else hashed), their count, the largest magnitude (a ban or an
+    allow list counts as ``_BAN``) and a key of the whole targeting (to see it change between requests)."""
+    raw = body.get("logit_bias")
+    lb = raw if raw and isinstance(raw, Mapping) else None
+    if "logprob_token_ids" in body or "allowed_token_ids" in body or "bad_words" in body:
+        extra = [(name, v) for name in TARGETING_FIELDS if isinstance(v := body.get(name), list) and v]
+    elif lb is None:
+        return _NO_BIAS
+    else:
+        extra = []
+    if lb is None and not extra:
+        return _NO_BIAS
     toks: list[int] = []
     max_abs = 0.0
-    for k, v in lb.items():
-        ks = str(k)
-        # isdecimal, not isdigit: int() refuses digits such as "²" or "①" that isdigit accepts
-        toks.append(int(ks) if ks.isdecimal() and len(ks) < 10 else _crc(ks))
-        if isinstance(v, int | float):
-            max_abs = max(max_abs, _abs_float(v))
-    key = _crc(",".join(f"{k}:{lb[k]}" for k in sorted(lb, key=str)))
-    return tuple(toks[:MAX_BIAS_TOKENS]), len(lb), max_abs, key
+    entries = 0
+    parts: list[str] = []
+    if lb is not None:
+        for k, v in lb.items():
+            toks.append(_token(str(k)))
+            if isinstance(v, int | float):
+                max_abs = max(max_abs, _abs_float(v))
+        entries += len(lb)
+        parts.append(",".join(f"{k}:{lb[k]}" for k in sorted(lb, key=str)))
+    for name, ids in extra:
+        toks.extend(_token(str(t)) for t in ids[:MAX_BIAS_TOKENS])
+        entries += len(ids)
+        if name != "logprob_token_ids":
+            max_abs = max(max_abs, _BAN)
+        parts.append(name + "=" + ",".join(sorted(str(t) for t in ids[:MAX_BIAS_TOKENS])))
+    return tuple(toks[:MAX_BIAS_TOKENS]), entries, max_abs, _crc(";".join(parts))
+
+
+def _token(ks: str) -> int:
+    # isdecimal, not isdigit: int() refuses digits such as "²" or "①" that isdigit accepts
+    return int(ks) if ks.isdecimal() and len(ks) < 10 else _crc(ks)
 
 
 def _abs_float(v: float) -> float:
@@ -263,6 +294,9 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
     else:
         k = logprobs_field if isinstance(logprobs_field, int) and not isinstance(logprobs_field, bool) else 0
         logprobs, top_logprobs = k > 0 or logprobs_field is True, k
+    lti = body.get("logprob_token_ids")
+    if isinstance(lti, list) and lti:  # vLLM: the logprobs of these ids at every position (it needs logprobs)
+        logprobs, top_logprobs = True, max(top_logprobs, len(lti))
     bias_tokens, bias_entries, bias_max, bias_key = _bias(body)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     n = body.get("n")

@@ -2,9 +2,13 @@
 
 Looks at: ``logit_bias`` on many distinct tokens and at large magnitudes, ``logit_bias`` combined with
 ``logprobs``/``top_logprobs``, the share of ``max_tokens <= 2``, the same prompt repeated with a changing
-bias or seed, and ``echo`` with logprobs. A legitimate application sets a fixed, small bias (banning a
-few tokens) or asks for logprobs on ordinary prompts; the attack sweeps biases over hundreds of token ids
-on a handful of prompts and reads the returned logprobs one token at a time.
+bias or seed, and ``echo`` with logprobs. vLLM's token-id fields count as a bias on the ids they name
+(``RequestFeatures.bias_*``): ``logprob_token_ids`` reads chosen tokens' logprobs without any bias — the
+same sweep, one request per id batch — and ``allowed_token_ids``/``bad_words`` are bans.
+
+A legitimate application sets a fixed, small bias (banning a few tokens) or asks for logprobs on ordinary
+prompts; the attack sweeps biases over hundreds of token ids on a handful of prompts and reads the returned
+logprobs one token at a time.
 
 Distinct biased tokens are counted with a 4 096-bit linear-counting bitmap (512 bytes) that is cleared
 after a 6-hour gap; the other evidence is decayed counters over about the last 250 requests.
@@ -219,9 +223,10 @@ class LogitProbing:
         reasons: list[str] = []
         if e_distinct > 0 or e_bias_lp > 0:
             top = f" with top_logprobs={state.max_top}" if state.max_top else ""
-            reasons.append(f"logit_bias on ~{distinct:.0f} distinct tokens{top}")
+            reasons.append(f"logit_bias or token-id targeting on ~{distinct:.0f} distinct tokens{top}")
         if e_bias_lp > 0:
-            reasons.append(f"{c[BIAS_LP]:.0f} of the last {n:.0f} requests combine a changing logit_bias with logprobs")
+            reasons.append(f"{c[BIAS_LP]:.0f} of the last {n:.0f} requests combine a changing logit_bias "
+                           "or token-id list with logprobs")
         if e_small > 0:
             reasons.append(f"max_tokens <= 2 on {c[SMALL] / max(n, 1):.0%} of the last {n:.0f} requests")
         if e_repeat > 0:

@@ -63,13 +63,15 @@ class RequestFeatures:
     top_p: float | None
     has_seed: bool
     logprobs: bool  # chat `logprobs: true` or completions `logprobs: k`
-    top_logprobs: int  # chat top_logprobs / completions logprobs k
+    top_logprobs: int  # chat top_logprobs / completions logprobs k / len(logprob_token_ids)
     echo: bool
-    bias_tokens: tuple[int, ...]  # logit_bias keys (token ids; hashed when not numeric), at most 512 kept
-    bias_entries: int  # number of logit_bias entries (full count)
+    # Token targeting: the logit_bias keys and vLLM's logprob_token_ids / allowed_token_ids / bad_words entries
+    # (token ids; hashed when not numeric), at most 512 kept; ``bias_*`` below cover all of them.
+    bias_tokens: tuple[int, ...]
+    bias_entries: int  # number of entries (full count)
     bias_max_abs: float
     prompt_key: int  # exact hash of the masked last user prompt
-    bias_key: int  # hash of the logit_bias mapping (0 when none)
+    bias_key: int  # hash of the logit_bias mapping and the targeting lists (0 when none)
     head_key: int  # first 8 masked tokens (3 for prompts under 16 tokens; 0 under 5 tokens)
     tail_key: int  # last 8 masked tokens (3 for prompts under 16 tokens; 0 under 5 tokens)
     minhash: tuple[int, ...]  # 16 x 32-bit MinHash of masked content-word bigrams (empty for empty prompts)

@@ -16,6 +16,13 @@ reproducible sampling. Each rule removes one of those ingredients:
   a cap of 0 removes logprobs altogether.
 - ``max_logit_bias_entries`` keeps the first N entries (the client's order); ``max_abs_logit_bias`` clamps
   each bias to ``[-m, m]``.
+- vLLM's token-id fields are the same channel by other names, so the same rules cover them:
+  ``logprob_token_ids`` returns the logprobs of up to 128 *chosen* token ids at every position — what a
+  bias plus ``top_logprobs`` gives, without a bias — so ``logprobs_xor_logit_bias`` removes it (the client
+  keeps the ordinary top-k) and ``max_top_logprobs`` caps its length; ``allowed_token_ids`` (every other token
+  banned) and ``bad_words`` (the listed words banned) are infinite biases, so they go with ``logit_bias`` when
+  logprobs are asked under ``logprobs_xor_logit_bias``, and wherever ``max_abs_logit_bias`` is set;
+  ``max_logit_bias_entries`` removes an allow list (it bans all but a few tokens) and caps ``bad_words``.
 - ``max_n`` caps ``n`` and legacy ``best_of`` (more samples per prompt = cheaper harvesting).
 - ``strip_seed`` removes ``seed`` (reproducible sampling lets an attacker average away noise).
 - Always: client-supplied ``vllm_xargs`` is removed — it reaches vLLM's logits processors (the watermark
@@ -72,6 +79,9 @@ def _asks_logprobs(body: dict[str, Any], chat: bool) -> bool:
     # present counts as asking for logprobs.
     if body.get("prompt_logprobs") is not None:
         return True
+    ids = body.get("logprob_token_ids")
+    if isinstance(ids, list) and ids:  # vLLM: the logprobs of these ids at every position
+        return True
     if chat:
         lp = body.get("logprobs")
         top = body.get("top_logprobs")
@@ -126,6 +136,9 @@ def harden(
         else:
             _cap_bias(bias, cfg, edit, changes)
 
+    if "logprob_token_ids" in body or "allowed_token_ids" in body or "bad_words" in body:
+        _cap_targeting(body, cfg, chat, edit, changes)
+
     if cfg.max_top_logprobs is not None:
         _cap_logprobs(body, cfg.max_top_logprobs, chat, edit, changes)
 
@@ -146,6 +159,39 @@ def harden(
         changes.append("stripped seed")
 
     return out, changes
+
+
+def _cap_targeting(body: dict[str, Any], cfg: HardeningConfig, chat: bool, edit: _Edit, changes: list[str]) -> None:
+    """vLLM's token-id fields (see the module docstring). Only lists are acted on: any other type is refused
+    by the parse step before this runs."""
+    ids = body.get("logprob_token_ids")
+    if isinstance(ids, list) and ids:
+        cap = cfg.max_top_logprobs
+        if cfg.logprobs_xor_logit_bias or (cap is not None and cap <= 0):
+            del edit()["logprob_token_ids"]
+            changes.append(f"removed logprob_token_ids ({len(ids)} ids): a read of chosen tokens' logprobs")
+        elif cap is not None and len(ids) > cap:
+            edit()["logprob_token_ids"] = ids[:cap]
+            changes.append(f"capped logprob_token_ids {len(ids)}->{cap}")
+    reads = _asks_logprobs(body, chat)
+    for name in ("allowed_token_ids", "bad_words"):
+        v = body.get(name)
+        if not isinstance(v, list) or not v:
+            continue
+        if cfg.logprobs_xor_logit_bias and reads:
+            why = "logprobs requested"
+        elif cfg.max_abs_logit_bias is not None:
+            why = f"a ban is beyond the ±{cfg.max_abs_logit_bias:g} bias limit"
+        elif cfg.max_logit_bias_entries is not None and name == "allowed_token_ids":
+            why = "an allow list bans every other token"
+        elif cfg.max_logit_bias_entries is not None and len(v) > cfg.max_logit_bias_entries:
+            edit()[name] = v[: cfg.max_logit_bias_entries]
+            changes.append(f"capped {name} entries {len(v)}->{cfg.max_logit_bias_entries}")
+            continue
+        else:
+            continue
+        del edit()[name]
+        changes.append(f"dropped {name} ({len(v)} entries): {why}")
 
 
 def _cap_bias(bias: dict[Any, Any], cfg: HardeningConfig, edit: _Edit, changes: list[str]) -> None:

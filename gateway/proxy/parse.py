@@ -158,6 +158,31 @@ def _logit_bias(body: dict[str, Any]) -> None:
             raise _fail(f"logit_bias[{k!r}]", "must be a number between -100 and 100")
 
 
+#: vLLM's own bound on ``logprob_token_ids`` (``vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS``).
+MAX_LOGPROB_TOKEN_IDS = 128
+MAX_TOKEN_ID_LIST = 100_000  # allowed_token_ids / bad_words: far above any real use, bounds the work
+
+
+def _token_targeting(body: dict[str, Any]) -> None:
+    """vLLM's token-id extensions, which the hardening acts on (``gateway/hardening.py``): checked here because
+    vLLM's pydantic models coerce ``"7"``/``7.0`` to ids and a value of another type would slip past the caps.
+    Not checked against the vocabulary (the gateway does not know the backend's tokenizer)."""
+    for key, hi in (("logprob_token_ids", MAX_LOGPROB_TOKEN_IDS), ("allowed_token_ids", MAX_TOKEN_ID_LIST)):
+        v = body.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(_is_int(t) and t >= 0 for t in v):
+            raise _fail(key, "must be an array of token ids (non-negative integers)")
+        if len(v) > hi:
+            raise _fail(key, f"must have at most {hi} entries")
+    v = body.get("bad_words")
+    if v is not None:
+        if not isinstance(v, list) or not all(isinstance(w, str) for w in v):
+            raise _fail("bad_words", "must be an array of strings")
+        if len(v) > MAX_TOKEN_ID_LIST:
+            raise _fail("bad_words", f"must have at most {MAX_TOKEN_ID_LIST} entries")
+
+
 def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
     _bool(body, "stream")
     stream = body.get("stream") is True
@@ -185,6 +210,8 @@ def _sampling(body: dict[str, Any]) -> None:
     _int(body, "seed", -(2**63), 2**63 - 1)
     _stop(body)
     _logit_bias(body)
+    if "logprob_token_ids" in body or "allowed_token_ids" in body or "bad_words" in body:
+        _token_targeting(body)
 
 
 def _messages(body: dict[str, Any]) -> None:

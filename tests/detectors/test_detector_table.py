@@ -56,6 +56,27 @@ def argmax(r: random.Random) -> list[Body]:
              "max_tokens": 1} for _ in range(30)]
 
 
+def token_ids_read(r: random.Random) -> list[Body]:
+    """vLLM's ``logprob_token_ids``: the logprobs of 128 chosen ids per request, no bias at all — the full
+    vocabulary's logprobs at one position in |V| / 128 requests."""
+    q = "The quick brown fox jumps over the lazy dog and keeps running through the forest."
+    return [chat(q, logprobs=True, logprob_token_ids=list(range(i * 128, (i + 1) * 128)), max_tokens=1)
+            for i in range(30)]
+
+
+def allowed_pairs(r: random.Random) -> list[Body]:
+    """``allowed_token_ids`` restricting the answer to two tokens: the argmax says which has the larger logit
+    (pairwise ranking; with a bias on one of them, their difference)."""
+    q = "Tell me a short story about a lighthouse keeper who finds a message in a bottle."
+    return [{"model": "m", "prompt": q, "allowed_token_ids": r.sample(range(100, 99_999), 2), "max_tokens": 1}
+            for _ in range(30)]
+
+
+def label_scoring(r: random.Random) -> list[Body]:
+    """A classifier reading the logprobs of its fixed label tokens on ordinary prompts: the documented use."""
+    return [chat(t, logprobs=True, logprob_token_ids=[9642, 2822], max_tokens=5) for t in _benign_texts(r, 60)]
+
+
 def echo(r: random.Random) -> list[Body]:
     return [{"model": "m", "prompt": f"sample text number {r.random()} about {w}", "echo": True, "logprobs": 5,
              "max_tokens": 0} for w in ("rivers", "cats", "stars", "maps", "bread", "coins") * 5]
@@ -130,9 +151,15 @@ def focused(r: random.Random) -> list[Body]:
 
 ROWS = [
     Row("probe-carlini", "logit_probing", carlini, regular(2.0), 0.95, 1.0,
-        ("distinct tokens with top_logprobs=20", "changing logit_bias with logprobs", "max_tokens <= 2")),
+        ("distinct tokens with top_logprobs=20", "changing logit_bias or token-id list with logprobs",
+         "max_tokens <= 2")),
     Row("probe-argmax", "logit_probing", argmax, regular(1.0), 0.9, 1.0,
         ("same prompt repeated", "max_tokens <= 2")),
+    Row("probe-token-ids", "logit_probing", token_ids_read, regular(1.0), 0.9, 1.0,
+        ("token-id targeting on", "top_logprobs=128", "max_tokens <= 2")),
+    Row("probe-allowed-pairs", "logit_probing", allowed_pairs, regular(1.0), 0.9, 1.0,
+        ("same prompt repeated", "max_tokens <= 2")),
+    Row("probe-benign-labels", "logit_probing", label_scoring, human, 0.0, 0.05),
     Row("probe-echo", "logit_probing", echo, regular(1.0), 0.9, 1.0, ("echo with logprobs",)),
     Row("probe-benign-banlist", "logit_probing", ban_list, human, 0.0, 0.05),
     Row("templates-fill", "templates", template, regular(5.0), 0.9, 1.0, ("fill 1 template", "top template share")),

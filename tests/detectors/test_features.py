@@ -18,6 +18,37 @@ def test_chat_fields() -> None:
     assert f.n_messages == 1 and len(f.embedding) == EMBED_DIM
 
 
+@pytest.mark.parametrize(("extra", "top", "entries", "max_abs", "tokens"), [
+    # vLLM's logprob_token_ids: a logprobs read of chosen ids (counted as that many top logprobs), no bias
+    ({"logprob_token_ids": [5, 6, 7]}, 3, 3, 0.0, {5, 6, 7}),
+    ({"allowed_token_ids": [9, 10]}, 0, 2, 100.0, {9, 10}),  # an allow list bans every other token
+    ({"bad_words": ["foo"]}, 0, 1, 100.0, None),  # words: hashed like a non-numeric bias key
+    ({"logit_bias": {"1": 2}, "logprob_token_ids": [5]}, 1, 2, 2.0, {1, 5}),
+    ({"logprob_token_ids": [], "allowed_token_ids": None, "bad_words": "x"}, 0, 0, 0.0, set()),  # not lists
+])
+def test_token_targeting_fields(extra: dict[str, Any], top: int, entries: int, max_abs: float,
+                                tokens: set[int] | None) -> None:
+    f = extract(CHAT, chat("Hello there", **extra), 1.0)
+    assert (f.top_logprobs, f.bias_entries, f.bias_max_abs) == (top, entries, max_abs)
+    assert f.logprobs is (top > 0)
+    assert (f.bias_key != 0) is (entries > 0)
+    if tokens is not None:
+        assert set(f.bias_tokens) == tokens
+    # a change of the list is a change of the targeting (the sweep signal), the same list is not
+    if "logprob_token_ids" in extra and entries:
+        g = extract(CHAT, chat("Hello there", **{**extra, "logprob_token_ids": [99]}), 2.0)
+        assert g.bias_key != f.bias_key
+        assert extract(CHAT, chat("Other prompt", **extra), 3.0).bias_key == f.bias_key
+
+
+def test_logit_bias_key_unchanged_by_the_targeting_fields() -> None:
+    # Stored states remember the last bias key: a logit_bias alone must keep the key it had before the
+    # targeting fields were read (the key of the sorted "id:value" list).
+    from detectors.features import _crc
+    f = extract(CHAT, chat("Hi", logit_bias={"11": 5, "50256": -100}), 1.0)
+    assert f.bias_key == _crc("11:5,50256:-100")
+
+
 def test_completions_fields() -> None:
     f = extract(COMPLETIONS, {"prompt": ["first prompt here", "second"], "logprobs": 5, "echo": True}, 1.0)
     assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words == 3
