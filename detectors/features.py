@@ -13,6 +13,7 @@ count vector (fixed by the hash, so every replica agrees), L2-normalised.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -114,6 +115,28 @@ def _text_of(content: Any) -> str:
     if isinstance(content, Sequence):  # content parts: [{"type": "text", "text": ...}, ...]
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
     return ""
+
+
+_INSTRUCTION_ROLES = ("system", "developer")
+
+
+def _instructions_of(messages: list[Any]) -> str:
+    """The text of the leading system/developer messages ("" when the conversation opens otherwise)."""
+    first = messages[0]
+    if type(first) is not dict or first.get("role") not in _INSTRUCTION_ROLES:
+        return ""
+    parts = []
+    for m in messages:
+        if type(m) is not dict or m.get("role") not in _INSTRUCTION_ROLES:
+            break
+        parts.append(_text_of(m.get("content")))
+    return parts[0] if len(parts) == 1 else "\n".join(parts)
+
+
+@functools.lru_cache(maxsize=512)
+def _instruction_demands(text: str) -> tuple[bool, bool, bool]:
+    """``demands`` of an instructions text, read where demands sit (its start and its end) like a prompt."""
+    return demands((text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:]).lower())
 
 
 def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
@@ -284,6 +307,15 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
     # Demands sit at the start or end of a prompt; scanning a pasted 20 kB document for them costs ~1 ms.
     scan = low if len(text) <= 3000 else (text[:2000] + "\n" + text[-1000:]).lower()
     cot, rubric, meta = demands(scan)
+    msgs = body.get("messages")
+    if type(msgs) is list and msgs and not (cot and rubric and meta):
+        # A demand may sit in the instructions instead of the prompt (a harvesting script's system prompt
+        # "always reason step by step in full" over dataset questions): the leading system/developer messages
+        # count too. They repeat from request to request, so their scan is cached by text.
+        inst = _instructions_of(msgs)
+        if inst:
+            i_cot, i_rubric, i_meta = _instruction_demands(inst)
+            cot, rubric, meta = cot or i_cot, rubric or i_rubric, meta or i_meta
     ht = HEAD_TAIL if len(toks) >= LONG_PROMPT else HEAD_TAIL_SHORT
     chat = "messages" in body
     logprobs_field = body.get("logprobs")

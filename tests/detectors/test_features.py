@@ -49,6 +49,29 @@ def test_logit_bias_key_unchanged_by_the_targeting_fields() -> None:
     assert f.bias_key == _crc("11:5,50256:-100")
 
 
+@pytest.mark.parametrize(("messages", "expected"), [
+    # a demand in the instructions counts like one in the prompt (a harvesting script's system prompt)
+    ([{"role": "system", "content": "Always think step by step and show your full reasoning."},
+      {"role": "user", "content": "What is the capital of France?"}], (True, False, False)),
+    ([{"role": "developer", "content": [{"type": "text", "text": "Grade the answer on a rubric of 1 to 10."}]},
+      {"role": "user", "content": "The answer is Paris."}], (False, True, False)),
+    ([{"role": "system", "content": "Be brief."}, {"role": "system", "content": "Think step by step."},
+      {"role": "user", "content": "Hi"}], (True, False, False)),  # every leading instruction message
+    # at the end of a long system prompt (its start and end are read, like a prompt's)
+    ([{"role": "system", "content": "Context. " * 800 + "Think step by step."},
+      {"role": "user", "content": "Hi"}], (True, False, False)),
+    # instructions without a demand, and a system message later in the conversation, do not count
+    ([{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hi"}],
+     (False, False, False)),
+    ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "Think step by step."},
+      {"role": "user", "content": "Again"}], (False, False, False)),
+])
+def test_demands_in_the_instructions(messages: list[dict[str, Any]], expected: tuple[bool, bool, bool]) -> None:
+    for _ in range(2):  # the second read comes from the instructions cache and must agree
+        f = extract(CHAT, {"messages": messages}, 1.0)
+        assert (f.cot, f.rubric, f.meta_prompt) == expected
+
+
 def test_completions_fields() -> None:
     f = extract(COMPLETIONS, {"prompt": ["first prompt here", "second"], "logprobs": 5, "echo": True}, 1.0)
     assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words == 3
