@@ -40,8 +40,10 @@ async def probe_backend_partial(
     probes: Sequence[Probe] = DEFAULT_PROBES,
     logprobs: bool = True,
     timeout_s: float = 30.0,
+    delays: Sequence[float] = (),
 ) -> ProbeRun:
-    """Send every probe (at once); a probe that fails is left out of the signature and listed in failures.
+    """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
+    not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
 
     The matcher's ``min_probes`` decides whether the answers that came back are enough. Voiding a whole check
     for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
@@ -58,7 +60,9 @@ async def probe_backend_partial(
     async with aiohttp.ClientSession(timeout=timeout, headers=headers,
                                      skip_auto_headers=("User-Agent",)) as session:
 
-        async def one(probe: Probe) -> ProbeAnswer:
+        async def one(probe: Probe, delay: float) -> ProbeAnswer:
+            if delay > 0:
+                await asyncio.sleep(delay)
             try:
                 async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
                                         headers={"X-Request-Id": os.urandom(12).hex()}) as resp:
@@ -83,7 +87,9 @@ async def probe_backend_partial(
             except ValueError as e:
                 raise FingerprintError(str(e)) from e
 
-        outcomes = await asyncio.gather(*(one(p) for p in probes), return_exceptions=True)
+        waits = list(delays) + [0.0] * (len(probes) - len(delays))
+        outcomes = await asyncio.gather(*(one(p, w) for p, w in zip(probes, waits, strict=False)),
+                                        return_exceptions=True)
     answers: list[ProbeAnswer] = []
     failures: list[str] = []
     for outcome in outcomes:

@@ -130,12 +130,26 @@ class FingerprintChecker:
                 await task
 
     async def _run(self) -> None:
+        first = True
         while True:
             try:
-                await self.check_now()
+                # The start-up round is sent at once (a process start is visible anyway, and the first verdict
+                # should not wait); every later round is spread over time.
+                await self.check_now(spread=not first)
             except Exception:  # a bug in one round must not end fingerprint checking for good
                 log.exception("fingerprint check round failed")
-            await asyncio.sleep(self.cfg.interval_s)
+            first = False
+            await asyncio.sleep(self.next_wait())
+
+    def next_wait(self) -> float:
+        """Seconds to the next periodic round: ``interval_s`` jittered (see ``FingerprintConfig.jitter``)."""
+        j = self.cfg.jitter
+        return self.cfg.interval_s * (self._rng.uniform(1 - j, 1 + j) if j > 0 else 1.0)
+
+    def _delays(self, n: int) -> list[float]:
+        """Each probe's own start delay within a spread round (at most half the interval)."""
+        window = min(self.cfg.spread_s, self.cfg.interval_s / 2)
+        return [self._rng.uniform(0, window) for _ in range(n)] if window > 0 else []
 
     # --- checking ----------------------------------------------------------------------------------------
 
@@ -148,8 +162,10 @@ class FingerprintChecker:
                     out.append((model, state.cfg))
         return out
 
-    async def check_now(self, model: str | None = None, backend: str | None = None) -> list[BackendCheck]:
-        """Check every backend with a reference (or those of ``model``, or one ``backend`` of it) now."""
+    async def check_now(self, model: str | None = None, backend: str | None = None, *, spread: bool = False
+                        ) -> list[BackendCheck]:
+        """Check every backend with a reference (or those of ``model``, or one ``backend`` of it) now.
+        ``spread``: each probe after its own random delay (periodic rounds); on demand, all at once."""
         async with self._round_lock:
             targets = self.targets()
             if model is None:
@@ -158,20 +174,20 @@ class FingerprintChecker:
                     self._forget(key)
             chosen = [(m, b) for m, b in targets
                       if (model is None or m == model) and (backend is None or b.name == backend)]
-            results = await asyncio.gather(*(self._check(m, b) for m, b in chosen))
+            results = await asyncio.gather(*(self._check(m, b, spread) for m, b in chosen))
             self.last_round_at = self._wall()
         return list(results)
 
-    async def _check(self, model: str, b: BackendConfig) -> BackendCheck:
+    async def _check(self, model: str, b: BackendConfig, spread: bool = False) -> BackendCheck:
         async with self._slots:
             started = time.monotonic()
-            verdict, similarity, reasons, sent = await self._probe_and_compare(model, b)
+            verdict, similarity, reasons, sent = await self._probe_and_compare(model, b, spread)
             if verdict == "mismatch" and self.cfg.confirm_mismatch:
                 # Temperature 0 is not bit-exact on batched GPU servers: one divergent token changes the rest
                 # of an answer. A second, independent round tells that noise (it rarely repeats on most probes
                 # at once) from other weights (which mismatch every time) before anything is ejected. It draws
                 # a fresh sample: a backend that learnt the first round's prompts gains nothing from them.
-                again, sim2, reasons2, sent = await self._probe_and_compare(model, b)
+                again, sim2, reasons2, sent = await self._probe_and_compare(model, b, spread)
                 if again != "mismatch":
                     first = f"{similarity:.2f}" if similarity is not None else "n/a"
                     second = f"{sim2:.2f}" if sim2 is not None else "n/a"
@@ -212,7 +228,7 @@ class FingerprintChecker:
                 "all are sent every round")
 
     async def _probe_and_compare(
-        self, model: str, b: BackendConfig
+        self, model: str, b: BackendConfig, spread: bool = False
     ) -> tuple[Verdict, float | None, tuple[str, ...], int]:
         """One round: verdict, median similarity, reasons, and how many probes were sent."""
         chosen: tuple[Probe, ...] = ()
@@ -228,7 +244,7 @@ class FingerprintChecker:
             api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
             run = await probe_backend_partial(
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
-                timeout_s=self.cfg.timeout_s,
+                timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")

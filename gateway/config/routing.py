@@ -144,6 +144,11 @@ class FingerprintConfig(_Model):
     logprobs: bool = True  # ask for first-token top logprobs (sharper); off for backends that refuse them
     confirm_mismatch: bool = True  # probe a mismatching backend a second time; act only if it mismatches again
     concurrency: int = Field(4, ge=1, description="backends probed at the same time")
+    # A periodic burst of temperature-0 requests is a shape a dishonest backend could learn to serve the genuine
+    # model to. Rounds come at interval_s x uniform(1 - jitter, 1 + jitter), and within a periodic round each
+    # probe waits its own uniform delay in [0, spread_s] (at most half the interval), all from the OS CSPRNG.
+    jitter: float = Field(0.5, ge=0, lt=1, description="periodic rounds at interval_s x U(1 - jitter, 1 + jitter)")
+    spread_s: float = Field(30.0, ge=0, description="a periodic round's probes spread over up to this many seconds")
 
     @model_validator(mode="after")
     def _thresholds(self) -> FingerprintConfig:

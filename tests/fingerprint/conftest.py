@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +39,7 @@ class ModelServer:
         self.glitches = 0  # the next N requests answer with other weights (nondeterminism that passes)
         self.models_seen: list[str] = []
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of every chat request, in arrival order
         self.echo_status: int | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -48,6 +50,7 @@ class ModelServer:
         if self.status != 200:
             return web.json_response({"error": {"message": "overloaded"}}, status=self.status)
         body: dict[str, Any] = await request.json()
+        self.arrivals.append(time.monotonic())
         self.models_seen.append(str(body.get("model")))
         self.requests.append((dict(request.headers), body))
         if self.echo_status is not None:
