@@ -29,6 +29,7 @@ from gateway.hooks import Detection, Watermarking
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.pipeline import error_response, list_models, no_route, proxy_handler
 from gateway.policy import Policy
+from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.forward import Upstream
 from gateway.receive import request_id
 from gateway.routing.router import Router
@@ -87,6 +88,9 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             config=cfg, store=store, policy=policy, router=router, auth=auth, metrics=m, tracing=tracing,
             access_log=access_log, detection=detection, watermarking=watermarking, alerts=alerts,
             upstream=upstream, fingerprint=fingerprint, models=frozenset(router.models()),
+            fields=FieldPolicy(cfg.proxy.refused_fields, cfg.proxy.refused_headers,
+                               cfg.proxy.withheld_response_fields, refused_metric=m.request_fields_refused_total,
+                               withheld_metric=m.response_fields_withheld_total),
         )
         try:
             yield ctx

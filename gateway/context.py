@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.fingerprinting import FingerprintChecker
     from gateway.hooks import Detection, Watermarking
     from gateway.policy import Policy
+    from gateway.proxy.fields import FieldPolicy
     from gateway.proxy.forward import Upstream
     from gateway.routing.router import Router
     from gateway.store.base import StateStore
@@ -46,6 +47,7 @@ class AppContext:
     watermarking: Watermarking | None
     alerts: AlertDispatcher | None
     upstream: Upstream
+    fields: FieldPolicy  # extension fields refused in requests, withheld from answers (config: proxy)
     fingerprint: FingerprintChecker | None = None  # periodic model-fingerprint checks of the backends
     config_path: str | None = None  # the file `ipgate serve` loaded (SIGHUP and admin reload re-read it)
     draining: bool = False  # set on SIGTERM: /readyz answers 503, new requests 503

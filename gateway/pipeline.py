@@ -3,6 +3,7 @@
     receive   gateway/receive.py      request id, header/body limits (431/413)
     auth      ctx.auth                JWT or API key -> Principal (401)
     parse     gateway/proxy/parse.py  typed body; 400 naming the field; unknown model 404
+              gateway/proxy/fields.py engine-internal extension fields and headers refused (400)
     detect    gateway/admit.py        ONE store round trip (state + GCRA), then detection (pure CPU)
     admit     gateway/admit.py        policy block / deny -> 403; over the limit -> 429 + RateLimit-*
     shape     gateway/shape.py        tier hardening, watermark directives, include_usage (per try)
@@ -76,6 +77,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
+    ctx.fields.check(parsed.body, request.headers)                            # extension fields (400)
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
@@ -105,10 +107,10 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     withheld: Counter[str] = Counter()  # Responses API text the relay could not watermark (not relayed)
     if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
         resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook,
-                                    strip_reasoning=strip, withheld=withheld, function_calls=calls)
+                                    strip_reasoning=strip, withheld=withheld, function_calls=calls, fields=ctx.fields)
     else:  # transform (body)
         resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip,
-                        withheld=withheld, function_calls=calls)
+                        withheld=withheld, function_calls=calls, fields=ctx.fields)
     count_withheld(ctx, withheld)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"

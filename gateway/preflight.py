@@ -124,6 +124,7 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
                        (cfg.admin.audit_file, "admin.audit_file")):
         if path and (why := _writable_dir(path)):
             out.append(Finding("error", what.split(".")[0], f"{what}: {why}"))
+    _proxy_fields(cfg, out)
     if cfg.store.kind == "memory" and cfg.server.workers > 1:
         out.append(Finding("warning", "store", f"{cfg.server.workers} workers with the memory store: each worker "
                                                "keeps its own limits and detection state (use store.kind: redis)"))
@@ -131,6 +132,17 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         for b in m.backends:
             _backend(cfg, m.name, b, env, out)
     return out
+
+
+def _proxy_fields(cfg: GatewayConfig, out: list[Finding]) -> None:
+    """The extension-field policy, and each default entry the configuration dropped (gateway/proxy/fields.py)."""
+    from gateway.proxy.fields import weakened
+
+    p = cfg.proxy
+    out.append(Finding("ok", "proxy", f"{len(p.refused_fields)} request field(s) and {len(p.refused_headers)} "
+                                      f"header(s) refused, {len(p.withheld_response_fields)} answer field(s) withheld"))
+    out.extend(Finding("warning", "proxy", w)
+               for w in weakened(p.refused_fields, p.refused_headers, p.withheld_response_fields))
 
 
 def _limit_classes(cfg: GatewayConfig, policy: Policy, out: list[Finding]) -> None:

@@ -25,6 +25,7 @@ from gateway.account import Exchange
 from gateway.context import AppContext
 from gateway.errors import to_openai_error
 from gateway.proxy import responses_relay
+from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import (
     ChoiceHook,
@@ -95,21 +96,23 @@ SLICE_CHARS = 8 * 1024  # ≈ 1 300 words: ≈ 6 ms of embedding between two tur
 
 
 def _transform(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None, hook: ChoiceHook | None,
-               strip_reasoning: bool, withheld: Counter[str] | None, function_calls: bool = True) -> Transformed:
+               strip_reasoning: bool, withheld: Counter[str] | None, function_calls: bool = True,
+               fields: FieldPolicy | None = None) -> Transformed:
     if parsed.endpoint == "responses":
         return responses_relay.transform_body(body, embed, hook, strip_reasoning=strip_reasoning, withheld=withheld,
-                                              function_calls=function_calls)
-    return transform_body(parsed.endpoint, body, embed, hook)
+                                              function_calls=function_calls, fields=fields)
+    return transform_body(parsed.endpoint, body, embed, hook, fields)
 
 
 async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFactory | None,
                            hook: ChoiceHook | None, strip_reasoning: bool,
-                           withheld: Counter[str] | None, function_calls: bool = True) -> Transformed:
+                           withheld: Counter[str] | None, function_calls: bool = True,
+                           fields: FieldPolicy | None = None) -> Transformed:
     if parsed.endpoint != "responses":
-        return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS)
+        return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS, fields=fields)
     return await run_steps(responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
                                                            slice_chars=SLICE_CHARS, withheld=withheld,
-                                                           function_calls=function_calls))
+                                                           function_calls=function_calls, fields=fields))
 
 
 def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:
@@ -121,15 +124,17 @@ def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:
 def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
              strip_reasoning: bool = False, withheld: Counter[str] | None = None,
-             function_calls: bool = True) -> web.Response:
+             function_calls: bool = True, fields: FieldPolicy | None = None) -> web.Response:
     """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
-    otherwise only the ``usage`` object is read, unless the body must be watermarked. The backend lease is
-    released once the answer is classified (a malformed answer counts against the backend)."""
+    otherwise only the ``usage`` object is read, unless the body must be watermarked or may hold a field
+    ``fields`` withholds. The backend lease is released once the answer is classified (a malformed answer
+    counts against the backend)."""
     try:
-        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
+        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook, fields=fields)
         if isinstance(got, web.Response):
             return got
-        done = None if got is None else _transform(parsed, got, embed, hook, strip_reasoning, withheld, function_calls)
+        done = None if got is None else _transform(parsed, got, embed, hook, strip_reasoning, withheld, function_calls,
+                                                   fields)
         return _respond(ex, op, raw, got, done, headers)
     finally:  # a no-op when the answer was classified; otherwise (a bug in the gateway) nothing is decided
         op.lease.abandon()
@@ -138,11 +143,11 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
 async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
                          headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
                          strip_reasoning: bool = False, withheld: Counter[str] | None = None,
-                         function_calls: bool = True) -> web.Response:
+                         function_calls: bool = True, fields: FieldPolicy | None = None) -> web.Response:
     """``complete`` for an answer over ``LARGE_BODY_BYTES`` that is watermarked: the same, with the embedding
     done in slices that let the event loop serve other requests in between."""
     try:
-        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook)
+        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook, fields=fields)
         if isinstance(got, web.Response):
             return got
         if got is not None and isinstance(got.get("usage"), dict):
@@ -153,15 +158,15 @@ async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: b
                          {"prompt_tokens": u.get("input_tokens"), "completion_tokens": u.get("output_tokens")})
             ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         done = None if got is None else await _transform_async(parsed, got, embed, hook, strip_reasoning, withheld,
-                                                                function_calls)
+                                                                function_calls, fields)
         return _respond(ex, op, raw, got, done, headers)
     finally:
         op.lease.abandon()
 
 
 def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
-              headers: dict[str, str], *, details: bool,
-              hook: ChoiceHook | None) -> web.Response | dict[str, Any] | None:
+              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
+              fields: FieldPolicy | None = None) -> web.Response | dict[str, Any] | None:
     """The answer to send as it is (an error, a malformed upstream answer), or the decoded body to transform
     (None: nothing to decode, the usage was read from the raw bytes). Releases the backend lease."""
     status = op.resp.status
@@ -182,7 +187,8 @@ def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
         return _bad_upstream(ex, headers, f"answered with an unexpected content type ({ctype or 'none'})")
     body: Any = None
     usage = None if details or embed is not None or hook is not None or status != 200 or \
-        parsed.endpoint == "responses" else usage_from_body(raw)  # a Responses usage names its fields otherwise
+        parsed.endpoint == "responses" or (fields is not None and fields.may_hold(raw)) \
+        else usage_from_body(raw)  # a Responses usage names its fields otherwise
     if usage is not None:
         ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     elif status == 200:
@@ -219,9 +225,11 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
                  hook: ChoiceHook | None, strip_reasoning: bool = False,
                  function_calls: bool = True) -> web.StreamResponse:
     relay: StreamRelay | ResponsesRelay = (
-        ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning, function_calls=function_calls)
+        ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning, function_calls=function_calls,
+                       fields=ctx.fields)
         if parsed.endpoint == "responses"
-        else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook))
+        else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook,
+                         fields=ctx.fields))
     out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     ex.status = ex.facts.status = 200
     task = asyncio.current_task()

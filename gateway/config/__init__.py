@@ -25,6 +25,7 @@ from gateway.config.policy import (
     PolicyConfig,
     TierPolicyConfig,
 )
+from gateway.config.proxy import ProxyConfig
 from gateway.config.routing import (
     BackendConfig,
     CanaryAnalysisConfig,
@@ -59,6 +60,7 @@ __all__ = [
     "JwtConfig",
     "ModelConfig",
     "PolicyConfig",
+    "ProxyConfig",
     "RoutingConfig",
     "ServerConfig",
     "StoreConfig",

@@ -13,6 +13,7 @@ from pydantic import (
 from gateway.config.auth import AuthConfig, TierLimitsConfig
 from gateway.config.base import _Model, _parse_hostport
 from gateway.config.policy import AlertsConfig, DetectionConfig, PolicyConfig
+from gateway.config.proxy import ProxyConfig
 from gateway.config.routing import FingerprintConfig, ModelConfig, RoutingConfig
 from gateway.config.service import AdminConfig, ServerConfig, StoreConfig, TelemetryConfig
 from gateway.config.watermark import WatermarkConfig
@@ -42,6 +43,7 @@ class GatewayConfig(_Model):
     watermark: WatermarkConfig = WatermarkConfig()
     admin: AdminConfig = AdminConfig()
     fingerprint: FingerprintConfig = FingerprintConfig()
+    proxy: ProxyConfig = ProxyConfig()  # extension fields refused in requests, withheld from answers
     # tenant → limit class (a key of `limits`) for clients whose API key or JWT names no class
     limits_by_tenant: dict[str, str] = {}
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from gateway.hooks import StreamEmbedder
+from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import Endpoint
 from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, encode_comment, encode_event
 from gateway.proxy.usage import Usage, split_usage_chunk
@@ -75,17 +76,23 @@ def _dumps(obj: Any) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_hook",
-                 "_reasoned", "_thinking", "content_events", "done",
+    __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_fields",
+                 "_hook", "_needs_decoding", "_reasoned", "_thinking", "content_events", "done",
                  "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
-                 *, details: bool = True, choice_hook: ChoiceHook | None = None) -> None:
+                 *, details: bool = True, choice_hook: ChoiceHook | None = None,
+                 fields: FieldPolicy | None = None) -> None:
         """``details`` False (no detection, trace not sampled): chunks that carry only content are relayed
         without JSON decoding; those with usage, a finish reason or an error are still decoded.
-        ``choice_hook`` runs on every choice of every chunk (response-side logprob hardening)."""
+        ``choice_hook`` runs on every choice of every chunk (response-side logprob hardening).
+        ``fields``: deployment-internal answer fields withheld from every chunk that may hold one."""
         self._decoder = SSEDecoder()
         self._hook = choice_hook
+        self._fields = fields if fields is not None and fields.pattern is not None else None
+        # the fast path's one scan per chunk: what needs decoding anyway, or a field to withhold
+        self._needs_decoding = _NEEDS_DECODING if self._fields is None or self._fields.pattern is None else \
+            re.compile(_NEEDS_DECODING.pattern + b"|" + self._fields.pattern.pattern)
         self._fast = not details and embedder_factory is None and choice_hook is None
         self._chat = endpoint == "chat"
         self._client_usage = client_usage
@@ -130,9 +137,10 @@ class StreamRelay:
             "The upstream connection ended before the response was complete.", "stream_interrupted")
 
     def _event(self, data: bytes, event: str | None) -> list[bytes]:
-        if self._fast and _NEEDS_DECODING.search(data) is None:
+        if self._fast and self._needs_decoding.search(data) is None:
             self.content_events += 1
             return [encode_event(data, event)]
+        internal = self._fields is not None and self._fields.may_hold(data)
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -144,7 +152,7 @@ class StreamRelay:
             return [encode_event(data, event)]
         if self.model is None:
             self.model = chunk.get("model")
-        changed = False
+        changed = internal and self._fields is not None and self._fields.scrub(chunk)
         if "usage" in chunk and chunk["usage"] is not None:
             content, usage_chunk, usage = split_usage_chunk(chunk, self._client_usage)
             if usage is not None:
@@ -308,10 +316,10 @@ Transformed = tuple[bool, Usage, list[str], int, bool]  # changed, usage, finish
 
 
 def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                   choice_hook: ChoiceHook | None = None) -> Transformed:
-    """Watermark (and logprob-harden) a non-streaming body in place. Returns (changed, usage, finish_reasons,
-    logprob positions, watermarked)."""
-    steps = transform_steps(endpoint, body, embedder_factory, choice_hook)
+                   choice_hook: ChoiceHook | None = None, fields: FieldPolicy | None = None) -> Transformed:
+    """Watermark (and logprob-harden) a non-streaming body in place, withholding ``fields``' answer fields.
+    Returns (changed, usage, finish_reasons, logprob positions, watermarked)."""
+    steps = transform_steps(endpoint, body, embedder_factory, choice_hook, fields=fields)
     try:
         while True:
             next(steps)
@@ -321,12 +329,14 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
 
 
 async def transform_body_async(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                               choice_hook: ChoiceHook | None = None, *, slice_chars: int) -> Transformed:
+                               choice_hook: ChoiceHook | None = None, *, slice_chars: int,
+                               fields: FieldPolicy | None = None) -> Transformed:
     """``transform_body`` for a large body: each text is embedded ``slice_chars`` at a time, and the event loop
     runs other requests between slices. Watermarking is pure Python: a 28 000-word answer embedded at once
     held the loop for ≈ 130 ms, stalling every other stream and request of the process. The result is the
     same (an embedder fed in pieces writes what it writes fed at once)."""
-    return await run_steps(transform_steps(endpoint, body, embedder_factory, choice_hook, slice_chars=slice_chars))
+    return await run_steps(transform_steps(endpoint, body, embedder_factory, choice_hook, slice_chars=slice_chars,
+                                           fields=fields))
 
 
 async def run_steps(steps: Generator[None, None, Transformed]) -> Transformed:
@@ -352,15 +362,16 @@ def _embedded(emb: StreamEmbedder, text: str, slice_chars: int | None) -> Genera
 
 
 def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                    choice_hook: ChoiceHook | None = None, *,
-                    slice_chars: int | None = None) -> Generator[None, None, Transformed]:
+                    choice_hook: ChoiceHook | None = None, *, slice_chars: int | None = None,
+                    fields: FieldPolicy | None = None) -> Generator[None, None, Transformed]:
     """The work of ``transform_body``, yielding between slices of ``slice_chars`` characters of text (never
     with ``slice_chars`` None); its return value is the result."""
     usage = Usage()
     u = body.get("usage")
     if isinstance(u, dict):
         usage.update(u)
-    changed = watermarked = False
+    changed = fields is not None and fields.scrub(body)
+    watermarked = False
     reasons: list[str] = []
     positions = 0
     choices = body.get("choices")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from gateway.hooks import StreamEmbedder
+from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.relay import (
     ChoiceHook,
     EmbedderFactory,
@@ -104,7 +105,8 @@ class _Output(Scrubber):
     """What the stream relay and the body transform share: per-part embedders, the hook, dropped items."""
 
     def __init__(self, factory: EmbedderFactory | None, hook: ChoiceHook | None, strip_reasoning: bool,
-                 function_calls: bool) -> None:
+                 function_calls: bool, fields: FieldPolicy | None = None) -> None:
+        self.fields = fields
         self._factory = factory
         self._answers = answer_factory(factory)
         self._hook = hook
@@ -180,8 +182,9 @@ _ANSWER_TYPES = frozenset({"response.output_text.delta", "response.refusal.delta
 
 class ResponsesRelay(_Output):
     def __init__(self, embedder_factory: EmbedderFactory | None, *, hook: ChoiceHook | None = None,
-                 strip_reasoning: bool = False, function_calls: bool = True) -> None:
-        super().__init__(embedder_factory, hook, strip_reasoning, function_calls)
+                 strip_reasoning: bool = False, function_calls: bool = True,
+                 fields: FieldPolicy | None = None) -> None:
+        super().__init__(embedder_factory, hook, strip_reasoning, function_calls, fields)
         self._decoder = SSEDecoder()
         self._seq = 0
         self._parts: dict[PartKey, _Part] = {}
@@ -429,12 +432,12 @@ class ResponsesRelay(_Output):
 
 def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
                     strip_reasoning: bool = False, slice_chars: int | None = None,
-                    withheld: Counter[str] | None = None,
-                    function_calls: bool = True) -> Generator[None, None, Transformed]:
+                    withheld: Counter[str] | None = None, function_calls: bool = True,
+                    fields: FieldPolicy | None = None) -> Generator[None, None, Transformed]:
     """Watermark a non-streaming Responses body in place (one embedder per text part), yielding between
     slices of ``slice_chars`` characters; returns (changed, usage, finish reasons, logprob positions,
     watermarked) like the chat path's ``transform_steps``."""
-    out = _Output(embedder_factory, hook, strip_reasoning, function_calls)
+    out = _Output(embedder_factory, hook, strip_reasoning, function_calls, fields)
     usage = Usage()
     u = body.get("usage")
     if isinstance(u, dict):
@@ -468,7 +471,7 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
                     part[fld] = text
                     out._logprobs(part, emb is not None)
             out._clean_item(item, False)
-    changed = changed or bool(out.withheld)
+    changed = changed or bool(out.withheld) or out.fields_removed
     if withheld is not None:
         withheld.update(out.withheld)
     return changed, usage, [fr] if fr else [], out.logprob_positions, out.watermarked
@@ -476,9 +479,9 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
 
 def transform_body(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
                    strip_reasoning: bool = False, withheld: Counter[str] | None = None,
-                   function_calls: bool = True) -> Transformed:
+                   function_calls: bool = True, fields: FieldPolicy | None = None) -> Transformed:
     steps = transform_steps(body, embedder_factory, hook, strip_reasoning=strip_reasoning, withheld=withheld,
-                            function_calls=function_calls)
+                            function_calls=function_calls, fields=fields)
     try:
         while True:
             next(steps)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.proxy.fields import FieldPolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Scrubber:
     """Removes from events, items, parts and response objects what the relay does not watermark."""
 
     withheld: Counter[str]
+    fields: FieldPolicy | None = None  # deployment-internal fields of the response object (proxy config)
+    fields_removed = False
 
     def _withhold(self, kind: str, detail: str) -> list[dict[str, Any]]:
         """Text the gateway cannot watermark: never relayed; logged once per kind per process, counted by kind
@@ -58,6 +63,8 @@ class Scrubber:
             if name in response:
                 del response[name]
                 self._withhold("response_copy", f"the response's {name}")
+        if self.fields is not None and self.fields.scrub_response(response):
+            self.fields_removed = True
 
     def _only(self, obj: dict[str, Any], allowed: frozenset[str], what: str) -> None:
         extra = [k for k in obj if k not in allowed]

@@ -16,6 +16,8 @@ It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the b
   the sim ignores ``vllm_xargs``, like an engine without the plugin;
 - ``reasoning``: answer like a reasoning model behind vLLM's reasoning parser: chat answers carry a chain of
   thought (another corpus answer) in ``message.reasoning`` / streamed ``delta.reasoning`` before the content;
+- vLLM 0.33's answer-side extensions (gateway/sim/extensions.py): ``return_prompt_text`` and
+  ``return_weight_versions`` are honoured, ``routed_experts`` stands for ``--enable-return-routed-experts``;
 - it records every generation that the client abandoned (``SimStats.aborted``), readable in-process and at
   ``GET /sim/stats``, and the request headers it last saw (to check what a proxy forwards).
 """
@@ -38,7 +40,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.sim import LABEL
+from gateway.sim import LABEL, extensions
 from gateway.sim.corpus import CorpusEntry, alternatives, count_tokens, pick, token_logprob
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ class SimOptions:
     kgw_spec: str | None = None  # the plugin's IPGATE_KGW_PARAMS (None: the default, g0.25-h4-selfhash)
     kgw_secret: bytes | None = None  # the plugin host's master secret (None: only key-mode directives)
     reasoning: bool = False  # chat answers carry a chain of thought in ``reasoning`` (vLLM's reasoning parser)
+    # vLLM 0.33's answer-side extensions (gateway/sim/extensions.py): return_prompt_text and
+    # return_weight_versions are always honoured; routed_experts is the server flag --enable-return-routed-experts
+    weight_version: str = "sim-v1"
+    routed_experts: bool = False
 
 
 @dataclass(slots=True)
@@ -246,6 +252,8 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         else:
             c = {"index": i, "text": text, "finish_reason": gen.finish(i),
                  "logprobs": _completion_logprobs(toks, 0, top, 0) if top is not None else None}
+        c.update(extensions.choice_fields(body, len(toks) + len(thought), weight_version=opts.weight_version,
+                                          routed_experts=opts.routed_experts, streamed=False, index=i))
         choices.append(c)
     stats.completed += 1
     return web.json_response({
@@ -255,6 +263,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         "choices": choices,
         "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": gen.prompt_tokens + completion_tokens},
+        **extensions.top_fields(endpoint, body),
     })
 
 
@@ -270,8 +279,8 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
     top = _logprob_request(endpoint, body)
     delay = 1.0 / opts.tokens_per_s if opts.tokens_per_s > 0 else 0.0
 
-    async def send(choices: list[dict[str, Any]], usage: Any = None) -> None:
-        chunk = dict(base, choices=choices)
+    async def send(choices: list[dict[str, Any]], usage: Any = None, top: Mapping[str, Any] | None = None) -> None:
+        chunk = dict(base, choices=choices, **(top or {}))
         if usage_wanted:
             chunk["usage"] = usage
         await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
@@ -280,7 +289,8 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
     try:
         if chat_:
             await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None} for i in range(len(gen.entries))])
+                         "finish_reason": None} for i in range(len(gen.entries))],
+                       top=extensions.top_fields(endpoint, body))
         completion_tokens = 0
         for i in range(len(gen.entries)):
             thinking = len(gen.thought(i))
@@ -309,6 +319,9 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
                 completion_tokens += 1
             last = ({"index": i, "delta": {}, "logprobs": None, "finish_reason": gen.finish(i)} if chat_
                     else {"index": i, "text": "", "logprobs": None, "finish_reason": gen.finish(i)})
+            last.update(extensions.choice_fields(body, thinking + len(gen.tokens(i)),
+                                                 weight_version=opts.weight_version,
+                                                 routed_experts=opts.routed_experts, streamed=True, index=i))
             await send([last])
         if usage_wanted:
             await send([], {"prompt_tokens": gen.prompt_tokens, "completion_tokens": completion_tokens,

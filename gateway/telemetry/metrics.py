@@ -211,6 +211,18 @@ class Metrics:
             "them (an unknown event or item type, raw output messages, a malformed text event); what = the kind.",
             ["what"], registry=r,
         )
+        self.request_fields_refused_total = Counter(
+            "ipgate_request_fields_refused_total",
+            "Requests answered 400 for an inference-server extension field or header the gateway does not "
+            "accept (proxy.refused_fields, proxy.refused_headers); field = the field or header name.",
+            ["field"], registry=r,
+        )
+        self.response_fields_withheld_total = Counter(
+            "ipgate_response_fields_withheld_total",
+            "Fields of backend answers withheld from the client because they expose deployment internals "
+            "(proxy.withheld_response_fields), once per body or stream chunk that held them; field = its name.",
+            ["field"], registry=r,
+        )
         self.watermark_directive_refusals_total = Counter(
             "ipgate_watermark_directive_refusals_total",
             "Requests whose KGW directive a watermark_capable backend's engine refused (its plugin changed since "

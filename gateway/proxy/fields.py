@@ -1,0 +1,287 @@
+"""Inference-server extension fields that reach engine internals: refused in requests, withheld from answers.
+
+The parse step lets unknown request fields through (OpenAI-compatible servers accept extensions), and the
+relay passes unknown answer fields on. Some extensions of vLLM 0.33, SGLang and TGI are not the client's to
+use behind an IP-protection gateway: they steer the serving fabric (disaggregated-serving KV transfer, data-
+parallel worker pinning, scheduling priority), replace what the model reads with something detection never
+saw (a client chat template, token ids or embedding vectors instead of the messages), run client code in the
+engine (SGLang's serialized logits processors), or make the answer disclose the deployment (the rendered
+prompt, which weights served it, MoE routing, hidden states, prefix-cache hits, per-request engine metrics).
+
+``FieldPolicy`` (built once per process from ``proxy`` in the config) is sans-IO:
+
+- ``check(body, headers)``: a request naming a refused field (``proxy.refused_fields``) or header
+  (``proxy.refused_headers``) is a 400 whose message and ``param`` name it and say why. ``null`` and
+  ``false`` count as absent (clients that serialize every default still pass). A dotted entry
+  (``chat_template_kwargs.chat_template``) names a key inside an object field.
+- ``scrub(obj)``: removes ``proxy.withheld_response_fields`` from an answer (a body or one stream chunk): at
+  its top level, in each choice and in each choice's ``message``/``delta``. A ``null`` value is left as it
+  is: vLLM 0.33 writes all its extension keys, null unless asked for, into every non-streamed answer.
+  ``scrub_response`` does the same for a Responses API object (top level only; the OpenAI fields of that
+  object are never withheld there).
+- ``may_hold(raw)``: a prefilter on raw bytes for the paths that relay without decoding; a hit only means
+  "decode and scrub" (a false positive costs one decode, never a wrong answer).
+
+Each refusal and each withheld field is counted by field name (a label set bounded by the configuration);
+each withheld field is logged once per process (a misconfigured backend would otherwise log per request).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from gateway.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+_ENGINE = "engine-internal field"
+_DETECTION = "the model would read a prompt detection never saw"
+
+# Request fields refused by default, with the reason the 400 gives. Why each one:
+REFUSED_FIELDS: dict[str, str] = {
+    # vLLM 0.33 (chat, completions, responses). Set by the prefill/decode router, never by a client: a client
+    # value names remote engines and KV blocks for the decode node to pull (reading or poisoning another
+    # request's cache, connections the operator never configured).
+    "kv_transfer_params": f"{_ENGINE}: disaggregated-serving KV-cache transfer",
+    "ec_transfer_params": f"{_ENGINE}: disaggregated-serving encoder-cache transfer",
+    # vLLM: a client Jinja template replaces the deployment's (and its system text); detection scores the
+    # messages, the template decides what the model reads. vLLM itself refuses both unless started with
+    # --trust-request-chat-template; the nested form is the same template under another key.
+    "chat_template": f"a client chat template: {_DETECTION}",
+    "chat_template_kwargs.chat_template": f"a client chat template: {_DETECTION}",
+    # vLLM completions: embedding vectors as the prompt: no text to score, and a probe of the model at points
+    # of its embedding space no token reaches. SGLang's embed_overrides do the same.
+    "prompt_embeds": f"embedding vectors as the prompt: {_DETECTION}",
+    "embed_overrides": f"embedding vectors in the prompt: {_DETECTION}",
+    "embed_override_token_id": f"embedding vectors in the prompt: {_DETECTION}",
+    # SGLang chat: token ids that replace the rendered messages (the messages are then only read for stops)
+    "input_ids": f"token ids instead of the messages: {_DETECTION}",
+    # vLLM: the rendered prompt (the deployment's chat template and system prompt) in `prompt_text`
+    "return_prompt_text": "returns the rendered prompt (the deployment's chat template and system prompt)",
+    # vLLM: which weight version sampled each token range: tells canary from stable, times rollouts
+    "return_weight_versions": "returns which weights served the answer (canary and rollout versions)",
+    # vLLM / SGLang: per-token MoE expert routing (`routed_experts`): internals of the model's computation
+    "routed_experts_prompt_start": "asks for MoE expert routing data (model internals)",
+    "return_routed_experts": "asks for MoE expert routing data (model internals)",
+    "routed_experts_start_len": "asks for MoE expert routing data (model internals)",
+    # SGLang: hidden states are the model's internal representation: the most direct model-stealing channel
+    # there is (a linear map away from the logits that Carlini et al. 2024 extract the last layer from)
+    "return_hidden_states": "returns the model's hidden states (a direct model-extraction channel)",
+    # SGLang: per-choice engine metadata (weight version, cache hits, timings, speculative-decoding stats)
+    "return_meta_info": "returns per-request engine metadata (weight version, cache hits, timings)",
+    # SGLang: which prompt tokens hit the prefix cache (device/host/storage): a side channel on other
+    # clients' prompts (a hit means someone sent that prefix)
+    "return_cached_tokens_details": "returns prefix-cache hits (a side channel on other clients' prompts)",
+    # vLLM / SGLang: scheduling priority (lower = earlier): a throttled client would jump the queue that the
+    # gateway's tiers and rate limits decide. vLLM also reads it from a header (refused_headers).
+    "priority": "scheduling priority is set by the gateway's policy, not by clients",
+    # vLLM / SGLang: the engine's request id (vLLM's Responses API uses it as the response id and the key of
+    # its stores); the gateway names every request itself (X-Request-Id) and no client may name another's
+    "request_id": f"{_ENGINE}: the engine's request id is the gateway's (X-Request-Id)",
+    "rid": f"{_ENGINE}: the engine's request id is the gateway's (X-Request-Id)",
+    # vLLM: session affinity for routing and caching; SGLang: continue an engine-side session (its cached
+    # context, which detection never saw: as previous_response_id, refused on /v1/responses)
+    "session_id": f"{_ENGINE}: engine-side sessions (cache and routing affinity with other requests)",
+    "session_params": f"{_ENGINE}: continues an engine-side session (context detection never saw)",
+    # SGLang PD disaggregation and data-parallel routing: set by its router; a client value pins a worker
+    # (co-location with a victim for cache-timing side channels, targeted load) or names a prefill server
+    "bootstrap_host": f"{_ENGINE}: prefill/decode disaggregation",
+    "bootstrap_port": f"{_ENGINE}: prefill/decode disaggregation",
+    "bootstrap_room": f"{_ENGINE}: prefill/decode disaggregation",
+    "routed_dp_rank": f"{_ENGINE}: pins the request to a data-parallel worker",
+    "data_parallel_rank": f"{_ENGINE}: pins the request to a data-parallel worker",
+    "disagg_prefill_dp_rank": f"{_ENGINE}: pins the request to a data-parallel worker",
+    # SGLang: a serialized (dill) Python logits processor run in the engine: client code on the GPU host,
+    # with the full logits in hand; custom_params are its arguments (vLLM's vllm_xargs, stripped by hardening)
+    "custom_logit_processor": "client code run in the engine (a serialized logits processor)",
+    "custom_params": "arguments for the engine's custom logits processors (only the gateway may set them)",
+    # SGLang: labels on the engine's own metrics: unbounded label values chosen by clients
+    "custom_labels": f"{_ENGINE}: labels on the engine's metrics",
+    # SGLang lora_path, TGI adapter_id: serve an adapter the operator did not publish as a model (an
+    # internal fine-tune, a canary); published adapters are models of their own in the gateway's config
+    "lora_path": "selects a LoRA adapter the operator did not publish",
+    "adapter_id": "selects a LoRA adapter the operator did not publish",
+}
+
+# Request headers refused by default: vLLM 0.33 reads these before (or instead of) the body fields above,
+# and the gateway forwards end-to-end headers it does not know.
+REFUSED_HEADERS: dict[str, str] = {
+    "x-vllm-priority": "scheduling priority is set by the gateway's policy, not by clients",
+    "x-data-parallel-rank": f"{_ENGINE}: pins the request to a data-parallel worker",
+    "x-session-id": f"{_ENGINE}: engine-side sessions (cache and routing affinity with other requests)",
+}
+
+# Answer fields withheld by default (bodies and stream chunks). Most only appear when a refused request field
+# asked for them, but several come from the server's own flags, whatever the request says:
+WITHHELD_RESPONSE_FIELDS: dict[str, str] = {
+    "prompt_text": "the rendered prompt (vLLM return_prompt_text)",
+    # the same prompt as token ids (vLLM return_token_ids): decoded with the tokenizer it is prompt_text
+    "prompt_token_ids": "the rendered prompt's token ids (vLLM return_token_ids)",
+    "weight_versions": "which weights served the answer (vLLM return_weight_versions)",
+    # vLLM --enable-return-routed-experts: every answer, asked for or not (base64 .npy, per token and layer)
+    "routed_experts": "MoE expert routing (vLLM enable_return_routed_experts)",
+    "kv_transfer_params": "disaggregated-serving KV transfer state (vLLM)",
+    "ec_transfer_params": "disaggregated-serving encoder-cache state (vLLM)",
+    # vLLM per-request metrics: queue time and, with speculative decoding on, acceptance statistics on every
+    # single-choice answer (how predictable the text was to the model: a coarse logprob)
+    "metrics": "per-request engine metrics: queue time, speculative-decoding acceptance (vLLM)",
+    "hidden_states": "the model's hidden states (SGLang return_hidden_states)",
+    "meta_info": "per-request engine metadata (SGLang return_meta_info)",
+    "sglext": "SGLang extensions: routed experts, prefix-cache details",
+    # SGLang writes {"weight_version": ...} here on every non-streamed chat/completions answer (OpenAI's chat
+    # completion object has no metadata; on the Responses API it is the client's own and is relayed)
+    "metadata": "the serving weight version (SGLang)",
+}
+
+# The OpenAI Response object's own fields: never withheld from a Responses API answer (``metadata`` there is
+# the client's request metadata echoed back, not SGLang's weight version).
+RESPONSE_OBJECT_FIELDS = frozenset({
+    "id", "object", "created_at", "status", "error", "incomplete_details", "instructions", "max_output_tokens",
+    "max_tool_calls", "metadata", "model", "output", "parallel_tool_calls", "previous_response_id", "prompt",
+    "prompt_cache_key", "reasoning", "safety_identifier", "service_tier", "store", "temperature", "text",
+    "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "usage", "user", "background", "conversation",
+})
+# What the gateway itself reads or every client needs: refusing or withholding them breaks every request
+REQUIRED_REQUEST_FIELDS = frozenset({"model", "messages", "prompt", "input"})
+REQUIRED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host"})
+REQUIRED_RESPONSE_FIELDS = frozenset({
+    "id", "object", "created", "model", "choices", "usage", "index", "message", "delta", "text", "content",
+    "role", "tool_calls", "finish_reason", "logprobs", "data", "embedding", "output", "error", "type",
+})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_HOLDERS = ("message", "delta")
+
+
+def name_problem(name: str, *, dotted: bool) -> str | None:
+    """Why ``name`` cannot be a configured field name (None when it can)."""
+    m = _NAME.fullmatch(name)
+    if m is None or (m.group(1) and not dotted):
+        return (f"{name!r} is not a field name (letters, digits, '_'" + (", one '.' for a key inside an "
+                "object field)" if dotted else ")"))
+    return None
+
+
+class FieldPolicy:
+    """The compiled ``proxy`` section: what the request check and the answer scrub test, built once."""
+
+    __slots__ = ("_logged", "_nested", "_refused_metric", "_top", "_withheld_metric", "headers", "pattern",
+                 "refused", "withheld", "withheld_responses")
+
+    def __init__(self, refused: Iterable[str], headers: Iterable[str], withheld: Iterable[str], *,
+                 refused_metric: Counter | None = None, withheld_metric: Counter | None = None) -> None:
+        self.refused = {n: REFUSED_FIELDS.get(n, "listed by the operator") for n in refused}
+        self.headers = {h.lower(): REFUSED_HEADERS.get(h.lower(), "listed by the operator") for h in headers}
+        self.withheld = frozenset(withheld)
+        self.withheld_responses = self.withheld - RESPONSE_OBJECT_FIELDS
+        nested: dict[str, dict[str, str]] = {}
+        for n in self.refused:
+            parent, _, child = n.partition(".")
+            if child:
+                nested.setdefault(parent, {})[child] = n
+        self._nested = nested
+        # the one set a request body is tested against: refused names and the parents of dotted ones
+        self._top = frozenset(n for n in self.refused if "." not in n) | frozenset(nested)
+        names = b"|".join(re.escape(n.encode()) for n in sorted(self.withheld))
+        first = b"".join(re.escape(bytes([c])) for c in sorted({n.encode()[0] for n in self.withheld}))
+        # a key with a value other than null: vLLM 0.33 writes every one of its extension keys into every
+        # non-streamed answer, null unless asked for; a null discloses nothing and must not cost a decode
+        # (the lookahead on the first letter lets most of the quotes of a chunk fail at once: ~15 % faster)
+        self.pattern = re.compile(b'"(?=[' + first + b'])(?:' + names + rb')"\s*:(?!\s*null)') \
+            if self.withheld else None
+        self._refused_metric = refused_metric
+        self._withheld_metric = withheld_metric
+        self._logged: set[str] = set()
+
+    # --- requests ---------------------------------------------------------------------------------------------
+
+    def check(self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        """Raise ``InvalidRequest`` (400) naming the first refused field (body order) or header present."""
+        if not self._top.isdisjoint(body):
+            for key, value in body.items():
+                if key not in self._top or value is None or value is False:
+                    continue
+                if key in self.refused:
+                    self._refuse(key, f"{key}: not accepted by this gateway ({self.refused[key]}; "
+                                      "proxy.refused_fields)", key)
+                inner = self._nested.get(key)
+                if inner is not None and isinstance(value, Mapping):
+                    for child, dotted in inner.items():
+                        v = value.get(child)
+                        if v is not None and v is not False:
+                            self._refuse(dotted, f"{dotted}: not accepted by this gateway "
+                                                 f"({self.refused[dotted]}; proxy.refused_fields)", dotted)
+        if headers is not None:
+            for h, why in self.headers.items():
+                if h in headers:
+                    self._refuse(h, f"{h}: header not accepted by this gateway ({why}; proxy.refused_headers)",
+                                 h)
+
+    def _refuse(self, name: str, message: str, param: str) -> NoReturn:
+        if self._refused_metric is not None:
+            self._refused_metric.labels(field=name).inc()
+        raise InvalidRequest(message, param=param, code="field_not_accepted")
+
+    # --- answers ----------------------------------------------------------------------------------------------
+
+    def may_hold(self, raw: bytes) -> bool:
+        """Whether ``raw`` (a JSON body or one stream event's data) may hold a withheld field as a key."""
+        return self.pattern is not None and self.pattern.search(raw) is not None
+
+    def scrub(self, obj: dict[str, Any]) -> bool:
+        """Remove withheld fields from a chat/completions/embeddings answer or chunk (top level, choices and
+        their message/delta) in place; True when something was removed."""
+        w = self.withheld
+        if not w:
+            return False
+        removed = self._drop(obj, w) if not w.isdisjoint(obj) else False
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict):
+                continue
+            if not w.isdisjoint(choice):
+                removed = self._drop(choice, w) or removed
+            for k in _HOLDERS:
+                holder = choice.get(k)
+                if isinstance(holder, dict) and not w.isdisjoint(holder):
+                    removed = self._drop(holder, w) or removed
+        return removed
+
+    def scrub_response(self, response: dict[str, Any]) -> bool:
+        """``scrub`` for a Responses API response object (its top level; its items are allowlisted by the
+        Responses relay itself)."""
+        w = self.withheld_responses
+        return bool(w) and not w.isdisjoint(response) and self._drop(response, w)
+
+    def _drop(self, obj: dict[str, Any], names: frozenset[str]) -> bool:
+        # a null discloses nothing: relayed as is (vLLM writes them all, so this runs on every decoded vLLM body)
+        gone = [k for k in names.intersection(obj) if obj[k] is not None]
+        for k in gone:
+            del obj[k]
+            if self._withheld_metric is not None:
+                self._withheld_metric.labels(field=k).inc()
+            if k not in self._logged:
+                self._logged.add(k)
+                log.warning("withheld %r from a backend's answer (%s; proxy.withheld_response_fields); counted "
+                            "in ipgate_response_fields_withheld_total{field=%r}, logged once", k,
+                            WITHHELD_RESPONSE_FIELDS.get(k, "listed by the operator"), k)
+        return bool(gone)
+
+
+def weakened(refused: Iterable[str], headers: Iterable[str], withheld: Iterable[str]) -> list[str]:
+    """What ``ipgate check`` warns about: default entries a configuration no longer refuses or withholds."""
+    out = []
+    for section, configured, defaults in (
+            ("refused_fields", set(refused), REFUSED_FIELDS),
+            ("refused_headers", {h.lower() for h in headers}, REFUSED_HEADERS),
+            ("withheld_response_fields", set(withheld), WITHHELD_RESPONSE_FIELDS)):
+        for name, why in defaults.items():
+            if name not in configured:
+                out.append(f"proxy.{section} lacks {name!r} ({why}): it now reaches the "
+                           + ("client" if section.startswith("withheld") else "backend"))
+    return out
