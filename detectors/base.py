@@ -19,11 +19,32 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
+from detectors.state import MAX_TS
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 
 WINDOW = 250.0
 COUNT_DECAY = math.exp(-1.0 / WINDOW)
 HALF_LIFE_S = 24 * 3600.0
+# The declared range of a stored counter (a float32 on the wire): counts in [0, COUNT_MAX), the signed sums a
+# detector names (embedding means, sums of log gaps) in (-COUNT_MAX, COUNT_MAX). A counter gains at most 2^30 per
+# request (volume's token clamp; most gain 1) and loses 1/WINDOW of itself per request, so the gateway never
+# writes more than ~2.7e11 (2^38); decoding refuses anything outside the range (only a tampered or corrupted
+# store holds it: a negative count or a huge one silences the shares a score is made of, a negative sum of
+# squares fails a detector on every request), and the engine starts that detector fresh and counts it.
+COUNT_MAX = float(2**49)
+# Checked on the wire bytes, one C-level pass (``bytes.translate``) over each value's top byte (the sign and the
+# 7 high exponent bits): a float32 lies in [0, 2^49) exactly when that byte is at most 0x57, and in
+# (-2^49, 2^49) when it is that or 0x80-0xD7. NaN and infinities (exponent 255) fail both; so does a count of
+# -0.0, which the gateway never writes (its counts only grow by additions and shrink by positive factors).
+_COUNT_TOPS = bytes(range(0x58))
+_SIGNED_TOPS = _COUNT_TOPS + bytes(range(0x80, 0xD8))
+
+
+def counts_in_range(data: bytes, offset: int, n: int, signed: bool = False) -> bool:
+    """Whether the ``n`` float32 values at ``data[offset:]`` lie in their declared range (see ``COUNT_MAX``):
+    ``translate`` deletes every allowed top byte, so anything left is a value out of range."""
+    return not data[offset + 3 : offset + 4 * n : 4].translate(None, _SIGNED_TOPS if signed else _COUNT_TOPS)
+
 
 S = TypeVar("S")
 # Wire dtypes as objects: a dtype given as a string is parsed again on every call (~0.15 us each).
@@ -132,35 +153,43 @@ class Counters:
         return 8 + 4 * len(self.c)
 
     @classmethod
-    def decode(cls, data: bytes, size: int) -> Counters:
+    def decode(cls, data: bytes, size: int, signed: tuple[int, int] = (0, 0)) -> Counters:
         """``size`` counters read from the head of ``data``, as ``load`` reads them into an object of that
         size, without first allocating the zeros ``load`` would replace (the cold path builds six of these
-        per request). Raises ValueError when they are truncated or not all finite."""
+        per request). ``signed``: the ``[start, stop)`` block of signed sums; every other counter is a count.
+        Raises ValueError when they are truncated or outside their declared range (``COUNT_MAX``), or when
+        the timestamp is outside ``[0, MAX_TS]``."""
         need = 8 + 4 * size
         if len(data) < need:
             raise ValueError(f"counter state truncated ({len(data)} < {need} bytes)")
-        # All finite <=> their float64 sum is finite (float32 magnitudes cannot overflow a float64 sum of a
-        # few hundred; a NaN or an infinity propagates): a plain sum for short blocks, one ufunc reduce for
-        # long ones, both several times cheaper than np.all(np.isfinite()). float32 -> float64 is exact, so
-        # the struct path (one call for the timestamp and all counters: the cheaper one for short blocks)
-        # and the numpy path give the same array.
-        if size <= _STRUCT_MAX:
+        a, b = signed
+        # Short all-count blocks: one struct call for the timestamp and all counters (the cheaper path there);
+        # float32 -> float64 is exact, so both paths give the same array.
+        if size <= _STRUCT_MAX and a == b:
             t = _WIRE[size].unpack_from(data)
-            return cls.from_values(t[0], t[1:])
-        c = np.frombuffer(data, dtype=F4LE, count=size, offset=8).astype(_F8)
-        if not math.isfinite(sum(c.tolist()) if size <= 32 else np.add.reduce(c)):
-            raise ValueError("counter state holds non-finite values")
+            return cls.from_values(t[0], t[1:], data)
+        tops = data[11:need:4]  # ``counts_in_range`` inlined: this runs for every long block on the cold path
+        if (tops.translate(None, _COUNT_TOPS) if a == b else (
+            tops[:a].translate(None, _COUNT_TOPS) or tops[a:b].translate(None, _SIGNED_TOPS)
+            or tops[b:].translate(None, _COUNT_TOPS)
+        )):
+            raise ValueError("counter state holds non-finite values or values outside their declared range")
         self = cls.__new__(cls)
         (self.last_ts,) = cls._TS.unpack_from(data, 0)
-        self.c = c
+        if not 0.0 <= self.last_ts <= MAX_TS:  # False for NaN
+            raise ValueError(f"counter state timestamp {self.last_ts!r} is outside [0, {MAX_TS:.0f}]")
+        self.c = np.frombuffer(data, dtype=F4LE, count=size, offset=8).astype(_F8)
         return self
 
     @classmethod
-    def from_values(cls, last_ts: float, values: tuple[float, ...]) -> Counters:
-        """Counters holding ``values`` (float32 values read with ``struct``, for a detector that unpacks its
-        whole state in one call); raises ValueError unless all are finite (see ``decode``)."""
-        if not math.isfinite(sum(values)):
-            raise ValueError("counter state holds non-finite values")
+    def from_values(cls, last_ts: float, values: tuple[float, ...], data: bytes) -> Counters:
+        """Counters holding ``values``, the float32 counts ``data`` holds after its timestamp ``last_ts`` (read
+        with ``struct`` by a detector that unpacks its whole state in one call). Raises ValueError unless they
+        lie in their declared range (see ``decode``), which is checked on ``data``."""
+        if data[11 : 8 + 4 * len(values) : 4].translate(None, _COUNT_TOPS):  # ``counts_in_range``, inlined
+            raise ValueError("counter state holds non-finite values or values outside their declared range")
+        if not 0.0 <= last_ts <= MAX_TS:  # False for NaN
+            raise ValueError(f"counter state timestamp {last_ts!r} is outside [0, {MAX_TS:.0f}]")
         self = cls.__new__(cls)
         self.last_ts, self.c = last_ts, np.array(values, _F8)
         return self
@@ -177,20 +206,21 @@ def dump_vectors(counters: Counters, ring_i8: np.ndarray, pos: int) -> bytes:
 
 
 def load_vectors(
-    data: bytes, counters: Counters, rows: int, dim: int, name: str
+    data: bytes, counters: Counters, rows: int, dim: int, name: str, signed: tuple[int, int] = (0, 0)
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Fill ``counters`` and parse the ring ``dump_vectors`` wrote: (int8 ring, float32 ring, position).
-    Raises ValueError when the size is not exactly what ``rows`` x ``dim`` vectors need."""
-    other, ring_i8, ring, pos = decode_vectors(data, len(counters.c), rows, dim, name)
+    Raises ValueError when the size is not exactly what ``rows`` x ``dim`` vectors need (``signed``: see
+    ``Counters.decode``)."""
+    other, ring_i8, ring, pos = decode_vectors(data, len(counters.c), rows, dim, name, signed)
     counters.last_ts, counters.c = other.last_ts, other.c
     return ring_i8, ring, pos
 
 
 def decode_vectors(
-    data: bytes, size: int, rows: int, dim: int, name: str
+    data: bytes, size: int, rows: int, dim: int, name: str, signed: tuple[int, int] = (0, 0)
 ) -> tuple[Counters, np.ndarray, np.ndarray, int]:
     """``load_vectors`` for ``size`` counters it creates itself: (counters, int8 ring, float32 ring, position)."""
-    counters = Counters.decode(data, size)
+    counters = Counters.decode(data, size, signed)
     at = 8 + 4 * size
     if len(data) != at + rows * dim + 1:
         raise ValueError(f"{name}: state has the wrong size")

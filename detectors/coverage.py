@@ -71,7 +71,8 @@ class Coverage:
         # Built field by field: ``CoverageState(k)`` would first allocate the zero arrays replaced here.
         st = CoverageState.__new__(CoverageState)
         st.counters, st.ring_i8, st.ring, st.pos = decode_vectors(
-            data, TOPIC0 + self.k + EMBED_DIM, RING, EMBED_DIM, self.name
+            data, TOPIC0 + self.k + EMBED_DIM, RING, EMBED_DIM, self.name,
+            (TOPIC0 + self.k, TOPIC0 + self.k + EMBED_DIM),  # the embedding sum is signed; the rest are counts
         )
         st.mean_sum = st.counters.c[TOPIC0 + self.k :]
         return st

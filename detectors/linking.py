@@ -21,13 +21,13 @@ stays as quiet as its loudest member.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from detectors.base import ramp, time_decay
+from detectors.state import MAX_TS
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 
 MAX_PEERS = 16
@@ -106,6 +106,8 @@ class CrossAccountLinking:
         st = LinkState()
         if len(data) == _HEAD.size and data[8] == 0:  # no peers (nearly every client): nothing else to check
             (st.last_ts,) = _TS.unpack_from(data)
+            if not 0.0 <= st.last_ts <= MAX_TS:  # False for NaN
+                raise ValueError(f"{self.name}: timestamp outside [0, {MAX_TS:.0f}]")
             return st
         try:
             st.last_ts, count = _HEAD.unpack_from(data, 0)
@@ -117,8 +119,11 @@ class CrossAccountLinking:
                 pos += 5 + n
         except (struct.error, IndexError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.name}: malformed state: {e}") from e
-        if pos != len(data) or count > MAX_PEERS or not all(0.0 <= c < math.inf for c in st.peers.values()):
+        if pos != len(data) or count > MAX_PEERS:
             raise ValueError(f"{self.name}: malformed state")
+        # the declared ranges: what ``fold_links`` can write (False for NaN)
+        if not (0.0 <= st.last_ts <= MAX_TS and all(0.0 <= c <= MAX_SHARED for c in st.peers.values())):
+            raise ValueError(f"{self.name}: timestamp or peer counts outside their declared range")
         return st
 
     def fold_links(self, state: LinkState, shared: Mapping[str, int], now: float) -> tuple[str, ...]:

@@ -143,7 +143,8 @@ class SemanticCoverage:
 
     def load(self, data: bytes) -> SemanticState:
         st = SemanticState(self.k)
-        st.ring_i8, st.ring, st.pos = load_vectors(data, st.counters, RING, DIM, self.name)
+        st.ring_i8, st.ring, st.pos = load_vectors(data, st.counters, RING, DIM, self.name,
+                                                   (TOPIC0 + self.k, TOPIC0 + self.k + DIM))  # signed: the sum
         st.mean_sum = st.counters.c[TOPIC0 + self.k :]
         return st
 

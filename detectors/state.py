@@ -5,17 +5,24 @@ last request time, last/max score, inherited cluster score), then for each detec
 ``u8 name length, name, u16 blob length, blob``. Unknown detector names are skipped and missing ones start
 fresh, so enabling or disabling a detector never invalidates stored state. The gateway stores the bytes
 as they are (one Redis value); ``STATE_BUDGET_BYTES`` bounds them.
+
+Declared ranges, checked by ``decode`` (and the detectors' counters by ``detectors.base.Counters``): times are
+Unix seconds in ``[0, MAX_TS]``, the cool-down clock is ``-1`` (not cooling down) or such a time, scores lie
+in ``[0, 1]``; the tier is checked by the engine against the policy. The gateway never writes anything else, so
+a state outside them was tampered with or corrupted in the store: it is refused like garbage.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
 
 MAGIC = b"ID"
 VERSION = 1
 _HEADER = struct.Struct("<IBddfff")
+#: The latest timestamp a state may hold (about the year 36 800): far above any clock, and it refuses a
+#: far-future time that would stop a client's decay (``last_ts = max(last_ts, now)``) or a millisecond clock.
+MAX_TS = float(2**40)
 
 
 @dataclass(slots=True)
@@ -69,12 +76,13 @@ def decode(buf: bytes | bytearray | memoryview) -> Envelope:
         raise ValueError(f"unsupported detector state version {data[2]}")
     try:
         seen, tier, below, last_ts, last_score, max_score, cluster = _HEADER.unpack_from(data, 3)
-        # explicit comparisons rather than generators over tuples (the same tests, ~1 us less per state)
+        # explicit comparisons rather than generators over tuples (the same tests, ~1 us less per state);
+        # every one is False for NaN
         if not (
-            math.isfinite(below) and math.isfinite(last_ts)
-            and 0.0 <= last_score <= 1.0 and 0.0 <= max_score <= 1.0 and 0.0 <= cluster <= 1.0  # False for NaN
+            0.0 <= last_ts <= MAX_TS and (below == -1.0 or 0.0 <= below <= MAX_TS)
+            and 0.0 <= last_score <= 1.0 and 0.0 <= max_score <= 1.0 and 0.0 <= cluster <= 1.0
         ):
-            raise ValueError("detector state header holds non-finite times or scores outside [0, 1]")
+            raise ValueError("detector state header holds times or scores outside their declared ranges")
         blobs: dict[str, bytes] = {}
         pos, end = 3 + _HEADER.size, len(data)
         names = _NAMES

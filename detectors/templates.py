@@ -20,7 +20,6 @@ prompts contribute nothing, so ordinary users leave almost no trace in the share
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import F4LE, U4LE, Counters, any_of, ramp, shrunk_share
+from detectors.base import F4LE, U4LE, Counters, any_of, counts_in_range, ramp, shrunk_share
 from detectors.features import LONG_PROMPT
 from detectors.reference import Reference
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
@@ -217,10 +216,10 @@ class Templates:
         a, b = k * (SLOTS + 2), k * (SLOTS + 2 + SKEL)
         st.keys, st.skels, st.lasts = u[:a].reshape(k, SLOTS + 2), u[a:b].reshape(k, SKEL), u[b:]
         counts = _COUNTS[k].unpack_from(data, pos + 4 * k * (SLOTS + SKEL + 3))
-        # all finite <=> their sum is (at most 24 float32 values cannot overflow it; NaN and inf propagate).
-        # A NaN count made the score NaN (read as 0 for the client).
-        if not math.isfinite(sum(counts)):
-            raise ValueError(f"{self.name}: cluster counts are not finite")
+        # Decayed counts, in their declared range (``detectors.base.COUNT_MAX``). A NaN count made the score NaN
+        # (read as 0 for the client); a negative one would keep a hot template cold.
+        if not counts_in_range(data, pos + 4 * k * (SLOTS + SKEL + 3), k):
+            raise ValueError(f"{self.name}: cluster counts outside their declared range")
         st.counts = np.array(counts, np.float64)
         st._room = None
         return st

@@ -35,7 +35,7 @@ class AutomationTiming:
     def load(self, data: bytes) -> Counters:
         if len(data) > 8 + 4 * (HOURS0 + 24):  # longer than the counters (shorter: ``decode`` raises)
             raise ValueError(f"{self.name}: trailing bytes in state")
-        return Counters.decode(data, HOURS0 + 24)
+        return Counters.decode(data, HOURS0 + 24, (SUM_LOG, SUM_LOG + 1))  # log(gap + 0.05) < 0 for short gaps
 
     def observe(self, state: Counters, feats: RequestFeatures, now: float) -> DetectorScore:
         prev = state.last_ts

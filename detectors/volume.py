@@ -66,10 +66,12 @@ class VolumeShape:
             raise ValueError(f"{self.name}: state has the wrong size")
         ts, *values = _STATE.unpack(data)  # the whole state in one call
         st = VolumeState.__new__(VolumeState)  # field by field: no zero counters allocated to be replaced
-        st.counters = Counters.from_values(ts, tuple(values[:8]))
+        st.counters = Counters.from_values(ts, tuple(values[:8]), data)
         rate, tok_rate = values[8], values[9]
-        if not (math.isfinite(rate) and math.isfinite(tok_rate)):
-            raise ValueError(f"{self.name}: state holds non-finite rates")
+        # decayed counts: in [0, the float32 maximum ``dump`` clamps them to] (False for NaN); unlike the counters
+        # they decay with time only, so a sustained high rate may legitimately approach that maximum
+        if not (0.0 <= rate <= _F32_MAX and 0.0 <= tok_rate <= _F32_MAX):
+            raise ValueError(f"{self.name}: state holds rates outside [0, {_F32_MAX:g}]")
         st.rate, st.tok_rate, st.recent_sampling = rate, tok_rate, values[10:]
         return st
 

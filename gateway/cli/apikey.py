@@ -2,9 +2,11 @@
 
     ipgate apikey create --client acme-batch --tenant acme --roles chat [--limits CLASS] [--append keys.txt]
 
-``--limits CLASS`` gives the key a limit class (a key of the config's ``limits``): with ``--config`` the name
-is checked against that file; without it, the gateway checks it when it loads the key file (an unknown class
-is an error naming the line, and a reload with one keeps the previous keys).
+``--limits CLASS`` gives the key a limit class (a key of the config's ``limits``), checked against the
+gateway's configuration: ``--config``, else ``$IPGATE_CONFIG``, else ``/etc/ipgate/ipgate.yaml`` if it exists
+(``gateway/cli/findconfig.py``). With none of them the class is not checked (a warning says so) and the gateway
+checks it when it loads the key file (an unknown class is an error naming the line, and a reload with one keeps
+the previous keys).
 
 The key (``sk-...``) is shown only here; the gateway stores and compares only its SHA-256. Keep the key
 file readable by the gateway's user only. Changes to the file are picked up within
@@ -19,7 +21,8 @@ import sys
 from pathlib import Path
 
 from gateway.auth.apikeys import NAME_RE, format_line, generate_key, hash_key
-from gateway.config import ConfigError, load_config
+from gateway.cli.findconfig import find_config, searched
+from gateway.config import ConfigError
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -34,16 +37,26 @@ def _create(args: argparse.Namespace) -> int:
         if not NAME_RE.fullmatch(role):
             print(f"ipgate apikey: --roles: {role!r} has characters outside [A-Za-z0-9._:@/+-]", file=sys.stderr)
             return 2
-    if args.limits is not None and args.config:
+    found = find_config(args.config) if args.limits is not None else None
+    if found is not None:
         try:
-            classes = load_config(args.config).limits
+            classes = found.load().limits
         except ConfigError as e:
             print(f"ipgate apikey: {e}", file=sys.stderr)
             return 2
         if args.limits not in classes:
-            print(f"ipgate apikey: --limits {args.limits!r} is not a limit class of {args.config} "
+            print(f"ipgate apikey: --limits {args.limits!r} is not a limit class of {found.path} "
                   f"(classes: {', '.join(sorted(classes))})", file=sys.stderr)
             return 2
+        if found.implicit:
+            print(f"ipgate apikey: --limits {args.limits!r} checked against {found.path} ({found.origin})",
+                  file=sys.stderr)
+    elif args.limits is not None:
+        # The key is still made: a wrong class is caught by the gateway when it loads the key file (an error
+        # naming the line, the previous keys kept), but only then.
+        print(f"ipgate apikey: warning: --limits {args.limits!r} was not checked: no gateway configuration "
+              f"found ({searched()}); the gateway refuses the key file if it is not a key of its limits",
+              file=sys.stderr)
     key = generate_key()
     line = format_line(hash_key(key), args.client, args.tenant, roles, args.limits)
     if args.append:
@@ -78,6 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--tenant", help="tenant")
     c.add_argument("--roles", help="comma-separated roles")
     c.add_argument("--limits", metavar="CLASS", help="limit class (plan) of the key: a key of the config's limits")
-    c.add_argument("--config", help="gateway YAML to check --limits against")
+    c.add_argument("--config", help="gateway YAML to check --limits against (default: $IPGATE_CONFIG, then "
+                                     "/etc/ipgate/ipgate.yaml if it exists)")
     c.add_argument("--append", metavar="FILE", help="append the hash line to this key file (created 0600)")
     c.set_defaults(func=_create)

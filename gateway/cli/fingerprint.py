@@ -6,6 +6,12 @@ reference's own probes (all, or a random ``--sample N``) and compares. Exit code
 1 mismatch or inconclusive, 2 error (nothing to compare: no probe answered, or the reference cannot be used).
 ``record`` needs every probe to answer; ``check`` decides on the probes that answered, as the gateway does.
 Prompts are never printed: errors name the probe's id and the file's line.
+
+``record`` checks the set's size against ``fingerprint.probes_per_check`` of the gateway's configuration
+(``--config``, else ``$IPGATE_CONFIG``, else ``/etc/ipgate/ipgate.yaml`` if it exists; see
+``gateway/cli/findconfig.py``) before sending anything: fewer probes is an error (exit 2, nothing probed or
+written), exactly as many a warning, as ``ipgate check`` judges the reference. A private set recorded with no
+configuration found gets a warning that it was not checked.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any
 
 from fingerprint import DEFAULT_PROBES, Probe, ProbeSetError, Signature, compare, parse_probe_set
 from fingerprint.probeset import public_probe_ids, reference_probes, restrict, sample
+from gateway.cli.findconfig import find_config, searched
+from gateway.config import ConfigError
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 
 MIN_USABLE_ANSWERS = 4  # fingerprint.min_probes' default: a reference with fewer usable answers cannot decide
@@ -64,6 +72,8 @@ def register(sub: Any) -> None:
             q.add_argument("--probes", metavar="FILE",
                            help="private probe set: JSONL, one {\"id\", \"prompt\", \"max_tokens\"?} per line "
                                 "(default: the bundled public probes)")
+            q.add_argument("--config", help="gateway YAML whose fingerprint.probes_per_check the set is checked "
+                                            "against (default: $IPGATE_CONFIG, then /etc/ipgate/ipgate.yaml)")
         else:
             q.add_argument("--reference", required=True, help="signature file written by 'record'")
             q.add_argument("--json", action="store_true", help="print one JSON object (also on an error)")
@@ -106,6 +116,35 @@ def _probe_set(path: str | None) -> tuple[Probe, ...]:
         print(f"warning: {len(public)} of the {len(probes)} probes are bundled public ones ({', '.join(public)}): "
               "a dishonest backend can recognise those", file=sys.stderr)
     return probes
+
+
+def _check_rotation(probes: tuple[Probe, ...], config: str | None, path: str | None) -> None:
+    """Refuse a set the gateway could not rotate: with fewer probes than ``probes_per_check`` every round sends
+    all of them (one round shows a backend the whole private set) and ``ipgate check`` calls the reference an
+    error. Caught here, before the private prompts go to a backend for a reference that would be refused."""
+    found = find_config(config)
+    what = f"--probes {path}: {len(probes)} probes" if path else f"the {len(probes)} bundled probes"
+    if found is None:
+        if path:
+            print(f"warning: no gateway configuration found ({searched()}): the set's {len(probes)} probes were not "
+                  "checked against fingerprint.probes_per_check (rounds rotate only with more probes than that; "
+                  "`ipgate check` checks it)", file=sys.stderr)
+        return
+    try:
+        k = found.load().fingerprint.probes_per_check
+    except ConfigError as e:
+        raise _Fail(str(e)) from e
+    where = f"{found.path}" + (f" ({found.origin})" if found.implicit else "")
+    if len(probes) < k:
+        raise _Fail(f"{what}, fewer than fingerprint.probes_per_check ({k}) in {where}: every round would send "
+                    "all of them and `ipgate check` refuses such a reference; "
+                    + ("add probes to the set" if path else "record from a private set (--probes FILE)")
+                    + " or lower probes_per_check")
+    if path and len(probes) == k:
+        print(f"warning: {what}, exactly fingerprint.probes_per_check in {where}: every round sends all of them, "
+              "so one round shows a backend the whole private set; add probes", file=sys.stderr)
+    elif found.implicit:
+        print(f"note: {what} checked against fingerprint.probes_per_check ({k}) in {where}", file=sys.stderr)
 
 
 def _check_probes(reference: Signature, n: int | None, path: str) -> tuple[Probe, ...]:
@@ -166,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         reference = _read_reference(args.reference) if args.fp_command == "check" else None
         if reference is None:
             probes = _probe_set(args.probes)
+            _check_rotation(probes, args.config, args.probes)
         else:
             probes = _check_probes(reference, args.sample, args.reference)
             reference = restrict(reference, (p.id for p in probes))

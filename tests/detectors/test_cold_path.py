@@ -7,7 +7,9 @@ until first used, and look the bytes up in the decoded-state cache through a sho
 here runs the new code and a plain reference (the decoding as it was before, written out below) on the same
 bytes — real states from request streams, random valid states, and corrupted ones — and requires identical
 results: the same values bit for bit, dtypes, shapes and writability, the same bytes written back, the same
-scores after further requests, and a ValueError exactly where the reference raises one.
+scores after further requests, and a ValueError exactly where the reference raises one. The references also
+apply the declared ranges of the stored numbers (``detectors.state``, ``detectors.base.COUNT_MAX``), written out
+plainly, so the decoders' cheaper range checks are compared with them too.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ import numpy as np
 import pytest
 
 from detectors import state as envelope
-from detectors.base import Counters
+from detectors.base import COUNT_MAX, Counters
 from detectors.combiner import CombinerParams
 from detectors.coverage import RING, TOPIC0, Coverage, CoverageState
 from detectors.decoded_cache import DecodedCache
 from detectors.engine import Engine
 from detectors.features import EMBED_DIM
-from detectors.linking import MAX_PEERS, LinkState
+from detectors.linking import MAX_PEERS, MAX_SHARED, LinkState
 from detectors.logit_probing import LogitProbing, ProbeState
+from detectors.state import MAX_TS
 from detectors.templates import MAX_CLUSTERS, SKEL, SLOTS, Templates, TemplateState
-from detectors.timing import HOURS0
+from detectors.timing import HOURS0, SUM_LOG
 from detectors.types import ResponseFeatures
 from detectors.volume import VolumeState
 from tests.detectors.conftest import chat, feats
@@ -42,7 +45,7 @@ F4, U4 = np.dtype("<f4"), np.dtype("<u4")
 
 # --- the plain decoders, as they were before the cold-path round ----------------------------------------------
 
-def ref_counters(data: bytes, size: int) -> Counters:
+def ref_counters(data: bytes, size: int, signed: tuple[int, int] = (0, 0)) -> Counters:
     st = Counters(size)
     if len(data) < 8 + 4 * size:
         raise ValueError("truncated")
@@ -50,6 +53,9 @@ def ref_counters(data: bytes, size: int) -> Counters:
     st.c = np.frombuffer(data, dtype=F4, count=size, offset=8).astype(np.float64)
     if not np.all(np.isfinite(st.c)):
         raise ValueError("non-finite")
+    counts = np.delete(st.c, np.arange(*signed))
+    if not (np.all(np.abs(st.c) < COUNT_MAX) and not np.signbit(counts).any() and 0.0 <= st.last_ts <= MAX_TS):
+        raise ValueError("range")  # a count's sign bit is never set, not even on a zero
     return st
 
 
@@ -78,14 +84,14 @@ def ref_templates(data: bytes) -> TemplateState:
     st.sigs[:], st.heads[:], st.tails[:] = u[:a].reshape(k, SLOTS), u[b : b + k], u[b + k : b + 2 * k]
     st.skels, st.lasts = u[a:b].reshape(k, SKEL), u[b + 2 * k :]
     st.counts = np.frombuffer(data, F4, k, pos + 4 * k * (SLOTS + SKEL + 3)).astype(np.float64)
-    if not np.isfinite(st.counts).all():
+    if not (np.isfinite(st.counts).all() and not np.signbit(st.counts).any() and np.all(st.counts < COUNT_MAX)):
         raise ValueError("counts")
     return st
 
 
 def ref_coverage(data: bytes, k: int) -> CoverageState:
     st = CoverageState(k)
-    st.counters = ref_counters(data, TOPIC0 + k + EMBED_DIM)
+    st.counters = ref_counters(data, TOPIC0 + k + EMBED_DIM, (TOPIC0 + k, TOPIC0 + k + EMBED_DIM))
     pos = 8 + 4 * len(st.counters.c)
     if len(data) != pos + RING * EMBED_DIM + 1:
         raise ValueError("size")
@@ -101,15 +107,15 @@ def ref_volume(data: bytes) -> VolumeState:
     if len(data) != 40 + 24:
         raise ValueError("size")
     st.rate, st.tok_rate, *recent = struct.unpack_from("<ff4I", data, 40)
-    if not (math.isfinite(st.rate) and math.isfinite(st.tok_rate)):
+    if not (math.isfinite(st.rate) and math.isfinite(st.tok_rate) and st.rate >= 0.0 and st.tok_rate >= 0.0):
         raise ValueError("rates")
     st.recent_sampling = list(recent)
     return st
 
 
-def ref_plain_counters(size: int) -> Any:
+def ref_plain_counters(size: int, signed: tuple[int, int] = (0, 0)) -> Any:
     def load(data: bytes) -> Counters:
-        st = ref_counters(data, size)
+        st = ref_counters(data, size, signed)
         if 8 + 4 * size != len(data):
             raise ValueError("trailing")
         return st
@@ -128,8 +134,10 @@ def ref_linking(data: bytes) -> LinkState:
             pos += 5 + n
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise ValueError("malformed") from e
-    if pos != len(data) or count > MAX_PEERS or not all(0.0 <= c < math.inf for c in st.peers.values()):
+    if pos != len(data) or count > MAX_PEERS or not all(0.0 <= c <= MAX_SHARED for c in st.peers.values()):
         raise ValueError("malformed")
+    if not 0.0 <= st.last_ts <= MAX_TS:
+        raise ValueError("timestamp")
     return st
 
 
@@ -145,6 +153,8 @@ def ref_envelope(data: bytes) -> envelope.Envelope:
             0.0 <= x <= 1.0 for x in (last_score, max_score, cluster)
         ):
             raise ValueError("header")
+        if not (0.0 <= last_ts <= MAX_TS and (below == -1.0 or 0.0 <= below <= MAX_TS)):
+            raise ValueError("header times")
         env = envelope.Envelope(seen, tier, below, last_ts, last_score, max_score, cluster)
         pos = 3 + header.size
         while pos < len(data):
@@ -217,7 +227,8 @@ def references(engine: Engine) -> dict[str, Any]:
     k = next(d.k for d in engine.detectors if isinstance(d, Coverage))
     return {
         "logit_probing": ref_probe, "templates": ref_templates, "coverage": lambda d: ref_coverage(d, k),
-        "volume": ref_volume, "timing": ref_plain_counters(HOURS0 + 24), "reasoning": ref_plain_counters(3),
+        "volume": ref_volume, "timing": ref_plain_counters(HOURS0 + 24, (SUM_LOG, SUM_LOG + 1)),
+        "reasoning": ref_plain_counters(3),
         "linking": ref_linking,
     }
 
@@ -268,27 +279,36 @@ def real_states(params: CombinerParams) -> list[bytes]:
 
 # --- the tests --------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("size", [0, 1, 3, 8, 15, 16, 17, 28, 32, 33, 99])
-def test_counter_decode_equals_the_plain_decoder(size: int) -> None:
+def test_counter_decode_equals_the_plain_decoder(size: int, signed: bool) -> None:
     r = np.random.default_rng(size)
-    specials = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0], dtype=np.float32)
+    block = (size // 3, size // 3 + max(size // 4, 1)) if signed and size >= 2 else (0, 0)  # signed sums
+    below_max = np.nextafter(np.float32(COUNT_MAX), np.float32(0.0))  # the largest count in range
+    valid = np.array([0.0, 1e-45, 1.0, below_max], dtype=np.float32)
+    out_of_range = np.array([-0.0, -1e-45, -1.0, COUNT_MAX, 3.4e38, -3.4e38], dtype=np.float32)
     for trial in range(60):
-        vals = (r.standard_normal(size) * 10.0 ** r.integers(-3, 6)).astype(np.float32)
+        vals = np.abs(r.standard_normal(size) * 10.0 ** r.integers(-3, 6)).astype(np.float32)
+        vals[block[0] : block[1]] *= -1  # any sign is in range there
         if size and trial % 3 == 0:
-            vals[r.integers(size)] = specials[trial % len(specials)]
-        bad = size and trial % 5 == 4
-        if bad:
+            vals[r.integers(size)] = valid[trial % len(valid)]
+        bad = bool(size) and trial % 5 >= 3
+        if bad and trial % 5 == 3:
+            counts = [i for i in range(size) if not block[0] <= i < block[1]]
+            vals[counts[r.integers(len(counts))]] = out_of_range[trial % len(out_of_range)]
+        elif bad:
             vals[r.integers(size)] = [np.nan, np.inf, -np.inf][trial % 3]
         data = struct.pack("<d", float(r.uniform(0, 2e9))) + vals.tobytes() + bytes(r.integers(0, 256, 7).tolist())
-        want = outcome(ref_counters, data, size)
-        got = outcome(Counters.decode, data, size)
-        assert got[0] == want[0] == ("ValueError" if bad else "ok")
+        want = outcome(ref_counters, data, size, block)
+        got = outcome(Counters.decode, data, size, block)
+        assert got[0] == want[0] == ("ValueError" if bad else "ok"), (trial, vals)
         if want[1] is not None:
             same_state("counters", got[1], want[1])
-            loaded = Counters(size)
-            assert loaded.load(data) == 8 + 4 * size
-            same_state("counters", loaded, want[1])
-        assert outcome(Counters.decode, data[: 8 + 4 * size - 1], size)[0] == "ValueError"  # truncated
+            if block == (0, 0):  # ``load`` reads a block of counts
+                loaded = Counters(size)
+                assert loaded.load(data) == 8 + 4 * size
+                same_state("counters", loaded, want[1])
+        assert outcome(Counters.decode, data[: 8 + 4 * size - 1], size, block)[0] == "ValueError"  # truncated
 
 
 def test_every_detector_decodes_real_states_as_the_plain_decoder_did(engine: Engine, real_states: list[bytes]
@@ -319,9 +339,11 @@ def test_decoded_states_go_on_exactly_like_the_plain_ones(engine: Engine, real_s
 
 
 def _random_blob(name: str, r: random.Random, k_topics: int) -> bytes:
-    """A state of the right layout with random (finite) contents."""
-    def f32(n: int) -> bytes:
-        return np.array([r.uniform(-1e6, 1e6) for _ in range(n)], dtype=np.float32).tobytes()
+    """A state of the right layout with random (finite) contents: counts non-negative but now and then (and
+    signed sums always) with negative values too."""
+    def f32(n: int, signed: bool = False) -> bytes:
+        lo = -1e6 if signed or r.random() < 0.1 else 0.0
+        return np.array([r.uniform(lo, 1e6) for _ in range(n)], dtype=np.float32).tobytes()
 
     def u32(n: int) -> bytes:
         return np.array([r.getrandbits(32) for _ in range(n)], dtype=np.uint32).tobytes()
@@ -333,11 +355,12 @@ def _random_blob(name: str, r: random.Random, k_topics: int) -> bytes:
         k = r.randint(0, MAX_CLUSTERS)
         return ts + f32(3) + bytes((k,)) + u32(k * (SLOTS + SKEL + 3)) + f32(k)
     if name == "coverage":
-        return ts + f32(TOPIC0 + k_topics + EMBED_DIM) + r.randbytes(RING * EMBED_DIM) + bytes((r.randrange(256),))
+        return (ts + f32(TOPIC0 + k_topics) + f32(EMBED_DIM, signed=True) + r.randbytes(RING * EMBED_DIM)
+                + bytes((r.randrange(256),)))
     if name == "volume":
         return ts + f32(8) + f32(2) + u32(4)
     if name == "timing":
-        return ts + f32(HOURS0 + 24)
+        return ts + f32(SUM_LOG) + f32(1, signed=True) + f32(HOURS0 + 24 - SUM_LOG - 1)
     if name == "reasoning":
         return ts + f32(3)
     peers = r.randint(0, 3)

@@ -15,7 +15,7 @@ import pytest
 
 from detectors import features
 from detectors import state as envelope
-from detectors.base import Counters
+from detectors.base import COUNT_MAX, Counters
 from detectors.combiner import CombinerParams
 from detectors.engine import Engine, Pending
 from detectors.features import _crc, extract
@@ -136,6 +136,9 @@ def test_counter_load_rejects_non_finite_values(bad: float, size: int) -> None:
     c.c[2] = bad
     with pytest.raises(ValueError, match="non-finite"):
         Counters(size).load(c.dump())
-    c.c[:] = 3.4e38  # the largest float32: finite, and their float64 sum does not overflow
-    c.c[1] = -3.4e38
+    c.c[:] = np.nextafter(np.float32(COUNT_MAX), np.float32(0.0))  # the largest count in the declared range
     assert Counters(size).load(c.dump()) == c.nbytes()
+    for out_of_range in (COUNT_MAX, 3.4e38, -3.4e38, -1.0, -0.0):  # finite, but no count the gateway writes
+        c.c[1] = out_of_range
+        with pytest.raises(ValueError, match="declared range"):
+            Counters(size).load(c.dump())

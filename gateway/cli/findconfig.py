@@ -1,0 +1,64 @@
+"""Finding the gateway's configuration for the commands that only check their arguments against it.
+
+``apikey create --limits CLASS`` (is CLASS a key of ``limits``?) and ``fingerprint record --probes FILE`` (does
+the set hold more probes than ``fingerprint.probes_per_check``?) do not need a configuration to do their job,
+but a mistake they let through is found only later, by the gateway or ``ipgate check``. So they look for one
+and check whenever they find it, in this order:
+
+1. ``--config FILE``;
+2. the file the environment variable ``IPGATE_CONFIG`` names (an empty value counts as unset);
+3. ``/etc/ipgate/ipgate.yaml``, where ``deploy/`` installs it, when that file exists.
+
+A configuration that is found but cannot be loaded is an error (the command stops, the message says where the
+path came from); finding none is said on stderr by the command, never skipped silently. ``IPGATE_*`` overrides
+in the environment apply as they do for ``serve`` (the gateway's own environment file is not read).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+ENV_VAR = "IPGATE_CONFIG"
+DEFAULT_CONFIG = Path("/etc/ipgate/ipgate.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundConfig:
+    path: Path
+    origin: str  # "--config", "$IPGATE_CONFIG" or "the default path": for messages
+
+    @property
+    def implicit(self) -> bool:
+        """Found without ``--config``: worth saying which file was used."""
+        return self.origin != "--config"
+
+    def load(self) -> GatewayConfig:
+        """The validated configuration; ConfigError names the file and, for an implicit one, where it came from."""
+        try:
+            return load_config(self.path)
+        except ConfigError as e:
+            if not self.implicit:
+                raise
+            raise ConfigError(f"{e} (found through {self.origin}; pass --config FILE to use another)") from e
+
+
+def searched() -> str:
+    """The places looked in, in order: what the commands print when they find none."""
+    return f"--config, ${ENV_VAR}, {DEFAULT_CONFIG}"
+
+
+def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> FoundConfig | None:
+    """The configuration to check against, or None when there is none to find."""
+    if explicit:
+        return FoundConfig(Path(explicit), "--config")
+    named = (os.environ if env is None else env).get(ENV_VAR)
+    if named:
+        return FoundConfig(Path(named), f"${ENV_VAR}")
+    if DEFAULT_CONFIG.is_file():
+        return FoundConfig(DEFAULT_CONFIG, "the default path")
+    return None
