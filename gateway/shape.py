@@ -4,13 +4,16 @@ Tier hardening (``gateway.hardening.harden``: caps on logprobs/bias/n/seed, clie
 removed; ``logit_bias``/``seed`` removed for watermark-capable backends), the watermark directives for a
 backend whose engine watermarks (``BackendLease.engine_watermark``: marked ``watermark_capable`` and its KGW
 plugin verified by the probe, ``gateway/kgw_probe.py``; otherwise its responses are watermarked post hoc),
-the backend's own model name, and ``stream_options.include_usage`` for streams (the gateway needs real usage
-to reconcile the token reservation). The body is re-encoded only when something changed;
-otherwise the client's bytes go upstream as they came.
+the backend's own model name, its prefix-cache salt (``cache_salt``), and ``stream_options.include_usage`` for
+streams (the gateway needs real usage to reconcile the token reservation). The body is re-encoded only when
+something changed; otherwise the client's bytes go upstream as they came.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
 import logging
 import random
@@ -95,6 +98,12 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
             body = body if changed else dict(body)
             body.update(extra)
             changed = True
+    if backend.cache_salt != "none":
+        salt = cache_salt(principal, backend.cache_salt)
+        if body.get("cache_salt") != salt:
+            body = body if changed else dict(body)
+            body["cache_salt"] = salt
+            changed = True
     if backend.upstream_model and backend.upstream_model != parsed.model:
         body = body if changed else dict(body)
         body["model"] = backend.upstream_model
@@ -110,6 +119,22 @@ def upstream_body(ctx: AppContext, parsed: ParsedRequest, principal: Principal, 
     if not changed:
         return parsed.raw
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def cache_salt(principal: Principal, scope: str) -> str:
+    """The prefix-cache salt of ``principal``'s requests (``BackendConfig.cache_salt``): 256 bits, base64url
+    without padding (43 characters, what vLLM recommends), the same on every replica and after restarts (the
+    cache stays warm for the client). Not keyed: it only has to differ between clients, and a client cannot
+    choose it (the gateway replaces a client's own) — a hash with domain separation is enough for that.
+    ``tenant``: clients of one tenant share their cache; a client without a tenant is its own."""
+    who = f"tenant\0{principal.tenant}" if scope == "tenant" and principal.tenant else f"client\0{principal.client_id}"
+    return _salt_of(who)
+
+
+@functools.lru_cache(maxsize=4096)
+def _salt_of(who: str) -> str:
+    digest = hashlib.sha256(b"ipgate prefix-cache salt v1\0" + who.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def harden_responses(body: dict[str, Any], cfg: HardeningConfig,

@@ -48,6 +48,10 @@ class BackendConfig(_Model):
     # (DeepSeek-R1 style): its answers begin inside the chain of thought, which ends at the first "</think>"
     think_prefilled: bool = False
     fingerprint_reference: str | None = None  # signature file from `ipgate fingerprint record`; None: unchecked
+    # vLLM (V1 engine) prefix-cache isolation: the gateway sets `cache_salt` to a hash of the client (or its
+    # tenant), so a request reuses only cache blocks computed for the same client or tenant and the time to its
+    # first token tells nothing about other clients' prompts; a client's own cache_salt is replaced. none: as sent
+    cache_salt: Literal["none", "client", "tenant"] = "none"
 
     @field_validator("url")
     @classmethod
