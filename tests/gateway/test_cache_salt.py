@@ -37,7 +37,7 @@ async def _send(gw: GatewayHandle, client: str, path: str, body: dict[str, Any],
 async def test_salt_per_client_or_tenant_replaces_the_clients_own(scope: str, who: tuple[str, str], same: bool
                                                                   ) -> None:
     async with sim_backend() as sim, running_gateway(_cfg(sim.url, scope)) as gw:
-        salts = []
+        salts: list[str] = []
         for i, client in enumerate(who):
             body = {"model": "sim", "messages": MSG, "max_tokens": 4}
             if i == 1:
