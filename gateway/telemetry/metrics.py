@@ -168,7 +168,8 @@ class Metrics:
             ["model", "state"], registry=r, multiprocess_mode="livemostrecent",
         )
         self.canary_events_total = Counter(
-            "ipgate_canary_events_total", "Canary events: step, analysis_ok, analysis_failed, abort, promote.",
+            "ipgate_canary_events_total", "Canary events: started, step, analysis_passed, analysis_failed, "
+            "paused, resumed, aborted, promoted.",
             ["model", "event"], registry=r,
         )
 
@@ -186,7 +187,8 @@ class Metrics:
             "ipgate_detection_tier_total", "Requests by the policy tier their client was in.", ["tier"], registry=r,
         )
         self.alerts_total = Counter(
-            "ipgate_alerts_total", "Alerts by sink and outcome (delivered, retried, dropped, deduplicated).",
+            "ipgate_alerts_total", "Alerts by sink and outcome (delivered, retried, failed, dropped; sink all: "
+            "deduplicated, rate_limited, dropped).",
             ["sink", "outcome"], registry=r,
         )
         self.watermark_responses_total = Counter(
