@@ -133,10 +133,16 @@ def _instructions_of(messages: list[Any]) -> str:
     return parts[0] if len(parts) == 1 else "\n".join(parts)
 
 
-@functools.lru_cache(maxsize=512)
 def _instruction_demands(text: str) -> tuple[bool, bool, bool]:
-    """``demands`` of an instructions text, read where demands sit (its start and its end) like a prompt."""
-    return demands((text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:]).lower())
+    """``demands`` of an instructions text, read where demands sit (its start and its end) like a prompt.
+    Cached by that bounded scan, never by the whole text: 512 whole system prompts of up to the body limit
+    each (4 MB) held gigabytes per process, for any client that sent that many distinct ones."""
+    return _scan_demands(text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:])
+
+
+@functools.lru_cache(maxsize=512)
+def _scan_demands(scan: str) -> tuple[bool, bool, bool]:
+    return demands(scan.lower())
 
 
 def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
@@ -311,7 +317,7 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
     if type(msgs) is list and msgs and not (cot and rubric and meta):
         # A demand may sit in the instructions instead of the prompt (a harvesting script's system prompt
         # "always reason step by step in full" over dataset questions): the leading system/developer messages
-        # count too. They repeat from request to request, so their scan is cached by text.
+        # count too. They repeat from request to request, so their scan is cached (by its bounded head and tail).
         inst = _instructions_of(msgs)
         if inst:
             i_cot, i_rubric, i_meta = _instruction_demands(inst)

@@ -7,7 +7,10 @@ and check whenever they find it, in this order:
 
 1. ``--config FILE``;
 2. the file the environment variable ``IPGATE_CONFIG`` names (an empty value counts as unset);
-3. ``/etc/ipgate/ipgate.yaml``, where ``deploy/`` installs it, when that file exists.
+3. ``/etc/ipgate/ipgate.yaml``, where ``deploy/`` installs it, when that file exists and this user can read
+   it: ``/etc/ipgate`` also holds the gateway's secrets (``env``) and is often ``root:ipgate 0750``, and an
+   operator who cannot read it still gets the command done (the warning says the file was not readable),
+   as before the lookup existed, instead of an error or a ``PermissionError``.
 
 A configuration that is found but cannot be loaded is an error (the command stops, the message says where the
 path came from); finding none is said on stderr by the command, never skipped silently. ``IPGATE_*`` overrides
@@ -49,7 +52,18 @@ class FoundConfig:
 
 def searched() -> str:
     """The places looked in, in order: what the commands print when they find none."""
-    return f"--config, ${ENV_VAR}, {DEFAULT_CONFIG}"
+    note = " (not readable by this user)" if _default_state() == "unreadable" else ""
+    return f"--config, ${ENV_VAR}, {DEFAULT_CONFIG}{note}"
+
+
+def _default_state() -> str:
+    """``DEFAULT_CONFIG`` is "readable", "unreadable" by this user, or "absent"."""
+    try:
+        if not DEFAULT_CONFIG.is_file():
+            return "absent"
+    except OSError:  # stat refused (EACCES: the directory is not searchable by this user); is_file re-raises it
+        return "unreadable"
+    return "readable" if os.access(DEFAULT_CONFIG, os.R_OK) else "unreadable"
 
 
 def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> FoundConfig | None:
@@ -59,6 +73,6 @@ def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> F
     named = (os.environ if env is None else env).get(ENV_VAR)
     if named:
         return FoundConfig(Path(named), f"${ENV_VAR}")
-    if DEFAULT_CONFIG.is_file():
+    if _default_state() == "readable":
         return FoundConfig(DEFAULT_CONFIG, "the default path")
     return None

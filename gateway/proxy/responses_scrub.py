@@ -46,7 +46,7 @@ class Scrubber:
 
     withheld: Counter[str]
     fields: FieldPolicy | None = None  # deployment-internal fields of the response object (proxy config)
-    fields_removed = False
+    fields_removed = False  # something was removed from a response object (null copies too): re-encode it
 
     def _withhold(self, kind: str, detail: str) -> list[dict[str, Any]]:
         """Text the gateway cannot watermark: never relayed; logged once per kind per process, counted by kind
@@ -61,8 +61,11 @@ class Scrubber:
     def _clean_response(self, response: dict[str, Any]) -> None:
         for name in _RESPONSE_COPIES:
             if name in response:
-                del response[name]
-                self._withhold("response_copy", f"the response's {name}")
+                # a null copy holds no text: removed as before, but neither counted nor logged (vLLM 0.33 writes
+                # input_messages and output_messages, null unless asked for, into every response object)
+                self.fields_removed = True  # the body is re-encoded without it
+                if response.pop(name) is not None:
+                    self._withhold("response_copy", f"the response's {name}")
         if self.fields is not None and self.fields.scrub_response(response):
             self.fields_removed = True
 

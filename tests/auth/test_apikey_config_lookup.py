@@ -8,6 +8,7 @@ found but cannot be loaded is an error naming where it came from; finding none m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -84,3 +85,31 @@ def test_without_limits_no_config_is_read(
     assert main(["apikey", "create", "--client", "svc"]) == 0
     out, err = capsys.readouterr()
     assert "store it now" in out and err == ""
+
+
+class _StatDenied(type(Path())):  # type: ignore[misc]
+    """A path whose stat fails as it does for a user who cannot search ``/etc/ipgate`` (root:ipgate 0750): the
+    tests run as root here, for whom the kernel never refuses."""
+
+    def stat(self, *, follow_symlinks: bool = True) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+
+@pytest.mark.parametrize("how", ["directory", "file"])
+def test_an_unreadable_default_config_is_no_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """An operator who may not read /etc/ipgate still makes the key (as before the lookup existed), with the
+    warning that the class was not checked and why; it was an internal error (PermissionError) or exit 2."""
+    monkeypatch.delenv("IPGATE_CONFIG", raising=False)
+    path = write_config(tmp_path / "etc" / "ipgate.yaml", "free")
+    if how == "directory":
+        monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", _StatDenied(path))
+    else:  # the file is there but not readable by this user (0640 root:ipgate)
+        monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", path)
+        monkeypatch.setattr("gateway.cli.findconfig.os.access", lambda p, mode: Path(p) != path)
+    assert main(["apikey", "create", "--client", "trial-7", "--limits", "free"]) == 0
+    out, err = capsys.readouterr()
+    assert "store it now" in out and out.rstrip().endswith(" trial-7 limits=free")
+    assert f"was not checked: no gateway configuration found (--config, $IPGATE_CONFIG, {path} (not readable " \
+           "by this user))" in err, err

@@ -72,6 +72,26 @@ def test_demands_in_the_instructions(messages: list[dict[str, Any]], expected: t
         assert (f.cot, f.rubric, f.meta_prompt) == expected
 
 
+def test_the_instructions_cache_does_not_keep_whole_system_prompts() -> None:
+    """A client sending many distinct 1 MB system prompts must not pin them in the cache (512 of them, up to
+    the 4 MB body limit each, were gigabytes per process): only the bounded scan of each is kept."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(20):
+            system = f"{i} You are a helpful assistant. " * 32_000 + "Think step by step."
+            f = extract(CHAT, {"messages": [{"role": "system", "content": system},
+                                            {"role": "user", "content": "What is 2 + 2?"}]}, 1.0)
+            assert f.cot  # still read at the end of a long system prompt
+            del system
+        kept = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000, kept  # was ~20 MB: every 1 MB prompt held by the cache
+
+
 def test_completions_fields() -> None:
     f = extract(COMPLETIONS, {"prompt": ["first prompt here", "second"], "logprobs": 5, "echo": True}, 1.0)
     assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words == 3

@@ -86,3 +86,22 @@ async def test_the_start_up_round_is_sent_at_once_later_rounds_spread(
     assert len(second) == 8
     assert max(first) - min(first) < 0.2, first
     assert max(second) - min(second) > 0.1, second
+
+
+async def test_cancelling_a_spread_round_ends_it_at_once(checked: tuple[FingerprintChecker, ModelServer]) -> None:
+    """Shutdown (``close`` cancels the task awaiting the round) does not wait out a round's spread (up to
+    spread_s, 30 s by default), no probe of the cancelled round is sent afterwards, and the round lock is free."""
+    checker, b = checked
+    checker.cfg = FingerprintConfig(interval_s=1000, jitter=0, spread_s=60, timeout_s=5)  # window 60 s
+    round_ = asyncio.create_task(checker.check_now(MODEL, "b", spread=True))
+    await asyncio.sleep(0.2)  # the round is asleep in its spread
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    round_.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    assert loop.time() - t0 < 1.0
+    sent = len(b.arrivals)
+    await asyncio.sleep(0.3)
+    assert len(b.arrivals) == sent < 8
+    assert not checker._round_lock.locked()  # an on-demand check after it is not blocked
