@@ -1,4 +1,4 @@
-"""``ipgate check --config FILE [--connect] [--json] [--strict]``: validate a configuration before serving it.
+"""``ipgate check [--config FILE] [--connect] [--json] [--strict]``: validate a configuration before serving it.
 
 Run it before a deployment or a SIGHUP reload, in CI for a config repository, or when the gateway refuses to
 start: it builds every part of the gateway that reads the config, secrets and files (``gateway/preflight.py``),
@@ -18,7 +18,8 @@ import logging
 import sys
 from typing import Any
 
-from gateway.config import ConfigError, load_config
+from gateway.cli.findconfig import find_config, searched
+from gateway.config import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,8 @@ def register(sub: Any) -> None:
         "check", help="validate a configuration (secrets, files, keys; --connect: Redis, backends, JWKS)",
         description="Validate a gateway configuration without serving it. Exit 0: no error; 1: warnings with "
                     "--strict; 2: errors.")
-    p.add_argument("--config", required=True, help="YAML configuration file (IPGATE_* env overrides apply)")
+    p.add_argument("--config", help="YAML configuration file (IPGATE_* env overrides apply); default: "
+                                    "$IPGATE_CONFIG, else /etc/ipgate/ipgate.yaml")
     p.add_argument("--connect", action="store_true",
                    help="also check Redis (PING), each backend's health path and KGW plugin, and the JWKS URL")
     p.add_argument("--json", action="store_true", help='print one object: {"ok", "errors", "warnings", "findings"}')
@@ -39,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.CRITICAL)
     from gateway.preflight import Finding, offline, online
 
+    found = find_config(args.config)
+    if found is None:
+        print(f"ipgate check: no configuration: pass --config FILE (looked in {searched()})", file=sys.stderr)
+        return 2
+    args.config = str(found.path)
     try:
-        cfg = load_config(args.config)
+        cfg = found.load()
     except ConfigError as e:
         findings = [Finding("error", "config", str(e))]
     else:

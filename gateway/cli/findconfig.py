@@ -1,9 +1,9 @@
-"""Finding the gateway's configuration for the commands that only check their arguments against it.
+"""Finding the gateway's configuration when ``--config`` is not given.
 
-``apikey create --limits CLASS`` (is CLASS a key of ``limits``?) and ``fingerprint record --probes FILE`` (does
-the set hold more probes than ``fingerprint.probes_per_check``?) do not need a configuration to do their job,
-but a mistake they let through is found only later, by the gateway or ``ipgate check``. So they look for one
-and check whenever they find it, in this order:
+``serve`` and ``check`` need one (none found: exit 2). ``apikey create --limits CLASS`` (is CLASS a key of
+``limits``?) and ``fingerprint record --probes FILE`` (does the set hold more probes than
+``fingerprint.probes_per_check``?) do not need one to do their job, but a mistake they let through is found
+only later, by the gateway or ``ipgate check``; so they check whenever they find one. The order:
 
 1. ``--config FILE``;
 2. the file the environment variable ``IPGATE_CONFIG`` names (an empty value counts as unset);

@@ -1,4 +1,5 @@
-"""``ipgate serve --config FILE [--workers N]``: run the gateway."""
+"""``ipgate serve [--config FILE] [--workers N]``: run the gateway (without ``--config``: ``$IPGATE_CONFIG``, else
+``/etc/ipgate/ipgate.yaml``; see ``gateway/cli/findconfig.py``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import argparse
 import logging
 import sys
 
+from gateway.cli.findconfig import find_config, searched
 from gateway.config import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the gateway (public API + admin listener)",
                        description="Run the gateway. SIGTERM drains gracefully; SIGHUP reloads models and routing.")
-    p.add_argument("--config", required=True, help="YAML configuration file (IPGATE_* env overrides apply)")
+    p.add_argument("--config", help="YAML configuration file (IPGATE_* env overrides apply); default: "
+                                    "$IPGATE_CONFIG, else /etc/ipgate/ipgate.yaml")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes sharing the port (default: server.workers from the config)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -30,9 +33,16 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and not 1 <= args.workers <= 1024:  # the same bounds as server.workers
         print("ipgate serve: --workers must be between 1 and 1024", file=sys.stderr)
         return 2
+    found = find_config(args.config)
+    if found is None:
+        print(f"ipgate serve: no configuration: pass --config FILE (looked in {searched()}; `ipgate demo` runs "
+              "the built-in one)", file=sys.stderr)
+        return 2
+    if found.implicit:
+        logging.getLogger("ipgate").info("configuration %s (found through %s)", found.path, found.origin)
     try:
         supervised = (args.supervised[0], args.supervised[1]) if args.supervised else None
-        return serve(args.config, args.workers, args.log_level, supervised=supervised)
+        return serve(str(found.path), args.workers, args.log_level, supervised=supervised)
     except ConfigError as e:
         print(f"ipgate serve: {e}", file=sys.stderr)
         return 2

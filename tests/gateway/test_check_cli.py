@@ -200,3 +200,31 @@ def test_offline_never_writes_or_connects(tmp_path: Path) -> None:
     ), env=GOOD_ENV)
     found = offline(cfg, env=GOOD_ENV)
     assert _levels(found, "error") == [] and not any(f.exists() for f in files)
+
+
+def test_check_and_serve_find_the_config_through_ipgate_config(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --config both take $IPGATE_CONFIG (containers, systemd units), else /etc/ipgate/ipgate.yaml; with
+    none of them they stop with exit 2 naming where they looked, never with a traceback."""
+    import gateway.cli.findconfig as findconfig
+
+    monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("IPGATE_CONFIG", raising=False)
+    assert cli_main(["check", "--json"]) == 2
+    assert "no configuration: pass --config FILE (looked in --config, $IPGATE_CONFIG" in capsys.readouterr().err
+    assert cli_main(["serve"]) == 2
+    assert "ipgate serve: no configuration" in capsys.readouterr().err
+
+    path = tmp_path / "ipgate.yaml"
+    path.write_text(yaml.safe_dump(_cfg()))
+    monkeypatch.setenv("IPGATE_CONFIG", str(path))
+    code = cli_main(["check", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["ok"] is True, out
+
+    path.write_text("models: [")  # found through the environment and broken: an error that says so
+    assert cli_main(["check", "--json"]) == 2
+    (finding,) = json.loads(capsys.readouterr().out)["findings"]
+    assert finding["level"] == "error" and "found through $IPGATE_CONFIG" in finding["message"], finding
