@@ -222,7 +222,9 @@ class LogitProbing:
         score = any_of(e_bias_lp, e_distinct, 0.6 * e_big, 0.5 * e_small, e_repeat, e_echo)
         reasons: list[str] = []
         if e_distinct > 0 or e_bias_lp > 0:
-            top = f" with top_logprobs={state.max_top}" if state.max_top else ""
+            # max_top: the most logprobs one request read per position (top_logprobs, or the length of
+            # vLLM's logprob_token_ids, whichever is larger)
+            top = f", {state.max_top} logprobs read per position" if state.max_top else ""
             reasons.append(f"logit_bias or token-id targeting on ~{distinct:.0f} distinct tokens{top}")
         if e_bias_lp > 0:
             reasons.append(f"{c[BIAS_LP]:.0f} of the last {n:.0f} requests combine a changing logit_bias "
@@ -230,7 +232,9 @@ class LogitProbing:
         if e_small > 0:
             reasons.append(f"max_tokens <= 2 on {c[SMALL] / max(n, 1):.0%} of the last {n:.0f} requests")
         if e_repeat > 0:
-            reasons.append(f"the same prompt repeated {c[REPEAT_VARY]:.0f} times with a changing bias or seed")
+            times = f"{c[REPEAT_VARY]:.0f}"
+            reasons.append(f"the same prompt repeated {times} time{'' if times == '1' else 's'} with a changing bias "
+                           "or seed")
         if e_echo > 0:
             reasons.append(f"echo with logprobs on {c[ECHO_LP]:.0f} of the last {n:.0f} requests")
         return DetectorScore(self.name, score, tuple(reasons))

@@ -131,7 +131,24 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
     for m in cfg.models:
         for b in m.backends:
             _backend(cfg, m.name, b, env, out)
+    _cache_salts(cfg, out)
     return out
+
+
+def _cache_salts(cfg: GatewayConfig, out: list[Finding]) -> None:
+    """One engine reached through backend entries with different ``cache_salt``: the salt is an unkeyed hash of
+    the client id, so through an unsalted entry a client can send another client's salt and share its cache
+    (the isolation holds only when every entry to the engine salts alike)."""
+    by_url: dict[str, dict[str, list[str]]] = {}
+    for m in cfg.models:
+        for b in m.backends:
+            by_url.setdefault(b.url.rstrip("/"), {}).setdefault(b.cache_salt, []).append(f"{m.name}/{b.name}")
+    for url, modes in by_url.items():
+        if len(modes) > 1:
+            listed = "; ".join(f"{mode}: {', '.join(names)}" for mode, names in sorted(modes.items()))
+            out.append(Finding("warning", "routing", f"{url} is reached with different cache_salt settings ({listed}): "
+                                                     "set the same on every entry, or a client can send another "
+                                                     "client's salt through the other"))
 
 
 def _proxy_fields(cfg: GatewayConfig, out: list[Finding]) -> None:

@@ -151,12 +151,12 @@ def focused(r: random.Random) -> list[Body]:
 
 ROWS = [
     Row("probe-carlini", "logit_probing", carlini, regular(2.0), 0.95, 1.0,
-        ("distinct tokens with top_logprobs=20", "changing logit_bias or token-id list with logprobs",
+        ("distinct tokens, 20 logprobs read per position", "changing logit_bias or token-id list with logprobs",
          "max_tokens <= 2")),
     Row("probe-argmax", "logit_probing", argmax, regular(1.0), 0.9, 1.0,
         ("same prompt repeated", "max_tokens <= 2")),
     Row("probe-token-ids", "logit_probing", token_ids_read, regular(1.0), 0.9, 1.0,
-        ("token-id targeting on", "top_logprobs=128", "max_tokens <= 2")),
+        ("token-id targeting on", "128 logprobs read per position", "max_tokens <= 2")),
     Row("probe-allowed-pairs", "logit_probing", allowed_pairs, regular(1.0), 0.9, 1.0,
         ("same prompt repeated", "max_tokens <= 2")),
     Row("probe-benign-labels", "logit_probing", label_scoring, human, 0.0, 0.05),

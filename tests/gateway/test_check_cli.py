@@ -228,3 +228,19 @@ def test_check_and_serve_find_the_config_through_ipgate_config(tmp_path: Path, c
     assert cli_main(["check", "--json"]) == 2
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
     assert finding["level"] == "error" and "found through $IPGATE_CONFIG" in finding["message"], finding
+
+
+def test_one_engine_reached_with_different_cache_salts_is_a_warning(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    url = "http://127.0.0.1:18000"
+    cfg = {"models": [{"name": "a", "backends": [{"name": "b0", "url": url, "cache_salt": "client"}]},
+                      {"name": "b", "backends": [{"name": "b1", "url": url + "/"}]}]}
+    _, out = _run(tmp_path, cfg, capsys)
+    (warning,) = [w for w in _levels(out["findings"], "warning") if "cache_salt" in w]
+    assert "client: a/b0; none: b/b1" in warning, warning
+    cfg["models"][1]["backends"][0]["cache_salt"] = "client"
+    _, out = _run(tmp_path, cfg, capsys)
+    assert not [w for w in _levels(out["findings"], "warning") if "cache_salt" in w]
