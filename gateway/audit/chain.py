@@ -126,14 +126,37 @@ def _parse(line: str) -> Any:
         raise _Unreadable("nested too deeply") from None
 
 
-def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: bytes | None = None) -> ChainReport:
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A record known from outside the audit files: its writer, ``seq`` and ``hash``, as the gateway logs each
+    record it writes (``audit record writer=... seq=... hash=...``, shipped off the host with the logs)."""
+
+    writer: str
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """``WRITER:SEQ:HASH`` (a writer id holds colons itself: host:pid:nonce)."""
+        writer, seq, digest = text.rsplit(":", 2) if text.count(":") >= 2 else ("", "", "")
+        if not writer or not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{text!r} is not WRITER:SEQ:HASH (a 64-digit lower-case hex hash)")
+        return cls(writer, int(seq), digest)
+
+
+def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: bytes | None = None,
+                 anchors: Iterable[Anchor] = ()) -> ChainReport:
     """Check every writer's chain in ``lines`` (oldest first; blank lines are skipped).
 
     ``partial_start``: a writer's first record may be mid-chain (a capped store list whose oldest records
     were trimmed, a file whose earlier part was rotated away); by default its chain must start at seq 0.
     ``key``: the chain key; every record must then be keyed. Without it a keyed record cannot be checked
     and is reported as such.
+    ``anchors``: records that must be there with exactly that hash. A plain chain cannot show that its last
+    records were cut off; an anchor taken later (from the shipped log) can: a missing anchor is a problem at
+    line 0.
     """
+    wanted = {(a.writer, a.seq): a.hash for a in anchors}
     heads: dict[str, _Head] = {}
     problems: list[Problem] = []
     records = 0
@@ -177,4 +200,12 @@ def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: byte
         elif rec["prev"] != head.hash:
             problems.append(Problem(no, writer, f"seq {seq}: prev does not match the previous record's hash"))
         heads[writer] = _Head(seq, rec["hash"])
+        anchored = wanted.pop((writer, seq), None) if wanted else None
+        if anchored is not None and anchored != rec["hash"]:
+            problems.append(Problem(no, writer, f"seq {seq}: not the record the anchor names (hash {anchored[:12]}…): "
+                                                "the chain was rewritten"))
+    for (writer, seq), _ in sorted(wanted.items()):
+        head = heads.get(writer)
+        after = f"the files end at seq {head.seq}" if head is not None else "the files hold no record of it"
+        problems.append(Problem(0, writer, f"anchor seq {seq} is missing ({after}): records were cut off"))
     return ChainReport(records, len(heads), tuple(problems))

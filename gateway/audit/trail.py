@@ -134,6 +134,10 @@ class AuditTrail:
             record = self.chain.seal(fields)
             line = canonical(record)
             action = str(record.get("action"))
+            # The anchor of this record, for the log (shipped off the host): `ipgate audit verify --anchor`
+            # then shows records cut off the end of a chain, which the chain alone cannot.
+            log.info("audit record %s writer=%s seq=%d hash=%s (anchor %s:%d:%s)", action, self.chain.writer,
+                     record["seq"], record["hash"], self.chain.writer, record["seq"], record["hash"])
             if self._file is not None:
                 try:
                     await asyncio.to_thread(self._file.write, line)

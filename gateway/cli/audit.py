@@ -1,4 +1,5 @@
-"""``ipgate audit verify FILE [FILE ...] [--partial] [--key-env NAME] [--json]``: check audit-file hash chains.
+"""``ipgate audit verify FILE [FILE ...] [--partial] [--key-env NAME] [--anchor W:S:H] [--json]``: check audit
+files' hash chains.
 
 The files are what ``admin.audit_file`` wrote (give rotated files oldest first: they are read as one
 stream, so a chain continues across them). Every writer's chain is checked on its own (see
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.audit.chain import verify_lines
+from gateway.audit.chain import Anchor, verify_lines
 
 
 def register(sub: Any) -> None:
@@ -35,6 +36,9 @@ def register(sub: Any) -> None:
                    help="a writer's first record may be mid-chain (the files' beginning was rotated away)")
     p.add_argument("--key-env", metavar="NAME",
                    help="variable holding the chain key (admin.audit_key_env): every record must be keyed")
+    p.add_argument("--anchor", action="append", default=[], metavar="WRITER:SEQ:HASH",
+                   help="a record that must be there (from the gateway's 'audit record ... (anchor ...)' log "
+                        "line); shows records cut off the end of a chain (repeatable)")
     p.add_argument("--json", action="store_true",
                    help='print one object: {"intact", "records", "writers", "problems"}')
     p.set_defaults(func=run)
@@ -53,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
                     read += 1
                     yield line
 
+    try:
+        anchors = [Anchor.parse(a) for a in args.anchor]
+    except ValueError as e:
+        print(f"ipgate audit verify: --anchor: {e}", file=sys.stderr)
+        return 2
     key = None
     if args.key_env:
         value = os.environ.get(args.key_env)
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         key = value.encode()
     try:
-        report = verify_lines(lines(), partial_start=args.partial, key=key)
+        report = verify_lines(lines(), partial_start=args.partial, key=key, anchors=anchors)
     except OSError as e:
         print(f"ipgate audit verify: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
@@ -70,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def where(line: int) -> tuple[str, int]:
+        if line == 0:  # a missing anchor: no line of the files
+            return "(anchor)", 0
         i = bisect.bisect_right(starts, line - 1) - 1
         return args.files[i], line - starts[i]
 

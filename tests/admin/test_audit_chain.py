@@ -167,3 +167,43 @@ def test_ipgate_check_reports_a_bad_audit_file_and_key(tmp_path: Path) -> None:
     ok = parse_config({"models": models, "admin": {"audit_key_env": "AUDIT_KEY"}}, env={})
     found = offline(ok, env={"AUDIT_KEY": "audit-chain-key-0123456789"})
     assert any(f.level == "ok" and "audit chain keyed from AUDIT_KEY" in f.message for f in found)
+
+
+async def test_an_anchor_from_the_log_shows_records_cut_off_the_end(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The chain alone cannot show that its last records were deleted; the anchor the gateway logs for each
+    record (shipped off the host with the logs) can."""
+    path = tmp_path / "audit.jsonl"
+    with caplog.at_level("INFO", logger="gateway.audit.trail"):
+        await write_file(path, 5)
+    anchors = [r.getMessage().rsplit("(anchor ", 1)[1].rstrip(")") for r in caplog.records
+               if r.getMessage().startswith("audit record ")]
+    assert len(anchors) == 5
+    last = anchors[-1]
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert last == f"{records[-1]['writer']}:4:{records[-1]['hash']}"
+    assert main(["audit", "verify", str(path), "--anchor", last, "--anchor", anchors[1]]) == 0
+    capsys.readouterr()
+
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(path.read_text().splitlines()[:3]) + "\n")  # the last two records deleted
+    assert main(["audit", "verify", str(cut)]) == 0  # what the chain alone says
+    capsys.readouterr()
+    assert main(["audit", "verify", str(cut), "--anchor", last, "--json"]) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert problem["file"] == "(anchor)" and "anchor seq 4 is missing (the files end at seq 2)" in problem["reason"]
+
+    # rewritten wholesale: the same seqs with recomputed hashes over edited content
+    forged = Chain(records[0]["writer"])
+    fake = [canonical(forged.seal({k: v for k, v in r.items() if k not in ("v", "alg", "writer", "seq", "prev", "hash")}
+                                  | {"target": "someone-else"})) for r in records]
+    rewritten = tmp_path / "rewritten.jsonl"
+    rewritten.write_text("\n".join(fake) + "\n")
+    assert main(["audit", "verify", str(rewritten)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(rewritten), "--anchor", last]) == 1
+    assert "not the record the anchor names" in capsys.readouterr().out
+
+    assert main(["audit", "verify", str(path), "--anchor", "w:1:abc"]) == 2
+    assert "is not WRITER:SEQ:HASH" in capsys.readouterr().err
