@@ -33,7 +33,14 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from gateway.account import Exchange, finish
 from gateway.admit import detect_and_admit
 from gateway.context import CTX, AppContext
-from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, ServiceUnavailable, to_openai_error
+from gateway.errors import (
+    INTERNAL_ERROR_BODY,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    to_openai_error,
+)
 from gateway.proxy.forward import forward_headers
 from gateway.proxy.parse import Endpoint, parse_request
 from gateway.receive import check_headers, read_body, request_id
@@ -78,6 +85,13 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
     ctx.fields.check(parsed.body, request.headers)                            # extension fields (400)
+    if request.rel_url.raw_query_string:
+        # The OpenAI API takes no query parameters on these POSTs. Forwarding them would steer a backend past
+        # the parse step, the hardening and the field policy (which read the body); dropping them would lose
+        # what the client meant (the SDK's extra_query) without a word. So: a 400 naming the first one.
+        name = next(iter(request.rel_url.query), "") or "query"
+        raise InvalidRequest(f"{name}: query parameters are not accepted; send request fields in the JSON body",
+                             param=name)
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward

@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 from gateway.context import AppContext
 from gateway.errors import ServiceUnavailable
 from gateway.principal import Principal
-from gateway.proxy.forward import AttemptFailed
+from gateway.proxy.forward import AttemptFailed, retry_after_s
 from gateway.proxy.parse import ParsedRequest
 from gateway.routing.router import BackendLease, Outcome
 from gateway.shape import needs_engine_watermark, unwatermarkable_refusal, unwatermarked_field, upstream_body
@@ -82,7 +82,7 @@ async def _try(ctx: AppContext, lease: BackendLease, parsed: ParsedRequest, data
     t_headers = time.perf_counter()
     if resp.status in RETRYABLE_STATUS:
         resp.close()
-        raise AttemptFailed("status", resp.status)
+        raise AttemptFailed("status", resp.status, retry_after=retry_after_s(resp.headers))
     if parsed.stream and resp.status == 200 and resp.content_type == "text/event-stream":
         # Wait for the first bytes before the client gets anything: a backend that dies between its headers
         # and its first chunk can still be retried elsewhere.

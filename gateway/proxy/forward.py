@@ -55,20 +55,34 @@ def forward_headers(client: Mapping[str, str], request_id: str) -> CIMultiDict[s
     return out
 
 
+MAX_RETRY_AFTER_S = 60  # the openai SDKs ignore a longer Retry-After (and fall back to their own back-off)
+
+
+def retry_after_s(headers: Mapping[str, str]) -> int | None:
+    """A backend's ``Retry-After`` in whole seconds (the delta-seconds form; an HTTP date is not read), capped."""
+    value = headers.get("Retry-After", "").strip()
+    return min(int(value), MAX_RETRY_AFTER_S) if value.isascii() and value.isdigit() else None
+
+
 class AttemptFailed(Exception):
     """One upstream try failed before any byte reached the client; ``error`` says how (for retry and metrics)."""
 
-    def __init__(self, error: str, status: int | None = None, detail: str = "") -> None:
+    def __init__(self, error: str, status: int | None = None, detail: str = "", retry_after: int | None = None
+                 ) -> None:
         super().__init__(f"{error} {status or ''} {detail}".strip())
         self.error = error
         self.status = status
+        self.retry_after = retry_after  # the backend's Retry-After (s) on a 429/503
 
     def to_gateway_error(self) -> GatewayError:
         if self.error == "timeout":
             return UpstreamTimeout("The model backend did not answer in time.")
         if self.status in (429, 503):
+            # the backend's Retry-After goes on: without it the SDK's max_retries comes back within a second
+            # (its own back-off) to a backend that asked for more time
             return ServiceUnavailable("The model backends are overloaded; please retry shortly.",
-                                      code="upstream_overloaded")
+                                      code="upstream_overloaded", headers=None if self.retry_after is None
+                                      else {"Retry-After": str(self.retry_after)})
         if self.status is not None:
             return UpstreamError(f"The model backend failed (status {self.status}).", code="upstream_status")
         return UpstreamError("The model backend could not be reached.", code="upstream_unreachable")

@@ -292,7 +292,8 @@ def _chat(body: dict[str, Any]) -> None:
     _tools(body)
     _bool(body, "logprobs")
     _int(body, "top_logprobs", 0, 20)
-    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+    # as vLLM's check_logprobs: 0 asks for nothing and is accepted without logprobs (clients send it as a default)
+    if body.get("top_logprobs") and body.get("logprobs") is not True:
         raise _fail("top_logprobs", "requires logprobs to be true")
     _int(body, "best_of", 1, 128)  # vLLM's extension: checked here too, so it can never pass the n cap as "4"
     _int(body, "prompt_logprobs", 0, 20)

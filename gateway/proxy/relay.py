@@ -183,8 +183,12 @@ class StreamRelay:
                 self.content_events += 1
             emb = self._embedder(idx, self._answers) if self._answers is not None else None
             if self._factory is not None and self._chat and isinstance(holder, dict):
-                # a reasoning channel closes when the answer starts or the choice ends: its held-back word first
-                closing = fr is not None or (isinstance(text, str) and bool(text))
+                # a reasoning channel closes when the answer starts or the choice ends: its held-back word first.
+                # The answer starts with text, or with a tool call that no reasoning accompanies (a forced
+                # tool_choice streams no text at all; a call beside reasoning pieces is not the end of them)
+                closing = fr is not None or (isinstance(text, str) and bool(text)) or (
+                    bool(holder.get("tool_calls") or holder.get("function_call"))
+                    and not any(isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS))
                 if self._reason(idx, holder, closing):
                     changed = True
             if (emb is not None or idx in self._reasoned) and withhold_tokens(choice):

@@ -16,6 +16,8 @@ It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the b
   the sim ignores ``vllm_xargs``, like an engine without the plugin;
 - ``reasoning``: answer like a reasoning model behind vLLM's reasoning parser: chat answers carry a chain of
   thought (another corpus answer) in ``message.reasoning`` / streamed ``delta.reasoning`` before the content;
+- chat ``response_format`` (``json_schema``/``json_object``) and a forced ``tool_choice`` answer as vLLM's
+  constrained decoding does (gateway/sim/structured.py): JSON content, or one tool call;
 - vLLM 0.33's answer-side extensions (gateway/sim/extensions.py): ``return_prompt_text`` and
   ``return_weight_versions`` are honoured, ``routed_experts`` stands for ``--enable-return-routed-experts``;
 - it records every generation that the client abandoned (``SimStats.aborted``), readable in-process and at
@@ -40,7 +42,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.sim import LABEL, extensions
+from gateway.sim import LABEL, extensions, structured
 from gateway.sim.corpus import CorpusEntry, alternatives, count_tokens, pick, token_logprob
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,10 @@ class _Gen:
     max_tokens: int
     prompt_tokens: int
     thoughts: list[CorpusEntry] | None = None  # reasoning: one chain of thought per choice
+    calls: list[str | None] = field(default_factory=list)  # per choice: the forced tool (gateway/sim/structured.py)
+
+    def call(self, i: int) -> str | None:
+        return self.calls[i] if self.calls else None
 
     def tokens(self, i: int) -> list[str]:
         return list(self.entries[i].tokens[: self.max_tokens])
@@ -159,7 +165,12 @@ def _plan(endpoint: str, body: Mapping[str, Any], opts: SimOptions) -> _Gen:
     n = int(body.get("n") or 1)
     mt = body.get("max_completion_tokens") or body.get("max_tokens") or opts.default_max_tokens
     thoughts = [pick(prompt + "\x1fthink", i) for i in range(n)] if opts.reasoning and endpoint == "chat" else None
-    return _Gen([pick(prompt, i) for i in range(n)], int(mt), count_tokens(prompt) + 3, thoughts)
+    entries = [pick(prompt, i) for i in range(n)]
+    if endpoint != "chat":
+        return _Gen(entries, int(mt), count_tokens(prompt) + 3, thoughts)
+    constrained = [structured.constrain(body, e) for e in entries]
+    return _Gen([e for e, _ in constrained], int(mt), count_tokens(prompt) + 3, thoughts,
+                [call for _, call in constrained])
 
 
 def _logprob_request(endpoint: str, body: Mapping[str, Any]) -> int | None:
@@ -244,7 +255,8 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         completion_tokens += len(toks) + len(thought)
         text = "".join(toks)
         if endpoint == "chat":
-            message = {"role": "assistant", "content": text}
+            call = gen.call(i)
+            message = structured.tool_message(call, text) if call else {"role": "assistant", "content": text}
             if thought:
                 message["reasoning"] = "".join(thought)
             c: dict[str, Any] = {"index": i, "message": message, "finish_reason": gen.finish(i),
@@ -310,7 +322,9 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
                 elif chat_:
                     pos -= thinking
                     lp = _chat_logprobs([tok], pos, top) if top is not None else None
-                    c = {"index": i, "delta": {"content": tok}, "logprobs": lp, "finish_reason": None}
+                    call = gen.call(i)
+                    delta = structured.tool_delta(call, tok, pos == 0) if call else {"content": tok}
+                    c = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}
                 else:
                     lp = _completion_logprobs([tok], pos, top, 0) if top is not None else None
                     c = {"index": i, "text": tok, "logprobs": lp, "finish_reason": None}
