@@ -17,6 +17,14 @@ keys, so the fingerprint only narrows the search and never decides it.
 Entries are popped when taken (two requests never share mutable state); the LRU order and the eviction of
 the oldest entry are those of the ``OrderedDict`` underneath, so the set of cached states is the same as the
 plain dict's would be after any sequence of operations. Not thread-safe: one engine per event loop.
+
+Superseded entries: two requests of one client that overlap (the second read the stored state before the
+first one's save landed) both derive a state from the same stored bytes; only one of the two stays in the
+store, so the other entry could never be hit again and sat in the cache until the LRU pushed it out. A soak
+run filled all 2048 places (~16 KB each, ~32 MB) with such dead entries for a few dozen clients. ``put`` with
+the ``parent`` bytes a state was derived from therefore drops the entry last derived from the same parent
+(matched by the parent's fingerprint: a false match costs a cold decode, never a wrong state). That is the
+one departure from the plain dict, and only for puts that name a parent.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ FP = slice(3, 36)
 
 
 class DecodedCache(Generic[V]):
-    __slots__ = ("_by_fp", "_entries")
+    __slots__ = ("_by_fp", "_entries", "_heir", "_parent_of")
 
     def __init__(self) -> None:
         self._entries: OrderedDict[bytes, V] = OrderedDict()
         self._by_fp: dict[bytes, list[bytes]] = {}
+        self._heir: dict[bytes, bytes] = {}  # parent fingerprint -> key of the cached entry last derived from it
+        self._parent_of: dict[bytes, bytes] = {}  # key -> its parent's fingerprint (one per entry: bounded)
 
     def take(self, data: bytes) -> V | None:
         """Remove and return the entry whose bytes equal ``data`` (None when there is none)."""
@@ -53,11 +63,23 @@ class DecodedCache(Generic[V]):
             if i < 0:
                 return None
             key = keys.pop(i)
+        self._forget_parent(key)
         return self._entries.pop(key, None)  # ``key``'s hash is cached: no rehashing of 7 KB
 
-    def put(self, data: bytes, value: V, limit: int) -> None:
+    def put(self, data: bytes, value: V, limit: int, parent: bytes | None = None) -> None:
         """Remember ``value`` under ``data`` (replacing an entry of equal bytes, which keeps its place in the
-        LRU order as a dict's would); then, if there are more than ``limit`` entries, drop the oldest one."""
+        LRU order as a dict's would); then, if there are more than ``limit`` entries, drop the oldest one.
+        ``parent``: the stored bytes the state was derived from; an entry derived earlier from the same parent
+        is dropped (superseded, see the module docstring)."""
+        if parent is not None:
+            pfp = parent[FP]
+            old = self._heir.get(pfp)
+            if old is not None and old is not data and old != data and old in self._entries:
+                del self._entries[old]
+                self._unindex(old)
+                self._forget_parent(old)
+            self._heir[pfp] = data
+            self._parent_of[data] = pfp
         entries, fp = self._entries, data[FP]
         keys = self._by_fp.get(fp)
         if keys is None:  # no entry has this fingerprint, so none has these bytes
@@ -66,7 +88,16 @@ class DecodedCache(Generic[V]):
             keys.append(data)
         entries[data] = value
         if len(entries) > limit:
-            self._unindex(entries.popitem(last=False)[0])
+            oldest = entries.popitem(last=False)[0]
+            self._unindex(oldest)
+            self._forget_parent(oldest)
+
+    def _forget_parent(self, key: bytes) -> None:
+        pfp = self._parent_of.pop(key, None)
+        if pfp is not None:
+            heir = self._heir.get(pfp)
+            if heir is not None and (heir is key or heir == key):
+                del self._heir[pfp]
 
     def _unindex(self, key: bytes) -> None:
         fp = key[FP]
@@ -78,6 +109,8 @@ class DecodedCache(Generic[V]):
     def clear(self) -> None:
         self._entries.clear()
         self._by_fp.clear()
+        self._heir.clear()
+        self._parent_of.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -138,6 +138,7 @@ class GatewayWatermarking:
         self._lexical = LexicalScheme(ring.master, markdown=cfg.watermark.lexical_markdown)
         self._kgw = kgw_params or cfg.watermark.kgw()
         self._recorded: set[tuple[str, int]] = set()
+        self._store_epoch = 0  # the store's ``recoveries`` when ``_recorded`` was last trusted
         self._fallback_logged: set[str] = set()
 
     @classmethod
@@ -195,6 +196,13 @@ class GatewayWatermarking:
 
     async def record_recipient(self, store: StateStore, principal: Principal) -> None:
         entry = (principal.client_id, self._ring.current)
+        # After a store outage the recipients written before it may be gone (a Redis restarted without
+        # persistence): forget what was recorded, so that each client is written once more. Otherwise a
+        # long-running gateway never records them again and verification without a client list finds nobody.
+        epoch = getattr(store, "recoveries", 0)  # ResilientStore only; the memory store loses nothing
+        if epoch != self._store_epoch:
+            self._store_epoch = epoch
+            self._recorded.clear()
         if entry in self._recorded:
             return
         await store.add_recipient(principal.client_id, self._ring.current, self._cfg.recipient_ttl_s)

@@ -111,6 +111,10 @@ class ResilientStore:
         self._divided: dict[int, tuple[Sequence[Limits], tuple[Limits, ...]]] = {}
         self._degraded_since: float | None = None
         self._failed_while_degraded = 0
+        #: Outages recovered from. Redis may come back without what was written before (restarted without
+        #: persistence, a failover to a replica that lacked the write): callers that cache "already written"
+        #: (watermark recipients) write again when this changes.
+        self.recoveries = 0
         self._probe: asyncio.Task[None] | None = None
         self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
         self._closed = False
@@ -212,6 +216,7 @@ class ResilientStore:
     def _recover(self) -> None:
         since = self._degraded_since
         self._degraded_since = None
+        self.recoveries += 1
         if self._metrics is not None:
             self._metrics.store_degraded.set(0)
         log.info(

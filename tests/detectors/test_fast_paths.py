@@ -28,9 +28,9 @@ T0 = 1_767_258_000.0
 class FullDumpEngine(Engine):
     """The engine without the partial re-serialisation: every step dumps every detector it holds."""
 
-    def _close(self, env: envelope.Envelope, states: Mapping[str, Any], dirty: frozenset[str] | None = None
-               ) -> bytes:
-        return super()._close(env, states, None)
+    def _close(self, env: envelope.Envelope, states: Mapping[str, Any], dirty: frozenset[str] | None = None,
+               parent: bytes | None = None) -> bytes:
+        return super()._close(env, states, None, parent)
 
 
 def _stream(n: int, seed: int) -> list[tuple[dict[str, Any], float]]:
