@@ -88,6 +88,12 @@ def load_prompts(n: int = 6400) -> list[str]:
 
 # --- child processes --------------------------------------------------------------------------------------
 
+
+async def _drain(stream: Any) -> None:
+    """Read a streamed answer to its end (what a client that wants the whole answer does)."""
+    async for _ in stream:
+        pass
+
 class Child:
     """One child process with its stderr in a file; stopped by its own pid only."""
 
@@ -310,21 +316,15 @@ class Driver:
         if kind == "chat":
             await c.chat.completions.create(model=model, messages=msgs, max_tokens=mt)
         elif kind == "chat_stream":
-            s = await c.chat.completions.create(model=model, messages=msgs, max_tokens=mt, stream=True)
-            async for _ in s:
-                pass
+            await _drain(await c.chat.completions.create(model=model, messages=msgs, max_tokens=mt, stream=True))
         elif kind == "completions":
             await c.completions.create(model=model, prompt=prompt, max_tokens=mt)
         elif kind == "completions_stream":
-            s2 = await c.completions.create(model=model, prompt=prompt, max_tokens=mt, stream=True)
-            async for _ in s2:
-                pass
+            await _drain(await c.completions.create(model=model, prompt=prompt, max_tokens=mt, stream=True))
         elif kind == "responses":
             await c.responses.create(model=model, input=prompt, max_output_tokens=mt)
         elif kind == "responses_stream":
-            s3 = await c.responses.create(model=model, input=prompt, max_output_tokens=mt, stream=True)
-            async for _ in s3:
-                pass
+            await _drain(await c.responses.create(model=model, input=prompt, max_output_tokens=mt, stream=True))
         elif kind == "embeddings":
             await c.embeddings.create(model=model, input=[prompt, r.choice(prompts or self.prompts)])
         elif kind == "disconnect":

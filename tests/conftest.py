@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -234,3 +235,16 @@ def redis_cluster_url(redis_cluster: RedisClusterProcess) -> str:
     """Seed URL of the session's cluster, every primary emptied before the test."""
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture
+def default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the CLI looks for ``/etc/ipgate/ipgate.yaml`` (``gateway/cli/findconfig.py``), moved into
+    ``tmp_path`` (absent until a test writes it); no ``$IPGATE_CONFIG``."""
+    from gateway.cli import findconfig
+
+    monkeypatch.delenv("IPGATE_CONFIG", raising=False)
+    path = tmp_path / "etc" / "ipgate.yaml"
+    monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", path)
+    return path
+

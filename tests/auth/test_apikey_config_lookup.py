@@ -19,13 +19,6 @@ MODELS = [{"name": "m", "backends": [{"name": "a", "url": "http://127.0.0.1:1"}]
 LIMIT = {"requests_per_minute": 60, "tokens_per_minute": 20_000}
 
 
-@pytest.fixture
-def default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where ``/etc/ipgate/ipgate.yaml`` is looked for (absent until a test writes it); no $IPGATE_CONFIG."""
-    monkeypatch.delenv("IPGATE_CONFIG", raising=False)
-    path = tmp_path / "etc" / "ipgate.yaml"
-    monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", path)
-    return path
 
 
 def write_config(path: Path, *classes: str) -> Path:

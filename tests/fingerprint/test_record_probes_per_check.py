@@ -15,18 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import findconfig, main
+from gateway.cli import main
 from tests.fingerprint.conftest import ModelServer
 from tests.support.harness import free_port
-
-
-@pytest.fixture
-def default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where ``/etc/ipgate/ipgate.yaml`` is looked for (absent until a test writes it); no $IPGATE_CONFIG."""
-    monkeypatch.delenv("IPGATE_CONFIG", raising=False)
-    path = tmp_path / "etc" / "ipgate.yaml"
-    monkeypatch.setattr(findconfig, "DEFAULT_CONFIG", path)
-    return path
 
 
 def write_config(path: Path, probes_per_check: int | None = None) -> Path:
