@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -41,9 +42,12 @@ async def probe_backend_partial(
     logprobs: bool = True,
     timeout_s: float = 30.0,
     delays: Sequence[float] = (),
+    hurry: asyncio.Event | None = None,
 ) -> ProbeRun:
     """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
     not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
+    Once ``hurry`` is set, the probes still waiting for their delay are sent at once (an operator asked for a
+    verdict now).
 
     The matcher's ``min_probes`` decides whether the answers that came back are enough. Voiding a whole check
     for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
@@ -62,7 +66,11 @@ async def probe_backend_partial(
 
         async def one(probe: Probe, delay: float) -> ProbeAnswer:
             if delay > 0:
-                await asyncio.sleep(delay)
+                if hurry is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(hurry.wait(), delay)
             try:
                 async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
                                         headers={"X-Request-Id": os.urandom(12).hex()}) as resp:

@@ -107,6 +107,9 @@ class FingerprintChecker:
         self._last: dict[tuple[str, str], BackendCheck] = {}
         self._conclusive: dict[tuple[str, str], Verdict] = {}  # last match/mismatch (decides alerts)
         self._round_lock = asyncio.Lock()  # one round at a time; an on-demand check waits for a running one
+        # Set by an on-demand check: a spread round that is running sends its probes still waiting for their
+        # delay at once, so the operator's check waits for answers, not for up to ``spread_s`` of random delays.
+        self._hurry = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._task: asyncio.Task[None] | None = None
         self.last_round_at: float | None = None
@@ -165,8 +168,13 @@ class FingerprintChecker:
     async def check_now(self, model: str | None = None, backend: str | None = None, *, spread: bool = False
                         ) -> list[BackendCheck]:
         """Check every backend with a reference (or those of ``model``, or one ``backend`` of it) now.
-        ``spread``: each probe after its own random delay (periodic rounds); on demand, all at once."""
+        ``spread``: each probe after its own random delay (periodic rounds); on demand, all at once, and a
+        spread round that is running is hurried (its probes still waiting are sent now)."""
+        if not spread:
+            self._hurry.set()
         async with self._round_lock:
+            if spread:
+                self._hurry = asyncio.Event()  # a fresh round: an earlier on-demand request is served
             targets = self.targets()
             if model is None:
                 live = {(m, b.name) for m, b in targets}
@@ -245,6 +253,7 @@ class FingerprintChecker:
             run = await probe_backend_partial(
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
+                hurry=self._hurry,
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")

@@ -105,3 +105,26 @@ async def test_cancelling_a_spread_round_ends_it_at_once(checked: tuple[Fingerpr
     await asyncio.sleep(0.3)
     assert len(b.arrivals) == sent < 8
     assert not checker._round_lock.locked()  # an on-demand check after it is not blocked
+
+
+async def test_an_on_demand_check_hurries_a_spreading_round(checked: tuple[FingerprintChecker, ModelServer]) -> None:
+    """An operator's check (admin API) during a periodic round that spreads its probes over 60 s does not wait
+    out the spread: the round's probes still waiting are sent at once, then the on-demand check runs."""
+    checker, b = checked
+    checker.cfg = FingerprintConfig(interval_s=1000, jitter=0, spread_s=60, timeout_s=5)  # window 30 s
+    round_ = asyncio.create_task(checker.check_now(MODEL, "b", spread=True))
+    await asyncio.sleep(0.2)  # the round is asleep in its spread: few (seeded: no) probes sent yet
+    assert len(b.arrivals) < 8
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    (now,) = await asyncio.wait_for(checker.check_now(MODEL, "b"), 5)
+    assert loop.time() - t0 < 2.0 and now.verdict == "match"
+    (periodic,) = await round_  # the hurried round completed with all its probes, not cut short
+    assert periodic.verdict == "match" and periodic.probes_sent == 8
+    assert len(b.arrivals) == 16
+
+    # The next periodic round spreads again (the hurry was for the round that was running).
+    b.arrivals.clear()
+    checker.cfg = FingerprintConfig(interval_s=1000, jitter=0, spread_s=0.6, timeout_s=5)
+    (spread,) = await checker.check_now(MODEL, "b", spread=True)
+    assert spread.probes_sent == 8 and b.arrivals[-1] - b.arrivals[0] > 0.3, b.arrivals
