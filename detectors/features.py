@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 import re
+import secrets
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -156,9 +158,25 @@ def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
                 return _text_of(m.get("content")), len(turns)
         return "", len(turns)
     prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        prompt = next((p for p in prompt if isinstance(p, str)), "")
+    if type(prompt) is list and prompt:
+        # A batch (completions ``prompt: [...]``): each prompt gets its own answers, so the request is scored
+        # by one of them drawn uniformly at random, a draw the client cannot steer. Reading the first one let a
+        # harvester put a harmless prompt first and its template fills after it (tests/detectors/
+        # test_batched_prompts.py). Over a client's stream this samples its prompts like separate requests
+        # would; token-id prompts read as "" (the gateway refuses them: detection.token_id_prompts).
+        prompt = prompt[_batch_pick(len(prompt))] if len(prompt) > 1 else prompt[0]
     return (prompt if isinstance(prompt, str) else ""), 1
+
+
+# Which prompt of a batch is read: unpredictable to clients (seeded from the OS per process); ``ipgate replay``
+# reseeds it (``seed_batch_pick``) so that a replay is reproducible.
+_batch_pick = random.Random(secrets.randbits(64)).randrange
+
+
+def seed_batch_pick(seed: int) -> None:
+    """Make the choice of the scored prompt of batched requests reproducible (replay, evaluation, tests)."""
+    global _batch_pick
+    _batch_pick = random.Random(seed).randrange
 
 
 def tokens_of(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from detectors.engine import Engine
-from detectors.features import extract
+from detectors.features import extract, seed_batch_pick
 from detectors.linking import LinkIndex
 from detectors.types import FLAG_TIER, ResponseFeatures, Verdict
 
@@ -124,6 +124,7 @@ def replay(
     record that goes back in time then raises ``TraceError``. Otherwise the whole trace is loaded and sorted.
     """
     rows: Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]
+    seed_batch_pick(0)  # the prompt scored for a batched request: a draw, but the same one in every replay
     if presorted and neural is None:
         rows = _in_order(records)
     else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.context import AppContext
-from gateway.errors import PermissionDenied
+from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.hooks import DetectionSession, ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
@@ -83,6 +83,12 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     err = admission_error(res)
     if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
         err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
+    if err is None and session is not None and parsed.endpoint == "completions" and res.override != "allow" \
+            and _token_ids(parsed.body.get("prompt")) and ctx.config.detection.token_id_prompts == "refuse":
+        ctx.metrics.request_fields_refused_total.labels(field="prompt").inc()
+        err = InvalidRequest(
+            "prompt: token-id prompts are not accepted here: send the prompt as text (this gateway screens "
+            "prompts and cannot read token ids)", param="prompt", code="token_id_prompt")
     if isinstance(err, PermissionDenied):
         _count(ctx, "policy", "block")
     if err is not None:
@@ -90,6 +96,11 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
         ex.refused_tier = ctx.policy.tier(tier).name
         raise err
     return adm
+
+
+def _token_ids(prompt: object) -> bool:
+    """A completions prompt of token ids (``[1, 2]`` or ``[[1, 2], [3]]``; parse allows nothing mixed)."""
+    return type(prompt) is list and bool(prompt) and not isinstance(prompt[0], str)
 
 
 def _count(ctx: AppContext, kind: str, decision: str) -> None:

@@ -91,6 +91,10 @@ class DetectionConfig(_Model):
     combiner_file: str | None = None  # default: detectors/data/combiner.json (shipped)
     state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
     embedder: Literal["hashed", "minilm"] = "hashed"
+    # A completions prompt sent as token ids is unreadable to every content detector (templates, coverage,
+    # reasoning, linking): ``refuse`` answers it 400 (clients on the admin allowlist excepted); ``allow`` lets
+    # it through, scored by its parameters, volume and timing only.
+    token_id_prompts: Literal["refuse", "allow"] = "refuse"
     # minilm only (gateway/embedding.py): the MiniLM encoder runs off the request path in a background thread.
     embedder_threads: int = Field(1, ge=1, le=64, description="torch threads the background encoder may use")
     embedder_batch: int = Field(8, ge=1, le=256, description="prompts encoded per forward pass at most")

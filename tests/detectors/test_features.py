@@ -94,7 +94,8 @@ def test_the_instructions_cache_does_not_keep_whole_system_prompts() -> None:
 
 def test_completions_fields() -> None:
     f = extract(COMPLETIONS, {"prompt": ["first prompt here", "second"], "logprobs": 5, "echo": True}, 1.0)
-    assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words == 3
+    # a batch is scored by one of its prompts, drawn at random (tests/detectors/test_batched_prompts.py)
+    assert f.logprobs and f.top_logprobs == 5 and f.echo and f.prompt_words in (3, 1)
 
 
 def test_multi_turn_uses_last_user_message_and_counts_turns() -> None:
