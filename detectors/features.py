@@ -120,6 +120,7 @@ def _text_of(content: Any) -> str:
 
 
 _INSTRUCTION_ROLES = ("system", "developer")
+_MAX_TURN_MESSAGES = 8  # consecutive user messages read as one turn (the rest of a longer run is left out)
 
 
 def _instructions_of(messages: list[Any]) -> str:
@@ -148,14 +149,24 @@ def _scan_demands(scan: str) -> tuple[bool, bool, bool]:
 
 
 def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
-    """The last user prompt and the number of conversation messages (system messages excluded)."""
+    """The last user turn and the number of conversation messages (system/developer messages excluded).
+
+    The user turn is the last user message joined with the user messages right before it (no assistant or
+    tool message between): a request can split one turn over several messages, and reading only the last one
+    let a harvester send its template fill followed by a short "go ahead" that was all detection saw."""
     messages = body.get("messages")
     # ``type(x) is list/dict`` first: what a parsed JSON body holds, and far cheaper than an ABC isinstance
     if type(messages) is list or (isinstance(messages, Sequence) and not isinstance(messages, str)):
-        turns = [m for m in messages if (type(m) is dict or isinstance(m, Mapping)) and m.get("role") != "system"]
-        for m in reversed(turns):
-            if m.get("role") == "user":
-                return _text_of(m.get("content")), len(turns)
+        turns = [m for m in messages
+                 if (type(m) is dict or isinstance(m, Mapping)) and m.get("role") not in _INSTRUCTION_ROLES]
+        for i in range(len(turns) - 1, -1, -1):
+            if turns[i].get("role") == "user":
+                if i == 0 or turns[i - 1].get("role") != "user":  # the usual case: one message per turn
+                    return _text_of(turns[i].get("content")), len(turns)
+                j = i - 1
+                while j > 0 and i - j < _MAX_TURN_MESSAGES - 1 and turns[j - 1].get("role") == "user":
+                    j -= 1
+                return "\n".join(_text_of(m.get("content")) for m in turns[j:i + 1]), len(turns)
         return "", len(turns)
     prompt = body.get("prompt")
     if type(prompt) is list and prompt:

@@ -139,3 +139,19 @@ def test_demand_patterns() -> None:
 def test_odd_bodies_never_raise(body: dict[str, Any]) -> None:
     f = extract(CHAT if "messages" in body else COMPLETIONS, body, 0.0)
     assert f.n >= 1 and f.max_tokens is None and f.top_logprobs in (0, 3)
+
+
+def test_a_turn_split_over_consecutive_user_messages_is_read_whole() -> None:
+    fill = {"role": "user", "content": "Write a story about a fox in Oslo who learns to sing."}
+    go = {"role": "user", "content": "Go ahead."}
+    assert prompt_of(CHAT, {"messages": [fill, go]}) == (fill["content"] + "\nGo ahead.", 2)
+    # an assistant (or tool) message ends the turn before it: only the last turn is read
+    said = {"role": "assistant", "content": "Sure."}
+    assert prompt_of(CHAT, {"messages": [fill, said, go]}) == ("Go ahead.", 3)
+    # developer messages are instructions, like system messages: not a turn
+    dev = {"role": "developer", "content": "Be brief."}
+    assert prompt_of(CHAT, {"messages": [dev, go]}) == ("Go ahead.", 1)
+    # a long run of user messages is bounded: the last 8
+    many = [{"role": "user", "content": f"part {i}"} for i in range(20)]
+    text, n = prompt_of(CHAT, {"messages": many})
+    assert n == 20 and text == "\n".join(f"part {i}" for i in range(12, 20))
