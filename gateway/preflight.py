@@ -152,14 +152,20 @@ def _cache_salts(cfg: GatewayConfig, out: list[Finding]) -> None:
 
 
 def _proxy_fields(cfg: GatewayConfig, out: list[Finding]) -> None:
-    """The extension-field policy, and each default entry the configuration dropped (gateway/proxy/fields.py)."""
-    from gateway.proxy.fields import weakened
+    """The extension-field policy, each default entry the configuration dropped, and allowlist contradictions
+    (gateway/proxy/fields.py)."""
+    from gateway.proxy.fields import allowlist_problems, weakened
 
     p = cfg.proxy
+    mode = f"unknown request fields {p.unknown_fields}" + (
+        f" ({len(p.allowed_fields)} allowed beyond the known ones)" if p.unknown_fields == "refuse" else "")
     out.append(Finding("ok", "proxy", f"{len(p.refused_fields)} request field(s) and {len(p.refused_headers)} "
-                                      f"header(s) refused, {len(p.withheld_response_fields)} answer field(s) withheld"))
+                                      f"header(s) refused, {len(p.withheld_response_fields)} answer field(s) "
+                                      f"withheld, {mode}"))
     out.extend(Finding("warning", "proxy", w)
                for w in weakened(p.refused_fields, p.refused_headers, p.withheld_response_fields))
+    out.extend(Finding("warning", "proxy", w)
+               for w in allowlist_problems(p.unknown_fields, p.allowed_fields, p.refused_fields))
 
 
 def _limit_classes(cfg: GatewayConfig, policy: Policy, out: list[Finding]) -> None:

@@ -3,6 +3,8 @@ internals (``gateway/proxy/fields.py`` holds the defaults and why each one is th
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from gateway.config.base import _HTTP_TOKEN, _Model
@@ -33,6 +35,12 @@ class ProxyConfig(_Model):
     # answer fields removed from chat/completions/embeddings bodies and stream chunks (top level, choices,
     # message/delta) and from Responses API response objects; counted, logged once per field
     withheld_response_fields: list[str] = Field(default_factory=lambda: list(WITHHELD_RESPONSE_FIELDS))
+    # top-level request fields that are neither an OpenAI parameter of the endpoint nor a known-safe engine
+    # extension (gateway/proxy/known_fields.py): pass (a drop-in proxy: new extensions reach the backend) or
+    # refuse (400 naming the field; counted as field="(unknown)"). The block list applies in both modes.
+    unknown_fields: Literal["pass", "refuse"] = "pass"
+    # extra top-level field names refuse mode lets through on every endpoint (refused_fields still wins)
+    allowed_fields: list[str] = Field(default_factory=list)
 
     @field_validator("refused_fields")
     @classmethod
@@ -62,4 +70,12 @@ class ProxyConfig(_Model):
                 raise ValueError(why)
             if n in REQUIRED_RESPONSE_FIELDS:
                 raise ValueError(f"{n!r} is part of every answer clients and the gateway read: it cannot be withheld")
+        return _unique(v)
+
+    @field_validator("allowed_fields")
+    @classmethod
+    def _allowed(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if (why := name_problem(n, dotted=False)) is not None:  # top-level names: the allowlist tests no deeper
+                raise ValueError(why)
         return _unique(v)

@@ -10,10 +10,15 @@ prompt, which weights served it, MoE routing, hidden states, prefix-cache hits, 
 
 ``FieldPolicy`` (built once per process from ``proxy`` in the config) is sans-IO:
 
-- ``check(body, headers)``: a request naming a refused field (``proxy.refused_fields``) or header
+- ``check(body, headers, endpoint)``: a request naming a refused field (``proxy.refused_fields``) or header
   (``proxy.refused_headers``) is a 400 whose message and ``param`` name it and say why. ``null`` and
   ``false`` count as absent (clients that serialize every default still pass). A dotted entry
-  (``chat_template_kwargs.chat_template``) names a key inside an object field.
+  (``chat_template_kwargs.chat_template``) names a key inside an object field. With ``proxy.unknown_fields:
+  refuse`` a top-level field that ``endpoint`` does not know (``gateway/proxy/known_fields.py``, plus
+  ``proxy.allowed_fields``) is a 400 too, after the block list (whose reason says more). ``null`` counts as
+  absent there as well (a pydantic server reads it as its default); ``false`` does not (the default of a field
+  nobody listed is unknown). Unknown names are counted under one label value, ``field="(unknown)"``: the
+  client chooses them, and a label per name would let any client grow the metric without bound.
 - ``scrub(obj)``: removes ``proxy.withheld_response_fields`` from an answer (a body or one stream chunk): at
   its top level, in each choice and in each choice's ``message``/``delta``. A ``null`` value is left as it
   is: vLLM 0.33 writes all its extension keys, null unless asked for, into every non-streamed answer.
@@ -22,8 +27,10 @@ prompt, which weights served it, MoE routing, hidden states, prefix-cache hits, 
 - ``may_hold(raw)``: a prefilter on raw bytes for the paths that relay without decoding; a hit only means
   "decode and scrub" (a false positive costs one decode, never a wrong answer).
 
-Each refusal and each withheld field is counted by field name (a label set bounded by the configuration);
-each withheld field is logged once per process (a misconfigured backend would otherwise log per request).
+Each refusal and each withheld field is counted by field name (a label set bounded by the configuration, and
+``(unknown)``); each withheld field is logged once per process (a misconfigured backend would otherwise log per
+request), and so is each of the first ``LOGGED_UNKNOWN`` distinct unknown names (the operator's list of what
+clients send, for ``proxy.allowed_fields``; bounded, since the names are the client's).
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from gateway.errors import InvalidRequest
+from gateway.proxy.known_fields import PATHS, known_fields
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
+
+    from gateway.proxy.parse import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +164,10 @@ REQUIRED_RESPONSE_FIELDS = frozenset({
     "id", "object", "created", "model", "choices", "usage", "index", "message", "delta", "text", "content",
     "role", "tool_calls", "finish_reason", "logprobs", "data", "embedding", "output", "error", "type",
 })
+UnknownFields = Literal["pass", "refuse"]
+UNKNOWN_LABEL = "(unknown)"  # the metric label of every unknown name: no field name has parentheses
+LOGGED_UNKNOWN = 32  # distinct unknown names logged per process; all are counted
+_SHOWN = 64  # characters of an unknown name echoed in the 400 (the client chose it: bounded)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _HOLDERS = ("message", "delta")
 
@@ -170,12 +184,16 @@ def name_problem(name: str, *, dotted: bool) -> str | None:
 class FieldPolicy:
     """The compiled ``proxy`` section: what the request check and the answer scrub test, built once."""
 
-    __slots__ = ("_logged", "_nested", "_refused_metric", "_top", "_withheld_metric", "headers", "pattern",
-                 "refused", "withheld", "withheld_responses")
+    __slots__ = ("_known", "_logged", "_logged_unknown", "_nested", "_refused_metric", "_top", "_withheld_metric",
+                 "allowed", "headers", "pattern", "refused", "unknown", "withheld", "withheld_responses")
 
     def __init__(self, refused: Iterable[str], headers: Iterable[str], withheld: Iterable[str], *,
+                 unknown: UnknownFields = "pass", allowed: Iterable[str] = (),
                  refused_metric: Counter | None = None, withheld_metric: Counter | None = None) -> None:
         self.refused = {n: REFUSED_FIELDS.get(n, "listed by the operator") for n in refused}
+        self.unknown = unknown
+        self.allowed = frozenset(allowed)
+        self._logged_unknown: set[str] = set()
         self.headers = {h.lower(): REFUSED_HEADERS.get(h.lower(), "listed by the operator") for h in headers}
         self.withheld = frozenset(withheld)
         self.withheld_responses = self.withheld - RESPONSE_OBJECT_FIELDS
@@ -187,6 +205,10 @@ class FieldPolicy:
         self._nested = nested
         # the one set a request body is tested against: refused names and the parents of dotted ones
         self._top = frozenset(n for n in self.refused if "." not in n) | frozenset(nested)
+        # refuse mode, per endpoint: (the known fields that are no block-list name: a body within it needs no
+        # further look; every known field). None: pass mode, nothing tested.
+        self._known: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None if unknown == "pass" else {
+            ep: (known_fields(ep, self.allowed) - self._top, known_fields(ep, self.allowed)) for ep in PATHS}
         names = b"|".join(re.escape(n.encode()) for n in sorted(self.withheld))
         first = b"".join(re.escape(bytes([c])) for c in sorted({n.encode()[0] for n in self.withheld}))
         # a key with a value other than null: vLLM 0.33 writes every one of its extension keys into every
@@ -200,27 +222,63 @@ class FieldPolicy:
 
     # --- requests ---------------------------------------------------------------------------------------------
 
-    def check(self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        """Raise ``InvalidRequest`` (400) naming the first refused field (body order) or header present."""
-        if not self._top.isdisjoint(body):
-            for key, value in body.items():
-                if key not in self._top or value is None or value is False:
-                    continue
-                if key in self.refused:
-                    self._refuse(key, f"{key}: not accepted by this gateway ({self.refused[key]}; "
-                                      "proxy.refused_fields)", key)
-                inner = self._nested.get(key)
-                if inner is not None and isinstance(value, Mapping):
-                    for child, dotted in inner.items():
-                        v = value.get(child)
-                        if v is not None and v is not False:
-                            self._refuse(dotted, f"{dotted}: not accepted by this gateway "
-                                                 f"({self.refused[dotted]}; proxy.refused_fields)", dotted)
+    def check(self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None,
+              endpoint: Endpoint | None = None) -> None:
+        """Raise ``InvalidRequest`` (400) naming the first refused field (body order) or header present, then
+        (``refuse`` mode, where ``endpoint`` is required) the first field ``endpoint`` does not know."""
+        known = self._known
+        if known is None:
+            unknown = False
+            if not self._top.isdisjoint(body):
+                self._check_refused(body)
+        else:
+            if endpoint is None:  # a caller that forgot it must not turn the allowlist off without a word
+                raise TypeError("FieldPolicy.check: endpoint is required when proxy.unknown_fields is refuse")
+            # the common case is one C-level pass over the body's keys (their hashes are cached in the str):
+            # every key a known field that is no block-list name either, so neither loop below has work
+            unknown = not known[endpoint][0].issuperset(body)
+            if unknown and not self._top.isdisjoint(body):
+                self._check_refused(body)
         if headers is not None:
             for h, why in self.headers.items():
                 if h in headers:
                     self._refuse(h, f"{h}: header not accepted by this gateway ({why}; proxy.refused_headers)",
                                  h)
+        if unknown and known is not None and endpoint is not None:  # after the block list: its reason says more
+            fields = known[endpoint][1]
+            if not fields.issuperset(body):  # False when only a block-list parent took the slow path
+                for key, value in body.items():
+                    if value is not None and key not in fields:
+                        self._refuse_unknown(key, endpoint)
+
+    def _check_refused(self, body: Mapping[str, Any]) -> None:
+        for key, value in body.items():
+            if key not in self._top or value is None or value is False:
+                continue
+            if key in self.refused:
+                self._refuse(key, f"{key}: not accepted by this gateway ({self.refused[key]}; "
+                                  "proxy.refused_fields)", key)
+            inner = self._nested.get(key)
+            if inner is not None and isinstance(value, Mapping):
+                for child, dotted in inner.items():
+                    v = value.get(child)
+                    if v is not None and v is not False:
+                        self._refuse(dotted, f"{dotted}: not accepted by this gateway "
+                                             f"({self.refused[dotted]}; proxy.refused_fields)", dotted)
+
+    def _refuse_unknown(self, name: str, endpoint: Endpoint) -> NoReturn:
+        shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
+        if len(self._logged_unknown) < LOGGED_UNKNOWN and shown not in self._logged_unknown:
+            self._logged_unknown.add(shown)
+            log.warning("refused the unknown request field %r on %s (proxy.unknown_fields: refuse; list it in "
+                        "proxy.allowed_fields to let it through); counted in ipgate_request_fields_refused_total"
+                        "{field=%r}, logged once per name for the first %d names", shown, PATHS[endpoint],
+                        UNKNOWN_LABEL, LOGGED_UNKNOWN)
+        if self._refused_metric is not None:
+            self._refused_metric.labels(field=UNKNOWN_LABEL).inc()
+        raise InvalidRequest(f"{shown}: not accepted by this gateway (unknown field: neither an OpenAI parameter of "
+                             f"{PATHS[endpoint]} nor a known inference-server extension; proxy.unknown_fields)",
+                             param=shown, code="field_not_accepted")
 
     def _refuse(self, name: str, message: str, param: str) -> NoReturn:
         if self._refused_metric is not None:
@@ -284,4 +342,22 @@ def weakened(refused: Iterable[str], headers: Iterable[str], withheld: Iterable[
             if name not in configured:
                 out.append(f"proxy.{section} lacks {name!r} ({why}): it now reaches the "
                            + ("client" if section.startswith("withheld") else "backend"))
+    return out
+
+
+def allowlist_problems(unknown: UnknownFields, allowed: Iterable[str], refused: Iterable[str]) -> list[str]:
+    """What ``ipgate check`` warns about in the allowlist settings: entries that contradict the block list (the
+    block list wins: it is checked first, in both modes) and entries that do nothing."""
+    allowed = list(allowed)
+    if unknown == "pass":
+        return [f"proxy.allowed_fields lists {len(allowed)} field(s) but has no effect while proxy.unknown_fields "
+                "is pass (every field that is not refused reaches the backend)"] if allowed else []
+    out = []
+    blocked = set(refused)
+    for name in allowed:
+        if name in blocked:
+            out.append(f"proxy.allowed_fields lists {name!r}, which proxy.refused_fields also lists: the block "
+                       f"list wins and {name!r} is refused (remove it from one of the two)")
+        elif all(name in known_fields(ep) for ep in PATHS):
+            out.append(f"proxy.allowed_fields lists {name!r}, which every endpoint knows already (no effect)")
     return out
