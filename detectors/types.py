@@ -63,7 +63,7 @@ class RequestFeatures:
     top_p: float | None
     has_seed: bool
     logprobs: bool  # chat `logprobs: true` or completions `logprobs: k`
-    top_logprobs: int  # chat top_logprobs / completions logprobs k / len(logprob_token_ids)
+    top_logprobs: int  # chat top_logprobs / completions logprobs k, + len(logprob_token_ids)
     echo: bool
     # Token targeting: the logit_bias keys and vLLM's logprob_token_ids / allowed_token_ids / bad_words entries
     # (token ids; hashed when not numeric), at most 512 kept; ``bias_*`` below cover all of them.

@@ -19,7 +19,8 @@ reproducible sampling. Each rule removes one of those ingredients:
 - vLLM's token-id fields are the same channel by other names, so the same rules cover them:
   ``logprob_token_ids`` returns the logprobs of up to 128 *chosen* token ids at every position — what a
   bias plus ``top_logprobs`` gives, without a bias — so ``logprobs_xor_logit_bias`` removes it (the client
-  keeps the ordinary top-k) and ``max_top_logprobs`` caps its length; ``allowed_token_ids`` (every other token
+  keeps the ordinary top-k) and ``max_top_logprobs`` caps its length together with the top-k asked beside it
+  (both are read at every position); ``allowed_token_ids`` (every other token
   banned) and ``bad_words`` (the listed words banned) are infinite biases, so they go with ``logit_bias`` when
   logprobs are asked under ``logprobs_xor_logit_bias``, and wherever ``max_abs_logit_bias`` is set;
   ``max_logit_bias_entries`` removes an allow list (it bans all but a few tokens) and caps ``bad_words``.
@@ -167,12 +168,15 @@ def _cap_targeting(body: dict[str, Any], cfg: HardeningConfig, chat: bool, edit:
     ids = body.get("logprob_token_ids")
     if isinstance(ids, list) and ids:
         cap = cfg.max_top_logprobs
-        if cfg.logprobs_xor_logit_bias or (cap is not None and cap <= 0):
+        # The chosen ids are read beside the top-k at each position: they get what the top-k leaves of the
+        # allowance (each capped on its own, top_logprobs 5 + 5 ids read 10 logprobs per position under a cap of 5)
+        room = None if cap is None else cap - _top_k(body, chat, cap)
+        if cfg.logprobs_xor_logit_bias or (room is not None and room <= 0):
             del edit()["logprob_token_ids"]
             changes.append(f"removed logprob_token_ids ({len(ids)} ids): a read of chosen tokens' logprobs")
-        elif cap is not None and len(ids) > cap:
-            edit()["logprob_token_ids"] = ids[:cap]
-            changes.append(f"capped logprob_token_ids {len(ids)}->{cap}")
+        elif room is not None and len(ids) > room:
+            edit()["logprob_token_ids"] = ids[:room]
+            changes.append(f"capped logprob_token_ids {len(ids)}->{room}")
     reads = _asks_logprobs(body, chat)
     for name in ("allowed_token_ids", "bad_words"):
         v = body.get(name)
@@ -192,6 +196,15 @@ def _cap_targeting(body: dict[str, Any], cfg: HardeningConfig, chat: bool, edit:
             continue
         del edit()[name]
         changes.append(f"dropped {name} ({len(v)} entries): {why}")
+
+
+def _top_k(body: dict[str, Any], chat: bool, cap: int) -> int:
+    """The top logprobs per position the request reads once capped: chat ``top_logprobs``, legacy ``logprobs``
+    or vLLM's ``prompt_logprobs`` (the prompt's positions: whichever is larger)."""
+    top = body.get("top_logprobs" if chat else "logprobs")
+    pl = body.get("prompt_logprobs")
+    k = max(top if _is_int(top) else 0, pl if _is_int(pl) else 0)
+    return min(k, cap)
 
 
 def _cap_bias(bias: dict[Any, Any], cfg: HardeningConfig, edit: _Edit, changes: list[str]) -> None:

@@ -139,8 +139,10 @@ class Anchor:
     def parse(cls, text: str) -> Anchor:
         """``WRITER:SEQ:HASH`` (a writer id holds colons itself: host:pid:nonce)."""
         writer, seq, digest = text.rsplit(":", 2) if text.count(":") >= 2 else ("", "", "")
-        if not writer or not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"{text!r} is not WRITER:SEQ:HASH (a 64-digit lower-case hex hash)")
+        # ASCII digits only: isdigit() takes "١" or "１" (int() reads both as 1), and int() refuses > 4 300 digits
+        if not writer or not (seq.isascii() and seq.isdigit() and len(seq) <= 20) or len(digest) != 64 \
+                or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{text!r} is not WRITER:SEQ:HASH (SEQ in decimal digits, HASH 64 lower-case hex digits)")
         return cls(writer, int(seq), digest)
 
 
@@ -156,7 +158,11 @@ def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: byte
     records were cut off; an anchor taken later (from the shipped log) can: a missing anchor is a problem at
     line 0.
     """
-    wanted = {(a.writer, a.seq): a.hash for a in anchors}
+    # a set per record: two anchors naming one record with different hashes cannot both hold (a dict of one hash
+    # kept the last flag's and dropped the other, so the verdict depended on the order of the flags)
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for a in anchors:
+        wanted.setdefault((a.writer, a.seq), set()).add(a.hash)
     heads: dict[str, _Head] = {}
     problems: list[Problem] = []
     records = 0
@@ -200,10 +206,10 @@ def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: byte
         elif rec["prev"] != head.hash:
             problems.append(Problem(no, writer, f"seq {seq}: prev does not match the previous record's hash"))
         heads[writer] = _Head(seq, rec["hash"])
-        anchored = wanted.pop((writer, seq), None) if wanted else None
-        if anchored is not None and anchored != rec["hash"]:
-            problems.append(Problem(no, writer, f"seq {seq}: not the record the anchor names (hash {anchored[:12]}…): "
-                                                "the chain was rewritten"))
+        for anchored in sorted(wanted.pop((writer, seq), ())) if wanted else ():
+            if anchored != rec["hash"]:
+                problems.append(Problem(no, writer, f"seq {seq}: not the record the anchor names (hash "
+                                                    f"{anchored[:12]}…): the chain was rewritten"))
     for (writer, seq), _ in sorted(wanted.items()):
         head = heads.get(writer)
         after = f"the files end at seq {head.seq}" if head is not None else "the files hold no record of it"

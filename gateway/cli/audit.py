@@ -93,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"intact: {report.records} records from {report.writers} writer(s)")
     else:
         f, n, w, r = problems[0]
-        print(f"BROKEN: first bad line {f}:{n} (writer {w}): {r}")
+        print(_printable(f"BROKEN: first bad line {f}:{n} (writer {w}): {r}"))
         for f, n, w, r in problems[1:]:
-            print(f"  also {f}:{n} (writer {w}): {r}")
+            print(_printable(f"  also {f}:{n} (writer {w}): {r}"))
     return 0 if report.intact else 1
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped: a writer id comes from the files or from an --anchor argument
+    (an undecodable byte reads as one), and a strict UTF-8 stdout refused it: "internal error", not the verdict."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

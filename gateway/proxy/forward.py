@@ -61,7 +61,10 @@ MAX_RETRY_AFTER_S = 60  # the openai SDKs ignore a longer Retry-After (and fall 
 def retry_after_s(headers: Mapping[str, str]) -> int | None:
     """A backend's ``Retry-After`` in whole seconds (the delta-seconds form; an HTTP date is not read), capped."""
     value = headers.get("Retry-After", "").strip()
-    return min(int(value), MAX_RETRY_AFTER_S) if value.isascii() and value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    # a longer string is beyond the cap anyway; int() raises on one over 4 300 digits (a 500, not the 503)
+    return min(int(value), MAX_RETRY_AFTER_S) if len(value) <= 4 else MAX_RETRY_AFTER_S
 
 
 class AttemptFailed(Exception):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.proxy.parse import MAX_TOKENS_FIELD, _bool, _fail, _int, _is_int, _num, _str
+from gateway.proxy.parse import MAX_TOKENS_FIELD, _bool, _fail, _int, _is_int, _logit_bias, _num, _str
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _MESSAGE_ROLES = frozenset({"user", "system", "developer", "assistant"})
@@ -173,6 +173,9 @@ def responses_view(body: dict[str, Any]) -> dict[str, Any]:
     _num(body, "top_p", 0, 1)
     _int(body, "top_logprobs", 0, 20)
     _int(body, "seed", -(2**63), 2**63 - 1)
+    # vLLM's ResponsesRequest takes logit_bias as chat does (and coerces "100" to 100): checked as on chat, or
+    # a string value passed the tier's max_abs_logit_bias clamp, which clamps numbers only
+    _logit_bias(body)
     inc = body.get("include")
     if inc is not None and (not isinstance(inc, list) or not all(isinstance(x, str) for x in inc)):
         raise _fail("include", "must be an array of strings")

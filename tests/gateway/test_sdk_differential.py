@@ -391,11 +391,15 @@ async def test_extra_headers_reach_the_backend_extra_query_is_refused(plain: Pai
     before = len(plain.seen)
     with pytest.raises(openai.BadRequestError) as e:
         await plain.gateway.chat.completions.create(model="sim", messages=MSG, max_tokens=3,
-                                                    extra_query={"api-version": "2024-10-21"})
+                                                    extra_query={"api-version": "2024-10-21", "priority": "0"})
     assert e.value.status_code == 400 and isinstance(e.value.body, dict)
-    assert e.value.body.get("param") == "api-version", e.value.body
+    assert e.value.body.get("param") == "priority", e.value.body
     assert "query parameters are not accepted" in str(e.value.body.get("message"))
     assert len(plain.seen) == before
+    # Azure's api-version alone (the AzureOpenAI client sends it on every call) is accepted and not forwarded
+    await plain.gateway.chat.completions.create(model="sim", messages=MSG, max_tokens=3,
+                                                extra_query={"api-version": "2024-10-21"})
+    assert len(plain.seen) == before + 1 and not plain.seen[-1].query_string, plain.seen[-1]
 
 
 async def test_sync_client_sees_the_same(plain: Pair) -> None:
