@@ -44,6 +44,7 @@ class Exchange:
     watermarked: bool = False  # text was watermarked post hoc by the gateway
     watermarked_in_engine: bool = False  # the backend got watermark directives (KGW in its sampler)
     sampled: bool = False  # the trace span records: worth decoding the whole response for its attributes
+    ip: str | None = None  # the client's address (gateway/clientaddr.py: behind trusted proxies, forwarded)
 
 
 def _prompt_guess(ex: Exchange, parsed: ParsedRequest, reserved: int) -> int:
@@ -154,7 +155,7 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
         latency_ms=latency * 1000, overhead_ms=ex.overhead_s * 1000 if ex.overhead_s else None,
         prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
         tier=ctx.policy.tier(adm.tier).name if adm else ex.refused_tier, stream=parsed.stream if parsed else False,
-        error_type=ex.error_type, limit_class=p.limit_class if p else None,
+        error_type=ex.error_type, limit_class=p.limit_class if p else None, ip=ex.ip,
     ))
     if adm is not None:
         if adm.session is None and type(ctx.store) is MemoryStore:

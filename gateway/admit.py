@@ -44,12 +44,12 @@ class Admission:
 
 
 def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedRequest,
-             res: AdmitResult, request_id: str) -> DetectionSession | None:
+             res: AdmitResult, request_id: str, ip: str | None) -> DetectionSession | None:
     if ctx.detection is None:
         return None
     try:
         return ctx.detection.observe(principal, path, parsed.seen, res.detector_state, res.tier, res.now,
-                                     override=res.override, request_id=request_id)
+                                     override=res.override, request_id=request_id, ip=ip)
     except Exception:  # detection isolates its detectors and its adapter; this is a last line of defence
         ctx.metrics.detector_errors_total.labels(detector="pipeline").inc()
         global _pipeline_failure_logged
@@ -73,7 +73,7 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
         by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
     res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
                                                 ctx.config.detection.state_ttl_s))
-    session = _observe(ctx, principal, path, parsed, res, request_id)
+    session = _observe(ctx, principal, path, parsed, res, request_id, ex.ip)
     tier = res.tier
     if session is not None and res.override != "allow":
         tier = max(tier, session.outcome.tier)

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from gateway.alerts.dispatcher import AlertDispatcher
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.limitclass import LimitClasses
+from gateway.clientaddr import ClientAddress
 from gateway.config import GatewayConfig
 from gateway.context import CTX, AppContext
 from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_openai_error
@@ -89,9 +90,11 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             access_log=access_log, detection=detection, watermarking=watermarking, alerts=alerts,
             upstream=upstream, fingerprint=fingerprint, models=frozenset(router.models()),
             fields=FieldPolicy(cfg.proxy.refused_fields, cfg.proxy.refused_headers,
-                               cfg.proxy.withheld_response_fields, refused_metric=m.request_fields_refused_total,
+                               cfg.proxy.withheld_response_fields, unknown=cfg.proxy.unknown_fields,
+                               allowed=cfg.proxy.allowed_fields, refused_metric=m.request_fields_refused_total,
                                withheld_metric=m.response_fields_withheld_total),
         )
+        ctx.client_address = ClientAddress(cfg.server.trusted_proxies)
         try:
             yield ctx
         finally:

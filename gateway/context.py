@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.clientaddr import ClientAddress
+
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ class AppContext:
     upstream: Upstream
     fields: FieldPolicy  # extension fields refused in requests, withheld from answers (config: proxy)
     fingerprint: FingerprintChecker | None = None  # periodic model-fingerprint checks of the backends
+    # the client's address behind server.trusted_proxies (access log, alert evidence, traces)
+    client_address: ClientAddress = field(default_factory=ClientAddress)
     config_path: str | None = None  # the file `ipgate serve` loaded (SIGHUP and admin reload re-read it)
     draining: bool = False  # set on SIGTERM: /readyz answers 503, new requests 503
     drain_expired: bool = False  # the drain deadline passed: streams still running end with an error event

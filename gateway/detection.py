@@ -80,7 +80,7 @@ class GatewayDetection:
         self._logged: set[str] = set()
         self._state_errors_seen = 0  # engine.state_errors already exported
         self._link_failing = False
-        self._evidence: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
+        self._evidence: OrderedDict[str, deque[tuple[str, str, str]]] = OrderedDict()
         # Counter children resolved once: labels() costs a dict lookup and a lock per call on the hot path.
         self._tier_counters = (
             [metrics.detection_tier_total.labels(tier=t.name) for t in policy.tiers] if metrics else []
@@ -135,9 +135,11 @@ class GatewayDetection:
         *,
         override: Override | None = None,
         request_id: str | None = None,
+        ip: str | None = None,
     ) -> DetectionSession:
         try:
-            return self._observe(principal, endpoint, body, stored_state, stored_tier, now, override, request_id)
+            return self._observe(principal, endpoint, body, stored_state, stored_tier, now, override, request_id,
+                                 ip)
         except Exception as e:
             # Any other bug of this adapter (evidence, counters): the same isolation as a detector's, here
             # rather than in the pipeline, so that it is logged once and an ``allow``-listed client is not
@@ -146,7 +148,7 @@ class GatewayDetection:
 
     def _observe(
         self, principal: Principal, endpoint: str, body: Mapping[str, Any], stored_state: bytes | None,
-        stored_tier: int, now: float, override: Override | None, request_id: str | None,
+        stored_tier: int, now: float, override: Override | None, request_id: str | None, ip: str | None = None,
     ) -> DetectionSession:
         try:
             feats = extract(endpoint, body, now)
@@ -180,7 +182,7 @@ class GatewayDetection:
             if v.unscored and self.cfg.fail_policy == "block" and tier < self._block_tier:
                 tier = self._block_tier
         if v.score >= EVIDENCE_MIN_SCORE or engine_tier > 0:
-            self._remember(principal.client_id, request_id, endpoint, body)
+            self._remember(principal.client_id, request_id, endpoint, body, ip)
         if self._tier_counters:  # last: nothing below can fail (a failure above is counted once, unscored)
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier, v.score, v.reasons, v.unscored)  # positional: cheaper per request
@@ -234,7 +236,8 @@ class GatewayDetection:
             log.info("cross-account linking available again")
         return shared, peer_scores
 
-    def _remember(self, client_id: str, request_id: str | None, endpoint: str, body: Mapping[str, Any]) -> None:
+    def _remember(self, client_id: str, request_id: str | None, endpoint: str, body: Mapping[str, Any],
+                  ip: str | None = None) -> None:
         text, _ = prompt_of(endpoint, body)
         ring = self._evidence.get(client_id)
         if ring is None:
@@ -243,12 +246,14 @@ class GatewayDetection:
                 self._evidence.popitem(last=False)
         else:
             self._evidence.move_to_end(client_id)
-        ring.append((request_id or "", text[:EVIDENCE_CHARS]))
+        ring.append((request_id or "", text[:EVIDENCE_CHARS], ip or ""))
 
-    def evidence(self, client_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(request ids, example prompts) of this client's recent suspicious requests on this replica."""
+    def evidence(self, client_id: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(request ids, example prompts, distinct client addresses) of this client's recent suspicious
+        requests on this replica."""
         ring = self._evidence.get(client_id, ())
-        return tuple(r for r, _ in ring if r), tuple(dict.fromkeys(t for _, t in ring if t))
+        return (tuple(r for r, _, _ in ring if r), tuple(dict.fromkeys(t for _, t, _ in ring if t)),
+                tuple(dict.fromkeys(a for _, _, a in ring if a)))
 
 
 class DetectionSession:
@@ -316,13 +321,13 @@ class DetectionSession:
         strong = sorted(
             (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE), key=lambda kv: -kv[1]
         )
-        request_ids, examples = det.evidence(self._principal.client_id)
+        request_ids, examples, ips = det.evidence(self._principal.client_id)
         return Alert(
             id=Alert.new_id(), ts=self._now, client=self._principal.client_id, tenant=self._principal.tenant,
             tier=det.policy.tier(self._engine_tier).name, tier_index=self._engine_tier,
             previous_tier=det.policy.tier(self._stored_tier).name, score=v.score, reasons=v.reasons,
             detectors=tuple(name for name, _ in strong[:MAX_ALERT_DETECTORS]), request_ids=request_ids,
-            examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored,
+            examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored, ips=ips,
         )
 
 

@@ -54,6 +54,7 @@ class Detection(Protocol):
         *,
         override: Override | None = None,
         request_id: str | None = None,
+        ip: str | None = None,
     ) -> DetectionSession:
         """Score this request against the client's stored state (pure CPU, no I/O).
 

@@ -3,7 +3,8 @@
     receive   gateway/receive.py      request id, header/body limits (431/413)
     auth      ctx.auth                JWT or API key -> Principal (401)
     parse     gateway/proxy/parse.py  typed body; 400 naming the field; unknown model 404
-              gateway/proxy/fields.py engine-internal extension fields and headers refused (400)
+              gateway/proxy/fields.py engine-internal extension fields and headers refused, and (refuse
+                                      mode) fields the endpoint does not know (400)
     detect    gateway/admit.py        ONE store round trip (state + GCRA), then detection (pure CPU)
     admit     gateway/admit.py        policy block / deny -> 403; over the limit -> 429 + RateLimit-*
     shape     gateway/shape.py        tier hardening, watermark directives, include_usage (per try)
@@ -58,6 +59,9 @@ OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "em
 _NO_SPAN = contextlib.nullcontext(INVALID_SPAN)  # tracing off: skip the SDK's context attach/detach entirely
 
 
+_IGNORED_QUERY = frozenset({"api-version"})  # Azure OpenAI's API version selector (AzureOpenAI always sends it)
+
+
 def success_headers(res: AdmitResult, rid: str) -> dict[str, str]:
     """Remaining quota on every answer (cheap ints); the full ``RateLimit-*`` set comes with a 429."""
     return {"X-Request-Id": rid, "x-ratelimit-remaining-requests": str(res.requests.remaining),
@@ -84,14 +88,19 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
-    ctx.fields.check(parsed.body, request.headers)                            # extension fields (400)
+    ctx.fields.check(parsed.body, request.headers, parsed.endpoint)           # extension fields (400)
     if request.rel_url.raw_query_string:
         # The OpenAI API takes no query parameters on these POSTs. Forwarding them would steer a backend past
         # the parse step, the hardening and the field policy (which read the body); dropping them would lose
-        # what the client meant (the SDK's extra_query) without a word. So: a 400 naming the first one.
-        name = next(iter(request.rel_url.query), "") or "query"
-        raise InvalidRequest(f"{name}: query parameters are not accepted; send request fields in the JSON body",
-                             param=name)
+        # what the client meant (the SDK's extra_query) without a word. So: a 400 naming the first one. Except
+        # Azure's `api-version`, which the AzureOpenAI client sends on every call: it selects nothing on an
+        # OpenAI-compatible backend and no query string is forwarded, so it is accepted and dropped.
+        query = request.rel_url.query
+        extra = [k for k in query if k not in _IGNORED_QUERY]
+        if extra or not query:
+            name = (extra[0] if extra else "") or "query"
+            raise InvalidRequest(f"{name}: query parameters are not accepted; send request fields in the JSON "
+                                 "body", param=name)
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
@@ -140,8 +149,22 @@ def _annotate(span: Span, ex: Exchange) -> None:
         set_request_attributes(span, operation=OPERATION[p.endpoint], request_model=p.model, stream=p.stream)
         set_response_attributes(span, response_model=ex.response_model, input_tokens=ex.facts.prompt_tokens,
                                 output_tokens=ex.facts.completion_tokens, finish_reasons=ex.facts.finish_reasons)
+    if ex.ip is not None:
+        span.set_attribute("client.address", ex.ip)  # OTel semantic conventions (behind proxies: forwarded)
     if ex.error_type is not None:
         set_error(span, ex.error_type)
+
+
+def _exchange(ctx: AppContext, request: web.Request, route: str) -> Exchange:
+    """A request's record, from its arrival: id, route, start time and the client's address."""
+    ex = Exchange(request_id(request), route, time.perf_counter())
+    addr = ctx.client_address
+    if addr.enabled:  # behind trusted proxies: every X-Forwarded-For line, in order, as one list
+        xff = request.headers.getall("X-Forwarded-For", ())
+        ex.ip = addr.resolve(request.remote, ",".join(xff) if xff else None)
+    else:
+        ex.ip = request.remote
+    return ex
 
 
 def proxy_handler(endpoint: Endpoint) -> Handler:
@@ -149,7 +172,7 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX]
-        ex = Exchange(request_id(request), request.path, time.perf_counter())
+        ex = _exchange(ctx, request, request.path)
         task = asyncio.current_task()
         with ctx.tracing.span(name) if ctx.tracing.enabled else _NO_SPAN as span:
             try:
@@ -188,7 +211,7 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    ex = Exchange(request_id(request), request.path, time.perf_counter())
+    ex = _exchange(ctx, request, request.path)
     try:
         ex.principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
     except GatewayError as e:
@@ -217,7 +240,7 @@ async def no_route(request: web.Request) -> web.Response:
     # counted and access-logged under the route "-" (never the raw path: unbounded labels, and a scan's paths
     # are the scanner's words), so path scans show in the metrics and the access log
     ctx = request.app[CTX]
-    ex = Exchange(request_id(request), "-", time.perf_counter())
+    ex = _exchange(ctx, request, "-")
     if request.path in API_PATHS:
         err = to_openai_error(f"method: {request.method} is not allowed on {request.path}",
                               "invalid_request_error", "method_not_allowed")

@@ -73,6 +73,7 @@ class Alert:
     cluster: tuple[str, ...] = ()  # other accounts linked to this one
     cluster_score: float = 0.0
     unscored: bool = False  # a detector failed on the request that raised it
+    ips: tuple[str, ...] = ()  # distinct client addresses of the requests in the evidence (server.trusted_proxies)
 
     @staticmethod
     def new_id() -> str:
@@ -99,6 +100,7 @@ class Alert:
             "detectors": list(self.detectors),
             "evidence": {
                 "request_ids": list(self.request_ids),
+                "ips": list(self.ips),
                 "examples": examples,
                 "redacted": redact,
                 "cluster": list(self.cluster),
@@ -121,5 +123,5 @@ class Alert:
             score=float(d["score"]), reasons=tuple(d.get("reasons", ())), detectors=tuple(d.get("detectors", ())),
             request_ids=tuple(ev.get("request_ids", ())), examples=tuple(ev.get("examples", ())),
             cluster=tuple(ev.get("cluster", ())), cluster_score=float(ev.get("cluster_score", 0.0)),
-            unscored=bool(d.get("unscored", False)),
+            unscored=bool(d.get("unscored", False)), ips=tuple(ev.get("ips", ())),
         )

@@ -25,6 +25,17 @@ class ServerConfig(_Model):
     drain_timeout_s: float = Field(20.0, ge=0)
     workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
     overhead_header: str = "x-ipgate-overhead-ms"
+    # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's
+    # address (access log, alert evidence, traces) is then the rightmost untrusted hop. Empty: the TCP peer.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        from gateway.clientaddr import parse_networks
+
+        parse_networks(v)  # raises ValueError naming the bad entry
+        return v
 
     @field_validator("overhead_header")
     @classmethod

@@ -22,7 +22,7 @@ A line looks like::
     {"ts":1764168000.123,"request_id":"b1f0…","client_id":"acme-7","tenant":"acme","model":"sim",
      "backend":"stable","route":"/v1/chat/completions","status":200,"latency_ms":41.2,"overhead_ms":0.31,
      "prompt_tokens":12,"completion_tokens":96,"tier":"normal","stream":true,"error_type":null,
-     "limit_class":"default"}
+     "limit_class":"default","ip":"198.51.100.9"}
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class AccessRecord:
     stream: bool = False
     error_type: str | None = None
     limit_class: str | None = None  # the client's plan (a key of `limits`); None when not authenticated
+    ip: str | None = None  # the client's address (the TCP peer, or forwarded by server.trusted_proxies)
 
 
 # One shared encoder: json.dumps with options builds a new JSONEncoder on every call.
@@ -90,6 +91,7 @@ def format_record(rec: AccessRecord, ts: float) -> str:
             "stream": rec.stream,
             "error_type": rec.error_type,
             "limit_class": rec.limit_class,
+            "ip": rec.ip,
         }
     )
 

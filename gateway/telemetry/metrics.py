@@ -215,8 +215,10 @@ class Metrics:
         )
         self.request_fields_refused_total = Counter(
             "ipgate_request_fields_refused_total",
-            "Requests answered 400 for an inference-server extension field or header the gateway does not "
-            "accept (proxy.refused_fields, proxy.refused_headers); field = the field or header name.",
+            "Requests answered 400 for a request field or header the gateway does not accept: an inference-server "
+            "extension (proxy.refused_fields, proxy.refused_headers; field = its name), a field the endpoint does "
+            "not know under proxy.unknown_fields: refuse (field=\"(unknown)\"), a token-id prompt under "
+            "detection.token_id_prompts: refuse (field=\"prompt\").",
             ["field"], registry=r,
         )
         self.response_fields_withheld_total = Counter(

@@ -118,6 +118,7 @@ async def test_dashboard_click_alert_and_pin_tier(tmp_path: Path) -> None:
                 assert "Client mallory" in panel and "throttle" in panel
                 assert "Say hi to ###-####" in panel  # the example, redacted
                 assert "555-0100" not in panel
+                assert "addresses" in panel and "127.0.0.1" in panel  # the evidence's client addresses
                 await page.eval("document.querySelector('#detail select').value = '3', true")
                 await page.eval("document.querySelector('#detail button[data-action=pin]').click(), true")
                 status = await page.wait_for(
