@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ from detectors import state as envelope
 from detectors.base import AnyDetector, ramp
 from detectors.combiner import CombinerParams, TierState, TierThresholds, next_tier
 from detectors.decoded_cache import DecodedCache
+from detectors.features import draw, rebase
 from detectors.linking import CrossAccountLinking
 from detectors.registry import DEFAULT_ENABLED, REGISTRY
 from detectors.types import (
@@ -72,6 +74,8 @@ REASON_MIN_SCORE = 0.3
 MAX_REASONS = 6
 INHERIT_FLOOR = 0.1  # own score a linked client needs before it inherits its cluster's score
 DECODED_CACHE = 2048  # clients whose decoded state is kept between requests (~16 KB each: ~32 MB when full)
+TURNS = "~turns"  # the envelope blob of a client's recent last-turn CRCs (never a detector name: "~" is not one)
+TURN_MEMORY = 64  # last turns remembered per client (4 bytes each)
 
 
 class Pending:
@@ -167,7 +171,7 @@ class Engine:
                 raise ValueError(f"detector {name!r}: weight must be a finite number, got {weights[name]}")
         if not 0.0 <= inherit <= 1.0:  # the stored score must stay in [0, 1] (``state.decode`` checks it)
             raise ValueError(f"inherit must lie in [0, 1], got {inherit}")
-        budget = 64 + sum(d.state_bytes + 3 + len(d.name) for d in built)
+        budget = declared_state_bytes(built)
         if budget > STATE_BUDGET_BYTES:
             raise ValueError(f"detector state bounds sum to {budget} bytes > {STATE_BUDGET_BYTES}")
         return cls(params, built, weights, tiers or params.tiers, inherit)
@@ -230,6 +234,9 @@ class Engine:
             else old.get(d.name, b"")
             for d in self.detectors
         }
+        turns = old.get(TURNS)
+        if turns is not None:  # the memory of the client's last turns (``_turns``), kept as it is
+            env.blobs[TURNS] = turns
         data = envelope.encode(env)
         if self.cache_size and len(states) == len(self.detectors):
             self._decoded.put(data, (env, dict(states)), self.cache_size, parent)
@@ -290,6 +297,8 @@ class Engine:
     def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
         env, states = self._open(state)
+        if feats.turn_crc:
+            feats = self._turns(env, feats)
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:
@@ -303,6 +312,35 @@ class Engine:
         verdict = self._verdict(env, results, errors, now, env.requests_seen)
         env.last_ts = max(env.last_ts, now)
         return verdict, Pending(env, states, state or None)
+
+    def _turns(self, env: envelope.Envelope, feats: RequestFeatures) -> RequestFeatures:
+        """Which user turn of a chat request the detectors read, and the memory of the client's last turns.
+
+        A conversation sent turn by turn shows each earlier user turn first as a last turn: a turn of the
+        history the client never sent that way (not among its last ``TURN_MEMORY`` last turns) was written into
+        the history by the client. Reading only the last turn let a harvester put its template fill in such a
+        turn, behind a made-up assistant reply, and end with a short "please answer that". So the request is
+        scored by one of {its unseen history turns, its last turn}, drawn uniformly (the batch-prompt draw: the
+        client cannot steer it). A conversation resumed after its turns left the memory reads a real earlier
+        turn again now and then: that is benign text, scored like any prompt."""
+        blob = env.blobs.get(TURNS, b"")
+        ring = array("I")
+        if len(blob) % 4 == 0:
+            ring.frombytes(blob)
+        history = feats.history
+        if history:
+            unseen = [text for crc, text in history if crc not in ring]
+            if unseen:
+                k = draw(len(unseen) + 1)
+                if k < len(unseen):
+                    feats = rebase(feats, unseen[k])
+        crc = feats.turn_crc
+        if crc not in ring:
+            ring.append(crc)
+            if len(ring) > TURN_MEMORY:
+                del ring[: len(ring) - TURN_MEMORY]
+            env.blobs[TURNS] = ring.tobytes()
+        return feats
 
     def observe_response(self, state: bytes | Pending, resp: ResponseFeatures, now: float) -> bytes:
         """Fold the upstream's answer (usage, finish reasons, logprobs served) into the state."""
@@ -373,6 +411,12 @@ class Engine:
                 self._fail(d.name, e)
                 errors.append(d.name)
         return self._verdict(env, results, errors, now, env.requests_seen)
+
+
+def declared_state_bytes(detectors: Iterable[AnyDetector]) -> int:
+    """The largest state the engine can write with these detectors: the envelope header, each detector's
+    declared bound with its name field, and the memory of last turns."""
+    return 64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS)
 
 
 def _unit(x: float) -> float:

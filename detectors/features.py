@@ -13,6 +13,7 @@ count vector (fixed by the hash, so every replica agrees), L2-normalised.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -121,6 +122,8 @@ def _text_of(content: Any) -> str:
 
 _INSTRUCTION_ROLES = ("system", "developer")
 _MAX_TURN_MESSAGES = 8  # consecutive user messages read as one turn (the rest of a longer run is left out)
+MAX_HISTORY_TURNS = 8  # earlier user turns of a request considered as history (the most recent ones)
+_CRC_CHARS = 2048  # a turn is identified by the CRC32 of its first characters
 
 
 def _instructions_of(messages: list[Any]) -> str:
@@ -302,8 +305,8 @@ def _bias(body: Mapping[str, Any]) -> tuple[tuple[int, ...], int, float, int]:
             max_abs = max(max_abs, _BAN)
         # The whole list is keyed (a fixed head with a sweeping tail past MAX_BIAS_TOKENS must change the key);
         # only short lists are sorted (sorting 100 000 strings costs ~30 ms): long ones in the client's order.
-        body = ",".join(sorted(map(str, ids)) if len(ids) <= MAX_BIAS_TOKENS else map(str, ids))
-        parts.append(name + "=" + body)
+        listed = ",".join(sorted(map(str, ids)) if len(ids) <= MAX_BIAS_TOKENS else map(str, ids))
+        parts.append(name + "=" + listed)
     return tuple(toks[:MAX_BIAS_TOKENS]), entries, max_abs, _crc(";".join(parts))
 
 
@@ -327,6 +330,51 @@ def _num(v: Any) -> float | None:
         return float(v)
     except OverflowError:  # an int beyond the float range: as large as a float gets, with its sign
         return math.inf if v > 0 else -math.inf
+
+
+def turn_crc(text: str) -> int:
+    """A turn's identity across requests (the client resends its earlier turns verbatim); 0 for no text."""
+    return zlib.crc32(text[:_CRC_CHARS].encode("utf-8", "surrogatepass")) | 1 if text else 0
+
+
+def history_of(body: Mapping[str, Any]) -> tuple[tuple[int, str], ...]:
+    """The user turns before the last one, as (``turn_crc``, text), most recent last, at most
+    ``MAX_HISTORY_TURNS``: consecutive user messages form one turn, as in ``prompt_of``."""
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return ()
+    turns: list[str] = []
+    run: list[str] = []
+    for m in messages:
+        if type(m) is not dict:
+            continue
+        role = m.get("role")
+        if role == "user":
+            run.append(_text_of(m.get("content")))
+        elif role not in _INSTRUCTION_ROLES and run:
+            turns.append(run[0] if len(run) == 1 else "\n".join(run[-_MAX_TURN_MESSAGES:]))
+            run = []
+    # a trailing run is the last turn itself (scored already); with none, the last turn is the last closed one
+    if not run and turns:
+        turns.pop()
+    return tuple((turn_crc(t), t) for t in turns[-MAX_HISTORY_TURNS:] if t)
+
+
+def draw(n: int) -> int:
+    """A uniform draw in [0, n) from the generator that picks batch prompts (seeded per process; replay
+    reseeds it with ``seed_batch_pick``)."""
+    return _batch_pick(n)
+
+
+def rebase(feats: RequestFeatures, text: str) -> RequestFeatures:
+    """``feats`` with every prompt-derived field computed from ``text`` instead (the parameters, the turn
+    identity and the history stay; demands found in either count)."""
+    t = extract("/v1/completions", {"prompt": text}, feats.ts)
+    return dataclasses.replace(
+        feats, prompt_words=t.prompt_words, prompt_key=t.prompt_key, head_key=t.head_key, tail_key=t.tail_key,
+        minhash=t.minhash, bottom=t.bottom, cot=feats.cot or t.cot, rubric=feats.rubric or t.rubric,
+        meta_prompt=feats.meta_prompt or t.meta_prompt, embedding=t.embedding, embedding_array=t.embedding_array,
+    )
 
 
 def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeatures:
@@ -398,5 +446,7 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
         rubric=rubric,
         meta_prompt=meta,
         embedding=tuple(vec.tolist()),
+        turn_crc=turn_crc(text) if msgs is not None else 0,
+        history=history_of(body) if n_messages > 1 else (),
         embedding_array=vec,
     )

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from detectors import features
 from detectors import state as envelope
 from detectors.combiner import CombinerParams
-from detectors.engine import DetectorSettings, Engine
+from detectors.engine import DetectorSettings, Engine, declared_state_bytes
 from detectors.features import extract
 from detectors.linking import MAX_ID_BYTES, LinkIndex
 from detectors.types import STATE_BUDGET_BYTES, RequestFeatures, ResponseFeatures, Verdict
@@ -424,7 +424,7 @@ def test_ten_thousand_adversarial_requests_stay_within_the_budget(engine: Engine
         assert not obs.verdict.errors and 0.0 <= obs.verdict.score <= 1.0
     assert state is not None
     _check(engine.peek(state, now), engine, state)
-    declared = 64 + sum(d.state_bytes + 3 + len(d.name) for d in engine.detectors)
+    declared = declared_state_bytes(engine.detectors)
     assert largest <= declared <= STATE_BUDGET_BYTES
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import DetectorSettings, Engine
+from detectors.engine import DetectorSettings, Engine, declared_state_bytes
 from detectors.features import extract
 from detectors.replay import replay
 from detectors.semantic import (
@@ -172,7 +172,7 @@ def test_engine_off_by_default_on_with_reference_within_budget() -> None:
     eng = Engine.from_params(PARAMS, detectors={"semantic": DetectorSettings(True, 4.0, {"reference": ref()})})
     assert "semantic" in eng.names and eng.weights["semantic"] == 4.0
     # every detector at its declared bound still fits the 32 KiB budget
-    assert 64 + sum(d.state_bytes + 3 + len(d.name) for d in eng.detectors) <= STATE_BUDGET_BYTES
+    assert declared_state_bytes(eng.detectors) <= STATE_BUDGET_BYTES
 
 
 def test_replay_feeds_vectors_one_request_late() -> None:

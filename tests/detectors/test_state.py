@@ -8,7 +8,7 @@ import pytest
 
 from detectors import state as envelope
 from detectors.combiner import CombinerParams
-from detectors.engine import Engine
+from detectors.engine import Engine, declared_state_bytes
 from detectors.linking import MAX_ID_BYTES, MAX_PEERS
 from detectors.types import STATE_BUDGET_BYTES, ResponseFeatures
 from tests.detectors.conftest import chat, feats
@@ -34,7 +34,7 @@ def _adversarial_stream(engine: Engine, n: int = 400) -> bytes:
 
 
 def test_declared_bounds_fit_the_budget(engine: Engine) -> None:
-    total = 64 + sum(d.state_bytes + 3 + len(d.name) for d in engine.detectors)
+    total = declared_state_bytes(engine.detectors)
     assert total <= STATE_BUDGET_BYTES
 
 
