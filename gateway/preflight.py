@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,39 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         for b in m.backends:
             _backend(cfg, m.name, b, env, out)
     _cache_salts(cfg, out)
+    _tls(cfg, out)
     return out
+
+
+def _tls(cfg: GatewayConfig, out: list[Finding]) -> None:
+    """The listeners' certificate: loadable with its key, and how long it stays valid."""
+    sc = cfg.server
+    if not (sc.tls_cert_file and sc.tls_key_file):
+        out.append(Finding("ok", "server", "listeners speak plain HTTP (terminate TLS in front of them, or set "
+                                           "server.tls_cert_file and server.tls_key_file)"))
+        return
+    from gateway.tls import TlsError, server_context
+
+    try:
+        server_context(sc.tls_cert_file, sc.tls_key_file)
+    except TlsError as e:
+        out.append(Finding("error", "server", str(e)))
+        return
+    from cryptography import x509  # installed with pyjwt[crypto]
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(sc.tls_cert_file).read_bytes())
+    except (OSError, ValueError) as e:
+        out.append(Finding("warning", "server", f"tls_cert_file {sc.tls_cert_file}: expiry not read ({e})"))
+        return
+    left = (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
+    if left < 0:
+        out.append(Finding("error", "server", f"tls_cert_file {sc.tls_cert_file} expired {-left:.0f} days ago"))
+    elif left < 14:
+        out.append(Finding("warning", "server", f"tls_cert_file {sc.tls_cert_file} expires in {left:.1f} days"))
+    else:
+        out.append(Finding("ok", "server", f"TLS on both listeners ({cert.subject.rfc4514_string()}, valid for "
+                                           f"{left:.0f} more days)"))
 
 
 def _cache_salts(cfg: GatewayConfig, out: list[Finding]) -> None:

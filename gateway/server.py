@@ -47,6 +47,8 @@ from gateway.audit.trail import AuditTrail
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.portclaim import PortClaim, claim_ports
+from gateway.tls import reload as reload_tls
+from gateway.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +153,26 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         await admin.setup()
         host, port = cfg.listen_addr
         ahost, aport = cfg.admin_addr
-        site = web.TCPSite(public, host, port, reuse_port=True, backlog=1024)
-        asite = web.TCPSite(admin, ahost, aport, reuse_port=True)
+        sc = cfg.server
+        tls = server_context(sc.tls_cert_file, sc.tls_key_file) if sc.tls_cert_file and sc.tls_key_file else None
+        site = web.TCPSite(public, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
+        asite = web.TCPSite(admin, ahost, aport, reuse_port=True, ssl_context=tls)
         await site.start()
         await asite.start()
         if config_path is not None:
             path = config_path
-            loop.add_signal_handler(signal.SIGHUP, lambda: reload_models(ctx, path, trail))
+
+            def on_hup() -> None:
+                if tls is not None and sc.tls_cert_file and sc.tls_key_file:  # a renewed certificate, in place
+                    reload_tls(tls, sc.tls_cert_file, sc.tls_key_file)
+                reload_models(ctx, path, trail)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         else:  # nothing to reload (demo): a hang-up ends the process as usual
             loop.remove_signal_handler(signal.SIGHUP)
         tune_gc()
-        log.info("ipgate serving on http://%s:%d (admin http://%s:%d), pid %d", host, port, ahost, aport,
+        scheme = "https" if tls is not None else "http"
+        log.info("ipgate serving on %s://%s:%d (admin %s://%s:%d), pid %d", scheme, host, port, scheme, ahost, aport,
                  os.getpid())
         if on_ready is not None and not stop.is_set():
             on_ready()
@@ -280,6 +291,8 @@ def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
     if supervised is not None:
         cfg = pin_claimed(cfg, supervised)
     n = workers if workers is not None else cfg.server.workers
+    if cfg.server.tls_cert_file and cfg.server.tls_key_file:  # an unusable certificate: one clear error, not N
+        server_context(cfg.server.tls_cert_file, cfg.server.tls_key_file)
     if n > 1:
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
     return asyncio.run(run_worker(config_path, cfg, claim=supervised is None))

@@ -28,6 +28,16 @@ class ServerConfig(_Model):
     # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's
     # address (access log, alert evidence, traces) is then the rightmost untrusted hop. Empty: the TCP peer.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # TLS on both listeners (PEM files; the chain is re-read on SIGHUP). Both or neither; none: plain HTTP
+    # (behind a TLS-terminating load balancer).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (set both, or neither)")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

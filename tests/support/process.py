@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -39,8 +40,10 @@ def child_pids(pid: int) -> list[int]:
 class GatewayProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, *, workers: int = 1, port: int | None = None,
                  admin_port: int | None = None, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), tls_ca: Path | None = None) -> None:
         self.extra_args = extra_args
+        # server.tls in the config: the listeners speak https, verified against this CA
+        self.tls = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
         self.port = port or free_port()
         self.admin_port = admin_port or free_port()
         cfg = dict(config)
@@ -63,11 +66,11 @@ class GatewayProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.admin_port}"
 
     def token(self, client_id: str) -> str:
         return mint_token(JWT_SECRET, client_id)
@@ -89,7 +92,7 @@ class GatewayProcess:
 
     def ready(self) -> int | None:
         try:
-            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as r:
+            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1, context=self.tls) as r:
                 return int(r.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
