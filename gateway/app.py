@@ -38,6 +38,7 @@ from gateway.store.factory import open_store
 from gateway.telemetry.accesslog import AccessLog
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing
+from gateway.tls import check_backend_tls
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         stack.push_async_callback(auth.close)
         # watermarking first: the router probes the KGW plugin of watermark-capable backends at start-up
         watermarking = _watermarking(cfg, m)
+        check_backend_tls(cfg)  # an unusable CA or client certificate: a start-up error naming it
         router = Router(cfg.models, cfg.routing, m, store, plugin_probe=_plugin_probe(watermarking))
         await router.start()
         stack.push_async_callback(router.close)

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 
 import aiohttp
 
@@ -43,6 +44,7 @@ async def probe_backend_partial(
     timeout_s: float = 30.0,
     delays: Sequence[float] = (),
     hurry: asyncio.Event | None = None,
+    ssl: SSLContext | bool = True,
 ) -> ProbeRun:
     """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
     not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
@@ -73,7 +75,7 @@ async def probe_backend_partial(
                         await asyncio.wait_for(hurry.wait(), delay)
             try:
                 async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
-                                        headers={"X-Request-Id": os.urandom(12).hex()}) as resp:
+                                        headers={"X-Request-Id": os.urandom(12).hex()}, ssl=ssl) as resp:
                     if resp.status != 200:
                         detail = (await resp.content.read(512)).decode("utf-8", errors="replace")[:200]
                         if quotes_a_prompt(detail, prompts):  # an echo of the request: keep the prompt out

@@ -47,6 +47,7 @@ from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_s
 from gateway.errors import NotFound
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 from gateway.routing.canary import Op, Phase
+from gateway.tls import backend_tls
 
 if TYPE_CHECKING:
     from gateway.alerts.dispatcher import AlertDispatcher
@@ -110,6 +111,7 @@ class FingerprintChecker:
         # Set by an on-demand check: a spread round that is running sends its probes still waiting for their
         # delay at once, so the operator's check waits for answers, not for up to ``spread_s`` of random delays.
         self._hurry = asyncio.Event()
+        self._queued = 0  # on-demand checks waiting for the round lock: a round that starts before them hurries
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._task: asyncio.Task[None] | None = None
         self.last_round_at: float | None = None
@@ -172,9 +174,19 @@ class FingerprintChecker:
         spread round that is running is hurried (its probes still waiting are sent now)."""
         if not spread:
             self._hurry.set()
-        async with self._round_lock:
+            self._queued += 1
+        try:
+            await self._round_lock.acquire()
+        finally:
+            if not spread:
+                self._queued -= 1
+        try:
             if spread:
-                self._hurry = asyncio.Event()  # a fresh round: an earlier on-demand request is served
+                # a fresh round: the on-demand checks before it are served; one still queued for the lock (behind
+                # this round) must not wait out its spread: the round is hurried from its start
+                self._hurry = asyncio.Event()
+                if self._queued:
+                    self._hurry.set()
             targets = self.targets()
             if model is None:
                 live = {(m, b.name) for m, b in targets}
@@ -184,6 +196,8 @@ class FingerprintChecker:
                       if (model is None or m == model) and (backend is None or b.name == backend)]
             results = await asyncio.gather(*(self._check(m, b, spread) for m, b in chosen))
             self.last_round_at = self._wall()
+        finally:
+            self._round_lock.release()
         return list(results)
 
     async def _check(self, model: str, b: BackendConfig, spread: bool = False) -> BackendCheck:
@@ -253,7 +267,7 @@ class FingerprintChecker:
             run = await probe_backend_partial(
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
-                hurry=self._hurry,
+                hurry=self._hurry, ssl=backend_tls(b),
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")

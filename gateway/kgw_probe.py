@@ -32,7 +32,8 @@ from typing import Literal
 
 import aiohttp
 
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, ConfigError
+from gateway.tls import backend_tls
 from watermark.kgw import directives
 from watermark.kgw.params import KgwParams
 
@@ -141,9 +142,13 @@ class KgwPluginProbe:
                   headers: dict[str, str], timeout_s: float) -> PluginVerdict:
         url, body = self.request(b, model)
         try:
+            tls = backend_tls(b)
+        except ConfigError as e:
+            return PluginVerdict(None, "no_verdict", f"the probe was not sent: {e}")
+        try:
             async with session.post(
                 url, data=body, headers={**headers, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False, ssl=tls,
             ) as resp:
                 return self.judge(resp.status, await _read_bounded(resp.content))
         except TimeoutError:

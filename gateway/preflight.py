@@ -134,7 +134,32 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
             _backend(cfg, m.name, b, env, out)
     _cache_salts(cfg, out)
     _tls(cfg, out)
+    _client_address(cfg, out)
+    from gateway.tls import TlsError, check_backend_tls
+
+    try:
+        check_backend_tls(cfg, fresh=True)
+    except TlsError as e:
+        out.append(Finding("error", "routing", str(e)))
     return out
+
+
+def _client_address(cfg: GatewayConfig, out: list[Finding]) -> None:
+    """Where the client's address (access log, alert evidence, traces) comes from (gateway/clientaddr.py)."""
+    from gateway.clientaddr import parse_networks
+
+    nets = parse_networks(cfg.server.trusted_proxies)  # validated when the file was loaded
+    if not nets:
+        out.append(Finding("ok", "server", "client address: the TCP peer (X-Forwarded-For is not read; behind a "
+                                           "load balancer list it in server.trusted_proxies)"))
+        return
+    out.append(Finding("ok", "server", f"client address: the rightmost X-Forwarded-For hop not in "
+                                       f"server.trusted_proxies ({', '.join(map(str, nets))})"))
+    for n in nets:
+        if n.prefixlen == 0:
+            out.append(Finding("warning", "server", f"server.trusted_proxies lists {n}: every peer is trusted, so any "
+                                                    "client names its own address in X-Forwarded-For (list the "
+                                                    "load balancers' addresses)"))
 
 
 def _tls(cfg: GatewayConfig, out: list[Finding]) -> None:

@@ -30,6 +30,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.routing.canary import Op
+from gateway.tls import check_backend_tls
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ LIVE_SECTIONS = ("models", "routing")
 def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
     """Apply the live-reloadable sections of ``new``; in-flight requests finish on the backends they hold."""
     old = ctx.config
+    check_backend_tls(new, fresh=True)  # renewed certificate files are read again; an unusable one: ConfigError
     restart = sorted(
         name for name in type(new).model_fields
         if name not in LIVE_SECTIONS and getattr(new, name) != getattr(old, name)

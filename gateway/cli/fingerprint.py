@@ -32,6 +32,7 @@ from fingerprint.probeset import public_probe_ids, reference_probes, restrict, s
 from gateway.cli.findconfig import find_config, searched
 from gateway.config import ConfigError
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
+from gateway.tls import backend_context
 
 MIN_USABLE_ANSWERS = 4  # fingerprint.min_probes' default: a reference with fewer usable answers cannot decide
 
@@ -67,6 +68,9 @@ def register(sub: Any) -> None:
         q.add_argument("--api-key-env", help="environment variable holding the backend's API key")
         q.add_argument("--no-logprobs", action="store_true", help="do not ask for logprobs (backends that refuse them)")
         q.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per probe request (> 0)")
+        q.add_argument("--tls-ca", metavar="FILE", help="https backend: CA file to verify it with (a private CA)")
+        q.add_argument("--tls-cert", metavar="FILE", help="https backend requiring mutual TLS: client certificate")
+        q.add_argument("--tls-key", metavar="FILE", help="the client certificate's key (with --tls-cert)")
         if name == "record":
             q.add_argument("-o", "--output", required=True, help="file to write the signature to")
             q.add_argument("--probes", metavar="FILE",
@@ -209,11 +213,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             probes = _check_probes(reference, args.sample, args.reference)
             reference = restrict(reference, (p.id for p in probes))
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise _Fail("--tls-cert and --tls-key go together")
         try:
+            tls = backend_context(args.tls_ca, args.tls_cert, args.tls_key, what="--tls-*")
             # record needs every probe; check decides on those that answered, as the gateway does (min_probes)
             run = asyncio.run(probe_backend_partial(args.url, args.model, api_key=api_key, probes=probes,
-                                                    logprobs=not args.no_logprobs, timeout_s=args.timeout))
-        except (ValueError, FingerprintError) as e:
+                                                    logprobs=not args.no_logprobs, timeout_s=args.timeout,
+                                                    ssl=tls))
+        except (ValueError, FingerprintError, ConfigError) as e:
             raise _Fail(str(e)) from e
         if run.failures and (reference is None or not run.signature.answers):
             raise _Fail(run.failures[0] + (f" (and {len(run.failures) - 1} more)" if len(run.failures) > 1 else ""))

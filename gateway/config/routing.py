@@ -52,6 +52,11 @@ class BackendConfig(_Model):
     # tenant), so a request reuses only cache blocks computed for the same client or tenant and the time to its
     # first token tells nothing about other clients' prompts; a client's own cache_salt is replaced. none: as sent
     cache_salt: Literal["none", "client", "tenant"] = "none"
+    # https backends: a private CA to verify the engine with (default: the system trust store), and a client
+    # certificate + key the gateway presents (mutual TLS: an engine that requires it serves the gateway only)
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -65,6 +70,14 @@ class BackendConfig(_Model):
             # the /v1/... paths are appended to the url: they would land inside the query or fragment
             raise ValueError("must not have a query or fragment (expected http(s)://host[:port][/path][/v1])")
         return api_root(v)
+
+    @model_validator(mode="after")
+    def _tls(self) -> BackendConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (set both, or neither)")
+        if (self.tls_ca_file or self.tls_cert_file) and not self.url.startswith("https://"):
+            raise ValueError("tls_ca_file / tls_cert_file need an https:// url")
+        return self
 
     @field_validator("health_path")
     @classmethod

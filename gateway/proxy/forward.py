@@ -14,6 +14,7 @@ own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Ho
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from yarl import URL
 
 from gateway.config import BackendConfig, read_secret
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.tls import backend_tls
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class _BackendPlan:
     stream_timeout: aiohttp.ClientTimeout
     # endpoint -> parsed URL: a str would be parsed by yarl again on every request
     urls: dict[str, URL]
+    ssl: ssl.SSLContext | bool = True  # the backend's tls_* settings (gateway/tls.py); True: the system store
 
 
 class Upstream:
@@ -137,6 +140,7 @@ class Upstream:
                 aiohttp.ClientTimeout(total=b.first_byte_timeout_s, sock_connect=b.connect_timeout_s),
                 aiohttp.ClientTimeout(total=None, sock_connect=b.connect_timeout_s, sock_read=b.idle_timeout_s),
                 {endpoint: URL(base + path) for endpoint, path in PATHS.items()},
+                backend_tls(b),
             )
         return p
 
@@ -155,7 +159,7 @@ class Upstream:
             # (307/308 re-POST the body) nor turn it into a GET whose answer is relayed as a 200 (301/302).
             return await self._session.post(plan.urls[endpoint], data=data, headers=headers,
                                             timeout=plan.stream_timeout if stream else plan.timeout,
-                                            allow_redirects=False)
+                                            allow_redirects=False, ssl=plan.ssl)
         except TimeoutError as e:
             raise AttemptFailed("timeout") from e
         except aiohttp.ClientError as e:

@@ -26,6 +26,7 @@ import aiohttp
 from gateway.config import BackendConfig, ConfigError, HealthConfig, read_secret
 from gateway.kgw_probe import KgwPluginProbe, PluginVerdict
 from gateway.routing.pool import Pool, plugin_target
+from gateway.tls import backend_tls
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,14 @@ class HealthChecker:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         try:
             headers = self.auth_headers(b)
+            tls = backend_tls(b)
         except ConfigError as e:
             # An unreadable key file: requests to this backend cannot authenticate either. A failed check
             # (logged on the state change) - not an exception that fails the whole round, every round.
             return f"health check not sent: {e}"
         try:
             async with self._session.get(
-                b.url + b.health_path, timeout=timeout, headers=headers, allow_redirects=False
+                b.url + b.health_path, timeout=timeout, headers=headers, allow_redirects=False, ssl=tls
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import copy
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -91,13 +92,13 @@ async def sim_backend(**options: Any) -> AsyncIterator[SimHandle]:
 
 
 @contextlib.asynccontextmanager
-async def app_backend(app: web.Application) -> AsyncIterator[str]:
+async def app_backend(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
