@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ MAX_REASONS = 6
 INHERIT_FLOOR = 0.1  # own score a linked client needs before it inherits its cluster's score
 DECODED_CACHE = 2048  # clients whose decoded state is kept between requests (~16 KB each: ~32 MB when full)
 TURNS = "~turns"  # the envelope blob of a client's recent last-turn CRCs (never a detector name: "~" is not one)
-TURN_MEMORY = 64  # last turns remembered per client (4 bytes each)
+TURN_MEMORY = 64  # last turns remembered per client (4 bytes each, little-endian u32)
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class Pending:
@@ -84,12 +86,16 @@ class Pending:
     Hand it to ``Engine.observe_response`` or ``Engine.encode`` exactly once; it is mutable state of one
     request and must not be shared."""
 
-    __slots__ = ("_env", "_states", "parent")
+    __slots__ = ("_env", "_states", "parent", "text")
 
-    def __init__(self, env: envelope.Envelope, states: dict[str, Any], parent: bytes | None = None) -> None:
+    def __init__(self, env: envelope.Envelope, states: dict[str, Any], parent: bytes | None = None,
+                 text: str | None = None) -> None:
         self._env: envelope.Envelope | None = env
         self._states = states
         self.parent = parent  # the stored bytes this state was derived from (the decoded cache's supersession)
+        # the history turn the detectors read instead of the last turn (``Engine._turns``); None: the last turn.
+        # Alert evidence quotes it: the last turn of a made-up conversation is the harmless cover ("Go ahead.")
+        self.text = text
 
     def take(self) -> tuple[envelope.Envelope, dict[str, Any]]:
         env, self._env = self._env, None
@@ -297,8 +303,9 @@ class Engine:
     def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
         env, states = self._open(state)
-        if feats.turn_crc:
-            feats = self._turns(env, feats)
+        text = None
+        if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
+            feats, text = self._read_turn(env, feats)
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:
@@ -311,9 +318,13 @@ class Engine:
         env.requests_seen += 1
         verdict = self._verdict(env, results, errors, now, env.requests_seen)
         env.last_ts = max(env.last_ts, now)
-        return verdict, Pending(env, states, state or None)
+        return verdict, Pending(env, states, state or None, text)
 
     def _turns(self, env: envelope.Envelope, feats: RequestFeatures) -> RequestFeatures:
+        """``feats`` as the detectors read them (``_read_turn``)."""
+        return self._read_turn(env, feats)[0]
+
+    def _read_turn(self, env: envelope.Envelope, feats: RequestFeatures) -> tuple[RequestFeatures, str | None]:
         """Which user turn of a chat request the detectors read, and the memory of the client's last turns.
 
         A conversation sent turn by turn shows each earlier user turn first as a last turn: a turn of the
@@ -327,20 +338,26 @@ class Engine:
         ring = array("I")
         if len(blob) % 4 == 0:
             ring.frombytes(blob)
+            if _BIG_ENDIAN:  # the state format is little-endian on every host
+                ring.byteswap()
         history = feats.history
+        drawn = None
         if history:
             unseen = [text for crc, text in history if crc not in ring]
             if unseen:
                 k = draw(len(unseen) + 1)
                 if k < len(unseen):
-                    feats = rebase(feats, unseen[k])
+                    drawn = unseen[k]
+                    feats = rebase(feats, drawn)
         crc = feats.turn_crc
-        if crc not in ring:
+        if crc and crc not in ring:  # 0: no text to remember
             ring.append(crc)
             if len(ring) > TURN_MEMORY:
                 del ring[: len(ring) - TURN_MEMORY]
+            if _BIG_ENDIAN:
+                ring.byteswap()
             env.blobs[TURNS] = ring.tobytes()
-        return feats
+        return feats, drawn
 
     def observe_response(self, state: bytes | Pending, resp: ResponseFeatures, now: float) -> bytes:
         """Fold the upstream's answer (usage, finish reasons, logprobs served) into the state."""

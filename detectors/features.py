@@ -13,6 +13,7 @@ count vector (fixed by the hash, so every replica agrees), L2-normalised.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -20,7 +21,7 @@ import random
 import re
 import secrets
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,6 +194,19 @@ def seed_batch_pick(seed: int) -> None:
     _batch_pick = random.Random(seed).randrange
 
 
+@contextlib.contextmanager
+def seeded_draws(seed: int) -> Iterator[None]:
+    """``seed_batch_pick(seed)`` for the block, then the generator that was there before (a replay run in a
+    process that also serves must not leave that process drawing a sequence anyone can compute)."""
+    global _batch_pick
+    before = _batch_pick
+    seed_batch_pick(seed)
+    try:
+        yield
+    finally:
+        _batch_pick = before
+
+
 def tokens_of(text: str) -> list[str]:
     """Masked, lower-cased tokens (the unit every sketch and the embedding are built from)."""
     return _tokens_of_lower(text.lower())
@@ -339,25 +353,36 @@ def turn_crc(text: str) -> int:
 
 def history_of(body: Mapping[str, Any]) -> tuple[tuple[int, str], ...]:
     """The user turns before the last one, as (``turn_crc``, text), most recent last, at most
-    ``MAX_HISTORY_TURNS``: consecutive user messages form one turn, as in ``prompt_of``."""
+    ``MAX_HISTORY_TURNS``: consecutive user messages form one turn, as in ``prompt_of``.
+
+    Read from the end and only as far as those turns reach: a request of 10 000 messages costs the walk back
+    over its last few turns, not a text extraction of every user message in it (1 ms there, read forwards)."""
     messages = body.get("messages")
     if type(messages) is not list:
         return ()
-    turns: list[str] = []
-    run: list[str] = []
-    for m in messages:
+    runs: list[list[Mapping[str, Any]]] = []  # user turns, most recent first; each its messages, most recent first
+    run: list[Mapping[str, Any]] | None = None
+    for m in reversed(messages):
         if type(m) is not dict:
             continue
         role = m.get("role")
         if role == "user":
-            run.append(_text_of(m.get("content")))
-        elif role not in _INSTRUCTION_ROLES and run:
-            turns.append(run[0] if len(run) == 1 else "\n".join(run[-_MAX_TURN_MESSAGES:]))
-            run = []
-    # a trailing run is the last turn itself (scored already); with none, the last turn is the last closed one
-    if not run and turns:
-        turns.pop()
-    return tuple((turn_crc(t), t) for t in turns[-MAX_HISTORY_TURNS:] if t)
+            if run is None:
+                if len(runs) > MAX_HISTORY_TURNS:  # the last turn and the history before it are all found
+                    break
+                run = []
+                runs.append(run)
+            if len(run) < _MAX_TURN_MESSAGES:  # a turn reads its last messages (the rest of a longer run is left out)
+                run.append(m)
+        elif role not in _INSTRUCTION_ROLES:  # system/developer messages do not end a turn; the others do
+            run = None
+    out: list[tuple[int, str]] = []
+    for r in reversed(runs[1:]):  # runs[0] is the last turn itself (trailing, or before an assistant prefill)
+        t = _text_of(r[0].get("content")) if len(r) == 1 else "\n".join(
+            _text_of(x.get("content")) for x in reversed(r))
+        if t:
+            out.append((turn_crc(t), t))
+    return tuple(out)
 
 
 def draw(n: int) -> int:

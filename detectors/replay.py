@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from detectors.engine import Engine
-from detectors.features import extract, seed_batch_pick
+from detectors.features import extract, seeded_draws
 from detectors.linking import LinkIndex
 from detectors.types import FLAG_TIER, ResponseFeatures, Verdict
 
@@ -123,8 +123,17 @@ def replay(
     usually are): they are processed as they come, so memory holds the clients' states and not the trace. A
     record that goes back in time then raises ``TraceError``. Otherwise the whole trace is loaded and sorted.
     """
+    # the prompt scored for a batched request (and the turn of a made-up history): a draw, but the same one in
+    # every replay; the process's own generator is back afterwards
+    with seeded_draws(0):
+        return _replay(records, engine, flag_tier, link_index, on_verdict, neural, presorted)
+
+
+def _replay(
+    records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int, link_index: LinkIndex | None,
+    on_verdict: VerdictHook | None, neural: Sequence[np.ndarray | None] | None, presorted: bool,
+) -> dict[str, Any]:
     rows: Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]
-    seed_batch_pick(0)  # the prompt scored for a batched request: a draw, but the same one in every replay
     if presorted and neural is None:
         rows = _in_order(records)
     else:

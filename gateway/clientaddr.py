@@ -43,8 +43,14 @@ def _address(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         a = ipaddress.ip_address(s)
     except ValueError:
         return None
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        return a.ipv4_mapped  # "::ffff:10.0.0.1" (a dual-stack socket) is 10.0.0.1
+    if isinstance(a, ipaddress.IPv6Address):
+        if a.ipv4_mapped is not None:
+            return a.ipv4_mapped  # "::ffff:10.0.0.1" (a dual-stack socket) is 10.0.0.1
+        if a.scope_id is not None:
+            # "fe80::1%eth0": the zone names an interface of the host that wrote the hop, nothing about the
+            # client, and ipaddress takes any text after the "%" ("fe80::1%<img src=x>", 8 KB of it): the address
+            # logged and shown on the dashboard is always a plain one
+            return ipaddress.IPv6Address(int(a))
     return a
 
 

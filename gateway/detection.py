@@ -182,7 +182,7 @@ class GatewayDetection:
             if v.unscored and self.cfg.fail_policy == "block" and tier < self._block_tier:
                 tier = self._block_tier
         if v.score >= EVIDENCE_MIN_SCORE or engine_tier > 0:
-            self._remember(principal.client_id, request_id, endpoint, body, ip)
+            self._remember(principal.client_id, request_id, endpoint, body, ip, pending.text)
         if self._tier_counters:  # last: nothing below can fail (a failure above is counted once, unscored)
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier, v.score, v.reasons, v.unscored)  # positional: cheaper per request
@@ -237,8 +237,10 @@ class GatewayDetection:
         return shared, peer_scores
 
     def _remember(self, client_id: str, request_id: str | None, endpoint: str, body: Mapping[str, Any],
-                  ip: str | None = None) -> None:
-        text, _ = prompt_of(endpoint, body)
+                  ip: str | None = None, scored: str | None = None) -> None:
+        # ``scored``: the history turn the engine read instead of the last one (the last turn of a made-up
+        # conversation is its cover, "Go ahead."): the example an analyst needs is what was scored
+        text = scored if scored is not None else prompt_of(endpoint, body)[0]
         ring = self._evidence.get(client_id)
         if ring is None:
             ring = self._evidence[client_id] = deque(maxlen=EVIDENCE_PER_CLIENT)

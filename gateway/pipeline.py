@@ -104,7 +104,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
-                                 forward_headers(request.headers, ex.request_id))
+                                 forward_headers(request.headers, ex.request_id, request.remote))
     ex.backend = op.lease.backend.name
     try:
         ex.watermarked_in_engine = ctx.watermarking is not None and parsed.endpoint != "embeddings" and \
@@ -163,7 +163,9 @@ def _exchange(ctx: AppContext, request: web.Request, route: str) -> Exchange:
         xff = request.headers.getall("X-Forwarded-For", ())
         ex.ip = addr.resolve(request.remote, ",".join(xff) if xff else None)
     else:
-        ex.ip = request.remote
+        ip = request.remote
+        # a dual-stack socket reports IPv4 clients as "::ffff:a.b.c.d": logged as the IPv4 address they are
+        ex.ip = ip[7:] if ip is not None and ip.startswith("::ffff:") and "." in ip else ip
     return ex
 
 

@@ -41,9 +41,11 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
          "responses": "/responses"}
 
 
-def forward_headers(client: Mapping[str, str], request_id: str) -> CIMultiDict[str]:
+def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None = None) -> CIMultiDict[str]:
     """The headers sent upstream: the client's end-to-end headers minus credentials, plus ours (the
-    backend's own credential is added per try, in ``Upstream.open``)."""
+    backend's own credential is added per try, in ``Upstream.open``). ``peer`` (the TCP peer) is appended to
+    ``X-Forwarded-For`` as every reverse proxy does: a backend that trusts the gateway and reads the rightmost
+    hop (uvicorn's proxy headers, on by default from 127.0.0.1) saw what the client wrote there instead."""
     conn = client.get("Connection")
     named = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
@@ -54,6 +56,9 @@ def forward_headers(client: Mapping[str, str], request_id: str) -> CIMultiDict[s
         out.add(k, v)
     out["Accept-Encoding"] = "identity"  # relay bytes as produced; no decompress/recompress in the proxy
     out["X-Request-Id"] = request_id
+    if peer:
+        prior = out.popall("X-Forwarded-For", None)
+        out["X-Forwarded-For"] = f"{', '.join(prior)}, {peer}" if prior else peer
     return out
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from detectors.engine import Engine
-from detectors.features import prompt_of, seed_batch_pick
+from detectors.features import prompt_of, seeded_draws
 from detectors.replay import replay
 from tests.detectors.conftest import COMPLETIONS
 
@@ -45,8 +45,8 @@ def test_a_harmless_first_prompt_does_not_hide_a_batch_of_template_fills(engine:
 
 def test_the_scored_prompt_is_drawn_uniformly_and_replays_are_reproducible(engine: Engine) -> None:
     body = {"prompt": [f"prompt number {w}" for w in ("zero", "one", "two", "three")]}
-    seed_batch_pick(3)
-    counts = Counter(prompt_of(COMPLETIONS, body)[0] for _ in range(4000))
+    with seeded_draws(3):
+        counts = Counter(prompt_of(COMPLETIONS, body)[0] for _ in range(4000))
     assert set(counts) == set(body["prompt"]) and min(counts.values()) > 850, counts  # 1000 each expected
     assert prompt_of(COMPLETIONS, {"prompt": ["only"]}) == ("only", 1)
     assert prompt_of(COMPLETIONS, {"prompt": [[1, 2], [3]]}) == ("", 1)  # token ids: unreadable

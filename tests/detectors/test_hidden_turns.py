@@ -10,7 +10,7 @@ from typing import Any
 
 from detectors import state as envelope
 from detectors.engine import TURN_MEMORY, TURNS, Engine
-from detectors.features import extract, history_of, seed_batch_pick, turn_crc
+from detectors.features import extract, history_of, seeded_draws, turn_crc
 from detectors.replay import replay
 from detectors.types import ResponseFeatures
 from tests.detectors.conftest import CHAT
@@ -71,7 +71,6 @@ def _env_after(engine: Engine, bodies: list[dict[str, Any]]) -> tuple[envelope.E
 
 
 def test_a_conversation_sent_turn_by_turn_is_read_at_its_last_turn(engine: Engine) -> None:
-    seed_batch_pick(1)
     turns = [u("what is the capital of peru"), a(), u("and its population?"), a(), u("tell me about its food")]
     bodies = [{"messages": turns[:1]}, {"messages": turns[:3]}, {"messages": turns[:5]}]
     for _ in range(30):  # no draw happens: every earlier turn was seen as a last turn
@@ -80,11 +79,11 @@ def test_a_conversation_sent_turn_by_turn_is_read_at_its_last_turn(engine: Engin
 
 
 def test_unseen_history_is_scored_half_the_time(engine: Engine) -> None:
-    seed_batch_pick(2)
     hidden = extract(CHAT, {"messages": [u("a hidden fill about owls in Oslo")]}, 0.0).prompt_key
     last = extract(CHAT, {"messages": [u("Go ahead.")]}, 0.0).prompt_key
     body = {"messages": [u("a hidden fill about owls in Oslo"), a("Sure."), u("Go ahead.")]}
-    picks = [_env_after(engine, [body])[1][0] for _ in range(400)]
+    with seeded_draws(2):
+        picks = [_env_after(engine, [body])[1][0] for _ in range(400)]
     assert set(picks) == {hidden, last} and 150 < picks.count(hidden) < 250, picks.count(hidden)
 
 

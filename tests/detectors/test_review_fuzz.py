@@ -78,7 +78,11 @@ def _run_extract(body: dict[str, Any]) -> RequestFeatures:
 @FAST
 @given(bodies)
 def test_extract_never_raises_and_is_deterministic(body: dict[str, Any]) -> None:
-    assert _run_extract(body) == _run_extract(body)
+    # deterministic given the draw that picks the scored prompt of a batch (seeded per process otherwise)
+    with features.seeded_draws(7):
+        first = _run_extract(body)
+    with features.seeded_draws(7):
+        assert first == _run_extract(body)
 
 
 @FAST
