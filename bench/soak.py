@@ -296,6 +296,16 @@ class Driver:
     def __init__(self, url: str, secret: str, prompts: list[str], tally: Tally, rng: random.Random) -> None:
         self.url, self.secret, self.prompts, self.tally, self.rng = url, secret, prompts, tally, rng
         self.own: dict[str, list[str]] = {}  # each ordinary client asks its own questions (see worker)
+        self.clients = 0  # --clients: ordinary calls spread over this many client ids (0: one id per worker)
+        self._tokens: dict[str, str] = {}
+
+    def as_some_client(self, c: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+        """--clients N: the same connection pool, the credentials of one of N client ids drawn at random."""
+        cid = f"user-{self.rng.randrange(self.clients)}"
+        tok = self._tokens.get(cid)
+        if tok is None:
+            tok = self._tokens[cid] = self.token(cid)
+        return c.with_options(api_key=tok)
 
     def token(self, client_id: str, **claims: Any) -> str:
         now = int(time.time())
@@ -405,7 +415,7 @@ class Driver:
         try:
             while time.monotonic() < stop_at:
                 kind = kinds[0] if kinds else self.rng.choices(names, weights)[0]
-                await self.call(kind, c, mine)
+                await self.call(kind, self.as_some_client(c) if self.clients and not attacker else c, mine)
                 await asyncio.sleep(self.rng.uniform(0.0, 0.05 if attacker else 0.3))
         finally:
             await c.close()
@@ -520,7 +530,11 @@ async def run(args: argparse.Namespace) -> int:
         Child("sim-b-bad", [*sim, "--port", str(ports["b_bad"]), "--model", "beta", "--fail-rate", "0.2",
                             "--fail-status", "503", "--stall-after", "15", "--seed", "3"], workdir),
     ]
-    gw = Child("gateway", [IPGATE, "serve", "--config", str(cfg)], workdir, env)
+    gw_argv = [IPGATE, "serve", "--config", str(cfg)]
+    if args.memprobe:  # the same gateway under tracemalloc and a sampler (bench/memprobe.py)
+        gw_argv = [sys.executable, str(REPO / "bench" / "memprobe.py"), "run", str(Path(args.memprobe).resolve()),
+                   *args.memprobe_args.split(), "--", *gw_argv[1:]]
+    gw = Child("gateway", gw_argv, workdir, env)
     children = [redis_srv, *sims, gw]
     report: dict[str, Any] = {"workdir": str(workdir), "config": cfg.read_text(), "args": vars(args)}
     failed: list[str] = []
@@ -539,13 +553,28 @@ async def run(args: argparse.Namespace) -> int:
         tally = Tally()
         rng = random.Random(args.seed)
         drv = Driver(gw_url, secret, load_prompts(), tally, rng)
+        drv.clients = args.clients
         chaos_log: list[str] = []
+
+        async def probe_mark(label: str) -> None:
+            """--memprobe: a labelled sample + heap snapshot in the gateway; waits until it is written."""
+            if not args.memprobe:
+                return
+            d = Path(args.memprobe)
+            (d / f"{label}.done").unlink(missing_ok=True)
+            (d / "mark").write_text(label)
+            os.kill(gw.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 180
+            while not (d / f"{label}.done").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+
         async with aiohttp.ClientSession() as session:
             obs.session = session
             t0 = time.monotonic()
             await asyncio.sleep(1.0)
             start = await obs.sample(t0, "start")
             m_start = await obs.metrics()
+            await probe_mark("start")
             duration = args.minutes * 60.0
             stop_at = t0 + duration
             workers = [asyncio.create_task(drv.worker(i, stop_at)) for i in range(args.concurrency)]
@@ -555,8 +584,11 @@ async def run(args: argparse.Namespace) -> int:
                 (0.68, "redis_start"), *[(f, f"admin{i}") for i, f in enumerate((0.1, 0.4, 0.52, 0.8))],
             ])
             next_sample = 0.0
+            marks = [(60.0, "1min")] if duration > 90 else []
             while time.monotonic() < stop_at:
                 el = (time.monotonic() - t0) / duration
+                if marks and time.monotonic() - t0 >= marks[0][0]:
+                    await probe_mark(marks.pop(0)[1])
                 while events and events[0][0] <= el:
                     _, ev = events.pop(0)
                     chaos_log.append(f"t={time.monotonic() - t0:.0f}s {ev}")
@@ -577,6 +609,7 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
             await asyncio.gather(*workers)
             load_end = await obs.sample(t0, "load_end")
+            await probe_mark("load_end")
             # --- rest: in-flight back to 0, RSS and fds settle --------------------------------------------
             idle_deadline = time.monotonic() + 60
             while time.monotonic() < idle_deadline:
@@ -599,6 +632,7 @@ async def run(args: argparse.Namespace) -> int:
                 async with session.get(f"{admin_url}/admin/clients/{cid}", headers=obs.headers) as r:
                     view = await r.json()
                 clients_view[cid] = {k: view.get(k) for k in ("tier", "applied_tier", "score", "reasons")}
+            await probe_mark("rest")  # snapshot, gc.collect(), malloc_trim (see bench/memprobe.py)
         # --- judgement --------------------------------------------------------------------------------------
         load = [s for s in obs.samples if "rss_kb" in s and s["rss_kb"] > 0]
         peak = max(load, key=lambda s: s["rss_kb"])
@@ -727,6 +761,8 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=8.0, help="length of the load phase")
     p.add_argument("--concurrency", type=int, default=30, help="concurrent ordinary clients")
     p.add_argument("--attackers", type=int, default=2, help="concurrent attacker-like clients")
+    p.add_argument("--clients", type=int, default=0, help="spread the ordinary calls over this many client ids "
+                   "(memory per active client); default: one id per concurrent client")
     p.add_argument("--tokens-per-s", type=float, default=200.0, help="the simulated backends' streaming rate")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between observations")
     p.add_argument("--rest-s", type=float, default=10.0, help="wait after in-flight reaches 0, before the rest checks")
@@ -735,6 +771,9 @@ def main() -> int:
     p.add_argument("--json", help="write the full report (timeline included) to this file")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (config, logs, access log)")
     p.add_argument("--verbose", action="store_true", help="print each sample to stderr while running")
+    p.add_argument("--memprobe", metavar="DIR", help="run the gateway under bench/memprobe.py (tracemalloc, "
+                   "smaps, mallinfo, gc samples into DIR; `python bench/memprobe.py report DIR` reads them)")
+    p.add_argument("--memprobe-args", default="", help="options for `memprobe.py run`, e.g. '--no-trace --every 5'")
     return asyncio.run(run(p.parse_args()))
 
 

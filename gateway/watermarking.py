@@ -12,7 +12,11 @@
   Tool-call arguments are never touched in any case (the relay feeds only message text to embedders).
   With ``echo: true`` (legacy completions) the echoed prompt passes through verbatim (``_PromptEcho``).
 - Recipients: each client that received watermarked output is recorded once per process and key version in
-  the store (``add_recipient``), so ``ipgate verify`` can attribute among all of them.
+  the store (``add_recipient``), so ``ipgate verify`` can attribute among all of them. "Once per process" is
+  remembered for the last ``RECORDED_MAX`` clients recorded (oldest first out): a client pushed out is written
+  again on its next watermarked answer (an idempotent store write, and one more line in ``recipients_file``,
+  whose readers dedupe). Unbounded, that memory grew with every client id the process ever served (~100 B
+  each, for months).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
     from gateway.kgw_probe import KgwPluginProbe
 
 log = logging.getLogger(__name__)
+
+#: Clients remembered as recorded recipients (see the module docstring); ~100 B each beyond the client id.
+RECORDED_MAX = 100_000
 
 
 def decode_secret_file(data: bytes, what: str) -> str:
@@ -130,14 +138,17 @@ def tool_call_field(body: Mapping[str, Any]) -> str | None:
 
 
 class GatewayWatermarking:
-    def __init__(self, cfg: GatewayConfig, ring: KeyRing, kgw_params: KgwParams | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, ring: KeyRing, kgw_params: KgwParams | None = None,
+                 recorded_max: int = RECORDED_MAX) -> None:
         self._cfg = cfg.watermark
         self._ring = ring
         self._schemes = {m.name: (m.watermark_scheme or cfg.watermark.scheme) for m in cfg.models}
         self._strength = {t.name: t.watermark_strength for t in cfg.policy.tiers}
         self._lexical = LexicalScheme(ring.master, markdown=cfg.watermark.lexical_markdown)
         self._kgw = kgw_params or cfg.watermark.kgw()
-        self._recorded: set[tuple[str, int]] = set()
+        # client -> key version recorded; insertion order = eviction order (no reordering on the request path)
+        self._recorded: OrderedDict[str, int] = OrderedDict()
+        self._recorded_max = max(1, recorded_max)
         self._store_epoch = 0  # the store's ``recoveries`` when ``_recorded`` was last trusted
         self._fallback_logged: set[str] = set()
 
@@ -195,7 +206,7 @@ class GatewayWatermarking:
         return self._cfg.enabled and self.scheme_for(model) != "none"
 
     async def record_recipient(self, store: StateStore, principal: Principal) -> None:
-        entry = (principal.client_id, self._ring.current)
+        client, version = principal.client_id, self._ring.current
         # After a store outage the recipients written before it may be gone (a Redis restarted without
         # persistence): forget what was recorded, so that each client is written once more. Otherwise a
         # long-running gateway never records them again and verification without a client list finds nobody.
@@ -203,12 +214,16 @@ class GatewayWatermarking:
         if epoch != self._store_epoch:
             self._store_epoch = epoch
             self._recorded.clear()
-        if entry in self._recorded:
+        if self._recorded.get(client) == version:
             return
-        await store.add_recipient(principal.client_id, self._ring.current, self._cfg.recipient_ttl_s)
+        await store.add_recipient(client, version, self._cfg.recipient_ttl_s)
         if self._cfg.recipients_file:
-            await asyncio.to_thread(_append_line, self._cfg.recipients_file, principal.client_id)
-        self._recorded.add(entry)  # only after the writes succeeded: a failed write is retried next time
+            await asyncio.to_thread(_append_line, self._cfg.recipients_file, client)
+        # only after the writes succeeded: a failed write is retried next time
+        recorded = self._recorded
+        recorded[client] = version
+        if len(recorded) > self._recorded_max:
+            recorded.popitem(last=False)
 
 
 def _echoed_prompt(body: Mapping[str, Any]) -> str | None:

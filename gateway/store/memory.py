@@ -154,6 +154,15 @@ class MemoryStore:
         now = self._now()
         self._state.set(client_id, _State(bytes(state), tier, float(score)), now + _ttl_us(ttl_s))
 
+    def drop_client_states(self) -> int:
+        """Forget every client's detector state; returns how many there were. For the ``local`` failure mode's
+        store when the shared store is back: the copies written during the outage are never read again (the
+        shared store is authoritative) and would otherwise sit here for their whole TTL (7 days by default, up
+        to ``max_state_bytes`` each), or be resumed, stale, in the next outage."""
+        n = len(self._state)
+        self._state.clear()
+        return n
+
     async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
         now = self._now()
         if override is None and tier is None:

@@ -18,10 +18,12 @@ failure_mode for the hot path (the request-admission decision):
   fleet together stays near the shared limit; last known tier and override apply.
 
 Other operations while degraded: ``reconcile_tokens`` / ``save_client_state`` go to the local store in
-``local`` mode and are dropped otherwise; ``link_sketches`` returns no links; ``append_alert`` and
-``set_blob`` are dropped; ``get_blob`` returns None; ``acquire_lease`` returns False (a once-per-cluster duty
-must not run twice because coordination is down); ``add_recipient`` is queued (bounded) and replayed on
-recovery, because watermark attribution must not lose recipients. Admin reads and writes
+``local`` mode and are dropped otherwise (the detector states saved locally are dropped on recovery: Redis is
+authoritative again, and ~7 KB per client active during the outage would otherwise stay for the state TTL);
+``link_sketches`` returns no links; ``append_alert`` and ``set_blob`` are dropped; ``get_blob`` returns
+None; ``acquire_lease`` returns False (a once-per-cluster duty must not run twice because coordination is
+down); ``add_recipient`` is queued (bounded) and replayed on recovery, because watermark attribution must not
+lose recipients. Admin reads and writes
 (``get_client``, ``set_override``, ``recent_alerts``, ``recipients``, ``recent_audit``) and ``append_audit``
 raise ``ServiceUnavailable`` (503):
 an administrator must know that a denylist entry was not written.
@@ -219,9 +221,11 @@ class ResilientStore:
         self.recoveries += 1
         if self._metrics is not None:
             self._metrics.store_degraded.set(0)
+        dropped = self._local.drop_client_states()
         log.info(
-            "state store available again after %.1f s (%d operations answered by failure_mode=%s)",
-            time.monotonic() - (since or time.monotonic()), self._failed_while_degraded, self.mode,
+            "state store available again after %.1f s (%d operations answered by failure_mode=%s; %d local "
+            "client states dropped)",
+            time.monotonic() - (since or time.monotonic()), self._failed_while_degraded, self.mode, dropped,
         )
         if self._pending:
             asyncio.get_running_loop().create_task(self._replay_recipients(), name="store-replay")

@@ -79,6 +79,10 @@ class TtlMap(Generic[K, V]):
             if exp > now_us:
                 yield k, v
 
+    def clear(self) -> None:
+        self._d.clear()
+        self._wheel.clear()
+
     def sweep(self, now_us: float) -> int:
         """Remove every entry whose bucket is due; returns how many were removed."""
         due = int(now_us // _SLOT_US) - 1  # only buckets that ended before now are entirely expired
