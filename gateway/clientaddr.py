@@ -57,16 +57,14 @@ def _address(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class ClientAddress:
     """Resolves a request's client address under one ``trusted_proxies`` setting."""
 
-    __slots__ = ("_nets", "_trusted")
+    __slots__ = ("_nets", "_trusted", "enabled")
 
     def __init__(self, trusted: Iterable[str] = ()) -> None:
         self._nets = parse_networks(trusted)
         self._trusted: dict[str, bool] = {}
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any proxy is trusted (without one, the TCP peer is the answer and no header is read)."""
-        return bool(self._nets)
+        # whether any proxy is trusted (without one, the TCP peer is the answer and no header is read); a plain
+        # attribute: the request path reads it on every request
+        self.enabled = bool(self._nets)
 
     def _is_trusted(self, s: str) -> bool:
         hit = self._trusted.get(s)
