@@ -47,6 +47,7 @@ from gateway.audit.trail import AuditTrail
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.portclaim import PortClaim, claim_ports
+from gateway.tls import not_after as tls_not_after
 from gateway.tls import reload as reload_tls
 from gateway.tls import server_context
 
@@ -70,6 +71,13 @@ def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = 
         log.error("reload ignored, the running configuration stays: %s", e)
         return False
     return True
+
+
+def _export_expiry(ctx: AppContext, cert_file: str) -> None:
+    """The served certificate's end of validity as a gauge (the shipped alert warns two weeks ahead)."""
+    ts = tls_not_after(cert_file)
+    if ts is not None:
+        ctx.metrics.tls_certificate_expiry.set(ts)
 
 
 def tune_gc() -> None:
@@ -155,6 +163,8 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         ahost, aport = cfg.admin_addr
         sc = cfg.server
         tls = server_context(sc.tls_cert_file, sc.tls_key_file) if sc.tls_cert_file and sc.tls_key_file else None
+        if tls is not None and sc.tls_cert_file:
+            _export_expiry(ctx, sc.tls_cert_file)
         site = web.TCPSite(public, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
         asite = web.TCPSite(admin, ahost, aport, reuse_port=True, ssl_context=tls)
         await site.start()
@@ -163,8 +173,10 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
             path = config_path
 
             def on_hup() -> None:
-                if tls is not None and sc.tls_cert_file and sc.tls_key_file:  # a renewed certificate, in place
-                    reload_tls(tls, sc.tls_cert_file, sc.tls_key_file)
+                # a renewed certificate, in place
+                if tls is not None and sc.tls_cert_file and sc.tls_key_file and \
+                        reload_tls(tls, sc.tls_cert_file, sc.tls_key_file):
+                    _export_expiry(ctx, sc.tls_cert_file)
                 reload_models(ctx, path, trail)
 
             loop.add_signal_handler(signal.SIGHUP, on_hup)

@@ -116,3 +116,15 @@ def _why(e: OSError | ssl.SSLError) -> str:
     if isinstance(e, ssl.SSLError) and e.reason:
         return str(e.reason)
     return e.strerror or str(e)
+
+
+def not_after(cert_file: str) -> float | None:
+    """The end of the served certificate's validity (the first of the chain), unix seconds; None when the
+    file cannot be parsed (it loaded into the context, so OpenSSL read it: a format cryptography rejects)."""
+    from cryptography import x509  # installed with pyjwt[crypto]
+
+    try:
+        with open(cert_file, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None

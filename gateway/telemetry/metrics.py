@@ -246,6 +246,12 @@ class Metrics:
             "Fingerprint checks of a backend against its reference, by verdict (match, mismatch, inconclusive).",
             ["model", "backend", "verdict"], registry=r,
         )
+        self.tls_certificate_expiry = Gauge(
+            "ipgate_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the listeners serve (server.tls_cert_file) stops being valid, unix seconds; "
+            "set at start-up and on each SIGHUP; absent without TLS.",
+            registry=r, multiprocess_mode="livemin",
+        )
         self.fingerprint_match = Gauge(
             "ipgate_fingerprint_match",
             "1 if the backend's last conclusive fingerprint check matched its reference, 0 if it mismatched.",

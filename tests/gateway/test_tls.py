@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the official openai package is built on
@@ -81,6 +82,13 @@ def _served_cn(port: int, ca: Path) -> str:
     return x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
 
 
+async def _expiry_days(gw: GatewayProcess, ca: Path) -> float:
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca))) as http:
+        text = (await http.get(gw.admin_url + "/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("ipgate_tls_certificate_expiry_timestamp_seconds ")]
+    return (float(line.split()[1]) - time.time()) / 86400
+
+
 async def test_https_listeners_serve_the_openai_client_and_pick_up_a_renewed_certificate(tmp_path: Path) -> None:
     ca = Ca(tmp_path)
     cert, key = ca.issue("gateway-2026")
@@ -103,7 +111,9 @@ async def test_https_listeners_serve_the_openai_client_and_pick_up_a_renewed_cer
                     await untrusting.get(gw.url + "/v1/models")
 
             assert await asyncio.to_thread(_served_cn, gw.port, ca.path) == "gateway-2026"
-            ca.issue("gateway-2027")  # renewed in place (same file names), then SIGHUP
+            first = await _expiry_days(gw, ca.path)
+            assert 29 < first < 31  # the gauge the shipped alerts read (IpgateTlsCertificateExpiring)
+            ca.issue("gateway-2027", days=90)  # renewed in place (same file names), then SIGHUP
             gw.signal(signal.SIGHUP)
             for _ in range(100):
                 if await asyncio.to_thread(_served_cn, gw.port, ca.path) == "gateway-2027":
@@ -111,6 +121,7 @@ async def test_https_listeners_serve_the_openai_client_and_pick_up_a_renewed_cer
                 await asyncio.sleep(0.05)
             assert await asyncio.to_thread(_served_cn, gw.port, ca.path) == "gateway-2027"
             assert await asyncio.to_thread(_served_cn, gw.admin_port, ca.path) == "gateway-2027"
+            assert 89 < await _expiry_days(gw, ca.path) < 91
 
             (tmp_path / "server.key").write_text("not a key")  # a broken renewal: the running one stays
             gw.signal(signal.SIGHUP)
