@@ -24,6 +24,8 @@ raises no alert.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Mapping
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 EVIDENCE_PER_CLIENT = 5  # recent suspicious requests kept per client for alert evidence
 EVIDENCE_CLIENTS = 4096  # clients tracked (LRU); bounds the memory of evidence to a few MB
 EVIDENCE_CHARS = 400  # raw prompt characters kept per example (redacted again on output)
+MAX_ADDRESS_PEERS = 20  # accounts named as seen from an alert's addresses
+ADDRESS_PEER_ALERTS = 200  # recent shared alerts searched for them (when an alert is built)
 EVIDENCE_MIN_SCORE = 0.2  # only requests this suspicious are kept as evidence: benign traffic costs nothing
 MAX_PEERS_SCORED = 16  # linked peers whose stored score is read to score a cluster
 MAX_ALERT_DETECTORS = 4
@@ -250,6 +254,20 @@ class GatewayDetection:
             self._evidence.move_to_end(client_id)
         ring.append((request_id or "", text[:EVIDENCE_CHARS], ip or ""))
 
+    def address_peers(self, client_id: str, ips: tuple[str, ...]) -> list[str]:
+        """Other clients whose recent suspicious requests on this replica came from one of ``ips`` (at most
+        ``MAX_ADDRESS_PEERS``, most recently active first). Run when an alert is built, never per request."""
+        if not ips:
+            return []
+        wanted = set(ips)
+        out: list[str] = []
+        for other, ring in reversed(self._evidence.items()):
+            if other != client_id and any(a in wanted for _, _, a in ring):
+                out.append(other)
+                if len(out) >= MAX_ADDRESS_PEERS:
+                    break
+        return out
+
     def evidence(self, client_id: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """(request ids, example prompts, distinct client addresses) of this client's recent suspicious
         requests on this replica."""
@@ -316,7 +334,10 @@ class DetectionSession:
             and self._engine_tier > self._stored_tier
             and det.policy.tier(self._engine_tier).alert
         ):
-            await det.alerts.submit(self._alert(v, cluster, cluster_score))
+            alert = self._alert(v, cluster, cluster_score)
+            if alert.ips:
+                alert = dataclasses.replace(alert, address_peers=await _address_peers(det, store, alert))
+            await det.alerts.submit(alert)
 
     def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float) -> Alert:
         det = self._det
@@ -331,6 +352,30 @@ class DetectionSession:
             detectors=tuple(name for name, _ in strong[:MAX_ALERT_DETECTORS]), request_ids=request_ids,
             examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored, ips=ips,
         )
+
+
+async def _address_peers(det: GatewayDetection, store: StateStore, alert: Alert) -> tuple[str, ...]:
+    """Accounts seen from the alert's client addresses: suspicious ones in this replica's evidence, and any
+    account of the recent alerts every replica shares through the store (a hydra campaign's accounts often
+    share exits). A lead for the security team, not a score: nothing here changes a tier."""
+    found = det.address_peers(alert.client, alert.ips)
+    wanted = set(alert.ips)
+    try:
+        recent = await store.recent_alerts(ADDRESS_PEER_ALERTS)
+    except Exception as e:  # a lead is not worth failing the alert for; the store logs and counts its faults
+        log.debug("recent alerts not read for address peers: %s", e)
+        recent = []
+    for raw in recent:
+        try:
+            d = json.loads(raw)
+            ev = d.get("evidence") or {}
+            other, seen = d.get("client"), ev.get("ips") or ()
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(other, str) and other != alert.client and other not in found and \
+                any(isinstance(a, str) and a in wanted for a in seen):
+            found.append(other)
+    return tuple(found[:MAX_ADDRESS_PEERS])
 
 
 async def _peer_scores(store: StateStore, shared: Mapping[str, int]) -> dict[str, float]:

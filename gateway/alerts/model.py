@@ -74,6 +74,7 @@ class Alert:
     cluster_score: float = 0.0
     unscored: bool = False  # a detector failed on the request that raised it
     ips: tuple[str, ...] = ()  # distinct client addresses of the requests in the evidence (server.trusted_proxies)
+    address_peers: tuple[str, ...] = ()  # other accounts seen from those addresses (a lead, not a score)
 
     @staticmethod
     def new_id() -> str:
@@ -101,6 +102,7 @@ class Alert:
             "evidence": {
                 "request_ids": list(self.request_ids),
                 "ips": list(self.ips),
+                "address_peers": list(self.address_peers),
                 "examples": examples,
                 "redacted": redact,
                 "cluster": list(self.cluster),
@@ -124,4 +126,5 @@ class Alert:
             request_ids=tuple(ev.get("request_ids", ())), examples=tuple(ev.get("examples", ())),
             cluster=tuple(ev.get("cluster", ())), cluster_score=float(ev.get("cluster_score", 0.0)),
             unscored=bool(d.get("unscored", False)), ips=tuple(ev.get("ips", ())),
+            address_peers=tuple(ev.get("address_peers", ())),
         )

@@ -96,3 +96,46 @@ def test_a_bad_trusted_proxies_entry_is_a_config_error() -> None:
         assert "trusted_proxies[1]" in str(e) and "lb.internal" in str(e), str(e)
     else:
         raise AssertionError("accepted")
+
+
+async def _sweep(client: openai.AsyncOpenAI, ip: str, n: int = 40) -> None:
+    for i in range(n):  # a logit-bias sweep, blocked before long
+        try:
+            await client.chat.completions.create(
+                model="sim", messages=[{"role": "user", "content": "Say hi"}], max_tokens=1, logprobs=True,
+                top_logprobs=20, logit_bias={str(1000 + 50 * i + j): 100 for j in range(50)},
+                extra_headers={"X-Forwarded-For": ip})
+        except openai.RateLimitError:
+            await asyncio.sleep(0.03)
+        except openai.PermissionDeniedError:
+            break
+
+
+async def test_alerts_name_other_accounts_seen_from_the_same_addresses(tmp_path: Path) -> None:
+    alerts_file = tmp_path / "alerts.jsonl"
+    async with sim_backend() as sim:
+        cfg = gateway_config(
+            sim.url, detection={"enabled": True}, server={"trusted_proxies": ["127.0.0.1"]},
+            limits={"default": {"requests_per_minute": 6000, "tokens_per_minute": 10_000_000}},
+            alerts={"min_interval_s": 0, "sinks": [{"kind": "jsonl", "path": str(alerts_file)}]})
+        async with running_gateway(cfg) as gw:
+            det = gw.ctx.detection
+            assert det is not None and gw.ctx.alerts is not None
+            for name, ip in (("mallory", "203.0.113.5"), ("carol", "198.51.100.20")):
+                client = gw.openai_client(name)
+                await _sweep(client, ip)
+                await client.close()
+                await settled(gw)
+            # this replica's own evidence names the suspicious accounts seen from an address
+            assert det.address_peers("someone", ("203.0.113.5",)) == ["mallory"]  # type: ignore[attr-defined]
+            assert det.address_peers("mallory", ("203.0.113.5",)) == []  # type: ignore[attr-defined]
+            det._evidence.clear()  # type: ignore[attr-defined]  # what this replica saw: gone (as on another replica)
+            client = gw.openai_client("eve")  # a second account of mallory's campaign, same exit address
+            await _sweep(client, "203.0.113.5")
+            await client.close()
+            await settled(gw)
+            assert await gw.ctx.alerts.flush(10.0)
+    alerts = [json.loads(x) for x in alerts_file.read_text().splitlines()]
+    peers = {a["client"]: set(a["evidence"]["address_peers"]) for a in alerts}
+    assert peers["eve"] == {"mallory"}, peers  # found through the alerts every replica shares (the store)
+    assert "eve" not in peers["carol"] and "mallory" not in peers["carol"], peers
