@@ -4,18 +4,16 @@ aiohttp model servers, the real checker."""
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from gateway.config import FingerprintConfig, RoutingConfig
+from gateway.config import FingerprintConfig
 from gateway.fingerprinting import FingerprintChecker
-from gateway.routing.router import Router
-from gateway.telemetry.metrics import Metrics
 from tests.fingerprint.conftest import ModelServer
-from tests.fingerprint.test_checker import MODEL, model_cfg, record
+from tests.fingerprint.test_checker import MODEL
+from tests.fingerprint.test_schedule import checker_of
 
 SLOW = FingerprintConfig(interval_s=1000, jitter=0, spread_s=60, timeout_s=5)  # a 30 s spread window
 
@@ -23,15 +21,8 @@ SLOW = FingerprintConfig(interval_s=1000, jitter=0, spread_s=60, timeout_s=5)  #
 @pytest.fixture
 async def checked(servers: tuple[ModelServer, ModelServer], tmp_path: Path
                   ) -> AsyncIterator[tuple[FingerprintChecker, ModelServer]]:
-    a, b = servers
-    ref = await record(a.url, tmp_path / "ref.json")
-    router = Router([model_cfg(a.url, b.url, ref)], RoutingConfig(), Metrics(), health_checks=False)
-    checker = FingerprintChecker(SLOW, router, rng=random.Random(7))
-    try:
-        yield checker, b
-    finally:
-        await checker.close()
-        await router.close()
+    async with checker_of(servers, tmp_path, SLOW) as c:
+        yield c
 
 
 async def test_an_on_demand_check_queued_behind_a_starting_round_hurries_it(

@@ -5,6 +5,7 @@ depends on them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,19 +40,26 @@ def test_spread_window_is_capped_at_half_the_interval() -> None:
     assert delays(interval_s=100, spread_s=0) == []
 
 
-@pytest.fixture
-async def checked(servers: tuple[ModelServer, ModelServer], tmp_path: Path
-                  ) -> AsyncIterator[tuple[FingerprintChecker, ModelServer]]:
+@contextlib.asynccontextmanager
+async def checker_of(servers: tuple[ModelServer, ModelServer], tmp_path: Path, cfg: FingerprintConfig
+                     ) -> AsyncIterator[tuple[FingerprintChecker, ModelServer]]:
+    """A seeded checker of backend ``b`` (``a`` recorded the reference) under ``cfg``, closed afterwards."""
     a, b = servers
     ref = await record(a.url, tmp_path / "ref.json")
     router = Router([model_cfg(a.url, b.url, ref)], RoutingConfig(), Metrics(), health_checks=False)
-    cfg = FingerprintConfig(interval_s=1000, spread_s=0.6, timeout_s=5)
     checker = FingerprintChecker(cfg, router, rng=random.Random(7))
     try:
         yield checker, b
     finally:
         await checker.close()
         await router.close()
+
+
+@pytest.fixture
+async def checked(servers: tuple[ModelServer, ModelServer], tmp_path: Path
+                  ) -> AsyncIterator[tuple[FingerprintChecker, ModelServer]]:
+    async with checker_of(servers, tmp_path, FingerprintConfig(interval_s=1000, spread_s=0.6, timeout_s=5)) as c:
+        yield c
 
 
 async def test_a_periodic_round_is_spread_an_on_demand_check_is_not(

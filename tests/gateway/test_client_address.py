@@ -67,17 +67,7 @@ async def test_alert_evidence_names_the_addresses_an_account_used(tmp_path: Path
             alerts={"min_interval_s": 0, "sinks": [{"kind": "jsonl", "path": str(alerts_file)}]})
         async with running_gateway(cfg) as gw:
             client = gw.openai_client("mallory")
-            for i in range(60):  # a logit-bias sweep from two addresses (two proxies' worth of exits)
-                ip = ("203.0.113.5", "203.0.113.77")[i % 2]
-                try:
-                    await client.chat.completions.create(
-                        model="sim", messages=[{"role": "user", "content": "Say hi"}], max_tokens=1, logprobs=True,
-                        top_logprobs=20, logit_bias={str(1000 + 50 * i + j): 100 for j in range(50)},
-                        extra_headers={"X-Forwarded-For": ip})
-                except openai.RateLimitError:
-                    await asyncio.sleep(0.03)
-                except openai.PermissionDeniedError:
-                    break
+            await _sweep(client, ("203.0.113.5", "203.0.113.77"), 60)  # two proxies' worth of exits
             await client.close()
             await settled(gw)
             assert gw.ctx.alerts is not None and await gw.ctx.alerts.flush(10.0)
@@ -98,13 +88,14 @@ def test_a_bad_trusted_proxies_entry_is_a_config_error() -> None:
         raise AssertionError("accepted")
 
 
-async def _sweep(client: openai.AsyncOpenAI, ip: str, n: int = 40) -> None:
-    for i in range(n):  # a logit-bias sweep, blocked before long
+async def _sweep(client: openai.AsyncOpenAI, ip: str | tuple[str, ...], n: int = 40) -> None:
+    ips = (ip,) if isinstance(ip, str) else ip
+    for i in range(n):  # a logit-bias sweep (from the addresses in turn), blocked before long
         try:
             await client.chat.completions.create(
                 model="sim", messages=[{"role": "user", "content": "Say hi"}], max_tokens=1, logprobs=True,
                 top_logprobs=20, logit_bias={str(1000 + 50 * i + j): 100 for j in range(50)},
-                extra_headers={"X-Forwarded-For": ip})
+                extra_headers={"X-Forwarded-For": ips[i % len(ips)]})
         except openai.RateLimitError:
             await asyncio.sleep(0.03)
         except openai.PermissionDeniedError:
