@@ -94,7 +94,8 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             fields=FieldPolicy(cfg.proxy.refused_fields, cfg.proxy.refused_headers,
                                cfg.proxy.withheld_response_fields, unknown=cfg.proxy.unknown_fields,
                                allowed=cfg.proxy.allowed_fields, refused_metric=m.request_fields_refused_total,
-                               withheld_metric=m.response_fields_withheld_total),
+                               withheld_metric=m.response_fields_withheld_total,
+                               unknown_metric=m.request_fields_unknown_total),
         )
         ctx.client_address = ClientAddress(cfg.server.trusted_proxies)
         try:

@@ -216,7 +216,7 @@ def _proxy_fields(cfg: GatewayConfig, out: list[Finding]) -> None:
 
     p = cfg.proxy
     mode = f"unknown request fields {p.unknown_fields}" + (
-        f" ({len(p.allowed_fields)} allowed beyond the known ones)" if p.unknown_fields == "refuse" else "")
+        f" ({len(p.allowed_fields)} allowed beyond the known ones)" if p.unknown_fields != "pass" else "")
     out.append(Finding("ok", "proxy", f"{len(p.refused_fields)} request field(s) and {len(p.refused_headers)} "
                                       f"header(s) refused, {len(p.withheld_response_fields)} answer field(s) "
                                       f"withheld, {mode}"))

@@ -36,9 +36,10 @@ class ProxyConfig(_Model):
     # message/delta) and from Responses API response objects; counted, logged once per field
     withheld_response_fields: list[str] = Field(default_factory=lambda: list(WITHHELD_RESPONSE_FIELDS))
     # top-level request fields that are neither an OpenAI parameter of the endpoint nor a known-safe engine
-    # extension (gateway/proxy/known_fields.py): pass (a drop-in proxy: new extensions reach the backend) or
-    # refuse (400 naming the field; counted as field="(unknown)"). The block list applies in both modes.
-    unknown_fields: Literal["pass", "refuse"] = "pass"
+    # extension (gateway/proxy/known_fields.py): pass (a drop-in proxy: new extensions reach the backend),
+    # log (a dry run of refuse: passed, logged and counted) or refuse (400 naming the field; counted as
+    # field="(unknown)"). The block list applies in every mode.
+    unknown_fields: Literal["pass", "log", "refuse"] = "pass"
     # extra top-level field names refuse mode lets through on every endpoint (refused_fields still wins)
     allowed_fields: list[str] = Field(default_factory=list)
 

@@ -164,7 +164,7 @@ REQUIRED_RESPONSE_FIELDS = frozenset({
     "id", "object", "created", "model", "choices", "usage", "index", "message", "delta", "text", "content",
     "role", "tool_calls", "finish_reason", "logprobs", "data", "embedding", "output", "error", "type",
 })
-UnknownFields = Literal["pass", "refuse"]
+UnknownFields = Literal["pass", "log", "refuse"]
 UNKNOWN_LABEL = "(unknown)"  # the metric label of every unknown name: no field name has parentheses
 LOGGED_UNKNOWN = 32  # distinct unknown names logged per process; all are counted
 _SHOWN = 64  # characters of an unknown name echoed in the 400 (the client chose it: bounded)
@@ -184,14 +184,17 @@ def name_problem(name: str, *, dotted: bool) -> str | None:
 class FieldPolicy:
     """The compiled ``proxy`` section: what the request check and the answer scrub test, built once."""
 
-    __slots__ = ("_known", "_logged", "_logged_unknown", "_nested", "_refused_metric", "_top", "_withheld_metric",
-                 "allowed", "headers", "pattern", "refused", "unknown", "withheld", "withheld_responses")
+    __slots__ = ("_known", "_logged", "_logged_unknown", "_nested", "_refused_metric", "_top", "_unknown_metric",
+                 "_withheld_metric", "allowed", "headers", "pattern", "refused", "unknown", "withheld",
+                 "withheld_responses")
 
     def __init__(self, refused: Iterable[str], headers: Iterable[str], withheld: Iterable[str], *,
                  unknown: UnknownFields = "pass", allowed: Iterable[str] = (),
-                 refused_metric: Counter | None = None, withheld_metric: Counter | None = None) -> None:
+                 refused_metric: Counter | None = None, withheld_metric: Counter | None = None,
+                 unknown_metric: Counter | None = None) -> None:
         self.refused = {n: REFUSED_FIELDS.get(n, "listed by the operator") for n in refused}
         self.unknown = unknown
+        self._unknown_metric = unknown_metric
         self.allowed = frozenset(allowed)
         self._logged_unknown: set[str] = set()
         self.headers = {h.lower(): REFUSED_HEADERS.get(h.lower(), "listed by the operator") for h in headers}
@@ -205,8 +208,8 @@ class FieldPolicy:
         self._nested = nested
         # the one set a request body is tested against: refused names and the parents of dotted ones
         self._top = frozenset(n for n in self.refused if "." not in n) | frozenset(nested)
-        # refuse mode, per endpoint: (the known fields that are no block-list name: a body within it needs no
-        # further look; every known field). None: pass mode, nothing tested.
+        # refuse and log modes, per endpoint: (the known fields that are no block-list name: a body within it
+        # needs no further look; every known field). None: pass mode, nothing tested.
         self._known: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None if unknown == "pass" else {
             ep: (known_fields(ep, self.allowed) - self._top, known_fields(ep, self.allowed)) for ep in PATHS}
         names = b"|".join(re.escape(n.encode()) for n in sorted(self.withheld))
@@ -233,7 +236,8 @@ class FieldPolicy:
                 self._check_refused(body)
         else:
             if endpoint is None:  # a caller that forgot it must not turn the allowlist off without a word
-                raise TypeError("FieldPolicy.check: endpoint is required when proxy.unknown_fields is refuse")
+                raise TypeError("FieldPolicy.check: endpoint is required when proxy.unknown_fields is "
+                                f"{self.unknown}")
             # the common case is one C-level pass over the body's keys (their hashes are cached in the str):
             # every key a known field that is no block-list name either, so neither loop below has work
             unknown = not known[endpoint][0].issuperset(body)
@@ -249,7 +253,10 @@ class FieldPolicy:
             if not fields.issuperset(body):  # False when only a block-list parent took the slow path
                 for key, value in body.items():
                     if value is not None and key not in fields:
-                        self._refuse_unknown(key, endpoint)
+                        if self.unknown == "refuse":
+                            self._refuse_unknown(key, endpoint)
+                        self._note_unknown(key, endpoint)  # log mode: what refuse would refuse, passed
+                        break
 
     def _check_refused(self, body: Mapping[str, Any]) -> None:
         for key, value in body.items():
@@ -265,6 +272,18 @@ class FieldPolicy:
                     if v is not None and v is not False:
                         self._refuse(dotted, f"{dotted}: not accepted by this gateway "
                                              f"({self.refused[dotted]}; proxy.refused_fields)", dotted)
+
+    def _note_unknown(self, name: str, endpoint: Endpoint) -> None:
+        """``log`` mode (a dry run of ``refuse``): the request passes; counted, and the name logged (bounded)."""
+        shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
+        if len(self._logged_unknown) < LOGGED_UNKNOWN and shown not in self._logged_unknown:
+            self._logged_unknown.add(shown)
+            log.warning("passed the unknown request field %r on %s (proxy.unknown_fields: log; refuse mode would "
+                        "answer it 400: list it in proxy.allowed_fields if it is legitimate); counted in "
+                        "ipgate_request_fields_unknown_total, logged once per name for the first %d names", shown,
+                        PATHS[endpoint], LOGGED_UNKNOWN)
+        if self._unknown_metric is not None:
+            self._unknown_metric.inc()
 
     def _refuse_unknown(self, name: str, endpoint: Endpoint) -> NoReturn:
         shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."

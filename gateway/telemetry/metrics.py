@@ -221,6 +221,12 @@ class Metrics:
             "detection.token_id_prompts: refuse (field=\"prompt\").",
             ["field"], registry=r,
         )
+        self.request_fields_unknown_total = Counter(
+            "ipgate_request_fields_unknown_total",
+            "Requests passed under proxy.unknown_fields: log that name a top-level field their endpoint does not "
+            "know (what refuse mode would answer 400).",
+            registry=r,
+        )
         self.response_fields_withheld_total = Counter(
             "ipgate_response_fields_withheld_total",
             "Fields of backend answers withheld from the client because they expose deployment internals "

@@ -320,3 +320,35 @@ async def test_official_client_works_in_refuse_mode() -> None:
             assert r.choices[0].message.content and sim.stats.last_body["x_operator_field"] == {"k": 1}
         finally:
             await client.close()
+
+
+def test_log_mode_is_a_dry_run_of_refuse(caplog: pytest.LogCaptureFixture) -> None:
+    """``log``: what refuse would answer 400 passes, counted once per request and logged once per name; the
+    block list still refuses."""
+    cfg = parse_config({"models": MODELS, "proxy": {"unknown_fields": "log"}}, env={}).proxy
+    m = Metrics(CollectorRegistry())
+    policy = FieldPolicy(cfg.refused_fields, cfg.refused_headers, cfg.withheld_response_fields,
+                         unknown=cfg.unknown_fields, allowed=cfg.allowed_fields,
+                         refused_metric=m.request_fields_refused_total, unknown_metric=m.request_fields_unknown_total)
+    caplog.set_level(logging.WARNING, logger="gateway.proxy.fields")
+    for _ in range(3):
+        policy.check({**BASE["chat"], "x_new_engine_field": 1, "y_other": 2}, CIMultiDict(), "chat")
+    policy.check(BASE["chat"], CIMultiDict(), "chat")  # nothing unknown: not counted
+    assert m.registry.get_sample_value("ipgate_request_fields_unknown_total") == 3
+    assert _count(m, UNKNOWN_LABEL) == 0
+    lines = [r.getMessage() for r in caplog.records if "passed the unknown request field" in r.getMessage()]
+    assert len(lines) == 1 and "'x_new_engine_field'" in lines[0] and "proxy.unknown_fields: log" in lines[0]
+    with pytest.raises(InvalidRequest, match=r"proxy\.refused_fields"):
+        policy.check({**BASE["chat"], "kv_transfer_params": {}}, CIMultiDict(), "chat")
+
+
+async def test_log_mode_passes_unknown_fields_to_the_backend() -> None:
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url, proxy={"unknown_fields": "log"})) as gw:
+        client = gw.openai_client("alice")
+        try:
+            r = await client.chat.completions.create(model="sim", messages=MSGS,
+                                                     extra_body={"x_new_engine_field": 1})
+            assert r.choices[0].message.content and sim.stats.last_body["x_new_engine_field"] == 1
+        finally:
+            await client.close()
+        assert gw.ctx.metrics.registry.get_sample_value("ipgate_request_fields_unknown_total") == 1
