@@ -3,7 +3,11 @@ then the rightmost untrusted X-Forwarded-For hop; a client's own header is never
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.clientaddr import ClientAddress, parse_networks
 
@@ -58,3 +62,17 @@ def test_the_trust_cache_is_bounded() -> None:
     for i in range(10_000):  # client-chosen hop strings
         ca.resolve("10.0.0.1", f"10.{i % 250}.{i // 250}.1, x{i}")
     assert len(ca._trusted) <= 4096
+
+
+_HOP = st.one_of(st.text(max_size=40), st.ip_addresses().map(str),
+                 st.builds(lambda a, z: f"{a}%{z}", st.ip_addresses(v=6).map(str), st.text(max_size=20)))
+
+
+@given(peer=st.one_of(st.none(), st.sampled_from(["10.0.0.1", "::1", "::ffff:10.0.0.1"]), st.text(max_size=60)),
+       xff=st.one_of(st.none(), st.lists(_HOP, max_size=6).map(", ".join), st.text(max_size=300)))
+@settings(max_examples=400, deadline=None)
+def test_resolve_never_raises_and_returns_an_address_or_the_peer(peer: str | None, xff: str | None) -> None:
+    """Whatever the header holds (client-written), the answer is the peer or a plain, normalised address."""
+    got = ClientAddress(["0.0.0.0/0", "::/0"] if peer else []).resolve(peer, xff)
+    if got is not None and got != peer:
+        assert str(ipaddress.ip_address(got)) == got and "%" not in got
