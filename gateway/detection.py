@@ -366,6 +366,8 @@ async def _address_peers(det: GatewayDetection, store: StateStore, alert: Alert)
         log.debug("recent alerts not read for address peers: %s", e)
         recent = []
     for raw in recent:
+        if not any(a in raw for a in wanted):  # an address in its evidence is in its text: most need no parse
+            continue
         try:
             d = json.loads(raw)
             ev = d.get("evidence") or {}

@@ -77,7 +77,10 @@ def _export_expiry(ctx: AppContext, cert_file: str) -> None:
     """The served certificate's end of validity as a gauge (the shipped alert warns two weeks ahead)."""
     ts = tls_not_after(cert_file)
     if ts is not None:
-        ctx.metrics.tls_certificate_expiry.set(ts)
+        ctx.metrics.set_tls_certificate_expiry(ts)
+    else:  # loaded by OpenSSL but not parsed here: the gauge (and its alerts) cannot watch this certificate
+        log.warning("TLS certificate %s: expiry not read, ipgate_tls_certificate_expiry_timestamp_seconds "
+                    "not set (ipgate check reads it too)", cert_file)
 
 
 def tune_gc() -> None:

@@ -50,8 +50,15 @@ def load(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
 
 
 def reload(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> bool:
-    """SIGHUP: read the (renewed) chain again; on failure keep serving the loaded one. Returns success."""
+    """SIGHUP: read the (renewed) chain again; on failure keep serving the loaded one. Returns success.
+
+    The pair is tried in a scratch context first: loading into the live one replaces the certificate before
+    the key is read, and OpenSSL drops the loaded key when it does not match the new certificate, so a
+    half-done renewal (the new certificate, the old key) would leave the listeners without a key - every
+    handshake failing - while the log said the running certificate stays. (The files are read twice: a
+    renewal that rewrites one between the two reads, microseconds apart, is the window left.)"""
     try:
+        server_context(cert_file, key_file)
         load(ctx, cert_file, key_file)
     except TlsError as e:
         log.error("TLS certificate not reloaded, the running one stays: %s", e)
@@ -65,8 +72,8 @@ def backend_context(ca_file: str | None, cert_file: str | None, key_file: str | 
     """The ``ssl=`` argument for every request to one backend (proxied requests, health checks, watermark
     plugin probes, fingerprint probes): ``True`` (the system trust store) when nothing is set, else a
     verifying context trusting ``ca_file`` (or the system store) and presenting ``cert_file`` (mutual TLS: the
-    engine then serves only holders of a gateway certificate). Cached by the files' names; a reload clears the
-    cache (``clear_backend_contexts``) so renewed files are read again."""
+    engine then serves only holders of a gateway certificate). Cached by the files' names; a reload rebuilds the
+    cache (``check_backend_tls(fresh=True)``) so renewed files are read again."""
     if ca_file is None and cert_file is None:
         return True
     key = (ca_file, cert_file, key_file)

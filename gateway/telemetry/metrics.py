@@ -252,17 +252,25 @@ class Metrics:
             "Fingerprint checks of a backend against its reference, by verdict (match, mismatch, inconclusive).",
             ["model", "backend", "verdict"], registry=r,
         )
-        self.tls_certificate_expiry = Gauge(
-            "ipgate_tls_certificate_expiry_timestamp_seconds",
-            "When the certificate the listeners serve (server.tls_cert_file) stops being valid, unix seconds; "
-            "set at start-up and on each SIGHUP; absent without TLS.",
-            registry=r, multiprocess_mode="livemin",
-        )
+        # made by the first set_tls_certificate_expiry: an unlabelled gauge is exported (as 0) from its creation
+        # on, in multiprocess mode too, and 0 would fire the shipped expiry alerts on every gateway without TLS
+        self._tls_certificate_expiry: Gauge | None = None
         self.fingerprint_match = Gauge(
             "ipgate_fingerprint_match",
             "1 if the backend's last conclusive fingerprint check matched its reference, 0 if it mismatched.",
             ["model", "backend"], registry=r, multiprocess_mode="livemin",
         )
+
+    def set_tls_certificate_expiry(self, ts: float) -> None:
+        """``ipgate_tls_certificate_expiry_timestamp_seconds``: absent until the first call (no TLS: absent)."""
+        if self._tls_certificate_expiry is None:
+            self._tls_certificate_expiry = Gauge(
+                "ipgate_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the listeners serve (server.tls_cert_file) stops being valid, unix seconds; "
+                "set at start-up and on each SIGHUP; absent without TLS.",
+                registry=self.registry, multiprocess_mode="livemin",
+            )
+        self._tls_certificate_expiry.set(ts)
 
     @property
     def multiprocess(self) -> bool:

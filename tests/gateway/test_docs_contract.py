@@ -141,6 +141,7 @@ def _code_metrics() -> dict[str, tuple[str, ...]]:
     from gateway.telemetry.metrics import Metrics
 
     m = Metrics(CollectorRegistry())
+    m.set_tls_certificate_expiry(0.0)  # made on first use (absent without TLS)
     collectors: list[Any] = [*vars(m).values(), *vars(EmbeddingMetrics(m)).values()]
     out: dict[str, tuple[str, ...]] = {}
     for c in collectors:

@@ -63,6 +63,7 @@ class Series:
 def exported_series() -> dict[str, Series]:
     """Every series name a scrape of the gateway can show -> what it is, from the real registry."""
     m = Metrics(CollectorRegistry())
+    m.set_tls_certificate_expiry(0.0)  # made on first use (absent without TLS): shown by a gateway with TLS
     for c in [*vars(m).values(), *vars(EmbeddingMetrics(m)).values()]:
         if isinstance(c, MetricWrapperBase) and c._labelnames:
             c.labels(*["x"] * len(c._labelnames))  # a child, so the labelled metric shows its samples
