@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # bench/ scripts run from a checkout
 
 from bench.memprobe import _by_owner  # noqa: E402
+from bench.soak import load_prompts  # noqa: E402
 from detectors import features  # noqa: E402
 from detectors.decoded_cache import DecodedCache  # noqa: E402
 from gateway.app import open_context  # noqa: E402
@@ -47,21 +48,7 @@ from gateway.store.memory import MemoryStore  # noqa: E402
 from gateway.store.resilient import ResilientStore  # noqa: E402
 from gateway.watermarking import GatewayWatermarking  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "prompts.jsonl"
 SECRET = "memclients-jwt-secret-0123456789-0123456789"
-
-
-def prompts(n: int) -> list[str]:
-    out: list[str] = []
-    with DATA.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("category") == "harmless-redteam" or not row.get("turns"):
-                continue
-            out.append(str(row["turns"][0])[:600])
-            if len(out) >= n:
-                break
-    return out
 
 
 async def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +64,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         "routing": {"health": {"interval_s": 3600}},
         "models": [{"name": "m", "backends": [{"name": "b", "url": "http://127.0.0.1:9"}]}],
     }, env={})
-    texts = prompts(a.clients * a.requests)
+    texts = load_prompts(a.clients * a.requests)
     now = int(time.time())
     tokens = [jwt.encode({"sub": f"user-{i:07d}", "aud": "ipgate", "iat": now, "exp": now + 7200}, SECRET,
                          algorithm="HS256") for i in range(a.clients)]

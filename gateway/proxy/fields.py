@@ -273,26 +273,28 @@ class FieldPolicy:
                         self._refuse(dotted, f"{dotted}: not accepted by this gateway "
                                              f"({self.refused[dotted]}; proxy.refused_fields)", dotted)
 
-    def _note_unknown(self, name: str, endpoint: Endpoint) -> None:
-        """``log`` mode (a dry run of ``refuse``): the request passes; counted, and the name logged (bounded)."""
+    def _shown(self, name: str, endpoint: Endpoint, verb: str, detail: str) -> str:
+        """``name`` as echoed (bounded: the client chose it), logged once per name for the first
+        ``LOGGED_UNKNOWN`` names: ``verb`` (passed, refused) and ``detail`` (the mode, where it is counted)."""
         shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
         if len(self._logged_unknown) < LOGGED_UNKNOWN and shown not in self._logged_unknown:
             self._logged_unknown.add(shown)
-            log.warning("passed the unknown request field %r on %s (proxy.unknown_fields: log; refuse mode would "
-                        "answer it 400: list it in proxy.allowed_fields if it is legitimate); counted in "
-                        "ipgate_request_fields_unknown_total, logged once per name for the first %d names", shown,
-                        PATHS[endpoint], LOGGED_UNKNOWN)
+            log.warning("%s the unknown request field %r on %s (%s), logged once per name for the first %d names",
+                        verb, shown, PATHS[endpoint], detail, LOGGED_UNKNOWN)
+        return shown
+
+    def _note_unknown(self, name: str, endpoint: Endpoint) -> None:
+        """``log`` mode (a dry run of ``refuse``): the request passes; counted, and the name logged (bounded)."""
+        self._shown(name, endpoint, "passed", "proxy.unknown_fields: log; refuse mode would answer it 400: list it "
+                                              "in proxy.allowed_fields if it is legitimate; counted in "
+                                              "ipgate_request_fields_unknown_total")
         if self._unknown_metric is not None:
             self._unknown_metric.inc()
 
     def _refuse_unknown(self, name: str, endpoint: Endpoint) -> NoReturn:
-        shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
-        if len(self._logged_unknown) < LOGGED_UNKNOWN and shown not in self._logged_unknown:
-            self._logged_unknown.add(shown)
-            log.warning("refused the unknown request field %r on %s (proxy.unknown_fields: refuse; list it in "
-                        "proxy.allowed_fields to let it through); counted in ipgate_request_fields_refused_total"
-                        "{field=%r}, logged once per name for the first %d names", shown, PATHS[endpoint],
-                        UNKNOWN_LABEL, LOGGED_UNKNOWN)
+        shown = self._shown(name, endpoint, "refused", "proxy.unknown_fields: refuse; list it in "
+                                                       "proxy.allowed_fields to let it through; counted in "
+                                                       f"ipgate_request_fields_refused_total{{field={UNKNOWN_LABEL!r}}}")
         if self._refused_metric is not None:
             self._refused_metric.labels(field=UNKNOWN_LABEL).inc()
         raise InvalidRequest(f"{shown}: not accepted by this gateway (unknown field: neither an OpenAI parameter of "
