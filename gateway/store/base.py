@@ -77,6 +77,11 @@ class StateStore(Protocol):
     async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
         """Write the detector state and tier that the next ``hot_path`` for this client reads."""
 
+    async def swap_client_state(self, client_id: str, expect: bytes | None, state: bytes, tier: int, score: float,
+                                ttl_s: float) -> tuple[bool, bytes | None]:
+        """``save_client_state`` only if the stored state is still ``expect`` (None: no state stored), atomically.
+        Returns (True, None) when written, else (False, the state stored now) for the caller to merge with."""
+
     async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
         """Admin: allowlist/denylist a client, or pin its tier (``tier``); ``None`` clears."""
 

@@ -116,6 +116,7 @@ class ClusterMux:
         self._refresh_task: asyncio.Task[None] | None = None
         self.redirects: Counter[str] = Counter()  # MOVED / ASK / TRYAGAIN followed (tests, debugging)
         self._probe_tags: dict[RespMux, int] = {}  # primary → a hash tag (decimal) in one of its slots
+        self._reconnects_gone = 0  # reconnects of node connections closed since (the sum never goes back)
 
     @staticmethod
     def _addr(host: str, port: int) -> str:
@@ -182,7 +183,9 @@ class ClusterMux:
         self._loaded = True
         live = set(best)
         for gone in [a for a, m in self._nodes.items() if m not in live and a not in self._seeds]:
-            await self._nodes.pop(gone).close()
+            mux = self._nodes.pop(gone)
+            self._reconnects_gone += mux.reconnects
+            await mux.close()
 
     async def refresh(self) -> None:
         async with self._loading:
@@ -373,6 +376,11 @@ class ClusterMux:
             n += 1
         self._probe_tags = tags
         return [f"{base}:{{{tags[m]}}}" for m in primaries]
+
+    @property
+    def reconnects(self) -> int:
+        """Node connections that replaced a lost one (``RespMux.reconnects``), over every node ever used."""
+        return self._reconnects_gone + sum(m.reconnects for m in self._nodes.values())
 
     def primaries(self) -> list[RespMux]:
         return list({id(m): m for m in self._slots if m is not None}.values())

@@ -154,6 +154,28 @@ class MemoryStore:
         now = self._now()
         self._state.set(client_id, _State(bytes(state), tier, float(score)), now + _ttl_us(ttl_s))
 
+    async def swap_client_state(self, client_id: str, expect: bytes | None, state: bytes, tier: int, score: float,
+                                ttl_s: float) -> tuple[bool, bytes | None]:
+        check_state(state, tier, self._max_state)
+        now = self._now()
+        cur = self._state.get(client_id, now)
+        held = cur.state if cur is not None and cur.state else None  # an empty state reads as none
+        if held is not expect and held != (expect or None):  # the same object nearly always: no 7 KB compare
+            return False, held
+        self._state.set(client_id, _State(bytes(state), tier, float(score)), now + _ttl_us(ttl_s))
+        return True, None
+
+    def escalated_states(self) -> list[tuple[str, bytes, int, float, float]]:
+        """Live detector states above tier 0, as ``(client, state, tier, score, ttl_s)``: what the ``local``
+        failure mode writes back to the shared store on recovery (a snapshot: safe to await between items)."""
+        now = self._now()
+        out = []
+        for cid, st in self._state.items(now):
+            exp = self._state.expires_at(cid, now)
+            if st.tier > 0 and exp is not None:
+                out.append((cid, st.state, st.tier, st.score, (exp - now) / 1e6))
+        return out
+
     def drop_client_states(self) -> int:
         """Forget every client's detector state; returns how many there were. For the ``local`` failure mode's
         store when the shared store is back: the copies written during the outage are never read again (the

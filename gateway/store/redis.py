@@ -42,6 +42,8 @@ from gateway.store.memory import (
 from gateway.store.resp import Arg, RespMux, pack_bulks, reply_error
 
 TIER_ARGS_CACHE_MAX = 256  # encoded limits_by_tier tuples kept (the policy has one per limit class)
+OVERRIDE_INDEX_MAX = 100_000  # overrides listed in the index the failure modes read (soonest to expire dropped)
+_OVERRIDE_PAGE = 500  # index members read per call (each call stays well inside timeout_ms)
 
 
 def _ms(ttl_s: float) -> int:
@@ -98,6 +100,9 @@ class RedisStore:
         self._hot = _Script("hot_path.lua")
         self._reconcile = _Script("reconcile.lua")
         self._save = _Script("save_state.lua")
+        self._swap = _Script("swap_state.lua")
+        self._merge = _Script("merge_state.lua")
+        self._ov_index = _Script("override_index.lua")
         self._lease = _Script("lease.lua")
         self._recipient = _Script("recipient.lua")
         self._recipients = _Script("recipients.lua")
@@ -113,6 +118,11 @@ class RedisStore:
     @property
     def connection(self) -> Conn:
         return self._mux
+
+    @property
+    def reconnects(self) -> int:
+        """Connections to Redis that replaced a lost one: a Redis restarted between two calls shows only here."""
+        return self._mux.reconnects
 
     # key layout ------------------------------------------------------------------------------------------
     def client_keys(self, client_id: str) -> tuple[str, str, str]:
@@ -173,9 +183,32 @@ class RedisStore:
         await self._save.run(self._mux, [self.client_keys(client_id)[1]],
                              [bytes(state), tier, repr(float(score)), _ms(ttl_s)])
 
+    async def swap_client_state(self, client_id: str, expect: bytes | None, state: bytes, tier: int, score: float,
+                                ttl_s: float) -> tuple[bool, bytes | None]:
+        check_state(state, tier, self._max_state)
+        # the expected state travels as its SHA-1 (40 bytes instead of ~7 KB); Redis hashes the stored one
+        digest = hashlib.sha1(expect, usedforsecurity=False).hexdigest() if expect else ""
+        r = await self._swap.run(self._mux, [self.client_keys(client_id)[1]],
+                                 [bytes(state), tier, repr(float(score)), _ms(ttl_s), digest])
+        if r[0] == 1:
+            return True, None
+        return False, (bytes(r[1]) if len(r) > 1 and r[1] else None)
+
+    async def merge_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> bool:
+        """``save_client_state`` unless the stored tier is already ``tier`` or higher; True when written. For
+        states kept in process memory during an outage (``ResilientStore``'s write-back on recovery)."""
+        check_state(state, tier, self._max_state)
+        return bool(await self._merge.run(self._mux, [self.client_keys(client_id)[1]],
+                                          [bytes(state), tier, repr(float(score)), _ms(ttl_s)]))
+
     async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
         ov = self.client_keys(client_id)[2]
+        # First the entry in the index the failure modes read (another slot on a cluster: its own call), then the
+        # override the hot path applies: a failure in between leaves an index entry without an override, which
+        # ``overrides`` skips, and the caller is told that nothing was saved.
+        index = [f"{self._p}overrides"]
         if override is None and tier is None:
+            await self._ov_index.run(self._mux, index, [client_id, 0, OVERRIDE_INDEX_MAX])
             await self._mux.execute("DEL", ov)
             return
         if tier is not None and tier < 0:
@@ -185,8 +218,30 @@ class RedisStore:
             fields += ["o", override]
         if tier is not None:
             fields += ["t", tier]
+        await self._ov_index.run(self._mux, index, [client_id, _ms(ttl_s), OVERRIDE_INDEX_MAX])
         await self._mux.execute_many([("MULTI",), ("DEL", ov), ("HSET", ov, *fields), ("PEXPIRE", ov, _ms(ttl_s)),
                                       ("EXEC",)])
+
+    async def overrides(self) -> dict[str, tuple[Override | None, int | None, float]]:
+        """Every live administrator override: client -> (override, pinned tier, expiry in unix seconds). Read
+        page by page from the index ``set_override`` keeps (at most ``OVERRIDE_INDEX_MAX``), each client's
+        override from its own key (an index entry whose key is gone, expired or lost, is skipped)."""
+        index = f"{self._p}overrides"
+        out: dict[str, tuple[Override | None, int | None, float]] = {}
+        offset = 0
+        while offset < OVERRIDE_INDEX_MAX:
+            rows = await self._mux.execute("ZRANGEBYSCORE", index, f"({int(time.time() * 1000)}", "+inf",
+                                           "WITHSCORES", "LIMIT", offset, _OVERRIDE_PAGE)
+            clients = [rows[i].decode() for i in range(0, len(rows), 2)]
+            if clients:
+                got = await self._mux.execute_many([("HMGET", self.client_keys(c)[2], "o", "t") for c in clients])
+                for i, (c, (o, t)) in enumerate(zip(clients, got, strict=True)):
+                    if o is not None or t is not None:
+                        out[c] = (_override(o), int(t) if t is not None else None, float(rows[2 * i + 1]) / 1000)
+            if len(clients) < _OVERRIDE_PAGE:
+                break
+            offset += _OVERRIDE_PAGE
+        return out
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         _, st, ov = self.client_keys(client_id)

@@ -11,7 +11,9 @@ A background probe PINGs every ``health_interval_s``; when Redis answers, one IN
 
 failure_mode for the hot path (the request-admission decision):
 - ``open``: admit. The client's last known tier and override (a bounded local cache of hot-path answers)
-  still apply, so a denylisted client stays denied and a blocked tier stays blocked by the policy.
+  still apply, so a denylisted client stays denied and a blocked tier stays blocked by the policy. Every
+  administrator override (deny, allow, pinned tier) also applies to clients this process has not answered:
+  the inner store keeps an index of them, read at start-up and every ``overrides_refresh_s``.
 - ``closed``: reject every request (the pipeline answers 503 + Retry-After, not 429: the client did not
   exceed anything, we could not check).
 - ``local``: enforce the limits in-process (a ``MemoryStore``), each divided by ``local_replicas`` so the
@@ -19,7 +21,9 @@ failure_mode for the hot path (the request-admission decision):
 
 Other operations while degraded: ``reconcile_tokens`` / ``save_client_state`` go to the local store in
 ``local`` mode and are dropped otherwise (the detector states saved locally are dropped on recovery: Redis is
-authoritative again, and ~7 KB per client active during the outage would otherwise stay for the state TTL);
+authoritative again, and ~7 KB per client active during the outage would otherwise stay for the state TTL;
+before that, each local state whose tier is above the one Redis holds is written to Redis, so an escalation
+reached during the outage is kept);
 ``link_sketches`` returns no links; ``append_alert`` and ``set_blob`` are dropped; ``get_blob`` returns
 None; ``acquire_lease`` returns False (a once-per-cluster duty must not run twice because coordination is
 down); ``add_recipient`` is queued (bounded) and replayed on recovery, because watermark attribution must not
@@ -45,7 +49,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.errors import ServiceUnavailable
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision, StateStore
 from gateway.store.memory import MemoryStore
-from gateway.store.resp import is_unavailable_reply
+from gateway.store.resp import LATE_TIMEOUT_FACTOR, is_unavailable_reply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,8 +58,10 @@ FailureMode = Literal["open", "closed", "local"]
 _OUTAGE = (RedisError, OSError, TimeoutError)  # TimeoutError covers asyncio's in 3.11
 _KNOWN_MAX = 100_000  # clients whose last tier/override we remember for the degraded hot path
 _PENDING_MAX = 10_000  # recipient records queued while degraded
+_WRITE_BACK_BATCH = 64  # escalated client states written back to Redis at once on recovery
 _DIVIDED_MAX = 256  # per-replica divisions of limits_by_tier tuples kept (the policy has one per limit class)
 _BACKSTOP_MARGIN_S = 0.002  # the inner store's own timeout must fire first (it resets its connection)
+OVERRIDES_REFRESH_S = 30.0  # how often each process re-reads every client's override (for outages)
 STARTUP_GRACE_S = 2.0  # how long start() keeps retrying a ping that merely times out
 ODD_ERROR_LOG_INTERVAL_S = 60.0  # a persistent error reply is logged again at most this often (never silent for ever)
 
@@ -99,6 +105,7 @@ class ResilientStore:
         local_replicas: int = 1,
         metrics: StoreMetrics | None = None,
         local: MemoryStore | None = None,
+        overrides_refresh_s: float = OVERRIDES_REFRESH_S,
     ) -> None:
         self.inner = inner
         self.mode = failure_mode
@@ -113,17 +120,31 @@ class ResilientStore:
         self._divided: dict[int, tuple[Sequence[Limits], tuple[Limits, ...]]] = {}
         self._degraded_since: float | None = None
         self._failed_while_degraded = 0
-        #: Outages recovered from. Redis may come back without what was written before (restarted without
-        #: persistence, a failover to a replica that lacked the write): callers that cache "already written"
-        #: (watermark recipients) write again when this changes.
-        self.recoveries = 0
+        self._late_timeouts = 0  # calls timed out while the event loop was busy (not counted as outages)
+        self._late_logged = False
+        self._recoveries = 0
         self._probe: asyncio.Task[None] | None = None
         self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
         self._closed = False
+        # Administrator overrides of every client (the inner store's index): client -> (override, pinned tier,
+        # expiry unix s). Read at start-up and every ``overrides_refresh_s``; used only while degraded, for
+        # clients this process has not answered (``_known`` covers those it has).
+        self._overrides: dict[str, tuple[Override | None, int | None, float]] = {}
+        self._overrides_refresh_s = overrides_refresh_s
+        self._overrides_logged = False
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
         return self._degraded_since is not None
+
+    @property
+    def recoveries(self) -> int:
+        """Changes whenever Redis may have lost what was written before: an outage recovered from, or a
+        connection re-established after it was lost (a Redis restarted while no call was in flight is no
+        outage here, yet it comes back empty without persistence; so may a failover to a replica that lacked
+        the write). Callers that cache "already written" (watermark recipients) write again when it changes."""
+        return self._recoveries + int(getattr(self.inner, "reconnects", 0))
 
     async def start(self) -> None:
         """Check the store at start-up; an unreachable store starts degraded (never a crash).
@@ -138,15 +159,42 @@ class ResilientStore:
             try:
                 async with asyncio.timeout(self._timeout):
                     await self.inner.ping()
-                return
+                break
             except TimeoutError as e:
                 if time.monotonic() < deadline and not self._closed:
                     continue
                 self._enter_degraded("ping", e)
-                return
+                break
             except _OUTAGE as e:
                 self._enter_degraded("ping", e)
-                return
+                break
+        if getattr(self.inner, "overrides", None) is not None and not self._closed:
+            # in the background, first read at once: start-up (and one-shot CLI commands) never wait for it
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(), name="store-overrides")
+
+    # --- the override index (for the failure modes) ---------------------------------------------------------
+
+    async def _refresh_overrides(self) -> None:
+        """Re-read every client's administrator override. Each page is one bounded call of the inner store; a
+        failure keeps the last copy and does not degrade the store (the request path notices real outages)."""
+        read: Callable[[], Awaitable[dict[str, tuple[Override | None, int | None, float]]]] | None = getattr(
+            self.inner, "overrides", None)
+        if read is None:
+            return
+        try:
+            snapshot = await read()
+        except Exception as e:  # an outage, or an odd reply: the last copy stays
+            if not self._overrides_logged and not isinstance(e, _OUTAGE):
+                self._overrides_logged = True
+                log.exception("state store: reading the override index failed; the last copy stays")
+            return
+        self._overrides = snapshot
+
+    async def _refresh_loop(self) -> None:
+        while not self._closed:
+            if self._degraded_since is None:
+                await self._refresh_overrides()
+            await asyncio.sleep(self._overrides_refresh_s)
 
     # --- the guard -------------------------------------------------------------------------------------------
 
@@ -154,9 +202,29 @@ class ResilientStore:
         if self._degraded_since is not None:
             self._count(op)
             raise _Unavailable
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(self._timeout):
                 return await make()
+        except TimeoutError as e:
+            self._count(op)
+            if loop.time() - started > self._timeout * LATE_TIMEOUT_FACTOR:
+                # (a loaded 2-core host showed spurious one-second "outages" at the default 50 ms)
+                # The deadline fired late: this process's event loop was busy elsewhere (start-up, a CPU-bound
+                # burst on a loaded host) for longer than the timeout, and the reply may have been waiting in
+                # the socket. Not evidence of an outage: this call takes the failure-mode answer, the store is
+                # not declared down (the next call, or the probe, sees a slow Redis for what it is).
+                self._late_timeouts += 1
+                if not self._late_logged:
+                    self._late_logged = True
+                    log.warning("state store call %s timed out after %.0f ms while the event loop was busy (the "
+                                "deadline was %.0f ms): answered by failure_mode=%s for this call only; the store "
+                                "is not declared unavailable (logged once; store_failures_total counts them)", op,
+                                1000 * (loop.time() - started), 1000 * self._timeout, self.mode)
+                raise _Unavailable from e
+            self._enter_degraded(op, e)
+            raise _Unavailable from e
         except ResponseError as e:
             self._count(op)
             if is_unavailable_reply(e):
@@ -213,12 +281,49 @@ class ResilientStore:
             except Exception:  # an unexpected probe error must not kill recovery
                 log.exception("state store probe failed unexpectedly")
                 continue
+            if not await self._write_back():
+                continue  # Redis went away again mid-way: still degraded, the local states are kept for the next try
             self._recover()
+
+    async def _write_back(self) -> bool:
+        """``local`` mode, before recovery: carry the tiers detection raised during the outage into Redis.
+
+        Without this, a client escalated (throttle, block) while Redis was away went back to its pre-outage
+        tier on its next request once Redis answered, and its detector resumed from the pre-outage state. Only
+        states above tier 0 are written, and only where Redis holds a lower tier or nothing (restarted without
+        persistence): a fresh local state never lowers what Redis or another replica recorded. Runs while the
+        store is still degraded (requests keep the local answer meanwhile), so no request reads Redis before
+        the escalations are there. False when an outage interrupted it (the caller stays degraded)."""
+        merge = getattr(self.inner, "merge_client_state", None)
+        if self.mode != "local" or merge is None:
+            return True
+        states = self._local.escalated_states()
+        written = 0
+        for i in range(0, len(states), _WRITE_BACK_BATCH):
+            results = await asyncio.gather(
+                *(self._merge_one(merge, *st) for st in states[i:i + _WRITE_BACK_BATCH]), return_exceptions=True)
+            for st, r in zip(states[i:i + _WRITE_BACK_BATCH], results, strict=True):
+                if isinstance(r, BaseException):
+                    if isinstance(r, _OUTAGE) and not (isinstance(r, ResponseError) and not is_unavailable_reply(r)):
+                        return False
+                    # an error reply about one key, or a state the shared store refuses: skip that client only
+                    log.error("state store: could not write back client %r's outage state: %s", st[0], r)
+                else:
+                    written += bool(r)
+        if states:
+            log.info("state store: %d of %d escalated client states from the outage written back", written,
+                     len(states))
+        return True
+
+    async def _merge_one(self, merge: Callable[..., Awaitable[bool]], client_id: str, state: bytes, tier: int,
+                         score: float, ttl_s: float) -> bool:
+        async with asyncio.timeout(self._timeout):
+            return await merge(client_id, state, tier, score, ttl_s)
 
     def _recover(self) -> None:
         since = self._degraded_since
         self._degraded_since = None
-        self.recoveries += 1
+        self._recoveries += 1
         if self._metrics is not None:
             self._metrics.store_degraded.set(0)
         dropped = self._local.drop_client_states()
@@ -269,7 +374,19 @@ class ResilientStore:
         return res
 
     async def _degraded_admit(self, req: AdmitRequest) -> AdmitResult:
-        tier, override = self._known.get(req.client_id, (0, None))
+        known = self._known.get(req.client_id)
+        ov = self._overrides.get(req.client_id)
+        if ov is not None and ov[2] <= time.time():
+            ov = None  # expired since the last read, as its key in Redis has
+        if known is not None:
+            tier, override = known
+            if ov is not None and ov[0] == "deny":
+                override = "deny"  # denied since this process last answered the client
+        elif ov is not None:
+            override = ov[0]
+            tier = 0 if override == "allow" or ov[1] is None else ov[1]
+        else:
+            tier, override = 0, None
         top = len(req.limits_by_tier) - 1
         if self.mode == "local":
             if override != "allow":
@@ -314,6 +431,22 @@ class ResilientStore:
             if self.mode == "local":
                 await self._local.save_client_state(client_id, state, tier, score, ttl_s)
 
+    async def swap_client_state(self, client_id: str, expect: bytes | None, state: bytes, tier: int, score: float,
+                                ttl_s: float) -> tuple[bool, bytes | None]:
+        known = self._known.get(client_id)
+        if known is not None and known[1] is None:
+            self._remember(client_id, max(known[0], tier), None)  # keep a raised tier even through an outage
+        try:
+            return await self._call(
+                "save_client_state",
+                lambda: self.inner.swap_client_state(client_id, expect, state, tier, score, ttl_s))
+        except _Unavailable:
+            # While degraded there is no shared state to merge with: the copy is kept as save_client_state
+            # keeps it (in process memory in ``local`` mode, nowhere otherwise) and counts as written.
+            if self.mode == "local":
+                await self._local.save_client_state(client_id, state, tier, score, ttl_s)
+            return True, None
+
     async def set_override(self, client_id: str, override: Override | None, tier: int | None, ttl_s: float) -> None:
         try:
             await self._call("set_override", lambda: self.inner.set_override(client_id, override, tier, ttl_s))
@@ -321,6 +454,10 @@ class ResilientStore:
             raise ServiceUnavailable("The state store is unavailable; the override was NOT saved.",
                                      code="store_unavailable") from None
         self._known.pop(client_id, None)
+        if override is None and tier is None:
+            self._overrides.pop(client_id, None)
+        else:
+            self._overrides[client_id] = (override, tier, time.time() + ttl_s)
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         try:
@@ -400,9 +537,10 @@ class ResilientStore:
 
     async def close(self) -> None:
         self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+        for task in (self._probe, self._refresher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             async with asyncio.timeout(self._timeout * 4):
                 await self.inner.close()

@@ -63,6 +63,11 @@ def pack(args: Sequence[Arg]) -> bytes:
 UNAVAILABLE_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "OOM", "MISCONF", "NOREPLICAS", "BUSY ")
 
 
+# A timeout firing later than this many times its deadline was held up by this process's own event loop (a busy
+# loop runs timers late), not by Redis: no reason to reset the connection or to declare the store down.
+LATE_TIMEOUT_FACTOR = 2.0
+
+
 def is_unavailable_reply(e: BaseException) -> bool:
     return isinstance(e, ResponseError) and str(e).startswith(UNAVAILABLE_REPLIES)
 
@@ -175,6 +180,9 @@ class RespMux:
         self._proto: _Protocol | None = None
         self._connecting = asyncio.Lock()
         self._closes = 0  # close() count: a connect in flight across a close() must not outlive it
+        #: Connections that replaced a lost one (the server closed it, a call timed out). A Redis restarted
+        #: while no call was in flight is only seen here: it may have come back without its data.
+        self.reconnects = 0
 
     @property
     def host(self) -> str:
@@ -211,24 +219,31 @@ class RespMux:
         closes = self._closes
         async with self._connecting:
             if self._proto is None or self._proto.closed:
+                lost = self._proto is not None  # not the first connect, nor one after close()
                 proto = await self._connect()
                 if self._closes != closes:
                     proto.abort(RedisConnectionError("connection to Redis is closed"))
                     raise RedisConnectionError("connection to Redis is closed")
                 self._proto = proto
+                self.reconnects += lost
             return self._proto
 
     async def execute_packed(self, data: bytes, replies: int = 1, key: Arg | None = None) -> list[Any]:
         """Send pre-encoded commands in one write; return their replies (errors as values, see reply_error).
         ``key`` (one key the commands touch) is what ``cluster.ClusterMux`` routes by; one endpoint ignores it."""
         proto: _Protocol | None = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(self._timeout):
                 proto = await self._ready()
                 futs = proto.send(data, replies)
                 return [await f for f in futs]
         except TimeoutError:
-            if proto is not None:
+            # A deadline that fired on time: Redis (or the path to it) is hung, reset the connection. One that
+            # fired late was held up by this process's busy event loop: the replies are on their way and the
+            # protocol drops this caller's in order, so the connection (and every other call on it) stays.
+            if proto is not None and loop.time() - started <= self._timeout * LATE_TIMEOUT_FACTOR:
                 proto.abort(RedisConnectionError("a Redis call timed out; connection reset"))
             raise
         except OSError as e:
