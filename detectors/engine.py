@@ -22,6 +22,15 @@ Public API (stable; the gateway codes against exactly this)::
     state = engine.observe_response(pending, ResponseFeatures(...), now)         # bytes (pending used up)
     state = engine.encode(pending)                                               # ... or bytes, no response
 
+    # one decoded working copy folded in place across a client's overlapping requests (gateway/detection_live.py)
+    pending = engine.open(stored_state_or_None)                                  # Pending
+    verdict = engine.fold_request(pending, feats, now)                           # pending.read: feats as read
+    engine.fold_response(pending, ResponseFeatures(...), now)                    # in place
+    linked, cluster_score = engine.fold_links(pending, shared, now, peer_scores)
+    state = engine.snapshot(pending)                                             # bytes; pending stays usable
+    engine.replay_request(other_pending, pending.read, now)                      # the same evidence elsewhere
+    engine.retire(pending, state)                                                # done: cached for ``state``
+
 ``peer_scores`` should be the peers' *own* scores (``Verdict.own_score``) where the caller has them; stored
 scores that already include inheritance also work (inheritance shrinks by 0.9 per hop, so it cannot
 ratchet up), they only let a cluster's score travel one hop further.
@@ -43,6 +52,7 @@ construction, i.e. at start-up, never per request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -86,7 +96,7 @@ class Pending:
     Hand it to ``Engine.observe_response`` or ``Engine.encode`` exactly once; it is mutable state of one
     request and must not be shared."""
 
-    __slots__ = ("_env", "_states", "parent", "text")
+    __slots__ = ("_env", "_states", "parent", "read", "text")
 
     def __init__(self, env: envelope.Envelope, states: dict[str, Any], parent: bytes | None = None,
                  text: str | None = None) -> None:
@@ -96,6 +106,19 @@ class Pending:
         # the history turn the detectors read instead of the last turn (``Engine._turns``); None: the last turn.
         # Alert evidence quotes it: the last turn of a made-up conversation is the harmless cover ("Go ahead.")
         self.text = text
+        # the last request folded in, as the detectors read it (the drawn turn, if any): what
+        # ``replay_request`` folds into another state to give the same evidence without drawing again
+        self.read: RequestFeatures | None = None
+
+    def tier_score(self) -> tuple[int, float]:
+        """The tier and score of the state as it is now (what a save stores beside it)."""
+        env, _ = self._live()
+        return env.tier, env.last_score
+
+    def _live(self) -> tuple[envelope.Envelope, dict[str, Any]]:
+        if self._env is None:
+            raise ValueError("this Pending state was already used")
+        return self._env, self._states
 
     def take(self) -> tuple[envelope.Envelope, dict[str, Any]]:
         env, self._env = self._env, None
@@ -134,6 +157,9 @@ class Engine:
         self._logged_bad_state = False
         #: States (envelopes or detector blobs) found unreadable and started fresh; for a metric.
         self.state_errors = 0
+        #: Per detector: exceptions raised after the verdict (folding a response, linking), which no
+        #: ``Verdict.errors`` carries; for a metric (the caller exports the increase).
+        self.late_errors: dict[str, int] = {}
         # Decoded states of recently seen clients, keyed by the exact bytes they serialise to. When the
         # store hands back the bytes this engine wrote last, decoding is skipped (about a third of the
         # per-request cost). An entry is popped when used, so two requests never share mutable state, and
@@ -226,7 +252,7 @@ class Engine:
 
     def _close(
         self, env: envelope.Envelope, states: Mapping[str, Any], dirty: frozenset[str] | None = None,
-        parent: bytes | None = None,
+        parent: bytes | None = None, cache: bool = True,
     ) -> bytes:
         """Serialise. Only the ``dirty`` detectors' states (all when None) are dumped again; every other
         blob is written back as it was. That is exact: a blob in ``env.blobs`` is either the raw blob the
@@ -244,9 +270,15 @@ class Engine:
         if turns is not None:  # the memory of the client's last turns (``_turns``), kept as it is
             env.blobs[TURNS] = turns
         data = envelope.encode(env)
-        if self.cache_size and len(states) == len(self.detectors):
+        if cache and self.cache_size and len(states) == len(self.detectors):
             self._decoded.put(data, (env, dict(states)), self.cache_size, parent)
         return data
+
+    def _fail_late(self, name: str, e: BaseException) -> None:
+        """A detector (or the linker) raised after the request was judged (response, links): no verdict
+        reports it, so it is counted here for the caller to export (``late_errors``)."""
+        self.late_errors[name] = self.late_errors.get(name, 0) + 1
+        self._fail(name, e)
 
     def _fail(self, name: str, e: BaseException) -> None:
         if name not in self._logged_errors:
@@ -302,10 +334,72 @@ class Engine:
 
     def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
+        pending = self.open(state)
+        return self.fold_request(pending, feats, now), pending
+
+    # -- a state kept decoded across overlapping requests (the gateway's working copy) ---------------------
+    # A client's requests overlap (a harvester runs many at once): each must be folded into the *same* state,
+    # or all but one of the overlapping requests' evidence is lost when their states are saved. The gateway
+    # keeps one decoded ``Pending`` per client while its requests are in flight and folds each step into it in
+    # place; ``snapshot`` serialises it without giving it up. Every step is the one ``observe_pending`` /
+    # ``observe_response`` / ``apply_links`` take, so a client whose requests do not overlap is scored exactly
+    # as before. ``replay_request`` folds a request again into another state (the store's newer copy written
+    # by another replica) with the evidence it gave the first time: the turn drawn then, no new draw.
+
+    def open(self, state: bytes | None) -> Pending:
+        """The client's state decoded (from the cache when these are the bytes this engine wrote last)."""
         env, states = self._open(state)
+        return Pending(env, states, state or None)
+
+    def fold_request(self, pending: Pending, feats: RequestFeatures, now: float) -> Verdict:
+        """Fold one request into ``pending`` in place; the verdict on the client with it."""
+        env, states = pending._live()
         text = None
         if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
             feats, text = self._read_turn(env, feats)
+        pending.text, pending.read = text, feats
+        return self._fold(env, states, feats, now)
+
+    def replay_request(self, pending: Pending, read: RequestFeatures, now: float) -> None:
+        """Fold a request already folded elsewhere into ``pending``: ``read`` is that fold's ``Pending.read``
+        (the turn it drew stays drawn; the memory of last turns learns the same turn)."""
+        env, states = pending._live()
+        if read.turn_crc or read.history:
+            self._read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
+        self._fold(env, states, read, now)
+
+    def fold_response(self, pending: Pending, resp: ResponseFeatures, now: float) -> None:
+        """``observe_response`` in place."""
+        _, states = pending._live()
+        for d in self.detectors:
+            if d.name not in self._response_only:
+                continue
+            try:
+                d.observe_response(states[d.name], resp, now)
+            except Exception as e:
+                self._fail_late(d.name, e)
+
+    def fold_links(
+        self, pending: Pending, shared: Mapping[str, int], now: float,
+        peer_scores: Mapping[str, float] | None = None,
+    ) -> tuple[tuple[str, ...], float]:
+        """``apply_links`` in place: (the linked peers, the cluster score)."""
+        env, states = pending._live()
+        return self._link(env, states, shared, now, peer_scores)
+
+    def snapshot(self, pending: Pending) -> bytes:
+        """The bytes of ``pending`` as it is now; it stays usable (and is not cached: it will change)."""
+        env, states = pending._live()
+        return self._close(env, states, cache=False)
+
+    def retire(self, pending: Pending, data: bytes) -> None:
+        """Give up ``pending``, whose state is exactly ``data`` (its last ``snapshot``, nothing folded since):
+        kept decoded for the next request whose stored bytes are ``data``."""
+        env, states = pending.take()
+        if self.cache_size and len(states) == len(self.detectors):
+            self._decoded.put(data, (env, dict(states)), self.cache_size, pending.parent)
+
+    def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float) -> Verdict:
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:
@@ -318,7 +412,7 @@ class Engine:
         env.requests_seen += 1
         verdict = self._verdict(env, results, errors, now, env.requests_seen)
         env.last_ts = max(env.last_ts, now)
-        return verdict, Pending(env, states, state or None, text)
+        return verdict
 
     def _turns(self, env: envelope.Envelope, feats: RequestFeatures) -> RequestFeatures:
         """``feats`` as the detectors read them (``_read_turn``)."""
@@ -378,7 +472,7 @@ class Engine:
             try:
                 d.observe_response(states[d.name], resp, now)
             except Exception as e:
-                self._fail(d.name, e)
+                self._fail_late(d.name, e)
         return self._close(env, states, dirty, parent)
 
     def apply_links(
@@ -400,8 +494,27 @@ class Engine:
         try:
             linked = self._linker.fold_links(states[self._linker.name], shared, now)
         except Exception as e:
-            self._fail(self._linker.name, e)
+            self._fail_late(self._linker.name, e)
             return LinkResult(state, (), env.cluster_score)
+        self._cluster(env, linked, peer_scores)
+        return LinkResult(self._close(env, states, self._link_only), linked, env.cluster_score)
+
+    def _link(
+        self, env: envelope.Envelope, states: dict[str, Any], shared: Mapping[str, int], now: float,
+        peer_scores: Mapping[str, float] | None,
+    ) -> tuple[tuple[str, ...], float]:
+        if self._linker is None:
+            return (), 0.0
+        try:
+            linked = self._linker.fold_links(states[self._linker.name], shared, now)
+        except Exception as e:
+            self._fail_late(self._linker.name, e)
+            return (), env.cluster_score
+        self._cluster(env, linked, peer_scores)
+        return linked, env.cluster_score
+
+    def _cluster(self, env: envelope.Envelope, linked: tuple[str, ...], peer_scores: Mapping[str, float] | None
+                 ) -> None:
         if not linked:
             env.cluster_score = 0.0
         elif peer_scores is not None:
@@ -414,7 +527,6 @@ class Engine:
                 # evidence (hydra): up to half of the remaining distance to 1 as the links grow from 3 to 12.
                 best = max(known)
                 env.cluster_score = best + (1.0 - best) * 0.5 * ramp(len(linked), 3.0, 12.0)
-        return LinkResult(self._close(env, states, self._link_only), linked, env.cluster_score)
 
     def peek(self, state: bytes | None, now: float) -> Verdict:
         """The verdict the stored state implies now (no request folded in; counters not decayed)."""

@@ -25,6 +25,7 @@ import numpy as np
 from detectors.engine import Engine
 from detectors.features import extract, seeded_draws
 from detectors.linking import LinkIndex
+from detectors.state import MAX_TS
 from detectors.types import FLAG_TIER, ResponseFeatures, Verdict
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
@@ -93,6 +94,11 @@ def validate(rec: Any, line: int) -> tuple[float, str, str, Mapping[str, Any]]:
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not _finite(ts):
         # JSON allows NaN/Infinity (Python's json reads them) and ints too large for a float: neither is a time
         raise TraceError(f"record {line}: field 'ts' must be a finite number of unix seconds")
+    if not 0.0 <= ts <= MAX_TS:
+        # a millisecond clock (or a negative time) ran decay and cool-down 1000x off without a word, and the
+        # engine refuses a state holding such a time as corrupt (clients past its decoded cache restart fresh)
+        raise TraceError(f"record {line}: field 'ts' must be unix seconds in [0, {MAX_TS:.0f}], got {ts!r} "
+                         "(milliseconds? divide by 1000)")
     if not isinstance(client, str) or not client:
         raise TraceError(f"record {line}: field 'client' must be a non-empty string")
     if endpoint not in ENDPOINTS:

@@ -105,5 +105,13 @@ def decode(buf: bytes | bytearray | memoryview) -> Envelope:
     return Envelope(seen, tier, below, last_ts, last_score, max_score, cluster, blobs)
 
 
+def header_tier(data: bytes | None) -> int:
+    """The tier a stored state's header holds, without decoding the rest (0 for no state or another format).
+    The gateway's stored tier is replaced by an administrator's pin; this is the detector's own."""
+    if not data or len(data) < 3 + _HEADER.size or data[:2] != MAGIC or data[2] != VERSION:
+        return 0
+    return int(_HEADER.unpack_from(data, 3)[1])
+
+
 #: raw name bytes -> name, for the names seen (memoised like ``_NAME_FIELDS``)
 _NAMES: dict[bytes, str] = {}

@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine, Pending
+from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine, declared_state_bytes
 from detectors.features import extract, prompt_of
+from detectors.state import header_tier
 from detectors.types import ResponseFeatures, Verdict
 from gateway.alerts.dispatcher import AlertDispatcher
 from gateway.alerts.model import Alert
 from gateway.config import ConfigError, DetectionConfig, GatewayConfig
+from gateway.detection_live import Live, LiveStates, SnapshotFailed
 from gateway.hooks import DetectionOutcome, ResponseFacts
 from gateway.policy import Policy
 from gateway.principal import Principal
@@ -89,6 +91,10 @@ class GatewayDetection:
         self._tier_counters = (
             [metrics.detection_tier_total.labels(tier=t.name) for t in policy.tiers] if metrics else []
         )
+        # each client's overlapping requests fold into one working copy, merged into the store by
+        # compare-and-swap (gateway/detection_live.py): concurrency must not erase evidence
+        self.live = LiveStates(engine, cfg.state_ttl_s)
+        self._merges_seen = self._dropped_seen = 0
 
     @classmethod
     def from_config(
@@ -97,6 +103,10 @@ class GatewayDetection:
     ) -> GatewayDetection:
         """Build from config; every problem is a ``ConfigError`` at start-up, never a per-request failure."""
         d = cfg.detection
+        if d.fail_policy == "block" and not any(t.block for t in policy.tiers):
+            # unscored requests would be served at the last tier: fail_policy block would fail open, silently
+            raise ConfigError("detection.fail_policy: block needs a policy tier with block: true (none of "
+                              f"policy.tiers {list(policy.names)} blocks)")
         path = Path(d.combiner_file) if d.combiner_file else default_combiner_path()
         try:
             params = CombinerParams.from_json(path.read_text(encoding="utf-8"))
@@ -124,6 +134,13 @@ class GatewayDetection:
             engine = Engine.from_params(params, detectors=settings)
         except ValueError as e:
             raise ConfigError(f"detection.detectors: {e}") from e
+        need = declared_state_bytes(engine.detectors)
+        if cfg.store.max_state_bytes < need:
+            # the store refuses a larger state (ValueError): every client whose state grows past it would stop
+            # being saved - its tier never rises across requests and its alerts are lost - one request at a time
+            raise ConfigError(
+                f"store.max_state_bytes: {cfg.store.max_state_bytes} is below the {need} bytes the enabled "
+                "detectors' state can reach; raise it (or disable detectors)")
         return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding)
 
     # --- the request path ---------------------------------------------------------------------------------
@@ -160,20 +177,42 @@ class GatewayDetection:
             return self._unscored(principal, "features", e, stored_tier, override, now)
         if self.embedding is not None:  # O(1): earlier prompts' vectors in, this prompt queued (never raises)
             feats = self.embedding.attach(principal.client_id, endpoint, body, feats)
+        # The client's working copy (the one its other requests in flight on this replica fold into, else the
+        # stored state decoded): it stays decoded until ``account`` serialises it once, after the response, so
+        # nothing is encoded on the client's critical path.
         try:
-            # The state stays decoded until ``account`` serialises it once, after the response: no encoding
-            # on the client's critical path.
-            v, pending = self.engine.observe_pending(stored_state, feats, now)
-        except Exception as e:  # the engine isolates detectors; this catches the engine itself
-            if stored_state is None:
-                return self._unscored(principal, "engine", e, stored_tier, override, now)
-            # a stored state the engine cannot fold into must not leave the client unscored for good: score
-            # this request (and from now on the client) from a fresh state; counted once either way
+            live = self.live.begin(principal.client_id, stored_state)
+        except Exception as e:  # the engine could not even open the stored state: go on from a fresh one
             try:
-                v, pending = self.engine.observe_pending(None, feats, now)
+                live = self.live.begin(principal.client_id, None)
             except Exception:
                 return self._unscored(principal, "engine", e, stored_tier, override, now)
             self._failed("engine", e)
+        try:
+            return self._scored(principal, endpoint, body, stored_state, stored_tier, now, override, request_id,
+                                ip, live, feats)
+        except BaseException:
+            self.live.abandon(live)  # no session: this request will not be accounted
+            raise
+
+    def _scored(
+        self, principal: Principal, endpoint: str, body: Mapping[str, Any], stored_state: bytes | None,
+        stored_tier: int, now: float, override: Override | None, request_id: str | None, ip: str | None,
+        live: Live, feats: Any,
+    ) -> DetectionSession:
+        try:
+            v = self.live.fold_request(live, feats, now)
+        except Exception as e:  # the engine isolates detectors; this catches the engine itself
+            # a state the engine cannot fold into must not leave the client unscored for good: score
+            # this request (and from now on the client) from a fresh state; counted once either way
+            try:
+                self.live.restart(live)
+                v = self.live.fold_request(live, feats, now)
+            except Exception:
+                self.live.abandon(live)
+                return self._unscored(principal, "engine", e, stored_tier, override, now)
+            self._failed("engine", e)
+        pending = live.pending
         self._count_state_errors()
         if v.errors and self.metrics is not None:
             for name in v.errors:
@@ -190,8 +229,13 @@ class GatewayDetection:
         if self._tier_counters:  # last: nothing below can fail (a failure above is counted once, unscored)
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier, v.score, v.reasons, v.unscored)  # positional: cheaper per request
+        if engine_tier > stored_tier and stored_state:
+            # An alert says the tier rose: above the stored tier and above the detector's own, which an
+            # administrator's pin (a floor, it replaces the stored tier) can hide below (read only here, rarely)
+            prior = min(header_tier(stored_state), self._max_tier)
+            stored_tier = prior if prior > stored_tier else stored_tier
         return DetectionSession(
-            self, principal, outcome, v, pending, stored_tier, engine_tier, override, now, feats.max_tokens
+            self, principal, outcome, v, live, stored_tier, engine_tier, override, now, feats.max_tokens
         )
 
     def _unscored(
@@ -206,6 +250,24 @@ class GatewayDetection:
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier=tier, score=0.0, reasons=(f"unscored: {name} failed",), unscored=True)
         return DetectionSession(self, principal, outcome, None, None, stored_tier, stored_tier, override, now, None)
+
+    def _count_merges(self) -> None:
+        """Export the working copies' merges with other replicas' saves, steps dropped unsaved, and the
+        detectors' exceptions after the verdict (response, links), which no verdict reports."""
+        late = self.engine.late_errors
+        if late:
+            for name, n in late.items():
+                if self.metrics is not None:
+                    self.metrics.detector_errors_total.labels(detector=name).inc(n)
+            late.clear()
+        lv = self.live
+        if self.metrics is not None and (lv.merges != self._merges_seen or lv.dropped != self._dropped_seen):
+            if lv.merges != self._merges_seen:
+                self.metrics.detection_state_merges_total.labels(outcome="merged").inc(lv.merges - self._merges_seen)
+            if lv.dropped != self._dropped_seen:
+                self.metrics.detection_state_merges_total.labels(outcome="dropped").inc(
+                    lv.dropped - self._dropped_seen)
+        self._merges_seen, self._dropped_seen = lv.merges, lv.dropped
 
     def _count_state_errors(self) -> None:
         """Export the engine's count of stored states it could not read (each client restarted fresh)."""
@@ -286,7 +348,7 @@ class DetectionSession:
 
     def __init__(
         self, det: GatewayDetection, principal: Principal, outcome: DetectionOutcome, verdict: Verdict | None,
-        state: Pending | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
+        state: Live | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
         max_tokens: int | None,
     ) -> None:
         self._det = det
@@ -301,33 +363,35 @@ class DetectionSession:
         self._max_tokens = max_tokens
 
     async def account(self, store: StateStore, facts: ResponseFacts) -> None:
-        v, pending = self._verdict, self._state
-        if v is None or pending is None:
+        v, live = self._verdict, self._state
+        if v is None or live is None:
             return  # unscored by an engine failure (or accounted already): keep the stored state as it was
-        self._state = None  # a Pending is used once
-        det, engine, cid = self._det, self._det.engine, self._principal.client_id
+        self._state = None  # accounted once
+        det, lives, cid = self._det, self._det.live, self._principal.client_id
         resp = ResponseFeatures(
             status=facts.status, prompt_tokens=facts.prompt_tokens, completion_tokens=facts.completion_tokens,
             finish_reasons=tuple(facts.finish_reasons), logprobs_returned=facts.logprobs_returned,
             max_tokens=self._max_tokens,
         )
-        try:
-            state = engine.observe_response(pending, resp, self._now)  # serialises the state, once
-        except Exception as e:  # the engine isolates detectors; this is the engine itself (serialisation)
-            det._failed("engine", e)
-            return  # nothing valid to save: the store keeps the client's previous state
         cluster: tuple[str, ...] = ()
         cluster_score = v.cluster_score
-        if v.sketches:
-            shared, peer_scores = await det._link(store, cid, v.sketches)
-            if shared:
-                try:
-                    link = engine.apply_links(state, shared, self._now, peer_scores=peer_scores)
-                except Exception as e:  # see above
-                    det._failed("engine", e)
-                else:
-                    state, cluster, cluster_score = link.state, link.linked, link.cluster_score
-        await store.save_client_state(cid, state, self._engine_tier, v.score, det.cfg.state_ttl_s)
+        try:
+            lives.fold_response(live, resp, self._now)  # the engine isolates the detectors' own faults
+            if v.sketches:
+                shared, peer_scores = await det._link(store, cid, v.sketches)
+                if shared:
+                    cluster, cluster_score = lives.fold_links(live, shared, self._now, peer_scores)
+        except BaseException:
+            lives.abandon(live)
+            raise
+        try:
+            # the copy's save (serialised once; merged with another replica's save when one came first)
+            await lives.done(store, live, det._max_tier)
+        except SnapshotFailed as e:  # the engine itself (serialisation): counted like its other faults
+            det._failed("engine", e.__cause__ if isinstance(e.__cause__, Exception) else e)
+            return
+        finally:
+            det._count_merges()
         if (
             det.alerts is not None
             and self._override != "allow"

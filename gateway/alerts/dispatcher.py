@@ -5,7 +5,9 @@ critical path). It decides whether the alert goes out and puts it on each sink's
 waiting for any sink; a slow or dead webhook can never hold a request or another sink up.
 
 Suppression, in order (each counted in ``alerts_total{sink="all", outcome=...}``):
-1. ``deduplicated``: the same client, tier and set of detectors alerted within ``dedup_window_s``.
+1. ``deduplicated``: the same client, tier and set of detectors alerted within ``dedup_window_s``. Across
+   replicas the window is shared through a store lease per (client, tier, detectors) held for
+   ``dedup_window_s``, with the same fallback as the rate limit's below.
 2. ``rate_limited``: this client alerted at the same or a higher tier within ``min_interval_s``. An
    *escalation* (a higher tier than the last alert) always goes out: the team must hear about a block.
    Across replicas the limit is shared through a store lease per (client, tier) held for
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -121,8 +124,15 @@ class AlertDispatcher:
         # suppressed locally; kept when another replica holds the lease (it alerted: we stay quiet too).
         _remember(self._seen, key, now)
         _remember(self._last, alert.client, (now, alert.tier_index))
-        if not await self._shared_rate_limit_allows(alert):
-            self._count("all", "rate_limited")
+        suppressed = await self._shared_suppression(alert, key)
+        if suppressed is not None:
+            if suppressed == "deduplicated" and self._last.get(alert.client) == (now, alert.tier_index):
+                # as a local dedup, it starts no rate-limit interval (the other replica's alert may be old)
+                if last is None:
+                    del self._last[alert.client]
+                else:
+                    self._last[alert.client] = last
+            self._count("all", suppressed)
             return False
         for lane in self._lanes:
             try:
@@ -138,13 +148,30 @@ class AlertDispatcher:
                     log.info("alert sink %s: queue has room again", lane.sink.name)
         return True
 
-    async def _shared_rate_limit_allows(self, alert: Alert) -> bool:
-        if self._store is None or self.cfg.min_interval_s <= 0:
-            return True
+    async def _shared_suppression(self, alert: Alert, key: tuple[str, int, frozenset[str]]) -> str | None:
+        """Why another replica's alert suppresses this one (``deduplicated``, ``rate_limited``), or None.
+
+        Both windows are shared through store leases, in the local order: the dedup window (per client, tier
+        and detectors, ``dedup_window_s``: it outlasts the rate limit, so without it a second replica sent the
+        very alert the first one would have deduplicated) and the rate limit (per client and tier)."""
+        if self._store is None:
+            return None
+        if self.cfg.dedup_window_s > 0:
+            basis = hashlib.sha256("\0".join(sorted(key[2])).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+            if not await self._lease(f"alert-dedup:{alert.client}:{alert.tier_index}:{basis}",
+                                     self.cfg.dedup_window_s):
+                return "deduplicated"
+        if self.cfg.min_interval_s > 0 and not await self._lease(f"alert:{alert.client}:{alert.tier_index}",
+                                                                 self.cfg.min_interval_s):
+            return "rate_limited"
+        return None
+
+    async def _lease(self, name: str, ttl_s: float) -> bool:
+        """True unless another replica holds the lease; True also when the store cannot tell (a duplicate
+        alert is better than a lost one)."""
+        assert self._store is not None
         try:
-            ok = await self._store.acquire_lease(
-                f"alert:{alert.client}:{alert.tier_index}", self._replica, self.cfg.min_interval_s
-            )
+            ok = await self._store.acquire_lease(name, self._replica, ttl_s)
         except Exception as e:  # a store fault must not lose an alert: fall back to the local decision
             if not self._store_lease_failing:
                 self._store_lease_failing = True

@@ -28,6 +28,7 @@ import email.utils
 import errno
 import hashlib
 import hmac
+import logging
 import math
 import os
 import threading
@@ -38,6 +39,7 @@ from typing import Protocol
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from yarl import URL
 
 from gateway.alerts.model import Alert
@@ -45,6 +47,8 @@ from gateway.config import AlertSinkConfig, ConfigError, read_secret
 from gateway.store.base import StateStore
 
 FSYNC_INTERVAL_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class SinkError(Exception):
@@ -109,6 +113,8 @@ class JsonlSink:
         self._last_fsync = 0.0
         self._dirty = False
         self._partial = False  # the last write was cut short: start the next one on a new line
+        self._closed = False
+        self._fsync_later: asyncio.Task[None] | None = None
         self._lock = threading.Lock()  # one writer thread at a time per sink
 
     def _open(self) -> int:
@@ -120,7 +126,13 @@ class JsonlSink:
         return self._fd
 
     def _write(self, line: bytes) -> None:
-        with self._lock:
+        # Never wait behind a write that has not returned (a hung NFS server): the dispatcher's timeout cannot
+        # stop a thread, so each timed-out attempt would leave one more thread of asyncio's shared default pool
+        # blocked here - the pool that also resolves backend host names and fetches JWKS. At most one thread
+        # per sink is ever stuck; this attempt fails at once (retried, then counted as failed).
+        if not self._lock.acquire(blocking=False):
+            raise OSError(errno.EBUSY, "the previous write has not returned (the file system is not answering)")
+        try:
             data = (b"\n" + line) if self._partial else line
             try:
                 fd = self._open()
@@ -133,6 +145,10 @@ class JsonlSink:
                 raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
             self._partial = False
             self._dirty = True
+        finally:
+            if self._closed:  # the sink was closed while this write hung: close() left the file to us
+                self._drop_handle()
+            self._lock.release()
 
     async def emit(self, alert: Alert, payload: str) -> None:
         try:
@@ -142,6 +158,17 @@ class JsonlSink:
         now = time.monotonic()
         if now - self._last_fsync >= FSYNC_INTERVAL_S:
             await self._fsync()
+        elif self._fsync_later is None or self._fsync_later.done():
+            # synced at the end of the interval whether or not another alert follows ("the last second")
+            self._fsync_later = asyncio.create_task(self._deferred_fsync(self._last_fsync + FSYNC_INTERVAL_S - now))
+
+    async def _deferred_fsync(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self._fsync()
+        except OSError as e:
+            self._dirty = True  # the next alert's (or close's) fsync tries again
+            log.warning("alert sink %s: fsync of %s failed (%s)", self.name, self.path, e.strerror or e)
 
     def _rotated(self, fd: int) -> bool:
         """True when the path no longer names the open file (logrotate moved or deleted it): reopen, so
@@ -154,10 +181,14 @@ class JsonlSink:
         return (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev)
 
     def _sync(self) -> None:
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return  # a write is still in progress (or hung): the next fsync covers it
+        try:
             if self._fd is not None and self._dirty:
                 self._dirty = False
                 os.fsync(self._fd)
+        finally:
+            self._lock.release()
 
     async def _fsync(self) -> None:
         if self._fd is not None and self._dirty:
@@ -171,11 +202,23 @@ class JsonlSink:
             self._fd = None
 
     async def close(self) -> None:
+        self._closed = True
+        if self._fsync_later is not None:
+            self._fsync_later.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fsync_later
         try:
-            await self._fsync()
+            # bounded: shutdown must not wait on a file system that stopped answering
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fsync(), self.delivery.timeout_s)
         finally:
-            with self._lock:
-                self._drop_handle()
+            # never block the event loop on the lock: a write hung in the file system holds it, and closes
+            # the file itself when (if ever) it returns
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._drop_handle()
+                finally:
+                    self._lock.release()
 
 
 class RedisStreamSink:
@@ -206,11 +249,19 @@ class RedisStreamSink:
             detail = scrub_url(str(e), self.url)
             raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {detail}") from None
 
+    def check_url(self) -> None:
+        """Raise ``ConfigError`` naming the field (no password in it) when the URL is not a Redis URL: refused at
+        start-up rather than failing every alert on this sink."""
+        try:
+            parse_url(self.url)
+        except ValueError as e:
+            raise ConfigError(f"alerts.sinks.{self.name}.url: {scrub_url(str(e), self.url)}") from None
+
     async def ping(self) -> None:
         """Raise ``SinkError`` (no password in it) unless the sink's Redis answers PING (``ipgate check``)."""
         try:
             await self._client().ping()
-        except (aioredis.RedisError, OSError) as e:
+        except (aioredis.RedisError, OSError, ValueError) as e:  # ValueError: not a Redis URL
             raise SinkError(f"{type(e).__name__}: {scrub_url(str(e), self.url)}") from None
 
     async def close(self) -> None:
@@ -360,7 +411,9 @@ def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str) -> list[
         if c.kind == "jsonl":
             sinks.append(JsonlSink(c))
         elif c.kind == "redis_stream":
-            sinks.append(RedisStreamSink(c, default_redis_url))
+            stream = RedisStreamSink(c, default_redis_url)
+            stream.check_url()
+            sinks.append(stream)
         else:
             sinks.append(WebhookSink(c))
     names = [s.name for s in sinks]

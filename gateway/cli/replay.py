@@ -140,12 +140,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"ipgate replay: {e}", file=sys.stderr)
         return 2
     try:
-        if encoder is None:
+        if encoder is None and args.trace.is_file():
             # A first pass validates every record (an error exits before any output) and checks the order; a
             # trace in timestamp order - the usual case - is then streamed, in memory bounded by the number of
             # clients rather than the size of the trace.
             ordered = _in_order(args.trace)
             out = replay(_records(args.trace), engine, flag_tier=flag_tier, presorted=ordered)
+        elif encoder is None:
+            # a pipe (`<(zcat trace.gz)`, /dev/stdin) or a FIFO can be read only once: a second pass read nothing
+            out = replay(list(_records(args.trace)), engine, flag_tier=flag_tier)
         else:
             records = list(_records(args.trace))
             out = replay(records, engine, flag_tier=flag_tier, neural=_neural(records, encoder))

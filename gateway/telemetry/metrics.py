@@ -15,9 +15,13 @@ and ``mark_worker_dead(pid)`` when a worker exits, so a dead worker's live gauge
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
+import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -30,6 +34,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,27 @@ def mark_worker_dead(pid: int) -> None:
     path = multiproc_dir()
     if path:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+# prometheus_client cannot remove a labelled child in multiprocess mode: ``remove()`` only warns, and the value
+# stays in the worker's file, so a series (a backend removed by a reload) would be exported for as long as the
+# worker lives. ``Metrics.retire`` sets such a child to +inf instead, which no gauge of ours takes, and the
+# aggregate leaves +inf gauge samples out. With "livemin" another worker that still reports a value wins the min.
+RETIRED = math.inf
+
+
+class _Aggregate:
+    """prometheus_client's ``MultiProcessCollector`` (its public ``merge``), less the retired gauge samples."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterator[Metric]:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        for metric in multiprocess.MultiProcessCollector.merge(files):  # type: ignore[no-untyped-call]
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if s.value != RETIRED]
+            yield metric
 
 
 class Metrics:
@@ -174,6 +200,12 @@ class Metrics:
         )
 
         # --- detection, alerts, watermark -----------------------------------------------------------------
+        self.detection_state_merges_total = Counter(
+            "ipgate_detection_state_merges_total",
+            "Detector state saves that met another replica's save of the same client and merged with it "
+            "(outcome=merged), and steps dropped unsaved while the store refused every save (outcome=dropped).",
+            ["outcome"], registry=r,
+        )
         self.detector_state_errors_total = Counter(
             "ipgate_detector_state_errors_total",
             "Stored detector states that could not be read; the client's detection restarted from a fresh state.",
@@ -272,6 +304,14 @@ class Metrics:
             )
         self._tls_certificate_expiry.set(ts)
 
+    def retire(self, gauge: Gauge, *labels: str) -> None:
+        """Stop exporting ``gauge``'s child ``labels`` (its backend is gone); only for "livemin" gauges."""
+        if self._multiproc_dir is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        else:
+            gauge.labels(*labels).set(RETIRED)
+
     @property
     def multiprocess(self) -> bool:
         return self._multiproc_dir is not None
@@ -283,5 +323,5 @@ class Metrics:
         # A fresh registry per scrape, as prometheus_client's docs prescribe: the collector reads the files of
         # every worker, so the answer is the same whichever worker the admin request reached.
         agg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(agg, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
+        agg.register(_Aggregate(self._multiproc_dir))
         return generate_latest(agg), CONTENT_TYPE_LATEST

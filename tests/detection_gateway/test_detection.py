@@ -186,7 +186,7 @@ async def test_failing_detector_fail_policy(
 class BrokenEngine(Engine):
     """Fault injection below the detectors: the engine itself raises."""
 
-    def observe_pending(self, state: bytes | None, feats: Any, now: float) -> Any:
+    def fold_request(self, pending: Any, feats: Any, now: float) -> Any:
         raise MemoryError("engine bug")
 
 
@@ -208,7 +208,7 @@ async def test_engine_failure_is_unscored_and_keeps_state(metrics: Metrics, tmp_
 class UnserialisableEngine(Engine):
     """Fault injection after the response: serialising the state (deferred to ``account``) fails."""
 
-    def observe_response(self, state: Any, resp: Any, now: float) -> bytes:
+    def snapshot(self, pending: Any) -> bytes:
         raise MemoryError("serialisation bug")
 
 
@@ -288,10 +288,10 @@ async def test_hydra_accounts_are_linked_through_the_store_and_named_in_alerts(
 class StateChokingEngine(Engine):
     """Fault injection: the engine raises on one stored state it cannot fold into, but works from a fresh one."""
 
-    def observe_pending(self, state: bytes | None, feats: Any, now: float) -> Any:
+    def open(self, state: bytes | None) -> Any:
         if state == b"poison":
             raise OverflowError("a stored value the engine chokes on")
-        return super().observe_pending(state, feats, now)
+        return super().open(state)
 
 
 async def test_a_stored_state_the_engine_chokes_on_restarts_the_client_fresh(metrics: Metrics,
