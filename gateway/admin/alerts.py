@@ -84,6 +84,9 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             except ValueError:
                 log.warning("skipping an unreadable alert in the store")
                 continue
+            if not isinstance(a, dict):  # valid JSON but no alert: a 500 with ?client=, a blank dashboard without
+                log.warning("skipping an alert in the store that is not a JSON object")
+                continue
             if client and a.get("client") != client:
                 continue
             alerts.append(a)

@@ -50,10 +50,12 @@ def _admin_auth(ctx: AppContext, token: str | None) -> Middleware:
             return await handler(request)
         header = ctx.auth.single_header(request.headers)  # several Authorization headers: 401
         # The scheme is case-insensitive (RFC 9110 §11.1), as in the authenticator; the token is compared in
-        # constant time.
+        # constant time. surrogatepass: aiohttp hands undecodable header bytes over as lone surrogates, which a
+        # strict encode turned into a 500 with a logged traceback for any unauthenticated caller; now they
+        # simply do not match and the authenticator answers its 401.
         scheme, _, presented = (header or "").partition(" ")
         if expected is not None and scheme.lower() == "bearer" and hmac.compare_digest(
-                presented.strip().encode(), expected):
+                presented.strip().encode("utf-8", "surrogatepass"), expected):
             request[ADMIN_PRINCIPAL] = Principal("admin-token", roles=frozenset({"admin"}), auth_method="token")
             return await handler(request)
         principal = await ctx.auth.authenticate(header)  # raises AuthenticationFailed (401)
@@ -88,6 +90,10 @@ def admin_token(cfg: AdminConfig, env: Mapping[str, str] | None = None) -> str |
     """The admin bearer token from ``admin.token_env`` (None when unset); ``ConfigError`` when it is too short."""
     source = os.environ if env is None else env
     token = source.get(cfg.token_env) if cfg.token_env else None
+    # A header cannot carry surrounding whitespace (HTTP strips it, and so does the comparison): a value with
+    # the trailing newline of a secret mounted from a file (e.g. a Kubernetes secret made --from-file) could
+    # never be presented, so the admin token silently never worked. Stripped, it is the token the operator has.
+    token = token.strip() if token else None
     if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
             f"admin.token_env: {cfg.token_env} holds {len(token)} characters; an admin token needs "

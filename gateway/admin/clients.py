@@ -141,7 +141,11 @@ def _limits_json(lim: Limits) -> dict[str, Any]:
 
 
 def _who(request: web.Request) -> str:
-    principal = request.get("ipgate_admin_principal")
+    from gateway.admin.app import ADMIN_PRINCIPAL  # the admin app sets it; imported late (no import cycle)
+
+    # The key is a web.RequestKey: looking it up by its name string never finds it (every change was logged
+    # as made by "unknown").
+    principal = request.get(ADMIN_PRINCIPAL)
     return str(getattr(principal, "client_id", "unknown"))
 
 

@@ -146,9 +146,16 @@ class ApiKeyTable:
     def load(cls, path: str | Path, classes: LimitClasses | None = None) -> ApiKeyTable:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            # utf-8-sig: a BOM (Windows editors) is no part of the first line, whose digest it made "not a
+            # 64-character SHA-256 hex digest", an error no one can see in the file (read_secret does the same)
+            text = p.read_text(encoding="utf-8-sig")
         except OSError as e:
             raise ConfigError(f"auth.api_keys.file: cannot read {p}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            # Not a ConfigError, this escaped every caller: a crash at start-up, and at reload it ended the
+            # polling task for good (later revocations were never read) and broke SIGHUP's config reload.
+            line = e.object[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from e
         return cls.parse(text, source=str(p), classes=classes)
 
 
@@ -162,8 +169,10 @@ class ApiKeyFile:
     def __init__(self, path: str | Path, classes: LimitClasses | None = None) -> None:
         self.path = Path(path)
         self._classes = classes
-        self.table = ApiKeyTable.load(self.path, classes)  # at start-up a bad file is fatal: ConfigError
+        # The stamp is taken before the read, as in reload_if_changed: taken after, a change written while the
+        # file was being read (a revocation) had the stamp of the table already in force and was never read.
         self._stamp = self._file_stamp()
+        self.table = ApiKeyTable.load(self.path, classes)  # at start-up a bad file is fatal: ConfigError
         self._last_error: str | None = None
         log.info("loaded %d API keys from %s", len(self.table), self.path)
 

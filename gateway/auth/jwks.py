@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -54,10 +55,13 @@ class JwksKeys:
         self.algorithms = tuple(algorithms)
         self._kty = _family_kty(self.algorithms)
         try:
+            parsed = urlsplit(url)
+        except ValueError as e:  # "http://[::1/jwks": was an "internal error" from `ipgate check`, a crash at start
+            raise ConfigError(f"auth.jwt.jwks_url: not a URL ({e})") from e
+        try:
             self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
         except PyJWTError as e:  # e.g. a scheme other than http(s)
             raise ConfigError(f"auth.jwt.jwks_url: {e}") from e
-        parsed = urlsplit(url)
         if parsed.scheme == "http" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
             # Keys fetched over plain HTTP can be swapped by anyone on the path: that is token forgery.
             log.warning("auth.jwt.jwks_url %s is plain http: signing keys can be tampered with in transit", url)
@@ -93,7 +97,11 @@ class JwksKeys:
         while True:
             await asyncio.sleep(self._cache_ttl)
             async with self._lock:
-                await self._refresh()
+                try:
+                    await self._refresh()
+                except Exception:  # the refresher must outlive any one fetch: without it removed keys live on
+                    log.exception("JWKS refresh from %s failed unexpectedly; retrying in %g s", self.url,
+                                  self._cache_ttl)
 
     async def _refresh(self) -> bool:
         """Fetch the set in a thread and install it; returns False (and keeps the old keys) on failure."""
@@ -102,7 +110,10 @@ class JwksKeys:
         try:
             data = await asyncio.to_thread(self._client.fetch_data)
             jwks = self._parse(data)
-        except (PyJWTError, ValueError, TypeError) as e:
+        # OSError / HTTPException: urllib lets a connection reset while reading the answer (and, before pyjwt
+        # 2.15, a truncated body) through unwrapped. Uncaught, it failed start-up, ended the refresh task for
+        # good (keys the IdP removed then kept verifying until a restart) and re-raised from close().
+        except (PyJWTError, ValueError, TypeError, OSError, http.client.HTTPException) as e:
             log.warning("JWKS fetch from %s failed, keeping %d cached keys: %s", self.url, len(self._jwks), e)
             if self._metrics is not None:
                 self._metrics.jwks_fetches_total.labels(outcome="error").inc()

@@ -97,6 +97,8 @@ def _read_header(token: str) -> dict[str, Any]:
         header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
     except (ValueError, binascii.Error) as e:
         raise TokenRejected("malformed", "header is not base64url JSON") from e
+    except RecursionError as e:  # "[[[[...": anyone can send it; it is junk, not a library fault to warn about
+        raise TokenRejected("malformed", "header nested too deeply") from e
     if not isinstance(header, dict):
         raise TokenRejected("malformed", "header is not a JSON object")
     return header
@@ -109,6 +111,9 @@ def _family(algorithms: Sequence[str]) -> str:
 def load_static_key(cfg: JwtConfig, *, env: Mapping[str, str] | None = None) -> StaticKey | None:
     """The verification key from config, checked for type and strength; None when JWKS supplies keys."""
     algs = list(cfg.algorithms)
+    if not algs:  # _family would fail with an IndexError: "internal error" from `ipgate check`, a crash at start
+        raise ConfigError("auth.jwt.algorithms: the list is empty; name at least one algorithm, e.g. [HS256], "
+                          "or set auth.jwt: null to accept API keys only")
     if _family(algs) == "HS":
         secret = read_secret(cfg.secret_env, cfg.secret_file, what="auth.jwt", env=env)
         if not secret:
