@@ -114,7 +114,9 @@ def _detection(cfg: GatewayConfig, policy: Policy, metrics: Metrics,
 
 
 def _watermarking(cfg: GatewayConfig, metrics: Metrics) -> Watermarking | None:
-    if not cfg.watermark.enabled or cfg.watermark.scheme == "none":
+    # the section's scheme is each model's default; a model's own watermark_scheme overrides it either way
+    if not cfg.watermark.enabled or (cfg.watermark.scheme == "none" and all(
+            m.watermark_scheme in (None, "none") for m in cfg.models)):
         return None
     from gateway.watermarking import GatewayWatermarking
 

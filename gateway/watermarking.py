@@ -16,7 +16,8 @@
   remembered for the last ``RECORDED_MAX`` clients recorded (oldest first out): a client pushed out is written
   again on its next watermarked answer (an idempotent store write, and one more line in ``recipients_file``,
   whose readers dedupe). Unbounded, that memory grew with every client id the process ever served (~100 B
-  each, for months).
+  each, for months). It is also forgotten every half ``recipient_ttl_s``, so that the store's record of a
+  client the process keeps serving is renewed before it expires.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,12 @@ def load_master_secret(cfg: WatermarkConfig, environ: Mapping[str, str] | None =
 
 
 def key_ring(cfg: WatermarkConfig, master: bytes) -> KeyRing:
+    # The config takes any integers in retained_versions (and key_version has no upper bound): a version the
+    # key derivation refuses is a config error naming the field, not an internal error at start-up.
+    for field, versions in (("key_version", [cfg.key_version]), ("retained_versions", cfg.retained_versions)):
+        bad = next((v for v in versions if not 1 <= v < 2**32), None)
+        if bad is not None:
+            raise ConfigError(f"watermark.{field}: key versions must be in [1, 2**32), got {bad}")
     return KeyRing(master, cfg.key_version, tuple(cfg.retained_versions))
 
 
@@ -93,18 +101,22 @@ CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guide
 def unwatermarkable(body: Mapping[str, Any]) -> str | None:
     """The request field that keeps its answer from a post-hoc watermark, or None: structured output (JSON
     mode, a schema, a grammar, a regex, fixed choices) or a forced tool call, whose text must stay exactly as
-    the format demands (tool-call arguments are never touched anyway)."""
+    the format demands (tool-call arguments are never touched anyway), or audio output."""
     rf = body.get("response_format")
     if isinstance(rf, Mapping) and rf.get("type") not in (None, "text"):
         return "response_format"
     for f in CONSTRAINT_FIELDS:
         if body.get(f) is not None:
             return f
-    tc = body.get("tool_choice")
-    if tc == "required" or isinstance(tc, Mapping):
+    if forces_tool_call(body.get("tool_choice")):
         return "tool_choice"
     if isinstance(body.get("function_call"), Mapping):
         return "function_call"
+    # Audio output (OpenAI's audio models): the answer is speech plus its transcript in message.audio, neither
+    # of which a post-hoc rewrite reaches; it was served unwatermarked and uncounted.
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        return "modalities"
     return None
 
 
@@ -118,10 +130,27 @@ def responses_unwatermarkable(body: Mapping[str, Any]) -> str | None:
         return "text.format"
     if body.get("structured_outputs") is not None:
         return "structured_outputs"
-    tc = body.get("tool_choice")
-    if tc == "required" or isinstance(tc, Mapping):
+    if forces_tool_call(body.get("tool_choice")):
         return "tool_choice"
     return None
+
+
+def forces_tool_call(tc: object) -> bool:
+    """Whether a ``tool_choice`` makes the answer a tool call: ``"required"``, a named tool, or an
+    ``allowed_tools`` set in mode ``"required"``. An ``allowed_tools`` set in mode ``"auto"`` (chat: its mode
+    in ``allowed_tools``; Responses: beside ``type``) lets the model "pick from among the allowed tools and
+    generate a message": free text, which gets the watermark like any other (skipping it let any client turn the
+    watermark off by naming one tool). Watermarking a forced call's answer is harmless (its text is empty),
+    so a mode the gateway cannot read counts as not forcing."""
+    if tc == "required":
+        return True
+    if not isinstance(tc, Mapping):
+        return False
+    if tc.get("type") != "allowed_tools":
+        return True
+    spec = tc.get("allowed_tools")
+    modes = [m for m in (spec.get("mode") if isinstance(spec, Mapping) else None, tc.get("mode")) if m is not None]
+    return bool(modes) and all(m == "required" for m in modes)
 
 
 def tool_call_field(body: Mapping[str, Any]) -> str | None:
@@ -139,7 +168,7 @@ def tool_call_field(body: Mapping[str, Any]) -> str | None:
 
 class GatewayWatermarking:
     def __init__(self, cfg: GatewayConfig, ring: KeyRing, kgw_params: KgwParams | None = None,
-                 recorded_max: int = RECORDED_MAX) -> None:
+                 recorded_max: int = RECORDED_MAX, clock: Callable[[], float] = time.monotonic) -> None:
         self._cfg = cfg.watermark
         self._ring = ring
         self._schemes = {m.name: (m.watermark_scheme or cfg.watermark.scheme) for m in cfg.models}
@@ -148,9 +177,16 @@ class GatewayWatermarking:
         self._kgw = kgw_params or cfg.watermark.kgw()
         # client -> key version recorded; insertion order = eviction order (no reordering on the request path)
         self._recorded: OrderedDict[str, int] = OrderedDict()
+        self._recording: set[str] = set()  # clients whose record is being written now
         self._recorded_max = max(1, recorded_max)
         self._store_epoch = 0  # the store's ``recoveries`` when ``_recorded`` was last trusted
+        # A store record lives recipient_ttl_s from its last write: what was recorded is forgotten every half
+        # TTL, so a client this process keeps serving is written again before its record expires.
+        self._clock = clock
+        self._recorded_since = clock()
+        self._refresh_s = cfg.watermark.recipient_ttl_s / 2
         self._fallback_logged: set[str] = set()
+        self._file_failing = False  # recipients_file could not be appended to (logged once per change)
 
     @classmethod
     def from_config(cls, cfg: GatewayConfig, *, metrics: object = None,
@@ -210,20 +246,52 @@ class GatewayWatermarking:
         # After a store outage the recipients written before it may be gone (a Redis restarted without
         # persistence): forget what was recorded, so that each client is written once more. Otherwise a
         # long-running gateway never records them again and verification without a client list finds nobody.
+        # The same once every half TTL: a record written once per process expired while the process still
+        # served its client (after recipient_ttl_s: 400 days by default, days where an operator shortens it),
+        # and verification without a client list no longer found a client served the day before.
         epoch = getattr(store, "recoveries", 0)  # ResilientStore only; the memory store loses nothing
-        if epoch != self._store_epoch:
+        now = self._clock()
+        if epoch != self._store_epoch or now - self._recorded_since >= self._refresh_s:
             self._store_epoch = epoch
+            self._recorded_since = now
             self._recorded.clear()
-        if self._recorded.get(client) == version:
+        if self._recorded.get(client) == version or client in self._recording:
             return
-        await store.add_recipient(client, version, self._cfg.recipient_ttl_s)
-        if self._cfg.recipients_file:
-            await asyncio.to_thread(_append_line, self._cfg.recipients_file, client)
+        # Marked while the writes are on their way: a client's concurrent first answers would otherwise each
+        # write (a duplicate line in recipients_file per answer in flight)
+        self._recording.add(client)
+        try:
+            await store.add_recipient(client, version, self._cfg.recipient_ttl_s)
+            if self._cfg.recipients_file and not await self._append_recipient(client):
+                return  # retried with the client's next answer
+        finally:
+            self._recording.discard(client)
         # only after the writes succeeded: a failed write is retried next time
         recorded = self._recorded
         recorded[client] = version
         if len(recorded) > self._recorded_max:
             recorded.popitem(last=False)
+
+
+    async def _append_recipient(self, client: str) -> bool:
+        """Append ``client`` to ``recipients_file``; False when that failed. A file that cannot be written (a
+        missing directory, a full disk, permissions) is logged once per change of state, not with a traceback
+        per answer: every watermarked answer retries it, and the caller logged each failure."""
+        path = self._cfg.recipients_file
+        assert path is not None
+        try:
+            await asyncio.to_thread(_append_line, path, client)
+        except OSError as e:
+            if not self._file_failing:
+                self._file_failing = True
+                log.error("watermark.recipients_file %s: cannot append (%s); recipients are still recorded in "
+                          "the store, and each one is appended once the file can be written", path,
+                          e.strerror or e)
+            return False
+        if self._file_failing:
+            self._file_failing = False
+            log.warning("watermark.recipients_file %s: appending again", path)
+        return True
 
 
 def _echoed_prompt(body: Mapping[str, Any]) -> str | None:
@@ -240,26 +308,35 @@ def _echoed_prompt(body: Mapping[str, Any]) -> str | None:
 
 class _PromptEcho:
     """``echo: true``: the client's own prompt comes back verbatim and only the completion after it is
-    watermarked. The first ``len(prompt)`` characters pass through, then the rest of the word the prompt ended
-    in (a server may render the echo slightly differently, e.g. a BOS token): a substitution must never start
-    inside a word. The completion's embedder starts fresh there -- its first slot's context differs from what
-    the detector reads, which costs at most one choice and never creates false evidence."""
+    watermarked. Text passes through while it spells the prompt, then the rest of the word it stopped in (a
+    substitution must never start inside a word). Only while it spells the prompt: a backend that ignores
+    ``echo`` (many do) or echoes less of it (``truncate_prompt_tokens``) starts with the completion, and passing
+    ``len(prompt)`` characters through blindly served that much of it unwatermarked -- any completion, with a
+    long enough prompt. The completion's embedder starts fresh there -- its first slot's context differs from
+    what the detector reads, which costs at most one choice and never creates false evidence."""
 
-    __slots__ = ("_finish_word", "_inner", "_skip")
+    __slots__ = ("_finish_word", "_inner", "_matched", "_prompt")
 
     def __init__(self, inner: StreamEmbedder, prompt: str) -> None:
         self._inner = inner
-        self._skip = len(prompt)
-        self._finish_word = not prompt[-1].isspace()
+        self._prompt: str | None = prompt  # None once the echo is over
+        self._matched = 0  # characters of the prompt the text has spelled so far
+        self._finish_word = False
 
     def feed(self, text: str) -> str:
-        if self._skip <= 0 and not self._finish_word:
-            return self._inner.feed(text)
         head = ""
-        if self._skip > 0:
-            head, text = text[: self._skip], text[self._skip:]
-            self._skip -= len(head)
-            if self._skip > 0 or not text:
+        if self._prompt is not None:
+            rest = self._prompt[self._matched:]
+            n = min(len(text), len(rest))
+            k = n if text.startswith(rest[:n]) else next(i for i in range(n) if text[i] != rest[i])
+            head, text = text[:k], text[k:]
+            self._matched += k
+            if k == n and self._matched < len(self._prompt):
+                return head  # the whole piece spells the prompt, which goes on
+            # the echo is over: all of the prompt came back, or the text stopped spelling it
+            self._finish_word = self._matched > 0 and not self._prompt[self._matched - 1].isspace()
+            self._prompt = None
+            if not text:
                 return head
         if self._finish_word:
             end = next((i for i, ch in enumerate(text) if ch.isspace()), len(text))

@@ -22,8 +22,9 @@ from gateway.admin.audit import note
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from watermark.base import Scheme
+from watermark.keys import ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
-from watermark.verify import SCHEMES, candidate_keys, utf8_encodable, verify
+from watermark.verify import SCHEMES, candidate_keys, parse_client_lines, utf8_encodable, verify
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,38 @@ async def _read_body(request: web.Request) -> bytes:
     return bytes(buf)
 
 
+def file_recipients(path: str | None) -> list[str]:
+    """The client ids in ``watermark.recipients_file`` (none when unset or not written yet), read as
+    ``ipgate verify --config`` reads them."""
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        log.error("watermark.recipients_file %s: cannot read: %s", path, e)
+        raise ServiceUnavailable("watermark.recipients_file cannot be read; see the gateway log",
+                                 code="recipients_unavailable") from e
+    try:
+        ids = parse_client_lines(text)
+    except ValueError as e:
+        log.error("watermark.recipients_file %s: %s", path, e)
+        raise ServiceUnavailable(f"watermark.recipients_file: {e}", code="recipients_unavailable") from e
+    return [c for c in ids if utf8_encodable(c)]
+
+
+def recorded_keys(ring: KeyRing, recorded: dict[str, list[int]], from_file: list[str]) -> list[ClientKey]:
+    """The (client, version) hypotheses among the recorded recipients: the store's with the versions it
+    recorded, and those only the recipients file knows (a store that lost them: a memory store after a
+    restart, a flushed Redis) under every version in force -- the candidates ``ipgate verify --config``
+    tests."""
+    merged: dict[str, list[int]] = {c: [] for c in from_file}
+    merged.update(recorded)
+    return candidate_keys(ring, sorted(merged), merged)
+
+
 def routes(ctx: AppContext) -> list[web.RouteDef]:
     kgw_cache: list[Scheme] = []
 
@@ -135,14 +168,19 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                                    "texts_sha256": digest_texts(texts), "scheme": scheme_name, "fpr": fpr,
                                    "clients": len(clients) if clients is not None else "recorded"}
         note(request, details=details)
+        # Key derivation runs in the worker thread too: up to MAX_CLIENTS ids x key versions of HMACs took
+        # seconds on the event loop, which the admin listener shares with the public API (every stream stalled).
         if clients is None:
             recorded = await ctx.store.recipients()
-            keys = candidate_keys(ring, sorted(recorded), recorded)
+            # and those only watermark.recipients_file knows, as `ipgate verify --config` reads them: the
+            # store's alone missed every client a memory store forgot in a restart (or a flushed Redis lost)
+            from_file = await asyncio.to_thread(file_recipients, ctx.config.watermark.recipients_file)
+            keys = await asyncio.to_thread(recorded_keys, ring, recorded, from_file)
             if not keys:  # a verdict over no candidates would read as "not watermarked", which is not known
                 raise InvalidRequest("no watermark recipients are recorded (or none under a key version in "
                                      'force); pass "clients"', param="clients")
         else:
-            keys = candidate_keys(ring, clients)
+            keys = await asyncio.to_thread(candidate_keys, ring, clients)
         chosen = await asyncio.to_thread(schemes, scheme_name, ring.master)  # may load a tokenizer.json
         v = await asyncio.to_thread(verify, texts if corpus else texts[0], keys, chosen, fpr=fpr)
         log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", len(texts), len(keys),

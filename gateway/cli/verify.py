@@ -78,10 +78,14 @@ def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None)
         try:
             from watermark.kgw.detect import KgwScheme
         except ImportError as e:  # the tokenizers library is an optional dependency
-            raise CliError(f"kgw detection needs the 'tokenizers' package: {e}") from e
+            raise CliError(f"--scheme kgw needs the 'tokenizers' package ({e}): pip install 'ipgate[torch]' "
+                           "(or just tokenizers)") from e
         params = _kgw_params(args, cfg)
         try:
             out.append(KgwScheme.from_tokenizer_file(args.tokenizer, params))
+        except ImportError as e:  # imported when the file is read
+            raise CliError(f"--scheme kgw needs the 'tokenizers' package ({e}): pip install 'ipgate[torch]' "
+                           "(or just tokenizers)") from e
         except Exception as e:  # tokenizers raises its own exception types for unreadable files
             raise CliError(f"--tokenizer {args.tokenizer}: {e}") from e
     return out
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--fpr must be in (0, 1), got {args.fpr}")
         if args.corpus and not args.jsonl:
             raise CliError("--corpus needs --jsonl FILE")
-        if args.clients == "-" and not args.jsonl and args.file == "-":
+        if args.clients == "-" and (args.jsonl or args.file) == "-":  # --jsonl - reads stdin too
             raise CliError("--clients - and the text cannot both come from stdin; pass FILE or a clients file")
         if args.top < 1:
             raise CliError(f"--top must be at least 1, got {args.top}")
@@ -155,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
             _print(v, args)
             return 0 if v.watermarked else 1
         rows = read_jsonl(args.jsonl, ("text",))
+        if not rows:  # exit 1 would say "not watermarked" about texts that were never there
+            raise CliError(f"--jsonl {args.jsonl}: no texts (the file is empty or holds only blank lines)")
         if args.corpus:
             v = verify([r["text"] for r in rows], keys, schemes, fpr=args.fpr, top=args.top)
             _print(v, args, corpus=True)

@@ -82,7 +82,13 @@ def key_ring(args: argparse.Namespace, cfg: GatewayConfig | None) -> KeyRing:
             except ValueError as e:
                 raise CliError(f"--key-versions: {e}") from e
         if cfg is not None:
-            return KeyRing(master, cfg.watermark.key_version, tuple(cfg.watermark.retained_versions))
+            from gateway.config import ConfigError
+            from gateway.watermarking import key_ring as config_key_ring
+
+            try:  # the gateway's own check: an out-of-range version is named by its field
+                return config_key_ring(cfg.watermark, master)
+            except ConfigError as e:
+                raise CliError(f"--config {args.config}: {e}") from None
         return KeyRing(master)
     except ValueError as e:
         raise CliError(str(e)) from e
@@ -212,6 +218,8 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise CliError(f"{path}:{n}: not valid JSON: {e.msg}") from e
+        except RecursionError:  # nesting deeper than the parser's stack: a bad line, not an internal error
+            raise CliError(f"{path}:{n}: not valid JSON: nested too deeply") from None
         if not isinstance(obj, dict):
             raise CliError(f"{path}:{n}: expected a JSON object")
         for f in required:
@@ -224,11 +232,16 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn at most 10 times a second (no dependency needed)."""
+    """A one-line progress bar on stderr, redrawn at most 10 times a second (no dependency needed); only on a
+    terminal: stderr redirected to a file or a pipe gets no carriage-return frames, only real messages."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
         self._total, self._label = total, label
         self._out = stream or sys.stderr
+        try:
+            self._shown = self._out.isatty()
+        except (AttributeError, ValueError):  # a closed or unusual stream: no bar
+            self._shown = False
         self._last = 0.0
         self._done = 0
 
@@ -246,12 +259,14 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
+        if not self._shown:
+            return
         frac = self._done / self._total if self._total else 1.0
         bar = "#" * int(frac * 30)
         self._out.write(f"\r{self._label} [{bar:<30}] {self._done}/{self._total}")
         self._out.flush()
 
     def close(self) -> None:
-        if self._total:
+        if self._total and self._shown:
             self._out.write("\n")
             self._out.flush()

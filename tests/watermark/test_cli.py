@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def test_bulk_and_corpus(responses: list[str], tmp_path: Path, monkeypatch: pyte
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t, "client": "alice" if i % 2 else "bob"}) + "\n"
                            for i, t in enumerate(responses[:12])))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on a terminal only
     assert cli(["watermark", "--jsonl", str(src)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
@@ -86,6 +88,9 @@ def test_bulk_and_corpus(responses: list[str], tmp_path: Path, monkeypatch: pyte
     verdicts = [json.loads(line) for line in captured.out.splitlines()]
     assert len(verdicts) == 6 and all(VERDICT_FIELDS | {"id"} <= set(v) for v in verdicts)
     assert "verify [" in captured.err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # redirected: results only, no \r frames
+    assert cli(args) == 0
+    assert capsys.readouterr().err == ""
     # pooled corpus: one verdict with "texts", attributed to alice
     assert cli([*args[:-2], "--fpr", "1e-6", "--corpus", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -247,6 +247,8 @@ async def test_a_capable_backend_without_the_plugin_gets_the_lexical_watermark(
             bob = await _ask(gw, "bob", stream=True)
             view = await _backend_view(gw)
             assert _sample(gw, PLUGIN_OK) == 0 and _sample(gw, FAILURES) == 1
+            assert _sample(gw, ("ipgate_watermark_responses_total", {"scheme": "lexical"})) == 3
+            assert _sample(gw, ("ipgate_watermark_responses_total", {"scheme": "kgw"})) is None
     assert alice != ANSWER and alice_s == alice and bob != alice
     assert _attributed(alice) == "alice" and _attributed(bob) == "bob"
     assert _attributed(ANSWER) is None
@@ -279,6 +281,9 @@ async def test_with_the_plugin_loaded_the_engine_watermarks_as_before(secret_fil
         await client.close()
         view = await _backend_view(gw)
         assert _sample(gw, FAILURES) in (None, 0.0)
+        # counted as served with the watermark, under the engine's scheme (the post-hoc one never ran)
+        assert _sample(gw, ("ipgate_watermark_responses_total", {"scheme": "kgw"})) == 1
+        assert _sample(gw, ("ipgate_watermark_responses_total", {"scheme": "lexical"})) is None
     xargs = sim.stats.last_body["vllm_xargs"]
     assert xargs["ipgate_kgw_client"] == "alice" and xargs["ipgate_kgw_spec"] == "g0.25-h4-selfhash"
     assert view["kgw_plugin"] == "verified" and view["watermark_in_engine"] is True

@@ -55,3 +55,21 @@ async def test_a_rotated_key_version_is_recorded_for_a_remembered_client(tmp_pat
     wm._recorded["alice"] = wm.ring.current - 1  # as if recorded under the previous key version
     await wm.record_recipient(store, Principal("alice"))
     assert _lines(f) == ["alice", "alice"]
+
+
+async def test_concurrent_first_answers_record_a_client_once(tmp_path: Path) -> None:
+    """A client's answers finishing together (a client with requests in flight at once) each found the client
+    unrecorded before the first write landed: one line per answer in flight. Now one line."""
+    import asyncio
+
+    class SlowStore(MemoryStore):
+        async def add_recipient(self, client_id: str, version: int, ttl_s: float) -> None:
+            await asyncio.sleep(0.02)
+            await super().add_recipient(client_id, version, ttl_s)
+
+    f = tmp_path / "recipients.txt"
+    wm = _wm(f)
+    store = SlowStore()
+    await asyncio.gather(*(wm.record_recipient(store, Principal(f"load-{i % 4}")) for i in range(40)))
+    assert sorted(_lines(f)) == [f"load-{i}" for i in range(4)]
+    assert not wm._recording
