@@ -6,7 +6,7 @@ import os
 
 from aiohttp import web
 
-from gateway.errors import HeadersTooLarge, PayloadTooLarge
+from gateway.errors import HeadersTooLarge, InvalidRequest, PayloadTooLarge
 
 _MAX_REQUEST_ID = 128
 
@@ -38,3 +38,16 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         return await request.read()  # bounded by the application's client_max_size (= max_bytes)
     except web.HTTPRequestEntityTooLarge as e:
         raise PayloadTooLarge(f"body: exceeds the limit of {max_bytes} bytes", param="body") from e
+    except web.RequestPayloadError as e:
+        # The client's bytes: a Content-Encoding (gzip, deflate) that does not decode (aiohttp decodes the body).
+        # The rest of the body cannot be parsed: the connection closes after the answer, and the body is marked
+        # ended, or aiohttp's read of the unread rest (to keep the connection) logs the error again at ERROR.
+        request.content.feed_eof()
+        raise InvalidRequest(f"body: could not be read ({_last_line(e)})", param="body",
+                             headers={"Connection": "close"}) from e
+
+
+def _last_line(e: Exception) -> str:
+    """aiohttp's message, e.g. "400, message:\n  Can not decode content-encoding: gzip": its last line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else type(e).__name__

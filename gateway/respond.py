@@ -51,7 +51,39 @@ _JSON = "application/json"
 
 
 class _ClientGone(Exception):
-    """Writing to the client failed: it went away (not the upstream's fault)."""
+    """Writing to the client failed: it went away, or took no bytes for the stall limit (not the upstream's
+    fault)."""
+
+
+async def _send(out: web.StreamResponse, transport: asyncio.Transport | None, high: int, stall_s: float,
+                data: bytes, *, eof: bool = False, rid: str = "") -> None:
+    """Write to the client (``eof``: and end the response). A write waits only when the client is behind (the
+    socket's buffer over its high-water mark): such a write gets ``stall_s`` (the backend's ``idle_timeout_s``),
+    then the connection is aborted. Without the bound a client that stops reading held the backend's stream,
+    and a slot of its ``max_concurrency``, for ever: aiohttp stops the upstream read timer while the gateway
+    waits here, so the upstream's idle timeout never fired. Writes that cannot wait (the common case) run
+    without a timer."""
+    try:
+        if not eof and transport is not None and transport.get_write_buffer_size() + len(data) <= high:
+            await out.write(data)
+            return
+        async with asyncio.timeout(stall_s):
+            await (out.write_eof(data) if eof else out.write(data))
+    except ConnectionError as e:  # the client's side; ClientConnectionResetError is one too
+        raise _ClientGone from e
+    except TimeoutError as e:
+        log.info("request %s: the client took no bytes for %.1f s; its stream is ended", rid, stall_s)
+        if transport is not None:
+            transport.abort()
+        raise _ClientGone from e
+
+
+def _high_water(transport: asyncio.Transport | None) -> int:
+    """The write buffer size above which a write to ``transport`` may wait for the client (0: unknown)."""
+    try:
+        return transport.get_write_buffer_limits()[1] if transport is not None else 0
+    except NotImplementedError:
+        return 0
 
 
 def _upstream_error_body(status: int, raw: bytes, ctype: str) -> tuple[int, bytes] | None:
@@ -180,6 +212,11 @@ def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed
         status, raw = fixed
         ex.facts.status = ex.status = status
         return web.Response(body=raw, status=status, headers={**headers, "Content-Type": _JSON})
+    if status != 200 and status < 300:
+        # 201, 203, 206...: nothing the OpenAI API answers. Such an answer skipped the 200-only steps below
+        # (watermark, usage) and was relayed as the backend wrote it, a stream as one unwatermarked body.
+        op.lease.release(Outcome(False, status, latency, "malformed"))
+        return _bad_upstream(ex, headers, f"answered with status {status}")
     if status == 200 and (parsed.stream or not ctype.startswith(_JSON)):
         # A stream answered without an event stream, or a body that is not JSON: relaying it as is would
         # skip watermarking and usage accounting, and an SSE client would see an empty, "clean" stream.
@@ -235,6 +272,9 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
     task = asyncio.current_task()
     upstream = op.resp
     reason: str | None = None
+    transport = request.transport
+    high = _high_water(transport)
+    stall_s = op.lease.backend.idle_timeout_s
     try:
         await out.prepare(request)
         first = True
@@ -246,14 +286,16 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
                     if first:
                         ex.ttft_s = time.perf_counter() - ex.t0
                         first = False
-                    try:
-                        await out.write(data)
-                    except ConnectionError as e:  # the client's side; ClientConnectionResetError is one too
-                        raise _ClientGone from e
+                    await _send(out, transport, high, stall_s, data, rid=ex.request_id)
                 chunk = await upstream.content.readany()  # b"" at the end of the stream
             tail = relay.finish()
             if tail:
                 reason = "cut"
+            elif relay.upstream_error:
+                # The backend's own error event ended it (relayed as it was; vLLM writes one, then [DONE], when
+                # a generation fails): counted and access-logged as a stream error, and charged what was streamed
+                # rather than its whole reservation. Not the backend's failure for health: a request can cause one.
+                reason = "upstream_error"
         except _ClientGone:
             reason = "client_disconnect"
             return out
@@ -280,11 +322,8 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
             reason = "shutdown"
             tail = error_event("The gateway is shutting down; the response was interrupted.",
                                "server_shutdown", "service_unavailable")
-        if tail:
-            with contextlib.suppress(ConnectionError):
-                await out.write(tail)
-        with contextlib.suppress(ConnectionError):
-            await out.write_eof()
+        with contextlib.suppress(_ClientGone):
+            await _send(out, transport, high, stall_s, tail or b"", eof=True, rid=ex.request_id)
         return out
     finally:
         upstream.close()  # a no-op after a complete read; otherwise the backend sees the close now

@@ -8,7 +8,8 @@ timeout on a stream: a long generation that keeps producing is healthy.
 
 What is never forwarded: hop-by-hop headers (RFC 9110 §7.6.1, plus any named in ``Connection``), the client's
 own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Host`` and ``Content-Length``
-(recomputed). The backend's credential, when configured, comes from ``api_key_env``/``api_key_file``.
+(recomputed), ``Content-Encoding`` (the body forwarded is the decoded one) and ``Content-Type`` (always
+``application/json``). The backend's credential, when configured, comes from ``api_key_env``/``api_key_file``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import BackendConfig, read_secret
@@ -35,6 +36,11 @@ HOP_BY_HOP = frozenset({
 NOT_FORWARDED = HOP_BY_HOP | frozenset({
     "authorization", "cookie", "x-api-key", "api-key", "host", "content-length", "accept-encoding", "expect",
     "x-request-id",
+    # the body goes upstream as the gateway read it: aiohttp decoded a gzip/deflate body, and the gateway's own
+    # re-encoding is plain JSON too; the client's Content-Encoding would make the backend decode it again
+    "content-encoding",
+    # set by the gateway: the body it forwards is JSON it validated, whatever the client called it
+    "content-type",
 })
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
@@ -46,7 +52,9 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
     backend's own credential is added per try, in ``Upstream.open``). ``peer`` (the TCP peer) is appended to
     ``X-Forwarded-For`` as every reverse proxy does: a backend that trusts the gateway and reads the rightmost
     hop (uvicorn's proxy headers, on by default from 127.0.0.1) saw what the client wrote there instead."""
-    conn = client.get("Connection")
+    # every Connection line: the field is a list, and a client may split it over several (RFC 9110 §5.3)
+    conn = ",".join(client.getall("Connection", ())) if isinstance(client, CIMultiDictProxy | CIMultiDict) \
+        else client.get("Connection")
     named = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in client.items():
@@ -55,6 +63,9 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
             continue
         out.add(k, v)
     out["Accept-Encoding"] = "identity"  # relay bytes as produced; no decompress/recompress in the proxy
+    # The gateway takes a JSON body under any Content-Type (curl -d sends a form type, raw clients often none, for
+    # which aiohttp would send application/octet-stream); vLLM refuses every type but application/json (400/415)
+    out["Content-Type"] = "application/json"
     out["X-Request-Id"] = request_id
     if peer:
         prior = out.popall("X-Forwarded-For", None)

@@ -224,7 +224,7 @@ def _messages(body: dict[str, Any]) -> None:
         if not isinstance(m, dict):
             raise _fail(f"messages[{i}]", "must be an object")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable: a 400, not a 500
             raise _fail(f"messages[{i}].role", f"must be one of {_ROLES_TEXT}")
         c = m.get("content")
         if c is None:

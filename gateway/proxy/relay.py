@@ -178,8 +178,11 @@ class StreamRelay:
                 # a finish chunk without a delta: the text still held back goes in it, not after the finish
                 holder = choice["delta"] = {}
             text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
-            if (isinstance(text, str) and text) or (isinstance(holder, dict) and self._chat and any(
-                    isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)):
+            # a tool call's argument pieces are generated tokens too (the fast path counts their chunks as well):
+            # uncounted, a stream dropped after its finish chunk, before the usage chunk, cost no output tokens
+            if (isinstance(text, str) and text) or (isinstance(holder, dict) and self._chat and (any(
+                    isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)
+                    or holder.get("tool_calls") or holder.get("function_call"))):
                 self.content_events += 1
             emb = self._embedder(idx, self._answers) if self._answers is not None else None
             if self._factory is not None and self._chat and isinstance(holder, dict):

@@ -270,6 +270,8 @@ class ResponsesRelay(_Output):
         if not t.startswith("response.function_call_arguments."):
             self._only(obj, EVENT_FIELDS, f"a {t} event")
         self._ids.setdefault(oi, obj.get("item_id", item.get("id") if isinstance(item, dict) else None))
+        if t == "response.function_call_arguments.delta" and obj.get("delta"):
+            self.content_events += 1  # generated tokens too: what a stream dropped before its usage is charged
         if t in _DELTAS:
             return self._delta(obj, oi, t)
         if t in _DONES:

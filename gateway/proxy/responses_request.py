@@ -67,7 +67,7 @@ def _text_content(c: Any, field: str) -> str:
         if t == "refusal" and isinstance(part.get("refusal"), str):  # an earlier answer's refusal, replayed
             texts.append(part["refusal"])
             continue
-        if t not in _TEXT_PARTS:
+        if not isinstance(t, str) or t not in _TEXT_PARTS:  # a list or object is unhashable: a 400, not a 500
             raise _fail(f"{field}[{j}].type", f"{t!r} is not supported by this gateway (text parts only: "
                         "'input_text', 'output_text')")
         if not isinstance(part.get("text"), str):
@@ -89,7 +89,7 @@ def _input_messages(v: Any) -> list[dict[str, Any]]:
         t = item.get("type", "message")
         if t == "message":
             role = item.get("role")
-            if role not in _MESSAGE_ROLES:
+            if not isinstance(role, str) or role not in _MESSAGE_ROLES:
                 raise _fail(f"{f}.role", "must be one of 'assistant', 'developer', 'system', 'user'")
             out.append({"role": role, "content": _text_content(item.get("content"), f"{f}.content")})
         elif t == "function_call":  # the model's earlier tool call, replayed by the client
@@ -145,7 +145,7 @@ def _text_format(body: dict[str, Any]) -> None:
     fmt = text.get("format")
     if fmt is None:
         return
-    if not isinstance(fmt, dict) or fmt.get("type") not in _FORMATS:
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str) or fmt["type"] not in _FORMATS:
         raise _fail("text.format.type", "must be one of 'json_object', 'json_schema', 'text'")
 
 
