@@ -26,6 +26,15 @@ class FingerprintError(Exception):
     """A probe could not be sent or its answer could not be read."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): a failure quotes the backend's error body,
+    and the reasons reach the gateway's log lines and the CLI's terminal, where a raw newline would start a
+    forged log line and an escape sequence would drive the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeRun:
     """The answers that came back, and one message per probe that failed."""
@@ -90,7 +99,7 @@ async def probe_backend_partial(
                     body = json.loads(raw)
             except (TimeoutError, aiohttp.ClientError) as e:
                 raise FingerprintError(f"probe {probe.id}: {type(e).__name__}: {e}") from e
-            except ValueError as e:  # a 200 whose body is not JSON
+            except (ValueError, RecursionError) as e:  # a 200 whose body is not JSON, or nested past the stack
                 raise FingerprintError(f"probe {probe.id}: the answer is not JSON ({e})") from e
             try:
                 return answer_from_response(probe.id, body, prompt=probe.prompt, max_tokens=probe.max_tokens)
@@ -104,7 +113,7 @@ async def probe_backend_partial(
     failures: list[str] = []
     for outcome in outcomes:
         if isinstance(outcome, FingerprintError):
-            failures.append(str(outcome))
+            failures.append(printable(str(outcome)))
         elif isinstance(outcome, BaseException):  # a bug, or cancellation: not a probe failure to swallow
             raise outcome
         else:

@@ -415,9 +415,8 @@ class FingerprintChecker:
         self._last.pop(key, None)
         self._conclusive.pop(key, None)
         self._ref_notes.pop(key, None)
-        if self._metrics is not None:
-            with contextlib.suppress(KeyError):
-                self._metrics.fingerprint_match.remove(*key)
+        if self._metrics is not None:  # (with --workers, remove() would leave the series exported)
+            self._metrics.retire(self._metrics.fingerprint_match, *key)
 
     # --- introspection -----------------------------------------------------------------------------------
 

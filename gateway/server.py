@@ -121,19 +121,20 @@ def claim_listen_ports(cfg: GatewayConfig) -> PortClaim:
 
 
 async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
-                     on_ready: Callable[[], None] | None = None, *, claim: bool = True) -> int:
+                     on_ready: Callable[[], None] | None = None, *, claim: bool = True,
+                     supervisor_pid: int | None = None) -> int:
     """One worker: both listeners until SIGTERM/SIGINT. ``config_path`` None: no SIGHUP reload (demo).
     ``claim``: claim the listen addresses first (False in a supervisor's worker: the supervisor holds them)."""
     ports = claim_listen_ports(cfg) if claim else None
     try:
-        return await _serve_listeners(config_path, cfg, on_ready)
+        return await _serve_listeners(config_path, cfg, on_ready, supervisor_pid)
     finally:
         if ports is not None:
             ports.close()
 
 
 async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
-                           on_ready: Callable[[], None] | None) -> int:
+                           on_ready: Callable[[], None] | None, supervisor_pid: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     holder: list[AppContext] = []
@@ -154,6 +155,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
                                                                "reload yet"))
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
+        ctx.supervisor_pid = supervisor_pid
         holder.append(ctx)
         public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
                                shutdown_timeout=1.0)
@@ -238,6 +240,9 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str
         return _supervise(config_path, workers, cfg, log_level)
 
 
+STARTUP_REFUSAL_S = 30.0  # a worker exiting 2 this soon after ipgate serve started ends it (exit 2)
+
+
 def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str) -> int:
     from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
 
@@ -266,8 +271,10 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
     claimed = (cfg.listen, cfg.admin_listen)
+    started = time.monotonic()
     procs.extend(_spawn(config_path, env, log_level, claimed) for _ in range(workers))
     codes: dict[int, int] = {}
+    refusals = [0] * workers  # consecutive exits 2 (the worker refused its configuration) per slot
     while True:
         alive = False
         for i, p in enumerate(procs):
@@ -282,9 +289,21 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
                 # killed by our own SIGTERM before its handler was installed: it never served, nothing lost
                 codes[p.pid] = 0 if rc == -signal.SIGTERM else rc
                 continue
-            log.error("worker %d exited with %d; restarting it", p.pid, rc)
             mark_worker_dead(p.pid)
-            time.sleep(1.0)
+            if rc == 2 and time.monotonic() - started < STARTUP_REFUSAL_S:
+                # Exit 2: the worker refused the configuration (its error line is above), which the supervisor's
+                # own check did not catch (an admin token too short, an unreadable secret...). The same file
+                # cannot start: restarting it once a second for ever would never serve and never exit.
+                log.error("worker %d refused the configuration at start-up (exit 2; its error is above): "
+                          "stopping ipgate serve", p.pid)
+                codes[p.pid] = rc
+                forward(signal.SIGTERM, None)
+                continue
+            refusals[i] = refusals[i] + 1 if rc == 2 else 0
+            # a configuration broken since start-up (a restarted worker reads the file again): back off
+            delay = min(2.0 ** refusals[i], 60.0) if refusals[i] else 1.0
+            log.error("worker %d exited with %d; restarting it in %.0f s", p.pid, rc, delay)
+            time.sleep(delay)
             if stopping:  # SIGTERM arrived during the pause: a worker started now would never be told to stop
                 codes[p.pid] = rc
                 continue
@@ -295,6 +314,8 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
         with contextlib.suppress(InterruptedError):
             time.sleep(0.1)
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    if any(c == 2 for c in codes.values()):
+        return 2
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
@@ -310,4 +331,5 @@ def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
         server_context(cfg.server.tls_cert_file, cfg.server.tls_key_file)
     if n > 1:
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
-    return asyncio.run(run_worker(config_path, cfg, claim=supervised is None))
+    return asyncio.run(run_worker(config_path, cfg, claim=supervised is None,
+                                  supervisor_pid=os.getppid() if supervised is not None else None))

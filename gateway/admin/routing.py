@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +28,7 @@ from aiohttp import web
 from gateway.admin.audit import note
 from gateway.alerts.model import mask_url_passwords
 from gateway.audit.trail import AuditTrail
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config, read_secret
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.routing.canary import Op
@@ -40,11 +42,14 @@ LIVE_SECTIONS = ("models", "routing")
 def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
     """Apply the live-reloadable sections of ``new``; in-flight requests finish on the backends they hold."""
     old = ctx.config
+    for m in new.models:  # a key file that cannot be read would fail every request to its backend: refused here
+        for b in m.backends:
+            read_secret(b.api_key_env, b.api_key_file, what=f"models: {m.name}: backend {b.name} api key")
     check_backend_tls(new, fresh=True)  # renewed certificate files are read again; an unusable one: ConfigError
     restart = sorted(
         name for name in type(new).model_fields
         if name not in LIVE_SECTIONS and getattr(new, name) != getattr(old, name)
-    )
+    ) + _start_up_model_fields(ctx, new)
     ctx.router.reload(new.models, new.routing)
     ctx.config = old.model_copy(update={"models": new.models, "routing": new.routing})
     ctx.models = frozenset(ctx.router.models())
@@ -52,6 +57,20 @@ def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
         log.warning("config reload: sections %s changed but need a restart; they keep their old values", restart)
     log.info("config reload applied: models %s", sorted(ctx.models))
     return {"applied": list(LIVE_SECTIONS), "models": sorted(ctx.models), "restart_required": restart}
+
+
+def _start_up_model_fields(ctx: AppContext, new: GatewayConfig) -> list[str]:
+    """Fields of ``models`` that the reload does not apply: a model's ``watermark_scheme`` is read once, at
+    start-up (``GatewayWatermarking``). Compared with what the running gateway applies to each model of the new
+    file, so a reload that would turn a model's watermark on (or off) says that it needs a restart instead of
+    answering "applied" while the model's answers go on as before."""
+    # (watermarking off: turning it on is a change of the watermark section, which restart_required names)
+    scheme_for: Callable[[str], str] | None = getattr(ctx.watermarking, "scheme_for", None)
+    if scheme_for is None:
+        return []
+    scheme = ctx.config.watermark.scheme
+    return [f"models.{m.name}.watermark_scheme" for m in new.models
+            if (m.watermark_scheme or scheme) != scheme_for(m.name)]
 
 
 def reload_from_file(ctx: AppContext, path: str) -> dict[str, Any]:
@@ -145,6 +164,17 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             raise InvalidRequest(f"config not reloaded: {e}", param="config", code="invalid_config") from e
         log.info("config reloaded from %s by %s", path, _who(request))
         note(request, after=_live_state(ctx), details={"restart_required": result["restart_required"]})
+        sup = ctx.supervisor_pid
+        if sup is not None and sup == os.getppid():
+            # `ipgate serve --workers N`: this request reached one worker; the supervisor forwards SIGHUP to
+            # every worker (this one re-reads the same file again: nothing changes), so all serve the new file
+            try:
+                os.kill(sup, signal.SIGHUP)
+            except OSError as e:
+                log.error("admin reload: could not ask the supervisor (pid %d) to reload the other workers: %s; "
+                          "send SIGHUP to ipgate serve", sup, e)
+            else:
+                result = {**result, "workers": "all (SIGHUP to the supervisor)"}
         return web.json_response(result)
 
     async def post_canary(request: web.Request) -> web.Response:

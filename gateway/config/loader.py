@@ -38,35 +38,82 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
         node: Any = data
         for i, seg in enumerate(path[:-1]):
             if isinstance(node, list):
-                if not (seg.isdigit() and int(seg) < len(node)):
+                at = _index(seg, len(node))
+                if at is None:
                     raise ConfigError(f"{key}: {'.'.join(path[:i]) or path[0]} is a list of {len(node)}; "
                                       f"{seg!r} is not an index in it")
-                node = node[int(seg)]
+                if not isinstance(node[at], (dict, list)):  # a scalar element: the override sets a field in it
+                    node[at] = {}
+                node = node[at]
                 continue
             child = node.get(seg)
             if not isinstance(child, (dict, list)):
                 child = {}
                 node[seg] = child
             node = child
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            # Neither the value nor YAML's problem text, which quotes pieces of it (an alias name, a tag): the
+            # value may be a credential. Where it broke is enough to find it.
+            mark = getattr(e, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None and mark.line == 0 else ""
+            raise ConfigError(f"{key}: not a valid YAML value ({type(e).__name__}{where}); to pass it as a string, "
+                              "put it in single quotes") from None
+        try:
+            value = _deep_copy(value)
+        except _TooLarge:
+            raise _too_large(key) from None
         last = path[-1]
         if isinstance(node, list):
-            if not (last.isdigit() and int(last) < len(node)):
+            at = _index(last, len(node))
+            if at is None:
                 raise ConfigError(f"{key}: {'.'.join(path[:-1])} is a list of {len(node)}; "
                                   f"{last!r} is not an index in it")
-            node[int(last)] = value
+            node[at] = value
         else:
             node[last] = value
         origins[tuple(path)] = key
     return origins
 
 
-def _deep_copy(data: Any) -> Any:
+def _index(seg: str, n: int) -> int | None:
+    """``seg`` as an index into a list of ``n``, or None. ``isdigit`` also accepts "²" (which ``int`` refuses),
+    and a number of thousands of digits exceeds ``int``'s limit: neither may escape as a ValueError."""
+    if not (seg.isdecimal() and len(seg) <= 9):
+        return None
+    at = int(seg)
+    return at if at < n else None
+
+
+# YAML aliases share one node: `b: [*a, *a, ...]` nested eight deep is a 400-byte file of 43 million values
+# once copied (a minute of CPU and gigabytes, on the event loop when a SIGHUP reload reads it), and `a: &a [*a]`
+# contains itself. A real configuration has thousands of values at most, a few dozen levels deep.
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 64
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _deep_copy(data: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
+    """A copy of ``data``'s mappings and lists; ``_TooLarge`` past ``MAX_VALUES`` values or ``MAX_DEPTH`` levels."""
+    if budget is None:
+        budget = [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise _TooLarge
     if isinstance(data, Mapping):
-        return {k: _deep_copy(v) for k, v in data.items()}
+        return {k: _deep_copy(v, budget, depth + 1) for k, v in data.items()}
     if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
+        return [_deep_copy(v, budget, depth + 1) for v in data]
     return data
+
+
+def _too_large(where: str) -> ConfigError:
+    return ConfigError(f"{where}: more than {MAX_VALUES} values or {MAX_DEPTH} levels of nesting once YAML aliases "
+                       "are expanded (an alias that contains itself, or aliases of aliases)")
 
 
 def _origin(loc: tuple[str | int, ...], origins: Mapping[tuple[str, ...], str]) -> str:
@@ -81,7 +128,10 @@ def _origin(loc: tuple[str | int, ...], origins: Mapping[tuple[str, ...], str]) 
 def parse_config(
     data: Mapping[str, Any], *, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
-    merged = _deep_copy(data)  # overrides must not write into the caller's (or a reused) mapping
+    try:
+        merged = _deep_copy(data)  # overrides must not write into the caller's (or a reused) mapping
+    except _TooLarge:
+        raise _too_large(source) from None
     origins = _apply_env(merged, os.environ if env is None else env)
     try:
         return GatewayConfig.model_validate(merged)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -173,6 +173,7 @@ class Router:
                 canaries[m.name] = ctl
             pool.publish_all()
             pools[m.name] = pool
+        self._retire_series(old_pools, pools)
         for name in self._canaries.keys() - canaries.keys():
             self._stop_canary(name)
         for name, ctl in canaries.items():
@@ -185,6 +186,27 @@ class Router:
         if self._started:
             for name, ctl in canaries.items():
                 self._start_canary(name, ctl)
+
+    def _retire_series(self, old: Mapping[str, Pool], new: Mapping[str, Pool]) -> None:
+        """Stop exporting the per-backend gauges of backends (and models) a reload removed: an ejected backend's
+        ``backend_healthy 0`` would otherwise stay until a restart and keep IpgateBackendUnhealthy (and, for a
+        retired model, the critical IpgateNoHealthyBackend) firing about a backend that no longer exists."""
+        m = self._metrics
+        if m is None or not hasattr(m, "retire"):
+            return
+        for model, pool in old.items():
+            keep = {b.cfg.name for b in new[model].backends} if model in new else set()
+            canary_gone = model not in new or new[model].canary_index is None
+            for b in pool.backends:
+                name = b.cfg.name
+                if name not in keep:
+                    m.retire(m.backend_healthy, model, name)
+                    m.retire(m.watermark_plugin_ok, model, name)
+                if (name not in keep or canary_gone) and pool.canary_index is not None:
+                    m.retire(m.canary_weight, model, name)
+            if canary_gone and pool.canary_index is not None:
+                for phase in canary.Phase:
+                    m.retire(m.canary_state, model, phase.value)
 
     def reload(self, models: Sequence[ModelConfig], routing: RoutingConfig | None = None) -> None:
         """Swap in new pools (and routing settings); in-flight leases release cleanly into the state they
