@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core
 FULL := $(VENV)/.installed-test
+DEMO := $(VENV)/.installed-demo
 
 .PHONY: demo test lint bench setup system-deps
 
@@ -12,6 +13,11 @@ $(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
+	touch $@
+
+# The demo: the core plus the official openai client its printed example uses.
+$(DEMO): $(CORE)
+	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
 # Tests, lint and benchmarks: the dev tools plus the [torch] extra (torch==2.13.0, CPU), so the KGW
@@ -25,7 +31,7 @@ setup: $(FULL)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-demo: $(CORE)
+demo: $(DEMO)
 	$(BIN)/ipgate demo
 
 test: $(FULL) system-deps

@@ -147,7 +147,9 @@ def finish(ctx: AppContext, ex: Exchange) -> None:
     if f.completion_tokens:
         m.tokens_out.inc(f.completion_tokens)
     if ex.watermarked and ctx.watermarking is not None:
-        _child(ctx, "watermark_responses_total", "lexical").inc()  # post hoc = lexical; kgw is in the engine
+        _child(ctx, "watermark_responses_total", "lexical").inc()  # post hoc = lexical
+    elif ex.watermarked_in_engine and ex.status == 200 and ctx.watermarking is not None:
+        _child(ctx, "watermark_responses_total", "kgw").inc()  # biased in the engine's sampler (a verified plugin)
     p, adm = ex.principal, ex.admission
     ctx.access_log.write(AccessRecord(
         request_id=ex.request_id, client_id=p.client_id if p else None, tenant=p.tenant if p else None,

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shlex
 import sys
 from importlib import resources
 from urllib.parse import urlsplit
@@ -62,6 +63,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _examples(url: str, token: str, admin_url: str, admin_token: str) -> str:
+    # the interpreter running the demo: `make demo` installs the openai client into it (the `demo` extra)
+    python = shlex.quote(sys.executable or "python3")
     return f"""
 ipgate demo is running (backends: {LABEL}).
 
@@ -69,7 +72,7 @@ ipgate demo is running (backends: {LABEL}).
     -H "Authorization: Bearer {token}" -H "Content-Type: application/json" \\
     -d '{{"model": "sim", "messages": [{{"role": "user", "content": "What does a reverse proxy do?"}}]}}'
 
-  python - <<'PY'
+  {python} - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{token}")
 for chunk in client.chat.completions.create(model="sim", stream=True,

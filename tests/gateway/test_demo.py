@@ -36,7 +36,9 @@ def test_demo_serves_the_printed_example() -> None:
         assert r.choices[0].message.content
         client.close()
         # the printed openai-python example itself runs (chat stream, then the Responses API)
-        snippet = out.split("python - <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+        head, rest = out.split(" - <<'PY'\n", 1)
+        assert head.rsplit("\n", 1)[1].strip() == sys.executable, "the example names the demo's own interpreter"
+        snippet = rest.split("\nPY\n", 1)[0]
         ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
         assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr  # an exception or 4xx would exit 1
     finally:
