@@ -149,7 +149,8 @@ class StreamRelay:
             return [encode_event(data, event)]
         if chunk.get("error") is not None:  # some servers put "error": null on ordinary chunks
             self.upstream_error = True
-            return [encode_event(data, event)]
+            # the words the embedders hold back were generated (and are charged): they go before the error
+            return [*self._flush_all(None), encode_event(data, event)]
         if self.model is None:
             self.model = chunk.get("model")
         changed = internal and self._fields is not None and self._fields.scrub(chunk)
@@ -172,7 +173,9 @@ class StreamRelay:
             if not isinstance(choice, dict):
                 continue
             holder: dict[str, Any] | None = choice.get("delta") if self._chat else choice
-            fr = choice.get("finish_reason")
+            # "" is no finish: SGLang <= 0.4.3 and Ollama wrote "finish_reason": "" on every chunk, and reading it
+            # as the end stopped the watermark after the first delta
+            fr = choice.get("finish_reason") or None
             idx = choice.get("index", 0)
             if holder is None and fr is not None and self._chat and self._holds(idx):
                 # a finish chunk without a delta: the text still held back goes in it, not after the finish
@@ -201,7 +204,9 @@ class StreamRelay:
                 new = emb.feed(text) if isinstance(text, str) else ""
                 if fr is not None:
                     new += emb.finish()
-                    self._embedders[idx] = None  # finished: nothing more for this choice
+                    # finished; text a backend still sends for this choice gets a fresh embedder (and is closed
+                    # at [DONE]), never relayed as written
+                    del self._embedders[idx]
                 if new != (text or ""):
                     holder["content" if self._chat else "text"] = new
                     changed = True
