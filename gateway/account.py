@@ -59,9 +59,10 @@ def actual_tokens(ex: Exchange) -> int | None:
     f, adm, parsed = ex.facts, ex.admission, ex.parsed
     if adm is None or parsed is None:
         return None
-    if f.aborted and f.prompt_tokens is None:
-        # an aborted stream without a usage chunk: the relay counted what was streamed, but the backend read
-        # the whole prompt too (charging only the streamed tokens let huge prompts cost next to nothing)
+    if f.prompt_tokens is None and (f.aborted or f.completion_tokens is not None):
+        # no usage from the backend (an aborted stream, or a backend that sends none): the relay counted what
+        # was generated, but the backend read the whole prompt too (charging only the generated tokens let huge
+        # prompts cost next to nothing)
         return _prompt_guess(ex, parsed, adm.reserved) + (f.completion_tokens or 0)
     if f.prompt_tokens is not None or f.completion_tokens is not None:
         return (f.prompt_tokens or 0) + (f.completion_tokens or 0)

@@ -246,6 +246,8 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
         changed, usage, reasons, positions, watermarked = done
         f = ex.facts
         f.prompt_tokens, f.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        if f.prompt_tokens is None and f.completion_tokens is None and 200 <= op.resp.status < 300:
+            f.completion_tokens = _text_tokens(body)  # no usage in the answer: estimated (prompt too, account.py)
         f.finish_reasons, f.logprobs_returned = reasons, positions
         ex.watermarked = watermarked
         m = body.get("model")
@@ -255,6 +257,23 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
     ex.facts.status = ex.status = op.resp.status
     headers["Content-Type"] = op.resp.headers.get("Content-Type", _JSON)
     return web.Response(body=raw, status=op.resp.status, headers=headers)
+
+
+def _text_tokens(body: dict[str, Any]) -> int:
+    """A backend's answer without ``usage``: its generated text in tokens, estimated as the reservation's
+    prompt estimate is (characters / 4; at least one per choice)."""
+    n = 0
+    choices = body.get("choices")
+    for c in choices if isinstance(choices, list) else ():
+        if not isinstance(c, dict):
+            continue
+        msg = c.get("message")
+        parts = [c.get("text")] + ([msg.get(k) for k in ("content", "reasoning_content", "reasoning")]
+                                   if isinstance(msg, dict) else [])
+        if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
+            parts += [json.dumps(t) for t in msg["tool_calls"]]
+        n += max(1, sum(len(x) for x in parts if isinstance(x, str)) // 4)
+    return n
 
 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
@@ -343,8 +362,11 @@ def _stream_facts(ctx: AppContext, ex: Exchange, relay: StreamRelay | ResponsesR
         count_withheld(ctx, relay.withheld)
     f.prompt_tokens = relay.usage.prompt_tokens
     f.completion_tokens = relay.usage.completion_tokens
-    if f.completion_tokens is None and reason is not None:
-        f.completion_tokens = relay.content_events  # charged what was streamed
+    if f.completion_tokens is None and (reason is not None or f.prompt_tokens is None):
+        # charged what was streamed: the stream was cut, or the backend sent no usage (older vLLM, some TGI,
+        # llama.cpp and Ollama builds ignore stream_options.include_usage); the prompt is estimated
+        # (gateway/account.py), so the whole reservation is not kept for a two-word answer
+        f.completion_tokens = relay.content_events
     f.finish_reasons = relay.finish_reasons
     f.logprobs_returned = relay.logprob_positions
     f.aborted = reason is not None

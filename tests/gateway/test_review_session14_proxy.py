@@ -429,3 +429,41 @@ async def test_a_stream_the_backend_ends_with_an_error_event_counts_as_a_stream_
         assert gw.ctx.router.pool("sim").backends[0].failures == 0  # a request can cause one: not for health
     line = json.loads(log.read_text().splitlines()[-1])
     assert line["error_type"] == "upstream_error" and line["completion_tokens"] == 2
+
+
+# --- the lead's fix of finding A: answers without usage are charged what was generated, not the reservation ----
+
+@pytest.mark.parametrize("detection", [True, False])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_the_backend_sends_without_usage_is_charged_what_it_generated(stream: bool,
+                                                                                   detection: bool) -> None:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not stream:
+            return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "sim",
+                                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                          "role": "assistant", "content": "Hi there, all good."}}]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_chunk("Hi") + _chunk(" there.", "stop") + b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    limits = {"requests_per_minute": 600, "tokens_per_minute": 60, "burst_tokens": 100000}
+    wm = {"enabled": True, "scheme": "none"}
+    async with app_backend(app) as url, running_gateway(gateway_config(
+            url, limits={"default": limits, "suspicious": limits}, detection={"enabled": detection},
+            watermark=wm)) as gw, aiohttp.ClientSession() as s:
+        body = {**BODY, "stream": stream}
+        del body["max_tokens"]
+        remaining = []
+        for _ in range(2):
+            async with s.post(gw.url + "/v1/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
+                assert r.status == 200
+                remaining.append(int(r.headers["x-ratelimit-remaining-tokens"]))
+                await r.read()
+            await settled(gw)
+    charged_first = remaining[0] - remaining[1]  # both reserved the same; refill ≈ 1 token/s
+    assert charged_first < 50, charged_first  # before: 1029 (the whole reservation: 1 024 without max_tokens)
