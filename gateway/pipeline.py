@@ -29,7 +29,7 @@ from collections import Counter
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from gateway.account import Exchange, finish
 from gateway.admit import detect_and_admit
@@ -103,8 +103,13 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
                                  "body", param=name)
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
-    op = await route_and_forward(ctx, parsed, principal, adm.tier,            # shape + route + forward
-                                 forward_headers(request.headers, ex.request_id, request.remote))
+    upstream = forward_headers(request.headers, ex.request_id, request.remote)
+    if ctx.tracing.enabled:
+        # the backend's parent is the gateway's span (which continues the caller's trace), not the caller's
+        upstream.popall("traceparent", None)
+        upstream.popall("tracestate", None)
+        ctx.tracing.inject(upstream)
+    op = await route_and_forward(ctx, parsed, principal, adm.tier, upstream)  # shape + route + forward
     ex.backend = op.lease.backend.name
     try:
         ex.watermarked_in_engine = ctx.watermarking is not None and parsed.endpoint != "embeddings" and \
@@ -176,7 +181,10 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
         ctx = request.app[CTX]
         ex = _exchange(ctx, request, request.path)
         task = asyncio.current_task()
-        with ctx.tracing.span(name) if ctx.tracing.enabled else _NO_SPAN as span:
+        # a caller's W3C traceparent is continued (ParentBased sampling: its sampled flag decides)
+        carrier = request.headers if ctx.tracing.enabled and "traceparent" in request.headers else None
+        with ctx.tracing.span(name, kind=SpanKind.SERVER, carrier=carrier) if ctx.tracing.enabled \
+                else _NO_SPAN as span:
             try:
                 ex.sampled = span.is_recording()
                 if task is not None:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
@@ -132,7 +132,7 @@ class Tracing:
             return _NOOP_SCOPE
         return _SpanScope(self._tracer, name, attributes, kind, carrier)
 
-    def inject(self, headers: dict[str, str]) -> None:
+    def inject(self, headers: MutableMapping[str, str]) -> None:
         """Add ``traceparent``/``tracestate`` for the current span to outgoing (upstream) headers."""
         _propagator.inject(headers)  # type: ignore[misc]  # dict is a valid carrier
 
