@@ -23,7 +23,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.config import BackendConfig, read_secret
+from gateway.config import BackendConfig, ConfigError, read_secret
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.tls import backend_tls
 
@@ -127,6 +127,7 @@ class Upstream:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._plans: dict[tuple[str, str], _BackendPlan] = {}
+        self._plan_errors: set[str] = set()  # backends whose credential could not be read (logged once)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30.0)
@@ -165,7 +166,17 @@ class Upstream:
         """Send the request; return once the response headers are in."""
         if self._session is None:
             raise RuntimeError("Upstream.start() was not awaited")
-        plan = self.plan(b)
+        try:
+            plan = self.plan(b)
+        except ConfigError as e:
+            # the backend's credential cannot be read (an api_key_file gone since start-up): this backend fails
+            # the attempt like an unreachable one (another backend is tried; health checks take it out), never
+            # a 500 for the client. Logged once per backend: the ConfigError names the file.
+            if b.name not in self._plan_errors:
+                self._plan_errors.add(b.name)
+                log.error("backend %s: %s; its requests fail over to other backends", b.name, e)
+            raise AttemptFailed("connect", detail="credential") from e
+        self._plan_errors.discard(b.name)
         if plan.auth:
             headers["Authorization"] = plan.auth
         else:
