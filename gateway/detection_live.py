@@ -28,7 +28,9 @@ while the store refuses every save; the oldest are then dropped, logged once and
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 
 LIVE_CLIENTS = 4096  # working copies kept (clients with requests in flight or a save on its way)
 MAX_OPS = 512  # unsaved steps kept per copy (only a store refusing every save lets them pile up)
-MAX_SWAPS = 8  # compare-and-swap attempts per save before giving up (each one merges another replica's save)
+MAX_SWAPS = 8  # compare-and-swap attempts in a row (each one merges another replica's save) before a pause
+BACKOFF_ROUNDS = 4  # pauses before a save gives up (its steps stay logged for the next one)
 
 
 @dataclass(slots=True)
@@ -164,11 +167,15 @@ class LiveStates:
             swaps += 1
             self.merges += 1
             self._rebase(live, current)
-            if swaps >= MAX_SWAPS:
-                # Another replica saves this client faster than this one can merge: give up this time; the
-                # ops stay logged and the next request's save merges them.
-                log.debug("client %s: state not saved after %d merges", live.client_id, swaps)
-                return
+            if swaps % MAX_SWAPS == 0:
+                if swaps >= MAX_SWAPS * BACKOFF_ROUNDS:
+                    # Other replicas save this client faster than this one can merge: give up this time; the
+                    # steps stay logged and the next request's save merges them.
+                    log.debug("client %s: state not saved after %d merges", live.client_id, swaps)
+                    return
+                # let the other replicas' saves land, then merge once more (a random pause: two replicas
+                # backing off in step would meet again)
+                await asyncio.sleep(random.uniform(0.002, 0.01) * swaps / MAX_SWAPS)
 
     def _rebase(self, live: Live, current: bytes | None) -> None:
         """Fold the unsaved steps into the store's newer state (another replica's save)."""
