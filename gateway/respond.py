@@ -28,6 +28,7 @@ from gateway.proxy import responses_relay
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import (
+    REASONING_KEYS,
     ChoiceHook,
     EmbedderFactory,
     StreamRelay,
@@ -268,7 +269,7 @@ def _text_tokens(body: dict[str, Any]) -> int:
         if not isinstance(c, dict):
             continue
         msg = c.get("message")
-        parts = [c.get("text")] + ([msg.get(k) for k in ("content", "reasoning_content", "reasoning")]
+        parts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
                                    if isinstance(msg, dict) else [])
         if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
             parts += [json.dumps(t) for t in msg["tool_calls"]]
