@@ -99,6 +99,10 @@ class _Part:
     delta_type: str  # the delta event that carries this part's text
     sent: list[str] = field(default_factory=list)  # the text the client received, in deltas
     closed: bool = False
+    # the (hardened) logprobs the client received for this part, by position: its later copies carry these
+    lps: list[Any] = field(default_factory=list)
+    cut: bool = False  # strip_reasoning removed text of the last piece fed (a <think> section): its tokens go too
+    thought: bool = False  # ... of any piece: the part's later, whole copies of its logprobs go
 
 
 class _Output(Scrubber):
@@ -306,8 +310,12 @@ class ResponsesRelay(_Output):
         return part
 
     def _feed(self, part: _Part, text: str, last: bool) -> str:
+        part.cut = False
         if part.answer:
-            text = self._think(part.think, text, last)
+            kept = self._think(part.think, text, last)
+            part.cut = kept != text
+            part.thought = part.thought or part.cut
+            text = kept
         new = part.emb.feed(text) if part.emb is not None else text
         if last and part.emb is not None:
             new += part.emb.finish()
@@ -325,7 +333,9 @@ class ResponsesRelay(_Output):
         if text:
             self.content_events += 1
         obj["delta"] = self._feed(part, text, False)
-        self._logprobs(obj, part.emb is not None)
+        self._logprobs(obj, part.emb is not None or part.cut)
+        if part.emb is None and isinstance(obj.get("logprobs"), list):
+            part.lps.extend(obj["logprobs"])
         return [obj] if obj["delta"] or part.emb is None else []
 
     def _synthetic(self, key: PartKey, part: _Part, text: str) -> dict[str, Any]:
@@ -355,7 +365,7 @@ class ResponsesRelay(_Output):
         key = (oi, kind, i)
         part, out = self._settle(key, delta_type, obj.get(fld))
         obj[fld] = "".join(part.sent)
-        self._logprobs(obj, part.emb is not None)
+        self._copy_logprobs(obj, part)
         out.append(obj)
         return out
 
@@ -371,8 +381,34 @@ class ResponsesRelay(_Output):
             "response.refusal.delta" if part["type"] == "refusal" else "response.reasoning_text.delta")
         got, pre = self._settle(key, delta_type, part.get(fld))
         part[fld] = "".join(got.sent)
-        self._logprobs(part, got.emb is not None)
+        self._copy_logprobs(part, got)
         return pre
+
+    def _copy_logprobs(self, holder: dict[str, Any], part: _Part) -> None:
+        """A later copy of a part's logprobs (``output_text.done``, ``content_part.done``, a finished item, the
+        final snapshot: vLLM repeats them) carries the values the client already got for those positions. The
+        tier's noise drawn afresh on each copy would give several independent draws per token, whose mean
+        averages the noise away; and each copy would be counted again. Positions not seen yet are hardened
+        and counted once."""
+        lp = holder.get("logprobs")
+        if not lp or part.emb is not None or part.thought or not isinstance(lp, list):
+            self._logprobs(holder, part.emb is not None or part.thought)
+            return
+        got = part.lps
+        if len(lp) > len(got):
+            fresh: dict[str, Any] = {"logprobs": lp[len(got):]}
+            self._logprobs(fresh, False)
+            got.extend(fresh["logprobs"])
+        out = []
+        for e, g in zip(lp, got, strict=False):
+            if isinstance(e, dict) and isinstance(g, dict):
+                tops = {a.get("token"): a for a in e.get("top_logprobs") or () if isinstance(a, dict)}
+                e = {**e, **g, "top_logprobs": [{**tops.get(a.get("token"), {}), **a} if isinstance(a, dict) else a
+                                                for a in g.get("top_logprobs") or ()]}
+            else:
+                e = g
+            out.append(e)
+        holder["logprobs"] = out
 
     def _settle(self, key: PartKey, delta_type: str, text: Any) -> tuple[_Part, list[dict[str, Any]]]:
         """A part at its end, and the delta events to send before its final text: one the backend never
@@ -445,6 +481,9 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
     if isinstance(u, dict):
         usage.update({"prompt_tokens": u.get("input_tokens"), "completion_tokens": u.get("output_tokens")})
     fr = finish_reason(body)
+    if usage.completion_tokens is None and isinstance(body.get("output"), list):
+        # no usage: charged what it generated (as the chat path's ``_text_tokens``), counting what is withheld
+        usage.completion_tokens = max(1, _generated_chars(body["output"]) // 4)
     # re-encoded whenever anything may have changed (the text, a logprob's noise): comparing would cost more
     changed = embedder_factory is not None or hook is not None
     out._clean_response(body)
@@ -454,6 +493,9 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
         if len(kept) != len(output):
             body["output"] = kept
             changed = True
+        # vLLM computes a non-streamed message's logprobs over all generated tokens, the chain of thought's
+        # first: a stripped thought would still be spelled in them, so they go with it (as on chat)
+        thought = strip_reasoning and any(isinstance(i, dict) and i.get("type") == "reasoning" for i in output)
         for item in kept:
             if not isinstance(item, dict):
                 continue
@@ -465,18 +507,36 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
                         continue
                     fld, answer = spec
                     text = part[fld]
+                    cut = False
                     if answer:
-                        text = out._think(out._think_key(), text, True)
+                        shown = out._think(out._think_key(), text, True)
+                        cut, text = shown != text, shown  # a <think> section: its tokens go with it
                     emb = out._embedder(answer)
                     if emb is not None:
                         text = yield from _embedded(emb, text, slice_chars)
                     part[fld] = text
-                    out._logprobs(part, emb is not None)
+                    out._logprobs(part, emb is not None or thought or cut)
             out._clean_item(item, False)
     changed = changed or bool(out.withheld) or out.fields_removed
     if withheld is not None:
         withheld.update(out.withheld)
     return changed, usage, [fr] if fr else [], out.logprob_positions, out.watermarked
+
+
+def _generated_chars(output: list[Any]) -> int:
+    """The characters of text in a response's output items: their parts' text and a call's arguments."""
+    n = 0
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("arguments"), str):
+            n += len(item["arguments"])
+        for kind in ("content", "summary"):
+            parts = item.get(kind)
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict):
+                    n += sum(len(v) for k in ("text", "refusal") if isinstance(v := part.get(k), str))
+    return n
 
 
 def transform_body(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
