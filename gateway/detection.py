@@ -206,8 +206,7 @@ class GatewayDetection:
             # a state the engine cannot fold into must not leave the client unscored for good: score
             # this request (and from now on the client) from a fresh state; counted once either way
             try:
-                self.live.restart(live)
-                v = self.live.fold_request(live, feats, now)
+                v = self.live.restart(live, feats, now)
             except Exception:
                 self.live.abandon(live)
                 return self._unscored(principal, "engine", e, stored_tier, override, now)

@@ -29,6 +29,8 @@ while the store refuses every save; the oldest are then dropped, logged once and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import random
 from collections import OrderedDict
@@ -98,14 +100,30 @@ class LiveStates:
     def fold_request(self, live: Live, feats: RequestFeatures, now: float) -> Verdict:
         v = self.engine.fold_request(live.pending, feats, now)
         read = live.pending.read
-        self._log(live, ("r", read if read is not None else feats, now))
+        self._log(live, ("r", _light(read if read is not None else feats), now))
         return v
 
-    def restart(self, live: Live) -> None:
-        """After the engine failed to fold into this copy: go on from a fresh state (the next save writes it;
-        what the copy held is given up, as a stored state the engine cannot read is)."""
-        live.pending = self.engine.open(None)
+    def restart(self, live: Live, feats: RequestFeatures, now: float) -> Verdict:
+        """After the engine failed to fold the request into this copy: fold it into a fresh state, which then
+        replaces the copy (the next save writes it; what the copy held is given up, as a stored state the
+        engine cannot read is). When the engine fails on the fresh state too, the request is at fault, not the
+        state: the copy is put back as it was before the failed fold (from the bytes it was derived from and
+        its logged steps, without what that fold left half-done) and the error raised. An unscored request
+        changes nothing; a fresh copy left behind was folded into by the client's next request and saved over
+        its stored state (one such request reset a blocked client)."""
+        fresh = self.engine.open(None)
+        try:
+            v = self.engine.fold_request(fresh, feats, now)
+        except Exception:
+            # (when the engine cannot even replay, the copy stays as the failed fold left it)
+            with contextlib.suppress(Exception):
+                self._rebase(live, live.base)
+            raise
+        live.pending = fresh
         live.ops.clear()
+        read = fresh.read
+        self._log(live, ("r", _light(read if read is not None else feats), now))
+        return v
 
     def discard(self, live: Live) -> None:
         """Let a copy go unsaved (the engine cannot serialise it)."""
@@ -116,6 +134,8 @@ class LiveStates:
     def abandon(self, live: Live) -> None:
         """A request that folded in will not be accounted (its scoring failed half-way)."""
         live.inflight -= 1
+        if live.inflight <= 0 and not live.saving and not live.ops and self._table.get(live.client_id) is live:
+            del self._table[live.client_id]  # nothing to save: the client's next request reads the store
 
     # --- after the answer ----------------------------------------------------------------------------------
 
@@ -154,13 +174,15 @@ class LiveStates:
                 # starts from it rather than from this copy
                 self.discard(live)
                 raise SnapshotFailed(str(e)) from e
-            saved_ops = len(live.ops)
+            # the last step the snapshot holds, by identity: the log may be trimmed (MAX_OPS) or cleared
+            # (``restart``) while the swap is on its way, so a count of steps would cut unsaved ones
+            last = live.ops[-1] if live.ops else None
             tier, score = live.pending.tier_score()
             written, current = await store.swap_client_state(
                 live.client_id, live.base, data, min(tier, max_tier), score, self.ttl_s)
             if written:
                 live.base = data
-                del live.ops[:saved_ops]  # steps folded in while the swap was on its way stay unsaved
+                _cut_through(live.ops, last)  # steps folded in while the swap was on its way stay unsaved
                 if not live.again:
                     return
                 continue
@@ -213,3 +235,19 @@ class LiveStates:
                             "saves); the oldest are dropped if another replica's state must be merged (logged "
                             "once; ipgate_detection_state_merges_total{outcome=\"dropped\"} counts them)",
                             live.client_id, MAX_OPS)
+
+
+def _cut_through(ops: list[tuple[Any, ...]], last: tuple[Any, ...] | None) -> None:
+    """Remove the saved steps: ``ops`` up to and including ``last`` (none when it is gone already)."""
+    if last is None:
+        return
+    for i in range(len(ops) - 1, -1, -1):
+        if ops[i] is last:
+            del ops[: i + 1]
+            return
+
+
+def _light(read: RequestFeatures) -> RequestFeatures:
+    """A request's features as the step log keeps them: without the texts of its earlier chat turns (a replay
+    never draws again, it only needs the turn read), which could be most of a long conversation's size."""
+    return dataclasses.replace(read, history=()) if read.history else read
