@@ -287,7 +287,8 @@ class Engine:
 
     # -- scoring ---------------------------------------------------------------------------------------
     def _verdict(
-        self, env: envelope.Envelope, results: list[DetectorScore], errors: list[str], now: float, seen: int
+        self, env: envelope.Envelope, results: list[DetectorScore], errors: list[str], now: float, seen: int,
+        hold: bool = False,
     ) -> Verdict:
         scores = {r.name: r.score for r in results}
         own = self.params.combine(scores, self.weights)
@@ -298,7 +299,8 @@ class Engine:
         score = max(own, inherited)
         ts = TierState(env.tier, env.below_since)
         next_tier(ts, score, now, env.last_ts, seen, self.tiers)
-        env.tier, env.below_since = ts.tier, ts.below_since
+        if not hold:  # ``hold``: the evidence counts, the client's tier stays where it was (an allow override)
+            env.tier, env.below_since = ts.tier, ts.below_since
         env.last_score = score
         env.max_score = max(env.max_score, score)
         # Only strong, weighted detectors give reasons: filtered first, then ranked (a stable sort of the
@@ -318,7 +320,7 @@ class Engine:
                 sketches += r.sketches
         # positional (the field order of ``Verdict``): keyword passing costs a third more per frozen instance
         return Verdict(
-            score, env.tier, tuple(reasons[:MAX_REASONS]), scores, sketches, tuple(errors), bool(errors), seen,
+            score, ts.tier, tuple(reasons[:MAX_REASONS]), scores, sketches, tuple(errors), bool(errors), seen,
             env.cluster_score, own,
         )
 
@@ -351,22 +353,24 @@ class Engine:
         env, states = self._open(state)
         return Pending(env, states, state or None)
 
-    def fold_request(self, pending: Pending, feats: RequestFeatures, now: float) -> Verdict:
-        """Fold one request into ``pending`` in place; the verdict on the client with it."""
+    def fold_request(self, pending: Pending, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
+        """Fold one request into ``pending`` in place; the verdict on the client with it. ``hold``: the
+        request's evidence is folded in but the client's tier is left where it was (the verdict still says
+        the tier the evidence gives): an administrator's ``allow`` is in force."""
         env, states = pending._live()
         text = None
         if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
             feats, text = self._read_turn(env, feats)
         pending.text, pending.read = text, feats
-        return self._fold(env, states, feats, now)
+        return self._fold(env, states, feats, now, hold)
 
-    def replay_request(self, pending: Pending, read: RequestFeatures, now: float) -> None:
+    def replay_request(self, pending: Pending, read: RequestFeatures, now: float, hold: bool = False) -> None:
         """Fold a request already folded elsewhere into ``pending``: ``read`` is that fold's ``Pending.read``
         (the turn it drew stays drawn; the memory of last turns learns the same turn)."""
         env, states = pending._live()
         if read.turn_crc or read.history:
             self._read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
-        self._fold(env, states, read, now)
+        self._fold(env, states, read, now, hold)
 
     def fold_response(self, pending: Pending, resp: ResponseFeatures, now: float) -> None:
         """``observe_response`` in place."""
@@ -399,7 +403,8 @@ class Engine:
         if self.cache_size and len(states) == len(self.detectors):
             self._decoded.put(data, (env, dict(states)), self.cache_size, pending.parent)
 
-    def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float) -> Verdict:
+    def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float,
+              hold: bool = False) -> Verdict:
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:
@@ -410,7 +415,7 @@ class Engine:
                 errors.append(d.name)
                 states[d.name] = d.new_state()
         env.requests_seen += 1
-        verdict = self._verdict(env, results, errors, now, env.requests_seen)
+        verdict = self._verdict(env, results, errors, now, env.requests_seen, hold)
         env.last_ts = max(env.last_ts, now)
         return verdict
 

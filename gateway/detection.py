@@ -201,12 +201,14 @@ class GatewayDetection:
         live: Live, feats: Any,
     ) -> DetectionSession:
         try:
-            v = self.live.fold_request(live, feats, now)
+            # under an allow override the evidence counts but the tier is held: when the allow ends, the next
+            # request is judged on everything observed, and a rise raises its alert then
+            v = self.live.fold_request(live, feats, now, hold=override == "allow")
         except Exception as e:  # the engine isolates detectors; this catches the engine itself
             # a state the engine cannot fold into must not leave the client unscored for good: score
             # this request (and from now on the client) from a fresh state; counted once either way
             try:
-                v = self.live.restart(live, feats, now)
+                v = self.live.restart(live, feats, now, hold=override == "allow")
             except Exception:
                 self.live.abandon(live)
                 return self._unscored(principal, "engine", e, stored_tier, override, now)

@@ -97,13 +97,13 @@ class LiveStates:
         live.inflight += 1
         return live
 
-    def fold_request(self, live: Live, feats: RequestFeatures, now: float) -> Verdict:
-        v = self.engine.fold_request(live.pending, feats, now)
+    def fold_request(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
+        v = self.engine.fold_request(live.pending, feats, now, hold)
         read = live.pending.read
-        self._log(live, ("r", _light(read if read is not None else feats), now))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold))
         return v
 
-    def restart(self, live: Live, feats: RequestFeatures, now: float) -> Verdict:
+    def restart(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
         """After the engine failed to fold the request into this copy: fold it into a fresh state, which then
         replaces the copy (the next save writes it; what the copy held is given up, as a stored state the
         engine cannot read is). When the engine fails on the fresh state too, the request is at fault, not the
@@ -113,7 +113,7 @@ class LiveStates:
         its stored state (one such request reset a blocked client)."""
         fresh = self.engine.open(None)
         try:
-            v = self.engine.fold_request(fresh, feats, now)
+            v = self.engine.fold_request(fresh, feats, now, hold)
         except Exception:
             # (when the engine cannot even replay, the copy stays as the failed fold left it)
             with contextlib.suppress(Exception):
@@ -122,7 +122,7 @@ class LiveStates:
         live.pending = fresh
         live.ops.clear()
         read = fresh.read
-        self._log(live, ("r", _light(read if read is not None else feats), now))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold))
         return v
 
     def discard(self, live: Live) -> None:
@@ -209,7 +209,7 @@ class LiveStates:
         for op in live.ops:
             kind = op[0]
             if kind == "r":
-                engine.replay_request(p, op[1], op[2])
+                engine.replay_request(p, op[1], op[2], op[3])
             elif kind == "s":
                 engine.fold_response(p, op[1], op[2])
             else:

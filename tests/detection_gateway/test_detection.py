@@ -137,6 +137,26 @@ async def test_allow_override_pins_tier_and_silences_alerts(metrics: Metrics, tm
     await alerts.close()
 
 
+async def test_when_an_allow_ends_the_next_request_is_judged_on_what_was_observed_and_alerts(
+        metrics: Metrics, tmp_path: Path) -> None:
+    """Under ``allow`` the evidence counts but the stored tier is held. Before, detection raised the stored tier
+    all along (silently: alerts are suppressed under allow), so when the allow ended the client was blocked on
+    its next request and nobody was told."""
+    h, alerts = await make(metrics, tmp_path)
+    await h.store.set_override("lab", "allow", None, 3600)
+    for i in range(25):
+        assert (await h.send("lab", probe(i), 1000.0 + i))[0] == 0
+    rec = await h.store.get_client("lab")
+    assert rec is not None and rec.detector_tier == 0 and rec.score > 0.9  # held tier, full evidence
+    await h.store.set_override("lab", None, None, 3600)  # the evaluation is over
+    tier, _ = await h.send("lab", probe(25), 1026.0)
+    assert tier == 3  # judged on the 26 probes at once (a climb is immediate)
+    await alerts.flush()
+    (alert,) = [json.loads(a) for a in await h.store.recent_alerts(10)]
+    assert alert["client"] == "lab" and alert["tier"] == "block" and alert["previous_tier"] == "normal"
+    await alerts.close()
+
+
 class Exploding:
     """A detector plug-in with a bug: the engine must isolate it and the gateway must apply the fail policy."""
 
@@ -186,7 +206,7 @@ async def test_failing_detector_fail_policy(
 class BrokenEngine(Engine):
     """Fault injection below the detectors: the engine itself raises."""
 
-    def fold_request(self, pending: Any, feats: Any, now: float) -> Any:
+    def fold_request(self, pending: Any, feats: Any, now: float, hold: bool = False) -> Any:
         raise MemoryError("engine bug")
 
 
