@@ -3,7 +3,8 @@
 Cheap by construction (the budget is the whole engine at <= 200 us p50): one regex pass to mask, one to
 tokenise, CRC32 token hashes (deterministic across processes and replicas, unlike ``hash()``; memoised per
 token, since prompts reuse a small vocabulary), and numpy for the MinHash of word bigrams and the embedding.
-Long prompts are sketched from their first 192 and last 64 tokens.
+Long prompts are sketched from their first 192 and last 64 tokens. The text is read folded and, past 20 000
+characters, by its head and tail with whitespace runs squeezed (``detectors.normalise``).
 
 Masking replaces the parts a template pipeline varies (numbers, quoted strings, URLs, e-mail addresses,
 code blocks) so that two fills of one template hash alike. The embedding is feature hashing of content-word
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors.normalise import LONG_TEXT, fold, window
 from detectors.patterns import STOPWORDS, demands
 from detectors.types import RequestFeatures
 
@@ -113,11 +115,21 @@ def _mix64_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
+#: Content parts whose text is not under "text": vLLM reads these as text in any message (a user turn too)
+_TEXT_KEYS = {"refusal": "refusal", "thinking": "thinking"}
+
+
+def _text_key(kind: Any) -> str:
+    return _TEXT_KEYS.get(kind, "text") if isinstance(kind, str) else "text"
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, Sequence):  # content parts: [{"type": "text", "text": ...}, ...]
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+        # A fill in a {"type": "refusal", "refusal": ...} part of a user message was read as "" while the
+        # model read it as the prompt: each part is read under the key its type names.
+        return " ".join(str(p.get(_text_key(p.get("type")), "")) for p in content if isinstance(p, Mapping))
     return ""
 
 
@@ -144,7 +156,7 @@ def _instruction_demands(text: str) -> tuple[bool, bool, bool]:
     """``demands`` of an instructions text, read where demands sit (its start and its end) like a prompt.
     Cached by that bounded scan, never by the whole text: 512 whole system prompts of up to the body limit
     each (4 MB) held gigabytes per process, for any client that sent that many distinct ones."""
-    return _scan_demands(text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:])
+    return _scan_demands(fold(text if len(text) <= 3000 else text[:2000] + "\n" + text[-1000:]))
 
 
 @functools.lru_cache(maxsize=512)
@@ -152,8 +164,26 @@ def _scan_demands(scan: str) -> tuple[bool, bool, bool]:
     return demands(scan.lower())
 
 
+def _trailing_instructions(messages: Sequence[Any]) -> str:
+    """The text of the system/developer messages a conversation ends with (its last ``_MAX_TURN_MESSAGES``).
+
+    Read as the turn of a request that has no user message: the model answers its instructions, and such a
+    request read as "" let a harvester send every fill as a lone system message unscored. Instructions after
+    a user turn are not read with it: a fixed reminder that an application appends after every user message
+    then made every benign prompt end alike (251 of 300 benign personas flagged as template fillers)."""
+    parts: list[str] = []
+    for m in reversed(messages):
+        if not (type(m) is dict or isinstance(m, Mapping)):
+            continue
+        if m.get("role") not in _INSTRUCTION_ROLES or len(parts) >= _MAX_TURN_MESSAGES:
+            break
+        parts.append(_text_of(m.get("content")))
+    return "\n".join(reversed(parts))
+
+
 def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
     """The last user turn and the number of conversation messages (system/developer messages excluded).
+    A request without a user message is read by its instructions (``_trailing_instructions``).
 
     The user turn is the last user message joined with the user messages right before it (no assistant or
     tool message between): a request can split one turn over several messages, and reading only the last one
@@ -166,12 +196,15 @@ def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
         for i in range(len(turns) - 1, -1, -1):
             if turns[i].get("role") == "user":
                 if i == 0 or turns[i - 1].get("role") != "user":  # the usual case: one message per turn
-                    return _text_of(turns[i].get("content")), len(turns)
-                j = i - 1
-                while j > 0 and i - j < _MAX_TURN_MESSAGES - 1 and turns[j - 1].get("role") == "user":
-                    j -= 1
-                return "\n".join(_text_of(m.get("content")) for m in turns[j:i + 1]), len(turns)
-        return "", len(turns)
+                    text = _text_of(turns[i].get("content"))
+                else:
+                    j = i - 1
+                    while j > 0 and i - j < _MAX_TURN_MESSAGES - 1 and turns[j - 1].get("role") == "user":
+                        j -= 1
+                    text = "\n".join(_text_of(m.get("content")) for m in turns[j:i + 1])
+                return text, len(turns)
+        # No user message: what the model answers is the instructions (a request of system messages only)
+        return _trailing_instructions(messages), len(turns)
     prompt = body.get("prompt")
     if type(prompt) is list and prompt:
         # A batch (completions ``prompt: [...]``): each prompt gets its own answers, so the request is scored
@@ -404,8 +437,10 @@ def rebase(feats: RequestFeatures, text: str) -> RequestFeatures:
 
 def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeatures:
     """Features of one request. Never raises on odd bodies: unknown shapes read as absent fields."""
-    text, n_messages = prompt_of(endpoint, body)
-    low = (text if len(text) <= 20_000 else text[:16_000] + " " + text[-4_000:]).lower()
+    raw, n_messages = prompt_of(endpoint, body)
+    # the turn's identity (``turn_crc``) is of the text as sent; everything else reads it folded (``_Fold``)
+    text = fold(raw) if len(raw) <= LONG_TEXT else window(raw)
+    low = text.lower()
     toks = _tokens_of_lower(low)
     sketch = toks if len(toks) <= 256 else toks[:192] + toks[-64:]
     hashes, content = _token_hashes(sketch)
@@ -471,7 +506,7 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
         rubric=rubric,
         meta_prompt=meta,
         embedding=tuple(vec.tolist()),
-        turn_crc=turn_crc(text) if msgs is not None else 0,
+        turn_crc=turn_crc(raw) if msgs is not None else 0,
         history=history_of(body) if n_messages > 1 else (),
         embedding_array=vec,
     )

@@ -21,6 +21,7 @@ from detectors.coverage import _SPREAD, Coverage
 from detectors.features import extract
 from detectors.linking import CrossAccountLinking
 from detectors.logit_probing import LogitProbing
+from detectors.normalise import fold
 from detectors.patterns import (
     COT_HINTS,
     COT_RE,
@@ -86,7 +87,8 @@ def test_phrase_flags_equal_the_case_insensitive_patterns() -> None:
     long_one = "Please think carefully. " + "filler words here " * 300 + " rate the response on a scale of 1 to 10"
     for text in [*_texts(5000, 3), long_one]:
         f = extract("/v1/completions", {"prompt": text}, T0)
-        assert (f.cot, f.rubric, f.meta_prompt) == _flags_reference(text), text
+        # the prompt is read folded (look-alikes as Latin letters: "thınk" is "think"; review session 14b)
+        assert (f.cot, f.rubric, f.meta_prompt) == _flags_reference(fold(text)), text
 
 
 def test_embedding_array_is_the_embedding_read_only() -> None:
