@@ -150,9 +150,17 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
     loop.add_signal_handler(signal.SIGTERM, on_term, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_term, "SIGINT")
     # SIGHUP's default action kills the process: until the reload handler is installed (after start-up), a
-    # reload request (`kill -HUP`, or the supervisor forwarding one) must not take a starting worker down.
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored: nothing to "
-                                                               "reload yet"))
+    # reload request (`kill -HUP`, or the supervisor forwarding an admin reload) must not take a starting worker
+    # down. Nor may it be lost: the file was read before start-up (JWKS fetch, Redis...), and may have changed
+    # since -- this worker would serve the old models beside workers serving the new ones. Reloaded once started.
+    early_hup: list[bool] = []
+
+    def on_early_hup() -> None:
+        early_hup.append(True)
+        log.warning("SIGHUP during start-up: %s", "nothing to reload" if config_path is None
+                    else "the configuration is re-read once started")
+
+    loop.add_signal_handler(signal.SIGHUP, on_early_hup)
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
@@ -185,6 +193,8 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
                 reload_models(ctx, path, trail)
 
             loop.add_signal_handler(signal.SIGHUP, on_hup)
+            if early_hup:
+                on_hup()
         else:  # nothing to reload (demo): a hang-up ends the process as usual
             loop.remove_signal_handler(signal.SIGHUP)
         tune_gc()
@@ -275,6 +285,14 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
     procs.extend(_spawn(config_path, env, log_level, claimed) for _ in range(workers))
     codes: dict[int, int] = {}
     refusals = [0] * workers  # consecutive exits 2 (the worker refused its configuration) per slot
+    # A worker exits 2 only when its start-up fails (ConfigError/OSError out of `serve`): one of the first
+    # workers doing so refused the file ipgate serve started with, however long its start-up took (a JWKS
+    # fetch waiting out jwks_timeout_s, a slow tokenizer load): past STARTUP_REFUSAL_S it was backed off for ever.
+    restarted = [False] * workers
+    # slot -> when its exited worker is started again. A deadline, not a sleep: a back-off of up to a minute
+    # must neither hold up a SIGTERM (the orchestrator's grace period ends in a SIGKILL) nor the restart of
+    # another slot's worker.
+    due: dict[int, float] = {}
     while True:
         alive = False
         for i, p in enumerate(procs):
@@ -287,10 +305,18 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
                 continue
             if stopping:
                 # killed by our own SIGTERM before its handler was installed: it never served, nothing lost
+                # (a worker waiting for its restart: its exit code)
                 codes[p.pid] = 0 if rc == -signal.SIGTERM else rc
                 continue
+            if i in due:
+                alive = True
+                if time.monotonic() >= due[i]:
+                    del due[i]
+                    restarted[i] = True
+                    procs[i] = _spawn(config_path, env, log_level, claimed)
+                continue
             mark_worker_dead(p.pid)
-            if rc == 2 and time.monotonic() - started < STARTUP_REFUSAL_S:
+            if rc == 2 and (not restarted[i] or time.monotonic() - started < STARTUP_REFUSAL_S):
                 # Exit 2: the worker refused the configuration (its error line is above), which the supervisor's
                 # own check did not catch (an admin token too short, an unreadable secret...). The same file
                 # cannot start: restarting it once a second for ever would never serve and never exit.
@@ -303,11 +329,7 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
             # a configuration broken since start-up (a restarted worker reads the file again): back off
             delay = min(2.0 ** refusals[i], 60.0) if refusals[i] else 1.0
             log.error("worker %d exited with %d; restarting it in %.0f s", p.pid, rc, delay)
-            time.sleep(delay)
-            if stopping:  # SIGTERM arrived during the pause: a worker started now would never be told to stop
-                codes[p.pid] = rc
-                continue
-            procs[i] = _spawn(config_path, env, log_level, claimed)
+            due[i] = time.monotonic() + delay
             alive = True
         if not alive:
             break
