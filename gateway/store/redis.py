@@ -208,8 +208,9 @@ class RedisStore:
         # ``overrides`` skips, and the caller is told that nothing was saved.
         index = [f"{self._p}overrides"]
         if override is None and tier is None:
-            await self._ov_index.run(self._mux, index, [client_id, 0, OVERRIDE_INDEX_MAX])
+            # lifting: the other way round for the same reason (the index entry outlives the override it lists)
             await self._mux.execute("DEL", ov)
+            await self._ov_index.run(self._mux, index, [client_id, 0, OVERRIDE_INDEX_MAX])
             return
         if tier is not None and tier < 0:
             raise ValueError(f"tier must be >= 0, got {tier}")
@@ -228,19 +229,21 @@ class RedisStore:
         override from its own key (an index entry whose key is gone, expired or lost, is skipped)."""
         index = f"{self._p}overrides"
         out: dict[str, tuple[Override | None, int | None, float]] = {}
-        offset = 0
-        while offset < OVERRIDE_INDEX_MAX:
-            rows = await self._mux.execute("ZRANGEBYSCORE", index, f"({int(time.time() * 1000)}", "+inf",
-                                           "WITHSCORES", "LIMIT", offset, _OVERRIDE_PAGE)
-            clients = [rows[i].decode() for i in range(0, len(rows), 2)]
-            if clients:
-                got = await self._mux.execute_many([("HMGET", self.client_keys(c)[2], "o", "t") for c in clients])
-                for i, (c, (o, t)) in enumerate(zip(clients, got, strict=True)):
+        now_ms = time.time() * 1000
+        # ZSCAN, not pages by offset: an entry removed (lifted, expired) between two pages shifted every later one
+        # by one place and as many live overrides were skipped; ZSCAN returns every member present throughout.
+        cursor: Any = 0
+        while True:
+            cursor, flat = await self._mux.execute("ZSCAN", index, cursor, "COUNT", _OVERRIDE_PAGE)
+            rows = [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+            rows = [(c, exp) for c, exp in rows if exp > now_ms and c not in out]
+            if rows:
+                got = await self._mux.execute_many([("HMGET", self.client_keys(c)[2], "o", "t") for c, _ in rows])
+                for (c, exp), (o, t) in zip(rows, got, strict=True):
                     if o is not None or t is not None:
-                        out[c] = (_override(o), int(t) if t is not None else None, float(rows[2 * i + 1]) / 1000)
-            if len(clients) < _OVERRIDE_PAGE:
+                        out[c] = (_override(o), int(t) if t is not None else None, exp / 1000)
+            if int(cursor) == 0 or len(out) >= OVERRIDE_INDEX_MAX:
                 break
-            offset += _OVERRIDE_PAGE
         return out
 
     async def get_client(self, client_id: str) -> ClientRecord | None:

@@ -62,6 +62,7 @@ _WRITE_BACK_BATCH = 64  # escalated client states written back to Redis at once 
 _DIVIDED_MAX = 256  # per-replica divisions of limits_by_tier tuples kept (the policy has one per limit class)
 _BACKSTOP_MARGIN_S = 0.002  # the inner store's own timeout must fire first (it resets its connection)
 OVERRIDES_REFRESH_S = 30.0  # how often each process re-reads every client's override (for outages)
+LATE_STREAK_S = 1.0  # late timeouts with no call succeeding in between for this long: Redis is down after all
 STARTUP_GRACE_S = 2.0  # how long start() keeps retrying a ping that merely times out
 ODD_ERROR_LOG_INTERVAL_S = 60.0  # a persistent error reply is logged again at most this often (never silent for ever)
 
@@ -122,6 +123,8 @@ class ResilientStore:
         self._failed_while_degraded = 0
         self._late_timeouts = 0  # calls timed out while the event loop was busy (not counted as outages)
         self._late_logged = False
+        self._late_streak_since: float | None = None  # first late timeout with no call succeeding since
+        self._late_last = 0.0  # the latest late timeout (loop time)
         self._recoveries = 0
         self._probe: asyncio.Task[None] | None = None
         self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
@@ -133,6 +136,9 @@ class ResilientStore:
         self._overrides_refresh_s = overrides_refresh_s
         self._overrides_logged = False
         self._refresher: asyncio.Task[None] | None = None
+        # set_override's own edits made while a read of the index is in flight: the read's snapshot may predate
+        # them (a deny set a moment before an outage must not be undone by it), so they are applied over it
+        self._overrides_edits: dict[str, tuple[Override | None, int | None, float] | None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -174,27 +180,41 @@ class ResilientStore:
 
     # --- the override index (for the failure modes) ---------------------------------------------------------
 
-    async def _refresh_overrides(self) -> None:
+    async def _refresh_overrides(self) -> bool:
         """Re-read every client's administrator override. Each page is one bounded call of the inner store; a
-        failure keeps the last copy and does not degrade the store (the request path notices real outages)."""
+        failure keeps the last copy and does not degrade the store (the request path notices real outages).
+        True when read."""
         read: Callable[[], Awaitable[dict[str, tuple[Override | None, int | None, float]]]] | None = getattr(
             self.inner, "overrides", None)
         if read is None:
-            return
+            return True
+        edits: dict[str, tuple[Override | None, int | None, float] | None] = {}
+        self._overrides_edits = edits
         try:
             snapshot = await read()
         except Exception as e:  # an outage, or an odd reply: the last copy stays
             if not self._overrides_logged and not isinstance(e, _OUTAGE):
                 self._overrides_logged = True
                 log.exception("state store: reading the override index failed; the last copy stays")
-            return
+            return False
+        finally:
+            if self._overrides_edits is edits:
+                self._overrides_edits = None
+        for client_id, entry in edits.items():
+            if entry is None:
+                snapshot.pop(client_id, None)
+            else:
+                snapshot[client_id] = entry
         self._overrides = snapshot
+        return True
 
     async def _refresh_loop(self) -> None:
         while not self._closed:
-            if self._degraded_since is None:
-                await self._refresh_overrides()
-            await asyncio.sleep(self._overrides_refresh_s)
+            read = self._degraded_since is None and await self._refresh_overrides()
+            # a read skipped (degraded: started during an outage) or failed is tried again at the probe's pace,
+            # not 30 s after Redis answers again: a second outage in between would find no overrides at all
+            await asyncio.sleep(self._overrides_refresh_s if read else min(self._interval,
+                                                                           self._overrides_refresh_s))
 
     # --- the guard -------------------------------------------------------------------------------------------
 
@@ -206,10 +226,20 @@ class ResilientStore:
         started = loop.time()
         try:
             async with asyncio.timeout(self._timeout):
-                return await make()
+                res = await make()
+            self._late_streak_since = None
+            return res
         except TimeoutError as e:
             self._count(op)
-            if loop.time() - started > self._timeout * LATE_TIMEOUT_FACTOR:
+            now = loop.time()
+            if self._late_streak_since is None or now - self._late_last > LATE_STREAK_S:
+                self._late_streak_since = now  # (two late calls far apart on an idle gateway are no streak)
+            self._late_last = now
+            # ...but not for ever: a Redis that hangs while the loop stays saturated times every call out late
+            # too, and no call succeeds any more. Late timeouts in a row, no success in between, for LATE_STREAK_S
+            # are an outage (before, the store was never declared down then: no probe, no degraded gauge).
+            streak = now - self._late_streak_since < LATE_STREAK_S
+            if now - started > self._timeout * LATE_TIMEOUT_FACTOR and streak:
                 # (a loaded 2-core host showed spurious one-second "outages" at the default 50 ms)
                 # The deadline fired late: this process's event loop was busy elsewhere (start-up, a CPU-bound
                 # burst on a loaded host) for longer than the timeout, and the reply may have been waiting in
@@ -323,6 +353,7 @@ class ResilientStore:
     def _recover(self) -> None:
         since = self._degraded_since
         self._degraded_since = None
+        self._late_streak_since = None
         self._recoveries += 1
         if self._metrics is not None:
             self._metrics.store_degraded.set(0)
@@ -414,7 +445,7 @@ class ResilientStore:
             await self._call("reconcile_tokens",
                              lambda: self.inner.reconcile_tokens(client_id, reserved, actual, limits))
         except _Unavailable:
-            if self.mode == "local":
+            if self.mode == "local" and self.degraded:  # (see save_client_state)
                 await self._local.reconcile_tokens(
                     client_id, reserved, actual, divide_limits(limits, self._replicas))
 
@@ -428,7 +459,10 @@ class ResilientStore:
             await self._call("save_client_state",
                              lambda: self.inner.save_client_state(client_id, state, tier, score, ttl_s))
         except _Unavailable:
-            if self.mode == "local":
+            # Only while degraded: a call that failed alone (a late timeout, an odd error reply) leaves the store
+            # healthy, so a local copy would never be dropped by a recovery and a later outage's write-back would
+            # raise Redis to this stale tier (and its hot path would read this stale state).
+            if self.mode == "local" and self.degraded:
                 await self._local.save_client_state(client_id, state, tier, score, ttl_s)
 
     async def swap_client_state(self, client_id: str, expect: bytes | None, state: bytes, tier: int, score: float,
@@ -443,7 +477,7 @@ class ResilientStore:
         except _Unavailable:
             # While degraded there is no shared state to merge with: the copy is kept as save_client_state
             # keeps it (in process memory in ``local`` mode, nowhere otherwise) and counts as written.
-            if self.mode == "local":
+            if self.mode == "local" and self.degraded:
                 await self._local.save_client_state(client_id, state, tier, score, ttl_s)
             return True, None
 
@@ -454,10 +488,13 @@ class ResilientStore:
             raise ServiceUnavailable("The state store is unavailable; the override was NOT saved.",
                                      code="store_unavailable") from None
         self._known.pop(client_id, None)
-        if override is None and tier is None:
+        entry = None if override is None and tier is None else (override, tier, time.time() + ttl_s)
+        if entry is None:
             self._overrides.pop(client_id, None)
         else:
-            self._overrides[client_id] = (override, tier, time.time() + ttl_s)
+            self._overrides[client_id] = entry
+        if self._overrides_edits is not None:
+            self._overrides_edits[client_id] = entry
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         try:
