@@ -65,7 +65,8 @@ async def _send(out: web.StreamResponse, transport: asyncio.Transport | None, hi
     waits here, so the upstream's idle timeout never fired. Writes that cannot wait (the common case) run
     without a timer."""
     try:
-        if not eof and transport is not None and transport.get_write_buffer_size() + len(data) <= high:
+        # (+ 64: the chunked-encoding framing aiohttp adds to ``data``, which counts against the mark too)
+        if not eof and transport is not None and transport.get_write_buffer_size() + len(data) + 64 <= high:
             await out.write(data)
             return
         async with asyncio.timeout(stall_s):
@@ -73,7 +74,8 @@ async def _send(out: web.StreamResponse, transport: asyncio.Transport | None, hi
     except ConnectionError as e:  # the client's side; ClientConnectionResetError is one too
         raise _ClientGone from e
     except TimeoutError as e:
-        log.info("request %s: the client took no bytes for %.1f s; its stream is ended", rid, stall_s)
+        log.info("request %s: the client did not keep up with the stream for %.1f s (its buffers full); its "
+                 "stream is ended", rid, stall_s)
         if transport is not None:
             transport.abort()
         raise _ClientGone from e
@@ -309,7 +311,7 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
                     await _send(out, transport, high, stall_s, data, rid=ex.request_id)
                 chunk = await upstream.content.readany()  # b"" at the end of the stream
             tail = relay.finish()
-            if tail:
+            if tail and not relay.upstream_error:
                 reason = "cut"
             elif relay.upstream_error:
                 # The backend's own error event ended it (relayed as it was; vLLM writes one, then [DONE], when

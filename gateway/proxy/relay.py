@@ -131,8 +131,10 @@ class StreamRelay:
         """Upstream EOF. Returns the tail to send: nothing after ``[DONE]``, else the text the watermark
         embedders still hold (the backend generated it; the client is charged for it) and a terminating
         error."""
-        if self.done or self.upstream_error:
+        if self.done:
             return b""
+        if self.upstream_error:  # the backend's error event ended it: what it sent after is closed, no more
+            return b"".join(self._flush_all(None))
         return b"".join(self._flush_all(None)) + error_event(
             "The upstream connection ended before the response was complete.", "stream_interrupted")
 
@@ -273,11 +275,13 @@ class StreamRelay:
                 obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
                 out.append(encode_event(_dumps(obj), event))
         self._thinking.clear()
-        for idx, emb in self._embedders.items():
+        # every embedder goes (as at a choice's finish): text a backend still sends after an error event or
+        # [DONE] gets a fresh one, never relayed as written
+        embedders, self._embedders = self._embedders, {}
+        for idx, emb in embedders.items():
             if emb is None:
                 continue
             rest = emb.finish()
-            self._embedders[idx] = None
             if rest:
                 choice: dict[str, Any] = ({"index": idx, "delta": {"content": rest}, "finish_reason": None}
                                           if self._chat else {"index": idx, "text": rest, "finish_reason": None})

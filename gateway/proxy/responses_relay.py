@@ -101,8 +101,10 @@ class _Part:
     closed: bool = False
     # the (hardened) logprobs the client received for this part, by position: its later copies carry these
     lps: list[Any] = field(default_factory=list)
-    cut: bool = False  # strip_reasoning removed text of the last piece fed (a <think> section): its tokens go too
-    thought: bool = False  # ... of any piece: the part's later, whole copies of its logprobs go
+    cut: bool = False  # strip_reasoning removed or held back text of the last piece fed: its tokens not sent yet
+    thought: bool = False  # strip_reasoning removed text (a <think> section): the part's later copies of logprobs go
+    fed: int = 0  # characters of answer text fed to the <think> stripper, and those it let through: a leading
+    shown: int = 0  # newline or "<" is held back, then let through (no thought), so ``cut`` alone is no proof
 
 
 class _Output(Scrubber):
@@ -246,7 +248,9 @@ class ResponsesRelay(_Output):
         if t == "error" or (t is None and obj.get("error") is not None):
             self.upstream_error = True
             self._only(obj, ERROR_FIELDS, "an error event")
-            return [obj]
+            # the words the embedders hold back were generated (and are charged): they go before the error, as
+            # on chat (relay.py)
+            return [*(ev for key in list(self._parts) for ev in self._close(key)), obj]
         if t in _RESPONSE_EVENTS:
             if not isinstance(obj.get("response"), dict):
                 return self._withhold("malformed_event", f"{t} without a response object")
@@ -314,7 +318,8 @@ class ResponsesRelay(_Output):
         if part.answer:
             kept = self._think(part.think, text, last)
             part.cut = kept != text
-            part.thought = part.thought or part.cut
+            part.fed, part.shown = part.fed + len(text), part.shown + len(kept)
+            part.thought = part.thought or (last and part.shown < part.fed)
             text = kept
         new = part.emb.feed(text) if part.emb is not None else text
         if last and part.emb is not None:
@@ -333,6 +338,13 @@ class ResponsesRelay(_Output):
         if text:
             self.content_events += 1
         obj["delta"] = self._feed(part, text, False)
+        lp = obj.get("logprobs")
+        if part.cut and part.emb is None and isinstance(lp, list):
+            # text held back (or cut) by the <think> stripper: its tokens are not sent now; the part's later copies
+            # carry them, hardened there, unless a section was removed. ``None`` keeps the positions aligned.
+            part.lps.extend([None] * len(lp))
+            obj["logprobs"] = []
+            return [obj]
         self._logprobs(obj, part.emb is not None or part.cut)
         if part.emb is None and isinstance(obj.get("logprobs"), list):
             part.lps.extend(obj["logprobs"])
@@ -395,10 +407,16 @@ class ResponsesRelay(_Output):
             self._logprobs(holder, part.emb is not None or part.thought)
             return
         got = part.lps
-        if len(lp) > len(got):
-            fresh: dict[str, Any] = {"logprobs": lp[len(got):]}
+        got.extend([None] * (len(lp) - len(got)))
+        missing = [i for i, g in enumerate(got[:len(lp)]) if g is None]
+        if missing:
+            fresh: dict[str, Any] = {"logprobs": [lp[i] for i in missing]}
             self._logprobs(fresh, False)
-            got.extend(fresh["logprobs"])
+            if len(fresh["logprobs"]) != len(missing):  # a cap of 0: none at all
+                holder["logprobs"] = []
+                return
+            for i, h in zip(missing, fresh["logprobs"], strict=True):
+                got[i] = h
         out = []
         for e, g in zip(lp, got, strict=False):
             if isinstance(e, dict) and isinstance(g, dict):

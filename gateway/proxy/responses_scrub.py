@@ -93,6 +93,9 @@ class Scrubber:
         if blank and part.get(spec[0]):
             part[spec[0]] = ""
             self._withhold("added_text", "text in an added event")
+        if blank and part.get("logprobs"):  # they spell the text too, unhardened: the deltas carry them
+            part["logprobs"] = []
+            self._withhold("added_text", "logprobs in an added event")
         if part.get("annotations"):  # citations' titles are free text; vLLM writes none
             part["annotations"] = []
             self._withhold("annotations", "annotations")
