@@ -50,11 +50,12 @@ async def test_back_off_neither_delays_sigterm_nor_other_restarts(tmp_path: Path
             first, second = child_pids(gw.proc.pid)
             gw.config_path.write_text(gw.config_path.read_text() + "\nmodels: not-a-list\n")  # broken from now
             os.kill(first, signal.SIGKILL)  # restarted in 1 s, refuses the file (exit 2): back-off 2 s, 4 s
-            _wait_for(lambda: "restarting it in 4 s" in gw.output(), 20, "no 4 s back-off", gw)
+            # (each refusal is a worker start-up: seconds each on a loaded 2-core host, hence the long bound)
+            _wait_for(lambda: "restarting it in 4 s" in gw.output(), 60, "no 4 s back-off", gw)
             # during the back-off the other slot's worker dies: it is restarted after its own 1 s
             os.kill(second, signal.SIGKILL)
             _wait_for(lambda: "exited with -9; restarting it in 1 s" in gw.output().split(
-                "restarting it in 4 s", 1)[1], 2, "the second worker's exit unnoticed during the back-off", gw)
+                "restarting it in 4 s", 1)[1], 3, "the second worker's exit unnoticed during the back-off", gw)
             gw.signal(signal.SIGTERM)
             t0 = time.monotonic()
             gw.wait(timeout=10)
