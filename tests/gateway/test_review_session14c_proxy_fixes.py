@@ -125,6 +125,33 @@ def _token_events(pieces: list[str]) -> list[dict[str, Any]]:
     return events
 
 
+def _responses_backend(events: list[dict[str, Any]]) -> web.Application:
+    """A Responses backend that streams ``events`` (SSE) to every request."""
+    async def responses(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse(events))
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", responses)
+    return app
+
+
+async def _stream_stripped(events: list[dict[str, Any]]) -> str:
+    """The raw SSE a client gets for ``events`` through a gateway whose first tier strips reasoning."""
+    app = _responses_backend(events)
+    policy = {"tiers": [{"name": "normal", "hardening": {"strip_reasoning": True}},
+                        {"name": "suspicious"}, {"name": "throttle"}, {"name": "block", "block": True}]}
+    body = {"model": "sim", "input": "hi", "stream": True, "include": ["message.output_text.logprobs"]}
+    async with app_backend(app) as url, running_gateway(gateway_config(url, policy=policy)) as gw, \
+            aiohttp.ClientSession() as s, s.post(gw.url + "/v1/responses", json=body,
+                                                 headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
+        raw = (await r.read()).decode()
+    return raw
+
+
 async def test_strip_reasoning_keeps_the_logprobs_of_an_answer_that_starts_with_a_newline() -> None:
     """Defect: under ``strip_reasoning`` any piece the ``<think>`` stripper held back counted as a stripped thought.
     It holds back a leading newline (or "<") until it knows no ``<think>`` follows, so an answer starting "\\n\\n"
@@ -132,15 +159,7 @@ async def test_strip_reasoning_keeps_the_logprobs_of_an_answer_that_starts_with_
     (``content_part.done``, ``response.completed``: ``[]``), though nothing was stripped."""
     pieces = ["\n\n", "The", " answer", " is", " forty", " two", "."]
 
-    async def responses(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(_token_events(pieces)))
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/responses", responses)
+    app = _responses_backend(_token_events(pieces))
     policy = {"tiers": [{"name": "normal", "hardening": {"strip_reasoning": True, "logprob_noise": 0.5}},
                         {"name": "suspicious"}, {"name": "throttle"}, {"name": "block", "block": True}]}
     async with app_backend(app) as url, running_gateway(gateway_config(url, policy=policy)) as gw:
@@ -154,7 +173,7 @@ async def test_strip_reasoning_keeps_the_logprobs_of_an_answer_that_starts_with_
                 elif ev.type == "response.completed":
                     final = ev.response
         await client.close()
-    part = final.output[0].content[0]  # type: ignore[union-attr]
+    part = final.output[0].content[0]  # type: ignore[union-attr,index]
     assert part.text == "".join(pieces)  # type: ignore[union-attr]
     done = [(lp.token, lp.logprob) for lp in part.logprobs or []]  # type: ignore[union-attr]
     assert [t for t, _ in done] == pieces  # before: []
@@ -166,22 +185,7 @@ async def test_a_stripped_think_section_still_withholds_the_logprobs() -> None:
     """Guard for the fix above: a real ``<think>`` section removed still takes the part's logprobs with it."""
     pieces = ["<think>", " secret", " plan", "</think>", "The", " answer", "."]
 
-    async def responses(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(_token_events(pieces)))
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/responses", responses)
-    policy = {"tiers": [{"name": "normal", "hardening": {"strip_reasoning": True}},
-                        {"name": "suspicious"}, {"name": "throttle"}, {"name": "block", "block": True}]}
-    body = {"model": "sim", "input": "hi", "stream": True, "include": ["message.output_text.logprobs"]}
-    async with app_backend(app) as url, running_gateway(gateway_config(url, policy=policy)) as gw, \
-            aiohttp.ClientSession() as s, s.post(gw.url + "/v1/responses", json=body,
-                                                 headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
-        raw = (await r.read()).decode()
+    raw = await _stream_stripped(_token_events(pieces))
     assert '"text":"The answer."' in raw
     assert "secret" not in raw and "plan" not in raw and "think>" not in raw, raw
 
@@ -198,15 +202,7 @@ async def test_responses_stream_sends_the_held_back_words_before_the_backends_er
     events.append({"type": "error", "code": "internal_error", "message": "boom", "param": None,
                    "sequence_number": len(events)})
 
-    async def responses(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(events))
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/responses", responses)
+    app = _responses_backend(events)
     async with lexical_gateway(app, SECRET, tmp_path) as gw, aiohttp.ClientSession() as s, \
             s.post(gw.url + "/v1/responses", json={"model": "sim", "input": "hi", "stream": True},
                    headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
@@ -228,21 +224,6 @@ async def test_logprobs_in_an_added_part_are_not_relayed() -> None:
     added = next(e for e in events if e["type"] == "response.content_part.added")
     added["part"]["logprobs"] = [{"token": p, "logprob": -0.25, "top_logprobs": []} for p in pieces]
 
-    async def responses(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(events))
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/responses", responses)
-    policy = {"tiers": [{"name": "normal", "hardening": {"strip_reasoning": True}},
-                        {"name": "suspicious"}, {"name": "throttle"}, {"name": "block", "block": True}]}
-    body = {"model": "sim", "input": "hi", "stream": True, "include": ["message.output_text.logprobs"]}
-    async with app_backend(app) as url, running_gateway(gateway_config(url, policy=policy)) as gw, \
-            aiohttp.ClientSession() as s, s.post(gw.url + "/v1/responses", json=body,
-                                                 headers={"Authorization": f"Bearer {gw.token('a')}"}) as r:
-        raw = (await r.read()).decode()
+    raw = await _stream_stripped(events)
     assert '"text":"The answer."' in raw
     assert "secret" not in raw, raw
