@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, PermissionDenied
@@ -89,6 +89,13 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
         err = InvalidRequest(
             "prompt: token-id prompts are not accepted here: send the prompt as text (this gateway screens "
             "prompts and cannot read token ids)", param="prompt", code="token_id_prompt")
+    if err is None and session is not None and res.override != "allow" \
+            and ctx.config.detection.trailing_instructions == "refuse" and _trailing_instructions(parsed.seen):
+        ctx.metrics.request_fields_refused_total.labels(field="messages").inc()
+        err = InvalidRequest(
+            "messages: a system or developer message after the last user message is not accepted here (this "
+            "gateway screens the user turn: put instructions before it)", param="messages",
+            code="trailing_instructions")
     if isinstance(err, PermissionDenied):
         _count(ctx, "policy", "block")
     if err is not None:
@@ -96,6 +103,21 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
         ex.refused_tier = ctx.policy.tier(tier).name
         raise err
     return adm
+
+
+def _trailing_instructions(body: dict[str, Any]) -> bool:
+    """A chat request (or a Responses request's chat reading) with a system or developer message after its last
+    user message."""
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return False
+    after = False  # (a request without a user message is read by its instructions: nothing is after a turn)
+    for m in reversed(messages):
+        role = m.get("role") if type(m) is dict else None
+        if role == "user":
+            return after
+        after = after or role in ("system", "developer")
+    return False
 
 
 def _token_ids(prompt: object) -> bool:

@@ -95,6 +95,11 @@ class DetectionConfig(_Model):
     # reasoning, linking): ``refuse`` answers it 400 (clients on the admin allowlist excepted); ``allow`` lets
     # it through, scored by its parameters, volume and timing only.
     token_id_prompts: Literal["refuse", "allow"] = "refuse"
+    # A system or developer message after the last user message: the model answers it, but the detectors read
+    # the user turn before it (reading such messages as the turn flagged most applications that append a fixed
+    # reminder). ``refuse`` answers such requests 400 (allowlisted clients excepted), closing the evasion for
+    # deployments whose applications never send them; ``allow`` (default) passes them.
+    trailing_instructions: Literal["refuse", "allow"] = "allow"
     # minilm only (gateway/embedding.py): the MiniLM encoder runs off the request path in a background thread.
     embedder_threads: int = Field(1, ge=1, le=64, description="torch threads the background encoder may use")
     embedder_batch: int = Field(8, ge=1, le=256, description="prompts encoded per forward pass at most")
