@@ -28,7 +28,6 @@ from gateway.proxy import responses_relay
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.relay import (
-    REASONING_KEYS,
     ChoiceHook,
     EmbedderFactory,
     StreamRelay,
@@ -248,9 +247,8 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
     if body is not None and done is not None:
         changed, usage, reasons, positions, watermarked = done
         f = ex.facts
+        # (an answer without usage: the relay estimated what it generated; account.py adds the prompt estimate)
         f.prompt_tokens, f.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        if f.prompt_tokens is None and f.completion_tokens is None and 200 <= op.resp.status < 300:
-            f.completion_tokens = _text_tokens(body)  # no usage in the answer: estimated (prompt too, account.py)
         f.finish_reasons, f.logprobs_returned = reasons, positions
         ex.watermarked = watermarked
         m = body.get("model")
@@ -260,23 +258,6 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
     ex.facts.status = ex.status = op.resp.status
     headers["Content-Type"] = op.resp.headers.get("Content-Type", _JSON)
     return web.Response(body=raw, status=op.resp.status, headers=headers)
-
-
-def _text_tokens(body: dict[str, Any]) -> int:
-    """A backend's answer without ``usage``: its generated text in tokens, estimated as the reservation's
-    prompt estimate is (characters / 4; at least one per choice)."""
-    n = 0
-    choices = body.get("choices")
-    for c in choices if isinstance(choices, list) else ():
-        if not isinstance(c, dict):
-            continue
-        msg = c.get("message")
-        parts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
-                                   if isinstance(msg, dict) else [])
-        if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
-            parts += [json.dumps(t) for t in msg["tool_calls"]]
-        n += max(1, sum(len(x) for x in parts if isinstance(x, str)) // 4)
-    return n
 
 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,

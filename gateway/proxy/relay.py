@@ -427,4 +427,24 @@ def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: 
         if new != holder[key]:
             holder[key] = new
             changed = True
+    if usage.prompt_tokens is None and usage.completion_tokens is None and (
+            isinstance(choices, list) or isinstance(body.get("data"), list)):
+        usage.completion_tokens = _generated_tokens(choices)  # an answer without usage (not an error body)
     return changed, usage, reasons, positions, watermarked
+
+
+def _generated_tokens(choices: Any) -> int:
+    """What an answer without ``usage`` generated, estimated as the reservation's prompt estimate is
+    (characters / 4, at least one per choice); an embeddings answer (no choices) generated nothing. The account
+    step adds the prompt estimate, so such an answer does not keep its whole reservation."""
+    n = 0
+    for c in choices if isinstance(choices, list) else ():
+        if not isinstance(c, dict):
+            continue
+        msg = c.get("message")
+        parts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
+                                   if isinstance(msg, dict) else [])
+        if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
+            parts += [json.dumps(t) for t in msg["tool_calls"]]
+        n += max(1, sum(len(x) for x in parts if isinstance(x, str)) // 4)
+    return n
