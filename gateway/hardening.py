@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from gateway.config import HardeningConfig
+from gateway.proxy import parts
 from gateway.proxy.relay import REASONING_KEYS
 
 __all__ = ["harden", "harden_choice_logprobs", "is_noop", "response_needs_hardening"]
@@ -365,6 +366,9 @@ def strip_reasoning(choice: dict[str, Any]) -> bool:
         if k in holder:
             del holder[k]
             found = True
+    content = holder.get("content")
+    if isinstance(content, list) and parts.drop_thinking(content):  # Mistral's thinking parts
+        found = True
     return found
 
 

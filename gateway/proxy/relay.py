@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from gateway.hooks import StreamEmbedder
+from gateway.proxy import parts
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import Endpoint
 from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, encode_comment, encode_event
@@ -77,8 +78,8 @@ def _dumps(obj: Any) -> bytes:
 
 class StreamRelay:
     __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_fields",
-                 "_hook", "_needs_decoding", "_reasoned", "_thinking", "content_events", "done",
-                 "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
+                 "_hook", "_listed", "_needs_decoding", "_part_thinking", "_reasoned", "_thinking", "content_events",
+                 "done", "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
                  *, details: bool = True, choice_hook: ChoiceHook | None = None,
@@ -102,6 +103,8 @@ class StreamRelay:
         self._reasoned: set[int] = set()  # choices whose reasoning was watermarked: their tokens are withheld
         # reasoning channels: (choice, first key) -> (its embedder, the keys it writes: one, or both mirrored)
         self._thinking: dict[tuple[int, str], tuple[StreamEmbedder, tuple[str, ...]]] = {}
+        self._listed: set[int] = set()  # choices whose content comes as a list of parts (``parts``)
+        self._part_thinking: dict[int, StreamEmbedder] = {}  # their thinking parts' embedder, until the answer
         self.usage = Usage()
         self.finish_reasons: list[str] = []
         self.content_events = 0  # pieces of content streamed (a floor for completion tokens on abort)
@@ -185,7 +188,9 @@ class StreamRelay:
             text = holder.get("content" if self._chat else "text") if isinstance(holder, dict) else None
             # a tool call's argument pieces are generated tokens too (the fast path counts their chunks as well):
             # uncounted, a stream dropped after its finish chunk, before the usage chunk, cost no output tokens
-            if (isinstance(text, str) and text) or (isinstance(holder, dict) and self._chat and (any(
+            listed = self._chat and isinstance(text, list)
+            if (isinstance(text, str) and text) or (isinstance(text, list) and self._chat and parts.slots(text)) or (
+                    isinstance(holder, dict) and self._chat and (any(
                     isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)
                     or holder.get("tool_calls") or holder.get("function_call"))):
                 self.content_events += 1
@@ -195,6 +200,7 @@ class StreamRelay:
                 # The answer starts with text, or with a tool call that no reasoning accompanies (a forced
                 # tool_choice streams no text at all; a call beside reasoning pieces is not the end of them)
                 closing = fr is not None or (isinstance(text, str) and bool(text)) or (
+                    isinstance(text, list) and parts.answers(text)) or (
                     bool(holder.get("tool_calls") or holder.get("function_call"))
                     and not any(isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS))
                 if self._reason(idx, holder, closing):
@@ -202,7 +208,10 @@ class StreamRelay:
             if (emb is not None or idx in self._reasoned) and withhold_tokens(choice):
                 changed = True
             self.logprob_positions += logprob_positions(choice, self._chat)
-            if emb is not None and isinstance(holder, dict):
+            if self._factory is not None and isinstance(holder, dict) and (listed or idx in self._listed):
+                if self._parts(idx, choice, holder, text, emb, fr is not None):
+                    changed = True
+            elif emb is not None and isinstance(holder, dict):
                 new = emb.feed(text) if isinstance(text, str) else ""
                 if fr is not None:
                     new += emb.finish()
@@ -251,9 +260,74 @@ class StreamRelay:
                     changed = True
         return changed
 
+    def _parts(self, idx: int, choice: dict[str, Any], holder: dict[str, Any], text: Any,
+               emb: StreamEmbedder | None, finishing: bool) -> bool:
+        """Watermark a delta of a choice that streams its ``content`` as a list of parts (see ``parts``), in
+        place: text parts through the choice's answer embedder, thinking parts through a reasoning embedder of
+        their own, which closes when the answer starts (its held-back word in a thinking part before the text).
+        A string delta of such a choice (Mistral streams the answer's text as strings after the thinking parts)
+        stays a string unless a thinking part must go in with it. True if the delta changed."""
+        if text is not None and not isinstance(text, str | list):
+            return False  # not a content this relay knows: relayed as written
+        self._listed.add(idx)
+        as_list = isinstance(text, list)
+        content: list[Any] = text if isinstance(text, list) else [parts.text_part(text)] if (
+            isinstance(text, str) and text) else []
+        changed = reshaped = False
+        for thinking, part, key in parts.slots(content):
+            if thinking:
+                th = self._part_thinking.get(idx)
+                if th is None:
+                    th = self._factory() if self._factory is not None else None
+                    if th is None:
+                        continue
+                    self._part_thinking[idx] = th
+                    self._reasoned.add(idx)
+                    self.watermarked = True
+                    withhold_tokens(choice)  # the tokens would spell the unwatermarked thought
+                new = th.feed(part[key])
+            else:
+                tail = self._close_part_thinking(idx)
+                if tail:
+                    at = next(i for i, p in enumerate(content) if p is part)
+                    content.insert(at, parts.thinking_part(tail))
+                    reshaped = True
+                if emb is None:
+                    continue
+                new = emb.feed(part[key])
+            if new != part[key]:
+                part[key] = new
+                changed = True
+        if finishing:
+            tail = self._close_part_thinking(idx)
+            if tail:
+                content.append(parts.thinking_part(tail))
+                reshaped = True
+            if emb is not None:
+                rest = emb.finish()
+                del self._embedders[idx]  # text a backend still sends for this choice gets a fresh embedder
+                if rest:
+                    content.append(parts.text_part(rest))
+                    changed = True
+        if as_list or reshaped:
+            if changed or reshaped:
+                holder["content"] = content
+                return True
+            return False
+        joined = "".join(p["text"] for p in content)
+        if joined == (text or ""):
+            return False
+        holder["content"] = joined
+        return True
+
+    def _close_part_thinking(self, idx: int) -> str:
+        th = self._part_thinking.pop(idx, None)
+        return th.finish() if th is not None else ""
+
     def _holds(self, idx: int) -> bool:
         """Whether choice ``idx`` has an embedder (answer or reasoning) that may still hold text back."""
-        return self._embedders.get(idx) is not None or any(c[0] == idx for c in self._thinking)
+        return (self._embedders.get(idx) is not None or any(c[0] == idx for c in self._thinking)
+                or idx in self._part_thinking)
 
     def _embedder(self, idx: int, factory: EmbedderFactory) -> StreamEmbedder | None:
         if idx not in self._embedders:
@@ -275,6 +349,17 @@ class StreamRelay:
                 obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
                 out.append(encode_event(_dumps(obj), event))
         self._thinking.clear()
+        for idx, th in self._part_thinking.items():
+            rest = th.finish()
+            if rest:
+                tail = {"index": idx, "delta": {"content": [parts.thinking_part(rest)]}, "finish_reason": None}
+                if self._hook is not None:
+                    self._hook(tail)
+                if not tail["delta"].get("content"):
+                    continue
+                obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
+                out.append(encode_event(_dumps(obj), event))
+        self._part_thinking.clear()
         # every embedder goes (as at a choice's finish): text a backend still sends after an error event or
         # [DONE] gets a fresh one, never relayed as written
         embedders, self._embedders = self._embedders, {}
@@ -369,12 +454,12 @@ async def run_steps(steps: Generator[None, None, Transformed]) -> Transformed:
 def _embedded(emb: StreamEmbedder, text: str, slice_chars: int | None) -> Generator[None, None, str]:
     if slice_chars is None or len(text) <= slice_chars:
         return emb.feed(text) + emb.finish()
-    parts = []
+    out = []
     for i in range(0, len(text), slice_chars):
-        parts.append(emb.feed(text[i : i + slice_chars]))
+        out.append(emb.feed(text[i : i + slice_chars]))
         yield
-    parts.append(emb.finish())
-    return "".join(parts)
+    out.append(emb.finish())
+    return "".join(out)
 
 
 def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
@@ -415,6 +500,18 @@ def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: 
                     holder[k] = new
                 if withhold_tokens(choice):
                     changed = True
+        content = holder.get(key) if isinstance(holder, dict) else None
+        if embedder_factory is not None and endpoint == "chat" and isinstance(content, list):
+            # Mistral's list of parts: the text parts as the answer, the thinking parts as reasoning
+            for in_thought, part, k in parts.slots(content):
+                make = embedder_factory if in_thought else answers
+                e = make() if make is not None else None
+                if e is None:
+                    continue
+                watermarked = changed = True
+                part[k] = yield from _embedded(e, part[k], slice_chars)
+                if withhold_tokens(choice):
+                    changed = True
         if emb is not None and withhold_tokens(choice):
             changed = True
         positions += logprob_positions(choice, endpoint == "chat")
@@ -442,9 +539,10 @@ def _generated_tokens(choices: Any) -> int:
         if not isinstance(c, dict):
             continue
         msg = c.get("message")
-        parts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
+        texts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
                                    if isinstance(msg, dict) else [])
         if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
-            parts += [json.dumps(t) for t in msg["tool_calls"]]
-        n += max(1, sum(len(x) for x in parts if isinstance(x, str)) // 4)
+            texts += [json.dumps(t) for t in msg["tool_calls"]]
+        listed = parts.chars(msg["content"]) if isinstance(msg, dict) and isinstance(msg.get("content"), list) else 0
+        n += max(1, (sum(len(x) for x in texts if isinstance(x, str)) + listed) // 4)
     return n
