@@ -7,6 +7,8 @@ the gateway refuses to start) or a JWT/API-key principal with the role ``admin``
 the ``Authorization`` header, never in cookies or the URL, so a cross-site page cannot borrow them (no CSRF)
 and no CORS headers are sent (another origin cannot read an answer). Health, readiness, metrics and the
 (data-free) dashboard page need no credential: the admin listener should be bound to a private address.
+Every request, to any route, must name an allowed host in ``Host`` or gets 421 (``gateway/admin/hosts.py``:
+DNS-rebinding protection for those credential-free routes).
 Every answer carries ``SECURITY_HEADERS`` (nosniff, no framing, no caching). Every state-changing call
 that passed admin auth is recorded in the audit trail (``gateway/admin/audit.py``).
 """
@@ -24,6 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.admin.audit import AUDIT_TRAIL, audit_middleware
 from gateway.admin.core import PUBLIC_PATHS
+from gateway.admin.hosts import METRIC_REASON, HostAllowlist, host_check
 from gateway.app import openai_errors
 from gateway.audit.trail import AuditTrail
 from gateway.config import AdminConfig, ConfigError
@@ -132,7 +135,10 @@ def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) ->
         log.info("admin API: %s is not set; only JWTs with the 'admin' role are accepted",
                  ctx.config.admin.token_env)
     trail = open_trail(ctx, env)
-    app = web.Application(middlewares=[openai_errors, _admin_auth(ctx, token),
+    hosts = HostAllowlist(ctx.config.admin_addr[0], ctx.config.admin.allowed_hosts)
+    refusals = ctx.metrics.auth_failures_total.labels(reason=METRIC_REASON)
+    # The Host check comes before admin auth: an unauthenticated route is exactly what rebinding would read.
+    app = web.Application(middlewares=[openai_errors, host_check(hosts, refusals.inc), _admin_auth(ctx, token),
                                        audit_middleware(trail, ADMIN_PRINCIPAL)])
     app[CTX] = ctx
     app[AUDIT_TRAIL] = trail

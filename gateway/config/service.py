@@ -118,3 +118,13 @@ class AdminConfig(_Model):
     audit_max_records: int = Field(10_000, ge=1, le=1_000_000)
     audit_file: str | None = None
     audit_key_env: str | None = None  # names a variable holding a key (>= 16 chars): the chain becomes HMAC-keyed
+    # Host names the admin listener answers to besides admin_listen's own host (and localhost on loopback or
+    # a wildcard address): DNS-rebinding protection, gateway/admin/hosts.py. "*.example.com": names under it.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        from gateway.admin.hosts import normalize_allowed
+
+        return normalize_allowed(v)  # raises ValueError naming the bad entry

@@ -47,7 +47,7 @@ async def test_undecodable_admin_authorization_is_a_401_not_a_500(audited: Audit
     port = audited.client.server.port
     assert port is not None
     caplog.set_level(logging.WARNING)
-    data = await _raw(port, b"GET /admin/alerts HTTP/1.1\r\nHost: t\r\nAuthorization: " + value +
+    data = await _raw(port, b"GET /admin/alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value +
                       b"\r\nConnection: close\r\n\r\n")
     status, _, rest = data.partition(b"\r\n")
     assert status == b"HTTP/1.1 401 Unauthorized", data
