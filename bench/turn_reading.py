@@ -4,8 +4,8 @@ commit 3eab4d1, loaded from git): a single-turn chat, a 10-turn chat and a 10 00
 
     .venv/bin/python bench/turn_reading.py
 
-Prints a markdown table of microseconds per call (timeit, best of 9 repeats). ``_turns`` is measured on a warm
-state whose turn memory holds the earlier turns (a conversation sent turn by turn: no rebase).
+Prints a markdown table of microseconds per call (timeit, best of 9 repeats). ``read_turn`` (column ``_turns``)
+is measured on a warm state whose turn memory holds the earlier turns (a conversation sent turn by turn: no rebase).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from detectors import features as new
 from detectors import state as envelope
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
+from detectors.turns import read_turn
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "prompts.jsonl"
@@ -87,7 +88,7 @@ def main() -> None:
         blobs = dict(envelope.decode(state).blobs) if state else {}
 
         def turns() -> None:
-            engine._read_turn(envelope.Envelope(blobs=dict(blobs)), feats)  # noqa: B023
+            read_turn(envelope.Envelope(blobs=dict(blobs)), feats)  # noqa: B023
 
         def base() -> None:
             envelope.Envelope(blobs=dict(blobs))  # noqa: B023

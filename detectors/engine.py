@@ -48,6 +48,11 @@ its cache and the next step finds them there. A ``Pending`` is used once (a seco
 
 Unknown detector names in ``detectors`` (and unknown keys in a detector's ``params``) raise ValueError at
 construction, i.e. at start-up, never per request.
+
+Layout: ``Engine`` (this module) builds the detector set and folds each request into a verdict; its bases hold
+the rest: ``detectors.state_codec.StateCodec`` (state bytes <-> decoded objects, the decoded-state cache, the
+``Pending`` working copy) and ``detectors.late_fold.LateFold`` (the response and the links, after the verdict).
+``detectors.turns`` decides which user turn of a chat request the detectors read.
 """
 
 from __future__ import annotations
@@ -55,26 +60,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
-from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from detectors import state as envelope
-from detectors.base import AnyDetector, ramp
+from detectors.base import AnyDetector
 from detectors.combiner import CombinerParams, TierState, TierThresholds, next_tier
 from detectors.decoded_cache import DecodedCache
-from detectors.features import draw, rebase
+from detectors.late_fold import LateFold
 from detectors.linking import CrossAccountLinking
 from detectors.registry import DEFAULT_ENABLED, REGISTRY
+from detectors.state_codec import DECODED_CACHE, Pending, declared_state_bytes
+from detectors.turns import read_turn
 from detectors.types import (
     STATE_BUDGET_BYTES,
     DetectorScore,
-    LinkResult,
     Observation,
     RequestFeatures,
-    ResponseFeatures,
     Verdict,
 )
 
@@ -84,47 +87,6 @@ log = logging.getLogger(__name__)
 REASON_MIN_SCORE = 0.3
 MAX_REASONS = 6
 INHERIT_FLOOR = 0.1  # own score a linked client needs before it inherits its cluster's score
-DECODED_CACHE = 2048  # clients whose decoded state is kept between requests (~16 KB each: ~32 MB when full)
-TURNS = "~turns"  # the envelope blob of a client's recent last-turn CRCs (never a detector name: "~" is not one)
-TURN_MEMORY = 64  # last turns remembered per client (4 bytes each, little-endian u32)
-_BIG_ENDIAN = sys.byteorder == "big"
-
-
-class Pending:
-    """A client's state after ``Engine.observe_pending``, still decoded (engine-internal objects).
-
-    Hand it to ``Engine.observe_response`` or ``Engine.encode`` exactly once; it is mutable state of one
-    request and must not be shared."""
-
-    __slots__ = ("_env", "_states", "parent", "read", "text")
-
-    def __init__(self, env: envelope.Envelope, states: dict[str, Any], parent: bytes | None = None,
-                 text: str | None = None) -> None:
-        self._env: envelope.Envelope | None = env
-        self._states = states
-        self.parent = parent  # the stored bytes this state was derived from (the decoded cache's supersession)
-        # the history turn the detectors read instead of the last turn (``Engine._turns``); None: the last turn.
-        # Alert evidence quotes it: the last turn of a made-up conversation is the harmless cover ("Go ahead.")
-        self.text = text
-        # the last request folded in, as the detectors read it (the drawn turn, if any): what
-        # ``replay_request`` folds into another state to give the same evidence without drawing again
-        self.read: RequestFeatures | None = None
-
-    def tier_score(self) -> tuple[int, float]:
-        """The tier and score of the state as it is now (what a save stores beside it)."""
-        env, _ = self._live()
-        return env.tier, env.last_score
-
-    def _live(self) -> tuple[envelope.Envelope, dict[str, Any]]:
-        if self._env is None:
-            raise ValueError("this Pending state was already used")
-        return self._env, self._states
-
-    def take(self) -> tuple[envelope.Envelope, dict[str, Any]]:
-        env, self._env = self._env, None
-        if env is None:
-            raise ValueError("this Pending state was already used")
-        return env, self._states
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +98,7 @@ class DetectorSettings:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Engine:
+class Engine(LateFold):
     """Scores a client's request stream; holds no per-client data itself (that lives in the state bytes)."""
 
     def __init__(
@@ -211,75 +173,6 @@ class Engine:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.detectors)
-
-    # -- state plumbing --------------------------------------------------------------------------------
-    def _open(
-        self, data: bytes | None, only: frozenset[str] | None = None
-    ) -> tuple[envelope.Envelope, dict[str, Any]]:
-        """Decode the envelope and the named detectors' states (all when ``only`` is None); the other
-        blobs stay raw bytes and are written back untouched by ``_close``."""
-        if data:
-            hit = self._decoded.take(data)
-            if hit is not None:
-                return hit
-        env = envelope.Envelope()
-        if data:
-            try:
-                env = envelope.decode(data)
-                if env.tier > self.tiers.max_tier:
-                    # A bit flip, or state written under a configuration with more tiers: next_tier would
-                    # index past the thresholds (an IndexError out of observe).
-                    raise ValueError(f"tier {env.tier} > the configured maximum {self.tiers.max_tier}")
-            except ValueError as e:
-                env = envelope.Envelope()
-                self.state_errors += 1
-                if not self._logged_bad_state:
-                    log.warning("detector state unreadable, starting the client fresh: %s", e)
-                    self._logged_bad_state = True
-        states: dict[str, Any] = {}
-        blobs = env.blobs
-        for name, load, new_state in self._loaders:  # bound methods resolved once (the cold path runs this)
-            if only is not None and name not in only:
-                continue
-            blob = blobs.get(name)
-            try:
-                states[name] = load(blob) if blob else new_state()
-            except Exception as e:  # ValueError by contract; anything else from a parser bug is garbage too
-                self.state_errors += 1
-                log.warning("detector %s: state unreadable, starting fresh: %s", name, e)
-                states[name] = new_state()
-        return env, states
-
-    def _close(
-        self, env: envelope.Envelope, states: Mapping[str, Any], dirty: frozenset[str] | None = None,
-        parent: bytes | None = None, cache: bool = True,
-    ) -> bytes:
-        """Serialise. Only the ``dirty`` detectors' states (all when None) are dumped again; every other
-        blob is written back as it was. That is exact: a blob in ``env.blobs`` is either the raw blob the
-        state was loaded from (not in ``states``) or, after a cache hit, the dump of that very state object,
-        which a step that leaves the detector clean has not touched (``observe_response`` touches the
-        response detectors only, ``apply_links`` the linker only). Saves re-dumping ~7 KB per step."""
-        old = env.blobs
-        env.blobs = {
-            d.name: d.dump(states[d.name])
-            if d.name in states and (dirty is None or d.name in dirty or d.name not in old)
-            else old.get(d.name, b"")
-            for d in self.detectors
-        }
-        turns = old.get(TURNS)
-        if turns is not None:  # the memory of the client's last turns (``_turns``), kept as it is
-            env.blobs[TURNS] = turns
-        data = envelope.encode(env)
-        if cache and self.cache_size and len(states) == len(self.detectors):
-            self._decoded.put(data, (env, dict(states)), self.cache_size, parent)
-        return data
-
-    def _fail_late(self, name: str, e: BaseException) -> None:
-        """A detector (or the linker) raised after the request was judged (response, links): no verdict
-        reports it, so it is counted here for the caller to export (``late_errors``)."""
-        self.late_errors[name] = self.late_errors.get(name, 0) + 1
-        self._fail(name, e)
-
     def _fail(self, name: str, e: BaseException) -> None:
         if name not in self._logged_errors:
             self._logged_errors.add(name)
@@ -329,11 +222,6 @@ class Engine:
         verdict, pending = self.observe_pending(state, feats, now)
         return Observation(verdict, self.encode(pending))
 
-    def encode(self, pending: Pending) -> bytes:
-        """Serialise a ``Pending`` state (and remember it decoded, keyed by the bytes)."""
-        env, states = pending.take()
-        return self._close(env, states, parent=pending.parent)
-
     def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
         pending = self.open(state)
@@ -348,11 +236,6 @@ class Engine:
     # as before. ``replay_request`` folds a request again into another state (the store's newer copy written
     # by another replica) with the evidence it gave the first time: the turn drawn then, no new draw.
 
-    def open(self, state: bytes | None) -> Pending:
-        """The client's state decoded (from the cache when these are the bytes this engine wrote last)."""
-        env, states = self._open(state)
-        return Pending(env, states, state or None)
-
     def fold_request(self, pending: Pending, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
         """Fold one request into ``pending`` in place; the verdict on the client with it. ``hold``: the
         request's evidence is folded in but the client's tier is left where it was (the verdict still says
@@ -360,7 +243,7 @@ class Engine:
         env, states = pending._live()
         text = None
         if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
-            feats, text = self._read_turn(env, feats)
+            feats, text = read_turn(env, feats)
         pending.text, pending.read = text, feats
         return self._fold(env, states, feats, now, hold)
 
@@ -369,39 +252,8 @@ class Engine:
         (the turn it drew stays drawn; the memory of last turns learns the same turn)."""
         env, states = pending._live()
         if read.turn_crc or read.history:
-            self._read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
+            read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
         self._fold(env, states, read, now, hold)
-
-    def fold_response(self, pending: Pending, resp: ResponseFeatures, now: float) -> None:
-        """``observe_response`` in place."""
-        _, states = pending._live()
-        for d in self.detectors:
-            if d.name not in self._response_only:
-                continue
-            try:
-                d.observe_response(states[d.name], resp, now)
-            except Exception as e:
-                self._fail_late(d.name, e)
-
-    def fold_links(
-        self, pending: Pending, shared: Mapping[str, int], now: float,
-        peer_scores: Mapping[str, float] | None = None,
-    ) -> tuple[tuple[str, ...], float]:
-        """``apply_links`` in place: (the linked peers, the cluster score)."""
-        env, states = pending._live()
-        return self._link(env, states, shared, now, peer_scores)
-
-    def snapshot(self, pending: Pending) -> bytes:
-        """The bytes of ``pending`` as it is now; it stays usable (and is not cached: it will change)."""
-        env, states = pending._live()
-        return self._close(env, states, cache=False)
-
-    def retire(self, pending: Pending, data: bytes) -> None:
-        """Give up ``pending``, whose state is exactly ``data`` (its last ``snapshot``, nothing folded since):
-        kept decoded for the next request whose stored bytes are ``data``."""
-        env, states = pending.take()
-        if self.cache_size and len(states) == len(self.detectors):
-            self._decoded.put(data, (env, dict(states)), self.cache_size, pending.parent)
 
     def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float,
               hold: bool = False) -> Verdict:
@@ -419,120 +271,6 @@ class Engine:
         env.last_ts = max(env.last_ts, now)
         return verdict
 
-    def _turns(self, env: envelope.Envelope, feats: RequestFeatures) -> RequestFeatures:
-        """``feats`` as the detectors read them (``_read_turn``)."""
-        return self._read_turn(env, feats)[0]
-
-    def _read_turn(self, env: envelope.Envelope, feats: RequestFeatures) -> tuple[RequestFeatures, str | None]:
-        """Which user turn of a chat request the detectors read, and the memory of the client's last turns.
-
-        A conversation sent turn by turn shows each earlier user turn first as a last turn: a turn of the
-        history the client never sent that way (not among its last ``TURN_MEMORY`` last turns) was written into
-        the history by the client. Reading only the last turn let a harvester put its template fill in such a
-        turn, behind a made-up assistant reply, and end with a short "please answer that". So the request is
-        scored by one of {its unseen history turns, its last turn}, drawn uniformly (the batch-prompt draw: the
-        client cannot steer it). A conversation resumed after its turns left the memory reads a real earlier
-        turn again now and then: that is benign text, scored like any prompt."""
-        blob = env.blobs.get(TURNS, b"")
-        ring = array("I")
-        if len(blob) % 4 == 0:
-            ring.frombytes(blob)
-            if _BIG_ENDIAN:  # the state format is little-endian on every host
-                ring.byteswap()
-        history = feats.history
-        drawn = None
-        if history:
-            unseen = [text for crc, text in history if crc not in ring]
-            if unseen:
-                k = draw(len(unseen) + 1)
-                if k < len(unseen):
-                    drawn = unseen[k]
-                    feats = rebase(feats, drawn)
-        crc = feats.turn_crc
-        if crc and crc not in ring:  # 0: no text to remember
-            ring.append(crc)
-            if len(ring) > TURN_MEMORY:
-                del ring[: len(ring) - TURN_MEMORY]
-            if _BIG_ENDIAN:
-                ring.byteswap()
-            env.blobs[TURNS] = ring.tobytes()
-        return feats, drawn
-
-    def observe_response(self, state: bytes | Pending, resp: ResponseFeatures, now: float) -> bytes:
-        """Fold the upstream's answer (usage, finish reasons, logprobs served) into the state."""
-        only = self._response_only
-        dirty: frozenset[str] | None = only
-        if isinstance(state, Pending):
-            parent = state.parent
-            env, states = state.take()
-            dirty = None  # nothing of this state was serialised yet
-        else:
-            parent = state or None
-            env, states = self._open(state, only)
-        for d in self.detectors:
-            # Only the detectors that declare ``wants_response`` read the response (on a cache hit
-            # ``states`` holds every detector; the others' ``observe_response`` is a no-op by contract).
-            if d.name not in only or d.name not in states:
-                continue
-            try:
-                d.observe_response(states[d.name], resp, now)
-            except Exception as e:
-                self._fail_late(d.name, e)
-        return self._close(env, states, dirty, parent)
-
-    def apply_links(
-        self, state: bytes, shared: Mapping[str, int], now: float,
-        peer_scores: Mapping[str, float] | None = None,
-    ) -> LinkResult:
-        """Fold ``StateStore.link_sketches``' answer (peer -> sketches shared) into the state.
-
-        Peers whose accumulated shared count reaches the linking detector's threshold are "linked"; the
-        cluster score is the highest ``peer_scores`` value among the linked peers the caller knows (replay
-        knows all; the gateway reads this request's sharers), raised towards 1 by up to half the remaining
-        distance as the number of linked peers grows from 3 to 12 (a large cluster is hydra evidence in
-        itself), kept until the next update and reset when no peer is linked any more; the client inherits
-        ``inherit`` x that score.
-        """
-        env, states = self._open(state, self._link_only)
-        if self._linker is None:
-            return LinkResult(state, (), 0.0)
-        try:
-            linked = self._linker.fold_links(states[self._linker.name], shared, now)
-        except Exception as e:
-            self._fail_late(self._linker.name, e)
-            return LinkResult(state, (), env.cluster_score)
-        self._cluster(env, linked, peer_scores)
-        return LinkResult(self._close(env, states, self._link_only), linked, env.cluster_score)
-
-    def _link(
-        self, env: envelope.Envelope, states: dict[str, Any], shared: Mapping[str, int], now: float,
-        peer_scores: Mapping[str, float] | None,
-    ) -> tuple[tuple[str, ...], float]:
-        if self._linker is None:
-            return (), 0.0
-        try:
-            linked = self._linker.fold_links(states[self._linker.name], shared, now)
-        except Exception as e:
-            self._fail_late(self._linker.name, e)
-            return (), env.cluster_score
-        self._cluster(env, linked, peer_scores)
-        return linked, env.cluster_score
-
-    def _cluster(self, env: envelope.Envelope, linked: tuple[str, ...], peer_scores: Mapping[str, float] | None
-                 ) -> None:
-        if not linked:
-            env.cluster_score = 0.0
-        elif peer_scores is not None:
-            # Only peers whose score the caller knows count; a linked peer missing from ``peer_scores`` (the
-            # gateway reads the scores of this request's sharers only) leaves the cluster score as it was.
-            # Scores outside [0, 1] (or NaN) are not scores: clamped, so the cluster score stays one too.
-            known = [_unit(peer_scores[p]) for p in linked if p in peer_scores]
-            if known:
-                # The cluster is as suspicious as its most suspicious member, and a large cluster is itself
-                # evidence (hydra): up to half of the remaining distance to 1 as the links grow from 3 to 12.
-                best = max(known)
-                env.cluster_score = best + (1.0 - best) * 0.5 * ramp(len(linked), 3.0, 12.0)
-
     def peek(self, state: bytes | None, now: float) -> Verdict:
         """The verdict the stored state implies now (no request folded in; counters not decayed)."""
         env, states = self._open(state)
@@ -545,21 +283,6 @@ class Engine:
                 self._fail(d.name, e)
                 errors.append(d.name)
         return self._verdict(env, results, errors, now, env.requests_seen)
-
-
-def declared_state_bytes(detectors: Iterable[AnyDetector]) -> int:
-    """The largest state the engine can write with these detectors: the envelope header, each detector's
-    declared bound with its name field, and the memory of last turns."""
-    return 64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS)
-
-
-def _unit(x: float) -> float:
-    """``x`` clamped to [0, 1]; NaN (or anything not comparable as a float) reads as 0."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return 0.0
-    return min(max(x, 0.0), 1.0) if x == x else 0.0
 
 
 def _checked(r: DetectorScore) -> DetectorScore:

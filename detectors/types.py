@@ -87,7 +87,7 @@ class RequestFeatures:
     # The user turns: ``turn_crc`` identifies the scored last turn's text (0: none), ``history`` the earlier
     # user turns still in the request, as (crc, text), most recent last (at most ``MAX_HISTORY_TURNS``). The
     # engine remembers each client's recent last turns: an earlier turn it never saw as a last turn is history
-    # the client wrote itself (``Engine._turns``), and may be scored instead of the last turn.
+    # the client wrote itself (``detectors.turns.read_turn``), and may be scored instead of the last turn.
     turn_crc: int = 0
     history: tuple[tuple[int, str], ...] = field(default=(), repr=False, compare=False)
     # ``embedding`` as the read-only float64 array ``extract`` computed it from (the same values), so that the

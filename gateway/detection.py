@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine, declared_state_bytes
+from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine
 from detectors.features import extract, prompt_of
 from detectors.state import header_tier
+from detectors.state_codec import declared_state_bytes
 from detectors.types import ResponseFeatures, Verdict
 from gateway.alerts.dispatcher import AlertDispatcher
 from gateway.alerts.model import Alert

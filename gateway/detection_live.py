@@ -37,7 +37,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.engine import Engine, Pending
+from detectors.engine import Engine
+from detectors.state_codec import Pending
 from detectors.types import RequestFeatures, ResponseFeatures, Verdict
 from gateway.store.base import StateStore
 

@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from detectors import state as envelope
-from detectors.engine import TURNS
 from detectors.features import turn_crc
+from detectors.turns import TURNS
 from gateway.store.base import AdmitRequest
 from tests.detectors.test_hidden_turns import ANIMALS, CITIES, GO, TEMPLATE, VERBS
 from tests.support.harness import GatewayHandle, gateway_config, running_gateway, settled, sim_backend

@@ -17,8 +17,9 @@ from detectors import features
 from detectors import state as envelope
 from detectors.base import COUNT_MAX, Counters
 from detectors.combiner import CombinerParams
-from detectors.engine import Engine, Pending
+from detectors.engine import Engine
 from detectors.features import _crc, extract
+from detectors.state_codec import Pending
 from detectors.types import ResponseFeatures
 from tests.detectors.conftest import CHAT, chat, feats
 

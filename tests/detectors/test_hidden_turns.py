@@ -9,9 +9,10 @@ import random
 from typing import Any
 
 from detectors import state as envelope
-from detectors.engine import TURN_MEMORY, TURNS, Engine
+from detectors.engine import Engine
 from detectors.features import extract, history_of, seeded_draws, turn_crc
 from detectors.replay import replay
+from detectors.turns import TURN_MEMORY, TURNS, read_turn
 from detectors.types import ResponseFeatures
 from tests.detectors.conftest import CHAT
 
@@ -66,7 +67,7 @@ def test_history_of_reads_earlier_user_turns() -> None:
 def _env_after(engine: Engine, bodies: list[dict[str, Any]]) -> tuple[envelope.Envelope, list[int]]:
     env, keys = envelope.Envelope(), []
     for body in bodies:
-        keys.append(engine._turns(env, extract(CHAT, body, 0.0)).prompt_key)
+        keys.append(read_turn(env, extract(CHAT, body, 0.0))[0].prompt_key)
     return env, keys
 
 
@@ -91,7 +92,7 @@ def test_the_turn_memory_is_bounded_and_survives_a_bad_blob(engine: Engine) -> N
     env, _ = _env_after(engine, [{"messages": [u(f"question number {i}")]} for i in range(200)])
     assert len(env.blobs[TURNS]) == 4 * TURN_MEMORY
     env.blobs[TURNS] = b"\x01\x02\x03"  # not a whole number of CRCs: read as empty, then rewritten
-    engine._turns(env, extract(CHAT, {"messages": [u("next")]}, 0.0))
+    read_turn(env, extract(CHAT, {"messages": [u("next")]}, 0.0))
     assert len(env.blobs[TURNS]) == 4
     # the memory travels in the stored state, through encode/decode and the next observation
     obs = engine.observe(None, extract(CHAT, {"messages": [u("hello there")]}, 0.0), 0.0)

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from detectors import features
 from detectors import state as envelope
 from detectors.combiner import CombinerParams
-from detectors.engine import DetectorSettings, Engine, declared_state_bytes
+from detectors.engine import DetectorSettings, Engine
 from detectors.features import extract
 from detectors.linking import MAX_ID_BYTES, LinkIndex
+from detectors.state_codec import declared_state_bytes
 from detectors.types import STATE_BUDGET_BYTES, RequestFeatures, ResponseFeatures, Verdict
 from tests.detectors.conftest import CHAT, COMPLETIONS, chat, feats
 

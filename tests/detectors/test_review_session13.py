@@ -9,9 +9,10 @@ import pytest
 
 from detectors import features
 from detectors import state as envelope
-from detectors.engine import TURNS, Engine
+from detectors.engine import Engine
 from detectors.features import extract, history_of, prompt_of, seed_batch_pick
 from detectors.replay import replay
+from detectors.turns import TURNS
 from tests.detectors.conftest import CHAT
 from tests.detectors.test_hidden_turns import ANIMALS, CITIES, TEMPLATE, VERBS, a, u
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import DetectorSettings, Engine, declared_state_bytes
+from detectors.engine import DetectorSettings, Engine
 from detectors.features import extract
 from detectors.replay import replay
 from detectors.semantic import (
@@ -21,6 +21,7 @@ from detectors.semantic import (
     SemanticState,
     default_semantic_path,
 )
+from detectors.state_codec import declared_state_bytes
 from detectors.types import STATE_BUDGET_BYTES, RequestFeatures
 
 K = 8

@@ -8,8 +8,9 @@ import pytest
 
 from detectors import state as envelope
 from detectors.combiner import CombinerParams
-from detectors.engine import Engine, declared_state_bytes
+from detectors.engine import Engine
 from detectors.linking import MAX_ID_BYTES, MAX_PEERS
+from detectors.state_codec import declared_state_bytes
 from detectors.types import STATE_BUDGET_BYTES, ResponseFeatures
 from tests.detectors.conftest import chat, feats
 

@@ -100,7 +100,7 @@ def test_header_out_of_range_starts_the_client_fresh(
         assert struct.unpack_from(fmt, envelope.encode(envelope.decode(tampered)), offset)[0] == value
     now = T0 + 3600.0
     f = feats(chat("and what about bread?"), now)
-    with caplog.at_level(logging.WARNING, logger="detectors.engine"):
+    with caplog.at_level(logging.WARNING, logger="detectors.state_codec"):
         got = engine.observe(tampered, f, now)
     fresh = Engine.from_params(params).observe(None, f, now)
     assert engine.state_errors == int(refused)
@@ -175,7 +175,7 @@ def test_a_blob_out_of_range_starts_that_detector_fresh(
     without = envelope.encode(env)  # the same client with no state for this detector
     now = T0 + 3600.0
     f = feats(chat("and what about bread?"), now)
-    with caplog.at_level(logging.WARNING, logger="detectors.engine"):
+    with caplog.at_level(logging.WARNING, logger="detectors.state_codec"):
         got = engine.observe(tampered, f, now)
     assert engine.state_errors == int(refused)
     assert (f"detector {name}: state unreadable, starting fresh" in caplog.text) is refused

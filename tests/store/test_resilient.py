@@ -20,8 +20,9 @@ from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.ratelimit import admission_error
 from gateway.store.base import AdmitRequest, AdmitResult, Limits
 from gateway.store.factory import open_store
+from gateway.store.failure_modes import divide_limits
 from gateway.store.redis import RedisStore
-from gateway.store.resilient import ResilientStore, divide_limits
+from gateway.store.resilient import ResilientStore
 from gateway.telemetry.metrics import Metrics
 
 TIMEOUT_MS = 50.0
