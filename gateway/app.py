@@ -97,7 +97,7 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
                                withheld_metric=m.response_fields_withheld_total,
                                unknown_metric=m.request_fields_unknown_total),
         )
-        ctx.client_address = ClientAddress(cfg.server.trusted_proxies)
+        ctx.client_address = ClientAddress(cfg.server.trusted_proxies, cfg.server.client_address_header)
         try:
             yield ctx
         finally:

@@ -164,8 +164,8 @@ def _exchange(ctx: AppContext, request: web.Request, route: str) -> Exchange:
     """A request's record, from its arrival: id, route, start time and the client's address."""
     ex = Exchange(request_id(request), route, time.perf_counter())
     addr = ctx.client_address
-    if addr.enabled:  # behind trusted proxies: every X-Forwarded-For line, in order, as one list
-        xff = request.headers.getall("X-Forwarded-For", ())
+    if addr.enabled:  # behind trusted proxies: every line of the header they write, in order, as one list
+        xff = request.headers.getall(addr.header, ())
         ex.ip = addr.resolve(request.remote, ",".join(xff) if xff else None)
     else:
         ip = request.remote

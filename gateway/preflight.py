@@ -146,19 +146,20 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
 
 def _client_address(cfg: GatewayConfig, out: list[Finding]) -> None:
     """Where the client's address (access log, alert evidence, traces) comes from (gateway/clientaddr.py)."""
-    from gateway.clientaddr import parse_networks
+    from gateway.clientaddr import HEADERS, parse_networks
 
     nets = parse_networks(cfg.server.trusted_proxies)  # validated when the file was loaded
     if not nets:
         out.append(Finding("ok", "server", "client address: the TCP peer (X-Forwarded-For is not read; behind a "
                                            "load balancer list it in server.trusted_proxies)"))
         return
-    out.append(Finding("ok", "server", f"client address: the rightmost X-Forwarded-For hop not in "
+    header = HEADERS[cfg.server.client_address_header]
+    out.append(Finding("ok", "server", f"client address: the rightmost {header} hop not in "
                                        f"server.trusted_proxies ({', '.join(map(str, nets))})"))
     for n in nets:
         if n.prefixlen == 0:
             out.append(Finding("warning", "server", f"server.trusted_proxies lists {n}: every peer is trusted, so any "
-                                                    "client names its own address in X-Forwarded-For (list the "
+                                                    f"client names its own address in {header} (list the "
                                                     "load balancers' addresses)"))
 
 

@@ -3,7 +3,9 @@
 A try fails when the backend cannot be reached, times out before answering, answers 429/5xx, or (streams)
 ends or breaks before its first chunk. Such a
 failure is reported to the router (passive health, canary analysis) and, while the router's retry budget
-allows and ``routing.retries`` is not used up, the request goes to *another* backend of the pool. A non-
+allows and ``routing.retries`` is not used up, the request goes to *another* backend of the pool - unless
+the failure says it must not (``AttemptFailed.retryable``: a non-streamed call that timed out after it was
+sent may still be generating there; see ``gateway.proxy.forward``). A non-
 streaming body is read inside the try, and so is a stream's first chunk (nothing has reached the client yet,
 so a broken read may still be retried). Once a stream's first byte is on its way to the client there are no
 more retries (see ``gateway.respond``).
@@ -159,7 +161,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
         except AttemptFailed as e:
             lease.release(Outcome(False, e.status, time.perf_counter() - t_sent, e.error))
             last = e
-            if retries < ctx.config.routing.retries and ctx.router.may_retry(model):
+            if e.retryable and retries < ctx.config.routing.retries and ctx.router.may_retry(model):
                 retries += 1
                 excluded = excluded | {lease.backend.name}
                 ctx.metrics.upstream_retries_total.labels(model=model).inc()

@@ -35,7 +35,11 @@ class BackendConfig(_Model):
     api_key_file: str | None = None
     max_concurrency: int = Field(256, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
-    first_byte_timeout_s: float = Field(60.0, gt=0)
+    # Non-streamed calls: the WHOLE response (vLLM, TGI and SGLang send nothing until a non-streamed generation
+    # is finished), so it bounds the longest answer. 600 s is the openai SDKs' own default: the gateway never
+    # gives up on a long generation before its client does. A timeout here is not retried elsewhere (the
+    # generation may still be running; another try doubles the GPU work and would time out too).
+    first_byte_timeout_s: float = Field(600.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0, description="per-chunk idle timeout for streams")
     watermark_capable: bool = False
     # watermark_capable only: check that the engine really runs ipgate's KGW plugin (at start-up, then with

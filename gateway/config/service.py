@@ -28,6 +28,9 @@ class ServerConfig(_Model):
     # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's
     # address (access log, alert evidence, traces) is then the rightmost untrusted hop. Empty: the TCP peer.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # The header those proxies append to, and the only one read: "forwarded" is RFC 7239's
+    # (for="[2001:db8::1]:443"). Never both: the one the proxies do not write is the client's own, whole.
+    client_address_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     # TLS on both listeners (PEM files; the chain is re-read on SIGHUP). Both or neither; none: plain HTTP
     # (behind a TLS-terminating load balancer).
     tls_cert_file: str | None = None

@@ -6,6 +6,17 @@ TCP connect; non-streaming calls: ``first_byte_timeout_s`` for the whole respons
 streams: ``idle_timeout_s`` for the headers and then between two reads. There is deliberately no total
 timeout on a stream: a long generation that keeps producing is healthy.
 
+Which failed tries may go to another backend (``AttemptFailed.retryable``): every failure before the request
+reached the backend (connect refused or timed out, TLS, an unreadable credential), a 429/5xx answer, a
+connection the backend closed (it is not generating any more), and a stream's idle timeout before its first
+chunk (an engine aborts a stream whose reader left, and a minute without a first token is a queue or a stall,
+which another backend may not have: LiteLLM's ``stream_timeout`` practice). NOT retried: a non-streamed call
+that hit ``first_byte_timeout_s`` after it was sent. The backend accepted it and may still be generating (it
+learns that the gateway left only when it next checks, and one behind another proxy or queue may never); the
+same prompt and ``max_tokens`` take as long elsewhere, so another try doubles the GPU work and times out too,
+after the client's own deadline (the openai SDKs' 600 s, the default here) has passed. The client gets its
+504 at once; its SDK decides whether to try again.
+
 What is never forwarded: hop-by-hop headers (RFC 9110 §7.6.1, plus any named in ``Connection``), the client's
 own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Host`` and ``Content-Length``
 (recomputed), ``Content-Encoding`` (the body forwarded is the decoded one) and ``Content-Type`` (always
@@ -23,6 +34,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway.clientaddr import forwarded_node
 from gateway.config import BackendConfig, ConfigError, read_secret
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.tls import backend_tls
@@ -51,7 +63,9 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
     """The headers sent upstream: the client's end-to-end headers minus credentials, plus ours (the
     backend's own credential is added per try, in ``Upstream.open``). ``peer`` (the TCP peer) is appended to
     ``X-Forwarded-For`` as every reverse proxy does: a backend that trusts the gateway and reads the rightmost
-    hop (uvicorn's proxy headers, on by default from 127.0.0.1) saw what the client wrote there instead."""
+    hop (uvicorn's proxy headers, on by default from 127.0.0.1) saw what the client wrote there instead. A
+    client's ``Forwarded`` (RFC 7239) gets the same ``for=`` element appended, for the same reason; the gateway
+    does not start one (no engine reads it)."""
     # every Connection line: the field is a list, and a client may split it over several (RFC 9110 §5.3)
     conn = ",".join(client.getall("Connection", ())) if isinstance(client, CIMultiDictProxy | CIMultiDict) \
         else client.get("Connection")
@@ -70,6 +84,9 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
     if peer:
         prior = out.popall("X-Forwarded-For", None)
         out["X-Forwarded-For"] = f"{', '.join(prior)}, {peer}" if prior else peer
+        forwarded = out.popall("Forwarded", None)
+        if forwarded:
+            out["Forwarded"] = f"{', '.join(forwarded)}, for={forwarded_node(peer)}"
     return out
 
 
@@ -88,12 +105,15 @@ def retry_after_s(headers: Mapping[str, str]) -> int | None:
 class AttemptFailed(Exception):
     """One upstream try failed before any byte reached the client; ``error`` says how (for retry and metrics)."""
 
-    def __init__(self, error: str, status: int | None = None, detail: str = "", retry_after: int | None = None
-                 ) -> None:
+    def __init__(self, error: str, status: int | None = None, detail: str = "", retry_after: int | None = None,
+                 *, retryable: bool = True) -> None:
         super().__init__(f"{error} {status or ''} {detail}".strip())
         self.error = error
         self.status = status
         self.retry_after = retry_after  # the backend's Retry-After (s) on a 429/503
+        # whether another backend may be tried (see the module docstring): False once a non-streamed
+        # generation may be running on this one
+        self.retryable = retryable
 
     def to_gateway_error(self) -> GatewayError:
         if self.error == "timeout":
@@ -187,8 +207,13 @@ class Upstream:
             return await self._session.post(plan.urls[endpoint], data=data, headers=headers,
                                             timeout=plan.stream_timeout if stream else plan.timeout,
                                             allow_redirects=False, ssl=plan.ssl)
+        except aiohttp.ConnectionTimeoutError as e:
+            # no connection (aiohttp raises this for any timer that fires while connecting): nothing was sent
+            raise AttemptFailed("timeout", detail="connect") from e
         except TimeoutError as e:
-            raise AttemptFailed("timeout") from e
+            # sent, no headers yet. Non-streamed: first_byte_timeout_s, the whole generation's bound (not retried);
+            # a stream: idle_timeout_s before its headers (retried, like a stall before its first chunk)
+            raise AttemptFailed("timeout", retryable=stream) from e
         except aiohttp.ClientError as e:
             raise AttemptFailed("connect", detail=type(e).__name__) from e
 
@@ -197,8 +222,8 @@ class Upstream:
         try:
             return await resp.read()
         except TimeoutError as e:
-            resp.close()
-            raise AttemptFailed("timeout") from e
+            resp.close()  # the headers came, the body did not: the generation may still run there (not retried)
+            raise AttemptFailed("timeout", retryable=False) from e
         except aiohttp.ClientError as e:
             resp.close()
             raise AttemptFailed("read", detail=type(e).__name__) from e
