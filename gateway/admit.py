@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.hooks import DetectionSession, ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
@@ -73,14 +73,18 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
         by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
     res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
                                                 ctx.config.detection.state_ttl_s))
-    session = _observe(ctx, principal, path, parsed, res, request_id, ex.ip)
+    screening: GatewayError | None = None
+    try:
+        session = _observe(ctx, principal, path, parsed, res, request_id, ex.ip)
+    except PermissionDenied as e:  # screening failed under fail_policy block: refused below, like any refusal
+        session, screening = None, e  # (raising here kept the reservation charged: nothing gave it back)
     tier = res.tier
     if session is not None and res.override != "allow":
         tier = max(tier, session.outcome.tier)
     adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier)
     _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
     _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
-    err = admission_error(res)
+    err = screening if screening is not None else admission_error(res)
     if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
         err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
     if err is None and session is not None and parsed.endpoint == "completions" and res.override != "allow" \
@@ -96,7 +100,7 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
             "messages: a system or developer message after the last user message is not accepted here (this "
             "gateway screens the user turn: put instructions before it)", param="messages",
             code="trailing_instructions")
-    if isinstance(err, PermissionDenied):
+    if isinstance(err, PermissionDenied) and err is not screening:  # (that one counts as a detector error)
         _count(ctx, "policy", "block")
     if err is not None:
         _refused(ctx, principal, adm, err.status)

@@ -38,6 +38,7 @@ EPS_US = 1.0
 MAX_AHEAD_US = float(2**50)
 DEFAULT_MAX_TOKENS = 1024  # completion reservation when the client names no max_tokens; reconcile corrects it
 MAX_N = 128  # cap on the n/best_of multiplier, so an absurd body cannot overflow the reservation
+_MAX_DELTA = 2**1000  # a backend's usage is any JSON integer: clamp it to what converts to a float
 _MESSAGE_OVERHEAD = 4  # role/separator tokens per chat message (OpenAI's cookbook counts 3-4)
 
 
@@ -113,6 +114,8 @@ def reconcile_tat(tat_us: float, now_us: float, delta: int, interval: float) -> 
     Giving back never lowers the TAT below ``now`` (that would bank credit beyond the burst); charging more
     may push the key past its burst (debt), which later requests then wait out.
     """
+    if delta > _MAX_DELTA or delta < -_MAX_DELTA:  # int * float raises OverflowError past ~1.8e308; the Lua
+        delta = _MAX_DELTA if delta > 0 else -_MAX_DELTA  # port reads such a number as ±inf: same results
     if delta >= 0:
         return min(max(tat_us, now_us) + delta * interval, now_us + MAX_AHEAD_US)
     return max(tat_us + delta * interval, now_us) if tat_us > now_us else tat_us
@@ -214,6 +217,25 @@ def _chars(value: Any) -> int:
     return 0
 
 
+def _json_chars(value: Any) -> int:
+    """Characters of the strings (object keys included) in a JSON value: tool definitions and tool-call
+    arguments, which the backend renders into the prompt. Iterative: the parse step accepts deep nesting."""
+    total, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, Mapping):
+            for k, item in v.items():
+                total += len(k) if isinstance(k, str) else 1
+                stack.append(item)
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif v is not None:
+            total += 1  # a number or a boolean: a token-ish piece of the rendered schema
+    return total
+
+
 def _int_field(body: Mapping[str, Any], *names: str, default: int) -> int:
     for name in names:
         v = body.get(name)
@@ -241,18 +263,28 @@ def estimate_parts(endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
             for m in messages:
                 if isinstance(m, Mapping):
                     chars += _chars(m.get("content"))
+                    if m.get("tool_calls") is not None:
+                        chars += _json_chars(m["tool_calls"])
                     overhead += _MESSAGE_OVERHEAD
+        # tool definitions are prompt too (the chat template renders them): left out, a huge prompt moved into
+        # `tools` cost nothing where the estimate is what is charged (an aborted stream, a failed request)
+        if body.get("tools") is not None or body.get("functions") is not None:
+            chars += _json_chars(body.get("tools")) + _json_chars(body.get("functions"))
         prompt = (chars + 3) // 4 + overhead
         completion = _int_field(body, "max_completion_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS)
-        return prompt, completion * min(_int_field(body, "n", default=1), MAX_N)
+        # vLLM's best_of (forwarded on chat too) generates that many sequences, as on /completions
+        n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
+        return prompt, completion * min(n, MAX_N)
     if endpoint.endswith("/completions"):
         raw = body.get("prompt")
         prompt = (_chars(raw) + 3) // 4
-        # a batch (list of strings or of token-id lists) generates one completion per prompt
+        # a batch (list of strings or of token-id lists) generates n completions per prompt. MAX_N caps n only:
+        # the batch length is bounded by the body size, and capping n x batch reserved 128 x max_tokens for a
+        # batch of any length (a client could run far past its token burst before the first reconciliation)
         batch = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
         completion = _int_field(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
         n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
-        return prompt, completion * min(n * batch, MAX_N)
+        return prompt, completion * min(n, MAX_N) * batch
     if endpoint.endswith("/embeddings"):
         return max(1, (_chars(body.get("input")) + 3) // 4), 0
     return 1, 0

@@ -60,7 +60,8 @@ class AuthConfig(_Model):
 
 
 class TierLimitsConfig(_Model):
-    requests_per_minute: float = Field(gt=0)
-    tokens_per_minute: float = Field(gt=0)
+    # finite: `.inf` (YAML's "unlimited") made the emission interval 0 (a 500 on every request of the class)
+    requests_per_minute: float = Field(gt=0, allow_inf_nan=False)
+    tokens_per_minute: float = Field(gt=0, allow_inf_nan=False)
     burst_requests: int | None = Field(None, ge=1, description="default: requests_per_minute / 6 (10 s)")
     burst_tokens: int | None = Field(None, ge=1, description="default: tokens_per_minute / 6 (10 s)")

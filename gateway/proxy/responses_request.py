@@ -189,6 +189,8 @@ def responses_view(body: dict[str, Any]) -> dict[str, Any]:
                      ("seed", "seed"), ("logit_bias", "logit_bias")):
         if body.get(src) is not None:
             view[dst] = body[src]
+    if body.get("tools") is not None:  # prompt text the token estimate charges (no detector reads it)
+        view["tools"] = body["tools"]
     top = body.get("top_logprobs")
     if wants_logprobs(body):
         view["logprobs"] = True
