@@ -61,18 +61,11 @@ def _create(args: argparse.Namespace) -> int:
     line = format_line(hash_key(key), args.client, args.tenant, roles, args.limits)
     if args.append:
         path = Path(args.append)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+", encoding="utf-8") as f:
-            st = os.fstat(fd)
-            if st.st_mode & 0o022:  # anyone who can write the file can add a key with the role admin
-                print(f"ipgate apikey: warning: {path} is writable by group or others (mode "
-                      f"{st.st_mode & 0o777:o}); chmod 600 it", file=sys.stderr)
-            # a last line without its newline (edited by hand) would merge with ours: both lines break
-            prefix = ""
-            if st.st_size > 0:
-                os.lseek(fd, -1, os.SEEK_END)
-                prefix = "" if os.read(fd, 1) == b"\n" else "\n"
-            f.write(prefix + line + "\n")
+        try:
+            _append(path, line)
+        except OSError as e:  # no such directory, a directory, a full disk: the key is not shown, nothing made
+            print(f"ipgate apikey: --append {path}: cannot write: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"key (shown once, store it now): {key}")
         print(f"appended to {path}: {line}")
     else:
@@ -80,6 +73,21 @@ def _create(args: argparse.Namespace) -> int:
         print("line for the API key file (auth.api_keys.file):")
         print(line)
     return 0
+
+
+def _append(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        st = os.fstat(fd)
+        if st.st_mode & 0o022:  # anyone who can write the file can add a key with the role admin
+            print(f"ipgate apikey: warning: {path} is writable by group or others (mode "
+                  f"{st.st_mode & 0o777:o}); chmod 600 it", file=sys.stderr)
+        # a last line without its newline (edited by hand) would merge with ours: both lines break
+        prefix = ""
+        if st.st_size > 0:
+            os.lseek(fd, -1, os.SEEK_END)
+            prefix = "" if os.read(fd, 1) == b"\n" else "\n"
+        f.write(prefix + line + "\n")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

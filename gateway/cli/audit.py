@@ -102,4 +102,6 @@ def run(args: argparse.Namespace) -> int:
 def _printable(text: str) -> str:
     """``text`` with lone surrogates escaped: a writer id comes from the files or from an --anchor argument
     (an undecodable byte reads as one), and a strict UTF-8 stdout refused it: "internal error", not the verdict."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # in stdout's own encoding: a non-ASCII writer id on an ASCII or Latin-1 stdout failed the same way
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)

@@ -16,10 +16,13 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.findconfig import find_config, searched
 from gateway.config import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 
 def register(sub: Any) -> None:
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         findings = offline(cfg)
         if args.connect:
             findings += asyncio.run(online(cfg))
+        findings = [Finding(f.level, f.area, _without_passwords(f.message, cfg)) for f in findings]
     errors = sum(f.level == "error" for f in findings)
     warnings = sum(f.level == "warning" for f in findings)
     if args.json:
@@ -69,3 +73,25 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         return 2
     return 1 if warnings and args.strict else 0
+
+
+def _without_passwords(message: str, cfg: GatewayConfig) -> str:
+    """``message`` with the password of every configured URL masked (``redis://:***@host:6379/0``). The findings
+    name URLs ("Redis at redis://:pw@host/0 answers PING"), and this output goes to terminals and CI logs."""
+    from yarl import URL
+
+    urls = [cfg.store.url, *cfg.store.cluster_seeds, *(b.url for m in cfg.models for b in m.backends),
+            *(s.url for s in cfg.alerts.sinks if s.url)]
+    if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_url:
+        urls.append(cfg.auth.jwt.jwks_url)
+    for raw in urls:
+        try:
+            u = URL(raw)
+            password, quoted = u.password, u.raw_password
+        except (ValueError, TypeError):
+            continue
+        # only the "user:password@" part is replaced, so any spelling of the URL (as written, normalised, with a
+        # path appended: "http://u:***@gpu:8000/v1/models answers") keeps the rest as it was
+        for pw in sorted({p for p in (password, quoted) if p}, key=len, reverse=True):
+            message = message.replace(f":{pw}@", ":***@")
+    return message

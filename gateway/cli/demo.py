@@ -52,10 +52,21 @@ def _ports(text: str) -> list[int]:
     return ports
 
 
+def _port(text: str) -> int:
+    """A listening port (an out-of-range one was an "internal error: ConfigError" from the demo's config)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port, got {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port in 1-65535, got {text!r}")
+    return port
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the gateway in front of simulated model servers, print examples")
-    p.add_argument("--port", type=int, default=None, help="public port (default 8080)")
-    p.add_argument("--admin-port", type=int, default=None, help="admin port (default 9090)")
+    p.add_argument("--port", type=_port, default=None, help="public port (default 8080)")
+    p.add_argument("--admin-port", type=_port, default=None, help="admin port (default 9090)")
     p.add_argument("--sim-ports", type=_ports, default=None,
                    help="ports of the two simulated backends (default 18000,18010)")
     p.add_argument("--client", default="demo-client", help="client id of the printed token")

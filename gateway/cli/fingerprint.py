@@ -103,7 +103,7 @@ def _probe_set(path: str | None) -> tuple[Probe, ...]:
     if path is None:
         return DEFAULT_PROBES
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first probe
     except OSError as e:
         raise _Fail(f"--probes {path} cannot be read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:

@@ -53,6 +53,8 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
     the line number: blank lines are skipped, and must not shift the number reported)."""
     with path.open("rb") as f:
         for i, raw in enumerate(f, 1):
+            if i == 1:  # a byte-order mark (editors and exports on Windows) is not part of the first record
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             try:
@@ -163,8 +165,16 @@ def run(args: argparse.Namespace) -> int:
     for c in out["clients"]:
         if c["flagged"] or c["tier"] > 0:
             first = c["first_flag_index"] if c["first_flag_index"] is not None else "-"
-            print(f"  {c['client']}: tier {c['tier']} score {c['score']:.2f} (max {c['max_score']:.2f}), "
-                  f"flagged at request {first}: {'; '.join(c['reasons'][:3])}")
+            print(_printable(f"  {c['client']}: tier {c['tier']} score {c['score']:.2f} (max {c['max_score']:.2f}), "
+                             f"flagged at request {first}: {'; '.join(c['reasons'][:3])}"))
     for group in out["clusters"]:
-        print(f"  cluster: {', '.join(group)}")
+        print(_printable(f"  cluster: {', '.join(group)}"))
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` as stdout can encode it: a client id from the trace ("José", or a lone surrogate from a ``\\udc80``
+    escape) on a stdout that cannot hold it (PYTHONIOENCODING=ascii, a Latin-1 locale) stopped the report half
+    printed with "internal error: UnicodeEncodeError"; it is written escaped instead."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)

@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     opts = SimOptions(model=args.model, latency_ms=args.latency_ms, tokens_per_s=args.tokens_per_s,
                       fail_rate=args.fail_rate, fail_status=args.fail_status, cut_after=args.cut_after,
                       stall_after=args.stall_after, seed=args.seed, reasoning=args.reasoning, **kgw)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_sim_forever(opts, args.host, args.port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_sim_forever(opts, args.host, args.port))
+    except (OSError, OverflowError) as e:  # the port is taken, or not a port (as `ipgate demo` says it)
+        print(f"ipgate sim-backend: cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
+        return 2
     return 0

@@ -11,6 +11,7 @@ public key.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import secrets
 import sys
@@ -31,7 +32,10 @@ def parse_ttl(text: str) -> int:
     m = _TTL.fullmatch(text.strip().lower())
     if not m:
         raise ValueError(f"--ttl: expected a duration like 90s, 15m, 1h or 7d, got {text!r}")
-    seconds = int(float(m.group(1)) * _UNIT_S[m.group(2)])
+    value = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not math.isfinite(value):  # a number too long for a float: int() would raise OverflowError
+        raise ValueError(f"--ttl: not a usable duration: {text!r}")
+    seconds = int(value)
     if seconds <= 0:
         raise ValueError("--ttl must be positive")
     return seconds
@@ -87,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
         if args.limits is not None and cfg is not None and args.limits not in cfg.limits:
             raise ConfigError(f"--limits: {args.limits!r} is not a limit class of {args.config} "
                               f"(classes: {', '.join(sorted(cfg.limits))})")
-        roles = [r for r in args.roles.split(",") if r] if args.roles else None
+        # the gateway refuses a blank client id or one with control characters (gateway/auth/jwt.py): a token
+        # it would answer with 401 is refused here, when it is made
+        if not args.client.strip() or not args.client.isprintable():
+            raise ValueError(f"--client: not a client id the gateway accepts: {args.client!r}")
+        if args.tenant is not None and not args.tenant.isprintable():
+            raise ValueError(f"--tenant: not a tenant the gateway accepts: {args.tenant!r}")
+        # "chat, embed" is a natural way to type it: the role is "embed", not " embed" (never granted)
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
         token = mint(jwt_cfg, client=args.client, tenant=args.tenant, roles=roles, ttl_s=ttl,
                      limit_class=args.limits)
     except (ConfigError, ValueError) as e:

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from detectors.traffic.corpus import parse_prompts
+from detectors.traffic.corpus import BENIGN_CATEGORIES, Prompt, parse_prompts
 from detectors.traffic.generator import (
     ATTACK_KINDS,
     EPOCH,
@@ -58,6 +58,31 @@ def _pairs(values: list[str], what: str) -> list[tuple[str, int]]:
     return out
 
 
+def _prompts(lines: list[str], path: Path) -> list[Prompt]:
+    """The corpus's prompts, a bad line named ``--prompts FILE:LINE`` (a line that is not an object, or a benign
+    record without its ``id``, was an "internal error" naming neither the file nor the line)."""
+    out: list[Prompt] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompts {path}:{n}: not valid JSON: {e.msg}") from None
+        except RecursionError:
+            raise ValueError(f"--prompts {path}:{n}: not valid JSON: nested too deeply") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"--prompts {path}:{n}: expected a JSON object "
+                             '({"id", "category", "turns"}, as in the corpus format)')
+        if rec.get("category") in BENIGN_CATEGORIES:
+            if "id" not in rec:
+                raise ValueError(f"--prompts {path}:{n}: field 'id' is missing")
+            if not isinstance(rec.get("turns", []), list):  # a string's characters would become the turns
+                raise ValueError(f"--prompts {path}:{n}: field 'turns' must be a list of strings")
+        out += parse_prompts([line])
+    return out
+
+
 def _check(args: argparse.Namespace, attacks: list[tuple[str, int]], mixed: list[tuple[float, int]],
            have_prompts: bool) -> str | None:
     """The first problem with the arguments, named (argparse takes any int: negatives included)."""
@@ -82,10 +107,11 @@ def _check(args: argparse.Namespace, attacks: list[tuple[str, int]], mixed: list
 def run(args: argparse.Namespace) -> int:
     try:
         if args.prompts is not None:
-            lines = args.prompts.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 in strings
+            text = args.prompts.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of line 1
+            bank = Bank(_prompts(text.split("\n"), args.prompts), "all")  # not splitlines(): U+2028 in strings
         else:
             lines = (resources.files("detectors.traffic") / "sample_prompts.jsonl").read_text("utf-8").split("\n")
-        bank = Bank(parse_prompts(lines), "all")
+            bank = Bank(parse_prompts(lines), "all")
         attacks = _pairs(args.attack, "attack")
         mixed = [(float(s), n) for s, n in _pairs(args.mixed, "mixed")]
     except (OSError, ValueError) as e:

@@ -48,7 +48,8 @@ def register(sub: Any) -> None:
     who.add_argument("--client", help="test only this client id")
     who.add_argument("--clients", help="file with one candidate client id per line")
     p.add_argument("--scheme", choices=SCHEMES, default="auto")
-    p.add_argument("--tokenizer", help="tokenizer.json of the model (needed for kgw)")
+    p.add_argument("--tokenizer", help="tokenizer.json of the model (needed for kgw; default: the config's "
+                   "watermark.kgw_tokenizer_file, as the admin API uses it)")
     p.add_argument("--kgw-params", metavar="SPEC",
                    help="kgw green-list spec, e.g. g0.25-h4-selfhash (default: the config's watermark.kgw_params, "
                         "else g0.25-h4-selfhash)")
@@ -72,22 +73,30 @@ def _schemes(args: argparse.Namespace, ring: KeyRing, cfg: GatewayConfig | None)
 
         markdown = lexical_markdown(args, cfg)
         out.append(LexicalScheme(ring.master, markdown=markdown))
-    if args.scheme == "kgw" or (args.scheme == "auto" and args.tokenizer):
-        if not args.tokenizer:
-            raise CliError("--scheme kgw needs --tokenizer PATH (the model's tokenizer.json)")
+    # without --tokenizer, the config's watermark.kgw_tokenizer_file, as the admin API verifies: the same text
+    # and config must not be "watermarked" there and "not watermarked" here
+    tokenizer, what = args.tokenizer, "--tokenizer"
+    if tokenizer is None and cfg is not None and cfg.watermark.kgw_tokenizer_file:
+        tokenizer, what = cfg.watermark.kgw_tokenizer_file, "watermark.kgw_tokenizer_file"
+    if args.scheme == "kgw" or (args.scheme == "auto" and tokenizer):
+        if not tokenizer:
+            raise CliError("--scheme kgw needs --tokenizer PATH (the model's tokenizer.json), or --config with "
+                           "watermark.kgw_tokenizer_file")
+        # an error, never a silent lexical-only verdict; with --scheme auto, say how to verify without KGW
+        hint = "; --scheme lexical verifies without it" if args.scheme == "auto" else ""
         try:
             from watermark.kgw.detect import KgwScheme
         except ImportError as e:  # the tokenizers library is an optional dependency
             raise CliError(f"--scheme kgw needs the 'tokenizers' package ({e}): pip install 'ipgate[torch]' "
-                           "(or just tokenizers)") from e
+                           f"(or just tokenizers){hint}") from e
         params = _kgw_params(args, cfg)
         try:
-            out.append(KgwScheme.from_tokenizer_file(args.tokenizer, params))
+            out.append(KgwScheme.from_tokenizer_file(tokenizer, params))
         except ImportError as e:  # imported when the file is read
             raise CliError(f"--scheme kgw needs the 'tokenizers' package ({e}): pip install 'ipgate[torch]' "
-                           "(or just tokenizers)") from e
+                           f"(or just tokenizers){hint}") from e
         except Exception as e:  # tokenizers raises its own exception types for unreadable files
-            raise CliError(f"--tokenizer {args.tokenizer}: {e}") from e
+            raise CliError(f"{what} {tokenizer}: {e}{hint}") from e
     return out
 
 
@@ -155,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
             if collecting:
                 gc.enable()
         if not args.jsonl:
-            v = verify(read_text(args.file), keys, schemes, fpr=args.fpr, top=args.top)
+            text = read_text(args.file)
+            if not text.strip():  # `curl ... | ipgate verify -` after a failed download: an error, not a verdict
+                where = "stdin" if args.file == "-" else args.file
+                raise CliError(f"{where}: no text to verify (the input is empty or only whitespace)")
+            v = verify(text, keys, schemes, fpr=args.fpr, top=args.top)
             _print(v, args)
             return 0 if v.watermarked else 1
         rows = read_jsonl(args.jsonl, ("text",))

@@ -7,9 +7,10 @@ import contextlib
 import io
 import json
 import os
+import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -206,29 +207,96 @@ def output_closed(prog: str) -> int:
     return 2
 
 
-def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_jsonl(path: str, required: tuple[str, ...]) -> JsonlRows:
     """Every row, validated before any is processed: one bad line stops the run (exit 2) with
     ``FILE:LINE: why`` and nothing on stdout, so a partial result is never mistaken for a complete one."""
-    rows: list[dict[str, Any]] = []
-    text = read_text(path).removeprefix("\ufeff")
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    return JsonlRows(path, required)
+
+
+class JsonlRows:
+    """The rows of a JSONL file (``len``, ``bool``, iteration), all validated when this is made.
+
+    A regular file is read twice: a first pass validates every line and counts the rows, and each iteration
+    reads it again, so memory holds one line at a time however large the file (a bulk run over a dump of
+    suspect texts held the file about four times over). Stdin, a pipe or a FIFO can be read only once: its
+    rows are held in memory."""
+
+    def __init__(self, path: str, required: tuple[str, ...]) -> None:
+        self._path, self._required = path, required
+        self._rows: list[dict[str, Any]] | None = None
+        if _regular_file(path):
+            self._count = sum(1 for _ in self._parse(self._file_lines()))
+        else:
+            text = read_text(path).removeprefix("\ufeff")
+            self._rows = list(self._parse(enumerate(text.split("\n"), 1)))
+            self._count = len(self._rows)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._rows is not None:
+            yield from self._rows
+            return
+        n = 0
+        for row in self._parse(self._file_lines()):
+            n += 1
+            if n > self._count:
+                break
+            yield row
+        if n != self._count:  # rewritten or appended to since the first pass: its results are not those checked
+            raise CliError(f"{self._path}: the file changed while it was read ({self._count} rows checked, "
+                           f"{'more' if n > self._count else n} read)")
+
+    def _file_lines(self) -> Iterator[tuple[int, str]]:
+        """``(line number, text)``, split on ``\\n`` only (a raw U+2028 inside a JSON string is not a line end),
+        strict UTF-8 with the offending byte's offset in the file, a leading byte-order mark dropped."""
+        offset = 0
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{path}:{n}: not valid JSON: {e.msg}") from e
-        except RecursionError:  # nesting deeper than the parser's stack: a bad line, not an internal error
-            raise CliError(f"{path}:{n}: not valid JSON: nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise CliError(f"{path}:{n}: expected a JSON object")
-        for f in required:
-            if not isinstance(obj.get(f), str):
-                raise CliError(f"{path}:{n}: field {f!r} must be a string")
-        if "client" in required and not (obj["client"] and utf8_encodable(obj["client"])):
-            raise CliError(f"{path}:{n}: field 'client' must be a non-empty, valid Unicode client id")
-        rows.append(obj)
-    return rows
+            with open(self._path, "rb") as f:
+                for n, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise CliError(f"input file {self._path}: not UTF-8 text (byte {offset + e.start})") from e
+                    yield n, line.removeprefix("\ufeff") if n == 1 else line
+                    offset += len(raw)
+        except OSError as e:
+            raise CliError(f"input file {self._path}: cannot read: {e.strerror}") from e
+
+    def _parse(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+        path, required = self._path, self._required
+        for n, line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CliError(f"{path}:{n}: not valid JSON: {e.msg}") from e
+            except RecursionError:  # nesting deeper than the parser's stack: a bad line, not an internal error
+                raise CliError(f"{path}:{n}: not valid JSON: nested too deeply") from None
+            if not isinstance(obj, dict):
+                raise CliError(f"{path}:{n}: expected a JSON object")
+            for f in required:
+                if not isinstance(obj.get(f), str):
+                    raise CliError(f"{path}:{n}: field {f!r} must be a string")
+            if "client" in required and not (obj["client"] and utf8_encodable(obj["client"])):
+                raise CliError(f"{path}:{n}: field 'client' must be a non-empty, valid Unicode client id")
+            yield obj
+
+
+def _regular_file(path: str) -> bool:
+    """A file that can be read twice (not stdin, a pipe or a FIFO); one that cannot be stat'ed is read once,
+    where its error is reported."""
+    if path == "-":
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 class Progress:
