@@ -339,14 +339,13 @@ def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper], pre
     if not isinstance(holder, dict):
         return False
     text = holder.get("content")
+    if isinstance(text, list):
+        return _strip_think_parts(choice, text, _stripper(choice, strippers, prefilled), whole)
     if not isinstance(text, str):
         text = ""
         if choice.get("finish_reason") is None:
             return False
-    idx = choice.get("index", 0)
-    st = strippers.get(idx if isinstance(idx, int) else 0)
-    if st is None:
-        st = strippers[idx if isinstance(idx, int) else 0] = ThinkStripper(prefilled)
+    st = _stripper(choice, strippers, prefilled)
     new = st.feed(text)
     if whole or choice.get("finish_reason") is not None:
         new += st.finish()
@@ -356,19 +355,51 @@ def strip_think(choice: dict[str, Any], strippers: dict[int, ThinkStripper], pre
     return True
 
 
+def _stripper(choice: dict[str, Any], strippers: dict[int, ThinkStripper], prefilled: bool) -> ThinkStripper:
+    idx = choice.get("index", 0)
+    idx = idx if isinstance(idx, int) else 0
+    st = strippers.get(idx)
+    if st is None:
+        st = strippers[idx] = ThinkStripper(prefilled)
+    return st
+
+
+def _strip_think_parts(choice: dict[str, Any], content: list[Any], st: ThinkStripper, whole: bool) -> bool:
+    """``strip_think`` for a ``content`` that is a list of parts (Mistral's shape, which the relay also gives a
+    string delta it puts a held-back thought into): the ``text`` parts are the answer's text, in order. Skipping
+    them instead let the stripper release text it held from an earlier string delta after them (the answer's
+    words out of order), or at the choice's end replace the whole list, and the answer text in it, by that
+    held text."""
+    changed = False
+    for thinking, part, key in parts.slots(content):
+        if not thinking:
+            new = st.feed(part[key])
+            if new != part[key]:
+                part[key] = new
+                changed = True
+    if whole or choice.get("finish_reason") is not None:
+        rest = st.finish()
+        if rest:
+            content.append(parts.text_part(rest))
+            changed = True
+    return changed
+
+
 def strip_reasoning(choice: dict[str, Any]) -> bool:
-    """Remove the reasoning fields from one choice's message or delta, in place; True when one was there."""
-    holder = choice.get("message", choice.get("delta"))
-    if not isinstance(holder, dict):
-        return False
+    """Remove the reasoning fields from one choice's message or delta, in place; True when one was there.
+    Both are looked at: a stream chunk with ``"message": null`` (or a stray message) beside its delta hid the
+    delta, which is what the relay and the client read."""
     found = False
-    for k in REASONING_KEYS:
-        if k in holder:
-            del holder[k]
+    for holder in (choice.get("message"), choice.get("delta")):
+        if not isinstance(holder, dict):
+            continue
+        for k in REASONING_KEYS:
+            if k in holder:
+                del holder[k]
+                found = True
+        content = holder.get("content")
+        if isinstance(content, list) and parts.drop_thinking(content):  # Mistral's thinking parts
             found = True
-    content = holder.get("content")
-    if isinstance(content, list) and parts.drop_thinking(content):  # Mistral's thinking parts
-        found = True
     return found
 
 

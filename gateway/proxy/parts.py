@@ -27,7 +27,9 @@ def slots(parts: list[Any]) -> list[TextSlot]:
     for p in parts:
         if not isinstance(p, dict):
             continue
-        kind = p.get("type")
+        # a part without a type but with a text is read as text (Mistral's SDK reads one so inside a thinking
+        # part, where ``type`` is optional): passed over, its text went out unwatermarked
+        kind = p.get("type", "text")
         if kind == "text":
             if isinstance(p.get("text"), str) and p["text"]:
                 out.append((False, p, "text"))
@@ -37,9 +39,8 @@ def slots(parts: list[Any]) -> list[TextSlot]:
                 if inner:
                     out.append((True, p, "thinking"))
             elif isinstance(inner, list):
-                out.extend((True, q, "text") for q in inner
-                           if isinstance(q, dict) and q.get("type") == "text" and isinstance(q.get("text"), str)
-                           and q["text"])
+                out.extend((True, q, "text") for q in inner if isinstance(q, dict)
+                           and q.get("type", "text") == "text" and isinstance(q.get("text"), str) and q["text"])
     return out
 
 

@@ -78,8 +78,9 @@ def _dumps(obj: Any) -> bytes:
 
 class StreamRelay:
     __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_fields",
-                 "_hook", "_listed", "_needs_decoding", "_part_thinking", "_reasoned", "_thinking", "content_events",
-                 "done", "finish_reasons", "logprob_positions", "model", "upstream_error", "usage", "watermarked")
+                 "_hook", "_ids", "_listed", "_needs_decoding", "_part_thinking", "_reasoned", "_thinking",
+                 "content_events", "done", "finish_reasons", "logprob_positions", "model", "upstream_error", "usage",
+                 "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
                  *, details: bool = True, choice_hook: ChoiceHook | None = None,
@@ -112,6 +113,9 @@ class StreamRelay:
         self.done = False
         self.upstream_error = False
         self.model: str | None = None
+        # the upstream's chunk id and creation time, for the chunks the relay writes itself (held-back tails):
+        # both are required in a chunk, and strict clients (Mistral's SDK, typed ones) reject one without them
+        self._ids: dict[str, Any] = {}
         self.watermarked = False  # at least one choice ran through an embedder
 
 
@@ -158,6 +162,8 @@ class StreamRelay:
             return [*self._flush_all(None), encode_event(data, event)]
         if self.model is None:
             self.model = chunk.get("model")
+        if not self._ids:
+            self._ids = {k: chunk[k] for k in ("id", "created") if k in chunk}
         changed = internal and self._fields is not None and self._fields.scrub(chunk)
         if "usage" in chunk and chunk["usage"] is not None:
             content, usage_chunk, usage = split_usage_chunk(chunk, self._client_usage)
@@ -273,7 +279,7 @@ class StreamRelay:
         as_list = isinstance(text, list)
         content: list[Any] = text if isinstance(text, list) else [parts.text_part(text)] if (
             isinstance(text, str) and text) else []
-        changed = reshaped = False
+        changed = reshaped = withheld = False
         for thinking, part, key in parts.slots(content):
             if thinking:
                 th = self._part_thinking.get(idx)
@@ -284,7 +290,9 @@ class StreamRelay:
                     self._part_thinking[idx] = th
                     self._reasoned.add(idx)
                     self.watermarked = True
-                    withhold_tokens(choice)  # the tokens would spell the unwatermarked thought
+                    # the tokens would spell the unwatermarked thought (the chunk is written again for that
+                    # alone where the embedder changed nothing yet)
+                    withheld = withhold_tokens(choice)
                 new = th.feed(part[key])
             else:
                 tail = self._close_part_thinking(idx)
@@ -313,10 +321,10 @@ class StreamRelay:
             if changed or reshaped:
                 holder["content"] = content
                 return True
-            return False
+            return withheld
         joined = "".join(p["text"] for p in content)
         if joined == (text or ""):
-            return False
+            return withheld
         holder["content"] = joined
         return True
 
@@ -346,7 +354,7 @@ class StreamRelay:
                     self._hook(tail)
                 if not tail["delta"]:
                     continue
-                obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
+                obj = {**self._ids, "object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
                 out.append(encode_event(_dumps(obj), event))
         self._thinking.clear()
         for idx, th in self._part_thinking.items():
@@ -357,7 +365,7 @@ class StreamRelay:
                     self._hook(tail)
                 if not tail["delta"].get("content"):
                     continue
-                obj = {"object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
+                obj = {**self._ids, "object": "chat.completion.chunk", "model": self.model, "choices": [tail]}
                 out.append(encode_event(_dumps(obj), event))
         self._part_thinking.clear()
         # every embedder goes (as at a choice's finish): text a backend still sends after an error event or
@@ -372,7 +380,7 @@ class StreamRelay:
                                           if self._chat else {"index": idx, "text": rest, "finish_reason": None})
                 if self._hook is not None:  # the tier's hardening (a <think> section) applies to this tail too
                     self._hook(choice)
-                obj = {"object": "chat.completion.chunk" if self._chat else "text_completion",
+                obj = {**self._ids, "object": "chat.completion.chunk" if self._chat else "text_completion",
                        "model": self.model, "choices": [choice]}
                 out.append(encode_event(_dumps(obj), event))
         return out

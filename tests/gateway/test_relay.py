@@ -121,8 +121,9 @@ def test_held_text_is_flushed_at_done_when_no_finish_reason() -> None:
 
 
 def test_transform_body() -> None:
-    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "abc"}, "finish_reason": "stop",
-                         "logprobs": {"content": [{}, {}, {}]}}], "usage": USAGE}
+    body: dict[str, Any] = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "abc"},
+                                         "finish_reason": "stop", "logprobs": {"content": [{}, {}, {}]}}],
+                            "usage": USAGE}
     plain = copy.deepcopy(body)
     changed, usage, reasons, positions, wm = transform_body("chat", body, Upper)
     assert changed and wm and body["choices"][0]["message"]["content"] == "ABC"
