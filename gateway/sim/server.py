@@ -6,6 +6,9 @@ It stands in for a GPU backend (vLLM, TGI, ...) in the demo, the tests and the b
 - streaming at ``tokens_per_s`` (0 = as fast as possible) after ``latency_ms``; ``usage`` in the body, and in
   a final ``choices: []`` chunk when ``stream_options.include_usage`` is set;
 - ``logprobs``/``top_logprobs`` shaped like the real API (chat and legacy completions forms);
+- legacy completions as vLLM serves them: a list of prompts is a batch (choice index = prompt index * n +
+  sequence index, usage summed), ``echo`` returns each prompt before its completion;
+- bad input (``gateway/sim/checks.py``): what vLLM 0.33 refuses is a 400 in its error JSON naming the field;
 - failure injection: ``fail_rate`` answers ``fail_status`` before any byte; ``cut_after`` closes the connection
   after N streamed tokens; ``stall_after`` stops sending after N tokens and holds the connection open;
 - ``kgw_plugin``: emulate a vLLM engine started with ipgate's KGW logits processor. Every request's
@@ -42,8 +45,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.sim import LABEL, extensions, structured
-from gateway.sim.corpus import CorpusEntry, alternatives, count_tokens, pick, token_logprob
+from gateway.sim import LABEL, checks, extensions, structured
+from gateway.sim.corpus import CorpusEntry, alternatives, count_tokens, pick, token_logprob, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +112,20 @@ def _prompt_text(endpoint: str, body: Mapping[str, Any]) -> str:
             elif isinstance(c, list):
                 parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
         return "\n".join(parts)
+    return _completion_prompts(body)[0]
+
+
+def _completion_prompts(body: Mapping[str, Any]) -> list[str]:
+    """The prompts of a legacy completions request: a list of strings or of token-id lists is a batch, one
+    prompt per item, as vLLM serves it (``checks.check_request`` has refused every other shape)."""
     p = body.get("prompt", "")
-    return p if isinstance(p, str) else " ".join(map(str, p))
+    if isinstance(p, str):
+        return [p]
+    if p and all(isinstance(x, str) for x in p):
+        return list(p)
+    if p and all(isinstance(x, list) for x in p):
+        return [" ".join(map(str, x)) for x in p]
+    return [" ".join(map(str, p))]
 
 
 def _chat_logprobs(tokens: list[str], start: int, top: int) -> dict[str, Any]:
@@ -124,6 +139,16 @@ def _chat_logprobs(tokens: list[str], start: int, top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
+def _echoed_logprobs(prompt: str, top: int, rest: dict[str, Any]) -> dict[str, Any]:
+    """``echo: true``: the prompt's tokens come first (vLLM's prompt logprobs, none for the first token, which
+    has no context), then ``rest``; text offsets count from the start of the prompt."""
+    toks = tokenize(prompt)
+    head = _completion_logprobs(toks, -len(toks), top, 0)
+    if toks:
+        head["token_logprobs"][0] = head["top_logprobs"][0] = None
+    return {k: head[k] + rest[k] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+
+
 def _completion_logprobs(tokens: list[str], start: int, top: int, offset: int) -> dict[str, Any]:
     offsets, pos = [], offset
     for t in tokens:
@@ -132,7 +157,9 @@ def _completion_logprobs(tokens: list[str], start: int, top: int, offset: int) -
     return {
         "tokens": tokens,
         "token_logprobs": [token_logprob(t, i) for i, t in enumerate(tokens, start)],
-        "top_logprobs": [dict(alternatives(t, i, max(top, 1))[:top]) for i, t in enumerate(tokens, start)],
+        # vLLM returns a position's first ``logprobs + 1`` candidates, the sampled token among them; the sim's
+        # sampled token always ranks first, so that is ``logprobs`` entries, and the sampled one alone for 0
+        "top_logprobs": [dict(alternatives(t, i, max(top, 1))[: max(top, 1)]) for i, t in enumerate(tokens, start)],
         "text_offset": offsets,
     }
 
@@ -146,31 +173,46 @@ class _Gen:
     prompt_tokens: int
     thoughts: list[CorpusEntry] | None = None  # reasoning: one chain of thought per choice
     calls: list[str | None] = field(default_factory=list)  # per choice: the forced tool (gateway/sim/structured.py)
+    echoes: list[str] = field(default_factory=list)  # legacy ``echo: true``: per choice, the prompt it answers
+    required_call: bool = False  # ``tool_choice: "required"``: a completed call ends with "tool_calls"
 
     def call(self, i: int) -> str | None:
         return self.calls[i] if self.calls else None
 
+    def echo(self, i: int) -> str | None:
+        return self.echoes[i] if self.echoes else None
+
+    # max_tokens caps every generated token, the chain of thought included (vLLM's reasoning parser only
+    # splits the output text): the answer gets what the thought leaves.
+
     def tokens(self, i: int) -> list[str]:
-        return list(self.entries[i].tokens[: self.max_tokens])
+        return list(self.entries[i].tokens[: max(self.max_tokens - len(self.thought(i)), 0)])
 
     def thought(self, i: int) -> list[str]:
         return list(self.thoughts[i].tokens[: self.max_tokens]) if self.thoughts else []
 
     def finish(self, i: int) -> str:
-        return "length" if len(self.entries[i].tokens) > self.max_tokens else "stop"
+        if len(self.entries[i].tokens) + (len(self.thoughts[i].tokens) if self.thoughts else 0) > self.max_tokens:
+            return "length"
+        # vLLM's resolve_finish_reason: "tool_calls" for a call the model ended on its own, except for a forced
+        # named tool (OpenAI reports "stop" there); a cut call stays "length"
+        return "tool_calls" if self.required_call and self.call(i) else "stop"
 
 
 def _plan(endpoint: str, body: Mapping[str, Any], opts: SimOptions) -> _Gen:
-    prompt = _prompt_text(endpoint, body)
     n = int(body.get("n") or 1)
     mt = body.get("max_completion_tokens") or body.get("max_tokens") or opts.default_max_tokens
-    thoughts = [pick(prompt + "\x1fthink", i) for i in range(n)] if opts.reasoning and endpoint == "chat" else None
+    if endpoint != "chat":  # a batch of prompts: choice index = prompt index * n + sequence index (as vLLM)
+        prompts = _completion_prompts(body)
+        return _Gen([pick(p, i) for p in prompts for i in range(n)], int(mt),
+                    sum(count_tokens(p) + 3 for p in prompts),
+                    echoes=[p for p in prompts for _ in range(n)] if body.get("echo") is True else [])
+    prompt = _prompt_text(endpoint, body)
+    thoughts = [pick(prompt + "\x1fthink", i) for i in range(n)] if opts.reasoning else None
     entries = [pick(prompt, i) for i in range(n)]
-    if endpoint != "chat":
-        return _Gen(entries, int(mt), count_tokens(prompt) + 3, thoughts)
     constrained = [structured.constrain(body, e) for e in entries]
     return _Gen([e for e, _ in constrained], int(mt), count_tokens(prompt) + 3, thoughts,
-                [call for _, call in constrained])
+                [call for _, call in constrained], required_call=body.get("tool_choice") == "required")
 
 
 def _logprob_request(endpoint: str, body: Mapping[str, Any]) -> int | None:
@@ -215,6 +257,9 @@ def _kgw_plugin_refusal(opts: SimOptions, body: Mapping[str, Any]) -> web.Respon
     from watermark.kgw.params import KgwParams
     from watermark.kgw.vllm_plugin import validate_extra_args
 
+    bad_xargs = checks.check_xargs(body)  # vLLM's schema refuses a non-object before any plugin sees it
+    if bad_xargs is not None:
+        return bad_xargs
     try:
         validate_extra_args(body.get("vllm_xargs"), parse_spec(opts.kgw_spec) if opts.kgw_spec else KgwParams(),
                             opts.kgw_secret)
@@ -244,6 +289,10 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     if isinstance(pre, web.Response):
         return pre
     opts, stats, body = pre
+    refused = checks.check_request(endpoint, body)
+    if refused is not None:
+        log.info("sim: %s refused: %s", endpoint, refused.text)
+        return refused
     gen = _plan(endpoint, body, opts)
     if body.get("stream"):
         return await _stream(request, endpoint, body, gen, opts, stats)
@@ -256,14 +305,21 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         text = "".join(toks)
         if endpoint == "chat":
             call = gen.call(i)
-            message = structured.tool_message(call, text) if call else {"role": "assistant", "content": text}
+            message: dict[str, Any] = (structured.tool_message(call, text) if call
+                                       else {"role": "assistant", "content": text})
             if thought:
                 message["reasoning"] = "".join(thought)
+                if not toks and not call:  # the budget ended inside the thought: no end marker, no content
+                    message["content"] = None
             c: dict[str, Any] = {"index": i, "message": message, "finish_reason": gen.finish(i),
-                                 "logprobs": _chat_logprobs(toks, 0, top) if top is not None else None}
-        else:
-            c = {"index": i, "text": text, "finish_reason": gen.finish(i),
-                 "logprobs": _completion_logprobs(toks, 0, top, 0) if top is not None else None}
+                                 # vLLM: over every generated token, the chain of thought's included
+                                 "logprobs": _chat_logprobs(thought + toks, 0, top) if top is not None else None}
+        else:  # with echo, the prompt comes first (vLLM: prompt text + output, offsets from the prompt's start)
+            echo = gen.echo(i)
+            lp = _completion_logprobs(toks, 0, top, len(echo or "")) if top is not None else None
+            if lp is not None and echo is not None:
+                lp = _echoed_logprobs(echo, top or 0, lp)
+            c = {"index": i, "text": (echo or "") + text, "finish_reason": gen.finish(i), "logprobs": lp}
         c.update(extensions.choice_fields(body, len(toks) + len(thought), weight_version=opts.weight_version,
                                           routed_experts=opts.routed_experts, streamed=False, index=i))
         choices.append(c)
@@ -306,6 +362,8 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
         completion_tokens = 0
         for i in range(len(gen.entries)):
             thinking = len(gen.thought(i))
+            echo = None if chat_ else gen.echo(i)  # sent with the choice's first token (as vLLM's has_echoed)
+            offset = len(echo or "")
             for pos, tok in enumerate(gen.thought(i) + gen.tokens(i)):
                 if opts.cut_after is not None and sent >= opts.cut_after:
                     stats.cut += 1
@@ -317,17 +375,23 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], gen
                 if delay:
                     await asyncio.sleep(delay)
                 if chat_ and pos < thinking:  # the chain of thought first, as vLLM's reasoning parser sends it
-                    c: dict[str, Any] = {"index": i, "delta": {"reasoning": tok}, "logprobs": None,
+                    lp = _chat_logprobs([tok], pos, top) if top is not None else None  # vLLM: every token's
+                    c: dict[str, Any] = {"index": i, "delta": {"reasoning": tok}, "logprobs": lp,
                                          "finish_reason": None}
                 elif chat_:
-                    pos -= thinking
                     lp = _chat_logprobs([tok], pos, top) if top is not None else None
+                    pos -= thinking
                     call = gen.call(i)
                     delta = structured.tool_delta(call, tok, pos == 0) if call else {"content": tok}
                     c = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}
-                else:
-                    lp = _completion_logprobs([tok], pos, top, 0) if top is not None else None
-                    c = {"index": i, "text": tok, "logprobs": lp, "finish_reason": None}
+                else:  # text_offset continues from the choice's text so far (vLLM's next_text_offsets)
+                    lp = _completion_logprobs([tok], pos, top, offset) if top is not None else None
+                    if pos == 0 and echo is not None:
+                        lp = _echoed_logprobs(echo, top, lp) if top is not None and lp is not None else None
+                        c = {"index": i, "text": echo + tok, "logprobs": lp, "finish_reason": None}
+                    else:
+                        c = {"index": i, "text": tok, "logprobs": lp, "finish_reason": None}
+                    offset += len(tok)
                 await send([c])
                 sent += 1
                 completion_tokens += 1
@@ -361,9 +425,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if isinstance(pre, web.Response):
         return pre
     opts, stats, body = pre
+    refused = checks.check_embeddings(body)
+    if refused is not None:
+        log.info("sim: embeddings refused: %s", refused.text)
+        return refused
     inp = body.get("input")
     items = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
-    dim = int(body.get("dimensions") or opts.embedding_dim)
+    dim = body.get("dimensions") or opts.embedding_dim
     data, tokens = [], 0
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else " ".join(map(str, item or []))
@@ -389,6 +457,9 @@ async def stats_handler(request: web.Request) -> web.Response:
 
 def build_sim_app(opts: SimOptions | None = None) -> web.Application:
     opts = opts or SimOptions()
+    if opts.kgw_plugin:  # the sim has no logits: say so once, so that no one mistakes its text for KGW output
+        log.warning("sim: kgw_plugin checks vllm_xargs as a plugin-loaded vLLM does, but its answers carry NO "
+                    "watermark (no logits to bias): a gateway that verifies this backend serves them unwatermarked")
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SIM_OPTIONS] = opts
     app[SIM_STATS] = SimStats()

@@ -5,8 +5,9 @@ forced tool calls, so that ``client.chat.completions.parse(...)`` and ``tool_cho
   deterministically (as the Responses sim fills function arguments); ``json_object``: ``{"answer": <text>}``.
 - ``tools`` + ``tool_choice`` ``"required"`` or a named function: the choice is one tool call whose
   ``arguments`` fill the tool's parameter schema. As vLLM's full generator writes it: ``content: ""`` beside
-  ``tool_calls``, finish reason ``stop`` (``tool_calls`` is for calls an auto tool parser found); streamed, the
-  first delta carries the call's id, type and name, the following ones pieces of ``arguments``.
+  ``tool_calls``; finish reason ``tool_calls`` for ``"required"`` and ``stop`` for a named function
+  (``resolve_finish_reason`` in vLLM 0.33's ``serve/utils/tool_calls_utils.py``; ``length`` when cut); streamed,
+  the first delta carries the call's id, type and name, the following ones pieces of ``arguments``.
 - ``tool_choice`` ``"auto"``/``"none"`` and no constraint: the plain corpus answer (the sim has no tool parser).
 """
 

@@ -134,7 +134,8 @@ def thought_flushed(v: View) -> View:
     ``content`` or ``tool_calls``), which the direct stream does not have: that key is dropped from such a delta."""
     if isinstance(v, dict):
         d = v.get("delta")
-        if isinstance(d, dict) and "reasoning" in d and (isinstance(d.get("content"), str) or d.get("tool_calls")):
+        if isinstance(d, dict) and "reasoning" in d and (isinstance(d.get("content"), str) or d.get("tool_calls")
+                                                         or v.get("finish_reason") is not None):
             v = dict(v, delta={k: x for k, x in d.items() if k != "reasoning"})
         return {k: thought_flushed(x) for k, x in v.items()}
     if isinstance(v, list):

@@ -103,6 +103,25 @@ def validate_extra_args(extra_args: Any, params: KgwParams, master: bytes | None
         raise ValueError(directives.refusal(e)) from None
 
 
+def logprobs_mode_warning(vllm_config: Any) -> str | None:
+    """The start-up note for an engine whose returned logprobs are computed before the watermark, or None.
+
+    vLLM computes the logprobs it returns from the logits *before* any logits processor unless it runs with
+    ``--logprobs-mode processed_logprobs`` (``ModelConfig.logprobs_mode``, default ``raw_logprobs``). Either mode
+    gives something away, and the operator chooses (deploy/README.md): raw logprobs are the unwatermarked
+    distribution (soft labels a distiller can learn from without the watermark, and — against how often tokens
+    are sampled — slow evidence of the green lists); processed logprobs carry the green-list bias itself, which
+    a client holding the base model's weights reads off in one query per context. The plugin cannot change the
+    mode; it says which one runs, once, when the engine builds it."""
+    mode = getattr(getattr(vllm_config, "model_config", None), "logprobs_mode", None)
+    if not isinstance(mode, str) or not mode.startswith("raw"):
+        return None
+    return (f"ipgate kgw: vLLM runs with --logprobs-mode {mode}: the logprobs it returns are computed before the "
+            "watermark (the unwatermarked distribution: soft labels that do not carry it); cap or withhold "
+            "logprobs for suspicious tiers (hardening.max_top_logprobs), or see deploy/README.md for "
+            "--logprobs-mode processed_logprobs and its own cost")
+
+
 def make_row_state(
     extra_args: Any, prompt_ids: list[int] | None, output_ids: list[int], params: KgwParams, master: bytes | None
 ) -> RowState | None:
@@ -194,6 +213,8 @@ def _processor_class() -> type:
                 directives.spec(self.params),
                 "present" if self.master else "absent (only key-mode directives accepted)",
             )
+            if (note := logprobs_mode_warning(vllm_config)) is not None:
+                logger.info("%s", note)
 
         def is_argmax_invariant(self) -> bool:
             # Adding δ to green logits changes which token is the argmax, so greedy requests need it too.

@@ -39,6 +39,7 @@ from watermark.kgw.vllm_plugin import (
     _process_secret,
     _register,
     cache_size,
+    logprobs_mode_warning,
     use_compile,
     validate_extra_args,
 )
@@ -95,6 +96,8 @@ def _processor_class() -> type:
             logger.info("ipgate kgw processor (model runner V2): %s, master secret %s",
                         directives.spec(self.params),
                         "present" if self.master else "absent (only key-mode directives accepted)")
+            if (note := logprobs_mode_warning(vllm_config)) is not None:
+                logger.info("%s", note)
 
         def add_request(self, req_idx: int, sampling_params: Any) -> bool:
             self.slots.pop(req_idx, None)  # a recycled slot: nothing of its previous occupant survives
