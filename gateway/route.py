@@ -139,6 +139,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
     # refused by the tier anyway, so the request goes to another engine-watermarking backend instead
     refusing: frozenset[str] = frozenset()
     first = True  # only a first try funds the retry budget (not the same request again after a refusal)
+    retrying = False  # the next lease is a retry: paid for and counted once it is taken
     while True:
         try:
             lease = ctx.router.acquire(model, principal.client_id, excluded | refusing,
@@ -151,20 +152,33 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
                 raise unwatermarkable_refusal(field) from None
             raise
         first = False
+        if retrying:
+            # Only now, with another backend taken, is it a retry: one with nowhere to go (a single-backend
+            # pool, the others out) must neither drain the budget nor show in upstream_retries_total. Asked
+            # before the acquire with no await in between, so the withdrawal cannot fail.
+            retrying = False
+            if last is not None and not ctx.router.may_retry(model):
+                lease.abandon()
+                raise last.to_gateway_error() from None
+            retries += 1
+            ctx.metrics.upstream_retries_total.labels(model=model).inc()
         if refused:
             lease.engine_watermark = False
         t_sent = time.perf_counter()
         try:  # the lease is taken: from here on every way out must hand it back
             data = upstream_body(ctx, parsed, principal, tier, lease)
             t_sent = time.perf_counter()
-            return await _try(ctx, lease, parsed, data, headers, t_sent)
+            opened = await _try(ctx, lease, parsed, data, headers, t_sent)
+            if opened.streaming:
+                lease.answered()  # a half-open backend's trial passed at its first chunk (pool.py)
+            return opened
         except AttemptFailed as e:
             lease.release(Outcome(False, e.status, time.perf_counter() - t_sent, e.error))
             last = e
-            if e.retryable and retries < ctx.config.routing.retries and ctx.router.may_retry(model):
-                retries += 1
+            if e.retryable and retries < ctx.config.routing.retries \
+                    and ctx.router.may_retry(model, withdraw=False):
+                retrying = True
                 excluded = excluded | {lease.backend.name}
-                ctx.metrics.upstream_retries_total.labels(model=model).inc()
                 continue
             raise e.to_gateway_error() from None
         except DirectiveRefused as e:

@@ -22,8 +22,11 @@ class RetryBudget:
         b = self.balance + self.ratio
         self.balance = b if b < self.cap else self.cap
 
+    def can_withdraw(self) -> bool:
+        return self.ratio > 0 and self.balance >= 1.0 - 1e-9  # 5 x 0.2 must buy a retry despite rounding
+
     def try_withdraw(self) -> bool:
-        if self.ratio <= 0 or self.balance < 1.0 - 1e-9:  # 5 x 0.2 must buy a retry despite rounding
+        if not self.can_withdraw():
             return False
         self.balance -= 1.0
         return True

@@ -45,19 +45,23 @@ class HealthChecker:
         self._plugin_probe = plugin_probe
         self._clock = clock
         self._failures: dict[tuple[str, str, str], int] = {}
-        self._headers: dict[tuple[str, str], dict[str, str]] = {}
+        # (name, url) -> (the config object it was read for, its header): a reload brings new config objects and
+        # reads the credential again, as the proxy's plans do - a rotated key must not fail every check
+        self._headers: dict[tuple[str, str], tuple[BackendConfig, dict[str, str]]] = {}
         self._plugin_probed: dict[tuple[object, ...], float] = {}  # when each backend's plugin was last probed
         self._forced: dict[tuple[object, ...], float] = {}  # when a refused directive last forced a probe
         self._rechecks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
     def auth_headers(self, b: BackendConfig) -> dict[str, str]:
-        """The backend credential's header (read once per backend; ``ConfigError`` for an unreadable key file)."""
+        """The backend credential's header (read once per backend config, so again after each reload;
+        ``ConfigError`` for an unreadable key file)."""
         key = (b.name, b.url)
-        if key not in self._headers:
+        got = self._headers.get(key)
+        if got is None or got[0] is not b:
             secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
-            self._headers[key] = {"Authorization": f"Bearer {secret}"} if secret else {}
-        return self._headers[key]
+            got = self._headers[key] = (b, {"Authorization": f"Bearer {secret}"} if secret else {})
+        return got[1]
 
     async def probe(self, b: BackendConfig) -> str | None:
         """None when the backend passes, else why it failed (for the log and the admin API)."""

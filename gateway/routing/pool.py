@@ -122,6 +122,16 @@ class BackendLease:
         self._done = True
         self._pool._release(self._state, self._trial, outcome, self._generation)
 
+    def answered(self) -> None:
+        """The backend is answering (a stream's first chunk is in). A half-open trial has passed: the backend
+        is back for everyone now, not when the stream ends - a long generation would otherwise keep it out
+        (a single-backend pool answering 503 to every other client) for as long as one stream runs. The
+        lease goes on as an ordinary request whose end is judged like any other."""
+        if self._trial and not self._done:
+            self._trial = False
+            self._pool._trial_passed(self._state)
+            self._generation = self._state.ejections_total
+
     def abandon(self) -> None:
         """Give the slot back without a verdict: the request ended before the backend answered for a reason
         that is not the backend's (the client left, a bug in the gateway). Nothing is learned, so nothing is
@@ -286,6 +296,10 @@ class Pool:
         state.last_error = outcome.error or f"status {outcome.status}"
         if state.failures >= self.health.consecutive_failures:
             self._eject(state, now, f"{state.failures} consecutive failures")
+
+    def _trial_passed(self, state: BackendState) -> None:
+        state.trial_in_flight = False
+        self._reinstate(state, self._clock())
 
     def _eject(self, state: BackendState, now: float, why: str) -> None:
         if state.reinstated_at and now - state.reinstated_at >= self.health.ejection_max_s:

@@ -256,11 +256,15 @@ class Router:
                     raise
         return pool.acquire(client_id, exclude)
 
-    def may_retry(self, model: str) -> bool:
+    def may_retry(self, model: str, *, withdraw: bool = True) -> bool:
         """Ask before each retry; True withdraws one retry from the model's budget. The caller, which makes
-        the retry, counts it in ``upstream_retries_total`` (gateway/route.py), so it is counted once."""
+        the retry, counts it in ``upstream_retries_total`` (gateway/route.py), so it is counted once.
+        ``withdraw`` False only asks: the caller withdraws once it holds the retry's backend, so a retry that
+        finds no other backend is neither paid for nor counted."""
         budget = self._budgets.get(model)
-        return budget is not None and budget.try_withdraw()
+        if budget is None:
+            return False
+        return budget.try_withdraw() if withdraw else budget.can_withdraw()
 
     # --- canary operations and introspection -------------------------------------------------------------
 
