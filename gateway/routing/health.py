@@ -30,6 +30,7 @@ from gateway.tls import backend_tls
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 1 << 20  # of a health answer read before the connection is dropped (vLLM's /v1/models: ~1 KB)
 
 FORCED_RECHECK_S = 2.0  # a refused KGW directive re-probes the backend's plugin at most this often
 
@@ -77,7 +78,13 @@ class HealthChecker:
             async with self._session.get(
                 b.url + b.health_path, timeout=timeout, headers=headers, allow_redirects=False, ssl=tls
             ) as resp:
-                await resp.read()
+                # the status decides; the body is drained so the connection can be reused, up to a bound: a
+                # backend answering with an endless or huge body must not hold the check (or memory) for it
+                left = MAX_BODY_BYTES
+                while left >= 0 and (chunk := await resp.content.read(65_536)):
+                    left -= len(chunk)
+                if left < 0:
+                    resp.close()  # the rest is not read: this connection is not reused
                 if 200 <= resp.status < 300:
                     return None
                 return f"health check answered {resp.status}"

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.config import ModelConfig, RoutingConfig
 from gateway.errors import ServiceUnavailable
-from gateway.routing.health import HealthChecker
+from gateway.routing.health import MAX_BODY_BYTES, HealthChecker
 from gateway.routing.pool import Pool
 from gateway.routing.router import Router
 
@@ -130,3 +130,38 @@ async def test_router_runs_checks_in_the_background(backends: dict[str, Backend]
         assert [b["status"] for b in snap] == ["healthy", "unhealthy", "unhealthy"]
     finally:
         await router.close()
+
+
+async def test_an_endless_health_body_is_not_read_to_the_end() -> None:
+    """A backend whose health answer is a 200 with a body that never ends: the status decides at once, and the
+    checker reads at most ``MAX_BODY_BYTES`` of it (it used to read until the check timed out, holding the body
+    in memory, and then failed a backend that had answered 200)."""
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        block = b"x" * 65_536
+        try:
+            while True:
+                await resp.write(block)
+                sent[0] += len(block)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        pool = Pool(ModelConfig.model_validate({"name": "m", "backends": [{"name": "b", "url": url}]}), HEALTH)
+        async with aiohttp.ClientSession() as session:
+            checker = HealthChecker(HEALTH, session, lambda: [pool])
+            assert await checker.probe(pool.backends[0].cfg) is None  # not "timed out": the 200 decided
+    finally:
+        await runner.cleanup()
+    assert sent[0] < 64 * MAX_BODY_BYTES  # the backend was cut off, not drained
