@@ -28,7 +28,7 @@ from aiohttp import web
 from gateway.admin.audit import note
 from gateway.alerts.model import mask_url_passwords
 from gateway.audit.trail import AuditTrail
-from gateway.config import ConfigError, GatewayConfig, load_config, read_secret
+from gateway.config import ConfigError, GatewayConfig, load_config, read_header_secret
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.routing.canary import Op
@@ -44,7 +44,8 @@ def reload_from_config(ctx: AppContext, new: GatewayConfig) -> dict[str, Any]:
     old = ctx.config
     for m in new.models:  # a key file that cannot be read would fail every request to its backend: refused here
         for b in m.backends:
-            read_secret(b.api_key_env, b.api_key_file, what=f"models: {m.name}: backend {b.name} api key")
+            # (and one no header can carry: aiohttp refuses it, every request to the backend a 500)
+            read_header_secret(b.api_key_env, b.api_key_file, what=f"models: {m.name}: backend {b.name} api key")
     check_backend_tls(new, fresh=True)  # renewed certificate files are read again; an unusable one: ConfigError
     restart = sorted(
         name for name in type(new).model_fields
@@ -64,13 +65,21 @@ def _start_up_model_fields(ctx: AppContext, new: GatewayConfig) -> list[str]:
     start-up (``GatewayWatermarking``). Compared with what the running gateway applies to each model of the new
     file, so a reload that would turn a model's watermark on (or off) says that it needs a restart instead of
     answering "applied" while the model's answers go on as before."""
-    # (watermarking off: turning it on is a change of the watermark section, which restart_required names)
+    scheme = ctx.config.watermark.scheme
     scheme_for: Callable[[str], str] | None = getattr(ctx.watermarking, "scheme_for", None)
+    if ctx.watermarking is None:
+        if not ctx.config.watermark.enabled:  # off: no model's scheme applies, after a restart either
+            return []
+        # `scheme: none` and no model asking for one started no watermarking: every model runs "none"
+        scheme_for = _no_scheme
     if scheme_for is None:
         return []
-    scheme = ctx.config.watermark.scheme
     return [f"models.{m.name}.watermark_scheme" for m in new.models
             if (m.watermark_scheme or scheme) != scheme_for(m.name)]
+
+
+def _no_scheme(model: str) -> str:
+    return "none"
 
 
 def reload_from_file(ctx: AppContext, path: str) -> dict[str, Any]:

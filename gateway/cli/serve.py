@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from gateway.cli.findconfig import find_config, searched
@@ -27,6 +28,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process. Until the worker's reload handler (or the supervisor's
+    # forwarder) is installed, a reload request (`systemctl reload` right after a start, a config-reloader
+    # sidecar) must not kill a gateway that is still importing: ignored, as the file is read after this point
+    # anyway (and a worker started by the supervisor begins with it ignored too). Before the server import,
+    # which is most of the start-up time.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _run(args)
+    finally:  # called in-process (tests): leave the caller's disposition as it was
+        if previous is not None:  # (None: installed outside Python, cannot be put back)
+            signal.signal(signal.SIGHUP, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.server import serve
 

@@ -13,7 +13,7 @@ file in ``gateway``, reading it in ``loader``); every name is imported from here
 """
 
 from gateway.config.auth import ApiKeysConfig, AuthConfig, JwtConfig, TierLimitsConfig
-from gateway.config.base import ConfigError, read_secret
+from gateway.config.base import ConfigError, read_header_secret, read_secret
 from gateway.config.gateway import GatewayConfig
 from gateway.config.loader import load_config, load_yaml, parse_config
 from gateway.config.policy import (
@@ -72,5 +72,6 @@ __all__ = [
     "load_config",
     "load_yaml",
     "parse_config",
+    "read_header_secret",
     "read_secret",
 ]

@@ -24,12 +24,20 @@ class ConfigError(Exception):
     """Raised at start-up when the configuration cannot be used; the message names file and field."""
 
 
+# The longest TTL a field handed to the state store may ask for: stores keep TTLs as integer micro- or
+# milliseconds (``int(inf)`` raises) and Redis refuses an expiry beyond its 64-bit millisecond range.
+MAX_TTL_S = 100 * 365 * 86400.0
+MAX_REDIS_LEN = 1_000_000_000  # a list/stream length bound handed to Redis (it takes 64-bit integers only)
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: a valid header name
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number finite: `.inf` (YAML's "never"/"unlimited") reached code that cannot take it - aiohttp's
+    # timeouts (`first_byte_timeout_s: .inf`: every request to the backend a 500), integer store TTLs - and NaN
+    # compares false with everything (a cap that never caps). A very large value says "never" where one works.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*")
     @classmethod
@@ -73,3 +81,21 @@ def read_secret(
     if env_name and source.get(env_name):
         return source[env_name]
     return None
+
+
+_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header (tab is allowed)
+
+
+def read_header_secret(
+    env_name: str | None, file_name: str | None, *, what: str, env: Mapping[str, str] | None = None
+) -> str | None:
+    """``read_secret`` for a credential sent in an HTTP header (a backend's API key): one holding a control
+    character is a ``ConfigError`` naming its source, never the value. aiohttp refuses such a header ("header
+    injection"), so every request would fail; an environment value is used as set, and a Kubernetes secret
+    made from a file (``env: valueFrom: secretKeyRef``) keeps the file's trailing newline."""
+    secret = read_secret(env_name, file_name, what=what, env=env)
+    if secret is not None and _HEADER_UNSAFE.search(secret):
+        source = f"secret file {file_name}" if file_name else f"environment variable {env_name}"
+        raise ConfigError(f"{what}: {source} holds a line break or another control character, which an HTTP "
+                          "header cannot carry (a trailing newline? strip it)")
+    return secret

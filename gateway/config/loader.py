@@ -52,7 +52,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
                 node[seg] = child
             node = child
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
+        except RecursionError:  # PyYAML composes and constructs recursively: [[[[... a thousand deep
+            raise _too_deep(key) from None
         except yaml.YAMLError as e:
             # Neither the value nor YAML's problem text, which quotes pieces of it (an alias name, a tag): the
             # value may be a credential. Where it broke is enough to find it.
@@ -116,6 +118,10 @@ def _too_large(where: str) -> ConfigError:
                        "are expanded (an alias that contains itself, or aliases of aliases)")
 
 
+def _too_deep(where: str) -> ConfigError:
+    return ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep (more than the YAML reader can take)")
+
+
 def _origin(loc: tuple[str | int, ...], origins: Mapping[tuple[str, ...], str]) -> str:
     path = tuple(str(p) for p in loc)
     for opath, var in origins.items():
@@ -152,6 +158,8 @@ class _StrictLoader(yaml.SafeLoader):
     merge key (``<<: *anchor``) may still be overridden, which is what merge keys are for."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!map [1]`: the base class says "expected a mapping node"
+            return super().construct_mapping(node, deep=deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -167,6 +175,21 @@ class _StrictLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A scalar YAML resolves but Python cannot build escaped as a bare ValueError ("internal error" from
+        # check/serve, a 500 from the admin reload): a date-like name that is no date (`2024-02-30`), an integer
+        # past Python's 4300-digit limit. As a YAML error it carries its line and column.
+        # PyYAML's constructors also fail with KeyError/TypeError/... on an explicit tag its value does not fit
+        # (`!!bool x`, `!!map [1]`, `!!timestamp .nan`).
+        try:
+            return super().construct_object(node, deep=deep)  # type: ignore[no-untyped-call]
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(e).split(';')[0]} (quote it to pass it as a string)", node.start_mark) from None
+        except (KeyError, AttributeError, IndexError, TypeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the value does not fit its tag {node.tag}", node.start_mark) from None
 
 
 def load_yaml(text: str) -> Any:
@@ -186,10 +209,17 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Ga
         raise ConfigError(f"{p}: not UTF-8 text (invalid byte at offset {e.start})") from None
     try:
         data = load_yaml(text)
+    except RecursionError:  # an "internal error" from check/serve, a 500 from the admin reload
+        raise _too_deep(str(p)) from None
     except yaml.MarkedYAMLError as e:  # one line: file:line:column and what is wrong there
         mark = e.problem_mark or e.context_mark
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
         raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from e
+    except yaml.reader.ReaderError as e:  # a control character (a pasted BEL, NUL): its line, on one line
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise ConfigError(f"{p}:{line}:{col}: not valid YAML: control character #x{e.character:04x} "
+                          "(YAML allows tab, line breaks and printable characters only)") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if data is None:

@@ -9,7 +9,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.config.base import _Model
+from gateway.config.base import MAX_REDIS_LEN, MAX_TTL_S, _Model
 
 if TYPE_CHECKING:
     pass
@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 class HardeningConfig(_Model):
     max_top_logprobs: int | None = None  # None: leave as is
     logprobs_xor_logit_bias: bool = False
-    max_logit_bias_entries: int | None = None
-    max_abs_logit_bias: float | None = None
-    max_n: int | None = None
+    # Bounded: NaN compared with nothing (no bias was ever clamped: the cap failed open), a negative bound
+    # flipped every bias's sign, max_n 0 rewrote n to a value every backend refuses, entries -1 kept all but one
+    max_logit_bias_entries: int | None = Field(None, ge=0)
+    max_abs_logit_bias: float | None = Field(None, ge=0)
+    max_n: int | None = Field(None, ge=1)
     strip_seed: bool = False
     logprob_noise: float = Field(0.0, ge=0)
     strip_reasoning: bool = False  # answers lose a reasoning model's chain of thought (reasoning fields)
@@ -89,7 +91,8 @@ class DetectionConfig(_Model):
     detectors: dict[str, DetectorToggle] = {}
     fail_policy: Literal["allow", "block"] = "allow"
     combiner_file: str | None = None  # default: detectors/data/combiner.json (shipped)
-    state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    # bounded: the stores keep TTLs as integer micro/milliseconds, and Redis refuses an expiry past 64 bits
+    state_ttl_s: float = Field(7 * 24 * 3600.0, gt=0, le=MAX_TTL_S)
     embedder: Literal["hashed", "minilm"] = "hashed"
     # A completions prompt sent as token ids is unreadable to every content detector (templates, coverage,
     # reasoning, linking): ``refuse`` answers it 400 (clients on the admin allowlist excepted); ``allow`` lets
@@ -112,7 +115,8 @@ class AlertSinkConfig(_Model):
     path: str | None = None  # jsonl: the file to append to
     stream: str = "ipgate:alerts"  # redis_stream: the stream key
     url: str | None = None  # redis_stream: redis URL (default: store.url); webhook: the endpoint
-    max_len: int = Field(10_000, ge=1, description="redis_stream: approximate MAXLEN")
+    # Redis takes a 64-bit MAXLEN/LTRIM bound: a larger one failed every write (a LTRIM after the LPUSH: no trim)
+    max_len: int = Field(10_000, ge=1, le=MAX_REDIS_LEN, description="redis_stream: approximate MAXLEN")
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
@@ -132,6 +136,9 @@ class AlertSinkConfig(_Model):
 
 class AlertsConfig(_Model):
     sinks: list[AlertSinkConfig] = []
-    min_interval_s: float = Field(300.0, ge=0, description="per-client alert rate limit (per tier)")
-    dedup_window_s: float = Field(3600.0, ge=0, description="same client+tier+detectors suppressed this long")
-    store_max_len: int = Field(1000, ge=1, description="recent alerts kept in the store for the admin API")
+    # store leases across replicas: bounded like every store TTL
+    min_interval_s: float = Field(300.0, ge=0, le=MAX_TTL_S, description="per-client alert rate limit (per tier)")
+    dedup_window_s: float = Field(3600.0, ge=0, le=MAX_TTL_S,
+                                  description="same client+tier+detectors suppressed this long")
+    store_max_len: int = Field(1000, ge=1, le=MAX_REDIS_LEN,
+                               description="recent alerts kept in the store for the admin API")

@@ -9,7 +9,7 @@ from pydantic import (
     field_validator,
 )
 
-from gateway.config.base import _Model
+from gateway.config.base import MAX_TTL_S, _Model
 
 if TYPE_CHECKING:
     from watermark.kgw.params import KgwParams
@@ -23,7 +23,8 @@ class WatermarkConfig(_Model):
     key_version: int = Field(1, ge=1)
     retained_versions: list[int] = []
     recipients_file: str | None = None
-    recipient_ttl_s: float = Field(400 * 86400.0, gt=0, description="how long a recipient record is kept")
+    recipient_ttl_s: float = Field(400 * 86400.0, gt=0, le=MAX_TTL_S,
+                                   description="how long a recipient record is kept (finite: a store TTL)")
     # kgw green lists: "g<gamma>-h<context width>-<lefthash|minhash|selfhash>"; the engine plugin (IPGATE_KGW_PARAMS)
     # and `ipgate verify --kgw-params` must use the same spec (the plugin refuses a directive naming another)
     kgw_params: str = "g0.25-h4-selfhash"
