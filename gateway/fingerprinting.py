@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from fingerprint import Probe, Signature, compare
 from fingerprint.match import Verdict
 from fingerprint.probeset import public_probe_ids, quotes_a_prompt, reference_probes, restrict, sample
-from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_secret
+from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_header_secret
 from gateway.errors import NotFound
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 from gateway.routing.canary import Op, Phase
@@ -263,7 +263,7 @@ class FingerprintChecker:
             short = self._note_reference(model, b, available)
             chosen = sample(available, self.cfg.probes_per_check, self._rng)
             sent = b.upstream_model or model
-            api_key = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
+            api_key = read_header_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
             run = await probe_backend_partial(
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),

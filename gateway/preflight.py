@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import aiohttp
 
 from fingerprint import Signature
-from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig, read_secret
+from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig, read_header_secret
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.routing.health import HealthChecker
 
@@ -309,7 +309,7 @@ def _watermark(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -
 def _backend(cfg: GatewayConfig, model: str, b: BackendConfig, env: Mapping[str, str], out: list[Finding]) -> None:
     area = f"backend {model}/{b.name}"
     with _Guard(out, area, "") as g:
-        secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)
+        secret = read_header_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)
     if not g.failed and (b.api_key_env or b.api_key_file) and not secret:
         out.append(Finding("warning", area, f"api_key_env {b.api_key_env} is not set: requests go without a "
                                             "credential"))

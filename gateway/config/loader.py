@@ -51,8 +51,14 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, 
                 child = {}
                 node[seg] = child
             node = child
+        if not raw.strip():
+            # An empty value is a template or compose file expanding an unset variable: read as YAML it would
+            # be null, which turns protections off without a word (IPGATE_AUTH__JWT__AUDIENCE= drops the
+            # audience check, the TLS file pair plain HTTP). Null is asked for explicitly.
+            raise ConfigError(f"{key} is set but empty: write null (or ~) to set the field to null, or unset the "
+                              "variable to keep the file's value")
         try:
-            value = load_yaml(raw) if raw != "" else None
+            value = load_yaml(raw)
         except RecursionError:  # PyYAML composes and constructs recursively: [[[[... a thousand deep
             raise _too_deep(key) from None
         except yaml.YAMLError as e:

@@ -35,7 +35,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.clientaddr import forwarded_node
-from gateway.config import BackendConfig, ConfigError, read_secret
+from gateway.config import BackendConfig, ConfigError, read_header_secret
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.tls import backend_tls
 
@@ -168,7 +168,7 @@ class Upstream:
         p = self._plans.get(key)
         if p is None or p.cfg is not b:
             base = b.url + "/v1"  # the config drops a trailing /v1 from url
-            secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name!r} api key")
+            secret = read_header_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name!r} api key")
             if (b.api_key_env or b.api_key_file) and not secret:
                 log.warning("backend %r: api_key_env %r is not set; calling it without a credential",
                             b.name, b.api_key_env)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from gateway.config import BackendConfig, ConfigError, HealthConfig, read_secret
+from gateway.config import BackendConfig, ConfigError, HealthConfig, read_header_secret
 from gateway.kgw_probe import KgwPluginProbe, PluginVerdict
 from gateway.routing.pool import Pool, plugin_target
 from gateway.tls import backend_tls
@@ -60,7 +60,7 @@ class HealthChecker:
         key = (b.name, b.url)
         got = self._headers.get(key)
         if got is None or got[0] is not b:
-            secret = read_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
+            secret = read_header_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key")
             got = self._headers[key] = (b, {"Authorization": f"Bearer {secret}"} if secret else {})
         return got[1]
 

@@ -344,3 +344,39 @@ async def test_a_sighup_while_serve_is_still_importing_does_not_kill_it(tmp_path
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
             log.close()
+
+
+async def test_a_backend_key_with_a_newline_at_start_up_is_not_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key from an env var filled from a Kubernetes secret file keeps its trailing newline, which no HTTP header
+    can carry: at start-up (where an unreadable key does not stop the gateway) the backend fails over like one
+    whose key cannot be read, never a 500 for the client, and its health check fails alone."""
+    monkeypatch.setenv("IPGATE_TEST_BACKEND_KEY_K8S", "sk-abc\n")
+    async with sim_backend() as bad, sim_backend() as good:
+        cfg = gateway_config(bad.url, good.url)
+        cfg["models"][0]["backends"][0]["api_key_env"] = "IPGATE_TEST_BACKEND_KEY_K8S"
+        async with running_gateway(cfg) as gw:
+            for i in range(8):  # sticky per client: several clients reach b0
+                c = gw.openai_client(f"client-{i}")
+                try:
+                    await c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}])
+                except openai.APIStatusError as e:  # failed over, or no budget left to: never a 500
+                    assert e.status_code in (502, 503), e.status_code
+                finally:
+                    await c.close()
+            checker = gw.ctx.router._checker
+            assert checker is not None
+            problem = await checker.probe(gw.ctx.config.models[0].backends[0])
+            assert problem is not None and "line break" in problem
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "\n"])
+def test_an_empty_override_is_refused_not_read_as_null(raw: str) -> None:
+    """``IPGATE_AUTH__JWT__AUDIENCE=`` (a template expanding an unset variable) used to set the audience to null,
+    dropping the audience check without a word; ``null`` still sets null on purpose."""
+    from gateway.config.loader import _apply_env
+
+    with pytest.raises(ConfigError, match="IPGATE_AUTH__JWT__AUDIENCE is set but empty"):
+        _apply_env({"auth": {"jwt": {"audience": "ipgate"}}}, {"IPGATE_AUTH__JWT__AUDIENCE": raw})
+    data: dict[str, Any] = {"auth": {"jwt": {"audience": "ipgate"}}}
+    _apply_env(data, {"IPGATE_AUTH__JWT__AUDIENCE": "null"})
+    assert data["auth"]["jwt"]["audience"] is None
