@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from gateway.auth.apikeys import NAME_RE, format_line, generate_key, hash_key
-from gateway.cli.findconfig import find_config, searched
+from gateway.cli.findconfig import config_arg, find_config, searched
 from gateway.config import ConfigError
 
 
@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--tenant", help="tenant")
     c.add_argument("--roles", help="comma-separated roles")
     c.add_argument("--limits", metavar="CLASS", help="limit class (plan) of the key: a key of the config's limits")
-    c.add_argument("--config", help="gateway YAML to check --limits against (default: $IPGATE_CONFIG, then "
-                                     "/etc/ipgate/ipgate.yaml if it exists)")
+    c.add_argument("--config", type=config_arg,
+                   help="gateway YAML to check --limits against (default: $IPGATE_CONFIG, then "
+                        "/etc/ipgate/ipgate.yaml if it exists)")
     c.add_argument("--append", metavar="FILE", help="append the hash line to this key file (created 0600)")
     c.set_defaults(func=_create)

@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.findconfig import find_config, searched
+from gateway.cli.findconfig import config_arg, find_config, searched
 from gateway.config import ConfigError
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
         "check", help="validate a configuration (secrets, files, keys; --connect: Redis, backends, JWKS)",
         description="Validate a gateway configuration without serving it. Exit 0: no error; 1: warnings with "
                     "--strict; 2: errors.")
-    p.add_argument("--config", help="YAML configuration file (IPGATE_* env overrides apply); default: "
+    p.add_argument("--config", type=config_arg, help="YAML configuration file (IPGATE_* env overrides apply); default: "
                                     "$IPGATE_CONFIG, else /etc/ipgate/ipgate.yaml")
     p.add_argument("--connect", action="store_true",
                    help="also check Redis (PING), each backend's health path and KGW plugin, and the JWKS URL")

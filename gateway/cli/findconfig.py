@@ -19,6 +19,7 @@ in the environment apply as they do for ``serve`` (the gateway's own environment
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,6 +65,14 @@ def _default_state() -> str:
     except OSError:  # stat refused (EACCES: the directory is not searchable by this user); is_file re-raises it
         return "unreadable"
     return "readable" if os.access(DEFAULT_CONFIG, os.R_OK) else "unreadable"
+
+
+def config_arg(value: str) -> str:
+    """The ``--config`` argument type of every command: an empty path is refused (``--config "$UNSET"``) instead
+    of counting as absent, which would have used ``$IPGATE_CONFIG`` or the default path, or no configuration."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset variable?)")
+    return value
 
 
 def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> FoundConfig | None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from fingerprint import DEFAULT_PROBES, Probe, ProbeSetError, Signature, compare, parse_probe_set
 from fingerprint.probeset import public_probe_ids, reference_probes, restrict, sample
-from gateway.cli.findconfig import find_config, searched
+from gateway.cli.findconfig import config_arg, find_config, searched
 from gateway.config import ConfigError
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
 from gateway.tls import backend_context
@@ -76,8 +76,9 @@ def register(sub: Any) -> None:
             q.add_argument("--probes", metavar="FILE",
                            help="private probe set: JSONL, one {\"id\", \"prompt\", \"max_tokens\"?} per line "
                                 "(default: the bundled public probes)")
-            q.add_argument("--config", help="gateway YAML whose fingerprint.probes_per_check the set is checked "
-                                            "against (default: $IPGATE_CONFIG, then /etc/ipgate/ipgate.yaml)")
+            q.add_argument("--config", type=config_arg,
+                           help="gateway YAML whose fingerprint.probes_per_check the set is checked "
+                                "against (default: $IPGATE_CONFIG, then /etc/ipgate/ipgate.yaml)")
         else:
             q.add_argument("--reference", required=True, help="signature file written by 'record'")
             q.add_argument("--json", action="store_true", help="print one JSON object (also on an error)")

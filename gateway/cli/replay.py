@@ -32,6 +32,7 @@ from detectors.engine import Engine
 from detectors.features import prompt_of
 from detectors.replay import TraceError, replay, validate
 from detectors.types import FLAG_TIER
+from gateway.cli.findconfig import config_arg
 
 if TYPE_CHECKING:
     from detectors.neural import Encoder
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("replay", help="score a recorded trace offline (no network)")
     p.add_argument("trace", type=Path, help="JSONL trace: one {ts, client, endpoint, body} object per line")
-    p.add_argument("--config", type=Path, help="gateway YAML config (its detection and policy sections)")
+    p.add_argument("--config", type=lambda v: Path(config_arg(v)),
+                   help="gateway YAML config (its detection and policy sections)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--embedder", choices=["hashed", "minilm"],
                    help="override detection.embedder; minilm encodes the trace's prompts up front (needs the "

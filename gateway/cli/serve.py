@@ -8,14 +8,14 @@ import logging
 import signal
 import sys
 
-from gateway.cli.findconfig import find_config, searched
+from gateway.cli.findconfig import config_arg, find_config, searched
 from gateway.config import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the gateway (public API + admin listener)",
                        description="Run the gateway. SIGTERM drains gracefully; SIGHUP reloads models and routing.")
-    p.add_argument("--config", help="YAML configuration file (IPGATE_* env overrides apply); default: "
+    p.add_argument("--config", type=config_arg, help="YAML configuration file (IPGATE_* env overrides apply); default: "
                                     "$IPGATE_CONFIG, else /etc/ipgate/ipgate.yaml")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes sharing the port (default: server.workers from the config)")

@@ -21,6 +21,7 @@ from typing import Any
 import jwt
 
 from gateway.auth.jwt import load_static_key
+from gateway.cli.findconfig import config_arg
 from gateway.config import ConfigError, JwtConfig, load_config
 
 _TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
@@ -117,5 +118,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limits", metavar="CLASS",
                    help="limit class claim (auth.jwt.limits_claim must be set; a key of the config's limits)")
     p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
-    p.add_argument("--config", help="gateway YAML (audience, issuer, claim names, secret source)")
+    p.add_argument("--config", type=config_arg, help="gateway YAML (audience, issuer, claim names, secret source)")
     p.set_defaults(func=run)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from gateway.cli.findconfig import config_arg
 from watermark.keys import KeyRing, parse_master_secret
 from watermark.verify import parse_client_lines, utf8_encodable
 
@@ -36,7 +37,8 @@ def lexical_markdown(args: argparse.Namespace, cfg: GatewayConfig | None) -> boo
 def add_key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-file", help=f"file holding the master secret (default: with --config its "
                    f"watermark.secret_file, else its secret_env; without: ${SECRET_ENV})")
-    p.add_argument("--config", help="gateway config (key versions, secret location, recorded recipients)")
+    p.add_argument("--config", type=config_arg,
+                   help="gateway config (key versions, secret location, recorded recipients)")
     p.add_argument("--key-versions", help="comma-separated key versions to use, current first (default: 1, "
                    "or the config's key_version + retained_versions)")
 

@@ -409,3 +409,16 @@ def test_audit_report_names_a_non_ascii_writer_on_an_ascii_stdout(tmp_path: Path
     assert main(["audit", "verify", str(audit)]) == 1
     sys.stdout.flush()
     assert f"BROKEN: first bad line {audit}:2 (writer h\\xf4te:1:abc)" in raw.getvalue().decode("ascii")
+
+
+@pytest.mark.parametrize("argv", [["check"], ["serve"], ["verify", "-"], ["watermark", "--client", "a"],
+                                  ["replay", "trace.jsonl"], ["token", "--client", "a"],
+                                  ["apikey", "create", "--client", "a", "--limits", "free"]])
+def test_an_empty_config_path_is_refused_not_read_as_absent(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--config "$UNSET"`` used to count as no --config: serve and check went on with $IPGATE_CONFIG or the
+    default path, verify and watermark without the config's key versions and recipients."""
+    monkeypatch.setenv("IPGATE_CONFIG", str(tmp_path / "other.yaml"))
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--config", ""])
+    assert exit_.value.code == 2 and "--config: empty path" in capsys.readouterr().err
