@@ -68,9 +68,9 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         await router.start()
         stack.push_async_callback(router.close)
         alerts: AlertDispatcher | None = None
-        fingerprinted = cfg.fingerprint.enabled and any(
-            b.fingerprint_reference for mc in cfg.models for b in mc.backends)
-        if cfg.alerts.sinks or cfg.detection.enabled or fingerprinted:  # a mismatch alert needs a dispatcher too
+        # a mismatch alert needs a dispatcher too: with fingerprinting on, also before any backend has a
+        # reference (a reload may add the first one; its alerts were dropped)
+        if cfg.alerts.sinks or cfg.detection.enabled or cfg.fingerprint.enabled:
             alerts = AlertDispatcher.from_config(cfg, store, m)
             await alerts.start()
             stack.push_async_callback(alerts.close)
