@@ -166,6 +166,12 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                 "This gateway was not started from a config file; there is nothing to re-read.",
                 code="no_config_file",
             )
+        sup = ctx.supervisor_pid
+        supervised = sup is not None and sup == os.getppid()
+        if not supervised:
+            # what SIGHUP does too (gateway/server.py reload_models): the API key file, whatever the config file
+            # holds, so a revoked key stops working on this call with one worker as with --workers N
+            ctx.auth.reload_api_keys()
         try:
             result = reload_from_file(ctx, path)
         except ConfigError as e:
@@ -173,8 +179,8 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
             raise InvalidRequest(f"config not reloaded: {e}", param="config", code="invalid_config") from e
         log.info("config reloaded from %s by %s", path, _who(request))
         note(request, after=_live_state(ctx), details={"restart_required": result["restart_required"]})
-        sup = ctx.supervisor_pid
-        if sup is not None and sup == os.getppid():
+        if supervised:
+            assert sup is not None
             # `ipgate serve --workers N`: this request reached one worker; the supervisor forwards SIGHUP to
             # every worker (this one re-reads the same file again: nothing changes), so all serve the new file
             try:

@@ -380,3 +380,33 @@ def test_an_empty_override_is_refused_not_read_as_null(raw: str) -> None:
     data: dict[str, Any] = {"auth": {"jwt": {"audience": "ipgate"}}}
     _apply_env(data, {"IPGATE_AUTH__JWT__AUDIENCE": "null"})
     assert data["auth"]["jwt"]["audience"] is None
+
+
+async def test_the_admin_reload_re_reads_the_api_key_file_with_one_worker(tmp_path: Path) -> None:
+    """SIGHUP re-reads the API key file; the admin reload did so only under --workers (as a SIGHUP to every
+    worker): with one worker a key revoked in the file kept working after ``POST /admin/routing/reload``."""
+    from gateway.auth.apikeys import format_line, generate_key, hash_key
+
+    keep, revoke = generate_key(), generate_key()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(format_line(hash_key(keep), "keep") + "\n" + format_line(hash_key(revoke), "revoke") + "\n")
+    async with sim_backend() as sim:
+        cfg = gateway_config(sim.url)
+        cfg["auth"]["api_keys"] = {"file": str(keys), "reload_interval_s": 0}
+        path = tmp_path / "ipgate.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            gw.ctx.config_path = str(path)
+            body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+            async def status(key: str) -> int:
+                async with s.post(gw.url + "/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {key}"}) as r:
+                    return r.status
+
+            assert await status(revoke) == 200
+            keys.write_text(format_line(hash_key(keep), "keep") + "\n")
+            async with s.post(gw.admin_url + "/admin/routing/reload",
+                              headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
+                assert r.status == 200, await r.text()
+            assert await status(revoke) == 401 and await status(keep) == 200
