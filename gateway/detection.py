@@ -388,24 +388,30 @@ class DetectionSession:
             raise
         try:
             # the copy's save (serialised once; merged with another replica's save when one came first)
-            await lives.done(store, live, det._max_tier)
+            rise = await lives.done(store, live, det._max_tier, self._now)
         except SnapshotFailed as e:  # the engine itself (serialisation): counted like its other faults
             det._failed("engine", e.__cause__ if isinstance(e.__cause__, Exception) else e)
             return
         finally:
             det._count_merges()
-        if (
-            det.alerts is not None
-            and self._override != "allow"
-            and self._engine_tier > self._stored_tier
-            and det.policy.tier(self._engine_tier).alert
-        ):
-            alert = self._alert(v, cluster, cluster_score)
+        if det.alerts is None or self._override == "allow":
+            return
+        tier, prior, judged = self._engine_tier, self._stored_tier, v
+        if rise is not None and rise.tier > tier and rise.tier > prior:
+            # the tier rose when this save merged another replica's state: no request's verdict showed that
+            # rise (the next requests read it from the store), so this saver raises its alert (one alert, from
+            # this request's stored tier when the request itself rose too)
+            if tier <= prior:
+                prior = max(prior, min(rise.prior, det._max_tier))
+            tier, judged = rise.tier, rise.verdict or v
+        if tier > prior and det.policy.tier(tier).alert:
+            alert = self._alert(judged, cluster, cluster_score, tier, prior)
             if alert.ips:
                 alert = dataclasses.replace(alert, address_peers=await _address_peers(det, store, alert))
             await det.alerts.submit(alert)
 
-    def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float) -> Alert:
+    def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float, tier: int, prior: int
+               ) -> Alert:
         det = self._det
         strong = sorted(
             (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE), key=lambda kv: -kv[1]
@@ -413,8 +419,8 @@ class DetectionSession:
         request_ids, examples, ips = det.evidence(self._principal.client_id)
         return Alert(
             id=Alert.new_id(), ts=self._now, client=self._principal.client_id, tenant=self._principal.tenant,
-            tier=det.policy.tier(self._engine_tier).name, tier_index=self._engine_tier,
-            previous_tier=det.policy.tier(self._stored_tier).name, score=v.score, reasons=v.reasons,
+            tier=det.policy.tier(tier).name, tier_index=tier,
+            previous_tier=det.policy.tier(prior).name, score=v.score, reasons=v.reasons,
             detectors=tuple(name for name, _ in strong[:MAX_ALERT_DETECTORS]), request_ids=request_ids,
             examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored, ips=ips,
         )

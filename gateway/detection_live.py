@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.engine import Engine
+from detectors.state import header_tier
 from detectors.state_codec import Pending
 from detectors.types import RequestFeatures, ResponseFeatures, Verdict
 from gateway.store.base import StateStore
@@ -63,6 +64,18 @@ class Live:
     saving: bool = False
     again: bool = False  # a step arrived while a save was on its way: save again after it
     dropped_ops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRise:
+    """A save that merged another replica's state wrote a tier above both the copy's and the other replica's:
+    the rise happened in the merge, where no request's verdict shows it (so no request would alert for it).
+    ``prior``: the higher of those two tiers; ``tier``: the tier written; ``verdict``: the written state's own
+    (``Engine.peek``: its reasons and detectors), None when it could not be computed."""
+
+    prior: int
+    tier: int
+    verdict: Verdict | None
 
 
 class SnapshotFailed(Exception):
@@ -150,22 +163,28 @@ class LiveStates:
         self._log(live, ("l", shared, peer_scores, now))
         return out
 
-    async def done(self, store: StateStore, live: Live, max_tier: int) -> None:
-        """One request of ``live`` is accounted: save what it folded in (and whatever else is unsaved)."""
+    async def done(self, store: StateStore, live: Live, max_tier: int, now: float | None = None
+                   ) -> MergeRise | None:
+        """One request of ``live`` is accounted: save what it folded in (and whatever else is unsaved). The
+        saver learns of a tier that rose in a merge with another replica's save (``MergeRise``; ``now``: when
+        its verdict is computed, None: not computed)."""
         live.inflight -= 1
         if live.saving:
             live.again = True  # the running saver writes it
-            return
+            return None
         live.saving = True
         try:
-            await self._save(store, live, max_tier)
+            rise = await self._save(store, live, max_tier, now)
         finally:
             live.saving = False
         if live.inflight <= 0 and not live.ops:
             self._retire(live)
+        return rise
 
-    async def _save(self, store: StateStore, live: Live, max_tier: int) -> None:
+    async def _save(self, store: StateStore, live: Live, max_tier: int, now: float | None = None
+                    ) -> MergeRise | None:
         engine, swaps = self.engine, 0
+        risen_from: int | None = None  # the tier reported before a merge raised it (None: no merge raised it)
         while True:
             live.again = False
             try:
@@ -185,20 +204,37 @@ class LiveStates:
                 live.base = data
                 _cut_through(live.ops, last)  # steps folded in while the swap was on its way stay unsaved
                 if not live.again:
-                    return
+                    return self._merge_rise(risen_from, min(tier, max_tier), data, now)
                 continue
             swaps += 1
             self.merges += 1
+            # Both sides' tiers were reported (by this copy's verdicts, by the other replica's); a tier above
+            # both is reached only by the merged evidence, and only this saver can tell the security team.
+            reported = max(live.pending.tier_score()[0], header_tier(current))
             self._rebase(live, current)
+            merged = live.pending.tier_score()[0]
+            if merged > reported:
+                risen_from = reported if risen_from is None else min(risen_from, reported)
             if swaps % MAX_SWAPS == 0:
                 if swaps >= MAX_SWAPS * BACKOFF_ROUNDS:
                     # Other replicas save this client faster than this one can merge: give up this time; the
                     # steps stay logged and the next request's save merges them.
                     log.debug("client %s: state not saved after %d merges", live.client_id, swaps)
-                    return
+                    return None  # (a rise in the unsaved merge shows in the next request's verdict on the copy)
                 # let the other replicas' saves land, then merge once more (a random pause: two replicas
                 # backing off in step would meet again)
                 await asyncio.sleep(random.uniform(0.002, 0.01) * swaps / MAX_SWAPS)
+
+    def _merge_rise(self, risen_from: int | None, tier: int, data: bytes, now: float | None) -> MergeRise | None:
+        if risen_from is None or tier <= risen_from:
+            return None
+        verdict = None
+        if now is not None:
+            try:  # ``data`` is in no cache yet (``snapshot``): decoding it here takes nothing from a request
+                verdict = self.engine.peek(data, now)
+            except Exception as e:  # the alert goes out with the saving request's reasons instead
+                log.warning("detection: the merged state's verdict could not be computed: %r", e)
+        return MergeRise(risen_from, tier, verdict)
 
     def _rebase(self, live: Live, current: bytes | None) -> None:
         """Fold the unsaved steps into the store's newer state (another replica's save)."""
@@ -207,14 +243,21 @@ class LiveStates:
             p = engine.open(current)
         except Exception:  # a stored state the engine cannot open (the request path went on afresh too): replaced
             p = engine.open(None)
-        for op in live.ops:
-            kind = op[0]
-            if kind == "r":
-                engine.replay_request(p, op[1], op[2], op[3])
-            elif kind == "s":
-                engine.fold_response(p, op[1], op[2])
-            else:
-                engine.fold_links(p, op[1], op[3], op[2])
+        # a detector that raised on a logged response (or link) step raises again when it is replayed: counted
+        # once, when it happened (the metric counts occurrences, not merges)
+        late = dict(engine.late_errors)
+        try:
+            for op in live.ops:
+                kind = op[0]
+                if kind == "r":
+                    engine.replay_request(p, op[1], op[2], op[3])
+                elif kind == "s":
+                    engine.fold_response(p, op[1], op[2])
+                else:
+                    engine.fold_links(p, op[1], op[3], op[2])
+        finally:
+            engine.late_errors.clear()
+            engine.late_errors.update(late)
         live.pending, live.base = p, current
 
     def _retire(self, live: Live) -> None:

@@ -198,6 +198,8 @@ class AlertDispatcher:
             except asyncio.CancelledError:
                 self._count(lane.sink.name, "dropped", lane)  # shutdown cut its delivery short
                 raise
+            except Exception as e:  # a bug must cost this alert, not the task (the sink would deliver nothing more)
+                self._failed(lane, e)
             finally:
                 lane.queue.task_done()
 
@@ -218,7 +220,9 @@ class AlertDispatcher:
                     self._failed(lane, e)
                     return
                 self._count(sink.name, "retried", lane)
-                step = min(d.backoff_max_s, d.backoff_base_s * (2**attempt))
+                # the exponent is capped: max_retries is unbounded, and 2.0**1024 overflows a float (the
+                # OverflowError killed the sink's delivery task); 2**60 x any base is past any backoff_max_s
+                step = min(d.backoff_max_s, d.backoff_base_s * 2.0 ** min(attempt, 60))
                 delay = step / 2 + random.uniform(0, step / 2)
                 if isinstance(e, SinkError) and e.retry_after_s is not None:
                     delay = min(d.backoff_max_s, max(delay, e.retry_after_s))

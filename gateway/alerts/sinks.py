@@ -93,6 +93,7 @@ class AlertSink(Protocol):
 
 
 _MAX_WEBHOOK_BODY = 64 * 1024
+_LOCK_WAIT_S = 0.25  # a JSONL write waits this long for the sink's lock (held for microseconds unless a write hangs)
 
 
 class JsonlSink:
@@ -115,6 +116,7 @@ class JsonlSink:
         self._partial = False  # the last write was cut short: start the next one on a new line
         self._closed = False
         self._fsync_later: asyncio.Task[None] | None = None
+        self._fsync_failing = False
         self._lock = threading.Lock()  # one writer thread at a time per sink
 
     def _open(self) -> int:
@@ -129,8 +131,9 @@ class JsonlSink:
         # Never wait behind a write that has not returned (a hung NFS server): the dispatcher's timeout cannot
         # stop a thread, so each timed-out attempt would leave one more thread of asyncio's shared default pool
         # blocked here - the pool that also resolves backend host names and fetches JWKS. At most one thread
-        # per sink is ever stuck; this attempt fails at once (retried, then counted as failed).
-        if not self._lock.acquire(blocking=False):
+        # per sink is ever stuck; this attempt fails after a short wait (retried, then counted as failed). The
+        # wait covers the background fsync, which holds the lock only to duplicate the descriptor.
+        if not self._lock.acquire(timeout=_LOCK_WAIT_S):
             raise OSError(errno.EBUSY, "the previous write has not returned (the file system is not answering)")
         try:
             data = (b"\n" + line) if self._partial else line
@@ -155,20 +158,39 @@ class JsonlSink:
             await asyncio.to_thread(self._write, payload.encode("utf-8") + b"\n")
         except OSError as e:
             raise SinkError(f"{self.path}: {e.strerror or e}") from e
-        now = time.monotonic()
-        if now - self._last_fsync >= FSYNC_INTERVAL_S:
-            await self._fsync()
-        elif self._fsync_later is None or self._fsync_later.done():
-            # synced at the end of the interval whether or not another alert follows ("the last second")
-            self._fsync_later = asyncio.create_task(self._deferred_fsync(self._last_fsync + FSYNC_INTERVAL_S - now))
+        if self._fsync_later is None or self._fsync_later.done():
+            # The line is written: the fsync runs in the background (at once, or at the end of the interval
+            # when one ran less than a second ago: "the last second", whether or not another alert follows).
+            # Awaited here, an fsync that failed (on NFS a full disk or quota shows at fsync, after write()
+            # succeeded) or outlasted the attempt's timeout (a loaded disk) failed the delivery, and each retry
+            # appended the alert again.
+            delay = max(0.0, self._last_fsync + FSYNC_INTERVAL_S - time.monotonic())
+            self._fsync_later = asyncio.create_task(self._deferred_fsync(delay))
 
     async def _deferred_fsync(self, delay: float) -> None:
-        await asyncio.sleep(delay)
+        while True:
+            await asyncio.sleep(delay)
+            if not await self._checked_fsync() or not self._dirty or self._closed:
+                return  # (a failed fsync is tried again by the next alert's, or close's)
+            # a line written while that fsync ran: synced within the interval too
+            delay = max(0.0, self._last_fsync + FSYNC_INTERVAL_S - time.monotonic())
+
+    async def _checked_fsync(self) -> bool:
+        """fsync; False when it failed: logged (when it starts failing, and when fsync works again), the lines
+        stay unsynced for the next alert's (or close's) fsync to try again."""
         try:
             await self._fsync()
         except OSError as e:
-            self._dirty = True  # the next alert's (or close's) fsync tries again
-            log.warning("alert sink %s: fsync of %s failed (%s)", self.name, self.path, e.strerror or e)
+            self._dirty = True
+            if not self._fsync_failing:
+                self._fsync_failing = True
+                log.warning("alert sink %s: fsync of %s failed (%s); alerts are written but may not survive a "
+                            "host crash", self.name, self.path, e.strerror or e)
+            return False
+        if self._fsync_failing:
+            self._fsync_failing = False
+            log.info("alert sink %s: fsync of %s works again", self.name, self.path)
+        return True
 
     def _rotated(self, fd: int) -> bool:
         """True when the path no longer names the open file (logrotate moved or deleted it): reopen, so
@@ -184,11 +206,21 @@ class JsonlSink:
         if not self._lock.acquire(blocking=False):
             return  # a write is still in progress (or hung): the next fsync covers it
         try:
-            if self._fd is not None and self._dirty:
-                self._dirty = False
-                os.fsync(self._fd)
+            if self._fd is None or not self._dirty:
+                return
+            self._dirty = False
+            # The fsync (background, maybe slow) runs on a duplicate of the descriptor, outside the lock: the next
+            # alert's write never waits for it (nor fails "busy"), and a rotation closing the file meanwhile
+            # cannot hand the number to another file under it.
+            fd = os.dup(self._fd)
         finally:
+            if self._closed:  # closed while this held the lock: close() left the file to us
+                self._drop_handle()
             self._lock.release()
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     async def _fsync(self) -> None:
         if self._fd is not None and self._dirty:
@@ -284,6 +316,23 @@ class WebhookSink:
         self._secret = secret.encode() if secret else None
         self._session: aiohttp.ClientSession | None = None
         self.display_url = redact_url(cfg.url)
+        self._check_url()
+
+    def _check_url(self) -> None:
+        """A URL no request can go to (no host, a port out of range, an empty host label) is refused at start-up
+        (and by ``ipgate check``), naming the field: otherwise every alert failed on this sink and the first
+        one, maybe days later, said so. The message holds the URL's origin at most (the path may be a token)."""
+        try:
+            u = URL(self.url)
+            host, port = u.raw_host, u.port
+            if not host:
+                raise ValueError("no host")
+            if port is None or not 0 < port < 65536:
+                raise ValueError(f"port {port} out of range")
+            host.encode("idna")  # raises on an empty or over-long label ("a..b"), as the connection would
+        except (ValueError, UnicodeError) as e:
+            raise ConfigError(f"alerts.sinks.{self.name}.url: not a usable URL ({self.display_url}): "
+                              f"{scrub_url(str(e), self.url)}") from None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -307,9 +356,15 @@ class WebhookSink:
                 self.url, data=payload.encode(), headers=self.headers(alert, payload, time.time()),
                 allow_redirects=False,
             ) as resp:
-                await resp.content.read(_MAX_WEBHOOK_BODY)  # a receiver's body is not ours to hold whole
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                try:
+                    await resp.content.read(_MAX_WEBHOOK_BODY)  # a receiver's body is not ours to hold whole
+                except (aiohttp.ClientError, TimeoutError):
+                    # A 2xx is the receiver's word that it has the alert: a body that then does not come (a
+                    # handler that acknowledges first, then works) must not count it failed and send it again.
+                    if not 200 <= status < 300:
+                        raise
         except (aiohttp.ClientError, TimeoutError) as e:
             # `from None`: the chained exception's text (e.g. InvalidURL, ClientResponseError) can hold the URL.
             detail = scrub_url(str(e), self.url)
@@ -417,6 +472,9 @@ def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str) -> list[
         else:
             sinks.append(WebhookSink(c))
     names = [s.name for s in sinks]
-    if len(set(names)) != len(names) or "store" in names:
-        raise ConfigError(f"alerts.sinks: names must be unique and not 'store' (set `name:`), got {names}")
+    # "store" is the shared list's sink; "all" labels the dispatcher's own outcomes (deduplicated, rate_limited,
+    # dropped after shutdown): a sink of that name mixed its deliveries and drops into them
+    if len(set(names)) != len(names) or "store" in names or "all" in names:
+        raise ConfigError(f"alerts.sinks: names must be unique and neither 'store' nor 'all' (set `name:`), "
+                          f"got {names}")
     return sinks

@@ -259,8 +259,10 @@ async def test_jsonl_fsyncs_a_late_line_within_the_interval_even_when_no_alert_f
     sink = sinks_mod.JsonlSink(AlertSinkConfig(kind="jsonl", path=str(tmp_path / "a.jsonl")))
     a1, a2 = make_alert("c1"), make_alert("c2")
     await sink.emit(a1, a1.to_json())
+    await asyncio.sleep(0.1)  # the fsync runs in the background, at once (session 15: never inside the attempt)
     assert len(synced) == 1
     await sink.emit(a2, a2.to_json())  # within the interval: not synced now
+    await asyncio.sleep(0.1)
     assert len(synced) == 1
     await asyncio.sleep(sinks_mod.FSYNC_INTERVAL_S + 0.5)  # no alert follows
     assert len(synced) == 2, "the second line was not synced within the interval"
