@@ -140,6 +140,23 @@ def _count(ctx: AppContext, kind: str, decision: str) -> None:
 def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int) -> None:
     """A refused request still counts as evidence (detection state) and gives its reservation back."""
     if adm.reserved:
-        ctx.spawn(ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, adm.limits))
+        ctx.spawn(_give_back(ctx, principal, adm))
     if adm.session is not None:
-        ctx.spawn(adm.session.account(ctx.store, ResponseFacts(status=status)))
+        ctx.spawn(_account_refused(ctx, adm.session, status))
+
+
+async def _give_back(ctx: AppContext, principal: Principal, adm: Admission) -> None:
+    try:
+        await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, adm.limits)
+    except Exception:
+        log.exception("reconcile_tokens failed")
+
+
+async def _account_refused(ctx: AppContext, session: DetectionSession, status: int) -> None:
+    """As ``settle`` does for a served request: a failure is logged and counted, never left to asyncio's "Task
+    exception was never retrieved" (a blocked client sends only refused requests)."""
+    try:
+        await session.account(ctx.store, ResponseFacts(status=status))
+    except Exception:
+        ctx.metrics.detector_errors_total.labels(detector="account").inc()
+        log.exception("detection accounting failed")

@@ -350,3 +350,32 @@ async def test_a_merge_replaying_a_failed_response_step_does_not_count_it_again(
         return m.registry.get_sample_value("ipgate_detector_errors_total", {"detector": "exploding"}) or 0.0
 
     assert [errors(m) for m in metrics] == [1.0, 1.0]
+
+
+async def test_a_refused_requests_accounting_failure_is_logged_and_counted(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A blocked client sends only refused requests: their detection accounting ran in a bare background task,
+    so a failure there (a store error passed through) was neither logged by us nor counted."""
+    import aiohttp
+
+    from tests.support.harness import gateway_config, running_gateway, settled, sim_backend
+
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url, detection={"enabled": True})) as gw:
+        async with aiohttp.ClientSession() as s:
+            async with s.put(gw.admin_url + "/admin/clients/mallory/override", json={"override": "deny"},
+                             headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
+                assert r.status == 200, await r.text()
+
+            async def broken(*args: object, **kwargs: object) -> object:
+                raise RuntimeError("store said no")
+
+            monkeypatch.setattr(gw.ctx.store, "swap_client_state", broken)
+            caplog.set_level(logging.ERROR, logger="gateway.admit")
+            body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+            async with s.post(gw.url + "/v1/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {gw.token('mallory')}"}) as r:
+                assert r.status == 403
+            await settled(gw)
+        counted = gw.ctx.metrics.registry.get_sample_value("ipgate_detector_errors_total", {"detector": "account"})
+    assert counted == 1
+    assert any("detection accounting failed" in r.getMessage() for r in caplog.records)
