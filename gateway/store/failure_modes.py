@@ -122,8 +122,14 @@ class FailureModeOps:
     async def _degraded_admit(self, req: AdmitRequest) -> AdmitResult:
         known = self._known.get(req.client_id)
         ov = self._overrides.get(req.client_id)
-        if ov is not None and ov[2] <= time.time():
-            ov = None  # expired since the last read, as its key in Redis has
+        expired = ov is not None and ov[2] <= time.time()
+        if expired:
+            # the override expired since the last read, as its key in Redis has; what this process remembers of
+            # the client (the last hot path's answer) held it too: it ends now, not when Redis is back
+            assert ov is not None
+            if known is not None and known[1] == ov[0]:
+                known = (0 if ov[1] is not None and known[0] == ov[1] else known[0], None)
+            ov = None
         if known is not None:
             tier, override = known
             if ov is not None and ov[0] == "deny":

@@ -133,3 +133,17 @@ async def test_the_override_index_on_redis_and_on_a_cluster(store: Any) -> None:
     assert set(got) == set(ids) - {"c6"}
     assert got["c5"][:2] == (None, 2) and got["{odd}%id"][:2] == ("deny", None)
     assert time.time() + 590 < got["c7"][2] <= time.time() + 600
+
+
+@pytest.mark.parametrize("workers", ["open", "local"], indirect=True)
+async def test_an_override_that_expires_during_an_outage_ends(workers: list[ResilientStore],
+                                                              redis_process: Any) -> None:
+    """A process answers a client it served from what Redis last said (tier, override): an override whose TTL
+    ran out during the outage stayed in force until Redis was back (an expired allow kept exempting the client
+    from blocks). The override copy knows the expiry."""
+    a, _ = workers
+    await a.set_override("ci-bot", "deny", None, 1.0)
+    assert (await _admit(a, "ci-bot"))[0] is False  # a remembers (tier, "deny") for the outage
+    redis_process.kill()
+    await asyncio.sleep(1.3)  # the deny's TTL ran out (its key in Redis would be gone)
+    assert (await _admit(a, "ci-bot"))[0] is True
