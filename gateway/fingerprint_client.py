@@ -80,8 +80,9 @@ async def probe_backend_partial(
                 if hurry is None:
                     await asyncio.sleep(delay)
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(hurry.wait(), delay)
+                    with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see routing/health.py)
+                        async with asyncio.timeout(delay):
+                            await hurry.wait()
             try:
                 async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
                                         headers={"X-Request-Id": os.urandom(12).hex()}, ssl=ssl) as resp:

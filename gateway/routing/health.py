@@ -192,6 +192,10 @@ class HealthChecker:
                 await self.check_once()
             except Exception:  # a bug here must not stop health checking for good; log it and go on
                 log.exception("health check round failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as the
+            # event is set (a reload's kick() just before a shutdown), and this loop then never ended: close()
+            # waited for it for ever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.interval_s)
+                async with asyncio.timeout(self.cfg.interval_s):
+                    await self._wake.wait()
             self._wake.clear()

@@ -165,3 +165,22 @@ async def test_an_endless_health_body_is_not_read_to_the_end() -> None:
     finally:
         await runner.cleanup()
     assert sent[0] < 64 * MAX_BODY_BYTES  # the backend was cut off, not drained
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3])
+async def test_a_cancel_right_after_a_kick_ends_the_checker(yields: int) -> None:
+    """A reload kicks the checker (the next round now); a shutdown right after cancels it. On Python 3.11
+    ``asyncio.wait_for`` swallowed a cancellation that arrived as the event was set, the loop went on, and
+    ``Router.close`` waited for the task for ever (a gateway stopped after a reload hung)."""
+    pool = Pool(ModelConfig.model_validate({"name": "m", "backends": [{"name": "b", "url": "http://127.0.0.1:9"}]}),
+                HEALTH.model_copy(update={"interval_s": 30.0}))
+    async with aiohttp.ClientSession() as session:
+        checker = HealthChecker(HEALTH.model_copy(update={"interval_s": 30.0}), session, lambda: [pool])
+        task = asyncio.create_task(checker.run())
+        await asyncio.sleep(0.3)  # the first round is done: the task waits for the interval or a kick
+        checker.kick()
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        assert task in done, "the checker ignored its cancellation"
