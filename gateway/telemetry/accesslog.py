@@ -97,50 +97,76 @@ def format_record(rec: AccessRecord, ts: float) -> str:
 
 
 class _Sink:
-    """stderr, or a file reopened when it is rotated away."""
+    """stderr, or a file reopened when it is rotated away.
+
+    A file is written with ``os.write`` on its descriptor, not through a buffered text stream: a write that
+    fails part-way (a full disk, a file size limit) leaves half a line in the file, and the sink has to know it
+    so that the next write that works starts on a new line. Through ``TextIOWrapper`` the next batch was glued
+    to the half line, and that line (two records) no longer parsed as JSON.
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._stream: TextIO = sys.stderr
+        self._stderr: TextIO = sys.stderr
+        self._fd: int | None = None
         self._ident: tuple[int, int] | None = None
         self._checked = 0.0
+        self._partial = False  # the file ends inside a line (a write failed part-way)
         if path is not None:
             self._open(path)
 
     def _open(self, path: str) -> None:
-        self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the sink
-        st = os.fstat(self._stream.fileno())
-        self._ident = (st.st_dev, st.st_ino)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        st = os.fstat(fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        self._partial = False  # a new file (rotation) starts clean; a half line stays in the old one
 
-    def _reopen_if_rotated(self) -> None:
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _reopen_if_rotated(self, path: str) -> None:
+        if self._fd is None:  # the last reopen failed: try again on every write until it works
+            self._open(path)
+            return
         now = time.monotonic()
-        if self.path is None:
-            return
-        if self._stream.closed:  # the last reopen failed: try again on every write until it works
-            self._open(self.path)
-            return
         if now - self._checked < _STAT_INTERVAL_S:
             return
         self._checked = now
         try:
-            st = os.stat(self.path)
+            st = os.stat(path)
             moved = (st.st_dev, st.st_ino) != self._ident
         except FileNotFoundError:
             moved = True
         if moved:
-            self._stream.close()
-            self._open(self.path)  # OSError: the stream stays closed and the next write retries
+            self._close_fd()
+            self._open(path)  # OSError: no descriptor, and the next write retries
 
     def write(self, text: str) -> None:
-        self._reopen_if_rotated()
-        self._stream.write(text)
-        self._stream.flush()
+        if self.path is None:
+            self._stderr.write(text)
+            self._stderr.flush()
+            return
+        self._reopen_if_rotated(self.path)
+        fd = self._fd
+        if fd is None:  # (unreachable: a failed open raised)
+            raise OSError(f"{self.path} is not open")
+        data = (b"\n" if self._partial else b"") + text.encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            done = len(data) - len(view)
+            if done:
+                self._partial = data[done - 1] != 0x0A  # 0x0A: b"\n"
 
     def close(self) -> None:
         if self.path is not None:
-            self._stream.close()
+            self._close_fd()
         else:
-            self._stream.flush()
+            self._stderr.flush()
 
 
 class AccessLog:
@@ -219,6 +245,10 @@ class AccessLog:
         if self._thread is None:
             return
         self._stop.set()
-        self._thread.join(timeout=10)
+        thread = self._thread
+        thread.join(timeout=10)
         self._thread = None
+        if thread.is_alive():  # stuck in a write (a hung disk): closing its descriptor under it could let the
+            log.warning("access log writer still busy after 10 s; its file is left open")  # number be reused
+            return
         self._sink.close()

@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# A proxy's latencies span sub-millisecond (cached auth, a zero-delay backend) to a minute (long generations).
+# A proxy's latencies span sub-millisecond (cached auth, a zero-delay backend) to many minutes: a backend may
+# take first_byte_timeout_s (600 s by default) to answer and a stream has no total limit. With 60 s on top,
+# histogram_quantile reported 60 s for every slower answer; 30 min covers long reasoning streams.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0,
 )
 # The gateway's own overhead should stay well under a millisecond; resolve it finely.
 OVERHEAD_BUCKETS: tuple[float, ...] = (

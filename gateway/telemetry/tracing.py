@@ -1,8 +1,11 @@
 """OpenTelemetry traces with the GenAI semantic conventions, sampled and exported in batches off the hot path.
 
 - Sampler: ``ParentBased(TraceIdRatioBased(sample_ratio))`` — a caller's sampled ``traceparent`` is honoured,
-  otherwise ``sample_ratio`` of the traces are recorded. An unsampled span is a non-recording span: creating
-  it costs a few microseconds and setting attributes on it costs nothing (helpers check ``is_recording``).
+  otherwise ``sample_ratio`` of the traces are recorded. A caller's *unsampled* ``traceparent`` gets
+  ``sample_ratio`` too, by a random draw (``_RatioDraw``): the SDK default (never record it) let any client keep
+  its requests out of the traces, and a ratio on the trace id would let it pick ids that are never sampled.
+  An unsampled span is a non-recording span: creating it costs a few microseconds and setting attributes on
+  it costs nothing (helpers check ``is_recording``).
 - Export: a ``BatchSpanProcessor`` (its own thread) with the OTLP/HTTP exporter when ``otlp_endpoint`` is
   set. Without an endpoint nothing would ever leave the process, so ``span()`` returns a shared no-op
   context manager (≈ 0.2 µs) and nothing is recorded; a client's ``traceparent`` is then not continued.
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -25,9 +29,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from gateway.config import TelemetryConfig
 
@@ -93,11 +105,40 @@ def _otlp_traces_url(endpoint: str) -> str:
     return base if base.endswith("/v1/traces") else base + "/v1/traces"
 
 
+class _RatioDraw(Sampler):
+    """``ratio`` of the spans by a random draw, for a caller's unsampled ``traceparent``: its trace id is the
+    caller's choice, so ``TraceIdRatioBased`` on it would be the caller's decision too."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = ratio
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        state = parent.trace_state if parent.is_valid else None
+        if random.random() < self._ratio:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+        return SamplingResult(Decision.DROP, None, state)
+
+    def get_description(self) -> str:
+        return f"RatioDraw{{{self._ratio}}}"
+
+
 class Tracing:
     """Owns a ``TracerProvider`` (never installed globally, so tests and workers stay independent)."""
 
     def __init__(self, *, service_name: str, sample_ratio: float, exporter: SpanExporter | None) -> None:
-        sampler: Sampler = ParentBased(TraceIdRatioBased(sample_ratio)) if exporter is not None else ALWAYS_OFF
+        sampler: Sampler = ALWAYS_OFF
+        if exporter is not None:
+            sampler = ParentBased(TraceIdRatioBased(sample_ratio), remote_parent_not_sampled=_RatioDraw(sample_ratio))
         self.provider = TracerProvider(sampler=sampler, resource=Resource.create({"service.name": service_name}))
         self.enabled = exporter is not None
         if exporter is not None:
