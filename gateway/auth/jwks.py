@@ -7,8 +7,9 @@ refetch per ``jwks_refetch_interval_s`` — counted from the last *attempt*, fai
 of tokens with random ``kid`` values cannot turn the gateway into a load generator against the IdP.
 Concurrent misses share one fetch.
 
-Only asymmetric keys of the configured family are used (RSA for RS*/PS*, EC for ES*); ``oct`` (symmetric)
-keys in a JWKS are ignored, which closes the HS/RS confusion path through the key set.
+Only asymmetric keys of the configured families are used (RSA for RS*/PS*, EC for ES*), each only with
+algorithms of its own type; ``oct`` (symmetric) keys in a JWKS are ignored, which closes the HS/RS confusion
+path through the key set.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class UnknownKey(Exception):
     """No usable key for the token's ``kid``/``alg`` (after the allowed refetch, if any)."""
 
 
-def _family_kty(algorithms: Sequence[str]) -> str:
-    return "EC" if algorithms[0].startswith("ES") else "RSA"
+def _kty(alg: str) -> str:
+    return "EC" if alg.startswith("ES") else "RSA"  # RS*/PS*; HS* never reaches a JWKS (config forbids it)
 
 
 class JwksKeys:
@@ -53,7 +54,10 @@ class JwksKeys:
     ) -> None:
         self.url = url
         self.algorithms = tuple(algorithms)
-        self._kty = _family_kty(self.algorithms)
+        # Every key type the allowlist can use: the config may name RSA and EC algorithms together (an IdP moving
+        # from RSA to EC keys publishes both). Keeping only the first algorithm's type refused the other family's
+        # tokens as unknown keys, silently. _lookup still pairs each key with algorithms of its own type only.
+        self._ktys = frozenset(_kty(a) for a in self.algorithms)
         try:
             parsed = urlsplit(url)
         except ValueError as e:  # "http://[::1/jwks": was an "internal error" from `ipgate check`, a crash at start
@@ -69,11 +73,13 @@ class JwksKeys:
         self._cache_ttl = cache_ttl_s
         self._metrics = metrics
         self._clock = clock
-        self._jwks: dict[str | None, dict[str, Any]] = {}  # kid → raw JWK
-        self._keys: dict[tuple[str | None, str], PyJWK] = {}  # (kid, alg) → parsed key
+        # (kid, kty) → raw JWK: RFC 7517 §4.5 lets one kid name keys of different types ("equivalent alternatives")
+        self._jwks: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._keys: dict[tuple[str | None, str], PyJWK | None] = {}  # (kid, alg) → parsed key; None: unusable
         self._last_attempt: float | None = None
         self._lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None  # the refetch an unknown kid started (see get)
         self.fetches = 0
 
     async def start(self) -> None:
@@ -87,11 +93,12 @@ class JwksKeys:
         return len(self._jwks) if await self._refresh() else 0
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for task in (self._refresher, self._pending):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresher = self._pending = None
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -121,18 +128,18 @@ class JwksKeys:
         if self._metrics is not None:
             self._metrics.jwks_fetches_total.labels(outcome="ok").inc()
         if set(jwks) != set(self._jwks):
-            log.info("JWKS from %s now has key ids %s", self.url, sorted(str(k) for k in jwks))
+            log.info("JWKS from %s now has key ids %s", self.url, sorted(str(k) for k, _ in jwks))
         self._jwks = jwks
         self._keys = {}
         return True
 
-    def _parse(self, data: Any) -> dict[str | None, dict[str, Any]]:
+    def _parse(self, data: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
         keys = data.get("keys") if isinstance(data, dict) else None
         if not isinstance(keys, list):
             raise ValueError("JWKS has no 'keys' list")
-        out: dict[str | None, dict[str, Any]] = {}
+        out: dict[tuple[str | None, str], dict[str, Any]] = {}
         for jwk in keys:
-            if not isinstance(jwk, dict) or jwk.get("kty") != self._kty:
+            if not isinstance(jwk, dict) or not isinstance(jwk.get("kty"), str) or jwk["kty"] not in self._ktys:
                 continue
             if jwk.get("use", "sig") != "sig":
                 continue
@@ -140,22 +147,24 @@ class JwksKeys:
             if alg is not None and alg not in self.algorithms:
                 continue
             kid = jwk.get("kid")
-            out[kid if isinstance(kid, str) else None] = jwk
+            out[(kid if isinstance(kid, str) else None, jwk["kty"])] = jwk
         return out
 
     def _lookup(self, kid: str | None, alg: str) -> PyJWK | None:
-        cached = self._keys.get((kid, alg))
-        if cached is not None:
-            return cached
+        if (kid, alg) in self._keys:
+            return self._keys[(kid, alg)]
         # A single-key set may be used by tokens without a kid.
         single = kid is None and len(self._jwks) == 1
-        jwk = next(iter(self._jwks.values())) if single else self._jwks.get(kid)
-        if jwk is None or jwk.get("alg", alg) != alg:
+        jwk = next(iter(self._jwks.values())) if single else self._jwks.get((kid, _kty(alg)))
+        if jwk is None or jwk.get("alg", alg) != alg or jwk.get("kty") != _kty(alg):
             return None
         try:
             key = PyJWK(jwk, algorithm=alg)
         except PyJWTError as e:
+            # Remembered until the set is re-read: the kid is public, so anyone could otherwise have this
+            # WARNING written (and the key parsed again) once per request.
             log.warning("JWKS key %r unusable for %s: %s", kid, alg, e)
+            self._keys[(kid, alg)] = None
             return None
         self._keys[(kid, alg)] = key
         return key
@@ -164,16 +173,23 @@ class JwksKeys:
         key = self._lookup(kid, alg)
         if key is not None:
             return key
-        async with self._lock:
-            key = self._lookup(kid, alg)  # another coroutine may have refetched while we waited
-            if key is not None:
-                return key
+        # The refetch runs in a task of its own that every concurrent miss awaits through a shield. Awaited
+        # directly, it was cancelled with the request that started it (the listeners cancel the handler when
+        # the client disconnects): the fetched set was thrown away while the attempt still counted, so a new
+        # kid stayed unknown for a whole refetch interval. Anyone could do that to every refetch by sending a
+        # random kid and hanging up, leaving rotated keys to the periodic refresh (jwks_cache_ttl_s).
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._refetch_if_due(kid), name="jwks-refetch")
+        await asyncio.shield(self._pending)
+        key = self._lookup(kid, alg)
+        if key is None:
+            raise UnknownKey(f"no {alg} key with kid {kid!r}")
+        return key
+
+    async def _refetch_if_due(self, kid: str | None) -> None:
+        async with self._lock:  # the periodic refresh may be running: after it, a refetch is not due
             now = self._clock()
             if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
                 log.debug("unknown kid %r: refetching JWKS", kid)
                 await self._refresh()
-                key = self._lookup(kid, alg)
-        if key is None:
-            raise UnknownKey(f"no {alg} key with kid {kid!r}")
-        return key
 
