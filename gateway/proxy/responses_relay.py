@@ -43,7 +43,14 @@ from gateway.proxy.relay import (
     dumps_utf8,
     error_event,
 )
-from gateway.proxy.responses_scrub import ERROR_FIELDS, EVENT_FIELDS, ITEMS, PART_TEXT, Scrubber
+from gateway.proxy.responses_scrub import (
+    ERROR_FIELDS,
+    EVENT_FIELDS,
+    ITEMS,
+    PART_TEXT,
+    RESPONSE_EVENT_FIELDS,
+    Scrubber,
+)
 from gateway.proxy.sse import SSEComment, SSEDecoder, encode_comment, encode_event
 from gateway.proxy.usage import Usage
 
@@ -165,9 +172,11 @@ class _Output(Scrubber):
         self.logprob_positions += len(lp)
 
     def _dropped(self, item: Any) -> bool:
-        """Reasoning items under strip_reasoning; items of a type the relay does not know (their text)."""
+        """Reasoning items under strip_reasoning; items of a type the relay does not know (their text), and
+        items that are not objects (a bare string is text all the same)."""
         if not isinstance(item, dict):
-            return False
+            self._withhold("unknown_item", "an output item that is not an object")
+            return True
         if self._unknown(item):
             return True
         return self._strip and item.get("type") == "reasoning"
@@ -176,7 +185,7 @@ class _Output(Scrubber):
         """An item the relay does not relay: a type it does not know (its text is not watermarked), or a
         function call the request gave the model no tool for (its arguments are free text, verbatim)."""
         t = item.get("type")
-        if t in ITEMS and (t != "function_call" or self._calls):
+        if isinstance(t, str) and t in ITEMS and (t != "function_call" or self._calls):
             return False
         self._withhold("unknown_item", f"an output item of type {t!r}" if t != "function_call" else
                        "a function call the request declared no tool for")
@@ -196,6 +205,7 @@ class ResponsesRelay(_Output):
         self._parts: dict[PartKey, _Part] = {}
         self._index: dict[int, int | None] = {}  # upstream output_index -> the client's (None: dropped)
         self._ids: dict[int, Any] = {}  # upstream output_index -> its item id
+        self._announced: set[PartKey] = set()  # parts the client got an ``added`` event for
         self._next_index = 0
         self.usage = Usage()
         self.finish_reasons: list[str] = []
@@ -254,29 +264,33 @@ class ResponsesRelay(_Output):
         if t in _RESPONSE_EVENTS:
             if not isinstance(obj.get("response"), dict):
                 return self._withhold("malformed_event", f"{t} without a response object")
+            self._only(obj, RESPONSE_EVENT_FIELDS, f"a {t} event")
             return [*self._response(obj["response"], t), obj]
         if t not in _ITEM_EVENTS:
             return self._withhold("unknown_event", f"an event of type {t!r}")
         oi = obj.get("output_index")
         if not _is_index(oi):
             return self._withhold("malformed_event", f"{t} without an integer output_index")
-        item = obj.get("item")
+        # only an item event's item names the item (another event's ``item`` field is withheld as extra)
+        item = obj.get("item") if t in ("response.output_item.added", "response.output_item.done") else None
         if t in ("response.output_item.added", "response.output_item.done") and not isinstance(item, dict):
             return self._withhold("malformed_event", f"{t} without an item")
         if oi not in self._index:
-            self._index[oi] = None if self._dropped(item) else self._next_index
+            self._index[oi] = None if item is not None and self._dropped(item) else self._next_index
             if self._index[oi] is not None:
                 self._next_index += 1
         mapped = self._index[oi]
         if mapped is None:
             return []  # a reasoning item the tier strips, an unknown item: none of its events
         if isinstance(item, dict) and self._unknown(item):  # announced late as an unknown type
+            self._index[oi] = None  # none of its later events either, nor its held-back words at the end
+            for key, held in self._parts.items():
+                held.closed = held.closed or key[0] == oi
             return []
         if t.startswith("response.function_call_arguments.") and not self._calls:
             return self._withhold("unknown_item", "a function call the request declared no tool for")
         obj["output_index"] = mapped
-        if not t.startswith("response.function_call_arguments."):
-            self._only(obj, EVENT_FIELDS, f"a {t} event")
+        self._only(obj, EVENT_FIELDS[t], f"a {t} event")
         self._ids.setdefault(oi, obj.get("item_id", item.get("id") if isinstance(item, dict) else None))
         if t == "response.function_call_arguments.delta" and obj.get("delta"):
             self.content_events += 1  # generated tokens too: what a stream dropped before its usage is charged
@@ -297,6 +311,7 @@ class ResponsesRelay(_Output):
             if not _is_index(obj.get(_ADDED[t])) or not isinstance(part, dict):
                 return self._withhold("malformed_event", f"{t} without an index or a part")
             self._clean_part(part, True)
+            self._announced.add((oi, "summary" if _ADDED[t] == "summary_index" else "content", obj[_ADDED[t]]))
             return [obj]
         if t == "response.output_item.added" and isinstance(item, dict):
             self._clean_item(item, True)
@@ -384,7 +399,8 @@ class ResponsesRelay(_Output):
     def _final_part(self, part: dict[str, Any], key: PartKey) -> list[dict[str, Any]]:
         """A part in a ``done`` event or a finished item gets the text the client received for it; returns
         the delta events to send before (a part whose text the backend had not finished yet)."""
-        spec = PART_TEXT.get(part.get("type", ""))
+        t = part.get("type")
+        spec = PART_TEXT.get(t) if isinstance(t, str) else None  # a list or object is unhashable: no crash
         if spec is None:
             return []
         fld = spec[0]
@@ -437,7 +453,9 @@ class ResponsesRelay(_Output):
         part = self._part(key, delta_type)
         whole = self._feed(part, text if isinstance(text, str) else "", True)
         part.closed = True
-        return part, [self._synthetic(key, part, whole)] if whole else []
+        # a delta for a part the client was never told of (no ``content_part.added``: a backend that sent only
+        # the item, or only the final snapshot) breaks the SDK's accumulator; the watermarked text is in the copy
+        return part, [self._synthetic(key, part, whole)] if whole and key in self._announced else []
 
     def _item(self, item: dict[str, Any], oi: int) -> list[dict[str, Any]]:
         pre: list[dict[str, Any]] = []
@@ -483,6 +501,10 @@ class ResponsesRelay(_Output):
                 self.finish_reasons.append(fr)
         elif t == "response.failed":
             self.upstream_error = True
+        if t in _FINAL_EVENTS:
+            # parts the backend never closed (no done events, an output without them): their held-back words go
+            # before the terminal event, or they would never reach the client (finish() sends nothing after it)
+            pre.extend(ev for key in list(self._parts) for ev in self._close(key))
         return pre
 
 
@@ -520,7 +542,8 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
             for kind in ("content", "summary"):
                 parts = item.get(kind)
                 for part in parts if isinstance(parts, list) else ():
-                    spec = PART_TEXT.get(part.get("type", "")) if isinstance(part, dict) else None
+                    t = part.get("type") if isinstance(part, dict) else None
+                    spec = PART_TEXT.get(t) if isinstance(t, str) else None  # a list is unhashable: no crash
                     if spec is None or not isinstance(part.get(spec[0]), str):
                         continue
                     fld, answer = spec

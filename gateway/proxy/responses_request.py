@@ -66,6 +66,13 @@ def _text_content(c: Any, field: str) -> str:
         t = part.get("type")
         if t == "refusal" and isinstance(part.get("refusal"), str):  # an earlier answer's refusal, replayed
             texts.append(part["refusal"])
+            # vLLM reads a replayed part's ``text`` whatever its type (harmony: every part's; chat templates: the
+            # first part's of an assistant message, kept as an extra field of ResponseOutputRefusal): a ``text``
+            # beside the refusal is prompt the model reads, so the view reads it too
+            if part.get("text") is not None:
+                if not isinstance(part["text"], str):
+                    raise _fail(f"{field}[{j}].text", "must be a string")
+                texts.append(part["text"])
             continue
         if not isinstance(t, str) or t not in _TEXT_PARTS:  # a list or object is unhashable: a 400, not a 500
             raise _fail(f"{field}[{j}].type", f"{t!r} is not supported by this gateway (text parts only: "

@@ -35,8 +35,31 @@ _PART_FIELDS = {"output_text": frozenset({"type", "text", "annotations", "logpro
                 "summary_text": frozenset({"type", "text"})}
 _ITEM_FIELDS = {"message": frozenset({"id", "type", "role", "status", "content", "phase"}),
                 "reasoning": frozenset({"id", "type", "summary", "content", "encrypted_content", "status"})}
-EVENT_FIELDS = frozenset({"type", "sequence_number", "item_id", "output_index", "content_index", "summary_index",
-                           "delta", "text", "refusal", "logprobs", "part", "item", "obfuscation"})
+# Per event type (the openai SDK's event types): a field of another type's shape (a ``text`` on a delta event, a
+# ``delta`` on a done event, a ``part`` or ``item`` where none belongs) is not rewritten by the relay, so it is
+# withheld; a single allowlist for all types relayed such a field verbatim.
+_IDS = frozenset({"type", "sequence_number", "item_id", "output_index"})
+_CONTENT, _SUMMARY = _IDS | {"content_index"}, _IDS | {"summary_index"}
+EVENT_FIELDS = {
+    "response.output_text.delta": _CONTENT | {"delta", "logprobs", "obfuscation"},
+    "response.output_text.done": _CONTENT | {"text", "logprobs"},
+    "response.refusal.delta": _CONTENT | {"delta", "obfuscation"},
+    "response.refusal.done": _CONTENT | {"refusal"},
+    "response.reasoning_text.delta": _CONTENT | {"delta", "obfuscation"},
+    "response.reasoning_text.done": _CONTENT | {"text"},
+    "response.reasoning_summary_text.delta": _SUMMARY | {"delta", "obfuscation"},
+    "response.reasoning_summary_text.done": _SUMMARY | {"text"},
+    "response.content_part.added": _CONTENT | {"part"},
+    "response.content_part.done": _CONTENT | {"part"},
+    "response.reasoning_summary_part.added": _SUMMARY | {"part"},
+    "response.reasoning_summary_part.done": _SUMMARY | {"part"},
+    "response.output_item.added": _IDS | {"item"},
+    "response.output_item.done": _IDS | {"item"},
+    # the arguments are relayed verbatim by design (counted as a tools request); nothing beside them
+    "response.function_call_arguments.delta": _IDS | {"delta", "obfuscation"},
+    "response.function_call_arguments.done": _IDS | {"arguments", "name"},
+}
+RESPONSE_EVENT_FIELDS = frozenset({"type", "sequence_number", "response"})
 ERROR_FIELDS = frozenset({"type", "sequence_number", "code", "message", "param", "error"})
 _logged: set[str] = set()
 
@@ -66,6 +89,10 @@ class Scrubber:
                 self.fields_removed = True  # the body is re-encoded without it
                 if response.pop(name) is not None:
                     self._withhold("response_copy", f"the response's {name}")
+        if response.get("output") is not None and not isinstance(response["output"], list):
+            response["output"] = []  # a string or object is text all the same: the relay reads only a list
+            self.fields_removed = True
+            self._withhold("malformed_event", "a response's output that is not a list")
         if self.fields is not None and self.fields.scrub_response(response):
             self.fields_removed = True
 
@@ -83,7 +110,7 @@ class Scrubber:
         spec = PART_TEXT.get(t) if isinstance(t, str) else None
         if spec is None or not isinstance(t, str):
             part.clear()
-            part["type"] = t
+            part["type"] = t if isinstance(t, str) else None
             self._withhold("unknown_part", f"a content part of type {t!r}")
             return
         self._only(part, _PART_FIELDS[t], f"a {t} part")
@@ -101,14 +128,20 @@ class Scrubber:
             self._withhold("annotations", "annotations")
 
     def _clean_item(self, item: dict[str, Any], blank: bool) -> None:
-        allowed = _ITEM_FIELDS.get(item.get("type", ""))
+        t = item.get("type")
+        allowed = _ITEM_FIELDS.get(t) if isinstance(t, str) else None  # a list is unhashable: no crash
         if allowed is not None:
-            self._only(item, allowed, f"a {item.get('type')} item")
+            self._only(item, allowed, f"a {t} item")
         for kind in ("content", "summary"):
             parts = item.get(kind)
-            for part in parts if isinstance(parts, list) else ():
-                if isinstance(part, dict):
-                    self._clean_part(part, blank)
+            if parts is None:
+                continue
+            if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+                # a bare string (the list, or a part of it) is text the relay never watermarked
+                parts = item[kind] = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+                self._withhold("malformed_event", f"an item's {kind} that is not a list of objects")
+            for part in parts:
+                self._clean_part(part, blank)
         if item.get("encrypted_content") is not None:  # opaque to us: it could be the thought in clear
             item["encrypted_content"] = None
             self._withhold("encrypted_content", "a reasoning item's encrypted_content")
