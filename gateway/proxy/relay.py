@@ -31,6 +31,11 @@ _DONE_EVENT = b"data: [DONE]\n\n"
 # (``reasoning_content`` before 0.11, and both, with the same text, in between); DeepSeek's API and SGLang write
 # ``reasoning_content``. It is the output distillation wants most, so it is watermarked like the answer.
 REASONING_KEYS = ("reasoning", "reasoning_content")
+# A refusal (OpenAI's ``message.refusal`` / ``delta.refusal``) is generated prose beside ``content``: watermarked
+# as a channel of its own, like the reasoning (also when the answer is structured output, whose format does not
+# constrain it), but never stripped with the reasoning. Relayed as written it was unwatermarked text from any
+# backend that writes its answers there.
+SIDE_KEYS = (*REASONING_KEYS, "refusal")
 
 
 class ReasoningOnly:
@@ -197,7 +202,7 @@ class StreamRelay:
             listed = self._chat and isinstance(text, list)
             if (isinstance(text, str) and text) or (isinstance(text, list) and self._chat and parts.slots(text)) or (
                     isinstance(holder, dict) and self._chat and (any(
-                    isinstance(holder.get(k), str) and holder[k] for k in REASONING_KEYS)
+                    isinstance(holder.get(k), str) and holder[k] for k in SIDE_KEYS)
                     or holder.get("tool_calls") or holder.get("function_call"))):
                 self.content_events += 1
             emb = self._embedder(idx, self._answers) if self._answers is not None else None
@@ -389,11 +394,14 @@ class StreamRelay:
 def reasoning_groups(message: dict[str, Any]) -> list[tuple[str, ...]]:
     """The reasoning fields of a chat message or delta that hold text, grouped by what they hold: both keys
     in one group when they carry the same text (a server writing the old and the new name), so that the two
-    copies get the same watermarked text and cannot be diffed against each other."""
+    copies get the same watermarked text and cannot be diffed against each other; then a ``refusal`` holding
+    text, as a channel of its own (``SIDE_KEYS``)."""
     keys = [k for k in REASONING_KEYS if isinstance(message.get(k), str) and message[k]]
-    if len(keys) == 2 and message[keys[0]] == message[keys[1]]:
-        return [tuple(keys)]
-    return [(k,) for k in keys]
+    groups: list[tuple[str, ...]] = [tuple(keys)] if len(keys) == 2 and message[keys[0]] == message[keys[1]] \
+        else [(k,) for k in keys]
+    if isinstance(message.get("refusal"), str) and message["refusal"]:
+        groups.append(("refusal",))  # a channel of its own (see SIDE_KEYS)
+    return groups
 
 
 def logprob_positions(choice: dict[str, Any], chat: bool) -> int:
@@ -547,7 +555,7 @@ def _generated_tokens(choices: Any) -> int:
         if not isinstance(c, dict):
             continue
         msg = c.get("message")
-        texts = [c.get("text")] + ([msg.get(k) for k in ("content", *REASONING_KEYS)]
+        texts = [c.get("text")] + ([msg.get(k) for k in ("content", *SIDE_KEYS)]
                                    if isinstance(msg, dict) else [])
         if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
             texts += [json.dumps(t) for t in msg["tool_calls"]]
