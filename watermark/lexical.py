@@ -52,6 +52,7 @@ import numpy.typing as npt
 
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
+from watermark.detection_text import detection_text
 from watermark.keys import ClientKey, scheme_key
 from watermark.lexical_readings import Readings
 from watermark.lexical_views import Chain, Strengths
@@ -67,7 +68,11 @@ CONTEXT_MODES = ("word", "repeat", "first")
 # dilute its own evidence. Skipping it depends on the text alone, so the tuple set stays key-independent.
 _COPY_WINDOW = 48
 _SEP = "\x1e"  # never inside a word: contexts with an occurrence index or the group-only marker are distinct
-_CLIENT_BATCH = 16384  # clients scored per numpy batch: bounds memory at ~batch x tuples x 8 bytes
+_CLIENT_BATCH = 16384  # clients scored per numpy batch at most
+# ... and at most this many (client, tuple) cells per batch: each of the few temporaries of a batch is cells x 8
+# bytes. A fixed 16 384 clients times the ~7 000-20 000 tuples of a 2 M-character corpus (the admin API's limit)
+# made each temporary 1-3 GB, several GB at once in the gateway's own process, whose public API it shares.
+_BATCH_CELLS = 1 << 22
 
 
 _MAX_PLAIN_FENCES = 16  # fences read as plain text per text at most (each costs one more scan)
@@ -189,7 +194,8 @@ class LexicalScheme:
         return e.feed(text) + e.finish()
 
     def observe(self, texts: str | Sequence[str]) -> Observation:
-        """Scan texts (read only) and keep the first occurrence of each (context, group) tuple.
+        """Scan texts (read only) and keep the first occurrence of each (context, group) tuple. Each text is read
+        with invisible characters and Latin lookalike letters undone (``watermark.detection_text``).
 
         A text whose code fence never closes is read a second way as well, each such fence marker taken as
         plain backticks (``Scanner(plain_fences=...)``). Reformatting that joins lines (re-wrapping, pasting
@@ -200,7 +206,9 @@ class LexicalScheme:
         text, so the lenient reading only adds tuples."""
         seen: dict[tuple[str, int], int] = {}
         strict: set[tuple[str, int]] = set()
-        for text in [texts] if isinstance(texts, str) else texts:
+        for raw in [texts] if isinstance(texts, str) else texts:
+            # invisible characters and lookalike letters undone: they erased every slot without a visible change
+            text = detection_text(raw)
             plain: frozenset[int] = frozenset()
             records, unclosed = self._scan(text, plain)
             for _ in range(_MAX_PLAIN_FENCES):  # only for a text whose fence never closes
@@ -295,10 +303,11 @@ class LexicalScheme:
             t = np.array([tuple_hash(base, c, g) for c, g in zip(obs.contexts, gids, strict=True)], dtype=np.uint64)
             seeds = np.array([keys[i].seed64 for i in idxs], dtype=np.uint64)
             observed = obs.observed.astype(np.uint64)
-            for lo in range(0, len(idxs), _CLIENT_BATCH):
-                s = seeds[lo : lo + _CLIENT_BATCH]
+            batch = max(1, min(_CLIENT_BATCH, _BATCH_CELLS // obs.size))
+            for lo in range(0, len(idxs), batch):
+                s = seeds[lo : lo + batch]
                 hit = (mix64_array(t[None, :] ^ s[:, None]) % ks[None, :]) == observed[None, :]
-                sel = np.asarray(idxs[lo : lo + _CLIENT_BATCH])
+                sel = np.asarray(idxs[lo : lo + batch])
                 for ci, chain in enumerate(chains):
                     # nested views: each view's hit count is the previous one's plus the hits among its new tuples
                     h = np.zeros(len(sel), dtype=np.int64)

@@ -2,7 +2,8 @@
 
 Body: ``{"text": str}`` (one text) or ``{"texts": [str, ...]}`` (a corpus, pooled: each scored tuple counted
 once across all texts; the answer adds ``"texts"``), plus optional ``"clients": [str, ...]`` (default: every
-recipient the gateway recorded, with the key versions it recorded), ``"scheme": "auto"|"lexical"|"kgw"``
+recipient the gateway recorded: the store's with the key versions it recorded, those in
+``watermark.recipients_file`` under every version in force), ``"scheme": "auto"|"lexical"|"kgw"``
 (kgw needs ``watermark.kgw_tokenizer_file``) and ``"fpr"`` (default 1e-6). Scoring runs in a worker thread
 (100 000 candidates take about a second of CPU) so the admin listener stays responsive.
 """
@@ -118,11 +119,13 @@ def file_recipients(path: str | None) -> list[str]:
 
 def recorded_keys(ring: KeyRing, recorded: dict[str, list[int]], from_file: list[str]) -> list[ClientKey]:
     """The (client, version) hypotheses among the recorded recipients: the store's with the versions it
-    recorded, and those only the recipients file knows (a store that lost them: a memory store after a
-    restart, a flushed Redis) under every version in force -- the candidates ``ipgate verify --config``
-    tests."""
-    merged: dict[str, list[int]] = {c: [] for c in from_file}
-    merged.update(recorded)
+    recorded, and every id in the recipients file under every version in force. The file records no version,
+    and a store that has a client may still have lost some of its versions: a key rotation is a restart,
+    which empties a memory store, so a client served under version 1 and again after the rotation is in the
+    store under version 2 only. Taking the store's versions for such a client never tested the version the
+    leaked text was served under (a false "not watermarked")."""
+    merged: dict[str, list[int]] = dict(recorded)
+    merged.update((c, []) for c in from_file)  # [] = every version in force (candidate_keys)
     return candidate_keys(ring, sorted(merged), merged)
 
 

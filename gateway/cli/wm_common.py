@@ -108,15 +108,18 @@ def recorded_recipients(cfg: GatewayConfig | None, missing: str | None = None) -
     from gateway.errors import GatewayError
 
     out: dict[str, list[int]] = {}
+    file_ids: list[str] = []
     if cfg.watermark.recipients_file and Path(cfg.watermark.recipients_file).exists():
-        for c in read_lines(cfg.watermark.recipients_file, "watermark.recipients_file"):
-            out.setdefault(c, [])
+        file_ids = read_lines(cfg.watermark.recipients_file, "watermark.recipients_file")
     try:
         import asyncio  # here: 45 ms of start-up that `--clients FILE` never needs
 
         out.update(asyncio.run(_store_recipients(cfg)))
     except (GatewayError, OSError, RedisError) as e:
         raise CliError(f"cannot read the recorded recipients from the {cfg.store.kind} store: {e}") from e
+    # the file records no version: its ids are tried under every version in force ([]), also where the store
+    # knows some (a store that lost a version's record would otherwise hide the text served under it)
+    out.update((c, []) for c in file_ids)
     return out
 
 

@@ -174,3 +174,31 @@ def test_verify_scores_list_markers_only_where_the_gateway_chose_them(
         cli(["verify", str(tmp_path / "t.txt"), "--client", "alice", "--json", *extra])
         scored[name] = json.loads(capsys.readouterr().out)["scored"]
     assert scored["flag"] == scored["config"] < scored["default"]
+
+
+@pytest.mark.redis
+def test_verify_config_tests_a_file_recipient_under_every_version(redis_url: str, responses: list[str],
+                                                                   tmp_path: Path, capsys: Any) -> None:
+    """The store lost (alice, 1) and knows (alice, 2) only; the recipients file lists alice with no version: a
+    text served to her under the retained version 1 must still verify (the store's versions used to win)."""
+    from watermark.keys import KeyRing, parse_master_secret
+    from watermark.lexical import LexicalScheme
+
+    async def record() -> None:
+        store = await open_store(StoreConfig(kind="redis", url=redis_url), None)
+        try:
+            await store.add_recipient("alice", 2, 3600)
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    (tmp_path / "r.txt").write_text("alice\n")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"store: {{kind: redis, url: '{redis_url}'}}\nwatermark: {{key_version: 2, retained_versions: [1], "
+                   f"recipients_file: '{tmp_path / 'r.txt'}'}}\nmodels: [{{name: m, backends: "
+                   "[{name: b, url: 'http://127.0.0.1:9'}]}]\n")
+    ring = KeyRing(parse_master_secret(SECRET), 2, (1,))
+    (tmp_path / "t.txt").write_text(LexicalScheme(ring.master).embed("\n\n".join(responses[:6]), ring.key("alice", 1)))
+    assert cli(["verify", str(tmp_path / "t.txt"), "--config", str(cfg), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["client"] == "alice"
