@@ -26,14 +26,14 @@ class Probe:
         # nucleus and no random number is drawn, so ``top_p: 1`` and ``seed: 0`` (sent until 2026-11) changed
         # no answer, only made every probe stand out from proxied traffic, where few clients send either.
         # References recorded with them stay comparable: the greedy text is the same without them.
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [{"role": "user", "content": self.prompt}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
+        # Keys in the order the official openai SDK writes them (model, messages, then the rest alphabetically):
+        # a backend sees the order, and a probe should look like the commonest client's request, not stand out.
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": self.prompt}]}
         if logprobs:
             body["logprobs"] = True
+        body["max_tokens"] = self.max_tokens
+        body["temperature"] = 0
+        if logprobs:
             body["top_logprobs"] = 5
         return body
 

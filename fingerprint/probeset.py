@@ -20,13 +20,12 @@ import re
 from collections.abc import Iterable, Sequence
 
 from fingerprint.probes import DEFAULT_PROBES, Probe
-from fingerprint.signature import Signature, normalise
+from fingerprint.signature import MAX_PROBE_TOKENS, Signature, normalise
 
 # Ids appear in logs, alerts, metrics-free reasons and the admin API, prompts never do: an id is a short name,
 # not a place to write the question. Bounds keep a file from turning a check into a long-generation job.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MAX_PROMPT_CHARS = 8000
-MAX_PROBE_TOKENS = 1024
 DEFAULT_MAX_TOKENS = 48
 _FIELDS = frozenset({"id", "prompt", "max_tokens"})
 
@@ -133,10 +132,12 @@ def _fold(text: str) -> str:
 def quotes_a_prompt(text: str, prompts: Iterable[str]) -> bool:
     """Does ``text`` quote a stretch of one of ``prompts``, as written or as the JSON request carried it
     (``\\uXXXX`` escapes for non-ASCII characters, ``\\n``, ``\\"``): an error body that echoes the raw
-    request body holds the escaped form."""
+    request body holds the escaped form. Probes are sent as UTF-8 (non-ASCII characters as they are, ``\\n``
+    escaped: ``gateway/fingerprint_client.py``), so that form too; ASCII-escaped echoes come from servers that
+    re-encode the request."""
     folded = _fold(text)
     for prompt in prompts:
-        for form in {prompt, json.dumps(prompt)[1:-1]}:
+        for form in {prompt, json.dumps(prompt)[1:-1], json.dumps(prompt, ensure_ascii=False)[1:-1]}:
             p = _fold(form)
             n = min(QUOTE_CHARS, len(p))
             if n and any(p[i : i + n] in folded for i in range(len(p) - n + 1)):

@@ -30,6 +30,11 @@ def shingles(text: str, n: int = 3) -> frozenset[str]:
 # positive number that overflows exp()) is a corrupt file or a broken backend, and must not reach the matcher.
 _MAX_LOGPROB = 1e-3
 
+# A probe's max_tokens bound (``probeset.parse_probe_set`` enforces it on a probe file, ``Signature.loads`` on a
+# reference): a reference's probes are sent again every round, so a hand-edited value must not turn a check into
+# a long generation (or a request every backend refuses).
+MAX_PROBE_TOKENS = 1024
+
 
 def _logprob(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -93,6 +98,8 @@ class Signature:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"not a fingerprint signature: not valid JSON ({e})") from e
+        except RecursionError as e:  # not a ValueError: it went out of `ipgate check` as an internal error
+            raise ValueError("not a fingerprint signature: not valid JSON (nested too deeply)") from e
         if not isinstance(data, dict) or "answers" not in data:
             raise ValueError("not a fingerprint signature: expected an object with 'model' and 'answers'")
         if not isinstance(data["answers"], list) or not data["answers"]:
@@ -112,6 +119,9 @@ class Signature:
             max_tokens = a.get("max_tokens") or 0
             if not isinstance(text_value, str) or not isinstance(prompt, str) or not isinstance(max_tokens, int):
                 raise ValueError(f"not a fingerprint signature: {where}.text/prompt/max_tokens have wrong types")
+            if isinstance(max_tokens, bool) or not 0 <= max_tokens <= MAX_PROBE_TOKENS:  # 0: not recorded
+                raise ValueError(f"not a fingerprint signature: {where}.max_tokens must be an integer from 1 to "
+                                 f"{MAX_PROBE_TOKENS}")
             answers.append(ProbeAnswer(
                 probe_id=a["probe_id"], text=text_value,
                 first_token_logprobs=_logprob_map(a.get("first_token_logprobs"), f"{where}.first_token_logprobs"),

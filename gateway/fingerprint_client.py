@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -54,6 +55,7 @@ async def probe_backend_partial(
     delays: Sequence[float] = (),
     hurry: asyncio.Event | None = None,
     ssl: SSLContext | bool = True,
+    cache_salt: bool = False,
 ) -> ProbeRun:
     """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
     not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
@@ -62,18 +64,20 @@ async def probe_backend_partial(
 
     The matcher's ``min_probes`` decides whether the answers that came back are enough. Voiding a whole check
     for one failed probe would let a swapped backend that fails one probe per round stay in rotation for good.
+
+    ``cache_salt``: the backend's ``cache_salt`` is not ``none``, so the gateway adds one to every request it
+    proxies there; each probe then carries a fresh one of the same form (a probe without it was told apart).
     """
-    # The headers the proxy sends upstream (gateway/proxy/forward.py): no aiohttp User-Agent, identity
-    # encoding, a fresh X-Request-Id per request in the gateway's format. A probe should not be told from a
-    # proxied request by its headers (what still tells it apart is listed in docs/fingerprint.md).
-    headers = {"Accept-Encoding": "identity"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    # The headers the proxy sends upstream (gateway/proxy/forward.py), *in its order* (a backend sees the order:
+    # the gateway's own headers come as forward_headers sets them, then the credential Upstream.open adds): no
+    # aiohttp User-Agent, identity encoding, a fresh X-Request-Id per request in the gateway's format. A probe
+    # should not be told from a proxied request by its headers (what still tells it apart is listed in
+    # docs/fingerprint.md).
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = api_root(base_url) + "/v1/chat/completions"  # --url may be given with or without /v1
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     prompts = [p.prompt for p in probes]
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers,
-                                     skip_auto_headers=("User-Agent",)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, skip_auto_headers=("User-Agent",)) as session:
 
         async def one(probe: Probe, delay: float) -> ProbeAnswer:
             if delay > 0:
@@ -84,8 +88,15 @@ async def probe_backend_partial(
                         async with asyncio.timeout(delay):
                             await hurry.wait()
             try:
-                async with session.post(url, json=probe.chat_body(model, logprobs=logprobs),
-                                        headers={"X-Request-Id": os.urandom(12).hex()}, ssl=ssl) as resp:
+                request = probe.chat_body(model, logprobs=logprobs)
+                if cache_salt:  # the form of gateway/shape.py cache_salt: 256 bits, base64url, no padding
+                    request["cache_salt"] = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+                headers = {"Accept-Encoding": "identity", "Content-Type": "application/json",
+                           "X-Request-Id": os.urandom(12).hex(), **auth}
+                # encoded as the gateway encodes a body it rewrites (gateway/shape.py upstream_body): aiohttp's
+                # json= writes ", " and ": " and ASCII escapes, which no rewritten proxied body has
+                data = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
+                async with session.post(url, data=data, headers=headers, ssl=ssl) as resp:
                     if resp.status != 200:
                         detail = (await resp.content.read(512)).decode("utf-8", errors="replace")[:200]
                         if quotes_a_prompt(detail, prompts):  # an echo of the request: keep the prompt out

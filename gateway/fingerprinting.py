@@ -223,7 +223,7 @@ class FingerprintChecker:
                 checked_at=self._wall(), duration_s=time.monotonic() - started, reasons=reasons,
                 probes_sent=sent,
             )
-        return await self._record(check)
+        return await self._record(check, b)
 
     def _note_reference(self, model: str, b: BackendConfig, probes: tuple[Probe, ...]) -> str | None:
         """Say (once per change, in the log) what weakens this backend's checks: a reference of only the public
@@ -267,7 +267,7 @@ class FingerprintChecker:
             run = await probe_backend_partial(
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
-                hurry=self._hurry, ssl=backend_tls(b),
+                hurry=self._hurry, ssl=backend_tls(b), cache_salt=b.cache_salt != "none",
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")
@@ -302,17 +302,25 @@ class FingerprintChecker:
 
     # --- acting on a verdict -----------------------------------------------------------------------------
 
-    async def _record(self, check: BackendCheck) -> BackendCheck:
+    async def _record(self, check: BackendCheck, probed: BackendConfig) -> BackendCheck:
         key = (check.model, check.backend)
         try:
-            url_now = self._router.pool(check.model).state(check.backend).cfg.url
+            now = self._router.pool(check.model).state(check.backend).cfg
         except (NotFound, KeyError):  # the backend went away in a reload while it was being probed
             return check
-        if url_now != check.url:
+        if now.url != check.url:
             # A reload pointed the name at another server while the probes ran: the verdict is about the old
             # one. Acting on it by name would quarantine (or release) a server nobody probed.
             log.info("model %s: backend %s moved to another URL during its check; result dropped",
                      check.model, check.backend)
+            return check
+        if (now.fingerprint_reference, now.upstream_model) != (probed.fingerprint_reference, probed.upstream_model):
+            # A reload gave it another reference (or model name) while the probes ran (a spread round and its
+            # confirming round can take up to the whole interval): the verdict judges the new configuration by the
+            # old reference. Acted on, it quarantined a backend just moved to a new model with its new reference,
+            # for good when the reload dropped the reference (nothing re-checks it). The next round judges it.
+            log.info("model %s: backend %s got another fingerprint_reference or upstream_model during its check; "
+                     "result dropped", check.model, check.backend)
             return check
         prev = self._last.get(key)
         if prev is not None and prev.url != check.url:
