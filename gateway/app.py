@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.limitclass import LimitClasses
 from gateway.clientaddr import ClientAddress
 from gateway.config import GatewayConfig
-from gateway.context import CTX, AppContext
+from gateway.context import CTX, RECENT_FORWARDED, AppContext
 from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_openai_error
 from gateway.fingerprinting import FingerprintChecker
 from gateway.hooks import Detection, Watermarking
@@ -75,8 +76,9 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             await alerts.start()
             stack.push_async_callback(alerts.close)
         fingerprint: FingerprintChecker | None = None
+        recent_forwarded: deque[str] = deque(maxlen=RECENT_FORWARDED)  # filled by the pipeline, read by probes
         if cfg.fingerprint.enabled:
-            fingerprint = FingerprintChecker(cfg.fingerprint, router, m, alerts)
+            fingerprint = FingerprintChecker(cfg.fingerprint, router, m, alerts, forwarded=recent_forwarded)
             await fingerprint.start()
             stack.push_async_callback(fingerprint.close)
         detection = _detection(cfg, policy, m, alerts)
@@ -91,6 +93,7 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             config=cfg, store=store, policy=policy, router=router, auth=auth, metrics=m, tracing=tracing,
             access_log=access_log, detection=detection, watermarking=watermarking, alerts=alerts,
             upstream=upstream, fingerprint=fingerprint, models=frozenset(router.models()),
+            recent_forwarded=recent_forwarded,
             fields=FieldPolicy(cfg.proxy.refused_fields, cfg.proxy.refused_headers,
                                cfg.proxy.withheld_response_fields, unknown=cfg.proxy.unknown_fields,
                                allowed=cfg.proxy.allowed_fields, refused_metric=m.request_fields_refused_total,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections import deque
 from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from gateway.telemetry.tracing import Tracing
 
 
+RECENT_FORWARDED = 256  # X-Forwarded-For values kept for the fingerprint probes (newest)
+
 @dataclass(eq=False)
 class AppContext:
     config: GatewayConfig
@@ -51,6 +54,9 @@ class AppContext:
     upstream: Upstream
     fields: FieldPolicy  # extension fields refused in requests, withheld from answers (config: proxy)
     fingerprint: FingerprintChecker | None = None  # periodic model-fingerprint checks of the backends
+    # X-Forwarded-For values of recent proxied requests: the fingerprint probes carry one, so a backend cannot
+    # pick them out by the header every proxied request has (gateway/fingerprinting.py)
+    recent_forwarded: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FORWARDED))
     # the client's address behind server.trusted_proxies (access log, alert evidence, traces)
     client_address: ClientAddress = field(default_factory=ClientAddress)
     config_path: str | None = None  # the file `ipgate serve` loaded (SIGHUP and admin reload re-read it)

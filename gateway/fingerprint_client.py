@@ -7,7 +7,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 
@@ -56,6 +56,7 @@ async def probe_backend_partial(
     hurry: asyncio.Event | None = None,
     ssl: SSLContext | bool = True,
     cache_salt: bool = False,
+    forwarded_for: Callable[[], str | None] | None = None,
 ) -> ProbeRun:
     """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
     not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
@@ -67,6 +68,8 @@ async def probe_backend_partial(
 
     ``cache_salt``: the backend's ``cache_salt`` is not ``none``, so the gateway adds one to every request it
     proxies there; each probe then carries a fresh one of the same form (a probe without it was told apart).
+    ``forwarded_for``: an ``X-Forwarded-For`` value for each probe (the gateway's recent proxied requests: every
+    proxied request carries the header, and a probe without it was told apart by that alone).
     """
     # The headers the proxy sends upstream (gateway/proxy/forward.py), *in its order* (a backend sees the order:
     # the gateway's own headers come as forward_headers sets them, then the credential Upstream.open adds): no
@@ -92,7 +95,11 @@ async def probe_backend_partial(
                 if cache_salt:  # the form of gateway/shape.py cache_salt: 256 bits, base64url, no padding
                     request["cache_salt"] = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
                 headers = {"Accept-Encoding": "identity", "Content-Type": "application/json",
-                           "X-Request-Id": os.urandom(12).hex(), **auth}
+                           "X-Request-Id": os.urandom(12).hex()}
+                forwarded = forwarded_for() if forwarded_for is not None else None
+                if forwarded:  # where forward_headers puts it: after the request id, before the credential
+                    headers["X-Forwarded-For"] = forwarded
+                headers.update(auth)
                 # encoded as the gateway encodes a body it rewrites (gateway/shape.py upstream_body): aiohttp's
                 # json= writes ", " and ": " and ASCII escapes, which no rewritten proxied body has
                 data = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()

@@ -35,7 +35,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,8 +95,12 @@ class FingerprintChecker:
         *,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        forwarded: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
+        # X-Forwarded-For values of recent proxied requests (the gateway's deque): each probe sends one, as every
+        # proxied request carries the header; none before the first request (the start-up round)
+        self._forwarded = forwarded
         self._router = router
         self._metrics = metrics
         self._alerts = alerts
@@ -150,6 +154,11 @@ class FingerprintChecker:
         """Seconds to the next periodic round: ``interval_s`` jittered (see ``FingerprintConfig.jitter``)."""
         j = self.cfg.jitter
         return self.cfg.interval_s * (self._rng.uniform(1 - j, 1 + j) if j > 0 else 1.0)
+
+    def _forwarded_for(self) -> str | None:
+        """One recent proxied request's X-Forwarded-For, drawn at random for each probe (None before any)."""
+        seen = self._forwarded
+        return seen[self._rng.randrange(len(seen))] if seen else None
 
     def _delays(self, n: int) -> list[float]:
         """Each probe's own start delay within a spread round (at most half the interval)."""
@@ -268,6 +277,7 @@ class FingerprintChecker:
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
                 hurry=self._hurry, ssl=backend_tls(b), cache_salt=b.cache_salt != "none",
+                forwarded_for=self._forwarded_for,
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")

@@ -104,6 +104,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     adm = await detect_and_admit(ctx, principal, parsed, ex)                  # detect + admit
     ex.admission = adm
     upstream = forward_headers(request.headers, ex.request_id, request.remote)
+    if request.remote:  # what the fingerprint probes send as theirs (one deque append)
+        ctx.recent_forwarded.append(upstream["X-Forwarded-For"])
     if ctx.tracing.enabled:
         # the backend's parent is the gateway's span (which continues the caller's trace), not the caller's
         upstream.popall("traceparent", None)

@@ -21,11 +21,8 @@ from gateway.preflight import offline
 from tests.fingerprint.conftest import ModelServer
 from tests.support.harness import gateway_config, running_gateway
 
-GATEWAY_ADDS = {"x-forwarded-for"}  # needs the client's peer, which the checker does not have (see report)
-
-
 def _names(headers: dict[str, str]) -> list[str]:
-    return [k.lower() for k in headers if k.lower() not in GATEWAY_ADDS]
+    return [k.lower() for k in headers]
 
 
 def _compact(body: dict[str, Any]) -> int:
@@ -63,6 +60,7 @@ async def test_a_probe_is_written_like_a_proxied_request(tmp_path: Path) -> None
     probes = [(h, b) for h, b in srv.requests if (h, b) is not proxied][-3:]
     for headers, body in probes:
         assert _names(headers) == _names(proxied[0])
+        assert headers["X-Forwarded-For"] == proxied[0]["X-Forwarded-For"]  # a recent proxied request's value
         assert int(headers["Content-Length"]) == _compact(body)  # the gateway's own encoding
         assert body.keys() - {"logprobs", "top_logprobs"} == proxied[1].keys()
         assert re.fullmatch(r"[A-Za-z0-9_-]{43}", body["cache_salt"])
