@@ -21,6 +21,7 @@ from gateway.preflight import offline
 from tests.fingerprint.conftest import ModelServer
 from tests.support.harness import gateway_config, running_gateway
 
+
 def _names(headers: dict[str, str]) -> list[str]:
     return [k.lower() for k in headers]
 
