@@ -48,7 +48,7 @@ from typing import Any, TypeGuard
 
 from gateway.config import HardeningConfig
 from gateway.proxy import parts
-from gateway.proxy.relay import REASONING_KEYS
+from gateway.proxy.choice import REASONING_KEYS
 
 __all__ = ["harden", "harden_choice_logprobs", "is_noop", "response_needs_hardening"]
 

@@ -25,19 +25,11 @@ from gateway.account import Exchange
 from gateway.context import AppContext
 from gateway.errors import to_openai_error
 from gateway.proxy import responses_relay
+from gateway.proxy.body import Transformed, run_steps, transform_body, transform_body_async
+from gateway.proxy.choice import ChoiceHook, EmbedderFactory
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import (
-    ChoiceHook,
-    EmbedderFactory,
-    StreamRelay,
-    Transformed,
-    dumps_utf8,
-    error_event,
-    run_steps,
-    transform_body,
-    transform_body_async,
-)
+from gateway.proxy.relay import StreamRelay, dumps_utf8, error_event
 from gateway.proxy.responses_relay import ResponsesRelay
 from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import Usage, usage_from_body

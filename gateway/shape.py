@@ -32,8 +32,8 @@ from gateway.hardening import (
 )
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
+from gateway.proxy.choice import ChoiceHook, EmbedderFactory, ReasoningOnly, withhold_tokens
 from gateway.proxy.parse import ParsedRequest
-from gateway.proxy.relay import ChoiceHook, EmbedderFactory, ReasoningOnly, withhold_tokens
 from gateway.proxy.responses_request import LOGPROBS_INCLUDE, wants_logprobs
 from gateway.proxy.usage import ask_upstream_for_usage
 from gateway.routing.pool import BackendLease

@@ -5,57 +5,34 @@ passes comments (``: ping``) through, runs one watermark ``StreamEmbedder`` per 
 deltas and one over its reasoning deltas (see ``REASONING_KEYS``), handles the usage chunk (see
 ``usage.py``), and notices whether the upstream ended with ``[DONE]``.
 A stream that ends without ``[DONE]`` was cut: ``finish()`` then returns a terminating error event, never a
-clean end. ``transform_body`` does the same for a non-streaming JSON body.
+clean end. ``body.transform_body`` does the same for a non-streaming JSON body; what both share about one
+choice is in ``choice.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Callable, Generator
 from typing import Any
 
 from gateway.hooks import StreamEmbedder
 from gateway.proxy import parts
+from gateway.proxy.choice import (
+    REASONING_KEYS,
+    SIDE_KEYS,
+    ChoiceHook,
+    EmbedderFactory,
+    answer_factory,
+    logprob_positions,
+    reasoning_groups,
+    withhold_tokens,
+)
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import Endpoint
 from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, encode_comment, encode_event
 from gateway.proxy.usage import Usage, split_usage_chunk
 
-EmbedderFactory = Callable[[], StreamEmbedder | None]
-ChoiceHook = Callable[[dict[str, Any]], bool]  # edits one choice in place (logprob hardening); True if changed
-
 _DONE_EVENT = b"data: [DONE]\n\n"
-# A reasoning model's chain of thought, beside ``content`` in a chat message or delta: vLLM writes ``reasoning``
-# (``reasoning_content`` before 0.11, and both, with the same text, in between); DeepSeek's API and SGLang write
-# ``reasoning_content``. It is the output distillation wants most, so it is watermarked like the answer.
-REASONING_KEYS = ("reasoning", "reasoning_content")
-# A refusal (OpenAI's ``message.refusal`` / ``delta.refusal``) is generated prose beside ``content``: watermarked
-# as a channel of its own, like the reasoning (also when the answer is structured output, whose format does not
-# constrain it), but never stripped with the reasoning. Relayed as written it was unwatermarked text from any
-# backend that writes its answers there.
-SIDE_KEYS = (*REASONING_KEYS, "refusal")
-
-
-class ReasoningOnly:
-    """An ``EmbedderFactory`` for an answer that must stay exactly as the backend wrote it (structured output, a
-    forced tool call) from a reasoning model: only its chain of thought is watermarked. The format constrains
-    the answer, not the reasoning beside it (vLLM applies the grammar after the reasoning ends), and the
-    reasoning is the output distillation wants most."""
-
-    __slots__ = ("_make",)
-
-    def __init__(self, make: Callable[[], StreamEmbedder | None]) -> None:
-        self._make = make
-
-    def __call__(self) -> StreamEmbedder | None:
-        return self._make()
-
-
-def answer_factory(factory: EmbedderFactory | None) -> EmbedderFactory | None:
-    """The factory for the answer's text (``content``/``text``): None where only the reasoning is watermarked."""
-    return None if isinstance(factory, ReasoningOnly) else factory
 
 
 # What a plain content chunk never contains: a usage object, a finish reason, an error.
@@ -389,176 +366,3 @@ class StreamRelay:
                        "model": self.model, "choices": [choice]}
                 out.append(encode_event(_dumps(obj), event))
         return out
-
-
-def reasoning_groups(message: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The reasoning fields of a chat message or delta that hold text, grouped by what they hold: both keys
-    in one group when they carry the same text (a server writing the old and the new name), so that the two
-    copies get the same watermarked text and cannot be diffed against each other; then a ``refusal`` holding
-    text, as a channel of its own (``SIDE_KEYS``)."""
-    keys = [k for k in REASONING_KEYS if isinstance(message.get(k), str) and message[k]]
-    groups: list[tuple[str, ...]] = [tuple(keys)] if len(keys) == 2 and message[keys[0]] == message[keys[1]] \
-        else [(k,) for k in keys]
-    if isinstance(message.get("refusal"), str) and message["refusal"]:
-        groups.append(("refusal",))  # a channel of its own (see SIDE_KEYS)
-    return groups
-
-
-def logprob_positions(choice: dict[str, Any], chat: bool) -> int:
-    """Token positions that carry logprobs in this choice (what detection counts as served)."""
-    lp = choice.get("logprobs")
-    if not isinstance(lp, dict):
-        return 0
-    seq = lp.get("content") if chat else lp.get("tokens")
-    return len(seq) if isinstance(seq, list) else 0
-
-
-def withhold_tokens(choice: dict[str, Any]) -> bool:
-    """A post-hoc (lexical) watermark rewrites the text, but the backend's tokens would still spell the original:
-    ``logprobs`` lists them, and vLLM's ``token_ids`` (``return_token_ids``) numbers them for the model's public
-    tokenizer. A client could rebuild the unwatermarked text from either, so a watermarked choice is served
-    with ``logprobs: null`` and without ``token_ids``. Returns True when something was withheld. (KGW, applied
-    in the sampler, does not need this: the tokens are the watermarked text.)"""
-    withheld = False
-    if choice.get("logprobs") is not None:
-        choice["logprobs"] = None
-        withheld = True
-    if "token_ids" in choice:
-        del choice["token_ids"]
-        withheld = True
-    return withheld
-
-
-Transformed = tuple[bool, Usage, list[str], int, bool]  # changed, usage, finish reasons, logprob positions, watermarked
-
-
-def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                   choice_hook: ChoiceHook | None = None, fields: FieldPolicy | None = None) -> Transformed:
-    """Watermark (and logprob-harden) a non-streaming body in place, withholding ``fields``' answer fields.
-    Returns (changed, usage, finish_reasons, logprob positions, watermarked)."""
-    steps = transform_steps(endpoint, body, embedder_factory, choice_hook, fields=fields)
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        result: Transformed = done.value
-        return result
-
-
-async def transform_body_async(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                               choice_hook: ChoiceHook | None = None, *, slice_chars: int,
-                               fields: FieldPolicy | None = None) -> Transformed:
-    """``transform_body`` for a large body: each text is embedded ``slice_chars`` at a time, and the event loop
-    runs other requests between slices. Watermarking is pure Python: a 28 000-word answer embedded at once
-    held the loop for ≈ 130 ms, stalling every other stream and request of the process. The result is the
-    same (an embedder fed in pieces writes what it writes fed at once)."""
-    return await run_steps(transform_steps(endpoint, body, embedder_factory, choice_hook, slice_chars=slice_chars,
-                                           fields=fields))
-
-
-async def run_steps(steps: Generator[None, None, Transformed]) -> Transformed:
-    """Drive a sliced transform to its result, letting the event loop run other requests between slices."""
-    try:
-        while True:
-            next(steps)
-            await asyncio.sleep(0)
-    except StopIteration as done:
-        result: Transformed = done.value
-        return result
-
-
-def _embedded(emb: StreamEmbedder, text: str, slice_chars: int | None) -> Generator[None, None, str]:
-    if slice_chars is None or len(text) <= slice_chars:
-        return emb.feed(text) + emb.finish()
-    out = []
-    for i in range(0, len(text), slice_chars):
-        out.append(emb.feed(text[i : i + slice_chars]))
-        yield
-    out.append(emb.finish())
-    return "".join(out)
-
-
-def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
-                    choice_hook: ChoiceHook | None = None, *, slice_chars: int | None = None,
-                    fields: FieldPolicy | None = None) -> Generator[None, None, Transformed]:
-    """The work of ``transform_body``, yielding between slices of ``slice_chars`` characters of text (never
-    with ``slice_chars`` None); its return value is the result."""
-    usage = Usage()
-    u = body.get("usage")
-    if isinstance(u, dict):
-        usage.update(u)
-    changed = fields is not None and fields.scrub(body)
-    watermarked = False
-    reasons: list[str] = []
-    positions = 0
-    choices = body.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        if not isinstance(choice, dict):
-            continue
-        fr = choice.get("finish_reason")
-        if fr is not None:
-            reasons.append(str(fr))
-        emb = None
-        holder = choice.get("message") if endpoint == "chat" else choice
-        key = "content" if endpoint == "chat" else "text"
-        answers = answer_factory(embedder_factory)
-        if answers is not None and endpoint != "embeddings" and isinstance(holder, dict) and isinstance(
-                holder.get(key), str):
-            emb = answers()
-        if embedder_factory is not None and endpoint == "chat" and isinstance(holder, dict):
-            for keys in reasoning_groups(holder):
-                thinking = embedder_factory()
-                if thinking is None:
-                    break
-                watermarked = changed = True
-                new = yield from _embedded(thinking, holder[keys[0]], slice_chars)
-                for k in keys:
-                    holder[k] = new
-                if withhold_tokens(choice):
-                    changed = True
-        content = holder.get(key) if isinstance(holder, dict) else None
-        if embedder_factory is not None and endpoint == "chat" and isinstance(content, list):
-            # Mistral's list of parts: the text parts as the answer, the thinking parts as reasoning
-            for in_thought, part, k in parts.slots(content):
-                make = embedder_factory if in_thought else answers
-                e = make() if make is not None else None
-                if e is None:
-                    continue
-                watermarked = changed = True
-                part[k] = yield from _embedded(e, part[k], slice_chars)
-                if withhold_tokens(choice):
-                    changed = True
-        if emb is not None and withhold_tokens(choice):
-            changed = True
-        positions += logprob_positions(choice, endpoint == "chat")
-        if choice_hook is not None and choice_hook(choice):
-            changed = True
-        if emb is None or not isinstance(holder, dict):
-            continue
-        watermarked = True
-        new = yield from _embedded(emb, holder[key], slice_chars)
-        if new != holder[key]:
-            holder[key] = new
-            changed = True
-    if usage.prompt_tokens is None and usage.completion_tokens is None and (
-            isinstance(choices, list) or isinstance(body.get("data"), list)):
-        usage.completion_tokens = _generated_tokens(choices)  # an answer without usage (not an error body)
-    return changed, usage, reasons, positions, watermarked
-
-
-def _generated_tokens(choices: Any) -> int:
-    """What an answer without ``usage`` generated, estimated as the reservation's prompt estimate is
-    (characters / 4, at least one per choice); an embeddings answer (no choices) generated nothing. The account
-    step adds the prompt estimate, so such an answer does not keep its whole reservation."""
-    n = 0
-    for c in choices if isinstance(choices, list) else ():
-        if not isinstance(c, dict):
-            continue
-        msg = c.get("message")
-        texts = [c.get("text")] + ([msg.get(k) for k in ("content", *SIDE_KEYS)]
-                                   if isinstance(msg, dict) else [])
-        if isinstance(msg, dict) and isinstance(msg.get("tool_calls"), list):
-            texts += [json.dumps(t) for t in msg["tool_calls"]]
-        listed = parts.chars(msg["content"]) if isinstance(msg, dict) and isinstance(msg.get("content"), list) else 0
-        n += max(1, (sum(len(x) for x in texts if isinstance(x, str)) + listed) // 4)
-    return n

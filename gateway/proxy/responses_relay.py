@@ -33,16 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from gateway.hooks import StreamEmbedder
+from gateway.proxy.body import Transformed, embedded_steps
+from gateway.proxy.choice import ChoiceHook, EmbedderFactory, answer_factory
 from gateway.proxy.fields import FieldPolicy
-from gateway.proxy.relay import (
-    ChoiceHook,
-    EmbedderFactory,
-    Transformed,
-    _embedded,
-    answer_factory,
-    dumps_utf8,
-    error_event,
-)
+from gateway.proxy.relay import dumps_utf8, error_event
 from gateway.proxy.responses_scrub import (
     ERROR_FIELDS,
     EVENT_FIELDS,
@@ -554,7 +548,7 @@ def transform_steps(body: dict[str, Any], embedder_factory: EmbedderFactory | No
                         cut, text = shown != text, shown  # a <think> section: its tokens go with it
                     emb = out._embedder(answer)
                     if emb is not None:
-                        text = yield from _embedded(emb, text, slice_chars)
+                        text = yield from embedded_steps(emb, text, slice_chars)
                     part[fld] = text
                     out._logprobs(part, emb is not None or thought or cut)
             out._clean_item(item, False)

@@ -15,7 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.proxy.relay import ReasoningOnly, StreamRelay, transform_body
+from gateway.proxy.body import transform_body
+from gateway.proxy.choice import ReasoningOnly
+from gateway.proxy.relay import StreamRelay
 from tests.gateway.test_relay import Upper, _run
 from tests.support.harness import lexical_gateway
 from watermark.keys import KeyRing, parse_master_secret
@@ -286,7 +288,7 @@ def _read_untyped(events: list[Any]) -> str:
 def _strip_tier_hook() -> Any:
     """What ``gateway.shape.response_hook`` runs for a tier with ``strip_reasoning``."""
     from gateway.hardening import ThinkStripper, strip_reasoning, strip_think
-    from gateway.proxy.relay import withhold_tokens
+    from gateway.proxy.choice import withhold_tokens
     strippers: dict[int, ThinkStripper] = {}
 
     def hook(choice: dict[str, Any]) -> bool:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import ConfigError, parse_config
 from gateway.errors import InvalidRequest
 from gateway.preflight import offline
+from gateway.proxy.body import transform_body
 from gateway.proxy.fields import (
     REFUSED_FIELDS,
     REFUSED_HEADERS,
@@ -29,7 +30,7 @@ from gateway.proxy.fields import (
     FieldPolicy,
     weakened,
 )
-from gateway.proxy.relay import StreamRelay, transform_body
+from gateway.proxy.relay import StreamRelay
 from gateway.proxy.responses_relay import ResponsesRelay
 from gateway.proxy.responses_relay import transform_body as responses_transform
 from gateway.telemetry.metrics import Metrics

@@ -7,7 +7,8 @@ import copy
 import json
 from typing import Any
 
-from gateway.proxy.relay import StreamRelay, transform_body
+from gateway.proxy.body import transform_body
+from gateway.proxy.relay import StreamRelay
 from gateway.proxy.sse import SSEComment, SSEDecoder, SSEEvent
 
 

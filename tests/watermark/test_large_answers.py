@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.proxy import relay
-from gateway.proxy.relay import transform_body, transform_body_async
+from gateway.proxy import body
+from gateway.proxy.body import transform_body, transform_body_async
 from gateway.respond import LARGE_BODY_BYTES
 from tests.support.harness import app_backend, gateway_config, running_gateway, settled
 from tests.support.lexical import ANSWER
@@ -99,7 +99,7 @@ async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_char
     """The backend generated the whole answer: leaving during the sliced watermarking must not turn it into a
     free request (an aborted answer is charged what was generated, as far as the gateway knows it)."""
     slicing = asyncio.Event()  # set once the gateway (on this loop) is between two slices of the answer
-    run_steps = relay.run_steps
+    run_steps = body.run_steps
 
     async def watched(steps: Any) -> Any:
         def signalling() -> Any:
@@ -114,7 +114,7 @@ async def test_a_client_that_leaves_while_its_long_answer_is_watermarked_is_char
                     slicing.set()
         return await run_steps(signalling())
 
-    monkeypatch.setattr(relay, "run_steps", watched)
+    monkeypatch.setattr(body, "run_steps", watched)
     secret = tmp_path / "wm.secret"
     secret.write_text(SECRET)
     limits = {"default": {"requests_per_minute": 600, "tokens_per_minute": 60_000, "burst_tokens": 100_000}}

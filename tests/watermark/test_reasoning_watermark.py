@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.proxy.relay import StreamRelay, transform_body
+from gateway.proxy.body import transform_body
+from gateway.proxy.relay import StreamRelay
 from tests.support.harness import app_backend, gateway_config, running_gateway
 from tests.support.lexical import ANSWER
 from tests.support.reasoning import reasoning_app
