@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.admit import Admission
+from gateway.admit import Admission, account_detection, reconcile
 from gateway.context import AppContext
 from gateway.hooks import ResponseFacts
 from gateway.principal import Principal
@@ -80,16 +80,9 @@ async def settle(ctx: AppContext, ex: Exchange) -> None:
         return
     actual = actual_tokens(ex)
     if adm.reserved and actual is not None and actual != adm.reserved:
-        try:
-            await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, actual, adm.limits)
-        except Exception:
-            log.exception("reconcile_tokens failed")
+        await reconcile(ctx, principal.client_id, adm, actual)
     if adm.session is not None:
-        try:
-            await adm.session.account(ctx.store, ex.facts)
-        except Exception:
-            ctx.metrics.detector_errors_total.labels(detector="account").inc()
-            log.exception("detection accounting failed")
+        await account_detection(ctx, adm.session, ex.facts)
     # a successful answer from a backend that watermarks in its sampler carries the client's watermark too: its
     # client must be a recorded recipient, or verification without an explicit client list never finds it
     if (ex.watermarked or (ex.watermarked_in_engine and ex.status == 200)) and ctx.watermarking is not None:

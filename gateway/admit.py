@@ -140,23 +140,25 @@ def _count(ctx: AppContext, kind: str, decision: str) -> None:
 def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int) -> None:
     """A refused request still counts as evidence (detection state) and gives its reservation back."""
     if adm.reserved:
-        ctx.spawn(_give_back(ctx, principal, adm))
+        ctx.spawn(reconcile(ctx, principal.client_id, adm, 0))
     if adm.session is not None:
-        ctx.spawn(_account_refused(ctx, adm.session, status))
+        ctx.spawn(account_detection(ctx, adm.session, ResponseFacts(status=status)))
 
 
-async def _give_back(ctx: AppContext, principal: Principal, adm: Admission) -> None:
+# The accounting after a request, served (``account.settle``) or refused (``_refused``): a failure is logged and
+# counted, never left to asyncio's "Task exception was never retrieved" (a blocked client sends only refused
+# requests, whose accounting used to run bare).
+async def reconcile(ctx: AppContext, client_id: str, adm: Admission, actual: int) -> None:
+    """Charge the reservation's difference to ``actual`` tokens (0: give it all back)."""
     try:
-        await ctx.store.reconcile_tokens(principal.client_id, adm.reserved, 0, adm.limits)
+        await ctx.store.reconcile_tokens(client_id, adm.reserved, actual, adm.limits)
     except Exception:
         log.exception("reconcile_tokens failed")
 
 
-async def _account_refused(ctx: AppContext, session: DetectionSession, status: int) -> None:
-    """As ``settle`` does for a served request: a failure is logged and counted, never left to asyncio's "Task
-    exception was never retrieved" (a blocked client sends only refused requests)."""
+async def account_detection(ctx: AppContext, session: DetectionSession, facts: ResponseFacts) -> None:
     try:
-        await session.account(ctx.store, ResponseFacts(status=status))
+        await session.account(ctx.store, facts)
     except Exception:
         ctx.metrics.detector_errors_total.labels(detector="account").inc()
         log.exception("detection accounting failed")
