@@ -4,6 +4,7 @@ reached (SO_REUSEPORT hands the connection to one of them): the others keep serv
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +30,13 @@ async def test_an_admin_reload_reaches_every_worker(tmp_path: Path) -> None:
                                          headers={"Authorization": f"Bearer {ADMIN}"})
             with urllib.request.urlopen(req, timeout=10) as r:
                 assert r.status == 200
-            seen = {tuple(m["id"] for m in _get(gw.url + "/v1/models", gw.token("alice"))["data"])
-                    for _ in range(24)}
+            # the other workers reload when the supervisor's SIGHUP reaches them (asynchronously, within
+            # moments): wait for that, then every worker must serve the new file
+            deadline = time.monotonic() + 10.0
+            while True:
+                seen = {tuple(m["id"] for m in _get(gw.url + "/v1/models", gw.token("alice"))["data"])
+                        for _ in range(24)}
+                if seen == {("sim", "sim2")} or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert seen == {("sim", "sim2")}

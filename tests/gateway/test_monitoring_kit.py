@@ -96,8 +96,7 @@ def known_values() -> dict[tuple[str, str], frozenset[str]]:
     passes are read from its source; a pattern that finds nothing fails, so a refactor cannot empty a set."""
     detectors = (frozenset(DETECTORS)
                  | _literals("gateway/detection.py", r'(?:_unscored\(principal|_failed\()\s*,?\s*"(\w+)"')
-                 | _literals("gateway/admit.py", r'detector="(\w+)"')
-                 | _literals("gateway/account.py", r'detector="(\w+)"'))
+                 | _literals("gateway/admit.py", r'detector="(\w+)"'))
     return {
         ("ipgate_canary_state", "state"): frozenset(p.value for p in Phase),
         ("ipgate_canary_events", "event"):
