@@ -151,7 +151,7 @@ def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int)
 async def reconcile(ctx: AppContext, client_id: str, adm: Admission, actual: int) -> None:
     """Charge the reservation's difference to ``actual`` tokens (0: give it all back)."""
     try:
-        await ctx.store.reconcile_tokens(client_id, adm.reserved, actual, adm.limits)
+        await ctx.store.reconcile_tokens(client_id, adm.reserved, actual, adm.limits, adm.result.tokens_until_us)
     except Exception:
         log.exception("reconcile_tokens failed")
 

@@ -108,17 +108,36 @@ def admit(tat_requests_us: float, tat_tokens_us: float, now_us: float, tokens: i
     return Admission(False, tat_requests_us, tat_tokens_us, r.decision, k.decision)
 
 
-def reconcile_tat(tat_us: float, now_us: float, delta: int, interval: float) -> float:
+def reconcile_tat(tat_us: float, now_us: float, delta: int, interval: float,
+                  until_us: float | None = None) -> float:
     """Charge ``delta`` more units (negative: give back) to a key after the fact.
 
     Giving back never lowers the TAT below ``now`` (that would bank credit beyond the burst); charging more
     may push the key past its burst (debt), which later requests then wait out.
+
+    ``until_us`` is the TAT the reservation being reconciled was admitted with: time repays a bucket's debt in
+    order, so by ``now`` all of that reservation before ``until_us - now`` is already repaid and only what lies
+    ahead of ``now`` can be given back. Without this bound a request that outlived its reservation's refill
+    time gave back tokens time had already returned, shifting every reservation made since then into the
+    past: a client holding long requests that generate little got a second full burst at once (decoys). The
+    bound never gives back more than the exact replay would (reservations equal to the usage from the start),
+    and nothing is lost over the long run: whatever the bound keeps is repaid by the time ``until_us`` arrives.
+    None: no bound (a caller that does not know the admission).
     """
     if delta > _MAX_DELTA or delta < -_MAX_DELTA:  # int * float raises OverflowError past ~1.8e308; the Lua
         delta = _MAX_DELTA if delta > 0 else -_MAX_DELTA  # port reads such a number as ±inf: same results
     if delta >= 0:
         return min(max(tat_us, now_us) + delta * interval, now_us + MAX_AHEAD_US)
-    return max(tat_us + delta * interval, now_us) if tat_us > now_us else tat_us
+    if tat_us <= now_us:
+        return tat_us
+    give = -delta * interval
+    if until_us is not None:
+        ahead = until_us - now_us
+        if ahead <= 0:
+            return tat_us  # the whole reservation is behind us: repaid by time already
+        if ahead < give:
+            give = ahead
+    return max(tat_us - give, now_us)
 
 
 # --- headers -------------------------------------------------------------------------------------------

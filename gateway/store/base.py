@@ -56,6 +56,12 @@ class AdmitResult:
     degraded: bool = False  # answered by the failure-mode fallback, not the store
     unavailable: bool = False  # refused only because the store could not decide (failure_mode "closed")
 
+    @property
+    def tokens_until_us(self) -> float:
+        """The tokens bucket's TAT after this admission (store clock, µs): when time alone has repaid the
+        reservation; ``reconcile_tokens`` gives back only what of it is still ahead."""
+        return round(self.now * 1e6) + round(self.tokens.reset_s * 1e6)
+
 
 @dataclass(frozen=True, slots=True)
 class ClientRecord:
@@ -71,8 +77,11 @@ class ClientRecord:
 class StateStore(Protocol):
     async def hot_path(self, req: AdmitRequest) -> AdmitResult: ...
 
-    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
-        """Give back (or charge more) tokens once the real usage is known."""
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
+                               until_us: float | None = None) -> None:
+        """Give back (or charge more) tokens once the real usage is known. ``until_us`` (store clock, µs): the
+        tokens TAT the reservation was admitted with (``AdmitResult.tokens_until_us``); a give-back returns only
+        the part of the reservation still ahead of now (time has repaid the rest). None: no bound."""
 
     async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
         """Write the detector state and tier that the next ``hot_path`` for this client reads."""

@@ -161,14 +161,15 @@ class FailureModeOps:
         return AdmitResult(allowed, tier, override, r, k, None, time.time(), degraded=True,
                            unavailable=self.mode == "closed")
 
-    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
+                               until_us: float | None = None) -> None:
         try:
             await self._call("reconcile_tokens",
-                             lambda: self.inner.reconcile_tokens(client_id, reserved, actual, limits))
+                             lambda: self.inner.reconcile_tokens(client_id, reserved, actual, limits, until_us))
         except NotServed:
             if self.mode == "local" and self.degraded:  # (see save_client_state)
                 await self._local.reconcile_tokens(
-                    client_id, reserved, actual, divide_limits(limits, self._replicas))
+                    client_id, reserved, actual, divide_limits(limits, self._replicas), until_us)
 
     # --- per-client state -----------------------------------------------------------------------------------
 

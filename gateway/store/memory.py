@@ -133,7 +133,8 @@ class MemoryStore:
             now=now / 1e6,
         )
 
-    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
+                               until_us: float | None = None) -> None:
         # A negative usage (a buggy or hostile backend) would refund other in-flight reservations too.
         delta = max(0, actual) - reserved
         if delta == 0:
@@ -144,7 +145,7 @@ class MemoryStore:
             if delta < 0:
                 return  # the bucket already refilled completely; nothing to give back
             tats = (0.0, 0.0)
-        tat_k = reconcile_tat(tats[1], now, delta, interval_us(limits.tokens_per_minute))
+        tat_k = reconcile_tat(tats[1], now, delta, interval_us(limits.tokens_per_minute), until_us)
         self._rl.set(client_id, (tats[0], tat_k), max(tats[0], tat_k, now) + _RL_GRACE_US)
 
     # --- per-client state and overrides ---------------------------------------------------------------------

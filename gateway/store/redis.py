@@ -171,11 +171,14 @@ class RedisStore:
             now=int(row[3]) / 1e6,
         )
 
-    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits) -> None:
+    async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
+                               until_us: float | None = None) -> None:
         delta = max(0, actual) - reserved  # a negative usage must not refund other in-flight reservations
         if delta:
-            await self._reconcile.run(self._mux, [self.client_keys(client_id)[0]],
-                                      [delta, repr(interval_us(limits.tokens_per_minute))])
+            args: list[Arg] = [delta, repr(interval_us(limits.tokens_per_minute))]
+            if until_us is not None:
+                args.append(repr(float(until_us)))
+            await self._reconcile.run(self._mux, [self.client_keys(client_id)[0]], args)
 
     # per-client state and overrides ---------------------------------------------------------------------------
     async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:

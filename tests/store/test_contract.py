@@ -91,6 +91,37 @@ async def test_reconcile_gives_back_and_charges_more(store: StateStore) -> None:
     assert not r.allowed and r.tokens.retry_after_s > 0.9
 
 
+async def test_give_back_returns_only_what_time_has_not_repaid(store: StateStore) -> None:
+    """Decoys: a request that outlived its reservation's refill time and generated nothing must not hand the
+    client a second burst. Time already repaid that reservation; giving it back again shifted the reservation
+    made since into the past (two full bursts admitted at once)."""
+    a = await store.hot_path(req(tokens=100, tiers=(TOKENS,)))  # the whole burst, repaid by time in 1 s
+    assert a.allowed
+    await asyncio.sleep(1.05)
+    b = await store.hot_path(req(tokens=100, tiers=(TOKENS,)))  # the bucket refilled: a full burst again
+    assert b.allowed
+    await store.reconcile_tokens("c1", reserved=100, actual=0, limits=TOKENS, until_us=a.tokens_until_us)
+    c = await store.hot_path(req(tokens=100, tiers=(TOKENS,)))
+    assert not c.allowed, "a's reservation was repaid by time: nothing left to give back"
+    assert 0.8 < c.tokens.retry_after_s <= 1.0
+
+
+async def test_give_back_returns_the_part_still_ahead(store: StateStore) -> None:
+    a = await store.hot_path(req(tokens=100, tiers=(TOKENS,)))  # 1 s of the bucket, until a.tokens_until_us
+    assert a.allowed
+    await asyncio.sleep(0.3)  # about 30 tokens of a's reservation repaid by time, about 70 still ahead
+    b = await store.hot_path(req(tokens=30, tiers=(TOKENS,)))  # queued right behind a
+    assert b.allowed
+    await store.reconcile_tokens("c1", reserved=100, actual=0, limits=TOKENS, until_us=a.tokens_until_us)
+    # what is ahead of now is b's 30 tokens only (however long the sleep was, while a's span lasted)
+    assert not (await store.hot_path(req(tokens=75, tiers=(TOKENS,)))).allowed
+    assert (await store.hot_path(req(tokens=65, tiers=(TOKENS,)))).allowed
+    # reconciled while its reservation is still wholly ahead: everything unused comes back, as before
+    d = await store.hot_path(req("c2", tokens=90, tiers=(TOKENS,)))
+    await store.reconcile_tokens("c2", reserved=90, actual=10, limits=TOKENS, until_us=d.tokens_until_us)
+    assert (await store.hot_path(req("c2", tokens=90, tiers=(TOKENS,)))).allowed
+
+
 async def test_reconcile_on_unknown_client(store: StateStore) -> None:
     await store.reconcile_tokens("ghost", reserved=10, actual=0, limits=TOKENS)  # nothing to give back
     assert (await store.hot_path(req("ghost", tokens=100, tiers=(TOKENS,)))).allowed

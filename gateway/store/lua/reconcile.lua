@@ -1,5 +1,6 @@
 -- Give back (delta < 0) or charge more (delta > 0) tokens once the real usage is known.
--- Port of gateway.ratelimit.reconcile_tat. KEYS[1] rate-limit hash. ARGV[1] delta, ARGV[2] T_tokens_us.
+-- Port of gateway.ratelimit.reconcile_tat. KEYS[1] rate-limit hash. ARGV[1] delta, ARGV[2] T_tokens_us,
+-- ARGV[3] (optional) the TAT the reservation was admitted with, µs: only what lies ahead of now is given back.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local delta = tonumber(ARGV[1])
@@ -15,7 +16,14 @@ local nk
 if delta >= 0 then
   nk = math.min(math.max(tat_k, now) + delta * T, now + 1125899906842624)  -- MAX_AHEAD_US (2^50)
 elseif tat_k > now then
-  nk = math.max(tat_k + delta * T, now)
+  local give = -delta * T
+  local until_us = tonumber(ARGV[3])
+  if until_us then
+    local ahead = until_us - now
+    if ahead <= 0 then return 0 end  -- the whole reservation is behind us: repaid by time already
+    if ahead < give then give = ahead end
+  end
+  nk = math.max(tat_k - give, now)
 else
   nk = tat_k
 end
