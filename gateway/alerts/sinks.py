@@ -40,6 +40,7 @@ from typing import Protocol
 import aiohttp
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
+from redis.exceptions import NoPermissionError
 from yarl import URL
 
 from gateway.alerts.model import Alert
@@ -253,6 +254,18 @@ class JsonlSink:
                     self._lock.release()
 
 
+# One alert, one stream entry, however often it is retried: a retry after a timeout used to add it again when
+# the first XADD had run but its reply was late (a slow Redis), so one alert could be written up to 1 + retries
+# times. A marker key per alert id (NX, kept a day: longer than any retry schedule) decides atomically.
+_XADD_ONCE = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+           'alert', ARGV[3], 'client', ARGV[4], 'tier', ARGV[5], 'id', ARGV[6])
+return 1
+"""
+_SEEN_TTL_MS = 86_400_000
+
+
 class RedisStreamSink:
     def __init__(self, cfg: AlertSinkConfig, default_url: str) -> None:
         self.cfg = cfg
@@ -260,6 +273,7 @@ class RedisStreamSink:
         self.delivery = Delivery.from_config(cfg)
         self.url = cfg.url or default_url
         self._redis: aioredis.Redis | None = None
+        self._scripts = True  # False once the server refused scripting (ACL): plain XADD, retries may repeat
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -269,10 +283,26 @@ class RedisStreamSink:
         return self._redis
 
     async def emit(self, alert: Alert, payload: str) -> None:
+        stream = self.cfg.stream
         try:
+            if self._scripts:
+                try:
+                    await self._client().eval(  # type: ignore[misc]  # redis-py types eval as sync|async
+                        _XADD_ONCE, 2, stream, f"{stream}:seen:{alert.id}",
+                        _SEEN_TTL_MS, self.cfg.max_len, payload, alert.client, alert.tier, alert.id)
+                    return
+                except aioredis.ResponseError as e:
+                    # refused by ACL: EVAL itself (NoPermissionError), or SET/XADD inside the script
+                    if not isinstance(e, NoPermissionError) and "NOPERM" not in str(e) \
+                            and "can't run this command" not in str(e):
+                        raise
+                    self._scripts = False
+                    log.warning("alert sink %s: the Redis user may not run scripts (%s); writing with plain XADD, "
+                                "so an alert retried after a timeout may appear twice (grant +eval and +set, "
+                                "or deduplicate by the id field)", self.name, e)
             await self._client().xadd(
-                self.cfg.stream,
-                {"alert": payload, "client": alert.client, "tier": alert.tier},
+                stream,
+                {"alert": payload, "client": alert.client, "tier": alert.tier, "id": alert.id},
                 maxlen=self.cfg.max_len,
                 approximate=True,
             )
