@@ -13,7 +13,10 @@ Verdicts and what follows from them:
   with ``action: eject`` the backend is quarantined in the router (no traffic; no timer, no half-open trial,
   because a request's success says nothing about which weights answered it), and when it is a canary in
   rollout the rollout is aborted.
-- ``match``: a quarantine this checker imposed is lifted: the backend serves the genuine model again.
+- ``match``: a quarantine this checker imposed is lifted: the backend serves the genuine model again — unless
+  it was already put back ``auto_release_limit`` times within ``auto_release_window_s``: a backend that answers
+  the probes genuinely only while quarantined (it receives nothing else) and swaps back once released would
+  cycle for ever, so its quarantine then holds until an operator releases it (the reason says so).
 - ``inconclusive``: no probe answered (connection, timeout, HTTP error, malformed answer), the reference
   could not be read, fewer than ``min_probes`` probes gave a usable answer (a failed or empty one counts as
   none), the similarity fell between the thresholds, or a mismatch was not confirmed by a second round.
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUARANTINE_PREFIX = "fingerprint mismatch"  # a quarantine reason this checker set (and so may lift)
+HELD_MARK = "; held for an operator"  # in a reason: a match does not lift it (only the admin release does)
 ALERT_TIER = "fingerprint_mismatch"
 ALERT_TIER_INDEX = 3  # shown as the most severe badge on the dashboard; also the dispatcher's rate-limit key
 
@@ -111,6 +115,7 @@ class FingerprintChecker:
         self._ref_notes: dict[tuple[str, str], tuple[int, bool]] = {}
         self._last: dict[tuple[str, str], BackendCheck] = {}
         self._conclusive: dict[tuple[str, str], Verdict] = {}  # last match/mismatch (decides alerts)
+        self._released: dict[tuple[str, str], list[float]] = {}  # wall times of automatic releases, per backend
         self._round_lock = asyncio.Lock()  # one round at a time; an on-demand check waits for a running one
         # Set by an on-demand check: a spread round that is running sends its probes still waiting for their
         # delay at once, so the operator's check waits for answers, not for up to ``spread_s`` of random delays.
@@ -336,6 +341,7 @@ class FingerprintChecker:
         if prev is not None and prev.url != check.url:
             prev = None  # same name, new URL: a different server, nothing to compare against
             self._conclusive.pop(key, None)
+            self._released.pop(key, None)
         prev_conclusive = self._conclusive.get(key)
         try:
             quarantined = await self._act(check)
@@ -357,7 +363,10 @@ class FingerprintChecker:
         model, name = check.model, check.backend
         current = self._router.quarantined(model, name)
         if check.verdict == "match" and current is not None and current.startswith(QUARANTINE_PREFIX):
+            if HELD_MARK in current:
+                return True  # put back too often: only an operator lifts it
             self._router.release_quarantine(model, name, why="its fingerprint matches the reference again")
+            self._releases(model, name).append(check.checked_at)
             return False
         if check.verdict != "mismatch" or self.cfg.action != "eject":
             return current is not None
@@ -365,9 +374,24 @@ class FingerprintChecker:
         # or moved first-token distributions): "similarity X < threshold" would be false for the vetoes.
         sim = check.similarity if check.similarity is not None else 0.0
         why = check.reasons[0] if check.reasons else f"similarity {sim:.2f}"
+        released = len(self._releases(model, name))
+        if released >= self.cfg.auto_release_limit:
+            days = self.cfg.auto_release_window_s / 86400
+            why += (f"{HELD_MARK}: put back automatically {released} time{'s' * (released != 1)} in the last "
+                    f"{days:g} days (fingerprint.auto_release_limit {self.cfg.auto_release_limit})")
+            log.warning("model %s: backend %s quarantined until an operator releases it (POST /admin/fingerprint/"
+                        "%s/%s/release): it mismatched again after %d automatic release(s) within %gs",
+                        model, name, model, name, released, self.cfg.auto_release_window_s)
         self._router.quarantine(model, name, f"{QUARANTINE_PREFIX}: {why}")
         await self._abort_canary(model, name)
         return True
+
+    def _releases(self, model: str, name: str) -> list[float]:
+        """This backend's automatic releases within the window (older ones dropped)."""
+        since = self._wall() - self.cfg.auto_release_window_s
+        kept = [t for t in self._released.get((model, name), ()) if t > since]
+        self._released[(model, name)] = kept
+        return kept
 
     async def _abort_canary(self, model: str, name: str) -> None:
         """A canary that is not the model that was rolled out: stop the rollout, not just its traffic."""
@@ -433,6 +457,7 @@ class FingerprintChecker:
         self._last.pop(key, None)
         self._conclusive.pop(key, None)
         self._ref_notes.pop(key, None)
+        self._released.pop(key, None)
         if self._metrics is not None:  # (with --workers, remove() would leave the series exported)
             self._metrics.retire(self._metrics.fingerprint_match, *key)
 

@@ -170,6 +170,11 @@ class FingerprintConfig(_Model):
     # probe waits its own uniform delay in [0, spread_s] (at most half the interval), all from the OS CSPRNG.
     jitter: float = Field(0.5, ge=0, lt=1, description="periodic rounds at interval_s x U(1 - jitter, 1 + jitter)")
     spread_s: float = Field(30.0, ge=0, description="a periodic round's probes spread over up to this many seconds")
+    # A quarantined backend receives only probes: it could answer them with the genuine model, be put back, and
+    # serve a cheaper one again. After this many automatic releases within auto_release_window_s, the next
+    # quarantine holds until an operator releases it (0: every quarantine waits for an operator).
+    auto_release_limit: int = Field(1, ge=0, le=1_000_000, description="automatic releases per window")
+    auto_release_window_s: float = Field(7 * 86400.0, gt=0, description="the window of auto_release_limit")
 
     @model_validator(mode="after")
     def _thresholds(self) -> FingerprintConfig:

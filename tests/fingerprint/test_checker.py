@@ -334,3 +334,58 @@ def test_router_quarantine_api() -> None:
     assert lease.backend.name == "a"
     lease.release(Outcome(ok=True, status=200, latency_s=0.01))
     assert metrics.registry.get_sample_value("ipgate_backend_healthy", {"model": MODEL, "backend": "b"}) == 0
+
+
+async def test_a_backend_that_cycles_is_held_for_an_operator(
+    rig: tuple[Rig, AlertDispatcher], servers: tuple[ModelServer, ModelServer]
+) -> None:
+    """A quarantined backend receives only probes: it can answer them genuinely, be put back, and swap again.
+    After auto_release_limit (1) automatic releases in the window its next quarantine holds."""
+    r, dispatcher = rig
+    _, b = servers
+    b.weights = "swapped"
+    (first,) = await r.checker.check_now(MODEL, "b")
+    reason = r.router.quarantined(MODEL, "b")
+    assert first.quarantined and reason is not None and "held" not in reason
+    b.weights = "genuine"
+    assert not (await r.checker.check_now(MODEL, "b"))[0].quarantined  # the first time: put back
+    b.weights = "swapped"
+    assert (await r.checker.check_now(MODEL, "b"))[0].quarantined
+    reason = r.router.quarantined(MODEL, "b")
+    assert reason is not None and "held for an operator: put back automatically 1 time in the last 7 days" in reason
+    b.weights = "genuine"  # genuine for the probes again: this time it stays out
+    (check,) = await r.checker.check_now(MODEL, "b")
+    assert check.verdict == "match" and check.quarantined and r.served_by() == {"a"}
+    assert r.checker.snapshot()["backends"][1]["quarantine"] == reason
+    assert len(await r.alerts(dispatcher)) == 1  # one incident within alerts.dedup_window_s (1 h)
+    assert r.router.release_quarantine(MODEL, "b", why="operator")  # the admin route's call
+    assert r.served_by() == {"a", "b"}
+
+
+@pytest.mark.parametrize(("limit", "gap_s", "held"), [(1, 50.0, True), (1, 150.0, False), (0, 0.0, True)])
+async def test_automatic_releases_count_within_the_window(
+    servers: tuple[ModelServer, ModelServer], tmp_path: Path, limit: int, gap_s: float, held: bool
+) -> None:
+    a, b = servers
+    ref = await record(a.url, tmp_path / "ref.json")
+    router = Router([model_cfg(a.url, b.url, ref)], RoutingConfig(), Metrics(), health_checks=False)
+    now = [1000.0]
+    checker = FingerprintChecker(
+        FingerprintConfig(timeout_s=2, auto_release_limit=limit, auto_release_window_s=100), router,
+        wall=lambda: now[0])
+    try:
+        if limit:
+            b.weights = "swapped"
+            await checker.check_now(MODEL, "b")
+            b.weights = "genuine"
+            assert not (await checker.check_now(MODEL, "b"))[0].quarantined
+        now[0] += gap_s
+        b.weights = "swapped"
+        await checker.check_now(MODEL, "b")
+        reason = router.quarantined(MODEL, "b")
+        assert reason is not None and ("held for an operator" in reason) is held
+        b.weights = "genuine"
+        assert (await checker.check_now(MODEL, "b"))[0].quarantined is held
+    finally:
+        await checker.close()
+        await router.close()
