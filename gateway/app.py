@@ -75,10 +75,14 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
             alerts = AlertDispatcher.from_config(cfg, store, m)
             await alerts.start()
             stack.push_async_callback(alerts.close)
+        upstream = Upstream()  # before the fingerprint checker: its probes use the same pooled connections
+        await upstream.start()
+        stack.push_async_callback(upstream.close)
         fingerprint: FingerprintChecker | None = None
         recent_forwarded: deque[str] = deque(maxlen=RECENT_FORWARDED)  # filled by the pipeline, read by probes
         if cfg.fingerprint.enabled:
-            fingerprint = FingerprintChecker(cfg.fingerprint, router, m, alerts, forwarded=recent_forwarded)
+            fingerprint = FingerprintChecker(cfg.fingerprint, router, m, alerts, forwarded=recent_forwarded,
+                                             session=lambda: upstream.session)
             await fingerprint.start()
             stack.push_async_callback(fingerprint.close)
         detection = _detection(cfg, policy, m, alerts)
@@ -86,9 +90,6 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         if embedding is not None:
             await embedding.start()
             stack.push_async_callback(embedding.close)
-        upstream = Upstream()
-        await upstream.start()
-        stack.push_async_callback(upstream.close)
         ctx = AppContext(
             config=cfg, store=store, policy=policy, router=router, auth=auth, metrics=m, tracing=tracing,
             access_log=access_log, detection=detection, watermarking=watermarking, alerts=alerts,

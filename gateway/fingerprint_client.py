@@ -57,6 +57,7 @@ async def probe_backend_partial(
     ssl: SSLContext | bool = True,
     cache_salt: bool = False,
     forwarded_for: Callable[[], str | None] | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> ProbeRun:
     """Send every probe (at once, or each after its own ``delays[i]`` seconds: a round spread over time is
     not a burst a backend can recognise); a probe that fails is left out of the signature and listed in failures.
@@ -70,6 +71,9 @@ async def probe_backend_partial(
     proxies there; each probe then carries a fresh one of the same form (a probe without it was told apart).
     ``forwarded_for``: an ``X-Forwarded-For`` value for each probe (the gateway's recent proxied requests: every
     proxied request carries the header, and a probe without it was told apart by that alone).
+    ``session``: the gateway's pooled upstream session (``gateway/proxy/forward.py``): probes then travel over
+    the keep-alive connections proxied requests use, where a session of their own opened new connections each
+    round (a backend could tell probes apart by that). None: a session of this call's own (the CLI).
     """
     # The headers the proxy sends upstream (gateway/proxy/forward.py), *in its order* (a backend sees the order:
     # the gateway's own headers come as forward_headers sets them, then the credential Upstream.open adds): no
@@ -80,7 +84,9 @@ async def probe_backend_partial(
     url = api_root(base_url) + "/v1/chat/completions"  # --url may be given with or without /v1
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     prompts = [p.prompt for p in probes]
-    async with aiohttp.ClientSession(timeout=timeout, skip_auto_headers=("User-Agent",)) as session:
+    async with contextlib.AsyncExitStack() as own:
+        if session is None:
+            session = await own.enter_async_context(aiohttp.ClientSession(skip_auto_headers=("User-Agent",)))
 
         async def one(probe: Probe, delay: float) -> ProbeAnswer:
             if delay > 0:
@@ -103,7 +109,8 @@ async def probe_backend_partial(
                 # encoded as the gateway encodes a body it rewrites (gateway/shape.py upstream_body): aiohttp's
                 # json= writes ", " and ": " and ASCII escapes, which no rewritten proxied body has
                 data = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
-                async with session.post(url, data=data, headers=headers, ssl=ssl) as resp:
+                async with session.post(url, data=data, headers=headers, ssl=ssl, timeout=timeout,
+                                        allow_redirects=False) as resp:
                     if resp.status != 200:
                         detail = (await resp.content.read(512)).decode("utf-8", errors="replace")[:200]
                         if quotes_a_prompt(detail, prompts):  # an echo of the request: keep the prompt out

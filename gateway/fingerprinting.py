@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from fingerprint import Probe, Signature, compare
 from fingerprint.match import Verdict
 from fingerprint.probeset import public_probe_ids, quotes_a_prompt, reference_probes, restrict, sample
@@ -100,11 +102,15 @@ class FingerprintChecker:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         forwarded: Sequence[str] = (),
+        session: Callable[[], aiohttp.ClientSession | None] | None = None,
     ) -> None:
         self.cfg = cfg
         # X-Forwarded-For values of recent proxied requests (the gateway's deque): each probe sends one, as every
         # proxied request carries the header; none before the first request (the start-up round)
         self._forwarded = forwarded
+        # the proxy's pooled upstream session: probes reuse the connections proxied requests keep alive (a session
+        # of their own opened fresh connections every round, which a backend could tell apart)
+        self._session = session
         self._router = router
         self._metrics = metrics
         self._alerts = alerts
@@ -282,7 +288,7 @@ class FingerprintChecker:
                 b.url, sent, api_key=api_key, probes=chosen, logprobs=self.cfg.logprobs,
                 timeout_s=self.cfg.timeout_s, delays=self._delays(len(chosen)) if spread else (),
                 hurry=self._hurry, ssl=backend_tls(b), cache_salt=b.cache_salt != "none",
-                forwarded_for=self._forwarded_for,
+                forwarded_for=self._forwarded_for, session=self._session() if self._session is not None else None,
             )
             if not run.signature.answers:  # nothing came back: say why (the first failure is typical)
                 raise FingerprintError(run.failures[0] if run.failures else "no probe answered")

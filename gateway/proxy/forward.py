@@ -161,6 +161,11 @@ class Upstream:
             await self._session.close()
             self._session = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The pooled session (None before ``start``/after ``close``): fingerprint probes travel on it too."""
+        return self._session
+
     def plan(self, b: BackendConfig) -> _BackendPlan:
         """Per-backend constants, computed once per config object: base URL, credential, timeouts. After a
         reload (SIGHUP or admin API) the new objects make new plans, so a changed credential is read again."""

@@ -39,6 +39,7 @@ class ModelServer:
         self.glitches = 0  # the next N requests answer with other weights (nondeterminism that passes)
         self.models_seen: list[str] = []
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.peers: list[int] = []  # the client-side port of every chat request's connection, in arrival order
         self.arrivals: list[float] = []  # time.monotonic() of every chat request, in arrival order
         self.echo_status: int | None = None
         self.url = ""
@@ -53,6 +54,8 @@ class ModelServer:
         self.arrivals.append(time.monotonic())
         self.models_seen.append(str(body.get("model")))
         self.requests.append((dict(request.headers), body))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.peers.append(peer[1] if peer else -1)
         if self.echo_status is not None:
             prompt = body["messages"][-1]["content"]
             return web.json_response({"error": {"message": f"cannot answer {prompt!r}"}}, status=self.echo_status)
