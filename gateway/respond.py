@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.account import Exchange
 from gateway.context import AppContext
 from gateway.errors import to_openai_error
-from gateway.proxy import responses_relay
+from gateway.proxy import responses_body
 from gateway.proxy.body import Transformed, run_steps, transform_body, transform_body_async
 from gateway.proxy.choice import ChoiceHook, EmbedderFactory
 from gateway.proxy.fields import FieldPolicy
@@ -125,8 +125,8 @@ def _transform(parsed: ParsedRequest, body: dict[str, Any], embed: EmbedderFacto
                strip_reasoning: bool, withheld: Counter[str] | None, function_calls: bool = True,
                fields: FieldPolicy | None = None) -> Transformed:
     if parsed.endpoint == "responses":
-        return responses_relay.transform_body(body, embed, hook, strip_reasoning=strip_reasoning, withheld=withheld,
-                                              function_calls=function_calls, fields=fields)
+        return responses_body.transform_body(body, embed, hook, strip_reasoning=strip_reasoning, withheld=withheld,
+                                             function_calls=function_calls, fields=fields)
     return transform_body(parsed.endpoint, body, embed, hook, fields)
 
 
@@ -136,9 +136,9 @@ async def _transform_async(parsed: ParsedRequest, body: dict[str, Any], embed: E
                            fields: FieldPolicy | None = None) -> Transformed:
     if parsed.endpoint != "responses":
         return await transform_body_async(parsed.endpoint, body, embed, hook, slice_chars=SLICE_CHARS, fields=fields)
-    return await run_steps(responses_relay.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
-                                                           slice_chars=SLICE_CHARS, withheld=withheld,
-                                                           function_calls=function_calls, fields=fields))
+    return await run_steps(responses_body.transform_steps(body, embed, hook, strip_reasoning=strip_reasoning,
+                                                          slice_chars=SLICE_CHARS, withheld=withheld,
+                                                          function_calls=function_calls, fields=fields))
 
 
 def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:

@@ -31,8 +31,8 @@ from gateway.proxy.fields import (
     weakened,
 )
 from gateway.proxy.relay import StreamRelay
+from gateway.proxy.responses_body import transform_body as responses_transform
 from gateway.proxy.responses_relay import ResponsesRelay
-from gateway.proxy.responses_relay import transform_body as responses_transform
 from gateway.telemetry.metrics import Metrics
 from tests.support.harness import GatewayHandle, app_backend, gateway_config, running_gateway, sim_backend
 from tests.support.responses_events import parse_sse, response_body, sse, stream_events

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.config import HardeningConfig
 from gateway.hooks import StreamEmbedder
-from gateway.proxy.responses_relay import ResponsesRelay, transform_body
+from gateway.proxy.responses_body import transform_body
+from gateway.proxy.responses_relay import ResponsesRelay
 from tests.support.lexical import ANSWER
 from tests.support.responses_events import parse_sse, response_body, sse, stream_events
 from watermark.keys import KeyRing
