@@ -33,14 +33,14 @@ Header = Literal["x-forwarded-for", "forwarded"]
 HEADERS: dict[Header, str] = {"x-forwarded-for": "X-Forwarded-For", "forwarded": "Forwarded"}
 
 
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+def parse_networks(values: Iterable[str], field: str = "trusted_proxies") -> tuple[Network, ...]:
     """CIDRs (or single addresses) to networks; ``ValueError`` names the bad entry."""
     out: list[Network] = []
     for i, v in enumerate(values):
         try:
             out.append(ipaddress.ip_network(v.strip(), strict=False))
         except ValueError as e:
-            raise ValueError(f"trusted_proxies[{i}]: {v!r} is not an IP address or CIDR ({e})") from None
+            raise ValueError(f"{field}[{i}]: {v!r} is not an IP address or CIDR ({e})") from None
     return tuple(out)
 
 

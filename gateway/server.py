@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,9 +45,11 @@ from gateway.admin.app import build_admin_app
 from gateway.admin.audit import AUDIT_TRAIL
 from gateway.app import build_public_app, open_context
 from gateway.audit.trail import AuditTrail
+from gateway.clientaddr import parse_networks
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.portclaim import PortClaim, claim_ports
+from gateway.proxyprotocol import ProxyProtocolSite, peer_in
 from gateway.tls import not_after as tls_not_after
 from gateway.tls import reload as reload_tls
 from gateway.tls import server_context
@@ -71,6 +74,19 @@ def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = 
         log.error("reload ignored, the running configuration stays: %s", e)
         return False
     return True
+
+
+def public_site(ctx: AppContext, runner: web.AppRunner, host: str, port: int,
+                tls: ssl.SSLContext | None) -> web.TCPSite:
+    """The public listener's site; with ``server.proxy_protocol_from``, one that reads the PROXY protocol header of
+    connections from those load balancers (``gateway/proxyprotocol.py``; the config refuses it with TLS)."""
+    balancers = ctx.config.server.proxy_protocol_from
+    if not balancers:
+        return web.TCPSite(runner, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
+    rejected = ctx.metrics.proxy_protocol_rejected_total
+    return ProxyProtocolSite(runner, host, port, reuse_port=True, backlog=1024,
+                             trusted=peer_in(parse_networks(balancers, "proxy_protocol_from")),
+                             rejected=lambda reason: rejected.labels(reason=reason).inc())
 
 
 def _export_expiry(ctx: AppContext, cert_file: str) -> None:
@@ -178,7 +194,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         tls = server_context(sc.tls_cert_file, sc.tls_key_file) if sc.tls_cert_file and sc.tls_key_file else None
         if tls is not None and sc.tls_cert_file:
             _export_expiry(ctx, sc.tls_cert_file)
-        site = web.TCPSite(public, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
+        site = public_site(ctx, public, host, port, tls)
         asite = web.TCPSite(admin, ahost, aport, reuse_port=True, ssl_context=tls)
         await site.start()
         await asite.start()

@@ -35,11 +35,17 @@ class ServerConfig(_Model):
     # (behind a TLS-terminating load balancer).
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Layer-4 load balancers (CIDRs or addresses) that start each connection to the public listener with a PROXY
+    # protocol header (v1 or v2) naming the client: required from them, never read from anyone else. Empty: off.
+    proxy_protocol_from: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together (set both, or neither)")
+        if self.proxy_protocol_from and self.tls_cert_file:
+            raise ValueError("proxy_protocol_from needs plain HTTP on the public listener (the header comes before "
+                             "TLS): terminate TLS on the load balancer, or leave tls_cert_file unset")
         return self
 
     @field_validator("trusted_proxies")
@@ -48,6 +54,14 @@ class ServerConfig(_Model):
         from gateway.clientaddr import parse_networks
 
         parse_networks(v)  # raises ValueError naming the bad entry
+        return v
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _balancers(cls, v: list[str]) -> list[str]:
+        from gateway.clientaddr import parse_networks
+
+        parse_networks(v, "proxy_protocol_from")
         return v
 
     @field_validator("overhead_header")

@@ -149,6 +149,11 @@ class Metrics:
             "ipgate_auth_failures_total",
             "Rejected credentials by reason (the client only ever sees a generic 401).", ["reason"], registry=r,
         )
+        self.proxy_protocol_rejected_total = Counter(
+            "ipgate_proxy_protocol_rejected_total",
+            "Connections from server.proxy_protocol_from closed for want of a valid PROXY protocol header, by "
+            "reason (missing, invalid, timeout).", ["reason"], registry=r,
+        )
         self.auth_cache_total = Counter(
             "ipgate_auth_cache_total", "Verified-token cache lookups: hit or miss.", ["result"], registry=r,
         )

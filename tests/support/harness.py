@@ -43,6 +43,7 @@ from gateway.admin.app import build_admin_app
 from gateway.app import build_public_app, open_context
 from gateway.config import GatewayConfig, parse_config
 from gateway.context import AppContext
+from gateway.server import public_site
 from gateway.sim.run import start_sim
 from gateway.sim.server import SIM_STATS, SimOptions, SimStats
 from gateway.telemetry.tracing import Tracing
@@ -161,7 +162,7 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
                                   handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
             await public.setup()
             await admin.setup()
-            await web.TCPSite(public, "127.0.0.1", 0).start()
+            await public_site(ctx, public, "127.0.0.1", 0, None).start()  # the product's (PROXY protocol)
             await web.TCPSite(admin, "127.0.0.1", 0).start()
             try:
                 yield GatewayHandle(f"http://127.0.0.1:{public.addresses[0][1]}",
