@@ -158,8 +158,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if e.status == 404:
             return error_response(NotFound(f"path: {request.path} is not an API route"), request_id(request))
         body = to_openai_error(e.reason, "invalid_request_error", f"http_{e.status}")
+        # X-Request-Id: set by the audit middleware, the id of the action's audit record
         return web.Response(body=json.dumps(body), status=e.status, content_type="application/json",
-                            headers={k: v for k, v in e.headers.items() if k.lower() == "allow"})
+                            headers={k: v for k, v in e.headers.items() if k.lower() in ("allow", "x-request-id")})
     except asyncio.CancelledError:
         raise
     except Exception:

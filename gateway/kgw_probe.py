@@ -118,7 +118,9 @@ class KgwPluginProbe:
             return PluginVerdict(None, "no_verdict", f"the probe was answered {status}")
         msg = _message(raw)
         report = directives.read_probe_refusal(msg)
-        excerpt = " ".join(msg.split())[:200]
+        # the backend's text goes to an ERROR line and to `ipgate check`'s terminal: control characters (an escape
+        # sequence) are shown escaped, as the fingerprint checks do (fingerprint_client.printable)
+        excerpt = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(msg.split())[:200])
         if report is None:
             if directives.REFUSAL_MARK in msg:
                 return PluginVerdict(False, "old_plugin", (

@@ -98,8 +98,9 @@ def audit_middleware(trail: AuditTrail, principal_key: web.RequestKey[Principal]
         except GatewayError as e:  # answered here so the error carries the same request id as the record
             await record(e.status, e.code)
             return error_response(e, rid)
-        except web.HTTPException as e:
+        except web.HTTPException as e:  # aiohttp's own (a body over the admin app's 1 MiB: 413)
             await record(e.status, f"http_{e.status}")
+            e.headers["X-Request-Id"] = rid  # kept by openai_errors: the answer names the record's id
             raise
         except asyncio.CancelledError:
             # The caller went away: the action may have happened. Record it without waiting (this task is

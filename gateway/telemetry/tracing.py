@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -75,6 +76,44 @@ _DENIED_GENAI_SEGMENTS = frozenset({
 })
 
 _propagator = TraceContextTextMapPropagator()
+
+
+class _CallerContextLogs(logging.Filter):
+    """Keeps OpenTelemetry's complaints about a caller's ``traceparent``/``tracestate`` out of the log.
+
+    The propagator logs a WARNING for every malformed or over-long ``tracestate`` (the malformed member's text
+    included) and every over-long ``traceparent``. The span is opened before authentication, so anyone who can
+    reach the public listener wrote one line per request, with up to 512 characters of its own choosing in it.
+    While this thread extracts a caller's context those records are dropped; the first one is noted once (as
+    ``%r``, cut short). The unusable part is ignored as before (the trace itself is still continued)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+        self.noted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(self.local, "active", False):
+            return True
+        if not self.noted:
+            self.noted = True
+            log.warning("a caller's traceparent/tracestate is malformed or too long; the unusable part is ignored "
+                        "(%r; logged once, not per request)", record.getMessage()[:100])
+        return False
+
+
+_CALLER_CONTEXT_LOGS = _CallerContextLogs()
+for _name in ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext"):
+    logging.getLogger(_name).addFilter(_CALLER_CONTEXT_LOGS)
+
+
+def _extract(carrier: Mapping[str, str]) -> otel_context.Context:
+    """A caller's W3C trace context, without a log line per malformed header (``_CallerContextLogs``)."""
+    _CALLER_CONTEXT_LOGS.local.active = True
+    try:
+        return _propagator.extract(carrier)
+    finally:
+        _CALLER_CONTEXT_LOGS.local.active = False
 
 
 def is_allowed_attribute(key: str) -> bool:
@@ -196,7 +235,7 @@ class _SpanScope:
         self._tracer, self._name, self._attributes, self._kind, self._carrier = tracer, name, attributes, kind, carrier
 
     def __enter__(self) -> Span:
-        ctx = _propagator.extract(self._carrier) if self._carrier else None
+        ctx = _extract(self._carrier) if self._carrier else None
         span = self._tracer.start_span(self._name, context=ctx, kind=self._kind)
         if self._attributes and span.is_recording():
             span.set_attributes(safe_attributes(self._attributes))
