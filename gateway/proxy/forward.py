@@ -26,6 +26,7 @@ own credentials (``Authorization``, ``Cookie``, ``X-Api-Key``/``Api-Key``), ``Ho
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,7 +81,12 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
     # The gateway takes a JSON body under any Content-Type (curl -d sends a form type, raw clients often none, for
     # which aiohttp would send application/octet-stream); vLLM refuses every type but application/json (400/415)
     out["Content-Type"] = "application/json"
-    out["X-Request-Id"] = request_id
+    # The engine keys its request state by this id (vLLM's engine request id): two clients naming the same one must
+    # not meet there (before vLLM #27987 the second failed "already running", with several API servers the engine
+    # could fall over), as no client may name another's request (the body's request_id is refused for that). A
+    # caller's own id goes up with a random suffix, greppable by its prefix; the gateway's own ids are random.
+    out["X-Request-Id"] = f"{request_id}-{os.urandom(6).hex()}" if client.get("X-Request-Id") == request_id \
+        else request_id
     if peer:
         prior = out.popall("X-Forwarded-For", None)
         out["X-Forwarded-For"] = f"{', '.join(prior)}, {peer}" if prior else peer
