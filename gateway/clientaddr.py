@@ -122,6 +122,22 @@ def element_for(element: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     return _node(found)
 
 
+def replayable_forwarded_for(upstream: str, client: str | None) -> str:
+    """The part of an upstream ``X-Forwarded-For`` the client did not write: from the client's own hop (as
+    ``ClientAddress.resolve`` found it) rightwards — the hops trusted proxies and the gateway appended. What the
+    fingerprint probes replay: a replayed client-written prefix let a backend that is also a client tag its own
+    requests and recognise the probes carrying its tag. ``upstream``'s last hop is the TCP peer, always kept."""
+    if "," not in upstream:  # a client that sent none (most): the peer alone
+        return upstream
+    hops = upstream.split(",")
+    if client is not None:
+        for i in range(len(hops) - 1, -1, -1):
+            a = _address(hops[i])
+            if a is not None and str(a) == client:
+                return ",".join(hops[i:]).strip()
+    return hops[-1].strip()
+
+
 def forwarded_node(peer: str) -> str:
     """``peer`` as a ``for=`` value: IPv6 bracketed and quoted (RFC 7239 §6), IPv4 as a token."""
     return f'"[{peer}]"' if ":" in peer else peer

@@ -33,6 +33,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from gateway.account import Exchange, finish
 from gateway.admit import detect_and_admit
+from gateway.clientaddr import replayable_forwarded_for
 from gateway.context import CTX, AppContext
 from gateway.errors import (
     INTERNAL_ERROR_BODY,
@@ -105,7 +106,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     ex.admission = adm
     upstream = forward_headers(request.headers, ex.request_id, request.remote)
     if request.remote:  # what the fingerprint probes send as theirs (one deque append)
-        ctx.recent_forwarded.append(upstream["X-Forwarded-For"])
+        ctx.recent_forwarded.append(replayable_forwarded_for(upstream["X-Forwarded-For"], ex.ip))
     if ctx.tracing.enabled:
         # the backend's parent is the gateway's span (which continues the caller's trace), not the caller's
         upstream.popall("traceparent", None)
