@@ -10,6 +10,12 @@ Declared ranges, checked by ``decode`` (and the detectors' counters by ``detecto
 Unix seconds in ``[0, MAX_TS]``, the cool-down clock is ``-1`` (not cooling down) or such a time, scores lie
 in ``[0, 1]``; the tier is checked by the engine against the policy. The gateway never writes anything else, so
 a state outside them was tampered with or corrupted in the store: it is refused like garbage.
+
+Compatibility across builds (replicas of two builds share one store during a rolling upgrade): every version,
+this one and any later one, starts with the same eight bytes, ``b"ID"``, the version byte, the u32 requests
+seen and the u8 tier (``header_tier``). A build that cannot read a state (a later version, a tier above its
+thresholds) starts the evidence afresh but keeps that tier: a raised tier is never lowered by a reader that
+does not understand the rest. A later version must therefore keep these eight bytes as they are.
 """
 
 from __future__ import annotations
@@ -106,11 +112,13 @@ def decode(buf: bytes | bytearray | memoryview) -> Envelope:
 
 
 def header_tier(data: bytes | None) -> int:
-    """The tier a stored state's header holds, without decoding the rest (0 for no state or another format).
-    The gateway's stored tier is replaced by an administrator's pin; this is the detector's own."""
-    if not data or len(data) < 3 + _HEADER.size or data[:2] != MAGIC or data[2] != VERSION:
+    """The tier a stored state's header holds, without decoding the rest: the eighth byte, which every version
+    of the envelope keeps there (see the module docstring), also of a version this build cannot read or of a
+    state whose rest is unreadable (0 for no state or another format). The gateway's stored tier is replaced by
+    an administrator's pin; this is the detector's own."""
+    if not data or len(data) < 8 or data[:2] != MAGIC:
         return 0
-    return int(_HEADER.unpack_from(data, 3)[1])
+    return data[7]
 
 
 #: raw name bytes -> name, for the names seen (memoised like ``_NAME_FIELDS``)

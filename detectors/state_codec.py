@@ -4,7 +4,9 @@
 the detectors' state objects (``_open``), serialises them again (``_close``), keeps recently written states
 decoded (the decoded-state cache) and hands out the working copy (``open`` / ``encode`` / ``snapshot`` /
 ``retire``). ``Engine.__init__`` sets the attributes it reads. Never raises on bad state bytes: garbage or a
-newer format starts the client fresh, logged once.
+newer format starts the client's evidence fresh, logged once, at the tier the bytes hold (``state.header_tier``,
+clamped to the configured maximum): another build's or configuration's replica may have raised it, and a reader
+that cannot decode the rest must not lower it.
 """
 
 from __future__ import annotations
@@ -93,10 +95,15 @@ class StateCodec:
                     # index past the thresholds (an IndexError out of observe).
                     raise ValueError(f"tier {env.tier} > the configured maximum {self.tiers.max_tier}")
             except ValueError as e:
-                env = envelope.Envelope()
+                # The evidence starts afresh, the tier does not: a state written by a later build (another
+                # envelope version) or under more tiers (a refitted combiner on another replica) raised it
+                # there, and the save after this request stores the tier it holds (a throttled or blocked
+                # client was back at tier 0 after one request here).
+                env = envelope.Envelope(tier=min(envelope.header_tier(data), self.tiers.max_tier))
                 self.state_errors += 1
                 if not self._logged_bad_state:
-                    log.warning("detector state unreadable, starting the client fresh: %s", e)
+                    log.warning("detector state unreadable, starting the client's evidence fresh at its stored "
+                                "tier: %s", e)
                     self._logged_bad_state = True
         states: dict[str, Any] = {}
         blobs = env.blobs

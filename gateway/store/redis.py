@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import re
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -41,9 +43,17 @@ from gateway.store.memory import (
 )
 from gateway.store.resp import Arg, RespMux, pack_bulks, reply_error
 
+log = logging.getLogger(__name__)
+
 TIER_ARGS_CACHE_MAX = 256  # encoded limits_by_tier tuples kept (the policy has one per limit class)
 OVERRIDE_INDEX_MAX = 100_000  # overrides listed in the index the failure modes read (soonest to expire dropped)
 _OVERRIDE_PAGE = 500  # index members read per call (each call stays well inside timeout_ms)
+# How often at most the keyspace is scanned for override keys the index does not list (``_index_unlisted``)
+OVERRIDE_SCAN_EVERY_MS = 3600 * 1000
+_SCAN_PAGE = 1000  # keys SCAN looks at per call
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_UNESCAPE = re.compile(r"%(25|7B|7D)")
+_UNESCAPED = {"25": "%", "7B": "{", "7D": "}"}
 
 
 def _ms(ttl_s: float) -> int:
@@ -108,6 +118,7 @@ class RedisStore:
         self._recipients = _Script("recipients.lua")
         # id(limits_by_tier) -> (that tuple, its packed Lua arguments, their count): one entry per limit class
         self._tier_args: dict[int, tuple[Sequence[Limits], bytes, int]] = {}
+        self._scanned_overrides = False  # this process has listed the overrides the index lacked (or cannot)
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> RedisStore:
@@ -231,6 +242,8 @@ class RedisStore:
         page by page from the index ``set_override`` keeps (at most ``OVERRIDE_INDEX_MAX``), each client's
         override from its own key (an index entry whose key is gone, expired or lost, is skipped)."""
         index = f"{self._p}overrides"
+        if not self._scanned_overrides:
+            self._scanned_overrides = await self._index_unlisted(index)
         out: dict[str, tuple[Override | None, int | None, float]] = {}
         now_ms = time.time() * 1000
         # ZSCAN, not pages by offset: an entry removed (lifted, expired) between two pages shifted every later one
@@ -248,6 +261,62 @@ class RedisStore:
             if int(cursor) == 0 or len(out) >= OVERRIDE_INDEX_MAX:
                 break
         return out
+
+    async def _index_unlisted(self, index: str) -> bool:
+        """List in the index the override keys it lacks: those set by a build before the index (commit c6c0320),
+        which every process of this build would otherwise miss during an outage until they expire (90 days by
+        default). One ``SCAN`` of the keyspace (of each primary), on this process's first read of the index,
+        skipped where another process scanned within ``OVERRIDE_SCAN_EVERY_MS`` (the marker key); an entry
+        added keeps its override's own expiry, and one already listed is left alone (``ZADD NX``). True when
+        done, or refused for good (an ACL without ``SCAN``: logged); False after an outage or a timeout (the
+        next read scans again). Never raises: the index is read whatever became of the scan."""
+        marker = f"{self._p}overrides:scanned"
+        try:
+            if await self._mux.execute("EXISTS", marker):
+                return True
+            nodes = self._mux.primaries() if isinstance(self._mux, ClusterMux) else [self._mux]
+            pattern = _GLOB_SPECIAL.sub(r"\\\1", self._p) + "{*}:ov"
+            head, added = len(self._p) + 1, 0
+            for node in nodes:
+                cursor: Any = b"0"
+                while True:
+                    cursor, keys = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_PAGE,
+                                                      "TYPE", "hash")
+                    added += await self._list_unlisted(index, keys, head)
+                    if int(cursor) == 0:
+                        break
+            await self._mux.execute("SET", marker, "1", "PX", OVERRIDE_SCAN_EVERY_MS)
+        except ResponseError as e:
+            log.warning("state store: the keyspace could not be scanned for overrides set before the override "
+                        "index (%s); such overrides are not known to the failure modes until set again", e)
+            return True
+        except Exception as e:  # an outage or a timeout: the index is read (or fails) as before
+            log.debug("state store: scan for unlisted overrides interrupted: %r", e)
+            return False
+        if added:
+            log.warning("state store: %d override(s) set by an earlier build listed in the override index", added)
+        return True
+
+    async def _list_unlisted(self, index: str, keys: Sequence[bytes], head: int) -> int:
+        """Add ``keys`` (override keys) to the index with their expiry; the index's TTL covers the latest."""
+        if not keys:
+            return 0
+        t = await self._mux.execute("TIME")
+        now_ms = int(t[0]) * 1000 + int(t[1]) // 1000
+        pttls = await self._mux.execute_many([("PTTL", k) for k in keys])
+        entries: list[Arg] = []
+        for key, pttl in zip(keys, pttls, strict=True):
+            enc = key.decode(errors="replace")[head:-4]  # ``<prefix>{<client>}:ov``: a tag holds no brace
+            if int(pttl) > 0 and "{" not in enc and "}" not in enc:
+                client = "" if enc == "%" else _UNESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], enc)
+                entries += [now_ms + int(pttl), client]
+        if not entries:
+            return 0
+        latest = max(int(e) for e in entries[0::2])
+        added, ttl = await self._mux.execute_many([("ZADD", index, "NX", *entries), ("PTTL", index)])
+        if int(ttl) < latest - now_ms:  # -1: created here, without a TTL; or expiring before these entries
+            await self._mux.execute("PEXPIREAT", index, latest)
+        return int(added)
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         _, st, ov = self.client_keys(client_id)
