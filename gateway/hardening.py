@@ -35,13 +35,15 @@ reproducible sampling. Each rule removes one of those ingredients:
 Values of the wrong type are left alone: validation is the parse step's job (it answers 400 naming the field).
 
 The response side (``harden_choice_logprobs``) trims ``top_logprobs`` a backend returned beyond the cap and
-adds the tier's ``logprob_noise``; ``strip_reasoning`` removes a reasoning model's chain of thought (the
-``reasoning``/``reasoning_content`` fields), the output chain-of-thought harvesting is after, while the answer
-itself is still served. The transform step calls them per choice (full bodies and stream chunks).
+adds the tier's ``logprob_noise``, to a legacy completions choice's ``prompt_logprobs`` (vLLM) too;
+``strip_reasoning`` removes a reasoning model's chain of thought (the ``reasoning``/``reasoning_content``
+fields), the output chain-of-thought harvesting is after, while the answer itself is still served. The
+transform step calls them per choice (full bodies and stream chunks).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any, TypeGuard
@@ -405,20 +407,53 @@ def strip_reasoning(choice: dict[str, Any]) -> bool:
 
 def harden_choice_logprobs(choice: dict[str, Any], cfg: HardeningConfig, rng: random.Random) -> bool:
     """Cap and perturb the logprobs of one response choice (chat or legacy shape, full body or stream chunk),
-    in place. Returns True when something changed."""
+    and vLLM's ``prompt_logprobs`` beside them, in place. Returns True when something changed."""
+    cap, sigma = cfg.max_top_logprobs, cfg.logprob_noise
+    changed = "prompt_logprobs" in choice and _prompt_logprobs(choice, cap, sigma, rng)
     lp = choice.get("logprobs")
     if not isinstance(lp, dict):
-        return False
-    cap, sigma = cfg.max_top_logprobs, cfg.logprob_noise
+        return changed
     if cap is not None and cap <= 0:
         choice["logprobs"] = None
         return True
     content = lp.get("content")
     if isinstance(content, list):
-        return _chat_logprobs(content, cap, sigma, rng)
+        return _chat_logprobs(content, cap, sigma, rng) or changed
     if isinstance(lp.get("token_logprobs"), list):
-        return _legacy_logprobs(lp, cap, sigma, rng)
-    return False
+        return _legacy_logprobs(lp, cap, sigma, rng) or changed
+    return changed
+
+
+def _rank(entry: Any) -> float:
+    r = entry.get("rank") if isinstance(entry, dict) else None
+    return r if _is_number(r) else math.inf
+
+
+def _prompt_logprobs(choice: dict[str, Any], cap: int | None, sigma: float, rng: random.Random) -> bool:
+    """vLLM's ``prompt_logprobs`` on a legacy completions choice: per prompt token None, or {token id:
+    {"logprob", "rank", "decoded_token"}} with the prompt's own token first, then the top k. The logprobs of a
+    text the client chose -- the ``echo`` channel of logit stealing without ``echo`` -- so they get the
+    answer's cap (the prompt's token and the ``cap`` best of the others) and noise (one draw per entry)."""
+    pl = choice["prompt_logprobs"]
+    if not isinstance(pl, list):
+        return False
+    if cap is not None and cap <= 0:
+        choice["prompt_logprobs"] = None
+        return True
+    changed = False
+    for i, pos in enumerate(pl):
+        if not isinstance(pos, dict):
+            continue
+        if cap is not None and len(pos) > cap + 1:
+            own, *others = pos.items()
+            pos = pl[i] = dict([own, *sorted(others, key=lambda kv: _rank(kv[1]))[:cap]])
+            changed = True
+        if sigma > 0:
+            for entry in pos.values():
+                if isinstance(entry, dict) and "logprob" in entry:
+                    entry["logprob"] = _noisy(entry["logprob"], rng.gauss(0.0, sigma))
+            changed = True
+    return changed
 
 
 def _noisy(value: Any, noise: float) -> Any:

@@ -207,7 +207,7 @@ def response_hook(ctx: AppContext, tier: int, lease: BackendLease) -> ChoiceHook
             # the backend's tokens (logprobs, vLLM's token_ids) would spell the stripped thought: they go with it
             withhold_tokens(choice)
             return True
-        if not isinstance(choice.get("logprobs"), dict):
+        if not isinstance(choice.get("logprobs"), dict) and choice.get("prompt_logprobs") is None:
             return stripped  # no logprobs: skip seeding a generator (≈ 1 % of gateway CPU under load)
         if rng is None:
             rng = random.Random()  # seeded from os.urandom: the noise must not be predictable across requests

@@ -31,12 +31,14 @@ class ParsedRequest:
     stream: bool
     client_usage: bool  # the client itself asked for stream_options.include_usage
     # Responses API: the chat-shaped reading of the body that detection, the token estimate and accounting use
-    # (``gateway/proxy/responses_request.py``); None for the other endpoints, whose body is read as it is
+    # (``gateway/proxy/responses_request.py``); a completions body without the chat fields its server ignores
+    # (``_completions_view``); None otherwise: the body is read as it is
     view: dict[str, Any] | None = None
 
     @property
     def seen(self) -> dict[str, Any]:
-        """What detection and the rate limiter read: the chat view of a Responses body, else the body."""
+        """What detection and the rate limiter read: the chat view of a Responses body, a completions body
+        without chat fields, else the body."""
         return self.body if self.view is None else self.view
 
 
@@ -103,6 +105,11 @@ def _fail(field: str, problem: str) -> InvalidRequest:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id(v: Any) -> bool:
+    """A token id: a non-negative integer (not checked against the vocabulary: the gateway has none)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _is_num(v: Any) -> bool:
@@ -212,6 +219,9 @@ def _sampling(body: dict[str, Any]) -> None:
     _logit_bias(body)
     if "logprob_token_ids" in body or "allowed_token_ids" in body or "bad_words" in body:
         _token_targeting(body)
+    v = body.get("stop_token_ids")  # vLLM: used as logits indices on the device (vLLM #54195: a bad one killed it)
+    if v is not None and not (isinstance(v, list) and all(_is_id(t) for t in v)):
+        raise _fail("stop_token_ids", "must be an array of token ids (non-negative integers)")
 
 
 def _messages(body: dict[str, Any]) -> None:
@@ -244,12 +254,15 @@ def _text_or_tokens(body: dict[str, Any], key: str) -> None:
         raise _fail(key, "is required")
     if isinstance(v, str):
         return
+    # Token ids index the model's embedding rows: a negative one passed vLLM's vocabulary check (an upper
+    # bound, until vLLM #51795) into the engine, where it is used as an index
     if isinstance(v, list) and v:
-        if all(isinstance(x, str) for x in v) or all(_is_int(x) for x in v):
+        if all(isinstance(x, str) for x in v) or all(_is_id(x) for x in v):
             return
-        if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in v):
+        if all(isinstance(x, list) and x and all(_is_id(t) for t in x) for x in v):
             return
-    raise _fail(key, "must be a string, an array of strings, or an array of token ids (or arrays of them)")
+    raise _fail(key, "must be a string, an array of strings, or an array of token ids (non-negative integers) "
+                     "or of arrays of them")
 
 
 def _str(body: dict[str, Any], key: str) -> None:
@@ -310,6 +323,14 @@ def _completions(body: dict[str, Any]) -> None:
 
 def _embeddings(body: dict[str, Any]) -> None:
     _text_or_tokens(body, "input")
+    # As OpenAI's API: an input "cannot be an empty string". An empty one is still at least a token or two to the
+    # backend (its special tokens) but nothing to the reservation (characters / 4): a 4 MB body of 1.4 M of them
+    # reserved 1 token, so a client's burst of requests queued millions of embeddings before any was charged.
+    v = body["input"]
+    if v == "":
+        raise _fail("input", "must not be an empty string")
+    if type(v) is list and "" in v:
+        raise _fail(f"input[{v.index('')}]", "must not be an empty string")
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise _fail("encoding_format", "must be one of 'float', 'base64'")
@@ -319,6 +340,19 @@ def _embeddings(body: dict[str, Any]) -> None:
 
 
 _VALIDATORS = {"chat": _chat, "completions": _completions, "embeddings": _embeddings}
+
+# Chat fields a completions server ignores (vLLM logs and drops unknown fields) but detection reads: a chat body
+# is recognised by its ``messages``, whose last user turn is then scored instead of the prompt, and whose
+# ``max_completion_tokens`` wins over ``max_tokens``.
+_CHAT_ONLY = ("messages", "max_completion_tokens")
+
+
+def _completions_view(body: dict[str, Any]) -> dict[str, Any]:
+    """What detection reads of a legacy completions body that carries chat fields: the body without them. Read
+    as it came, a stray ``messages: []`` (or one harmless user turn) beside the prompt hid the prompt, and
+    legacy ``logprobs: k`` with it, from every detector, while the backend answered the prompt: a harvester
+    blocked after 83 requests went unflagged. The body itself goes upstream unchanged."""
+    return {k: v for k, v in body.items() if k not in _CHAT_ONLY}
 
 
 def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> ParsedRequest:
@@ -344,6 +378,8 @@ def parse_request(endpoint: Endpoint, raw: bytes, models: Container[str]) -> Par
     else:
         stream, client_usage = _stream_fields(body)
         _VALIDATORS[endpoint](body)
+        if endpoint == "completions" and ("messages" in body or "max_completion_tokens" in body):
+            view = _completions_view(body)
     _str(body, "user")
     if model not in models:
         raise NotFound(f"model: {model!r} does not exist or you do not have access to it", param="model",
