@@ -296,14 +296,23 @@ def estimate_parts(endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
         return prompt, completion * min(n, MAX_N)
     if endpoint.endswith("/completions"):
         raw = body.get("prompt")
-        prompt = (_chars(raw) + 3) // 4
         # a batch (list of strings or of token-id lists) generates n completions per prompt. MAX_N caps n only:
         # the batch length is bounded by the body size, and capping n x batch reserved 128 x max_tokens for a
         # batch of any length (a client could run far past its token burst before the first reconciliation)
-        batch = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
+        batch = _batch(raw)
+        prompt = max((_chars(raw) + 3) // 4, batch)  # every prompt is a token at least
         completion = _int_field(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
         n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
         return prompt, completion * min(n, MAX_N) * batch
     if endpoint.endswith("/embeddings"):
-        return max(1, (_chars(body.get("input")) + 3) // 4), 0
+        # every input is a token at least (most tokenizers add one or two special tokens besides): characters / 4
+        # over the whole batch reserved 1 token for 2 048 empty inputs
+        raw = body.get("input")
+        return max(1, (_chars(raw) + 3) // 4, _batch(raw)), 0
     return 1, 0
+
+
+def _batch(raw: Any) -> int:
+    """The prompts (inputs) of a completions ``prompt`` (embeddings ``input``): a list of strings or of token-id
+    lists holds one each; a string or a list of token ids is one."""
+    return len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1

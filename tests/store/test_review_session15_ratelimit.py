@@ -26,8 +26,9 @@ def test_a_completions_batch_reserves_its_completion_budget_for_every_prompt() -
     # 128 x 50 that capping the whole multiplier at MAX_N reserved (an unbounded under-reservation: the batch
     # length is bounded only by the body size)
     body = {"prompt": ["ab"] * 1000, "max_tokens": 50}
-    assert estimate_tokens("/v1/completions", body) == 500 + 50 * 1000
-    assert estimate_tokens("/v1/completions", {**body, "n": 2}) == 500 + 50 * 1000 * 2
+    # (the prompt part: a token per prompt at least, 1 000 here, more than "ab" x 1 000 / 4 characters)
+    assert estimate_tokens("/v1/completions", body) == 1000 + 50 * 1000
+    assert estimate_tokens("/v1/completions", {**body, "n": 2}) == 1000 + 50 * 1000 * 2
     ids = {"prompt": [[1, 2]] * 300, "max_tokens": 10, "best_of": 3}
     assert estimate_tokens("/v1/completions", ids) == 300 * 2 + 10 * 300 * 3
     # vLLM's best_of is forwarded on chat too and generates best_of sequences there as well
@@ -267,3 +268,16 @@ def test_responses_tool_definitions_count_as_prompt() -> None:
     tool = {"type": "function", "name": "f", "description": "x" * 40_000, "parameters": {"type": "object"}}
     body = {"model": "m", "input": "hi", "tools": [tool], "max_output_tokens": 1}
     assert estimate_tokens("/v1/responses", responses_view(body)) >= 10_000
+
+
+def test_every_input_of_a_batch_reserves_at_least_one_token() -> None:
+    """Characters / 4 over a whole batch reserved 1 token for 2 048 empty embeddings inputs (the backend
+    embeds every one, special tokens included): a client's burst queued far more work than it was charged."""
+    from gateway.ratelimit import estimate_parts
+
+    assert estimate_parts("/v1/embeddings", {"input": [""] * 2048})[0] == 2048
+    assert estimate_parts("/v1/embeddings", {"input": ["a"] * 2048})[0] == 2048
+    assert estimate_parts("/v1/embeddings", {"input": [[1, 2]] * 10})[0] == 20  # token ids: counted exactly
+    assert estimate_parts("/v1/completions", {"prompt": ["a"] * 100, "max_tokens": 1})[0] == 100
+    assert estimate_parts("/v1/embeddings", {"input": "x" * 4000}) == (1000, 0)
+    assert estimate_parts("/v1/embeddings", {"input": [1, 2, 3]}) == (3, 0)
