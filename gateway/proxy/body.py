@@ -73,6 +73,9 @@ def embedded_steps(emb: StreamEmbedder, text: str, slice_chars: int | None) -> G
     return "".join(out)
 
 
+CHOICE_CHARS = 64  # what one choice costs at least, in characters of slice_chars (its hook, its bookkeeping)
+
+
 def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: EmbedderFactory | None,
                     choice_hook: ChoiceHook | None = None, *, slice_chars: int | None = None,
                     fields: FieldPolicy | None = None) -> Generator[None, None, Transformed]:
@@ -86,10 +89,17 @@ def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: 
     watermarked = False
     reasons: list[str] = []
     positions = 0
+    done = 0  # characters (and per-choice overhead) worked on since the last turn of the event loop
     choices = body.get("choices")
     for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict):
             continue
+        # Many small choices (a batch x n) are as much work as one long text: yield every slice_chars of them too,
+        # counting each choice as CHOICE_CHARS at least (128 000 one-token choices held the loop for 6.3 s)
+        done += CHOICE_CHARS
+        if slice_chars is not None and done >= slice_chars:
+            done = 0
+            yield
         fr = choice.get("finish_reason")
         if fr is not None:
             reasons.append(str(fr))
@@ -132,8 +142,16 @@ def transform_steps(endpoint: Endpoint, body: dict[str, Any], embedder_factory: 
             continue
         watermarked = True
         new = yield from embedded_steps(emb, holder[key], slice_chars)
+        done += len(new)
         if new != holder[key]:
             holder[key] = new
+            changed = True
+    if choice_hook is not None and body.get("prompt_logprobs") is not None:
+        # vLLM's chat answer carries the prompt's logprobs at the top level, beside the choices: the tier's cap and
+        # noise apply there as on a completions choice's (served exactly, they bypassed logprob_noise)
+        top = {"prompt_logprobs": body["prompt_logprobs"]}
+        if choice_hook(top):
+            body["prompt_logprobs"] = top["prompt_logprobs"]
             changed = True
     if usage.prompt_tokens is None and usage.completion_tokens is None and (
             isinstance(choices, list) or isinstance(body.get("data"), list)):
