@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -44,6 +45,7 @@ from gateway.tls import check_backend_tls
 log = logging.getLogger(__name__)
 
 BACKGROUND_GRACE_S = 5.0  # how long shutdown waits for accounting tasks (reconcile, detection state)
+TRACING_GRACE_S = 3.0  # how long shutdown waits for the trace exporter to send the spans still queued
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +55,7 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
     m = metrics if metrics is not None else Metrics()
     async with contextlib.AsyncExitStack() as stack:
         tracing = tracing if tracing is not None else Tracing.from_config(cfg.telemetry)
-        stack.callback(tracing.shutdown)
+        stack.callback(_shutdown_tracing, tracing)
         access_log = AccessLog.from_config(cfg.telemetry)
         stack.callback(access_log.close)
         store = await open_store(cfg.store, m)
@@ -134,6 +136,22 @@ def _plugin_probe(wm: Watermarking | None) -> KgwPluginProbe | None:
     from gateway.watermarking import GatewayWatermarking
 
     return wm.plugin_probe() if isinstance(wm, GatewayWatermarking) else None
+
+
+def _shutdown_tracing(tracing: Tracing) -> None:
+    """Send the spans still queued, for at most ``TRACING_GRACE_S``. The SDK's own shutdown waits up to 30 s for
+    its exporter thread, which gives each queued batch 10 s: with a collector that hangs, the worker would exit
+    that long after its drain, past a stop timeout set above ``server.drain_timeout_s`` (systemd's
+    ``TimeoutStopSec``, Kubernetes' grace period), and be SIGKILLed."""
+    if not tracing.enabled:
+        tracing.shutdown()
+        return
+    t = threading.Thread(target=tracing.shutdown, name="ipgate-tracing-shutdown", daemon=True)
+    t.start()
+    t.join(TRACING_GRACE_S)
+    if t.is_alive():  # a daemon thread: the process exits without it
+        log.warning("shutdown: the trace exporter did not finish in %.0f s (is the collector at "
+                    "telemetry.otlp_endpoint answering?); spans still queued are dropped", TRACING_GRACE_S)
 
 
 async def _drain_background(ctx: AppContext) -> None:

@@ -13,13 +13,15 @@ else, fails start-up with ``PortInUse`` before a worker starts.
 Signals (worker):
 - ``SIGTERM``/``SIGINT``: ``/readyz`` answers 503 at once; the public listener stops accepting; requests in
   flight get ``server.drain_timeout_s`` to finish; after that, streams still running receive a terminating
-  SSE error event and other requests a 503; then the process exits 0.
+  SSE error event and other requests a 503; then the process exits 0. One that arrives while the worker is
+  still starting stops it once started, without ever listening.
 - ``SIGHUP``: the API key file (``auth.api_keys.file``) is re-read when it changed, and the config file is
   read again: ``router.reload(models)`` swaps weights, backends and canary
   steps without dropping in-flight requests. Other sections need a restart (a warning says so when they
   changed). An invalid file is logged and ignored: the running config stays. Either way the admin audit
   trail records it (``routing.reload`` by ``signal:SIGHUP``).
-The supervisor forwards both signals to its workers.
+The supervisor forwards both signals to its workers; a worker whose supervisor dies without forwarding
+anything (SIGKILL) gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``) and drains as above.
 """
 
 from __future__ import annotations
@@ -181,6 +183,9 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
         holder.append(ctx)
+        if stop.is_set():  # told to stop while starting: never listen (no /readyz 200, no connection taken)
+            log.info("%s during start-up: stopped before serving", received[0])
+            return 0
         public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
                                shutdown_timeout=1.0)
         admin_app = build_admin_app(ctx)
@@ -227,8 +232,34 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
     return 0
 
 
-def _ignore_sighup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_signal() -> Callable[[int], object] | None:
+    """``prctl(PR_SET_PDEATHSIG, sig)`` from the C library, looked up before any fork (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda sig: prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _worker_preexec(supervisor: int, set_pdeathsig: Callable[[int], object] | None) -> Callable[[], None]:
+    def preexec() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if set_pdeathsig is not None:
+            # A supervisor that dies without forwarding a SIGTERM (SIGKILL from a process manager's stop timeout,
+            # the OOM killer, kill -9) must not leave its workers serving on their own for ever: the old
+            # configuration, out of reach of reloads, holding the port against the next `ipgate serve`. The
+            # kernel sends them SIGTERM then: they drain and exit as on a normal stop.
+            set_pdeathsig(signal.SIGTERM)
+            if os.getppid() != supervisor:  # it died before the line above: nobody would tell this worker
+                os._exit(1)  # (not a SIGTERM to itself: until exec, the supervisor's Python handler would run)
+    return preexec
 
 
 def _spawn(config_path: str, env: dict[str, str], log_level: str,
@@ -239,7 +270,7 @@ def _spawn(config_path: str, env: dict[str, str], log_level: str,
     # them beside it without claiming (whatever the file says by the time a restarted worker reads it).
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path,
                              "--workers", "1", "--log-level", log_level, "--supervised", *claimed], env=env,
-                            preexec_fn=_ignore_sighup)
+                            preexec_fn=_worker_preexec(os.getpid(), _parent_death_signal()))
 
 
 def pin_claimed(cfg: GatewayConfig, claimed: tuple[str, str]) -> GatewayConfig:
@@ -266,21 +297,38 @@ def supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str
         return _supervise(config_path, workers, cfg, log_level)
 
 
-STARTUP_REFUSAL_S = 30.0  # a worker exiting 2 this soon after ipgate serve started ends it (exit 2)
+STARTUP_REFUSAL_S = 30.0  # a worker exiting 2 this soon after ipgate serve started ends it (exit 2)...
+# ...unless a worker of this run has served: the configuration started, a later refusal is backed off
+SERVING_SIGNAL = signal.SIGUSR1  # a supervised worker -> its supervisor: "I serve" (see _tell_supervisor)
+
+
+def _tell_supervisor(supervisor: int) -> Callable[[], None]:
+    """The supervised worker's ``on_ready``: tells the supervisor that the configuration started."""
+    def on_ready() -> None:
+        if os.getppid() == supervisor:  # not a process that took the pid of a supervisor gone since
+            os.kill(supervisor, SERVING_SIGNAL)
+    return on_ready
 
 
 def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: str) -> int:
-    from gateway.telemetry.metrics import mark_worker_dead, prepare_multiproc_dir
+    from gateway.telemetry.metrics import mark_worker_dead, multiproc_dir, prepare_multiproc_dir
 
     if cfg.store.kind == "memory":
         log.warning("--workers %d with the memory store: each worker keeps its own limits and detection "
                     "state; use store.kind: redis to share them", workers)
-    metrics_dir = tempfile.mkdtemp(prefix="ipgate-metrics-")
+    # A fresh directory for this run's workers (stale files of an earlier run would be summed in), inside
+    # $PROMETHEUS_MULTIPROC_DIR when the environment names one (deploy/ipgate.service: a tmpfs under /run, where
+    # the unit's sandbox lets it write), else in the temporary directory.
+    base = multiproc_dir()
+    if base is not None:
+        os.makedirs(base, exist_ok=True)
+    metrics_dir = tempfile.mkdtemp(prefix="ipgate-metrics-", dir=base)
     prepare_multiproc_dir(metrics_dir)
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
     told: set[int] = set()  # workers sent SIGTERM
+    served: list[bool] = []  # a worker told us (SIGUSR1) that it serves: the configuration started
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -296,6 +344,12 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
     # the workers it had started.
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
+
+    def serving(_signum: int, _frame: object) -> None:
+        if not served:
+            served.append(True)
+
+    signal.signal(SERVING_SIGNAL, serving)
     claimed = (cfg.listen, cfg.admin_listen)
     started = time.monotonic()
     procs.extend(_spawn(config_path, env, log_level, claimed) for _ in range(workers))
@@ -332,10 +386,14 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
                     procs[i] = _spawn(config_path, env, log_level, claimed)
                 continue
             mark_worker_dead(p.pid)
-            if rc == 2 and (not restarted[i] or time.monotonic() - started < STARTUP_REFUSAL_S):
+            if rc == 2 and not served and (not restarted[i] or time.monotonic() - started < STARTUP_REFUSAL_S):
                 # Exit 2: the worker refused the configuration (its error line is above), which the supervisor's
                 # own check did not catch (an admin token too short, an unreadable secret...). The same file
                 # cannot start: restarting it once a second for ever would never serve and never exit.
+                # Unless another worker serves already: then the configuration did start, and what this one
+                # refused changed since (a file edited or a secret or certificate rotated while it was still
+                # starting). Stopping would take the serving workers down too; it is backed off like a
+                # restarted worker's refusal instead.
                 log.error("worker %d refused the configuration at start-up (exit 2; its error is above): "
                           "stopping ipgate serve", p.pid)
                 codes[p.pid] = rc
@@ -369,5 +427,6 @@ def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
         server_context(cfg.server.tls_cert_file, cfg.server.tls_key_file)
     if n > 1:
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
-    return asyncio.run(run_worker(config_path, cfg, claim=supervised is None,
-                                  supervisor_pid=os.getppid() if supervised is not None else None))
+    supervisor = os.getppid() if supervised is not None else None
+    return asyncio.run(run_worker(config_path, cfg, None if supervisor is None else _tell_supervisor(supervisor),
+                                  claim=supervised is None, supervisor_pid=supervisor))
