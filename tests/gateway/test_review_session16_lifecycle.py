@@ -306,7 +306,10 @@ def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path: Path) -> None:
     unit = tmp_path / "ipgate.service"
     unit.write_text(text)
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+    # what it says about the unit file is prefixed with its path; a host without a running systemd (a CI
+    # container, root or not) may add lines about itself, which say nothing about the unit
+    about_unit = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith(str(unit))]
+    assert r.returncode == 0 and not about_unit, r.stdout + r.stderr
 
 
 def test_the_deploy_config_divides_local_limits_by_every_worker_process() -> None:
