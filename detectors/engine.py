@@ -115,6 +115,8 @@ class Engine(LateFold):
         self._link_only = frozenset({self._linker.name}) if self._linker else frozenset()
         self._response_only = frozenset(d.name for d in detectors if getattr(d, "wants_response", False))
         self._loaders = [(d.name, d.load, d.new_state) for d in detectors]
+        self._sidecars = [(d.name, d.sidecar, d.load_sidecar, d.dump_sidecar)  # type: ignore[attr-defined]
+                          for d in detectors if getattr(d, "sidecar", None)]
         self._logged_errors: set[str] = set()
         self._logged_bad_state = False
         #: States (envelopes or detector blobs) found unreadable and started fresh; for a metric.

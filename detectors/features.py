@@ -3,8 +3,10 @@
 Cheap by construction (the budget is the whole engine at <= 200 us p50): one regex pass to mask, one to
 tokenise, CRC32 token hashes (deterministic across processes and replicas, unlike ``hash()``; memoised per
 token, since prompts reuse a small vocabulary), and numpy for the MinHash of word bigrams and the embedding.
-Long prompts are sketched from their first 192 and last 64 tokens. The text is read folded and, past 20 000
-characters, by its head and tail with whitespace runs squeezed (``detectors.normalise``).
+Long prompts are sketched from their first 192 and last 64 tokens; prompts of 64 tokens or more are also
+winnowed into anchors (``detectors.anchors``: fixed passages found wherever they sit). The text is read
+folded and, past 20 000 characters, by its head and tail with whitespace runs squeezed
+(``detectors.normalise``).
 
 Masking replaces the parts a template pipeline varies (numbers, quoted strings, URLs, e-mail addresses,
 code blocks) so that two fills of one template hash alike. The embedding is feature hashing of content-word
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from detectors.anchors import MIN_TOKENS as ANCHOR_MIN_TOKENS
+from detectors.anchors import SCAN_HEAD, SCAN_TAIL, winnow
 from detectors.normalise import LONG_TEXT, fold, window
 from detectors.patterns import STOPWORDS, demands
 from detectors.types import RequestFeatures
@@ -265,10 +269,23 @@ def _minhash(h: np.ndarray) -> tuple[int, ...]:
     return tuple(out)
 
 
+def minhash_of(shingles: np.ndarray) -> tuple[int, ...]:
+    """The 16-slot MinHash of a set of 64-bit shingle hashes (what ``extract`` computes of content bigrams)."""
+    return _minhash(shingles)
+
+
 def _token_hashes(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """``_crc`` of every token (uint64), and the same for the content words only (no stopwords, masks or
     punctuation), in order: one memoised lookup per token."""
-    codes = np.fromiter(map(_CODES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+    return _split(_codes(tokens))
+
+
+def _codes(tokens: Sequence[str]) -> np.ndarray:
+    return np.fromiter(map(_CODES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+
+
+def _split(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token codes -> (every token's hash, the content words' hashes)."""
     return codes & _LOW32, codes[codes > _LOW32] & _LOW32
 
 
@@ -432,6 +449,7 @@ def rebase(feats: RequestFeatures, text: str) -> RequestFeatures:
         feats, prompt_words=t.prompt_words, prompt_key=t.prompt_key, head_key=t.head_key, tail_key=t.tail_key,
         minhash=t.minhash, bottom=t.bottom, cot=feats.cot or t.cot, rubric=feats.rubric or t.rubric,
         meta_prompt=feats.meta_prompt or t.meta_prompt, embedding=t.embedding, embedding_array=t.embedding_array,
+        anchors=t.anchors,
     )
 
 
@@ -442,8 +460,16 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
     text = fold(raw) if len(raw) <= LONG_TEXT else window(raw)
     low = text.lower()
     toks = _tokens_of_lower(low)
-    sketch = toks if len(toks) <= 256 else toks[:192] + toks[-64:]
-    hashes, content = _token_hashes(sketch)
+    if len(toks) <= 256:
+        codes = _codes(toks)
+        hashes, content = _split(codes)
+        # Long prompts are also read by their fixed passages wherever they sit (``detectors.anchors``): a fill
+        # between fresh padding shares nothing else with the template's other fills.
+        anchors = winnow(codes) if len(toks) >= ANCHOR_MIN_TOKENS else ()
+    else:  # the sketches read the first 192 and last 64 tokens; the anchors the first 768 and last 256
+        codes = _codes(toks if len(toks) <= SCAN_HEAD + SCAN_TAIL else toks[:SCAN_HEAD] + toks[-SCAN_TAIL:])
+        anchors = winnow(codes)
+        hashes, content = _split(np.concatenate((codes[:192], codes[-64:])))
     words, bigrams = _content(content)
     # Content-word bigrams: two fills of one short template share most of them (slots change a few). With
     # stopwords and masked numbers kept, every word problem shared "how many"/"0 ." minima and unrelated
@@ -509,4 +535,5 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
         turn_crc=turn_crc(raw) if msgs is not None else 0,
         history=history_of(body) if n_messages > 1 else (),
         embedding_array=vec,
+        anchors=anchors,
     )

@@ -74,6 +74,9 @@ class StateCodec:
     state_errors: int
     cache_size: int
     _loaders: list[tuple[str, Callable[[bytes], Any], Callable[[], Any]]]
+    # detectors that keep part of their state in an envelope blob of their own: (detector name, blob name, load
+    # into the state, dump from it). A build that does not know the blob drops it and reads the rest as before.
+    _sidecars: list[tuple[str, str, Callable[[Any, bytes], None], Callable[[Any], bytes]]]
     _logged_bad_state: bool
     _decoded: DecodedCache[tuple[envelope.Envelope, dict[str, Any]]]
 
@@ -117,6 +120,14 @@ class StateCodec:
                 self.state_errors += 1
                 log.warning("detector %s: state unreadable, starting fresh: %s", name, e)
                 states[name] = new_state()
+        for name, side, load_side, _ in self._sidecars:
+            part = blobs.get(side)
+            if part and name in states:
+                try:
+                    load_side(states[name], part)
+                except ValueError as e:
+                    self.state_errors += 1
+                    log.warning("detector %s: %s unreadable, starting it empty: %s", name, side, e)
         return env, states
 
     def _close(
@@ -138,6 +149,11 @@ class StateCodec:
         turns = old.get(TURNS)
         if turns is not None:  # the memory of the client's last turns (``detectors.turns``), kept as it is
             env.blobs[TURNS] = turns
+        for name, side, _, dump_side in self._sidecars:  # dumped with their detector, else kept as they were
+            part = dump_side(states[name]) if name in states and (dirty is None or name in dirty or name not in old) \
+                else old.get(side, b"")
+            if part:
+                env.blobs[side] = part
         data = envelope.encode(env)
         if cache and self.cache_size and len(states) == len(self.detectors):
             self._decoded.put(data, (env, dict(states)), self.cache_size, parent)
@@ -169,5 +185,10 @@ class StateCodec:
 def declared_state_bytes(detectors: Iterable[AnyDetector]) -> int:
     """The largest state the engine can write with these detectors: the envelope header, each detector's
     declared bound with its name field, and the memory of last turns."""
-    return 64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS)
+    sides = 0
+    for d in detectors:
+        side: str | None = getattr(d, "sidecar", None)
+        if side:
+            sides += int(getattr(d, "sidecar_bytes", 0)) + 3 + len(side)
+    return 64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS) + sides
 

@@ -8,7 +8,8 @@ at least ``min_agree`` of the 16 MinHash slots agree with the cluster's (a Jacca
 of one template share most content bigrams; two unrelated real prompts agree on 3+ slots ~0.1 % of the
 time, mostly near-duplicates in the corpus). The client keeps at most ``MAX_CLUSTERS`` clusters with
 decayed counts (space-saving eviction) and, per cluster, the intersection of its fills' bottom-32 token
-samples (the template's skeleton, used for cross-account linking), so state is bounded at ~5 KiB.
+samples (the template's skeleton, used for cross-account linking), so state is bounded at ~5 KiB (and 2 KiB
+for the anchor ring below, kept in an envelope blob of its own).
 
 Scores: the reuse ratio (share of recent prompts that matched an earlier cluster), the top-template share,
 and the share of self-instruct meta-prompts. A chain-of-thought prompt that shares only a phrase with its
@@ -16,6 +17,14 @@ cluster (skeleton under ``MIN_SKELETON`` tokens) counts as ``DEMAND_PHRASE_WEIGH
 itself is the reasoning detector's evidence. For cross-account linking, a prompt that falls into one of
 the client's *hot* clusters (seen ``hot_count`` times) contributes that cluster's keys as sketches; one-off
 prompts contribute nothing, so ordinary users leave almost no trace in the shared table.
+
+A fill wrapped in fresh padding matches nothing by those three sketches. Prompts of 64 tokens or more also
+carry anchors (``detectors.anchors``: winnowed shingles, position-free); the table keeps the client's last
+``RING`` anchors, and a long prompt that matches no cluster but shares at least ``needle_min`` anchors with
+them is read by those recurring anchors alone (its *needle view*: a MinHash of them, no head or tail key, each
+anchor standing for its 4 tokens in the skeleton), which the next fill of the same template matches. A
+prompt the usual sketches match (the same document pasted with each new question, a template with a fixed
+head or tail) is read exactly as before. ``needle_min: 0`` turns the anchors off (no ring is kept).
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from detectors.anchors import NEEDLE_MIN, RING, needle_view
 from detectors.base import F4LE, U4LE, Counters, any_of, counts_in_range, ramp, shrunk_share
-from detectors.features import LONG_PROMPT
+from detectors.features import LONG_PROMPT, minhash_of
 from detectors.reference import Reference
 from detectors.types import DetectorScore, RequestFeatures, ResponseFeatures
 
@@ -61,6 +71,7 @@ FILLS = (4.0, 8.0)
 # demand phrases"). Configurable per deployment as the templates detector's ``demand_phrase_weight`` param.
 DEMAND_PHRASE_WEIGHT = 0.5
 _MASK63 = (1 << 63) - 1
+_NO_ANCHORS = np.zeros(0, dtype=np.uint32)
 
 
 def _gather(k: int) -> np.ndarray:
@@ -90,7 +101,7 @@ class TemplateState:
     and ``tails`` are views of it, made when asked for: the request path reads and writes ``keys`` itself),
     so that matching a prompt is one comparison of the whole table."""
 
-    __slots__ = ("_room", "counters", "counts", "keys", "lasts", "skels")
+    __slots__ = ("_room", "counters", "counts", "keys", "lasts", "ring", "skels")
 
     def __init__(self, size: int = 0) -> None:
         self.counters = Counters(3)
@@ -98,6 +109,8 @@ class TemplateState:
         self.skels = np.zeros((size, SKEL), dtype=np.uint32)  # sorted, zero-padded
         self.lasts = np.zeros(size, dtype=np.uint32)
         self.counts = np.zeros(size, dtype=np.float64)
+        # The anchors of the client's last long prompts (``detectors.anchors``), oldest first, at most RING
+        self.ring = _NO_ANCHORS
         # After the first growth the columns are views of these arrays, which have room for every row.
         self._room: tuple[np.ndarray, ...] | None = None
 
@@ -119,13 +132,20 @@ class TemplateState:
     def __len__(self) -> int:
         return len(self.counts)
 
-    def set_row(self, i: int, f: RequestFeatures, head: int, tail: int) -> None:
-        sig, last = f.minhash, f.prompt_key
+    def set_row(
+        self, i: int, sig: tuple[int, ...], bottom: tuple[int, ...], last: int, head: int, tail: int,
+    ) -> None:
         if i == len(self):
             self._grow()
         self.keys[i] = (*(sig + (0,) * SLOTS)[:SLOTS], head, tail)  # signature, head, tail: one row write
-        self.set_skeleton(i, np.asarray(f.bottom[:SKEL], dtype=np.uint32))
+        self.set_skeleton(i, np.asarray(bottom[:SKEL], dtype=np.uint32))
         self.lasts[i], self.counts[i] = last, 1.0
+
+    def remember(self, anchors: np.ndarray, kept: np.ndarray) -> None:
+        """The ring becomes ``kept`` (what stays of it) followed by a long prompt's anchors, the oldest beyond
+        ``RING`` dropped. The ring is never written in place (a loaded one is a view of the stored bytes)."""
+        ring = np.concatenate((kept, anchors)) if len(kept) else anchors
+        self.ring = ring[-RING:] if len(ring) > RING else ring
 
     def _grow(self) -> None:
         """Add one zero row. The first growth moves the columns into arrays with room for ``MAX_CLUSTERS`` rows
@@ -161,16 +181,27 @@ class Templates:
     name: ClassVar[str] = "templates"
     uses_reference: ClassVar[bool] = True
     state_bytes: ClassVar[int] = 8 + 4 * 3 + 1 + MAX_CLUSTERS * _ROW
+    # The anchor ring is an envelope blob of its own (``StateCodec``'s sidecars): a build without anchors drops
+    # that blob and keeps reading the cluster table, where the ring appended to the table made the whole blob
+    # unreadable to it (during a rolling upgrade every older replica reset a client's template evidence).
+    sidecar: ClassVar[str] = "~anchors"
+    sidecar_bytes: ClassVar[int] = 4 * RING
 
     def __init__(
         self, reference: Reference | None = None, min_agree: int = 3, hot_count: int = 3,
         common_keys: Iterable[int] = (), half_life_s: float = TEMPLATE_HALF_LIFE_S,
         fills: tuple[float, float] = FILLS, demand_phrase_weight: float | None = None,
+        needle_min: int = NEEDLE_MIN,
     ) -> None:
         w = DEMAND_PHRASE_WEIGHT if demand_phrase_weight is None else demand_phrase_weight
         if not 0.0 <= w <= 1.0:
             raise ValueError(f"demand_phrase_weight must lie in [0, 1], got {w}")
         self.demand_phrase_weight = w
+        if isinstance(needle_min, bool) or not isinstance(needle_min, int) or needle_min < 0:
+            raise ValueError(f"needle_min must be an integer >= 0 (0: no anchors), got {needle_min!r}")
+        # Recurring anchors that make a prompt nothing else matched read by them alone (``detectors.anchors``);
+        # 0 turns the anchors off: no ring is kept, long prompts cost what they did before them.
+        self.needle_min = needle_min
         self.half_life_s = half_life_s
         self.fills = fills
         self.common = frozenset(common_keys) | (reference.common_keys if reference else frozenset())
@@ -199,6 +230,18 @@ class Templates:
             lasts.tobytes(), state.counts.astype(F4LE).tobytes(),
         ))
 
+    def dump_sidecar(self, state: TemplateState) -> bytes:
+        """The anchor ring's blob (empty while the client has sent no long prompt: no blob is written)."""
+        ring = state.ring
+        return (ring if _NATIVE_IS_U4LE else ring.astype(U4LE)).tobytes() if len(ring) else b""
+
+    def load_sidecar(self, state: TemplateState, data: bytes) -> None:
+        """Attach a stored anchor ring to ``state``; ``ValueError`` (the ring then stays empty) if malformed."""
+        if len(data) % 4 or len(data) > self.sidecar_bytes:
+            raise ValueError(f"{self.name}: malformed anchor ring ({len(data)} bytes)")
+        # read-only, no copy (``remember`` replaces the ring; nothing writes into it)
+        state.ring = np.frombuffer(data, U4LE) if data else _NO_ANCHORS
+
     def load(self, data: bytes) -> TemplateState:
         # Built field by field: ``TemplateState()`` would first allocate the zero arrays replaced here.
         st = TemplateState.__new__(TemplateState)
@@ -221,10 +264,14 @@ class Templates:
         if not counts_in_range(data, pos + 4 * k * (SLOTS + SKEL + 3), k):
             raise ValueError(f"{self.name}: cluster counts outside their declared range")
         st.counts = np.array(counts, np.float64)
+        st.ring = _NO_ANCHORS  # its own blob: ``load_sidecar``
         st._room = None
         return st
 
     def _match(self, state: TemplateState, f: RequestFeatures, head: int, tail: int) -> int:
+        return self._match_sig(state, f.minhash, head, tail)
+
+    def _match_sig(self, state: TemplateState, minhash: tuple[int, ...], head: int, tail: int) -> int:
         """The first cluster with at least ``min_agree`` MinHash slots equal to the prompt's, or its head key,
         or its tail key (a key of 0 is not compared).
 
@@ -234,9 +281,9 @@ class Templates:
         integers, exact in float64."""
         if not len(state):
             return -1
-        signed = len(f.minhash) == SLOTS
+        signed = len(minhash) == SLOTS
         if signed:
-            q, threshold = np.array((*f.minhash, head, tail), dtype=np.uint32), self.min_agree
+            q, threshold = np.array((*minhash, head, tail), dtype=np.uint32), self.min_agree
         else:  # no signature (an empty prompt): only the keys can match
             q, threshold = np.array((*_NO_SIGNATURE, head, tail), dtype=np.uint32), 1
         hit = (state.keys == q) @ self._weights[signed, head != 0, tail != 0] >= threshold
@@ -254,13 +301,34 @@ class Templates:
         if feats.prompt_words >= 4:
             head = feats.head_key if feats.head_key not in self.common else 0
             tail = feats.tail_key if feats.tail_key not in self.common else 0
-            i = self._match(state, feats, head, tail)
+            i = self._match_sig(state, feats.minhash, head, tail)
+            sig, bottom = feats.minhash, feats.bottom
+            if feats.anchors and self.needle_min:
+                anchors = np.array(feats.anchors, dtype=np.uint32)  # sorted: ``winnow`` returns them so
+                ring = state.ring
+                if len(ring):
+                    # which ring entries the prompt holds: one binary search of the ring in its sorted anchors
+                    at = np.searchsorted(anchors, ring)
+                    at[at == len(anchors)] = 0
+                    held = anchors[at] == ring
+                    recurring = ring[held]
+                    if i < 0 and len(recurring) >= self.needle_min:
+                        # Nothing known by its ends or its words: read it by the passages it shares with the
+                        # client's last long prompts (a fill between fresh padding is its template's fixed text).
+                        shingles, pseudo = needle_view(np.sort(recurring))
+                        sig, bottom, head, tail = minhash_of(shingles), tuple(pseudo.tolist()), 0, 0
+                        i = self._match_sig(state, sig, 0, 0)
+                    # each anchor once in the ring, this prompt's all at the newest end (a recurring passage
+                    # stays however long the prompts around it)
+                    state.remember(anchors, ring[~held])
+                else:
+                    state.remember(anchors, ring)
             if i >= 0:
                 # An identical prompt sent again (a regeneration) is not a template fill; only count fills
                 # whose content differs from the cluster's previous prompt.
                 if feats.prompt_key != int(state.lasts[i]):
                     # The tokens every fill so far contains: converges to the template's fixed part.
-                    kept = sorted(set(state.skeleton(i).tolist()).intersection(feats.bottom))
+                    kept = sorted(set(state.skeleton(i).tolist()).intersection(bottom))
                     state.set_skeleton(i, np.asarray(kept, dtype=np.uint32))
                     w = self.demand_phrase_weight if feats.cot and len(kept) < MIN_SKELETON else 1.0
                     c[REUSED] += w
@@ -270,7 +338,7 @@ class Templates:
                     sketches = self._sketches(state, i, feats)
             else:
                 j = len(state) if len(state) < MAX_CLUSTERS else int(state.counts.argmin())
-                state.set_row(j, feats, head, tail)
+                state.set_row(j, sig, bottom, feats.prompt_key, head, tail)
         out = self.score(state, now)
         return DetectorScore(self.name, out.score, out.reasons, sketches) if sketches else out
 

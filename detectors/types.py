@@ -93,6 +93,9 @@ class RequestFeatures:
     # ``embedding`` as the read-only float64 array ``extract`` computed it from (the same values), so that the
     # coverage detector does not convert 64 floats back per request; None when features are built by hand.
     embedding_array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Winnowed 4-token shingle fingerprints of prompts of 64 tokens or more (``detectors.anchors``): sorted,
+    # distinct, odd 32-bit values, at most 256; () for shorter prompts.
+    anchors: tuple[int, ...] = field(default=(), repr=False)
 
 
 @_slot_init

@@ -106,7 +106,7 @@ def test_header_out_of_range_starts_the_client_fresh(
     assert engine.state_errors == int(refused)
     assert (got.state == fresh.state) is refused  # refused: exactly what a client without state gets
     assert (got.verdict.requests_seen == 1) is refused
-    assert ("detector state unreadable, starting the client fresh" in caplog.text) is refused
+    assert ("detector state unreadable, starting the client's evidence fresh" in caplog.text) is refused
 
 
 # --- the detectors' blobs -----------------------------------------------------------------------------------------
