@@ -185,6 +185,11 @@ def _trailing_instructions(messages: Sequence[Any]) -> str:
     return "\n".join(reversed(parts))
 
 
+def _legacy(endpoint: str) -> bool:
+    """``/v1/completions`` (not ``/v1/chat/completions``): the prompt is what the model answers."""
+    return endpoint.endswith("/completions") and not endpoint.endswith("/chat/completions")
+
+
 def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
     """The last user turn and the number of conversation messages (system/developer messages excluded).
     A request without a user message is read by its instructions (``_trailing_instructions``).
@@ -192,7 +197,9 @@ def prompt_of(endpoint: str, body: Mapping[str, Any]) -> tuple[str, int]:
     The user turn is the last user message joined with the user messages right before it (no assistant or
     tool message between): a request can split one turn over several messages, and reading only the last one
     let a harvester send its template fill followed by a short "go ahead" that was all detection saw."""
-    messages = body.get("messages")
+    # a legacy completions body is read by its prompt: its server ignores chat fields (a stray ``messages: []``
+    # beside the prompt hid it from every detector while the backend answered the prompt)
+    messages = None if _legacy(endpoint) else body.get("messages")
     # ``type(x) is list/dict`` first: what a parsed JSON body holds, and far cheaper than an ABC isinstance
     if type(messages) is list or (isinstance(messages, Sequence) and not isinstance(messages, str)):
         turns = [m for m in messages
@@ -489,15 +496,22 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
             i_cot, i_rubric, i_meta = _instruction_demands(inst)
             cot, rubric, meta = cot or i_cot, rubric or i_rubric, meta or i_meta
     ht = HEAD_TAIL if len(toks) >= LONG_PROMPT else HEAD_TAIL_SHORT
-    chat = "messages" in body
+    chat = "messages" in body and not _legacy(endpoint)
     logprobs_field = body.get("logprobs")
+    echo = body.get("echo") is True
     if chat:
         logprobs = logprobs_field is True
         top = body.get("top_logprobs")
         top_logprobs = int(top) if isinstance(top, int) and not isinstance(top, bool) else 0
     else:
-        k = logprobs_field if isinstance(logprobs_field, int) and not isinstance(logprobs_field, bool) else 0
-        logprobs, top_logprobs = k > 0 or logprobs_field is True, k
+        # legacy ``logprobs: k``: 0 too is a read (the chosen token's logprob at every position; with ``echo``,
+        # every prompt token's: the prompt-scoring channel)
+        k = logprobs_field if isinstance(logprobs_field, int) and not isinstance(logprobs_field, bool) else -1
+        logprobs, top_logprobs = k >= 0 or logprobs_field is True, max(k, 0)
+    pl = body.get("prompt_logprobs")
+    if isinstance(pl, int) and not isinstance(pl, bool) and pl >= 0:
+        # vLLM: the prompt's own token logprobs and its top ``pl`` at every position: the echo channel by name
+        logprobs, echo, top_logprobs = True, True, max(top_logprobs, pl)
     lti = body.get("logprob_token_ids")
     if isinstance(lti, list) and lti:  # vLLM: the logprobs of these ids at every position (it needs logprobs)
         logprobs, top_logprobs = True, top_logprobs + len(lti)  # both are read per position
@@ -518,7 +532,7 @@ def extract(endpoint: str, body: Mapping[str, Any], ts: float) -> RequestFeature
         has_seed=body.get("seed") is not None,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
-        echo=body.get("echo") is True,
+        echo=echo,
         bias_tokens=bias_tokens,
         bias_entries=bias_entries,
         bias_max_abs=bias_max,
