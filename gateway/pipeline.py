@@ -1,6 +1,6 @@
 """THE request path, in order. Each step lives in its own small module; this file only sequences them.
 
-    receive   gateway/receive.py      request id, header/body limits (431/413)
+    receive   gateway/receive.py      request id, header/body limits (431/413), body deadline (408)
     auth      ctx.auth                JWT or API key -> Principal (401)
     parse     gateway/proxy/parse.py  typed body; 400 naming the field; unknown model 404
               gateway/proxy/fields.py engine-internal extension fields and headers refused, and (refuse
@@ -46,7 +46,7 @@ from gateway.errors import (
 from gateway.proxy.forward import forward_headers
 from gateway.proxy.parse import Endpoint, parse_request
 from gateway.receive import check_headers, read_body, request_id
-from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, count_withheld, stream
+from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, count_withheld, send_answer, stream
 from gateway.route import route_and_forward
 from gateway.shape import embedder_factory, response_hook
 from gateway.store.base import AdmitResult
@@ -58,6 +58,18 @@ log = logging.getLogger(__name__)
 # the Responses API is a chat operation in the GenAI semantic conventions (it names no other)
 OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "responses": "chat"}
 _NO_SPAN = contextlib.nullcontext(INVALID_SPAN)  # tracing off: skip the SDK's context attach/detach entirely
+
+
+# The whole request body must arrive within this. aiohttp has no body timer: a client (before any credential
+# is checked) that sent all but a byte of a max_body_bytes body, or trickled it a byte at a time, held that
+# memory and its connection for ever. 60 s is nginx's client_body_timeout and takes the default 4 MiB limit at
+# 70 KB/s.
+BODY_TIMEOUT_S = 60.0
+
+
+class BodyTimeout(InvalidRequest):
+    status = 408
+    default_code = "request_timeout"
 
 
 _IGNORED_QUERY = frozenset({"api-version"})  # Azure OpenAI's API version selector (AzureOpenAI always sends it)
@@ -84,7 +96,12 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         raise ServiceUnavailable("The gateway is shutting down; please retry.", code="draining",
                                  headers={"Connection": "close", "Retry-After": "1"})
     check_headers(request, cfg.max_header_bytes)                               # receive
-    raw = await read_body(request, cfg.max_body_bytes)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await read_body(request, cfg.max_body_bytes)
+    except TimeoutError as e:
+        raise BodyTimeout(f"body: not received within {BODY_TIMEOUT_S:g} s", param="body",
+                          headers={"Connection": "close"}) from e
     principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))  # auth
     ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
@@ -145,7 +162,7 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     count_withheld(ctx, withheld)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
-    return resp
+    return await send_answer(request, resp, ex, op.lease.backend.idle_timeout_s)
 
 
 def _annotate(span: Span, ex: Exchange) -> None:

@@ -65,11 +65,34 @@ async def _send(out: web.StreamResponse, transport: asyncio.Transport | None, hi
     except ConnectionError as e:  # the client's side; ClientConnectionResetError is one too
         raise _ClientGone from e
     except TimeoutError as e:
-        log.info("request %s: the client did not keep up with the stream for %.1f s (its buffers full); its "
-                 "stream is ended", rid, stall_s)
+        log.info("request %s: the client did not keep up with its answer for %.1f s (its buffers full); its "
+                 "connection is closed", rid, stall_s)
         if transport is not None:
             transport.abort()
         raise _ClientGone from e
+
+
+async def send_answer(request: web.Request, resp: web.Response, ex: Exchange, stall_s: float) -> web.StreamResponse:
+    """A non-streamed answer that may not fit the client's socket buffer is written here, in slices, each under
+    ``_send``'s stall bound (``stall_s``: the backend's ``idle_timeout_s``); any other is returned for aiohttp to
+    write. aiohttp writes a returned body with one unbounded drain: a client that read nothing held the whole
+    answer in the gateway's memory (an embeddings batch: tens of MB) and its connection for ever."""
+    body = resp.body
+    transport = request.transport
+    high = _high_water(transport) or 0x10000
+    if not isinstance(body, bytes) or transport is None or \
+            transport.get_write_buffer_size() + len(body) + 1024 <= high:  # (+ 1024: the headers)
+        return resp
+    out = web.StreamResponse(status=resp.status, headers=resp.headers)
+    out.content_length = len(body)
+    await out.prepare(request)
+    try:
+        for i in range(0, len(body), high):
+            await _send(out, transport, high, stall_s, body[i:i + high], rid=ex.request_id)
+        await _send(out, transport, high, stall_s, b"", eof=True, rid=ex.request_id)
+    except _ClientGone:
+        ex.error_type = "client_disconnect"
+    return out
 
 
 def _high_water(transport: asyncio.Transport | None) -> int:

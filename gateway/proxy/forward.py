@@ -96,6 +96,12 @@ def forward_headers(client: Mapping[str, str], request_id: str, peer: str | None
     return out
 
 
+# The largest non-streamed answer read from a backend. The body is held whole (then decoded), and nothing else
+# bounded it: a broken or hostile backend that wrote an endless body grew the gateway by up to 1 GB/s until
+# ``first_byte_timeout_s`` (600 s) and took the process, with every client's requests, down. 256 MiB keeps the
+# largest real answers (an embeddings batch of 2 048 inputs x 3 072 floats is ≈ 130 MB of JSON).
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
 MAX_RETRY_AFTER_S = 60  # the openai SDKs ignore a longer Retry-After (and fall back to their own back-off)
 
 
@@ -124,6 +130,9 @@ class AttemptFailed(Exception):
     def to_gateway_error(self) -> GatewayError:
         if self.error == "timeout":
             return UpstreamTimeout("The model backend did not answer in time.")
+        if self.error == "too_large":
+            return UpstreamError(f"The model backend's answer exceeds {MAX_ANSWER_BYTES} bytes.",
+                                 code="upstream_too_large")
         if self.status in (429, 503):
             # the backend's Retry-After goes on: without it the SDK's max_retries comes back within a second
             # (its own back-off) to a backend that asked for more time
@@ -229,9 +238,26 @@ class Upstream:
             raise AttemptFailed("connect", detail=type(e).__name__) from e
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The whole body of a non-streaming response."""
+        """The whole body of a non-streaming response, at most ``MAX_ANSWER_BYTES`` (more: ``too_large``, not
+        retried: another backend would generate it again)."""
         try:
-            return await resp.read()
+            size = resp.content_length
+            if size is not None and size <= MAX_ANSWER_BYTES:
+                return await resp.read()  # the usual case (uvicorn declares it): aiohttp reads that many bytes
+            if size is None:  # chunked, or until the connection closes
+                parts: list[bytes] = []
+                size = 0
+                async for part in resp.content.iter_any():
+                    size += len(part)
+                    if size > MAX_ANSWER_BYTES:
+                        break
+                    parts.append(part)
+                else:
+                    return b"".join(parts)
+            resp.close()
+            log.warning("the backend at %s answered more than %d bytes (%s); answering 502", resp.url.origin(),
+                        MAX_ANSWER_BYTES, "declared" if resp.content_length is not None else "read so far")
+            raise AttemptFailed("too_large", detail=f"over {MAX_ANSWER_BYTES} bytes", retryable=False)
         except TimeoutError as e:
             resp.close()  # the headers came, the body did not: the generation may still run there (not retried)
             raise AttemptFailed("timeout", retryable=False) from e

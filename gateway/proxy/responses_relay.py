@@ -40,7 +40,7 @@ from gateway.proxy.relay import dumps_utf8, error_event
 from gateway.proxy.responses_output import finish_reason
 from gateway.proxy.responses_parts import Part, PartKey, PartStream
 from gateway.proxy.responses_scrub import ERROR_FIELDS, EVENT_FIELDS, RESPONSE_EVENT_FIELDS
-from gateway.proxy.sse import SSEComment, SSEDecoder, encode_comment, encode_event
+from gateway.proxy.sse import MAX_EVENT_BYTES, SSEComment, SSEDecoder, SSETooLarge, encode_comment, encode_event
 from gateway.proxy.usage import Usage
 
 # delta event -> (part list of the item, its index field, the done event, the done event's text field)
@@ -92,6 +92,7 @@ class ResponsesRelay(PartStream):
         self.done = False
         self.upstream_error = False
         self.model: str | None = None
+        self._kept = 0  # what the parts keep for their done copies: text characters + 32 per logprob entry
 
     def feed(self, chunk: bytes) -> bytes:
         out: list[bytes] = []
@@ -208,10 +209,17 @@ class ResponsesRelay(PartStream):
         part = self._part((oi, kind, i), t)
         if part.closed:  # text after its part was done: never relayed unwatermarked
             return []
+        lp = obj.get("logprobs")
+        # Every part's text (and logprobs) is kept for its done copies, so an endless stream of deltas (a broken
+        # or hostile backend) grew the gateway without limit, 1:1 with what it relayed. The backend's own
+        # response.completed carries all of it and is refused over MAX_EVENT_BYTES (a logprob entry is >= 32
+        # bytes of JSON there): a stream keeping twice that can never complete, and ends as malformed now.
+        self._kept += len(text) + 32 * (len(lp) if isinstance(lp, list) else 0)
+        if self._kept > 2 * MAX_EVENT_BYTES:
+            raise SSETooLarge(f"the response's text exceeds {2 * MAX_EVENT_BYTES} characters")
         if text:
             self.content_events += 1
         obj["delta"] = self._feed(part, text, False)
-        lp = obj.get("logprobs")
         if part.cut and part.emb is None and isinstance(lp, list):
             # text held back (or cut) by the <think> stripper: its tokens are not sent now; the part's later copies
             # carry them, hardened there, unless a section was removed. ``None`` keeps the positions aligned.
