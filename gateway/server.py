@@ -187,7 +187,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
             log.info("%s during start-up: stopped before serving", received[0])
             return 0
         public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
-                               shutdown_timeout=1.0)
+                               shutdown_timeout=1.0, keepalive_timeout=cfg.server.keepalive_timeout_s)
         admin_app = build_admin_app(ctx)
         trail = admin_app[AUDIT_TRAIL]
         admin = web.AppRunner(admin_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)

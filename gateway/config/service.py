@@ -23,6 +23,10 @@ class ServerConfig(_Model):
     # bounded: a huge value overflows aiohttp's C parser limits and every connection is dropped
     max_header_bytes: int = Field(16 * 1024, gt=0, le=1024 * 1024)
     drain_timeout_s: float = Field(20.0, ge=0)
+    # A connection is closed when its request headers have not arrived this long after it opened (or after its
+    # last answer, when idle between keep-alive requests). aiohttp's own default, 3 630 s, let a client that
+    # trickles its header bytes (before any credential) hold a connection for an hour.
+    keepalive_timeout_s: float = Field(75.0, gt=0, le=86400, description="header arrival / idle keep-alive bound")
     workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
     overhead_header: str = "x-ipgate-overhead-ms"
     # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's
