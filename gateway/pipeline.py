@@ -220,7 +220,10 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
                 ex.facts.aborted = True
                 if ctx.drain_expired and task is not None:  # our drain deadline (not the client) cancelled it
                     task.uncancel()
-                    err = ServiceUnavailable("The gateway is shutting down; please retry.", code="draining")
+                    # as the 503 for a request arriving during the drain: the SDKs retry on it (Retry-After), and
+                    # on another connection (this process is going away)
+                    err = ServiceUnavailable("The gateway is shutting down; please retry.", code="draining",
+                                             headers={"Connection": "close", "Retry-After": "1"})
                     ex.status = ex.facts.status = err.status
                     ex.error_type = "shutdown"
                     return error_response(err, ex.request_id)

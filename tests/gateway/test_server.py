@@ -11,8 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.support.harness import gateway_config, sim_backend
+from tests.support.harness import app_backend, gateway_config, sim_backend
 from tests.support.process import GatewayProcess
 
 MSG = [{"role": "user", "content": "Write a long essay about rivers."}]
@@ -160,5 +161,32 @@ async def test_workers_share_the_port_and_aggregate_metrics(tmp_path: Path) -> N
             assert total == 20  # counted across both workers
             gw.signal(signal.SIGTERM)
             assert await asyncio.to_thread(gw.wait, 15) == 0, gw.output()
+        finally:
+            gw.stop()
+
+
+async def test_a_request_cut_at_the_drain_deadline_is_told_to_retry_elsewhere(tmp_path: Path) -> None:
+    """The 503 for a non-streamed request still running at the drain deadline carries Retry-After and
+    Connection: close, as the 503 for a request arriving during the drain does (the SDKs retry on it, and must
+    not reuse a connection to a process that is going away)."""
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)  # still generating at the deadline
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow)
+    async with app_backend(app) as url:
+        gw = GatewayProcess(_config(url, server={"drain_timeout_s": 1.0}), tmp_path).start()
+        try:
+            body = {"model": "sim", "max_tokens": 40, "messages": [{"role": "user", "content": "hi"}]}
+            async with aiohttp.ClientSession() as s:
+                call = asyncio.create_task(s.post(gw.url + "/v1/chat/completions", json=body,
+                                                  headers={"Authorization": f"Bearer {gw.token('a')}"}))
+                await asyncio.sleep(0.5)  # in flight at the backend (20 s of tokens)
+                gw.signal(signal.SIGTERM)
+                r = await call
+                assert r.status == 503 and (await r.json())["error"]["code"] == "draining"
+                assert r.headers["Retry-After"] == "1" and r.headers["Connection"].lower() == "close"
+            assert await asyncio.to_thread(gw.wait, 10) == 0
         finally:
             gw.stop()
