@@ -140,7 +140,12 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         strip = parsed.endpoint == "responses" and ctx.policy.tier(adm.tier).hardening.strip_reasoning
         # and relays function-call items only to a request that declared tools (counted then; else withheld)
         calls = parsed.endpoint != "responses" or tool_call_field(parsed.body) is not None
-        details = ctx.detection is not None or ex.sampled
+        # An embeddings answer holds no finish reason nor logprobs: decoding it whole for them (2 048 inputs x 4 096
+        # floats: 87 MB, 1.4 s of json.loads) stalled every client of the worker; its usage is read from the bytes
+        details = (ctx.detection is not None or ex.sampled) and parsed.endpoint != "embeddings"
+        # the model's name in answers: the gateway's, when the backend knows it by another (``upstream_model``)
+        upstream_name = op.lease.backend.upstream_model
+        model_name = parsed.model if upstream_name is not None and upstream_name != parsed.model else None
         headers = success_headers(adm.result, ex.request_id)
     except BaseException:  # a gateway bug or a cancellation before the answer is relayed: not the backend's
         op.lease.abandon()
@@ -150,15 +155,16 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - op.t_headers)
         headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
         return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook,
-                            strip_reasoning=strip, function_calls=calls)
+                            strip_reasoning=strip, function_calls=calls, model_name=model_name)
     t_body = time.perf_counter()
     withheld: Counter[str] = Counter()  # Responses API text the relay could not watermark (not relayed)
     if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
         resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook,
-                                    strip_reasoning=strip, withheld=withheld, function_calls=calls, fields=ctx.fields)
+                                    strip_reasoning=strip, withheld=withheld, function_calls=calls, fields=ctx.fields,
+                                    model_name=model_name)
     else:  # transform (body)
         resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip,
-                        withheld=withheld, function_calls=calls, fields=ctx.fields)
+                        withheld=withheld, function_calls=calls, fields=ctx.fields, model_name=model_name)
     count_withheld(ctx, withheld)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"

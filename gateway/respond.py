@@ -173,18 +173,20 @@ def count_withheld(ctx: AppContext, withheld: Counter[str]) -> None:
 def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
              headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
              strip_reasoning: bool = False, withheld: Counter[str] | None = None,
-             function_calls: bool = True, fields: FieldPolicy | None = None) -> web.Response:
+             function_calls: bool = True, fields: FieldPolicy | None = None,
+             model_name: str | None = None) -> web.Response:
     """``details``: decode the whole body for finish reasons and logprob counts (detection needs them);
     otherwise only the ``usage`` object is read, unless the body must be watermarked or may hold a field
     ``fields`` withholds. The backend lease is released once the answer is classified (a malformed answer
     counts against the backend)."""
     try:
-        got = _classify(ex, parsed, op, raw, embed, headers, details=details, hook=hook, fields=fields)
+        got = _classify(ex, parsed, op, raw, embed, headers, details=details or model_name is not None, hook=hook,
+                        fields=fields)
         if isinstance(got, web.Response):
             return got
         done = None if got is None else _transform(parsed, got, embed, hook, strip_reasoning, withheld, function_calls,
                                                    fields)
-        return _respond(ex, op, raw, got, done, headers)
+        return _respond(ex, op, raw, got, _relabel(got, done, model_name), headers)
     finally:  # a no-op when the answer was classified; otherwise (a bug in the gateway) nothing is decided
         op.lease.abandon()
 
@@ -192,7 +194,8 @@ def complete(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed:
 async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
                          headers: dict[str, str], *, details: bool, hook: ChoiceHook | None,
                          strip_reasoning: bool = False, withheld: Counter[str] | None = None,
-                         function_calls: bool = True, fields: FieldPolicy | None = None) -> web.Response:
+                         function_calls: bool = True, fields: FieldPolicy | None = None,
+                         model_name: str | None = None) -> web.Response:
     """``complete`` for an answer over ``LARGE_BODY_BYTES`` that is watermarked: the same, with the embedding
     done in slices that let the event loop serve other requests in between."""
     try:
@@ -208,9 +211,22 @@ async def complete_large(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: b
             ex.facts.prompt_tokens, ex.facts.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         done = None if got is None else await _transform_async(parsed, got, embed, hook, strip_reasoning, withheld,
                                                                 function_calls, fields)
-        return _respond(ex, op, raw, got, done, headers)
+        return _respond(ex, op, raw, got, _relabel(got, done, model_name), headers)
     finally:
         op.lease.abandon()
+
+
+def _relabel(body: dict[str, Any] | None, done: Transformed | None, model_name: str | None) -> Transformed | None:
+    """An answer names the model by the gateway's name (``model_name``) when the backend knows it by another
+    (``upstream_model``): relayed as the backend wrote it, the name disclosed the real weights (and, when a pool's
+    backends differ, which backend answered: a canary)."""
+    if model_name is None or body is None or done is None:
+        return done
+    m = body.get("model")
+    if "model" not in body or m == model_name:
+        return done
+    body["model"] = model_name
+    return (True, *done[1:])
 
 
 def _classify(ex: Exchange, parsed: ParsedRequest, op: Opened, raw: bytes, embed: EmbedderFactory | None,
@@ -278,13 +294,13 @@ def _respond(ex: Exchange, op: Opened, raw: bytes, body: dict[str, Any] | None, 
 async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: ParsedRequest, op: Opened,
                  embed: EmbedderFactory | None, headers: dict[str, str], *, details: bool,
                  hook: ChoiceHook | None, strip_reasoning: bool = False,
-                 function_calls: bool = True) -> web.StreamResponse:
+                 function_calls: bool = True, model_name: str | None = None) -> web.StreamResponse:
     relay: StreamRelay | ResponsesRelay = (
         ResponsesRelay(embed, hook=hook, strip_reasoning=strip_reasoning, function_calls=function_calls,
-                       fields=ctx.fields)
+                       fields=ctx.fields, model_name=model_name)
         if parsed.endpoint == "responses"
         else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook,
-                         fields=ctx.fields))
+                         fields=ctx.fields, model_name=model_name))
     out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     ex.status = ex.facts.status = 200
     task = asyncio.current_task()

@@ -60,24 +60,27 @@ def _dumps(obj: Any) -> bytes:
 
 class StreamRelay:
     __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_fields",
-                 "_hook", "_ids", "_listed", "_needs_decoding", "_part_thinking", "_reasoned", "_thinking",
-                 "content_events", "done", "finish_reasons", "logprob_positions", "model", "upstream_error", "usage",
-                 "watermarked")
+                 "_hook", "_ids", "_listed", "_model_name", "_needs_decoding", "_part_thinking", "_reasoned",
+                 "_thinking", "content_events", "done", "finish_reasons", "logprob_positions", "model",
+                 "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
                  *, details: bool = True, choice_hook: ChoiceHook | None = None,
-                 fields: FieldPolicy | None = None) -> None:
+                 fields: FieldPolicy | None = None, model_name: str | None = None) -> None:
         """``details`` False (no detection, trace not sampled): chunks that carry only content are relayed
         without JSON decoding; those with usage, a finish reason or an error are still decoded.
         ``choice_hook`` runs on every choice of every chunk (response-side logprob hardening).
-        ``fields``: deployment-internal answer fields withheld from every chunk that may hold one."""
+        ``fields``: deployment-internal answer fields withheld from every chunk that may hold one.
+        ``model_name``: the name every chunk's ``model`` is written with (the backend knows the model by another,
+        its ``upstream_model``: relayed, the name disclosed the real weights); None: as the backend wrote it."""
         self._decoder = SSEDecoder()
         self._hook = choice_hook
         self._fields = fields if fields is not None and fields.pattern is not None else None
         # the fast path's one scan per chunk: what needs decoding anyway, or a field to withhold
         self._needs_decoding = _NEEDS_DECODING if self._fields is None or self._fields.pattern is None else \
             re.compile(_NEEDS_DECODING.pattern + b"|" + self._fields.pattern.pattern)
-        self._fast = not details and embedder_factory is None and choice_hook is None
+        self._model_name = model_name
+        self._fast = not details and embedder_factory is None and choice_hook is None and model_name is None
         self._chat = endpoint == "chat"
         self._client_usage = client_usage
         self._factory = embedder_factory  # the reasoning channels' (and, unless ReasoningOnly, the answer's)
@@ -147,6 +150,9 @@ class StreamRelay:
         if not self._ids:
             self._ids = {k: chunk[k] for k in ("id", "created") if k in chunk}
         changed = internal and self._fields is not None and self._fields.scrub(chunk)
+        if self._model_name is not None and "model" in chunk and chunk["model"] != self._model_name:
+            chunk["model"] = self._model_name
+            changed = True
         if "usage" in chunk and chunk["usage"] is not None:
             content, usage_chunk, usage = split_usage_chunk(chunk, self._client_usage)
             if usage is not None:

@@ -77,8 +77,9 @@ def _dumps(obj: Any) -> bytes:
 class ResponsesRelay(PartStream):
     def __init__(self, embedder_factory: EmbedderFactory | None, *, hook: ChoiceHook | None = None,
                  strip_reasoning: bool = False, function_calls: bool = True,
-                 fields: FieldPolicy | None = None) -> None:
+                 fields: FieldPolicy | None = None, model_name: str | None = None) -> None:
         super().__init__(embedder_factory, hook, strip_reasoning, function_calls, fields)
+        self._model_name = model_name  # the response objects' ``model`` (see ``StreamRelay``); None: as written
         self._decoder = SSEDecoder()
         self._seq = 0
         self._parts: dict[PartKey, Part] = {}
@@ -145,7 +146,10 @@ class ResponsesRelay(PartStream):
             if not isinstance(obj.get("response"), dict):
                 return self._withhold("malformed_event", f"{t} without a response object")
             self._only(obj, RESPONSE_EVENT_FIELDS, f"a {t} event")
-            return [*self._response(obj["response"], t), obj]
+            pre = self._response(obj["response"], t)
+            if self._model_name is not None and "model" in obj["response"]:
+                obj["response"]["model"] = self._model_name
+            return [*pre, obj]
         if t not in _ITEM_EVENTS:
             return self._withhold("unknown_event", f"an event of type {t!r}")
         oi = obj.get("output_index")
