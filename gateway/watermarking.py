@@ -354,5 +354,8 @@ def _append_line(path: str, client_id: str) -> None:
     # One short append per client per process; several replicas may append the same id (readers dedupe).
     # An id that would not read back as itself (line breaks, surrounding spaces, a leading '#') is written
     # JSON-quoted: the file must attribute to the very id whose key marked the text.
-    with open(path, "a", encoding="utf-8") as f:
+    # Created 0600 like the alert file: it lists every account that was served watermarked text (an existing
+    # file keeps the mode its operator gave it)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "a", encoding="utf-8") as f:
         f.write(client_line(client_id) + "\n")

@@ -124,6 +124,8 @@ async def test_stream_and_non_stream_verify_to_the_right_client(gateway: Any, se
         await asyncio.sleep(0.02)
     assert rec["alice"] == [1] and rec["bob"] == [1]
     assert set((tmp_path / "recipients.txt").read_text().split()) == {"alice", "bob"}
+    # it lists who was served watermarked text: created readable by the gateway's user only, as the alert file
+    assert (tmp_path / "recipients.txt").stat().st_mode & 0o777 == 0o600
 
 
 async def test_json_output_is_not_watermarked(gateway: Any) -> None:
