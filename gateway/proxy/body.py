@@ -31,7 +31,11 @@ def transform_body(endpoint: Endpoint, body: dict[str, Any], embedder_factory: E
                    choice_hook: ChoiceHook | None = None, fields: FieldPolicy | None = None) -> Transformed:
     """Watermark (and logprob-harden) a non-streaming body in place, withholding ``fields``' answer fields.
     Returns (changed, usage, finish_reasons, logprob positions, watermarked)."""
-    steps = transform_steps(endpoint, body, embedder_factory, choice_hook, fields=fields)
+    return drive(transform_steps(endpoint, body, embedder_factory, choice_hook, fields=fields))
+
+
+def drive(steps: Generator[None, None, Transformed]) -> Transformed:
+    """Run a sliced transform to its result at once (a body small enough not to need the event loop's turns)."""
     try:
         while True:
             next(steps)

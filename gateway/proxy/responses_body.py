@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Generator
 from typing import Any
 
-from gateway.proxy.body import Transformed, embedded_steps
+from gateway.proxy.body import Transformed, drive, embedded_steps
 from gateway.proxy.choice import ChoiceHook, EmbedderFactory
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.responses_output import Output, finish_reason
@@ -92,11 +92,5 @@ def _generated_chars(output: list[Any]) -> int:
 def transform_body(body: dict[str, Any], embedder_factory: EmbedderFactory | None, hook: ChoiceHook | None, *,
                    strip_reasoning: bool = False, withheld: Counter[str] | None = None,
                    function_calls: bool = True, fields: FieldPolicy | None = None) -> Transformed:
-    steps = transform_steps(body, embedder_factory, hook, strip_reasoning=strip_reasoning, withheld=withheld,
-                            function_calls=function_calls, fields=fields)
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        result: Transformed = done.value
-        return result
+    return drive(transform_steps(body, embedder_factory, hook, strip_reasoning=strip_reasoning, withheld=withheld,
+                                 function_calls=function_calls, fields=fields))

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
 from detectors.traffic.population import build, run
-from scripts.eval.common import load_bank
+from scripts.eval.common import load_bank, user_text
 
 KINDS = ("template", "self_instruct", "topic_sweep", "cot")
 HARMLESS = ("What is the capital of France?", "Say hello.", "What day comes after Monday?")
@@ -50,17 +50,8 @@ FEW_SHOT = ({"role": "user", "content": "Translate to French: good morning"},
 Rewrite = Callable[[dict[str, Any], int], dict[str, Any]]
 
 
-def _fill(body: dict[str, Any]) -> str | None:
-    msgs = body.get("messages")
-    if isinstance(msgs, list) and msgs and msgs[-1].get("role") == "user":
-        c = msgs[-1].get("content")
-        return c if isinstance(c, str) else None
-    p = body.get("prompt")
-    return p if isinstance(p, str) else None
-
-
 def batch(body: dict[str, Any], i: int) -> dict[str, Any]:
-    fill = _fill(body)
+    fill = user_text(body)
     if fill is None:
         return body
     out = {k: v for k, v in body.items() if k != "messages"}
@@ -69,7 +60,7 @@ def batch(body: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def _chat(body: dict[str, Any], i: int, make: Callable[[str, str], list[dict[str, str]]]) -> dict[str, Any]:
-    fill = _fill(body)
+    fill = user_text(body)
     if fill is None:
         return body
     out = {k: v for k, v in body.items() if k != "prompt"}

@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
 from detectors.traffic.population import build, run
-from scripts.eval.common import load_bank
+from scripts.eval.common import load_bank, user_text
 
 KINDS = ("template", "self_instruct", "topic_sweep", "cot")
 Pad = Callable[[random.Random, int], str]
@@ -60,15 +60,6 @@ def padded(pad: Pad, before: int, after: int) -> Rewrite:
     return lambda text, rng: f"{pad(rng, before)}\n\n{text}\n\n{pad(rng, after)}"
 
 
-def _text(body: dict[str, Any]) -> str | None:
-    msgs = body.get("messages")
-    if isinstance(msgs, list) and msgs and msgs[-1].get("role") == "user":
-        c = msgs[-1].get("content")
-        return c if isinstance(c, str) else None
-    p = body.get("prompt")
-    return p if isinstance(p, str) else None
-
-
 def _set_text(body: dict[str, Any], text: str) -> dict[str, Any]:
     out = copy.deepcopy(body)
     if "messages" in out:
@@ -82,7 +73,7 @@ def _rewrite(records: list[dict[str, Any]], who: set[str], fn: Rewrite | None,
              per_client: Callable[[str], Rewrite] | None = None) -> list[dict[str, Any]]:
     out = []
     for i, rec in enumerate(records):
-        text = _text(rec["body"]) if rec["client"] in who else None
+        text = user_text(rec["body"]) if rec["client"] in who else None
         if text is not None:
             f = per_client(rec["client"]) if per_client else fn
             assert f is not None
