@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +30,16 @@ def user_text(body: dict[str, Any]) -> str | None:
         return c if isinstance(c, str) else None
     p = body.get("prompt")
     return p if isinstance(p, str) else None
+
+
+def variant_row(name: str, out: dict[str, Any], attackers: Sequence[str], benign: Sequence[str]) -> str:
+    """One markdown row of an evasion table from a replay's output: attackers flagged within 300 requests, the
+    median requests to flag, benign clients flagged and benign clients at watch or above."""
+    res = {c["client"]: c for c in out["clients"]}
+    firsts = [res[c]["first_flag_index"] for c in attackers if res[c]["first_flag_index"] is not None]
+    within = sum(1 for f in firsts if f <= 300)
+    med = f"{statistics.median(firsts):.0f}" if firsts else "-"
+    fb = sum(res[c]["flagged"] for c in benign)
+    wb = sum(res[c]["tier"] >= 1 for c in benign)
+    return (f"| {name} | {within} / {len(attackers)} ({within / len(attackers):.0%}) | {med} | "
+            f"{fb} / {len(benign)} | {wb} / {len(benign)} |")

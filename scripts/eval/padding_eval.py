@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ if __package__ in (None, ""):
 from detectors.combiner import CombinerParams, default_combiner_path
 from detectors.engine import Engine
 from detectors.traffic.population import build, run
-from scripts.eval.common import load_bank, user_text
+from scripts.eval.common import load_bank, user_text, variant_row
 
 KINDS = ("template", "self_instruct", "topic_sweep", "cot")
 Pad = Callable[[random.Random, int], str]
@@ -142,14 +141,7 @@ def main() -> int:
     for name, who, fn, per_client in variants:
         pop.records = _rewrite(base, who, fn, per_client)  # copies the records it changes
         out, _ = run(pop, Engine.from_params(params))
-        res = {c["client"]: c for c in out["clients"]}
-        firsts = [res[c]["first_flag_index"] for c in attackers if res[c]["first_flag_index"] is not None]
-        within = sum(1 for f in firsts if f <= 300)
-        med = f"{statistics.median(firsts):.0f}" if firsts else "-"
-        fb = sum(res[c]["flagged"] for c in benign)
-        wb = sum(res[c]["tier"] >= 1 for c in benign)
-        print(f"| {name} | {within} / {len(attackers)} ({within / len(attackers):.0%}) | {med} | "
-              f"{fb} / {len(benign)} | {wb} / {len(benign)} |", flush=True)
+        print(variant_row(name, out, attackers, benign), flush=True)
     return 0
 
 
