@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))  # bench/ scripts run from a checkout
 
 from bench.memprobe import _by_owner  # noqa: E402
 from bench.soak import load_prompts  # noqa: E402
-from detectors import features  # noqa: E402
 from detectors.decoded_cache import DecodedCache  # noqa: E402
+from detectors.tokens import _CODES  # noqa: E402
 from gateway.app import open_context  # noqa: E402
 from gateway.config import StoreConfig, parse_config  # noqa: E402
 from gateway.detection import GatewayDetection  # noqa: E402
@@ -151,7 +151,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             release("local fallback store: states + buckets", len(local._local._state), local._local._state.clear,
                     local._local._rl.clear)
             release("redis wrapper: last-known tiers", len(local._known), local._known.clear)
-        release("features: token-code cache (shared, not per client)", len(features._CODES), features._CODES.clear)
+        release("features: token-code cache (shared, not per client)", len(_CODES), _CODES.clear)
         out["release"] = [{"table": n, "entries": e, "bytes": b, "bytes_per_entry": round(b / e) if e else None}
                           for n, e, b in releases]
         tracemalloc.stop()

@@ -45,7 +45,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def winnow(codes: np.ndarray) -> tuple[int, ...]:
-    """The winnowed ``K``-shingle fingerprints of a prompt's token codes (``detectors.features``: the token's
+    """The winnowed ``K``-shingle fingerprints of a prompt's token codes (``detectors.tokens``: the token's
     CRC32 in the low 32 bits, bit 32 set for a content word): sorted, distinct, odd 32-bit values, at most
     ``MAX_ANCHORS`` (the smallest).
 

@@ -27,7 +27,7 @@ class _Fold(dict[int, str]):
     fills (a different pattern per request) gave every fill its own tokens, and no template was ever found.
     So format characters and combining marks are dropped, a character whose compatibility decomposition is
     ASCII reads as that ("é" and "ｅ" as "e", "ﬁ" as "fi"), and Cyrillic/Greek look-alikes as the Latin
-    letter. Any other character stays. Bounded like ``features._TokenCodes``."""
+    letter. Any other character stays. Bounded like ``tokens._TokenCodes``."""
 
     __slots__ = ()
 

@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors import features
+from detectors import sketch, tokens
 from detectors import state as envelope
 from detectors.base import COUNT_MAX, Counters
 from detectors.combiner import CombinerParams
 from detectors.engine import Engine
-from detectors.features import _crc, extract
+from detectors.features import extract
 from detectors.state_codec import Pending
+from detectors.tokens import _crc
 from detectors.types import ResponseFeatures
 from tests.detectors.conftest import CHAT, chat, feats
 
@@ -109,16 +110,16 @@ def test_a_pending_state_is_used_once(engine: Engine) -> None:
 def test_memoised_token_hashes_equal_crc32_and_survive_a_full_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     body = chat("Explain the water cycle to a ten year old, with 3 short examples at the end, please!")
     before = extract(CHAT, body, 0)
-    monkeypatch.setattr(features, "TOKEN_CACHE", 4)  # clears on nearly every miss
-    features._CODES.clear()
+    monkeypatch.setattr(tokens, "TOKEN_CACHE", 4)  # clears on nearly every miss
+    tokens._CODES.clear()
     after = extract(CHAT, body, 0)
     assert after == before and after.embedding == before.embedding
-    assert len(features._CODES) <= 4
+    assert len(tokens._CODES) <= 4
     for tok in ("water", "ᶜ", "0", "\ud800x", "é", "the"):
-        assert features._CODES[tok] & 0xFFFFFFFF == _crc(tok)
-    is_content = {tok: features._CODES[tok] >> 32 for tok in ("water", "the", "0", "ab")}
+        assert tokens._CODES[tok] & 0xFFFFFFFF == _crc(tok)
+    is_content = {tok: tokens._CODES[tok] >> 32 for tok in ("water", "the", "0", "ab")}
     assert is_content == {"water": 1, "the": 0, "0": 0, "ab": 0}
-    hashes, content = features._token_hashes(["water", "the", "cycle", "0"])
+    hashes, content = tokens._token_hashes(["water", "the", "cycle", "0"])
     assert hashes.tolist() == [_crc(t) for t in ("water", "the", "cycle", "0")]
     assert content.tolist() == [_crc("water"), _crc("cycle")]
 
@@ -127,7 +128,7 @@ def test_memoised_token_hashes_equal_crc32_and_survive_a_full_cache(monkeypatch:
 def test_bottom_k_sample_is_the_k_smallest_distinct_hashes(n: int) -> None:
     r = random.Random(n)
     hashes = [r.getrandbits(32) for _ in range(n)] + ([7, 7, 3, 3] if n else [])  # duplicates included
-    assert features._bottom(np.array(hashes, dtype=np.uint64)) == tuple(sorted(set(hashes))[: features.BOTTOM_K])
+    assert sketch._bottom(np.array(hashes, dtype=np.uint64)) == tuple(sorted(set(hashes))[: sketch.BOTTOM_K])
 
 
 @pytest.mark.parametrize("size", [4, 99])  # the short (plain sum) and the long (ufunc reduce) check

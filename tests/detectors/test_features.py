@@ -44,7 +44,7 @@ def test_token_targeting_fields(extra: dict[str, Any], top: int, entries: int, m
 def test_logit_bias_key_unchanged_by_the_targeting_fields() -> None:
     # Stored states remember the last bias key: a logit_bias alone must keep the key it had before the
     # targeting fields were read (the key of the sorted "id:value" list).
-    from detectors.features import _crc
+    from detectors.tokens import _crc
     f = extract(CHAT, chat("Hi", logit_bias={"11": 5, "50256": -100}), 1.0)
     assert f.bias_key == _crc("11:5,50256:-100")
 

@@ -27,6 +27,7 @@ from detectors.engine import DetectorSettings, Engine
 from detectors.features import extract
 from detectors.linking import MAX_ID_BYTES, LinkIndex
 from detectors.state_codec import declared_state_bytes
+from detectors.tokens import _MASK_RE, _crc, _mask
 from detectors.types import STATE_BUDGET_BYTES, RequestFeatures, ResponseFeatures, Verdict
 from tests.detectors.conftest import CHAT, COMPLETIONS, chat, feats
 
@@ -114,7 +115,7 @@ def test_regression_extract_odd_numbers(field: str, value: Any) -> None:
 def test_regression_superscript_keys_keep_ascii_token_ids() -> None:
     f = extract(CHAT, chat("hi", logit_bias={"²": 1, "123": 1, "٣": 1}), T0)
     assert f.bias_tokens[1] == 123 and f.bias_tokens[2] == 3  # other-script decimal digits: int() as before
-    assert f.bias_tokens[0] == features._crc("²")
+    assert f.bias_tokens[0] == _crc("²")
 
 
 def test_huge_bodies_are_bounded() -> None:
@@ -157,8 +158,8 @@ _mailish = st.tuples(_word, _word, st.text(alphabet="abé_0", min_size=1, max_si
 def test_bounded_mail_pattern_masks_exactly_like_the_old_one(parts: list[str]) -> None:
     """Wherever each word holds at most one "@" (within the RFC bounds) the fix changes no token."""
     text = " ".join(parts)
-    old = _OLD_MASK_RE.sub(features._mask, text.lower())
-    assert features._MASK_RE.sub(features._mask, text.lower()) == old
+    old = _OLD_MASK_RE.sub(_mask, text.lower())
+    assert _MASK_RE.sub(_mask, text.lower()) == old
 
 
 # -- 2. engine sequences --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from detectors import features
+from detectors import prompt
 from detectors import state as envelope
 from detectors.engine import Engine
 from detectors.features import extract, history_of, prompt_of, seed_batch_pick
@@ -50,13 +50,13 @@ def test_an_empty_last_turn_is_not_remembered(engine: Engine) -> None:
 def test_replay_leaves_the_process_draw_unpredictable(engine: Engine) -> None:
     """``replay`` seeds the batch draw for reproducibility; the generator it left behind stayed seeded with 0 for
     the rest of the process (any gateway or evaluation sharing it drew a predictable sequence)."""
-    before = features._batch_pick
+    before = prompt._batch_pick
     replay(_harvester("r", "Go ahead.", n=3), engine)
-    assert features._batch_pick is before
+    assert prompt._batch_pick is before
     seed_batch_pick(123)  # a caller's own seeding: replay neither replaces nor advances it
     replay(_harvester("r", "Go ahead.", n=3), engine)
     expected = random.Random(123)
-    assert [features.draw(1000) for _ in range(5)] == [expected.randrange(1000) for _ in range(5)]
+    assert [prompt.draw(1000) for _ in range(5)] == [expected.randrange(1000) for _ in range(5)]
 
 
 def test_two_replays_with_batches_and_history_are_equal(engine: Engine) -> None:
@@ -87,13 +87,13 @@ def _history_forwards(body: dict[str, Any]) -> tuple[tuple[int, str], ...]:
             continue
         role = m.get("role")
         if role == "user":
-            run.append(features._text_of(m.get("content")))
+            run.append(prompt._text_of(m.get("content")))
         elif role not in ("system", "developer") and run:
             turns.append(run[0] if len(run) == 1 else "\n".join(run[-8:]))
             run = []
     if not run and turns:
         turns.pop()
-    return tuple((features.turn_crc(t), t) for t in turns[-features.MAX_HISTORY_TURNS:] if t)
+    return tuple((prompt.turn_crc(t), t) for t in turns[-prompt.MAX_HISTORY_TURNS:] if t)
 
 
 def test_history_read_backwards_equals_the_forward_reading() -> None:
