@@ -45,14 +45,21 @@ class Finding:
     message: str
 
 
-def _writable_dir(path: str) -> str | None:
-    """Why a file at ``path`` could not be created or appended to (None when it can); nothing is written."""
+def _writable_dir(path: str, makes_dirs: bool = False) -> str | None:
+    """Why a file at ``path`` could not be created or appended to (None when it can); nothing is written.
+    ``makes_dirs``: the writer creates missing directories on its first write (the alert JSONL sink, the
+    recipients file), so the nearest existing directory above must be writable instead."""
     p = Path(path)
     if p.exists():
         return None if os.access(p, os.W_OK) else f"{p} is not writable"
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        return f"directory {parent} does not exist"
+        if not makes_dirs:
+            return f"directory {parent} does not exist"
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"{parent} is not a directory"
     return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
 
 
@@ -118,12 +125,12 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         with _Guard(out, "alerts", "sinks " + ", ".join(s.name or s.kind for s in cfg.alerts.sinks)):
             build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url)
         for s in cfg.alerts.sinks:
-            if s.kind == "jsonl" and s.path and (why := _writable_dir(s.path)):
+            if s.kind == "jsonl" and s.path and (why := _writable_dir(s.path, makes_dirs=True)):
                 out.append(Finding("error", "alerts", f"jsonl sink {s.name or 'jsonl'}: {why}"))
-    for path, what in ((cfg.telemetry.access_log_file, "telemetry.access_log_file"),
-                       (cfg.watermark.recipients_file, "watermark.recipients_file"),
-                       (cfg.admin.audit_file, "admin.audit_file")):
-        if path and (why := _writable_dir(path)):
+    for path, what, makes_dirs in ((cfg.telemetry.access_log_file, "telemetry.access_log_file", False),
+                                   (cfg.watermark.recipients_file, "watermark.recipients_file", True),
+                                   (cfg.admin.audit_file, "admin.audit_file", False)):
+        if path and (why := _writable_dir(path, makes_dirs)):
             out.append(Finding("error", what.split(".")[0], f"{what}: {why}"))
     _proxy_fields(cfg, out)
     if cfg.store.kind == "memory" and cfg.server.workers > 1:

@@ -356,6 +356,8 @@ def _append_line(path: str, client_id: str) -> None:
     # JSON-quoted: the file must attribute to the very id whose key marked the text.
     # Created 0600 like the alert file: it lists every account that was served watermarked text (an existing
     # file keeps the mode its operator gave it)
+    # the directory is created on the first write, as the alert JSONL sink does (`ipgate check` says so too)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(fd, "a", encoding="utf-8") as f:
         f.write(client_line(client_id) + "\n")

@@ -91,16 +91,18 @@ def test_bad_files_and_values_are_errors_naming_them(tmp_path: Path, capsys: pyt
     keys.write_text("not-a-hash client\n")
     cfg = _cfg(
         auth={"api_keys": {"file": str(keys)}},
-        alerts={"sinks": [{"kind": "jsonl", "path": str(tmp_path / "no-such-dir" / "alerts.jsonl")}]},
+        # (a missing directory is created on the first write; a file where a directory must go is not)
+        alerts={"sinks": [{"kind": "jsonl", "path": str(tmp_path / "a-file" / "sub" / "alerts.jsonl")}]},
         detection={"combiner_file": str(tmp_path / "missing.json")},
         models=[{"name": "sim", "backends": [{"name": "b0", "url": "http://h:1",
                                               "fingerprint_reference": str(tmp_path / "ref.json")}]}],
     )
     (tmp_path / "ref.json").write_text("{}")
+    (tmp_path / "a-file").write_text("")
     code, out = _run(tmp_path, cfg, capsys)
     errors = _levels(out["findings"], "error")
     assert code == 2
-    for area, needle in [("auth", str(keys)), ("admin", "admin.token_env"), ("alerts", "no-such-dir"),
+    for area, needle in [("auth", str(keys)), ("admin", "admin.token_env"), ("alerts", "a-file"),
                          ("detection", "detection.combiner_file"), ("backend sim/b0", "fingerprint_reference")]:
         assert any(e.startswith(area + ":") and needle in e for e in errors), (area, errors)
     assert len(errors) == 5, errors
@@ -244,3 +246,20 @@ def test_one_engine_reached_with_different_cache_salts_is_a_warning(tmp_path: Pa
     cfg["models"][1]["backends"][0]["cache_salt"] = "client"
     _, out = _run(tmp_path, cfg, capsys)
     assert not [w for w in _levels(out["findings"], "warning") if "cache_salt" in w]
+
+
+def test_directories_the_writers_create_are_no_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The alert JSONL sink and the recipients file create their directory on the first write, so `ipgate
+    check` (the unit's ExecReload) must not refuse a config `ipgate serve` runs with; the access log and the
+    audit file do not, and a missing directory stays an error for them."""
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = _cfg(alerts={"sinks": [{"kind": "jsonl", "path": str(tmp_path / "new" / "alerts.jsonl")}]},
+               watermark={"recipients_file": str(tmp_path / "new2" / "deeper" / "recipients.txt")},
+               telemetry={"access_log_file": str(tmp_path / "missing" / "access.log")})
+    code, out = _run(tmp_path, cfg, capsys)
+    assert code == 2  # (the access log)
+    errors = _levels(out["findings"], "error")
+    assert [e for e in errors if "alerts" in e or "recipients" in e] == [], errors
+    assert any("telemetry.access_log_file" in e and "does not exist" in e for e in errors), errors

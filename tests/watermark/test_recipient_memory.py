@@ -73,3 +73,12 @@ async def test_concurrent_first_answers_record_a_client_once(tmp_path: Path) -> 
     await asyncio.gather(*(wm.record_recipient(store, Principal(f"load-{i % 4}")) for i in range(40)))
     assert sorted(_lines(f)) == [f"load-{i}" for i in range(4)]
     assert not wm._recording
+
+
+async def test_the_recipients_file_directory_is_created_on_the_first_write(tmp_path: Path) -> None:
+    """As the alert JSONL sink does (and as `ipgate check` expects): a missing directory used to fail every
+    append, with the recipients kept in the store only."""
+    f = tmp_path / "new" / "deeper" / "recipients.txt"
+    wm = _wm(f)
+    await wm.record_recipient(MemoryStore(), Principal("alice"))
+    assert _lines(f) == ["alice"] and f.stat().st_mode & 0o777 == 0o600
