@@ -437,10 +437,12 @@ async def test_audio_output_is_counted_as_unwatermarked_and_refused_at_throttle(
 
 async def test_an_unwritable_recipients_file_is_logged_once_and_retried(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """``recipients_file`` in a directory that does not exist (yet): every watermarked answer logged a full
-    traceback ("record_recipient failed") and wrote the store again. Now one ERROR, a retry with each answer
-    (nothing is remembered as recorded until the line is written), and one line when it works again."""
+    """``recipients_file`` that cannot be written (here a file stands where its directory must go; a missing
+    directory is created since 2026-11-27): every watermarked answer logged a full traceback ("record_recipient
+    failed") and wrote the store again. Now one ERROR, a retry with each answer (nothing is remembered as
+    recorded until the line is written), and one line when it works again."""
     target = tmp_path / "later" / "recipients.txt"
+    target.parent.write_text("not a directory")
     cfg = parse_config({"models": [{"name": "m1", "backends": [{"name": "b", "url": "http://127.0.0.1:9"}]}],
                         "watermark": {"scheme": "lexical", "recipients_file": str(target)}}, env={})
     wm = GatewayWatermarking(cfg, key_ring(cfg.watermark, SECRET.encode()))
@@ -448,7 +450,7 @@ async def test_an_unwritable_recipients_file_is_logged_once_and_retried(tmp_path
     with caplog.at_level("INFO", logger="gateway.watermarking"):
         for c in ("alice", "bob", "alice"):
             await wm.record_recipient(store, Principal(c))  # never raises: the caller logged a traceback per call
-        target.parent.mkdir()
+        target.parent.unlink()  # the operator fixes it: the next write creates the directory
         await wm.record_recipient(store, Principal("alice"))
         await wm.record_recipient(store, Principal("alice"))  # remembered now: no second line
     records = [r for r in caplog.records if r.name == "gateway.watermarking"]
