@@ -3,22 +3,31 @@ detector reproduces the CPU path exactly, see tests/watermark/test_kgw_torch.py)
 decoding step next to the sampling work it rides on.
 
     python bench/kgw_gpu_check.py [--out FILE]      # needs torch with CUDA; exits 2 without a GPU
+    python bench/kgw_gpu_check.py --only-v2         # only the Model Runner V2 processor's step
 
-Prints a markdown table; --out also writes it to FILE.
+Prints a markdown table; --out also writes it to FILE. The V2 section drives the plugin's Model Runner V2 class
+(``watermark.kgw.vllm_plugin_v2``) built against the stand-in of vLLM's base class the tests use
+(``tests/support/fake_vllm.py``): token history, logits and input ids on the GPU, as that engine keeps them.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import struct
 import sys
+import types
+from typing import Any
 
+import numpy as np
+import pytest
 import torch
 
+from tests.support import fake_vllm
 from watermark.keys import KeyRing
-from watermark.kgw import prf
+from watermark.kgw import directives, prf
 from watermark.kgw.params import KgwParams
 from watermark.kgw.torch_core import (
     FusedBias,
@@ -94,11 +103,68 @@ def _rows_pinned(logits, rows, prev, sub, delta, fused, pinned):  # type: ignore
     return _apply_packed(logits, packed, fused)
 
 
+def _v2_section(dev: torch.device, ring: KeyRing, repeat: int) -> tuple[list[str], bool]:
+    """Model Runner V2's step: the processor's ``apply`` for ``b`` watermarked rows in a batch of ``b + 4``
+    (the others unwatermarked), compiled and eager, against ``watermark_rows_`` called with the same contexts
+    as host lists (the V1 path); every result must be bit-identical."""
+    lines = ["", "| Model Runner V2 `apply` | seeding | rows / batch | V | compiled µs/step | eager µs/step "
+             "| V1 path (`watermark_rows_`, host lists), compiled µs/step | identical |",
+             "|---|---|---|---|---|---|---|---|"]
+    os.environ["IPGATE_WATERMARK_SECRET"] = "hex:" + ring.master.hex()
+    v, max_len, seq = 128_256, 4096, 1000
+    ok = True
+    for seeding in ("lefthash", "selfhash"):
+        params = KgwParams(seeding=seeding)  # type: ignore[arg-type]
+        os.environ["IPGATE_KGW_PARAMS"] = directives.spec(params)
+        with pytest.MonkeyPatch.context() as mp, fake_vllm.installed(mp) as plugin:
+            procs: dict[bool, Any] = {}
+            for compiled in (True, False):
+                mp.setenv("IPGATE_KGW_COMPILE", "1" if compiled else "0")
+                history = torch.randint(0, v, (128, max_len), dtype=torch.int32, device=dev)
+                states = types.SimpleNamespace(all_token_ids=types.SimpleNamespace(gpu=history), max_num_reqs=128,
+                                               vocab_size=v)
+                procs[compiled] = plugin.KgwLogitsProcessorV2(None, states)
+            fused = FusedBias(params, v)
+            cache = TableCache(params, v, dev, 64)
+            for b in (1, 8, 64):
+                batch = b + 4
+                slots = list(range(batch))
+                for proc in procs.values():
+                    proc.req_states.all_token_ids.gpu.copy_(procs[True].req_states.all_token_ids.gpu)
+                    for s in slots:
+                        xargs = dict(directives.vllm_xargs(ring.key(f"c{s}"), params)) if s < b else None
+                        proc.add_request(s, types.SimpleNamespace(extra_args=xargs))
+                history = procs[True].req_states.all_token_ids.gpu
+                input_ids = torch.randint(0, v, (batch,), dtype=torch.int32, device=dev)
+                ctx = types.SimpleNamespace(idx_mapping_np=np.array(slots, dtype=np.int32),
+                                            seq_lens_upper_bound_np=np.full(batch, seq, dtype=np.int32),
+                                            input_ids=input_ids)
+                logits = torch.randn(batch, v, device=dev, dtype=torch.bfloat16)
+                h = params.prev_tokens
+                prev = history[:b, seq - h:seq].to(torch.int64)
+                prev[:, -1] = input_ids[:b].to(torch.int64)
+                prev_lists = prev.cpu().tolist()
+                sub = [procs[True].slots[s].subkeys for s in range(b)]
+                delta = [params.delta] * b
+                a = procs[True].apply(logits.clone(), ctx)
+                e = procs[False].apply(logits.clone(), ctx)
+                r = watermark_rows_(logits.clone(), list(range(b)), prev_lists, sub, delta, params, cache, fused)
+                same = bool(torch.equal(a, e)) and bool(torch.equal(a, r)) and not bool(torch.equal(a, logits))
+                ok = ok and same
+                tc = _cuda_time(functools.partial(procs[True].apply, logits, ctx), repeat)
+                te = _cuda_time(functools.partial(procs[False].apply, logits, ctx), repeat)
+                t1 = _cuda_time(functools.partial(watermark_rows_, logits, list(range(b)), prev_lists, sub, delta,
+                                                  params, cache, fused), repeat)
+                lines.append(f"| | {seeding} | {b} / {batch} | {v} | {tc:.0f} | {te:.0f} | {t1:.0f} | {same} |")
+    return lines, ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out")
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--compiled-only", action="store_true", help="skip the equality check and eager timings")
+    ap.add_argument("--only-v2", action="store_true", help="only the Model Runner V2 section")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -106,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     ring = KeyRing(b"kgw-gpu-check-master-secret-0123456789")
     lines = [f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", ""]
+    if args.only_v2:
+        v2_lines, ok = _v2_section(dev, ring, args.repeat)
+        print("\n".join(lines + v2_lines))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines + v2_lines) + "\n")
+        return 0 if ok else 1
     lines += ["| check | seeding | B | V | result |", "|---|---|---|---|---|"]
     gen = torch.Generator().manual_seed(0)
     for seeding in () if args.compiled_only else SEEDINGS:
@@ -180,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
             if not same:
                 print("\n".join(lines))
                 return 1
+    v2_lines, ok = _v2_section(dev, ring, args.repeat)
+    lines += v2_lines
     text = "\n".join(lines)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

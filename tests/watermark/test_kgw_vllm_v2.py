@@ -90,8 +90,8 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
         yield vllm_plugin
 
 
-def _v2(plugin: types.ModuleType, max_reqs: int = 8, max_len: int = 256) -> Any:
-    history = types.SimpleNamespace(gpu=torch.zeros((max_reqs, max_len), dtype=torch.int32))
+def _v2(plugin: types.ModuleType, max_reqs: int = 8, max_len: int = 256, device: Any = None) -> Any:
+    history = types.SimpleNamespace(gpu=torch.zeros((max_reqs, max_len), dtype=torch.int32, device=device))
     states = types.SimpleNamespace(all_token_ids=history, max_num_reqs=max_reqs, vocab_size=VOCAB)
     return plugin.KgwLogitsProcessorV2(None, states)
 
@@ -143,14 +143,28 @@ def test_v2_several_rows_per_request_are_not_biased_and_say_so(
     assert caplog.text.count("NOT watermarked") == 1
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_v1_and_v2_bias_identically_through_a_generation(plugin: types.ModuleType, seed: int) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(("seed", "device", "compiled"), [
+    (3, "cpu", False),
+    (11, "cpu", False),
+    pytest.param(5, "cuda", False, marks=_CUDA, id="5-cuda-eager"),
+    pytest.param(7, "cuda", True, marks=_CUDA, id="7-cuda-fused"),
+])
+def test_v1_and_v2_bias_identically_through_a_generation(
+        plugin: types.ModuleType, monkeypatch: pytest.MonkeyPatch, seed: int, device: str, compiled: bool) -> None:
     """The conformance script's engine loop, on stand-ins: requests come and go (V1: holes, condense moves,
     swaps; V2: recycled slots), the newest token reaches V2's history one step late; every step the two
-    processors' logits are bit-identical and unwatermarked rows untouched; each client's tokens verify."""
+    processors' logits are bit-identical and unwatermarked rows untouched; each client's tokens verify.
+    On a GPU, V2 runs there (history, logits and input ids on the device; eager, or the compiled kernel the
+    engine uses by default) against V1 on the CPU: a GPU engine's text verifies with CPU-only detection."""
     params = KgwParams()
+    dev = torch.device(device)
     v1 = plugin.KgwLogitsProcessor(None, torch.device("cpu"), False)
-    v2 = _v2(plugin, max_reqs=6)
+    monkeypatch.setenv("IPGATE_KGW_COMPILE", "1" if compiled else "0")
+    v2 = _v2(plugin, max_reqs=6, device=dev)
+    assert v2._compile is compiled
     history = v2.req_states.all_token_ids.gpu
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     pending = [("alice", 30), (None, 5), ("bob", 4), ("carol", 17), (None, 9), ("dave", 6), ("erin", 4)]
@@ -198,8 +212,6 @@ def test_v1_and_v2_bias_identically_through_a_generation(plugin: types.ModuleTyp
             batch.pop()
         live = [r for r in batch if r is not None]
         assert len(live) == len(batch)
-        if not live:
-            continue
         if len(live) >= 2 and rng.random() < 0.3:
             a, b = rng.sample(range(len(live)), 2)
             batch[a], batch[b] = batch[b], batch[a]
@@ -210,12 +222,14 @@ def test_v1_and_v2_bias_identically_through_a_generation(plugin: types.ModuleTyp
         removed.clear()
         added.clear()
         moved.clear()
+        if not live:  # the engine emptied (the update above still told V1 which rows went): nothing to sample
+            continue
         logits = torch.randn((len(live), VOCAB), generator=gen) * 3.0
         out1 = v1.apply(logits.clone())
         lens = [len(r["prompt"]) + len(r["out"]) for r in live]
         ctx = _Ctx(np.array([r["slot"] for r in live]), np.array(lens),
-                   torch.tensor([(r["prompt"] + r["out"])[-1] for r in live], dtype=torch.int32))
-        out2 = v2.apply(logits.clone(), ctx)
+                   torch.tensor([(r["prompt"] + r["out"])[-1] for r in live], dtype=torch.int32, device=dev))
+        out2 = v2.apply(logits.clone().to(dev), ctx).cpu()
         for slot, pos, tok in late:
             history[slot, pos] = tok
         late.clear()
