@@ -22,20 +22,15 @@ from typing import Any
 from gateway.config import HardeningConfig
 from gateway.context import AppContext
 from gateway.errors import PermissionDenied
-from gateway.hardening import (
-    ThinkStripper,
-    harden,
-    harden_choice_logprobs,
-    response_needs_hardening,
-    strip_reasoning,
-    strip_think,
-)
+from gateway.hardening import harden
 from gateway.hooks import StreamEmbedder
 from gateway.principal import Principal
 from gateway.proxy.choice import ChoiceHook, EmbedderFactory, ReasoningOnly, withhold_tokens
 from gateway.proxy.parse import ParsedRequest
 from gateway.proxy.responses_request import LOGPROBS_INCLUDE, wants_logprobs
 from gateway.proxy.usage import ask_upstream_for_usage
+from gateway.reasoning_strip import ThinkStripper, strip_reasoning, strip_think
+from gateway.response_hardening import harden_choice_logprobs, response_needs_hardening
 from gateway.routing.pool import BackendLease
 from gateway.watermarking import responses_unwatermarkable, tool_call_field, unwatermarkable
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.config import HardeningConfig, PolicyConfig
-from gateway.hardening import harden, harden_choice_logprobs, is_noop, response_needs_hardening
+from gateway.hardening import harden, is_noop
+from gateway.response_hardening import harden_choice_logprobs, response_needs_hardening
 
 OFF = HardeningConfig()
 XOR = HardeningConfig(logprobs_xor_logit_bias=True)

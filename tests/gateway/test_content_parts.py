@@ -287,8 +287,8 @@ def _read_untyped(events: list[Any]) -> str:
 
 def _strip_tier_hook() -> Any:
     """What ``gateway.shape.response_hook`` runs for a tier with ``strip_reasoning``."""
-    from gateway.hardening import ThinkStripper, strip_reasoning, strip_think
     from gateway.proxy.choice import withhold_tokens
+    from gateway.reasoning_strip import ThinkStripper, strip_reasoning, strip_think
     strippers: dict[int, ThinkStripper] = {}
 
     def hook(choice: dict[str, Any]) -> bool:
@@ -427,7 +427,7 @@ def test_strip_reasoning_reads_the_delta_beside_a_message_key(message: Any) -> N
     c = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [{
         "index": 0, "message": message, "finish_reason": None,
         "delta": {"reasoning_content": "secret plan", "content": _think("secret thought")}}]}
-    from gateway.hardening import strip_reasoning
+    from gateway.reasoning_strip import strip_reasoning
     for factory in (None, Upper):
         out = StreamRelay("chat", False, factory, choice_hook=strip_reasoning).feed(
             b"data: " + json.dumps(c).encode() + b"\n\n")

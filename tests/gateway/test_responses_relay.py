@@ -102,7 +102,7 @@ def test_strip_reasoning_drops_the_items_and_renumbers_output_index() -> None:
 
 def test_verbatim_answer_keeps_its_logprobs_but_gets_the_hardening() -> None:
     cfg = HardeningConfig(max_top_logprobs=0)
-    from gateway.hardening import harden_choice_logprobs
+    from gateway.response_hardening import harden_choice_logprobs
 
     def hook(choice: dict[str, Any]) -> bool:
         return harden_choice_logprobs(choice, cfg, random.Random(0))

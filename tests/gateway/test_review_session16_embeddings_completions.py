@@ -14,8 +14,8 @@ from aiohttp import web
 
 from gateway.config import HardeningConfig
 from gateway.errors import InvalidRequest
-from gateway.hardening import harden_choice_logprobs
 from gateway.proxy.parse import parse_request
+from gateway.response_hardening import harden_choice_logprobs
 from tests.support.harness import app_backend, gateway_config, running_gateway, sim_backend
 
 # --- finding 2: vLLM's prompt_logprobs came back without the tier's noise and cap -------------------------------

@@ -1,5 +1,5 @@
 """``strip_reasoning`` also removes a chain of thought that a backend without a reasoning parser writes into the
-answer as a leading ``<think>…</think>`` section (``gateway.hardening.ThinkStripper``), streamed or not."""
+answer as a leading ``<think>…</think>`` section (``gateway.reasoning_strip.ThinkStripper``), streamed or not."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.hardening import ThinkStripper
+from gateway.reasoning_strip import ThinkStripper
 from tests.support.harness import app_backend, gateway_config, running_gateway
 
 THOUGHT = "Okay, the user wants a laptop. It is not hard: a mid-range one. </thin is not a tag."

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway.hardening import strip_reasoning
 from gateway.proxy.relay import StreamRelay
+from gateway.reasoning_strip import strip_reasoning
 from tests.watermark.test_reasoning_watermark import FINAL, THOUGHT, _collect, _factory, _pieces, _whole
 
 BASE = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
