@@ -353,19 +353,19 @@ async def test_a_short_write_never_merges_the_retried_alert_into_its_fragment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk cuts a line short; the retry must still be a whole, parseable line of its own (the
     fragment stays a line readers skip). The short write is simulated at the OS boundary (os.write)."""
-    import gateway.alerts.sinks as sinks_mod
+    import gateway.alerts.sinks.jsonl as jsonl_mod
     from gateway.alerts.sinks import JsonlSink, SinkError
 
     path = tmp_path / "alerts.jsonl"
     sink = JsonlSink(AlertSinkConfig(kind="jsonl", path=str(path)))
-    real_write = sinks_mod.os.write
+    real_write = jsonl_mod.os.write
     calls = {"n": 0}
 
     def short_once(fd: int, data: bytes) -> int:
         calls["n"] += 1
         return real_write(fd, data[: len(data) // 2]) if calls["n"] == 1 else real_write(fd, data)
 
-    monkeypatch.setattr(sinks_mod.os, "write", short_once)
+    monkeypatch.setattr(jsonl_mod.os, "write", short_once)
     alert = make_alert()
     payload = alert.to_json()
     with pytest.raises(SinkError, match="short write"):

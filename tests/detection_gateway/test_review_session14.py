@@ -246,7 +246,7 @@ async def test_jsonl_fsyncs_a_late_line_within_the_interval_even_when_no_alert_f
     """README: "fsync runs at most once a second and on close: a host crash can lose the last second". An alert
     written less than a second after the previous fsync was synced only by the *next* alert or by shutdown: after
     a burst followed by a quiet night, a host crash lost alerts hours old."""
-    import gateway.alerts.sinks as sinks_mod
+    import gateway.alerts.sinks.jsonl as jsonl_mod
 
     synced: list[int] = []
     real = os.fsync
@@ -256,7 +256,7 @@ async def test_jsonl_fsyncs_a_late_line_within_the_interval_even_when_no_alert_f
         real(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)  # the sink calls os.fsync
-    sink = sinks_mod.JsonlSink(AlertSinkConfig(kind="jsonl", path=str(tmp_path / "a.jsonl")))
+    sink = jsonl_mod.JsonlSink(AlertSinkConfig(kind="jsonl", path=str(tmp_path / "a.jsonl")))
     a1, a2 = make_alert("c1"), make_alert("c2")
     await sink.emit(a1, a1.to_json())
     await asyncio.sleep(0.1)  # the fsync runs in the background, at once (session 15: never inside the attempt)
@@ -264,7 +264,7 @@ async def test_jsonl_fsyncs_a_late_line_within_the_interval_even_when_no_alert_f
     await sink.emit(a2, a2.to_json())  # within the interval: not synced now
     await asyncio.sleep(0.1)
     assert len(synced) == 1
-    await asyncio.sleep(sinks_mod.FSYNC_INTERVAL_S + 0.5)  # no alert follows
+    await asyncio.sleep(jsonl_mod.FSYNC_INTERVAL_S + 0.5)  # no alert follows
     assert len(synced) == 2, "the second line was not synced within the interval"
     await sink.close()
 

@@ -1,0 +1,93 @@
+"""The Redis stream alert sink: ``XADD`` of each alert, once per alert id however often it is retried."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import NoPermissionError
+
+from gateway.alerts.model import Alert
+from gateway.alerts.sinks.base import Delivery, SinkError
+from gateway.alerts.sinks.urls import scrub_url
+from gateway.config import AlertSinkConfig, ConfigError
+
+log = logging.getLogger(__name__)
+
+# One alert, one stream entry, however often it is retried: a retry after a timeout used to add it again when
+# the first XADD had run but its reply was late (a slow Redis), so one alert could be written up to 1 + retries
+# times. A marker key per alert id (NX, kept a day: longer than any retry schedule) decides atomically.
+_XADD_ONCE = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+           'alert', ARGV[3], 'client', ARGV[4], 'tier', ARGV[5], 'id', ARGV[6])
+return 1
+"""
+_SEEN_TTL_MS = 86_400_000
+
+
+class RedisStreamSink:
+    def __init__(self, cfg: AlertSinkConfig, default_url: str) -> None:
+        self.cfg = cfg
+        self.name = cfg.name or "redis_stream"
+        self.delivery = Delivery.from_config(cfg)
+        self.url = cfg.url or default_url
+        self._redis: aioredis.Redis | None = None
+        self._scripts = True  # False once the server refused scripting (ACL): plain XADD, retries may repeat
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self.url, socket_timeout=self.cfg.timeout_s, socket_connect_timeout=self.cfg.timeout_s,
+            )
+        return self._redis
+
+    async def emit(self, alert: Alert, payload: str) -> None:
+        stream = self.cfg.stream
+        try:
+            if self._scripts:
+                try:
+                    await self._client().eval(  # type: ignore[misc]  # redis-py types eval as sync|async
+                        _XADD_ONCE, 2, stream, f"{stream}:seen:{alert.id}",
+                        _SEEN_TTL_MS, self.cfg.max_len, payload, alert.client, alert.tier, alert.id)
+                    return
+                except aioredis.ResponseError as e:
+                    # refused by ACL: EVAL itself (NoPermissionError), or SET/XADD inside the script
+                    if not isinstance(e, NoPermissionError) and "NOPERM" not in str(e) \
+                            and "can't run this command" not in str(e):
+                        raise
+                    self._scripts = False
+                    log.warning("alert sink %s: the Redis user may not run scripts (%s); writing with plain XADD, "
+                                "so an alert retried after a timeout may appear twice (grant +eval and +set, "
+                                "or deduplicate by the id field)", self.name, e)
+            await self._client().xadd(
+                stream,
+                {"alert": payload, "client": alert.client, "tier": alert.tier, "id": alert.id},
+                maxlen=self.cfg.max_len,
+                approximate=True,
+            )
+        except (aioredis.RedisError, OSError) as e:
+            # The URL may carry the Redis password: keep it out of the message, as for webhooks.
+            detail = scrub_url(str(e), self.url)
+            raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {detail}") from None
+
+    def check_url(self) -> None:
+        """Raise ``ConfigError`` naming the field (no password in it) when the URL is not a Redis URL: refused at
+        start-up rather than failing every alert on this sink."""
+        try:
+            parse_url(self.url)
+        except ValueError as e:
+            raise ConfigError(f"alerts.sinks.{self.name}.url: {scrub_url(str(e), self.url)}") from None
+
+    async def ping(self) -> None:
+        """Raise ``SinkError`` (no password in it) unless the sink's Redis answers PING (``ipgate check``)."""
+        try:
+            await self._client().ping()
+        except (aioredis.RedisError, OSError, ValueError) as e:  # ValueError: not a Redis URL
+            raise SinkError(f"{type(e).__name__}: {scrub_url(str(e), self.url)}") from None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
