@@ -55,7 +55,7 @@ class AppContext:
     fields: FieldPolicy  # extension fields refused in requests, withheld from answers (config: proxy)
     fingerprint: FingerprintChecker | None = None  # periodic model-fingerprint checks of the backends
     # X-Forwarded-For values of recent proxied requests: the fingerprint probes carry one, so a backend cannot
-    # pick them out by the header every proxied request has (gateway/fingerprinting.py)
+    # pick them out by the header every proxied request has (gateway/fingerprinting/checker.py)
     recent_forwarded: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FORWARDED))
     # the client's address behind server.trusted_proxies (access log, alert evidence, traces)
     client_address: ClientAddress = field(default_factory=ClientAddress)

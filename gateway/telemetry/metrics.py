@@ -286,7 +286,7 @@ class Metrics:
             ["model", "backend"], registry=r, multiprocess_mode="livemin",
         )
 
-        # --- fingerprint checks (gateway/fingerprinting.py) -----------------------------------------------
+        # --- fingerprint checks (gateway/fingerprinting/) -------------------------------------------------
         self.fingerprint_checks_total = Counter(
             "ipgate_fingerprint_checks_total",
             "Fingerprint checks of a backend against its reference, by verdict (match, mismatch, inconclusive).",

@@ -1,34 +1,6 @@
-"""Background fingerprint checks: does each backend still serve the model it claims to serve?
-
-Every ``fingerprint.interval_s`` (and once at start-up, and on demand from the admin API) each backend with a
-``fingerprint_reference`` is sent a fresh random sample of ``fingerprint.probes_per_check`` of the reference's
-probes (``fingerprint/probeset.py``; drawn with ``secrets.SystemRandom``, so a backend cannot predict the next
-round from the last; the confirming second round draws again) with its own API key and the upstream model
-name, exactly as the proxy would address it, and its answers are compared with the reference's answers to the
-same probes (``fingerprint/match.py``). A reference recorded from a private probe set holds the private
-prompts: they are sent to the backend and nowhere else (never logged, never in a reason or the admin API).
-
-Verdicts and what follows from them:
-- ``mismatch``: logged (once per state change), counted, an alert raised through the ``AlertDispatcher``;
-  with ``action: eject`` the backend is quarantined in the router (no traffic; no timer, no half-open trial,
-  because a request's success says nothing about which weights answered it), and when it is a canary in
-  rollout the rollout is aborted.
-- ``match``: a quarantine this checker imposed is lifted: the backend serves the genuine model again — unless
-  it was already put back ``auto_release_limit`` times within ``auto_release_window_s``: a backend that answers
-  the probes genuinely only while quarantined (it receives nothing else) and swaps back once released would
-  cycle for ever, so its quarantine then holds until an operator releases it (the reason says so).
-- ``inconclusive``: no probe answered (connection, timeout, HTTP error, malformed answer), the reference
-  could not be read, fewer than ``min_probes`` probes gave a usable answer (a failed or empty one counts as
-  none), the similarity fell between the thresholds, or a mismatch was not confirmed by a second round.
-  Nothing changes: an unreachable backend is the health checks' business, and a flaky one must never be
-  ejected as "swapped" (failed probes are no evidence; the ones that answered are).
-
-Nothing here raises into the event loop: every failure of one backend's check is that check's inconclusive
-verdict, and a bug in a round is logged and the next round runs.
-
-Each gateway process (replica or worker) runs its own checker; the probes are cheap (``probes_per_check``
-short temperature-0 requests per backend per interval) and every process needs the verdict for its own router.
-"""
+"""``FingerprintChecker``: when fingerprint checks run (at start-up, every ``interval_s``, on demand) and the
+probes of one check (a fresh sample of the reference's probes, compared with the reference's answers); what a
+verdict sets off is ``gateway.fingerprinting.verdicts``. See the package docstring."""
 
 from __future__ import annotations
 
@@ -39,7 +11,6 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +20,8 @@ from fingerprint import Probe, Signature, compare
 from fingerprint.match import Verdict
 from fingerprint.probeset import public_probe_ids, quotes_a_prompt, reference_probes, restrict, sample
 from gateway.config import BackendConfig, ConfigError, FingerprintConfig, read_header_secret
-from gateway.errors import NotFound
 from gateway.fingerprint_client import FingerprintError, probe_backend_partial
-from gateway.routing.canary import Op, Phase
+from gateway.fingerprinting.verdicts import QUARANTINE_PREFIX, BackendCheck, Verdicts
 from gateway.tls import backend_tls
 
 if TYPE_CHECKING:
@@ -60,35 +30,6 @@ if TYPE_CHECKING:
     from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-QUARANTINE_PREFIX = "fingerprint mismatch"  # a quarantine reason this checker set (and so may lift)
-HELD_MARK = "; held for an operator"  # in a reason: a match does not lift it (only the admin release does)
-ALERT_TIER = "fingerprint_mismatch"
-ALERT_TIER_INDEX = 3  # shown as the most severe badge on the dashboard; also the dispatcher's rate-limit key
-
-
-@dataclass(frozen=True, slots=True)
-class BackendCheck:
-    """The outcome of one fingerprint check of one backend."""
-
-    model: str
-    backend: str
-    url: str
-    verdict: Verdict
-    similarity: float | None  # median per-probe similarity; None when no comparison was made
-    checked_at: float  # unix seconds
-    duration_s: float
-    reasons: tuple[str, ...]
-    quarantined: bool = False  # the backend's quarantine state after this check
-    probes_sent: int = 0  # in the (last) round; how many, never which: a private set's prompts stay private
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "backend": self.backend, "url": self.url, "verdict": self.verdict,
-            "similarity": None if self.similarity is None else round(self.similarity, 4),
-            "checked_at": round(self.checked_at, 3), "duration_s": round(self.duration_s, 3),
-            "reasons": list(self.reasons), "quarantined": self.quarantined, "probes_sent": self.probes_sent,
-        }
 
 
 class FingerprintChecker:
@@ -112,16 +53,12 @@ class FingerprintChecker:
         # of their own opened fresh connections every round, which a backend could tell apart)
         self._session = session
         self._router = router
-        self._metrics = metrics
-        self._alerts = alerts
         self._wall = wall
+        self._verdicts = Verdicts(router, metrics, alerts, wall)
         # The OS's CSPRNG: a Mersenne Twister's next sample can be computed from the ones a backend has seen.
         self._rng = rng if rng is not None else secrets.SystemRandom()
         # per backend: (probe count when below probes_per_check else 0, only public probes): logged on change
         self._ref_notes: dict[tuple[str, str], tuple[int, bool]] = {}
-        self._last: dict[tuple[str, str], BackendCheck] = {}
-        self._conclusive: dict[tuple[str, str], Verdict] = {}  # last match/mismatch (decides alerts)
-        self._released: dict[tuple[str, str], list[float]] = {}  # wall times of automatic releases, per backend
         self._round_lock = asyncio.Lock()  # one round at a time; an on-demand check waits for a running one
         # Set by an on-demand check: a spread round that is running sends its probes still waiting for their
         # delay at once, so the operator's check waits for answers, not for up to ``spread_s`` of random delays.
@@ -210,7 +147,7 @@ class FingerprintChecker:
             targets = self.targets()
             if model is None:
                 live = {(m, b.name) for m, b in targets}
-                for key in self._last.keys() - live:  # removed by a reload, or its reference dropped
+                for key in self._verdicts.checked() - live:  # removed by a reload, or its reference dropped
                     self._forget(key)
             chosen = [(m, b) for m, b in targets
                       if (model is None or m == model) and (backend is None or b.name == backend)]
@@ -243,7 +180,7 @@ class FingerprintChecker:
                 checked_at=self._wall(), duration_s=time.monotonic() - started, reasons=reasons,
                 probes_sent=sent,
             )
-        return await self._record(check, b)
+        return await self._verdicts.record(check, b, self.cfg)
 
     def _note_reference(self, model: str, b: BackendConfig, probes: tuple[Probe, ...]) -> str | None:
         """Say (once per change, in the log) what weakens this backend's checks: a reference of only the public
@@ -321,156 +258,14 @@ class FingerprintChecker:
             reasons = (*reasons[:1], note, *reasons[1:])
         return result.verdict, result.similarity, reasons, len(chosen)
 
-    # --- acting on a verdict -----------------------------------------------------------------------------
-
-    async def _record(self, check: BackendCheck, probed: BackendConfig) -> BackendCheck:
-        key = (check.model, check.backend)
-        try:
-            now = self._router.pool(check.model).state(check.backend).cfg
-        except (NotFound, KeyError):  # the backend went away in a reload while it was being probed
-            return check
-        if now.url != check.url:
-            # A reload pointed the name at another server while the probes ran: the verdict is about the old
-            # one. Acting on it by name would quarantine (or release) a server nobody probed.
-            log.info("model %s: backend %s moved to another URL during its check; result dropped",
-                     check.model, check.backend)
-            return check
-        if (now.fingerprint_reference, now.upstream_model) != (probed.fingerprint_reference, probed.upstream_model):
-            # A reload gave it another reference (or model name) while the probes ran (a spread round and its
-            # confirming round can take up to the whole interval): the verdict judges the new configuration by the
-            # old reference. Acted on, it quarantined a backend just moved to a new model with its new reference,
-            # for good when the reload dropped the reference (nothing re-checks it). The next round judges it.
-            log.info("model %s: backend %s got another fingerprint_reference or upstream_model during its check; "
-                     "result dropped", check.model, check.backend)
-            return check
-        prev = self._last.get(key)
-        if prev is not None and prev.url != check.url:
-            prev = None  # same name, new URL: a different server, nothing to compare against
-            self._conclusive.pop(key, None)
-            self._released.pop(key, None)
-        prev_conclusive = self._conclusive.get(key)
-        try:
-            quarantined = await self._act(check)
-        except NotFound:  # the backend went away in a reload while it was being probed
-            return check
-        check = replace(check, quarantined=quarantined)
-        self._last[key] = check
-        if check.verdict != "inconclusive":
-            self._conclusive[key] = check.verdict
-        self._count(check)
-        if prev is None or prev.verdict != check.verdict:
-            self._log_change(check, prev.verdict if prev is not None else None)
-        if check.verdict == "mismatch" and prev_conclusive != "mismatch":
-            await self._alert(check, prev_conclusive)
-        return check
-
-    async def _act(self, check: BackendCheck) -> bool:
-        """Apply the configured action; return whether the backend is quarantined afterwards."""
-        model, name = check.model, check.backend
-        current = self._router.quarantined(model, name)
-        if check.verdict == "match" and current is not None and current.startswith(QUARANTINE_PREFIX):
-            if HELD_MARK in current:
-                return True  # put back too often: only an operator lifts it
-            self._router.release_quarantine(model, name, why="its fingerprint matches the reference again")
-            self._releases(model, name).append(check.checked_at)
-            return False
-        if check.verdict != "mismatch" or self.cfg.action != "eject":
-            return current is not None
-        # The matcher's first reason says which evidence decided (a low median similarity, answers that differ,
-        # or moved first-token distributions): "similarity X < threshold" would be false for the vetoes.
-        sim = check.similarity if check.similarity is not None else 0.0
-        why = check.reasons[0] if check.reasons else f"similarity {sim:.2f}"
-        released = len(self._releases(model, name))
-        if released >= self.cfg.auto_release_limit:
-            days = self.cfg.auto_release_window_s / 86400
-            why += (f"{HELD_MARK}: put back automatically {released} time{'s' * (released != 1)} in the last "
-                    f"{days:g} days (fingerprint.auto_release_limit {self.cfg.auto_release_limit})")
-            log.warning("model %s: backend %s quarantined until an operator releases it (POST /admin/fingerprint/"
-                        "%s/%s/release): it mismatched again after %d automatic release(s) within %gs",
-                        model, name, model, name, released, self.cfg.auto_release_window_s)
-        self._router.quarantine(model, name, f"{QUARANTINE_PREFIX}: {why}")
-        await self._abort_canary(model, name)
-        return True
-
-    def _releases(self, model: str, name: str) -> list[float]:
-        """This backend's automatic releases within the window (older ones dropped)."""
-        since = self._wall() - self.cfg.auto_release_window_s
-        kept = [t for t in self._released.get((model, name), ()) if t > since]
-        self._released[(model, name)] = kept
-        return kept
-
-    async def _abort_canary(self, model: str, name: str) -> None:
-        """A canary that is not the model that was rolled out: stop the rollout, not just its traffic."""
-        pool = self._router.pool(model)
-        if pool.canary_index is None or pool.backends[pool.canary_index].cfg.name != name:
-            return
-        ctl = self._router.canary(model)
-        if ctl.state.phase not in (Phase.PROGRESSING, Phase.PAUSED):
-            return
-        try:
-            await self._router.canary_command(model, Op.ABORT, by="fingerprint")
-        except Exception as e:  # the store may be down; the quarantine already keeps traffic off the canary
-            log.warning("model %s: could not abort the canary rollout of %s (%s: %s)",
-                        model, name, type(e).__name__, e)
-        else:
-            log.warning("model %s: canary rollout of %s aborted: fingerprint mismatch", model, name)
-
-    def _count(self, check: BackendCheck) -> None:
-        m = self._metrics
-        if m is None:
-            return
-        labels = {"model": check.model, "backend": check.backend}
-        m.fingerprint_checks_total.labels(verdict=check.verdict, **labels).inc()
-        if check.verdict != "inconclusive":  # an inconclusive check says nothing new about the weights
-            m.fingerprint_match.labels(**labels).set(
-                1 if check.verdict == "match" else 0
-            )
-
-    def _log_change(self, check: BackendCheck, before: Verdict | None) -> None:
-        sim = "n/a" if check.similarity is None else f"{check.similarity:.2f}"
-        why = "; ".join(check.reasons) or "-"
-        what = {
-            "match": "matches its reference",
-            "mismatch": "does NOT match its reference (swapped, tampered or re-quantised model?)",
-            "inconclusive": "could not be verified",
-        }[check.verdict]
-        level = logging.INFO if check.verdict == "match" else logging.WARNING
-        log.log(level, "model %s: backend %s %s (similarity %s, was %s; %s)",
-                check.model, check.backend, what, sim, before or "unchecked", why)
-
-    async def _alert(self, check: BackendCheck, before: Verdict | None) -> None:
-        if self._alerts is None:
-            return
-        from gateway.alerts.model import Alert  # imported late: the alerts package is optional at start-up
-
-        sim = check.similarity if check.similarity is not None else 0.0
-        action = "quarantined" if check.quarantined else "still in rotation (action: alert)"
-        alert = Alert(
-            id=Alert.new_id(), ts=check.checked_at, client=f"backend:{check.model}/{check.backend}",
-            tenant=None, tier=ALERT_TIER, tier_index=ALERT_TIER_INDEX, previous_tier=before or "unchecked",
-            score=round(1.0 - sim, 4),
-            reasons=(f"backend {check.backend} ({check.url}) of model {check.model} does not match its "
-                     f"fingerprint reference: similarity {sim:.2f}; {action}", *check.reasons),
-            detectors=("fingerprint",),
-        )
-        try:
-            await self._alerts.submit(alert)
-        except Exception as e:  # the dispatcher should not raise; if it does, the log line above still stands
-            log.warning("fingerprint alert for %s/%s not submitted (%s: %s)",
-                        check.model, check.backend, type(e).__name__, e)
-
     def _forget(self, key: tuple[str, str]) -> None:
-        self._last.pop(key, None)
-        self._conclusive.pop(key, None)
+        self._verdicts.forget(key)
         self._ref_notes.pop(key, None)
-        self._released.pop(key, None)
-        if self._metrics is not None:  # (with --workers, remove() would leave the series exported)
-            self._metrics.retire(self._metrics.fingerprint_match, *key)
 
     # --- introspection -----------------------------------------------------------------------------------
 
     def last(self, model: str, backend: str) -> BackendCheck | None:
-        return self._last.get((model, backend))
+        return self._verdicts.last(model, backend)
 
     def snapshot(self) -> dict[str, Any]:
         backends = []
@@ -484,7 +279,7 @@ class FingerprintChecker:
                 if not state.cfg.fingerprint_reference and q is not None and q.startswith(QUARANTINE_PREFIX):
                     listed.append((model, state.cfg))
         for model, b in listed:
-            check = self._last.get((model, b.name))
+            check = self._verdicts.last(model, b.name)
             entry: dict[str, Any] = (
                 check.to_json() if check is not None and check.url == b.url
                 else {"model": model, "backend": b.name, "url": b.url, "verdict": "unchecked",
