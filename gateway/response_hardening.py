@@ -84,6 +84,13 @@ def _noisy(value: Any, noise: float) -> Any:
     return min(0.0, value + noise) if _is_number(value) else value
 
 
+def _alt_rank(alt: Any) -> float:
+    """Sort key of a chat ``top_logprobs`` entry: its logprob when it is a number (a backend's null or string
+    ranks as 0, as in the legacy shape; comparing it raised TypeError, a 500 to the client)."""
+    v = alt.get("logprob") if isinstance(alt, dict) else None
+    return float(v) if _is_number(v) else 0.0
+
+
 def _chat_logprobs(content: list[Any], cap: int | None, sigma: float, rng: random.Random) -> bool:
     changed = False
     for entry in content:
@@ -107,7 +114,7 @@ def _chat_logprobs(content: list[Any], cap: int | None, sigma: float, rng: rando
                     if n is None:
                         n = noise[t] = rng.gauss(0.0, sigma)
                     alt["logprob"] = _noisy(alt.get("logprob"), n)
-            top.sort(key=lambda a: a.get("logprob", 0.0) if isinstance(a, dict) else 0.0, reverse=True)
+            top.sort(key=_alt_rank, reverse=True)
         changed = True
     return changed
 

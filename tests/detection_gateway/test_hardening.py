@@ -195,3 +195,17 @@ def test_response_cap_zero_removes_logprobs_and_noop_cases() -> None:
     assert not harden_choice_logprobs(small, HardeningConfig(max_top_logprobs=3), random.Random(1))
     assert not response_needs_hardening(HardeningConfig())
     assert response_needs_hardening(HardeningConfig(logprob_noise=0.05))
+
+
+@pytest.mark.parametrize("odd", [None, "-0.5", [1], {"x": 1}])
+def test_noise_on_a_backends_non_numeric_top_logprob_keeps_the_answer(odd: object) -> None:
+    """A backend that returns a null or string ``logprob`` among chat ``top_logprobs``: with logprob noise on,
+    sorting them raised TypeError and the client got a 500 (or a stream's relay_error). Such entries rank as 0
+    and pass unchanged; the numbers get their noise."""
+    choice = {"index": 0, "logprobs": {"content": [{"token": "a", "logprob": -0.1, "top_logprobs": [
+        {"token": "a", "logprob": -0.1}, {"token": "b", "logprob": odd}, {"token": "c", "logprob": -2.0}]}]}}
+    assert harden_choice_logprobs(choice, HardeningConfig(logprob_noise=0.5), random.Random(3))
+    top = choice["logprobs"]["content"][0]["top_logprobs"]
+    assert {t["token"] for t in top} == {"a", "b", "c"}
+    b = next(t for t in top if t["token"] == "b")
+    assert b["logprob"] is odd  # unchanged
