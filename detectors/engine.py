@@ -16,6 +16,8 @@ Public API (stable; the gateway codes against exactly this)::
     shared = await store.link_sketches(client_id, obs.verdict.sketches, ttl)      # gateway side
     link = engine.apply_links(state, shared, now, peer_scores={peer: score})      # LinkResult
     engine.peek(state, now)                                                       # Verdict, no request
+    app = engine.weights_for({"templates": 0.0})    # a detection profile: other combiner weights, same state
+    engine.observe(state, feats, now, weights=app)  # (fold_request, replay_request and peek take it too)
 
     # the same, with serialisation moved off the request path (what the gateway does):
     verdict, pending = engine.observe_pending(stored_state_or_None, feats, now)  # Verdict, Pending
@@ -183,10 +185,12 @@ class Engine(LateFold):
     # -- scoring ---------------------------------------------------------------------------------------
     def _verdict(
         self, env: envelope.Envelope, results: list[DetectorScore], errors: list[str], now: float, seen: int,
-        hold: bool = False,
+        hold: bool = False, weights: Mapping[str, float] | None = None,
     ) -> Verdict:
+        if weights is None:
+            weights = self.weights
         scores = {r.name: r.score for r in results}
-        own = self.params.combine(scores, self.weights)
+        own = self.params.combine(scores, weights)
         # Linking escalates, it never convicts on its own: only a client whose own traffic already carries
         # some evidence (own score >= INHERIT_FLOOR, ten times an ordinary client's ~0.01) inherits its
         # cluster's score, so no account is flagged purely by association.
@@ -200,7 +204,6 @@ class Engine(LateFold):
         env.max_score = max(env.max_score, score)
         # Only strong, weighted detectors give reasons: filtered first, then ranked (a stable sort of the
         # filtered list is the filtered stable sort, so the order is the same; usually nothing is left to sort).
-        weights = self.weights
         strong = [r for r in results if r.score >= REASON_MIN_SCORE and weights.get(r.name, 0.0) > 0]
         if len(strong) > 1:
             strong.sort(key=lambda r: weights.get(r.name, 0.0) * r.score, reverse=True)
@@ -219,15 +222,31 @@ class Engine(LateFold):
             env.cluster_score, own,
         )
 
-    def observe(self, state: bytes | None, feats: RequestFeatures, now: float) -> Observation:
-        """Fold one request into the client's state and judge the client."""
-        verdict, pending = self.observe_pending(state, feats, now)
+    def observe(self, state: bytes | None, feats: RequestFeatures, now: float,
+                weights: Mapping[str, float] | None = None) -> Observation:
+        """Fold one request into the client's state and judge the client (``weights``: see ``fold_request``)."""
+        verdict, pending = self.observe_pending(state, feats, now, weights)
         return Observation(verdict, self.encode(pending))
 
-    def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float) -> tuple[Verdict, Pending]:
+    def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float,
+                        weights: Mapping[str, float] | None = None) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
         pending = self.open(state)
-        return self.fold_request(pending, feats, now), pending
+        return self.fold_request(pending, feats, now, weights=weights), pending
+
+    def weights_for(self, overrides: Mapping[str, float]) -> dict[str, float]:
+        """The combiner weights with ``overrides`` (detector name -> weight) applied: a *detection profile*,
+        e.g. a plan whose clients are known template applications (``{"templates": 0}``). Only the weights
+        change, so every profile reads and writes the same state. Raises ValueError for a detector that is
+        not enabled (or unknown) and for a weight that is not a finite number."""
+        out = dict(self.weights)
+        for name, w in overrides.items():
+            if name not in out:
+                raise ValueError(f"detector {name!r} is not enabled here; enabled: {sorted(out)}")
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+                raise ValueError(f"detector {name!r}: weight must be a finite number, got {w!r}")
+            out[name] = float(w)
+        return out
 
     # -- a state kept decoded across overlapping requests (the gateway's working copy) ---------------------
     # A client's requests overlap (a harvester runs many at once): each must be folded into the *same* state,
@@ -238,27 +257,31 @@ class Engine(LateFold):
     # as before. ``replay_request`` folds a request again into another state (the store's newer copy written
     # by another replica) with the evidence it gave the first time: the turn drawn then, no new draw.
 
-    def fold_request(self, pending: Pending, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
+    def fold_request(self, pending: Pending, feats: RequestFeatures, now: float, hold: bool = False,
+                     weights: Mapping[str, float] | None = None) -> Verdict:
         """Fold one request into ``pending`` in place; the verdict on the client with it. ``hold``: the
         request's evidence is folded in but the client's tier is left where it was (the verdict still says
-        the tier the evidence gives): an administrator's ``allow`` is in force."""
+        the tier the evidence gives): an administrator's ``allow`` is in force. ``weights``: the combiner
+        weights this request is judged with (``weights_for``; None: the engine's own); every detector still
+        folds its evidence in, so a client judged under another profile later finds all of it."""
         env, states = pending._live()
         text = None
         if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
             feats, text = read_turn(env, feats)
         pending.text, pending.read = text, feats
-        return self._fold(env, states, feats, now, hold)
+        return self._fold(env, states, feats, now, hold, weights)
 
-    def replay_request(self, pending: Pending, read: RequestFeatures, now: float, hold: bool = False) -> None:
+    def replay_request(self, pending: Pending, read: RequestFeatures, now: float, hold: bool = False,
+                       weights: Mapping[str, float] | None = None) -> None:
         """Fold a request already folded elsewhere into ``pending``: ``read`` is that fold's ``Pending.read``
         (the turn it drew stays drawn; the memory of last turns learns the same turn)."""
         env, states = pending._live()
         if read.turn_crc or read.history:
             read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
-        self._fold(env, states, read, now, hold)
+        self._fold(env, states, read, now, hold, weights)
 
     def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float,
-              hold: bool = False) -> Verdict:
+              hold: bool = False, weights: Mapping[str, float] | None = None) -> Verdict:
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:
@@ -269,11 +292,11 @@ class Engine(LateFold):
                 errors.append(d.name)
                 states[d.name] = d.new_state()
         env.requests_seen += 1
-        verdict = self._verdict(env, results, errors, now, env.requests_seen, hold)
+        verdict = self._verdict(env, results, errors, now, env.requests_seen, hold, weights)
         env.last_ts = max(env.last_ts, now)
         return verdict
 
-    def peek(self, state: bytes | None, now: float) -> Verdict:
+    def peek(self, state: bytes | None, now: float, weights: Mapping[str, float] | None = None) -> Verdict:
         """The verdict the stored state implies now (no request folded in; counters not decayed)."""
         env, states = self._open(state)
         results: list[DetectorScore] = []
@@ -284,7 +307,7 @@ class Engine(LateFold):
             except Exception as e:
                 self._fail(d.name, e)
                 errors.append(d.name)
-        return self._verdict(env, results, errors, now, env.requests_seen)
+        return self._verdict(env, results, errors, now, env.requests_seen, weights=weights)
 
 
 def _checked(r: DetectorScore) -> DetectorScore:

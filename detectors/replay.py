@@ -7,9 +7,11 @@ fold the response in, link sketches). ``ipgate replay`` wraps this with file rea
 A trace record: ``{"ts": <unix seconds>, "client": "<id>", "endpoint": "/v1/chat/completions" |
 "/v1/completions" | "/v1/responses", "body": {...}}`` with optional ``"ip"``, ``"tenant"`` and
 ``"response": {"usage": {...}}`` (``finish_reasons`` or OpenAI ``choices[].finish_reason`` are read when
-present); other fields are ignored. A ``/v1/responses`` body is scored through its chat reading, as the
-gateway scores it: the caller converts it (``ipgate replay`` uses the gateway's own reading) before it gets
-here, since this core reads chat-shaped bodies only.
+present) and ``"limit_class"`` (the client's plan: its request is judged with that class's weights from
+``class_weights``, as the gateway's ``detection.class_weights`` does); other fields are ignored. A
+``/v1/responses`` body is scored through its chat reading, as the gateway scores it: the caller converts it
+(``ipgate replay`` uses the gateway's own reading) before it gets here, since this core reads chat-shaped
+bodies only.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def replay(
     records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int = FLAG_TIER,
     link_index: LinkIndex | None = None, on_verdict: VerdictHook | None = None,
     neural: Sequence[np.ndarray | None] | None = None, presorted: bool = False,
+    class_weights: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Run the trace; return the ``ipgate replay --json`` object (clients, clusters, summary).
 
@@ -132,12 +135,13 @@ def replay(
     # the prompt scored for a batched request (and the turn of a made-up history): a draw, but the same one in
     # every replay; the process's own generator is back afterwards
     with seeded_draws(0):
-        return _replay(records, engine, flag_tier, link_index, on_verdict, neural, presorted)
+        return _replay(records, engine, flag_tier, link_index, on_verdict, neural, presorted, class_weights or {})
 
 
 def _replay(
     records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int, link_index: LinkIndex | None,
     on_verdict: VerdictHook | None, neural: Sequence[np.ndarray | None] | None, presorted: bool,
+    class_weights: Mapping[str, Mapping[str, float]],
 ) -> dict[str, Any]:
     rows: Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]
     if presorted and neural is None:
@@ -166,7 +170,8 @@ def _replay(
             vec = neural[i]
             if vec is not None:
                 pending.setdefault(client, []).append(vec)
-        obs = engine.observe(cr.state, feats, ts)
+        plan = rec.get("limit_class") if class_weights else None
+        obs = engine.observe(cr.state, feats, ts, class_weights.get(plan) if isinstance(plan, str) else None)
         v, state = obs.verdict, obs.state
         for name in v.errors:
             errors[name] = errors.get(name, 0) + 1

@@ -75,8 +75,12 @@ class GatewayDetection:
         metrics: Metrics | None = None,
         alerts: AlertDispatcher | None = None,
         embedding: EmbeddingWorker | None = None,
+        class_weights: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.engine = engine
+        # detection profiles: limit class -> the combiner weights its clients are judged with (others: the
+        # engine's own); built and checked at start-up (``Engine.weights_for``)
+        self.class_weights = dict(class_weights or {})
         self.embedding = embedding  # detection.embedder: minilm (gateway/app.py starts and closes it)
         self.policy = policy
         self.cfg = cfg
@@ -135,6 +139,12 @@ class GatewayDetection:
             engine = Engine.from_params(params, detectors=settings)
         except ValueError as e:
             raise ConfigError(f"detection.detectors: {e}") from e
+        class_weights: dict[str, dict[str, float]] = {}
+        for name, overrides in d.class_weights.items():
+            try:
+                class_weights[name] = engine.weights_for(overrides)
+            except ValueError as e:
+                raise ConfigError(f"detection.class_weights.{name}: {e}") from e
         need = declared_state_bytes(engine.detectors)
         if cfg.store.max_state_bytes < need:
             # the store refuses a larger state (ValueError): every client whose state grows past it would stop
@@ -142,7 +152,8 @@ class GatewayDetection:
             raise ConfigError(
                 f"store.max_state_bytes: {cfg.store.max_state_bytes} is below the {need} bytes the enabled "
                 "detectors' state can reach; raise it (or disable detectors)")
-        return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding)
+        return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding,
+                   class_weights=class_weights)
 
     # --- the request path ---------------------------------------------------------------------------------
 
@@ -201,15 +212,16 @@ class GatewayDetection:
         stored_tier: int, now: float, override: Override | None, request_id: str | None, ip: str | None,
         live: Live, feats: Any,
     ) -> DetectionSession:
+        weights = self.class_weights.get(principal.limit_class) if self.class_weights else None
         try:
             # under an allow override the evidence counts but the tier is held: when the allow ends, the next
             # request is judged on everything observed, and a rise raises its alert then
-            v = self.live.fold_request(live, feats, now, hold=override == "allow")
+            v = self.live.fold_request(live, feats, now, override == "allow", weights)
         except Exception as e:  # the engine isolates detectors; this catches the engine itself
             # a state the engine cannot fold into must not leave the client unscored for good: score
             # this request (and from now on the client) from a fresh state; counted once either way
             try:
-                v = self.live.restart(live, feats, now, hold=override == "allow")
+                v = self.live.restart(live, feats, now, override == "allow", weights)
             except Exception:
                 self.live.abandon(live)
                 return self._unscored(principal, "engine", e, stored_tier, override, now)

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ class Live:
     saving: bool = False
     again: bool = False  # a step arrived while a save was on its way: save again after it
     dropped_ops: int = 0
+    weights: Mapping[str, float] | None = None  # the detection profile its last request was judged with
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +113,16 @@ class LiveStates:
         live.inflight += 1
         return live
 
-    def fold_request(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
-        v = self.engine.fold_request(live.pending, feats, now, hold)
+    def fold_request(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False,
+                     weights: Mapping[str, float] | None = None) -> Verdict:
+        v = self.engine.fold_request(live.pending, feats, now, hold, weights)
+        live.weights = weights
         read = live.pending.read
-        self._log(live, ("r", _light(read if read is not None else feats), now, hold))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights))
         return v
 
-    def restart(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False) -> Verdict:
+    def restart(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False,
+                weights: Mapping[str, float] | None = None) -> Verdict:
         """After the engine failed to fold the request into this copy: fold it into a fresh state, which then
         replaces the copy (the next save writes it; what the copy held is given up, as a stored state the
         engine cannot read is). When the engine fails on the fresh state too, the request is at fault, not the
@@ -127,16 +132,17 @@ class LiveStates:
         its stored state (one such request reset a blocked client)."""
         fresh = self.engine.open(None)
         try:
-            v = self.engine.fold_request(fresh, feats, now, hold)
+            v = self.engine.fold_request(fresh, feats, now, hold, weights)
         except Exception:
             # (when the engine cannot even replay, the copy stays as the failed fold left it)
             with contextlib.suppress(Exception):
                 self._rebase(live, live.base)
             raise
         live.pending = fresh
+        live.weights = weights
         live.ops.clear()
         read = fresh.read
-        self._log(live, ("r", _light(read if read is not None else feats), now, hold))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights))
         return v
 
     def discard(self, live: Live) -> None:
@@ -204,7 +210,7 @@ class LiveStates:
                 live.base = data
                 _cut_through(live.ops, last)  # steps folded in while the swap was on its way stay unsaved
                 if not live.again:
-                    return self._merge_rise(risen_from, min(tier, max_tier), data, now)
+                    return self._merge_rise(risen_from, min(tier, max_tier), data, now, live.weights)
                 continue
             swaps += 1
             self.merges += 1
@@ -225,13 +231,14 @@ class LiveStates:
                 # backing off in step would meet again)
                 await asyncio.sleep(random.uniform(0.002, 0.01) * swaps / MAX_SWAPS)
 
-    def _merge_rise(self, risen_from: int | None, tier: int, data: bytes, now: float | None) -> MergeRise | None:
+    def _merge_rise(self, risen_from: int | None, tier: int, data: bytes, now: float | None,
+                    weights: Mapping[str, float] | None = None) -> MergeRise | None:
         if risen_from is None or tier <= risen_from:
             return None
         verdict = None
         if now is not None:
             try:  # ``data`` is in no cache yet (``snapshot``): decoding it here takes nothing from a request
-                verdict = self.engine.peek(data, now)
+                verdict = self.engine.peek(data, now, weights)
             except Exception as e:  # the alert goes out with the saving request's reasons instead
                 log.warning("detection: the merged state's verdict could not be computed: %r", e)
         return MergeRise(risen_from, tier, verdict)
@@ -250,7 +257,7 @@ class LiveStates:
             for op in live.ops:
                 kind = op[0]
                 if kind == "r":
-                    engine.replay_request(p, op[1], op[2], op[3])
+                    engine.replay_request(p, op[1], op[2], op[3], op[4])
                 elif kind == "s":
                     engine.fold_response(p, op[1], op[2])
                 else:

@@ -7,7 +7,7 @@ prompt ``Bank`` (it reads the corpus) and a seed, so a population is reproducibl
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,12 +63,14 @@ def build(
     return pop
 
 
-def run(pop: Population, engine: Engine) -> tuple[dict[str, Any], dict[str, list[Verdict]]]:
-    """Replay the population; return the replay output and every client's verdict sequence."""
+def run(pop: Population, engine: Engine, class_weights: Mapping[str, Mapping[str, float]] | None = None,
+        ) -> tuple[dict[str, Any], dict[str, list[Verdict]]]:
+    """Replay the population; return the replay output and every client's verdict sequence. ``class_weights``:
+    detection profiles for records that carry a ``limit_class`` (``detectors.replay.replay``)."""
     seq: dict[str, list[Verdict]] = {}
 
     def hook(client: str, index: int, v: Verdict, rec: Any) -> None:
         seq.setdefault(client, []).append(v)
 
-    out = replay(pop.records, engine, on_verdict=hook)
+    out = replay(pop.records, engine, on_verdict=hook, class_weights=class_weights)
     return out, seq

@@ -99,18 +99,21 @@ def _in_order(path: Path) -> bool:
     return ordered
 
 
-def _engine(config: Path | None, embedder: str | None = None) -> tuple[Engine, int, Encoder | None]:
+Weights = dict[str, dict[str, float]]
+
+
+def _engine(config: Path | None, embedder: str | None = None) -> tuple[Engine, int, Encoder | None, Weights]:
     if config is None:
         params = CombinerParams.from_json(default_combiner_path().read_text(encoding="utf-8"))
         if embedder != "minilm":
-            return Engine.from_params(params), FLAG_TIER, None
+            return Engine.from_params(params), FLAG_TIER, None, {}
         from gateway.config import DetectionConfig
         from gateway.embedding import EmbeddingWorker, load_semantic_reference, semantic_settings
 
         d = DetectionConfig(embedder="minilm")
         semantic = semantic_settings(d, load_semantic_reference())
         encoder = EmbeddingWorker.from_config(d).encoder  # ConfigError naming the extra when torch is missing
-        return Engine.from_params(params, detectors={"semantic": semantic}), FLAG_TIER, encoder
+        return Engine.from_params(params, detectors={"semantic": semantic}), FLAG_TIER, encoder, {}
     # The gateway's own builder, so replay scores exactly as a gateway with this config would.
     from gateway.config import load_config
     from gateway.detection import GatewayDetection
@@ -121,7 +124,8 @@ def _engine(config: Path | None, embedder: str | None = None) -> tuple[Engine, i
         cfg = cfg.model_copy(update={"detection": cfg.detection.model_copy(update={"embedder": embedder})})
     policy = Policy.from_config(cfg)
     det = GatewayDetection.from_config(cfg, policy)
-    return det.engine, policy.flag_tier, det.embedding.encoder if det.embedding is not None else None
+    weights = {name: dict(w) for name, w in det.class_weights.items()}
+    return det.engine, policy.flag_tier, det.embedding.encoder if det.embedding is not None else None, weights
 
 
 def _neural(records: list[Any], encoder: Encoder) -> list[np.ndarray | None]:
@@ -139,7 +143,7 @@ def _neural(records: list[Any], encoder: Encoder) -> list[np.ndarray | None]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        engine, flag_tier, encoder = _engine(args.config, args.embedder)
+        engine, flag_tier, encoder, weights = _engine(args.config, args.embedder)
     except Exception as e:  # ConfigError, unreadable combiner file: one line, no traceback
         print(f"ipgate replay: {e}", file=sys.stderr)
         return 2
@@ -149,13 +153,14 @@ def run(args: argparse.Namespace) -> int:
             # trace in timestamp order - the usual case - is then streamed, in memory bounded by the number of
             # clients rather than the size of the trace.
             ordered = _in_order(args.trace)
-            out = replay(_records(args.trace), engine, flag_tier=flag_tier, presorted=ordered)
+            out = replay(_records(args.trace), engine, flag_tier=flag_tier, presorted=ordered, class_weights=weights)
         elif encoder is None:
             # a pipe (`<(zcat trace.gz)`, /dev/stdin) or a FIFO can be read only once: a second pass read nothing
-            out = replay(list(_records(args.trace)), engine, flag_tier=flag_tier)
+            out = replay(list(_records(args.trace)), engine, flag_tier=flag_tier, class_weights=weights)
         else:
             records = list(_records(args.trace))
-            out = replay(records, engine, flag_tier=flag_tier, neural=_neural(records, encoder))
+            out = replay(records, engine, flag_tier=flag_tier, neural=_neural(records, encoder),
+                         class_weights=weights)
     except (OSError, TraceError) as e:
         print(f"ipgate replay: {args.trace}: {e}", file=sys.stderr)
         return 2

@@ -73,6 +73,10 @@ class GatewayConfig(_Model):
             if name not in self.limits:
                 raise ValueError(f"limits_by_tenant: tenant {tenant!r} names limit class {name!r}, not defined in "
                                  f"limits (defined: {', '.join(sorted(self.limits))})")
+        for name in self.detection.class_weights:
+            if name not in self.limits:
+                raise ValueError(f"detection.class_weights: limit class {name!r} is not defined in limits "
+                                 f"(defined: {', '.join(sorted(self.limits))})")
         return self
 
     @field_validator("models")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -80,6 +80,9 @@ class PolicyConfig(_Model):
         return self
 
 
+ClassWeight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class DetectorToggle(_Model):
     enabled: bool = True
     weight: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: the fitted combiner's weight
@@ -103,6 +106,10 @@ class DetectionConfig(_Model):
     # reminder). ``refuse`` answers such requests 400 (allowlisted clients excepted), closing the evasion for
     # deployments whose applications never send them; ``allow`` (default) passes them.
     trailing_instructions: Literal["refuse", "allow"] = "allow"
+    # Detection profiles per plan: limit class -> {detector: combiner weight} for the clients of that class
+    # (e.g. {apps: {templates: 0}} for integrations known to fill one fixed template). Only the weights change:
+    # every detector still folds in its evidence, so the state is the same under every profile.
+    class_weights: dict[str, dict[str, ClassWeight]] = {}
     # minilm only (gateway/embedding.py): the MiniLM encoder runs off the request path in a background thread.
     embedder_threads: int = Field(1, ge=1, le=64, description="torch threads the background encoder may use")
     embedder_batch: int = Field(8, ge=1, le=256, description="prompts encoded per forward pass at most")

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def user_text(body: dict[str, Any]) -> str | None:
     return p if isinstance(p, str) else None
 
 
-def variant_row(name: str, out: dict[str, Any], attackers: Sequence[str], benign: Sequence[str]) -> str:
+def variant_row(name: str, out: dict[str, Any], attackers: Collection[str], benign: Collection[str]) -> str:
     """One markdown row of an evasion table from a replay's output: attackers flagged within 300 requests, the
     median requests to flag, benign clients flagged and benign clients at watch or above."""
     res = {c["client"]: c for c in out["clients"]}

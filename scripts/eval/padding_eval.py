@@ -142,6 +142,23 @@ def main() -> int:
         pop.records = _rewrite(base, who, fn, per_client)  # copies the records it changes
         out, _ = run(pop, Engine.from_params(params))
         print(variant_row(name, out, attackers, benign), flush=True)
+    # The same applications on a plan of their own whose detection profile mutes the templates detector
+    # (`detection.class_weights: {apps: {templates: 0}}`), and what that plan gives up: the harvesters on it.
+    engine = Engine.from_params(params)
+    apps = {"apps": engine.weights_for({"templates": 0.0})}
+    planned: list[tuple[str, set[str], Rewrite | None, Callable[[str], Rewrite] | None]] = [
+        ("plan `templates: 0`: benign + one fixed document pasted with every prompt", benign, None, _doc_for),
+        ("plan `templates: 0`: benign + a fixed instruction before every prompt", benign, instruction_first, None),
+        ("plan `templates: 0`: benign + question, fixed instruction, retrieved passages", benign,
+         instruction_between, None),
+        ("plan `templates: 0`: benign, no application text", benign, None, None),
+        ("plan `templates: 0`: the harvesters", attackers, None, None),
+    ]
+    for name, who, fn, per_client in planned:
+        records = _rewrite(base, who, fn, per_client) if (fn or per_client) else base
+        pop.records = [{**r, "limit_class": "apps"} if r["client"] in who else r for r in records]
+        out, _ = run(pop, Engine.from_params(params), class_weights=apps)
+        print(variant_row(name, out, attackers, benign), flush=True)
     return 0
 
 
