@@ -1,7 +1,8 @@
 """THE request path, in order. Each step lives in its own small module; this file only sequences them.
 
-    receive   gateway/receive.py      request id, header/body limits (431/413), body deadline (408)
-    auth      ctx.auth                JWT or API key -> Principal (401)
+    receive   gateway/receive.py      request id, header size limit (431)
+    auth      ctx.auth                JWT or API key -> Principal (401), before the body is read
+    receive   gateway/receive.py      body size limit (413), body deadline (408)
     parse     gateway/proxy/parse.py  typed body; 400 naming the field; unknown model 404
               gateway/proxy/fields.py engine-internal extension fields and headers refused, and (refuse
                                       mode) fields the endpoint does not know (400)
@@ -96,6 +97,11 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         raise ServiceUnavailable("The gateway is shutting down; please retry.", code="draining",
                                  headers={"Connection": "close", "Retry-After": "1"})
     check_headers(request, cfg.max_header_bytes)                               # receive
+    # The credential is checked before the body is read: read first, every connection without one made the gateway
+    # hold up to max_body_bytes (4 MiB) for up to BODY_TIMEOUT_S, so a thousand anonymous connections held 4 GB.
+    # Refused now, such a body is only drained (aiohttp reads and drops an unread body for 10 s, then closes).
+    principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))  # auth
+    ex.principal = principal
     if request.content.is_eof():  # the whole body came with the headers (most requests): nothing to wait for
         raw = await read_body(request, cfg.max_body_bytes)  # (a deadline costs ~4 µs of timer per request)
     else:
@@ -105,8 +111,6 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         except TimeoutError as e:
             raise BodyTimeout(f"body: not received within {BODY_TIMEOUT_S:g} s", param="body",
                               headers={"Connection": "close"}) from e
-    principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))  # auth
-    ex.principal = principal
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed
     ctx.fields.check(parsed.body, request.headers, parsed.endpoint)           # extension fields (400)

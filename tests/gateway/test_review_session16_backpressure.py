@@ -123,18 +123,17 @@ async def test_a_slow_reader_still_gets_the_whole_large_answer() -> None:
 # --- 2. a request body sent slowly (slowloris on the body) -----------------------------------------------------
 
 async def test_a_body_that_never_arrives_is_a_408_and_the_connection_closes(monkeypatch: Any) -> None:
-    """Defect: aiohttp has no timer on a request body, and the body is read before the credential is checked. A
-    client with no credential that declared a body and then sent a byte a second (or all but its last byte: up
-    to ``max_body_bytes``, 4 MiB, held in memory) kept its connection, a handler task and the bytes so far for
-    ever (``bench/slow_clients.py``: every slow-body connection still open). Now the whole body must arrive
+    """Defect: aiohttp has no timer on a request body. A client that declared a body and then sent a byte a
+    second (or all but its last byte: up to ``max_body_bytes``, 4 MiB, held in memory) kept its connection, a
+    handler task and the bytes so far for ever (``bench/slow_clients.py``: every slow-body connection still
+    open). Now the whole body must arrive
     within ``pipeline.BODY_TIMEOUT_S`` (60 s): a 408 naming ``body``, then the connection closes."""
     from gateway import pipeline
 
     monkeypatch.setattr(pipeline, "BODY_TIMEOUT_S", 1.0)
     async with app_backend(_big_answer(0)) as url, running_gateway(gateway_config(url)) as gw:
-        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n")
-        sock = await _raw_post(gw.url, head, b'{"model": "sim", ')
+        # (with a credential: one without is refused before its body is read, tests/gateway/test_auth_before_body.py)
+        sock = await _raw_post(gw.url, _head(gw.token("a"), 100000), b'{"model": "sim", ')
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         try:
