@@ -11,9 +11,22 @@ from typing import Any
 from gateway.hooks import StreamEmbedder
 from gateway.proxy.responses_output import Output
 from gateway.proxy.responses_scrub import PART_TEXT
+from gateway.proxy.sse import MAX_EVENT_BYTES, SSETooLarge
 
 PartKey = tuple[int, str, int]  # (upstream output_index, "content" | "summary", index within that list)
 _ANSWER_TYPES = frozenset({"response.output_text.delta", "response.refusal.delta"})
+
+# What a stream may keep for its done copies (``PartStream.keep``), in units of about a byte of memory: the backend's
+# own response.completed carries all of it and is refused over MAX_EVENT_BYTES, so a stream keeping twice that can
+# never complete. Besides each text character and logprob entry (>= 32 bytes of JSON there), what is kept per
+# delta piece (a list slot and its string), per part (its record, embedder, dict entry) and per output item or
+# announced part (dict and set entries) counts too: counting characters alone, an endless stream of empty deltas,
+# or of deltas each opening a new part (517 B of memory per 100-byte event, 0 counted), grew without bound.
+KEEP_MAX = 2 * MAX_EVENT_BYTES
+KEEP_PIECE = 16
+KEEP_PART = 512
+KEEP_ENTRY = 128
+KEEP_LOGPROB = 32
 
 
 @dataclass(slots=True)
@@ -39,10 +52,18 @@ class PartStream(Output):
     _index: dict[int, int | None]
     _ids: dict[int, Any]
     _announced: set[PartKey]
+    _kept: int  # what the stream keeps for its done copies (see KEEP_MAX)
+
+    def keep(self, units: int) -> None:
+        """Count ``units`` more kept; past ``KEEP_MAX`` the stream can never complete: ``SSETooLarge``."""
+        self._kept += units
+        if self._kept > KEEP_MAX:
+            raise SSETooLarge(f"the response keeps more than {KEEP_MAX} bytes of text and parts")
 
     def _part(self, key: PartKey, delta_type: str) -> Part:
         part = self._parts.get(key)
         if part is None:
+            self.keep(KEEP_PART)
             answer = delta_type in _ANSWER_TYPES
             part = self._parts[key] = Part(self._embedder(answer), self._think_key(), answer, delta_type)
         return part
@@ -58,7 +79,8 @@ class PartStream(Output):
         new = part.emb.feed(text) if part.emb is not None else text
         if last and part.emb is not None:
             new += part.emb.finish()
-        part.sent.append(new)
+        if new:  # (an empty piece kept nothing but its list slot: an endless run of them grew the list for ever)
+            part.sent.append(new)
         return new
 
     def _synthetic(self, key: PartKey, part: Part, text: str) -> dict[str, Any]:

@@ -38,9 +38,9 @@ from gateway.proxy.choice import ChoiceHook, EmbedderFactory
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.relay import dumps_utf8, error_event
 from gateway.proxy.responses_output import finish_reason
-from gateway.proxy.responses_parts import Part, PartKey, PartStream
+from gateway.proxy.responses_parts import KEEP_ENTRY, KEEP_LOGPROB, KEEP_PIECE, Part, PartKey, PartStream
 from gateway.proxy.responses_scrub import ERROR_FIELDS, EVENT_FIELDS, RESPONSE_EVENT_FIELDS
-from gateway.proxy.sse import MAX_EVENT_BYTES, SSEComment, SSEDecoder, SSETooLarge, encode_comment, encode_event
+from gateway.proxy.sse import SSEComment, SSEDecoder, encode_comment, encode_event
 from gateway.proxy.usage import Usage
 
 # delta event -> (part list of the item, its index field, the done event, the done event's text field)
@@ -93,7 +93,7 @@ class ResponsesRelay(PartStream):
         self.done = False
         self.upstream_error = False
         self.model: str | None = None
-        self._kept = 0  # what the parts keep for their done copies: text characters + 32 per logprob entry
+        self._kept = 0  # what the stream keeps for its done copies (``PartStream.keep``)
 
     def feed(self, chunk: bytes) -> bytes:
         out: list[bytes] = []
@@ -160,6 +160,7 @@ class ResponsesRelay(PartStream):
         if t in ("response.output_item.added", "response.output_item.done") and not isinstance(item, dict):
             return self._withhold("malformed_event", f"{t} without an item")
         if oi not in self._index:
+            self.keep(KEEP_ENTRY)  # (with its _ids entry: an endless run of new indices is bounded too)
             self._index[oi] = None if item is not None and self._dropped(item) else self._next_index
             if self._index[oi] is not None:
                 self._next_index += 1
@@ -195,7 +196,10 @@ class ResponsesRelay(PartStream):
             if not _is_index(obj.get(_ADDED[t])) or not isinstance(part, dict):
                 return self._withhold("malformed_event", f"{t} without an index or a part")
             self._clean_part(part, True)
-            self._announced.add((oi, "summary" if _ADDED[t] == "summary_index" else "content", obj[_ADDED[t]]))
+            key = (oi, "summary" if _ADDED[t] == "summary_index" else "content", obj[_ADDED[t]])
+            if key not in self._announced:
+                self.keep(KEEP_ENTRY)
+                self._announced.add(key)
             return [obj]
         if t == "response.output_item.added" and isinstance(item, dict):
             self._clean_item(item, True)
@@ -218,9 +222,7 @@ class ResponsesRelay(PartStream):
         # or hostile backend) grew the gateway without limit, 1:1 with what it relayed. The backend's own
         # response.completed carries all of it and is refused over MAX_EVENT_BYTES (a logprob entry is >= 32
         # bytes of JSON there): a stream keeping twice that can never complete, and ends as malformed now.
-        self._kept += len(text) + 32 * (len(lp) if isinstance(lp, list) else 0)
-        if self._kept > 2 * MAX_EVENT_BYTES:
-            raise SSETooLarge(f"the response's text exceeds {2 * MAX_EVENT_BYTES} characters")
+        self.keep(len(text) + KEEP_PIECE + KEEP_LOGPROB * (len(lp) if isinstance(lp, list) else 0))
         if text:
             self.content_events += 1
         obj["delta"] = self._feed(part, text, False)
