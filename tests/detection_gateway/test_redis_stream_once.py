@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -68,7 +69,7 @@ async def test_a_retry_after_a_late_reply_adds_no_second_entry(redis_url: str) -
         entries = await r.xrange("once:alerts")
         assert [json.loads(f[b"alert"])["client"] for _, f in entries] == ["c1", "c2"]
         assert [f[b"id"].decode() for _, f in entries] == [alert.id, other.id]
-        assert 0 < await r.pttl(f"once:alerts:seen:{alert.id}") <= 86_400_000  # the marker expires
+        assert 0 < await r.pttl(f"{{once:alerts}}:seen:{alert.id}") <= 86_400_000  # the marker expires
     finally:
         await r.aclose()
 
@@ -94,4 +95,31 @@ async def test_a_user_without_scripting_still_gets_alerts_and_is_told(
         await sink.close()
         await r.execute_command("ACL", "DELUSER", "alerts")
         await r.delete("acl:alerts")
+        await r.aclose()
+
+
+@pytest.mark.parametrize("stream", ["ipgate:alerts", "alerts:{fleet}:eu", "odd}name"])
+async def test_the_marker_shares_the_streams_slot_on_a_redis_cluster(redis_cluster: Any, stream: str) -> None:
+    """Defect: the script names the stream and the alert's marker key, which hashed to another slot: a Redis
+    Cluster refuses such a script (CROSSSLOT) on whichever node it runs, even the one serving the stream (and a
+    one-shard cluster, where the plain XADD used to work), so every alert on the sink failed. The marker now
+    lives in the stream's slot (its hash tag, or the stream's name as one)."""
+    from redis.crc import key_slot
+
+    redis_cluster.flush()
+    node = redis_cluster.nodes[redis_cluster.node_of_slot(key_slot(stream.encode()))]
+    sink = RedisStreamSink(AlertSinkConfig(kind="redis_stream", stream=stream), node.url)
+    try:
+        alert = make_alert("c1")
+        await sink.emit(alert, alert.to_json())  # before the fix: SinkError ... CROSSSLOT
+        await sink.emit(alert, alert.to_json())  # a retry: still one entry
+        other = make_alert("c2")
+        await sink.emit(other, other.to_json())
+    finally:
+        await sink.close()
+    r = aioredis.Redis.from_url(node.url)
+    try:
+        entries = await r.xrange(stream)
+        assert [f[b"id"].decode() for _, f in entries] == [alert.id, other.id]
+    finally:
         await r.aclose()

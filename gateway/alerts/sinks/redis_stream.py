@@ -27,6 +27,21 @@ return 1
 _SEEN_TTL_MS = 86_400_000
 
 
+def marker_prefix(stream: str) -> str:
+    """The prefix of the stream's per-alert marker keys, in the stream's own hash slot: Redis Cluster refuses a
+    script over keys of two slots (CROSSSLOT) on every node, a one-shard cluster included. A stream with a hash
+    tag keeps it (``alerts:{fleet}`` -> ``alerts:{fleet}:seen:``); another is named as a tag
+    (``{ipgate:alerts}:seen:``); a name that cannot be (a ``}`` in it) gets the first numeric tag of its slot."""
+    from redis.crc import key_slot
+
+    slot = key_slot(stream.encode())
+    for prefix in (f"{stream}:seen:", f"{{{stream}}}:seen:"):
+        if key_slot(prefix.encode()) == slot:
+            return prefix
+    tag = next(str(i) for i in range(1 << 20) if key_slot(str(i).encode()) == slot)  # ~16 000 tries on average
+    return f"{{{tag}}}:seen:"
+
+
 class RedisStreamSink:
     def __init__(self, cfg: AlertSinkConfig, default_url: str) -> None:
         self.cfg = cfg
@@ -35,6 +50,7 @@ class RedisStreamSink:
         self.url = cfg.url or default_url
         self._redis: aioredis.Redis | None = None
         self._scripts = True  # False once the server refused scripting (ACL): plain XADD, retries may repeat
+        self._marker = marker_prefix(cfg.stream)
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -49,7 +65,7 @@ class RedisStreamSink:
             if self._scripts:
                 try:
                     await self._client().eval(  # type: ignore[misc]  # redis-py types eval as sync|async
-                        _XADD_ONCE, 2, stream, f"{stream}:seen:{alert.id}",
+                        _XADD_ONCE, 2, stream, f"{self._marker}{alert.id}",
                         _SEEN_TTL_MS, self.cfg.max_len, payload, alert.client, alert.tier, alert.id)
                     return
                 except aioredis.ResponseError as e:
