@@ -312,6 +312,13 @@ def estimate_parts(endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
     return 1, 0
 
 
+def choices_at_most(endpoint: str, body: Mapping[str, Any]) -> int:
+    """The choices an answer to this request may hold: ``n`` (or vLLM's ``best_of``) per prompt of a completions
+    batch; what the stream relay bounds the state it keeps per choice by."""
+    n = max(_int_field(body, "n", default=1), _int_field(body, "best_of", default=1))
+    return n * (_batch(body.get("prompt")) if endpoint == "completions" else 1)
+
+
 def _batch(raw: Any) -> int:
     """The prompts (inputs) of a completions ``prompt`` (embeddings ``input``): a list of strings or of token-id
     lists holds one each; a string or a list of token ids is one."""

@@ -33,6 +33,7 @@ from gateway.proxy.relay import StreamRelay, dumps_utf8, error_event
 from gateway.proxy.responses_relay import ResponsesRelay
 from gateway.proxy.sse import SSETooLarge
 from gateway.proxy.usage import Usage, usage_from_body
+from gateway.ratelimit import choices_at_most
 from gateway.route import Opened
 from gateway.routing.router import Outcome
 
@@ -300,7 +301,8 @@ async def stream(ctx: AppContext, request: web.Request, ex: Exchange, parsed: Pa
                        fields=ctx.fields, model_name=model_name)
         if parsed.endpoint == "responses"
         else StreamRelay(parsed.endpoint, parsed.client_usage, embed, details=details, choice_hook=hook,
-                         fields=ctx.fields, model_name=model_name))
+                         fields=ctx.fields, model_name=model_name,
+                         max_choices=choices_at_most(parsed.endpoint, parsed.body)))
     out = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     ex.status = ex.facts.status = 200
     task = asyncio.current_task()

@@ -29,7 +29,7 @@ from gateway.proxy.choice import (
 )
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.parse import Endpoint
-from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, encode_comment, encode_event
+from gateway.proxy.sse import DONE, SSEComment, SSEDecoder, SSETooLarge, encode_comment, encode_event
 from gateway.proxy.usage import Usage, split_usage_chunk
 
 _DONE_EVENT = b"data: [DONE]\n\n"
@@ -60,19 +60,24 @@ def _dumps(obj: Any) -> bytes:
 
 class StreamRelay:
     __slots__ = ("_answers", "_chat", "_client_usage", "_decoder", "_embedders", "_factory", "_fast", "_fields",
-                 "_hook", "_ids", "_listed", "_model_name", "_needs_decoding", "_part_thinking", "_reasoned",
-                 "_thinking", "content_events", "done", "finish_reasons", "logprob_positions", "model",
+                 "_hook", "_ids", "_listed", "_max_choices", "_model_name", "_needs_decoding", "_part_thinking",
+                 "_reasoned", "_thinking", "content_events", "done", "finish_reasons", "logprob_positions", "model",
                  "upstream_error", "usage", "watermarked")
 
     def __init__(self, endpoint: Endpoint, client_usage: bool, embedder_factory: EmbedderFactory | None,
                  *, details: bool = True, choice_hook: ChoiceHook | None = None,
-                 fields: FieldPolicy | None = None, model_name: str | None = None) -> None:
+                 fields: FieldPolicy | None = None, model_name: str | None = None,
+                 max_choices: int | None = None) -> None:
         """``details`` False (no detection, trace not sampled): chunks that carry only content are relayed
         without JSON decoding; those with usage, a finish reason or an error are still decoded.
         ``choice_hook`` runs on every choice of every chunk (response-side logprob hardening).
         ``fields``: deployment-internal answer fields withheld from every chunk that may hold one.
         ``model_name``: the name every chunk's ``model`` is written with (the backend knows the model by another,
-        its ``upstream_model``: relayed, the name disclosed the real weights); None: as the backend wrote it."""
+        its ``upstream_model``: relayed, the name disclosed the real weights); None: as the backend wrote it.
+        ``max_choices``: the choices the request may be answered with (``ratelimit.choices_at_most``). The state
+        kept per choice (watermark embedders, reasoning channels, finish reasons) is bounded by it: a stream naming
+        more choices is malformed (``SSETooLarge``). Without the bound a backend that gave every chunk a new index
+        grew the gateway ~1.1 KB per ~170-byte chunk (watermark on), without end. None: no bound."""
         self._decoder = SSEDecoder()
         self._hook = choice_hook
         self._fields = fields if fields is not None and fields.pattern is not None else None
@@ -80,6 +85,7 @@ class StreamRelay:
         self._needs_decoding = _NEEDS_DECODING if self._fields is None or self._fields.pattern is None else \
             re.compile(_NEEDS_DECODING.pattern + b"|" + self._fields.pattern.pattern)
         self._model_name = model_name
+        self._max_choices = max_choices
         self._fast = not details and embedder_factory is None and choice_hook is None and model_name is None
         self._chat = endpoint == "chat"
         self._client_usage = client_usage
@@ -215,7 +221,7 @@ class StreamRelay:
                 if new != (text or ""):
                     holder["content" if self._chat else "text"] = new
                     changed = True
-            if fr is not None:
+            if fr is not None and (self._max_choices is None or len(self.finish_reasons) < self._max_choices):
                 self.finish_reasons.append(str(fr))
             if self._hook is not None and self._hook(choice):
                 changed = True
@@ -234,6 +240,8 @@ class StreamRelay:
                 emb = self._factory()
                 if emb is None:
                     return False
+                self._room(self._thinking, 4)  # (a choice has a channel or two: reasoning_content, reasoning)
+                self._room(self._reasoned, 1, idx)
                 self._thinking[ch] = (emb, keys)
                 self._reasoned.add(idx)
                 self.watermarked = True
@@ -263,6 +271,7 @@ class StreamRelay:
         stays a string unless a thinking part must go in with it. True if the delta changed."""
         if text is not None and not isinstance(text, str | list):
             return False  # not a content this relay knows: relayed as written
+        self._room(self._listed, 1, idx)
         self._listed.add(idx)
         as_list = isinstance(text, list)
         content: list[Any] = text if isinstance(text, list) else [parts.text_part(text)] if (
@@ -275,6 +284,7 @@ class StreamRelay:
                     th = self._factory() if self._factory is not None else None
                     if th is None:
                         continue
+                    self._room(self._reasoned, 1, idx)
                     self._part_thinking[idx] = th
                     self._reasoned.add(idx)
                     self.watermarked = True
@@ -327,9 +337,17 @@ class StreamRelay:
 
     def _embedder(self, idx: int, factory: EmbedderFactory) -> StreamEmbedder | None:
         if idx not in self._embedders:
+            self._room(self._embedders, 1)
             emb = self._embedders[idx] = factory()
             self.watermarked = self.watermarked or emb is not None
         return self._embedders[idx]
+
+    def _room(self, held: dict[Any, Any] | set[Any], per_choice: int, key: Any = None) -> None:
+        """``SSETooLarge`` when a new entry in ``held`` (per-choice state; ``key``: none if already in it) would hold
+        more than ``per_choice`` entries per choice the request may be answered with."""
+        if self._max_choices is not None and len(held) >= per_choice * self._max_choices and (
+                key is None or key not in held):
+            raise SSETooLarge(f"the stream names more choices than the request's {self._max_choices}")
 
     def _flush_all(self, event: str | None) -> list[bytes]:
         """[DONE] arrived while embedders still hold text (no finish_reason seen): emit it as chunks."""
