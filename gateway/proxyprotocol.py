@@ -87,7 +87,21 @@ def _parse_v1(buf: bytes) -> ProxyHeader | None:
         raise ProxyHeaderError(f"v1 header: addresses are not IPv{want}")
     sport = _port(parts[4])
     _port(parts[5])  # validated, not used: the gateway knows its own address
-    return ProxyHeader((str(src), sport), end + 2)
+    return ProxyHeader((_client(src), sport), end + 2)
+
+
+def _client(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The client's address as the rest of the gateway writes it (``clientaddr``): an IPv4-mapped IPv6 address
+    (a balancer on a dual-stack socket sends IPv4 clients so, in v1 and v2) is its IPv4 address, and a zone
+    (``fe80::1%eth0``, v1 text: an interface of the balancer's host) is dropped. Kept as written, one client had
+    two addresses in the access log and alert evidence (``::ffff:102:304`` and ``1.2.3.4``), and the zone's text
+    went upstream in ``X-Forwarded-For``."""
+    if isinstance(a, ipaddress.IPv6Address):
+        if a.ipv4_mapped is not None:
+            return str(a.ipv4_mapped)
+        if a.scope_id is not None:
+            return str(ipaddress.IPv6Address(int(a)))
+    return str(a)
 
 
 def _port(raw: bytes) -> int:
@@ -118,11 +132,13 @@ def _parse_v2(buf: bytes) -> ProxyHeader | None:
     if proto == 1 and family == 1:  # TCP over IPv4
         if length < 12:
             raise ProxyHeaderError("v2 header: IPv4 address block too short")
-        return ProxyHeader((str(ipaddress.IPv4Address(body[:4])), int.from_bytes(body[8:10], "big")), total)
+        return ProxyHeader((_client(ipaddress.IPv4Address(body[:4])), int.from_bytes(body[8:10], "big")), total)
     if proto == 1 and family == 2:  # TCP over IPv6
         if length < 36:
             raise ProxyHeaderError("v2 header: IPv6 address block too short")
-        return ProxyHeader((str(ipaddress.IPv6Address(body[:16])), int.from_bytes(body[32:34], "big")), total)
+        return ProxyHeader((_client(ipaddress.IPv6Address(body[:16])), int.from_bytes(body[32:34], "big")), total)
+    if family > 3 or proto > 2:  # the specification: other values "must be rejected as invalid by receivers"
+        raise ProxyHeaderError(f"v2 header: address family {family}, transport {proto}")
     return ProxyHeader(None, total)  # UNSPEC, UNIX or datagram: the specification says to use the real peer
 
 

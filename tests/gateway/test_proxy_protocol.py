@@ -44,6 +44,13 @@ PARSED: list[tuple[bytes, ProxyHeader | None]] = [
     (v2(0, 0x00, b""), ProxyHeader(None, 16)),  # LOCAL: the balancer's own health check
     (v2(1, 0x00, b""), ProxyHeader(None, 16)),  # UNSPEC
     (v2(1, 0x31, b"\x00" * 216), ProxyHeader(None, 232)),  # UNIX sockets: keep the TCP peer
+    (v2(1, 0x12, b"\x00" * 12), ProxyHeader(None, 28)),  # UDP over IPv4: keep the TCP peer
+    # a balancer on a dual-stack socket names IPv4 clients as IPv4-mapped IPv6 addresses: the IPv4 address, as a
+    # dual-stack listener's own peers are written (before: "::ffff:102:304", one client with two addresses)
+    (b"PROXY TCP6 ::ffff:203.0.113.7 ::1 1 2\r\n", ProxyHeader(("203.0.113.7", 1), 39)),
+    (v2(1, 0x21, ipaddress.IPv6Address("::ffff:198.51.100.9").packed + V6[16:] + struct.pack("!HH", 5, 443)),
+     ProxyHeader(("198.51.100.9", 5), 52)),
+    (b"PROXY TCP6 fe80::1%eth0 fe80::2 1 2\r\n", ProxyHeader(("fe80::1", 1), 37)),  # the zone is not the client's
 ]
 
 INVALID: list[tuple[bytes, str]] = [
@@ -62,6 +69,8 @@ INVALID: list[tuple[bytes, str]] = [
     (v2(1, 0x21, b"\x00" * 30), "IPv6 address block too short"),
     (V2_SIGNATURE + b"\x21\x11\xff\xff", "longer than"),
     (b"\r\n\r\n\x00\r\nQUIZ\n\x21\x11\x00\x00", "no PROXY protocol header"),
+    (v2(1, 0x51, b"\x00" * 12), "address family 5"),  # values the specification says to reject, not to skip
+    (v2(1, 0x13, b"\x00" * 12), "transport 3"),
 ]
 
 
@@ -165,3 +174,14 @@ async def test_a_header_from_anyone_else_is_never_read(balanced: tuple[GatewayHa
     assert spoofed.split(b" ", 2)[1] == b"400"  # an HTTP syntax error, not an address
     assert (await _exchange(gw, b"")).startswith(b"HTTP/1.1 200")  # served directly, by its TCP peer
     assert seen == ["127.0.0.1"]
+
+
+async def test_an_ipv4_client_named_in_ipv6_form_is_one_address(balanced: tuple[GatewayHandle, list[str]]) -> None:
+    """Defect: a balancer on a dual-stack socket names an IPv4 client as ::ffff:a.b.c.d; the gateway kept it as
+    ``::ffff:cb00:7107`` (Python's IPv6 text), so the same client had another address than when it connected
+    directly, in the access log, the alert evidence (``ips``, ``address_peers``) and the hop sent upstream."""
+    gw, seen = balanced
+    mapped = ipaddress.IPv6Address("::ffff:203.0.113.7").packed + V6[16:] + struct.pack("!HH", 5, 443)
+    assert (await _exchange(gw, v2(1, 0x21, mapped))).startswith(b"HTTP/1.1 200")
+    assert (await _exchange(gw, b"PROXY TCP6 ::ffff:203.0.113.7 ::1 1 2\r\n")).startswith(b"HTTP/1.1 200")
+    assert seen == ["203.0.113.7", "203.0.113.7"]
