@@ -18,6 +18,9 @@ backend's ``idle_timeout_s`` = ``--idle``), then runs, one after the other:
   every second for ``--slow-s`` s (default ``2 * --idle + 2``), then nothing for 12 s; reports how many
   connections the gateway still holds then.
 
+- ``anonymous-body``: ``--n`` connections with no credential, each declaring a 4 MiB body and sending all of it
+  but its last byte at once; reports the gateway's RSS growth after 2 s and how many were answered (a 401 before
+  the body is read; when the body was read first, each held its 4 MiB until the 60 s body deadline).
 - ``pipelined-never-read``: ``--n`` connections writing unauthenticated requests as fast as the gateway
   takes them for ``--slow-s`` s, reading nothing, then silent for 12 s: connections still held.
 - ``endless-answer`` / ``endless-responses`` (a broken backend): a non-streamed answer without end (peak RSS,
@@ -330,6 +333,29 @@ async def slow_bytes(gw: GatewayProcess, pid: int, n: int, seconds: float, what:
     return out
 
 
+async def anonymous_body(gw: GatewayProcess, pid: int, n: int) -> dict[str, Any]:
+    base = await settle_rss(pid)
+    loop = asyncio.get_running_loop()
+    size = 4 * 1024 * 1024
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {size}\r\n\r\n".encode())
+    body = b"{" + b" " * (size - 2)
+    socks = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        socks.append(sock)
+    await asyncio.gather(*(asyncio.wait_for(loop.sock_sendall(s, head + body), 30) for s in socks))
+    held = await settle_rss(pid, 2.0)
+    answered = 0
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            answered += sock.recv(65536).startswith(b"HTTP/1.1 401")
+        sock.close()
+    return {"scenario": "anonymous-body", "n": n, "rss_growth_kib": held - base, "answered_401": answered}
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
@@ -360,11 +386,13 @@ async def main() -> None:
         pid = gw.proc.pid
         await settle_rss(pid)
         slow_s = a.slow_s or 2 * a.idle + 2
-        for name in ("stream-never-read", "body-never-read", "slow-headers", "slow-body", "pipelined-never-read",
-                     "endless-answer", "endless-responses"):
+        for name in ("stream-never-read", "body-never-read", "slow-headers", "slow-body", "anonymous-body",
+                     "pipelined-never-read", "endless-answer", "endless-responses"):
             if a.only and name not in a.only.split(","):
                 continue
-            if name == "pipelined-never-read":
+            if name == "anonymous-body":
+                out = await anonymous_body(gw, pid, a.n)
+            elif name == "pipelined-never-read":
                 out = await pipelined_never_read(gw, pid, a.n, slow_s)
             elif name == "endless-answer":
                 out = await endless_answer(gw, pid, 2 * a.idle + 2)
