@@ -61,11 +61,13 @@ OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "em
 _NO_SPAN = contextlib.nullcontext(INVALID_SPAN)  # tracing off: skip the SDK's context attach/detach entirely
 
 
-# The whole request body must arrive within this. aiohttp has no body timer: a client (before any credential
-# is checked) that sent all but a byte of a max_body_bytes body, or trickled it a byte at a time, held that
-# memory and its connection for ever. 60 s is nginx's client_body_timeout and takes the default 4 MiB limit at
-# 70 KB/s.
+# The whole request body must arrive within BODY_TIMEOUT_S plus a second per BODY_MIN_RATE bytes of it (its
+# Content-Length; max_body_bytes for a chunked one). aiohttp has no body timer: a client that sent all but a byte
+# of a max_body_bytes body, or trickled it a byte at a time, held that memory and its connection for ever. 60 s is
+# nginx's client_body_timeout. A fixed 60 s failed every upload slower than its size / 60 s (the default 4 MiB
+# under 70 KB/s, a mobile uplink; 64 MiB for embedding batches under 1.1 MB/s): 64 KiB/s more time is allowed.
 BODY_TIMEOUT_S = 60.0
+BODY_MIN_RATE = 64 * 1024  # bytes per second
 
 
 class BodyTimeout(InvalidRequest):
@@ -105,11 +107,14 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     if request.content.is_eof():  # the whole body came with the headers (most requests): nothing to wait for
         raw = await read_body(request, cfg.max_body_bytes)  # (a deadline costs ~4 µs of timer per request)
     else:
+        size = request.content_length  # (over max_body_bytes: read_body's 413 at once)
+        deadline = BODY_TIMEOUT_S + min(cfg.max_body_bytes if size is None else size, cfg.max_body_bytes) \
+            / BODY_MIN_RATE
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(deadline):
                 raw = await read_body(request, cfg.max_body_bytes)
         except TimeoutError as e:
-            raise BodyTimeout(f"body: not received within {BODY_TIMEOUT_S:g} s", param="body",
+            raise BodyTimeout(f"body: not received within {deadline:.0f} s", param="body",
                               headers={"Connection": "close"}) from e
     parsed = parse_request(endpoint, raw, ctx.models)                          # parse
     ex.parsed = parsed

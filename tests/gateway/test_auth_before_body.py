@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -91,3 +92,33 @@ async def test_a_client_with_a_credential_still_sends_its_body_slowly() -> None:
             sock.close()
         assert got.startswith(b"HTTP/1.1 200"), got[:200]
         assert len(seen) == 1 and seen[0] > 5000
+
+
+async def test_a_large_body_gets_time_for_its_size(monkeypatch: Any) -> None:
+    """Defect: the body deadline was 60 s whatever the body's size, so a legitimate upload slower than
+    max_body_bytes / 60 s always failed (the default 4 MiB at under 70 KB/s, a mobile uplink; an operator who
+    raised max_body_bytes to 64 MiB for embedding batches failed every client under 1.1 MB/s). The deadline is now
+    BODY_TIMEOUT_S plus one second per BODY_MIN_RATE bytes the request declares. (Scaled down here: 0.5 s plus a
+    second per 20 kB; a 30 kB body sent at ~25 kB/s takes ~1.2 s.)"""
+    from gateway import pipeline
+
+    monkeypatch.setattr(pipeline, "BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(pipeline, "BODY_MIN_RATE", 20_000, raising=False)
+    seen: list[int] = []
+    async with app_backend(_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
+        body = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.token('a')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        sock = await _open(gw.url, head, body[:1000])
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        try:
+            for i in range(1000, len(body), 1000):
+                await asyncio.sleep(0.04)
+                await loop.sock_sendall(sock, body[i:i + 1000])
+            got = await _answer(sock, 5)
+        finally:
+            sock.close()
+        assert time.monotonic() - t0 > 0.5  # past the fixed deadline
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]  # before the fix: 408
+        assert len(seen) == 1

@@ -131,6 +131,7 @@ async def test_a_body_that_never_arrives_is_a_408_and_the_connection_closes(monk
     from gateway import pipeline
 
     monkeypatch.setattr(pipeline, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(pipeline, "BODY_MIN_RATE", 10**9)  # (the time a body's size adds: none here)
     async with app_backend(_big_answer(0)) as url, running_gateway(gateway_config(url)) as gw:
         # (with a credential: one without is refused before its body is read, tests/gateway/test_auth_before_body.py)
         sock = await _raw_post(gw.url, _head(gw.token("a"), 100000), b'{"model": "sim", ')
