@@ -2,7 +2,8 @@
 
 ``Exchange`` collects one request's facts as the pipeline goes. ``finish`` (synchronous, cheap) records
 metrics, the span's GenAI attributes and the access-log line. ``settle`` (a background task) does the store
-work: reconcile the token reservation with the real usage (an aborted stream is charged what was streamed),
+work: reconcile the token reservation with the real usage (an aborted stream is charged what was streamed) and
+give back the request's in-flight slot (one store call),
 fold the response into the client's detection state, and register a watermark recipient.
 """
 
@@ -81,6 +82,8 @@ async def settle(ctx: AppContext, ex: Exchange) -> None:
     actual = actual_tokens(ex)
     if adm.reserved and actual is not None and actual != adm.reserved:
         await reconcile(ctx, principal.client_id, adm, actual)
+    elif adm.lease:  # the in-flight slot goes back whatever the usage (one call either way)
+        await reconcile(ctx, principal.client_id, adm, adm.reserved)
     if adm.session is not None:
         await account_detection(ctx, adm.session, ex.facts)
     # a successful answer from a backend that watermarks in its sampler carries the client's watermark too: its

@@ -4,10 +4,16 @@
 the token reservation at the stored tier's limits, all at once. Detection then scores this request against
 that state (no I/O) and may raise the tier for this request. Blocks (an administrator's ``deny`` or a tier
 whose policy says ``block``) answer 403; an exceeded limit answers 429 with ``Retry-After``/``RateLimit-*``.
+
+The same round trip takes a slot among the client's requests in flight when its tier caps them
+(``max_in_flight``): the slot is the request's lease (``gateway.store.inflight``), held in ``ctx.leases`` (renewed
+while the request runs) and given back by the accounting call that ends every admitted request, served
+(``account.settle``) or refused here (``_refused``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ if TYPE_CHECKING:  # gateway.account imports this module
 
 log = logging.getLogger(__name__)
 _pipeline_failure_logged = False
+_NO_LIMITS = Limits(1.0, 1.0, 1, 1)  # what a release without tokens to reconcile passes (its rate goes unread)
 
 
 @dataclass(slots=True)
@@ -35,6 +42,7 @@ class Admission:
     session: DetectionSession | None
     reserved: int  # tokens reserved by the store; reconciled in the account step
     limits_by_tier: Sequence[Limits] = ()  # the client's class's (policy-built) tuple that admission used
+    lease: str = ""  # the in-flight slot this request holds ("" none): given back by ``reconcile``
 
     @property
     def limits(self) -> Limits:
@@ -65,14 +73,35 @@ def _observe(ctx: AppContext, principal: Principal, path: str, parsed: ParsedReq
 async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Exchange) -> Admission:
     """The admission of ``ex`` (its route and request id); a refusal raises its ``GatewayError`` after noting
     the tier it was decided at in ``ex.refused_tier`` (the access log shows it)."""
-    path, request_id = ex.route, ex.request_id
-    reserved = estimate_tokens(path, parsed.seen)
+    reserved = estimate_tokens(ex.route, parsed.seen)
     # the client's plan: a tuple the policy built once (one dict probe; no allocation per request)
     by_tier = ctx.policy.limits_by_class.get(principal.limit_class)
     if by_tier is None:
         by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
-    res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
-                                                ctx.config.detection.state_ttl_s))
+    lease = ctx.leases.new_id()
+    try:
+        res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
+                                                    ctx.config.detection.state_ttl_s, lease,
+                                                    ctx.config.store.in_flight_lease_s))
+    except asyncio.CancelledError:  # the client went away while the store decided: it may have taken a slot
+        ctx.spawn(_release(ctx, principal.client_id, lease))
+        raise
+    try:
+        adm = _decide(ctx, principal, parsed, ex, res, reserved, by_tier, lease if res.slot else "")
+    except GatewayError:
+        raise  # (refused: ``_refused`` gave the slot back)
+    except BaseException:  # a gateway bug: the slot must not stay taken until its lease expires
+        if res.slot:
+            ctx.spawn(_release(ctx, principal.client_id, lease))
+        raise
+    if adm.lease:
+        ctx.leases.hold(adm.lease, principal.client_id)
+    return adm
+
+
+def _decide(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Exchange, res: AdmitResult,
+            reserved: int, by_tier: Sequence[Limits], lease: str) -> Admission:
+    path, request_id = ex.route, ex.request_id
     screening: GatewayError | None = None
     try:
         session = _observe(ctx, principal, path, parsed, res, request_id, ex.ip)
@@ -81,9 +110,11 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     tier = res.tier
     if session is not None and res.override != "allow":
         tier = max(tier, session.outcome.tier)
-    adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier)
+    adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier, lease)
     _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
     _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
+    if res.in_flight:  # (0: the tier caps nothing, or a rate limit refused first)
+        _count(ctx, "concurrency", "allow" if res.slot else "reject")
     err = screening if screening is not None else admission_error(res)
     if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
         err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
@@ -139,7 +170,7 @@ def _count(ctx: AppContext, kind: str, decision: str) -> None:
 
 def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int) -> None:
     """A refused request still counts as evidence (detection state) and gives its reservation back."""
-    if adm.reserved:
+    if adm.reserved or adm.lease:
         ctx.spawn(reconcile(ctx, principal.client_id, adm, 0))
     if adm.session is not None:
         ctx.spawn(account_detection(ctx, adm.session, ResponseFacts(status=status)))
@@ -149,9 +180,21 @@ def _refused(ctx: AppContext, principal: Principal, adm: Admission, status: int)
 # counted, never left to asyncio's "Task exception was never retrieved" (a blocked client sends only refused
 # requests, whose accounting used to run bare).
 async def reconcile(ctx: AppContext, client_id: str, adm: Admission, actual: int) -> None:
-    """Charge the reservation's difference to ``actual`` tokens (0: give it all back)."""
+    """Charge the reservation's difference to ``actual`` tokens (0: give it all back), and give back the request's
+    in-flight slot."""
+    if adm.lease:
+        ctx.leases.drop(adm.lease)  # no longer renewed, whatever the store answers
     try:
-        await ctx.store.reconcile_tokens(client_id, adm.reserved, actual, adm.limits, adm.result.tokens_until_us)
+        await ctx.store.reconcile_tokens(client_id, adm.reserved, actual, adm.limits, adm.result.tokens_until_us,
+                                         adm.lease)
+    except Exception:
+        log.exception("reconcile_tokens failed")
+
+
+async def _release(ctx: AppContext, client_id: str, lease: str) -> None:
+    """Give back a slot the request may hold though it has no admission (a no-op where it holds none)."""
+    try:
+        await ctx.store.reconcile_tokens(client_id, 0, 0, _NO_LIMITS, None, lease)
     except Exception:
         log.exception("reconcile_tokens failed")
 

@@ -30,6 +30,7 @@ from gateway.errors import INTERNAL_ERROR_BODY, GatewayError, NotFound, to_opena
 from gateway.fingerprinting import FingerprintChecker
 from gateway.hooks import Detection, Watermarking
 from gateway.kgw_probe import KgwPluginProbe
+from gateway.leases import LeaseRenewer
 from gateway.pipeline import error_response, list_models, no_route, proxy_handler
 from gateway.policy import Policy
 from gateway.proxy.fields import FieldPolicy
@@ -104,10 +105,13 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
                                unknown_metric=m.request_fields_unknown_total),
         )
         ctx.client_address = ClientAddress(cfg.server.trusted_proxies, cfg.server.client_address_header)
+        renewer = LeaseRenewer(store, ctx.leases, lambda: ctx.config.store.in_flight_lease_s)
+        renewer.start()
         try:
             yield ctx
         finally:
-            await _drain_background(ctx)
+            await _drain_background(ctx)  # (the accounting gives the slots of the last requests back)
+            await renewer.close()
 
 
 def _detection(cfg: GatewayConfig, policy: Policy, metrics: Metrics,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.clientaddr import ClientAddress
+from gateway.store.inflight import LeaseBook
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class AppContext:
     drain_expired: bool = False  # the drain deadline passed: streams still running end with an error event
     models: frozenset[str] = frozenset()  # model names served, refreshed on reload
     inflight: set[asyncio.Task[object]] = field(default_factory=set)  # proxy handlers running now (drain)
+    # the in-flight slots (max_in_flight leases) this process's requests hold: renewed while they run
+    leases: LeaseBook = field(default_factory=LeaseBook)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # accounting work off the hot path
     # Bound metric children by label values: labels() takes a lock and builds a tuple on every call. The key
     # space is bounded (routes x configured models/backends x statuses), never per client.

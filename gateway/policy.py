@@ -4,7 +4,8 @@ Tier 0 is the most trusted; detection raises a client's tier as suspicion grows.
 `limits` is a *limit class* (a plan: `default`, `free`, `enterprise`, ...); a client has one (see
 gateway/auth/limitclass.py). A tier may name a `limits` entry too: at that tier a client gets, field by field,
 the tighter of its class's limits and the tier's, so suspicion only ever tightens a plan, and a free client is
-not loosened by a tier whose limits are above its own. A tier that names none applies the class's limits.
+not loosened by a tier whose limits are above its own. A tier that names none applies the class's limits. A
+tier's own `max_in_flight` tightens every class's in-flight cap at that tier the same way.
 
 All of it becomes GCRA parameters here, once, at start-up: one ``limits_by_tier`` tuple per class, so the hot
 path does one dict lookup (class → tuple) and the store indexes the tuple by tier. The tuples are built once
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from gateway.config import GatewayConfig, TierLimitsConfig, TierPolicyConfig
 from gateway.principal import DEFAULT_LIMIT_CLASS as DEFAULT_CLASS
@@ -33,28 +35,44 @@ def limits_from_config(cfg: TierLimitsConfig) -> Limits:
         tokens_per_minute=cfg.tokens_per_minute,
         burst_requests=cfg.burst_requests or max(1, int(cfg.requests_per_minute * share)),
         burst_tokens=cfg.burst_tokens or max(1, int(cfg.tokens_per_minute * share)),
+        max_in_flight=cfg.max_in_flight or 0,
     )
 
 
 _UNKNOWN_LOGGED: set[str] = set()  # names logged; only a programming error gets here (auth checks names)
 
 
+def tighter_cap(a: int, b: int) -> int:
+    """The tighter of two in-flight caps, where 0 is no cap."""
+    return b if a == 0 else a if b == 0 else min(a, b)
+
+
 def tighter(a: Limits, b: Limits) -> Limits:
-    """Field by field the smaller of two limits (rates and bursts separately); ``a`` itself when it is no looser."""
+    """Field by field the smaller of two limits (rates, bursts, in-flight cap separately); ``a`` itself when it is
+    no looser."""
+    cap = tighter_cap(a.max_in_flight, b.max_in_flight)
     if (a.requests_per_minute <= b.requests_per_minute and a.tokens_per_minute <= b.tokens_per_minute
-            and a.burst_requests <= b.burst_requests and a.burst_tokens <= b.burst_tokens):
+            and a.burst_requests <= b.burst_requests and a.burst_tokens <= b.burst_tokens and cap == a.max_in_flight):
         return a
     return Limits(
         requests_per_minute=min(a.requests_per_minute, b.requests_per_minute),
         tokens_per_minute=min(a.tokens_per_minute, b.tokens_per_minute),
         burst_requests=min(a.burst_requests, b.burst_requests),
         burst_tokens=min(a.burst_tokens, b.burst_tokens),
+        max_in_flight=cap,
     )
 
 
+def _at_tier(base: Limits, tier: TierPolicyConfig, limits: Mapping[str, Limits]) -> Limits:
+    lim = base if tier.limits is None else tighter(base, limits[tier.limits])
+    cap = tighter_cap(lim.max_in_flight, tier.max_in_flight or 0)
+    return lim if cap == lim.max_in_flight else replace(lim, max_in_flight=cap)
+
+
 def class_tiers(base: Limits, tiers: tuple[TierPolicyConfig, ...], limits: Mapping[str, Limits]) -> tuple[Limits, ...]:
-    """One class's ``limits_by_tier``: its own limits, tightened at each tier that names limits."""
-    return tuple(base if t.limits is None else tighter(base, limits[t.limits]) for t in tiers)
+    """One class's ``limits_by_tier``: its own limits, tightened at each tier that names limits or an in-flight
+    cap."""
+    return tuple(_at_tier(base, t, limits) for t in tiers)
 
 
 class Policy:

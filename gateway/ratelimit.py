@@ -192,6 +192,8 @@ def admission_error(result: AdmitResult) -> GatewayError | None:
     - the store could not decide and the failure mode is ``closed`` (``unavailable``) → 503 with
       ``Retry-After``: the client did not exceed its quota, we could not check it, so a 429 would be a lie
       that skews client back-off;
+    - too many of the client's requests in flight (``max_in_flight``) → 429 ``too_many_concurrent_requests``
+      with ``Retry-After: 1``;
     - otherwise → 429 with the ``RateLimit-*`` headers of the binding limit (including the in-process limits
       of failure mode ``local``: those are real limits).
     """
@@ -206,6 +208,14 @@ def admission_error(result: AdmitResult) -> GatewayError | None:
             code="rate_limit_state_unavailable",
             headers={"Retry-After": headers.get("Retry-After", "1")},
         )
+    if result.too_many_in_flight:
+        # No rate says when a slot frees (a stream ends when it ends): one second, as a hint to back off. The
+        # buckets are reported as they stand (nothing was charged).
+        headers["Retry-After"], headers["retry-after-ms"] = "1", "1000"
+        return RateLimited(
+            f"Too many concurrent requests: {result.in_flight} of this client's requests are in flight and its "
+            f"limit is {result.in_flight_limit}. Wait for one to finish, then retry.",
+            code="too_many_concurrent_requests", headers=headers)
     kind, d = _binding(result)
     return RateLimited(
         f"Rate limit reached for {kind}: burst of {d.limit}, {d.remaining} remaining. "

@@ -59,9 +59,16 @@ class AuthConfig(_Model):
     cache_size: int = Field(10_000, gt=0)
 
 
+DEFAULT_MAX_IN_FLIGHT = 64  # a limits entry's max_in_flight when it names none
+SUSPICIOUS_MAX_IN_FLIGHT = 4  # the built-in `suspicious` entry's (the throttle and block tiers')
+
+
 class TierLimitsConfig(_Model):
     # finite: `.inf` (YAML's "unlimited") made the emission interval 0 (a 500 on every request of the class)
     requests_per_minute: float = Field(gt=0, allow_inf_nan=False)
     tokens_per_minute: float = Field(gt=0, allow_inf_nan=False)
     burst_requests: int | None = Field(None, ge=1, description="default: requests_per_minute / 6 (10 s)")
     burst_tokens: int | None = Field(None, ge=1, description="default: tokens_per_minute / 6 (10 s)")
+    # requests of one client in flight at once, across every replica (a stream counts until it ends); null: no
+    # limit. Without it a client under its request rate could hold every backend slot with long streams.
+    max_in_flight: int | None = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, description="null: unlimited")

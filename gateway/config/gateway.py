@@ -10,7 +10,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.config.auth import AuthConfig, TierLimitsConfig
+from gateway.config.auth import SUSPICIOUS_MAX_IN_FLIGHT, AuthConfig, TierLimitsConfig
 from gateway.config.base import _Model, _parse_hostport
 from gateway.config.policy import AlertsConfig, DetectionConfig, PolicyConfig
 from gateway.config.proxy import ProxyConfig
@@ -31,7 +31,8 @@ class GatewayConfig(_Model):
     limits: dict[str, TierLimitsConfig] = Field(
         default_factory=lambda: {
             "default": TierLimitsConfig(requests_per_minute=600, tokens_per_minute=200_000),
-            "suspicious": TierLimitsConfig(requests_per_minute=30, tokens_per_minute=10_000),
+            "suspicious": TierLimitsConfig(requests_per_minute=30, tokens_per_minute=10_000,
+                                           max_in_flight=SUSPICIOUS_MAX_IN_FLIGHT),
         }
     )
     models: list[ModelConfig] = Field(min_length=1)
@@ -53,7 +54,8 @@ class GatewayConfig(_Model):
         # A YAML that sets only `limits.default` (issue 2's example) must still satisfy the default policy
         # tiers, which use `suspicious`: entries given in the file override the built-in ones, not replace all.
         if isinstance(v, dict):
-            return {"suspicious": {"requests_per_minute": 30, "tokens_per_minute": 10_000}, **v}
+            return {"suspicious": {"requests_per_minute": 30, "tokens_per_minute": 10_000,
+                                   "max_in_flight": SUSPICIOUS_MAX_IN_FLIGHT}, **v}
         return v
 
     @field_validator("listen", "admin_listen")

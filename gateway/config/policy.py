@@ -37,6 +37,9 @@ class TierPolicyConfig(_Model):
     # a key of `limits`: at this tier a client gets, field by field, the tighter of these and its own class's
     # limits; None: the client's class's limits (`default` for clients without a class)
     limits: str | None = None
+    # at this tier a client holds at most this many requests in flight (the tighter of this and its limits'
+    # max_in_flight); None: its limits' alone
+    max_in_flight: int | None = Field(None, ge=1)
     hardening: HardeningConfig = HardeningConfig()
     watermark_strength: Literal["normal", "strong"] = "normal"
     block: bool = False
@@ -48,6 +51,7 @@ def _default_tiers() -> list[TierPolicyConfig]:
         TierPolicyConfig(name="normal"),
         TierPolicyConfig(
             name="watch",
+            max_in_flight=16,
             hardening=HardeningConfig(max_top_logprobs=5, logprobs_xor_logit_bias=True, max_n=4),
             alert=True,
         ),

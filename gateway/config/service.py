@@ -85,6 +85,10 @@ class StoreConfig(_Model):
     local_replicas: int = Field(1, ge=1, description="replica count that 'local' failure mode divides limits by")
     health_interval_s: float = Field(1.0, gt=0)
     max_state_bytes: int = Field(32 * 1024, gt=0, description="largest per-client detector state accepted")
+    # how long a request in flight counts against its client's max_in_flight without word from its replica: the
+    # replica renews its leases every third of this while the requests run, so only a replica that died (or
+    # lost the store) leaves slots behind, for at most this long
+    in_flight_lease_s: float = Field(120.0, ge=3, le=86400, allow_inf_nan=False)
     cluster: bool = Field(False, description="url (plus cluster_seeds) names Redis Cluster nodes; route by slot")
     cluster_seeds: list[str] = Field(default_factory=list, description="more seed node URLs for cluster mode")
 

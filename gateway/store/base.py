@@ -2,7 +2,10 @@
 
 Rules every implementation keeps (the contract test suite checks them on both):
 - ``hot_path`` is **one** round trip: it reads the client's stored tier/override and detector state, runs GCRA
-  on requests and on reserved tokens at the limits of the client's effective tier, and returns all of it.
+  on requests and on reserved tokens at the limits of the client's effective tier, takes a slot among the
+  client's requests in flight when that tier caps them (``gateway.store.inflight``), and returns all of it.
+- A slot taken is given back by ``reconcile_tokens(..., lease=)`` when the request ends, kept alive by
+  ``renew_leases`` while it runs, and expires by itself otherwise (a replica that died with it).
 - Every key written has a TTL. The store's clock (Redis ``TIME``) decides shared limits.
 - Tiers are small ints: 0 is the most trusted tier; the gateway's policy maps ints to names and actions.
 - Overrides: ``"allow"`` pins tier 0 and skips detection blocks; ``"deny"`` blocks; ``None`` none.
@@ -19,12 +22,13 @@ Override = Literal["allow", "deny"]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """GCRA parameters for one tier: emission interval and burst, for requests and for tokens."""
+    """One tier's limits: GCRA emission interval and burst, for requests and for tokens; the in-flight cap."""
 
     requests_per_minute: float
     tokens_per_minute: float
     burst_requests: int
     burst_tokens: int
+    max_in_flight: int = 0  # requests in flight at once (all replicas); 0: no limit, nothing recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,8 @@ class AdmitRequest:
     tokens: int  # reserved up front: prompt estimate + max_tokens (x n)
     limits_by_tier: Sequence[Limits]  # index = tier int
     state_ttl_s: float = 7 * 24 * 3600.0
+    lease: str = ""  # this request's unique in-flight lease id ("" takes no slot)
+    lease_s: float = 120.0  # how long the slot lives unless renewed (StoreConfig.in_flight_lease_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,15 @@ class AdmitResult:
     now: float  # store clock, unix seconds
     degraded: bool = False  # answered by the failure-mode fallback, not the store
     unavailable: bool = False  # refused only because the store could not decide (failure_mode "closed")
+    slot: bool = False  # a slot among the client's requests in flight was taken: give it back at the end
+    in_flight: int = 0  # the client's requests in flight, this one included when admitted (0: not counted)
+    in_flight_limit: int = 0  # the cap that applied (0: none)
+
+    @property
+    def too_many_in_flight(self) -> bool:
+        """Refused by the in-flight cap alone (both rate limits would have admitted it)."""
+        return (not self.allowed and self.in_flight_limit > 0 and self.in_flight >= self.in_flight_limit
+                and self.override != "deny" and not self.unavailable)
 
     @property
     def tokens_until_us(self) -> float:
@@ -78,10 +93,15 @@ class StateStore(Protocol):
     async def hot_path(self, req: AdmitRequest) -> AdmitResult: ...
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
-                               until_us: float | None = None) -> None:
+                               until_us: float | None = None, lease: str = "") -> None:
         """Give back (or charge more) tokens once the real usage is known. ``until_us`` (store clock, µs): the
         tokens TAT the reservation was admitted with (``AdmitResult.tokens_until_us``); a give-back returns only
-        the part of the reservation still ahead of now (time has repaid the rest). None: no bound."""
+        the part of the reservation still ahead of now (time has repaid the rest). None: no bound. ``lease``:
+        the request's in-flight slot, given back in the same call (a lease gone already is no error)."""
+
+    async def renew_leases(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """Push the deadline of each ``(client_id, lease)`` in flight to now + ``lease_s`` (one that expired
+        meanwhile is counted again: the request is still running)."""
 
     async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
         """Write the detector state and tier that the next ``hot_path`` for this client reads."""

@@ -10,6 +10,11 @@ failure_mode for the hot path (the request-admission decision):
 - ``local``: enforce the limits in-process (a ``MemoryStore``), each divided by ``local_replicas`` so the
   fleet together stays near the shared limit; last known tier and override apply.
 
+Requests in flight (``max_in_flight``) follow the same modes: ``open`` admits without counting, ``closed``
+refuses, ``local`` counts them in-process against each replica's share of the cap (the requests already
+running are added by the next lease renewal). A slot taken in the shared store and not given back there
+because of the outage expires with its lease (``store.in_flight_lease_s``).
+
 Other operations while degraded: ``reconcile_tokens`` / ``save_client_state`` go to the local store in
 ``local`` mode and are dropped otherwise (the detector states saved locally are dropped on recovery: Redis is
 authoritative again, and ~7 KB per client active during the outage would otherwise stay for the state TTL;
@@ -64,6 +69,7 @@ def divide_limits(lim: Limits, replicas: int) -> Limits:
         tokens_per_minute=lim.tokens_per_minute / replicas,
         burst_requests=max(1, -(-lim.burst_requests // replicas)),
         burst_tokens=max(1, -(-lim.burst_tokens // replicas)),
+        max_in_flight=max(1, -(-lim.max_in_flight // replicas)) if lim.max_in_flight else 0,
     )
 
 
@@ -145,7 +151,8 @@ class FailureModeOps:
                 tier = max(tier, self._local.stored_tier(req.client_id))
             tier = min(tier, top)
             lim = self._local_limits(req.limits_by_tier)[tier]
-            res = await self._local.hot_path(AdmitRequest(req.client_id, req.tokens, (lim,), req.state_ttl_s))
+            res = await self._local.hot_path(AdmitRequest(req.client_id, req.tokens, (lim,), req.state_ttl_s,
+                                                          req.lease, req.lease_s))
             denied = override == "deny"
             return replace(res, allowed=res.allowed and not denied, tier=tier, override=override, degraded=True)
         tier = min(tier, top)
@@ -162,14 +169,27 @@ class FailureModeOps:
                            unavailable=self.mode == "closed")
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
-                               until_us: float | None = None) -> None:
+                               until_us: float | None = None, lease: str = "") -> None:
+        if lease and self.mode == "local":
+            # a slot taken in-process during an outage goes back there, whichever store answers now (one taken
+            # in the shared store and not given back there for an outage expires with its lease)
+            self._local.release_lease(client_id, lease)
         try:
-            await self._call("reconcile_tokens",
-                             lambda: self.inner.reconcile_tokens(client_id, reserved, actual, limits, until_us))
+            await self._call("reconcile_tokens", lambda: self.inner.reconcile_tokens(client_id, reserved, actual,
+                                                                                     limits, until_us, lease))
         except NotServed:
             if self.mode == "local" and self.degraded:  # (see save_client_state)
                 await self._local.reconcile_tokens(
                     client_id, reserved, actual, divide_limits(limits, self._replicas), until_us)
+
+    async def renew_leases(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        try:
+            await self._call("renew_leases", lambda: self.inner.renew_leases(leases, lease_s))
+        except NotServed:
+            # ``local``: the requests running when the store went away count in-process from now on (this
+            # replica's share of the cap applies to them); otherwise nothing counts them until it is back
+            if self.mode == "local" and self.degraded:
+                await self._local.renew_leases(leases, lease_s)
 
     # --- per-client state -----------------------------------------------------------------------------------
 

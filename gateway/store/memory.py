@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.ratelimit import admit, interval_us, reconcile_tat
+from gateway.store import inflight
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override
 from gateway.store.ttlmap import TtlMap
 
@@ -85,11 +86,14 @@ class MemoryStore:
         self._recip: TtlMap[tuple[str, int], None] = TtlMap(max_clients)
         self._lease: TtlMap[str, str] = TtlMap(10_000)
         self._blob: TtlMap[str, bytes] = TtlMap(10_000)
+        # client → {lease: deadline µs} (gateway.store.inflight); the entry expires with its latest deadline
+        self._inflight: TtlMap[str, dict[str, float]] = TtlMap(max_clients)
         self._alerts: deque[str] = deque()
         self._alerts_expire = 0.0
         self._audit: deque[str] = deque()
         self._audit_expire = 0.0
-        self._maps = (self._rl, self._state, self._ovr, self._sketch, self._recip, self._lease, self._blob)
+        self._maps = (self._rl, self._state, self._ovr, self._sketch, self._recip, self._lease, self._blob,
+                      self._inflight)
         self._next_sweep = 0.0
 
     def _now(self) -> int:
@@ -119,7 +123,21 @@ class MemoryStore:
             exp = self._state.expires_at(cid, now) or 0.0
             self._state.touch(cid, max(exp, now + req.state_ttl_s * 1e6))  # extend, never shorten
         tats = self._rl.get(cid, now) or (0.0, 0.0)
-        a = admit(tats[0], tats[1], now, req.tokens, req.limits_by_tier[tier], deny=override == "deny")
+        lim = req.limits_by_tier[tier]
+        a = admit(tats[0], tats[1], now, req.tokens, lim, deny=override == "deny")
+        cap, held, slot = lim.max_in_flight, 0, False
+        if a.allowed and cap > 0 and req.lease:
+            leases = self._inflight.get(cid, now)
+            if leases is None:
+                leases = {}
+            lease_us = _ttl_us(req.lease_s)
+            d = inflight.take(leases, req.lease, now, cap, lease_us)
+            held, slot = d.held, d.allowed
+            if d.allowed:
+                exp = self._inflight.expires_at(cid, now) or 0.0
+                self._inflight.set(cid, leases, max(exp, now + lease_us))
+            else:  # the buckets are reported as they stand (uncharged), as for any refusal
+                a = admit(tats[0], tats[1], now, req.tokens, lim, deny=True)
         if a.allowed:
             self._rl.set(cid, (a.tat_requests_us, a.tat_tokens_us),
                          max(a.tat_requests_us, a.tat_tokens_us) + _RL_GRACE_US)
@@ -131,10 +149,15 @@ class MemoryStore:
             tokens=a.tokens,
             detector_state=st.state if st is not None else None,
             now=now / 1e6,
+            slot=slot,
+            in_flight=held,
+            in_flight_limit=cap,
         )
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
-                               until_us: float | None = None) -> None:
+                               until_us: float | None = None, lease: str = "") -> None:
+        if lease:
+            self.release_lease(client_id, lease)
         # A negative usage (a buggy or hostile backend) would refund other in-flight reservations too.
         delta = max(0, actual) - reserved
         if delta == 0:
@@ -147,6 +170,31 @@ class MemoryStore:
             tats = (0.0, 0.0)
         tat_k = reconcile_tat(tats[1], now, delta, interval_us(limits.tokens_per_minute), until_us)
         self._rl.set(client_id, (tats[0], tat_k), max(tats[0], tat_k, now) + _RL_GRACE_US)
+
+    def release_lease(self, client_id: str, lease: str) -> bool:
+        """Give back one in-flight slot (``reconcile_tokens``'s ``lease``); True when it was held here."""
+        leases = self._inflight.get(client_id, self._now())
+        return leases is not None and inflight.release(leases, lease)
+
+    def in_flight(self, client_id: str) -> int:
+        """The client's live leases (admin and tests)."""
+        now = self._now()
+        leases = self._inflight.get(client_id, now)
+        if leases is None:
+            return 0
+        inflight.prune(leases, now)
+        return len(leases)
+
+    async def renew_leases(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        now = self._now()
+        lease_us = _ttl_us(lease_s)
+        for client_id, lease in leases:
+            held = self._inflight.get(client_id, now)
+            if held is None:
+                held = {}
+            inflight.renew(held, lease, now, lease_us)
+            exp = self._inflight.expires_at(client_id, now) or 0.0
+            self._inflight.set(client_id, held, max(exp, now + lease_us))
 
     # --- per-client state and overrides ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
   and runs GCRA for requests and tokens atomically at the client's effective tier.
 - Every key written has a TTL (rate-limit hashes expire one second after their bucket is full again); writes
   that set a value and its TTL are atomic (a Lua script or MULTI/EXEC).
-- A client's keys share the hash tag ``{client_id}`` so that, in Redis Cluster, the hot-path script's three
+- A client's keys share the hash tag ``{client_id}`` so that, in Redis Cluster, the hot-path script's four
   keys live in one slot. Keys that are not per client are touched one key per command.
 - All traffic goes over one multiplexed connection per process (``resp.RespMux``): every call is bounded by
   ``StoreConfig.timeout_ms``, connect included, and never retried here. With ``StoreConfig.cluster`` the
@@ -62,6 +62,10 @@ def _ms(ttl_s: float) -> int:
     return max(1, int(ttl_s * 1000))
 
 
+def _lease_us(lease_s: float) -> int:
+    return max(1000, int(lease_s * 1e6))
+
+
 def _decision(row: Sequence[Any], i: int) -> RateDecision:
     return RateDecision(bool(row[i]), int(row[i + 1]), int(row[i + 2]), int(row[i + 3]) / 1e6, int(row[i + 4]) / 1e6)
 
@@ -109,6 +113,7 @@ class RedisStore:
         self._max_state = max_state_bytes
         self._hot = _Script("hot_path.lua")
         self._reconcile = _Script("reconcile.lua")
+        self._renew = _Script("renew.lua")
         self._save = _Script("save_state.lua")
         self._swap = _Script("swap_state.lua")
         self._merge = _Script("merge_state.lua")
@@ -136,7 +141,7 @@ class RedisStore:
         return self._mux.reconnects
 
     # key layout ------------------------------------------------------------------------------------------
-    def client_keys(self, client_id: str) -> tuple[str, str, str]:
+    def client_keys(self, client_id: str) -> tuple[str, str, str, str]:
         # Braces inside the id would end (or empty) the hash tag; percent-encoding them keeps the tag intact
         # and the mapping injective.
         if "{" in client_id or "}" in client_id or "%" in client_id:
@@ -146,7 +151,7 @@ class RedisStore:
             # "%" never results from the encoding above ("%" is always escaped), so it names "" alone.
             client_id = "%"
         tag = f"{self._p}{{{client_id}}}"
-        return f"{tag}:rl", f"{tag}:st", f"{tag}:ov"
+        return f"{tag}:rl", f"{tag}:st", f"{tag}:ov", f"{tag}:if"  # rate limits, state, override, in flight
 
     def _limit_args(self, limits_by_tier: Sequence[Limits]) -> tuple[bytes, int]:
         # The policy passes one tuple per limit class, the same object on every request: encode each once. Keyed
@@ -158,7 +163,7 @@ class RedisStore:
         args: list[Arg] = [len(limits_by_tier)]
         for lim in limits_by_tier:
             args += [repr(interval_us(lim.requests_per_minute)), lim.burst_requests,
-                     repr(interval_us(lim.tokens_per_minute)), lim.burst_tokens]
+                     repr(interval_us(lim.tokens_per_minute)), lim.burst_tokens, lim.max_in_flight]
         packed = pack_bulks(args)
         if len(self._tier_args) >= TIER_ARGS_CACHE_MAX:  # callers that build tuples per call: stay bounded
             self._tier_args.clear()
@@ -170,26 +175,47 @@ class RedisStore:
         state_ttl = int(req.state_ttl_s * 1000) if req.state_ttl_s > 0 else 0
         tiers, ntier_args = self._limit_args(req.limits_by_tier)
         keys = self.client_keys(req.client_id)
-        body = pack_bulks([3, *keys, req.tokens, state_ttl]) + tiers
-        row = await self._hot.run_packed(self._mux, body, 6 + ntier_args, keys[0])
+        body = pack_bulks([4, *keys, req.tokens, state_ttl, req.lease, _lease_us(req.lease_s)]) + tiers
+        row = await self._hot.run_packed(self._mux, body, 9 + ntier_args, keys[0])
         return AdmitResult(
             allowed=bool(row[0]),
             tier=int(row[1]),
             override=_override(row[2]),
             requests=_decision(row, 4),
             tokens=_decision(row, 9),
-            detector_state=row[14] if len(row) > 14 else None,
+            detector_state=row[17] if len(row) > 17 else None,
             now=int(row[3]) / 1e6,
+            slot=row[14] == 1,
+            in_flight=int(row[15]),
+            in_flight_limit=int(row[16]),
         )
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
-                               until_us: float | None = None) -> None:
+                               until_us: float | None = None, lease: str = "") -> None:
         delta = max(0, actual) - reserved  # a negative usage must not refund other in-flight reservations
-        if delta:
-            args: list[Arg] = [delta, repr(interval_us(limits.tokens_per_minute))]
-            if until_us is not None:
-                args.append(repr(float(until_us)))
-            await self._reconcile.run(self._mux, [self.client_keys(client_id)[0]], args)
+        if not delta and not lease:
+            return
+        keys = self.client_keys(client_id)
+        args: list[Arg] = [delta, repr(interval_us(limits.tokens_per_minute)),
+                           repr(float(until_us)) if until_us is not None else ""]
+        if lease:  # the in-flight slot goes back in the same call
+            await self._reconcile.run(self._mux, [keys[0], keys[3]], [*args, lease])
+        else:
+            await self._reconcile.run(self._mux, [keys[0]], args)
+
+    async def renew_leases(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """One call per client (its key's slot), all sent at once over the multiplexed connection."""
+        by_client: dict[str, list[Arg]] = {}
+        for client_id, lease in leases:
+            by_client.setdefault(client_id, []).append(lease)
+        if not by_client:
+            return
+        lease_us = _lease_us(lease_s)
+        results = await asyncio.gather(*(self._renew.run(self._mux, [self.client_keys(c)[3]], [lease_us, *ids])
+                                         for c, ids in by_client.items()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     # per-client state and overrides ---------------------------------------------------------------------------
     async def save_client_state(self, client_id: str, state: bytes, tier: int, score: float, ttl_s: float) -> None:
@@ -319,7 +345,7 @@ class RedisStore:
         return int(added)
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
-        _, st, ov = self.client_keys(client_id)
+        _, st, ov, _ = self.client_keys(client_id)
         (tier_raw, score_raw), (o_raw, pin_raw), pttl = await self._mux.execute_many(
             [("HMGET", st, "t", "c"), ("HMGET", ov, "o", "t"), ("PTTL", ov)])
         if tier_raw is None and o_raw is None and pin_raw is None:

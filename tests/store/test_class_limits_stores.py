@@ -24,7 +24,7 @@ LIMITS: dict[str, Any] = {
     "free": {"requests_per_minute": 12, "tokens_per_minute": 50_000, "burst_requests": 2},
     "enterprise": {"requests_per_minute": 6000, "tokens_per_minute": 2_000_000, "burst_tokens": 500_000},
 }
-SUSPICIOUS = Limits(30, 10_000, 5, 1_666)  # the built-in entry, bursts per_minute / 6
+SUSPICIOUS = Limits(30, 10_000, 5, 1_666, 4)  # the built-in entry, bursts per_minute / 6
 
 
 def policy(**extra: Any) -> Policy:
@@ -36,21 +36,28 @@ def policy(**extra: Any) -> Policy:
     (Limits(20, 200, 2, 20), Limits(10, 100, 1, 10), Limits(10, 100, 1, 10)),
     (Limits(10, 200, 3, 10), Limits(20, 100, 2, 20), Limits(10, 100, 2, 10)),  # field by field
     (Limits(5, 5, 5, 5), Limits(5, 5, 5, 5), Limits(5, 5, 5, 5)),
+    # in-flight caps: the smaller; 0 (no cap) never tightens
+    (Limits(5, 5, 5, 5, 8), Limits(5, 5, 5, 5, 3), Limits(5, 5, 5, 5, 3)),
+    (Limits(5, 5, 5, 5, 0), Limits(5, 5, 5, 5, 3), Limits(5, 5, 5, 5, 3)),
+    (Limits(5, 5, 5, 5, 0), Limits(5, 5, 5, 5, 0), Limits(5, 5, 5, 5, 0)),
 ])
 def test_tighter_is_per_field_and_symmetric(a: Limits, b: Limits, expected: Limits) -> None:
     assert tighter(a, b) == expected == tighter(b, a)
 
 
 def test_tighter_returns_the_class_object_when_the_tier_does_not_bind() -> None:
-    lim = Limits(1, 1, 1, 1)
+    lim = Limits(1, 1, 1, 1, 2)
     assert tighter(lim, SUSPICIOUS) is lim  # no new object per class and tier when nothing changes
 
 
-# default tiers: normal, watch (no limits: the class's), throttle, block (limits: suspicious)
+# default tiers: normal, watch (no limits: the class's; max_in_flight 16), throttle, block (limits: suspicious);
+# every class's max_in_flight is 64 unless it names one, suspicious's 4
 @pytest.mark.parametrize(("cls", "expected"), [
-    ("default", (Limits(600, 200_000, 100, 33_333),) * 2 + (SUSPICIOUS,) * 2),
-    ("enterprise", (Limits(6000, 2_000_000, 1000, 500_000),) * 2 + (SUSPICIOUS,) * 2),
-    ("free", (Limits(12, 50_000, 2, 8_333),) * 2 + (Limits(12, 10_000, 2, 1_666),) * 2),
+    ("default", (Limits(600, 200_000, 100, 33_333, 64), Limits(600, 200_000, 100, 33_333, 16)) + (SUSPICIOUS,) * 2),
+    ("enterprise", (Limits(6000, 2_000_000, 1000, 500_000, 64), Limits(6000, 2_000_000, 1000, 500_000, 16))
+     + (SUSPICIOUS,) * 2),
+    ("free", (Limits(12, 50_000, 2, 8_333, 64), Limits(12, 50_000, 2, 8_333, 16))
+     + (Limits(12, 10_000, 2, 1_666, 4),) * 2),
     ("suspicious", (SUSPICIOUS,) * 4),
 ])
 def test_class_limits_per_tier(cls: str, expected: tuple[Limits, ...]) -> None:
@@ -77,9 +84,9 @@ def test_unknown_class_in_the_policy_is_default_and_logged_once(caplog: pytest.L
 
 def test_a_tier_naming_limits_tightens_each_class_including_at_tier_0() -> None:
     p = policy(policy={"tiers": [{"name": "capped", "limits": "default"}, {"name": "open"}], "flag_tier": "open"})
-    assert p.limits_for(0, "enterprise") == Limits(600, 200_000, 100, 33_333), "capped to default at tier 0"
-    assert p.limits_for(1, "enterprise") == Limits(6000, 2_000_000, 1000, 500_000)
-    assert p.limits_for(0, "free") == p.limits_for(1, "free") == Limits(12, 50_000, 2, 8_333)
+    assert p.limits_for(0, "enterprise") == Limits(600, 200_000, 100, 33_333, 64), "capped to default at tier 0"
+    assert p.limits_for(1, "enterprise") == Limits(6000, 2_000_000, 1000, 500_000, 64)
+    assert p.limits_for(0, "free") == p.limits_for(1, "free") == Limits(12, 50_000, 2, 8_333, 64)
 
 
 def test_admission_reconciles_at_the_limits_it_was_admitted_at() -> None:

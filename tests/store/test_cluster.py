@@ -147,12 +147,13 @@ async def test_scripts_are_loaded_on_each_primary(cstore: RedisStore, redis_clus
 
 
 async def test_slot_migration_follows_ask_and_moved_exactly(cstore: RedisStore, redis_cluster: Any) -> None:
-    """A client whose three keys all exist: served by the source while migrating, by the target (ASK) once its
+    """A client whose four keys all exist: served by the source while migrating, by the target (ASK) once its
     keys moved, by the new owner (MOVED) once the slot is handed over; every admission counted once."""
     mux = mux_of(cstore)
     client = "mover"
     await cstore.save_client_state(client, b"S", tier=0, score=0.1, ttl_s=60)
     await cstore.set_override(client, None, 0, ttl_s=60)  # a pinned tier: the override key exists too
+    await cstore.renew_leases([(client, "running")], 60)  # a request in flight: so does the in-flight set
     slot = slot_of_client(cstore, client)
     src = redis_cluster.node_of_slot(slot)
     dst = (src + 1) % 3
@@ -173,7 +174,7 @@ async def test_slot_migration_follows_ask_and_moved_exactly(cstore: RedisStore, 
         assert await remaining() == 3, "keys still on the source: served there"
         assert sum(mux.redirects.values()) == 0
         names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
-        assert len(names) == 3
+        assert len(names) == 4
         s.execute_command("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000, "KEYS", *names)
         assert await remaining() == 2, "keys on the target: ASK followed"
         assert mux.redirects["ASK"] == 1 and mux.redirects["MOVED"] == 0
@@ -184,11 +185,11 @@ async def test_slot_migration_follows_ask_and_moved_exactly(cstore: RedisStore, 
         assert mux.redirects["MOVED"] == 1, "the slot map was updated: no second redirect"
         assert not (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).allowed
         counts = [c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for c in (s, d)]
-        assert counts == [0, 3], "the keys live on the new owner only"
+        assert counts == [0, 4], "the keys live on the new owner only"
 
 
 async def test_call_during_migration_waits_for_it(cstore: RedisStore, redis_cluster: Any) -> None:
-    """A client without an override (its third key does not exist) cannot run the 3-key script while its slot
+    """A client without an override (its third key does not exist) cannot run the 4-key script while its slot
     is half-migrated (Redis answers TRYAGAIN): the call waits for the migration and then lands on the new
     owner, charged exactly once."""
     mux = mux_of(cstore)

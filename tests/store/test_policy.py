@@ -15,9 +15,9 @@ def test_default_policy() -> None:
     p = Policy.from_config(parse_config({"models": MODELS}, env={}))
     assert p.names == ("normal", "watch", "throttle", "block")
     assert p.flag_tier == 2 and p.index("throttle") == 2
-    assert p.limits_for(0) == Limits(600, 200_000, 100, 33_333), "default bursts are per_minute / 6"
-    assert p.limits_for(1) == p.limits_for(0)
-    assert p.limits_for(2) == Limits(30, 10_000, 5, 1_666)
+    assert p.limits_for(0) == Limits(600, 200_000, 100, 33_333, 64), "default bursts are per_minute / 6"
+    assert p.limits_for(1) == Limits(600, 200_000, 100, 33_333, 16), "watch: the class's limits, 16 in flight"
+    assert p.limits_for(2) == Limits(30, 10_000, 5, 1_666, 4)
     assert p.limits_by_tier[3] == p.limits_for(2)
     assert p.tier(3).block and not p.tier(2).block
     assert p.tier(99).name == "block" and p.limits_for(-1) == p.limits_for(0), "lookups clamp"
@@ -37,8 +37,8 @@ def test_explicit_bursts_and_custom_tiers() -> None:
     p = Policy.from_config(cfg)
     # a tier's limits only tighten a class (gateway/policy.py): `default` clients stay at their own limits on
     # tier "vip", while the `vip` class gets its own (defaulted bursts: 6000 / 6, explicit 9) on both tiers
-    assert p.limits_by_tier == (Limits(3, 5, 7, 1), Limits(3, 5, 7, 1))
-    assert p.limits_by_class["vip"] == (Limits(6000, 1e6, 1000, 9), Limits(6000, 1e6, 1000, 9))
+    assert p.limits_by_tier == (Limits(3, 5, 7, 1, 64), Limits(3, 5, 7, 1, 64))
+    assert p.limits_by_class["vip"] == (Limits(6000, 1e6, 1000, 9, 64), Limits(6000, 1e6, 1000, 9, 64))
     assert p.flag_tier == 1 and p.index("vip") == 0
 
 

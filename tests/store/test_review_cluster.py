@@ -407,6 +407,7 @@ async def test_transactions_and_scripts_follow_ask_on_a_target_without_scripts(c
     await cstore.append_alert('{"n": 0}', max_len=10)
     await cstore.set_override(client, None, 0, ttl_s=60)
     await cstore.save_client_state(client, b"S", 0, 0.0, ttl_s=60)
+    await cstore.renew_leases([(client, "running")], 60)  # all four keys exist (else TRYAGAIN while migrating)
     assert (await cstore.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).requests.remaining == 5
     moves = []
     for key in (b"ipgate:alerts", cstore.client_keys(client)[0].encode()):

@@ -1,9 +1,13 @@
--- Give back (delta < 0) or charge more (delta > 0) tokens once the real usage is known.
--- Port of gateway.ratelimit.reconcile_tat. KEYS[1] rate-limit hash. ARGV[1] delta, ARGV[2] T_tokens_us,
--- ARGV[3] (optional) the TAT the reservation was admitted with, µs: only what lies ahead of now is given back.
+-- Give back (delta < 0) or charge more (delta > 0) tokens once the real usage is known, and give back the
+-- request's in-flight slot. Port of gateway.ratelimit.reconcile_tat and gateway.store.inflight.release.
+-- KEYS[1] rate-limit hash. KEYS[2] (optional) the in-flight sorted set. ARGV[1] delta (0: tokens untouched),
+-- ARGV[2] T_tokens_us, ARGV[3] the TAT the reservation was admitted with, µs ('' = no bound): only what lies
+-- ahead of now is given back. ARGV[4] (with KEYS[2]) the lease id to remove.
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[4]) end
+local delta = tonumber(ARGV[1])
+if delta == 0 then return 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local delta = tonumber(ARGV[1])
 local T = tonumber(ARGV[2])
 local tats = redis.call('HMGET', KEYS[1], 'r', 'k')
 local tat_r = tonumber(tats[1]) or 0

@@ -1,0 +1,58 @@
+"""The renewal of this process's in-flight leases (``max_in_flight`` slots) while their requests run.
+
+A request holds its slot as a lease that expires (``gateway.store.inflight``, rule 3): this loop pushes the
+deadline of every lease in ``ctx.leases`` forward every third of ``store.in_flight_lease_s``, in one store call
+per client. A process that dies stops renewing, and its slots are free one lease period later at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.store.base import StateStore
+from gateway.store.inflight import LeaseBook, renew_every_s
+
+log = logging.getLogger(__name__)
+
+
+class LeaseRenewer:
+    def __init__(self, store: StateStore, book: LeaseBook, lease_s: Callable[[], float]) -> None:
+        """``lease_s``: read on every round (a reload may change ``store.in_flight_lease_s``)."""
+        self._store = store
+        self._book = book
+        self._lease_s = lease_s
+        self._task: asyncio.Task[None] | None = None
+        self._failed_logged = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="inflight-lease-renewal")
+
+    async def renew_once(self) -> int:
+        """Renew every lease held now; returns how many. A failure is logged (once until a round succeeds);
+        the store wrapper counts it (``store_failures_total{op="renew_leases"}``) and applies the failure mode."""
+        held = self._book.held()
+        if not held:
+            return 0
+        try:
+            await self._store.renew_leases(held, self._lease_s())
+        except Exception:
+            if not self._failed_logged:
+                self._failed_logged = True
+                log.exception("renewing %d in-flight leases failed; they expire unless a later round succeeds",
+                              len(held))
+            return 0
+        self._failed_logged = False
+        return len(held)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(renew_every_s(self._lease_s()))
+            await self.renew_once()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
