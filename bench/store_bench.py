@@ -42,15 +42,22 @@ from gateway.store.resilient import ResilientStore
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Explain GCRA rate limiting in two lines."}],
         "max_tokens": 128}
 LIMITS = (
-    limits_from_config(TierLimitsConfig(requests_per_minute=1e9, tokens_per_minute=1e12)),
+    # a cap never reached (each client's set grows to ~(2000 + 2n) / 1000 leases per store: they are not released)
+    limits_from_config(TierLimitsConfig(requests_per_minute=1e9, tokens_per_minute=1e12, max_in_flight=10**6)),
     limits_from_config(TierLimitsConfig(requests_per_minute=30, tokens_per_minute=10_000)),
 )
 CLIENTS = [f"client-{i}" for i in range(1000)]
 
 
+_LEASES = iter(range(10**12))
+
+
 async def admit_once(store: StateStore, client: str) -> None:
+    # each call takes an in-flight slot (max_in_flight 64, the default) as the gateway does; the slots are not
+    # given back here (the release rides on the reconcile call after the response, not on the hot path), so a
+    # client's set holds up to n / 1000 leases during a run
     tokens = estimate_tokens("/v1/chat/completions", BODY)
-    res = await store.hot_path(AdmitRequest(client, tokens, LIMITS))
+    res = await store.hot_path(AdmitRequest(client, tokens, LIMITS, 7 * 86400.0, f"b:{next(_LEASES)}", 120.0))
     rate_limit_headers(res)
 
 
@@ -74,9 +81,10 @@ class RedisPyHotPath:
         tiers: list[str] = [str(len(req.limits_by_tier))]
         for lim in req.limits_by_tier:
             tiers += [repr(interval_us(lim.requests_per_minute)), str(lim.burst_requests),
-                      repr(interval_us(lim.tokens_per_minute)), str(lim.burst_tokens)]
+                      repr(interval_us(lim.tokens_per_minute)), str(lim.burst_tokens), str(lim.max_in_flight)]
         row = await self._script(keys=self._keys.client_keys(req.client_id),
-                                 args=[req.tokens, int(req.state_ttl_s * 1000), *tiers])
+                                 args=[req.tokens, int(req.state_ttl_s * 1000), req.lease, int(req.lease_s * 1e6),
+                                       *tiers])
         dec = RateDecision(bool(row[4]), int(row[5]), int(row[6]), int(row[7]) / 1e6, int(row[8]) / 1e6)
         return AdmitResult(bool(row[0]), int(row[1]), None, dec, dec, None, int(row[3]) / 1e6)
 
@@ -84,13 +92,14 @@ class RedisPyHotPath:
         await self._r.aclose()
 
 
-async def measure(store: StateStore, n: int, concurrency: int) -> tuple[list[int], float, float]:
+async def measure(store: StateStore, n: int, concurrency: int, prefix: str = "") -> tuple[list[int], float, float]:
     lat: list[int] = []
     per_task = n // concurrency
+    clients = [prefix + c for c in CLIENTS]
 
     async def worker(w: int) -> None:
         for i in range(per_task):
-            client = CLIENTS[(w * per_task + i) % len(CLIENTS)]
+            client = clients[(w * per_task + i) % len(clients)]
             t0 = time.perf_counter_ns()
             await admit_once(store, client)
             lat.append(time.perf_counter_ns() - t0)
@@ -160,10 +169,11 @@ async def run(n: int, redis_url: str, cluster_url: str | None) -> list[tuple[str
                    ("redis cluster+resilient", cguarded, cguarded.close)]
     stores.append(("redis-py pool (reference)", ref, ref.close))  # type: ignore[arg-type]
     rows = []
-    for name, store, _ in stores:
-        await measure(store, min(n, 2000), 1)  # warm-up: scripts loaded, connections opened
+    for k, (name, store, _) in enumerate(stores):
+        prefix = f"s{k}-"  # each store its own clients (three rows share one Redis)
+        await measure(store, min(n, 2000), 1, prefix)  # warm-up: scripts loaded, connections opened
         for conc in (1, 16):
-            lat, rate, cpu = await measure(store, n, conc)
+            lat, rate, cpu = await measure(store, n, conc, prefix)
             rows.append((name, conc, pct(lat, 0.5), pct(lat, 0.99), statistics.fmean(lat) / 1000, cpu, rate))
     for _, _, close in stores:
         await close()

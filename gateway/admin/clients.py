@@ -137,6 +137,7 @@ def _limits_json(lim: Limits) -> dict[str, Any]:
         "tokens_per_minute": lim.tokens_per_minute,
         "burst_requests": lim.burst_requests,
         "burst_tokens": lim.burst_tokens,
+        "max_in_flight": lim.max_in_flight or None,  # null: no cap
     }
 
 

@@ -130,6 +130,10 @@ async def test_a_client_at_its_cap_is_refused_while_others_are_served(held: tupl
         assert len([await open_stream(a) for _ in range(CAP)]) == CAP, "alice has all her slots back"
         await a.close()
         await b.close()
+        async with aiohttp.ClientSession() as http, http.get(
+                gw.admin_url + "/admin/clients/alice", headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
+            view = await r.json()
+        assert view["limits"]["max_in_flight"] == CAP and view["limits_by_class"]["suspicious"]["max_in_flight"] == 4
 
 
 async def test_the_slot_comes_back_after_an_upstream_error_or_a_cancellation(held: tuple[HeldBackend, str]) -> None:
@@ -210,4 +214,21 @@ async def test_a_request_refused_after_taking_its_slot_gives_it_back(held: tuple
             assert info.value.code == "policy_block"
             await settled(gw)
         assert in_flight(gw, "blocked") == 0 and rejections(gw) == 0
+        await a.close()
+
+
+async def test_a_stream_outliving_its_lease_still_counts(held: tuple[HeldBackend, str]) -> None:
+    """The replica renews the leases of its running requests (every third of store.in_flight_lease_s): streams
+    that last longer than a lease keep their client at its cap."""
+    backend, url = held
+    async with running_gateway(gateway_config(url, limits=LIMITS, store={"in_flight_lease_s": 3})) as gw:
+        a = gw.openai_client("alice")
+        streams = [await open_stream(a) for _ in range(CAP)]
+        await asyncio.sleep(4.0)  # past the 3 s lease: only the renewals (every 1 s) keep them
+        assert in_flight(gw, "alice") == CAP
+        assert (await refused(a)).code == "too_many_concurrent_requests"
+        backend.release.set()
+        for s in streams:
+            async for _ in s:
+                pass
         await a.close()
