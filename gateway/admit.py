@@ -113,8 +113,8 @@ def _decide(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Ex
     adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier, lease)
     _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
     _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
-    if res.in_flight:  # (0: the tier caps nothing, or a rate limit refused first)
-        _count(ctx, "concurrency", "allow" if res.slot else "reject")
+    if not res.allowed and res.too_many_in_flight:  # refusals only: a slot taken is an admission counted above
+        _count(ctx, "concurrency", "reject")
     err = screening if screening is not None else admission_error(res)
     if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
         err = PermissionDenied("This client has been blocked by policy.", code="policy_block")

@@ -170,7 +170,7 @@ class FailureModeOps:
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
                                until_us: float | None = None, lease: str = "") -> None:
-        if lease and self.mode == "local":
+        if lease and self.mode == "local" and self._local.holds_leases:
             # a slot taken in-process during an outage goes back there, whichever store answers now (one taken
             # in the shared store and not given back there for an outage expires with its lease)
             self._local.release_lease(client_id, lease)

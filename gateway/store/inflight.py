@@ -8,8 +8,10 @@ the same answers. :class:`LeaseBook` is the replica's side: the leases it holds,
 Rules:
 
 1. A client's requests in flight are its live leases: a lease is live until its deadline (store clock, µs).
-   Admission first drops the leases whose deadline has passed, then admits iff fewer than ``cap`` are live,
-   recording the new lease with deadline ``now + lease``. ``cap`` 0 means no limit: nothing is recorded.
+   Admission admits iff fewer than ``cap`` are live, recording the new lease with deadline ``now + lease``;
+   when ``cap`` or more are recorded it first drops those whose deadline has passed (below the cap they
+   cannot change the answer, so the common case skips the pruning). ``cap`` 0 means no limit: nothing is
+   recorded.
 2. A lease is released by its id when the request ends, however it ends; releasing a lease that is gone
    (expired, never recorded, released already) does nothing, so a release may be sent whenever in doubt.
 3. A request has no upper bound on its duration (a stream ends when the model stops; only the idle timeout
@@ -44,24 +46,14 @@ def prune(leases: dict[str, float], now_us: float) -> None:
             del leases[lease]
 
 
-def _prune_front(leases: dict[str, float], now_us: float) -> None:
-    # The dict is in deadline order as long as every lease has the same length (``take`` appends, ``renew`` moves
-    # to the end): the expired ones are at the front, so the common case costs O(1), not O(cap).
-    while leases:
-        first = next(iter(leases))
-        if leases[first] > now_us:
-            return
-        del leases[first]
-
-
 def take(leases: dict[str, float], lease: str, now_us: float, cap: int, lease_us: float) -> SlotDecision:
     """Rule 1: admit ``lease`` if fewer than ``cap`` leases are live; ``cap`` 0 records nothing."""
     if cap <= 0 or not lease:
         return SlotDecision(True, 0)
-    _prune_front(leases, now_us)
-    if len(leases) >= cap:
-        prune(leases, now_us)  # exact where it decides (leases of another length may be out of order)
     held = len(leases)
+    if held >= cap:  # only here can an expired lease change the answer: prune where it decides (one command
+        prune(leases, now_us)  # less in the Lua port's common case); below the cap ``held`` may count a few
+        held = len(leases)  # expired leases, never more than ``cap`` of them
     if held >= cap:
         return SlotDecision(False, held)
     leases[lease] = now_us + lease_us
@@ -76,8 +68,8 @@ def release(leases: dict[str, float], lease: str) -> bool:
 def renew(leases: dict[str, float], lease: str, now_us: float, lease_us: float) -> None:
     """Rule 3: the lease lives ``lease_us`` from now, recorded again if it had expired; never shortened."""
     deadline = now_us + lease_us
-    old = leases.pop(lease, 0.0)
-    leases[lease] = old if old > deadline else deadline  # (re-inserted at the end: the dict stays in order)
+    if leases.get(lease, 0.0) < deadline:
+        leases[lease] = deadline
 
 
 def renew_every_s(lease_s: float) -> float:

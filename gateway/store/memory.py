@@ -130,12 +130,13 @@ class MemoryStore:
             leases = self._inflight.get(cid, now)
             if leases is None:
                 leases = {}
-            lease_us = _ttl_us(req.lease_s)
+            lease_us = req.lease_s * 1e6 if req.lease_s > 0.001 else 1000.0  # (_ttl_us, inlined)
             d = inflight.take(leases, req.lease, now, cap, lease_us)
             held, slot = d.held, d.allowed
             if d.allowed:
-                exp = self._inflight.expires_at(cid, now) or 0.0
-                self._inflight.set(cid, leases, max(exp, now + lease_us))
+                deadline = now + lease_us
+                until = self._inflight.expires_at(cid, now)
+                self._inflight.set(cid, leases, deadline if until is None or until < deadline else until)
             else:  # the buckets are reported as they stand (uncharged), as for any refusal
                 a = admit(tats[0], tats[1], now, req.tokens, lim, deny=True)
         if a.allowed:
@@ -156,13 +157,15 @@ class MemoryStore:
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
                                until_us: float | None = None, lease: str = "") -> None:
+        now = self._now()
         if lease:
-            self.release_lease(client_id, lease)
+            leases = self._inflight.get(client_id, now)
+            if leases is not None:
+                inflight.release(leases, lease)
         # A negative usage (a buggy or hostile backend) would refund other in-flight reservations too.
         delta = max(0, actual) - reserved
         if delta == 0:
             return
-        now = self._now()
         tats = self._rl.get(client_id, now)
         if tats is None:
             if delta < 0:
@@ -175,6 +178,11 @@ class MemoryStore:
         """Give back one in-flight slot (``reconcile_tokens``'s ``lease``); True when it was held here."""
         leases = self._inflight.get(client_id, self._now())
         return leases is not None and inflight.release(leases, lease)
+
+    @property
+    def holds_leases(self) -> bool:
+        """Any client has (or recently had) requests in flight recorded here."""
+        return len(self._inflight) > 0
 
     def in_flight(self, client_id: str) -> int:
         """The client's live leases (admin and tests)."""

@@ -80,10 +80,12 @@ async def test_renewal_keeps_a_running_request_counted_and_records_an_expired_on
     await store.renew_leases([("long", l1)], 5.0)
     await asyncio.sleep(0.15)  # l2 expired, l1 renewed
     r, _ = await admit(store, "long", lease_s=5.0)
-    assert r.allowed and r.in_flight == 2
+    assert r.allowed and r.in_flight == 3, "below the cap the expired lease is not pruned yet (no answer changes)"
+    r, _ = await admit(store, "long", lease_s=5.0)
+    assert r.allowed and r.in_flight == 3, "at the cap the expired one is dropped, the renewed one kept"
     await store.renew_leases([("long", l2)], 5.0)  # still running after all: counted again
     r, _ = await admit(store, "long", lease_s=5.0)
-    assert not r.allowed and r.in_flight == 3
+    assert not r.allowed and r.in_flight == 4
 
 
 async def test_the_cap_follows_the_tier(store: StateStore) -> None:

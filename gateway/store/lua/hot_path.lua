@@ -73,9 +73,13 @@ if not deny then
   if ra == 1 and ka == 1 then
     allowed = 1
     if cap > 0 and lease ~= '' then
-      -- leases past their deadline: a replica that died. Scores as %.17g: a bare number goes as 14 digits
-      redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%.17g', now))
       held = redis.call('ZCARD', KEYS[4])
+      if held >= cap then
+        -- only at the cap can leases past their deadline (a replica that died) change the answer: drop them
+        -- here. Scores as %.17g: a bare number goes as 14 digits
+        redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%.17g', now))
+        held = redis.call('ZCARD', KEYS[4])
+      end
       if held >= cap then
         allowed = 0
       else
