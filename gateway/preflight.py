@@ -123,7 +123,8 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         from gateway.alerts.sinks import build_sinks
 
         with _Guard(out, "alerts", "sinks " + ", ".join(s.name or s.kind for s in cfg.alerts.sinks)):
-            build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url)
+            build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url,
+                        default_cluster_seeds=cfg.store.cluster_urls)
         for s in cfg.alerts.sinks:
             if s.kind == "jsonl" and s.path and (why := _writable_dir(s.path, makes_dirs=True)):
                 out.append(Finding("error", "alerts", f"jsonl sink {s.name or 'jsonl'}: {why}"))
@@ -407,7 +408,7 @@ async def _redis(cfg: GatewayConfig) -> Finding:
 async def _alert_stream(cfg: GatewayConfig, sink: AlertSinkConfig) -> Finding:
     from gateway.alerts.sinks import RedisStreamSink, SinkError
 
-    s = RedisStreamSink(sink, cfg.store.url)
+    s = RedisStreamSink(sink, cfg.store.url, cfg.store.cluster_urls)
     try:
         await asyncio.wait_for(s.ping(), timeout=sink.timeout_s + 1.0)
     except (SinkError, TimeoutError) as e:

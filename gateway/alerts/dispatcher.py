@@ -86,9 +86,9 @@ class AlertDispatcher:
 
     @classmethod
     def from_config(cls, cfg: GatewayConfig, store: StateStore | None, metrics: Metrics | None) -> AlertDispatcher:
-        return cls(
-            cfg.alerts, build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url), store=store, metrics=metrics
-        )
+        sinks = build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url,
+                            default_cluster_seeds=cfg.store.cluster_urls)
+        return cls(cfg.alerts, sinks, store=store, metrics=metrics)
 
     @property
     def sink_names(self) -> list[str]:

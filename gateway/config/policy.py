@@ -10,6 +10,7 @@ from pydantic import (
 )
 
 from gateway.config.base import MAX_REDIS_LEN, MAX_TTL_S, _Model
+from gateway.config.service import check_cluster_node_url
 
 if TYPE_CHECKING:
     pass
@@ -126,6 +127,9 @@ class AlertSinkConfig(_Model):
     path: str | None = None  # jsonl: the file to append to
     stream: str = "ipgate:alerts"  # redis_stream: the stream key
     url: str | None = None  # redis_stream: redis URL (default: store.url); webhook: the endpoint
+    # redis_stream: url names a Redis Cluster node (route by slot); None: the store's cluster mode when url is
+    # unset (the store's seeds), a single endpoint when the sink has a url of its own
+    cluster: bool | None = None
     # Redis takes a 64-bit MAXLEN/LTRIM bound: a larger one failed every write (a LTRIM after the LPUSH: no trim)
     max_len: int = Field(10_000, ge=1, le=MAX_REDIS_LEN, description="redis_stream: approximate MAXLEN")
     max_retries: int = Field(5, ge=0)
@@ -142,6 +146,10 @@ class AlertSinkConfig(_Model):
             raise ValueError("a jsonl sink needs path")
         if self.kind == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
             raise ValueError("a webhook sink needs an http(s) url")
+        if self.cluster is not None and self.kind != "redis_stream":
+            raise ValueError("cluster is a redis_stream sink's field")
+        if self.cluster and self.url is not None:
+            check_cluster_node_url("url", self.url)
         return self
 
 

@@ -76,6 +76,21 @@ class ServerConfig(_Model):
         return v
 
 
+def check_cluster_node_url(field: str, url: str) -> None:
+    """Raise ``ValueError`` naming ``field`` (never echoing the URL: it may hold a password) unless ``url`` is a
+    Redis Cluster node URL: ``redis://`` or ``rediss://``, a host, a numeric port, database 0 or none."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"{field}: cluster node URLs are redis://host:port or rediss://host:port "
+                         f"(got scheme {parsed.scheme!r}, host {parsed.hostname!r})")
+    try:
+        port = parsed.port
+    except ValueError:  # urllib's message is safe, but say which field and what is expected
+        raise ValueError(f"{field}: the port of node {parsed.hostname} is not a number in 0-65535") from None
+    if parsed.path.strip("/") not in ("", "0"):
+        raise ValueError(f"{field}: Redis Cluster has only database 0 (node {parsed.hostname}:{port})")
+
+
 class StoreConfig(_Model):
     kind: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
@@ -102,18 +117,13 @@ class StoreConfig(_Model):
             raise ValueError("cluster: true needs kind: redis")
         fields = ["store.url", *(f"store.cluster_seeds[{i}]" for i in range(len(self.cluster_seeds)))]
         for field, u in zip(fields, [self.url, *self.cluster_seeds], strict=True):
-            parsed = urlparse(u)
-            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-                # the URL itself may hold a password: name the host, never echo the URL
-                raise ValueError(f"{field}: cluster node URLs are redis://host:port or rediss://host:port "
-                                 f"(got scheme {parsed.scheme!r}, host {parsed.hostname!r})")
-            try:
-                port = parsed.port
-            except ValueError:  # urllib's message is safe, but say which field and what is expected
-                raise ValueError(f"{field}: the port of node {parsed.hostname} is not a number in 0-65535") from None
-            if parsed.path.strip("/") not in ("", "0"):
-                raise ValueError(f"{field}: Redis Cluster has only database 0 (node {parsed.hostname}:{port})")
+            check_cluster_node_url(field, u)
         return self
+
+    @property
+    def cluster_urls(self) -> list[str] | None:
+        """The Redis Cluster seed node URLs (``url`` first) in cluster mode; None for one endpoint."""
+        return [self.url, *self.cluster_seeds] if self.cluster else None
 
     @field_validator("key_prefix")
     @classmethod

@@ -129,7 +129,7 @@ class RedisStore:
     def from_config(cls, cfg: StoreConfig) -> RedisStore:
         return cls(cfg.url, timeout_s=cfg.timeout_ms / 1000.0, prefix=cfg.key_prefix,
                    max_state_bytes=cfg.max_state_bytes,
-                   cluster_seeds=[cfg.url, *cfg.cluster_seeds] if cfg.cluster else None)
+                   cluster_seeds=cfg.cluster_urls)
 
     @property
     def connection(self) -> Conn:

@@ -9,7 +9,8 @@ from a webhook: fix the config, not the network).
   flushed to the OS at once, and ``fsync`` runs at most once per ``FSYNC_INTERVAL_S`` and on close — a
   crash of the host can lose the last second, a crash of the process loses nothing. A file moved or
   deleted by log rotation is noticed at the next alert and reopened.
-- ``RedisStreamSink``: ``XADD stream MAXLEN ~ N`` with fields ``alert`` (the JSON), ``client``, ``tier``.
+- ``RedisStreamSink``: ``XADD stream MAXLEN ~ N`` with fields ``alert`` (the JSON), ``client``, ``tier``,
+  ``id``, once per alert id; on a Redis Cluster through the store's slot-routing ``ClusterMux``.
 - ``WebhookSink``: ``POST`` of the JSON with ``X-Ipgate-Alert-Id`` and, when a secret is configured,
   ``X-Ipgate-Timestamp`` and ``X-Ipgate-Signature: sha256=HMAC(secret, timestamp + "." + body)`` so the
   receiver can authenticate it and reject replays. Redirects are not followed (a 3xx is a permanent failure:
@@ -25,6 +26,8 @@ Layout: one module per sink kind (``jsonl``, ``redis_stream``, ``webhook``, ``st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.alerts.sinks.base import AlertSink, PermanentSinkError, SinkError
 from gateway.alerts.sinks.jsonl import JsonlSink
 from gateway.alerts.sinks.redis_stream import RedisStreamSink
@@ -38,13 +41,16 @@ __all__ = [
 ]
 
 
-def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str) -> list[AlertSink]:
+def build_sinks(cfgs: list[AlertSinkConfig], *, default_redis_url: str,
+                default_cluster_seeds: Sequence[str] | None = None) -> list[AlertSink]:
+    """The configured sinks; a ``redis_stream`` sink without a ``url`` uses ``default_redis_url`` (the store's),
+    on a Redis Cluster when ``default_cluster_seeds`` (the store's ``cluster_urls``) is given."""
     sinks: list[AlertSink] = []
     for c in cfgs:
         if c.kind == "jsonl":
             sinks.append(JsonlSink(c))
         elif c.kind == "redis_stream":
-            stream = RedisStreamSink(c, default_redis_url)
+            stream = RedisStreamSink(c, default_redis_url, default_cluster_seeds)
             stream.check_url()
             sinks.append(stream)
         else:

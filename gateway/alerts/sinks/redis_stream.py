@@ -1,8 +1,16 @@
-"""The Redis stream alert sink: ``XADD`` of each alert, once per alert id however often it is retried."""
+"""The Redis stream alert sink: ``XADD`` of each alert, once per alert id however often it is retried.
+
+On a Redis Cluster (the store's, when the sink has no ``url`` of its own and ``store.cluster`` is set; or the
+sink's own with ``cluster: true``) the sink talks to it through the store's ``ClusterMux``: each call goes to
+the primary serving the stream's slot, following ``MOVED``/``ASK``/``TRYAGAIN`` like the store's calls. A plain
+client to one node answered ``MOVED`` for a stream served by another primary, and every alert on the sink failed.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
@@ -12,6 +20,8 @@ from gateway.alerts.model import Alert
 from gateway.alerts.sinks.base import Delivery, SinkError
 from gateway.alerts.sinks.urls import scrub_url
 from gateway.config import AlertSinkConfig, ConfigError
+from gateway.store.cluster import ClusterMux
+from gateway.store.resp import pack, reply_error
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +53,26 @@ def marker_prefix(stream: str) -> str:
 
 
 class RedisStreamSink:
-    def __init__(self, cfg: AlertSinkConfig, default_url: str) -> None:
+    def __init__(self, cfg: AlertSinkConfig, default_url: str, default_cluster_seeds: Sequence[str] | None = None
+                 ) -> None:
+        """``default_url`` / ``default_cluster_seeds``: the store's URL and, in cluster mode, its seed node URLs
+        (``StoreConfig.cluster_urls``), used when the sink has no ``url`` of its own."""
         self.cfg = cfg
         self.name = cfg.name or "redis_stream"
         self.delivery = Delivery.from_config(cfg)
         self.url = cfg.url or default_url
+        seeds = default_cluster_seeds if cfg.url is None else None
+        if cfg.cluster is not None:
+            seeds = (list(seeds or [self.url]) if cfg.cluster else None)
+        self._seeds: list[str] | None = None if seeds is None else list(seeds)
         self._redis: aioredis.Redis | None = None
+        self._cluster: ClusterMux | None = None
         self._scripts = True  # False once the server refused scripting (ACL): plain XADD, retries may repeat
         self._marker = marker_prefix(cfg.stream)
+
+    @property
+    def cluster(self) -> bool:
+        return self._seeds is not None
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -59,14 +81,42 @@ class RedisStreamSink:
             )
         return self._redis
 
+    def _mux(self) -> ClusterMux:
+        if self._cluster is None:
+            assert self._seeds is not None
+            self._cluster = ClusterMux(self._seeds, timeout_s=self.cfg.timeout_s)
+        return self._cluster
+
+    async def _on_stream(self, *args: Any) -> Any:
+        """One command on the cluster primary serving the stream's slot (every key of ours is in that slot)."""
+        reply = (await self._mux().execute_packed(pack(args), 1, key=self.cfg.stream))[0]
+        err = reply_error(reply)
+        if err is not None:
+            raise err  # a redis ResponseError, NOPERM text included, as redis-py raises it
+        return reply
+
+    async def _xadd_once(self, alert: Alert, payload: str) -> None:
+        args = (2, self.cfg.stream, f"{self._marker}{alert.id}",
+                _SEEN_TTL_MS, self.cfg.max_len, payload, alert.client, alert.tier, alert.id)
+        if self.cluster:
+            await self._on_stream("EVAL", _XADD_ONCE, *args)
+        else:
+            await self._client().eval(_XADD_ONCE, *args)  # type: ignore[misc]  # typed as sync|async
+
+    async def _xadd(self, alert: Alert, payload: str) -> None:
+        fields = {"alert": payload, "client": alert.client, "tier": alert.tier, "id": alert.id}
+        if self.cluster:
+            await self._on_stream("XADD", self.cfg.stream, "MAXLEN", "~", self.cfg.max_len, "*",
+                                  *(x for kv in fields.items() for x in kv))
+        else:
+            await self._client().xadd(self.cfg.stream, fields,  # type: ignore[arg-type]
+                                      maxlen=self.cfg.max_len, approximate=True)
+
     async def emit(self, alert: Alert, payload: str) -> None:
-        stream = self.cfg.stream
         try:
             if self._scripts:
                 try:
-                    await self._client().eval(  # type: ignore[misc]  # redis-py types eval as sync|async
-                        _XADD_ONCE, 2, stream, f"{self._marker}{alert.id}",
-                        _SEEN_TTL_MS, self.cfg.max_len, payload, alert.client, alert.tier, alert.id)
+                    await self._xadd_once(alert, payload)
                     return
                 except aioredis.ResponseError as e:
                     # refused by ACL: EVAL itself (NoPermissionError), or SET/XADD inside the script
@@ -77,12 +127,7 @@ class RedisStreamSink:
                     log.warning("alert sink %s: the Redis user may not run scripts (%s); writing with plain XADD, "
                                 "so an alert retried after a timeout may appear twice (grant +eval and +set, "
                                 "or deduplicate by the id field)", self.name, e)
-            await self._client().xadd(
-                stream,
-                {"alert": payload, "client": alert.client, "tier": alert.tier, "id": alert.id},
-                maxlen=self.cfg.max_len,
-                approximate=True,
-            )
+            await self._xadd(alert, payload)
         except (aioredis.RedisError, OSError) as e:
             # The URL may carry the Redis password: keep it out of the message, as for webhooks.
             detail = scrub_url(str(e), self.url)
@@ -93,17 +138,25 @@ class RedisStreamSink:
         start-up rather than failing every alert on this sink."""
         try:
             parse_url(self.url)
+            if self._seeds is not None:
+                ClusterMux(self._seeds, timeout_s=self.cfg.timeout_s)  # checks the seeds; connects to nothing
         except ValueError as e:
             raise ConfigError(f"alerts.sinks.{self.name}.url: {scrub_url(str(e), self.url)}") from None
 
     async def ping(self) -> None:
         """Raise ``SinkError`` (no password in it) unless the sink's Redis answers PING (``ipgate check``)."""
         try:
-            await self._client().ping()
+            if self.cluster:
+                await self._mux().ping()  # every primary serving (cluster_state:ok), as the store's probe
+            else:
+                await self._client().ping()
         except (aioredis.RedisError, OSError, ValueError) as e:  # ValueError: not a Redis URL
             raise SinkError(f"{type(e).__name__}: {scrub_url(str(e), self.url)}") from None
 
     async def close(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.close()
+            self._cluster = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
