@@ -31,7 +31,7 @@ from gateway.fingerprinting import FingerprintChecker
 from gateway.hooks import Detection, Watermarking
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.leases import LeaseRenewer
-from gateway.pipeline import error_response, list_models, no_route, proxy_handler
+from gateway.pipeline import error_response, expect_continue, list_models, no_continue, no_route, proxy_handler
 from gateway.policy import Policy
 from gateway.proxy.fields import FieldPolicy
 from gateway.proxy.forward import Upstream
@@ -204,11 +204,13 @@ def build_public_app(cfg: GatewayConfig, ctx: AppContext | None = None) -> web.A
                 yield
 
         app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/chat/completions", proxy_handler("chat"))
-    app.router.add_post("/v1/completions", proxy_handler("completions"))
-    app.router.add_post("/v1/embeddings", proxy_handler("embeddings"))
+    # Expect: 100-continue is answered only after the checks that need no body (expect_continue)
+    expect = expect_continue
+    app.router.add_post("/v1/chat/completions", proxy_handler("chat"), expect_handler=expect)
+    app.router.add_post("/v1/completions", proxy_handler("completions"), expect_handler=expect)
+    app.router.add_post("/v1/embeddings", proxy_handler("embeddings"), expect_handler=expect)
     # GET/DELETE /v1/responses/{id} and /input_items stay 404: stored responses are the backend's, unwatermarked
-    app.router.add_post("/v1/responses", proxy_handler("responses"))
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_route("*", "/{tail:.*}", no_route)
+    app.router.add_post("/v1/responses", proxy_handler("responses"), expect_handler=expect)
+    app.router.add_get("/v1/models", list_models, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:.*}", no_route, expect_handler=no_continue)
     return app

@@ -57,6 +57,11 @@ class HeadersTooLarge(InvalidRequest):
     default_code = "headers_too_large"
 
 
+class ExpectationFailed(InvalidRequest):
+    status = 417
+    default_code = "expectation_failed"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"

@@ -1,5 +1,8 @@
 """THE request path, in order. Each step lives in its own small module; this file only sequences them.
 
+    expect    expect_continue         only with ``Expect: 100-continue``: the checks that need no body (431, 401,
+                                      413 on the declared size) before ``100 Continue`` is sent, or the refusal
+                                      instead of it (aiohttp's default invited every client to send its body)
     receive   gateway/receive.py      request id, header size limit (431)
     auth      ctx.auth                JWT or API key -> Principal (401), before the body is read
     receive   gateway/receive.py      body size limit (413), body deadline (408)
@@ -28,7 +31,7 @@ import logging
 import time
 from collections import Counter
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
@@ -38,6 +41,7 @@ from gateway.clientaddr import replayable_forwarded_for
 from gateway.context import CTX, AppContext
 from gateway.errors import (
     INTERNAL_ERROR_BODY,
+    ExpectationFailed,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -46,7 +50,7 @@ from gateway.errors import (
 )
 from gateway.proxy.forward import forward_headers
 from gateway.proxy.parse import Endpoint, parse_request
-from gateway.receive import check_headers, read_body, request_id
+from gateway.receive import check_headers, declared_too_large, read_body, request_id
 from gateway.respond import LARGE_BODY_BYTES, complete, complete_large, count_withheld, send_answer, stream
 from gateway.route import route_and_forward
 from gateway.shape import embedder_factory, response_hook
@@ -258,6 +262,50 @@ def proxy_handler(endpoint: Endpoint) -> Handler:
                 finish(ctx, ex)
 
     return handle
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """The API routes' answer to ``Expect`` (aiohttp calls it before the handler, only when the header is there).
+    aiohttp's default wrote ``100 Continue`` as soon as the headers arrived, so a client without a credential was
+    invited to send its whole body, which was then read and thrown away. Here the checks that need no body run
+    first, in the handler's order: while draining no ``100`` is sent (the handler's 503 follows at once); the
+    header size (431), the credential (401), the expectation (417 for anything but ``100-continue``) and a
+    declared ``Content-Length`` over ``max_body_bytes`` (413) are answered instead of the ``100``, counted and
+    access-logged as the handler answers them (the request never reaches it). A request that passes gets the
+    ``100`` and goes on to the handler, which checks its credential again (a JWT cache hit)."""
+    if request.version != HttpVersion11:  # HTTP/1.0 has no 100 Continue: the handler answers as usual
+        return None
+    ctx = request.app[CTX]
+    if ctx.draining:
+        return None
+    cfg = ctx.config.server
+    ex = _exchange(ctx, request, request.path)
+    try:
+        check_headers(request, cfg.max_header_bytes)
+        ex.principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            raise ExpectationFailed(f"Expect: only 100-continue is supported, got {expect[:64]!r}", param="Expect")
+        size = request.content_length
+        if size is not None and size > cfg.max_body_bytes:
+            raise declared_too_large(size, cfg.max_body_bytes)
+    except GatewayError as e:
+        ex.status, ex.error_type = e.status, e.code
+        ex.facts.status = e.status
+        ex.overhead_s = time.perf_counter() - ex.t0
+        finish(ctx, ex)
+        return error_response(e, ex.request_id, cfg.overhead_header, ex.overhead_s)
+    await request.writer.write(_CONTINUE)
+    request.writer.output_size = 0  # as aiohttp's own: the 100 is not part of the answer's size
+    return None
+
+
+async def no_continue(request: web.Request) -> None:
+    """The catch-all route's: no ``100 Continue`` for a request that is answered 404/405 without its body."""
+    return None
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     Content-Type is not checked (clients differ); a body that is not JSON fails in the parse step, by name."""
     declared = request.content_length
     if declared is not None and declared > max_bytes:
-        raise PayloadTooLarge(f"body: {declared} bytes exceed the limit of {max_bytes} bytes", param="body")
+        raise declared_too_large(declared, max_bytes)
     try:
         return await request.read()  # bounded by the application's client_max_size (= max_bytes)
     except web.HTTPRequestEntityTooLarge as e:
@@ -45,6 +45,11 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         request.content.feed_eof()
         raise InvalidRequest(f"body: could not be read ({_last_line(e)})", param="body",
                              headers={"Connection": "close"}) from e
+
+
+def declared_too_large(declared: int, max_bytes: int) -> PayloadTooLarge:
+    """The 413 for a Content-Length above ``max_bytes`` (``read_body``, and the ``Expect: 100-continue`` answer)."""
+    return PayloadTooLarge(f"body: {declared} bytes exceed the limit of {max_bytes} bytes", param="body")
 
 
 def _last_line(e: Exception) -> str:
