@@ -12,7 +12,8 @@ start with a valid header within ``HEADER_TIMEOUT_S``; it is closed otherwise (a
 header would otherwise hand every client its own address). A connection from anywhere else is served as it
 is, its TCP peer its address: a header from an address not listed is never read (a client could name any
 address), and its ``PROXY`` line is an HTTP syntax error (400). ``LOCAL`` (v2) and ``UNKNOWN`` (v1) headers, the
-balancer's own health checks, keep the TCP peer. The header is read before TLS: with ``tls_cert_file`` set on
+balancer's own health checks, keep the TCP peer; a connection closed before its first byte (a TCP health check)
+is closed without being counted as a rejection. The header is read before TLS: with ``tls_cert_file`` set on
 the gateway the handshake would follow it, which this module does not do (refused at start-up; terminate TLS on
 the balancer, or send no header).
 
@@ -214,7 +215,17 @@ class _Gate(asyncio.Protocol):
         self._hand_over(t, self._buf[header.length:])
 
     def eof_received(self) -> bool:
-        self._reject("missing", "the connection ended before a header")
+        if not self._buf:
+            # Not a byte: a balancer's TCP health check (AWS NLB, HAProxy `check`, GCP connect and close at once,
+            # every few seconds per balancer node). Not a rejection: counted as one, `missing` grew for ever on a
+            # healthy deployment and buried a balancer that really sends no header (that one sends HTTP: invalid).
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            log.debug("PROXY protocol: connection from %s closed before a byte (a TCP health check)",
+                      self._transport.get_extra_info("peername") if self._transport is not None else None)
+            return False  # the transport closes
+        self._reject("missing", "the connection ended before the end of a header")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -152,7 +152,8 @@ class Metrics:
         self.proxy_protocol_rejected_total = Counter(
             "ipgate_proxy_protocol_rejected_total",
             "Connections from server.proxy_protocol_from closed for want of a valid PROXY protocol header, by "
-            "reason (missing, invalid, timeout).", ["reason"], registry=r,
+            "reason (missing: ended within a header, invalid, timeout); one closed before a byte (a TCP health "
+            "check) is not counted.", ["reason"], registry=r,
         )
         self.auth_cache_total = Counter(
             "ipgate_auth_cache_total", "Verified-token cache lookups: hit or miss.", ["result"], registry=r,

@@ -167,6 +167,29 @@ async def test_a_listed_balancer_must_send_a_valid_header(
     assert seen == []
 
 
+async def test_a_health_check_that_sends_nothing_is_not_a_rejection(
+        balanced: tuple[GatewayHandle, list[str]]) -> None:
+    """Defect: a balancer's TCP health check (connect, close without a byte: AWS NLB, HAProxy ``check``) was
+    counted as ``missing``, so the counter grew every few seconds per balancer node on a healthy deployment and
+    a rate alert on it could not tell a misconfigured balancer from its health checks. A connection that ended
+    within a header still is ``missing``."""
+    gw, seen = balanced
+    port = int(gw.url.rsplit(":", 1)[1])
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write_eof()  # FIN without a byte
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the gateway closes its side too
+        writer.close()
+    assert _rejected(gw, "missing") == 0  # before the fix: 3
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"PROXY TCP4 1.2.")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert _rejected(gw, "missing") == 1
+    assert sum(_rejected(gw, r) for r in ("invalid", "timeout")) == 0 and seen == []
+
+
 @pytest.mark.parametrize("balanced", [["10.9.9.9"]], indirect=True)
 async def test_a_header_from_anyone_else_is_never_read(balanced: tuple[GatewayHandle, list[str]]) -> None:
     gw, seen = balanced
