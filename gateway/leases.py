@@ -11,10 +11,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from gateway.store.base import StateStore
+from gateway.store.base import Limits, StateStore
 from gateway.store.inflight import LeaseBook, renew_every_s
 
 log = logging.getLogger(__name__)
+_NO_LIMITS = Limits(1.0, 1.0, 1, 1)  # a release without tokens to reconcile (its rate goes unread)
 
 
 class LeaseRenewer:
@@ -44,7 +45,19 @@ class LeaseRenewer:
                               len(held))
             return 0
         self._failed_logged = False
+        await self._release_ended(held)
         return len(held)
+
+    async def _release_ended(self, held: list[tuple[str, str]]) -> None:
+        """Give back again the leases whose request ended while this round was on its way: a release written
+        before the round's call for its client was undone by it (``ZADD`` records a lease it does not find), and
+        that lease, no longer renewed, would hold its client's slot for a whole lease period."""
+        for client_id, lease in held:
+            if lease not in self._book:
+                try:
+                    await self._store.reconcile_tokens(client_id, 0, 0, _NO_LIMITS, None, lease)
+                except Exception:
+                    log.exception("giving back an in-flight lease after its renewal failed")
 
     async def _loop(self) -> None:
         while True:

@@ -13,7 +13,8 @@ failure_mode for the hot path (the request-admission decision):
 Requests in flight (``max_in_flight``) follow the same modes: ``open`` admits without counting, ``closed``
 refuses, ``local`` counts them in-process against each replica's share of the cap (the requests already
 running are added by the next lease renewal). A slot taken in the shared store and not given back there
-because of the outage expires with its lease (``store.in_flight_lease_s``).
+because of the outage expires with its lease (``store.in_flight_lease_s``); one taken by a hot path answered by
+the failure mode while the store is up (a late deadline, an error reply) is given back at once.
 
 Other operations while degraded: ``reconcile_tokens`` / ``save_client_state`` go to the local store in
 ``local`` mode and are dropped otherwise (the detector states saved locally are dropped on recovery: Redis is
@@ -31,6 +32,8 @@ an administrator must know that a denylist entry was not written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +54,7 @@ FailureMode = Literal["open", "closed", "local"]
 OUTAGE = (RedisError, OSError, TimeoutError)  # TimeoutError covers asyncio's in 3.11
 _KNOWN_MAX = 100_000  # clients whose last tier/override we remember for the degraded hot path
 _PENDING_MAX = 10_000  # recipient records queued while degraded
+_NO_TOKENS = Limits(1.0, 1.0, 1, 1)  # a release without tokens to reconcile (its rate goes unread)
 _DIVIDED_MAX = 256  # per-replica divisions of limits_by_tier tuples kept (the policy has one per limit class)
 
 
@@ -89,6 +93,7 @@ class FailureModeOps:
     _overrides: dict[str, tuple[Override | None, int | None, float]]
     _overrides_edits: dict[str, tuple[Override | None, int | None, float] | None] | None
     _degraded_since: float | None
+    _releases: set[asyncio.Task[None]]  # slots given back after a hot path the store may have served
 
     if TYPE_CHECKING:  # ``ResilientStore``'s guard
         @property
@@ -121,9 +126,26 @@ class FailureModeOps:
         try:
             res = await self._call("hot_path", lambda: self.inner.hot_path(req))
         except NotServed:
-            return await self._degraded_admit(req)
+            res = await self._degraded_admit(req)
+            if req.lease and not self.degraded:
+                # Not served, yet the store is up: the deadline fired late (a busy event loop) or Redis answered
+                # with an error, and the script may have taken the slot. This request holds none there (``open``
+                # counts nothing; ``local`` counts in-process; ``closed`` refused it): give it back now, or it
+                # stays taken for the lease period. (Behind an outage the release could not reach it: it expires.)
+                self._give_back_later(req.client_id, req.lease)
+            return res
         self._remember(req.client_id, res.tier, res.override)
         return res
+
+    def _give_back_later(self, client_id: str, lease: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._give_back(client_id, lease))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _give_back(self, client_id: str, lease: str) -> None:
+        with contextlib.suppress(NotServed):  # (counted by the guard; the lease expires)
+            await self._call("reconcile_tokens", lambda: self.inner.reconcile_tokens(client_id, 0, 0, _NO_TOKENS,
+                                                                                     None, lease))
 
     async def _degraded_admit(self, req: AdmitRequest) -> AdmitResult:
         known = self._known.get(req.client_id)

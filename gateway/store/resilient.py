@@ -90,6 +90,7 @@ class ResilientStore(FailureModeOps, OverrideCopy, WriteBack):
         self._probe: asyncio.Task[None] | None = None
         self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
         self._closed = False
+        self._releases: set[asyncio.Task[None]] = set()
         # Administrator overrides of every client (the inner store's index): client -> (override, pinned tier,
         # expiry unix s). Read at start-up and every ``overrides_refresh_s``; used only while degraded, for
         # clients this process has not answered (``_known`` covers those it has).
@@ -260,6 +261,8 @@ class ResilientStore(FailureModeOps, OverrideCopy, WriteBack):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._releases:  # (each bounded by the guard's timeout)
+            await asyncio.gather(*self._releases, return_exceptions=True)
         try:
             async with asyncio.timeout(self._timeout * 4):
                 await self.inner.close()
