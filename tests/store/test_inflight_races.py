@@ -4,8 +4,10 @@ hot path whose deadline fired after Redis had taken the slot. Real Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 import redis.asyncio as aredis
 
 from gateway.leases import LeaseRenewer
@@ -67,6 +69,32 @@ async def test_a_slot_taken_by_a_hot_path_that_timed_out_late_is_given_back(redi
                 break
         assert await raw.zscore(inner.client_keys("late")[3], "l:1") is None, \
             "the slot Redis took stays taken though the request holds none"
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_a_renewal_round_of_many_clients_does_not_take_the_store_for_down(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One renewal round sent every client's call at once under one store deadline (50 ms): with a few
+    thousand clients holding requests in flight on one process the round outlasted it, and every 40 s the
+    store was declared unavailable (the failure mode for every request until the probe's next answer; or, the
+    loop busy sending them, a late timeout: counted as a failure and logged). The round goes in slices, each
+    its own call."""
+    inner = RedisStore(redis_url, timeout_s=0.05)
+    store = ResilientStore(inner, failure_mode="local", timeout_ms=50, health_interval_s=60)
+    raw = aredis.from_url(redis_url)
+    await store.start()
+    book = LeaseBook("m:")
+    try:
+        await store.renew_leases([("warm", "w")], 60.0)  # connected, script loaded
+        for i in range(4000):
+            book.hold(book.new_id(), f"many{i}")
+        with caplog.at_level(logging.WARNING):
+            assert await LeaseRenewer(store, book, lambda: 60.0).renew_once() == 4000
+        assert not store.degraded, "the renewal round took the store for down"
+        assert not [r.getMessage() for r in caplog.records if "renew_leases" in r.getMessage()]
+        assert await raw.zscore(inner.client_keys("many3999")[3], "m:4000") is not None
     finally:
         await raw.aclose()
         await store.close()
