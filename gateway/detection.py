@@ -425,8 +425,12 @@ class DetectionSession:
     def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float, tier: int, prior: int
                ) -> Alert:
         det = self._det
+        # the detectors behind the verdict: scoring high and weighing in the profile the client was judged with
+        # (a detector its plan mutes still scores, its evidence kept, but is none of them; the reasons agree)
+        weights = det.class_weights.get(self._principal.limit_class) or det.engine.weights
         strong = sorted(
-            (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE), key=lambda kv: -kv[1]
+            (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE and weights.get(kv[0], 0.0) > 0),
+            key=lambda kv: -kv[1],
         )
         request_ids, examples, ips = det.evidence(self._principal.client_id)
         return Alert(
