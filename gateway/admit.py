@@ -113,10 +113,14 @@ def _decide(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Ex
     adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier, lease)
     _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
     _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
-    if not res.allowed and res.too_many_in_flight:  # refusals only: a slot taken is an admission counted above
-        _count(ctx, "concurrency", "reject")
-    err = screening if screening is not None else admission_error(res)
-    if err is None and res.override != "allow" and ctx.policy.tier(tier).block:
+    # A request of a blocking tier never runs: refused by the in-flight cap (its slots held by other blocked
+    # requests whose release is on its way), it is answered as blocked, not 429 "wait for one to finish"
+    blocked = res.override != "allow" and ctx.policy.tier(tier).block
+    if not res.allowed and res.too_many_in_flight and not blocked:  # refusals only: a slot taken is an admission
+        _count(ctx, "concurrency", "reject")                         # (counted above)
+    err = screening if screening is not None else None if blocked and res.too_many_in_flight \
+        else admission_error(res)
+    if err is None and blocked:
         err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
     if err is None and session is not None and parsed.endpoint == "completions" and res.override != "allow" \
             and _token_ids(parsed.body.get("prompt")) and ctx.config.detection.token_id_prompts == "refuse":

@@ -232,3 +232,28 @@ async def test_a_stream_outliving_its_lease_still_counts(held: tuple[HeldBackend
             async for _ in s:
                 pass
         await a.close()
+
+
+async def test_a_blocked_client_sending_at_once_is_told_it_is_blocked(held: tuple[HeldBackend, str]) -> None:
+    """A client at a block tier is refused whatever it sends; its requests at once must each be answered 403
+    policy_block. Taking a slot for each first, the ones past the block tier's cap were answered 429
+    too_many_concurrent_requests ("wait for one to finish, then retry"): a retry the SDKs make on their own,
+    and counted as concurrency refusals instead of policy blocks."""
+    _, url = held
+    limits = {**LIMITS, "suspicious": {"requests_per_minute": 60_000, "tokens_per_minute": 10**9, "max_in_flight": 2}}
+    async with running_gateway(gateway_config(url, limits=limits)) as gw:
+        await gw.ctx.store.set_override("blocked", None, gw.ctx.policy.index("block"), ttl_s=60)
+        a = gw.openai_client("blocked")
+
+        async def one() -> str:
+            try:
+                await a.chat.completions.create(model="sim", messages=MSG)
+            except openai.APIStatusError as e:
+                return f"{e.status_code} {e.code}"
+            return "200"
+
+        got = await asyncio.gather(*(one() for _ in range(12)))
+        await settled(gw)
+        assert got == ["403 policy_block"] * 12, got
+        assert in_flight(gw, "blocked") == 0 and rejections(gw) == 0
+        await a.close()
