@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.store.memory import MemoryStore
@@ -256,4 +257,45 @@ async def test_a_blocked_client_sending_at_once_is_told_it_is_blocked(held: tupl
         await settled(gw)
         assert got == ["403 policy_block"] * 12, got
         assert in_flight(gw, "blocked") == 0 and rejections(gw) == 0
+        await a.close()
+
+
+async def test_a_request_cancelled_while_redis_decides_gives_its_slot_back(held: tuple[HeldBackend, str],
+                                                                            redis_process: Any) -> None:
+    """The client goes away while the hot path waits for Redis (paused here): the script runs once Redis is
+    back and takes the slot for a request that is gone; the release sent on cancellation (after it, on the same
+    connection) gives it back."""
+    _, url = held
+    cfg = gateway_config(url, limits=LIMITS, store={"kind": "redis", "url": redis_process.url, "timeout_ms": 5000,
+                                                    "failure_mode": "closed"})
+    async with running_gateway(cfg) as gw:
+        a = gw.openai_client("gone")
+        await a.chat.completions.create(model="sim", messages=[{"role": "user", "content": "exact"}], max_tokens=10)
+        await settled(gw)  # connected, scripts loaded
+        redis_process.pause()
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(CAP + 1):
+                    with pytest.raises(asyncio.TimeoutError):
+                        async with http.post(gw.url + "/v1/chat/completions",
+                                             timeout=aiohttp.ClientTimeout(total=0.3),
+                                             headers={"Authorization": f"Bearer {gw.token('gone')}"}, json={
+                                                 "model": "sim", "messages": [{"role": "user", "content": "x"}]}):
+                            pass
+            await eventually(lambda: not gw.ctx.inflight, what="the cancelled handlers to finish")
+        finally:
+            redis_process.resume()
+        await settled(gw)
+        raw = aioredis.from_url(redis_process.url)
+        try:
+            key = gw.ctx.store.inner.client_keys("gone")[3]  # type: ignore[attr-defined]
+            for _ in range(100):
+                if await raw.zcard(key) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await raw.zcard(key) == 0, "a cancelled request's slot stayed taken"
+        finally:
+            await raw.aclose()
+        assert len(gw.ctx.leases) == 0
+        assert len([await open_stream(a) for _ in range(CAP)]) == CAP
         await a.close()
