@@ -9,22 +9,7 @@ import socket
 import time
 from typing import Any
 
-from aiohttp import web
-
-from tests.support.harness import app_backend, gateway_config, running_gateway
-
-
-def _backend(seen: list[int]) -> web.Application:
-    async def chat(request: web.Request) -> web.Response:
-        seen.append(len(await request.read()))
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                               "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    return app
+from tests.support.harness import app_backend, body_size_backend, gateway_config, running_gateway
 
 
 async def _open(url: str, head: bytes, body: bytes) -> socket.socket:
@@ -54,7 +39,7 @@ async def test_a_request_without_a_valid_credential_is_refused_before_its_body_i
     before a single credential was looked at (``bench/slow_clients.py``). Now the 401 comes as soon as the headers
     are in, and the body is never buffered."""
     seen: list[int] = []
-    async with app_backend(_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
+    async with app_backend(body_size_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
         size = 4 * 1024 * 1024
         socks = []
         try:
@@ -77,7 +62,7 @@ async def test_a_request_without_a_valid_credential_is_refused_before_its_body_i
 async def test_a_client_with_a_credential_still_sends_its_body_slowly() -> None:
     """Control: with a valid credential a body that trickles in within the deadline is served whole."""
     seen: list[int] = []
-    async with app_backend(_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
+    async with app_backend(body_size_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
         body = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
         head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.token('a')}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
@@ -105,7 +90,7 @@ async def test_a_large_body_gets_time_for_its_size(monkeypatch: Any) -> None:
     monkeypatch.setattr(pipeline, "BODY_TIMEOUT_S", 0.5)
     monkeypatch.setattr(pipeline, "BODY_MIN_RATE", 20_000, raising=False)
     seen: list[int] = []
-    async with app_backend(_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
+    async with app_backend(body_size_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
         body = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode()
         head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.token('a')}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()

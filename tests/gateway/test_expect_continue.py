@@ -12,25 +12,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from tests.support.harness import GatewayHandle, app_backend, gateway_config, running_gateway, settled
+from tests.support.harness import (
+    GatewayHandle,
+    app_backend,
+    body_size_backend,
+    gateway_config,
+    running_gateway,
+    settled,
+)
 
 BODY = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "hello"}]}).encode()
 _VOLATILE = {"date", "x-request-id", "x-ipgate-overhead-ms"}  # values that differ from one request to the next
-
-
-def _backend(seen: list[int]) -> web.Application:
-    async def chat(request: web.Request) -> web.Response:
-        seen.append(len(await request.read()))
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                               "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    return app
 
 
 class Raw:
@@ -114,7 +106,7 @@ async def _refused_without_continue(gw: GatewayHandle, head: bytes) -> tuple[byt
 async def test_no_continue_for_a_client_without_a_valid_credential_and_the_same_401(tmp_path: Path) -> None:
     seen: list[int] = []
     log = tmp_path / "access.log"
-    async with app_backend(_backend(seen)) as url, \
+    async with app_backend(body_size_backend(seen)) as url, \
             running_gateway(gateway_config(url, telemetry={"access_log_file": str(log)})) as gw:
         for auth, reason in ((None, "missing"), ("Bearer not-a-token", "malformed")):
             before = _failures(gw, reason)
@@ -141,7 +133,7 @@ async def test_no_continue_for_a_client_without_a_valid_credential_and_the_same_
 
 async def test_a_valid_credential_still_gets_continue_and_its_answer() -> None:
     seen: list[int] = []
-    async with app_backend(_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
+    async with app_backend(body_size_backend(seen)) as url, running_gateway(gateway_config(url)) as gw:
         conn = await Raw.open(gw)
         try:
             await conn.send(_head(f"Bearer {gw.token('a')}"))

@@ -104,6 +104,20 @@ async def app_backend(app: web.Application, ssl_context: ssl.SSLContext | None =
         await runner.cleanup()
 
 
+def body_size_backend(seen: list[int]) -> web.Application:
+    """A chat backend that records the size of each request body it reads and answers a fixed short answer."""
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(len(await request.read()))
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
 def gateway_config(*backend_urls: str, **overrides: Any) -> dict[str, Any]:
     """A test config: one model "sim" over ``backend_urls`` (names b0, b1, ... equal weights)."""
     cfg: dict[str, Any] = {
