@@ -155,6 +155,10 @@ class GatewayDetection:
         return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding,
                    class_weights=class_weights)
 
+    def profile(self, limit_class: str) -> Mapping[str, float] | None:
+        """The combiner weights a client of ``limit_class`` is judged with; None: the engine's own."""
+        return self.class_weights.get(limit_class) if self.class_weights else None
+
     # --- the request path ---------------------------------------------------------------------------------
 
     def observe(
@@ -212,7 +216,7 @@ class GatewayDetection:
         stored_tier: int, now: float, override: Override | None, request_id: str | None, ip: str | None,
         live: Live, feats: Any,
     ) -> DetectionSession:
-        weights = self.class_weights.get(principal.limit_class) if self.class_weights else None
+        weights = self.profile(principal.limit_class)
         try:
             # under an allow override the evidence counts but the tier is held: when the allow ends, the next
             # request is judged on everything observed, and a rise raises its alert then
@@ -427,7 +431,7 @@ class DetectionSession:
         det = self._det
         # the detectors behind the verdict: scoring high and weighing in the profile the client was judged with
         # (a detector its plan mutes still scores, its evidence kept, but is none of them; the reasons agree)
-        weights = det.class_weights.get(self._principal.limit_class) or det.engine.weights
+        weights = det.profile(self._principal.limit_class) or det.engine.weights
         strong = sorted(
             (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE and weights.get(kv[0], 0.0) > 0),
             key=lambda kv: -kv[1],

@@ -293,11 +293,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         if size is not None and size > cfg.max_body_bytes:
             raise declared_too_large(size, cfg.max_body_bytes)
     except GatewayError as e:
-        ex.status, ex.error_type = e.status, e.code
-        ex.facts.status = e.status
-        ex.overhead_s = time.perf_counter() - ex.t0
-        finish(ctx, ex)
-        return error_response(e, ex.request_id, cfg.overhead_header, ex.overhead_s)
+        return _refused(ctx, ex, e)
     await request.writer.write(_CONTINUE)
     request.writer.output_size = 0  # as aiohttp's own: the 100 is not part of the answer's size
     return None
@@ -314,15 +310,22 @@ async def list_models(request: web.Request) -> web.Response:
     try:
         ex.principal = await ctx.auth.authenticate(ctx.auth.single_header(request.headers))
     except GatewayError as e:
-        ex.status, ex.error_type = e.status, e.code
-        ex.overhead_s = time.perf_counter() - ex.t0
-        finish(ctx, ex)  # counted and access-logged like any request: credential probing shows
-        return error_response(e, ex.request_id, ctx.config.server.overhead_header, ex.overhead_s)
+        return _refused(ctx, ex, e)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipgate"} for m in sorted(ctx.models)]
     ex.status = 200
     ex.overhead_s = time.perf_counter() - ex.t0
     finish(ctx, ex)
     return web.json_response({"object": "list", "data": data}, headers=_ids(ctx, ex))
+
+
+def _refused(ctx: AppContext, ex: Exchange, e: GatewayError) -> web.Response:
+    """A request refused outside the proxy handler (no body read, no route): counted and access-logged like any
+    request (credential probing shows), answered as the handler answers the same error."""
+    ex.status, ex.error_type = e.status, e.code
+    ex.facts.status = e.status
+    ex.overhead_s = time.perf_counter() - ex.t0
+    finish(ctx, ex)
+    return error_response(e, ex.request_id, ctx.config.server.overhead_header, ex.overhead_s)
 
 
 def _ids(ctx: AppContext, ex: Exchange) -> dict[str, str]:
