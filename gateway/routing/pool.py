@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request (a frozen __init__ costs ~3x); never mutated
 class Outcome:
     ok: bool
     status: int | None
