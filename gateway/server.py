@@ -147,8 +147,33 @@ async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
     try:
         return await _serve_listeners(config_path, cfg, on_ready, supervisor_pid)
     finally:
+        # From here to the exit a hang-up is ignored. It was SIGHUP's default action (death) once the loop was
+        # closed, and a reload sent during a rolling restart (or forwarded by the supervisor as its worker exits)
+        # turned a clean stop into a death by signal, which process managers report as a failure. One call: the
+        # disposition goes from the handler straight to SIG_IGN (see _on_hangup).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if ports is not None:
             ports.close()
+
+
+def _on_hangup(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the loop at each SIGHUP. A Python-level handler, not ``loop.add_signal_handler``: asyncio's
+    removal (and the loop's close) resets the signal to its default action before anything else can be set, and
+    a SIGHUP in between killed the process; here ``signal.signal`` replaces one disposition by the next at once."""
+    pending = False  # hang-ups coalesce until the loop runs ``fn`` (as the loop's own wake-up pipe did)
+
+    def run() -> None:
+        nonlocal pending
+        pending = False
+        fn()
+
+    def handler(_signum: int, _frame: object) -> None:  # (runs in the main thread, as the loop does)
+        nonlocal pending
+        if not pending:
+            pending = True
+            loop.call_soon_threadsafe(run)
+
+    signal.signal(signal.SIGHUP, handler)
 
 
 async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
@@ -178,7 +203,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         log.warning("SIGHUP during start-up: %s", "nothing to reload" if config_path is None
                     else "the configuration is re-read once started")
 
-    loop.add_signal_handler(signal.SIGHUP, on_early_hup)
+    _on_hangup(loop, on_early_hup)
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
@@ -213,11 +238,11 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
                     _export_expiry(ctx, sc.tls_cert_file)
                 reload_models(ctx, path, trail)
 
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
+            _on_hangup(loop, on_hup)
             if early_hup:
                 on_hup()
         else:  # nothing to reload (demo): a hang-up ends the process as usual
-            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
         tune_gc()
         scheme = "https" if tls is not None else "http"
         log.info("ipgate serving on %s://%s:%d (admin %s://%s:%d), pid %d", scheme, host, port, scheme, ahost, aport,
@@ -334,6 +359,8 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        elif stopping:  # a reload while stopping: the workers are on their way out (and ignore it by then)
+            return
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
@@ -409,6 +436,9 @@ def _supervise(config_path: str, workers: int, cfg: GatewayConfig, log_level: st
             break
         with contextlib.suppress(InterruptedError):
             time.sleep(0.1)
+    # The forwarder goes, and with it SIGHUP's default action at the interpreter's exit (Python puts it back for
+    # every signal it handled): a hang-up in the last milliseconds would kill a supervisor that stopped cleanly.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     if any(c == 2 for c in codes.values()):
         return 2

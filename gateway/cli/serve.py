@@ -33,11 +33,14 @@ def run(args: argparse.Namespace) -> int:
     # sidecar) must not kill a gateway that is still importing: ignored, as the file is read after this point
     # anyway (and a worker started by the supervisor begins with it ignored too). Before the server import,
     # which is most of the start-up time.
+    # Nor may one kill it on its way out: SIGHUP's default action is never put back (the process ends soon
+    # after this returns, and a reload sent during a rolling restart made a clean stop a death by signal). A
+    # Python handler of an in-process caller is.
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return _run(args)
-    finally:  # called in-process (tests): leave the caller's disposition as it was
-        if previous is not None:  # (None: installed outside Python, cannot be put back)
+    finally:
+        if callable(previous):
             signal.signal(signal.SIGHUP, previous)
 
 
