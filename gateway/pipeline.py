@@ -173,7 +173,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
         return await stream(ctx, request, ex, parsed, op, embed, headers, details=details, hook=hook,
                             strip_reasoning=strip, function_calls=calls, model_name=model_name)
     t_body = time.perf_counter()
-    withheld: Counter[str] = Counter()  # Responses API text the relay could not watermark (not relayed)
+    # Responses API text the relay could not watermark (not relayed); the other endpoints withhold none
+    withheld: Counter[str] | None = Counter() if parsed.endpoint == "responses" else None
     if embed is not None and len(op.body) > LARGE_BODY_BYTES:  # a long answer: embed it in slices
         resp = await complete_large(ex, parsed, op, op.body, embed, headers, details=details, hook=hook,
                                     strip_reasoning=strip, withheld=withheld, function_calls=calls, fields=ctx.fields,
@@ -181,7 +182,8 @@ async def _serve(ctx: AppContext, request: web.Request, ex: Exchange, endpoint: 
     else:  # transform (body)
         resp = complete(ex, parsed, op, op.body, embed, headers, details=details, hook=hook, strip_reasoning=strip,
                         withheld=withheld, function_calls=calls, fields=ctx.fields, model_name=model_name)
-    count_withheld(ctx, withheld)
+    if withheld:
+        count_withheld(ctx, withheld)
     ex.overhead_s = op.t_sent - ex.t0 + (time.perf_counter() - t_body)
     resp.headers[cfg.overhead_header] = f"{ex.overhead_s * 1000:.3f}"
     return await send_answer(request, resp, ex, op.lease.backend.idle_timeout_s)
