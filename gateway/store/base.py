@@ -4,6 +4,7 @@ Rules every implementation keeps (the contract test suite checks them on both):
 - ``hot_path`` is **one** round trip: it reads the client's stored tier/override and detector state, runs GCRA
   on requests and on reserved tokens at the limits of the client's effective tier, takes a slot among the
   client's requests in flight when that tier caps them (``gateway.store.inflight``), and returns all of it.
+- ``peek`` is one read-only round trip: what ``hot_path`` would answer for the same request now, writing nothing.
 - A slot taken is given back by ``reconcile_tokens(..., lease=)`` when the request ends, kept alive by
   ``renew_leases`` while it runs, and expires by itself otherwise (a replica that died with it).
 - Every key written has a TTL. The store's clock (Redis ``TIME``) decides shared limits.
@@ -91,6 +92,12 @@ class ClientRecord:
 
 class StateStore(Protocol):
     async def hot_path(self, req: AdmitRequest) -> AdmitResult: ...
+
+    async def peek(self, req: AdmitRequest) -> AdmitResult:
+        """What ``hot_path(req)`` would answer now, changing nothing: no bucket charged, no slot taken (whatever
+        ``req.lease``), no TTL extended. ``detector_state`` is None (not read); ``slot`` is False; ``in_flight``
+        counts the client's live leases (this request not included) when its tier caps them. For a refusal
+        before a request's body is read (``Expect: 100-continue``): the real admission follows the body."""
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
                                until_us: float | None = None, lease: str = "") -> None:

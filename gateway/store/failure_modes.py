@@ -10,7 +10,8 @@ failure_mode for the hot path (the request-admission decision):
 - ``local``: enforce the limits in-process (a ``MemoryStore``), each divided by ``local_replicas`` so the
   fleet together stays near the shared limit; last known tier and override apply.
 
-Requests in flight (``max_in_flight``) follow the same modes: ``open`` admits without counting, ``closed``
+``peek`` (the look before a request's body, ``Expect: 100-continue``) answers as the hot path would, taking
+nothing. Requests in flight (``max_in_flight``) follow the same modes: ``open`` admits without counting, ``closed``
 refuses, ``local`` counts them in-process against each replica's share of the cap (the requests already
 running are added by the next lease renewal). A slot taken in the shared store and not given back there
 because of the outage expires with its lease (``store.in_flight_lease_s``); one taken by a hot path answered by
@@ -137,6 +138,16 @@ class FailureModeOps:
         self._remember(req.client_id, res.tier, res.override)
         return res
 
+    async def peek(self, req: AdmitRequest) -> AdmitResult:
+        """The inner store's look; not served, the failure mode's answer to the same request, as ``hot_path``
+        would give it (``local``: the in-process store's look, nothing taken there either)."""
+        try:
+            res = await self._call("peek", lambda: self.inner.peek(req))
+        except NotServed:
+            return await self._degraded_admit(req, look=True)
+        self._remember(req.client_id, res.tier, res.override)
+        return res
+
     def _give_back_later(self, client_id: str, lease: str) -> None:
         task = asyncio.get_running_loop().create_task(self._give_back(client_id, lease))
         self._releases.add(task)
@@ -147,7 +158,7 @@ class FailureModeOps:
             await self._call("reconcile_tokens", lambda: self.inner.reconcile_tokens(client_id, 0, 0, _NO_TOKENS,
                                                                                      None, lease))
 
-    async def _degraded_admit(self, req: AdmitRequest) -> AdmitResult:
+    async def _degraded_admit(self, req: AdmitRequest, look: bool = False) -> AdmitResult:
         known = self._known.get(req.client_id)
         ov = self._overrides.get(req.client_id)
         expired = ov is not None and ov[2] <= time.time()
@@ -173,8 +184,8 @@ class FailureModeOps:
                 tier = max(tier, self._local.stored_tier(req.client_id))
             tier = min(tier, top)
             lim = self._local_limits(req.limits_by_tier)[tier]
-            res = await self._local.hot_path(AdmitRequest(req.client_id, req.tokens, (lim,), req.state_ttl_s,
-                                                          req.lease, req.lease_s))
+            local = AdmitRequest(req.client_id, req.tokens, (lim,), req.state_ttl_s, req.lease, req.lease_s)
+            res = await (self._local.peek(local) if look else self._local.hot_path(local))
             denied = override == "deny"
             return replace(res, allowed=res.allowed and not denied, tier=tier, override=override, degraded=True)
         tier = min(tier, top)

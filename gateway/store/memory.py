@@ -155,6 +155,27 @@ class MemoryStore:
             in_flight_limit=cap,
         )
 
+    async def peek(self, req: AdmitRequest) -> AdmitResult:
+        """``hot_path``'s answer, nothing written (``lua/peek.lua`` ports it)."""
+        now = self._now()
+        cid = req.client_id
+        ov = self._ovr.get(cid, now)
+        st = self._state.get(cid, now)
+        override = ov.override if ov is not None else None
+        tier = effective_tier(st.tier if st is not None else 0, ov.tier if ov is not None else None, override)
+        tier = min(tier, len(req.limits_by_tier) - 1)
+        tats = self._rl.get(cid, now) or (0.0, 0.0)
+        lim = req.limits_by_tier[tier]
+        a = admit(tats[0], tats[1], now, req.tokens, lim, deny=override == "deny")
+        cap, held = lim.max_in_flight, 0
+        if a.allowed and cap > 0:
+            leases = self._inflight.get(cid, now)
+            held = sum(1 for deadline in leases.values() if deadline > now) if leases else 0  # (inflight.prune)
+            if held >= cap:
+                a = admit(tats[0], tats[1], now, req.tokens, lim, deny=True)
+        return AdmitResult(allowed=a.allowed, tier=tier, override=override, requests=a.requests, tokens=a.tokens,
+                           detector_state=None, now=now / 1e6, in_flight=held, in_flight_limit=cap)
+
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
                                until_us: float | None = None, lease: str = "") -> None:
         now = self._now()

@@ -112,6 +112,7 @@ class RedisStore:
         self._p = prefix
         self._max_state = max_state_bytes
         self._hot = _Script("hot_path.lua")
+        self._peek = _Script("peek.lua")
         self._reconcile = _Script("reconcile.lua")
         self._renew = _Script("renew.lua")
         self._save = _Script("save_state.lua")
@@ -189,6 +190,16 @@ class RedisStore:
             in_flight=int(row[15]),
             in_flight_limit=int(row[16]),
         )
+
+    async def peek(self, req: AdmitRequest) -> AdmitResult:
+        """One ``EVALSHA`` of ``lua/peek.lua`` (read-only) on the client's keys."""
+        tiers, ntier_args = self._limit_args(req.limits_by_tier)
+        keys = self.client_keys(req.client_id)
+        row = await self._peek.run_packed(self._mux, pack_bulks([4, *keys, req.tokens]) + tiers, 6 + ntier_args,
+                                          keys[0])
+        return AdmitResult(allowed=bool(row[0]), tier=int(row[1]), override=_override(row[2]),
+                           requests=_decision(row, 4), tokens=_decision(row, 9), detector_state=None,
+                           now=int(row[3]) / 1e6, in_flight=int(row[14]), in_flight_limit=int(row[15]))
 
     async def reconcile_tokens(self, client_id: str, reserved: int, actual: int, limits: Limits,
                                until_us: float | None = None, lease: str = "") -> None:
