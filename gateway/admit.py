@@ -24,7 +24,7 @@ from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.hooks import DetectionSession, ResponseFacts
 from gateway.principal import Principal
 from gateway.proxy.parse import ParsedRequest
-from gateway.ratelimit import admission_error, estimate_tokens
+from gateway.ratelimit import MIN_RESERVATION, admission_error, estimate_tokens
 from gateway.store.base import AdmitRequest, AdmitResult, Limits
 
 if TYPE_CHECKING:  # gateway.account imports this module
@@ -74,10 +74,7 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     """The admission of ``ex`` (its route and request id); a refusal raises its ``GatewayError`` after noting
     the tier it was decided at in ``ex.refused_tier`` (the access log shows it)."""
     reserved = estimate_tokens(ex.route, parsed.seen)
-    # the client's plan: a tuple the policy built once (one dict probe; no allocation per request)
-    by_tier = ctx.policy.limits_by_class.get(principal.limit_class)
-    if by_tier is None:
-        by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
+    by_tier = _limits(ctx, principal)
     lease = ctx.leases.new_id()
     try:
         res = await ctx.store.hot_path(AdmitRequest(principal.client_id, reserved, by_tier,
@@ -99,6 +96,51 @@ async def detect_and_admit(ctx: AppContext, principal: Principal, parsed: Parsed
     return adm
 
 
+def _limits(ctx: AppContext, principal: Principal) -> Sequence[Limits]:
+    """The client's plan: a tuple the policy built once (one dict probe; no allocation per request)."""
+    by_tier = ctx.policy.limits_by_class.get(principal.limit_class)
+    if by_tier is None:
+        by_tier = ctx.policy.class_limits(principal.limit_class)  # logs the unknown name once; `default`
+    return by_tier
+
+
+async def refuse_before_body(ctx: AppContext, principal: Principal, ex: Exchange) -> None:
+    """Before a request's body is read (``Expect: 100-continue``): raise the refusal that its admission is sure
+    to answer once the body is in, from one read-only store round trip (``store.peek``) that takes nothing (no
+    token, no request, no slot: the admission after the body does that, once). Sure whatever the body: every
+    request reserves ``MIN_RESERVATION`` tokens at least, and detection only ever raises a tier, so a tier counts
+    as blocking here only when it and every tier above it block. Answered, counted and access-logged as that
+    admission answers it; a store that cannot answer gets the failure mode's answer, as the hot path would."""
+    res = await ctx.store.peek(AdmitRequest(principal.client_id, MIN_RESERVATION, _limits(ctx, principal), 0.0))
+    blocked = res.override != "allow" and ctx.policy.tier(res.tier).block and (
+        ctx.detection is None or all(t.block for t in ctx.policy.tiers[res.tier:]))
+    err = _refusal(res, blocked)
+    if err is None:
+        return
+    _count_decision(ctx, res, blocked)
+    if isinstance(err, PermissionDenied):
+        _count(ctx, "policy", "block")
+    ex.refused_tier = ctx.policy.tier(res.tier).name
+    raise err
+
+
+def _refusal(res: AdmitResult, blocked: bool) -> GatewayError | None:
+    """The store's refusal of a request (None: admitted by it). A request of a blocking tier never runs: refused by
+    the in-flight cap (its slots held by other blocked requests whose release is on its way), it is answered as
+    blocked, not 429 "wait for one to finish"."""
+    err = None if blocked and res.too_many_in_flight else admission_error(res)
+    if err is None and blocked:
+        err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
+    return err
+
+
+def _count_decision(ctx: AppContext, res: AdmitResult, blocked: bool) -> None:
+    _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
+    _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
+    if not res.allowed and res.too_many_in_flight and not blocked:  # refusals only: a slot taken is an admission
+        _count(ctx, "concurrency", "reject")                         # (counted above)
+
+
 def _decide(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Exchange, res: AdmitResult,
             reserved: int, by_tier: Sequence[Limits], lease: str) -> Admission:
     path, request_id = ex.route, ex.request_id
@@ -111,17 +153,9 @@ def _decide(ctx: AppContext, principal: Principal, parsed: ParsedRequest, ex: Ex
     if session is not None and res.override != "allow":
         tier = max(tier, session.outcome.tier)
     adm = Admission(res, tier, session, reserved if res.allowed else 0, by_tier, lease)
-    _count(ctx, "requests", "allow" if res.requests.allowed else "reject")
-    _count(ctx, "tokens", "allow" if res.tokens.allowed else "reject")
-    # A request of a blocking tier never runs: refused by the in-flight cap (its slots held by other blocked
-    # requests whose release is on its way), it is answered as blocked, not 429 "wait for one to finish"
     blocked = res.override != "allow" and ctx.policy.tier(tier).block
-    if not res.allowed and res.too_many_in_flight and not blocked:  # refusals only: a slot taken is an admission
-        _count(ctx, "concurrency", "reject")                         # (counted above)
-    err = screening if screening is not None else None if blocked and res.too_many_in_flight \
-        else admission_error(res)
-    if err is None and blocked:
-        err = PermissionDenied("This client has been blocked by policy.", code="policy_block")
+    _count_decision(ctx, res, blocked)
+    err = screening if screening is not None else _refusal(res, blocked)
     if err is None and session is not None and parsed.endpoint == "completions" and res.override != "allow" \
             and _token_ids(parsed.body.get("prompt")) and ctx.config.detection.token_id_prompts == "refuse":
         ctx.metrics.request_fields_refused_total.labels(field="prompt").inc()

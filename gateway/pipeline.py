@@ -1,8 +1,9 @@
 """THE request path, in order. Each step lives in its own small module; this file only sequences them.
 
     expect    expect_continue         only with ``Expect: 100-continue``: the checks that need no body (431, 401,
-                                      413 on the declared size) before ``100 Continue`` is sent, or the refusal
-                                      instead of it (aiohttp's default invited every client to send its body)
+                                      413 on the declared size, a read-only look at the store: 403/429/503)
+                                      before ``100 Continue`` is sent, or the refusal instead of it (aiohttp's
+                                      default invited every client to send its body)
     receive   gateway/receive.py      request id, header size limit (431)
     auth      ctx.auth                JWT or API key -> Principal (401), before the body is read
     receive   gateway/receive.py      body size limit (413), body deadline (408)
@@ -36,7 +37,7 @@ from aiohttp.typedefs import Handler
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from gateway.account import Exchange, finish
-from gateway.admit import detect_and_admit
+from gateway.admit import detect_and_admit, refuse_before_body
 from gateway.clientaddr import replayable_forwarded_for
 from gateway.context import CTX, AppContext
 from gateway.errors import (
@@ -274,10 +275,13 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     aiohttp's default wrote ``100 Continue`` as soon as the headers arrived, so a client without a credential was
     invited to send its whole body, which was then read and thrown away. Here the checks that need no body run
     first, in the handler's order: while draining no ``100`` is sent (the handler's 503 follows at once); the
-    header size (431), the credential (401), the expectation (417 for anything but ``100-continue``) and a
-    declared ``Content-Length`` over ``max_body_bytes`` (413) are answered instead of the ``100``, counted and
-    access-logged as the handler answers them (the request never reaches it). A request that passes gets the
-    ``100`` and goes on to the handler, which checks its credential again (a JWT cache hit)."""
+    header size (431), the credential (401), the expectation (417 for anything but ``100-continue``), a
+    declared ``Content-Length`` over ``max_body_bytes`` (413) and, from one read-only store round trip, an
+    admission sure to refuse the request whatever its body (403 denied or blocked, 429 over the request rate or
+    the in-flight cap, 503 where failure mode ``closed`` cannot check: ``admit.refuse_before_body``) are answered
+    instead of the ``100``, counted and access-logged as the handler answers them (the request never reaches
+    it). A request that passes gets the ``100`` and goes on to the handler, which checks its credential again (a
+    JWT cache hit) and is admitted (tokens, slot) as any request."""
     if request.version != HttpVersion11:  # HTTP/1.0 has no 100 Continue: the handler answers as usual
         return None
     ctx = request.app[CTX]
@@ -294,6 +298,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         size = request.content_length
         if size is not None and size > cfg.max_body_bytes:
             raise declared_too_large(size, cfg.max_body_bytes)
+        await refuse_before_body(ctx, ex.principal, ex)  # one read-only store round trip (403 / 429 / 503)
     except GatewayError as e:
         return _refused(ctx, ex, e)
     await request.writer.write(_CONTINUE)

@@ -273,6 +273,12 @@ def _int_field(body: Mapping[str, Any], *names: str, default: int) -> int:
     return default
 
 
+# The least ``estimate_tokens`` reserves for any request: every endpoint's estimate is 1 at least (a completion
+# budget or n of 0 reads as the default; every prompt and every input is a token at least). What the look before
+# a request's body (``Expect: 100-continue``) checks the tokens bucket with.
+MIN_RESERVATION = 1
+
+
 def estimate_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
     """Tokens to reserve before forwarding: prompt ≈ characters / 4, plus the completion budget.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,62 +19,15 @@ from tests.support.harness import (
     running_gateway,
     settled,
 )
+from tests.support.raw_http import Raw, request_head
 
 BODY = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "hello"}]}).encode()
 _VOLATILE = {"date", "x-request-id", "x-ipgate-overhead-ms"}  # values that differ from one request to the next
 
 
-class Raw:
-    """One HTTP/1.1 connection driven byte by byte."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.got = b""
-
-    @classmethod
-    async def open(cls, gw: GatewayHandle) -> Raw:
-        sock = socket.socket()
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
-        return cls(sock)
-
-    async def send(self, data: bytes) -> None:
-        await asyncio.get_running_loop().sock_sendall(self.sock, data)
-
-    async def _more(self, timeout_s: float = 5.0) -> bool:
-        part = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), timeout_s)
-        self.got += part
-        return bool(part)
-
-    async def until(self, marker: bytes) -> bytes:
-        """Everything received until ``marker`` is in it (or the peer closed)."""
-        while marker not in self.got and await self._more():
-            pass
-        return self.got
-
-    async def answer(self) -> tuple[bytes, dict[str, str], dict[str, Any]]:
-        """The status line, headers (names lower-cased) and JSON body of a final answer."""
-        await self.until(b"\r\n\r\n")
-        head = self.got.partition(b"\r\n\r\n")[0]
-        lines = head.split(b"\r\n")
-        headers = {k.decode().lower(): v.decode().strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
-        size = int(headers["content-length"])
-        while len(self.got) < len(head) + 4 + size and await self._more():
-            pass
-        return lines[0], headers, json.loads(self.got[len(head) + 4:len(head) + 4 + size])
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _head(auth: str | None, *, expect: str | None = "100-continue", length: int = len(BODY),
           path: str = "/v1/chat/completions") -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: gw", "Content-Type: application/json", f"Content-Length: {length}"]
-    if auth is not None:
-        lines.append(f"Authorization: {auth}")
-    if expect is not None:
-        lines.append(f"Expect: {expect}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return request_head(auth, length, expect=expect, path=path)
 
 
 def _failures(gw: GatewayHandle, reason: str) -> float:
