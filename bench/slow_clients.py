@@ -2,7 +2,7 @@
 how long it is held.
 
     .venv/bin/python bench/slow_clients.py [--n 40] [--idle 3] [--answer-kib 8192] [--slow-s S] [--only A,B]
-                                           [--traced]
+                                           [--send-timeout S] [--traced]
 
 Starts a backend (aiohttp, in this process: endless fast SSE streams; non-streamed answers of
 ``max_tokens`` bytes) and ``ipgate serve`` as a child process (memory store, detection and watermark off, the
@@ -22,7 +22,8 @@ backend's ``idle_timeout_s`` = ``--idle``), then runs, one after the other:
   but its last byte at once; reports the gateway's RSS growth after 2 s and how many were answered (a 401 before
   the body is read; when the body was read first, each held its 4 MiB until the 60 s body deadline).
 - ``pipelined-never-read``: ``--n`` connections writing unauthenticated requests as fast as the gateway
-  takes them for ``--slow-s`` s, reading nothing, then silent for 12 s: connections still held.
+  takes them for ``--slow-s`` s, reading nothing, then silent for 12 s: connections still held (closed once
+  none of their answers' bytes were taken for ``--send-timeout`` s: ``server.send_timeout_s``).
 - ``endless-answer`` / ``endless-responses`` (a broken backend): a non-streamed answer without end (peak RSS,
   and what the client got within ``2 * --idle + 2`` s); a Responses stream of text deltas without end, read as
   it comes for that long (how much was relayed, whether the gateway ended it, RSS after).
@@ -198,14 +199,22 @@ async def pipelined_never_read(gw: GatewayProcess, pid: int, n: int, seconds: fl
         await loop.sock_connect(s, ("127.0.0.1", gw.port))
         socks.append(s)
     base, sent, t0 = rss_kib(pid), 0, time.monotonic()
+    reset: dict[int, float] = {}  # socket -> seconds after the start when the gateway closed it
     while time.monotonic() - t0 < seconds:
-        for s in socks:
-            with contextlib.suppress(BlockingIOError):
+        for i, s in enumerate(socks):
+            if i in reset:
+                continue
+            try:
                 sent += s.send(req)
+            except BlockingIOError:
+                pass
+            except OSError:  # closed by the gateway's send deadline
+                reset[i] = time.monotonic() - t0
         await asyncio.sleep(0.05)
     await asyncio.sleep(12)
     out = {"scenario": "pipelined-never-read", "n": n, "requests_sent": sent * 50 // len(req),
            "rss_base_kib": base, "rss_kib": rss_kib(pid), "then_silent_s": 12,
+           "closed_while_sending_at_s": sorted(round(v, 1) for v in reset.values()),
            "gateway_conns_still_open": gateway_conns(pid, gw.port)}
     for s in socks:
         s.close()
@@ -363,6 +372,7 @@ async def main() -> None:
     ap.add_argument("--answer-kib", type=int, default=8192)
     ap.add_argument("--slow-s", type=float, default=0.0, help="how long the slow-* clients trickle (0: 2*idle+2)")
     ap.add_argument("--only", default="")
+    ap.add_argument("--send-timeout", type=float, default=60.0, help="the gateway's server.send_timeout_s")
     ap.add_argument("--traced", action="store_true", help="run the gateway under bench/memprobe.py (tracemalloc) "
                     "and report its Python heap too")
     a = ap.parse_args()
@@ -375,7 +385,8 @@ async def main() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    cfg = {"store": {"kind": "memory"}, "auth": {"jwt": {"algorithms": ["HS256"], "audience": "ipgate"}},
+    cfg = {"server": {"send_timeout_s": a.send_timeout},
+           "store": {"kind": "memory"}, "auth": {"jwt": {"algorithms": ["HS256"], "audience": "ipgate"}},
            "detection": {"enabled": False}, "watermark": {"enabled": False},
            "limits": {"default": {"requests_per_minute": 100000, "tokens_per_minute": 10**9}},
            "models": [{"name": "sim", "backends": [{"name": "b0", "url": f"http://127.0.0.1:{port}",

@@ -52,6 +52,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
 from gateway.portclaim import PortClaim, claim_ports
 from gateway.proxyprotocol import ProxyProtocolSite, peer_in
+from gateway.senddeadline import SendDeadline, SendDeadlineSite
 from gateway.tls import not_after as tls_not_after
 from gateway.tls import reload as reload_tls
 from gateway.tls import server_context
@@ -81,14 +82,28 @@ def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = 
 def public_site(ctx: AppContext, runner: web.AppRunner, host: str, port: int,
                 tls: ssl.SSLContext | None) -> web.TCPSite:
     """The public listener's site; with ``server.proxy_protocol_from``, one that reads the PROXY protocol header of
-    connections from those load balancers (``gateway/proxyprotocol.py``; the config refuses it with TLS)."""
+    connections from those load balancers (``gateway/proxyprotocol.py``; the config refuses it with TLS). Either
+    closes a connection whose client takes none of its answers for ``server.send_timeout_s``
+    (``gateway/senddeadline.py``) while it listens."""
     balancers = ctx.config.server.proxy_protocol_from
+    site: _PublicSite | _PublicProxySite
     if not balancers:
-        return web.TCPSite(runner, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
-    rejected = ctx.metrics.proxy_protocol_rejected_total
-    return ProxyProtocolSite(runner, host, port, reuse_port=True, backlog=1024,
-                             trusted=peer_in(parse_networks(balancers, "proxy_protocol_from")),
-                             rejected=lambda reason: rejected.labels(reason=reason).inc())
+        site = _PublicSite(runner, host, port, reuse_port=True, backlog=1024, ssl_context=tls)
+    else:
+        rejected = ctx.metrics.proxy_protocol_rejected_total
+        site = _PublicProxySite(runner, host, port, reuse_port=True, backlog=1024,
+                                trusted=peer_in(parse_networks(balancers, "proxy_protocol_from")),
+                                rejected=lambda reason: rejected.labels(reason=reason).inc())
+    site._deadline = SendDeadline(ctx.config.server.send_timeout_s, ctx.metrics.client_send_timeouts_total.inc)
+    return site
+
+
+class _PublicSite(SendDeadlineSite, web.TCPSite):
+    __slots__ = ("_deadline",)
+
+
+class _PublicProxySite(SendDeadlineSite, ProxyProtocolSite):
+    __slots__ = ("_deadline",)
 
 
 def _export_expiry(ctx: AppContext, cert_file: str) -> None:

@@ -27,6 +27,10 @@ class ServerConfig(_Model):
     # last answer, when idle between keep-alive requests). aiohttp's own default, 3 630 s, let a client that
     # trickles its header bytes (before any credential) hold a connection for an hour.
     keepalive_timeout_s: float = Field(75.0, gt=0, le=86400, description="header arrival / idle keep-alive bound")
+    # A connection is closed when bytes of its answers have waited this long without the client taking any of
+    # them (nginx's send_timeout; gateway/senddeadline.py). Without it a client that pipelines requests and never
+    # reads the answers held its connection (and the kernel's socket buffers) for ever.
+    send_timeout_s: float = Field(60.0, gt=0, le=86400, description="a client that takes none of its answers' bytes")
     workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
     overhead_header: str = "x-ipgate-overhead-ms"
     # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's

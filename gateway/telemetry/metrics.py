@@ -155,6 +155,11 @@ class Metrics:
             "reason (missing: ended within a header, invalid, timeout); one closed before a byte (a TCP health "
             "check) is not counted.", ["reason"], registry=r,
         )
+        self.client_send_timeouts_total = Counter(
+            "ipgate_client_send_timeouts_total",
+            "Public connections closed because the client took none of the bytes waiting for it for "
+            "server.send_timeout_s (it stopped reading its answers).", registry=r,
+        )
         self.auth_cache_total = Counter(
             "ipgate_auth_cache_total", "Verified-token cache lookups: hit or miss.", ["result"], registry=r,
         )
