@@ -298,7 +298,8 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         size = request.content_length
         if size is not None and size > cfg.max_body_bytes:
             raise declared_too_large(size, cfg.max_body_bytes)
-        await refuse_before_body(ctx, ex.principal, ex)  # one read-only store round trip (403 / 429 / 503)
+        if request.method == "POST":  # (GET /v1/models is not admitted: nothing to look at)
+            await refuse_before_body(ctx, ex.principal, ex)  # one read-only store round trip (403 / 429 / 503)
     except GatewayError as e:
         return _refused(ctx, ex, e)
     await request.writer.write(_CONTINUE)

@@ -113,6 +113,17 @@ async def test_a_denied_or_blocked_client_gets_its_403_instead_of_continue(store
         await gw.ctx.store.set_override("blocked", None, gw.ctx.policy.index("block"), ttl_s=60)
         await _same_refusal(gw, "denied", 403, "client_denied")
         await _same_refusal(gw, "blocked", 403, "policy_block")
+        # listing the models is no admission, with Expect or without
+        conn = await Raw.open(gw)
+        try:
+            await conn.send(f"GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.token('denied')}\r\n"
+                            "Expect: 100-continue\r\n\r\n".encode())
+            assert (await conn.until(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.got = conn.got.partition(b"\r\n\r\n")[2]
+            status, _, listed = await conn.answer()
+        finally:
+            conn.close()
+        assert status.startswith(b"HTTP/1.1 200") and listed["data"][0]["id"] == "sim"
         status, _, _ = await _served_after_continue(gw, "fine")
         assert status.startswith(b"HTTP/1.1 200")
     assert seen == [len(BODY)], "only the client the store admits sent a body"
