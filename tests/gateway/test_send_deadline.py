@@ -73,7 +73,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_closed_after_send_time
             while _held(gw) and time.monotonic() - t0 < 10:  # before: held for ever (still at 120 s, past keep-alive)
                 await asyncio.sleep(0.05)
             assert _held(gw) == 0, "the connection is still held"
-            assert time.monotonic() - t0 < 2.0 + 0.5 + 1.0  # at most the deadline, one look, a loaded host's slack
+            assert time.monotonic() - t0 < 2.0 + 0.5 + 2.5  # at most the deadline, one look, a loaded host's slack
             assert _timeouts(gw) == 1
         finally:
             conn.close()

@@ -17,9 +17,10 @@ from gateway.store.redis import RedisStore
 from gateway.store.resilient import ResilientStore
 from tests.conftest import free_port
 
-SLOW = Limits(requests_per_minute=60, tokens_per_minute=60_000, burst_requests=3, burst_tokens=10_000,
-              max_in_flight=2)  # one request a second
-TOKENS = Limits(requests_per_minute=6000, tokens_per_minute=6000, burst_requests=100, burst_tokens=100)  # 10 ms/tok
+# one request every 10 s: no refill between a look and the admission that follows it, however loaded the host
+SLOW = Limits(requests_per_minute=6, tokens_per_minute=60_000, burst_requests=3, burst_tokens=10_000,
+              max_in_flight=2)
+TOKENS = Limits(requests_per_minute=6000, tokens_per_minute=600, burst_requests=100, burst_tokens=100)  # 0.1 s/tok
 TIGHT = Limits(requests_per_minute=60, tokens_per_minute=6000, burst_requests=1, burst_tokens=100, max_in_flight=1)
 TIERS = (SLOW, TIGHT)
 _ids = iter(range(10**9))
@@ -42,7 +43,7 @@ def _same_answer(peeked: AdmitResult, admitted: AdmitResult) -> None:
         (admitted.tier, admitted.override, admitted.in_flight, admitted.in_flight_limit)
     assert (peeked.requests.allowed, peeked.requests.remaining, peeked.tokens.allowed, peeked.tokens.remaining) == \
         (admitted.requests.allowed, admitted.requests.remaining, admitted.tokens.allowed, admitted.tokens.remaining)
-    assert peeked.requests.retry_after_s == pytest.approx(admitted.requests.retry_after_s, abs=0.05)
+    assert peeked.requests.retry_after_s == pytest.approx(admitted.requests.retry_after_s, abs=0.5)
     a, b = admission_error(peeked), admission_error(admitted)
     assert a is not None and b is not None and (a.status, a.code) == (b.status, b.code)
     h1, h2 = rate_limit_headers(peeked), rate_limit_headers(admitted)
@@ -66,7 +67,7 @@ async def test_an_empty_request_bucket_is_refused_by_the_look_as_by_the_hot_path
     peeked = await store.peek(look("r", one))
     admitted, _ = await admit(store, "r", one)
     _same_answer(peeked, admitted)
-    assert not peeked.requests.allowed and 0.9 < peeked.requests.retry_after_s <= 1.0
+    assert not peeked.requests.allowed and 9.0 < peeked.requests.retry_after_s <= 10.0
 
 
 async def test_a_token_bucket_in_debt_refuses_even_the_smallest_request(store: StateStore) -> None:
@@ -79,11 +80,11 @@ async def test_a_token_bucket_in_debt_refuses_even_the_smallest_request(store: S
 
 async def test_a_full_in_flight_cap_is_refused_and_a_release_or_an_expiry_frees_it(store: StateStore) -> None:
     _, first = await admit(store, "f")
-    await admit(store, "f", lease_s=0.3)
+    await admit(store, "f", lease_s=1.0)
     peeked = await store.peek(look("f"))
     assert peeked.too_many_in_flight and peeked.in_flight == 2
     _same_answer(peeked, (await admit(store, "f"))[0])
-    await asyncio.sleep(0.35)  # the second lease expired: a live count, as the hot path prunes at the cap
+    await asyncio.sleep(1.05)  # the second lease expired: a live count, as the hot path prunes at the cap
     r = await store.peek(look("f"))
     assert r.allowed and r.in_flight == 1
     await store.reconcile_tokens("f", 1, 1, SLOW, None, first)
