@@ -59,15 +59,19 @@ async def _pipeline_until_refused(conn: Raw, request: bytes, quiet_s: float = 0.
     return sent
 
 
-@pytest.mark.parametrize("who", ["anonymous", "authenticated"])
+@pytest.mark.parametrize("who", ["anonymous", "authenticated", "behind a PROXY protocol balancer"])
 async def test_a_client_that_pipelines_and_never_reads_is_closed_after_send_timeout_s(who: str) -> None:
     seen: list[int] = []
-    cfg = {"send_timeout_s": 2.0}
+    cfg: dict[str, object] = {"send_timeout_s": 2.0}
+    if who.startswith("behind"):
+        cfg["proxy_protocol_from"] = ["127.0.0.1"]
     async with app_backend(body_size_backend(seen)) as url, \
             running_gateway(gateway_config(url, server=cfg)) as gw:
         auth = f"Bearer {gw.token('a')}" if who == "authenticated" else None
         conn = await Raw.open(gw, rcvbuf=4096)
         try:
+            if who.startswith("behind"):
+                await conn.send(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 8080\r\n")
             await _pipeline_until_refused(conn, request_head(auth, len(BODY), expect=None) + BODY)
             t0 = time.monotonic()
             while _held(gw) and time.monotonic() - t0 < 10:  # before: held for ever (still at 120 s, past keep-alive)
