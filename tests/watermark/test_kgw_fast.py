@@ -17,7 +17,7 @@ import pytest
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
 from watermark.keys import ClientKey, KeyRing
-from watermark.kgw import detect, prf
+from watermark.kgw import counting, detect, prf
 from watermark.kgw.params import KgwParams
 
 RING = KeyRing(b"kgw-fast-test-master-secret-0123")
@@ -160,7 +160,7 @@ def test_subkeys_array_equals_subkeys() -> None:
 @pytest.fixture(params=[1 << 17, 2048], ids=["chunk-default", "chunk-2048"])
 def chunk_lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Small chunks put the 300 keys through many chunks and both threads."""
-    monkeypatch.setattr(detect, "_CHUNK_LANES", request.param)
+    monkeypatch.setattr(counting, "_CHUNK_LANES", request.param)
     return int(request.param)
 
 
@@ -169,10 +169,10 @@ def test_buckets_hold_whole_groups() -> None:
     for vocab, length in ((5, 700), (60, 500), (50_000, 400)):
         seq = np.random.default_rng(vocab).integers(0, vocab, length).tolist()
         tuples = detect.collect_tuples([seq], KgwParams())
-        lay = detect._Layout.of(tuples, KgwParams())
+        lay = counting._Layout.of(tuples, KgwParams())
         _, counts = np.unique(tuples.cand, return_counts=True)
         assert lay.n_multi == int(counts[counts > 1].sum()) == int(lay.multi_real.sum())
-        assert lay.width == -(-max(detect._BUCKET, int(counts.max())) // 8) * 8
+        assert lay.width == -(-max(counting._BUCKET, int(counts.max())) // 8) * 8
         real_cols = lay.multi[lay.multi_real]
         repeated = np.isin(tuples.cand, np.unique(tuples.cand)[counts > 1])
         assert sorted(real_cols.tolist()) == sorted(lay.cols[repeated].tolist())

@@ -24,7 +24,7 @@ import pytest
 from watermark import stats
 from watermark.base import CandidateScore, WatermarkScore
 from watermark.keys import KeyRing, client_key, hmac_sha256_pads
-from watermark.kgw import detect, prf
+from watermark.kgw import counting, detect, prf
 from watermark.kgw.params import KgwParams
 
 SEEDINGS = ("lefthash", "minhash", "selfhash")
@@ -151,7 +151,7 @@ def test_scores_equal_the_straightforward_path(seeding: str, case: int, monkeypa
     master = rng.randbytes(rng.choice([16, 34, 90]))
     ring = KeyRing(master, current=3, retained=(1,) if case else ())
     clients = [f"c{i}" for i in range(14)] + ["ü-client", "客户-7"]
-    monkeypatch.setattr(detect, "_CHUNK_LANES", rng.choice([1 << 17, 4096, 512]))  # many chunks, both threads
+    monkeypatch.setattr(counting, "_CHUNK_LANES", rng.choice([1 << 17, 4096, 512]))  # many chunks, both threads
     wm_key = ring.key("c5", ring.versions[-1]).key
     texts: list[list[list[int]]] = [
         [[rng.randrange(3) for _ in range(400)]],  # a few groups wider than one sort bucket

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from watermark.kgw import detect, prf
+from watermark.kgw import counting, detect, prf
 from watermark.kgw.params import KgwParams
 
 from .test_kgw_verify_fast import _plain_counts
@@ -40,7 +40,7 @@ def test_green_counts_equal_the_reference(case: tuple[KgwParams, list[list[int]]
     tuples = detect.collect_tuples(seqs, params)
     if tuples.n == 0:
         return
-    monkeypatch.setattr(detect, "_CHUNK_LANES", lanes)  # many chunks: both threads share the work queue
+    monkeypatch.setattr(counting, "_CHUNK_LANES", lanes)  # many chunks: both threads share the work queue
     scored, hits = detect.green_counts(tuples, prf.subkeys_array(keys), params, threads=2)
     assert list(zip(scored.tolist(), hits.tolist(), strict=True)) == [_plain_counts(tuples, k, params) for k in keys]
 
@@ -49,7 +49,7 @@ def test_a_failing_chunk_raises_instead_of_leaving_zeros(monkeypatch: pytest.Mon
     params = KgwParams(gamma=0.25, context_width=2, seeding="minhash")
     tuples = detect.collect_tuples([[i % 11 for i in range(200)]], params)
     sk = prf.subkeys_array([bytes([i]) * 32 for i in range(64)])
-    monkeypatch.setattr(detect, "_CHUNK_LANES", 256)
+    monkeypatch.setattr(counting, "_CHUNK_LANES", 256)
     calls: list[int] = []
 
     def boom(*a: Any) -> None:
@@ -58,8 +58,8 @@ def test_a_failing_chunk_raises_instead_of_leaving_zeros(monkeypatch: pytest.Mon
             raise RuntimeError("chunk failed")
         real(*a)
 
-    real = detect._count_chunk
-    monkeypatch.setattr(detect, "_count_chunk", boom)
+    real = counting._count_chunk
+    monkeypatch.setattr(counting, "_count_chunk", boom)
     with pytest.raises(RuntimeError, match="chunk failed"):
         detect.green_counts(tuples, sk, params, threads=2)
 

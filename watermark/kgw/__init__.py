@@ -1,8 +1,9 @@
 """KGW green-list watermark, applied in the sampler of backends we run; detection needs only a tokenizer.
 
-Importing this package (and ``params``, ``prf``, ``detect``, ``directives``, ``vllm_state``,
-``vllm_plugin``) never imports torch or vllm: the core gateway and ``ipgate verify --scheme kgw`` run
-without them. ``torch_core`` and ``hf`` need torch (the ``[torch]`` extra).
+Importing this package (and ``params``, ``prf``, ``detect`` with its steps ``encode``, ``tuples`` and
+``counting``, ``directives``, ``vllm_state``, ``vllm_plugin``) never imports torch or vllm: the core gateway
+and ``ipgate verify --scheme kgw`` run without them. ``torch_core`` and ``hf`` need torch (the ``[torch]``
+extra).
 """
 
 from __future__ import annotations
