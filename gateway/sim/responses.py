@@ -31,9 +31,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.sim import SSE_HEADERS
 from gateway.sim.corpus import alternatives, count_tokens, pick, tokenize
+from gateway.sim.intake import intake, record_abort
 from gateway.sim.responses_errors import LOGPROBS_INCLUDE, error_response, find_tool, validate_request
-from gateway.sim.server import _SSE_HEADERS, SimOptions, SimStats, _pre, _record_abort
+from gateway.sim.state import SimOptions, SimStats
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +249,7 @@ def _full_output(plan: _Plan) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- handlers
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    pre = await _pre(request)
+    pre = await intake(request)
     if isinstance(pre, web.Response):
         return pre
     opts, stats, body = pre
@@ -275,7 +277,7 @@ def _dumps(obj: Any) -> str:
 async def _stream(request: web.Request, body: Mapping[str, Any], opts: SimOptions, stats: SimStats, plan: _Plan,
                   rid: str, created: int) -> web.StreamResponse:
     """responses_stream_generator + _process_simple_streaming_events + the emit_simple_* helpers."""
-    resp = web.StreamResponse(headers=_SSE_HEADERS)
+    resp = web.StreamResponse(headers=SSE_HEADERS)
     await resp.prepare(request)
     seq, sent, idx = 0, 0, 0
     delay = 1.0 / opts.tokens_per_s if opts.tokens_per_s > 0 else 0.0
@@ -363,7 +365,7 @@ async def _stream(request: web.Request, body: Mapping[str, Any], opts: SimOption
                                                             _usage(plan)))
         await resp.write_eof()
     except (asyncio.CancelledError, ConnectionError):
-        _record_abort(stats, sent)
+        record_abort(stats, sent)
         raise
     stats.completed += 1
     return resp

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.sim.corpus import CorpusEntry, tokenize
+from gateway.sim.responses import _arguments
 
 
 def _tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -39,9 +40,6 @@ def _tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def constrain(body: Mapping[str, Any], entry: CorpusEntry) -> tuple[CorpusEntry, str | None]:
     """The answer a constrained decoder gives instead of ``entry``, and the forced tool's name (or None)."""
-    # imported here: gateway.sim.responses imports gateway.sim.server, which imports this module
-    from gateway.sim.responses import _arguments
-
     words = list(entry.tokens)
     tool = _tool(body)
     if tool is not None:
