@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def error(status: int, message: str, etype: str = "invalid_request_error") -> web.Response:
+    """The sim's own error JSON (OpenAI's shape), for what happens before vLLM's request checks."""
     return web.json_response({"error": {"message": message, "type": etype, "param": None, "code": None}},
                              status=status)
 
 
 async def intake(request: web.Request) -> tuple[SimOptions, SimStats, dict[str, Any]] | web.Response:
+    """``(options, stats, body)`` to go on with, or the answer that ends the request here."""
     stats, opts = request.app[SIM_STATS], request.app[SIM_OPTIONS]
     stats.requests += 1
     stats.last_headers = CIMultiDict(request.headers)
