@@ -19,7 +19,11 @@ Traffic: real prompts from ``../shared/data/prompts.jsonl`` (non-red-team; multi
 as conversations) spread over benign clients, plus logit probers and template harvesters, so states are
 warm and of realistic size. Runs on the memory store, in one process, no network.
 
-    .venv/bin/python bench/detection_hot_path.py [--requests 6000] [--clients 60] [--combiner F] [--json]
+    .venv/bin/python bench/detection_hot_path.py [--requests 6000] [--clients 60] [--combiner F] [--profiles] [--json]
+
+``--profiles``: a detection profile per plan (``detection.class_weights: {apps: {templates: 0}}``); half the
+clients are on ``apps``, the others send every fifth request with an ``apps`` credential (two plans recorded:
+judged by the strictest).
 """
 
 from __future__ import annotations
@@ -98,10 +102,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def run(requests: int, clients: int, seed: int, combiner: str | None) -> dict[str, Any]:
+async def run(requests: int, clients: int, seed: int, combiner: str | None, profiles: bool = False
+              ) -> dict[str, Any]:
     raw: dict[str, Any] = {"models": [{"name": "sim", "backends": [{"name": "a", "url": "http://x"}]}]}
     if combiner:
         raw["detection"] = {"combiner_file": combiner}
+    if profiles:
+        raw.setdefault("detection", {})["class_weights"] = {"apps": {"templates": 0}}
+        plan_limits = {"requests_per_minute": 600, "tokens_per_minute": 200_000}
+        raw["limits"] = {"default": plan_limits, "apps": plan_limits}
     cfg: GatewayConfig = parse_config(raw, env={})
     policy = Policy.from_config(cfg)
     det = GatewayDetection.from_config(cfg, policy, metrics=Metrics(CollectorRegistry()))
@@ -140,7 +149,8 @@ async def run(requests: int, clients: int, seed: int, combiner: str | None) -> d
         else:
             body = harvest_body(rnd)
         res = await store.hot_path(AdmitRequest(name, 100, policy.limits_by_tier))
-        principal = Principal(name, tenant="bench")
+        plan = "apps" if profiles and (names.index(name) % 2 == 0 or r % 5 == 0) else "default"
+        principal = Principal(name, tenant="bench", limit_class=plan)
         # The sans-IO part alone, on the same inputs (the engine is pure), for comparison. The two run in
         # alternating order: whichever runs second finds the state and body warm in the CPU caches.
         if r % 2:
@@ -188,9 +198,10 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--combiner", help="combiner JSON (default: the shipped detectors/data/combiner.json)")
+    ap.add_argument("--profiles", action="store_true", help="detection profiles per plan (see the docstring)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    result = asyncio.run(run(args.requests, args.clients, args.seed, args.combiner))
+    result = asyncio.run(run(args.requests, args.clients, args.seed, args.combiner, args.profiles))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

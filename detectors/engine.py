@@ -18,6 +18,9 @@ Public API (stable; the gateway codes against exactly this)::
     engine.peek(state, now)                                                       # Verdict, no request
     app = engine.weights_for({"templates": 0.0})    # a detection profile: other combiner weights, same state
     engine.observe(state, feats, now, weights=app)  # (fold_request, replay_request and peek take it too)
+    engine.set_profiles({"apps": {"templates": 0.0}})  # profiles per plan (limit class)
+    engine.observe(state, feats, now, plan="apps")  # the plan is recorded in the state; the client is judged by
+                                                    # the strictest of every plan recorded (detectors.profiles)
 
     # the same, with serialisation moved off the request path (what the gateway does):
     verdict, pending = engine.observe_pending(stored_state_or_None, feats, now)  # Verdict, Pending
@@ -72,6 +75,7 @@ from detectors.combiner import CombinerParams, TierState, TierThresholds, next_t
 from detectors.decoded_cache import DecodedCache
 from detectors.late_fold import LateFold
 from detectors.linking import CrossAccountLinking
+from detectors.profiles import PLANS, Profiles, decode_plans, record_plan
 from detectors.registry import DEFAULT_ENABLED, REGISTRY
 from detectors.state_codec import DECODED_CACHE, Pending, declared_state_bytes
 from detectors.turns import read_turn
@@ -113,6 +117,8 @@ class Engine(LateFold):
         self.tiers = tiers
         self.inherit = inherit
         self.inherit_floor = INHERIT_FLOOR
+        #: detection profiles per plan (``set_profiles``); None: every plan is judged with ``weights``
+        self.profiles: Profiles | None = None
         self._linker = next((d for d in detectors if isinstance(d, CrossAccountLinking)), None)
         self._link_only = frozenset({self._linker.name}) if self._linker else frozenset()
         self._response_only = frozenset(d.name for d in detectors if getattr(d, "wants_response", False))
@@ -188,7 +194,8 @@ class Engine(LateFold):
         hold: bool = False, weights: Mapping[str, float] | None = None,
     ) -> Verdict:
         if weights is None:
-            weights = self.weights
+            # the strictest profile of the plans the state records (``detectors.profiles``)
+            weights = self.weights if self.profiles is None else self.profiles.weights(env.blobs.get(PLANS))
         scores = {r.name: r.score for r in results}
         own = self.params.combine(scores, weights)
         # Linking escalates, it never convicts on its own: only a client whose own traffic already carries
@@ -219,20 +226,22 @@ class Engine(LateFold):
         # positional (the field order of ``Verdict``): keyword passing costs a third more per frozen instance
         return Verdict(
             score, ts.tier, tuple(reasons[:MAX_REASONS]), scores, sketches, tuple(errors), bool(errors), seen,
-            env.cluster_score, own,
+            env.cluster_score, own, weights,
         )
 
     def observe(self, state: bytes | None, feats: RequestFeatures, now: float,
-                weights: Mapping[str, float] | None = None) -> Observation:
-        """Fold one request into the client's state and judge the client (``weights``: see ``fold_request``)."""
-        verdict, pending = self.observe_pending(state, feats, now, weights)
+                weights: Mapping[str, float] | None = None, plan: str | None = None) -> Observation:
+        """Fold one request into the client's state and judge the client (``weights``, ``plan``: see
+        ``fold_request``)."""
+        verdict, pending = self.observe_pending(state, feats, now, weights, plan)
         return Observation(verdict, self.encode(pending))
 
     def observe_pending(self, state: bytes | None, feats: RequestFeatures, now: float,
-                        weights: Mapping[str, float] | None = None) -> tuple[Verdict, Pending]:
+                        weights: Mapping[str, float] | None = None, plan: str | None = None
+                        ) -> tuple[Verdict, Pending]:
         """``observe`` without serialising: the verdict now, the state as a ``Pending`` to finish later."""
         pending = self.open(state)
-        return self.fold_request(pending, feats, now, weights=weights), pending
+        return self.fold_request(pending, feats, now, weights=weights, plan=plan), pending
 
     def weights_for(self, overrides: Mapping[str, float]) -> dict[str, float]:
         """The combiner weights with ``overrides`` (detector name -> weight) applied: a *detection profile*,
@@ -248,6 +257,29 @@ class Engine(LateFold):
             out[name] = float(w)
         return out
 
+    def set_profiles(self, by_plan: Mapping[str, Mapping[str, float]]) -> None:
+        """Install the detection profiles per plan (plan -> ``weights_for`` overrides, or full weights): a
+        request folded with its ``plan`` is recorded under it, and every verdict without explicit ``weights``
+        judges the client by the strictest profile of the plans its state records (``detectors.profiles``).
+        Raises ValueError naming the plan, as ``weights_for`` does; no profiles: every plan gets ``weights``."""
+        built: dict[str, dict[str, float]] = {}
+        for plan, overrides in by_plan.items():
+            try:
+                built[plan] = self.weights_for(overrides)
+            except ValueError as e:
+                raise ValueError(f"{plan}: {e}") from e
+        self.profiles = Profiles(self.weights, built) if built else None
+
+    def judged_by(self, state: bytes | None) -> tuple[tuple[str, ...], bool, dict[str, float]]:
+        """(the plans ``state`` records, whether the record overflowed, the weights the client is judged with):
+        the admin API's view of a stored state (decoded apart: the request path's cache is left alone)."""
+        try:
+            record = envelope.decode(state).blobs.get(PLANS) if state else None
+        except ValueError:  # unreadable: the engine starts such a client afresh, with no plans recorded
+            record = None
+        plans, overflow = decode_plans(record)
+        return plans, overflow, dict(self.weights if self.profiles is None else self.profiles.weights(record))
+
     # -- a state kept decoded across overlapping requests (the gateway's working copy) ---------------------
     # A client's requests overlap (a harvester runs many at once): each must be folded into the *same* state,
     # or all but one of the overlapping requests' evidence is lost when their states are saved. The gateway
@@ -258,30 +290,38 @@ class Engine(LateFold):
     # by another replica) with the evidence it gave the first time: the turn drawn then, no new draw.
 
     def fold_request(self, pending: Pending, feats: RequestFeatures, now: float, hold: bool = False,
-                     weights: Mapping[str, float] | None = None) -> Verdict:
+                     weights: Mapping[str, float] | None = None, plan: str | None = None) -> Verdict:
         """Fold one request into ``pending`` in place; the verdict on the client with it. ``hold``: the
         request's evidence is folded in but the client's tier is left where it was (the verdict still says
         the tier the evidence gives): an administrator's ``allow`` is in force. ``weights``: the combiner
-        weights this request is judged with (``weights_for``; None: the engine's own); every detector still
-        folds its evidence in, so a client judged under another profile later finds all of it."""
+        weights this request is judged with (``weights_for``; None: the strictest profile of the plans the state
+        records, see ``set_profiles``, else the engine's own); every detector still folds its evidence in, so a
+        client judged under another profile later finds all of it. ``plan``: the plan (limit class) of the
+        credential the request came with, recorded in the state first (``detectors.profiles``)."""
         env, states = pending._live()
         text = None
         if feats.turn_crc or feats.history:  # history with an empty last turn ("" or an image only) is read too
             feats, text = read_turn(env, feats)
         pending.text, pending.read = text, feats
-        return self._fold(env, states, feats, now, hold, weights)
+        return self._fold(env, states, feats, now, hold, weights, plan)
 
     def replay_request(self, pending: Pending, read: RequestFeatures, now: float, hold: bool = False,
-                       weights: Mapping[str, float] | None = None) -> None:
+                       weights: Mapping[str, float] | None = None, plan: str | None = None) -> None:
         """Fold a request already folded elsewhere into ``pending``: ``read`` is that fold's ``Pending.read``
-        (the turn it drew stays drawn; the memory of last turns learns the same turn)."""
+        (the turn it drew stays drawn; the memory of last turns learns the same turn), ``plan`` its plan."""
         env, states = pending._live()
         if read.turn_crc or read.history:
             read_turn(env, dataclasses.replace(read, history=()) if read.history else read)
-        self._fold(env, states, read, now, hold, weights)
+        self._fold(env, states, read, now, hold, weights, plan)
 
     def _fold(self, env: envelope.Envelope, states: dict[str, Any], feats: RequestFeatures, now: float,
-              hold: bool = False, weights: Mapping[str, float] | None = None) -> Verdict:
+              hold: bool = False, weights: Mapping[str, float] | None = None, plan: str | None = None) -> Verdict:
+        if plan is not None:  # recorded before the verdict: this request is judged with its own plan too
+            blobs = env.blobs
+            old = blobs.get(PLANS)
+            new = record_plan(old, plan)
+            if new is not old:
+                blobs[PLANS] = new
         results: list[DetectorScore] = []
         errors: list[str] = []
         for d in self.detectors:

@@ -7,8 +7,10 @@ fold the response in, link sketches). ``ipgate replay`` wraps this with file rea
 A trace record: ``{"ts": <unix seconds>, "client": "<id>", "endpoint": "/v1/chat/completions" |
 "/v1/completions" | "/v1/responses", "body": {...}}`` with optional ``"ip"``, ``"tenant"`` and
 ``"response": {"usage": {...}}`` (``finish_reasons`` or OpenAI ``choices[].finish_reason`` are read when
-present) and ``"limit_class"`` (the client's plan: its request is judged with that class's weights from
-``class_weights``, as the gateway's ``detection.class_weights`` does); other fields are ignored. A
+present) and ``"limit_class"`` (the plan of the credential the request came with; a record without one is on
+``DEFAULT_PLAN``, as a gateway client that names none): as in the gateway (``detection.class_weights``), the
+plan is recorded in the client's state and the client is judged by the strictest profile of ``class_weights``
+among all the plans it was seen with so far (``detectors.profiles``); other fields are ignored. A
 ``/v1/responses`` body is scored through its chat reading, as the gateway scores it: the caller converts it
 (``ipgate replay`` uses the gateway's own reading) before it gets here, since this core reads chat-shaped
 bodies only.
@@ -31,6 +33,7 @@ from detectors.state import MAX_TS
 from detectors.types import FLAG_TIER, ResponseFeatures, Verdict
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+DEFAULT_PLAN = "default"  # the plan of a record without ``limit_class`` (the gateway's ``DEFAULT_LIMIT_CLASS``)
 
 
 class TraceError(ValueError):
@@ -107,6 +110,9 @@ def validate(rec: Any, line: int) -> tuple[float, str, str, Mapping[str, Any]]:
         raise TraceError(f"record {line}: field 'endpoint' must be one of {list(ENDPOINTS)}")
     if not isinstance(body, Mapping):
         raise TraceError(f"record {line}: field 'body' must be an object")
+    plan = rec.get("limit_class")
+    if plan is not None and (not isinstance(plan, str) or not plan):
+        raise TraceError(f"record {line}: field 'limit_class' must be a non-empty string (the plan) or absent")
     return float(ts), client, str(endpoint), body
 
 
@@ -131,17 +137,21 @@ def replay(
     ``presorted``: the records are already in timestamp order (as ``ipgate traffic`` writes them and as logs
     usually are): they are processed as they come, so memory holds the clients' states and not the trace. A
     record that goes back in time then raises ``TraceError``. Otherwise the whole trace is loaded and sorted.
+
+    ``class_weights`` (plan -> detector weights): the detection profiles, installed on ``engine``
+    (``Engine.set_profiles``); None or empty leaves the engine's profiles as they are.
     """
     # the prompt scored for a batched request (and the turn of a made-up history): a draw, but the same one in
     # every replay; the process's own generator is back afterwards
+    if class_weights:
+        engine.set_profiles(class_weights)
     with seeded_draws(0):
-        return _replay(records, engine, flag_tier, link_index, on_verdict, neural, presorted, class_weights or {})
+        return _replay(records, engine, flag_tier, link_index, on_verdict, neural, presorted)
 
 
 def _replay(
     records: Iterable[Mapping[str, Any]], engine: Engine, flag_tier: int, link_index: LinkIndex | None,
     on_verdict: VerdictHook | None, neural: Sequence[np.ndarray | None] | None, presorted: bool,
-    class_weights: Mapping[str, Mapping[str, float]],
 ) -> dict[str, Any]:
     rows: Iterable[tuple[tuple[float, str, str, Mapping[str, Any]], Mapping[str, Any], int]]
     if presorted and neural is None:
@@ -170,8 +180,8 @@ def _replay(
             vec = neural[i]
             if vec is not None:
                 pending.setdefault(client, []).append(vec)
-        plan = rec.get("limit_class") if class_weights else None
-        obs = engine.observe(cr.state, feats, ts, class_weights.get(plan) if isinstance(plan, str) else None)
+        plan = rec.get("limit_class") or DEFAULT_PLAN  # (checked by ``validate``: a non-empty string or absent)
+        obs = engine.observe(cr.state, feats, ts, plan=plan)
         v, state = obs.verdict, obs.state
         for name in v.errors:
             errors[name] = errors.get(name, 0) + 1

@@ -19,6 +19,7 @@ from detectors import state as envelope
 from detectors.base import AnyDetector
 from detectors.combiner import TierThresholds
 from detectors.decoded_cache import DecodedCache
+from detectors.profiles import PLANS, PLANS_BYTES
 from detectors.turns import TURN_MEMORY, TURNS
 from detectors.types import RequestFeatures
 
@@ -149,6 +150,9 @@ class StateCodec:
         turns = old.get(TURNS)
         if turns is not None:  # the memory of the client's last turns (``detectors.turns``), kept as it is
             env.blobs[TURNS] = turns
+        plans = old.get(PLANS)
+        if plans is not None:  # the plans the client was seen with (``detectors.profiles``), kept as they are
+            env.blobs[PLANS] = plans
         for name, side, _, dump_side in self._sidecars:  # dumped with their detector, else kept as they were
             part = dump_side(states[name]) if name in states and (dirty is None or name in dirty or name not in old) \
                 else old.get(side, b"")
@@ -184,11 +188,12 @@ class StateCodec:
 
 def declared_state_bytes(detectors: Iterable[AnyDetector]) -> int:
     """The largest state the engine can write with these detectors: the envelope header, each detector's
-    declared bound with its name field, and the memory of last turns."""
+    declared bound with its name field, the memory of last turns and the record of plans."""
     sides = 0
     for d in detectors:
         side: str | None = getattr(d, "sidecar", None)
         if side:
             sides += int(getattr(d, "sidecar_bytes", 0)) + 3 + len(side)
-    return 64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS) + sides
+    return (64 + sum(d.state_bytes + 3 + len(d.name) for d in detectors) + TURN_MEMORY * 4 + 3 + len(TURNS) + sides
+            + PLANS_BYTES + 3 + len(PLANS))
 

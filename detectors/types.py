@@ -145,6 +145,8 @@ class Verdict:
     requests_seen: int = 0
     cluster_score: float = 0.0
     own_score: float = 0.0  # the combiner's score from this client's own traffic (no cluster inheritance)
+    # the combiner weights the client was judged with (its plans' strictest profile, or the weights passed)
+    weights: Mapping[str, float] | None = None
 
     @property
     def flagged(self) -> bool:

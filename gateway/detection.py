@@ -79,8 +79,12 @@ class GatewayDetection:
     ) -> None:
         self.engine = engine
         # detection profiles: limit class -> the combiner weights its clients are judged with (others: the
-        # engine's own); built and checked at start-up (``Engine.weights_for``)
+        # engine's own); built and checked at start-up (``Engine.weights_for``). Installed on the engine: each
+        # request records its credential's plan in the client's state, and the client is judged by the
+        # strictest profile of every plan recorded there (``detectors.profiles``), on every replica
         self.class_weights = dict(class_weights or {})
+        if self.class_weights:
+            engine.set_profiles(self.class_weights)
         self.embedding = embedding  # detection.embedder: minilm (gateway/app.py starts and closes it)
         self.policy = policy
         self.cfg = cfg
@@ -155,9 +159,11 @@ class GatewayDetection:
         return cls(engine, policy, d, metrics=metrics, alerts=alerts, embedding=embedding,
                    class_weights=class_weights)
 
-    def profile(self, limit_class: str) -> Mapping[str, float] | None:
-        """The combiner weights a client of ``limit_class`` is judged with; None: the engine's own."""
-        return self.class_weights.get(limit_class) if self.class_weights else None
+    def profile_view(self, stored_state: bytes | None) -> dict[str, Any]:
+        """The admin API's view of a client's detection profile: the plans its stored state records (every
+        replica's requests), whether that record overflowed, and the weights it is judged with (the strictest)."""
+        plans, overflow, weights = self.engine.judged_by(stored_state)
+        return {"plans": list(plans), "plans_overflow": overflow, "weights": weights}
 
     # --- the request path ---------------------------------------------------------------------------------
 
@@ -216,16 +222,17 @@ class GatewayDetection:
         stored_tier: int, now: float, override: Override | None, request_id: str | None, ip: str | None,
         live: Live, feats: Any,
     ) -> DetectionSession:
-        weights = self.profile(principal.limit_class)
+        plan = principal.limit_class
         try:
             # under an allow override the evidence counts but the tier is held: when the allow ends, the next
-            # request is judged on everything observed, and a rise raises its alert then
-            v = self.live.fold_request(live, feats, now, override == "allow", weights)
+            # request is judged on everything observed, and a rise raises its alert then. The request's plan is
+            # recorded in the state; the client is judged by the strictest profile of all the plans recorded
+            v = self.live.fold_request(live, feats, now, override == "allow", plan=plan)
         except Exception as e:  # the engine isolates detectors; this catches the engine itself
             # a state the engine cannot fold into must not leave the client unscored for good: score
             # this request (and from now on the client) from a fresh state; counted once either way
             try:
-                v = self.live.restart(live, feats, now, override == "allow", weights)
+                v = self.live.restart(live, feats, now, override == "allow", plan=plan)
             except Exception:
                 self.live.abandon(live)
                 return self._unscored(principal, "engine", e, stored_tier, override, now)
@@ -430,8 +437,9 @@ class DetectionSession:
                ) -> Alert:
         det = self._det
         # the detectors behind the verdict: scoring high and weighing in the profile the client was judged with
-        # (a detector its plan mutes still scores, its evidence kept, but is none of them; the reasons agree)
-        weights = det.profile(self._principal.limit_class) or det.engine.weights
+        # (the strictest of its plans': a detector they all mute still scores, its evidence kept, but is none of
+        # them; the reasons agree)
+        weights = v.weights if v.weights is not None else det.engine.weights
         strong = sorted(
             (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE and weights.get(kv[0], 0.0) > 0),
             key=lambda kv: -kv[1],

@@ -65,7 +65,9 @@ class Live:
     saving: bool = False
     again: bool = False  # a step arrived while a save was on its way: save again after it
     dropped_ops: int = 0
-    weights: Mapping[str, float] | None = None  # the detection profile its last request was judged with
+    # the weights its last request was passed explicitly (None: judged by the plans the state records, which
+    # the merged state's own verdict follows too)
+    weights: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +116,17 @@ class LiveStates:
         return live
 
     def fold_request(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False,
-                     weights: Mapping[str, float] | None = None) -> Verdict:
-        v = self.engine.fold_request(live.pending, feats, now, hold, weights)
+                     weights: Mapping[str, float] | None = None, plan: str | None = None) -> Verdict:
+        """``Engine.fold_request`` into the copy; the step is logged with its plan, so that a merge with
+        another replica's save records the plan in the merged state too (and judges by the union of both)."""
+        v = self.engine.fold_request(live.pending, feats, now, hold, weights, plan)
         live.weights = weights
         read = live.pending.read
-        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights, plan))
         return v
 
     def restart(self, live: Live, feats: RequestFeatures, now: float, hold: bool = False,
-                weights: Mapping[str, float] | None = None) -> Verdict:
+                weights: Mapping[str, float] | None = None, plan: str | None = None) -> Verdict:
         """After the engine failed to fold the request into this copy: fold it into a fresh state, which then
         replaces the copy (the next save writes it; what the copy held is given up, as a stored state the
         engine cannot read is). When the engine fails on the fresh state too, the request is at fault, not the
@@ -132,7 +136,7 @@ class LiveStates:
         its stored state (one such request reset a blocked client)."""
         fresh = self.engine.open(None)
         try:
-            v = self.engine.fold_request(fresh, feats, now, hold, weights)
+            v = self.engine.fold_request(fresh, feats, now, hold, weights, plan)
         except Exception:
             # (when the engine cannot even replay, the copy stays as the failed fold left it)
             with contextlib.suppress(Exception):
@@ -142,7 +146,7 @@ class LiveStates:
         live.weights = weights
         live.ops.clear()
         read = fresh.read
-        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights))
+        self._log(live, ("r", _light(read if read is not None else feats), now, hold, weights, plan))
         return v
 
     def discard(self, live: Live) -> None:
@@ -257,7 +261,7 @@ class LiveStates:
             for op in live.ops:
                 kind = op[0]
                 if kind == "r":
-                    engine.replay_request(p, op[1], op[2], op[3], op[4])
+                    engine.replay_request(p, op[1], op[2], op[3], op[4], op[5])
                 elif kind == "s":
                     engine.fold_response(p, op[1], op[2])
                 else:

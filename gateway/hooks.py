@@ -61,6 +61,9 @@ class Detection(Protocol):
         Pass ``AdmitResult.override``: with ``"allow"`` the outcome's tier never rises above ``stored_tier``
         and no alert is raised. ``request_id`` is kept as alert evidence."""
 
+    def profile_view(self, stored_state: bytes | None) -> dict[str, Any]:
+        """The plans a stored state records and the detector weights its client is judged with (admin API)."""
+
 
 class StreamEmbedder(Protocol):
     def feed(self, text: str) -> str:

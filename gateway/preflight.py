@@ -115,8 +115,10 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
     if cfg.detection.enabled and policy is not None:
         from gateway.detection import GatewayDetection
 
-        with _Guard(out, "detection", f"combiner loaded, embedder {cfg.detection.embedder}"):
-            GatewayDetection.from_config(cfg, policy)
+        with _Guard(out, "detection", f"combiner loaded, embedder {cfg.detection.embedder}") as guard:
+            det = GatewayDetection.from_config(cfg, policy)
+        if not guard.failed and cfg.detection.class_weights:
+            _profiles(cfg, det.engine.weights, det.class_weights, out)
     elif not cfg.detection.enabled:
         out.append(Finding("warning", "detection", "detection.enabled is false: no client is scored or alerted on"))
     if cfg.alerts.sinks:
@@ -251,6 +253,28 @@ def _limit_classes(cfg: GatewayConfig, policy: Policy, out: list[Finding]) -> No
                                                 f"{first.limits!r}: plans looser than it ({', '.join(capped)}) are "
                                                 "capped to it for every client; omit `limits` on that tier to let "
                                                 "each plan apply"))
+
+
+def _profiles(cfg: GatewayConfig, base: Mapping[str, float], profiles: Mapping[str, Mapping[str, float]],
+              out: list[Finding]) -> None:
+    """The detection profiles per plan, and how a client with credentials of several plans is judged."""
+    from detectors.profiles import MAX_PLAN_BYTES, MAX_PLANS
+
+    def changes(w: Mapping[str, float]) -> str:
+        moved = [f"{d} {w[d]:g}" for d in sorted(w) if w[d] != base.get(d)]
+        return ", ".join(moved) or "the engine's weights"
+
+    shown = "; ".join(f"{plan}: {changes(w)}" for plan, w in sorted(profiles.items()))
+    out.append(Finding("ok", "detection", f"detection profiles {shown}; a client seen with several plans is judged "
+                                          "by the strictest (per detector the highest weight among its plans)"))
+    long = sorted(n for n in cfg.limits if len(n.encode("utf-8", "surrogatepass")) > MAX_PLAN_BYTES)
+    if len(cfg.limits) > MAX_PLANS or long:
+        why = (f"{len(cfg.limits)} plans: a client seen with more than {MAX_PLANS} of them (the most its state "
+               "records)" if not long else
+               f"plan names longer than {MAX_PLAN_BYTES} bytes ({', '.join(n[:20] + '...' for n in long)}): a client "
+               "seen with one")
+        out.append(Finding("warning", "detection", f"limits: {why} is judged by the strictest of every profile and "
+                                                   "of the fitted weights"))
 
 
 def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> None:

@@ -6,7 +6,9 @@
   any id, so an administrator can denylist one before its first request). ``limit_classes`` lists the plans
   the client authenticates with as far as this replica knows (its API keys' classes, and those of its
   recently verified JWTs); ``limits`` are its plan's at the tier when that is one class, else ``default``'s,
-  and ``limits_by_class`` shows every plan's at the tier.
+  and ``limits_by_class`` shows every plan's at the tier. ``detection`` (null with detection off): the plans
+  its stored detection state records (every replica's requests: what detection judges by, not this replica's
+  credentials), whether that record overflowed, and the detector weights it is judged with (the strictest).
 - ``PUT /admin/clients/{client_id}/override`` with ``{"override": "allow"|"deny"|null, "tier": "<name>"|<int>|
   null, "ttl_s": <seconds>}``. ``allow`` pins tier 0 and exempts the client from detection blocks; ``deny``
   refuses every request (403); ``tier`` pins a tier (detection may still raise a request above it). Both
@@ -108,6 +110,10 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
     # the higher of it and detection's own tier, because a pin is a floor (only `allow` lifts a block)
     applied = tier if override == "allow" else max(tier, min(max(detector, 0), len(names) - 1))
     classes = sorted(ctx.auth.limit_classes(client_id))
+    # the detection profile: by the plans recorded in the shared state (every replica's), not this replica's
+    # credentials; null with detection off
+    profile = ctx.detection.profile_view(await ctx.store.get_client_state(client_id)) \
+        if ctx.detection is not None else None
     lim = ctx.policy.limits_for(tier, classes[0] if len(classes) == 1 else DEFAULT_LIMIT_CLASS)
     return {
         "client_id": client_id,
@@ -128,6 +134,7 @@ async def client_view(ctx: AppContext, client_id: str) -> dict[str, Any]:
         "limits": _limits_json(lim),
         "limits_by_class": {name: _limits_json(ctx.policy.limits_for(tier, name))
                             for name in sorted(ctx.policy.limits_by_class)},
+        "detection": profile,
     }
 
 

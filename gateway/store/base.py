@@ -123,6 +123,9 @@ class StateStore(Protocol):
 
     async def get_client(self, client_id: str) -> ClientRecord | None: ...
 
+    async def get_client_state(self, client_id: str) -> bytes | None:
+        """Admin: the client's stored detector state (what ``hot_path`` hands the next request); None: none."""
+
     async def link_sketches(self, client_id: str, sketches: Sequence[int], ttl_s: float) -> dict[str, int]:
         """Add the client's prompt sketches to the account-agnostic table; return other clients that share
         sketches with it and how many (Blacklight-style cross-account linking)."""

@@ -26,8 +26,8 @@ reached during the outage is kept);
 None; ``acquire_lease`` returns False (a once-per-cluster duty must not run twice because coordination is
 down); ``add_recipient`` is queued (bounded) and replayed on recovery, because watermark attribution must not
 lose recipients. Admin reads and writes
-(``get_client``, ``set_override``, ``recent_alerts``, ``recipients``, ``recent_audit``) and ``append_audit``
-raise ``ServiceUnavailable`` (503):
+(``get_client``, ``get_client_state``, ``set_override``, ``recent_alerts``, ``recipients``, ``recent_audit``) and
+``append_audit`` raise ``ServiceUnavailable`` (503):
 an administrator must know that a denylist entry was not written.
 """
 
@@ -274,6 +274,12 @@ class FailureModeOps:
     async def get_client(self, client_id: str) -> ClientRecord | None:
         try:
             return await self._call("get_client", lambda: self.inner.get_client(client_id))
+        except NotServed:
+            raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
+
+    async def get_client_state(self, client_id: str) -> bytes | None:
+        try:
+            return await self._call("get_client_state", lambda: self.inner.get_client_state(client_id))
         except NotServed:
             raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
 

@@ -292,6 +292,10 @@ class MemoryStore:
             override_ttl_s=(exp - now) / 1e6 if exp is not None else None,
         )
 
+    async def get_client_state(self, client_id: str) -> bytes | None:
+        st = self._state.get(client_id, self._now())
+        return st.state or None if st is not None else None
+
     # --- cross-account linking --------------------------------------------------------------------------
 
     async def link_sketches(self, client_id: str, sketches: Sequence[int], ttl_s: float) -> dict[str, int]:

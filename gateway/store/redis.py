@@ -375,6 +375,10 @@ class RedisStore:
             override_ttl_s=pttl / 1000 if has_ov and pttl > 0 else None,
         )
 
+    async def get_client_state(self, client_id: str) -> bytes | None:
+        raw = await self._mux.execute("HGET", self.client_keys(client_id)[1], "s")
+        return bytes(raw) if raw else None
+
     # cross-account linking ----------------------------------------------------------------------------------
     async def link_sketches(self, client_id: str, sketches: Sequence[int], ttl_s: float) -> dict[str, int]:
         """One pipelined round trip; one key per command so it also works key-by-key on Redis Cluster."""

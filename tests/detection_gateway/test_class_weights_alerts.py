@@ -63,3 +63,31 @@ async def test_an_alert_under_a_profile_names_only_the_detectors_that_weigh_in_i
             assert "templates" not in a["detectors"], a["detectors"]
     finally:
         await alerts.close()
+
+
+async def test_the_alert_on_a_client_seen_with_two_plans_names_the_detector_one_of_them_mutes(tmp_path: Path
+                                                                                               ) -> None:
+    """Judged by the strictest of its plans, the client's harvest on the muted plan's credential is alerted on,
+    and the alert names the templates detector (it weighs in the profile the client is judged with)."""
+    cfg = gateway_config()
+    policy = Policy.from_config(cfg)
+    store = MemoryStore()
+    sinks = build_sinks([AlertSinkConfig(kind="jsonl", path=str(tmp_path / "alerts.jsonl"))], default_redis_url="")
+    alerts = AlertDispatcher(cfg.alerts, sinks, store=store, metrics=Metrics(CollectorRegistry()))
+    await alerts.start()
+    engine = Engine.from_params(PARAMS)
+    det = GatewayDetection(engine, policy, cfg.detection, alerts=alerts,
+                           class_weights={"apps": engine.weights_for({"templates": 0})})
+    try:
+        steps = [(Principal("mixed", limit_class="default"), {"model": "sim", "messages": [
+            {"role": "user", "content": "Say hello."}]})]
+        steps += [(Principal("mixed", limit_class="apps"), template_body(m)) for m in customer_messages(40)]
+        for i, (who, req) in enumerate(steps):
+            res = await store.hot_path(AdmitRequest(who.client_id, 10, policy.limits_by_tier))
+            s = det.observe(who, CHAT, req, res.detector_state, res.tier, 1000.0 + 7.3 * i, override=res.override)
+            await s.account(store, ResponseFacts(status=200, prompt_tokens=9, completion_tokens=100))
+        await alerts.flush()
+        lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        assert lines and all("templates" in a["detectors"] for a in lines), lines
+    finally:
+        await alerts.close()

@@ -322,10 +322,10 @@ async def test_steps_trimmed_during_a_save_do_not_cost_unsaved_steps(monkeypatch
 class PoisonRequestEngine(Engine):
     """Fault injection: the engine itself raises on one kind of request (max_tokens=7), whatever the state."""
 
-    def fold_request(self, pending, feats, now, hold=False, weights=None):  # type: ignore[no-untyped-def,override]
+    def fold_request(self, pending, feats, now, hold=False, weights=None, plan=None):  # type: ignore[no-untyped-def,override]
         if feats.max_tokens == 7:
             raise OverflowError("engine bug on this request")
-        return super().fold_request(pending, feats, now, hold, weights)
+        return super().fold_request(pending, feats, now, hold, weights, plan)
 
 
 async def test_a_request_the_engine_fails_on_leaves_the_clients_state_alone(tmp_path: Path) -> None:

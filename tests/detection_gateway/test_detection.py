@@ -206,7 +206,8 @@ async def test_failing_detector_fail_policy(
 class BrokenEngine(Engine):
     """Fault injection below the detectors: the engine itself raises."""
 
-    def fold_request(self, pending: Any, feats: Any, now: float, hold: bool = False, weights: Any = None) -> Any:
+    def fold_request(self, pending: Any, feats: Any, now: float, hold: bool = False, weights: Any = None,
+                     plan: Any = None) -> Any:
         raise MemoryError("engine bug")
 
 

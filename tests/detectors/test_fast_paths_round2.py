@@ -185,7 +185,7 @@ def test_slot_init_builds_the_same_frozen_instances(cls: type[Any]) -> None:
         RequestFeatures: tuple(getattr(f, x.name) for x in dataclasses.fields(RequestFeatures)),
         ResponseFeatures: (200, 10, 20, ("stop",), 3, 64),
         DetectorScore: ("x", 0.25, ("a reason",), (1, 2)),
-        Verdict: (0.4, 1, ("r",), {"x": 0.4}, (5,), ("e",), True, 7, 0.2, 0.3),
+        Verdict: (0.4, 1, ("r",), {"x": 0.4}, (5,), ("e",), True, 7, 0.2, 0.3, {"x": 2.0}),
     }
     args = samples[cls]
     built, by_name = cls(*args), cls(**dict(zip(names, args, strict=True)))

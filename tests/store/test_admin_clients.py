@@ -25,7 +25,8 @@ POLICY = Policy.from_config(CFG)
 async def serve(store: StateStore) -> tuple[web.AppRunner, str]:
     app = web.Application(middlewares=[openai_errors])
     auth = Authenticator(jwt=None, api_keys=None)  # no credentials: no known limit classes
-    app.add_routes(routes(SimpleNamespace(store=store, policy=POLICY, config=CFG, auth=auth)))  # type: ignore[arg-type]
+    app.add_routes(routes(SimpleNamespace(store=store, policy=POLICY, config=CFG, auth=auth,
+                                         detection=None)))  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

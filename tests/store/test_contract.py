@@ -149,6 +149,14 @@ async def test_stored_tier_selects_limits_and_state_round_trips(store: StateStor
     assert rec is not None and rec.detector_tier == 9 and rec.score == 1.0 and rec.override is None
 
 
+async def test_the_admin_reads_the_stored_state(store: StateStore) -> None:
+    assert await store.get_client_state("c1") is None
+    await store.save_client_state("c1", b"\x00state\xff", tier=1, score=0.7, ttl_s=60)
+    assert await store.get_client_state("c1") == b"\x00state\xff"
+    await store.save_client_state("c1", b"", tier=1, score=0.7, ttl_s=60)
+    assert await store.get_client_state("c1") is None
+
+
 async def test_state_size_limit(store: StateStore) -> None:
     await store.save_client_state("c1", b"x" * 32 * 1024, tier=0, score=0.0, ttl_s=60)
     with pytest.raises(ValueError, match="32768-byte limit"):
