@@ -440,7 +440,8 @@ async def _alert_stream(cfg: GatewayConfig, sink: AlertSinkConfig) -> Finding:
                                           f"{e or 'timed out'}")
     finally:
         await s.close()
-    return Finding("ok", "alerts", f"redis_stream sink {s.name}: its Redis answers PING")
+    mode = " (a Redis Cluster: every primary)" if s.cluster else ""
+    return Finding("ok", "alerts", f"redis_stream sink {s.name}: its Redis answers PING{mode}")
 
 
 async def _jwks(cfg: GatewayConfig) -> Finding:

@@ -128,7 +128,8 @@ class AlertSinkConfig(_Model):
     stream: str = "ipgate:alerts"  # redis_stream: the stream key
     url: str | None = None  # redis_stream: redis URL (default: store.url); webhook: the endpoint
     # redis_stream: url names a Redis Cluster node (route by slot); None: the store's cluster mode when url is
-    # unset (the store's seeds), a single endpoint when the sink has a url of its own
+    # unset (the store's seeds); with a url of its own, asked of that node at the sink's first use
+    # (gateway/alerts/sinks/redis_stream.py)
     cluster: bool | None = None
     # Redis takes a 64-bit MAXLEN/LTRIM bound: a larger one failed every write (a LTRIM after the LPUSH: no trim)
     max_len: int = Field(10_000, ge=1, le=MAX_REDIS_LEN, description="redis_stream: approximate MAXLEN")

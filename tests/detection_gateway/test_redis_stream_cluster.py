@@ -121,3 +121,72 @@ def test_cluster_sink_config_is_validated(fields: dict[str, Any], message: str) 
         AlertSinkConfig(**fields)
     msgs = " ".join(err["msg"] for err in e.value.errors())
     assert message in msgs and "secret" not in msgs
+
+
+async def test_a_sinks_own_url_with_cluster_null_finds_the_cluster_at_first_use(
+        redis_cluster: Any, redis_cluster_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``cluster: null`` with a url of its own used to mean a single endpoint: on a cluster node every alert on a
+    stream another primary serves failed (MOVED) until ``cluster: true`` was set by hand. The node is now asked
+    (INFO cluster) at the sink's first use."""
+    stream = stream_elsewhere(redis_cluster, "auto")
+    sink = RedisStreamSink(AlertSinkConfig(kind="redis_stream", stream=stream, url=redis_cluster_url),
+                           "redis://127.0.0.1:9/0")
+    try:
+        assert not sink.cluster  # not known before the first use
+        with caplog.at_level("INFO", logger="gateway.alerts.sinks"):
+            for client in ("c1", "c2"):
+                a = make_alert(client)
+                await sink.emit(a, a.to_json())
+        assert sink.cluster
+        assert sum("runs in cluster mode" in rec.getMessage() for rec in caplog.records) == 1
+    finally:
+        await sink.close()
+    assert [json.loads(f[b"alert"])["client"] for f in await entries(redis_cluster, stream)] == ["c1", "c2"]
+    checked = RedisStreamSink(AlertSinkConfig(kind="redis_stream", stream=stream, url=redis_cluster_url), "")
+    try:
+        await checked.ping()  # `ipgate check --connect`: detected there too, every primary pinged
+        assert checked.cluster
+    finally:
+        await checked.close()
+
+
+async def test_a_cluster_node_that_may_not_be_asked_is_found_by_its_moved_answer(
+        redis_cluster: Any, redis_cluster_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    stream = stream_elsewhere(redis_cluster, "noinfo")
+    for i in range(len(redis_cluster.nodes)):  # neither INFO nor CLUSTER INFO, nor scripts
+        with redis_cluster.client(i) as r:
+            r.execute_command("ACL", "SETUSER", "blind", "reset", "on", ">pw", "~*", "+xadd", "+ping",
+                              "+cluster|slots")
+    host, port = redis_cluster_url.removeprefix("redis://").split(":")
+    sink = RedisStreamSink(AlertSinkConfig(kind="redis_stream", stream=stream, url=f"redis://blind:pw@{host}:{port}"),
+                           "")
+    try:
+        with caplog.at_level("INFO", logger="gateway.alerts.sinks"):
+            for client in ("c1", "c2"):
+                a = make_alert(client)
+                await sink.emit(a, a.to_json())
+        assert sink.cluster
+        assert sum("may run neither INFO nor CLUSTER INFO" in rec.getMessage() for rec in caplog.records) == 1
+        assert sum("answered MOVED" in rec.getMessage() for rec in caplog.records) == 1
+        assert "pw" not in caplog.text
+    finally:
+        await sink.close()
+        for i in range(len(redis_cluster.nodes)):
+            with redis_cluster.client(i) as r:
+                r.execute_command("ACL", "DELUSER", "blind")
+    assert len(await entries(redis_cluster, stream)) == 2
+
+
+async def test_a_sinks_own_url_on_a_single_redis_stays_a_plain_client(redis_url: str) -> None:
+    sink = RedisStreamSink(AlertSinkConfig(kind="redis_stream", stream="plain:alerts", url=redis_url), "")
+    try:
+        a = make_alert("c1")
+        await sink.emit(a, a.to_json())
+        assert not sink.cluster and not sink._detect  # asked once: a single endpoint
+    finally:
+        await sink.close()
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        assert len(await r.xrange("plain:alerts")) == 1
+    finally:
+        await r.aclose()

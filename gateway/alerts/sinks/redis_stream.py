@@ -4,6 +4,13 @@ On a Redis Cluster (the store's, when the sink has no ``url`` of its own and ``s
 sink's own with ``cluster: true``) the sink talks to it through the store's ``ClusterMux``: each call goes to
 the primary serving the stream's slot, following ``MOVED``/``ASK``/``TRYAGAIN`` like the store's calls. A plain
 client to one node answered ``MOVED`` for a stream served by another primary, and every alert on the sink failed.
+
+``cluster: null`` with a ``url`` of its own: the node is asked at the sink's first use (its first alert, or
+``ipgate check --connect``'s ping) whether it runs in cluster mode (``INFO cluster``: ``cluster_enabled``;
+``CLUSTER INFO`` where the Redis user may not run ``INFO``), and a cluster node is then used as ``cluster: true``
+would, logged once. A node that cannot be asked (both refused by ACL) is taken as a single endpoint until it
+answers ``MOVED`` or ``ASK``, which switches the sink to cluster mode and retries the write. A node that cannot
+be reached leaves the question open: the attempt fails (retried by the dispatcher) and the next one asks again.
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.exceptions import NoPermissionError
+from redis.exceptions import AskError, NoPermissionError
 
 from gateway.alerts.model import Alert
 from gateway.alerts.sinks.base import Delivery, SinkError
-from gateway.alerts.sinks.urls import scrub_url
+from gateway.alerts.sinks.urls import redact_url, scrub_url
 from gateway.config import AlertSinkConfig, ConfigError
 from gateway.store.cluster import ClusterMux
 from gateway.store.resp import pack, reply_error
@@ -65,6 +72,9 @@ class RedisStreamSink:
         if cfg.cluster is not None:
             seeds = (list(seeds or [self.url]) if cfg.cluster else None)
         self._seeds: list[str] | None = None if seeds is None else list(seeds)
+        # cluster: null with a url of its own: whether the node runs in cluster mode is asked at first use
+        self._may_detect = cfg.cluster is None and cfg.url is not None
+        self._detect = self._may_detect
         self._redis: aioredis.Redis | None = None
         self._cluster: ClusterMux | None = None
         self._scripts = True  # False once the server refused scripting (ACL): plain XADD, retries may repeat
@@ -86,6 +96,46 @@ class RedisStreamSink:
             assert self._seeds is not None
             self._cluster = ClusterMux(self._seeds, timeout_s=self.cfg.timeout_s)
         return self._cluster
+
+    async def _detect_cluster(self) -> None:
+        """Ask the sink's own node whether it runs in cluster mode (once it answers); see the module docstring."""
+        client = self._client()
+        try:
+            info = await client.info("cluster")
+            enabled = int(info.get("cluster_enabled", 0)) == 1
+        except aioredis.ResponseError as e:
+            if not _refused(e):
+                raise
+            try:
+                await client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+                enabled = True
+            except aioredis.ResponseError as e2:
+                if "cluster support disabled" in str(e2):
+                    enabled = False
+                elif _refused(e2):
+                    self._detect = False
+                    log.warning("alert sink %s: the Redis user may run neither INFO nor CLUSTER INFO, so whether "
+                                "%s is a cluster node is not known: taken as a single endpoint until it answers "
+                                "MOVED (set cluster: true or false to say so)", self.name, redact_url(self.url))
+                    return
+                else:
+                    raise
+        self._detect = False
+        if enabled:
+            self._use_cluster("its node runs in cluster mode")
+
+    def _use_cluster(self, why: str) -> None:
+        """Switch to cluster mode on the sink's own URL (``cluster: null`` found a cluster node)."""
+        try:
+            ClusterMux([self.url], timeout_s=self.cfg.timeout_s)  # checks the seed; connects to nothing
+        except ValueError as e:
+            self._may_detect = False
+            log.error("alert sink %s: %s, but its url cannot seed a cluster client (%s): alerts on streams other "
+                      "nodes serve will fail", self.name, why, scrub_url(str(e), self.url))
+            return
+        self._seeds = [self.url]
+        log.info("alert sink %s: %s; the stream is written on the primary serving its slot, as with cluster: true",
+                 self.name, why)
 
     async def _on_stream(self, *args: Any) -> Any:
         """One command on the cluster primary serving the stream's slot (every key of ours is in that slot)."""
@@ -114,24 +164,37 @@ class RedisStreamSink:
 
     async def emit(self, alert: Alert, payload: str) -> None:
         try:
-            if self._scripts:
-                try:
-                    await self._xadd_once(alert, payload)
-                    return
-                except aioredis.ResponseError as e:
-                    # refused by ACL: EVAL itself (NoPermissionError), or SET/XADD inside the script
-                    if not isinstance(e, NoPermissionError) and "NOPERM" not in str(e) \
-                            and "can't run this command" not in str(e):
-                        raise
-                    self._scripts = False
-                    log.warning("alert sink %s: the Redis user may not run scripts (%s); writing with plain XADD, "
-                                "so an alert retried after a timeout may appear twice (grant +eval and +set, "
-                                "or deduplicate by the id field)", self.name, e)
-            await self._xadd(alert, payload)
+            if self._detect:
+                await self._detect_cluster()
+            try:
+                await self._write(alert, payload)
+            except AskError:  # MOVED or ASK: a cluster node after all (its mode could not be asked)
+                if not self._may_detect or self.cluster:
+                    raise
+                self._use_cluster("its node answered MOVED")
+                if not self.cluster:
+                    raise
+                await self._write(alert, payload)
         except (aioredis.RedisError, OSError) as e:
             # The URL may carry the Redis password: keep it out of the message, as for webhooks.
             detail = scrub_url(str(e), self.url)
             raise SinkError(f"redis stream {self.cfg.stream}: {type(e).__name__}: {detail}") from None
+
+    async def _write(self, alert: Alert, payload: str) -> None:
+        if self._scripts:
+            try:
+                await self._xadd_once(alert, payload)
+                return
+            except aioredis.ResponseError as e:
+                # refused by ACL: EVAL itself (NoPermissionError), or SET/XADD inside the script
+                if not isinstance(e, NoPermissionError) and "NOPERM" not in str(e) \
+                        and "can't run this command" not in str(e):
+                    raise
+                self._scripts = False
+                log.warning("alert sink %s: the Redis user may not run scripts (%s); writing with plain XADD, "
+                            "so an alert retried after a timeout may appear twice (grant +eval and +set, "
+                            "or deduplicate by the id field)", self.name, e)
+        await self._xadd(alert, payload)
 
     def check_url(self) -> None:
         """Raise ``ConfigError`` naming the field (no password in it) when the URL is not a Redis URL: refused at
@@ -146,6 +209,8 @@ class RedisStreamSink:
     async def ping(self) -> None:
         """Raise ``SinkError`` (no password in it) unless the sink's Redis answers PING (``ipgate check``)."""
         try:
+            if self._detect:
+                await self._detect_cluster()
             if self.cluster:
                 await self._mux().ping()  # every primary serving (cluster_state:ok), as the store's probe
             else:
@@ -160,3 +225,11 @@ class RedisStreamSink:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+
+def _refused(e: aioredis.ResponseError) -> bool:
+    """The Redis user may not run the command (ACL), or the server does not know it (a proxy, a managed
+    service that renames it)."""
+    text = str(e)
+    return isinstance(e, NoPermissionError) or "NOPERM" in text or "unknown command" in text \
+        or "can't run this command" in text
