@@ -11,7 +11,7 @@ Public API (stable; the gateway codes against exactly this)::
     engine = Engine.from_params(params, detectors={"timing": DetectorSettings(enabled=False)})
     feats = extract("/v1/chat/completions", body, ts=now)                        # cheap, pure
     obs = engine.observe(stored_state_or_None, feats, now)                       # Observation
-    obs.verdict.score / .tier / .reasons / .detector_scores / .sketches / .errors / .unscored / .own_score
+    obs.verdict.score / .tier / .reasons / .detector_scores / .sketches / .errors / .unscored / .own_score / .weights
     state = engine.observe_response(obs.state, ResponseFeatures(...), now)       # bytes
     shared = await store.link_sketches(client_id, obs.verdict.sketches, ttl)      # gateway side
     link = engine.apply_links(state, shared, now, peer_scores={peer: score})      # LinkResult

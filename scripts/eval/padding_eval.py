@@ -159,6 +159,17 @@ def main() -> int:
         pop.records = [{**r, "limit_class": "apps"} if r["client"] in who else r for r in records]
         out, _ = run(pop, Engine.from_params(params), class_weights=apps)
         print(variant_row(name, out, attackers, benign), flush=True)
+    # The harvesters on that plan holding a second key, of a plan without a profile, used once (their first
+    # request): a client is judged by the strictest profile among every plan it was seen with.
+    seen: set[str] = set()
+    pop.records = []
+    for r in sorted(base, key=lambda r: float(r["ts"])):  # replay's order (a stable sort by time)
+        c = r["client"]
+        pop.records.append({**r, "limit_class": "apps"} if c in attackers and c in seen else r)
+        seen.add(c)
+    out, _ = run(pop, Engine.from_params(params), class_weights=apps)
+    print(variant_row("plan `templates: 0`: the harvesters, each sending its first request on a key of "
+                      "another plan", out, attackers, benign), flush=True)
     return 0
 
 
