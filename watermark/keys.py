@@ -20,6 +20,9 @@ from itertools import repeat
 from typing import NamedTuple
 
 MIN_SECRET_BYTES = 16
+# Items per C-level call over a candidate list (a call that never returns to the interpreter never lets another
+# thread take the GIL): 10 000 is ~2 ms, and no measurable cost against one call.
+GIL_SLICE = 10_000
 
 
 class KeyMaterialError(ValueError):
@@ -135,7 +138,13 @@ class KeyRing:
             o = outer.copy()
             o.update(h.digest())
             append(o.digest())
-        return list(map(ClientKey._make, zip(client_ids, repeat(version), digests)))
+        # In slices: one C-level map over a million ids held the GIL for ~200 ms in one go, and the admin API
+        # runs this in a worker thread beside the event loop that serves every proxied request.
+        out: list[ClientKey] = []
+        for i in range(0, len(client_ids), GIL_SLICE):
+            out.extend(map(ClientKey._make, zip(client_ids[i:i + GIL_SLICE], repeat(version),
+                                                digests[i:i + GIL_SLICE])))
+        return out
 
 
 def hmac_sha256_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watermark.base import Scheme
-from watermark.keys import ClientKey, KeyRing
+from watermark.keys import GIL_SLICE, ClientKey, KeyRing
 
 SCHEMES = ("auto", "lexical", "kgw")
 
@@ -95,7 +95,10 @@ def candidate_keys(ring: KeyRing, clients: Sequence[str],
     """(client, version) hypotheses: the recorded versions of each client if known (versions no longer in
     force are not tested), else -- a client not in ``recorded``, or recorded with no versions (a
     ``recipients_file`` line) -- every version in force. Duplicated client ids are tested once."""
-    unique = list(dict.fromkeys(clients))
+    seen: dict[str, None] = {}
+    for i in range(0, len(clients), GIL_SLICE):  # in slices: see GIL_SLICE
+        seen.update(dict.fromkeys(clients[i:i + GIL_SLICE]))
+    unique = list(seen)
     if not recorded:
         return ring.candidates(unique)
     keys: list[ClientKey] = []

@@ -4,17 +4,24 @@ Body: ``{"text": str}`` (one text) or ``{"texts": [str, ...]}`` (a corpus, poole
 once across all texts; the answer adds ``"texts"``), plus optional ``"clients": [str, ...]`` (default: every
 recipient the gateway recorded: the store's with the key versions it recorded, those in
 ``watermark.recipients_file`` under every version in force), ``"scheme": "auto"|"lexical"|"kgw"``
-(kgw needs ``watermark.kgw_tokenizer_file``) and ``"fpr"`` (default 1e-6). Scoring runs in a worker thread
-(100 000 candidates take about a second of CPU) so the admin listener stays responsive.
+(kgw needs ``watermark.kgw_tokenizer_file``) and ``"fpr"`` (default 1e-6).
+
+The admin listener shares the event loop with the public API, so everything that grows with the request runs
+in a worker thread: decoding and validating the body (a 1 M-id body took ~160 ms of the loop), deriving the
+keys and scoring (100 000 candidates take about a second of CPU), and freeing the key list (~65 ms per
+million). One verification runs at a time per process (others wait): each holds up to ~10x its body, and
+each one running competes with the loop for the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -23,9 +30,9 @@ from gateway.admin.audit import note
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from watermark.base import Scheme
-from watermark.keys import ClientKey, KeyRing
+from watermark.keys import GIL_SLICE, ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
-from watermark.verify import SCHEMES, candidate_keys, parse_client_lines, utf8_encodable, verify
+from watermark.verify import SCHEMES, Verdict, candidate_keys, parse_client_lines, utf8_encodable, verify
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float
         raise InvalidRequest(f"{field} must be a string" + (" list (non-empty)" if corpus else ""), param=field)
     if len(texts) > MAX_TEXTS or sum(len(t) for t in texts) > MAX_CHARS:
         raise InvalidRequest(f"{field}: at most {MAX_TEXTS} texts and {MAX_CHARS} characters", param=field)
+    if not any(t.strip() for t in texts):  # as `ipgate verify` (exit 2): a verdict on no text says nothing
+        raise InvalidRequest(f"{field}: no text to verify (empty or only whitespace)", param=field)
     clients = body.get("clients")
     if clients is not None and (not isinstance(clients, list) or not clients or len(clients) > MAX_CLIENTS
                                 or not all(isinstance(c, str) and c for c in clients)):
@@ -78,6 +87,67 @@ def parse_body(body: Any) -> tuple[list[str], bool, list[str] | None, str, float
     if isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0 < fpr < 1:
         raise InvalidRequest("fpr must be a number in (0, 1)", param="fpr")
     return texts, corpus, clients, scheme, float(fpr)
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A validated request, with what its audit record says about it (``details``: never the text)."""
+
+    texts: list[str]
+    corpus: bool
+    clients: list[str] | None
+    scheme: str
+    fpr: float
+    details: dict[str, Any]
+
+
+def parse_request(raw: bytes) -> Question:
+    """Decode and validate the body (``InvalidRequest`` naming the field); run in a worker thread."""
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise InvalidRequest("the request body is not valid JSON", param="body") from None
+    except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
+        raise InvalidRequest("the request body is nested too deeply", param="body") from None
+    texts, corpus, clients, scheme, fpr = parse_body(body)
+    # The audit record names the question, never the text: its size and digest (digest_texts).
+    details: dict[str, Any] = {"texts": len(texts), "chars": sum(map(len, texts)),
+                               "texts_sha256": digest_texts(texts), "scheme": scheme, "fpr": fpr,
+                               "clients": len(clients) if clients is not None else "recorded"}
+    return Question(texts, corpus, clients, scheme, fpr, details)
+
+
+def attribute(ring: KeyRing, q: Question, recorded: dict[str, list[int]] | None, from_file: list[str],
+              schemes: list[Scheme]) -> tuple[Verdict, int]:
+    """The verdict and the number of (client, version) hypotheses tested; run in a worker thread, which also
+    frees the keys (up to MAX_CLIENTS x key versions)."""
+    # As in `ipgate verify`: the keys are tracked by the collector (a tuple subclass is never untracked), and
+    # every young-generation collection while a million of them were being made walked them all, holding the
+    # GIL (~100 ms each) away from the event loop. Nothing here makes reference cycles; one verification runs
+    # at a time (the route's semaphore), and the collector's state is restored as found.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _attribute(ring, q, recorded, from_file, schemes)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _attribute(ring: KeyRing, q: Question, recorded: dict[str, list[int]] | None, from_file: list[str],
+               schemes: list[Scheme]) -> tuple[Verdict, int]:
+    if q.clients is None:
+        keys = recorded_keys(ring, recorded or {}, from_file)
+        if not keys:  # a verdict over no candidates would read as "not watermarked", which is not known
+            raise InvalidRequest("no watermark recipients are recorded (or none under a key version in "
+                                 'force); pass "clients"', param="clients")
+    else:
+        keys = candidate_keys(ring, q.clients)
+    v = verify(q.texts if q.corpus else q.texts[0], keys, schemes, fpr=q.fpr)
+    n = len(keys)
+    while keys:  # freed here and in slices: a million keys freed at once held the GIL for ~65 ms
+        del keys[-GIL_SLICE:]
+    return v, n
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -131,6 +201,7 @@ def recorded_keys(ring: KeyRing, recorded: dict[str, list[int]], from_file: list
 
 def routes(ctx: AppContext) -> list[web.RouteDef]:
     kgw_cache: list[Scheme] = []
+    one_at_a_time = asyncio.Semaphore(1)
 
     def schemes(name: str, master: bytes) -> list[Scheme]:
         out: list[Scheme] = []
@@ -159,36 +230,27 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         if wm is None or ring is None:
             raise NotFound("watermarking is not enabled on this gateway")
         raw = await _read_body(request)
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            raise InvalidRequest("the request body is not valid JSON", param="body") from None
-        except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
-            raise InvalidRequest("the request body is nested too deeply", param="body") from None
-        texts, corpus, clients, scheme_name, fpr = parse_body(body)
-        # The audit record names the question, never the text: its size and digest (digest_texts).
-        details: dict[str, Any] = {"texts": len(texts), "chars": sum(map(len, texts)),
-                                   "texts_sha256": digest_texts(texts), "scheme": scheme_name, "fpr": fpr,
-                                   "clients": len(clients) if clients is not None else "recorded"}
-        note(request, details=details)
-        # Key derivation runs in the worker thread too: up to MAX_CLIENTS ids x key versions of HMACs took
-        # seconds on the event loop, which the admin listener shares with the public API (every stream stalled).
-        if clients is None:
-            recorded = await ctx.store.recipients()
-            # and those only watermark.recipients_file knows, as `ipgate verify --config` reads them: the
-            # store's alone missed every client a memory store forgot in a restart (or a flushed Redis lost)
-            from_file = await asyncio.to_thread(file_recipients, ctx.config.watermark.recipients_file)
-            keys = await asyncio.to_thread(recorded_keys, ring, recorded, from_file)
-            if not keys:  # a verdict over no candidates would read as "not watermarked", which is not known
-                raise InvalidRequest("no watermark recipients are recorded (or none under a key version in "
-                                     'force); pass "clients"', param="clients")
-        else:
-            keys = await asyncio.to_thread(candidate_keys, ring, clients)
-        chosen = await asyncio.to_thread(schemes, scheme_name, ring.master)  # may load a tokenizer.json
-        v = await asyncio.to_thread(verify, texts if corpus else texts[0], keys, chosen, fpr=fpr)
-        log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", len(texts), len(keys),
+        async with one_at_a_time:
+            q = await asyncio.to_thread(parse_request, raw)
+            del raw
+            details = q.details
+            note(request, details=details)
+            recorded: dict[str, list[int]] | None = None
+            from_file: list[str] = []
+            if q.clients is None:
+                recorded = await ctx.store.recipients()
+                # and those only watermark.recipients_file knows, as `ipgate verify --config` reads them: the
+                # store's alone missed every client a memory store forgot in a restart (or a flushed Redis lost)
+                from_file = await asyncio.to_thread(file_recipients, ctx.config.watermark.recipients_file)
+            chosen = await asyncio.to_thread(schemes, q.scheme, ring.master)  # may load a tokenizer.json
+            v, candidates = await asyncio.to_thread(attribute, ring, q, recorded, from_file, chosen)
+            texts, corpus = len(q.texts), q.corpus
+            held = [q]
+            del q
+            await asyncio.to_thread(held.clear)  # the texts and client ids are freed there too (~17 ms per 1 M)
+        log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", texts, candidates,
                  v.watermarked)
-        details["candidates"] = len(keys)
+        details["candidates"] = candidates
         hit = v.client if v.watermarked else None
         note(request, target=hit, after={
             "watermarked": v.watermarked, "client": hit, "key_version": v.key_version if hit else None,
