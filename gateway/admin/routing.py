@@ -87,6 +87,13 @@ def reload_from_file(ctx: AppContext, path: str) -> dict[str, Any]:
     return reload_from_config(ctx, load_config(path))
 
 
+def count_reload(ctx: AppContext, source: str, result: str) -> None:
+    """``ipgate_config_reloads_total{source, result}`` and ``ipgate_config_last_reload_successful``: a rejected
+    reload is logged once by its caller and keeps the running config, which an alert must be able to see."""
+    ctx.metrics.config_reloads_total.labels(source=source, result=result).inc()
+    ctx.metrics.config_last_reload_successful.set(1 if result == "applied" else 0)
+
+
 def reload_by_signal(ctx: AppContext, path: str, trail: AuditTrail | None) -> dict[str, Any]:
     """SIGHUP's reload: ``reload_from_file``, recorded in the audit trail like ``POST /admin/routing/reload``
     (it changes the same live state, with no admin call to carry the record): actor ``signal:SIGHUP``,
@@ -100,14 +107,17 @@ def reload_by_signal(ctx: AppContext, path: str, trail: AuditTrail | None) -> di
     try:
         result = reload_from_file(ctx, path)
     except ConfigError:
+        count_reload(ctx, "signal", "rejected")
         if trail is not None:
             trail.write_soon({**fields, "after": None, "details": None, "status": 400, "error": "invalid_config"})
         raise
     except Exception:  # a bug in applying it: the live state may have changed part-way
+        count_reload(ctx, "signal", "failed")
         if trail is not None:
             trail.write_soon({**fields, "after": _live_state(ctx), "details": None, "status": 500,
                               "error": "internal_error"})
         raise
+    count_reload(ctx, "signal", "applied")
     if trail is not None:
         trail.write_soon({**fields, "after": _live_state(ctx), "status": 200, "error": None,
                           "details": {"restart_required": result["restart_required"]}})
@@ -175,8 +185,13 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         try:
             result = reload_from_file(ctx, path)
         except ConfigError as e:
+            count_reload(ctx, "admin", "rejected")
             log.warning("config reload via admin API rejected: %s", e)
             raise InvalidRequest(f"config not reloaded: {e}", param="config", code="invalid_config") from e
+        except Exception:
+            count_reload(ctx, "admin", "failed")
+            raise
+        count_reload(ctx, "admin", "applied")
         log.info("config reloaded from %s by %s", path, _who(request))
         note(request, after=_live_state(ctx), details={"restart_required": result["restart_required"]})
         if supervised:

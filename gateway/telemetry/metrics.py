@@ -190,6 +190,20 @@ class Metrics:
             registry=r, multiprocess_mode="livemax",
         )
 
+        # --- config reloads (SIGHUP, POST /admin/routing/reload) ---------------------------------------------
+        self.config_reloads_total = Counter(
+            "ipgate_config_reloads_total",
+            "Config reloads by source (signal, admin) and result (applied; rejected: the file is invalid and the "
+            "running config stays; failed: an internal error while applying it).", ["source", "result"],
+            registry=r,
+        )
+        self.config_last_reload_successful = Gauge(
+            "ipgate_config_last_reload_successful",
+            "0 while the last config reload was rejected or failed (the file on disk is not the config running), "
+            "else 1; 1 from start-up.", registry=r, multiprocess_mode="livemin",
+        )
+        self.config_last_reload_successful.set(1)
+
         # --- routing and canary ---------------------------------------------------------------------------
         self.backend_ejections_total = Counter(
             "ipgate_backend_ejections_total", "Backends ejected by passive health checks.", ["model", "backend"],
