@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.wm_common import (
+    MAX_TEXT_BYTES,
     CliError,
     Progress,
     add_key_args,
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             if collecting:
                 gc.enable()
         if not args.jsonl:
-            text = read_text(args.file)
+            text = read_text(args.file, limit=MAX_TEXT_BYTES)
             if not text.strip():  # `curl ... | ipgate verify -` after a failed download: an error, not a verdict
                 where = "stdin" if args.file == "-" else args.file
                 raise CliError(f"{where}: no text to verify (the input is empty or only whitespace)")

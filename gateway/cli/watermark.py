@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.wm_common import (
+    MAX_TEXT_BYTES,
     CliError,
     Progress,
     add_key_args,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not args.client or not utf8_encodable(args.client):
             raise CliError("--client is required: a non-empty client id (or --jsonl / --export-recipients)")
-        write_out(scheme.embed(read_text("-"), ring.key(args.client), args.strength))
+        write_out(scheme.embed(read_text("-", limit=MAX_TEXT_BYTES), ring.key(args.client), args.strength))
         sys.stdout.flush()
         return 0
     except CliError as e:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # imported lazily: `ipgate verify --clients FILE` needs neith
     from gateway.config import GatewayConfig
 
 SECRET_ENV = "IPGATE_WATERMARK_SECRET"
+# One text (a file, stdin, or one JSONL line) is read up to this, as the admin API's body. Scoring holds ~18x
+# the text in memory (its words as objects): a 256 MiB line peaked at 4.6 GB, so a 1 GB one was an OOM kill
+# (exit 137, no message) after minutes, not an error naming the input.
+MAX_TEXT_BYTES = 32 * 1024 * 1024
 
 
 class CliError(Exception):
@@ -147,18 +151,31 @@ def read_lines(path: str, what: str) -> list[str]:
     return ids
 
 
-def read_text(path: str | None, what: str = "input file") -> str:
+def too_long(where: str) -> CliError:
+    return CliError(f"{where}: over {MAX_TEXT_BYTES // 2**20} MiB in one text, more than can be scored (it "
+                    "takes ~18x its size in memory): split it into several texts, one per line of a --jsonl "
+                    "file (`ipgate verify --jsonl FILE --corpus` pools them into one verdict)")
+
+
+def read_text(path: str | None, what: str = "input file", *, limit: int | None = None) -> str:
     """A UTF-8 file, or stdin (``-``) read as bytes and decoded as strict UTF-8 whatever the locale: a
-    non-UTF-8 input is an error (exit 2) rather than being scored as mangled text."""
+    non-UTF-8 input is an error (exit 2) rather than being scored as mangled text. ``limit``: at most that many
+    bytes are read, and a longer input is an error (``too_long``)."""
     if path is None or path == "-":
         buf = getattr(sys.stdin, "buffer", None)
         if buf is None:  # a text stream without bytes underneath (embedding callers, tests)
-            return sys.stdin.read()
+            text = sys.stdin.read() if limit is None else sys.stdin.read(limit + 1)
+            if limit is not None and len(text.encode("utf-8", "surrogatepass")) > limit:
+                raise too_long(f"{what} (stdin)")
+            return text
+        data = bytes(buf.read() if limit is None else buf.read(limit + 1))
+        if limit is not None and len(data) > limit:
+            raise too_long(f"{what} (stdin)")
         try:
-            return bytes(buf.read()).decode("utf-8")
+            return data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise CliError(f"{what} (stdin): not UTF-8 text (byte {e.start})") from e
-    return _read(path, what)
+    return _read(path, what, limit)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -176,9 +193,15 @@ def _read_secret(path: str, what: str) -> str:
         raise CliError(str(e)) from None
 
 
-def _read(path: str, what: str) -> str:
+def _read(path: str, what: str, limit: int | None = None) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        if limit is None:
+            return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise too_long(f"{what} {path}")
+        return data.decode("utf-8")
     except OSError as e:
         raise CliError(f"{what} {path}: cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
@@ -224,16 +247,25 @@ class JsonlRows:
     A regular file is read twice: a first pass validates every line and counts the rows, and each iteration
     reads it again, so memory holds one line at a time however large the file (a bulk run over a dump of
     suspect texts held the file about four times over). Stdin, a pipe or a FIFO can be read only once: its
-    rows are held in memory."""
+    rows are held in memory. A line over ``MAX_TEXT_BYTES`` is an error naming it, found without reading
+    more of it than that."""
 
     def __init__(self, path: str, required: tuple[str, ...]) -> None:
         self._path, self._required = path, required
         self._rows: list[dict[str, Any]] | None = None
         if _regular_file(path):
             self._count = sum(1 for _ in self._parse(self._file_lines()))
-        else:
+        elif path == "-" and getattr(sys.stdin, "buffer", None) is None:  # a text stream (embedding callers)
             text = read_text(path).removeprefix("\ufeff")
-            self._rows = list(self._parse(enumerate(text.split("\n"), 1)))
+            lines = list(enumerate(text.split("\n"), 1))
+            long = next((n for n, line in lines if len(line.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES),
+                        None)
+            if long is not None:
+                raise too_long(f"{path}:{long}")
+            self._rows = list(self._parse(lines))
+            self._count = len(self._rows)
+        else:
+            self._rows = list(self._parse(self._file_lines()))
             self._count = len(self._rows)
 
     def __len__(self) -> int:
@@ -260,17 +292,22 @@ class JsonlRows:
         """``(line number, text)``, split on ``\\n`` only (a raw U+2028 inside a JSON string is not a line end),
         strict UTF-8 with the offending byte's offset in the file, a leading byte-order mark dropped."""
         offset = 0
+        stdin = self._path == "-"
+        where = "input file (stdin)" if stdin else f"input file {self._path}"
         try:
-            with open(self._path, "rb") as f:
-                for n, raw in enumerate(f, 1):
+            with contextlib.nullcontext(sys.stdin.buffer) if stdin else open(self._path, "rb") as f:
+                # a line is read up to MAX_TEXT_BYTES (+ its newline), never whole: a 1 GB line is an error
+                for n, raw in enumerate(iter(lambda: f.readline(MAX_TEXT_BYTES + 1), b""), 1):
+                    if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
+                        raise too_long(f"{'stdin' if stdin else self._path}:{n}")
                     try:
                         line = raw.decode("utf-8")
                     except UnicodeDecodeError as e:
-                        raise CliError(f"input file {self._path}: not UTF-8 text (byte {offset + e.start})") from e
+                        raise CliError(f"{where}: not UTF-8 text (byte {offset + e.start})") from e
                     yield n, line.removeprefix("\ufeff") if n == 1 else line
                     offset += len(raw)
         except OSError as e:
-            raise CliError(f"input file {self._path}: cannot read: {e.strerror}") from e
+            raise CliError(f"{where}: cannot read: {e.strerror}") from e
 
     def _parse(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
         path, required = self._path, self._required
