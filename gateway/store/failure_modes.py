@@ -102,6 +102,8 @@ class FailureModeOps:
 
         async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T: ...
 
+        async def _bulk(self, op: str, make: Callable[[], Awaitable[T]]) -> T: ...
+
     # --- hot path ----------------------------------------------------------------------------------------
 
     def _remember(self, client_id: str, tier: int, override: Override | None) -> None:
@@ -299,7 +301,7 @@ class FailureModeOps:
 
     async def recent_alerts(self, count: int) -> list[str]:
         try:
-            return await self._call("recent_alerts", lambda: self.inner.recent_alerts(count))
+            return await self._bulk("recent_alerts", lambda: self.inner.recent_alerts(count))
         except NotServed:
             raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
 
@@ -313,7 +315,7 @@ class FailureModeOps:
 
     async def recent_audit(self, count: int) -> list[str]:
         try:
-            return await self._call("recent_audit", lambda: self.inner.recent_audit(count))
+            return await self._bulk("recent_audit", lambda: self.inner.recent_audit(count))
         except NotServed:
             raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
 
@@ -340,7 +342,7 @@ class FailureModeOps:
 
     async def recipients(self) -> dict[str, list[int]]:
         try:
-            return await self._call("recipients", self.inner.recipients)
+            return await self._bulk("recipients", self.inner.recipients)
         except NotServed:
             raise ServiceUnavailable("The state store is unavailable.", code="store_unavailable") from None
 

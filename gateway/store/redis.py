@@ -23,7 +23,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -51,6 +51,11 @@ _OVERRIDE_PAGE = 500  # index members read per call (each call stays well inside
 # How often at most the keyspace is scanned for override keys the index does not list (``_index_unlisted``)
 OVERRIDE_SCAN_EVERY_MS = 3600 * 1000
 _SCAN_PAGE = 1000  # keys SCAN looks at per call
+# Bulk admin reads (recipients, the alert and audit lists) go page by page, each page one call well inside
+# timeout_ms: one reply of 50 000 audit records or 100 000 recipients outlasted the 50 ms default, and the timeout
+# declared the store unavailable for every request (and reset the connection the hot path shares).
+BULK_PAGE = 500
+BULK_TRIES = 3
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _UNESCAPE = re.compile(r"%(25|7B|7D)")
 _UNESCAPED = {"25": "%", "7B": "{", "7D": "}"}
@@ -408,10 +413,22 @@ class RedisStore:
                                       ("PEXPIRE", key, _ms(ALERTS_TTL_S)), ("EXEC",)])
 
     async def recent_alerts(self, count: int) -> list[str]:
-        if count <= 0:
-            return []
-        rows = await self._mux.execute("LRANGE", f"{self._p}alerts", 0, count - 1)
-        return [r.decode() for r in rows]
+        return await self._newest(f"{self._p}alerts", count)
+
+    async def _newest(self, key: str, count: int) -> list[str]:
+        """The first ``count`` items of a capped list that grows at its head (LPUSH, LTRIM), in pages of
+        ``BULK_PAGE``. An item pushed between two pages moves every older one a place deeper, so the next page
+        begins with the last items of the one before: that overlap is dropped (each record is a unique line:
+        writer, sequence number and hash; an alert's id). Nothing is skipped: items only move away from the head."""
+        out: list[str] = []
+        while len(out) < count:
+            n = min(BULK_PAGE, count - len(out))
+            rows = await _retried(self._mux.execute, "LRANGE", key, len(out), len(out) + n - 1)
+            page = [r.decode() for r in rows]
+            out.extend(page[_overlap(out[-BULK_PAGE:], page):])
+            if len(page) < n:
+                break
+        return out[:count]
 
     async def append_audit(self, record_json: str, max_len: int) -> None:
         key = f"{self._p}audit"
@@ -419,21 +436,25 @@ class RedisStore:
                                       ("PEXPIRE", key, _ms(AUDIT_TTL_S)), ("EXEC",)])
 
     async def recent_audit(self, count: int) -> list[str]:
-        if count <= 0:
-            return []
-        rows = await self._mux.execute("LRANGE", f"{self._p}audit", 0, count - 1)
-        return [r.decode() for r in rows]
+        return await self._newest(f"{self._p}audit", count)
 
     async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
         await self._recipient.run(self._mux, [f"{self._p}wm:recipients"], [f"{key_version}:{client_id}", _ms(ttl_s)])
 
     async def recipients(self) -> dict[str, list[int]]:
-        rows = await self._recipients.run(self._mux, [f"{self._p}wm:recipients"])
-        out: dict[str, list[int]] = {}
-        for raw in rows:
-            version, _, client = raw.decode().partition(":")
-            out.setdefault(client, []).append(int(version))
-        return {c: sorted(v) for c, v in out.items()}
+        """Every live recipient and its key versions, page by page (ZSCAN: a member present throughout the
+        scan is returned, possibly twice; kept once)."""
+        found: dict[str, set[int]] = {}
+        cursor: Any = 0
+        while True:
+            cursor, *members = await _retried(self._recipients.run, self._mux, [f"{self._p}wm:recipients"],
+                                              [cursor, BULK_PAGE])
+            for raw in members:
+                version, _, client = raw.decode().partition(":")
+                found.setdefault(client, set()).add(int(version))
+            if int(cursor) == 0:
+                break
+        return {c: sorted(v) for c, v in found.items()}
 
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         return bool(await self._lease.run(self._mux, [f"{self._p}lease:{name}"], [owner, _ms(ttl_s)]))
@@ -474,3 +495,25 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._mux.close()
+
+
+async def _retried(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """One page of a bulk read, tried up to ``BULK_TRIES`` times when it times out: a read of thousands of pages
+    on a loaded host otherwise failed on one late page (the deadline fires late when the event loop is busy)."""
+    for attempt in range(1, BULK_TRIES + 1):
+        try:
+            return await call(*args)
+        except TimeoutError:
+            if attempt == BULK_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _overlap(before: list[str], page: list[str]) -> int:
+    """How many items at the start of ``page`` repeat the end of ``before`` (see ``RedisStore._newest``)."""
+    if not before or not page:
+        return 0
+    for start in range(max(0, len(before) - len(page)), len(before)):
+        if before[start] == page[0] and before[start:] == page[:len(before) - start]:
+            return len(before) - start
+    return 0

@@ -204,6 +204,24 @@ class ResilientStore(FailureModeOps, OverrideCopy, WriteBack):
             self._enter_degraded(op, e)
             raise NotServed from e
 
+    async def _bulk(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        """A bulk admin read (recipients, the alert and audit lists): the inner store reads it page by page, each
+        page one command under its own per-call bound, so there is no deadline over the whole read (a large
+        list takes longer than ``timeout_ms`` by design). A failure fails this read only: it is counted and
+        logged, and the store is not declared unavailable for it (before, a read of 100 000 recipients timed out
+        as one call and put every request under the failure mode). A real outage is the request path's, or the
+        probe's, to declare."""
+        if self._degraded_since is not None:
+            self._count(op)
+            raise NotServed
+        try:
+            return await make()
+        except OUTAGE as e:
+            self._count(op)
+            log.warning("state store: the %s read failed (%s); only this read is refused", op,
+                        type(e).__name__ if not str(e) else f"{type(e).__name__}: {e}")
+            raise NotServed from e
+
     def _count(self, op: str) -> None:
         if self._degraded_since is not None:
             self._failed_while_degraded += 1
