@@ -39,6 +39,7 @@ from gateway.receive import request_id
 from gateway.routing.router import Router
 from gateway.store.factory import open_store
 from gateway.telemetry.accesslog import AccessLog
+from gateway.telemetry.malformed import MALFORMED_HTTP_LOGS
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing
 from gateway.tls import check_backend_tls
@@ -61,6 +62,8 @@ async def open_context(cfg: GatewayConfig, *, metrics: Metrics | None = None,
         stack.callback(access_log.close)
         store = await open_store(cfg.store, m)
         stack.push_async_callback(store.close)
+        # malformed HTTP that aiohttp answers itself: counted here, no traceback per request (telemetry/malformed)
+        stack.callback(MALFORMED_HTTP_LOGS.count_into(lambda reason: m.malformed_http_total.labels(reason).inc()))
         policy = Policy.from_config(cfg)
         auth = Authenticator.from_config(cfg.auth, metrics=m, classes=LimitClasses.from_config(cfg, m))
         await auth.start()

@@ -160,6 +160,12 @@ class Metrics:
             "Public connections closed because the client took none of the bytes waiting for it for "
             "server.send_timeout_s (it stopped reading its answers).", registry=r,
         )
+        self.malformed_http_total = Counter(
+            "ipgate_malformed_http_total",
+            "Requests the HTTP parser refused with 400 before any handler (either listener), by reason "
+            "(line_too_long, bad_method, bad_request_line, invalid_header, invalid_url, body, other).", ["reason"],
+            registry=r,
+        )
         self.auth_cache_total = Counter(
             "ipgate_auth_cache_total", "Verified-token cache lookups: hit or miss.", ["result"], registry=r,
         )
