@@ -26,13 +26,13 @@ and after, in the audit trail (``gateway/admin/audit.py``; no metric: no per-cli
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
 from gateway.admin.audit import note, override_state
+from gateway.admin.body import parse_json, read_body
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.principal import DEFAULT_LIMIT_CLASS
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 90 * 24 * 3600.0
 MAX_TTL_S = 365 * 24 * 3600.0
 MAX_CLIENT_ID = 256
+MAX_BODY_BYTES = 1024 * 1024  # aiohttp's default bound, now answered with a 413 that names it and the body
+MIN_TTL_S = 1.0  # an override that expired at once was answered "blocked": true and did nothing
 _FIELDS = {"override", "tier", "ttl_s"}
 
 
@@ -92,8 +94,9 @@ def parse_override(ctx: AppContext, body: Any) -> tuple[Override | None, int | N
     ttl = body.get("ttl_s", DEFAULT_TTL_S)
     if ttl is None:
         ttl = DEFAULT_TTL_S
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_S:
-        raise InvalidRequest(f"ttl_s must be a number of seconds in (0, {int(MAX_TTL_S)}]", param="ttl_s")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not MIN_TTL_S <= ttl <= MAX_TTL_S:
+        raise InvalidRequest(f"ttl_s must be a number of seconds in [{MIN_TTL_S:g}, {int(MAX_TTL_S)}]",
+                             param="ttl_s")
     return override, tier, float(ttl)
 
 
@@ -174,13 +177,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         note(request, "client.override.set")
         cid = _client_id(request)
         note(request, target=cid)
-        try:
-            body = json.loads(await request.read() or b"null")
-        except ValueError:
-            raise InvalidRequest("the request body is not valid JSON", param="body") from None
-        except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
-            raise InvalidRequest("the request body is nested too deeply", param="body") from None
-        override, tier, ttl = parse_override(ctx, body)
+        override, tier, ttl = parse_override(ctx, parse_json(await read_body(request, MAX_BODY_BYTES)))
         cleared = override is None and tier is None  # both null clears, like DELETE
         note(request, "client.override.clear" if cleared else None, before=await _before(ctx, cid))
         await ctx.store.set_override(cid, override, tier, ttl)

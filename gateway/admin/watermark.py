@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin.audit import note
+from gateway.admin.body import parse_json, read_body
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from watermark.base import Scheme
 from watermark.keys import GIL_SLICE, ClientKey, KeyRing
 from watermark.lexical import LexicalScheme
@@ -103,13 +103,7 @@ class Question:
 
 def parse_request(raw: bytes) -> Question:
     """Decode and validate the body (``InvalidRequest`` naming the field); run in a worker thread."""
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON", param="body") from None
-    except RecursionError:  # nesting deeper than the parser's stack: bad input, not a server error
-        raise InvalidRequest("the request body is nested too deeply", param="body") from None
-    texts, corpus, clients, scheme, fpr = parse_body(body)
+    texts, corpus, clients, scheme, fpr = parse_body(parse_json(raw))
     # The audit record names the question, never the text: its size and digest (digest_texts).
     details: dict[str, Any] = {"texts": len(texts), "chars": sum(map(len, texts)),
                                "texts_sha256": digest_texts(texts), "scheme": scheme, "fpr": fpr,
@@ -148,21 +142,6 @@ def _attribute(ring: KeyRing, q: Question, recorded: dict[str, list[int]] | None
     while keys:  # freed here and in slices: a million keys freed at once held the GIL for ~65 ms
         del keys[-GIL_SLICE:]
     return v, n
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The body, at most ``MAX_BODY_BYTES`` (checked on the declared length and while reading)."""
-    too_large = PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes; split a large corpus "
-                                "into several requests or use `ipgate verify --jsonl FILE --corpus`",
-                                param="body")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    buf = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        buf += chunk
-        if len(buf) > MAX_BODY_BYTES:
-            raise too_large
-    return bytes(buf)
 
 
 def file_recipients(path: str | None) -> list[str]:
@@ -229,7 +208,8 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         ring = getattr(wm, "ring", None)
         if wm is None or ring is None:
             raise NotFound("watermarking is not enabled on this gateway")
-        raw = await _read_body(request)
+        raw = await read_body(request, MAX_BODY_BYTES, "; split a large corpus into several requests or use "
+                              "`ipgate verify --jsonl FILE --corpus`")
         async with one_at_a_time:
             q = await asyncio.to_thread(parse_request, raw)
             del raw
