@@ -16,12 +16,14 @@ each one running competes with the loop for the GIL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -35,6 +37,8 @@ from watermark.lexical import LexicalScheme
 from watermark.verify import SCHEMES, Verdict, candidate_keys, parse_client_lines, utf8_encodable, verify
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MAX_CHARS = 2_000_000  # all texts together
 MAX_TEXTS = 10_000
@@ -178,6 +182,20 @@ def recorded_keys(ring: KeyRing, recorded: dict[str, list[int]], from_file: list
     return candidate_keys(ring, sorted(merged), merged)
 
 
+async def to_thread_to_the_end(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``asyncio.to_thread``, but a caller cancelled meanwhile (the admin hung up: the listener cancels its
+    handler) still waits for the thread to finish before the cancellation goes on. A thread cannot be stopped,
+    so without this the route's one-at-a-time bound was released while the verification ran on, and a client
+    that sent and dropped requests ran as many at once as the thread pool has threads."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):  # its own outcome no longer matters to anyone
+            await task
+        raise
+
+
 def routes(ctx: AppContext) -> list[web.RouteDef]:
     kgw_cache: list[Scheme] = []
     one_at_a_time = asyncio.Semaphore(1)
@@ -211,7 +229,7 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
         raw = await read_body(request, MAX_BODY_BYTES, "; split a large corpus into several requests or use "
                               "`ipgate verify --jsonl FILE --corpus`")
         async with one_at_a_time:
-            q = await asyncio.to_thread(parse_request, raw)
+            q = await to_thread_to_the_end(parse_request, raw)
             del raw
             details = q.details
             note(request, details=details)
@@ -221,13 +239,13 @@ def routes(ctx: AppContext) -> list[web.RouteDef]:
                 recorded = await ctx.store.recipients()
                 # and those only watermark.recipients_file knows, as `ipgate verify --config` reads them: the
                 # store's alone missed every client a memory store forgot in a restart (or a flushed Redis lost)
-                from_file = await asyncio.to_thread(file_recipients, ctx.config.watermark.recipients_file)
-            chosen = await asyncio.to_thread(schemes, q.scheme, ring.master)  # may load a tokenizer.json
-            v, candidates = await asyncio.to_thread(attribute, ring, q, recorded, from_file, chosen)
+                from_file = await to_thread_to_the_end(file_recipients, ctx.config.watermark.recipients_file)
+            chosen = await to_thread_to_the_end(schemes, q.scheme, ring.master)  # may load a tokenizer.json
+            v, candidates = await to_thread_to_the_end(attribute, ring, q, recorded, from_file, chosen)
             texts, corpus = len(q.texts), q.corpus
             held = [q]
             del q
-            await asyncio.to_thread(held.clear)  # the texts and client ids are freed there too (~17 ms per 1 M)
+            await to_thread_to_the_end(held.clear)  # the texts and client ids are freed there too (~17 ms per 1 M)
         log.info("admin watermark verify: %d texts, %d candidate keys, watermarked=%s", texts, candidates,
                  v.watermarked)
         details["candidates"] = candidates

@@ -80,3 +80,28 @@ async def test_no_text_is_an_error_naming_the_field_not_a_verdict(tmp_path: Path
         # one blank text among others is simply pooled
         status, answer = await _verify(gw, s, {"texts": ["", ANSWER], "clients": ["alice"]})
         assert status == 200 and answer["texts"] == 2
+
+
+async def test_a_verification_whose_caller_hung_up_still_holds_its_turn(tmp_path: Path) -> None:
+    # One verification runs at a time per process. A thread cannot be stopped: before, a caller that hung up
+    # released the turn while its verification ran on, and the next one ran beside it (as many at once as the
+    # thread pool has threads, each with up to ~10x its body in memory).
+    clients = [f"candidate-{i:07d}" for i in range(1_000_000)]
+    big = json.dumps({"text": ANSWER * 4, "clients": clients, "fpr": 1e-3}).encode()
+    del clients
+    async with sim_backend() as sim, running_gateway(_config(sim.url, tmp_path)) as gw:
+        async with aiohttp.ClientSession() as s:
+            started = time.perf_counter()
+            assert (await _verify(gw, s, big))[0] == 200
+            whole = time.perf_counter() - started  # how long this verification takes here, now
+        async with aiohttp.ClientSession() as s:
+            started = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(whole * 0.3):  # hang up while its keys are being derived
+                    await _verify(gw, s, big)
+        async with aiohttp.ClientSession() as s:
+            status, answer = await _verify(gw, s, {"text": ANSWER, "clients": ["alice"], "fpr": 1e-3})
+        done = time.perf_counter() - started
+        assert status == 200, answer
+        # the small one waits for the abandoned one to finish (before: answered ~0.3 of the way in)
+        assert done > whole * 0.7, f"answered {done:.2f} s after the abandoned one began (it takes {whole:.2f} s)"
