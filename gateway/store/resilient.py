@@ -89,6 +89,7 @@ class ResilientStore(FailureModeOps, OverrideCopy, WriteBack):
         self._recoveries = 0
         self._probe: asyncio.Task[None] | None = None
         self._odd_errors_logged: dict[str, tuple[float, int]] = {}  # op → (last ERROR line, failures since)
+        self._bulk_logged: dict[str, float] = {}  # bulk read op → when its failure was last logged
         self._closed = False
         self._releases: set[asyncio.Task[None]] = set()
         # Administrator overrides of every client (the inner store's index): client -> (override, pinned tier,
@@ -218,8 +219,12 @@ class ResilientStore(FailureModeOps, OverrideCopy, WriteBack):
             return await make()
         except OUTAGE as e:
             self._count(op)
-            log.warning("state store: the %s read failed (%s); only this read is refused", op,
-                        type(e).__name__ if not str(e) else f"{type(e).__name__}: {e}")
+            now = time.monotonic()
+            if now - self._bulk_logged.get(op, -ODD_ERROR_LOG_INTERVAL_S) >= ODD_ERROR_LOG_INTERVAL_S:
+                self._bulk_logged[op] = now  # (detection reads the alert list per alert: at most once a minute)
+                log.warning("state store: the %s read failed (%s); only this read is refused (logged at most once "
+                            "a minute per read; store_failures_total counts each)", op,
+                            type(e).__name__ if not str(e) else f"{type(e).__name__}: {e}")
             raise NotServed from e
 
     def _count(self, op: str) -> None:

@@ -116,3 +116,27 @@ async def test_records_pushed_while_the_list_is_read_are_neither_doubled_nor_ski
 ])
 def test_page_overlap(before: list[str], page: list[str], dropped: int) -> None:
     assert _overlap(before, page) == dropped
+
+
+async def test_a_failed_bulk_read_fails_itself_only_counted_and_logged_once(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.errors import ServiceUnavailable
+    from gateway.telemetry.metrics import Metrics
+
+    redis.Redis.from_url(redis_url).set("ipgate:alerts", "not a list")  # every read of it: WRONGTYPE
+    metrics = Metrics(CollectorRegistry())
+    store = await open_store(StoreConfig(kind="redis", url=redis_url), metrics)
+    try:
+        for _ in range(3):  # detection reads the alert list for every alert it builds
+            with pytest.raises(ServiceUnavailable):
+                await store.recent_alerts(200)
+        assert not store.degraded  # type: ignore[attr-defined]
+        assert await store.recent_audit(10) == []  # the store serves on
+        said = [r for r in caplog.records if "recent_alerts read failed" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        body = metrics.render()[0].decode()
+        assert 'ipgate_store_failures_total{op="recent_alerts"} 3.0' in body
+    finally:
+        await store.close()
