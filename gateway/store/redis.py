@@ -23,8 +23,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -33,6 +32,7 @@ from gateway.config import StoreConfig
 from gateway.ratelimit import interval_us
 from gateway.store.base import AdmitRequest, AdmitResult, ClientRecord, Limits, Override, RateDecision
 from gateway.store.cluster import ClusterMux
+from gateway.store.lua_script import Conn, LuaScript
 from gateway.store.memory import (
     ALERTS_TTL_S,
     AUDIT_TTL_S,
@@ -41,7 +41,8 @@ from gateway.store.memory import (
     check_state,
     effective_tier,
 )
-from gateway.store.resp import Arg, RespMux, pack_bulks, reply_error
+from gateway.store.paging import BULK_PAGE, newest, retried
+from gateway.store.resp import Arg, RespMux, pack_bulks
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ _OVERRIDE_PAGE = 500  # index members read per call (each call stays well inside
 # How often at most the keyspace is scanned for override keys the index does not list (``_index_unlisted``)
 OVERRIDE_SCAN_EVERY_MS = 3600 * 1000
 _SCAN_PAGE = 1000  # keys SCAN looks at per call
-# Bulk admin reads (recipients, the alert and audit lists) go page by page, each page one call well inside
-# timeout_ms: one reply of 50 000 audit records or 100 000 recipients outlasted the 50 ms default, and the timeout
-# declared the store unavailable for every request (and reset the connection the hot path shares).
-BULK_PAGE = 500
-BULK_TRIES = 3
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _UNESCAPE = re.compile(r"%(25|7B|7D)")
 _UNESCAPED = {"25": "%", "7B": "{", "7D": "}"}
@@ -79,33 +75,6 @@ def _override(raw: Any) -> Override | None:
     return "allow" if raw == b"allow" else "deny" if raw == b"deny" else None
 
 
-class _Script:
-    """A Lua script run by SHA, falling back to its source when the server does not know it (yet)."""
-
-    def __init__(self, name: str) -> None:
-        self.src = resources.files("gateway.store").joinpath("lua", name).read_bytes()
-        self.sha = hashlib.sha1(self.src).hexdigest().encode()
-
-    async def run(self, mux: Conn, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> Any:
-        return await self.run_packed(mux, pack_bulks([len(keys), *keys, *args]), 1 + len(keys) + len(args), keys[0])
-
-    async def run_packed(self, mux: Conn, body: bytes, nbody: int, key: Arg) -> Any:
-        """``body`` is ``numkeys keys... args...`` as ``nbody`` packed bulk strings (``pack_bulks``); ``key`` is
-        one of the keys (Redis Cluster routes by it; on a cluster the EVAL fallback loads the script on that
-        key's node)."""
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (nbody + 2, self.sha)
-        (reply,) = await mux.execute_packed(head + body, 1, key)
-        err = reply_error(reply)
-        if err is not None and str(err).startswith("NOSCRIPT"):
-            head = b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (nbody + 2, len(self.src), self.src)
-            (reply,) = await mux.execute_packed(head + body, 1, key)
-            err = reply_error(reply)
-        if err is not None:
-            raise err
-        return reply
-
-
-Conn = RespMux | ClusterMux
 
 
 class RedisStore:
@@ -116,17 +85,17 @@ class RedisStore:
                            else RespMux(url, timeout_s=timeout_s))
         self._p = prefix
         self._max_state = max_state_bytes
-        self._hot = _Script("hot_path.lua")
-        self._peek = _Script("peek.lua")
-        self._reconcile = _Script("reconcile.lua")
-        self._renew = _Script("renew.lua")
-        self._save = _Script("save_state.lua")
-        self._swap = _Script("swap_state.lua")
-        self._merge = _Script("merge_state.lua")
-        self._ov_index = _Script("override_index.lua")
-        self._lease = _Script("lease.lua")
-        self._recipient = _Script("recipient.lua")
-        self._recipients = _Script("recipients.lua")
+        self._hot = LuaScript("hot_path.lua")
+        self._peek = LuaScript("peek.lua")
+        self._reconcile = LuaScript("reconcile.lua")
+        self._renew = LuaScript("renew.lua")
+        self._save = LuaScript("save_state.lua")
+        self._swap = LuaScript("swap_state.lua")
+        self._merge = LuaScript("merge_state.lua")
+        self._ov_index = LuaScript("override_index.lua")
+        self._lease = LuaScript("lease.lua")
+        self._recipient = LuaScript("recipient.lua")
+        self._recipients = LuaScript("recipients.lua")
         # id(limits_by_tier) -> (that tuple, its packed Lua arguments, their count): one entry per limit class
         self._tier_args: dict[int, tuple[Sequence[Limits], bytes, int]] = {}
         self._scanned_overrides = False  # this process has listed the overrides the index lacked (or cannot)
@@ -413,22 +382,7 @@ class RedisStore:
                                       ("PEXPIRE", key, _ms(ALERTS_TTL_S)), ("EXEC",)])
 
     async def recent_alerts(self, count: int) -> list[str]:
-        return await self._newest(f"{self._p}alerts", count)
-
-    async def _newest(self, key: str, count: int) -> list[str]:
-        """The first ``count`` items of a capped list that grows at its head (LPUSH, LTRIM), in pages of
-        ``BULK_PAGE``. An item pushed between two pages moves every older one a place deeper, so the next page
-        begins with the last items of the one before: that overlap is dropped (each record is a unique line:
-        writer, sequence number and hash; an alert's id). Nothing is skipped: items only move away from the head."""
-        out: list[str] = []
-        while len(out) < count:
-            n = min(BULK_PAGE, count - len(out))
-            rows = await _retried(self._mux.execute, "LRANGE", key, len(out), len(out) + n - 1)
-            page = [r.decode() for r in rows]
-            out.extend(page[_overlap(out[-BULK_PAGE:], page):])
-            if len(page) < n:
-                break
-        return out[:count]
+        return await newest(self._mux, f"{self._p}alerts", count)
 
     async def append_audit(self, record_json: str, max_len: int) -> None:
         key = f"{self._p}audit"
@@ -436,7 +390,7 @@ class RedisStore:
                                       ("PEXPIRE", key, _ms(AUDIT_TTL_S)), ("EXEC",)])
 
     async def recent_audit(self, count: int) -> list[str]:
-        return await self._newest(f"{self._p}audit", count)
+        return await newest(self._mux, f"{self._p}audit", count)
 
     async def add_recipient(self, client_id: str, key_version: int, ttl_s: float) -> None:
         await self._recipient.run(self._mux, [f"{self._p}wm:recipients"], [f"{key_version}:{client_id}", _ms(ttl_s)])
@@ -447,7 +401,7 @@ class RedisStore:
         found: dict[str, set[int]] = {}
         cursor: Any = 0
         while True:
-            cursor, *members = await _retried(self._recipients.run, self._mux, [f"{self._p}wm:recipients"],
+            cursor, *members = await retried(self._recipients.run, self._mux, [f"{self._p}wm:recipients"],
                                               [cursor, BULK_PAGE])
             for raw in members:
                 version, _, client = raw.decode().partition(":")
@@ -495,25 +449,3 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._mux.close()
-
-
-async def _retried(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """One page of a bulk read, tried up to ``BULK_TRIES`` times when it times out: a read of thousands of pages
-    on a loaded host otherwise failed on one late page (the deadline fires late when the event loop is busy)."""
-    for attempt in range(1, BULK_TRIES + 1):
-        try:
-            return await call(*args)
-        except TimeoutError:
-            if attempt == BULK_TRIES:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _overlap(before: list[str], page: list[str]) -> int:
-    """How many items at the start of ``page`` repeat the end of ``before`` (see ``RedisStore._newest``)."""
-    if not before or not page:
-        return 0
-    for start in range(max(0, len(before) - len(page)), len(before)):
-        if before[start] == page[0] and before[start:] == page[:len(before) - start]:
-            return len(before) - start
-    return 0

@@ -17,7 +17,7 @@ import redis
 from gateway.audit.chain import Chain, canonical, verify_lines
 from gateway.config import StoreConfig
 from gateway.store.factory import open_store
-from gateway.store.redis import BULK_PAGE, _overlap
+from gateway.store.paging import BULK_PAGE, overlap
 from tests.support.harness import gateway_config, running_gateway, sim_backend
 from tests.support.lexical import ANSWER
 
@@ -115,7 +115,7 @@ async def test_records_pushed_while_the_list_is_read_are_neither_doubled_nor_ski
     (["a", "b", "c"], ["b", "x"], 0),  # not a shift: kept whole
 ])
 def test_page_overlap(before: list[str], page: list[str], dropped: int) -> None:
-    assert _overlap(before, page) == dropped
+    assert overlap(before, page) == dropped
 
 
 async def test_a_failed_bulk_read_fails_itself_only_counted_and_logged_once(
