@@ -50,6 +50,7 @@ from gateway.audit.trail import AuditTrail
 from gateway.clientaddr import parse_networks
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.context import AppContext
+from gateway.parsererrors import JsonErrorRunner
 from gateway.portclaim import PortClaim, claim_ports
 from gateway.proxyprotocol import ProxyProtocolSite, peer_in
 from gateway.senddeadline import SendDeadline, SendDeadlineSite
@@ -226,11 +227,11 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         if stop.is_set():  # told to stop while starting: never listen (no /readyz 200, no connection taken)
             log.info("%s during start-up: stopped before serving", received[0])
             return 0
-        public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
+        public = JsonErrorRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
                                shutdown_timeout=1.0, keepalive_timeout=cfg.server.keepalive_timeout_s)
         admin_app = build_admin_app(ctx)
         trail = admin_app[AUDIT_TRAIL]
-        admin = web.AppRunner(admin_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        admin = JsonErrorRunner(admin_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await public.setup()
         await admin.setup()
         host, port = cfg.listen_addr

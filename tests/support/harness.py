@@ -43,6 +43,7 @@ from gateway.admin.app import build_admin_app
 from gateway.app import build_public_app, open_context
 from gateway.config import GatewayConfig, parse_config
 from gateway.context import AppContext
+from gateway.parsererrors import JsonErrorRunner
 from gateway.server import public_site
 from gateway.sim.run import start_sim
 from gateway.sim.server import SIM_STATS, SimOptions, SimStats
@@ -170,9 +171,9 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
         data.setdefault("admin", {})["token_env"] = "IPGATE_TEST_ADMIN_TOKEN"
         cfg = parse_config(data, source="<test>", env={})
         async with open_context(cfg, tracing=tracing) as ctx:
-            public = web.AppRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
+            public = JsonErrorRunner(build_public_app(cfg, ctx), handler_cancellation=True, access_log=None,
                                    shutdown_timeout=1.0)
-            admin = web.AppRunner(build_admin_app(ctx, env={"IPGATE_TEST_ADMIN_TOKEN": admin_token}),
+            admin = JsonErrorRunner(build_admin_app(ctx, env={"IPGATE_TEST_ADMIN_TOKEN": admin_token}),
                                   handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
             await public.setup()
             await admin.setup()

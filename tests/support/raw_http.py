@@ -19,13 +19,15 @@ class Raw:
         self.got = b""
 
     @classmethod
-    async def open(cls, gw: GatewayHandle, *, rcvbuf: int | None = None) -> Raw:
-        """``rcvbuf``: the socket's receive buffer (set before connecting, so the window is that small)."""
+    async def open(cls, gw: GatewayHandle | str, *, rcvbuf: int | None = None) -> Raw:
+        """To the gateway's public listener, or to the ``http://127.0.0.1:PORT`` given. ``rcvbuf``: the socket's
+        receive buffer (set before connecting, so the window is that small)."""
+        url = gw if isinstance(gw, str) else gw.url
         sock = socket.socket()
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(url.rsplit(":", 1)[1])))
         return cls(sock)
 
     async def send(self, data: bytes) -> None:
@@ -39,6 +41,16 @@ class Raw:
     async def until(self, marker: bytes) -> bytes:
         """Everything received until ``marker`` is in it (or the peer closed)."""
         while marker not in self.got and await self._more():
+            pass
+        return self.got
+
+    async def to_close(self, timeout_s: float = 5.0) -> bytes:
+        """Everything received until the peer closed the connection (a reset after an answer included: a
+        server that closes with bytes of ours unread resets the connection)."""
+        try:
+            while await self._more(timeout_s):
+                pass
+        except ConnectionResetError:
             pass
         return self.got
 
