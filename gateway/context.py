@@ -62,6 +62,7 @@ class AppContext:
     client_address: ClientAddress = field(default_factory=ClientAddress)
     config_path: str | None = None  # the file `ipgate serve` loaded (SIGHUP and admin reload re-read it)
     supervisor_pid: int | None = None  # `ipgate serve --workers N`: the supervisor (an admin reload reaches all)
+    reloads: asyncio.Lock = field(default_factory=asyncio.Lock)  # config reloads: one at a time, in turn
     draining: bool = False  # set on SIGTERM: /readyz answers 503, new requests 503
     drain_expired: bool = False  # the drain deadline passed: streams still running end with an error event
     models: frozenset[str] = frozenset()  # model names served, refreshed on reload

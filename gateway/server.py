@@ -17,7 +17,8 @@ Signals (worker):
   still starting stops it once started, without ever listening.
 - ``SIGHUP``: the API key file (``auth.api_keys.file``) is re-read when it changed, and the config file is
   read again: ``router.reload(models)`` swaps weights, backends and canary
-  steps without dropping in-flight requests. Other sections need a restart (a warning says so when they
+  steps without dropping in-flight requests (the file is read and validated in a thread, then applied on the
+  loop; reloads go one at a time, in order). Other sections need a restart (a warning says so when they
   changed). An invalid file is logged and ignored: the running config stays. Either way the admin audit
   trail records it (``routing.reload`` by ``signal:SIGHUP``).
 The supervisor forwards both signals to its workers; a worker whose supervisor dies without forwarding
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -63,21 +64,57 @@ log = logging.getLogger(__name__)
 STREAM_FINISH_GRACE_S = 2.0  # after the deadline: time for cancelled streams to write their error event
 
 
-def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = None) -> bool:
-    """SIGHUP: re-read the config file and apply its live sections (the admin API's reload, same code),
-    recorded in the admin audit trail when one is given. Returns False (and logs) on a bad file: the running
-    configuration stays."""
+async def reload_models(ctx: AppContext, path: str | Path, trail: AuditTrail | None = None) -> bool:
+    """SIGHUP: re-read the config file and apply its live sections (the admin API's reload, same code; the file
+    is read in a thread), recorded in the admin audit trail when one is given. Returns False (and logs) on a
+    bad file: the running configuration stays."""
     from gateway.admin.routing import reload_by_signal
 
     # The API key file too, whatever the config file holds: `ipgate apikey` tells operators that SIGHUP picks
     # up its changes (a revoked key must not wait for auth.api_keys.reload_interval_s, which may be 0: off).
     ctx.auth.reload_api_keys()
     try:
-        reload_by_signal(ctx, str(path), trail)
+        await reload_by_signal(ctx, str(path), trail)
     except ConfigError as e:
         log.error("reload ignored, the running configuration stays: %s", e)
         return False
     return True
+
+
+class Coalesced:
+    """Runs ``job`` in a task when asked; asked again while it runs, once more after it, however often asked
+    meanwhile (hang-ups during a reload: the next one reads the file as it is then). One task at a time, so
+    the runs are in order."""
+
+    def __init__(self, job: Callable[[], Awaitable[object]]) -> None:
+        self._job = job
+        self._again = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def ask(self) -> None:
+        if self._closed:  # (a hang-up while stopping: nothing is reloaded any more)
+            return
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._again:
+            self._again = False
+            try:
+                await self._job()
+            except Exception:  # a bug in applying it (counted as failed): logged, the next hang-up tries again
+                log.exception("reload failed")
+
+    async def close(self) -> None:
+        """Stops a run in progress (at exit: its file read finishes in its thread, unapplied) and any to come."""
+        self._closed = True
+        self._again = False
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def public_site(ctx: AppContext, runner: web.AppRunner, host: str, port: int,
@@ -244,15 +281,17 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         asite = web.TCPSite(admin, ahost, aport, reuse_port=True, ssl_context=tls)
         await site.start()
         await asite.start()
+        hup_reloads: Coalesced | None = None
         if config_path is not None:
             path = config_path
+            hup_reloads = reloads = Coalesced(lambda: reload_models(ctx, path, trail))
 
             def on_hup() -> None:
                 # a renewed certificate, in place
                 if tls is not None and sc.tls_cert_file and sc.tls_key_file and \
                         reload_tls(tls, sc.tls_cert_file, sc.tls_key_file):
                     _export_expiry(ctx, sc.tls_cert_file)
-                reload_models(ctx, path, trail)
+                reloads.ask()
 
             _on_hangup(loop, on_hup)
             if early_hup:
@@ -269,6 +308,8 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         log.info("%s: draining", received[0] if received else "stop")
         await drain(ctx, public, site)
         await admin.cleanup()
+        if hup_reloads is not None:
+            await hup_reloads.close()
     log.info("stopped")
     return 0
 

@@ -16,19 +16,18 @@ each one running competes with the loop for the GIL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import hashlib
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from gateway.admin.audit import note
 from gateway.admin.body import parse_json, read_body
+from gateway.admin.offloop import to_thread_to_the_end
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from watermark.base import Scheme
@@ -37,8 +36,6 @@ from watermark.lexical import LexicalScheme
 from watermark.verify import SCHEMES, Verdict, candidate_keys, parse_client_lines, utf8_encodable, verify
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-T = TypeVar("T")
 
 MAX_CHARS = 2_000_000  # all texts together
 MAX_TEXTS = 10_000
@@ -180,20 +177,6 @@ def recorded_keys(ring: KeyRing, recorded: dict[str, list[int]], from_file: list
     merged: dict[str, list[int]] = dict(recorded)
     merged.update((c, []) for c in from_file)  # [] = every version in force (candidate_keys)
     return candidate_keys(ring, sorted(merged), merged)
-
-
-async def to_thread_to_the_end(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``asyncio.to_thread``, but a caller cancelled meanwhile (the admin hung up: the listener cancels its
-    handler) still waits for the thread to finish before the cancellation goes on. A thread cannot be stopped,
-    so without this the route's one-at-a-time bound was released while the verification ran on, and a client
-    that sent and dropped requests ran as many at once as the thread pool has threads."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):  # its own outcome no longer matters to anyone
-            await task
-        raise
 
 
 def routes(ctx: AppContext) -> list[web.RouteDef]:

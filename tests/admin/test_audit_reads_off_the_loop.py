@@ -4,39 +4,15 @@ run beside the public API on one event loop: they must not hold it. Before, both
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
 from gateway.audit.chain import Chain, canonical
 from tests.support.harness import gateway_config, running_gateway, sim_backend
+from tests.support.stall import longest_stall
 
-T = TypeVar("T")
 RECORDS = 60_000
-
-
-async def longest_stall(awaitable: Awaitable[T]) -> tuple[T, float]:
-    """``awaitable``'s result and the longest the event loop was held while it ran (a 1 ms sleep's delay)."""
-    worst, done = 0.0, asyncio.Event()
-
-    async def watch() -> None:
-        nonlocal worst
-        while not done.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst = max(worst, time.perf_counter() - t - 0.001)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.01)
-    try:
-        result = await awaitable
-    finally:
-        done.set()
-        await watcher  # (it measures the sleep it is in before it sees `done`)
-    return result, worst
 
 
 async def test_chain_check_and_filtered_list_leave_the_loop_free() -> None:

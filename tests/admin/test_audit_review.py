@@ -116,10 +116,10 @@ async def test_a_sighup_reload_is_recorded(audited: Audited, caplog: pytest.LogC
     data: dict[str, Any] = yaml.safe_load(audited.config_file.read_text())
     data["models"][0]["backends"][0]["weight"] = 80
     audited.config_file.write_text(json.dumps(data))
-    assert reload_models(audited.ctx, str(audited.config_file), trail)
+    assert await reload_models(audited.ctx, str(audited.config_file), trail)
     audited.config_file.write_text("models: [")  # a bad file: refused, and that is recorded too
     with caplog.at_level(logging.ERROR):
-        assert not reload_models(audited.ctx, str(audited.config_file), trail)
+        assert not await reload_models(audited.ctx, str(audited.config_file), trail)
     await trail.flush()
     for _ in range(50):
         recs = [r for r in await audited.records() if r["action"] == "routing.reload"]
@@ -175,6 +175,6 @@ async def test_sighup_rereads_the_api_key_file_as_ipgate_apikey_documents(tmp_pa
     async with open_context(load_config(config)) as ctx:
         assert (await ctx.auth.authenticate(f"Bearer {key}")).client_id == "mallory"
         keys.write_text(f"{hash_key(generate_key())} someone-else\n")  # mallory's key revoked
-        assert reload_models(ctx, str(config))
+        assert await reload_models(ctx, str(config))
         with pytest.raises(AuthenticationFailed):
             await ctx.auth.authenticate(f"Bearer {key}")

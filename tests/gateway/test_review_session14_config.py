@@ -140,14 +140,14 @@ async def test_a_reload_naming_an_unreadable_backend_key_file_keeps_the_running_
             path = tmp_path / "ipgate.yaml"
             path.write_text(yaml.safe_dump(cfg))
             with caplog.at_level(logging.ERROR, logger="gateway.server"):
-                assert reload_models(gw.ctx, path) is False
+                assert await reload_models(gw.ctx, path) is False
             assert any("reload ignored, the running configuration stays" in r.getMessage()
                        and "rotated.key" in r.getMessage() and "backend b0 api key" in r.getMessage()
                        for r in caplog.records)
             assert gw.ctx.config.models[0].backends[0].api_key_file == str(key)
             await _ask(client)  # still served with the running key
             (tmp_path / "rotated.key").write_text("k2\n")  # the file in place: the same reload applies
-            assert reload_models(gw.ctx, path) is True
+            assert await reload_models(gw.ctx, path) is True
             assert gw.ctx.config.models[0].backends[0].api_key_file == str(tmp_path / "rotated.key")
             await _ask(client)
             await client.close()

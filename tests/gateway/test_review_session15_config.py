@@ -95,7 +95,7 @@ async def test_a_reload_whose_backend_key_has_a_newline_is_refused(
             path = tmp_path / "ipgate.yaml"
             path.write_text(yaml.safe_dump(cfg))
             with caplog.at_level(logging.ERROR, logger="gateway.server"):
-                assert reload_models(gw.ctx, path) is False
+                assert await reload_models(gw.ctx, path) is False
             msgs = [r.getMessage() for r in caplog.records if "reload ignored" in r.getMessage()]
             assert msgs and "IPGATE_TEST_BACKEND_KEY_K8S" in msgs[0] and "backend b0" in msgs[0], msgs
             assert "s3cr3t" not in caplog.text
@@ -170,7 +170,7 @@ async def test_yaml_nested_a_thousand_deep_is_a_config_error(
     assert "internal error" not in capsys.readouterr().err
     async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
         gw.ctx.config_path = str(path)
-        assert reload_models(gw.ctx, path) is False
+        assert await reload_models(gw.ctx, path) is False
         async with aiohttp.ClientSession() as s, s.post(gw.admin_url + "/admin/routing/reload",
                           headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
             assert r.status == 400, await r.text()

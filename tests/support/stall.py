@@ -1,0 +1,58 @@
+"""How long the event loop was held while something ran: for tests that work stays off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def longest_stall(awaitable: Awaitable[T]) -> tuple[T, float]:
+    """``awaitable``'s result and the longest the event loop was held while it ran (a 1 ms sleep's delay)."""
+    worst, done = 0.0, asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t - 0.001)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    try:
+        result = await awaitable
+    finally:
+        done.set()
+        await watcher  # (it measures the sleep it is in before it sees `done`)
+    return result, worst
+
+
+async def longest_busy(awaitable: Awaitable[T]) -> tuple[T, float]:
+    """``awaitable``'s result and the most CPU time the event loop's thread spent between two turns of a 1 ms
+    watcher, up to the step that finished it: the work that held the loop, measured so that other processes
+    taking the CPU (a busy machine stretches every wall-clock stall) do not count, nor does a thread holding
+    the GIL meanwhile."""
+    worst, since = 0.0, time.thread_time()
+
+    async def watch() -> None:
+        nonlocal worst, since
+        while True:
+            since = time.thread_time()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.thread_time() - since)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    try:
+        result = await awaitable
+    finally:
+        worst = max(worst, time.thread_time() - since)  # the turn in progress: the step that finished it
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return result, worst
