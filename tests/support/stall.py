@@ -11,27 +11,6 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def longest_stall(awaitable: Awaitable[T]) -> tuple[T, float]:
-    """``awaitable``'s result and the longest the event loop was held while it ran (a 1 ms sleep's delay)."""
-    worst, done = 0.0, asyncio.Event()
-
-    async def watch() -> None:
-        nonlocal worst
-        while not done.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst = max(worst, time.perf_counter() - t - 0.001)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.01)
-    try:
-        result = await awaitable
-    finally:
-        done.set()
-        await watcher  # (it measures the sleep it is in before it sees `done`)
-    return result, worst
-
-
 async def longest_busy(awaitable: Awaitable[T]) -> tuple[T, float]:
     """``awaitable``'s result and the most CPU time the event loop's thread spent between two turns of a 1 ms
     watcher, up to the step that finished it: the work that held the loop, measured so that other processes
