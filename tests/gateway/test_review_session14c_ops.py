@@ -47,6 +47,9 @@ async def test_back_off_neither_delays_sigterm_nor_other_restarts(tmp_path: Path
         cfg = gateway_config(sim.url)
         with _Driven(cfg, tmp_path, workers=2) as gw:
             assert gw.proc is not None
+            # both workers must have read the good file: one still starting when it breaks refuses it and is gone
+            # before the test kills it (ready() answers as soon as one of them serves)
+            _wait_for(lambda: gw.output().count("ipgate serving on") >= 2, 60, "the second worker never served", gw)
             first, second = child_pids(gw.proc.pid)
             gw.config_path.write_text(gw.config_path.read_text() + "\nmodels: not-a-list\n")  # broken from now
             os.kill(first, signal.SIGKILL)  # restarted in 1 s, refuses the file (exit 2): back-off 2 s, 4 s
