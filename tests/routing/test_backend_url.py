@@ -3,12 +3,13 @@ the URL — forwarding, the active health check, the KGW probe, fingerprint prob
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.config import BackendConfig
-from tests.support.harness import gateway_config, running_gateway, sim_backend
+from gateway.sim.server import build_sim_app
+from tests.support.harness import app_backend, eventually, gateway_config, running_gateway
 
 
 @pytest.mark.parametrize(("url", "root"), [
@@ -27,14 +28,25 @@ def test_the_url_is_kept_as_the_root_the_openai_paths_hang_off(url: str, root: s
 async def test_a_backend_written_with_v1_passes_its_health_checks_and_serves() -> None:
     """Its health check used to go to /v1/v1/models: a 404 every round, so the backend was marked down after
     ``failure_threshold`` rounds and every request got a 503 while the backend was fine."""
-    async with sim_backend() as sim:
-        cfg = gateway_config(sim.url + "/v1/", routing={"health": {"interval_s": 0.05, "failure_threshold": 1}})
+    health_checks: list[str] = []  # the path of every GET the backend received
+
+    @web.middleware
+    async def count_gets(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "GET":
+            health_checks.append(request.path)
+        return await handler(request)
+
+    app = build_sim_app()
+    app.middlewares.append(count_gets)
+    async with app_backend(app) as url:
+        cfg = gateway_config(url + "/v1/", routing={"health": {"interval_s": 0.05, "failure_threshold": 1}})
         async with running_gateway(cfg) as gw:
             client = gw.openai_client("alice")
             try:
-                await asyncio.sleep(0.4)  # several health rounds
+                await eventually(lambda: len(health_checks) >= 3, what="three health rounds")
                 (backend,) = gw.ctx.router.snapshot()["models"]["sim"]["backends"]
-                assert backend["status"] == "healthy" and backend["url"] == sim.url, backend
+                assert backend["status"] == "healthy" and backend["url"] == url, backend
+                assert set(health_checks) == {"/v1/models"}, health_checks
                 r = await client.chat.completions.create(
                     model="sim", messages=[{"role": "user", "content": "hello"}], max_tokens=8)
                 assert r.choices[0].message.content

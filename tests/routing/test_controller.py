@@ -19,6 +19,7 @@ from gateway.store.base import StateStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.telemetry.metrics import Metrics
+from tests.support.harness import eventually
 
 from .conftest import HEALTH, FakeClock, model
 
@@ -298,11 +299,22 @@ async def test_redis_outage_freezes_the_rollout_and_it_resumes(
                     health_checks=False)
     await router.start()
     ctl = router.canary("m")
+    polls = 0
+    tick = ctl.tick
+
+    async def counted_tick() -> None:  # the controller loop's own polls, counted
+        nonlocal polls
+        polls += 1
+        await tick()
+
+    ctl.tick = counted_tick  # type: ignore[method-assign]
     try:
-        await asyncio.sleep(0.05)
-        assert ctl.leading and ctl.state.step == 0
+        assert ctl.leading and ctl.state.step == 0  # Router.start polled once before returning
         redis_process.kill()
-        await asyncio.sleep(0.3)  # no traffic, but no store either: no analysis runs, nothing aborts
+        n = polls
+        # no traffic, but no store either: no analysis runs, nothing aborts (waited for in polls, not seconds:
+        # a loaded machine polls less often than the interval says)
+        await eventually(lambda: polls >= n + 5, what="five controller polls during the outage")
         assert ctl.state.phase is Phase.PROGRESSING and ctl.state.step == 0
         assert router.pool("m").shares()["canary"] == pytest.approx(0.2)  # routing keeps its weights
         failures = [r for r in caplog.records if "controller step failed" in r.getMessage()]

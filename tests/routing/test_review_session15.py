@@ -74,8 +74,11 @@ async def test_health_checks_use_the_backend_key_read_again_at_reload(tmp_path: 
     key_file.write_text("old-key\n")
     accepted = {"key": "old-key"}
 
+    rounds: list[bool] = []  # each health check: was its key accepted
+
     async def models(request: web.Request) -> web.Response:
         ok = request.headers.get("Authorization") == f"Bearer {accepted['key']}"
+        rounds.append(ok)
         return web.json_response({"object": "list", "data": []}, status=200 if ok else 401)
 
     app = web.Application()
@@ -91,14 +94,17 @@ async def test_health_checks_use_the_backend_key_read_again_at_reload(tmp_path: 
         await router.start()
         try:
             state = router.pool("m").state("b")
-            await asyncio.sleep(0.2)
-            assert state.healthy
+            await eventually(lambda: len(rounds) >= 2, what="health checks before the reload")
+            assert state.healthy and all(rounds)
             key_file.write_text("new-key\n")
             accepted["key"] = "new-key"
             router.reload([cfg(url)])
-            await asyncio.sleep(0.4)  # eight rounds
+            n = len(rounds)
+            # more rounds than failure_threshold after the reload (one may have been sent before it, old key)
+            await eventually(lambda: len(rounds) >= n + 4, what="health checks after the reload")
             state = router.pool("m").state("b")
             assert state.healthy, state.last_error
+            assert all(rounds[-3:]), rounds
         finally:
             await router.close()
 
