@@ -33,6 +33,10 @@ import logging
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +167,8 @@ def claim_ports(listeners: Mapping[str, tuple[str, int]]) -> PortClaim:
                 s.close()
             raise
     return PortClaim(held)
+
+
+def claim_listen_ports(cfg: GatewayConfig) -> PortClaim:
+    """Claim ``listen`` and ``admin_listen`` for this process's lifetime (raises ``PortInUse``/``OSError``)."""
+    return claim_ports({"listen": cfg.listen_addr, "admin_listen": cfg.admin_addr})

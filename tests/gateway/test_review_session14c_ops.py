@@ -17,7 +17,7 @@ from tests.support.harness import gateway_config, sim_backend
 from tests.support.process import GatewayProcess, child_pids
 
 # ``ipgate serve`` with the start-up window closed at once: a worker exiting 2 is then backed off, not fatal
-DRIVER = ("import sys, gateway.server as s; s.STARTUP_REFUSAL_S = 0.0; from gateway.cli import main; "
+DRIVER = ("import sys, gateway.supervisor as s; s.STARTUP_REFUSAL_S = 0.0; from gateway.cli import main; "
           "sys.exit(main(sys.argv[1:]))")
 
 
