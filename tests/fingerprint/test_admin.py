@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from gateway.context import AppContext
 from gateway.fingerprint_client import probe_backend
 from gateway.fingerprinting import FingerprintChecker
 from tests.fingerprint.conftest import ModelServer
+from tests.support.harness import eventually
 
 AUTH = {"Authorization": "Bearer admin-test-token"}
 
@@ -50,10 +50,8 @@ async def test_check_now_status_and_release(
     admin: tuple[TestClient[Any, Any], AppContext, FingerprintChecker],
 ) -> None:
     client, ctx, checker = admin
-    for _ in range(100):  # the start-up round runs in the background as the gateway starts
-        if checker.last_round_at is not None:
-            break
-        await asyncio.sleep(0.02)
+    # the start-up round runs in the background as the gateway starts
+    await eventually(lambda: checker.last_round_at is not None, 10, "the start-up round")
     before = await (await client.get("/admin/fingerprint", headers=AUTH)).json()
     assert [(b["backend"], b["verdict"]) for b in before["backends"]] == [("a", "match"), ("b", "mismatch")]
     assert before["action"] == "eject" and before["interval_s"] == 3600

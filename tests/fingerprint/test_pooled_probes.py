@@ -12,7 +12,7 @@ import aiohttp
 
 from gateway.fingerprint_client import probe_backend
 from tests.fingerprint.conftest import ModelServer
-from tests.support.harness import gateway_config, running_gateway
+from tests.support.harness import eventually, gateway_config, running_gateway
 
 
 async def test_probes_reuse_the_proxy_connections(servers: tuple[ModelServer, ModelServer], tmp_path: Path) -> None:
@@ -24,10 +24,8 @@ async def test_probes_reuse_the_proxy_connections(servers: tuple[ModelServer, Mo
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
         checker = gw.ctx.fingerprint
         assert checker is not None
-        for _ in range(200):  # the start-up round runs in the background
-            if checker.last_round_at is not None:
-                break
-            await asyncio.sleep(0.02)
+        # the start-up round runs in the background
+        await eventually(lambda: checker.last_round_at is not None, 10, "the start-up round")
         a.requests.clear()
         a.peers.clear()
         client = gw.openai_client()

@@ -135,9 +135,9 @@ async def test_unchanged_reload_keeps_the_health_check_working() -> None:
 
 # --- 3. a half-open backend's streamed trial brings it back at its first chunk, not at the stream's end ---
 
-def _streaming_engine(calls: list[str], fail_first: int, hold_s: float) -> web.Application:
-    """Answers ``fail_first`` requests with 503, then streams: one chunk at once, the rest after ``hold_s``
-    (a long generation)."""
+def _streaming_engine(calls: list[str], fail_first: int, hold: asyncio.Event | None = None) -> web.Application:
+    """Answers ``fail_first`` requests with 503, then streams: one chunk at once, the rest once ``hold`` is set
+    (a long generation; at once without one)."""
     def chunk(content: str | None, finish: str | None = None) -> bytes:
         delta = {} if content is None else {"content": content}
         return ("data: " + json.dumps({"id": "s", "object": "chat.completion.chunk", "created": 0, "model": "sim",
@@ -157,7 +157,8 @@ def _streaming_engine(calls: list[str], fail_first: int, hold_s: float) -> web.A
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(chunk("Once upon a time"))
-        await asyncio.sleep(hold_s)
+        if hold is not None:
+            await hold.wait()
         await resp.write(chunk(None, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -172,7 +173,8 @@ async def test_a_streamed_half_open_trial_reinstates_the_backend_at_its_first_ch
     and until that stream ENDED the backend stayed out - every other client got 503 no_healthy_backend, with
     no Retry-After, for the length of a whole generation although the backend was answering."""
     calls: list[str] = []
-    async with app_backend(_streaming_engine(calls, fail_first=1, hold_s=1.5)) as url:
+    hold = asyncio.Event()  # the generation goes on until the test ends it
+    async with app_backend(_streaming_engine(calls, fail_first=1, hold=hold)) as url:
         cfg = gateway_config(url, routing={"retries": 0, "health": {
             "interval_s": 30, "consecutive_failures": 1, "ejection_base_s": 0.2}})
         async with running_gateway(cfg) as gw:
@@ -190,9 +192,14 @@ async def test_a_streamed_half_open_trial_reinstates_the_backend_at_its_first_ch
                     return (await r.read()).decode()
 
             trial = asyncio.create_task(stream())
-            await eventually(lambda: "stream" in calls, what="the trial stream reached the backend")
-            await asyncio.sleep(0.2)  # its first chunk is relayed; the generation goes on for 1.5 s
-            assert await _ask(gw, "carol") == 200
+            try:
+                await eventually(lambda: "stream" in calls, what="the trial stream reached the backend")
+                # its first chunk is relayed: the backend is back while the generation still runs
+                await eventually(lambda: not state.ejected_until, what="the backend back at the trial's first chunk")
+                assert not trial.done()
+                assert await _ask(gw, "carol") == 200
+            finally:
+                hold.set()
             assert "[DONE]" in await trial
             assert not state.ejected_until and state.failures == 0
 
@@ -200,7 +207,7 @@ async def test_a_streamed_half_open_trial_reinstates_the_backend_at_its_first_ch
 async def test_a_streamed_trial_that_fails_before_its_first_chunk_ejects_again() -> None:
     """Guard: a trial that fails before answering still ejects the backend for twice as long."""
     calls: list[str] = []
-    async with app_backend(_streaming_engine(calls, fail_first=2, hold_s=0.0)) as url:
+    async with app_backend(_streaming_engine(calls, fail_first=2)) as url:
         cfg = gateway_config(url, routing={"retries": 0, "health": {
             "interval_s": 30, "consecutive_failures": 1, "ejection_base_s": 0.2}})
         async with running_gateway(cfg) as gw:
