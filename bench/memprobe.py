@@ -20,7 +20,8 @@ snapshot ``rest``, ``gc.collect(1)`` then ``gc.collect()`` (how much was garbage
 how much of it sat in generation 2), snapshot ``rest-collected``, then ``malloc_trim(0)`` (how much RSS was free
 memory the allocator kept). ``--garbage`` adds, at each mark after ``start``, a census of the cyclic garbage by type;
 ``--gc-threshold A,B,C`` sets the collector's thresholds at the ``start`` mark (an experiment, e.g. CPython's
-defaults 700,10,10 against the server's tuned ones).
+defaults 700,10,10 against the server's tuned ones). ``--time-trims`` times each periodic ``malloc_trim`` of the gateway
+(``server.malloc_trim_interval_s``) into ``DIR/trims.jsonl``: wall and CPU time, RSS before and after.
 
     python bench/memprobe.py report DIR [--top 25]
 
@@ -220,6 +221,31 @@ def _ticker(every: float) -> None:
         os.kill(os.getpid(), signal.SIGUSR2)
 
 
+def _time_trims(path: Path) -> None:
+    """--time-trims: each periodic malloc_trim of the gateway (server.malloc_trim_interval_s) timed into
+    ``trims.jsonl``: wall time (how long the event loop was held), the thread's CPU time (the call's own work,
+    apart from preemption by other processes on a busy host), RSS before and after."""
+    import gateway.memtrim as mt
+
+    real = mt.glibc_malloc_trim
+
+    def timed() -> Any:
+        fn = real()
+        if fn is None:
+            return None
+        f = path.open("a", buffering=1)
+
+        def call(pad: int) -> object:
+            r0, w, c = rss_kb(), time.perf_counter(), time.thread_time()
+            res = fn(pad)
+            w, c = time.perf_counter() - w, time.thread_time() - c
+            f.write(json.dumps({"t": round(time.time(), 3), "wall_us": round(w * 1e6, 1), "cpu_us": round(c * 1e6, 1),
+                                "rss_kb_before": r0, "rss_kb_after": rss_kb(), "released": res}) + "\n")
+            return res
+        return call
+    mt.glibc_malloc_trim = timed  # type: ignore[assignment]
+
+
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     out = Path(a.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,6 +258,8 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     signal.signal(signal.SIGUSR1, probe.on_mark)
     signal.signal(signal.SIGUSR2, probe.on_tick)
     threading.Thread(target=_ticker, args=(a.every,), name="memprobe-ticker", daemon=True).start()
+    if a.time_trims:
+        _time_trims(out / "trims.jsonl")
     from gateway.cli import main
 
     return main(argv)
@@ -330,6 +358,8 @@ def main() -> int:
                    "saves the cyclic garbage and counts it by type (perturbs the run: one collection per mark)")
     r.add_argument("--gc-threshold", help="experiment: gc.set_threshold(A,B,C) at the soak's start mark (after "
                    "the server's tune_gc), e.g. 700,10,10 (CPython's default)")
+    r.add_argument("--time-trims", action="store_true", help="time each periodic malloc_trim of the gateway into "
+                   "DIR/trims.jsonl (wall and CPU time, RSS before/after)")
     q = sub.add_parser("report")
     q.add_argument("dir")
     q.add_argument("--top", type=int, default=25)

@@ -136,7 +136,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
-def write_config(path: Path, ports: dict[str, int], workdir: Path) -> None:
+def write_config(path: Path, ports: dict[str, int], workdir: Path, malloc_trim_s: float | None = None) -> None:
     sims = {k: f"http://127.0.0.1:{ports[k]}" for k in ("a_good", "a_bad", "b_good", "b_bad")}
     timeouts = "connect_timeout_s: 2, first_byte_timeout_s: 10, idle_timeout_s: 3"
     path.write_text(f"""\
@@ -193,7 +193,8 @@ watermark:
 admin:
   token_env: IPGATE_ADMIN_TOKEN
   audit_file: {workdir / 'audit.jsonl'}
-""", encoding="utf-8")
+""" + (f"server: {{malloc_trim_interval_s: {malloc_trim_s}}}\n" if malloc_trim_s is not None else ""),
+                    encoding="utf-8")
 
 
 # --- observation --------------------------------------------------------------------------------------------
@@ -518,7 +519,7 @@ async def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, IPGATE_JWT_SECRET=secret, IPGATE_WATERMARK_SECRET=secrets.token_urlsafe(48),
                IPGATE_ADMIN_TOKEN=admin_token)
     cfg = workdir / "ipgate.yaml"
-    write_config(cfg, ports, workdir)
+    write_config(cfg, ports, workdir, args.malloc_trim_s)
     redis_srv = Child("redis", [args.redis_server, "--port", str(ports["redis"]), "--bind", "127.0.0.1",
                                 "--save", "", "--appendonly", "no", "--dir", str(workdir)], workdir)
     sim = [IPGATE, "sim-backend", "--latency-ms", "20", "--tokens-per-s", str(args.tokens_per_s)]
@@ -773,6 +774,8 @@ def main() -> int:
     p.add_argument("--verbose", action="store_true", help="print each sample to stderr while running")
     p.add_argument("--memprobe", metavar="DIR", help="run the gateway under bench/memprobe.py (tracemalloc, "
                    "smaps, mallinfo, gc samples into DIR; `python bench/memprobe.py report DIR` reads them)")
+    p.add_argument("--malloc-trim-s", type=float, help="server.malloc_trim_interval_s for the gateway (0: off; "
+                   "default: the gateway's default)")
     p.add_argument("--memprobe-args", default="", help="options for `memprobe.py run`, e.g. '--no-trace --every 5'")
     return asyncio.run(run(p.parse_args()))
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import memtrim
 from gateway.admin.app import build_admin_app
 from gateway.admin.audit import AUDIT_TRAIL
 from gateway.app import build_public_app, open_context
@@ -304,6 +305,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         else:  # nothing to reload (demo): a hang-up ends the process as usual
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
         tune_gc()
+        trimmer = memtrim.start(sc.malloc_trim_interval_s, memtrim.glibc_malloc_trim())
         scheme = "https" if tls is not None else "http"
         log.info("ipgate serving on %s://%s:%d (admin %s://%s:%d), pid %d", scheme, host, port, scheme, ahost, aport,
                  os.getpid())
@@ -311,6 +313,8 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
             on_ready()
         await stop.wait()
         log.info("%s: draining", received[0] if received else "stop")
+        if trimmer is not None:
+            trimmer.cancel()
         await drain(ctx, public, site)
         await admin.cleanup()
         if hup_reloads is not None:

@@ -32,6 +32,10 @@ class ServerConfig(_Model):
     # reads the answers held its connection (and the kernel's socket buffers) for ever.
     send_timeout_s: float = Field(60.0, gt=0, le=86400, description="a client that takes none of its answers' bytes")
     workers: int = Field(1, ge=1, le=1024)  # a typo'd 100000 would fork that many processes
+    # Every this many seconds each worker hands glibc's free heap memory back to the system (malloc_trim(0),
+    # gateway/memtrim.py): without it RSS creeps up under a long load while the live heap stays level. Each call
+    # holds the event loop (≈ 1–4 ms). 0: off. Linux with glibc only (elsewhere: one WARNING, no trimming).
+    malloc_trim_interval_s: float = Field(60.0, ge=0, le=86400, description="periodic malloc_trim(0); 0: off")
     overhead_header: str = "x-ipgate-overhead-ms"
     # Load balancers / reverse proxies whose X-Forwarded-For is believed (CIDRs or addresses); the client's
     # address (access log, alert evidence, traces) is then the rightmost untrusted hop. Empty: the TCP peer.
