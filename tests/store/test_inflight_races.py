@@ -4,6 +4,7 @@ hot path whose deadline fired after Redis had taken the slot. Real Redis."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -90,8 +91,15 @@ async def test_a_renewal_round_of_many_clients_does_not_take_the_store_for_down(
         await store.renew_leases([("warm", "w")], 60.0)  # connected, script loaded
         for i in range(4000):
             book.hold(book.new_id(), f"many{i}")
-        with caplog.at_level(logging.WARNING):
-            assert await LeaseRenewer(store, book, lambda: 60.0).renew_once() == 4000
+        # The collector paused for the round: a full collection of the whole test session's heap held this loop
+        # 584 ms in one CI run (a late timeout, logged), which is not what this test is about
+        gc.collect()
+        gc.disable()
+        try:
+            with caplog.at_level(logging.WARNING):
+                assert await LeaseRenewer(store, book, lambda: 60.0).renew_once() == 4000
+        finally:
+            gc.enable()
         assert not store.degraded, "the renewal round took the store for down"
         assert not [r.getMessage() for r in caplog.records if "renew_leases" in r.getMessage()]
         assert await raw.zscore(inner.client_keys("many3999")[3], "m:4000") is not None
