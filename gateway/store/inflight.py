@@ -46,6 +46,11 @@ def prune(leases: dict[str, float], now_us: float) -> None:
             del leases[lease]
 
 
+def live(leases: dict[str, float] | None, now_us: float) -> int:
+    """How many of ``leases`` are still live at ``now_us`` (``prune``'s rule, nothing removed: a look)."""
+    return sum(1 for deadline in leases.values() if deadline > now_us) if leases else 0
+
+
 def take(leases: dict[str, float], lease: str, now_us: float, cap: int, lease_us: float) -> SlotDecision:
     """Rule 1: admit ``lease`` if fewer than ``cap`` leases are live; ``cap`` 0 records nothing."""
     if cap <= 0 or not lease:

@@ -169,8 +169,7 @@ class MemoryStore:
         a = admit(tats[0], tats[1], now, req.tokens, lim, deny=override == "deny")
         cap, held = lim.max_in_flight, 0
         if a.allowed and cap > 0:
-            leases = self._inflight.get(cid, now)
-            held = sum(1 for deadline in leases.values() if deadline > now) if leases else 0  # (inflight.prune)
+            held = inflight.live(self._inflight.get(cid, now), now)
             if held >= cap:
                 a = admit(tats[0], tats[1], now, req.tokens, lim, deny=True)
         return AdmitResult(allowed=a.allowed, tier=tier, override=override, requests=a.requests, tokens=a.tokens,
