@@ -42,7 +42,10 @@ async def test_malformed_requests_are_counted_and_logged_once_without_tracebacks
         counts = {r: float(line.rsplit(" ", 1)[1]) for line in body.splitlines() for r in BAD
                   if line.startswith(f'ipgate_malformed_http_total{{reason="{r}"}}')}
         assert counts == {"line_too_long": 6.0, "other": 6.0}, counts
-    traced = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    # the listeners' loggers: an earlier test's client collected meanwhile may log asyncio's "Task exception was
+    # never retrieved" (it did in one CI run), which says nothing about how malformed requests are logged
+    traced = [r for r in caplog.records if r.name.startswith(("aiohttp", "gateway"))
+              and (r.exc_info or "Traceback" in r.getMessage())]
     assert not traced, [r.getMessage() for r in traced]
     said = [r.getMessage() for r in caplog.records if r.name == "gateway.telemetry.malformed"]
     assert len(said) == 2 and all("answered 400" in m for m in said), said
