@@ -139,7 +139,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
 
         release("auth: verified-token cache", len(ctx.auth._cache), ctx.auth._cache.clear)
         release("watermark: recorded recipients", len(wm._recorded), wm._recorded.clear)
-        release("detection: alert evidence", len(det._evidence), det._evidence.clear)
+        release("detection: alert evidence", len(det.recent), det.recent.clear)
         if alerts is not None:
             release("alerts: dedup + last alert", len(alerts._seen) + len(alerts._last), alerts._seen.clear,
                     alerts._last.clear)

@@ -7,11 +7,12 @@ serialised on the client's critical path), and the outcome is the tier for this 
 raised by this request's evidence, never lowered within the request (a client cools down through the
 engine's hysteresis, from its next request on).
 
-``DetectionSession.account`` runs off the client's critical path once the response is done: it folds the
-response in (usage, finish reasons, logprobs served) and serialises the state (once per request), links the
-request's prompt sketches across accounts through the store, saves the new state and tier (what every
-replica's next ``hot_path`` reads: this is how decisions are shared), and raises an alert when the tier
-rose to one whose policy says ``alert``.
+``DetectionSession.account`` (``gateway.detection_session``) runs off the client's critical path once the
+response is done: it folds the response in (usage, finish reasons, logprobs served) and serialises the state
+(once per request), links the request's prompt sketches across accounts through the store
+(``gateway.detection_links``), saves the new state and tier (what every replica's next ``hot_path`` reads: this
+is how decisions are shared), and raises an alert when the tier rose to one whose policy says ``alert``, with
+the evidence this replica kept of the client's suspicious requests (``gateway.detection_evidence``).
 
 Failure isolation (STYLE rule 7): a detector that raises is logged once by the engine and reported in
 ``Verdict.errors``; a failure of feature extraction or of the engine itself is caught here, logged once per
@@ -23,44 +24,32 @@ raises no alert.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
 import logging
-from collections import OrderedDict, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detectors.combiner import CombinerParams, default_combiner_path
-from detectors.engine import REASON_MIN_SCORE, DetectorSettings, Engine
-from detectors.features import extract, prompt_of
+from detectors.engine import DetectorSettings, Engine
+from detectors.features import extract
 from detectors.state import header_tier
 from detectors.state_codec import declared_state_bytes
-from detectors.types import ResponseFeatures, Verdict
 from gateway.alerts.dispatcher import AlertDispatcher
-from gateway.alerts.model import Alert
 from gateway.config import ConfigError, DetectionConfig, GatewayConfig
-from gateway.detection_live import Live, LiveStates, SnapshotFailed
-from gateway.hooks import DetectionOutcome, ResponseFacts
+from gateway.detection_evidence import EVIDENCE_MIN_SCORE, RecentEvidence
+from gateway.detection_links import Links
+from gateway.detection_live import Live, LiveStates
+from gateway.detection_session import DetectionSession
+from gateway.hooks import DetectionOutcome
 from gateway.policy import Policy
 from gateway.principal import Principal
-from gateway.store.base import Override, StateStore
+from gateway.store.base import Override
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.embedding import EmbeddingWorker
 
 log = logging.getLogger(__name__)
-
-EVIDENCE_PER_CLIENT = 5  # recent suspicious requests kept per client for alert evidence
-EVIDENCE_CLIENTS = 4096  # clients tracked (LRU); bounds the memory of evidence to a few MB
-EVIDENCE_CHARS = 400  # raw prompt characters kept per example (redacted again on output)
-MAX_ADDRESS_PEERS = 20  # accounts named as seen from an alert's addresses
-ADDRESS_PEER_ALERTS = 200  # recent shared alerts searched for them (when an alert is built)
-EVIDENCE_MIN_SCORE = 0.2  # only requests this suspicious are kept as evidence: benign traffic costs nothing
-MAX_PEERS_SCORED = 16  # linked peers whose stored score is read to score a cluster
-MAX_ALERT_DETECTORS = 4
 
 
 class GatewayDetection:
@@ -94,8 +83,8 @@ class GatewayDetection:
         self._block_tier = next((i for i, t in enumerate(policy.tiers) if t.block), self._max_tier)
         self._logged: set[str] = set()
         self._state_errors_seen = 0  # engine.state_errors already exported
-        self._link_failing = False
-        self._evidence: OrderedDict[str, deque[tuple[str, str, str]]] = OrderedDict()
+        self.links = Links(cfg)  # cross-account linking at accounting (gateway/detection_links.py)
+        self.recent = RecentEvidence()  # alert evidence: this replica's recent suspicious requests per client
         # Counter children resolved once: labels() costs a dict lookup and a lock per call on the hot path.
         self._tier_counters = (
             [metrics.detection_tier_total.labels(tier=t.name) for t in policy.tiers] if metrics else []
@@ -250,7 +239,7 @@ class GatewayDetection:
             if v.unscored and self.cfg.fail_policy == "block" and tier < self._block_tier:
                 tier = self._block_tier
         if v.score >= EVIDENCE_MIN_SCORE or engine_tier > 0:
-            self._remember(principal.client_id, request_id, endpoint, body, ip, pending.text)
+            self.recent.remember(principal.client_id, request_id, endpoint, body, ip, pending.text)
         if self._tier_counters:  # last: nothing below can fail (a failure above is counted once, unscored)
             self._tier_counters[min(max(tier, 0), self._max_tier)].inc()
         outcome = DetectionOutcome(tier, v.score, v.reasons, v.unscored)  # positional: cheaper per request
@@ -309,179 +298,3 @@ class GatewayDetection:
                       name, self.cfg.fail_policy, e, exc_info=e)
         if self.metrics is not None:
             self.metrics.detector_errors_total.labels(detector=name).inc()
-
-    async def _link(self, store: StateStore, client_id: str, sketches: tuple[int, ...]
-                    ) -> tuple[dict[str, int], dict[str, float]]:
-        """Cross-account linking through the store; a store fault skips linking for this request (the state
-        is still saved) and is logged once per change of state."""
-        try:
-            shared = await store.link_sketches(client_id, sketches, self.cfg.state_ttl_s)
-            peer_scores = await _peer_scores(store, shared) if shared else {}
-        except Exception as e:  # the store's own metrics count the fault; detection goes on without links
-            if not self._link_failing:
-                self._link_failing = True
-                log.warning("cross-account linking unavailable (%s: %s); scoring without it", type(e).__name__, e)
-            return {}, {}
-        if self._link_failing:
-            self._link_failing = False
-            log.info("cross-account linking available again")
-        return shared, peer_scores
-
-    def _remember(self, client_id: str, request_id: str | None, endpoint: str, body: Mapping[str, Any],
-                  ip: str | None = None, scored: str | None = None) -> None:
-        # ``scored``: the history turn the engine read instead of the last one (the last turn of a made-up
-        # conversation is its cover, "Go ahead."): the example an analyst needs is what was scored
-        text = scored if scored is not None else prompt_of(endpoint, body)[0]
-        ring = self._evidence.get(client_id)
-        if ring is None:
-            ring = self._evidence[client_id] = deque(maxlen=EVIDENCE_PER_CLIENT)
-            if len(self._evidence) > EVIDENCE_CLIENTS:
-                self._evidence.popitem(last=False)
-        else:
-            self._evidence.move_to_end(client_id)
-        ring.append((request_id or "", text[:EVIDENCE_CHARS], ip or ""))
-
-    def address_peers(self, client_id: str, ips: tuple[str, ...]) -> list[str]:
-        """Other clients whose recent suspicious requests on this replica came from one of ``ips`` (at most
-        ``MAX_ADDRESS_PEERS``, most recently active first). Run when an alert is built, never per request."""
-        if not ips:
-            return []
-        wanted = set(ips)
-        out: list[str] = []
-        for other, ring in reversed(self._evidence.items()):
-            if other != client_id and any(a in wanted for _, _, a in ring):
-                out.append(other)
-                if len(out) >= MAX_ADDRESS_PEERS:
-                    break
-        return out
-
-    def evidence(self, client_id: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-        """(request ids, example prompts, distinct client addresses) of this client's recent suspicious
-        requests on this replica."""
-        ring = self._evidence.get(client_id, ())
-        return (tuple(r for r, _, _ in ring if r), tuple(dict.fromkeys(t for _, t, _ in ring if t)),
-                tuple(dict.fromkeys(a for _, _, a in ring if a)))
-
-
-class DetectionSession:
-    """One request's detection: its outcome now, its accounting later (``gateway.hooks.DetectionSession``)."""
-
-    __slots__ = (
-        "_det", "_engine_tier", "_max_tokens", "_now", "_override", "_principal", "_state", "_stored_tier",
-        "_verdict", "outcome",
-    )
-
-    def __init__(
-        self, det: GatewayDetection, principal: Principal, outcome: DetectionOutcome, verdict: Verdict | None,
-        state: Live | None, stored_tier: int, engine_tier: int, override: Override | None, now: float,
-        max_tokens: int | None,
-    ) -> None:
-        self._det = det
-        self._principal = principal
-        self.outcome = outcome
-        self._verdict = verdict
-        self._state = state
-        self._stored_tier = stored_tier
-        self._engine_tier = engine_tier
-        self._override = override
-        self._now = now
-        self._max_tokens = max_tokens
-
-    async def account(self, store: StateStore, facts: ResponseFacts) -> None:
-        v, live = self._verdict, self._state
-        if v is None or live is None:
-            return  # unscored by an engine failure (or accounted already): keep the stored state as it was
-        self._state = None  # accounted once
-        det, lives, cid = self._det, self._det.live, self._principal.client_id
-        resp = ResponseFeatures(
-            status=facts.status, prompt_tokens=facts.prompt_tokens, completion_tokens=facts.completion_tokens,
-            finish_reasons=tuple(facts.finish_reasons), logprobs_returned=facts.logprobs_returned,
-            max_tokens=self._max_tokens,
-        )
-        cluster: tuple[str, ...] = ()
-        cluster_score = v.cluster_score
-        try:
-            lives.fold_response(live, resp, self._now)  # the engine isolates the detectors' own faults
-            if v.sketches:
-                shared, peer_scores = await det._link(store, cid, v.sketches)
-                if shared:
-                    cluster, cluster_score = lives.fold_links(live, shared, self._now, peer_scores)
-        except BaseException:
-            lives.abandon(live)
-            raise
-        try:
-            # the copy's save (serialised once; merged with another replica's save when one came first)
-            rise = await lives.done(store, live, det._max_tier, self._now)
-        except SnapshotFailed as e:  # the engine itself (serialisation): counted like its other faults
-            det._failed("engine", e.__cause__ if isinstance(e.__cause__, Exception) else e)
-            return
-        finally:
-            det._count_merges()
-        if det.alerts is None or self._override == "allow":
-            return
-        tier, prior, judged = self._engine_tier, self._stored_tier, v
-        if rise is not None and rise.tier > tier and rise.tier > prior:
-            # the tier rose when this save merged another replica's state: no request's verdict showed that
-            # rise (the next requests read it from the store), so this saver raises its alert (one alert, from
-            # this request's stored tier when the request itself rose too)
-            if tier <= prior:
-                prior = max(prior, min(rise.prior, det._max_tier))
-            tier, judged = rise.tier, rise.verdict or v
-        if tier > prior and det.policy.tier(tier).alert:
-            alert = self._alert(judged, cluster, cluster_score, tier, prior)
-            if alert.ips:
-                alert = dataclasses.replace(alert, address_peers=await _address_peers(det, store, alert))
-            await det.alerts.submit(alert)
-
-    def _alert(self, v: Verdict, cluster: tuple[str, ...], cluster_score: float, tier: int, prior: int
-               ) -> Alert:
-        det = self._det
-        # the detectors behind the verdict: scoring high and weighing in the profile the client was judged with
-        # (the strictest of its plans': a detector they all mute still scores, its evidence kept, but is none of
-        # them; the reasons agree)
-        weights = v.weights if v.weights is not None else det.engine.weights
-        strong = sorted(
-            (kv for kv in v.detector_scores.items() if kv[1] >= REASON_MIN_SCORE and weights.get(kv[0], 0.0) > 0),
-            key=lambda kv: -kv[1],
-        )
-        request_ids, examples, ips = det.evidence(self._principal.client_id)
-        return Alert(
-            id=Alert.new_id(), ts=self._now, client=self._principal.client_id, tenant=self._principal.tenant,
-            tier=det.policy.tier(tier).name, tier_index=tier,
-            previous_tier=det.policy.tier(prior).name, score=v.score, reasons=v.reasons,
-            detectors=tuple(name for name, _ in strong[:MAX_ALERT_DETECTORS]), request_ids=request_ids,
-            examples=examples, cluster=cluster, cluster_score=cluster_score, unscored=v.unscored, ips=ips,
-        )
-
-
-async def _address_peers(det: GatewayDetection, store: StateStore, alert: Alert) -> tuple[str, ...]:
-    """Accounts seen from the alert's client addresses: suspicious ones in this replica's evidence, and any
-    account of the recent alerts every replica shares through the store (a hydra campaign's accounts often
-    share exits). A lead for the security team, not a score: nothing here changes a tier."""
-    found = det.address_peers(alert.client, alert.ips)
-    wanted = set(alert.ips)
-    try:
-        recent = await store.recent_alerts(ADDRESS_PEER_ALERTS)
-    except Exception as e:  # a lead is not worth failing the alert for; the store logs and counts its faults
-        log.debug("recent alerts not read for address peers: %s", e)
-        recent = []
-    for raw in recent:
-        if not any(a in raw for a in wanted):  # an address in its evidence is in its text: most need no parse
-            continue
-        try:
-            d = json.loads(raw)
-            ev = d.get("evidence") or {}
-            other, seen = d.get("client"), ev.get("ips") or ()
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(other, str) and other != alert.client and other not in found and \
-                any(isinstance(a, str) and a in wanted for a in seen):
-            found.append(other)
-    return tuple(found[:MAX_ADDRESS_PEERS])
-
-
-async def _peer_scores(store: StateStore, shared: Mapping[str, int]) -> dict[str, float]:
-    """The stored scores of the peers sharing the most sketches (bounded; unknown peers score 0)."""
-    peers = sorted(shared, key=lambda p: -shared[p])[:MAX_PEERS_SCORED]
-    records = await asyncio.gather(*(store.get_client(p) for p in peers))
-    return {p: (r.score if r is not None else 0.0) for p, r in zip(peers, records, strict=True)}

@@ -121,7 +121,7 @@ async def test_benign_real_prompts_stay_normal(metrics: Metrics, tmp_path: Path)
         body = {"model": "sim", "messages": [{"role": "user", "content": text}], "max_tokens": 400}
         tier, _ = await h.send("human", body, t)
         assert tier == 0
-    assert h.det.evidence("human") == ((), (), ())  # nothing suspicious was kept about them
+    assert h.det.recent.of("human") == ((), (), ())  # nothing suspicious was kept about them
     await alerts.flush()
     assert not (tmp_path / "alerts.jsonl").exists()
     await alerts.close()

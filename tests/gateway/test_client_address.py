@@ -118,9 +118,9 @@ async def test_alerts_name_other_accounts_seen_from_the_same_addresses(tmp_path:
                 await client.close()
                 await settled(gw)
             # this replica's own evidence names the suspicious accounts seen from an address
-            assert det.address_peers("someone", ("203.0.113.5",)) == ["mallory"]  # type: ignore[attr-defined]
-            assert det.address_peers("mallory", ("203.0.113.5",)) == []  # type: ignore[attr-defined]
-            det._evidence.clear()  # type: ignore[attr-defined]  # what this replica saw: gone (as on another replica)
+            assert det.recent.local_peers("someone", ("203.0.113.5",)) == ["mallory"]  # type: ignore[attr-defined]
+            assert det.recent.local_peers("mallory", ("203.0.113.5",)) == []  # type: ignore[attr-defined]
+            det.recent.clear()  # type: ignore[attr-defined]  # what this replica saw: gone (as on another replica)
             client = gw.openai_client("eve")  # a second account of mallory's campaign, same exit address
             await _sweep(client, "203.0.113.5")
             await client.close()

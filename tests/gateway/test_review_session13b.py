@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.admin.routing import reload_from_config
 from gateway.alerts.model import Alert
 from gateway.config import ConfigError, RoutingConfig, parse_config
-from gateway.detection import GatewayDetection, _address_peers
+from gateway.detection import GatewayDetection
+from gateway.detection_evidence import address_peers
 from gateway.errors import InvalidRequest
 from gateway.proxy.fields import FieldPolicy
 from gateway.routing.health import HealthChecker
@@ -182,7 +183,7 @@ async def test_address_peers_from_shared_alerts_match_whole_addresses_only() -> 
                   shared("other", "192.0.2.44"), shared("self", "10.0.0.1"), "not json 10.0.0.1"):
             await store.append_alert(a, 1000)
         alert = Alert("x", time.time(), "self", "t", "throttle", 2, "watch", 0.9, ("r",), ips=("10.0.0.1",))
-        assert await _address_peers(det, store, alert) == ("peer",)
+        assert await address_peers(det.recent, store, alert) == ("peer",)
 
 
 async def test_sighup_with_a_changed_backend_ca_path_then_a_missing_one(tmp_path: Path) -> None:
