@@ -1,7 +1,7 @@
 """``ipgate check [--config FILE] [--connect] [--json] [--strict]``: validate a configuration before serving it.
 
 Run it before a deployment or a SIGHUP reload, in CI for a config repository, or when the gateway refuses to
-start: it builds every part of the gateway that reads the config, secrets and files (``gateway/preflight.py``),
+start: it builds every part of the gateway that reads the config, secrets and files (``gateway/preflight/``),
 reports every problem at once instead of the first, and warns about what would start but not as meant.
 ``--connect`` also checks Redis, every backend (health path, KGW plugin probe) and the JWKS endpoint.
 

@@ -1,48 +1,24 @@
-"""Pre-flight checks of a configuration, as ``nginx -t`` does: what ``ipgate check`` reports.
+"""``offline(cfg)``: the pre-flight checks that need no network (``ipgate check`` without ``--connect``).
 
-``offline(cfg)`` builds every part of the gateway that reads the configuration, secrets and files — the tier
-policy, the authenticator (secrets, public keys, the API-key file), the admin token, the watermark keys, the
-detection combiner, the alert sinks, each backend's credential and fingerprint reference — with the very
-constructors ``ipgate serve`` uses, so a configuration that passes starts, and an error names the field as
-``serve`` would. It also points out what starts but does something other than the operator likely meant
-(warnings): no authentication method, a KGW model without a watermark-capable backend, several workers on the
-in-memory store, a backend credential variable that is unset, an output file in a directory that cannot be
-written. Nothing listens, nothing is written, nothing leaves the host.
-
-``online(cfg)`` then asks the outside world, read-only: Redis (the store's, and each ``redis_stream`` alert
-sink's) answers PING, every backend answers its health path with its credential, every watermark-capable
-backend passes the KGW plugin probe (a refusal by design: nothing is generated), the JWKS endpoint serves
-usable keys. Webhook sinks are not called: a request would deliver an alert.
+Every part of the gateway that reads the configuration, secrets and files is built with the constructors
+``ipgate serve`` uses; what starts but likely does something other than meant is a warning. The checks of
+each backend entry are in ``gateway.preflight.backends``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import aiohttp
-
-from fingerprint import Signature
-from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig, read_header_secret
-from gateway.kgw_probe import KgwPluginProbe
-from gateway.routing.health import HealthChecker
+from gateway.config import GatewayConfig
+from gateway.preflight.backends import backend, cache_salts
+from gateway.preflight.finding import Finding, Guard
 
 if TYPE_CHECKING:
     from gateway.policy import Policy
-
-Level = Literal["error", "warning", "ok"]
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    level: Level
-    area: str  # "auth", "watermark", "backend sim/b0", ...
-    message: str
 
 
 def _writable_dir(path: str, makes_dirs: bool = False) -> str | None:
@@ -63,29 +39,6 @@ def _writable_dir(path: str, makes_dirs: bool = False) -> str | None:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
 
 
-class _Guard:
-    """``with _Guard(out, area, ok_message):`` records ``ok_message`` (if any), or the ``ConfigError`` or
-    ``OSError`` raised inside as an error; ``failed`` tells which."""
-
-    def __init__(self, findings: list[Finding], area: str, ok: str) -> None:
-        self._findings, self._area, self._ok = findings, area, ok
-        self.failed = False
-
-    def __enter__(self) -> _Guard:
-        return self
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if exc is None:
-            if self._ok:
-                self._findings.append(Finding("ok", self._area, self._ok))
-            return False
-        if isinstance(exc, ConfigError | OSError):
-            self._findings.append(Finding("error", self._area, str(exc)))
-            self.failed = True
-            return True
-        return False
-
-
 def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:
     env = os.environ if env is None else env
     out: list[Finding] = []
@@ -95,7 +48,7 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
     from gateway.policy import Policy
 
     policy = None
-    with _Guard(out, "policy", ""):
+    with Guard(out, "policy", ""):
         policy = Policy.from_config(cfg)
         out.append(Finding("ok", "policy", "tiers " + ", ".join(t.name for t in policy.tiers)))
     _auth(cfg, env, out)
@@ -103,19 +56,19 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
         _limit_classes(cfg, policy, out)
     from gateway.admin.app import admin_token, audit_key
 
-    with _Guard(out, "admin", ""):
+    with Guard(out, "admin", ""):
         if admin_token(cfg.admin, env):
             out.append(Finding("ok", "admin", f"bearer token from {cfg.admin.token_env}"))
         else:
             out.append(Finding("ok", "admin", "no admin token set: only JWTs with the 'admin' role are accepted"))
-    with _Guard(out, "admin", ""):
+    with Guard(out, "admin", ""):
         if audit_key(cfg.admin, env):
             out.append(Finding("ok", "admin", f"audit chain keyed from {cfg.admin.audit_key_env}"))
     _watermark(cfg, env, out)
     if cfg.detection.enabled and policy is not None:
         from gateway.detection import GatewayDetection
 
-        with _Guard(out, "detection", f"combiner loaded, embedder {cfg.detection.embedder}") as guard:
+        with Guard(out, "detection", f"combiner loaded, embedder {cfg.detection.embedder}") as guard:
             det = GatewayDetection.from_config(cfg, policy)
         if not guard.failed and cfg.detection.class_weights:
             _profiles(cfg, det.engine.weights, det.class_weights, out)
@@ -124,7 +77,7 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
     if cfg.alerts.sinks:
         from gateway.alerts.sinks import build_sinks
 
-        with _Guard(out, "alerts", "sinks " + ", ".join(s.name or s.kind for s in cfg.alerts.sinks)):
+        with Guard(out, "alerts", "sinks " + ", ".join(s.name or s.kind for s in cfg.alerts.sinks)):
             build_sinks(cfg.alerts.sinks, default_redis_url=cfg.store.url,
                         default_cluster_seeds=cfg.store.cluster_urls)
         for s in cfg.alerts.sinks:
@@ -141,8 +94,8 @@ def offline(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Fi
                                                "keeps its own limits and detection state (use store.kind: redis)"))
     for m in cfg.models:
         for b in m.backends:
-            _backend(cfg, m.name, b, env, out)
-    _cache_salts(cfg, out)
+            backend(cfg, m.name, b, env, out)
+    cache_salts(cfg, out)
     _tls(cfg, out)
     _client_address(cfg, out)
     from gateway.tls import TlsError, check_backend_tls
@@ -202,22 +155,6 @@ def _tls(cfg: GatewayConfig, out: list[Finding]) -> None:
     else:
         out.append(Finding("ok", "server", f"TLS on both listeners ({cert.subject.rfc4514_string()}, valid for "
                                            f"{left:.0f} more days)"))
-
-
-def _cache_salts(cfg: GatewayConfig, out: list[Finding]) -> None:
-    """One engine reached through backend entries with different ``cache_salt``: the salt is an unkeyed hash of
-    the client id, so through an unsalted entry a client can send another client's salt and share its cache
-    (the isolation holds only when every entry to the engine salts alike)."""
-    by_url: dict[str, dict[str, list[str]]] = {}
-    for m in cfg.models:
-        for b in m.backends:
-            by_url.setdefault(b.url.rstrip("/"), {}).setdefault(b.cache_salt, []).append(f"{m.name}/{b.name}")
-    for url, modes in by_url.items():
-        if len(modes) > 1:
-            listed = "; ".join(f"{mode}: {', '.join(names)}" for mode, names in sorted(modes.items()))
-            out.append(Finding("warning", "routing", f"{url} is reached with different cache_salt settings ({listed}): "
-                                                     "set the same on every entry, or a client can send another "
-                                                     "client's salt through the other"))
 
 
 def _proxy_fields(cfg: GatewayConfig, out: list[Finding]) -> None:
@@ -286,7 +223,7 @@ def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> Non
     jwt_cfg = cfg.auth.jwt
     methods = []
     if jwt_cfg is not None:
-        with _Guard(out, "auth", "") as g:
+        with Guard(out, "auth", "") as g:
             JwtVerifier.from_config(jwt_cfg, env=env)
         if not g.failed:
             source = (f"JWKS {jwt_cfg.jwks_url}" if jwt_cfg.jwks_url else jwt_cfg.public_key_file
@@ -295,7 +232,7 @@ def _auth(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -> Non
     if cfg.auth.api_keys.file:
         from gateway.auth.apikeys import ApiKeyFile
 
-        with _Guard(out, "auth", "") as g:
+        with Guard(out, "auth", "") as g:
             keys = ApiKeyFile(cfg.auth.api_keys.file, classes)  # an unknown limits= class: error with its line
         if not g.failed:
             methods.append(f"API keys ({cfg.auth.api_keys.file}, {len(keys.table)} key(s))")
@@ -312,7 +249,7 @@ def _watermark(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -
         return
     from gateway.watermarking import GatewayWatermarking
 
-    with _Guard(out, "watermark", "") as g:
+    with Guard(out, "watermark", "") as g:
         wm = GatewayWatermarking.from_config(cfg, environ=env)
     if g.failed:
         return
@@ -336,142 +273,3 @@ def _watermark(cfg: GatewayConfig, env: Mapping[str, str], out: list[Finding]) -
         out.append(Finding("warning", "watermark", "memory store and no watermark.recipients_file: the recorded "
                                                    "recipients live in the gateway process only, so `ipgate verify "
                                                    "--config` finds none (give it --clients, or set the file)"))
-
-
-def _backend(cfg: GatewayConfig, model: str, b: BackendConfig, env: Mapping[str, str], out: list[Finding]) -> None:
-    area = f"backend {model}/{b.name}"
-    with _Guard(out, area, "") as g:
-        secret = read_header_secret(b.api_key_env, b.api_key_file, what=f"backend {b.name} api key", env=env)
-    if not g.failed and (b.api_key_env or b.api_key_file) and not secret:
-        out.append(Finding("warning", area, f"api_key_env {b.api_key_env} is not set: requests go without a "
-                                            "credential"))
-    if b.fingerprint_reference and cfg.fingerprint.enabled:
-        from gateway.fingerprint_client import FingerprintError
-        from gateway.fingerprinting import load_reference
-
-        try:
-            ref = load_reference(b)
-        except FingerprintError as e:
-            out.append(Finding("error", area, f"fingerprint_reference: {e}"))
-        else:
-            sent = b.upstream_model or model
-            if ref.model and ref.model != sent:
-                out.append(Finding("warning", area, f"fingerprint_reference {b.fingerprint_reference} was recorded "
-                                                    f"for model {ref.model!r}, but this backend serves {sent!r}"))
-            out.extend(_probe_set_findings(cfg, area, b.fingerprint_reference, ref))
-    out.append(Finding("ok", area, b.url + (" (watermark_capable)" if b.watermark_capable else "")))
-
-
-def _probe_set_findings(cfg: GatewayConfig, area: str, path: str, ref: Signature) -> list[Finding]:
-    """Can the reference's probes rotate, and can a dishonest backend recognise them?"""
-    from fingerprint.probeset import public_probe_ids, reference_probes
-
-    probes = reference_probes(ref)
-    k = cfg.fingerprint.probes_per_check
-    public = public_probe_ids(probes)
-    out: list[Finding] = []
-    if len(probes) < k:
-        out.append(Finding("error", area, f"fingerprint_reference {path} has {len(probes)} probes, fewer than "
-                                          f"fingerprint.probes_per_check ({k}): lower probes_per_check or "
-                                          "re-record with a larger `ipgate fingerprint record --probes` set"))
-    if probes and len(public) == len(probes):
-        out.append(Finding("warning", area, f"fingerprint_reference {path} uses only the bundled public probes: a "
-                                            "dishonest backend can recognise them and answer them with the genuine "
-                                            "model; record it from a private set (`ipgate fingerprint record "
-                                            "--probes FILE`)"))
-    elif public:
-        out.append(Finding("warning", area, f"fingerprint_reference {path}: {len(public)} of its {len(probes)} "
-                                            "probes are bundled public ones, which a dishonest backend can "
-                                            "recognise"))
-    elif len(probes) == k:
-        out.append(Finding("warning", area, f"fingerprint_reference {path} has exactly probes_per_check ({k}) "
-                                            "probes: every round sends all of them, so one round shows a backend "
-                                            "the whole private set"))
-    return out
-
-
-async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:
-    env = os.environ if env is None else env
-    out: list[Finding] = []
-    if cfg.store.kind == "redis":
-        out.append(await _redis(cfg))
-    if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_url:
-        out.append(await _jwks(cfg))
-    for sink in cfg.alerts.sinks:
-        if sink.kind == "redis_stream":
-            out.append(await _alert_stream(cfg, sink))
-    probe: KgwPluginProbe | None = None
-    if cfg.watermark.enabled and any(b.watermark_capable and b.kgw_probe for m in cfg.models for b in m.backends):
-        from gateway.watermarking import GatewayWatermarking
-
-        try:
-            probe = GatewayWatermarking.from_config(cfg, environ=env).plugin_probe()
-        except ConfigError:
-            probe = None  # reported by offline()
-    async with aiohttp.ClientSession() as session:
-        checker = HealthChecker(cfg.routing.health, session, list)
-        jobs = [_reach(cfg, checker, probe, session, m.name, b) for m in cfg.models for b in m.backends]
-        for found in await asyncio.gather(*jobs):
-            out.extend(found)
-    return out
-
-
-async def _redis(cfg: GatewayConfig) -> Finding:
-    from gateway.store.redis import RedisStore
-
-    store = RedisStore.from_config(cfg.store)
-    try:
-        await asyncio.wait_for(store.ping(), timeout=max(2.0, cfg.store.timeout_ms / 1000.0))
-    except Exception as e:  # any failure to answer PING is the finding
-        return Finding("error", "store", f"Redis at {cfg.store.url} did not answer PING: {type(e).__name__}: {e}")
-    finally:
-        await store.close()
-    return Finding("ok", "store", f"Redis at {cfg.store.url} answers PING")
-
-
-async def _alert_stream(cfg: GatewayConfig, sink: AlertSinkConfig) -> Finding:
-    from gateway.alerts.sinks import RedisStreamSink, SinkError
-
-    s = RedisStreamSink(sink, cfg.store.url, cfg.store.cluster_urls)
-    try:
-        await asyncio.wait_for(s.ping(), timeout=sink.timeout_s + 1.0)
-    except (SinkError, TimeoutError) as e:
-        return Finding("error", "alerts", f"redis_stream sink {s.name}: its Redis did not answer PING: "
-                                          f"{e or 'timed out'}")
-    finally:
-        await s.close()
-    mode = " (a Redis Cluster: every primary)" if s.cluster else ""
-    return Finding("ok", "alerts", f"redis_stream sink {s.name}: its Redis answers PING{mode}")
-
-
-async def _jwks(cfg: GatewayConfig) -> Finding:
-    from gateway.auth.jwks import JwksKeys
-
-    j = cfg.auth.jwt
-    assert j is not None and j.jwks_url
-    try:
-        keys = JwksKeys(j.jwks_url, j.algorithms, timeout_s=j.jwks_timeout_s)
-    except ConfigError as e:
-        return Finding("error", "auth", str(e))
-    n = await keys.fetch_once()
-    if n == 0:
-        return Finding("error", "auth", f"JWKS {j.jwks_url}: no usable {'/'.join(j.algorithms)} signing key "
-                                        "(unreachable, or no key of that family)")
-    return Finding("ok", "auth", f"JWKS {j.jwks_url}: {n} usable key(s)")
-
-
-async def _reach(cfg: GatewayConfig, checker: HealthChecker, probe: KgwPluginProbe | None,
-                 session: aiohttp.ClientSession, model: str, b: BackendConfig) -> list[Finding]:
-    area = f"backend {model}/{b.name}"
-    problem = await checker.probe(b)
-    found = [Finding("error", area, f"{b.url}{b.health_path}: {problem}") if problem is not None
-             else Finding("ok", area, f"{b.url}{b.health_path} answers")]
-    if probe is not None and b.watermark_capable and b.kgw_probe and problem is None:
-        # the health probe just read the same credential: an unreadable key file would have failed it
-        verdict = await probe.run(session, b, model, checker.auth_headers(b), cfg.routing.health.timeout_s)
-        if verdict.ok:
-            found.append(Finding("ok", area, "KGW plugin verified: responses are watermarked in the engine"))
-        else:
-            found.append(Finding("warning", area, f"KGW plugin not verified ({verdict.reason}: {verdict.detail}): "
-                                                  "its responses get the lexical watermark"))
-    return found
