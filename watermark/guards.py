@@ -16,7 +16,7 @@ from watermark.chunks import Chunk
 from watermark.lexicon import ARTICLES, PARALLEL_REACH, Group
 
 if TYPE_CHECKING:
-    from watermark.scanner import ScanState
+    from watermark.scan_state import ScanState
 
 MARKUP = "*_"
 SENTENCE_END = frozenset(".!?:\n")
@@ -40,7 +40,7 @@ COMMA_DISCOURSE_NEXT = frozenset(str.split(
 
 
 def renderable(part: list[Chunk]) -> bool:
-    """Whether the phrase's capitalisation is one ``_render`` reproduces for every variant: all lower case,
+    """Whether the phrase's capitalisation is one ``slots.render`` reproduces for every variant: all lower case,
     a capital first letter, or all capitals. A phrase with an emphasised word ("I do NOT", "it IS") or a
     title-cased heading ("Do Not Disturb") is not a slot: changing it would lose the emphasis or the casing."""
     letters = [ch for c in part for ch in c.word if ch.isalpha()]

@@ -18,29 +18,23 @@ Never touched (copied verbatim, never a slot):
 List markers ("-"/"*" bullets, "1."/"1)" delimiters) are choice points too, one per list, when the scanner is
 built with ``markdown=True``; ``watermark.listmarks`` decides which items belong to one list. The first word of
 a list item counts as the start of a sentence.
+
+This module is the block structure (fences, indented and inline code, list lines) and the left-to-right loop;
+what the scanner remembers of the text read is ``watermark.scan_state``, and which phrase is a slot and how its
+variant is written is ``watermark.slots``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from watermark import language
-from watermark.chunks import CHUNK, NUMBER, PLAIN, WS, Chunk, collect, parse_chunk
-from watermark.guards import (
-    PARALLEL_BREAK,
-    allowed,
-    code_statement,
-    has_reading,
-    in_name,
-    in_title,
-    parallel_follows,
-    relation_follows,
-    renderable,
-)
-from watermark.lexicon import PARALLEL_REACH, Group, Lexicon
+from watermark.chunks import CHUNK, WS, Chunk, collect, parse_chunk
+from watermark.lexicon import Lexicon
 from watermark.listmarks import BULLETS, DELIMITERS, ListTracker, Marker, interrupts, parse_marker
+from watermark.scan_state import ScanState
+from watermark.slots import decided, match, render
 
 # Inline code ends at its closing run, at a blank line, or where a line starts a new block (a list item, a
 # quote, a heading): a code span never crosses into another block.
@@ -55,41 +49,11 @@ _WORDISH = re.compile(r"\n|`|[A-Za-z]+(?:['’][A-Za-z]+)*")
 # the next word, possibly after a soft line break; with its inner apostrophes ("it isn't": a phrase's second word
 # may be a contraction)
 _NEXT_WORD = re.compile(r"[ \t\r]*[ \t\n]([A-Za-z]+(?:['’][A-Za-z]+)*)")
-_PLAIN_MARKS = "([\"'“‘*_.,;:!?)]”’"  # the marks ``chunks.PLAIN`` allows around a word (a cheap first test)
-# a chunk that starts with a number (``chunks.NUMBER``), anywhere in a stretch
-_NUMBER_CHUNK = re.compile(r"(?<!\S)[(\[$€£~]*[0-9]")
 _ONLY_SPACE = re.compile(r"[ \t\r]*\n?\Z")
 _LIST_START = "-*+0123456789"
-# A number that may be a point in time, for ``Group.next_not_date``: a year ("1958", "1990s", "2019/20"), an
-# ordinal ("5th grade", "1st of May") or a clock time ("9:30", "9am", "10.30pm"). Fractions, sums and amounts
-# ("4/7", "2,000", "80%") are no dates; a 4-digit amount is refused with the years, on the safe side.
-_DATE = re.compile(r"[(\[~]*(?:[12][0-9]{3}(?![0-9])|[0-9]+(?:st|nd|rd|th)\b|[0-9]{1,2}(?::[0-5][0-9])+"
-                   r"|[0-9]{1,2}(?:[.:][0-5][0-9])?[ap]\.?m\b)", re.IGNORECASE)
-
-
 
 # on_slot(group index, observed variant, context word) -> variant to write
 SlotFn = Callable[[int, int, str], int]
-
-
-@dataclass(slots=True)
-class ScanState:
-    at_line_start: bool = True
-    protect_line: bool = False  # rest of this line is verbatim (indented code, fence opener)
-    fence: str = ""  # inside a fenced block: its marker ("```", "~~~~", ...)
-    fence_line: str = ""  # the fenced line read so far (to recognise the closing fence)
-    fence_opener: bool = False  # the current fenced line is the opener (never closes)
-    fence_at: int = -1  # offset, in the text of the ``run`` that opened it, of the current fence's marker
-    inline: int = 0  # inside inline code: length of the opening backtick run
-    prev: str = ""  # the last plain word (lower case): the context of the next slot
-    last_char: str = "\n"  # last character of the previous chunk ("\n" at a line start)
-    last_number: bool = False  # the previous chunk was a number ("$5 a day")
-    apostrophe: str = "'"  # the apostrophe style of the text so far (’ is sticky once seen)
-    lang: str = ""  # classes of the last language.WINDOW words outside code and slots ("E", "F", "O")
-    para_number: bool = False  # a number was read in this paragraph (``Group.next_needs_number``)
-    # chunks read since the last word of a ``Group.parallel`` class (a slot counts as one chunk, whatever its
-    # variant, so embedding never changes the count)
-    parallel_gap: int = 1 << 30
 
 
 class Scanner:
@@ -244,7 +208,7 @@ class Scanner:
                 continue
             j = self._skip(s, i, final)
             if j > i:  # fast path: plain text up to the next newline, backtick or possible slot
-                self._absorb(s, i, j)
+                st.absorb(s, i, j, self._parallel)
                 out.append(s[i:j])
                 i = j
                 continue
@@ -285,7 +249,7 @@ class Scanner:
                 out.append(s[i : m.end()])
                 st.last_char, st.last_number = s[m.end() - 1], chunk.number
                 st.para_number = st.para_number or chunk.number
-                self._count_chunk(chunk.low, s[m.end() - 1])
+                st.count_chunk(chunk.low, s[m.end() - 1], self._parallel)
                 i = m.end()
                 continue
             if "’" in s[i : m.end()]:
@@ -295,18 +259,18 @@ class Scanner:
                 st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
-                self._count_chunk(chunk.low, s[m.end() - 1])
+                st.count_chunk(chunk.low, s[m.end() - 1], self._parallel)
                 i = m.end()
                 continue
             seq, complete = collect(s, chunk, self._lex.lookahead[chunk.low], final)
-            if not complete and not self._decided(seq):
+            if not complete and not decided(self._lex, seq):
                 break  # hold the possible phrase until the words that decide it arrive
             done = self._try_slot(s, seq, on_slot, out)
             if done is None:
                 st.lang = language.note(st.lang, (s[i : m.end()],))
                 out.append(s[i : m.end()])
                 st.prev, st.last_char, st.last_number = chunk.low, s[m.end() - 1], False
-                self._count_chunk(chunk.low, s[m.end() - 1])
+                st.count_chunk(chunk.low, s[m.end() - 1], self._parallel)
                 i = m.end()
             else:
                 i = done
@@ -344,129 +308,22 @@ class Scanner:
         k = max(s.rfind(" ", i), s.rfind("\t", i), s.rfind("\r", i))
         return k + 1 if k >= i else -1
 
-    def _decided(self, seq: list[Chunk]) -> bool:
-        """Whether the complete chunks read so far decide every candidate: all but the word after an adverb
-        have arrived, and no phrase is followed by an adverb whose next word may make 's "has". What this
-        leaves unread is never consulted (``has_reading`` reads past an adverb only), so the outcome is the
-        one-piece outcome."""
-        low = seq[0].low
-        if len(seq) - 1 < self._lex.base_lookahead[low] and len(seq) - 1 < self._still_needed(seq):
-            return False
-        for cand in self._lex.by_first[low]:
-            m = len(cand.words)
-            adverbs = self._lex.groups[cand.group].adverb_lookahead
-            if adverbs and len(seq) > m and seq[m].low in adverbs:
-                return False
-        return True
-
-    def _still_needed(self, seq: list[Chunk]) -> int:
-        """The chunks after the first that the candidates still possible after ``seq`` need: a longer phrase
-        whose words the chunks read so far already contradict ("it is nice": not "it is not") needs none, so
-        the shorter ones are decided as soon as their own look-ahead has arrived."""
-        need = 0
-        for cand in self._lex.by_first[seq[0].low]:
-            words = cand.words
-            if any(seq[k].low != words[k] for k in range(1, min(len(words), len(seq)))):
-                continue
-            grp = self._lex.groups[cand.group]
-            need = max(need, len(words) - 1 + (1 if grp.needs_next else 0) + (1 if grp.next_relation else 0)
-                       + (PARALLEL_REACH if grp.parallel else 0))
-        return need
-
-    def _absorb(self, s: str, i: int, j: int) -> None:
-        """Update the context from a stretch copied verbatim (as the token-by-token path would)."""
-        st = self.state
-        chunks = s[i:j].split()
-        if not chunks:
-            return
-        if "’" in s[i:j]:
-            st.apostrophe = "’"
-        st.last_char = chunks[-1][-1]
-        st.last_number = NUMBER.match(chunks[-1]) is not None
-        if not st.para_number:
-            st.para_number = _NUMBER_CHUNK.search(s[i:j]) is not None
-        self._count_stretch(chunks)
-        glued = j < len(s) and s[j] == "`" and not s[j - 1].isspace()
-        st.lang = language.note(st.lang, chunks[:-1] if glued else chunks)
-        for k in range(len(chunks) - 1, -1, -1):
-            if k == len(chunks) - 1 and glued:
-                continue  # a chunk glued to inline code is never a word
-            pm = PLAIN.match(chunks[k])
-            if pm is not None:
-                st.prev = pm.group(2).lower().replace("’", "'")
-                return
-
-    def _count_chunk(self, low: str, last: str) -> None:
-        """One more chunk read (``low``: its plain word, "" when none; ``last``: its last character): the
-        distance to the last parallel word, which a sentence end breaks ("in each group. So each group takes")."""
-        st = self.state
-        st.parallel_gap = 0 if low in self._parallel else st.parallel_gap + 1
-        if last in PARALLEL_BREAK:
-            st.parallel_gap = 1 << 30
-
-    def _count_stretch(self, chunks: list[str]) -> None:
-        """``_count_chunk`` over chunks copied verbatim, in one backward pass: only the last parallel word or
-        sentence end decides the distance."""
-        st = self.state
-        for back, c in enumerate(reversed(chunks)):
-            if c[-1] in PARALLEL_BREAK:
-                st.parallel_gap = 1 << 30
-                return
-            if c.strip(_PLAIN_MARKS).lower().replace("’", "'") in self._parallel:
-                pm = PLAIN.match(c)  # the exact test, as the token-by-token path reads the chunk
-                if pm is not None and pm.group(2).lower().replace("’", "'") in self._parallel:
-                    st.parallel_gap = back
-                    return
-        st.parallel_gap += len(chunks)
-
     def _try_slot(self, s: str, seq: list[Chunk], on_slot: SlotFn, out: list[str]) -> int | None:
-        st = self.state
-        if language.foreign(st.lang):
+        found = match(self._lex, self._max_level, self.state, s, seq)
+        if found is None:
             return None
-        for cand in self._lex.by_first[seq[0].low]:
-            grp = self._lex.groups[cand.group]
-            m = len(cand.words)
-            if grp.level > self._max_level or len(seq) < m:
-                continue
-            part = seq[:m]
-            if tuple(c.low for c in part) != cand.words:
-                continue
-            if m > 1 and (part[0].trail or part[-1].lead or any(c.lead or c.trail for c in part[1:-1])):
-                continue
-            nxt = seq[m] if len(seq) > m else None
-            if (not renderable(part) or in_title(grp, part, nxt) or in_name(grp, part, nxt, st.last_char)
-                    or (grp.needs_next and nxt is not None and code_statement(s[nxt.start : nxt.end]))
-                    or not allowed(grp, st, part, nxt)):
-                continue
-            if grp.next_not_date and nxt is not None and _DATE.match(s, nxt.start, nxt.end):
-                continue
-            if grp.next_relation and not relation_follows(grp, s, seq[m:]):
-                continue
-            if grp.adverb_lookahead and has_reading(grp, part, seq[m:]):
-                continue
-            if grp.parallel and (st.parallel_gap <= PARALLEL_REACH or parallel_follows(grp, s, seq[m:])):
-                continue
-            self.slot_at = part[0].start
-            chosen = on_slot(cand.group, cand.variant, st.prev)
-            if chosen == cand.variant:  # the text already says it: keep it byte for byte
-                out.append(s[part[0].start : part[-1].end])
-            else:
-                out.append(part[0].lead + self._render(grp, chosen, part) + part[-1].trail)
-            st.prev = grp.variants[chosen][-1]
-            self._count_chunk(cand.words[0] if grp.parallel else "", s[part[-1].end - 1])
-            return part[-1].end
-        return None
+        cand, grp, part = found
+        st = self.state
+        self.slot_at = part[0].start
+        chosen = on_slot(cand.group, cand.variant, st.prev)
+        if chosen == cand.variant:  # the text already says it: keep it byte for byte
+            out.append(s[part[0].start : part[-1].end])
+        else:
+            out.append(part[0].lead + render(grp, chosen, part, st.apostrophe) + part[-1].trail)
+        st.prev = grp.variants[chosen][-1]
+        st.count_chunk(cand.words[0] if grp.parallel else "", s[part[-1].end - 1], self._parallel)
+        return part[-1].end
 
-    def _render(self, grp: Group, chosen: int, part: list[Chunk]) -> str:
-        text = grp.display[chosen]
-        letters = "".join(c.word for c in part)
-        alpha = [ch for ch in letters if ch.isalpha()]
-        if len(alpha) > 1 and all(ch.isupper() for ch in alpha):
-            text = text.upper()
-        elif part[0].word[0].isupper():
-            text = text[0].upper() + text[1:]
-        apos = "’" if any("’" in c.word for c in part) else self.state.apostrophe
-        return text.replace("'", apos) if apos != "'" else text
 
 
 def _closes(line: str, fence: str) -> bool:

@@ -16,7 +16,7 @@ from tests.support.lexical import feed_in_pieces, slots
 from watermark.keys import KeyRing
 from watermark.lexical import LexicalScheme
 from watermark.lexicon import default_lexicon
-from watermark.scanner import _DATE
+from watermark.slots import _DATE
 
 LEX = default_lexicon()
 

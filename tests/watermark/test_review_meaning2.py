@@ -3,8 +3,8 @@ a discourse "So," before a speaker's opener ("So, I don't have any evidence" -> 
 
 Read in watermarked tune-split answers: a German story ("So schritt sie weiter" -> "Hence schritt sie weiter",
 "So sieht's aus" -> "Therefore sieht's aus"), a Vietnamese song ("Ông cỏ may ơi" -> "Ông cỏ might ơi"). The English
-table matches words that other languages share, and no variant is right there. The guard (watermark/scanner.py,
-``_foreign``) reads the last 12 words of the paragraph before a slot, outside code and other slots: when at
+table matches words that other languages share, and no variant is right there. The guard (watermark/slots.py,
+``language.foreign``) reads the last 12 words of the paragraph before a slot, outside code and other slots: when at
 least two are foreign (a function word of a few European languages, or a word with diacritics or letters of
 another alphabet) and at least three times as many as the English function words, the phrase is no slot. Each
 refused case below was a slot before the guard; the controls are English text that quotes or glosses another
