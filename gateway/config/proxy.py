@@ -8,15 +8,15 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from gateway.config.base import _HTTP_TOKEN, _Model
-from gateway.proxy.fields import (
+from gateway.proxy.field_catalogue import (
     REFUSED_FIELDS,
     REFUSED_HEADERS,
     REQUIRED_HEADERS,
     REQUIRED_REQUEST_FIELDS,
     REQUIRED_RESPONSE_FIELDS,
     WITHHELD_RESPONSE_FIELDS,
-    name_problem,
 )
+from gateway.proxy.fields import name_problem
 
 
 def _unique(v: list[str]) -> list[str]:

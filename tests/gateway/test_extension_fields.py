@@ -23,13 +23,8 @@ from gateway.config import ConfigError, parse_config
 from gateway.errors import InvalidRequest
 from gateway.preflight import offline
 from gateway.proxy.body import transform_body
-from gateway.proxy.fields import (
-    REFUSED_FIELDS,
-    REFUSED_HEADERS,
-    WITHHELD_RESPONSE_FIELDS,
-    FieldPolicy,
-    weakened,
-)
+from gateway.proxy.field_catalogue import REFUSED_FIELDS, REFUSED_HEADERS, WITHHELD_RESPONSE_FIELDS
+from gateway.proxy.fields import FieldPolicy, weakened
 from gateway.proxy.relay import StreamRelay
 from gateway.proxy.responses_body import transform_body as responses_transform
 from gateway.proxy.responses_relay import ResponsesRelay

@@ -19,7 +19,8 @@ from gateway.admin.routing import reload_from_config
 from gateway.config import ConfigError, ProxyConfig, parse_config
 from gateway.errors import InvalidRequest
 from gateway.preflight import offline
-from gateway.proxy.fields import LOGGED_UNKNOWN, REFUSED_FIELDS, UNKNOWN_LABEL, FieldPolicy, allowlist_problems
+from gateway.proxy.field_catalogue import REFUSED_FIELDS
+from gateway.proxy.fields import LOGGED_UNKNOWN, UNKNOWN_LABEL, FieldPolicy, allowlist_problems
 from gateway.proxy.known_fields import ENGINE_FIELDS, OPENAI_FIELDS, PATHS, known_fields
 from gateway.proxy.parse import Endpoint
 from gateway.telemetry.metrics import Metrics
