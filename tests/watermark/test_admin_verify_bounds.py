@@ -103,5 +103,11 @@ async def test_a_verification_whose_caller_hung_up_still_holds_its_turn(tmp_path
             status, answer = await _verify(gw, s, {"text": ANSWER, "clients": ["alice"], "fpr": 1e-3})
         done = time.perf_counter() - started
         assert status == 200, answer
+        async with aiohttp.ClientSession() as s:
+            again = time.perf_counter()
+            assert (await _verify(gw, s, big))[0] == 200
+            # the duration to hold it to: the shorter of two runs, one before and one after (a load spike on the
+            # host during one of them made it the yardstick and the waiting one look early)
+            whole = min(whole, time.perf_counter() - again)
         # the small one waits for the abandoned one to finish (before: answered ~0.3 of the way in)
         assert done > whole * 0.7, f"answered {done:.2f} s after the abandoned one began (it takes {whole:.2f} s)"
