@@ -22,6 +22,10 @@ A request whose answer cannot carry a post-hoc watermark, from a tier that refus
 that backend refuses the directive, the lexical repeat would be refused by the tier anyway: the request goes
 to another engine-watermarking backend instead (the refusing ones excluded), and gets the tier's 403 only
 when there is none. Neither repeat is a first try: the retry budget is funded once per request.
+
+Every try of a request draws on the ``Route`` (the model's pool and retry budget) taken before its first one: a
+config reload while the request is out, even one that removes its model, changes neither where its retries and
+repeats go nor which budget pays for them (never a 404 ``model_not_found`` for a request already being served).
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ def _refused(ctx: AppContext, model: str, backend: str, message: bytes) -> None:
 async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: Principal, tier: int,
                             headers: CIMultiDict[str]) -> Opened:
     model = parsed.model
+    route = ctx.router.route(model)  # held for every try: a reload meanwhile applies to later requests
     excluded: frozenset[str] = frozenset()
     retries = 0
     last: AttemptFailed | None = None
@@ -142,8 +147,8 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
     retrying = False  # the next lease is a retry: paid for and counted once it is taken
     while True:
         try:
-            lease = ctx.router.acquire(model, principal.client_id, excluded | refusing,
-                                       prefer_engine_watermark=engine_only and not refused, first_try=first)
+            lease = route.acquire(principal.client_id, excluded | refusing,
+                                  prefer_engine_watermark=engine_only and not refused, first_try=first)
         except ServiceUnavailable as e:
             if last is not None:  # no other backend to retry on: report the real failure
                 raise last.to_gateway_error() from None
@@ -157,7 +162,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             # pool, the others out) must neither drain the budget nor show in upstream_retries_total. Asked
             # before the acquire with no await in between, so the withdrawal cannot fail.
             retrying = False
-            if last is not None and not ctx.router.may_retry(model):
+            if last is not None and not route.may_retry():
                 lease.abandon()
                 raise last.to_gateway_error() from None
             retries += 1
@@ -176,7 +181,7 @@ async def route_and_forward(ctx: AppContext, parsed: ParsedRequest, principal: P
             lease.release(Outcome(False, e.status, time.perf_counter() - t_sent, e.error))
             last = e
             if e.retryable and retries < ctx.config.routing.retries \
-                    and ctx.router.may_retry(model, withdraw=False):
+                    and route.may_retry(withdraw=False):
                 retrying = True
                 excluded = excluded | {lease.backend.name}
                 continue

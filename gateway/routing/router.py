@@ -9,6 +9,11 @@ backend watermarks in its engine from the first request when its plugin answers 
 and URL keep their state object (in-flight count, ejection, health), so leases taken on the old pool release
 into the same counters the new pool reads, and no in-flight request is dropped or double-counted. A canary
 whose rollout (backend, URL, steps, analysis) is unchanged keeps its progress; a changed one starts over.
+
+A request is routed on the ``Route`` (its model's pool and retry budget) it took at its first try: its retries
+and its repeat without a refused watermark directive draw on that one, so a reload that removes or changes its
+model meanwhile cannot turn a request that was being served into a 404 ``model_not_found``; the reload applies
+to the requests routed after it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -36,11 +42,38 @@ if TYPE_CHECKING:
     from gateway.kgw_probe import KgwPluginProbe
     from gateway.telemetry.metrics import Metrics
 
-__all__ = ["BackendLease", "Outcome", "Router"]
+__all__ = ["BackendLease", "Outcome", "Route", "Router"]
 
 log = logging.getLogger(__name__)
 
 STARTUP_SYNC_S = 2.0  # how long start() waits to read each rollout's published state from the store
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A model's pool and retry budget as one request found them at its first try. Held for the whole request
+    (``gateway/route.py``): every further try of it draws on this pool and budget even when a reload has since
+    swapped in another pool or removed the model. One per model and configuration, built by the reload."""
+
+    pool: Pool
+    budget: RetryBudget
+
+    def acquire(self, client_id: str, exclude: frozenset[str] = frozenset(), *,
+                prefer_engine_watermark: bool = False, first_try: bool = True) -> BackendLease:
+        """A lease on a backend of the pool (``Router.acquire`` says what the flags do)."""
+        if first_try and not exclude:
+            self.budget.deposit()  # first attempts fund the retry budget
+        if prefer_engine_watermark:
+            try:
+                return self.pool.acquire(client_id, exclude, engine_watermark=True)
+            except ServiceUnavailable as e:
+                if e.code == "pool_saturated" or exclude:
+                    raise
+        return self.pool.acquire(client_id, exclude)
+
+    def may_retry(self, *, withdraw: bool = True) -> bool:
+        """``Router.may_retry`` on this route's budget."""
+        return self.budget.try_withdraw() if withdraw else self.budget.can_withdraw()
 
 
 class Router:
@@ -68,6 +101,7 @@ class Router:
         self._trust_logged: set[tuple[str, str, str]] = set()
         self._pools: dict[str, Pool] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self._routes: dict[str, Route] = {}
         self._canaries: dict[str, CanaryController] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
@@ -182,7 +216,8 @@ class Router:
         self._budgets = {m.name: self._budgets.get(m.name) or RetryBudget(self.routing.retry_budget_ratio)
                          for m in models}
         self._canaries = canaries
-        self._pools = pools  # the swap: acquire() reads this one attribute
+        self._pools = pools
+        self._routes = {name: Route(pool, self._budgets[name]) for name, pool in pools.items()}  # what route() reads
         if self._started:
             for name, ctl in canaries.items():
                 self._start_canary(name, ctl)
@@ -235,6 +270,13 @@ class Router:
             raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
         return pool
 
+    def route(self, model: str) -> Route:
+        """``model``'s pool and retry budget now: what a request holds for all its tries (404 for no such model)."""
+        route = self._routes.get(model)
+        if route is None:
+            raise NotFound(f"The model {model!r} does not exist.", param="model", code="model_not_found")
+        return route
+
     def acquire(self, model: str, client_id: str, exclude: frozenset[str] = frozenset(), *,
                 prefer_engine_watermark: bool = False, first_try: bool = True) -> BackendLease:
         """A lease on a backend of ``model``'s pool. ``prefer_engine_watermark``: the answer cannot carry a
@@ -244,17 +286,11 @@ class Router:
         one (503 ``pool_saturated``, ``Retry-After``) rather than going where it would be refused. A first
         try with no such backend healthy takes any backend (the caller refuses the request there); a retry
         does not, so the client learns of the real failure, not of a refusal. ``first_try`` False: the same
-        request again, not a retry (its backend refused the watermark directive); it funds nothing."""
-        pool = self.pool(model)
-        if first_try and not exclude:
-            self._budgets[model].deposit()  # first attempts fund the retry budget
-        if prefer_engine_watermark:
-            try:
-                return pool.acquire(client_id, exclude, engine_watermark=True)
-            except ServiceUnavailable as e:
-                if e.code == "pool_saturated" or exclude:
-                    raise
-        return pool.acquire(client_id, exclude)
+        request again, not a retry (its backend refused the watermark directive); it funds nothing. A request
+        that tries more than once takes ``route(model)`` once and acquires on it, so a reload between its tries
+        does not change (or remove) the pool it is served from."""
+        return self.route(model).acquire(client_id, exclude, prefer_engine_watermark=prefer_engine_watermark,
+                                         first_try=first_try)
 
     def may_retry(self, model: str, *, withdraw: bool = True) -> bool:
         """Ask before each retry; True withdraws one retry from the model's budget. The caller, which makes
