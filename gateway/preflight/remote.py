@@ -17,7 +17,7 @@ import aiohttp
 from gateway.config import AlertSinkConfig, BackendConfig, ConfigError, GatewayConfig
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.preflight.finding import Finding
-from gateway.routing.health import HealthChecker
+from gateway.routing.health import HealthChecker, health_session
 
 
 async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> list[Finding]:
@@ -38,7 +38,7 @@ async def online(cfg: GatewayConfig, env: Mapping[str, str] | None = None) -> li
             probe = GatewayWatermarking.from_config(cfg, environ=env).plugin_probe()
         except ConfigError:
             probe = None  # reported by offline()
-    async with aiohttp.ClientSession() as session:
+    async with health_session() as session:
         checker = HealthChecker(cfg.routing.health, session, list)
         jobs = [_reach(cfg, checker, probe, session, m.name, b) for m in cfg.models for b in m.backends]
         for found in await asyncio.gather(*jobs):

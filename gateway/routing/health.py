@@ -11,6 +11,15 @@ Backends marked ``watermark_capable`` (with ``kgw_probe`` on) also get the KGW p
 
 The checker asks for the current pools on every round, so a reload needs no restart of the checker; its
 failure counts are keyed by (model, backend, url) and so survive a reload of an unchanged backend.
+
+A round starts at most ``burst`` probes (``PROBE_BURST``) per turn of the event loop: starting a request costs
+aiohttp ~0.05-0.1 ms of CPU, and a round that started all of a big pool's probes at once held the loop (and
+every request on it) ~50-70 ms for 800 backends, every ``interval_s`` and after every reload (~5 ms now:
+``bench/health_round_stall.py``). Probes still run side by side (no cap on those in flight), so a round still
+lasts about as long as its slowest probe, a dead backend costs it ``timeout_s`` once, not once per slot; a pool
+of up to ``burst`` backends is probed exactly as before.
+The start-up plugin probes (``probe_plugins``) run before the gateway serves and start all at once. Each probe
+has a connection of its own (``health_session``): a hung backend holds its own, not one another needs.
 """
 
 from __future__ import annotations
@@ -33,14 +42,24 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # of a health answer read before the connection is dropped (vLLM's /v1/models: ~1 KB)
 
 FORCED_RECHECK_S = 2.0  # a refused KGW directive re-probes the backend's plugin at most this often
+PROBE_BURST = 16  # probes a health round starts per loop turn (bench/health_round_stall.py)
+
+
+def health_session() -> aiohttp.ClientSession:
+    """The session health checks and plugin probes go through: no cap on its connections (a round holds one per
+    probe, a bounded number). aiohttp's default caps them at 100 in all, and a check queued behind 100 hung
+    backends' timed out waiting for a connection: the backends that answer were marked unhealthy."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
 class HealthChecker:
     def __init__(
         self, cfg: HealthConfig, session: aiohttp.ClientSession, pools: Callable[[], Iterable[Pool]],
         plugin_probe: KgwPluginProbe | None = None, *, clock: Callable[[], float] = time.monotonic,
+        burst: int = PROBE_BURST,
     ) -> None:
         self.cfg = cfg
+        self.burst = burst  # probes started per loop turn in a round; 0: all at once
         self._session = session
         self._pools = pools
         self._plugin_probe = plugin_probe
@@ -177,10 +196,24 @@ class HealthChecker:
                           exc_info=res)
 
     async def check_once(self) -> None:
+        """One round: every backend's health check and the plugin probes that are due, ``burst`` started per
+        loop turn, all then awaited together (a failure propagates once all have ended, as from ``gather``)."""
         now = self._clock()
-        checks = [self._check(p, s.cfg) for p in self._pools() for s in p.backends]
-        checks += [self._check_plugin(p, b, now) for p, b in self._plugin_checks()]
-        await asyncio.gather(*checks)
+        health = [(p, s.cfg) for p in self._pools() for s in p.backends]
+        plugins = self._plugin_checks()
+        tasks: list[asyncio.Future[None]] = []
+        try:
+            for i, (pool, b) in enumerate(health + plugins):
+                if self.burst and i and i % self.burst == 0:
+                    await asyncio.sleep(0)  # the started ones send in this turn; the next slice in the next one
+                tasks.append(asyncio.ensure_future(
+                    self._check(pool, b) if i < len(health) else self._check_plugin(pool, b, now)))
+        except BaseException:  # cancelled while starting them (close()): the started ones go too
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        await asyncio.gather(*tasks)
 
     def kick(self) -> None:
         """Start the next round now (a reload added or changed backends)."""

@@ -34,7 +34,7 @@ from gateway.routing import canary
 from gateway.routing.budget import RetryBudget
 from gateway.routing.canary import CanaryState, Op
 from gateway.routing.controller import CanaryController
-from gateway.routing.health import HealthChecker
+from gateway.routing.health import HealthChecker, health_session
 from gateway.routing.pool import BackendLease, Outcome, Pool
 from gateway.store.base import StateStore
 
@@ -115,7 +115,7 @@ class Router:
     async def start(self) -> None:
         self._started = True
         if self._health_checks:
-            self._session = aiohttp.ClientSession()
+            self._session = health_session()
             self._checker = HealthChecker(self.routing.health, self._session, lambda: self._pools.values(),
                                           self._plugin_probe)
             # the probes' own timeouts bound this; the margin only guards against a bug hanging start-up
