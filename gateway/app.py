@@ -31,6 +31,7 @@ from gateway.fingerprinting import FingerprintChecker
 from gateway.hooks import Detection, Watermarking
 from gateway.kgw_probe import KgwPluginProbe
 from gateway.leases import LeaseRenewer
+from gateway.parsererrors import parser_limits
 from gateway.pipeline import error_response, expect_continue, list_models, no_continue, no_route, proxy_handler
 from gateway.policy import Policy
 from gateway.proxy.fields import FieldPolicy
@@ -195,9 +196,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 def build_public_app(cfg: GatewayConfig, ctx: AppContext | None = None) -> web.Application:
     """The OpenAI-compatible API. With ``ctx`` None the app builds its own context on startup."""
+    # lines up to twice the header limit reach the gateway's own 431 (receive.check_headers); longer ones are the
+    # parser's 414 (request line) or 431 (a header line), told apart by their distinct limits (parsererrors)
     app = web.Application(client_max_size=cfg.server.max_body_bytes,
-                          handler_args={"max_field_size": max(cfg.server.max_header_bytes, 8190) * 2,
-                                        "max_line_size": max(cfg.server.max_header_bytes, 8190) * 2})
+                          handler_args=parser_limits(max(cfg.server.max_header_bytes, 8190) * 2))
     if ctx is not None:
         app[CTX] = ctx
     else:

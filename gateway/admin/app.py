@@ -32,6 +32,7 @@ from gateway.audit.trail import AuditTrail
 from gateway.config import AdminConfig, ConfigError
 from gateway.context import CTX, AppContext
 from gateway.errors import PermissionDenied
+from gateway.parsererrors import parser_limits
 from gateway.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ ADMIN_PRINCIPAL = web.RequestKey("ipgate_admin_principal", Principal)  # who pas
 # The admin token is a long-lived bearer secret with full control of the gateway: a short one is guessable
 # (the listener counts no failures). 16 characters is a floor, not a target: generate 32 random bytes.
 MIN_ADMIN_TOKEN_CHARS = 16
+ADMIN_LINE_BYTES = 8190  # the admin listener's request line and header lines (aiohttp's default line limit)
 
 
 def _admin_auth(ctx: AppContext, token: str | None) -> Middleware:
@@ -139,7 +141,8 @@ def build_admin_app(ctx: AppContext, *, env: Mapping[str, str] | None = None) ->
     refusals = ctx.metrics.auth_failures_total.labels(reason=METRIC_REASON)
     # The Host check comes before admin auth: an unauthenticated route is exactly what rebinding would read.
     app = web.Application(middlewares=[openai_errors, host_check(hosts, refusals.inc), _admin_auth(ctx, token),
-                                       audit_middleware(trail, ADMIN_PRINCIPAL)])
+                                       audit_middleware(trail, ADMIN_PRINCIPAL)],
+                          handler_args=parser_limits(ADMIN_LINE_BYTES))  # 414 / 431 told apart (parsererrors)
     app[CTX] = ctx
     app[AUDIT_TRAIL] = trail
 

@@ -1,7 +1,8 @@
 """Malformed HTTP from clients: counted, logged once, never a traceback per request.
 
 aiohttp answers a request it cannot parse (a request line or header over the limit, an invalid header, a bad
-URL, a broken chunked body) with a 400 itself, before any handler or middleware runs, and logs it on the
+URL, a broken chunked body) itself (a 400; the gateway's answer, ``gateway/parsererrors.py``: 414/431 for a line
+over the limit), before any handler or middleware runs, and logs it on the
 ``aiohttp.server`` logger at ERROR *with the parser's traceback*, one per request (a connection's first
 request with a bad method, non-HTTP traffic, it already logs at DEBUG). Anyone who can reach either listener,
 without a credential, could so write ten lines of ERROR traceback per request into the gateway's log: a flood
@@ -67,7 +68,7 @@ class MalformedHttpLogs(logging.Filter):
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             text = " ".join(str(exc).split())
             text = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-            log.warning("malformed HTTP from %s answered 400 by the HTTP parser (%s: %s); further ones are only "
+            log.warning("malformed HTTP from %s refused by the HTTP parser (%s: %s); further ones are only "
                         "counted in ipgate_malformed_http_total{reason=\"%s\"} (logged once per reason)", peer,
                         type(exc).__name__, text, reason)
         return False

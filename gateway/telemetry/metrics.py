@@ -162,7 +162,8 @@ class Metrics:
         )
         self.malformed_http_total = Counter(
             "ipgate_malformed_http_total",
-            "Requests the HTTP parser refused with 400 before any handler (either listener), by reason "
+            "Requests the HTTP parser refused (400; 414/431 for a line over the limit) before any handler (either "
+            "listener), by reason "
             "(line_too_long, bad_method, bad_request_line, invalid_header, invalid_url, body, other).", ["reason"],
             registry=r,
         )

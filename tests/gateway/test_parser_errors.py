@@ -21,7 +21,7 @@ from aiohttp import http_exceptions as hx
 from aiohttp import http_parser, web
 
 from gateway.errors import INTERNAL_ERROR_BODY
-from gateway.parsererrors import JsonErrorHandler, JsonErrorRunner, describe
+from gateway.parsererrors import JsonErrorHandler, JsonErrorRunner, describe, parser_limits
 from tests.support.harness import gateway_config, running_gateway, sim_backend
 from tests.support.process import GatewayProcess
 from tests.support.raw_http import Raw
@@ -32,9 +32,9 @@ MARK = b"EVIL"  # in every bad request: never in an answer
 # pure-Python one names the class, a fragment of the message)
 KINDS: dict[str, tuple[bytes, str | None, set[str], str]] = {
     "request_line_too_long": (b"GET /" + MARK + b"a" * 70_000 + b" HTTP/1.1\r\n" + H + b"\r\n",
-                              None, {"line_too_long"}, "too long (limit "),
+                              "request_line", {"line_too_long"}, "request line too long (limit "),
     "header_too_long": (b"GET /v1/models HTTP/1.1\r\n" + H + b"X-Big: " + MARK + b"b" * 70_000 + b"\r\n\r\n",
-                        None, {"line_too_long"}, "too long (limit "),
+                        "headers", {"line_too_long"}, "request header line too long (limit "),
     "invalid_header_name": (b"GET / HTTP/1.1\r\n" + H + b"Bad " + MARK + b": x\r\n\r\n",
                             "headers", {"malformed_http", "invalid_header"}, ""),
     "invalid_header_value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: " + MARK + b"\x01<script>\r\n\r\n",
@@ -51,6 +51,9 @@ KINDS: dict[str, tuple[bytes, str | None, set[str], str]] = {
     "broken_chunked_body": (b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
                             + MARK + b"\r\nabc\r\n0\r\n\r\n", "body", {"malformed_http", "malformed_body"}, ""),
 }
+# a line over the limit: 414 URI Too Long for the request line, 431 for a header line (RFC 9110 15.5.15, RFC 6585
+# 5; nginx answers 414 for the request line too); aiohttp's own answer was 400 for both
+STATUS = {"request_line_too_long": "414", "header_too_long": "431"}
 if not any(importlib.util.find_spec(m) for m in ("brotli", "brotlicffi")):  # (aiohttp decodes br with either)
     KINDS["undecodable_content_encoding"] = (
         b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Content-Encoding: br\r\nContent-Length: 4\r\n\r\n"
@@ -73,8 +76,8 @@ async def _refused(url: str, raw: bytes) -> tuple[str, dict[str, str], dict[str,
 
 
 def _check(status_line: str, headers: dict[str, str], body: dict[str, Any], got: bytes, *, param: str | None,
-           codes: set[str], fragment: str) -> None:
-    assert status_line.split(" ", 2)[1] == "400", status_line
+           codes: set[str], fragment: str, status: str = "400") -> None:
+    assert status_line.split(" ", 2)[1] == status, status_line
     assert headers.get("connection", "").lower() == "close", headers
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     err = body["error"]
@@ -88,17 +91,48 @@ async def test_each_parser_refusal_is_openai_json_on_both_listeners(kind: str) -
     raw, param, codes, fragment = KINDS[kind]
     async with sim_backend() as sim, running_gateway(gateway_config(sim.url, telemetry={"access_log": False})) as gw:
         for url in (gw.url, gw.admin_url):
-            _check(*await _refused(url, raw), param=param, codes=codes, fragment=fragment)
+            _check(*await _refused(url, raw), param=param, codes=codes, fragment=fragment,
+                   status=STATUS.get(kind, "400"))
 
 
 async def test_a_line_over_the_limit_names_the_listeners_limit() -> None:
-    # public: server.max_header_bytes x 2 (aiohttp's limit, above the gateway's own 431); admin: aiohttp's 8190
-    raw = KINDS["header_too_long"][0]
+    # public: server.max_header_bytes x 2 (the parser's limit, above the gateway's own 431); admin: 8190
     async with sim_backend() as sim, running_gateway(gateway_config(sim.url, server={"max_header_bytes": 20_000},
                                                                      telemetry={"access_log": False})) as gw:
         for url, limit in ((gw.url, 40_000), (gw.admin_url, 8190)):
-            message = (await _refused(url, raw))[2]["error"]["message"]
-            assert message == f"request line or header too long (limit {limit} bytes)", message
+            status, _, body, _ = await _refused(url, KINDS["header_too_long"][0])
+            assert status.split(" ", 2)[1] == "431", status
+            assert body["error"]["message"] == f"request header line too long (limit {limit - 4} bytes)", body
+            status, _, body, _ = await _refused(url, KINDS["request_line_too_long"][0])
+            assert status.split(" ", 2)[1] == "414", status
+            assert body["error"]["message"] == f"request line too long (limit {limit} bytes)", body
+
+
+@pytest.mark.parametrize("size", ["just_over", "far_over"])
+async def test_a_header_line_over_twice_the_limit_is_431_like_one_under_it(size: str) -> None:
+    """A header block over ``server.max_header_bytes`` is the gateway's 431; a single header line over twice that
+    (which aiohttp's parser refuses before the gateway sees it) was aiohttp's 400. Both are 431 now, and the
+    parser's refusal is counted in ``ipgate_malformed_http_total{reason="line_too_long"}``."""
+    limit = 10_000
+    value = b"v" * (2 * limit - 4 + (1 if size == "just_over" else 50_000))  # the field limit: 2 x limit - 4
+    head = b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Content-Length: 0\r\nX-Big: "
+    raw, under = head + value + b"\r\n\r\n", head + value[:2 * limit - 200] + b"\r\n\r\n"
+    async with sim_backend() as sim, running_gateway(gateway_config(sim.url, server={"max_header_bytes": limit},
+                                                                     telemetry={"access_log": False})) as gw:
+        status, headers, body, _ = await _refused(gw.url, raw)
+        assert status.split(" ", 2)[1] == "431", status
+        assert body["error"] == {"message": f"request header line too long (limit {2 * limit - 4} bytes)",
+                                 "type": "invalid_request_error", "param": "headers", "code": "line_too_long"}
+        assert headers.get("connection", "").lower() == "close"
+        conn = await Raw.open(gw.url)  # under twice the limit: the gateway's own 431 (the block is over it)
+        try:
+            await conn.send(under)
+            status_line, _, own = await conn.answer()
+        finally:
+            conn.close()
+        assert status_line.split(b" ", 2)[1] == b"431" and own["error"]["code"] == "headers_too_large", own
+        metrics = gw.ctx.metrics.render()[0].decode()
+    assert 'ipgate_malformed_http_total{reason="line_too_long"} 1.0' in metrics
 
 
 @pytest.mark.skipif(http_parser.HttpRequestParser is http_parser.HttpRequestParserPy,
@@ -202,5 +236,24 @@ def test_no_message_repeats_the_clients_bytes(exc: hx.BadHttpMessage) -> None:
 def test_distinct_limits_say_which_line() -> None:
     line = describe(hx.LineTooLong(b"x", 4096), max_line_size=4096, max_field_size=8190)
     field = describe(hx.LineTooLong(b"x", 8190), max_line_size=4096, max_field_size=8190)
-    assert (line.message, line.param) == ("request line too long (limit 4096 bytes)", "request_line")
-    assert (field.message, field.param) == ("request header line too long (limit 8190 bytes)", "headers")
+    assert (line.message, line.param, line.status) == ("request line too long (limit 4096 bytes)", "request_line",
+                                                       414)
+    assert (field.message, field.param, field.status) == ("request header line too long (limit 8190 bytes)",
+                                                          "headers", 431)
+
+
+def test_the_listeners_limits_are_distinct_and_say_which_line() -> None:
+    limits = parser_limits(32_768)
+    assert limits == {"max_line_size": 32_768, "max_field_size": 32_764}
+    line = describe(hx.LineTooLong(b"x", 32_768), **limits)
+    field = describe(hx.LineTooLong(b"x", 32_764), **limits)
+    assert (line.status, line.message) == (414, "request line too long (limit 32768 bytes)")
+    assert (field.status, field.message) == (431, "request header line too long (limit 32764 bytes)")
+
+
+def test_equal_limits_say_which_line_only_from_the_parsers_state() -> None:
+    # aiohttp's pure-Python parser checks an unfinished line against the request line's limit, whatever it is
+    exc = hx.LineTooLong(b"x", 8190)
+    assert describe(exc, max_line_size=8190, max_field_size=8190).status is None  # aiohttp's 400: cannot tell
+    assert describe(exc, max_line_size=8190, max_field_size=8190, request_line=True).status == 414
+    assert describe(exc, max_line_size=8190, max_field_size=8186, request_line=False).status == 431
