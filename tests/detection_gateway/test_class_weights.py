@@ -77,8 +77,7 @@ async def send(client: openai.AsyncOpenAI, messages: list[str]) -> list[int]:
 async def test_a_template_application_on_its_plan_is_served_while_the_same_traffic_is_blocked_by_default() -> None:
     messages = customer_messages(40)
     async with sim_backend() as sim, running_gateway(config(sim.url)) as gw:
-        known = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=gw.token("support-bot", plan="apps"),
-                                   max_retries=0)
+        known = gw.openai_client(api_key=gw.token("support-bot", plan="apps"))
         unknown = gw.openai_client("other-bot")
         got_known, got_unknown = await send(known, messages), await send(unknown, messages)
         await known.close()

@@ -45,7 +45,7 @@ def config(url: str, **over: Any) -> dict[str, Any]:
 
 
 def client(gw: GatewayHandle, credential: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=credential, max_retries=0)
+    return gw.openai_client(api_key=credential)
 
 
 async def view(gw: GatewayHandle, client_id: str) -> dict[str, Any]:
@@ -92,9 +92,8 @@ async def test_a_second_replica_judges_by_the_plan_the_first_one_recorded(redis_
         await on_a.close()
         await settled(a)
         assert b.ctx.auth.limit_classes("mixed") == frozenset()  # B never saw the client's other credential
-        on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key=b.token("mixed", plan="apps"), max_retries=0)
-        app_only = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key=b.token("support-bot", plan="apps"),
-                                      max_retries=0)
+        on_b = b.openai_client(api_key=b.token("mixed", plan="apps"))
+        app_only = b.openai_client(api_key=b.token("support-bot", plan="apps"))
         got_mixed, got_app = await send(on_b, messages), await send(app_only, messages)
         await on_b.close()
         await app_only.close()

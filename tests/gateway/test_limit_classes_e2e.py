@@ -66,7 +66,7 @@ async def outcomes(client: openai.AsyncOpenAI, n: int) -> list[int]:
 async def test_free_key_is_refused_after_its_burst_while_enterprise_is_served(tmp_path: Path) -> None:
     async with sim_backend() as sim, running_gateway(config(sim.url, tmp_path)) as gw:
         def client(credential: str) -> openai.AsyncOpenAI:
-            return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=credential, max_retries=0)
+            return gw.openai_client(api_key=credential)
 
         free, ent = client(KEYS["free"]), client(KEYS["enterprise"])
         got_free, got_ent = [], []
@@ -127,7 +127,7 @@ async def test_reconciliation_refunds_at_the_class_rate(tmp_path: Path) -> None:
     rate the next one fits at once; refunded at `default`'s (200 000/min) it would wait about a minute."""
     limits = {**LIMITS, "free": {"requests_per_minute": 600, "tokens_per_minute": 600, "burst_tokens": 600}}
     async with app_backend(usage_backend()) as url, running_gateway(config(url, tmp_path, limits=limits)) as gw:
-        client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEYS["free"], max_retries=0)
+        client = gw.openai_client(api_key=KEYS["free"])
         for _ in range(4):
             r = await client.chat.completions.with_raw_response.create(model="sim", messages=MSG,  # type: ignore[arg-type]
                                                                        max_tokens=540)

@@ -154,7 +154,7 @@ async def test_error_shapes() -> None:
 
 async def test_openai_client_raises_typed_errors() -> None:
     async with sim_backend() as sim, running_gateway(gateway_config(sim.url)) as gw:
-        bad = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0)
+        bad = gw.openai_client(api_key="wrong")
         with pytest.raises(openai.AuthenticationError):
             await bad.chat.completions.create(model="sim", messages=MSG)
         client = gw.openai_client()

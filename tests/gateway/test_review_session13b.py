@@ -198,15 +198,15 @@ async def test_sighup_with_a_changed_backend_ca_path_then_a_missing_one(tmp_path
                 {"name": "b0", "url": url, "tls_ca_file": str(ca_file)}]}])
 
         with GatewayProcess(cfg(ca.path), tmp_path) as gw:
-            client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=gw.token("alice"), max_retries=0)
-            assert (await client.chat.completions.create(model="sim", messages=MSG, max_tokens=4)).choices
-            for ca_file, needle in ((copy, "config reload applied"), (tmp_path / "gone.pem", "gone.pem")):
-                gw.write_config(cfg(ca_file))
-                gw.signal(signal.SIGHUP)
-                deadline = time.monotonic() + 10
-                while needle not in gw.output() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                assert needle in gw.output()
+            async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=gw.token("alice"),
+                                          max_retries=0) as client:
                 assert (await client.chat.completions.create(model="sim", messages=MSG, max_tokens=4)).choices
+                for ca_file, needle in ((copy, "config reload applied"), (tmp_path / "gone.pem", "gone.pem")):
+                    gw.write_config(cfg(ca_file))
+                    gw.signal(signal.SIGHUP)
+                    deadline = time.monotonic() + 10
+                    while needle not in gw.output() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    assert needle in gw.output()
+                    assert (await client.chat.completions.create(model="sim", messages=MSG, max_tokens=4)).choices
             assert "reload ignored, the running configuration stays" in gw.output()
-            await client.close()

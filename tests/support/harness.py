@@ -16,8 +16,8 @@ Usage (inside an ``async def test_...``)::
   watermarking off unless overridden) — pass ``models=[...]`` for several models/pools.
 - ``running_gateway(config, tracing=None)``: the gateway (public + admin listeners) on free ports; ``.url``,
   ``.admin_url``, ``.ctx`` (the live ``AppContext``), ``.token(client_id, **claims)``,
-  ``.openai_client(client_id)``, ``.admin_token``. The JWT secret is written to a temp file
-  (``auth.jwt.secret_file``); nothing touches ``os.environ``.
+  ``.openai_client(client_id)`` (closed with the gateway; ``api_key=`` another credential), ``.admin_token``.
+  The JWT secret is written to a temp file (``auth.jwt.secret_file``); nothing touches ``os.environ``.
 - ``mint_token(secret, client_id, ...)``: an HS256 JWT for the harness defaults (aud "ipgate").
 """
 
@@ -31,7 +31,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +147,21 @@ class GatewayHandle:
     ctx: AppContext
     secret: str
     admin_token: str
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)  # closed with the gateway
 
     def token(self, client_id: str, **claims: Any) -> str:
         return mint_token(self.secret, client_id, **claims)
 
-    def openai_client(self, client_id: str = "alice", **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.token(client_id), max_retries=0,
-                                  **kwargs)
+    def openai_client(self, client_id: str = "alice", *, api_key: str | None = None, **kwargs: Any
+                      ) -> openai.AsyncOpenAI:
+        """A client of this gateway (``api_key``: that credential instead of a JWT minted for ``client_id``),
+        closed when the gateway stops. One left open is closed by openai's ``__del__``, which schedules
+        ``aclose()`` on whatever loop runs when the collector gets to it: a later test's, where the close of a
+        connection of a loop already closed fails and asyncio logs "Task exception was never retrieved"."""
+        client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key or self.token(client_id),
+                                    max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
 
 
 @contextlib.asynccontextmanager
@@ -179,10 +187,13 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
             await admin.setup()
             await public_site(ctx, public, "127.0.0.1", 0, None).start()  # the product's (PROXY protocol)
             await web.TCPSite(admin, "127.0.0.1", 0).start()
+            handle = GatewayHandle(f"http://127.0.0.1:{public.addresses[0][1]}",
+                                   f"http://127.0.0.1:{admin.addresses[0][1]}", ctx, secret, admin_token)
             try:
-                yield GatewayHandle(f"http://127.0.0.1:{public.addresses[0][1]}",
-                                    f"http://127.0.0.1:{admin.addresses[0][1]}", ctx, secret, admin_token)
+                yield handle
             finally:
+                for client in handle.clients:
+                    await client.close()
                 await public.cleanup()
                 await admin.cleanup()
 
