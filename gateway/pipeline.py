@@ -13,7 +13,8 @@
     detect    gateway/admit.py        ONE store round trip (state + GCRA), then detection (pure CPU)
     admit     gateway/admit.py        policy block / deny -> 403; over the limit -> 429 + RateLimit-*
     shape     gateway/shape.py        tier hardening, watermark directives, include_usage (per try)
-    route     gateway/route.py        router.acquire: pool -> sticky canary split -> healthy backend
+    route     gateway/route.py        router.route(model), held for every try; .acquire: pool -> sticky canary
+                                      split -> healthy backend
     forward   gateway/route.py        pooled upstream call; retries only before the first byte
     transform gateway/respond.py      usage chunk, watermark embedders per choice, SSE framing intact
     account   gateway/account.py      metrics + access log now; store work (reconcile, detection state,
