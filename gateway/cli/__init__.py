@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 SUBCOMMANDS: tuple[str, ...] = (
     "serve",
@@ -38,8 +39,18 @@ def _module_for(command: str) -> str | None:
     return name if name in SUBCOMMANDS else None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, like every other input error of the CLI: argparse's own
+    answer puts the usage synopsis (up to seven lines for ``verify``) before it, so a script's log or a systemd
+    journal shows the synopsis and the reason is easy to miss. ``--help`` still prints the synopsis.
+    Subparsers are made with the parent's class, so every subcommand answers this way."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the arguments)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipgate", description="LLM IP-protection gateway")
+    parser = _Parser(prog="ipgate", description="LLM IP-protection gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in (only,) if only else SUBCOMMANDS:
         module = importlib.import_module(f"gateway.cli.{name}")

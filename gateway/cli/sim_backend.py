@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -15,6 +16,44 @@ from gateway.sim.run import serve_sim_forever
 from gateway.sim.server import SimOptions
 
 
+def _non_negative(text: str) -> float:
+    """A delay or a rate: finite and >= 0 (a negative or NaN one used to start a server that misbehaved)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return v
+
+
+def _share(text: str) -> float:
+    v = _non_negative(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"a share of requests, from 0 to 1, not {text}")
+    return v
+
+
+def _error_status(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an HTTP status: {text!r}") from None
+    if not 400 <= v <= 599:  # a 200 "failure" would be a normal-looking answer with an error body
+        raise argparse.ArgumentTypeError(f"an HTTP error status, 400 to 599, not {text}")
+    return v
+
+
+def _tokens(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a number of tokens >= 0, not {text}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sim-backend", help=f"run the {LABEL}",
                        description=f"Run the {LABEL}: OpenAI-compatible chat/completions/embeddings/models, "
@@ -22,12 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18000)
     p.add_argument("--model", default="sim", help="model id listed in /v1/models")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first byte")
-    p.add_argument("--tokens-per-s", type=float, default=0.0, help="streaming rate; 0 = as fast as possible")
-    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered with --fail-status")
-    p.add_argument("--fail-status", type=int, default=500)
-    p.add_argument("--cut-after", type=int, default=None, help="close the connection after N streamed tokens")
-    p.add_argument("--stall-after", type=int, default=None, help="stop sending after N streamed tokens")
+    p.add_argument("--latency-ms", type=_non_negative, default=0.0, help="delay before the first byte")
+    p.add_argument("--tokens-per-s", type=_non_negative, default=0.0, help="streaming rate; 0 = as fast as possible")
+    p.add_argument("--fail-rate", type=_share, default=0.0,
+                   help="share of requests (0 to 1) answered with --fail-status")
+    p.add_argument("--fail-status", type=_error_status, default=500, help="HTTP error status (default 500)")
+    p.add_argument("--cut-after", type=_tokens, default=None, help="close the connection after N streamed tokens")
+    p.add_argument("--stall-after", type=_tokens, default=None, help="stop sending after N streamed tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kgw-plugin", action="store_true",
                    help="emulate vLLM with ipgate's KGW plugin loaded: vllm_xargs are checked by the plugin's own "
