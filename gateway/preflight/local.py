@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
+from gateway.config.auth import SUSPICIOUS_MAX_IN_FLIGHT
 from gateway.preflight.backends import backend, cache_salts
 from gateway.preflight.finding import Finding, Guard
 
@@ -183,6 +184,18 @@ def _limit_classes(cfg: GatewayConfig, policy: Policy, out: list[Finding]) -> No
     claim = (f", JWT claim {cfg.auth.jwt.limits_claim!r}" if cfg.auth.jwt is not None and cfg.auth.jwt.limits_claim
              else "")
     out.append(Finding("ok", "limits", f"limit classes {', '.join(names)}{mapped}{claim}"))
+    # An entry written in the file replaces the built-in one whole: `suspicious` without max_in_flight has the
+    # default 64, not the built-in 4, at every tier that names it (unless the tier caps in-flight itself).
+    written = cfg.limits.get("suspicious")
+    if written is not None and "max_in_flight" not in written.model_fields_set:
+        loose = [t.name for t in cfg.policy.tiers if t.limits == "suspicious"
+                 and (t.max_in_flight is None or t.max_in_flight > SUSPICIOUS_MAX_IN_FLIGHT)]
+        if loose:
+            out.append(Finding("warning", "limits", f"limits.suspicious names no max_in_flight: an entry in the file "
+                                                    f"replaces the built-in one whole, so clients at tier(s) "
+                                                    f"{', '.join(loose)} may hold {written.max_in_flight} requests "
+                                                    f"in flight, not the built-in {SUSPICIOUS_MAX_IN_FLIGHT}; set "
+                                                    "limits.suspicious.max_in_flight"))
     first = policy.tiers[0]
     capped = [n for n in names if policy.limits_for(0, n) != limits_from_config(cfg.limits[n])]
     if capped:

@@ -263,3 +263,28 @@ def test_directories_the_writers_create_are_no_error(tmp_path: Path, capsys: pyt
     errors = _levels(out["findings"], "error")
     assert [e for e in errors if "alerts" in e or "recipients" in e] == [], errors
     assert any("telemetry.access_log_file" in e and "does not exist" in e for e in errors), errors
+
+
+def test_a_suspicious_entry_without_its_in_flight_cap_is_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `limits.suspicious` written in the file replaces the built-in entry whole: without max_in_flight the
+    throttle and block tiers allow the default 64 requests in flight per client, not the built-in 4 (what
+    deploy/ipgate.yaml did). It starts, so a warning naming the field."""
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    wm = {"recipients_file": str(tmp_path / "recipients.txt")}
+    default = {"requests_per_minute": 600, "tokens_per_minute": 200000}
+    rates = {"requests_per_minute": 30, "tokens_per_minute": 10000}
+    code, out = _run(tmp_path, _cfg(watermark=wm, limits={"default": default, "suspicious": rates}), capsys)
+    warnings = _levels(out["findings"], "warning")
+    assert code == 0 and len(warnings) == 1, warnings
+    assert "limits.suspicious" in warnings[0] and "throttle, block" in warnings[0] and "64" in warnings[0]
+    for fine in ({"default": default}, {"default": default, "suspicious": {**rates, "max_in_flight": 4}},
+                 {"default": default, "suspicious": {**rates, "max_in_flight": None}}):
+        code, out = _run(tmp_path, _cfg(watermark=wm, limits=fine), capsys)
+        assert _levels(out["findings"], "warning") == [], (fine, out)
+    # a tier that caps in-flight itself at or below the built-in 4 needs nothing more
+    tiers = [{"name": "normal"}, {"name": "throttle", "limits": "suspicious", "max_in_flight": 2}]
+    code, out = _run(tmp_path, _cfg(watermark=wm, limits={"default": default, "suspicious": rates},
+                                    policy={"tiers": tiers}), capsys)
+    assert _levels(out["findings"], "warning") == [], out

@@ -60,3 +60,20 @@ def test_the_deploy_example_is_valid() -> None:
     cfg = load_config(ROOT / "deploy" / "ipgate.yaml", env={})
     assert cfg.store.kind == "redis" and cfg.models[0].canary is not None
     assert cfg.admin_addr[0] == "127.0.0.1"  # the admin API stays off the public interface
+
+
+def test_the_deploy_example_keeps_the_built_in_limits_it_does_not_set() -> None:
+    """A `limits` entry written in the file replaces the built-in one of that name whole. deploy/ipgate.yaml
+    wrote `suspicious` with its rates only, so the throttle and block tiers' cap on requests in flight went
+    from the built-in 4 to the default 64 per client in the configuration operators start from."""
+    from gateway.config import TierLimitsConfig, load_config
+
+    path = ROOT / "deploy" / "ipgate.yaml"
+    written = yaml.safe_load(path.read_text())["limits"]
+    cfg = load_config(path, env={})
+    models = [{"name": "m", "backends": [{"name": "a", "url": "http://127.0.0.1:1"}]}]
+    built_in = parse_config({"models": models}, env={}).limits
+    for name in written.keys() & built_in.keys():
+        for field in TierLimitsConfig.model_fields:
+            if field not in written[name]:
+                assert getattr(cfg.limits[name], field) == getattr(built_in[name], field), f"limits.{name}.{field}"
