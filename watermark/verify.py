@@ -28,7 +28,9 @@ class Verdict:
     key_version: int | None
     scheme: str
     scored: int
-    candidates: tuple[tuple[str, float], ...]  # (client, corrected p-value), best first
+    # (client, key version, corrected p-value), best first: one hypothesis per client and key version, so with
+    # several versions in force a client can be listed once per version
+    candidates: tuple[tuple[str, int, float], ...]
     texts: int
 
     def to_json(self, corpus: bool = False) -> dict[str, Any]:
@@ -36,7 +38,7 @@ class Verdict:
             "watermarked": self.watermarked, "p_value": self.p_value, "log10_p_value": self.log10_p_value,
             "client": self.client, "key_version": self.key_version, "scheme": self.scheme,
             "scored": self.scored,
-            "candidates": [{"client": c, "p_value": p} for c, p in self.candidates],
+            "candidates": [{"client": c, "key_version": v, "p_value": p} for c, v, p in self.candidates],
         }
         if corpus:
             out["texts"] = self.texts
@@ -126,7 +128,7 @@ def verify(
     adj = min(0.0, best.log10_p_value + math.log10(m))
     family = best.family_size * m
     cands = tuple(
-        (c.client_id, _p10(min(0.0, c.log10_p_value + math.log10(family))))
+        (c.client_id, c.key_version, _p10(min(0.0, c.log10_p_value + math.log10(family))))
         for c in best.candidates
     )
     client = best.client_id

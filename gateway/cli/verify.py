@@ -58,7 +58,8 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--jsonl", help='bulk: a JSONL file of {"id", "text"}; one verdict per line on stdout')
     p.add_argument("--corpus", action="store_true", help="with --jsonl: pool all texts into one verdict")
-    p.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
+    p.add_argument("--top", type=int, default=5,
+                   help="candidates to list in the JSON output, one per client and key version (default 5)")
     p.add_argument("--no-markdown", action="store_true",
                    help="do not score markdown list markers (default: the config's watermark.lexical_markdown, "
                    "else they are scored)")

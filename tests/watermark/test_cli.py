@@ -202,3 +202,18 @@ def test_verify_config_tests_a_file_recipient_under_every_version(redis_url: str
     assert cli(["verify", str(tmp_path / "t.txt"), "--config", str(cfg), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["client"] == "alice"
+
+
+def test_candidates_name_their_key_version(responses: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: Any) -> None:
+    """With several key versions in force every (client, version) is a hypothesis: `--key-versions 2,1` listed
+    alice twice, as {"client": "alice", "p_value": ...} both times, one of them "not watermarked"-looking."""
+    marked = mark("\n\n".join(responses[:6]), "alice", monkeypatch, capsys)
+    f = tmp_path / "t.txt"
+    f.write_text(marked)
+    (tmp_path / "clients").write_text("alice\nbob\n")
+    assert cli(["verify", str(f), "--clients", str(tmp_path / "clients"), "--key-versions", "2,1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["key_version"] == 1
+    pairs = [(c["client"], c["key_version"]) for c in out["candidates"]]
+    assert pairs[0] == ("alice", 1) and sorted(pairs) == [("alice", 1), ("alice", 2), ("bob", 1), ("bob", 2)]
