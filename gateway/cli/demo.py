@@ -101,10 +101,13 @@ Ctrl-C stops everything.
 
 async def _main(cfg: GatewayConfig, client: str) -> int:
     from gateway.cli.token import mint
-    from gateway.server import run_worker
+    from gateway.server import claim_listen_ports, run_worker
     from gateway.sim.run import start_sim
     from gateway.sim.server import SimOptions
 
+    # The gateway's ports first, as `ipgate serve` claims them before anything binds: a taken one is the only
+    # thing said, with no simulated backend started (and logged as listening) in front of a gateway that cannot
+    ports = claim_listen_ports(cfg)
     runners = []
     try:
         for m in cfg.models:
@@ -119,10 +122,11 @@ async def _main(cfg: GatewayConfig, client: str) -> int:
         host, port = cfg.listen_addr
         ahost, aport = cfg.admin_addr
         text = _examples(f"http://{host}:{port}", token, f"http://{ahost}:{aport}", os.environ["IPGATE_ADMIN_TOKEN"])
-        return await run_worker(None, cfg, on_ready=lambda: print(text, flush=True))
+        return await run_worker(None, cfg, on_ready=lambda: print(text, flush=True), claim=False)
     finally:
         for r in runners:
             await r.cleanup()
+        ports.close()
 
 
 def run(args: argparse.Namespace) -> int:
