@@ -67,7 +67,8 @@ def register(sub: Any) -> None:
         q.add_argument("--model", required=True, help="model name to send in the probes")
         q.add_argument("--api-key-env", help="environment variable holding the backend's API key")
         q.add_argument("--no-logprobs", action="store_true", help="do not ask for logprobs (backends that refuse them)")
-        q.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per probe request (> 0)")
+        q.add_argument("--timeout", type=_positive_float, default=30.0,
+                       help="seconds per probe request (> 0; default 30)")
         q.add_argument("--tls-ca", metavar="FILE", help="https backend: CA file to verify it with (a private CA)")
         q.add_argument("--tls-cert", metavar="FILE", help="https backend requiring mutual TLS: client certificate")
         q.add_argument("--tls-key", metavar="FILE", help="the client certificate's key (with --tls-cert)")

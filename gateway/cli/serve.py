@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                     "$IPGATE_CONFIG, else /etc/ipgate/ipgate.yaml")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes sharing the port (default: server.workers from the config)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default INFO; with --workers N every worker logs at this level")
     # internal: a worker started by the --workers supervisor, which has claimed the ports for it
     # with the addresses it claimed: a restarted worker serves them even if the file's listen changed since
     p.add_argument("--supervised", nargs=2, metavar=("LISTEN", "ADMIN_LISTEN"), default=None,

@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sim-backend", help=f"run the {LABEL}",
                        description=f"Run the {LABEL}: OpenAI-compatible chat/completions/embeddings/models, "
                                    "and /v1/responses as vLLM serves it.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=18000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=18000, help="port to listen on (default 18000)")
     p.add_argument("--model", default="sim", help="model id listed in /v1/models")
     p.add_argument("--latency-ms", type=_non_negative, default=0.0, help="delay before the first byte")
     p.add_argument("--tokens-per-s", type=_non_negative, default=0.0, help="streaming rate; 0 = as fast as possible")
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--fail-status", type=_error_status, default=500, help="HTTP error status (default 500)")
     p.add_argument("--cut-after", type=_tokens, default=None, help="close the connection after N streamed tokens")
     p.add_argument("--stall-after", type=_tokens, default=None, help="stop sending after N streamed tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the failure injection's draws (default 0)")
     p.add_argument("--kgw-plugin", action="store_true",
                    help="emulate vLLM with ipgate's KGW plugin loaded: vllm_xargs are checked by the plugin's own "
                         "validator (400 on a bad directive or the gateway's probe); its spec and master secret "
