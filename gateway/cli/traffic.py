@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     p.add_argument("--hydra", type=int, action="append", default=[], metavar="K",
                    help="a hydra campaign over K accounts (repeatable)")
     p.add_argument("--requests", type=int, default=300, help="requests per harvesting attacker (default 300)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="the trace is a function of the seed (default 1)")
     p.set_defaults(func=run)
 
 

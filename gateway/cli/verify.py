@@ -48,7 +48,8 @@ def register(sub: Any) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--client", help="test only this client id")
     who.add_argument("--clients", help="file with one candidate client id per line")
-    p.add_argument("--scheme", choices=SCHEMES, default="auto")
+    p.add_argument("--scheme", choices=SCHEMES, default="auto",
+                   help="auto (default): lexical, and kgw too when a tokenizer is given or configured")
     p.add_argument("--tokenizer", help="tokenizer.json of the model (needed for kgw; default: the config's "
                    "watermark.kgw_tokenizer_file, as the admin API uses it)")
     p.add_argument("--kgw-params", metavar="SPEC",

@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
     p.add_argument("--client", help="the client whose key marks the text")
     p.add_argument("--scheme", choices=["lexical", "kgw"], default="lexical",
                    help="only lexical can be applied to finished text; kgw works in the model's sampler")
-    p.add_argument("--strength", choices=sorted(STRENGTH_LEVEL), default="normal")
+    p.add_argument("--strength", choices=sorted(STRENGTH_LEVEL), default="normal",
+                   help="strong: also the groups the gateway marks at tiers with watermark_strength: strong")
     p.add_argument("--no-markdown", action="store_true",
                    help="leave markdown list markers alone (default: the config's watermark.lexical_markdown, "
                    "else they are choice points)")

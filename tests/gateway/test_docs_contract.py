@@ -133,6 +133,14 @@ def test_every_subcommand_and_flag_is_documented() -> None:
     assert not undocumented, f"flags never shown with their command in README/docs: {undocumented}"
 
 
+def test_every_flag_says_what_it_does_in_its_help() -> None:
+    """README: "`ipgate <command> --help` lists every flag": each with a line saying what it is."""
+    silent = [f"ipgate {sub} {'/'.join(names)}" for sub, parser in _parsers().items() for names, action in
+              ((tuple(a.option_strings), a) for a in parser._actions if a.option_strings and "-h" not in
+               a.option_strings and a.help != argparse.SUPPRESS) if not action.help]
+    assert not silent, f"flags --help shows without a word: {silent}"
+
+
 # --- metrics ------------------------------------------------------------------------------------------------
 
 def _code_metrics() -> dict[str, tuple[str, ...]]:
