@@ -141,6 +141,16 @@ def test_every_flag_says_what_it_does_in_its_help() -> None:
     assert not silent, f"flags --help shows without a word: {silent}"
 
 
+def test_every_extra_is_in_the_readme_extras_table() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    readme = README.read_text(encoding="utf-8")
+    table = readme[readme.index("Optional extras:"):readme.index("System packages")]
+    listed = set(re.findall(r"^\| `\[([a-z]+)\]` \|", table, re.M))
+    assert listed == set(extras), f"README extras table: {sorted(listed)}, pyproject: {sorted(extras)}"
+
+
 # --- metrics ------------------------------------------------------------------------------------------------
 
 def _code_metrics() -> dict[str, tuple[str, ...]]:
