@@ -151,6 +151,37 @@ def test_every_extra_is_in_the_readme_extras_table() -> None:
     assert listed == set(extras), f"README extras table: {sorted(listed)}, pyproject: {sorted(extras)}"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation (an en dash too) dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    out, in_block = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+        elif not in_block and line.startswith("#"):
+            out.add(_slug(line.lstrip("#")))
+    return out
+
+
+def test_relative_links_in_the_manual_reach_a_file_and_heading() -> None:
+    problems = []
+    for path in MANUAL:
+        for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for link in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", link):
+                    continue
+                target, _, anchor = link.partition("#")
+                file = (path.parent / target).resolve() if target else path
+                if not file.exists():
+                    problems.append(f"{_rel(path)}:{no}: {link}: no such file")
+                elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+                    problems.append(f"{_rel(path)}:{no}: {link}: no such heading")
+    assert not problems, "\n".join(problems)
+
+
 # --- metrics ------------------------------------------------------------------------------------------------
 
 def _code_metrics() -> dict[str, tuple[str, ...]]:
