@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import shlex
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.cli import SUBCOMMANDS, build_parser
+from gateway.cli import SUBCOMMANDS, _module_for, build_parser
 from gateway.config import (
     AlertSinkConfig,
     BackendConfig,
@@ -116,6 +117,42 @@ def test_every_documented_invocation_names_a_real_subcommand_and_real_flags() ->
         known = {f for names in _flags(parsers[sub]) for f in names}
         problems += [f"{file}:{no}: `ipgate {sub}` has no flag {flag}" for flag in _FLAG.findall(rest)
                      if flag not in known]
+    assert not problems, "\n".join(problems)
+
+
+_SYNOPSIS = re.compile(r"\[|\||\.\.\.|…|<[A-Z]")  # `DEBUG|INFO`, `FILE ...`: a synopsis, not a command
+
+
+def _bash_examples() -> Iterator[tuple[str, int, list[str]]]:
+    """``(file, line, argv after "ipgate")`` of every ``ipgate`` command in a ```bash block, shell redirections,
+    pipes and comments cut off, optional parts in brackets (``[--workers 4]``) left out; a line that is still a
+    synopsis (``A|B``, ``...``) is skipped."""
+    for path in MANUAL:
+        in_bash = False
+        for no, line in _logical_lines(path):
+            if line.lstrip().startswith("```"):
+                in_bash = not in_bash and line.strip() == "```bash"
+                continue
+            code = line.split(" #", 1)[0]
+            m = re.search(r"(?:^|[\s($])(?:\S*/)?ipgate (?=[a-z])", code)
+            if not in_bash or not m or code.lstrip().startswith("#"):
+                continue
+            command = re.sub(r"\[[^]]*\]", "", re.split(r" [<>|&]|\)", code[m.end():])[0])
+            if not _SYNOPSIS.search(command):
+                yield _rel(path), no, shlex.split(command)
+
+
+def test_every_documented_command_line_parses_as_written() -> None:
+    """The flags exist (above), and each example is also a valid command line: values of the right type and
+    range, required arguments present, no two exclusive flags together."""
+    examples = list(_bash_examples())
+    assert len(examples) >= 40, len(examples)
+    problems = []
+    for file, no, argv in examples:
+        try:
+            build_parser(_module_for(argv[0])).parse_args(argv)
+        except SystemExit:
+            problems.append(f"{file}:{no}: ipgate {' '.join(argv)}")
     assert not problems, "\n".join(problems)
 
 
