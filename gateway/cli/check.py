@@ -46,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
 
     found = find_config(args.config)
     if found is None:
-        print(f"ipgate check: no configuration: pass --config FILE (looked in {searched()})", file=sys.stderr)
+        message = f"no configuration: pass --config FILE (looked in {searched()})"
+        print(f"ipgate check: {message}", file=sys.stderr)
+        if args.json:  # stdout is one object whatever happened: CI parses it
+            print(json.dumps({"ok": False, "errors": 1, "warnings": 0,
+                              "findings": [{"level": "error", "area": "config", "message": message}]}))
         return 2
     args.config = str(found.path)
     try:
         cfg = found.load()
-    except ConfigError as e:
-        findings = [Finding("error", "config", str(e))]
+    except ConfigError as e:  # several validation problems: one finding each, as every other check reports
+        findings = [Finding("error", "config", p) for p in e.problems or (str(e),)]
     else:
         findings = offline(cfg)
         if args.connect:

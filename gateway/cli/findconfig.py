@@ -48,7 +48,8 @@ class FoundConfig:
         except ConfigError as e:
             if not self.implicit:
                 raise
-            raise ConfigError(f"{e} (found through {self.origin}; pass --config FILE to use another)") from e
+            note = f" (found through {self.origin}; pass --config FILE to use another)"
+            raise ConfigError(f"{e}{note}", tuple(p + note for p in e.problems)) from e
 
 
 def searched() -> str:

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
 
 class ConfigError(Exception):
-    """Raised at start-up when the configuration cannot be used; the message names file and field."""
+    """Raised at start-up when the configuration cannot be used; the message names file and field.
+
+    ``problems``: when validation found several, one line each (``file: field: what``), as the message lists
+    them; ``ipgate check`` reports each as its own finding."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 # The longest TTL a field handed to the state store may ask for: stores keep TTLs as integer micro- or

@@ -155,7 +155,7 @@ def parse_config(
             problems.append(f"{source}: {loc}: {msg}{_origin(err['loc'], origins)}")
         if len(problems) == 1:  # the common case fits one line (log-friendly)
             raise ConfigError(f"invalid configuration: {problems[0]}") from e
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from e
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), tuple(problems)) from e
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -115,6 +115,23 @@ def test_a_config_that_does_not_parse_is_one_error_line(tmp_path: Path, capsys: 
     assert code == 2 and "models.0.backends.0.url" in out["findings"][0]["message"]
 
 
+def test_several_schema_problems_are_one_finding_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README: `ipgate check` "prints every problem at once, each naming its field". Schema problems were one
+    finding whose message held them all on embedded lines ("invalid configuration:\n  ..."), counted as one
+    error: a CI job reading --json saw errors: 1 and had to split a message to find the fields."""
+    cfg = _cfg(url="ftp://x", bogus=1)
+    cfg["models"][0]["backends"][0]["weight"] = -1
+    code, out = _run(tmp_path, cfg, capsys)
+    messages = [f["message"] for f in out["findings"]]
+    assert code == 2 and out["errors"] == 3 and len(messages) == 3, out
+    for field in ("models.0.backends.0.url", "models.0.backends.0.weight", "bogus"):
+        assert sum(f"ipgate.yaml: {field}:" in m for m in messages) == 1, (field, messages)
+    assert not any("\n" in m for m in messages)
+    assert cli_main(["check", "--config", str(tmp_path / "ipgate.yaml")]) == 2  # the text report: a line each
+    out_text = capsys.readouterr().out
+    assert len([line for line in out_text.splitlines() if line.startswith("error")]) == 3, out_text
+
+
 def test_the_human_report_lists_findings_and_ends_with_a_verdict(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in GOOD_ENV.items():
@@ -215,7 +232,10 @@ def test_check_and_serve_find_the_config_through_ipgate_config(tmp_path: Path, c
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("IPGATE_CONFIG", raising=False)
     assert cli_main(["check", "--json"]) == 2
-    assert "no configuration: pass --config FILE (looked in --config, $IPGATE_CONFIG" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "no configuration: pass --config FILE (looked in --config, $IPGATE_CONFIG" in err
+    answer = json.loads(out)  # --json: stdout is one object in every case, for CI to parse
+    assert answer["ok"] is False and answer["errors"] == 1 and "no configuration" in answer["findings"][0]["message"]
     assert cli_main(["serve"]) == 2
     assert "ipgate serve: no configuration" in capsys.readouterr().err
 
