@@ -40,7 +40,8 @@ def register(sub: Any) -> None:
                    help="a record that must be there (from the gateway's 'audit record ... (anchor ...)' log "
                         "line); shows records cut off the end of a chain (repeatable)")
     p.add_argument("--json", action="store_true",
-                   help='print one object: {"intact", "records", "writers", "problems"}')
+                   help='print one object: {"intact", "records", "writers", "problems"} ({"intact": null, '
+                        '"error"} when the files cannot be checked)')
     p.set_defaults(func=run)
 
 
@@ -57,26 +58,29 @@ def run(args: argparse.Namespace) -> int:
                     read += 1
                     yield line
 
+    def error(message: str) -> int:
+        """Exit 2: one line on stderr and, with --json, still one object on stdout (a script parses it)."""
+        print(f"ipgate audit verify: {message}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"intact": None, "error": message}))
+        return 2
+
     try:
         anchors = [Anchor.parse(a) for a in args.anchor]
     except ValueError as e:
-        print(f"ipgate audit verify: --anchor: {e}", file=sys.stderr)
-        return 2
+        return error(f"--anchor: {e}")
     key = None
     if args.key_env:
         value = os.environ.get(args.key_env)
         if not value:
-            print(f"ipgate audit verify: --key-env: {args.key_env} is not set", file=sys.stderr)
-            return 2
+            return error(f"--key-env: {args.key_env} is not set")
         key = value.encode()
     try:
         report = verify_lines(lines(), partial_start=args.partial, key=key, anchors=anchors)
     except OSError as e:
-        print(f"ipgate audit verify: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
-        return 2
+        return error(f"cannot read {e.filename}: {e.strerror}")
     if report.records == 0:
-        print(f"ipgate audit verify: no audit record in {', '.join(args.files)}", file=sys.stderr)
-        return 2
+        return error(f"no audit record in {', '.join(args.files)}")
 
     def where(line: int) -> tuple[str, int]:
         if line == 0:  # a missing anchor: no line of the files

@@ -126,6 +126,22 @@ async def test_cli_verify_exit_codes_and_first_bad_line(tmp_path: Path, capsys: 
     assert "no audit record" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["missing.jsonl"], ["empty.jsonl"], ["audit.jsonl", "--key-env", "S19_UNSET_KEY"],
+                                  ["audit.jsonl", "--anchor", "x"]])
+def test_cli_json_is_one_object_on_an_error_too(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    """README: `ipgate audit verify audit.jsonl --partial --json` prints "one JSON object". On an error (exit 2)
+    stdout was empty, so a script reading it failed on the input instead of seeing the error."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("S19_UNSET_KEY", raising=False)
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "audit.jsonl").write_text("{}\n")
+    assert main(["audit", "verify", *argv, "--json"]) == 2
+    out, err = capsys.readouterr()
+    body = json.loads(out)
+    assert body["intact"] is None and body["error"] and body["error"] in err
+
+
 def test_a_keyed_chain_needs_the_key_and_refuses_a_downgrade() -> None:
     key = b"audit-chain-key-0123456789"
     chain = Chain("w", key)
