@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if any_marked else 1
     except CliError as e:
         print(f"ipgate verify: {e}", file=sys.stderr)
+        if args.json:  # stdout stays one object (a script reads .watermarked): null, never a verdict
+            write_out(json.dumps({"watermarked": None, "error": str(e)}) + "\n")
         return 2
     except BrokenPipeError:
         return output_closed("ipgate verify")

@@ -204,6 +204,20 @@ def test_verify_config_tests_a_file_recipient_under_every_version(redis_url: str
     assert out["client"] == "alice"
 
 
+@pytest.mark.parametrize("argv", [["--client", "alice"], ["--clients", "missing.txt", "t.txt"],
+                                  ["--client", "alice", "--fpr", "2", "t.txt"], ["--client", "alice", "missing.txt"]])
+def test_json_is_one_object_on_an_error_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                            argv: list[str]) -> None:
+    """`ipgate verify --json` printed nothing on stdout on an error (exit 2): `... --json | jq .watermarked`
+    read empty input. Now `{"watermarked": null, "error"}`, as `fingerprint check --json` does."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("some text")
+    assert cli(["verify", *argv, "--json"], stdin="", monkeypatch=monkeypatch) == 2  # (empty stdin: an error)
+    out, err = capsys.readouterr()
+    body = json.loads(out)
+    assert body == {"watermarked": None, "error": body["error"]} and body["error"] in err
+
+
 def test_candidates_name_their_key_version(responses: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: Any) -> None:
     """With several key versions in force every (client, version) is a hypothesis: `--key-versions 2,1` listed
