@@ -304,7 +304,9 @@ def test_verify_of_an_empty_input_is_an_error_not_a_verdict(
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content), encoding="utf-8"))
     assert main(["verify", "-" if from_stdin else str(path), "--client", "alice", "--json"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "no text to verify" in err and ("stdin" if from_stdin else str(path)) in err
+    assert "no text to verify" in err and ("stdin" if from_stdin else str(path)) in err
+    # --json: stdout is the error object, never a verdict (no "watermarked": false)
+    assert json.loads(out) == {"watermarked": None, "error": err.removeprefix("ipgate verify: ").strip()}
 
 
 def test_verify_of_a_short_text_is_still_a_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
