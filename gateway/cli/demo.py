@@ -106,7 +106,7 @@ async def _main(cfg: GatewayConfig, client: str) -> int:
     from gateway.sim.server import SimOptions
 
     # The gateway's ports first, as `ipgate serve` claims them before anything binds: a taken one is the only
-    # thing said, with no simulated backend started (and logged as listening) in front of a gateway that cannot
+    # thing said, with no simulated backend started (and logged as listening) for a gateway that cannot start
     ports = claim_listen_ports(cfg)
     runners = []
     try:

@@ -56,7 +56,8 @@ def register(sub: Any) -> None:
                    help="kgw green-list spec, e.g. g0.25-h4-selfhash (default: the config's watermark.kgw_params, "
                         "else g0.25-h4-selfhash)")
     p.add_argument("--fpr", type=float, default=1e-6, help="family-wise false-positive rate (default 1e-6)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object ({"watermarked": null, "error"} on an error)')
     p.add_argument("--jsonl", help='bulk: a JSONL file of {"id", "text"}; one verdict per line on stdout')
     p.add_argument("--corpus", action="store_true", help="with --jsonl: pool all texts into one verdict")
     p.add_argument("--top", type=int, default=5,
