@@ -62,7 +62,7 @@ class BackendState:
     __slots__ = (
         "cfg", "ejected_until", "ejection_count", "ejections_total", "failures", "healthy", "in_flight",
         "last_error", "plugin_detail", "plugin_logged", "plugin_ok", "plugin_reason", "probation", "quarantine",
-        "reinstated_at", "trial_in_flight",
+        "reinstated_at", "retired", "trial_in_flight",
     )
     # ``ejections_total`` doubles as the ejection generation: a lease remembers it, and an outcome from a
     # lease taken before the latest ejection decides nothing (it describes the backend as it was then).
@@ -77,6 +77,10 @@ class BackendState:
         self.ejection_count = 0  # exponent of the next backoff
         self.ejections_total = 0
         self.reinstated_at = 0.0
+        # a reload removed it (or its model): requests still running on it end in the pool they were taken
+        # from, and export nothing (its series were retired; a 0 would stay until a restart and keep the
+        # backend alerts firing about a backend that no longer exists)
+        self.retired = False
         self.healthy = True  # active health check verdict
         self.last_error: str | None = None
         self.quarantine: str | None = None  # why it is kept out of rotation (fingerprint mismatch), or None
@@ -310,10 +314,11 @@ class Pool:
         state.ejected_until = now + backoff
         state.probation = False
         log.warning(
-            "model %s: backend %s ejected for %.1fs (%s; last error: %s)",
+            "model %s: backend %s ejected for %.1fs (%s; last error: %s)%s",
             self.name, state.cfg.name, backoff, why, state.last_error,
+            " (a reload removed it: nothing is routed to it)" if state.retired else "",
         )
-        if self._metrics is not None:
+        if self._metrics is not None and not state.retired:
             self._metrics.backend_ejections_total.labels(model=self.name, backend=state.cfg.name).inc()
             self._metrics.backend_healthy.labels(model=self.name, backend=state.cfg.name).set(0)
 
@@ -368,7 +373,7 @@ class Pool:
         return True
 
     def _publish_health(self, state: BackendState) -> None:
-        if self._metrics is not None:
+        if self._metrics is not None and not state.retired:
             up = state.healthy and not state.ejected_until and state.quarantine is None
             self._metrics.backend_healthy.labels(model=self.name, backend=state.cfg.name).set(1 if up else 0)
 
@@ -390,7 +395,7 @@ class Pool:
         state = self.backends[i]
         before = state.plugin_ok
         state.plugin_ok, state.plugin_reason, state.plugin_detail = verdict.ok, verdict.reason, verdict.detail
-        if verdict.ok is False and self._metrics is not None:
+        if verdict.ok is False and self._metrics is not None and not state.retired:
             self._metrics.watermark_plugin_probe_failures_total.labels(model=self.name, backend=name).inc()
         if verdict.ok is True:
             state.plugin_logged = None
@@ -405,7 +410,7 @@ class Pool:
         elif before is True:
             log.warning("model %s: backend %s: KGW plugin no longer verified (%s); its responses get the lexical "
                         "watermark until the probe is answered again", self.name, name, verdict.detail)
-        if self._metrics is not None and before is not verdict.ok:
+        if self._metrics is not None and before is not verdict.ok and not state.retired:
             self._metrics.watermark_plugin_ok.labels(model=self.name, backend=name).set(1 if verdict.ok else 0)
 
     # --- admin -------------------------------------------------------------------------------------------

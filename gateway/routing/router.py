@@ -207,6 +207,11 @@ class Router:
                 canaries[m.name] = ctl
             pool.publish_all()
             pools[m.name] = pool
+        live = {id(s) for p in pools.values() for s in p.backends}
+        for p in old_pools.values():
+            for s in p.backends:
+                if id(s) not in live:  # removed: its series are retired below, and stay so
+                    s.retired = True
         self._retire_series(old_pools, pools)
         for name in self._canaries.keys() - canaries.keys():
             self._stop_canary(name)

@@ -5,6 +5,7 @@ for a backend that no longer exists."""
 from __future__ import annotations
 
 from gateway.config import ModelConfig, RoutingConfig
+from gateway.routing.pool import Outcome
 from gateway.routing.router import Router
 from gateway.telemetry.metrics import Metrics
 
@@ -48,5 +49,34 @@ async def test_a_removed_rollout_leaves_no_canary_series() -> None:
         assert all(get("ipgate_canary_state", {"model": "m", "state": s}) is None
                    for s in ("progressing", "paused", "promoted", "aborted"))
         assert get("ipgate_backend_healthy", {"model": "m", "backend": "canary"}) == 1  # still a backend
+    finally:
+        await router.close()
+
+
+async def test_a_request_on_a_removed_backend_does_not_bring_its_series_back() -> None:
+    """A request still running on a backend when a reload removes it (or its model) ends after the reload: its
+    failure ejects the backend in the pool it was taken from, and that must not export the retired series again
+    (a ``backend_healthy 0`` for a backend that no longer exists, until a restart)."""
+    metrics = Metrics()
+    routing = RoutingConfig.model_validate({"health": {"consecutive_failures": 1}})
+    router = Router([_model("m", "a", "b"), _model("old", "x")], routing, metrics, health_checks=False)
+    try:
+        get = metrics.registry.get_sample_value
+        on_b = router.acquire("m", "client", exclude=frozenset({"a"}))
+        on_x = router.acquire("old", "client")
+        kept = router.acquire("m", "client", exclude=frozenset({"b"}))
+        assert (on_b.backend.name, on_x.backend.name, kept.backend.name) == ("b", "x", "a")
+        router.reload([_model("m", "a")])
+        assert get("ipgate_backend_healthy", {"model": "m", "backend": "b"}) is None
+        failed = Outcome(ok=False, status=503, latency_s=0.01, error="status 503")
+        on_b.release(failed)
+        on_x.release(failed)
+        assert get("ipgate_backend_healthy", {"model": "m", "backend": "b"}) is None
+        assert get("ipgate_backend_healthy", {"model": "old", "backend": "x"}) is None
+        assert get("ipgate_backend_ejections_total", {"model": "m", "backend": "b"}) is None
+        # a backend the reload kept is the same backend: its failure is its own, and exported
+        kept.release(failed)
+        assert get("ipgate_backend_healthy", {"model": "m", "backend": "a"}) == 0
+        assert get("ipgate_backend_ejections_total", {"model": "m", "backend": "a"}) == 1
     finally:
         await router.close()
