@@ -26,6 +26,7 @@ from gateway.config import ConfigError, JwtConfig, load_config
 
 _TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL_S = 366 * 86400  # the longest lifetime ``ipgate token`` mints
 
 
 def parse_ttl(text: str) -> int:
@@ -39,6 +40,11 @@ def parse_ttl(text: str) -> int:
     seconds = int(value)
     if seconds <= 0:
         raise ValueError("--ttl must be positive")
+    if seconds > MAX_TTL_S:
+        # a token is a bearer credential that cannot be revoked before its exp (only by a deny override or a
+        # new secret): a lifetime of millennia was minted without a word
+        raise ValueError(f"--ttl: at most {MAX_TTL_S // 86400}d, got {text!r} (a long-lived service credential "
+                         "is an API key: ipgate apikey create)")
     return seconds
 
 
@@ -117,6 +123,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--roles", help="comma-separated roles, e.g. chat,admin")
     p.add_argument("--limits", metavar="CLASS",
                    help="limit class claim (auth.jwt.limits_claim must be set; a key of the config's limits)")
-    p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d, at most 366d (default 1h)")
     p.add_argument("--config", type=config_arg, help="gateway YAML (audience, issuer, claim names, secret source)")
     p.set_defaults(func=run)

@@ -142,6 +142,12 @@ def test_cli_token_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytes
     monkeypatch.setenv("IPGATE_JWT_SECRET", "s" * 40)
     assert _run_cli(token_cli, ["token", "--client", "c", "--ttl", "soon"]) == 2
     assert "--ttl" in capsys.readouterr().err
+    # a bearer token lives until its exp: a lifetime of millennia is refused, naming the bound
+    for ttl in ("367d", "99999999999d"):
+        assert _run_cli(token_cli, ["token", "--client", "c", "--ttl", ttl]) == 2
+        err = capsys.readouterr().err
+        assert "--ttl: at most 366d" in err and "apikey" in err
+    assert _run_cli(token_cli, ["token", "--client", "c", "--ttl", "366d"]) == 0
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800)])
