@@ -99,10 +99,11 @@ def test_forwarded_only_from_a_trusted_peer(peer: str | None, value: str, expect
 ])
 def test_client_text_of_header_size_parses_in_linear_time(value: str) -> None:
     """A backtracking node pattern took 20 s on "[" + 2 000 colons: a client behind the balancer stalled the
-    event loop with one header. Each of these (16 KB, aiohttp's default header limit) takes well under 50 ms."""
-    t0 = time.perf_counter()
+    event loop with one header. Each of these (16 KB, aiohttp's default header limit) takes well under 50 ms of
+    CPU time (this thread's: other processes taking the CPU on a busy host do not count)."""
+    t0 = time.thread_time()
     assert ClientAddress(LB, "forwarded").resolve(PEER, value) == PEER
-    assert time.perf_counter() - t0 < 0.05
+    assert time.thread_time() - t0 < 0.05
 
 
 def test_one_header_per_setting() -> None:
