@@ -36,6 +36,7 @@ from gateway.store.cluster import ClusterMux
 from gateway.store.redis import RedisStore
 from gateway.store.resilient import ResilientStore
 from tests.conftest import RedisClusterProcess, RedisProcess, _cluster_port
+from tests.support.stall import OwnClock
 
 SLOW = Limits(requests_per_minute=1, tokens_per_minute=1e9, burst_requests=6, burst_tokens=10**9)  # T = 60 s
 TIERS = (SLOW, SLOW, SLOW)
@@ -251,9 +252,9 @@ async def test_connections_killed_by_the_server_fail_fast_then_reconnect(cstore:
     with redis_cluster.client(2) as r:
         r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     await asyncio.sleep(0.05)
-    t0 = time.perf_counter()
+    clock = OwnClock()  # a busy host's CPU waits taken off
     first = await _gets(mux, keys[2])
-    assert time.perf_counter() - t0 < 1.0
+    assert clock.elapsed() < 1.0
     assert all(isinstance(x, (redis.ConnectionError, bytes)) for x in first), first
     assert await _gets(mux, keys[2]) == [k.encode() for k in keys[2]], "reconnected, replies in order"
 
@@ -333,9 +334,9 @@ async def test_failover_away_from_a_hung_seed_primary_recovers(redis_cluster: An
         while not all(_owner_port(cluster, i, slot) == replica.port for i in (1, 2)):
             assert time.monotonic() < deadline, "the other primaries did not learn of the failover"
             await asyncio.sleep(0.05)
-        t0 = time.perf_counter()
+        clock = OwnClock()  # a busy host's CPU waits taken off (this thread's: the live nodes' answers count)
         await inner.ping()  # the probe's work: it must not wait for the hung node that left the map
-        assert time.perf_counter() - t0 < 0.2, "the probe spent its budget on the hung ex-primary"
+        assert clock.elapsed() < 0.2, "the probe spent its budget on the hung ex-primary"
         deadline = time.monotonic() + 5
         while store.degraded:
             assert time.monotonic() < deadline, "the store did not follow the failover to the promoted replica"
@@ -378,9 +379,9 @@ async def test_clusterdown_on_one_primary_is_an_outage_until_it_ends(redis_clust
             while r.cluster("info")["cluster_state"] != "fail":
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
-        t0 = time.perf_counter()
+        clock = OwnClock()  # a busy host's CPU waits taken off
         first = await store.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))
-        assert time.perf_counter() - t0 < 0.2 + 0.1 and first.unavailable and store.degraded
+        assert clock.elapsed() < 0.2 + 0.1 and first.unavailable and store.degraded
         for _ in range(20):  # requests keep coming while the primary is down; the probe runs meanwhile
             await asyncio.sleep(0.05)
             assert (await store.hot_path(AdmitRequest(client, 1, (SLOW,), 60.0))).unavailable
