@@ -1,5 +1,5 @@
-"""The public listener's send deadline: a connection whose client has taken none of the bytes waiting for it for
-``server.send_timeout_s`` is closed (nginx's ``send_timeout``).
+"""The listeners' send deadline (public and admin): a connection whose client has taken none of the bytes waiting
+for it for ``server.send_timeout_s`` is closed (nginx's ``send_timeout``).
 
 Why: aiohttp writes every answer a handler returns and then waits, without a deadline, until the connection's
 write buffer is below its high-water mark again. A client that pipelines requests and never reads the answers

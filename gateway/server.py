@@ -147,7 +147,21 @@ def public_site(ctx: AppContext, runner: web.AppRunner, host: str, port: int,
     return site
 
 
+def admin_site(ctx: AppContext, runner: web.AppRunner, host: str, port: int,
+               tls: ssl.SSLContext | None) -> web.TCPSite:
+    """The admin listener's site, with the public one's send deadline (``server.send_timeout_s``): whoever can
+    reach the admin port gets answers without a credential (``/healthz``, a 401, a 421), so a client that pipelines
+    requests and never reads them would hold its connection and kernel buffers for ever there too."""
+    site = _AdminSite(runner, host, port, reuse_port=True, ssl_context=tls)
+    site._deadline = SendDeadline(ctx.config.server.send_timeout_s, ctx.metrics.client_send_timeouts_total.inc)
+    return site
+
+
 class _PublicSite(SendDeadlineSite, web.TCPSite):
+    __slots__ = ("_deadline",)
+
+
+class _AdminSite(SendDeadlineSite, web.TCPSite):
     __slots__ = ("_deadline",)
 
 
@@ -284,7 +298,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         if tls is not None and sc.tls_cert_file:
             _export_expiry(ctx, sc.tls_cert_file)
         site = public_site(ctx, public, host, port, tls)
-        asite = web.TCPSite(admin, ahost, aport, reuse_port=True, ssl_context=tls)
+        asite = admin_site(ctx, admin, ahost, aport, tls)
         await site.start()
         await asite.start()
         hup_reloads: Coalesced | None = None

@@ -157,8 +157,8 @@ class Metrics:
         )
         self.client_send_timeouts_total = Counter(
             "ipgate_client_send_timeouts_total",
-            "Public connections closed because the client took none of the bytes waiting for it for "
-            "server.send_timeout_s (it stopped reading its answers).", registry=r,
+            "Connections (public or admin listener) closed because the client took none of the bytes waiting for it "
+            "for server.send_timeout_s (it stopped reading its answers).", registry=r,
         )
         self.malformed_http_total = Counter(
             "ipgate_malformed_http_total",

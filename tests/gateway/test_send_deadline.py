@@ -150,3 +150,52 @@ def test_stalls_start_again_when_bytes_are_taken_and_forget_what_is_gone() -> No
     s.look(20.0, [("c", 10)])
     assert s.look(25.0, [("c", 0)]) == [] and len(s) == 0  # all of c's bytes taken
     assert s.look(35.0, [("c", 10)]) == []  # waiting again: a fresh start
+
+
+def _held_on(port: int) -> int:
+    """Established connections on ``port``, the listener's side of them (/proc/net/tcp)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        n += int(f[1].split(":")[1], 16) == port and f[3] == "01"
+    return n
+
+
+def test_the_admin_listener_closes_a_client_that_pipelines_and_never_reads(tmp_path: Path) -> None:
+    """ipgate serve's admin listener has the send deadline too. Defect: it was a plain site; anyone who could reach
+    the admin port (scraped by a DNS name per deploy/README, no credential needed for /healthz or a 401) could
+    pipeline requests, never read, and hold the connection and its kernel buffers for ever (checked: still held
+    past 3x the deadline and the keep-alive timeout)."""
+    import socket
+    import urllib.request
+
+    from tests.support.process import GatewayProcess
+
+    cfg = gateway_config("http://127.0.0.1:1", server={"send_timeout_s": 2.0})
+    with GatewayProcess(cfg, tmp_path).start() as gw:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.admin_port))
+        sock.setblocking(False)
+        try:
+            batch = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200
+            start = last = time.monotonic()
+            while time.monotonic() - last < 0.3:  # until the gateway stops reading: every buffer on the way full
+                assert time.monotonic() - start < 30, "the gateway kept reading: nothing was held"
+                try:
+                    sock.send(batch)
+                    last = time.monotonic()
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    break
+                time.sleep(0.01)
+            t0 = time.monotonic()
+            while _held_on(gw.admin_port) and time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+            assert _held_on(gw.admin_port) == 0, "the admin connection is still held"
+        finally:
+            sock.close()
+        with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "ipgate_client_send_timeouts_total 1.0" in text

@@ -44,7 +44,7 @@ from gateway.app import build_public_app, open_context
 from gateway.config import GatewayConfig, parse_config
 from gateway.context import AppContext
 from gateway.parsererrors import JsonErrorRunner
-from gateway.server import public_site
+from gateway.server import admin_site, public_site
 from gateway.sim.run import start_sim
 from gateway.sim.server import SIM_STATS, SimOptions, SimStats
 from gateway.telemetry.tracing import Tracing
@@ -186,7 +186,7 @@ async def running_gateway(config: Mapping[str, Any] | GatewayConfig, *, secret: 
             await public.setup()
             await admin.setup()
             await public_site(ctx, public, "127.0.0.1", 0, None).start()  # the product's (PROXY protocol)
-            await web.TCPSite(admin, "127.0.0.1", 0).start()
+            await admin_site(ctx, admin, "127.0.0.1", 0, None).start()
             handle = GatewayHandle(f"http://127.0.0.1:{public.addresses[0][1]}",
                                    f"http://127.0.0.1:{admin.addresses[0][1]}", ctx, secret, admin_token)
             try:
