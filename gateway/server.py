@@ -276,7 +276,11 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         log.warning("SIGHUP during start-up: %s", "nothing to reload" if config_path is None
                     else "the configuration is re-read once started")
 
-    _on_hangup(loop, on_early_hup)
+    # One handler for the whole run, calling what ``on_hangup`` holds when the loop runs it (not when the signal
+    # came): a hang-up that arrived at the end of start-up and ran after the serving handler replaced the
+    # start-up one was noted by the start-up one after start-up had looked for it, and never reloaded.
+    on_hangup: list[Callable[[], None]] = [on_early_hup]
+    _on_hangup(loop, lambda: on_hangup[0]())
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
@@ -313,7 +317,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
                     _export_expiry(ctx, sc.tls_cert_file)
                 reloads.ask()
 
-            _on_hangup(loop, on_hup)
+            on_hangup[0] = on_hup
             if early_hup:
                 on_hup()
         else:  # nothing to reload (demo): a hang-up ends the process as usual
