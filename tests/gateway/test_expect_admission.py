@@ -244,3 +244,34 @@ async def test_with_detection_on_a_blocking_tier_refuses_before_continue_only_wh
             status, _, body = await _served_after_continue(gw, "held")  # "odd" above it does not block
             assert status.startswith(b"HTTP/1.1 403") and body["error"]["code"] == "policy_block"
     assert seen == []
+
+
+@pytest.mark.parametrize("what", ["request bucket", "in-flight cap"])
+async def test_failure_mode_local_looks_at_the_in_process_limits_before_continue(what: str) -> None:
+    """Failure mode ``local`` with the store down: the look answers from the in-process store (each limit divided
+    by ``local_replicas``) as the admission after the body would, and takes nothing there either."""
+    dead = {"kind": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout_ms": 50,
+            "failure_mode": "local", "local_replicas": 2}
+    held = _Held()
+    if what == "request bucket":  # halved: 1 request in the burst per replica
+        held.release.set()
+        limits = {"default": {"requests_per_minute": 6, "burst_requests": 2, "tokens_per_minute": 10**9}}
+    else:  # halved: 1 in flight per replica
+        limits = {"default": {"requests_per_minute": 60_000, "tokens_per_minute": 10**9, "max_in_flight": 2}}
+    async with app_backend(held.app()) as url, \
+            running_gateway(gateway_config(url, store=dead, limits=limits)) as gw:
+        if what == "request bucket":
+            status, _, _ = await _served_after_continue(gw, "a")  # the look took nothing: charged once
+            assert status.startswith(b"HTTP/1.1 200")
+            await _same_refusal(gw, "a", 429, "rate_limit_exceeded")
+        else:
+            running = asyncio.create_task(_plain(gw, "a"))
+            for _ in range(500):
+                if held.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert held.waiting == 1
+            await _same_refusal(gw, "a", 429, "too_many_concurrent_requests")
+            held.release.set()
+            assert (await running)[0].startswith(b"HTTP/1.1 200")
+        assert _peek_failures(gw) >= 1  # the looks the store did not answer are counted
