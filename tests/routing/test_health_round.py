@@ -151,3 +151,28 @@ async def test_hung_backends_do_not_fail_the_other_backends_checks(server: str) 
         assert pools["ok"].backends[0].healthy, pools["ok"].backends[0].last_error
     finally:
         await router.close()
+
+
+async def test_a_backend_many_models_share_is_probed_once_a_round(server: str) -> None:
+    """One engine serving many models (LoRA adapters, aliases) is one backend entry in each model's pool. Each entry
+    was probed on its own, side by side, through a connector without a cap: 200 models on one engine were 200
+    health requests to it every interval_s per worker, and 160 connections each side kept open between rounds
+    (measured through ipgate's own listener: an fd per connection in the gateway and in the engine, growing with
+    models x workers). Now one probe per distinct target (URL and health path, credential, TLS) a round, its
+    answer applied to every entry; a failure still counts per entry, and another path or credential is another
+    probe."""
+    models = [Pool(ModelConfig.model_validate({"name": f"m{i}", "backends": [
+        {"name": "engine", "url": f"{server}/ok0"}, {"name": "dead", "url": f"{server}/hang0"}]}), HEALTH)
+        for i in range(40)]
+    other = Pool(ModelConfig.model_validate({"name": "other", "backends": [
+        {"name": "engine", "url": f"{server}/ok0", "health_path": "/health"}]}), HEALTH)
+    counter = TurnCounter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     trace_configs=[counter.trace]) as session:
+        checker = HealthChecker(HEALTH, session, lambda: [*models, other])
+        await checker.check_once()
+        assert len(counter.started) == 3  # before: 81 (one per entry)
+    for pool in models:
+        assert [s.healthy for s in pool.backends] == [True, False], pool.name
+        assert pool.backends[1].last_error == f"health check timed out after {HEALTH.timeout_s}s"
+    assert other.backends[0].healthy
