@@ -34,7 +34,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -213,12 +213,13 @@ async def drain(ctx: AppContext, public: web.AppRunner, site: web.TCPSite) -> No
 
 async def run_worker(config_path: str | Path | None, cfg: GatewayConfig,
                      on_ready: Callable[[], None] | None = None, *, claim: bool = True,
-                     supervisor_pid: int | None = None) -> int:
+                     supervisor_pid: int | None = None, hung_up: Sequence[bool] = ()) -> int:
     """One worker: both listeners until SIGTERM/SIGINT. ``config_path`` None: no SIGHUP reload (demo).
-    ``claim``: claim the listen addresses first (False in a supervisor's worker: the supervisor holds them)."""
+    ``claim``: claim the listen addresses first (False in a supervisor's worker: the supervisor holds them).
+    ``hung_up``: not empty when a hang-up came since the file was read (``serve``): reloaded once serving."""
     ports = claim_listen_ports(cfg) if claim else None
     try:
-        return await _serve_listeners(config_path, cfg, on_ready, supervisor_pid)
+        return await _serve_listeners(config_path, cfg, on_ready, supervisor_pid, hung_up)
     finally:
         # From here to the exit a hang-up is ignored. It was SIGHUP's default action (death) once the loop was
         # closed, and a reload sent during a rolling restart (or forwarded by the supervisor as its worker exits)
@@ -250,7 +251,8 @@ def _on_hangup(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
 
 
 async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
-                           on_ready: Callable[[], None] | None, supervisor_pid: int | None = None) -> int:
+                           on_ready: Callable[[], None] | None, supervisor_pid: int | None = None,
+                           hung_up: Sequence[bool] = ()) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     holder: list[AppContext] = []
@@ -281,6 +283,8 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
     # start-up one was noted by the start-up one after start-up had looked for it, and never reloaded.
     on_hangup: list[Callable[[], None]] = [on_early_hup]
     _on_hangup(loop, lambda: on_hangup[0]())
+    if hung_up:  # (looked at once the handler above is in place: a later hang-up goes to it)
+        on_early_hup()
     async with open_context(cfg) as ctx:
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
@@ -345,6 +349,20 @@ def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
           supervised: tuple[str, str] | None = None) -> int:
     """``supervised``: this process is a worker started by ``supervise``, which holds the port claim of these
     (``listen``, ``admin_listen``)."""
+    # From the file's read on, a hang-up asks for a file newer than the one read: noted (ignored before, so that
+    # it could not kill a starting gateway, and lost) and reloaded once the worker serves. A supervisor lets it
+    # go: its workers read the file after this anyway. Ignored again from the end of this call to the exit
+    # (the interpreter's exit would put SIGHUP's default action back for a handler left in place).
+    hung_up: list[bool] = []
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: hung_up.append(True))
+    try:
+        return _serve(config_path, workers, log_level, supervised, hung_up)
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _serve(config_path: str, workers: int | None, log_level: str, supervised: tuple[str, str] | None,
+           hung_up: Sequence[bool]) -> int:
     cfg = load_config(config_path)
     if supervised is not None:
         cfg = pin_claimed(cfg, supervised)
@@ -355,4 +373,4 @@ def serve(config_path: str, workers: int | None, log_level: str = "INFO", *,
         return supervise(config_path, n, cfg, log_level)  # workers log at the supervisor's level
     supervisor = os.getppid() if supervised is not None else None
     return asyncio.run(run_worker(config_path, cfg, None if supervisor is None else tell_supervisor(supervisor),
-                                  claim=supervised is None, supervisor_pid=supervisor))
+                                  claim=supervised is None, supervisor_pid=supervisor, hung_up=hung_up))

@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     # SIGHUP's default action ends the process. Until the worker's reload handler (or the supervisor's
     # forwarder) is installed, a reload request (`systemctl reload` right after a start, a config-reloader
     # sidecar) must not kill a gateway that is still importing: ignored, as the file is read after this point
-    # anyway (and a worker started by the supervisor begins with it ignored too). Before the server import,
-    # which is most of the start-up time.
+    # anyway (and a worker started by the supervisor begins with it ignored too); from the file's read on,
+    # ``serve`` notes one and reloads once serving. Before the server import, which is most of the start-up
+    # time.
     # Nor may one kill it on its way out: SIGHUP's default action is never put back (the process ends soon
     # after this returns, and a reload sent during a rolling restart made a clean stop a death by signal). A
     # Python handler of an in-process caller is.
