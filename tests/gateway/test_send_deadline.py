@@ -119,6 +119,45 @@ async def test_a_slow_reader_is_not_cut_off() -> None:
         assert _timeouts(gw) == 0
 
 
+async def test_a_steady_reader_of_a_big_answer_is_not_cut_off() -> None:
+    """A 4 MB answer read 128 KiB every 250 ms (512 KB/s, about 8 s) through a send deadline of 1 s: every byte
+    arrives. Defect: the deadline watched the write buffer alone, and the kernel takes more of it only once a third
+    of its send queue (megabytes, autotuned) is free: the buffer stood still for over a second while the client
+    read half a megabyte a second, and the connection was aborted 67 KB before the end (2 of 2 runs). Now the
+    kernel's queue counts too (SIOCOUTQ)."""
+    size = 4_000_000
+    text = "x" * size
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with app_backend(app) as url, \
+            running_gateway(gateway_config(url, server={"send_timeout_s": 1.0})) as gw:
+        conn = await Raw.open(gw)  # the system's buffers, autotuned
+        try:
+            await conn.send(request_head(f"Bearer {gw.token('a')}", len(BODY), expect=None) + BODY)
+            loop = asyncio.get_running_loop()
+            while not _complete(conn.got):
+                try:
+                    part = await asyncio.wait_for(loop.sock_recv(conn.sock, 128 * 1024), 5)
+                except ConnectionResetError:
+                    part = b""
+                assert part, f"closed by the gateway after {len(conn.got)} bytes"
+                conn.got += part
+                await asyncio.sleep(0.25)
+            status, _, body = await conn.answer()
+        finally:
+            conn.close()
+        assert status.startswith(b"HTTP/1.1 200") and len(body["choices"][0]["message"]["content"]) == size
+        assert _timeouts(gw) == 0
+
+
 def _complete(got: bytes) -> bool:
     head, sep, body = got.partition(b"\r\n\r\n")
     if not sep:
