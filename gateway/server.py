@@ -59,6 +59,7 @@ from gateway.supervisor import (
     supervise,
     tell_supervisor,
 )
+from gateway.telemetry import acceptfail
 from gateway.tls import not_after as tls_not_after
 from gateway.tls import reload as reload_tls
 from gateway.tls import server_context
@@ -289,6 +290,7 @@ async def _serve_listeners(config_path: str | Path | None, cfg: GatewayConfig,
         ctx.config_path = str(config_path) if config_path is not None else None
         ctx.supervisor_pid = supervisor_pid
         holder.append(ctx)
+        acceptfail.install(loop, ctx.metrics.accept_failures_total.inc)  # (out of descriptors: no log flood)
         if stop.is_set():  # told to stop while starting: never listen (no /readyz 200, no connection taken)
             log.info("%s during start-up: stopped before serving", received[0])
             return 0

@@ -160,6 +160,11 @@ class Metrics:
             "Connections (public or admin listener) closed because the client took none of the bytes waiting for it "
             "for server.send_timeout_s (it stopped reading its answers).", registry=r,
         )
+        self.accept_failures_total = Counter(
+            "ipgate_accept_failures_total",
+            "Failed accepts of new connections on either listener because the process is out of file descriptors "
+            "(RLIMIT_NOFILE) or kernel memory; asyncio retries a second later.", registry=r,
+        )
         self.malformed_http_total = Counter(
             "ipgate_malformed_http_total",
             "Requests the HTTP parser refused (400; 414/431 for a line over the limit) before any handler (either "
