@@ -211,7 +211,7 @@ def test_the_admin_listener_closes_a_client_that_pipelines_and_never_reads(tmp_p
     from tests.support.process import GatewayProcess
 
     cfg = gateway_config("http://127.0.0.1:1", server={"send_timeout_s": 2.0})
-    with GatewayProcess(cfg, tmp_path).start() as gw:
+    with GatewayProcess(cfg, tmp_path) as gw:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", gw.admin_port))
