@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.fdlimit import raise_open_file_limit
     from gateway.server import serve
 
     if args.workers is not None and not 1 <= args.workers <= 1024:  # the same bounds as server.workers
@@ -60,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if found.implicit:
         logging.getLogger("ipgate").info("configuration %s (found through %s)", found.path, found.origin)
+    if args.supervised is None:  # a supervised worker inherits the supervisor's raised limit
+        raise_open_file_limit()
     try:
         supervised = (args.supervised[0], args.supervised[1]) if args.supervised else None
         return serve(str(found.path), args.workers, args.log_level, supervised=supervised)

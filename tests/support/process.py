@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ def child_pids(pid: int) -> list[int]:
 class GatewayProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, *, workers: int = 1, port: int | None = None,
                  admin_port: int | None = None, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = (), tls_ca: Path | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), tls_ca: Path | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.extra_args = extra_args
+        self.preexec = preexec  # run in the child before ipgate starts (e.g. a resource limit)
         # server.tls in the config: the listeners speak https, verified against this CA
         self.tls = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
         self.port = port or free_port()
@@ -80,7 +83,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
              "--workers", str(self.workers), *self.extra_args], env=self.env, stdout=self._log,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
