@@ -165,17 +165,23 @@ class _Held:
         return app
 
 
+async def _one_held(gw: GatewayHandle, held: _Held) -> asyncio.Task[tuple[bytes, dict[str, str], dict[str, Any]]]:
+    """Client a's plain request, started and held by the backend (its in-flight slot taken)."""
+    running = asyncio.create_task(_plain(gw, "a"))
+    for _ in range(500):
+        if held.waiting:
+            break
+        await asyncio.sleep(0.01)
+    assert held.waiting == 1
+    return running
+
+
 async def test_a_full_in_flight_cap_gets_its_429_and_the_look_takes_no_slot(store_cfg: dict[str, Any]) -> None:
     held = _Held()
     limits = {"default": {"requests_per_minute": 60_000, "tokens_per_minute": 10**9, "max_in_flight": 1}}
     async with app_backend(held.app()) as url, \
             running_gateway(gateway_config(url, store=store_cfg, limits=limits)) as gw:
-        running = asyncio.create_task(_plain(gw, "a"))
-        for _ in range(500):
-            if held.waiting:
-                break
-            await asyncio.sleep(0.01)
-        assert held.waiting == 1
+        running = await _one_held(gw, held)
         headers = await _same_refusal(gw, "a", 429, "too_many_concurrent_requests")
         assert headers["retry-after"] == "1"
         held.release.set()
@@ -265,12 +271,7 @@ async def test_failure_mode_local_looks_at_the_in_process_limits_before_continue
             assert status.startswith(b"HTTP/1.1 200")
             await _same_refusal(gw, "a", 429, "rate_limit_exceeded")
         else:
-            running = asyncio.create_task(_plain(gw, "a"))
-            for _ in range(500):
-                if held.waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert held.waiting == 1
+            running = await _one_held(gw, held)
             await _same_refusal(gw, "a", 429, "too_many_concurrent_requests")
             held.release.set()
             assert (await running)[0].startswith(b"HTTP/1.1 200")

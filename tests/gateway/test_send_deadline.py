@@ -36,6 +36,20 @@ def _held(gw: GatewayHandle) -> int:
     return n
 
 
+def _answering(text: str) -> web.Application:
+    """A backend whose every chat completion answers ``text``."""
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
 def _answered(gw: GatewayHandle) -> float:
     """Requests the gateway has finished (each answer written), all labels together."""
     return sum(sample.value for family in gw.ctx.metrics.registry.collect() if family.name == "ipgate_requests"
@@ -102,16 +116,7 @@ async def test_a_slow_reader_is_not_cut_off() -> None:
     size = 256 * 1024
     text = "x" * size
 
-    async def chat(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                               "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    async with app_backend(app) as url, \
+    async with app_backend(_answering(text)) as url, \
             running_gateway(gateway_config(url, server={"send_timeout_s": 1.0})) as gw:
         conn = await Raw.open(gw, rcvbuf=4096)
         try:
@@ -140,16 +145,7 @@ async def test_a_steady_reader_of_a_big_answer_is_not_cut_off() -> None:
     size = 4_000_000
     text = "x" * size
 
-    async def chat(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "sim",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                               "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    async with app_backend(app) as url, \
+    async with app_backend(_answering(text)) as url, \
             running_gateway(gateway_config(url, server={"send_timeout_s": 1.0})) as gw:
         conn = await Raw.open(gw)  # the system's buffers, autotuned
         try:
