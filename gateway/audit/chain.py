@@ -79,6 +79,7 @@ class Problem:
     line: int  # 1-based position in the input (a file's line number; a store list's oldest-first index)
     writer: str | None
     reason: str
+    needs_key: bool = False  # a keyed record checked without the key: its hash cannot be told good or bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,8 @@ def verify_lines(lines: Iterable[str], *, partial_start: bool = False, key: byte
         writer, seq = rec["writer"], rec["seq"]
         keyed = rec.get("alg") == ALG_KEYED
         if keyed and key is None:
-            problems.append(Problem(no, writer, f"seq {seq}: a keyed record (hmac-sha256): give the key"))
+            problems.append(Problem(no, writer, f"seq {seq}: a keyed record (hmac-sha256): give the key",
+                                    needs_key=True))
         elif key is not None and not keyed:
             problems.append(Problem(no, writer, f"seq {seq}: not keyed, but the chain is (replaced or forged)"))
         elif record_hash(rec, key) != rec["hash"]:

@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "audit", help="check the hash chains of admin audit files (admin.audit_file)",
         description="Check every writer's hash chain in audit JSONL files (rotated files oldest first). "
-                    "Exit 0: intact; 1: broken (the first bad line is named); 2: error.")
+                    "Exit 0: intact; 1: broken (the first bad line is named); 2: error (also: a keyed chain "
+                    "without --key-env, whose sequence is in order).")
     # One verb today; a positional choice (not a nested subparser) keeps `ipgate audit verify` extensible
     # and its flags on one parser.
     p.add_argument("verb", choices=["verify"], help="verify: check the hash chains")
@@ -81,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         return error(f"cannot read {e.filename}: {e.strerror}")
     if report.records == 0:
         return error(f"no audit record in {', '.join(args.files)}")
+    if report.problems and all(p.needs_key for p in report.problems):
+        # every record is in place and linked, but the hashes are keyed: without the key that is no verdict
+        # (a "BROKEN" read as tampering by a script), and a structural fault would have been reported as such
+        keyed = len(report.problems)
+        return error(f"the chain is keyed (hmac-sha256, {keyed} of {report.records} records): give --key-env "
+                     "NAME (the variable admin.audit_key_env names) to check its hashes; its sequence and links "
+                     "are in order")
 
     def where(line: int) -> tuple[str, int]:
         if line == 0:  # a missing anchor: no line of the files

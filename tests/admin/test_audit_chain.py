@@ -165,7 +165,21 @@ async def test_cli_key_env(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch.delenv("UNSET_KEY", raising=False)
     assert main(["audit", "verify", str(path), "--key-env", "AUDIT_KEY"]) == 0
     assert main(["audit", "verify", str(path), "--key-env", "WRONG_KEY"]) == 1
+    capsys.readouterr()
+    # without the key a keyed chain in order is no verdict (exit 1 read as tampering): an error naming the flag
+    assert main(["audit", "verify", str(path)]) == 2
+    assert "give --key-env" in capsys.readouterr().err
+    assert main(["audit", "verify", str(path), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["intact"] is None
+    # a structural fault is still one without the key: a record cut out of a chain (another writer's)
+    more = AuditTrail(MemoryStore(), max_records=10, file=str(path), key=b"audit-chain-key-0123456789")
+    await more.write({"action": "canary.abort", "status": 200})
+    await more.write({"action": "canary.abort", "status": 200})
+    await more.close()
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *lines[2:]]) + "\n")
     assert main(["audit", "verify", str(path)]) == 1
+    assert "missing" in capsys.readouterr().out
     assert main(["audit", "verify", str(path), "--key-env", "UNSET_KEY"]) == 2
     assert "UNSET_KEY is not set" in capsys.readouterr().err
 
