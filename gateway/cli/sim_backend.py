@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gateway.sim import LABEL
@@ -16,42 +17,24 @@ from gateway.sim.run import serve_sim_forever
 from gateway.sim.server import SimOptions
 
 
-def _non_negative(text: str) -> float:
-    """A delay or a rate: finite and >= 0 (a negative or NaN one used to start a server that misbehaved)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
-    return v
+def _bounded(cast: Callable[[str], float], lo: float, hi: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` (an int or a finite float) within [lo, hi], else a one-line error
+    naming ``what`` (a negative or NaN delay, or a 200 "failure", used to start a server that misbehaved)."""
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return v
+    return parse
 
 
-def _share(text: str) -> float:
-    v = _non_negative(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"a share of requests, from 0 to 1, not {text}")
-    return v
-
-
-def _error_status(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an HTTP status: {text!r}") from None
-    if not 400 <= v <= 599:  # a 200 "failure" would be a normal-looking answer with an error body
-        raise argparse.ArgumentTypeError(f"an HTTP error status, 400 to 599, not {text}")
-    return v
-
-
-def _tokens(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"a number of tokens >= 0, not {text}")
-    return v
+_non_negative = _bounded(float, 0, math.inf, "a finite number >= 0")  # a delay or a rate
+_share = _bounded(float, 0, 1, "a share of requests, from 0 to 1")
+_error_status = _bounded(int, 400, 599, "an HTTP error status, 400 to 599")
+_tokens = _bounded(int, 0, math.inf, "a number of tokens >= 0")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
